@@ -1,0 +1,181 @@
+//! [`Root`]: the directory that holds everything (SPEC section 1). Every path
+//! of the layout is built here and nowhere else.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use crate::names::{Exid, TaskId};
+
+/// Errors finding or creating a root.
+#[derive(Debug, thiserror::Error)]
+pub enum RootError {
+    #[error("failed to create {path}: {source}")]
+    Create { path: PathBuf, source: io::Error },
+    #[error("{0} is not a spoolflow root (no var/spool/in); run `spoolflow init` there first")]
+    NotARoot(PathBuf),
+    #[error("cannot resolve root {path}: {source}")]
+    Resolve { path: PathBuf, source: io::Error },
+}
+
+/// A spoolflow root directory and the paths of its layout.
+#[derive(Debug, Clone)]
+pub struct Root {
+    dir: PathBuf,
+}
+
+/// The directories `init` creates, relative to the root.
+const LAYOUT: &[&str] = &[
+    "tsk/any",
+    "var/spool/in",
+    "var/spool/cancel",
+    "var/spool/run",
+    "var/spool/done",
+    "var/spool/failed",
+    "var/spool/rejected",
+    "var/spool/history",
+    "var/log/tsk",
+    "var/run",
+];
+
+impl Root {
+    /// The root at `dir`, made absolute (taskers run in other directories and
+    /// get `SPOOLFLOW_ROOT`, so it must not be relative).
+    pub fn new(dir: impl Into<PathBuf>) -> Result<Root, RootError> {
+        let dir = dir.into();
+        let abs = if dir.is_absolute() {
+            dir
+        } else {
+            std::env::current_dir()
+                .map_err(|source| RootError::Resolve {
+                    path: dir.clone(),
+                    source,
+                })?
+                .join(dir)
+        };
+        Ok(Root { dir: abs })
+    }
+
+    /// The root named by `--root`, else `$SPOOLFLOW_ROOT`, else the current
+    /// directory. (`clap` folds the first two together; see `cli`.)
+    pub fn find(flag: Option<&Path>) -> Result<Root, RootError> {
+        match flag {
+            Some(p) => Root::new(p),
+            None => match std::env::var_os("SPOOLFLOW_ROOT") {
+                Some(p) if !p.is_empty() => Root::new(PathBuf::from(p)),
+                _ => Root::new("."),
+            },
+        }
+    }
+
+    /// Creates the layout (idempotent: existing directories and files are
+    /// left as they are).
+    pub fn init(&self) -> Result<(), RootError> {
+        for rel in LAYOUT {
+            let path = self.dir.join(rel);
+            std::fs::create_dir_all(&path).map_err(|source| RootError::Create { path, source })?;
+        }
+        Ok(())
+    }
+
+    /// Fails unless the layout is there.
+    pub fn ensure_exists(&self) -> Result<(), RootError> {
+        if self.spool_in().is_dir() {
+            Ok(())
+        } else {
+            Err(RootError::NotARoot(self.dir.clone()))
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// `path` relative to the root when it lies inside it (for messages and
+    /// records: `tsk/org.example/stamp`), else as it is.
+    pub fn relative<'a>(&self, path: &'a Path) -> &'a Path {
+        path.strip_prefix(&self.dir).unwrap_or(path)
+    }
+
+    pub fn tsk(&self) -> PathBuf {
+        self.dir.join("tsk")
+    }
+    pub fn spool(&self) -> PathBuf {
+        self.dir.join("var/spool")
+    }
+    pub fn spool_in(&self) -> PathBuf {
+        self.dir.join("var/spool/in")
+    }
+    pub fn cancel(&self) -> PathBuf {
+        self.dir.join("var/spool/cancel")
+    }
+    pub fn run(&self) -> PathBuf {
+        self.dir.join("var/spool/run")
+    }
+    pub fn done(&self) -> PathBuf {
+        self.dir.join("var/spool/done")
+    }
+    pub fn failed(&self) -> PathBuf {
+        self.dir.join("var/spool/failed")
+    }
+    pub fn rejected(&self) -> PathBuf {
+        self.dir.join("var/spool/rejected")
+    }
+    pub fn history(&self) -> PathBuf {
+        self.dir.join("var/spool/history")
+    }
+    pub fn log_tsk(&self) -> PathBuf {
+        self.dir.join("var/log/tsk")
+    }
+    pub fn engine_log(&self) -> PathBuf {
+        self.dir.join("var/log/engine.log")
+    }
+    pub fn lock(&self) -> PathBuf {
+        self.dir.join("var/run/engine.lock")
+    }
+
+    /// `var/spool/run/<id>.json`: the accepted task while queued or running.
+    pub fn run_file(&self, id: &TaskId) -> PathBuf {
+        self.run().join(format!("{id}.json"))
+    }
+    pub fn done_file(&self, id: &TaskId) -> PathBuf {
+        self.done().join(format!("{id}.json"))
+    }
+    pub fn failed_file(&self, id: &TaskId) -> PathBuf {
+        self.failed().join(format!("{id}.json"))
+    }
+    /// `var/log/tsk/<exid>.log`: the points log of an execution.
+    pub fn points_log(&self, exid: &Exid) -> PathBuf {
+        self.log_tsk().join(format!("{exid}.log"))
+    }
+    /// `var/log/tsk/<exid>.err`: what the execution's taskers wrote on stderr.
+    pub fn stderr_log(&self, exid: &Exid) -> PathBuf {
+        self.log_tsk().join(format!("{exid}.err"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn init_is_idempotent_and_keeps_files() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = Root::new(tmp.path()).unwrap();
+        assert!(root.ensure_exists().is_err());
+        root.init().unwrap();
+        std::fs::write(root.tsk().join("any/keep"), "x").unwrap();
+        root.init().unwrap();
+        assert_eq!(std::fs::read_to_string(root.tsk().join("any/keep")).unwrap(), "x");
+        for rel in LAYOUT {
+            assert!(tmp.path().join(rel).is_dir(), "{rel}");
+        }
+        root.ensure_exists().unwrap();
+    }
+
+    #[test]
+    fn relative_paths() {
+        let root = Root::new("/r").unwrap();
+        assert_eq!(root.relative(Path::new("/r/tsk/a/b")), Path::new("tsk/a/b"));
+        assert_eq!(root.relative(Path::new("/x")), Path::new("/x"));
+    }
+}

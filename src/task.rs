@@ -1,0 +1,560 @@
+//! Wire types (SPEC sections 3, 4 and 9): the task file users drop
+//! ([`TaskFile`]), the accepted task the engine runs ([`Task`]), the final
+//! [`Record`], the lifecycle [`State`], error kinds, and durations.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::names::{Domain, Exid, Nid, TaskId, Taskee};
+
+/// A JSON object.
+pub type Object = Map<String, Value>;
+
+/// Why a task file was refused; the message is the `rejected/<name>.reason`
+/// line.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InputError {
+    #[error("invalid JSON at line {line} column {column}: {message}")]
+    Json {
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("a task file must hold a JSON object, not {0}")]
+    NotObject(&'static str),
+    #[error("unknown key {0:?}")]
+    UnknownKey(String),
+    #[error("{key:?} must be {expected}")]
+    BadValue { key: &'static str, expected: &'static str },
+    #[error("{0}")]
+    Name(#[from] crate::names::NameError),
+    #[error("invalid duration for {key:?}: {message}")]
+    Duration { key: &'static str, message: String },
+    #[error("no domain: give \"domain\" or drop the file into in/<domain>/")]
+    NoDomain,
+    #[error("a task may hold \"tasker\" or \"flow\", not both")]
+    TaskerAndFlow,
+    #[error("flows (\"flow\") are not supported by this version yet")]
+    FlowUnsupported,
+}
+
+// ---------------------------------------------------------------- durations
+
+/// A duration as written in task files and `tasker.json`: `"250ms"`,
+/// `"30s"`, `"5m"`, `"2h"`, `"1d"`, or a number of seconds (fractions
+/// allowed), as a JSON number or string.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Dur(pub Duration);
+
+impl FromStr for Dur {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Dur, String> {
+        let s = s.trim();
+        let (num, unit) = match s.find(|c: char| c.is_ascii_alphabetic()) {
+            Some(i) => (&s[..i], &s[i..]),
+            None => (s, "s"),
+        };
+        let scale = match unit {
+            "ms" => 0.001,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            "d" => 86400.0,
+            _ => return Err(format!("unknown unit {unit:?} in {s:?} (use ms, s, m, h or d)")),
+        };
+        let n: f64 = num
+            .trim()
+            .parse()
+            .map_err(|_| format!("{s:?} is not a duration like \"250ms\", \"30s\", \"5m\", \"2h\", \"1d\""))?;
+        Dur::from_secs_f64(n * scale).ok_or_else(|| format!("{s:?} is negative or too large"))
+    }
+}
+
+impl Dur {
+    fn from_secs_f64(secs: f64) -> Option<Dur> {
+        // Bound at 100 years: beyond that a timeout is a typo.
+        if secs.is_finite() && (0.0..=3_153_600_000.0).contains(&secs) {
+            Some(Dur(Duration::from_secs_f64(secs)))
+        } else {
+            None
+        }
+    }
+
+    /// Parses a JSON value (string or number).
+    pub fn from_json(v: &Value) -> Result<Dur, String> {
+        match v {
+            Value::String(s) => s.parse(),
+            Value::Number(n) => n
+                .as_f64()
+                .and_then(Dur::from_secs_f64)
+                .ok_or_else(|| format!("{n} is negative or too large")),
+            _ => Err("expected a string such as \"30s\" or a number of seconds".into()),
+        }
+    }
+}
+
+impl fmt::Display for Dur {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ms = self.0.as_millis();
+        if ms % 1000 != 0 || ms == 0 {
+            write!(f, "{ms}ms")
+        } else {
+            write!(f, "{}s", ms / 1000)
+        }
+    }
+}
+
+impl Serialize for Dur {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Dur, D::Error> {
+        let v = Value::deserialize(d)?;
+        Dur::from_json(&v).map_err(serde::de::Error::custom)
+    }
+}
+
+// ---------------------------------------------------------------- task file
+
+/// Per-task options that override a tasker's config (SPEC 3, 6, 7).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TaskOptions {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Dur>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_timeout: Option<Dur>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_on_timeout: Option<bool>,
+}
+
+/// A task file as dropped into `var/spool/in/`, parsed and checked key by
+/// key so that every refusal has a precise reason.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskFile {
+    pub domain: Option<Domain>,
+    pub tasker: Option<Taskee>,
+    pub payload: Object,
+    pub id: Option<TaskId>,
+    pub priority: i32,
+    pub headers: Object,
+    pub options: TaskOptions,
+}
+
+const TASK_KEYS: &[&str] = &[
+    "domain",
+    "tasker",
+    "payload",
+    "id",
+    "priority",
+    "headers",
+    "timeout",
+    "start_timeout",
+    "retries",
+    "retry_on_timeout",
+    "flow",
+];
+
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+impl TaskFile {
+    /// Parses the bytes of a task file.
+    pub fn parse(bytes: &[u8]) -> Result<TaskFile, InputError> {
+        let value: Value = serde_json::from_slice(bytes).map_err(|e| InputError::Json {
+            line: e.line(),
+            column: e.column(),
+            message: json_error_message(&e),
+        })?;
+        let Value::Object(obj) = value else {
+            return Err(InputError::NotObject(type_name(&value)));
+        };
+        TaskFile::from_object(obj)
+    }
+
+    /// Checks a parsed JSON object key by key.
+    pub fn from_object(mut obj: Object) -> Result<TaskFile, InputError> {
+        if let Some(k) = obj.keys().find(|k| !TASK_KEYS.contains(&k.as_str())) {
+            return Err(InputError::UnknownKey(k.clone()));
+        }
+        if obj.contains_key("flow") {
+            if obj.contains_key("tasker") {
+                return Err(InputError::TaskerAndFlow);
+            }
+            return Err(InputError::FlowUnsupported);
+        }
+        fn string(obj: &mut Object, key: &'static str) -> Result<Option<String>, InputError> {
+            match obj.remove(key) {
+                None | Some(Value::Null) => Ok(None),
+                Some(Value::String(s)) => Ok(Some(s)),
+                Some(_) => Err(InputError::BadValue { key, expected: "a string" }),
+            }
+        }
+        fn object(obj: &mut Object, key: &'static str) -> Result<Object, InputError> {
+            match obj.remove(key) {
+                None | Some(Value::Null) => Ok(Object::new()),
+                Some(Value::Object(o)) => Ok(o),
+                Some(_) => Err(InputError::BadValue { key, expected: "a JSON object" }),
+            }
+        }
+        fn duration(obj: &mut Object, key: &'static str) -> Result<Option<Dur>, InputError> {
+            match obj.remove(key) {
+                None | Some(Value::Null) => Ok(None),
+                Some(v) => Dur::from_json(&v)
+                    .map(Some)
+                    .map_err(|message| InputError::Duration { key, message }),
+            }
+        }
+        let domain = string(&mut obj, "domain")?.map(|s| s.parse()).transpose()?;
+        let tasker = string(&mut obj, "tasker")?.map(|s| s.parse()).transpose()?;
+        let id = string(&mut obj, "id")?.map(|s| s.parse()).transpose()?;
+        let payload = object(&mut obj, "payload")?;
+        let headers = object(&mut obj, "headers")?;
+        let priority = match obj.remove("priority") {
+            None | Some(Value::Null) => 0,
+            Some(v) => v
+                .as_i64()
+                .and_then(|n| i32::try_from(n).ok())
+                .ok_or(InputError::BadValue {
+                    key: "priority",
+                    expected: "an integer (i32)",
+                })?,
+        };
+        let retries = match obj.remove("retries") {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(v.as_u64().and_then(|n| u32::try_from(n).ok()).ok_or(
+                InputError::BadValue {
+                    key: "retries",
+                    expected: "a non-negative integer",
+                },
+            )?),
+        };
+        let retry_on_timeout = match obj.remove("retry_on_timeout") {
+            None | Some(Value::Null) => None,
+            Some(Value::Bool(b)) => Some(b),
+            Some(_) => {
+                return Err(InputError::BadValue {
+                    key: "retry_on_timeout",
+                    expected: "true or false",
+                })
+            }
+        };
+        let options = TaskOptions {
+            timeout: duration(&mut obj, "timeout")?,
+            start_timeout: duration(&mut obj, "start_timeout")?,
+            retries,
+            retry_on_timeout,
+        };
+        Ok(TaskFile {
+            domain,
+            tasker,
+            payload,
+            id,
+            priority,
+            headers,
+            options,
+        })
+    }
+}
+
+/// serde_json's message without its trailing " at line L column C".
+fn json_error_message(e: &serde_json::Error) -> String {
+    let s = e.to_string();
+    match s.rfind(" at line ") {
+        Some(i) => s[..i].to_string(),
+        None => s,
+    }
+}
+
+// ---------------------------------------------------------------- states
+
+/// Where a task is in its life; serialized the same way in records, points
+/// and `--json` output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    Queued,
+    Running,
+    Completed,
+    Failed,
+    Aborted,
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Queued => "queued",
+            State::Running => "running",
+            State::Completed => "completed",
+            State::Failed => "failed",
+            State::Aborted => "aborted",
+        }
+    }
+}
+
+/// The kind of a task's error (SPEC 9), which decides retries (SPEC 7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ErrorKind {
+    User,
+    Work,
+    Timeout,
+    Config,
+    Refused,
+    Aborted,
+}
+
+/// `{ "kind": …, "message": … }` in records and `failed` points.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskError {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+impl TaskError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> TaskError {
+        TaskError {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+/// An earlier refusal of a task, as the taskmaster sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refusal {
+    pub taskee: Taskee,
+    pub reason: String,
+}
+
+/// A timestamp as written in points and records: RFC 3339, UTC,
+/// microseconds.
+pub fn timestamp(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+// ---------------------------------------------------------------- task
+
+/// An accepted task: what `run/<id>.json` holds and what the engine runs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Task {
+    pub id: TaskId,
+    pub exid: Exid,
+    pub nid: Nid,
+    pub domain: Domain,
+    pub tasker: Option<Taskee>,
+    pub payload: Object,
+    pub priority: i32,
+    pub headers: Object,
+    pub options: TaskOptions,
+}
+
+impl Task {
+    /// The task of a task file: the id is the file's, else the dropped
+    /// file's stem when it is valid, else a generated one; the domain is
+    /// the file's, else the spool directory's.
+    pub fn from_file(
+        file: TaskFile,
+        stem: Option<&str>,
+        dir_domain: Option<&Domain>,
+    ) -> Result<Task, InputError> {
+        let domain = match (file.domain, dir_domain) {
+            (Some(d), _) => d,
+            (None, Some(d)) => d.clone(),
+            (None, None) => return Err(InputError::NoDomain),
+        };
+        let id = file
+            .id
+            .or_else(|| stem.and_then(|s| s.parse().ok()))
+            .unwrap_or_else(TaskId::generate);
+        Ok(Task {
+            exid: id.clone(),
+            id,
+            nid: Nid::root(),
+            domain,
+            tasker: file.tasker,
+            payload: file.payload,
+            priority: file.priority,
+            headers: file.headers,
+            options: file.options,
+        })
+    }
+
+    /// The task as a task file (what `run/<id>.json` holds when the engine
+    /// writes it): every key filled in.
+    pub fn to_file_json(&self) -> Value {
+        let mut obj = Object::new();
+        obj.insert("id".into(), self.id.as_str().into());
+        obj.insert("domain".into(), self.domain.as_str().into());
+        if let Some(t) = &self.tasker {
+            obj.insert("tasker".into(), t.as_str().into());
+        }
+        obj.insert("priority".into(), self.priority.into());
+        obj.insert("payload".into(), Value::Object(self.payload.clone()));
+        obj.insert("headers".into(), Value::Object(self.headers.clone()));
+        if let Value::Object(o) = serde_json::to_value(&self.options).unwrap_or_default() {
+            obj.extend(o);
+        }
+        Value::Object(obj)
+    }
+}
+
+// ---------------------------------------------------------------- record
+
+/// A task's final record (`done/<id>.json`, `failed/<id>.json`), and the
+/// shape of `list --json` and of a tasker's stdin with `"in": "task"`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    pub id: TaskId,
+    pub exid: Exid,
+    pub nid: Nid,
+    pub domain: Domain,
+    pub tasker: Option<Taskee>,
+    pub taskee: Option<Taskee>,
+    pub tasker_path: Option<String>,
+    pub state: State,
+    pub reason: Option<String>,
+    pub error: Option<TaskError>,
+    pub attempts: u32,
+    pub offers: u32,
+    pub priority: i32,
+    pub headers: Object,
+    pub created_at: Option<String>,
+    pub started_at: Option<String>,
+    pub ended_at: Option<String>,
+    pub payload: Object,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn durations() {
+        let cases = [
+            ("250ms", 250),
+            ("30s", 30_000),
+            ("5m", 300_000),
+            ("2h", 7_200_000),
+            ("1d", 86_400_000),
+            ("1.5", 1_500),
+            ("0.25s", 250),
+            ("12", 12_000),
+        ];
+        for (s, ms) in cases {
+            assert_eq!(s.parse::<Dur>().unwrap().0, Duration::from_millis(ms), "{s}");
+        }
+        assert_eq!(Dur::from_json(&json!(2.5)).unwrap().0, Duration::from_millis(2500));
+        for bad in ["", "s", "-1s", "5x", "1e400", "abc", "NaN"] {
+            assert!(bad.parse::<Dur>().is_err(), "{bad}");
+        }
+        assert!(Dur::from_json(&json!(-1)).is_err());
+        assert!(Dur::from_json(&json!(true)).is_err());
+        assert_eq!(Dur(Duration::from_millis(250)).to_string(), "250ms");
+        assert_eq!(Dur(Duration::from_secs(30)).to_string(), "30s");
+    }
+
+    #[test]
+    fn full_task_file() {
+        let f = TaskFile::parse(
+            br#"{"domain":"org.example.sales","tasker":"stamp","payload":{"book":"moby-dick"},
+                "id":"order-1234","priority":-3,"headers":{"by":"alice"},
+                "timeout":"30s","start_timeout":"10m","retries":3,"retry_on_timeout":false}"#,
+        )
+        .unwrap();
+        assert_eq!(f.domain.unwrap().as_str(), "org.example.sales");
+        assert_eq!(f.tasker.unwrap().as_str(), "stamp");
+        assert_eq!(f.id.unwrap().as_str(), "order-1234");
+        assert_eq!(f.priority, -3);
+        assert_eq!(f.payload["book"], "moby-dick");
+        assert_eq!(f.headers["by"], "alice");
+        assert_eq!(f.options.timeout.unwrap().0, Duration::from_secs(30));
+        assert_eq!(f.options.start_timeout.unwrap().0, Duration::from_secs(600));
+        assert_eq!(f.options.retries, Some(3));
+        assert_eq!(f.options.retry_on_timeout, Some(false));
+    }
+
+    #[test]
+    fn defaults() {
+        let f = TaskFile::parse(br#"{"domain":"org"}"#).unwrap();
+        assert!(f.payload.is_empty() && f.headers.is_empty());
+        assert_eq!(f.priority, 0);
+        assert!(f.tasker.is_none() && f.id.is_none());
+        assert_eq!(f.options, TaskOptions::default());
+    }
+
+    fn reason(bytes: &[u8]) -> String {
+        TaskFile::parse(bytes).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn refusals_have_clear_reasons() {
+        assert_eq!(reason(b"{\n\n  \"a\" 1}"), "invalid JSON at line 3 column 7: expected `:`");
+        assert_eq!(reason(br#"{"domain":"org","prioity":1}"#), "unknown key \"prioity\"");
+        assert_eq!(reason(b"[1]"), "a task file must hold a JSON object, not an array");
+        assert_eq!(reason(br#"{"payload":"x"}"#), "\"payload\" must be a JSON object");
+        assert_eq!(reason(br#"{"headers":[]}"#), "\"headers\" must be a JSON object");
+        assert_eq!(reason(br#"{"priority":1.5}"#), "\"priority\" must be an integer (i32)");
+        assert_eq!(reason(br#"{"priority":3000000000}"#), "\"priority\" must be an integer (i32)");
+        assert_eq!(reason(br#"{"retries":-1}"#), "\"retries\" must be a non-negative integer");
+        assert!(reason(br#"{"domain":"../x"}"#).starts_with("invalid domain"));
+        assert!(reason(br#"{"domain":"any"}"#).contains("reserved"));
+        assert!(reason(br#"{"tasker":"../../bin/sh"}"#).starts_with("invalid taskee"));
+        assert!(reason(br#"{"id":"a/b"}"#).starts_with("invalid task id"));
+        assert!(reason(br#"{"timeout":"5x"}"#).starts_with("invalid duration for \"timeout\""));
+        assert!(reason(b"\xff\xfe").starts_with("invalid JSON"));
+        assert!(reason(br#"{"flow":{}}"#).contains("not supported"));
+    }
+
+    #[test]
+    fn task_from_file_fills_ids_and_domain() {
+        let f = TaskFile::parse(br#"{"payload":{}}"#).unwrap();
+        let dom: Domain = "org.example".parse().unwrap();
+        let t = Task::from_file(f.clone(), Some("my-task"), Some(&dom)).unwrap();
+        assert_eq!(t.id.as_str(), "my-task");
+        assert_eq!(t.exid, t.id);
+        assert_eq!(t.nid.as_str(), "0");
+        assert_eq!(t.domain, dom);
+        let t = Task::from_file(f.clone(), Some(".bad stem"), Some(&dom)).unwrap();
+        assert!(t.id.as_str().starts_with('t'));
+        assert_eq!(
+            Task::from_file(f, None, None).unwrap_err(),
+            InputError::NoDomain
+        );
+    }
+
+    #[test]
+    fn task_round_trips_through_its_file() {
+        let f = TaskFile::parse(br#"{"domain":"org","tasker":"x","timeout":"2s","retries":1}"#)
+            .unwrap();
+        let t = Task::from_file(f, Some("a"), None).unwrap();
+        let back = TaskFile::parse(t.to_file_json().to_string().as_bytes()).unwrap();
+        let t2 = Task::from_file(back, None, None).unwrap();
+        assert_eq!(t, t2);
+    }
+
+    #[test]
+    fn states_and_kinds_serialize_lowercase() {
+        assert_eq!(serde_json::to_string(&State::Completed).unwrap(), "\"completed\"");
+        assert_eq!(serde_json::to_string(&ErrorKind::Timeout).unwrap(), "\"timeout\"");
+        assert_eq!(State::Aborted.as_str(), "aborted");
+    }
+}
