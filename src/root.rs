@@ -42,16 +42,10 @@ impl Root {
     /// get `SPOOLFLOW_ROOT`, so it must not be relative).
     pub fn new(dir: impl Into<PathBuf>) -> Result<Root, RootError> {
         let dir = dir.into();
-        let abs = if dir.is_absolute() {
-            dir
-        } else {
-            std::env::current_dir()
-                .map_err(|source| RootError::Resolve {
-                    path: dir.clone(),
-                    source,
-                })?
-                .join(dir)
-        };
+        let abs = std::path::absolute(&dir).map_err(|source| RootError::Resolve {
+            path: dir.clone(),
+            source,
+        })?;
         Ok(Root { dir: abs })
     }
 

@@ -1,0 +1,91 @@
+//! The command line (SPEC section 11): clap definitions, dispatch to one
+//! file per command, and the mapping of errors to exit codes.
+
+mod check;
+mod init;
+mod run;
+mod submit;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Exit codes of SPEC 11.
+pub mod exit {
+    pub const SUCCESS: u8 = 0;
+    /// The awaited task failed or was aborted; the engine failed.
+    pub const FAILURE: u8 = 1;
+    /// Bad usage or input.
+    pub const USAGE: u8 = 2;
+    /// An unknown id or exid.
+    pub const NOT_FOUND: u8 = 3;
+    /// Timed out waiting.
+    pub const TIMEOUT: u8 = 4;
+}
+
+/// A filesystem-driven workflow engine: drop JSON tasks into
+/// var/spool/in/, a Rhai taskmaster picks a tasker, results land in
+/// var/spool/done/ and var/spool/failed/.
+#[derive(Debug, Parser)]
+#[command(name = "spoolflow", version, about, propagate_version = true)]
+pub struct Cli {
+    /// The root directory (default: $SPOOLFLOW_ROOT, else the current directory).
+    #[arg(long, global = true, value_name = "DIR", env = "SPOOLFLOW_ROOT")]
+    pub root: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a root's layout in DIR (or the root); idempotent, never overwrites a file.
+    Init(init::Args),
+    /// Run the engine in the foreground.
+    Run(run::Args),
+    /// Write a task file into var/spool/in/ atomically and print its id.
+    Submit(submit::Args),
+    /// Validate tsk/: compile every taskmaster, check every tasker.
+    Check(check::Args),
+}
+
+/// An error at the CLI edge: a message and an exit code.
+pub struct Failure {
+    pub code: u8,
+    pub message: String,
+}
+
+impl Failure {
+    pub fn new(code: u8, message: impl std::fmt::Display) -> Failure {
+        Failure {
+            code,
+            message: message.to_string(),
+        }
+    }
+}
+
+/// Parses the command line and runs the command.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Init(a) => init::run(cli.root, a),
+        Command::Run(a) => run::run(cli.root, a),
+        Command::Submit(a) => submit::run(cli.root, a),
+        Command::Check(a) => check::run(cli.root, a),
+    };
+    match result {
+        Ok(()) => ExitCode::from(exit::SUCCESS),
+        Err(f) => {
+            if !f.message.is_empty() {
+                eprintln!("spoolflow: {}", f.message);
+            }
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+/// The root from `--root`/`$SPOOLFLOW_ROOT`/the current directory.
+fn find_root(flag: Option<PathBuf>) -> Result<crate::Root, Failure> {
+    crate::Root::find(flag.as_deref()).map_err(|e| Failure::new(exit::USAGE, e))
+}

@@ -1,0 +1,92 @@
+//! `spoolflow run [--workers N] [--drain] [--grace D]`: the engine in the
+//! foreground, logging to stderr and var/log/engine.log; SIGINT/SIGTERM
+//! stop it gracefully.
+
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{fmt, EnvFilter};
+
+use super::{exit, Failure};
+use crate::engine::{self, Options, StopRequest};
+use crate::task::Dur;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Taskers running at once (default: the number of CPUs).
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// Exit once in/ and run/ are empty.
+    #[arg(long)]
+    pub drain: bool,
+    /// On SIGINT/SIGTERM, how long running taskers may finish (e.g. 10s).
+    #[arg(long, default_value = "10s")]
+    pub grace: Dur,
+}
+
+fn init_logging(root: &crate::Root) {
+    let filter = EnvFilter::try_from_env("SPOOLFLOW_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(root.engine_log())
+        .ok();
+    let registry = tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt::layer().with_writer(std::io::stderr).with_target(false));
+    let _ = match file {
+        Some(f) => registry
+            .with(fmt::layer().with_ansi(false).with_target(false).with_writer(Mutex::new(f)))
+            .try_init(),
+        None => registry.try_init(),
+    };
+}
+
+pub fn run(root: Option<PathBuf>, args: Args) -> Result<(), Failure> {
+    let root = super::find_root(root)?;
+    root.ensure_exists().map_err(|e| Failure::new(exit::USAGE, e))?;
+    init_logging(&root);
+    let mut options = Options::default();
+    if let Some(w) = args.workers {
+        if w == 0 {
+            return Err(Failure::new(exit::USAGE, "--workers must be at least 1"));
+        }
+        options.workers = w;
+    }
+    options.drain = args.drain;
+    options.grace = args.grace.0;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::new(exit::FAILURE, e))?;
+    rt.block_on(async move {
+        let (stop_tx, stop_rx) = tokio::sync::mpsc::unbounded_channel();
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).map_err(|e| Failure::new(exit::FAILURE, e))?;
+        let mut int = signal(SignalKind::interrupt()).map_err(|e| Failure::new(exit::FAILURE, e))?;
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+                if stop_tx.send(StopRequest::Graceful).is_err() {
+                    break;
+                }
+            }
+        });
+        tracing::info!(
+            "engine started on {} (pid {}, {} workers)",
+            root.dir().display(),
+            std::process::id(),
+            options.workers
+        );
+        engine::run(root, options, Some(stop_rx))
+            .await
+            .map_err(|e| Failure::new(exit::FAILURE, e))
+    })?;
+    tracing::info!("engine stopped");
+    Ok(())
+}

@@ -1,0 +1,163 @@
+//! The committer: a dedicated thread that makes final records durable off
+//! the event loop, with group commit. For each batch of records that ended
+//! together it writes every record (temporary, fsync, no-replace rename),
+//! fsyncs each record directory once, then unlinks the tasks' `run/` files
+//! and fsyncs `run/` once, and reports back to the engine.
+//!
+//! A record is durable before its `run/` file goes, so a crash between the
+//! two leaves a duplicate that start-up resolves (SPEC 4), never a loss.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::scheduler::NodeKey;
+use crate::spool::{self, SpoolError};
+
+/// The most records committed in one batch.
+const MAX_BATCH: usize = 1024;
+
+/// One final record to commit.
+#[derive(Debug)]
+pub struct CommitJob {
+    pub key: NodeKey,
+    /// `done/` or `failed/`.
+    pub dir: PathBuf,
+    /// `<id>.json`.
+    pub name: String,
+    pub bytes: Vec<u8>,
+    /// The `run/` file to remove once the record is durable.
+    pub run_file: PathBuf,
+}
+
+/// What became of a job.
+#[derive(Debug)]
+pub enum Committed {
+    /// The record is durable and the `run/` file gone.
+    Done(NodeKey),
+    /// A record was already there (it is never overwritten); the `run/`
+    /// file was removed all the same.
+    AlreadyFinal(NodeKey),
+    /// The disk failed: the engine must stop.
+    Fatal(SpoolError),
+}
+
+/// The handle of the committer thread; dropping it lets the thread finish
+/// the jobs already sent, then end.
+pub struct Committer {
+    tx: Option<mpsc::Sender<CommitJob>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Committer {
+    /// Starts the thread; results go to `results`.
+    pub fn start(results: UnboundedSender<Vec<Committed>>) -> Committer {
+        let (tx, rx) = mpsc::channel::<CommitJob>();
+        let thread = std::thread::Builder::new()
+            .name("spoolflow-commit".into())
+            .spawn(move || run(rx, results))
+            .expect("the committer thread can be spawned at start-up");
+        Committer {
+            tx: Some(tx),
+            thread: Some(thread),
+        }
+    }
+
+    /// Queues a record.
+    pub fn send(&self, job: CommitJob) {
+        if let Some(tx) = &self.tx {
+            // The thread only ends when this sender is dropped.
+            let _ = tx.send(job);
+        }
+    }
+
+    /// Waits for the jobs sent so far to be committed.
+    pub fn finish(mut self) {
+        self.tx.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Committer {
+    fn drop(&mut self) {
+        self.tx.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn run(rx: mpsc::Receiver<CommitJob>, results: UnboundedSender<Vec<Committed>>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let out = commit_batch(batch);
+        let fatal = out.iter().any(|c| matches!(c, Committed::Fatal(_)));
+        let _ = results.send(out);
+        if fatal {
+            return;
+        }
+    }
+}
+
+fn commit_batch(batch: Vec<CommitJob>) -> Vec<Committed> {
+    let mut out = Vec::with_capacity(batch.len());
+    let mut record_dirs = BTreeSet::new();
+    let mut written = Vec::with_capacity(batch.len());
+    for job in batch {
+        match spool::write_atomic(&job.dir, &job.name, &job.bytes, true, false) {
+            Ok(_) => {
+                record_dirs.insert(job.dir.clone());
+                written.push((job, false));
+            }
+            Err(SpoolError::Exists(path)) => {
+                tracing::warn!("{} exists already; a final record is never overwritten", path.display());
+                written.push((job, true));
+            }
+            Err(e) if e.is_fatal() => return vec![Committed::Fatal(e)],
+            Err(e) => {
+                // Not an fsync: the disk is full or the directory unwritable.
+                // The task stays in run/ and is recovered at the next start.
+                tracing::error!("{e}");
+                return vec![Committed::Fatal(e)];
+            }
+        }
+    }
+    for dir in &record_dirs {
+        if let Err(e) = spool::fsync_dir(dir) {
+            return vec![Committed::Fatal(e)];
+        }
+    }
+    let mut run_dirs = BTreeSet::new();
+    for (job, already) in written {
+        match std::fs::remove_file(&job.run_file) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => tracing::error!("cannot remove {}: {e}", job.run_file.display()),
+        }
+        if let Some(parent) = job.run_file.parent() {
+            run_dirs.insert(parent.to_path_buf());
+        }
+        out.push(if already {
+            Committed::AlreadyFinal(job.key)
+        } else {
+            Committed::Done(job.key)
+        });
+    }
+    for dir in &run_dirs {
+        if let Err(e) = spool::fsync_dir(dir) {
+            return vec![Committed::Fatal(e)];
+        }
+    }
+    out
+}

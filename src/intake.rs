@@ -1,0 +1,214 @@
+//! Intake (SPEC section 3): what an entry of `var/spool/in/` is — a task
+//! to claim, a domain's spool directory, something to reject (with the
+//! reason a person reads in `rejected/<name>.reason`), or a name to ignore.
+
+use std::path::{Component, Path, PathBuf};
+
+use crate::names::Domain;
+use crate::root::Root;
+use crate::spool::{self, SpoolError};
+use crate::task::{Task, TaskFile};
+
+/// What to do with an entry of `in/`.
+#[derive(Debug)]
+pub enum Intake {
+    /// A dotfile, a `*.tmp`, or gone already.
+    Ignore,
+    /// Move to `rejected/` with this reason.
+    Reject { path: PathBuf, reason: String },
+    /// A valid `in/<domain>/` directory: scan it.
+    DomainDir(PathBuf),
+    /// A task to claim. `self_contained`: its bytes name its domain, so the
+    /// file can be renamed into `run/` as it is; otherwise the engine
+    /// writes the completed task there.
+    Task {
+        path: PathBuf,
+        task: Task,
+        self_contained: bool,
+    },
+}
+
+/// Whether a file name is one the engine never looks at (a writer's
+/// temporary).
+pub fn is_ignored_name(name: &str) -> bool {
+    name.starts_with('.') || name.ends_with(".tmp")
+}
+
+/// Examines one path under `in/`, reading at most `limit` bytes of it.
+pub fn examine(root: &Root, path: &Path, limit: u64) -> Intake {
+    let spool_in = root.spool_in();
+    let Ok(rel) = path.strip_prefix(&spool_in) else {
+        return Intake::Ignore;
+    };
+    let parts: Vec<&str> = rel
+        .components()
+        .filter_map(|c| match c {
+            Component::Normal(s) => s.to_str(),
+            _ => None,
+        })
+        .collect();
+    if parts.is_empty() || parts.len() != rel.components().count() {
+        // An empty path, or a name that is not UTF-8: reject the top entry.
+        if let Some(Component::Normal(first)) = rel.components().next() {
+            return Intake::Reject {
+                path: spool_in.join(first),
+                reason: "name is not valid UTF-8".into(),
+            };
+        }
+        return Intake::Ignore;
+    }
+    let name = parts[parts.len() - 1];
+    if is_ignored_name(name) || parts.iter().any(|p| p.starts_with('.')) {
+        return Intake::Ignore;
+    }
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(_) => return Intake::Ignore,
+    };
+    let reject = |reason: String| Intake::Reject {
+        path: path.to_path_buf(),
+        reason,
+    };
+    if parts.len() > 2 {
+        // Inside a subdirectory of a domain's spool: that subdirectory is
+        // rejected as a whole when it is seen.
+        return Intake::Ignore;
+    }
+    let dir_domain = if parts.len() == 2 {
+        match parts[0].parse::<Domain>() {
+            Ok(d) => Some(d),
+            // The directory itself is rejected.
+            Err(_) => return Intake::Ignore,
+        }
+    } else {
+        None
+    };
+    let ft = meta.file_type();
+    if ft.is_symlink() {
+        return reject("symbolic links are not accepted (moved here as the link, never followed)".into());
+    }
+    if ft.is_dir() {
+        if dir_domain.is_some() {
+            return reject(format!(
+                "subdirectory {name} of in/{} is not accepted: drop task files into in/ or in/<domain>/",
+                parts[0]
+            ));
+        }
+        return match name.parse::<Domain>() {
+            Ok(_) => Intake::DomainDir(path.to_path_buf()),
+            Err(e) => reject(format!("subdirectory {name} of in/ is not a domain's spool: {e}")),
+        };
+    }
+    if !ft.is_file() {
+        return reject("not a regular file (a FIFO, socket or device)".into());
+    }
+    if !name.ends_with(".json") {
+        return reject(format!("{name} does not end in .json (task files are *.json; writers use .tmp or dotfile names, then rename)"));
+    }
+    let bytes = match spool::read_capped(path, limit) {
+        Ok(b) => b,
+        Err(SpoolError::TooLarge { limit, .. }) => {
+            return reject(format!("file is larger than {limit} bytes"))
+        }
+        Err(SpoolError::Read { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            return Intake::Ignore
+        }
+        Err(SpoolError::Read { source, .. }) => return reject(format!("unreadable: {source}")),
+        Err(e) => return reject(e.to_string()),
+    };
+    let file = match TaskFile::parse(&bytes) {
+        Ok(f) => f,
+        Err(e) => return reject(e.to_string()),
+    };
+    if let (Some(fd), Some(dd)) = (&file.domain, &dir_domain) {
+        if !fd.is_in_branch_of(dd) {
+            return reject(format!("domain {fd} is outside in/{dd}"));
+        }
+    }
+    let self_contained = file.domain.is_some();
+    let stem = name.strip_suffix(".json");
+    match Task::from_file(file, stem, dir_domain.as_ref()) {
+        Ok(task) => Intake::Task {
+            path: path.to_path_buf(),
+            task,
+            self_contained,
+        },
+        Err(e) => reject(e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+
+    fn root() -> (tempfile::TempDir, Root) {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = Root::new(tmp.path()).unwrap();
+        root.init().unwrap();
+        (tmp, root)
+    }
+
+    fn reason(i: Intake) -> String {
+        match i {
+            Intake::Reject { reason, .. } => reason,
+            other => panic!("expected a rejection, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn classifies_entries() {
+        let (_t, root) = root();
+        let inn = root.spool_in();
+        fs::write(inn.join(".part"), "x").unwrap();
+        fs::write(inn.join("a.tmp"), "x").unwrap();
+        assert!(matches!(examine(&root, &inn.join(".part"), 100), Intake::Ignore));
+        assert!(matches!(examine(&root, &inn.join("a.tmp"), 100), Intake::Ignore));
+        assert!(matches!(examine(&root, &inn.join("gone.json"), 100), Intake::Ignore));
+        fs::write(inn.join("notes.txt"), "x").unwrap();
+        assert!(reason(examine(&root, &inn.join("notes.txt"), 100)).contains("does not end in .json"));
+        fs::write(inn.join("big.json"), vec![b' '; 101]).unwrap();
+        assert!(reason(examine(&root, &inn.join("big.json"), 100)).contains("larger than 100 bytes"));
+        fs::create_dir(inn.join("Bad Dir")).unwrap();
+        assert!(reason(examine(&root, &inn.join("Bad Dir"), 100)).contains("not a domain's spool"));
+        fs::create_dir(inn.join("org.example")).unwrap();
+        assert!(matches!(
+            examine(&root, &inn.join("org.example"), 100),
+            Intake::DomainDir(_)
+        ));
+        fs::create_dir(inn.join("org.example/sub")).unwrap();
+        assert!(reason(examine(&root, &inn.join("org.example/sub"), 100)).contains("not accepted"));
+        std::os::unix::fs::symlink("/etc/passwd", inn.join("l.json")).unwrap();
+        assert!(reason(examine(&root, &inn.join("l.json"), 100)).contains("symbolic link"));
+    }
+
+    #[test]
+    fn domain_directories_imply_and_bound_the_domain() {
+        let (_t, root) = root();
+        let dir = root.spool_in().join("org.example");
+        fs::create_dir(&dir).unwrap();
+        fs::write(dir.join("a.json"), r#"{"tasker":"x"}"#).unwrap();
+        match examine(&root, &dir.join("a.json"), 1000) {
+            Intake::Task {
+                task,
+                self_contained,
+                ..
+            } => {
+                assert_eq!(task.domain.as_str(), "org.example");
+                assert_eq!(task.id.as_str(), "a");
+                assert!(!self_contained);
+            }
+            other => panic!("{other:?}"),
+        }
+        fs::write(dir.join("b.json"), r#"{"domain":"org.example.sales"}"#).unwrap();
+        assert!(matches!(
+            examine(&root, &dir.join("b.json"), 1000),
+            Intake::Task { self_contained: true, .. }
+        ));
+        fs::write(dir.join("c.json"), r#"{"domain":"org.other"}"#).unwrap();
+        assert_eq!(
+            reason(examine(&root, &dir.join("c.json"), 1000)),
+            "domain org.other is outside in/org.example"
+        );
+    }
+}

@@ -1,0 +1,271 @@
+//! Start-up (SPEC section 10): the engine lock (one engine per root), the
+//! tasker processes a dead engine left behind, leftover temporaries, and
+//! the tasks found in `run/`, rebuilt from their files and points logs.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Seek, Write};
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+use nix::fcntl::{Flock, FlockArg};
+
+use crate::names::TaskId;
+use crate::points::{self, kind};
+use crate::root::Root;
+use crate::task::{Task, TaskFile};
+
+/// Start-up failures.
+#[derive(Debug, thiserror::Error)]
+pub enum RecoveryError {
+    #[error("another engine is running on this root (pid {pid}, lock {path})")]
+    Locked { pid: String, path: PathBuf },
+    #[error("cannot open the engine lock {path}: {source}")]
+    Lock { path: PathBuf, source: io::Error },
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: io::Error },
+}
+
+/// Held while the engine runs: an exclusive `flock` on
+/// `var/run/engine.lock`, which holds the engine's pid. The descriptor is
+/// close-on-exec, so taskers never inherit it.
+pub struct EngineLock {
+    _lock: Flock<File>,
+}
+
+/// Takes the engine lock, or says which engine holds it.
+pub fn lock(root: &Root) -> Result<EngineLock, RecoveryError> {
+    let path = root.lock();
+    let lock_err = |source| RecoveryError::Lock {
+        path: path.clone(),
+        source,
+    };
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(lock_err)?;
+    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(mut lock) => {
+            lock.set_len(0).map_err(lock_err)?;
+            lock.rewind().map_err(lock_err)?;
+            writeln!(lock, "{}", std::process::id()).map_err(lock_err)?;
+            Ok(EngineLock { _lock: lock })
+        }
+        Err((mut file, nix::errno::Errno::EWOULDBLOCK)) => {
+            let mut pid = String::new();
+            let _ = file.read_to_string(&mut pid);
+            let pid = pid.trim();
+            Err(RecoveryError::Locked {
+                pid: if pid.is_empty() { "unknown".into() } else { pid.into() },
+                path,
+            })
+        }
+        Err((_, e)) => Err(lock_err(io::Error::from(e))),
+    }
+}
+
+/// The directory where taskers append informative points
+/// (`$SPOOLFLOW_POINTS`); engine-owned and emptied at start-up.
+pub fn points_dir(root: &Root) -> PathBuf {
+    root.dir().join("var/run/points")
+}
+
+/// A task found in `run/`, to queue again.
+#[derive(Debug)]
+pub struct Recovered {
+    pub task: Task,
+    /// The attempts made before the crash (the new one is `attempts + 1`).
+    pub attempts: u32,
+    pub offers: u32,
+    pub created_at: Option<DateTime<Utc>>,
+    /// Whether the task had started before (it is then `recovered`;
+    /// otherwise it is simply queued again).
+    pub interrupted: bool,
+}
+
+/// What start-up found in `run/`.
+#[derive(Debug, Default)]
+pub struct Found {
+    pub tasks: Vec<Recovered>,
+    /// `run/` entries that cannot be read as tasks: to reject, with why.
+    pub bad: Vec<(PathBuf, String)>,
+    /// `run/` files whose task already has a final record (removed).
+    pub finished: Vec<TaskId>,
+}
+
+/// Kills every process left by a tasker of a dead engine of this root:
+/// those whose environment carries this root's `SPOOLFLOW_ROOT` and a
+/// `SPOOLFLOW_EXID` (only taskers and what they start have both). Run
+/// while holding the lock, so no live engine's taskers match. Returns how
+/// many were killed.
+pub fn kill_orphans(root: &Root) -> usize {
+    let mut want_root = b"SPOOLFLOW_ROOT=".to_vec();
+    want_root.extend_from_slice(root.dir().as_os_str().as_encoded_bytes());
+    let me = std::process::id();
+    let mut killed = 0;
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let Ok(env) = std::fs::read(entry.path().join("environ")) else {
+            continue;
+        };
+        let mut has_root = false;
+        let mut has_exid = false;
+        for var in env.split(|b| *b == 0) {
+            has_root |= var == want_root.as_slice();
+            has_exid |= var.starts_with(b"SPOOLFLOW_EXID=");
+        }
+        if has_root && has_exid {
+            let pid = nix::unistd::Pid::from_raw(pid as i32);
+            if nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).is_ok() {
+                killed += 1;
+            }
+        }
+    }
+    killed
+}
+
+/// Removes the temporaries a crash may leave (`.*.tmp` in spool
+/// directories) and the taskers' points files.
+pub fn clean_temporaries(root: &Root) {
+    for dir in [root.run(), root.done(), root.failed(), root.rejected()] {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with('.') && name.ends_with(".tmp") {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+    let points = points_dir(root);
+    let _ = std::fs::remove_dir_all(&points);
+    let _ = std::fs::create_dir_all(&points);
+}
+
+/// Reads `run/`: each task, with its attempts and offers rebuilt from its
+/// points log. A `run/` file whose task already has a record is removed.
+pub fn scan_run(root: &Root, input_limit: u64) -> Result<Found, RecoveryError> {
+    let run = root.run();
+    let mut found = Found::default();
+    let entries = std::fs::read_dir(&run).map_err(|source| RecoveryError::Read {
+        path: run.clone(),
+        source,
+    })?;
+    let mut paths: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
+    paths.sort();
+    for path in paths {
+        let Some(name) = path.file_name().and_then(|n| n.to_str()).map(str::to_owned) else {
+            found.bad.push((path, "name is not valid UTF-8".into()));
+            continue;
+        };
+        if crate::intake::is_ignored_name(&name) {
+            continue;
+        }
+        let Some(id) = name.strip_suffix(".json").and_then(|s| s.parse::<TaskId>().ok()) else {
+            found.bad.push((path, format!("{name} in run/ is not <task id>.json")));
+            continue;
+        };
+        if root.done_file(&id).exists() || root.failed_file(&id).exists() {
+            let _ = std::fs::remove_file(&path);
+            found.finished.push(id);
+            continue;
+        }
+        match read_task(&path, &id, input_limit) {
+            Ok(task) => {
+                let history = history_of(&root.points_log(&task.exid), &task);
+                found.tasks.push(Recovered {
+                    task,
+                    attempts: history.attempts,
+                    offers: history.offers,
+                    created_at: history.created_at,
+                    interrupted: history.attempts > 0,
+                });
+            }
+            Err(reason) => found.bad.push((path, reason)),
+        }
+    }
+    if !found.finished.is_empty() {
+        let _ = crate::spool::fsync_dir(&run);
+    }
+    Ok(found)
+}
+
+fn read_task(path: &Path, id: &TaskId, limit: u64) -> Result<Task, String> {
+    let bytes = crate::spool::read_capped(path, limit).map_err(|e| e.to_string())?;
+    let file = TaskFile::parse(&bytes).map_err(|e| format!("task in run/ is invalid: {e}"))?;
+    let task = Task::from_file(file, Some(id.as_str()), None).map_err(|e| e.to_string())?;
+    if &task.id != id {
+        return Err(format!("run/{id}.json holds task id {}", task.id));
+    }
+    Ok(task)
+}
+
+#[derive(Default)]
+struct History {
+    attempts: u32,
+    offers: u32,
+    created_at: Option<DateTime<Utc>>,
+}
+
+fn history_of(log: &Path, task: &Task) -> History {
+    let mut h = History::default();
+    let Ok(points) = points::read_points(log) else {
+        return h;
+    };
+    for p in points.iter().filter(|p| p.id == task.id && p.nid == task.nid) {
+        match p.point.as_str() {
+            kind::CREATED => {
+                if h.created_at.is_none() {
+                    h.created_at = DateTime::parse_from_rfc3339(&p.ts)
+                        .ok()
+                        .map(|t| t.with_timezone(&Utc));
+                }
+            }
+            kind::OFFERED => h.offers += 1,
+            kind::STARTED | kind::RECOVERED | kind::RETRIED => {
+                if let Some(a) = p.fields.get("attempt").and_then(|a| a.as_u64()) {
+                    let a = u32::try_from(a).unwrap_or(u32::MAX);
+                    // `retried` names the next attempt, which may not have
+                    // started: count only attempts that ran.
+                    let ran = if p.point == kind::STARTED { a } else { a.saturating_sub(1) };
+                    h.attempts = h.attempts.max(ran);
+                }
+            }
+            _ => {}
+        }
+    }
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_lock_names_the_first_pid() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = Root::new(tmp.path()).unwrap();
+        root.init().unwrap();
+        let first = lock(&root).unwrap();
+        match lock(&root) {
+            Err(RecoveryError::Locked { pid, .. }) => {
+                assert_eq!(pid, std::process::id().to_string())
+            }
+            other => panic!("{:?}", other.err()),
+        }
+        drop(first);
+        lock(&root).unwrap();
+    }
+}

@@ -1,0 +1,925 @@
+//! Taskmasters (SPEC section 5): finding a domain's `taskmaster.rhai`, the
+//! sandboxed Rhai engine, the cache of compiled scripts, and
+//! [`Taskmasters::choose`], which runs a task's taskmaster and returns the
+//! taskee it chose (or its rejection of the task).
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+use rhai::{Dynamic, Engine, EvalAltResult, Position, Scope, AST, INT};
+
+use crate::names::{Domain, Nid, TaskId, Taskee};
+use crate::task::{Object, Refusal};
+
+/// Operations one script run may perform.
+pub const MAX_OPERATIONS: u64 = 1_000_000;
+/// Depth of nested function calls.
+pub const MAX_CALL_LEVELS: usize = 32;
+/// Depth of nested expressions, at the top level and inside functions.
+pub const MAX_EXPR_DEPTHS: (usize, usize) = (64, 32);
+/// Bytes in one string.
+pub const MAX_STRING_SIZE: usize = 1 << 20;
+/// Elements in one array.
+pub const MAX_ARRAY_SIZE: usize = 100_000;
+/// Entries in one object map.
+pub const MAX_MAP_SIZE: usize = 100_000;
+/// Wall-clock time one taskmaster run may take.
+pub const RUN_DEADLINE: Duration = Duration::from_secs(1);
+/// Lines of `print`/`debug` output logged per run; the rest are dropped.
+const MAX_LOG_LINES_PER_RUN: u32 = 100;
+/// Characters of one `print`/`debug` line that are logged.
+const MAX_LOG_LINE: usize = 1000;
+/// How often (in operations) the wall-clock deadline is looked at.
+const DEADLINE_CHECK_EVERY: u64 = 1024;
+
+/// What a taskmaster sees of a task.
+#[derive(Debug, Clone, Copy)]
+pub struct TaskmasterInput<'a> {
+    pub id: &'a TaskId,
+    pub exid: &'a TaskId,
+    pub nid: &'a Nid,
+    pub domain: &'a Domain,
+    /// The requested taskee (`tasker` in the task file).
+    pub tasker: Option<&'a Taskee>,
+    /// 1 on the first attempt.
+    pub attempt: u32,
+    /// Offers made before this one.
+    pub offers: u32,
+    pub headers: &'a Object,
+    pub refusals: &'a [Refusal],
+    pub payload: &'a Object,
+}
+
+/// A taskmaster's decision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Choice {
+    /// Offer the task to this taskee.
+    Taskee(Taskee),
+    /// `reject(reason)`: fail the task (`error.kind` `config`).
+    Reject(String),
+}
+
+/// Why no taskee could be chosen; the engine fails the task `config` with
+/// this message. `path` is the script's path relative to the root.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TaskmasterError {
+    #[error("{path}: cannot read: {message}")]
+    Read { path: String, message: String },
+    #[error("{path}: syntax error: {message}")]
+    Syntax { path: String, message: String },
+    #[error("{path}: script error: {message}")]
+    Script { path: String, message: String },
+    #[error("{path}: exceeded the sandbox's {limit}")]
+    Limit { path: String, limit: String },
+    #[error("{path}: chose invalid taskee {taskee:?}: a taskee is [A-Za-z0-9][A-Za-z0-9_-]{{0,63}} (no dot, no slash)")]
+    InvalidTaskee { path: String, taskee: String },
+    #[error("{path}: `_taskee_` must be a string, not {type_name}")]
+    TaskeeNotString { path: String, type_name: String },
+    #[error("{path}: chose no taskee and the task requested no tasker")]
+    NoChoice { path: String },
+    #[error("no taskmaster and no requested tasker for domain {0}")]
+    NoTaskee(Domain),
+}
+
+// ---------------------------------------------------------------- sandbox
+
+/// Per-thread state of the script run in progress (see [`with_deadline`]).
+struct RunState {
+    /// When the run must end, and the limit that set it.
+    deadline: Option<(Instant, Duration)>,
+    label: String,
+    log_lines: u32,
+}
+
+thread_local! {
+    static RUN: RefCell<RunState> = const {
+        RefCell::new(RunState { deadline: None, label: String::new(), log_lines: 0 })
+    };
+}
+
+/// The token a script is terminated with when its deadline passes.
+#[derive(Debug, Clone, Copy)]
+struct DeadlinePassed(Duration);
+
+/// The token `reject(reason)` terminates a script with. Termination cannot
+/// be caught by a script's `try`/`catch`, and no script can build this type.
+#[derive(Debug, Clone)]
+struct Rejected(String);
+
+/// Restores the previous [`RunState`] when a run ends (even by a panic).
+struct RunGuard(Option<RunState>);
+
+impl Drop for RunGuard {
+    fn drop(&mut self) {
+        if let Some(prev) = self.0.take() {
+            RUN.with(|r| *r.borrow_mut() = prev);
+        }
+    }
+}
+
+/// Runs `f`, which runs scripts on a [`sandbox_engine`] on this thread, with
+/// a wall-clock deadline of `limit`: a script still running then is
+/// terminated (an `ErrorTerminated`). `label` (the script's path) prefixes
+/// the script's `print` and `debug` output in the log, of which only the
+/// first lines of each run are kept.
+pub fn with_deadline<R>(label: &str, limit: Duration, f: impl FnOnce() -> R) -> R {
+    let state = RunState {
+        deadline: Some((Instant::now() + limit, limit)),
+        label: label.to_string(),
+        log_lines: 0,
+    };
+    let _guard = RunGuard(Some(RUN.with(|r| r.replace(state))));
+    f()
+}
+
+fn shorten(s: &str, max: usize) -> String {
+    let mut out: String = s.chars().take(max).collect();
+    if out.len() < s.len() {
+        out.push('…');
+    }
+    out
+}
+
+/// Logs one line of script output, unless this run has logged enough.
+fn log_script_output(debug: bool, text: &str, pos: Option<Position>) {
+    RUN.with(|r| {
+        let mut r = r.borrow_mut();
+        r.log_lines = r.log_lines.saturating_add(1);
+        let label = if r.label.is_empty() {
+            "script"
+        } else {
+            r.label.as_str()
+        };
+        if r.log_lines > MAX_LOG_LINES_PER_RUN + 1 {
+            return;
+        }
+        if r.log_lines == MAX_LOG_LINES_PER_RUN + 1 {
+            tracing::info!("{label}: further output of this run is dropped");
+            return;
+        }
+        let text = shorten(text, MAX_LOG_LINE);
+        match (debug, pos) {
+            (false, _) => tracing::info!("{label}: {text}"),
+            (true, Some(pos)) if !pos.is_none() => tracing::debug!("{label} ({pos}): {text}"),
+            (true, _) => tracing::debug!("{label}: {text}"),
+        }
+    });
+}
+
+/// The sandboxed engine: no file, process or network access (Rhai has none
+/// built in and no module can be loaded), no `eval`, bounds on operations,
+/// call and expression depth, and string, array and map sizes, and a
+/// wall-clock deadline when run inside [`with_deadline`]. `print` and
+/// `debug` go to the log. Also used for flow `if` expressions.
+pub fn sandbox_engine() -> Engine {
+    let mut engine = Engine::new();
+    engine
+        .set_max_operations(MAX_OPERATIONS)
+        .set_max_call_levels(MAX_CALL_LEVELS)
+        .set_max_expr_depths(MAX_EXPR_DEPTHS.0, MAX_EXPR_DEPTHS.1)
+        .set_max_string_size(MAX_STRING_SIZE)
+        .set_max_array_size(MAX_ARRAY_SIZE)
+        .set_max_map_size(MAX_MAP_SIZE);
+    // `set_max_modules(0)` does not exist with `no_module`: `import` is then
+    // a syntax error.
+    engine.disable_symbol("eval");
+    engine.on_progress(|ops| {
+        if ops % DEADLINE_CHECK_EVERY != 0 {
+            return None;
+        }
+        let (deadline, limit) = RUN.with(|r| r.borrow().deadline)?;
+        if Instant::now() >= deadline {
+            Some(Dynamic::from(DeadlinePassed(limit)))
+        } else {
+            None
+        }
+    });
+    engine.on_print(|s| log_script_output(false, s, None));
+    engine.on_debug(|s, _source, pos| log_script_output(true, s, Some(pos)));
+    engine
+}
+
+/// Lowercases the first letter of a Rhai message ("Variable not found" →
+/// "variable not found"), keeping acronyms.
+fn lowercase_first(s: &str) -> String {
+    let mut chars = s.chars();
+    match (chars.next(), chars.next()) {
+        (Some(a), Some(b)) if a.is_ascii_uppercase() && !b.is_ascii_uppercase() => {
+            let mut out = String::with_capacity(s.len());
+            out.push(a.to_ascii_lowercase());
+            out.push_str(&s[1..]);
+            out
+        }
+        _ => s.to_string(),
+    }
+}
+
+/// The outcome of a run that did not finish normally: a rejection, or an
+/// error.
+fn classify(path: &str, err: &EvalAltResult) -> Result<Choice, TaskmasterError> {
+    let inner = err.unwrap_inner();
+    let limit = |limit: String| TaskmasterError::Limit {
+        path: path.to_string(),
+        limit,
+    };
+    Err(match inner {
+        EvalAltResult::ErrorTerminated(token, _) => {
+            if let Some(Rejected(reason)) = token.clone().try_cast::<Rejected>() {
+                return Ok(Choice::Reject(reason));
+            }
+            match token.clone().try_cast::<DeadlinePassed>() {
+                Some(DeadlinePassed(d)) => limit(format!("time limit ({} ms)", d.as_millis())),
+                None => limit("time limit".to_string()),
+            }
+        }
+        EvalAltResult::ErrorTooManyOperations(_) => {
+            limit(format!("operation limit ({MAX_OPERATIONS} operations)"))
+        }
+        EvalAltResult::ErrorStackOverflow(_) => {
+            limit(format!("call depth limit ({MAX_CALL_LEVELS} levels)"))
+        }
+        EvalAltResult::ErrorDataTooLarge(what, _) => limit(format!(
+            "size limit ({} too large; strings {MAX_STRING_SIZE} bytes, arrays {MAX_ARRAY_SIZE} and maps {MAX_MAP_SIZE} entries)",
+            what.to_lowercase()
+        )),
+        EvalAltResult::ErrorTooManyVariables(_) => limit("variable limit".to_string()),
+        EvalAltResult::ErrorTooManyModules(_) => limit("module limit".to_string()),
+        _ => TaskmasterError::Script {
+            path: path.to_string(),
+            message: lowercase_first(&err.to_string()),
+        },
+    })
+}
+
+// ---------------------------------------------------------------- taskmasters
+
+/// What identifies a version of a script file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    mtime: Option<SystemTime>,
+    len: u64,
+    ino: u64,
+}
+
+impl Stamp {
+    fn of(m: &std::fs::Metadata) -> Stamp {
+        Stamp {
+            mtime: m.modified().ok(),
+            len: m.len(),
+            ino: m.ino(),
+        }
+    }
+}
+
+struct Cached {
+    stamp: Stamp,
+    compiled: Result<AST, TaskmasterError>,
+}
+
+/// The taskmasters of a root: one sandboxed engine and the compiled scripts
+/// of `tsk/*/taskmaster.rhai`, recompiled when a file changes.
+pub struct Taskmasters {
+    root: PathBuf,
+    tsk: PathBuf,
+    engine: Engine,
+    cache: HashMap<PathBuf, Cached>,
+}
+
+impl std::fmt::Debug for Taskmasters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Taskmasters")
+            .field("tsk", &self.tsk)
+            .field("cached", &self.cache.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Taskmasters {
+    /// Taskmasters live under `root_dir/tsk`.
+    pub fn new(root_dir: &Path) -> Taskmasters {
+        let mut engine = sandbox_engine();
+        engine.register_fn(
+            "reject",
+            |reason: &str| -> Result<Dynamic, Box<EvalAltResult>> {
+                Err(EvalAltResult::ErrorTerminated(
+                    Dynamic::from(Rejected(reason.to_string())),
+                    Position::NONE,
+                )
+                .into())
+            },
+        );
+        Taskmasters {
+            root: root_dir.to_path_buf(),
+            tsk: root_dir.join("tsk"),
+            engine,
+            cache: HashMap::new(),
+        }
+    }
+
+    /// The taskmaster of `domain`: the first file of
+    /// `tsk/a.b.c/taskmaster.rhai`, `tsk/a.b/…`, `tsk/a/…`, `tsk/any/…`.
+    pub fn find(&self, domain: &Domain) -> Option<PathBuf> {
+        domain
+            .branch()
+            .chain(std::iter::once("any"))
+            .map(|d| self.tsk.join(d).join("taskmaster.rhai"))
+            .find(|p| p.is_file())
+    }
+
+    /// How a script is named in messages: relative to the root when it lies
+    /// inside it.
+    fn label(&self, path: &Path) -> String {
+        path.strip_prefix(&self.root)
+            .unwrap_or(path)
+            .display()
+            .to_string()
+    }
+
+    /// Reads and compiles a script. The outer error is a file that cannot
+    /// be opened; the stamp is that of the version read.
+    fn load(
+        engine: &Engine,
+        path: &Path,
+        label: &str,
+    ) -> Result<(Stamp, Result<AST, TaskmasterError>), TaskmasterError> {
+        let read_err = |e: std::io::Error| TaskmasterError::Read {
+            path: label.to_string(),
+            message: e.to_string(),
+        };
+        let mut file = File::open(path).map_err(read_err)?;
+        let stamp = Stamp::of(&file.metadata().map_err(read_err)?);
+        let mut source = String::new();
+        if let Err(e) = file.read_to_string(&mut source) {
+            return Ok((stamp, Err(read_err(e))));
+        }
+        let compiled = engine
+            .compile(&source)
+            .map(|mut ast| {
+                ast.set_source(label);
+                ast
+            })
+            .map_err(|e| TaskmasterError::Syntax {
+                path: label.to_string(),
+                message: lowercase_first(&e.to_string()),
+            });
+        Ok((stamp, compiled))
+    }
+
+    /// The compiled script at `path`, from the cache unless the file changed.
+    fn compiled<'c>(
+        engine: &Engine,
+        cache: &'c mut HashMap<PathBuf, Cached>,
+        path: &Path,
+        label: &str,
+    ) -> Result<&'c AST, TaskmasterError> {
+        let current = std::fs::metadata(path).ok().map(|m| Stamp::of(&m));
+        let fresh = matches!(
+            (cache.get(path), current),
+            (Some(c), Some(s)) if c.stamp == s
+        );
+        if !fresh {
+            match Self::load(engine, path, label) {
+                Ok((stamp, compiled)) => {
+                    cache.insert(path.to_path_buf(), Cached { stamp, compiled });
+                }
+                Err(e) => {
+                    cache.remove(path);
+                    return Err(e);
+                }
+            }
+        }
+        match &cache[path].compiled {
+            Ok(ast) => Ok(ast),
+            Err(e) => Err(e.clone()),
+        }
+    }
+
+    /// Runs the taskmaster of `input.domain` and returns its choice; without
+    /// a taskmaster, the requested tasker.
+    pub fn choose(&mut self, input: &TaskmasterInput) -> Result<Choice, TaskmasterError> {
+        let requested = || input.tasker.cloned().map(Choice::Taskee);
+        let Some(path) = self.find(input.domain) else {
+            return requested().ok_or_else(|| TaskmasterError::NoTaskee(input.domain.clone()));
+        };
+        let label = self.label(&path);
+        let ast = Self::compiled(&self.engine, &mut self.cache, &path, &label)?;
+
+        let script_err = |e: Box<EvalAltResult>| TaskmasterError::Script {
+            path: label.clone(),
+            message: lowercase_first(&e.to_string()),
+        };
+        let mut scope = Scope::new();
+        scope.push("task", task_map(input).map_err(script_err)?);
+        scope.push(
+            "payload",
+            rhai::serde::to_dynamic(input.payload).map_err(script_err)?,
+        );
+        scope.push("_taskee_", Dynamic::UNIT);
+
+        let engine = &self.engine;
+        let run = with_deadline(&label, RUN_DEADLINE, || {
+            engine.eval_ast_with_scope::<Dynamic>(&mut scope, ast)
+        });
+        let returned = match run {
+            Ok(v) => v,
+            Err(e) => return classify(&label, &e),
+        };
+
+        let assigned = scope
+            .get_value::<Dynamic>("_taskee_")
+            .unwrap_or(Dynamic::UNIT);
+        let chosen = if assigned.is_string() {
+            Some(assigned)
+        } else if assigned.is_unit() {
+            returned.is_string().then_some(returned)
+        } else {
+            return Err(TaskmasterError::TaskeeNotString {
+                path: label,
+                type_name: assigned.type_name().to_string(),
+            });
+        };
+        match chosen {
+            Some(name) => {
+                let name = name.into_string().unwrap_or_default();
+                name.parse::<Taskee>().map(Choice::Taskee).map_err(|_| {
+                    TaskmasterError::InvalidTaskee {
+                        path: label,
+                        taskee: shorten(&name, 80),
+                    }
+                })
+            }
+            None => requested().ok_or(TaskmasterError::NoChoice { path: label }),
+        }
+    }
+
+    /// Compiles the script at `path` without running it (`spoolflow check`).
+    pub fn check(&self, path: &Path) -> Result<(), TaskmasterError> {
+        let label = self.label(path);
+        Self::load(&self.engine, path, &label)?.1.map(|_| ())
+    }
+}
+
+/// The `task` map a script sees.
+fn task_map(input: &TaskmasterInput) -> Result<Dynamic, Box<EvalAltResult>> {
+    let mut m = rhai::Map::new();
+    m.insert("id".into(), input.id.as_str().into());
+    m.insert("exid".into(), input.exid.as_str().into());
+    m.insert("nid".into(), input.nid.as_str().into());
+    m.insert("domain".into(), input.domain.as_str().into());
+    m.insert(
+        "tasker".into(),
+        input.tasker.map_or(Dynamic::UNIT, |t| t.as_str().into()),
+    );
+    m.insert("attempt".into(), Dynamic::from(INT::from(input.attempt)));
+    m.insert("offers".into(), Dynamic::from(INT::from(input.offers)));
+    m.insert("headers".into(), rhai::serde::to_dynamic(input.headers)?);
+    let refusals: rhai::Array = input
+        .refusals
+        .iter()
+        .map(|r| {
+            let mut o = rhai::Map::new();
+            o.insert("taskee".into(), r.taskee.as_str().into());
+            o.insert("reason".into(), r.reason.as_str().into());
+            Dynamic::from_map(o)
+        })
+        .collect();
+    m.insert("refusals".into(), Dynamic::from_array(refusals));
+    Ok(Dynamic::from_map(m))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    struct Fixture {
+        id: TaskId,
+        exid: TaskId,
+        nid: Nid,
+        domain: Domain,
+        tasker: Option<Taskee>,
+        attempt: u32,
+        offers: u32,
+        headers: Object,
+        refusals: Vec<Refusal>,
+        payload: Object,
+    }
+
+    impl Fixture {
+        fn new(domain: &str, tasker: Option<&str>) -> Fixture {
+            let obj = |v: serde_json::Value| v.as_object().unwrap().clone();
+            Fixture {
+                id: "order-1".parse().unwrap(),
+                exid: "flow-9".parse().unwrap(),
+                nid: "0_1".parse().unwrap(),
+                domain: domain.parse().unwrap(),
+                tasker: tasker.map(|t| t.parse().unwrap()),
+                attempt: 2,
+                offers: 3,
+                headers: obj(json!({"lang": "fr", "n": 7})),
+                refusals: vec![Refusal {
+                    taskee: "busy".parse().unwrap(),
+                    reason: "full".into(),
+                }],
+                payload: obj(json!({"x": 42, "list": [1, 2], "name": "n"})),
+            }
+        }
+
+        fn input(&self) -> TaskmasterInput<'_> {
+            TaskmasterInput {
+                id: &self.id,
+                exid: &self.exid,
+                nid: &self.nid,
+                domain: &self.domain,
+                tasker: self.tasker.as_ref(),
+                attempt: self.attempt,
+                offers: self.offers,
+                headers: &self.headers,
+                refusals: &self.refusals,
+                payload: &self.payload,
+            }
+        }
+    }
+
+    fn write(root: &Path, domain: &str, script: &str) -> PathBuf {
+        let dir = root.join("tsk").join(domain);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("taskmaster.rhai");
+        std::fs::write(&path, script).unwrap();
+        path
+    }
+
+    fn taskee(s: &str) -> Choice {
+        Choice::Taskee(s.parse().unwrap())
+    }
+
+    /// Runs `script` as the taskmaster of `org` for a task requesting
+    /// `stamp`.
+    fn run(script: &str) -> Result<Choice, TaskmasterError> {
+        let tmp = tempfile::tempdir().unwrap();
+        write(tmp.path(), "org", script);
+        let mut tm = Taskmasters::new(tmp.path());
+        tm.choose(&Fixture::new("org", Some("stamp")).input())
+    }
+
+    #[test]
+    fn lookup_goes_up_the_branch_then_any() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        let tm = Taskmasters::new(root);
+        let d: Domain = "a.b.c".parse().unwrap();
+        assert_eq!(tm.find(&d), None);
+
+        let any = write(root, "any", "\"any\"");
+        assert_eq!(tm.find(&d), Some(any));
+        let a = write(root, "a", "\"a\"");
+        assert_eq!(tm.find(&d), Some(a.clone()));
+        // A sibling or a longer domain is never reached.
+        write(root, "a.b.x", "\"sibling\"");
+        write(root, "a.b.c.d", "\"child\"");
+        write(root, "a.bc", "\"prefix\"");
+        assert_eq!(tm.find(&d), Some(a));
+        let ab = write(root, "a.b", "\"ab\"");
+        assert_eq!(tm.find(&d), Some(ab));
+        let abc = write(root, "a.b.c", "\"abc\"");
+        assert_eq!(tm.find(&d), Some(abc));
+
+        // A directory named taskmaster.rhai is not a taskmaster.
+        std::fs::create_dir_all(root.join("tsk/z/taskmaster.rhai")).unwrap();
+        let z: Domain = "z".parse().unwrap();
+        assert_eq!(tm.find(&z), Some(root.join("tsk/any/taskmaster.rhai")));
+
+        let mut tm = tm;
+        let f = Fixture::new("a.b.c", None);
+        assert_eq!(tm.choose(&f.input()).unwrap(), taskee("abc"));
+        let f = Fixture::new("a.b.y", None);
+        assert_eq!(tm.choose(&f.input()).unwrap(), taskee("ab"));
+        let f = Fixture::new("q", None);
+        assert_eq!(tm.choose(&f.input()).unwrap(), taskee("any"));
+    }
+
+    #[test]
+    fn assignment_return_and_precedence() {
+        assert_eq!(run("_taskee_ = \"alpha\";").unwrap(), taskee("alpha"));
+        assert_eq!(run("\"beta\"").unwrap(), taskee("beta"));
+        assert_eq!(
+            run("if payload.x > 40 { \"big\" } else { \"small\" }").unwrap(),
+            taskee("big")
+        );
+        assert_eq!(
+            run("_taskee_ = \"alpha\"; \"beta\"").unwrap(),
+            taskee("alpha")
+        );
+        assert_eq!(
+            run("let _taskee_ = \"shadow\"; 1").unwrap(),
+            taskee("shadow")
+        );
+    }
+
+    #[test]
+    fn no_choice_means_the_requested_tasker() {
+        assert_eq!(run("").unwrap(), taskee("stamp"));
+        assert_eq!(run("let x = 1;").unwrap(), taskee("stamp"));
+        assert_eq!(run("42").unwrap(), taskee("stamp"));
+        assert_eq!(run("()").unwrap(), taskee("stamp"));
+        assert_eq!(run("_taskee_ = (); [\"x\"]").unwrap(), taskee("stamp"));
+
+        let tmp = tempfile::tempdir().unwrap();
+        let path = write(tmp.path(), "org", "if task.tasker == () { 5 } else { 6 }");
+        let mut tm = Taskmasters::new(tmp.path());
+        let err = tm.choose(&Fixture::new("org", None).input()).unwrap_err();
+        assert_eq!(
+            err,
+            TaskmasterError::NoChoice {
+                path: "tsk/org/taskmaster.rhai".into()
+            }
+        );
+        assert!(
+            err.to_string().starts_with("tsk/org/taskmaster.rhai: "),
+            "{err}"
+        );
+        assert!(path.is_file());
+    }
+
+    #[test]
+    fn assigning_a_non_string_is_an_error() {
+        let err = run("_taskee_ = 5;").unwrap_err();
+        assert!(
+            matches!(err, TaskmasterError::TaskeeNotString { .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("must be a string"), "{err}");
+    }
+
+    #[test]
+    fn without_a_taskmaster() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut tm = Taskmasters::new(tmp.path());
+        let f = Fixture::new("org.x", Some("stamp"));
+        assert_eq!(tm.choose(&f.input()).unwrap(), taskee("stamp"));
+        let f = Fixture::new("org.x", None);
+        let err = tm.choose(&f.input()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "no taskmaster and no requested tasker for domain org.x"
+        );
+    }
+
+    #[test]
+    fn reject_fails_the_task() {
+        assert_eq!(
+            run("reject(\"why\")").unwrap(),
+            Choice::Reject("why".into())
+        );
+        assert_eq!(
+            run("_taskee_ = \"a\"; if payload.x == 42 { reject(`no ${payload.x}`); } \"b\"")
+                .unwrap(),
+            Choice::Reject("no 42".into())
+        );
+        // From inside a function, and not catchable.
+        assert_eq!(
+            run("fn no(r) { reject(r) } try { no(\"deep\") } catch (e) { \"caught\" }").unwrap(),
+            Choice::Reject("deep".into())
+        );
+        // A thrown value is a script error, not a rejection.
+        let err = run("throw \"boom\"").unwrap_err();
+        assert!(matches!(err, TaskmasterError::Script { .. }), "{err}");
+        assert!(err.to_string().contains("boom"), "{err}");
+    }
+
+    #[test]
+    fn task_fields_are_visible() {
+        let script = r#"
+            if task.id != "order-1" { throw "id " + task.id }
+            if task.exid != "flow-9" { throw "exid" }
+            if task.nid != "0_1" { throw "nid" }
+            if task.domain != "org" { throw "domain" }
+            if task.tasker != "stamp" { throw "tasker" }
+            if task.attempt != 2 { throw "attempt" }
+            if task.offers != 3 { throw "offers" }
+            if task.headers.lang != "fr" || task.headers.n != 7 { throw "headers" }
+            if task.refusals.len() != 1 { throw "refusals" }
+            if task.refusals[0].taskee != "busy" { throw "refusal taskee" }
+            if task.refusals[0].reason != "full" { throw "refusal reason" }
+            if payload.x != 42 || payload.list[1] != 2 { throw "payload" }
+            "seen"
+        "#;
+        assert_eq!(run(script).unwrap(), taskee("seen"));
+    }
+
+    #[test]
+    fn changing_task_and_payload_is_harmless() {
+        let script = r#"
+            task.domain = "evil"; task.extra = 1; payload.x = "y"; payload = 5;
+            task = #{}; "ok"
+        "#;
+        assert_eq!(run(script).unwrap(), taskee("ok"));
+    }
+
+    #[test]
+    fn invalid_taskees_are_errors() {
+        for bad in ["../../bin/sh", "a/b", "a.b", "", "/bin/sh"] {
+            for script in [format!("{bad:?}"), format!("_taskee_ = {bad:?};")] {
+                let err = run(&script).unwrap_err();
+                assert!(
+                    matches!(err, TaskmasterError::InvalidTaskee { .. }),
+                    "{script}: {err}"
+                );
+                assert!(
+                    err.to_string().starts_with(&format!(
+                        "tsk/org/taskmaster.rhai: chose invalid taskee {bad:?}: "
+                    )),
+                    "{err}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn syntax_errors_report_the_position() {
+        let err = run("let a = 1;\nlet b = 2;\nlet c = ;\n").unwrap_err();
+        assert!(matches!(err, TaskmasterError::Syntax { .. }), "{err}");
+        let msg = err.to_string();
+        assert!(
+            msg.starts_with("tsk/org/taskmaster.rhai: syntax error: "),
+            "{msg}"
+        );
+        assert!(msg.contains("(line 3, position"), "{msg}");
+
+        let tmp = tempfile::tempdir().unwrap();
+        let tm = Taskmasters::new(tmp.path());
+        let bad = write(tmp.path(), "org", "fn (");
+        let err = tm.check(&bad).unwrap_err();
+        assert!(err.to_string().contains("line 1"), "{err}");
+        let good = write(tmp.path(), "other", "\"ok\"");
+        tm.check(&good).unwrap();
+        let missing = tmp.path().join("tsk/none/taskmaster.rhai");
+        let err = tm.check(&missing).unwrap_err();
+        assert!(matches!(err, TaskmasterError::Read { .. }), "{err}");
+    }
+
+    #[test]
+    fn runtime_errors_are_script_errors() {
+        let err = run("let x = undefined_var; \"a\"").unwrap_err();
+        assert!(matches!(err, TaskmasterError::Script { .. }), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("tsk/org/taskmaster.rhai: script error: variable not found"),
+            "{err}"
+        );
+        assert!(err.to_string().contains("line 1"), "{err}");
+    }
+
+    #[test]
+    fn cache_follows_file_changes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut tm = Taskmasters::new(tmp.path());
+        let f = Fixture::new("org", None);
+        write(tmp.path(), "org", "\"alpha\"");
+        assert_eq!(tm.choose(&f.input()).unwrap(), taskee("alpha"));
+        assert_eq!(tm.choose(&f.input()).unwrap(), taskee("alpha"));
+        write(tmp.path(), "org", "\"beta-two\"");
+        assert_eq!(tm.choose(&f.input()).unwrap(), taskee("beta-two"));
+        // A broken version fails, a fixed one works again.
+        write(tmp.path(), "org", "\"unterminated");
+        assert!(matches!(
+            tm.choose(&f.input()),
+            Err(TaskmasterError::Syntax { .. })
+        ));
+        assert!(matches!(
+            tm.choose(&f.input()),
+            Err(TaskmasterError::Syntax { .. })
+        ));
+        write(tmp.path(), "org", "\"gamma\"");
+        assert_eq!(tm.choose(&f.input()).unwrap(), taskee("gamma"));
+        // Removed: the next taskmaster up (none here) applies.
+        std::fs::remove_file(tmp.path().join("tsk/org/taskmaster.rhai")).unwrap();
+        assert!(matches!(
+            tm.choose(&f.input()),
+            Err(TaskmasterError::NoTaskee(_))
+        ));
+    }
+
+    /// Each hostile script fails with a clear message, and the same
+    /// `Taskmasters` then runs a good script.
+    #[test]
+    fn sandbox_limits() {
+        // Growing a collection one element at a time is checked on every
+        // operation at a cost that grows with the collection, and `print` is
+        // slow in debug builds, so the deadline may come first.
+        let slow = ["size limit", "time limit"];
+        let spam = ["operation limit", "time limit"];
+        let cases: &[(&str, &[&str])] = &[
+            ("loop {}", &["operation limit"]),
+            ("while true { let x = 1; }", &["operation limit"]),
+            ("let s = \"x\"; loop { s += s; }", &["size limit"]),
+            ("let a = [1]; loop { a += a; }", &["size limit"]),
+            ("let a = []; loop { a.push(1); }", &slow),
+            (
+                "let m = #{}; let i = 0; loop { m[`k${i}`] = i; i += 1; }",
+                &slow,
+            ),
+            ("fn f(n) { f(n + 1) } f(0)", &["call depth limit"]),
+            ("loop { print(\"spam\"); }", &spam),
+            ("loop { debug(\"spam\"); }", &spam),
+        ];
+        let tmp = tempfile::tempdir().unwrap();
+        let mut tm = Taskmasters::new(tmp.path());
+        let bad = Fixture::new("bad", Some("stamp"));
+        let good = Fixture::new("good", None);
+        write(tmp.path(), "good", "\"fine\"");
+        for (script, expected) in cases {
+            write(tmp.path(), "bad", script);
+            let err = tm.choose(&bad.input()).unwrap_err();
+            let msg = err.to_string();
+            assert!(
+                matches!(err, TaskmasterError::Limit { .. }),
+                "{script}: {msg}"
+            );
+            assert!(
+                msg.starts_with("tsk/bad/taskmaster.rhai: exceeded the sandbox's "),
+                "{script}: {msg}"
+            );
+            assert!(expected.iter().any(|e| msg.contains(e)), "{script}: {msg}");
+            assert_eq!(
+                tm.choose(&good.input()).unwrap(),
+                taskee("fine"),
+                "{script}"
+            );
+        }
+    }
+
+    #[test]
+    fn eval_and_import_are_unavailable() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut tm = Taskmasters::new(tmp.path());
+        let bad = Fixture::new("bad", Some("stamp"));
+        let good = Fixture::new("good", None);
+        write(tmp.path(), "good", "\"fine\"");
+        for script in [
+            "eval(\"1\")",
+            "import \"x\" as y;",
+            "let f = Fn(\"eval\"); f.call(\"\\\"sneaky\\\"\")",
+            "call(Fn(\"eval\"), \"\\\"sneaky\\\"\")",
+        ] {
+            write(tmp.path(), "bad", script);
+            let err = tm.choose(&bad.input()).unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    TaskmasterError::Syntax { .. } | TaskmasterError::Script { .. }
+                ),
+                "{script}: {err}"
+            );
+            assert!(
+                err.to_string().starts_with("tsk/bad/taskmaster.rhai: "),
+                "{err}"
+            );
+            assert_eq!(
+                tm.choose(&good.input()).unwrap(),
+                taskee("fine"),
+                "{script}"
+            );
+        }
+    }
+
+    #[test]
+    fn wall_clock_deadline_terminates() {
+        let engine = sandbox_engine();
+        let err = with_deadline("t", Duration::from_millis(1), || {
+            engine.run("loop { let x = 1; }").unwrap_err()
+        });
+        assert!(matches!(*err, EvalAltResult::ErrorTerminated(..)), "{err}");
+        let msg = classify("t", &err).unwrap_err().to_string();
+        assert!(
+            msg.starts_with("t: exceeded the sandbox's time limit"),
+            "{msg}"
+        );
+        // Outside a deadline, only the operation limit applies.
+        let err = engine.run("loop {}").unwrap_err();
+        assert!(
+            matches!(*err, EvalAltResult::ErrorTooManyOperations(..)),
+            "{err}"
+        );
+        assert_eq!(engine.eval::<INT>("1 + 2").unwrap(), 3);
+    }
+
+    #[test]
+    fn taskmasters_can_move_between_threads() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<Taskmasters>();
+        send_sync::<TaskmasterError>();
+    }
+
+    #[test]
+    fn messages_are_lowercase() {
+        assert_eq!(lowercase_first("Variable not found"), "variable not found");
+        assert_eq!(lowercase_first("EOF reached"), "EOF reached");
+        assert_eq!(lowercase_first(""), "");
+    }
+}

@@ -1,0 +1,141 @@
+//! The watcher: `notify` events on `var/spool/in/` (recursive),
+//! `var/spool/cancel/` and the taskers' points directory, filtered into the
+//! few [`WatchEvent`]s the engine acts on.
+//!
+//! A file written in place is reported once its writer closed it
+//! (`IN_CLOSE_WRITE`); a renamed-in file when the rename lands; a symlink,
+//! FIFO or directory as soon as it is created (they have no close). An
+//! overflow becomes [`WatchEvent::Rescan`].
+
+use std::path::{Path, PathBuf};
+
+use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind, RenameMode};
+use notify::{Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher};
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::root::Root;
+
+/// What the engine is told.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WatchEvent {
+    /// Something under `in/` may be ready to take.
+    Input(PathBuf),
+    /// A cancel request may be ready.
+    Cancel(PathBuf),
+    /// A tasker appended to its points file.
+    Points(PathBuf),
+    /// Events were lost: rescan the spool.
+    Rescan,
+    /// The watcher failed.
+    Error(String),
+}
+
+/// The watcher could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum WatchError {
+    #[error("cannot watch {path}: {source}{hint}")]
+    Watch {
+        path: PathBuf,
+        source: notify::Error,
+        hint: &'static str,
+    },
+}
+
+/// Starts watching; events go to `tx` until the returned watcher drops.
+pub fn start(
+    root: &Root,
+    points_dir: &Path,
+    tx: UnboundedSender<WatchEvent>,
+) -> Result<RecommendedWatcher, WatchError> {
+    let spool_in = root.spool_in();
+    let cancel = root.cancel();
+    let points = points_dir.to_path_buf();
+    let (in2, cancel2, points2) = (spool_in.clone(), cancel.clone(), points.clone());
+    let handler = move |res: notify::Result<Event>| {
+        let ev = match res {
+            Ok(ev) => ev,
+            Err(e) => {
+                let _ = tx.send(WatchEvent::Error(e.to_string()));
+                return;
+            }
+        };
+        if ev.need_rescan() {
+            let _ = tx.send(WatchEvent::Rescan);
+            return;
+        }
+        let Some((path, data_only)) = interesting_path(&ev) else {
+            return;
+        };
+        let event = if data_only {
+            // Only points files are read while their writer goes on.
+            if !path.starts_with(&points2) {
+                return;
+            }
+            WatchEvent::Points(path)
+        } else if path.starts_with(&in2) {
+            WatchEvent::Input(path)
+        } else if path.starts_with(&cancel2) {
+            WatchEvent::Cancel(path)
+        } else if path.starts_with(&points2) {
+            WatchEvent::Points(path)
+        } else {
+            return;
+        };
+        let _ = tx.send(event);
+    };
+    let mut watcher = notify::recommended_watcher(handler).map_err(|source| WatchError::Watch {
+        path: spool_in.clone(),
+        hint: hint_for(&source),
+        source,
+    })?;
+    for (path, mode) in [
+        (&spool_in, RecursiveMode::Recursive),
+        (&cancel, RecursiveMode::NonRecursive),
+        (&points, RecursiveMode::NonRecursive),
+    ] {
+        watcher
+            .watch(path, mode)
+            .map_err(|source| WatchError::Watch {
+                path: path.clone(),
+                hint: hint_for(&source),
+                source,
+            })?;
+    }
+    Ok(watcher)
+}
+
+fn hint_for(e: &notify::Error) -> &'static str {
+    match &e.kind {
+        notify::ErrorKind::MaxFilesWatch => {
+            " (raise the inotify limits: sysctl fs.inotify.max_user_watches and fs.inotify.max_user_instances)"
+        }
+        _ => "",
+    }
+}
+
+/// The path an event makes worth a look, if any, and whether the event is
+/// only a write of data (the writer may still be writing).
+fn interesting_path(ev: &Event) -> Option<(PathBuf, bool)> {
+    let path = match ev.kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => ev.paths.first().cloned(),
+        EventKind::Modify(ModifyKind::Name(RenameMode::To)) => ev.paths.first().cloned(),
+        EventKind::Modify(ModifyKind::Name(RenameMode::Both)) => ev.paths.get(1).cloned(),
+        // Data appended to a points file (taskers may keep it open).
+        EventKind::Modify(ModifyKind::Data(_)) | EventKind::Modify(ModifyKind::Any) => {
+            return ev.paths.first().cloned().map(|p| (p, true));
+        }
+        // A created directory, symlink or special file never sees a close;
+        // a created regular file waits for its writer's close.
+        EventKind::Create(CreateKind::Folder) => ev.paths.first().cloned(),
+        EventKind::Create(_) => {
+            let p = ev.paths.first()?;
+            match std::fs::symlink_metadata(p) {
+                Ok(m) if m.is_file() => None,
+                Ok(_) => Some(p.clone()),
+                Err(_) => None,
+            }
+        }
+        _ => None,
+    };
+    path.map(|p| (p, false))
+}
