@@ -1,0 +1,241 @@
+//! Test support: [`TestRoot`], a spoolflow root in a temporary directory,
+//! with helpers to write taskmasters and taskers (real scripts), drop task
+//! files, run the engine (in-process or as the built binary), and wait for
+//! conditions with a deadline (never a sleep as synchronisation).
+
+#![allow(dead_code)]
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use spoolflow::{Options, Root};
+
+/// The deadline used by most waits: generous, since a loaded CI machine
+/// is slow, and a passing test never waits for it.
+pub const DEADLINE: Duration = Duration::from_secs(30);
+
+/// Polls `cond` until it holds or `deadline` passes; panics with `what`
+/// then.
+pub fn wait_for(what: &str, deadline: Duration, mut cond: impl FnMut() -> bool) {
+    let end = Instant::now() + deadline;
+    let mut pause = Duration::from_millis(2);
+    while !cond() {
+        if Instant::now() > end {
+            panic!("timed out after {deadline:?} waiting for {what}");
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(50));
+    }
+}
+
+pub struct TestRoot {
+    pub tmp: tempfile::TempDir,
+    pub root: Root,
+}
+
+impl TestRoot {
+    pub fn new() -> TestRoot {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let root = Root::new(tmp.path()).expect("root");
+        root.init().expect("init");
+        TestRoot { tmp, root }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.root.dir()
+    }
+
+    pub fn join(&self, rel: &str) -> PathBuf {
+        self.root.dir().join(rel)
+    }
+
+    /// Writes an executable file at `tsk/<domain>/<name>`.
+    pub fn tasker(&self, domain: &str, name: &str, script: &str) -> PathBuf {
+        let dir = self.root.tsk().join(domain);
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(name);
+        write_executable(&path, script);
+        path
+    }
+
+    /// Writes a tasker directory `tsk/<domain>/<name>/` with a
+    /// `tasker.json` and the given (executable) files.
+    pub fn tasker_dir(&self, domain: &str, name: &str, config: &str, files: &[(&str, &str)]) -> PathBuf {
+        let dir = self.root.tsk().join(domain).join(name);
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("tasker.json"), config).unwrap();
+        for (f, body) in files {
+            write_executable(&dir.join(f), body);
+        }
+        dir
+    }
+
+    /// Writes `tsk/<domain>/taskmaster.rhai`.
+    pub fn taskmaster(&self, domain: &str, script: &str) {
+        let dir = self.root.tsk().join(domain);
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("taskmaster.rhai"), script).unwrap();
+    }
+
+    /// Drops a task file into `in/` the safe way (temporary, then rename).
+    pub fn drop_task(&self, name: &str, json: &str) -> PathBuf {
+        self.drop_bytes("", name, json.as_bytes())
+    }
+
+    /// Drops a task file into `in/<domain>/`.
+    pub fn drop_task_in(&self, domain: &str, name: &str, json: &str) -> PathBuf {
+        self.drop_bytes(domain, name, json.as_bytes())
+    }
+
+    /// Drops raw bytes as `in/[sub/]name` (temporary, then rename).
+    pub fn drop_bytes(&self, sub: &str, name: &str, bytes: &[u8]) -> PathBuf {
+        let dir = if sub.is_empty() { self.root.spool_in() } else { self.root.spool_in().join(sub) };
+        fs::create_dir_all(&dir).unwrap();
+        let tmp = dir.join(format!(".{name}.tmp"));
+        fs::write(&tmp, bytes).unwrap();
+        let dst = dir.join(name);
+        fs::rename(&tmp, &dst).unwrap();
+        dst
+    }
+
+    /// Runs the engine in-process with `--drain` and the given workers;
+    /// panics if it does not drain within the deadline.
+    pub fn run_drain(&self, workers: usize) {
+        self.run_drain_with(Options { workers, drain: true, ..Options::default() });
+    }
+
+    pub fn run_drain_with(&self, options: Options) {
+        let root = self.root.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let r = spoolflow::engine::run_blocking(root, options, None);
+            let _ = tx.send(r.map_err(|e| e.to_string()));
+        });
+        match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => panic!("engine failed: {e}"),
+            Err(_) => panic!("engine did not drain within 60s"),
+        }
+    }
+
+    /// The built binary with `--root` set.
+    pub fn cmd(&self) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_spoolflow"));
+        c.arg("--root").arg(self.path());
+        c.env_remove("SPOOLFLOW_ROOT");
+        c
+    }
+
+    /// Starts `spoolflow run` (the binary) with extra arguments.
+    pub fn spawn_engine(&self, args: &[&str]) -> EngineProcess {
+        let child = self
+            .cmd()
+            .arg("run")
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn spoolflow run");
+        EngineProcess { child }
+    }
+
+    /// The final record of `id` (from `done/` or `failed/`), if written.
+    pub fn record(&self, id: &str) -> Option<Value> {
+        for dir in ["done", "failed"] {
+            let p = self.join(&format!("var/spool/{dir}/{id}.json"));
+            if let Ok(b) = fs::read(&p) {
+                return Some(serde_json::from_slice(&b).expect("record is JSON"));
+            }
+        }
+        None
+    }
+
+    /// The final record of `id`, panicking when absent.
+    pub fn must_record(&self, id: &str) -> Value {
+        self.record(id).unwrap_or_else(|| {
+            panic!(
+                "no record for {id}; points: {:#?}; rejected: {:?}",
+                self.points(id),
+                self.list("var/spool/rejected")
+            )
+        })
+    }
+
+    /// The points of an execution, parsed.
+    pub fn points(&self, exid: &str) -> Vec<Value> {
+        let p = self.join(&format!("var/log/tsk/{exid}.log"));
+        let Ok(text) = fs::read_to_string(p) else { return Vec::new() };
+        text.lines().map(|l| serde_json::from_str(l).expect("point is JSON")).collect()
+    }
+
+    /// The point names of an execution, in order.
+    pub fn point_names(&self, exid: &str) -> Vec<String> {
+        self.points(exid).iter().map(|p| p["point"].as_str().unwrap().to_string()).collect()
+    }
+
+    /// The `.reason` of `rejected/<name>`.
+    pub fn rejected_reason(&self, name: &str) -> Option<String> {
+        fs::read_to_string(self.join(&format!("var/spool/rejected/{name}.reason"))).ok()
+    }
+
+    /// Sorted file names in a directory relative to the root.
+    pub fn list(&self, rel: &str) -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(self.join(rel))
+            .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+}
+
+pub fn write_executable(path: &Path, body: &str) {
+    fs::write(path, body).unwrap();
+    fs::set_permissions(path, fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// A `spoolflow run` process; killed (SIGKILL) when dropped.
+pub struct EngineProcess {
+    pub child: Child,
+}
+
+impl EngineProcess {
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), sig).expect("signal the engine");
+    }
+
+    /// Waits for the process to exit (within the deadline); returns its
+    /// exit code and stderr.
+    pub fn wait(mut self, deadline: Duration) -> (Option<i32>, String) {
+        let end = Instant::now() + deadline;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                let mut err = String::new();
+                if let Some(mut e) = self.child.stderr.take() {
+                    use std::io::Read;
+                    let _ = e.read_to_string(&mut err);
+                }
+                return (status.code(), err);
+            }
+            if Instant::now() > end {
+                panic!("engine did not exit within {deadline:?}");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for EngineProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
