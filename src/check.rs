@@ -40,25 +40,41 @@ pub fn check(root: &Root) -> (Vec<Problem>, usize, usize) {
     let mut domains: Vec<_> = domains.flatten().map(|e| e.path()).collect();
     domains.sort();
     for dir in domains {
-        let name = dir.file_name().unwrap_or_default().to_string_lossy().into_owned();
+        let name = dir
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
         if name.starts_with('.') || !dir.is_dir() {
             continue;
         }
         if name != "any" {
             if let Err(e) = name.parse::<Domain>() {
-                problems.push(Problem { path: rel(&dir), what: format!("not a domain directory: {e}") });
+                problems.push(Problem {
+                    path: rel(&dir),
+                    what: format!("not a domain directory: {e}"),
+                });
                 continue;
             }
         }
-        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
         let mut entries: Vec<_> = entries.flatten().map(|e| e.path()).collect();
         entries.sort();
         for entry in entries {
-            let ename = entry.file_name().unwrap_or_default().to_string_lossy().into_owned();
+            let ename = entry
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned();
             if ename == "taskmaster.rhai" {
                 scripts += 1;
                 if let Err(e) = taskmasters.check(&entry) {
-                    problems.push(Problem { path: rel(&entry), what: strip_path(&e.to_string(), &rel(&entry)) });
+                    problems.push(Problem {
+                        path: rel(&entry),
+                        what: strip_path(&e.to_string(), &rel(&entry)),
+                    });
                 }
                 continue;
             }
@@ -82,10 +98,17 @@ fn strip_path(msg: &str, path: &Path) -> String {
 fn check_tasker(root: &Root, entry: &Path) -> Option<Problem> {
     use std::os::unix::fs::PermissionsExt;
     let rel = root.relative(entry).to_path_buf();
-    let problem = |what: String| Some(Problem { path: rel.clone(), what });
+    let problem = |what: String| {
+        Some(Problem {
+            path: rel.clone(),
+            what,
+        })
+    };
     let tsk = root.tsk().canonicalize().ok()?;
     match entry.canonicalize() {
-        Ok(real) if !real.starts_with(&tsk) => return problem("resolves outside tsk/ and is never run".into()),
+        Ok(real) if !real.starts_with(&tsk) => {
+            return problem("resolves outside tsk/ and is never run".into())
+        }
         Err(e) => return problem(format!("cannot resolve: {e}")),
         _ => {}
     }
@@ -94,10 +117,14 @@ fn check_tasker(root: &Root, entry: &Path) -> Option<Problem> {
         let cfg = entry.join("tasker.json");
         let cfg_rel = root.relative(&cfg).to_path_buf();
         match std::fs::read(&cfg) {
-            Err(e) => Some(Problem { path: cfg_rel, what: format!("cannot read: {e}") }),
-            Ok(bytes) => TaskerConfig::parse(&bytes)
-                .err()
-                .map(|what| Problem { path: cfg_rel, what }),
+            Err(e) => Some(Problem {
+                path: cfg_rel,
+                what: format!("cannot read: {e}"),
+            }),
+            Ok(bytes) => TaskerConfig::parse(&bytes).err().map(|what| Problem {
+                path: cfg_rel,
+                what,
+            }),
         }
     } else if meta.permissions().mode() & 0o111 == 0 {
         problem("not executable (chmod +x it)".into())

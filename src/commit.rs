@@ -121,7 +121,10 @@ fn commit_batch(batch: Vec<CommitJob>) -> Vec<Committed> {
                 written.push((job, false));
             }
             Err(SpoolError::Exists(path)) => {
-                tracing::warn!("{} exists already; a final record is never overwritten", path.display());
+                tracing::warn!(
+                    "{} exists already; a final record is never overwritten",
+                    path.display()
+                );
                 written.push((job, true));
             }
             Err(e) if e.is_fatal() => return vec![Committed::Fatal(e)],

@@ -24,7 +24,7 @@ use tokio::sync::oneshot;
 
 use crate::commit::{CommitJob, Committed, Committer};
 use crate::intake::{self, Intake};
-use crate::names::{Taskee, TaskId};
+use crate::names::{TaskId, Taskee};
 use crate::points::{kind, Point, PointsLog};
 use crate::recovery::{self, RecoveryError};
 use crate::root::{Root, RootError};
@@ -305,10 +305,7 @@ impl Engine {
                     continue;
                 }
             }
-            let next_timer = self
-                .sched
-                .next_due()
-                .map(tokio::time::Instant::from_std);
+            let next_timer = self.sched.next_due().map(tokio::time::Instant::from_std);
             let grace_end = self.stopping;
             tokio::select! {
                 biased;
@@ -345,7 +342,9 @@ impl Engine {
             if intake::is_ignored_name(&name) {
                 continue;
             }
-            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) && name.parse::<crate::names::Domain>().is_ok() {
+            if e.file_type().map(|t| t.is_dir()).unwrap_or(false)
+                && name.parse::<crate::names::Domain>().is_ok()
+            {
                 let has_any = std::fs::read_dir(e.path())
                     .map(|d| {
                         d.flatten()
@@ -420,7 +419,7 @@ impl Engine {
                 path,
                 task,
                 self_contained,
-            } => self.claim(&path, task, self_contained),
+            } => self.claim(&path, *task, self_contained),
         }
     }
 
@@ -545,7 +544,8 @@ impl Engine {
         if let Some(node) = self.nodes.get_mut(key) {
             node.gen = gen;
             node.phase = Phase::Delayed;
-            self.sched.at(Instant::now() + delay, Timer::Ready(key.clone(), gen));
+            self.sched
+                .at(Instant::now() + delay, Timer::Ready(key.clone(), gen));
         }
     }
 
@@ -673,15 +673,18 @@ impl Engine {
         let taskee = match choice {
             Ok(Choice::Taskee(t)) => t,
             Ok(Choice::Reject(reason)) => {
-                return self.fail(key, TaskError::new(ErrorKind::Config, format!("rejected by the taskmaster: {reason}")));
+                return self.fail(
+                    key,
+                    TaskError::new(
+                        ErrorKind::Config,
+                        format!("rejected by the taskmaster: {reason}"),
+                    ),
+                );
             }
             Err(e) => return self.fail(key, TaskError::new(ErrorKind::Config, e.to_string())),
         };
         if let Some(r) = node.refusals.iter().find(|r| r.taskee == taskee) {
-            let msg = format!(
-                "offered again to {taskee}, which refused it: {}",
-                r.reason
-            );
+            let msg = format!("offered again to {taskee}, which refused it: {}", r.reason);
             return self.fail(key, TaskError::new(ErrorKind::Refused, msg));
         }
         let offers = node.offers;
@@ -738,7 +741,10 @@ impl Engine {
     }
 
     fn start(&mut self, key: &NodeKey, resolved: tasker::Resolved, limits: Vec<(LimitKey, u32)>) {
-        let node = self.nodes.get_mut(key).expect("start is called on a known node");
+        let node = self
+            .nodes
+            .get_mut(key)
+            .expect("start is called on a known node");
         let points_file = self
             .points_dir
             .join(format!("{}.{}.jsonl", key.exid, key.nid));
@@ -766,7 +772,10 @@ impl Engine {
         env.push(sf("SPOOLFLOW_DOMAIN", node.task.domain.as_str()));
         env.push(sf("SPOOLFLOW_TASKEE", resolved.taskee.as_str()));
         env.push(sf("SPOOLFLOW_ATTEMPT", &node.attempt.to_string()));
-        env.push(("SPOOLFLOW_POINTS".into(), points_file.clone().into_os_string()));
+        env.push((
+            "SPOOLFLOW_POINTS".into(),
+            points_file.clone().into_os_string(),
+        ));
         let timeout = node
             .task
             .options
@@ -877,7 +886,12 @@ impl Engine {
                     .cancel_reason
                     .clone()
                     .unwrap_or_else(|| "cancelled".into());
-                return self.finish(&key, State::Aborted, Some(TaskError::new(ErrorKind::Aborted, reason)), None);
+                return self.finish(
+                    &key,
+                    State::Aborted,
+                    Some(TaskError::new(ErrorKind::Aborted, reason)),
+                    None,
+                );
             }
             None => {}
         }
@@ -889,12 +903,18 @@ impl Engine {
                 .or(node.config.as_ref().and_then(|c| c.timeout))
                 .map(|d| d.to_string())
                 .unwrap_or_default();
-            return self.error(&key, TaskError::new(ErrorKind::Timeout, format!("run timed out after {t}")));
+            return self.error(
+                &key,
+                TaskError::new(ErrorKind::Timeout, format!("run timed out after {t}")),
+            );
         }
         if oversized {
             return self.error(
                 &key,
-                TaskError::new(ErrorKind::User, format!("reply larger than {} bytes", tasker::REPLY_LIMIT)),
+                TaskError::new(
+                    ErrorKind::User,
+                    format!("reply larger than {} bytes", tasker::REPLY_LIMIT),
+                ),
             );
         }
         let tail = if stderr_tail.is_empty() {
@@ -906,17 +926,29 @@ impl Engine {
         match (status.code(), status.signal()) {
             (Some(0), _) => {}
             (Some(75), _) => {
-                return self.error(&key, TaskError::new(ErrorKind::Work, format!("exit status 75 (temporary failure){tail}")))
+                return self.error(
+                    &key,
+                    TaskError::new(
+                        ErrorKind::Work,
+                        format!("exit status 75 (temporary failure){tail}"),
+                    ),
+                )
             }
             (Some(n), _) => {
-                return self.error(&key, TaskError::new(ErrorKind::User, format!("exit status {n}{tail}")))
+                return self.error(
+                    &key,
+                    TaskError::new(ErrorKind::User, format!("exit status {n}{tail}")),
+                )
             }
             (None, sig) => {
                 let name = sig
                     .and_then(|s| nix::sys::signal::Signal::try_from(s).ok())
                     .map(|s| s.as_str().to_string())
                     .unwrap_or_else(|| "an unknown signal".into());
-                return self.error(&key, TaskError::new(ErrorKind::Work, format!("killed by {name}{tail}")));
+                return self.error(
+                    &key,
+                    TaskError::new(ErrorKind::Work, format!("killed by {name}{tail}")),
+                );
             }
         }
         match tasker::parse_reply(&stdout, &node.task.payload) {
@@ -939,7 +971,13 @@ impl Engine {
                     .with("reason", reason.as_str());
                 self.log(p);
                 if n >= MAX_REFUSALS {
-                    return self.fail(&key, TaskError::new(ErrorKind::Refused, format!("refused {n} times; last by {taskee}: {reason}")));
+                    return self.fail(
+                        &key,
+                        TaskError::new(
+                            ErrorKind::Refused,
+                            format!("refused {n} times; last by {taskee}: {reason}"),
+                        ),
+                    );
                 }
                 self.enqueue(&key);
             }
@@ -955,7 +993,13 @@ impl Engine {
                 }
                 self.log(p);
                 if n >= MAX_UNCOMPLETED {
-                    return self.fail(&key, TaskError::new(ErrorKind::User, format!("{n} uncompleted replies in a row")));
+                    return self.fail(
+                        &key,
+                        TaskError::new(
+                            ErrorKind::User,
+                            format!("{n} uncompleted replies in a row"),
+                        ),
+                    );
                 }
                 self.persist_payload(&key);
                 self.enqueue_after(&key, after.map(|a| a.0).unwrap_or_default());
@@ -1031,7 +1075,13 @@ impl Engine {
 
     /// Ends a node: its record goes to the committer; the final point is
     /// logged once the record is durable.
-    fn finish(&mut self, key: &NodeKey, state: State, err: Option<TaskError>, payload: Option<Object>) {
+    fn finish(
+        &mut self,
+        key: &NodeKey,
+        state: State,
+        err: Option<TaskError>,
+        payload: Option<Object>,
+    ) {
         let Some(node) = self.nodes.get_mut(key) else {
             return;
         };
@@ -1113,7 +1163,9 @@ impl Engine {
                     let Some(node) = self.nodes.get(&key) else {
                         continue;
                     };
-                    if node.ever_started || matches!(node.phase, Phase::Committing | Phase::Running(_)) {
+                    if node.ever_started
+                        || matches!(node.phase, Phase::Committing | Phase::Running(_))
+                    {
                         continue;
                     }
                     let st = node
@@ -1124,7 +1176,13 @@ impl Engine {
                         .map(|d| d.to_string())
                         .unwrap_or_default();
                     // A parked or queued entry becomes stale: the node is gone.
-                    self.fail(&key, TaskError::new(ErrorKind::Timeout, format!("not started within start_timeout {st}")));
+                    self.fail(
+                        &key,
+                        TaskError::new(
+                            ErrorKind::Timeout,
+                            format!("not started within start_timeout {st}"),
+                        ),
+                    );
                 }
             }
         }
@@ -1152,13 +1210,20 @@ impl Engine {
         }
         let bytes = match spool::read_capped(path, CANCEL_LIMIT) {
             Ok(b) => b,
-            Err(SpoolError::Read { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => return,
+            Err(SpoolError::Read { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                return
+            }
             Err(e) => return self.reject(path, &format!("cancel request: {e}")),
         };
         let stem = name.strip_suffix(".json").unwrap_or(&name);
         let (id, reason) = match serde_json::from_slice::<Value>(&bytes) {
             Ok(Value::Object(o)) => (
-                o.get("id").and_then(Value::as_str).unwrap_or(stem).to_string(),
+                o.get("id")
+                    .and_then(Value::as_str)
+                    .unwrap_or(stem)
+                    .to_string(),
                 o.get("reason").and_then(Value::as_str).map(str::to_owned),
             ),
             _ => {
@@ -1204,7 +1269,12 @@ impl Engine {
             Phase::Queued | Phase::Delayed => {
                 // Its queue entries become stale.
                 node.gen = u64::MAX;
-                self.finish(&key, State::Aborted, Some(TaskError::new(ErrorKind::Aborted, reason)), None);
+                self.finish(
+                    &key,
+                    State::Aborted,
+                    Some(TaskError::new(ErrorKind::Aborted, reason)),
+                    None,
+                );
             }
         }
     }
@@ -1215,7 +1285,10 @@ impl Engine {
         if self.stopping.is_some() {
             return;
         }
-        tracing::info!("stopping: no new tasks; running taskers have {:?} to finish", self.options.grace);
+        tracing::info!(
+            "stopping: no new tasks; running taskers have {:?} to finish",
+            self.options.grace
+        );
         self.stopping = Some(tokio::time::Instant::now() + self.options.grace);
         // Queued nodes stay in run/ for the next start.
         let queued: Vec<NodeKey> = self
@@ -1288,7 +1361,11 @@ fn record_of(node: &Node, state: State, error: Option<TaskError>, payload: &Obje
         state,
         reason: error.as_ref().map(|e| e.message.clone()),
         error,
-        attempts: if node.ever_started { node.attempt } else { node.attempt.saturating_sub(1) },
+        attempts: if node.ever_started {
+            node.attempt
+        } else {
+            node.attempt.saturating_sub(1)
+        },
         offers: node.offers,
         priority: node.task.priority,
         headers: node.task.headers.clone(),

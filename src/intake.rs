@@ -23,7 +23,7 @@ pub enum Intake {
     /// writes the completed task there.
     Task {
         path: PathBuf,
-        task: Task,
+        task: Box<Task>,
         self_contained: bool,
     },
 }
@@ -85,7 +85,9 @@ pub fn examine(root: &Root, path: &Path, limit: u64) -> Intake {
     };
     let ft = meta.file_type();
     if ft.is_symlink() {
-        return reject("symbolic links are not accepted (moved here as the link, never followed)".into());
+        return reject(
+            "symbolic links are not accepted (moved here as the link, never followed)".into(),
+        );
     }
     if ft.is_dir() {
         if dir_domain.is_some() {
@@ -96,7 +98,9 @@ pub fn examine(root: &Root, path: &Path, limit: u64) -> Intake {
         }
         return match name.parse::<Domain>() {
             Ok(_) => Intake::DomainDir(path.to_path_buf()),
-            Err(e) => reject(format!("subdirectory {name} of in/ is not a domain's spool: {e}")),
+            Err(e) => reject(format!(
+                "subdirectory {name} of in/ is not a domain's spool: {e}"
+            )),
         };
     }
     if !ft.is_file() {
@@ -130,7 +134,7 @@ pub fn examine(root: &Root, path: &Path, limit: u64) -> Intake {
     match Task::from_file(file, stem, dir_domain.as_ref()) {
         Ok(task) => Intake::Task {
             path: path.to_path_buf(),
-            task,
+            task: Box::new(task),
             self_contained,
         },
         Err(e) => reject(e.to_string()),
@@ -162,13 +166,26 @@ mod tests {
         let inn = root.spool_in();
         fs::write(inn.join(".part"), "x").unwrap();
         fs::write(inn.join("a.tmp"), "x").unwrap();
-        assert!(matches!(examine(&root, &inn.join(".part"), 100), Intake::Ignore));
-        assert!(matches!(examine(&root, &inn.join("a.tmp"), 100), Intake::Ignore));
-        assert!(matches!(examine(&root, &inn.join("gone.json"), 100), Intake::Ignore));
+        assert!(matches!(
+            examine(&root, &inn.join(".part"), 100),
+            Intake::Ignore
+        ));
+        assert!(matches!(
+            examine(&root, &inn.join("a.tmp"), 100),
+            Intake::Ignore
+        ));
+        assert!(matches!(
+            examine(&root, &inn.join("gone.json"), 100),
+            Intake::Ignore
+        ));
         fs::write(inn.join("notes.txt"), "x").unwrap();
-        assert!(reason(examine(&root, &inn.join("notes.txt"), 100)).contains("does not end in .json"));
+        assert!(
+            reason(examine(&root, &inn.join("notes.txt"), 100)).contains("does not end in .json")
+        );
         fs::write(inn.join("big.json"), vec![b' '; 101]).unwrap();
-        assert!(reason(examine(&root, &inn.join("big.json"), 100)).contains("larger than 100 bytes"));
+        assert!(
+            reason(examine(&root, &inn.join("big.json"), 100)).contains("larger than 100 bytes")
+        );
         fs::create_dir(inn.join("Bad Dir")).unwrap();
         assert!(reason(examine(&root, &inn.join("Bad Dir"), 100)).contains("not a domain's spool"));
         fs::create_dir(inn.join("org.example")).unwrap();
@@ -203,7 +220,10 @@ mod tests {
         fs::write(dir.join("b.json"), r#"{"domain":"org.example.sales"}"#).unwrap();
         assert!(matches!(
             examine(&root, &dir.join("b.json"), 1000),
-            Intake::Task { self_contained: true, .. }
+            Intake::Task {
+                self_contained: true,
+                ..
+            }
         ));
         fs::write(dir.join("c.json"), r#"{"domain":"org.other"}"#).unwrap();
         assert_eq!(

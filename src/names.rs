@@ -13,7 +13,9 @@ use serde::{Deserialize, Serialize};
 /// Why a name was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NameError {
-    #[error("invalid domain {0:?}: dot-separated labels of [a-z0-9][a-z0-9_-]*, at most 255 characters")]
+    #[error(
+        "invalid domain {0:?}: dot-separated labels of [a-z0-9][a-z0-9_-]*, at most 255 characters"
+    )]
     Domain(String),
     #[error("domain {0:?} is reserved: no task's domain is `any` or starts with `any.`")]
     ReservedDomain(String),
@@ -150,7 +152,11 @@ impl TaskId {
             .map(|d| d.as_micros() as u64)
             .unwrap_or(0);
         let seq = SEQ.fetch_add(1, Ordering::Relaxed);
-        TaskId(format!("t{micros:014x}-{:04x}{:04x}", std::process::id() & 0xffff, seq & 0xffff))
+        TaskId(format!(
+            "t{micros:014x}-{:04x}{:04x}",
+            std::process::id() & 0xffff,
+            seq & 0xffff
+        ))
     }
 }
 
@@ -260,7 +266,16 @@ mod tests {
         for ok in ["order-1234", "a", "A.b_c-d", &"x".repeat(128)] {
             assert!(ok.parse::<TaskId>().is_ok(), "{ok}");
         }
-        for bad in ["", ".hidden", "-x", "a/b", "..", "a b", &"x".repeat(129), "é"] {
+        for bad in [
+            "",
+            ".hidden",
+            "-x",
+            "a/b",
+            "..",
+            "a b",
+            &"x".repeat(129),
+            "é",
+        ] {
             assert!(bad.parse::<TaskId>().is_err(), "{bad}");
         }
         let a = TaskId::generate();
@@ -274,7 +289,16 @@ mod tests {
         for ok in ["stamp", "a_b-C9", &"t".repeat(64)] {
             assert!(ok.parse::<Taskee>().is_ok(), "{ok}");
         }
-        for bad in ["", "a.b", "../../bin/sh", "/bin/sh", "a/b", "..", "_x", &"t".repeat(65)] {
+        for bad in [
+            "",
+            "a.b",
+            "../../bin/sh",
+            "/bin/sh",
+            "a/b",
+            "..",
+            "_x",
+            &"t".repeat(65),
+        ] {
             assert!(bad.parse::<Taskee>().is_err(), "{bad}");
         }
     }

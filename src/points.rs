@@ -193,8 +193,13 @@ mod tests {
     #[test]
     fn informative_points_are_tagged_and_final_ones_dropped() {
         let (id, nid) = ids();
-        let p = Point::informative(br#"{"point":"started","progress":0.4,"id":"x"}"#, &id, &id, &nid)
-            .unwrap();
+        let p = Point::informative(
+            br#"{"point":"started","progress":0.4,"id":"x"}"#,
+            &id,
+            &id,
+            &nid,
+        )
+        .unwrap();
         assert_eq!(p.id.as_str(), "t1");
         assert_eq!(p.fields["progress"], 0.4);
         assert_eq!(p.fields["source"], "tasker");
@@ -216,9 +221,12 @@ mod tests {
         let mut log = PointsLog::new(tmp.path().to_path_buf(), 1);
         let (id, nid) = ids();
         let other: TaskId = "t2".parse().unwrap();
-        log.append(&Point::new(kind::CREATED, &id, &id, &nid)).unwrap();
-        log.append(&Point::new(kind::CREATED, &other, &other, &nid)).unwrap();
-        log.append(&Point::new(kind::OFFERED, &id, &id, &nid)).unwrap();
+        log.append(&Point::new(kind::CREATED, &id, &id, &nid))
+            .unwrap();
+        log.append(&Point::new(kind::CREATED, &other, &other, &nid))
+            .unwrap();
+        log.append(&Point::new(kind::OFFERED, &id, &id, &nid))
+            .unwrap();
         let path = tmp.path().join("t1.log");
         let mut f = OpenOptions::new().append(true).open(&path).unwrap();
         f.write_all(b"{\"ts\":\"torn").unwrap();

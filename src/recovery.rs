@@ -58,7 +58,11 @@ pub fn lock(root: &Root) -> Result<EngineLock, RecoveryError> {
             let _ = file.read_to_string(&mut pid);
             let pid = pid.trim();
             Err(RecoveryError::Locked {
-                pid: if pid.is_empty() { "unknown".into() } else { pid.into() },
+                pid: if pid.is_empty() {
+                    "unknown".into()
+                } else {
+                    pid.into()
+                },
                 path,
             })
         }
@@ -109,7 +113,11 @@ pub fn kill_orphans(root: &Root) -> usize {
         return 0;
     };
     for entry in entries.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
             continue;
         };
         if pid == me {
@@ -173,8 +181,13 @@ pub fn scan_run(root: &Root, input_limit: u64) -> Result<Found, RecoveryError> {
         if crate::intake::is_ignored_name(&name) {
             continue;
         }
-        let Some(id) = name.strip_suffix(".json").and_then(|s| s.parse::<TaskId>().ok()) else {
-            found.bad.push((path, format!("{name} in run/ is not <task id>.json")));
+        let Some(id) = name
+            .strip_suffix(".json")
+            .and_then(|s| s.parse::<TaskId>().ok())
+        else {
+            found
+                .bad
+                .push((path, format!("{name} in run/ is not <task id>.json")));
             continue;
         };
         if root.done_file(&id).exists() || root.failed_file(&id).exists() {
@@ -224,14 +237,15 @@ fn history_of(log: &Path, task: &Task) -> History {
     let Ok(points) = points::read_points(log) else {
         return h;
     };
-    for p in points.iter().filter(|p| p.id == task.id && p.nid == task.nid) {
+    for p in points
+        .iter()
+        .filter(|p| p.id == task.id && p.nid == task.nid)
+    {
         match p.point.as_str() {
-            kind::CREATED => {
-                if h.created_at.is_none() {
-                    h.created_at = DateTime::parse_from_rfc3339(&p.ts)
-                        .ok()
-                        .map(|t| t.with_timezone(&Utc));
-                }
+            kind::CREATED if h.created_at.is_none() => {
+                h.created_at = DateTime::parse_from_rfc3339(&p.ts)
+                    .ok()
+                    .map(|t| t.with_timezone(&Utc));
             }
             kind::OFFERED => h.offers += 1,
             kind::STARTED | kind::RECOVERED | kind::RETRIED => {
@@ -239,7 +253,11 @@ fn history_of(log: &Path, task: &Task) -> History {
                     let a = u32::try_from(a).unwrap_or(u32::MAX);
                     // `retried` names the next attempt, which may not have
                     // started: count only attempts that ran.
-                    let ran = if p.point == kind::STARTED { a } else { a.saturating_sub(1) };
+                    let ran = if p.point == kind::STARTED {
+                        a
+                    } else {
+                        a.saturating_sub(1)
+                    };
                     h.attempts = h.attempts.max(ran);
                 }
             }

@@ -159,7 +159,10 @@ mod tests {
         root.init().unwrap();
         std::fs::write(root.tsk().join("any/keep"), "x").unwrap();
         root.init().unwrap();
-        assert_eq!(std::fs::read_to_string(root.tsk().join("any/keep")).unwrap(), "x");
+        assert_eq!(
+            std::fs::read_to_string(root.tsk().join("any/keep")).unwrap(),
+            "x"
+        );
         for rel in LAYOUT {
             assert!(tmp.path().join(rel).is_dir(), "{rel}");
         }

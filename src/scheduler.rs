@@ -139,7 +139,10 @@ impl<K: Clone, E> Scheduler<K, E> {
     /// On refusal returns the first limit that is full (the item should be
     /// [`park`](Self::park)ed on it).
     pub fn try_start(&mut self, limits: &[(LimitKey, u32)]) -> Result<(), LimitKey> {
-        debug_assert!(self.running < self.workers, "try_start without a free worker");
+        debug_assert!(
+            self.running < self.workers,
+            "try_start without a free worker"
+        );
         for (key, limit) in limits {
             if self.in_use.get(key).copied().unwrap_or(0) >= *limit {
                 return Err(key.clone());
@@ -183,9 +186,8 @@ impl<K: Clone, E> Scheduler<K, E> {
         }
     }
 
-    /// Holds an item back until `key` frees a unit. Returns true the first
-    /// time an item parks on a key it was not parked on (so the engine logs
-    /// `suspended` once).
+    /// Holds an item back until `key` frees a unit; it then goes back to
+    /// the ready queue (see [`finish`](Self::finish)).
     pub fn park(&mut self, key: LimitKey, priority: i32, item: K) {
         let seq = self.next_seq();
         self.parked

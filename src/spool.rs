@@ -70,10 +70,12 @@ pub fn write_atomic(
         .tempfile_in(dir)
         .map_err(write_err)?;
     tmp.write_all(bytes).map_err(write_err)?;
-    tmp.as_file().sync_all().map_err(|source| SpoolError::Fsync {
-        path: target.clone(),
-        source,
-    })?;
+    tmp.as_file()
+        .sync_all()
+        .map_err(|source| SpoolError::Fsync {
+            path: target.clone(),
+            source,
+        })?;
     if no_replace {
         rename_no_replace(tmp.path(), &target)?;
         // The temporary's name is gone; do not let its drop unlink anything.
@@ -220,7 +222,10 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let big = tmp.path().join("big");
         fs::write(&big, vec![b'x'; 100]).unwrap();
-        assert!(matches!(read_capped(&big, 99), Err(SpoolError::TooLarge { .. })));
+        assert!(matches!(
+            read_capped(&big, 99),
+            Err(SpoolError::TooLarge { .. })
+        ));
         assert_eq!(read_capped(&big, 100).unwrap().len(), 100);
         let link = tmp.path().join("link");
         std::os::unix::fs::symlink(&big, &link).unwrap();
@@ -238,9 +243,15 @@ mod tests {
             reject(&p, &rej, &format!("bad\nthing {i}")).unwrap();
         }
         assert_eq!(fs::read_to_string(rej.join("x.json")).unwrap(), "bytes 0");
-        assert_eq!(fs::read_to_string(rej.join("x.json.reason")).unwrap(), "bad thing 0\n");
+        assert_eq!(
+            fs::read_to_string(rej.join("x.json.reason")).unwrap(),
+            "bad thing 0\n"
+        );
         assert_eq!(fs::read_to_string(rej.join("x.json.2")).unwrap(), "bytes 2");
-        assert_eq!(fs::read_to_string(rej.join("x.json.2.reason")).unwrap(), "bad thing 2\n");
+        assert_eq!(
+            fs::read_to_string(rej.join("x.json.2.reason")).unwrap(),
+            "bad thing 2\n"
+        );
     }
 
     #[test]
@@ -254,7 +265,10 @@ mod tests {
         std::os::unix::fs::symlink(&secret, &link).unwrap();
         reject(&link, &rej, "symlink").unwrap();
         let moved = rej.join("l.json");
-        assert!(fs::symlink_metadata(&moved).unwrap().file_type().is_symlink());
+        assert!(fs::symlink_metadata(&moved)
+            .unwrap()
+            .file_type()
+            .is_symlink());
         assert_eq!(fs::read_to_string(&secret).unwrap(), "s");
     }
 }

@@ -30,7 +30,10 @@ pub enum InputError {
     #[error("unknown key {0:?}")]
     UnknownKey(String),
     #[error("{key:?} must be {expected}")]
-    BadValue { key: &'static str, expected: &'static str },
+    BadValue {
+        key: &'static str,
+        expected: &'static str,
+    },
     #[error("{0}")]
     Name(#[from] crate::names::NameError),
     #[error("invalid duration for {key:?}: {message}")]
@@ -65,12 +68,15 @@ impl FromStr for Dur {
             "m" => 60.0,
             "h" => 3600.0,
             "d" => 86400.0,
-            _ => return Err(format!("unknown unit {unit:?} in {s:?} (use ms, s, m, h or d)")),
+            _ => {
+                return Err(format!(
+                    "unknown unit {unit:?} in {s:?} (use ms, s, m, h or d)"
+                ))
+            }
         };
-        let n: f64 = num
-            .trim()
-            .parse()
-            .map_err(|_| format!("{s:?} is not a duration like \"250ms\", \"30s\", \"5m\", \"2h\", \"1d\""))?;
+        let n: f64 = num.trim().parse().map_err(|_| {
+            format!("{s:?} is not a duration like \"250ms\", \"30s\", \"5m\", \"2h\", \"1d\"")
+        })?;
         Dur::from_secs_f64(n * scale).ok_or_else(|| format!("{s:?} is negative or too large"))
     }
 }
@@ -204,14 +210,20 @@ impl TaskFile {
             match obj.remove(key) {
                 None | Some(Value::Null) => Ok(None),
                 Some(Value::String(s)) => Ok(Some(s)),
-                Some(_) => Err(InputError::BadValue { key, expected: "a string" }),
+                Some(_) => Err(InputError::BadValue {
+                    key,
+                    expected: "a string",
+                }),
             }
         }
         fn object(obj: &mut Object, key: &'static str) -> Result<Object, InputError> {
             match obj.remove(key) {
                 None | Some(Value::Null) => Ok(Object::new()),
                 Some(Value::Object(o)) => Ok(o),
-                Some(_) => Err(InputError::BadValue { key, expected: "a JSON object" }),
+                Some(_) => Err(InputError::BadValue {
+                    key,
+                    expected: "a JSON object",
+                }),
             }
         }
         fn duration(obj: &mut Object, key: &'static str) -> Result<Option<Dur>, InputError> {
@@ -229,13 +241,14 @@ impl TaskFile {
         let headers = object(&mut obj, "headers")?;
         let priority = match obj.remove("priority") {
             None | Some(Value::Null) => 0,
-            Some(v) => v
-                .as_i64()
-                .and_then(|n| i32::try_from(n).ok())
-                .ok_or(InputError::BadValue {
-                    key: "priority",
-                    expected: "an integer (i32)",
-                })?,
+            Some(v) => {
+                v.as_i64()
+                    .and_then(|n| i32::try_from(n).ok())
+                    .ok_or(InputError::BadValue {
+                        key: "priority",
+                        expected: "an integer (i32)",
+                    })?
+            }
         };
         let retries = match obj.remove("retries") {
             None | Some(Value::Null) => None,
@@ -460,9 +473,16 @@ mod tests {
             ("12", 12_000),
         ];
         for (s, ms) in cases {
-            assert_eq!(s.parse::<Dur>().unwrap().0, Duration::from_millis(ms), "{s}");
+            assert_eq!(
+                s.parse::<Dur>().unwrap().0,
+                Duration::from_millis(ms),
+                "{s}"
+            );
         }
-        assert_eq!(Dur::from_json(&json!(2.5)).unwrap().0, Duration::from_millis(2500));
+        assert_eq!(
+            Dur::from_json(&json!(2.5)).unwrap().0,
+            Duration::from_millis(2500)
+        );
         for bad in ["", "s", "-1s", "5x", "1e400", "abc", "NaN"] {
             assert!(bad.parse::<Dur>().is_err(), "{bad}");
         }
@@ -507,14 +527,38 @@ mod tests {
 
     #[test]
     fn refusals_have_clear_reasons() {
-        assert_eq!(reason(b"{\n\n  \"a\" 1}"), "invalid JSON at line 3 column 7: expected `:`");
-        assert_eq!(reason(br#"{"domain":"org","prioity":1}"#), "unknown key \"prioity\"");
-        assert_eq!(reason(b"[1]"), "a task file must hold a JSON object, not an array");
-        assert_eq!(reason(br#"{"payload":"x"}"#), "\"payload\" must be a JSON object");
-        assert_eq!(reason(br#"{"headers":[]}"#), "\"headers\" must be a JSON object");
-        assert_eq!(reason(br#"{"priority":1.5}"#), "\"priority\" must be an integer (i32)");
-        assert_eq!(reason(br#"{"priority":3000000000}"#), "\"priority\" must be an integer (i32)");
-        assert_eq!(reason(br#"{"retries":-1}"#), "\"retries\" must be a non-negative integer");
+        assert_eq!(
+            reason(b"{\n\n  \"a\" 1}"),
+            "invalid JSON at line 3 column 7: expected `:`"
+        );
+        assert_eq!(
+            reason(br#"{"domain":"org","prioity":1}"#),
+            "unknown key \"prioity\""
+        );
+        assert_eq!(
+            reason(b"[1]"),
+            "a task file must hold a JSON object, not an array"
+        );
+        assert_eq!(
+            reason(br#"{"payload":"x"}"#),
+            "\"payload\" must be a JSON object"
+        );
+        assert_eq!(
+            reason(br#"{"headers":[]}"#),
+            "\"headers\" must be a JSON object"
+        );
+        assert_eq!(
+            reason(br#"{"priority":1.5}"#),
+            "\"priority\" must be an integer (i32)"
+        );
+        assert_eq!(
+            reason(br#"{"priority":3000000000}"#),
+            "\"priority\" must be an integer (i32)"
+        );
+        assert_eq!(
+            reason(br#"{"retries":-1}"#),
+            "\"retries\" must be a non-negative integer"
+        );
         assert!(reason(br#"{"domain":"../x"}"#).starts_with("invalid domain"));
         assert!(reason(br#"{"domain":"any"}"#).contains("reserved"));
         assert!(reason(br#"{"tasker":"../../bin/sh"}"#).starts_with("invalid taskee"));
@@ -553,8 +597,14 @@ mod tests {
 
     #[test]
     fn states_and_kinds_serialize_lowercase() {
-        assert_eq!(serde_json::to_string(&State::Completed).unwrap(), "\"completed\"");
-        assert_eq!(serde_json::to_string(&ErrorKind::Timeout).unwrap(), "\"timeout\"");
+        assert_eq!(
+            serde_json::to_string(&State::Completed).unwrap(),
+            "\"completed\""
+        );
+        assert_eq!(
+            serde_json::to_string(&ErrorKind::Timeout).unwrap(),
+            "\"timeout\""
+        );
         assert_eq!(State::Aborted.as_str(), "aborted");
     }
 }

@@ -125,7 +125,10 @@ impl TaskerConfig {
                 ));
             }
             if c.limit == 0 {
-                return Err(format!("concurrency limit of {:?} must be at least 1", c.key));
+                return Err(format!(
+                    "concurrency limit of {:?} must be at least 1",
+                    c.key
+                ));
             }
         }
         for k in config.env.keys() {
@@ -258,16 +261,18 @@ impl Taskers {
                 return Ok(c.clone());
             }
         }
-        let bytes = crate::spool::read_capped(path, CONFIG_LIMIT).map_err(|e| TaskerError::Config {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
-        let config = Arc::new(TaskerConfig::parse(&bytes).map_err(|message| {
-            TaskerError::Config {
+        let bytes =
+            crate::spool::read_capped(path, CONFIG_LIMIT).map_err(|e| TaskerError::Config {
                 path: path.to_path_buf(),
-                message,
-            }
-        })?);
+                message: e.to_string(),
+            })?;
+        let config =
+            Arc::new(
+                TaskerConfig::parse(&bytes).map_err(|message| TaskerError::Config {
+                    path: path.to_path_buf(),
+                    message,
+                })?,
+            );
         self.configs
             .insert(path.to_path_buf(), (mtime, meta.len(), config.clone()));
         Ok(config)
@@ -282,7 +287,10 @@ pub enum Reply {
     Completed(Object),
     Failed(String),
     Refused(String),
-    Uncompleted { payload: Object, after: Option<Dur> },
+    Uncompleted {
+        payload: Object,
+        after: Option<Dur>,
+    },
     /// Anything else: fails the task (`user`) with this reason.
     Invalid(String),
 }
@@ -401,9 +409,7 @@ pub struct Handle {
 /// Spawns the tasker. On success returns its handle and a future that
 /// drives its I/O and resolves to its [`Exit`]; the caller spawns that
 /// future on the runtime.
-pub fn spawn(
-    launch: Launch,
-) -> Result<(Handle, impl std::future::Future<Output = Exit>), Exit> {
+pub fn spawn(launch: Launch) -> Result<(Handle, impl std::future::Future<Output = Exit>), Exit> {
     let mut cmd = tokio::process::Command::new(&launch.argv[0]);
     cmd.args(&launch.argv[1..])
         .current_dir(&launch.dir)
@@ -430,7 +436,13 @@ pub fn spawn(
     let pid = child.id().map(|p| p as i32).unwrap_or(0);
     let (stop_tx, stop_rx) = oneshot::channel();
     let fut = drive(child_io(&mut child), child, pid, launch, stop_rx);
-    Ok((Handle { pgid: pid, stop: stop_tx }, fut))
+    Ok((
+        Handle {
+            pgid: pid,
+            stop: stop_tx,
+        },
+        fut,
+    ))
 }
 
 struct ChildIo {
@@ -672,7 +684,10 @@ mod tests {
             Reply::Refused("busy".into())
         );
         assert_eq!(
-            parse_reply(br#"{"point":"uncompleted","payload":{"n":1},"after":"30s"}"#, &p),
+            parse_reply(
+                br#"{"point":"uncompleted","payload":{"n":1},"after":"30s"}"#,
+                &p
+            ),
             Reply::Uncompleted {
                 payload: obj(json!({"n": 1})),
                 after: Some(Dur(Duration::from_secs(30)))
@@ -700,7 +715,10 @@ mod tests {
                 "concurrency":[{"key":"payload.book","limit":1}],"env":{"LANG":"C.UTF-8"}}"#,
         )
         .unwrap();
-        assert_eq!(c.cmd, Some(Cmd::Argv(vec!["python3".into(), "stamp.py".into()])));
+        assert_eq!(
+            c.cmd,
+            Some(Cmd::Argv(vec!["python3".into(), "stamp.py".into()]))
+        );
         assert_eq!(c.input, Input::Task);
         assert_eq!(c.max_concurrent, Some(4));
         assert_eq!(c.concurrency[0].limit, 1);
@@ -718,7 +736,11 @@ mod tests {
             br#"{"cmd":"x","timeout":"soon"}"#,
             br#"{"cmd":"x","env":{"A=B":"c"}}"#,
         ] {
-            assert!(TaskerConfig::parse(bad).is_err(), "{}", String::from_utf8_lossy(bad));
+            assert!(
+                TaskerConfig::parse(bad).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 }

@@ -25,9 +25,9 @@ pub const MAX_EXPR_DEPTHS: (usize, usize) = (64, 32);
 /// Bytes in one string.
 pub const MAX_STRING_SIZE: usize = 1 << 20;
 /// Elements in one array.
-pub const MAX_ARRAY_SIZE: usize = 100_000;
+pub const MAX_ARRAY_SIZE: usize = 10_000;
 /// Entries in one object map.
-pub const MAX_MAP_SIZE: usize = 100_000;
+pub const MAX_MAP_SIZE: usize = 10_000;
 /// Wall-clock time one taskmaster run may take.
 pub const RUN_DEADLINE: Duration = Duration::from_secs(1);
 /// Lines of `print`/`debug` output logged per run; the rest are dropped.

@@ -27,7 +27,8 @@ pub struct Args {
 }
 
 fn init_logging(root: &crate::Root) {
-    let filter = EnvFilter::try_from_env("SPOOLFLOW_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter =
+        EnvFilter::try_from_env("SPOOLFLOW_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -38,7 +39,12 @@ fn init_logging(root: &crate::Root) {
         .with(fmt::layer().with_writer(std::io::stderr).with_target(false));
     let _ = match file {
         Some(f) => registry
-            .with(fmt::layer().with_ansi(false).with_target(false).with_writer(Mutex::new(f)))
+            .with(
+                fmt::layer()
+                    .with_ansi(false)
+                    .with_target(false)
+                    .with_writer(Mutex::new(f)),
+            )
             .try_init(),
         None => registry.try_init(),
     };
@@ -46,7 +52,8 @@ fn init_logging(root: &crate::Root) {
 
 pub fn run(root: Option<PathBuf>, args: Args) -> Result<(), Failure> {
     let root = super::find_root(root)?;
-    root.ensure_exists().map_err(|e| Failure::new(exit::USAGE, e))?;
+    root.ensure_exists()
+        .map_err(|e| Failure::new(exit::USAGE, e))?;
     init_logging(&root);
     let mut options = Options::default();
     if let Some(w) = args.workers {
@@ -64,8 +71,10 @@ pub fn run(root: Option<PathBuf>, args: Args) -> Result<(), Failure> {
     rt.block_on(async move {
         let (stop_tx, stop_rx) = tokio::sync::mpsc::unbounded_channel();
         use tokio::signal::unix::{signal, SignalKind};
-        let mut term = signal(SignalKind::terminate()).map_err(|e| Failure::new(exit::FAILURE, e))?;
-        let mut int = signal(SignalKind::interrupt()).map_err(|e| Failure::new(exit::FAILURE, e))?;
+        let mut term =
+            signal(SignalKind::terminate()).map_err(|e| Failure::new(exit::FAILURE, e))?;
+        let mut int =
+            signal(SignalKind::interrupt()).map_err(|e| Failure::new(exit::FAILURE, e))?;
         tokio::spawn(async move {
             loop {
                 tokio::select! {

@@ -64,7 +64,13 @@ impl TestRoot {
 
     /// Writes a tasker directory `tsk/<domain>/<name>/` with a
     /// `tasker.json` and the given (executable) files.
-    pub fn tasker_dir(&self, domain: &str, name: &str, config: &str, files: &[(&str, &str)]) -> PathBuf {
+    pub fn tasker_dir(
+        &self,
+        domain: &str,
+        name: &str,
+        config: &str,
+        files: &[(&str, &str)],
+    ) -> PathBuf {
         let dir = self.root.tsk().join(domain).join(name);
         fs::create_dir_all(&dir).unwrap();
         fs::write(dir.join("tasker.json"), config).unwrap();
@@ -93,7 +99,11 @@ impl TestRoot {
 
     /// Drops raw bytes as `in/[sub/]name` (temporary, then rename).
     pub fn drop_bytes(&self, sub: &str, name: &str, bytes: &[u8]) -> PathBuf {
-        let dir = if sub.is_empty() { self.root.spool_in() } else { self.root.spool_in().join(sub) };
+        let dir = if sub.is_empty() {
+            self.root.spool_in()
+        } else {
+            self.root.spool_in().join(sub)
+        };
         fs::create_dir_all(&dir).unwrap();
         let tmp = dir.join(format!(".{name}.tmp"));
         fs::write(&tmp, bytes).unwrap();
@@ -105,7 +115,11 @@ impl TestRoot {
     /// Runs the engine in-process with `--drain` and the given workers;
     /// panics if it does not drain within the deadline.
     pub fn run_drain(&self, workers: usize) {
-        self.run_drain_with(Options { workers, drain: true, ..Options::default() });
+        self.run_drain_with(Options {
+            workers,
+            drain: true,
+            ..Options::default()
+        });
     }
 
     pub fn run_drain_with(&self, options: Options) {
@@ -169,13 +183,20 @@ impl TestRoot {
     /// The points of an execution, parsed.
     pub fn points(&self, exid: &str) -> Vec<Value> {
         let p = self.join(&format!("var/log/tsk/{exid}.log"));
-        let Ok(text) = fs::read_to_string(p) else { return Vec::new() };
-        text.lines().map(|l| serde_json::from_str(l).expect("point is JSON")).collect()
+        let Ok(text) = fs::read_to_string(p) else {
+            return Vec::new();
+        };
+        text.lines()
+            .map(|l| serde_json::from_str(l).expect("point is JSON"))
+            .collect()
     }
 
     /// The point names of an execution, in order.
     pub fn point_names(&self, exid: &str) -> Vec<String> {
-        self.points(exid).iter().map(|p| p["point"].as_str().unwrap().to_string()).collect()
+        self.points(exid)
+            .iter()
+            .map(|p| p["point"].as_str().unwrap().to_string())
+            .collect()
     }
 
     /// The `.reason` of `rejected/<name>`.
@@ -186,7 +207,11 @@ impl TestRoot {
     /// Sorted file names in a directory relative to the root.
     pub fn list(&self, rel: &str) -> Vec<String> {
         let mut v: Vec<String> = fs::read_dir(self.join(rel))
-            .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
             .unwrap_or_default();
         v.sort();
         v
@@ -209,7 +234,8 @@ impl EngineProcess {
     }
 
     pub fn signal(&self, sig: nix::sys::signal::Signal) {
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), sig).expect("signal the engine");
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), sig)
+            .expect("signal the engine");
     }
 
     /// Waits for the process to exit (within the deadline); returns its

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Runs spoolflow on this repository's own tsk/ with the example tasks:
+# builds the binary, copies examples/tasks/*.json into var/spool/in/,
+# runs the engine until the spool drains, and shows where each task went.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build --release --quiet
+bin=target/release/spoolflow
+"$bin" --root . init >/dev/null
+"$bin" --root . check
+for f in examples/tasks/*.json; do
+  name=$(basename "$f" .json)
+  # A finished demo task keeps its id; clear the old results first.
+  rm -f "var/spool/done/$name.json" "var/spool/failed/$name.json" "var/log/tsk/$name.log" "var/log/tsk/$name.err"
+  rm -f "var/spool/rejected/$name.json"* 
+  cp "$f" "var/spool/in/.$name.json.tmp" && mv "var/spool/in/.$name.json.tmp" "var/spool/in/$name.json"
+done
+"$bin" --root . run --drain
+echo
+echo "== done/";     ls var/spool/done
+echo "== failed/";   ls var/spool/failed
+echo "== rejected/"; for r in var/spool/rejected/*.reason; do [ -e "$r" ] && echo "$(basename "$r" .reason): $(cat "$r")"; done
+echo
+echo "== var/spool/done/report-1.json"; cat var/spool/done/report-1.json
+echo "== points of fussy-1 (refused by picky, then taken by stamp)"
+cut -c1-160 var/log/tsk/fussy-1.log
