@@ -1,6 +1,7 @@
 //! The command line (SPEC section 11): clap definitions, dispatch to one
 //! file per command, and the mapping of errors to exit codes.
 
+mod cancel;
 mod check;
 mod init;
 mod run;
@@ -48,6 +49,8 @@ pub enum Command {
     Submit(submit::Args),
     /// Validate tsk/: compile every taskmaster, check every tasker.
     Check(check::Args),
+    /// Cancel a queued or running task.
+    Cancel(cancel::Args),
 }
 
 /// An error at the CLI edge: a message and an exit code.
@@ -73,6 +76,7 @@ pub fn main() -> ExitCode {
         Command::Run(a) => run::run(cli.root, a),
         Command::Submit(a) => submit::run(cli.root, a),
         Command::Check(a) => check::run(cli.root, a),
+        Command::Cancel(a) => cancel::run(cli.root, a),
     };
     match result {
         Ok(()) => ExitCode::from(exit::SUCCESS),

@@ -1,0 +1,51 @@
+//! `spoolflow cancel ID [--reason R]`: drops a cancel request into
+//! `var/spool/cancel/` (SPEC 8); the engine applies it.
+
+use std::path::PathBuf;
+
+use super::{exit, Failure};
+use crate::names::TaskId;
+use crate::spool;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The id of the task to cancel.
+    pub id: TaskId,
+    /// Why (kept in the task's record).
+    #[arg(long)]
+    pub reason: Option<String>,
+}
+
+pub fn run(root: Option<PathBuf>, args: Args) -> Result<(), Failure> {
+    let root = super::find_root(root)?;
+    root.ensure_exists()
+        .map_err(|e| Failure::new(exit::USAGE, e))?;
+    let id = &args.id;
+    if root.done_file(id).exists() || root.failed_file(id).exists() {
+        return Err(Failure::new(
+            exit::FAILURE,
+            format!("task {id} has ended already"),
+        ));
+    }
+    let name = format!("{id}.json");
+    let in_spool = root.spool_in().join(&name).exists()
+        || std::fs::read_dir(root.spool_in())
+            .map(|d| d.flatten().any(|e| e.path().join(&name).exists()))
+            .unwrap_or(false);
+    if !in_spool && !root.run_file(id).exists() {
+        return Err(Failure::new(
+            exit::NOT_FOUND,
+            format!("unknown task id {id}"),
+        ));
+    }
+    let mut request = serde_json::Map::new();
+    request.insert("id".into(), id.as_str().into());
+    if let Some(r) = &args.reason {
+        request.insert("reason".into(), r.as_str().into());
+    }
+    let bytes = serde_json::to_vec(&request).expect("a JSON map serializes");
+    spool::write_atomic(&root.cancel(), id.as_str(), &bytes, false, true)
+        .map_err(|e| Failure::new(exit::FAILURE, e))?;
+    println!("cancel requested for {id}");
+    Ok(())
+}
