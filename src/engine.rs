@@ -129,6 +129,7 @@ pub async fn run(
         tracing::warn!("killed {killed} tasker processes left by an engine that died");
     }
     recovery::clean_temporaries(&root);
+    tasker::close_inherited_descriptors();
     let points_dir = recovery::points_dir(&root);
 
     let (watch_tx, watch_rx) = mpsc::unbounded_channel();
@@ -559,16 +560,18 @@ impl Engine {
         }
         for r in found.tasks {
             let key = root_key(&r.task.id);
-            if r.interrupted {
-                let p = self
-                    .point(&key, kind::RECOVERED)
-                    .with("attempt", r.attempts + 1);
-                let mut p = p;
-                p.id = r.task.id.clone();
-                self.log(p);
-            }
+            let mut p = self
+                .point(&key, kind::RECOVERED)
+                .with("attempt", r.attempts + 1);
+            p.id = r.task.id.clone();
+            self.log(p);
             let created = r.created_at.unwrap_or_else(Utc::now);
+            let id = r.task.id.clone();
             self.insert_node(r.task, created, r.attempts, r.offers);
+            if let Some(node) = self.nodes.get_mut(&root_key(&id)) {
+                node.retries_done = r.retries;
+                node.ever_started = r.attempts > 0;
+            }
         }
         Ok(())
     }
@@ -825,7 +828,7 @@ impl Engine {
                 });
             }
             Err(exit) => {
-                self.sched.finish(&limits);
+                self.release(&limits);
                 let (message, transient) = match exit {
                     Exit::SpawnFailed { message, transient } => (message, transient),
                     Exit::Exited { .. } => ("cannot spawn".to_string(), true),
@@ -838,6 +841,17 @@ impl Engine {
                 self.error(key, TaskError::new(kind, message));
             }
         }
+    }
+
+    /// Gives back a worker slot and limits; a parked node the engine
+    /// dropped meanwhile (cancelled, timed out) is skipped.
+    fn release(&mut self, limits: &[(LimitKey, u32)]) {
+        let nodes = &self.nodes;
+        self.sched.finish(limits, |(key, gen)| {
+            nodes
+                .get(key)
+                .is_some_and(|n| n.gen == *gen && matches!(n.phase, Phase::Queued))
+        });
     }
 
     // ------------------------------------------------------------ exits
@@ -856,9 +870,10 @@ impl Engine {
         let Phase::Running(run) = std::mem::replace(&mut node.phase, Phase::Queued) else {
             unreachable!("checked above");
         };
-        self.sched.finish(&run.limits);
+        self.release(&run.limits);
         self.points_files.remove(&run.points_file);
         let _ = std::fs::remove_file(&run.points_file);
+        let node = self.nodes.get_mut(&key).expect("checked above");
         let taskee = node.taskee.clone();
         let Exit::Exited {
             status,

@@ -83,10 +83,9 @@ pub struct Recovered {
     /// The attempts made before the crash (the new one is `attempts + 1`).
     pub attempts: u32,
     pub offers: u32,
+    /// Retries already used (a recovery is not one).
+    pub retries: u32,
     pub created_at: Option<DateTime<Utc>>,
-    /// Whether the task had started before (it is then `recovered`;
-    /// otherwise it is simply queued again).
-    pub interrupted: bool,
 }
 
 /// What start-up found in `run/`.
@@ -202,8 +201,8 @@ pub fn scan_run(root: &Root, input_limit: u64) -> Result<Found, RecoveryError> {
                     task,
                     attempts: history.attempts,
                     offers: history.offers,
+                    retries: history.retries,
                     created_at: history.created_at,
-                    interrupted: history.attempts > 0,
                 });
             }
             Err(reason) => found.bad.push((path, reason)),
@@ -229,6 +228,7 @@ fn read_task(path: &Path, id: &TaskId, limit: u64) -> Result<Task, String> {
 struct History {
     attempts: u32,
     offers: u32,
+    retries: u32,
     created_at: Option<DateTime<Utc>>,
 }
 
@@ -248,11 +248,18 @@ fn history_of(log: &Path, task: &Task) -> History {
                     .map(|t| t.with_timezone(&Utc));
             }
             kind::OFFERED => h.offers += 1,
-            kind::STARTED | kind::RECOVERED | kind::RETRIED => {
+            kind::RETRIED => {
+                h.retries += 1;
                 if let Some(a) = p.fields.get("attempt").and_then(|a| a.as_u64()) {
                     let a = u32::try_from(a).unwrap_or(u32::MAX);
-                    // `retried` names the next attempt, which may not have
-                    // started: count only attempts that ran.
+                    h.attempts = h.attempts.max(a.saturating_sub(1));
+                }
+            }
+            kind::STARTED | kind::RECOVERED => {
+                if let Some(a) = p.fields.get("attempt").and_then(|a| a.as_u64()) {
+                    let a = u32::try_from(a).unwrap_or(u32::MAX);
+                    // `recovered` names the attempt about to run, which may
+                    // not have started: count only attempts that ran.
                     let ran = if p.point == kind::STARTED {
                         a
                     } else {

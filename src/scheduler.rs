@@ -155,9 +155,11 @@ impl<K: Clone, E> Scheduler<K, E> {
         Ok(())
     }
 
-    /// Gives back a worker slot and the limits taken by [`try_start`]; the
-    /// first item parked on each freed limit goes back to the ready queue.
-    pub fn finish(&mut self, limits: &[(LimitKey, u32)]) {
+    /// Gives back a worker slot and the limits taken by
+    /// [`try_start`](Self::try_start); the first live item parked on each
+    /// freed limit goes back to the ready queue (`is_live` tells the items
+    /// the engine still wants from those it dropped while they waited).
+    pub fn finish(&mut self, limits: &[(LimitKey, u32)], mut is_live: impl FnMut(&K) -> bool) {
         self.running = self.running.saturating_sub(1);
         for (key, _) in limits {
             if let Some(n) = self.in_use.get_mut(key) {
@@ -166,23 +168,27 @@ impl<K: Clone, E> Scheduler<K, E> {
                     self.in_use.remove(key);
                 }
             }
-            self.unpark_one(key);
+            self.unpark_one(key, &mut is_live);
         }
     }
 
-    fn unpark_one(&mut self, key: &LimitKey) {
-        if let Some(q) = self.parked.get_mut(key) {
-            if let Some((priority, seq, item)) = q.pop_front() {
+    fn unpark_one(&mut self, key: &LimitKey, is_live: &mut impl FnMut(&K) -> bool) {
+        let Some(q) = self.parked.get_mut(key) else {
+            return;
+        };
+        while let Some((priority, seq, item)) = q.pop_front() {
+            if is_live(&item) {
                 // Keeps its original place among equal priorities.
                 self.ready.push(Ready {
                     priority,
                     seq,
                     item,
                 });
+                break;
             }
-            if q.is_empty() {
-                self.parked.remove(key);
-            }
+        }
+        if q.is_empty() {
+            self.parked.remove(key);
         }
     }
 
@@ -265,7 +271,7 @@ mod tests {
         s.try_start(&[]).unwrap();
         assert!(!s.has_free_worker());
         assert_eq!(s.pop(), None);
-        s.finish(&[]);
+        s.finish(&[], |_| true);
         assert_eq!(s.pop(), Some("c"));
     }
 
@@ -288,7 +294,7 @@ mod tests {
         assert_eq!(s.pop(), None);
         assert_eq!(s.parked_len(), 1);
         assert_eq!(s.in_use("stamp/book=a"), 1);
-        s.finish(&book_a);
+        s.finish(&book_a, |_| true);
         assert_eq!(s.in_use("stamp/book=a"), 0);
         assert_eq!(s.pop(), Some("a2"));
         s.try_start(&book_a).unwrap();
@@ -302,8 +308,20 @@ mod tests {
         s.try_start(&l).unwrap();
         s.park("k".into(), 0, "low");
         s.push(3, "high");
-        s.finish(&l);
+        s.finish(&l, |_| true);
         assert_eq!(drain(&mut s), ["high", "low"]);
+    }
+
+    #[test]
+    fn dropped_parked_items_do_not_swallow_a_freed_unit() {
+        let mut s: Scheduler<&str, ()> = Scheduler::new(10);
+        let l = vec![("k".to_string(), 1)];
+        s.try_start(&l).unwrap();
+        s.park("k".into(), 0, "cancelled");
+        s.park("k".into(), 0, "alive");
+        s.finish(&l, |x| *x != "cancelled");
+        assert_eq!(drain(&mut s), ["alive"]);
+        assert_eq!(s.parked_len(), 0);
     }
 
     #[test]

@@ -406,6 +406,29 @@ pub struct Handle {
     pub stop: oneshot::Sender<StopReason>,
 }
 
+/// Marks every descriptor above 2 close-on-exec, so that taskers inherit
+/// none of what the engine's parent left open (SPEC 6). Called once at
+/// start-up: the engine's own descriptors are opened close-on-exec by Rust
+/// already, and spawning keeps using `posix_spawn` (a `pre_exec` hook that
+/// closed descriptors would force a full fork of the engine per task).
+pub fn close_inherited_descriptors() {
+    use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+    let Ok(entries) = std::fs::read_dir("/proc/self/fd") else {
+        return;
+    };
+    let fds: Vec<i32> = entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse().ok()))
+        .filter(|fd| *fd > 2)
+        .collect();
+    for fd in fds {
+        if let Ok(flags) = fcntl(fd, FcntlArg::F_GETFD) {
+            let flags = FdFlag::from_bits_truncate(flags) | FdFlag::FD_CLOEXEC;
+            let _ = fcntl(fd, FcntlArg::F_SETFD(flags));
+        }
+    }
+}
+
 /// Spawns the tasker. On success returns its handle and a future that
 /// drives its I/O and resolves to its [`Exit`]; the caller spawns that
 /// future on the runtime.
