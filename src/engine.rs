@@ -1298,7 +1298,8 @@ impl Engine {
 
     fn begin_stop(&mut self) {
         if self.stopping.is_some() {
-            return;
+            // A second signal: do not wait for the grace.
+            return self.end_grace();
         }
         tracing::info!(
             "stopping: no new tasks; running taskers have {:?} to finish",

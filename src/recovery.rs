@@ -100,23 +100,24 @@ pub struct Found {
 
 /// Kills every process left by a tasker of a dead engine of this root:
 /// those whose environment carries this root's `SPOOLFLOW_ROOT` and a
-/// `SPOOLFLOW_EXID` (only taskers and what they start have both). Run
-/// while holding the lock, so no live engine's taskers match. Returns how
-/// many were killed.
+/// `SPOOLFLOW_EXID` (only taskers and what they start have both), and every
+/// member of their process groups (which catches a child that cleared its
+/// environment). Run while holding the lock, so no live engine's taskers
+/// match. Returns how many processes matched.
 pub fn kill_orphans(root: &Root) -> usize {
+    use nix::sys::signal::{kill, killpg, Signal};
+    use nix::unistd::{getpgrp, Pid};
     let mut want_root = b"SPOOLFLOW_ROOT=".to_vec();
     want_root.extend_from_slice(root.dir().as_os_str().as_encoded_bytes());
     let me = std::process::id();
-    let mut killed = 0;
+    let my_group = getpgrp();
+    let mut matched = 0;
+    let mut groups = std::collections::BTreeSet::new();
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return 0;
     };
     for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
             continue;
         };
         if pid == me {
@@ -132,13 +133,21 @@ pub fn kill_orphans(root: &Root) -> usize {
             has_exid |= var.starts_with(b"SPOOLFLOW_EXID=");
         }
         if has_root && has_exid {
-            let pid = nix::unistd::Pid::from_raw(pid as i32);
-            if nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).is_ok() {
-                killed += 1;
+            let pid = Pid::from_raw(pid as i32);
+            if let Ok(pgid) = nix::unistd::getpgid(Some(pid)) {
+                groups.insert(pgid);
+            }
+            if kill(pid, Signal::SIGKILL).is_ok() {
+                matched += 1;
             }
         }
     }
-    killed
+    for pgid in groups {
+        if pgid != my_group && pgid.as_raw() > 1 {
+            let _ = killpg(pgid, Signal::SIGKILL);
+        }
+    }
+    matched
 }
 
 /// Removes the temporaries a crash may leave (`.*.tmp` in spool
