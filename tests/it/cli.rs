@@ -60,7 +60,11 @@ const LAYOUT: &[&str] = &[
 
 fn assert_layout(dir: &Path) {
     for rel in LAYOUT {
-        assert!(dir.join(rel).is_dir(), "{rel} missing under {}", dir.display());
+        assert!(
+            dir.join(rel).is_dir(),
+            "{rel} missing under {}",
+            dir.display()
+        );
     }
 }
 
@@ -99,7 +103,10 @@ fn init_creates_the_layout_and_is_idempotent() {
     fs::write(dir.join("var/spool/in/.pending.tmp"), "half").unwrap();
     ok(bare().arg("init").arg(&dir));
     assert_layout(&dir);
-    assert_eq!(fs::read_to_string(dir.join("tsk/any/keep")).unwrap(), "mine");
+    assert_eq!(
+        fs::read_to_string(dir.join("tsk/any/keep")).unwrap(),
+        "mine"
+    );
     assert_eq!(
         fs::read_to_string(dir.join("var/spool/in/.pending.tmp")).unwrap(),
         "half"
@@ -203,7 +210,10 @@ fn submit_prints_the_id_and_writes_the_task_file() {
         r#"{"book":"moby-dick"}"#,
     ]));
     let id = out.trim();
-    assert!(!id.is_empty() && !id.contains(char::is_whitespace), "{out:?}");
+    assert!(
+        !id.is_empty() && !id.contains(char::is_whitespace),
+        "{out:?}"
+    );
     assert_eq!(t.list("var/spool/in"), [format!("{id}.json")]);
     let task: serde_json::Value =
         serde_json::from_slice(&fs::read(t.join(&format!("var/spool/in/{id}.json"))).unwrap())
@@ -242,8 +252,7 @@ fn submit_uses_the_given_id_and_reads_stdin() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(stdout(&o).trim(), "order-1234");
     let task: serde_json::Value =
-        serde_json::from_slice(&fs::read(t.join("var/spool/in/order-1234.json")).unwrap())
-            .unwrap();
+        serde_json::from_slice(&fs::read(t.join("var/spool/in/order-1234.json")).unwrap()).unwrap();
     assert_eq!(task["id"], "order-1234");
     assert_eq!(task["payload"]["from"], "stdin");
 }
@@ -550,7 +559,10 @@ fn help_exits_0_and_names_commands_and_flags() {
     }
     let run_help = ok(bare().args(["run", "--help"]));
     for word in ["--workers", "--drain", "--grace", "--root"] {
-        assert!(run_help.contains(word), "run --help lacks {word}: {run_help}");
+        assert!(
+            run_help.contains(word),
+            "run --help lacks {word}: {run_help}"
+        );
     }
     let submit_help = ok(bare().args(["submit", "--help"]));
     for word in ["--domain", "--tasker", "--id", "--priority"] {
