@@ -4,8 +4,10 @@
 //! fsyncs each record directory once, then unlinks the tasks' `run/` files
 //! and fsyncs `run/` once, and reports back to the engine.
 //!
-//! A record is durable before its `run/` file goes, so a crash between the
-//! two leaves a duplicate that start-up resolves (SPEC 4), never a loss.
+//! A record is durable before its final point is logged and its `run/` file
+//! goes, so a crash between them leaves a duplicate that start-up resolves
+//! (SPEC 4: it adds the final point if it is missing and removes the `run/`
+//! file), never a loss.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -29,6 +31,11 @@ pub struct CommitJob {
     /// `<id>.json`.
     pub name: String,
     pub bytes: Vec<u8>,
+    /// The execution's points log, and the final point to append to it
+    /// once the record is durable (before the `run/` file goes, so that a
+    /// start-up that finds the `run/` file can add a point that is missing).
+    pub points_log: PathBuf,
+    pub final_point: Vec<u8>,
     /// The `run/` file to remove once the record is durable.
     pub run_file: PathBuf,
 }
@@ -139,6 +146,13 @@ fn commit_batch(batch: Vec<CommitJob>) -> Vec<Committed> {
     for dir in &record_dirs {
         if let Err(e) = spool::fsync_dir(dir) {
             return vec![Committed::Fatal(e)];
+        }
+    }
+    for (job, already) in &written {
+        if !already {
+            if let Err(e) = crate::points::append_line(&job.points_log, &job.final_point) {
+                tracing::error!("cannot append to {}: {e}", job.points_log.display());
+            }
         }
     }
     let mut run_dirs = BTreeSet::new();

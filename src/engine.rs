@@ -28,7 +28,7 @@ use crate::names::{TaskId, Taskee};
 use crate::points::{kind, Point, PointsLog};
 use crate::recovery::{self, RecoveryError};
 use crate::root::{Root, RootError};
-use crate::scheduler::{backoff, LimitKey, NodeKey, Scheduler};
+use crate::scheduler::{backoff, Entry, LimitKey, NodeKey, Scheduler};
 use crate::spool::{self, SpoolError};
 use crate::task::{timestamp, ErrorKind, Object, Record, Refusal, State, Task, TaskError};
 use crate::tasker::{self, Exit, Input, Launch, Reply, StopReason, TaskerConfig, Taskers};
@@ -220,8 +220,6 @@ struct Node {
     config: Option<Arc<TaskerConfig>>,
     suspended: bool,
     cancel_reason: Option<String>,
-    /// The record being committed, kept for the final point.
-    final_state: Option<(State, Option<TaskError>)>,
 }
 
 struct Engine {
@@ -518,7 +516,6 @@ impl Engine {
             config: None,
             suspended: false,
             cancel_reason: None,
-            final_state: None,
         };
         self.nodes.insert(key.clone(), node);
         self.enqueue(&key);
@@ -642,20 +639,28 @@ impl Engine {
         if self.stopping.is_some() {
             return;
         }
-        while let Some((key, gen)) = self.sched.pop() {
+        while let Some(entry) = self.sched.pop() {
+            let (key, gen) = entry.item.clone();
+            let woken_by = entry.woken_by().cloned();
             let valid = self
                 .nodes
                 .get(&key)
                 .is_some_and(|n| n.gen == gen && matches!(n.phase, Phase::Queued));
             if valid {
-                self.offer(&key);
+                self.offer(&key, entry);
+            }
+            // A unit this node was woken for and did not take goes on to
+            // the next waiter.
+            if let Some(limit) = woken_by {
+                let nodes = &self.nodes;
+                self.sched.wake_if_free(&limit, |item| is_live(nodes, item));
             }
         }
     }
 
     /// Asks the taskmaster, resolves the tasker, takes a worker slot and
     /// the limits, and starts the tasker.
-    fn offer(&mut self, key: &NodeKey) {
+    fn offer(&mut self, key: &NodeKey, entry: Entry<(NodeKey, u64)>) {
         let Some(node) = self.nodes.get_mut(key) else {
             return;
         };
@@ -711,23 +716,31 @@ impl Engine {
         {
             let node = self.nodes.get_mut(key).expect("node checked above");
             node.tasker_path = Some(tasker_path.clone());
-            if node.config.is_none() && node.task.options.start_timeout.is_none() {
-                if let Some(st) = resolved.config.start_timeout {
-                    if !node.ever_started {
-                        let elapsed = (Utc::now() - node.created_at).to_std().unwrap_or_default();
-                        let due = Instant::now() + st.0.saturating_sub(elapsed);
-                        self.sched.at(due, Timer::StartTimeout(key.clone()));
-                    }
-                }
-            }
             node.config = Some(resolved.config.clone());
+            // The tasker's start_timeout is known only now: if it has passed
+            // already, the task fails; if not, a timer watches the rest.
+            let tasker_start_timeout = resolved.config.start_timeout;
+            if let (false, None, Some(st)) = (
+                node.ever_started,
+                node.task.options.start_timeout,
+                tasker_start_timeout,
+            ) {
+                let elapsed = (Utc::now() - node.created_at).to_std().unwrap_or_default();
+                if elapsed >= st.0 {
+                    let msg = format!("not started within start_timeout {st}");
+                    return self.fail(key, TaskError::new(ErrorKind::Timeout, msg));
+                }
+                self.sched.at(
+                    Instant::now() + (st.0 - elapsed),
+                    Timer::StartTimeout(key.clone()),
+                );
+            }
         }
-        if let Err(full) = self.sched.try_start(&limits) {
+        if let Err((full, limit)) = self.sched.try_start(&limits) {
             let node = self.nodes.get_mut(key).expect("node checked above");
-            let (priority, gen) = (node.task.priority, node.gen);
             let first = !node.suspended;
             node.suspended = true;
-            self.sched.park(full.clone(), priority, (key.clone(), gen));
+            self.sched.park(entry, full.clone(), limit);
             if first {
                 let reason = describe_limit(&full);
                 let p = self.point(key, kind::SUSPENDED).with("reason", reason);
@@ -735,10 +748,12 @@ impl Engine {
             }
             return;
         }
+        let attempt = self.nodes[key].attempt;
         let p = self
             .point(key, kind::ALLOCATED)
             .with("taskee", taskee.as_str())
-            .with("tasker", tasker_path.as_str());
+            .with("tasker", tasker_path.as_str())
+            .with("attempt", attempt);
         self.log(p);
         self.start(key, resolved, limits);
     }
@@ -847,11 +862,7 @@ impl Engine {
     /// dropped meanwhile (cancelled, timed out) is skipped.
     fn release(&mut self, limits: &[(LimitKey, u32)]) {
         let nodes = &self.nodes;
-        self.sched.finish(limits, |(key, gen)| {
-            nodes
-                .get(key)
-                .is_some_and(|n| n.gen == *gen && matches!(n.phase, Phase::Queued))
-        });
+        self.sched.finish(limits, |item| is_live(nodes, item));
     }
 
     // ------------------------------------------------------------ exits
@@ -1088,8 +1099,8 @@ impl Engine {
         self.finish(key, state, Some(err), None)
     }
 
-    /// Ends a node: its record goes to the committer; the final point is
-    /// logged once the record is durable.
+    /// Ends a node: its record and final point go to the committer, which
+    /// logs the point once the record is durable.
     fn finish(
         &mut self,
         key: &NodeKey,
@@ -1110,8 +1121,7 @@ impl Engine {
             return;
         }
         node.phase = Phase::Committing;
-        let record = record_of(node, state, err.clone(), &node.task.payload);
-        node.final_state = Some((state, err));
+        let record = record_of(node, state, err, &node.task.payload);
         let mut bytes = serde_json::to_vec_pretty(&record).expect("a record serializes");
         bytes.push(b'\n');
         let dir = if state == State::Completed {
@@ -1125,6 +1135,8 @@ impl Engine {
             dir,
             name: format!("{}.json", node.task.id),
             bytes,
+            points_log: self.root.points_log(&key.exid),
+            final_point: Point::final_of(&record).to_line(),
             run_file: self.root.run_file(&node.task.id),
         });
     }
@@ -1138,22 +1150,9 @@ impl Engine {
                     return Err(EngineError::Spool(e));
                 }
             };
+            // The committer logged the final point.
             self.committing = self.committing.saturating_sub(1);
-            let Some(node) = self.nodes.remove(&key) else {
-                continue;
-            };
-            let (state, err) = node.final_state.clone().unwrap_or((State::Failed, None));
-            let mut p = Point::new(state.as_str(), &node.task.id, &key.exid, &key.nid)
-                .with("attempt", node.attempt);
-            if let Some(t) = &node.taskee {
-                p = p.with("taskee", t.as_str());
-            }
-            if let Some(e) = &err {
-                p = p
-                    .with("reason", e.message.as_str())
-                    .with("error", serde_json::to_value(e).unwrap_or_default());
-            }
-            self.log(p);
+            self.nodes.remove(&key);
             self.points.close(&key.exid);
         }
         Ok(())
@@ -1329,6 +1328,14 @@ impl Engine {
             }
         }
     }
+}
+
+/// Whether a queued or parked scheduler item is still wanted: its node
+/// exists, is queued, and the item is of its current generation.
+fn is_live(nodes: &HashMap<NodeKey, Node>, (key, gen): &(NodeKey, u64)) -> bool {
+    nodes
+        .get(key)
+        .is_some_and(|n| n.gen == *gen && matches!(n.phase, Phase::Queued))
 }
 
 /// The limits a start takes: the tasker's `max_concurrent` and one per

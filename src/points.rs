@@ -91,6 +91,21 @@ impl Point {
         Some(p)
     }
 
+    /// The final point of a task, from its record.
+    pub fn final_of(record: &crate::task::Record) -> Point {
+        let mut p = Point::new(record.state.as_str(), &record.id, &record.exid, &record.nid)
+            .with("attempt", record.attempts);
+        if let Some(t) = &record.taskee {
+            p = p.with("taskee", t.as_str());
+        }
+        if let Some(e) = &record.error {
+            p = p
+                .with("reason", e.message.as_str())
+                .with("error", serde_json::to_value(e).unwrap_or_default());
+        }
+        p
+    }
+
     /// The point as one JSON line, newline included.
     pub fn to_line(&self) -> Vec<u8> {
         // Serializing a struct of strings and a JSON map cannot fail.
@@ -143,6 +158,15 @@ impl PointsLog {
     pub fn close(&mut self, exid: &Exid) {
         self.open.remove(exid);
     }
+}
+
+/// Appends one complete line to a points log in one write (`O_APPEND`).
+pub fn append_line(path: &Path, line: &[u8]) -> io::Result<()> {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?
+        .write_all(line)
 }
 
 /// Reads the points of a log, skipping a torn (unterminated or unparsable)

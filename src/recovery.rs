@@ -117,7 +117,11 @@ pub fn kill_orphans(root: &Root) -> usize {
         return 0;
     };
     for entry in entries.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
             continue;
         };
         if pid == me {
@@ -198,7 +202,13 @@ pub fn scan_run(root: &Root, input_limit: u64) -> Result<Found, RecoveryError> {
                 .push((path, format!("{name} in run/ is not <task id>.json")));
             continue;
         };
-        if root.done_file(&id).exists() || root.failed_file(&id).exists() {
+        let record_path = [root.done_file(&id), root.failed_file(&id)]
+            .into_iter()
+            .find(|p| p.exists());
+        if let Some(record_path) = record_path {
+            // The engine died after the record was durable: add the final
+            // point if it did not make it to the log, and finish the job.
+            add_missing_final_point(root, &record_path);
             let _ = std::fs::remove_file(&path);
             found.finished.push(id);
             continue;
@@ -221,6 +231,30 @@ pub fn scan_run(root: &Root, input_limit: u64) -> Result<Found, RecoveryError> {
         let _ = crate::spool::fsync_dir(&run);
     }
     Ok(found)
+}
+
+/// Appends a task's final point, built from its record, unless its log
+/// already ends the task.
+fn add_missing_final_point(root: &Root, record_path: &Path) {
+    let Ok(bytes) = std::fs::read(record_path) else {
+        return;
+    };
+    let Ok(record) = serde_json::from_slice::<crate::task::Record>(&bytes) else {
+        return;
+    };
+    let log = root.points_log(&record.exid);
+    let points = points::read_points(&log).unwrap_or_default();
+    let last = points
+        .iter()
+        .rev()
+        .find(|p| p.id == record.id && p.nid == record.nid);
+    if last.is_some_and(|p| kind::is_final(&p.point)) {
+        return;
+    }
+    let line = points::Point::final_of(&record).to_line();
+    if let Err(e) = points::append_line(&log, &line) {
+        tracing::error!("cannot append to {}: {e}", log.display());
+    }
 }
 
 fn read_task(path: &Path, id: &TaskId, limit: u64) -> Result<Task, String> {

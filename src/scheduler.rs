@@ -25,15 +25,32 @@ pub struct NodeKey {
 /// the tasker plus a key path and its value.
 pub type LimitKey = String;
 
-struct Ready<K> {
-    priority: i32,
+/// A queued item, as [`Scheduler::pop`] hands it out. Give it back to
+/// [`Scheduler::park`] when a limit refuses it: it keeps its place among
+/// equal priorities.
+#[derive(Debug, Clone)]
+pub struct Entry<K> {
+    pub item: K,
+    pub priority: i32,
     seq: u64,
-    item: K,
+    woken_by: Option<LimitKey>,
 }
+
+impl<K> Entry<K> {
+    /// The limit whose freed unit sent this item back to the ready queue,
+    /// if any: once the item is dealt with, call
+    /// [`Scheduler::wake_if_free`] on it, so that a unit the item did not
+    /// take passes to the next waiter.
+    pub fn woken_by(&self) -> Option<&LimitKey> {
+        self.woken_by.as_ref()
+    }
+}
+
+struct Ready<K>(Entry<K>);
 
 impl<K> PartialEq for Ready<K> {
     fn eq(&self, o: &Self) -> bool {
-        self.priority == o.priority && self.seq == o.seq
+        self.0.priority == o.0.priority && self.0.seq == o.0.seq
     }
 }
 impl<K> Eq for Ready<K> {}
@@ -45,10 +62,17 @@ impl<K> PartialOrd for Ready<K> {
 impl<K> Ord for Ready<K> {
     /// Higher priority first, then lower sequence (earlier arrival) first.
     fn cmp(&self, o: &Self) -> Ordering {
-        self.priority
-            .cmp(&o.priority)
-            .then_with(|| o.seq.cmp(&self.seq))
+        self.0
+            .priority
+            .cmp(&o.0.priority)
+            .then_with(|| o.0.seq.cmp(&self.0.seq))
     }
+}
+
+/// The items waiting for a unit of one limit.
+struct Parked<K> {
+    limit: u32,
+    queue: VecDeque<Entry<K>>,
 }
 
 struct Timer<E> {
@@ -82,7 +106,7 @@ pub struct Scheduler<K, E> {
     workers: usize,
     running: usize,
     in_use: HashMap<LimitKey, u32>,
-    parked: HashMap<LimitKey, VecDeque<(i32, u64, K)>>,
+    parked: HashMap<LimitKey, Parked<K>>,
 }
 
 impl<K: Clone, E> Scheduler<K, E> {
@@ -106,19 +130,20 @@ impl<K: Clone, E> Scheduler<K, E> {
     /// Queues an item; among equal priorities, arrival order is kept.
     pub fn push(&mut self, priority: i32, item: K) {
         let seq = self.next_seq();
-        self.ready.push(Ready {
+        self.ready.push(Ready(Entry {
+            item,
             priority,
             seq,
-            item,
-        });
+            woken_by: None,
+        }));
     }
 
     /// The next item to offer, if a worker is free.
-    pub fn pop(&mut self) -> Option<K> {
+    pub fn pop(&mut self) -> Option<Entry<K>> {
         if self.running >= self.workers {
             return None;
         }
-        self.ready.pop().map(|r| r.item)
+        self.ready.pop().map(|r| r.0)
     }
 
     /// How many entries are in the ready queue (stale ones included).
@@ -136,16 +161,16 @@ impl<K: Clone, E> Scheduler<K, E> {
     }
 
     /// Takes a worker slot and one unit of each limit, if all allow it.
-    /// On refusal returns the first limit that is full (the item should be
-    /// [`park`](Self::park)ed on it).
-    pub fn try_start(&mut self, limits: &[(LimitKey, u32)]) -> Result<(), LimitKey> {
+    /// On refusal returns the first limit that is full, with its size (the
+    /// item should be [`park`](Self::park)ed on it).
+    pub fn try_start(&mut self, limits: &[(LimitKey, u32)]) -> Result<(), (LimitKey, u32)> {
         debug_assert!(
             self.running < self.workers,
             "try_start without a free worker"
         );
         for (key, limit) in limits {
-            if self.in_use.get(key).copied().unwrap_or(0) >= *limit {
-                return Err(key.clone());
+            if self.in_use(key) >= *limit {
+                return Err((key.clone(), *limit));
             }
         }
         for (key, _) in limits {
@@ -156,9 +181,9 @@ impl<K: Clone, E> Scheduler<K, E> {
     }
 
     /// Gives back a worker slot and the limits taken by
-    /// [`try_start`](Self::try_start); the first live item parked on each
-    /// freed limit goes back to the ready queue (`is_live` tells the items
-    /// the engine still wants from those it dropped while they waited).
+    /// [`try_start`](Self::try_start); on each freed limit the first live
+    /// waiter goes back to the ready queue (`is_live` tells the items the
+    /// caller still wants from those it dropped while they waited).
     pub fn finish(&mut self, limits: &[(LimitKey, u32)], mut is_live: impl FnMut(&K) -> bool) {
         self.running = self.running.saturating_sub(1);
         for (key, _) in limits {
@@ -168,38 +193,40 @@ impl<K: Clone, E> Scheduler<K, E> {
                     self.in_use.remove(key);
                 }
             }
-            self.unpark_one(key, &mut is_live);
+            self.wake_if_free(key, &mut is_live);
         }
     }
 
-    fn unpark_one(&mut self, key: &LimitKey, is_live: &mut impl FnMut(&K) -> bool) {
-        let Some(q) = self.parked.get_mut(key) else {
+    /// If `key` has a free unit, sends its first live waiter back to the
+    /// ready queue, in its original place.
+    pub fn wake_if_free(&mut self, key: &LimitKey, mut is_live: impl FnMut(&K) -> bool) {
+        let in_use = self.in_use(key);
+        let Some(parked) = self.parked.get_mut(key) else {
             return;
         };
-        while let Some((priority, seq, item)) = q.pop_front() {
-            if is_live(&item) {
-                // Keeps its original place among equal priorities.
-                self.ready.push(Ready {
-                    priority,
-                    seq,
-                    item,
-                });
-                break;
+        if in_use < parked.limit {
+            while let Some(mut entry) = parked.queue.pop_front() {
+                if is_live(&entry.item) {
+                    entry.woken_by = Some(key.clone());
+                    self.ready.push(Ready(entry));
+                    break;
+                }
             }
         }
-        if q.is_empty() {
+        if parked.queue.is_empty() {
             self.parked.remove(key);
         }
     }
 
-    /// Holds an item back until `key` frees a unit; it then goes back to
-    /// the ready queue (see [`finish`](Self::finish)).
-    pub fn park(&mut self, key: LimitKey, priority: i32, item: K) {
-        let seq = self.next_seq();
-        self.parked
-            .entry(key)
-            .or_default()
-            .push_back((priority, seq, item));
+    /// Holds an item back until `key` (of size `limit`) frees a unit.
+    pub fn park(&mut self, mut entry: Entry<K>, key: LimitKey, limit: u32) {
+        entry.woken_by = None;
+        let parked = self.parked.entry(key).or_insert_with(|| Parked {
+            limit,
+            queue: VecDeque::new(),
+        });
+        parked.limit = limit;
+        parked.queue.push_back(entry);
     }
 
     /// How many units of a limit are in use.
@@ -209,7 +236,7 @@ impl<K: Clone, E> Scheduler<K, E> {
 
     /// How many items are parked, over all limits.
     pub fn parked_len(&self) -> usize {
-        self.parked.values().map(VecDeque::len).sum()
+        self.parked.values().map(|p| p.queue.len()).sum()
     }
 
     /// Sets a timer.
@@ -244,8 +271,41 @@ pub fn backoff(retry: u32) -> Duration {
 mod tests {
     use super::*;
 
-    fn drain(s: &mut Scheduler<&'static str, ()>) -> Vec<&'static str> {
-        std::iter::from_fn(|| s.pop()).collect()
+    type S = Scheduler<&'static str, ()>;
+
+    fn pop(s: &mut S) -> Option<&'static str> {
+        s.pop().map(|e| e.item)
+    }
+
+    fn drain(s: &mut S) -> Vec<&'static str> {
+        std::iter::from_fn(|| pop(s)).collect()
+    }
+
+    fn lim(keys: &[&str]) -> Vec<(LimitKey, u32)> {
+        keys.iter().map(|k| (k.to_string(), 1)).collect()
+    }
+
+    /// Pops the next item and starts it, or parks it on the limit that
+    /// refuses it; then passes on a unit it did not take. Returns what
+    /// happened.
+    fn step(
+        s: &mut S,
+        limits_of: impl Fn(&str) -> Vec<(LimitKey, u32)>,
+    ) -> Option<(&'static str, bool)> {
+        let e = s.pop()?;
+        let item = e.item;
+        let woken = e.woken_by().cloned();
+        let started = match s.try_start(&limits_of(item)) {
+            Ok(()) => true,
+            Err((key, limit)) => {
+                s.park(e, key, limit);
+                false
+            }
+        };
+        if let Some(k) = woken {
+            s.wake_if_free(&k, |_| true);
+        }
+        Some((item, started))
     }
 
     #[test]
@@ -261,67 +321,120 @@ mod tests {
 
     #[test]
     fn workers_bound_pops() {
-        let mut s: Scheduler<&str, ()> = Scheduler::new(2);
+        let mut s: S = Scheduler::new(2);
         for x in ["a", "b", "c"] {
             s.push(0, x);
         }
-        assert_eq!(s.pop(), Some("a"));
+        assert_eq!(pop(&mut s), Some("a"));
         s.try_start(&[]).unwrap();
-        assert_eq!(s.pop(), Some("b"));
+        assert_eq!(pop(&mut s), Some("b"));
         s.try_start(&[]).unwrap();
         assert!(!s.has_free_worker());
-        assert_eq!(s.pop(), None);
+        assert_eq!(pop(&mut s), None);
         s.finish(&[], |_| true);
-        assert_eq!(s.pop(), Some("c"));
+        assert_eq!(pop(&mut s), Some("c"));
     }
 
     #[test]
     fn limits_park_without_blocking_others() {
-        let mut s: Scheduler<&str, ()> = Scheduler::new(10);
-        let book_a = vec![("stamp/book=a".to_string(), 1)];
-        let book_b = vec![("stamp/book=b".to_string(), 1)];
+        let mut s: S = Scheduler::new(10);
+        let books = |item: &str| {
+            lim(&[if item.starts_with('a') {
+                "book=a"
+            } else {
+                "book=b"
+            }])
+        };
         s.push(0, "a1");
         s.push(0, "a2");
         s.push(0, "b1");
-        assert_eq!(s.pop(), Some("a1"));
-        s.try_start(&book_a).unwrap();
-        assert_eq!(s.pop(), Some("a2"));
-        let full = s.try_start(&book_a).unwrap_err();
-        s.park(full, 0, "a2");
+        assert_eq!(step(&mut s, books), Some(("a1", true)));
+        assert_eq!(step(&mut s, books), Some(("a2", false)));
         // b1 is not blocked behind a2
-        assert_eq!(s.pop(), Some("b1"));
-        s.try_start(&book_b).unwrap();
-        assert_eq!(s.pop(), None);
+        assert_eq!(step(&mut s, books), Some(("b1", true)));
+        assert_eq!(pop(&mut s), None);
         assert_eq!(s.parked_len(), 1);
-        assert_eq!(s.in_use("stamp/book=a"), 1);
-        s.finish(&book_a, |_| true);
-        assert_eq!(s.in_use("stamp/book=a"), 0);
-        assert_eq!(s.pop(), Some("a2"));
-        s.try_start(&book_a).unwrap();
+        assert_eq!(s.in_use("book=a"), 1);
+        s.finish(&lim(&["book=a"]), |_| true);
+        assert_eq!(s.in_use("book=a"), 0);
+        assert_eq!(step(&mut s, books), Some(("a2", true)));
         assert_eq!(s.running(), 2);
     }
 
     #[test]
-    fn unparked_items_keep_priority_order() {
-        let mut s: Scheduler<&str, ()> = Scheduler::new(10);
-        let l = vec![("k".to_string(), 1)];
-        s.try_start(&l).unwrap();
-        s.park("k".into(), 0, "low");
-        s.push(3, "high");
-        s.finish(&l, |_| true);
-        assert_eq!(drain(&mut s), ["high", "low"]);
+    fn unparked_items_keep_their_arrival_place() {
+        let mut s: S = Scheduler::new(10);
+        s.try_start(&lim(&["k"])).unwrap();
+        s.push(0, "first");
+        s.push(0, "second");
+        let limits = |item: &str| {
+            if item == "first" {
+                lim(&["k"])
+            } else {
+                lim(&[])
+            }
+        };
+        // "first" parks; "second" is held in the queue by not popping it yet.
+        let e = s.pop().unwrap();
+        assert_eq!(e.item, "first");
+        let (key, limit) = s.try_start(&limits("first")).unwrap_err();
+        s.park(e, key, limit);
+        s.finish(&lim(&["k"]), |_| true);
+        assert_eq!(drain(&mut s), ["first", "second"]);
     }
 
     #[test]
     fn dropped_parked_items_do_not_swallow_a_freed_unit() {
-        let mut s: Scheduler<&str, ()> = Scheduler::new(10);
-        let l = vec![("k".to_string(), 1)];
-        s.try_start(&l).unwrap();
-        s.park("k".into(), 0, "cancelled");
-        s.park("k".into(), 0, "alive");
-        s.finish(&l, |x| *x != "cancelled");
+        let mut s: S = Scheduler::new(10);
+        s.try_start(&lim(&["k"])).unwrap();
+        for item in ["cancelled", "alive"] {
+            s.push(0, item);
+            let e = s.pop().unwrap();
+            let (key, limit) = s.try_start(&lim(&["k"])).unwrap_err();
+            s.park(e, key, limit);
+        }
+        s.finish(&lim(&["k"]), |x| *x != "cancelled");
         assert_eq!(drain(&mut s), ["alive"]);
         assert_eq!(s.parked_len(), 0);
+    }
+
+    #[test]
+    fn a_unit_not_taken_by_the_woken_item_passes_on() {
+        // x needs k0 and k1; y needs k0 only. Both wait on k0; k1 is held.
+        let mut s: S = Scheduler::new(10);
+        let limits = |item: &str| match item {
+            "x" => lim(&["k0", "k1"]),
+            "y" => lim(&["k0"]),
+            _ => lim(&["k1"]),
+        };
+        s.try_start(&lim(&["k0"])).unwrap();
+        s.try_start(&lim(&["k1"])).unwrap();
+        s.push(0, "x");
+        s.push(0, "y");
+        assert_eq!(step(&mut s, limits), Some(("x", false)));
+        assert_eq!(step(&mut s, limits), Some(("y", false)));
+        s.finish(&lim(&["k0"]), |_| true);
+        // x comes back, is refused on k1 and parks there; k0's unit goes to y.
+        assert_eq!(step(&mut s, limits), Some(("x", false)));
+        assert_eq!(step(&mut s, limits), Some(("y", true)));
+        assert_eq!(s.in_use("k0"), 1);
+    }
+
+    #[test]
+    fn a_unit_is_passed_on_when_the_woken_item_was_dropped() {
+        let mut s: S = Scheduler::new(10);
+        s.try_start(&lim(&["k"])).unwrap();
+        for item in ["gone", "next"] {
+            s.push(0, item);
+            assert_eq!(step(&mut s, |_| lim(&["k"])), Some((item, false)));
+        }
+        s.finish(&lim(&["k"]), |_| true);
+        // "gone" is popped but the caller dropped it meanwhile: it does not
+        // start, and wake_if_free hands the unit to "next".
+        let e = s.pop().unwrap();
+        assert_eq!(e.item, "gone");
+        s.wake_if_free(e.woken_by().unwrap(), |_| true);
+        assert_eq!(step(&mut s, |_| lim(&["k"])), Some(("next", true)));
     }
 
     #[test]

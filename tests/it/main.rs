@@ -4,5 +4,14 @@
 #[path = "../common/mod.rs"]
 mod common;
 
-mod core;
 mod cli;
+mod core;
+mod crash;
+mod hostile;
+mod intake;
+mod path_safety;
+mod points_records;
+mod reliability;
+mod scheduling;
+mod taskers;
+mod taskmasters;

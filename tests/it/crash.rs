@@ -1,0 +1,491 @@
+//! SPEC 4 and 10 through the built binary, with real `kill -9`: at least
+//! once and never silently twice across repeated engine crashes, the
+//! crash window between a record and its `run/` file, and the tasker
+//! processes a dead engine leaves behind.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+
+use crate::common::*;
+
+/// Pids of live (not zombie) processes whose environment carries
+/// `SPOOLFLOW_ROOT=<root>`: taskers of that root and what they started.
+fn processes_of(root: &Path) -> Vec<i32> {
+    let mut want = b"SPOOLFLOW_ROOT=".to_vec();
+    want.extend_from_slice(root.as_os_str().as_encoded_bytes());
+    let mut pids = Vec::new();
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return pids;
+    };
+    for e in entries.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(env) = fs::read(e.path().join("environ")) else {
+            continue;
+        };
+        if env.split(|b| *b == 0).any(|v| v == want.as_slice()) && is_alive(pid) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// Whether `pid` exists and is not a zombie.
+fn is_alive(pid: i32) -> bool {
+    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // The state follows the command name, which is in parentheses and may
+    // hold anything: look after the last ')'.
+    let state = stat
+        .rfind(')')
+        .and_then(|i| stat[i + 1..].trim_start().chars().next());
+    !matches!(state, Some('Z') | Some('X') | None)
+}
+
+fn read_pid(path: &Path) -> Option<i32> {
+    fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// The records in `done/` (not the committer's temporaries).
+fn records(t: &TestRoot) -> usize {
+    t.list("var/spool/done")
+        .iter()
+        .filter(|n| n.ends_with(".json") && !n.starts_with('.'))
+        .count()
+}
+
+/// When to `kill -9` a running engine.
+#[derive(Debug, Clone, Copy)]
+enum Moment {
+    /// As soon as it holds the lock (recovery and intake under way).
+    Locked,
+    /// Once `done/` holds at least this many records.
+    Done(usize),
+}
+
+const TASKS: usize = 400;
+
+/// Appends "<id> <attempt>" to the ledger in one `O_APPEND` write, sleeps
+/// 0–30 ms (by pid), and replies with a payload.
+const LEDGER_TASKER: &str = r#"#!/bin/sh
+echo "$SPOOLFLOW_ID $SPOOLFLOW_ATTEMPT" >> "$SPOOLFLOW_ROOT/ledger"
+sleep 0.0$(( $$ % 4 ))
+echo "{\"done\":\"$SPOOLFLOW_ID\"}"
+"#;
+
+#[test]
+fn repeated_kill_9_loses_nothing_and_never_completes_twice() {
+    let t = TestRoot::new();
+    t.tasker("org", "ledger", LEDGER_TASKER);
+    let ids: Vec<String> = (0..TASKS).map(|i| format!("c{i:04}")).collect();
+    for id in &ids {
+        t.drop_task(
+            &format!("{id}.json"),
+            &format!(r#"{{"domain":"org","tasker":"ledger","payload":{{"id":"{id}"}}}}"#),
+        );
+    }
+
+    let plan = [
+        Moment::Done(1),
+        Moment::Done(30),
+        Moment::Locked,
+        Moment::Done(80),
+        Moment::Done(140),
+        Moment::Locked,
+        Moment::Done(200),
+        Moment::Done(260),
+        Moment::Done(330),
+    ];
+    let lock = t.join("var/run/engine.lock");
+    let started = Instant::now();
+    let mut kills = 0;
+    for moment in plan {
+        let engine = t.spawn_engine(&["--workers", "4"]);
+        let pid = engine.pid().to_string();
+        match moment {
+            Moment::Locked => wait_for("the new engine to hold the lock", DEADLINE, || {
+                fs::read_to_string(&lock).is_ok_and(|s| s.trim() == pid)
+            }),
+            Moment::Done(n) => wait_for(&format!("{n} records in done/"), DEADLINE, || {
+                records(&t) >= n
+            }),
+        }
+        let done_at_kill = records(&t);
+        let run_at_kill = t.list("var/spool/run").len();
+        engine.signal(Signal::SIGKILL);
+        let (code, _) = engine.wait(DEADLINE);
+        assert_eq!(code, None, "the engine was killed by a signal");
+        kills += 1;
+        eprintln!("kill -9 #{kills} at {moment:?}: done/ {done_at_kill}, run/ {run_at_kill}");
+        if done_at_kill >= TASKS {
+            break;
+        }
+    }
+    assert!(
+        kills >= 5,
+        "only {kills} kills happened before the tasks ran out"
+    );
+
+    let (code, err) = t
+        .spawn_engine(&["--drain", "--workers", "4"])
+        .wait(Duration::from_secs(60));
+    assert_eq!(code, Some(0), "the draining engine failed: {err}");
+    eprintln!("all crashes and the drain took {:?}", started.elapsed());
+
+    // Every tasker of every killed engine is gone: start-up killed them.
+    let end = Instant::now() + Duration::from_secs(5);
+    loop {
+        let left = processes_of(t.path());
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < end,
+            "tasker processes of killed engines still run: {left:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    // Every task is in done/, and nowhere else.
+    let expected: Vec<String> = ids.iter().map(|id| format!("{id}.json")).collect();
+    assert_eq!(t.list("var/spool/done"), expected);
+    assert!(t.list("var/spool/failed").is_empty());
+    assert!(
+        t.list("var/spool/rejected").is_empty(),
+        "{:?}",
+        t.list("var/spool/rejected")
+    );
+    assert!(t.list("var/spool/run").is_empty());
+    assert!(t.list("var/spool/in").is_empty());
+
+    // The ledger: what the taskers actually did, one line per execution.
+    let ledger = fs::read_to_string(t.join("ledger")).unwrap();
+    let mut runs: BTreeMap<&str, Vec<u32>> = BTreeMap::new();
+    let mut lines = 0;
+    for line in ledger.lines() {
+        let (id, attempt) = line
+            .split_once(' ')
+            .unwrap_or_else(|| panic!("torn ledger line {line:?}"));
+        let attempt: u32 = attempt
+            .parse()
+            .unwrap_or_else(|_| panic!("torn ledger line {line:?}"));
+        runs.entry(id).or_default().push(attempt);
+        lines += 1;
+    }
+
+    let mut recovered = 0;
+    let mut recovered_after_start = 0;
+    let mut no_final_point = Vec::new();
+    let mut same_attempt_twice = 0;
+    for id in &ids {
+        let rec = t.must_record(id);
+        assert_eq!(rec["state"], "completed", "{id}: {rec}");
+        assert_eq!(rec["id"], id.as_str());
+        assert_eq!(rec["payload"], serde_json::json!({"done": id}), "{id}");
+        let attempts = rec["attempts"].as_u64().expect("attempts") as u32;
+        let ended_at = rec["ended_at"].as_str().expect("ended_at").to_string();
+
+        let points = t.points(id);
+        let names: Vec<&str> = points
+            .iter()
+            .map(|p| p["point"].as_str().unwrap())
+            .collect();
+        let count = |n: &str| names.iter().filter(|x| **x == n).count();
+        assert_eq!(count("created"), 1, "{id}: {names:?}");
+        assert!(count("completed") <= 1, "{id} completed twice: {names:?}");
+        assert_eq!(count("failed") + count("aborted"), 0, "{id}: {names:?}");
+        if count("completed") == 0 {
+            no_final_point.push(id.clone());
+        }
+
+        // The record is that of the last execution: no execution started
+        // after it was written (it was neither overwritten nor run again).
+        let starts: Vec<(&str, u32)> = points
+            .iter()
+            .filter(|p| p["point"] == "started")
+            .map(|p| {
+                (
+                    p["ts"].as_str().unwrap(),
+                    p["attempt"].as_u64().unwrap() as u32,
+                )
+            })
+            .collect();
+        assert!(!starts.is_empty(), "{id} never started: {names:?}");
+        for (ts, _) in &starts {
+            assert!(
+                *ts <= ended_at.as_str(),
+                "{id} started at {ts}, after its record ended at {ended_at}: {names:?}"
+            );
+        }
+        let last_attempt = starts.iter().map(|s| s.1).max().unwrap();
+        assert_eq!(attempts, last_attempt, "{id}: {names:?}");
+
+        // Recovered after a start: the next execution is a new attempt.
+        if let Some(r) = names.iter().rposition(|n| *n == "recovered") {
+            recovered += 1;
+            if names[..r].contains(&"started") {
+                recovered_after_start += 1;
+                assert!(attempts >= 2, "{id}: attempts {attempts}: {names:?}");
+                assert!(
+                    names[r..].contains(&"started"),
+                    "{id} recovered but did not run again: {names:?}"
+                );
+            }
+        }
+
+        // The ledger holds the completing execution, and nothing later.
+        let ran = runs
+            .get(id.as_str())
+            .unwrap_or_else(|| panic!("{id} is not in the ledger"));
+        assert!(
+            ran.contains(&attempts),
+            "{id}: ledger {ran:?} lacks attempt {attempts}"
+        );
+        assert!(
+            ran.iter().all(|a| *a <= attempts),
+            "{id}: ledger {ran:?} has an attempt after the record's {attempts}"
+        );
+        let distinct: BTreeSet<&u32> = ran.iter().collect();
+        if ran.len() != distinct.len() {
+            // The engine died after spawning the tasker but before logging
+            // `started`: the next start reuses the attempt number.
+            same_attempt_twice += ran.len() - distinct.len();
+            eprintln!("{id}: ledger attempts {ran:?}, points {names:?}");
+        }
+    }
+    assert_eq!(runs.len(), TASKS, "the ledger names unknown ids");
+
+    eprintln!(
+        "crash test: {TASKS} tasks, {kills} kill -9, {lines} executions in the ledger: \
+         duplicate-execution rate {:.3} ({} extra executions); {recovered} tasks recovered, \
+         {recovered_after_start} of them after a start; {same_attempt_twice} attempt numbers \
+         ran twice; {} tasks without a final point ({:?})",
+        lines as f64 / TASKS as f64,
+        lines - TASKS,
+        no_final_point.len(),
+        no_final_point
+    );
+}
+
+/// SPEC 4: a crash between writing the record and removing the `run/`
+/// file. The record is authoritative: the leftover is removed and the
+/// task is not run again.
+#[test]
+fn a_run_file_beside_its_record_is_removed_not_run_again() {
+    let t = TestRoot::new();
+    t.tasker(
+        "org",
+        "marker",
+        "#!/bin/sh\n: > \"$SPOOLFLOW_ROOT/marker-$SPOOLFLOW_ID\"\n",
+    );
+    let task = |id: &str| format!(r#"{{"domain":"org","tasker":"marker","id":"{id}"}}"#);
+    let record = |id: &str, state: &str| {
+        let mut b = serde_json::to_vec_pretty(&serde_json::json!({
+            "id": id, "exid": id, "nid": "0", "domain": "org",
+            "tasker": "marker", "taskee": "marker", "tasker_path": "tsk/org/marker",
+            "state": state, "reason": null, "error": null, "attempts": 1, "offers": 1,
+            "priority": 0, "headers": {},
+            "created_at": "2026-01-01T00:00:00.000000Z",
+            "started_at": "2026-01-01T00:00:00.100000Z",
+            "ended_at": "2026-01-01T00:00:00.200000Z",
+            "payload": {"kept": id}
+        }))
+        .unwrap();
+        b.push(b'\n');
+        b
+    };
+    // w1 completed, w2 failed, each with its run/ file left behind and the
+    // points of its one execution; r3 is an ordinary leftover with no
+    // record, to show the marker works.
+    fs::write(t.join("var/spool/run/w1.json"), task("w1")).unwrap();
+    fs::write(t.join("var/spool/done/w1.json"), record("w1", "completed")).unwrap();
+    fs::write(t.join("var/spool/run/w2.json"), task("w2")).unwrap();
+    fs::write(t.join("var/spool/failed/w2.json"), record("w2", "failed")).unwrap();
+    fs::write(t.join("var/spool/run/r3.json"), task("r3")).unwrap();
+    for id in ["w1", "w2"] {
+        fs::write(t.join(&format!("var/log/tsk/{id}.log")), one_execution(id)).unwrap();
+    }
+
+    let (code, err) = t
+        .spawn_engine(&["--drain", "--workers", "2"])
+        .wait(DEADLINE);
+    assert_eq!(code, Some(0), "stderr: {err}");
+
+    assert!(t.list("var/spool/run").is_empty());
+    assert_eq!(
+        fs::read(t.join("var/spool/done/w1.json")).unwrap(),
+        record("w1", "completed")
+    );
+    assert_eq!(
+        fs::read(t.join("var/spool/failed/w2.json")).unwrap(),
+        record("w2", "failed")
+    );
+    assert!(!t.join("var/spool/failed/w1.json").exists());
+    assert!(!t.join("var/spool/done/w2.json").exists());
+    for id in ["w1", "w2"] {
+        assert!(!t.join(&format!("marker-{id}")).exists(), "{id} ran again");
+        let names = t.point_names(id);
+        assert_eq!(
+            &names[..4],
+            ["created", "offered", "allocated", "started"],
+            "{id}: {names:?}"
+        );
+        assert!(
+            names[4..].iter().all(|n| !matches!(
+                n.as_str(),
+                "recovered" | "offered" | "allocated" | "started" | "retried"
+            )),
+            "{id} was queued again: {names:?}"
+        );
+    }
+    assert!(t.list("var/spool/rejected").is_empty());
+
+    // The control: a leftover without a record is recovered and runs.
+    assert!(t.join("marker-r3").exists());
+    assert_eq!(t.must_record("r3")["state"], "completed");
+    assert_eq!(t.point_names("r3")[0], "recovered");
+}
+
+/// The points of one execution of `id` (attempt 1) up to `started`, as
+/// an engine that died before logging the final point leaves them.
+fn one_execution(id: &str) -> String {
+    let point = |ts: &str, point: &str, extra: &str| {
+        format!(
+            r#"{{"ts":"2026-01-01T00:00:00.{ts}Z","id":"{id}","exid":"{id}","nid":"0","point":"{point}"{extra}}}"#
+        ) + "\n"
+    };
+    [
+        point(
+            "000000",
+            "created",
+            r#","domain":"org","priority":0,"tasker":"marker""#,
+        ),
+        point("000100", "offered", r#","taskee":"marker","offer":1"#),
+        point(
+            "000200",
+            "allocated",
+            r#","taskee":"marker","tasker":"tsk/org/marker""#,
+        ),
+        point(
+            "000300",
+            "started",
+            r#","taskee":"marker","tasker":"tsk/org/marker","attempt":1,"pid":4242"#,
+        ),
+    ]
+    .concat()
+}
+
+/// SPEC 4: the final point is logged once the record is durable; an
+/// engine killed after the record but before the point leaves a log with
+/// no final point. The next start, which finds the record beside the
+/// `run/` file, completes the log (so `logs`, `events` and `show` see the
+/// end of the task).
+#[test]
+fn a_record_found_at_start_up_gets_its_final_point() {
+    let t = TestRoot::new();
+    t.tasker("org", "marker", "#!/bin/sh\n");
+    fs::write(
+        t.join("var/spool/run/w1.json"),
+        r#"{"domain":"org","tasker":"marker","id":"w1"}"#,
+    )
+    .unwrap();
+    fs::write(
+        t.join("var/spool/done/w1.json"),
+        serde_json::to_vec_pretty(&serde_json::json!({
+            "id": "w1", "exid": "w1", "nid": "0", "domain": "org",
+            "tasker": "marker", "taskee": "marker", "tasker_path": "tsk/org/marker",
+            "state": "completed", "reason": null, "error": null, "attempts": 1,
+            "offers": 1, "priority": 0, "headers": {},
+            "created_at": "2026-01-01T00:00:00.000000Z",
+            "started_at": "2026-01-01T00:00:00.000300Z",
+            "ended_at": "2026-01-01T00:00:00.100000Z",
+            "payload": {}
+        }))
+        .unwrap(),
+    )
+    .unwrap();
+    fs::write(t.join("var/log/tsk/w1.log"), one_execution("w1")).unwrap();
+
+    let (code, err) = t.spawn_engine(&["--drain"]).wait(DEADLINE);
+    assert_eq!(code, Some(0), "stderr: {err}");
+    assert!(t.list("var/spool/run").is_empty());
+    let names = t.point_names("w1");
+    assert_eq!(
+        names.iter().filter(|n| *n == "completed").count(),
+        1,
+        "the log of a completed task has no final point: {names:?}"
+    );
+    assert_eq!(names.last().map(String::as_str), Some("completed"));
+}
+
+/// SPEC 10: the next start kills the tasker processes (and what they
+/// started) of an engine that died, and runs the task again as a new
+/// attempt.
+#[test]
+fn kill_9_orphans_are_killed_at_the_next_start() {
+    let t = TestRoot::new();
+    t.tasker(
+        "org",
+        "forker",
+        r#"#!/bin/sh
+if [ "$SPOOLFLOW_ATTEMPT" -ge 2 ]; then
+  echo '{"second":true}'
+  exit 0
+fi
+echo $$ > "$SPOOLFLOW_ROOT/.tasker.pid.tmp"
+mv "$SPOOLFLOW_ROOT/.tasker.pid.tmp" "$SPOOLFLOW_ROOT/tasker.pid"
+sleep 300 &
+echo $! > "$SPOOLFLOW_ROOT/.grandchild.pid.tmp"
+mv "$SPOOLFLOW_ROOT/.grandchild.pid.tmp" "$SPOOLFLOW_ROOT/grandchild.pid"
+sleep 300
+"#,
+    );
+    t.drop_task("o1.json", r#"{"domain":"org","tasker":"forker"}"#);
+
+    let engine = t.spawn_engine(&["--workers", "2"]);
+    let grandchild_file = t.join("grandchild.pid");
+    wait_for("the grandchild's pid file", DEADLINE, || {
+        grandchild_file.exists()
+    });
+    let tasker = read_pid(&t.join("tasker.pid")).expect("tasker pid");
+    let grandchild = read_pid(&grandchild_file).expect("grandchild pid");
+    engine.signal(Signal::SIGKILL);
+    let (code, _) = engine.wait(DEADLINE);
+    assert_eq!(code, None);
+    // The engine's death alone leaves them running.
+    assert!(is_alive(tasker), "tasker {tasker} died with the engine");
+    assert!(
+        is_alive(grandchild),
+        "grandchild {grandchild} died with the engine"
+    );
+    assert!(t.list("var/spool/run").contains(&"o1.json".to_string()));
+
+    let engine = t.spawn_engine(&["--drain", "--workers", "2"]);
+    wait_for(
+        "the old tasker and its child to be killed",
+        DEADLINE,
+        || !is_alive(tasker) && !is_alive(grandchild),
+    );
+    let (code, err) = engine.wait(DEADLINE);
+    assert_eq!(code, Some(0), "stderr: {err}");
+
+    let rec = t.must_record("o1");
+    assert_eq!(rec["state"], "completed", "{rec}");
+    assert_eq!(rec["attempts"], 2, "{rec}");
+    assert_eq!(rec["payload"], serde_json::json!({"second": true}));
+    let names = t.point_names("o1");
+    let recovered = names.iter().position(|n| n == "recovered");
+    let started = names.iter().position(|n| n == "started");
+    assert!(
+        started.is_some() && recovered.is_some() && started < recovered,
+        "expected started, then recovered: {names:?}"
+    );
+    assert_eq!(names.last().map(String::as_str), Some("completed"));
+    assert!(processes_of(t.path()).is_empty());
+}
