@@ -12,6 +12,7 @@ mod intake;
 mod path_safety;
 mod points_records;
 mod reliability;
+mod resources;
 mod scheduling;
 mod taskers;
 mod taskmasters;
