@@ -191,6 +191,36 @@ impl TestRoot {
             .collect()
     }
 
+    /// The points of `exid` named `name`.
+    pub fn points_named(&self, exid: &str, name: &str) -> Vec<Value> {
+        self.points(exid)
+            .into_iter()
+            .filter(|p| p["point"] == name)
+            .collect()
+    }
+
+    /// The one-line reason of `rejected/<name>`, without its newline;
+    /// panics unless it is one non-empty line ending in a newline.
+    pub fn reason(&self, name: &str) -> String {
+        let r = self.rejected_reason(name).unwrap_or_else(|| {
+            panic!(
+                "no rejected/{name}.reason; rejected: {:?}",
+                self.list("var/spool/rejected")
+            )
+        });
+        assert!(
+            r.ends_with('\n'),
+            "reason of {name} ends with a newline: {r:?}"
+        );
+        let line = r.trim_end_matches('\n');
+        assert!(!line.is_empty(), "reason of {name} is not empty");
+        assert!(
+            !line.contains('\n') && !line.contains('\r'),
+            "reason of {name} is one line: {r:?}"
+        );
+        line.to_string()
+    }
+
     /// The point names of an execution, in order.
     pub fn point_names(&self, exid: &str) -> Vec<String> {
         self.points(exid)
@@ -216,6 +246,28 @@ impl TestRoot {
         v.sort();
         v
     }
+}
+
+/// Whether process `pid` is gone: absent, or a zombie nobody reaped yet.
+pub fn process_gone(pid: i32) -> bool {
+    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return true;
+    };
+    // The state follows the command name, which is in parentheses and may
+    // hold anything: look after the last ')'.
+    let state = stat
+        .rfind(')')
+        .and_then(|i| stat[i + 1..].trim_start().chars().next());
+    matches!(state, Some('Z') | Some('X') | None)
+}
+
+/// A shell fragment that waits (at most ~20 s) until
+/// `$SPOOLFLOW_ROOT/<rel>` exists, so that a test that fails early never
+/// leaves a tasker behind for long.
+pub fn wait_file(rel: &str) -> String {
+    format!(
+        r#"i=0; while [ ! -e "$SPOOLFLOW_ROOT/{rel}" ] && [ $i -lt 400 ]; do sleep 0.05; i=$((i+1)); done"#
+    )
 }
 
 pub fn write_executable(path: &Path, body: &str) {

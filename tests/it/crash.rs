@@ -28,24 +28,11 @@ fn processes_of(root: &Path) -> Vec<i32> {
         let Ok(env) = fs::read(e.path().join("environ")) else {
             continue;
         };
-        if env.split(|b| *b == 0).any(|v| v == want.as_slice()) && is_alive(pid) {
+        if env.split(|b| *b == 0).any(|v| v == want.as_slice()) && !process_gone(pid) {
             pids.push(pid);
         }
     }
     pids
-}
-
-/// Whether `pid` exists and is not a zombie.
-fn is_alive(pid: i32) -> bool {
-    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return false;
-    };
-    // The state follows the command name, which is in parentheses and may
-    // hold anything: look after the last ')'.
-    let state = stat
-        .rfind(')')
-        .and_then(|i| stat[i + 1..].trim_start().chars().next());
-    !matches!(state, Some('Z') | Some('X') | None)
 }
 
 fn read_pid(path: &Path) -> Option<i32> {
@@ -459,9 +446,12 @@ sleep 300
     let (code, _) = engine.wait(DEADLINE);
     assert_eq!(code, None);
     // The engine's death alone leaves them running.
-    assert!(is_alive(tasker), "tasker {tasker} died with the engine");
     assert!(
-        is_alive(grandchild),
+        !process_gone(tasker),
+        "tasker {tasker} died with the engine"
+    );
+    assert!(
+        !process_gone(grandchild),
         "grandchild {grandchild} died with the engine"
     );
     assert!(t.list("var/spool/run").contains(&"o1.json".to_string()));
@@ -470,7 +460,7 @@ sleep 300
     wait_for(
         "the old tasker and its child to be killed",
         DEADLINE,
-        || !is_alive(tasker) && !is_alive(grandchild),
+        || process_gone(tasker) && process_gone(grandchild),
     );
     let (code, err) = engine.wait(DEADLINE);
     assert_eq!(code, Some(0), "stderr: {err}");

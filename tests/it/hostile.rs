@@ -16,27 +16,6 @@ fn cat_tasker(t: &TestRoot) {
     t.tasker("org", "echo", "#!/bin/sh\ncat\n");
 }
 
-/// The one-line reason of `rejected/<name>`, without its newline.
-fn reason(t: &TestRoot, name: &str) -> String {
-    let r = t.rejected_reason(name).unwrap_or_else(|| {
-        panic!(
-            "no rejected/{name}.reason; rejected: {:?}",
-            t.list("var/spool/rejected")
-        )
-    });
-    assert!(
-        r.ends_with('\n'),
-        "reason of {name} ends with a newline: {r:?}"
-    );
-    let line = r.trim_end_matches('\n');
-    assert!(!line.is_empty(), "reason of {name} is not empty");
-    assert!(
-        !line.contains('\n') && !line.contains('\r'),
-        "reason of {name} is one line: {r:?}"
-    );
-    line.to_string()
-}
-
 fn rejected_bytes(t: &TestRoot, name: &str) -> Vec<u8> {
     fs::read(t.join(&format!("var/spool/rejected/{name}"))).unwrap()
 }
@@ -210,7 +189,7 @@ fn drop_hostile(t: &TestRoot, oversized: bool) {
 /// Checks every rejection made by [`drop_hostile`].
 fn check_hostile(t: &TestRoot, oversized: bool) {
     for (_, name, bytes, start, part) in bad_files() {
-        let r = reason(t, name);
+        let r = t.reason(name);
         assert!(
             r.starts_with(start),
             "reason of {name}: {r:?} should start with {start:?}"
@@ -233,8 +212,8 @@ fn check_hostile(t: &TestRoot, oversized: bool) {
     ];
     both.sort();
     assert_eq!(both, [b"{ first".to_vec(), b"{ second".to_vec()]);
-    assert!(reason(t, "same.json").starts_with("invalid JSON"));
-    assert!(reason(t, "same.json.1").starts_with("invalid JSON"));
+    assert!(t.reason("same.json").starts_with("invalid JSON"));
+    assert!(t.reason("same.json.1").starts_with("invalid JSON"));
     assert!(!t.join("var/spool/rejected/same.json.2").exists());
 
     // The symlink was moved as the link, never followed.
@@ -243,14 +222,14 @@ fn check_hostile(t: &TestRoot, oversized: bool) {
     assert!(meta.file_type().is_symlink());
     assert_eq!(fs::read_link(&link).unwrap(), t.join("secret.json"));
     assert_eq!(fs::read_to_string(t.join("secret.json")).unwrap(), GOOD);
-    assert!(reason(t, "link.json").contains("symbolic link"));
+    assert!(t.reason("link.json").contains("symbolic link"));
     assert!(t.record("link").is_none() && t.record("secret").is_none());
 
     // Directories are moved whole, their content untouched and not run.
     let nd = t.join("var/spool/rejected/Not A Domain");
     assert!(nd.is_dir());
     assert_eq!(fs::read_to_string(nd.join("inner.json")).unwrap(), GOOD);
-    let r = reason(t, "Not A Domain");
+    let r = t.reason("Not A Domain");
     assert!(
         r.contains("Not A Domain") && r.contains("not a domain"),
         "{r:?}"
@@ -260,17 +239,17 @@ fn check_hostile(t: &TestRoot, oversized: bool) {
     let sub = t.join("var/spool/rejected/sub");
     assert!(sub.is_dir());
     assert_eq!(fs::read_to_string(sub.join("deep.json")).unwrap(), GOOD);
-    let r = reason(t, "sub");
+    let r = t.reason("sub");
     assert!(r.contains("subdirectory sub of in/org.example"), "{r:?}");
     assert!(t.record("deep").is_none());
 
     // The FIFO was moved, never opened for a blocking read.
     let pipe = fs::symlink_metadata(t.join("var/spool/rejected/pipe.json")).unwrap();
     assert!(pipe.file_type().is_fifo());
-    assert!(reason(t, "pipe.json").contains("not a regular file"));
+    assert!(t.reason("pipe.json").contains("not a regular file"));
 
     if oversized {
-        let r = reason(t, "huge.json");
+        let r = t.reason("huge.json");
         assert!(r.contains("larger than"), "{r:?}");
         let meta = fs::metadata(t.join("var/spool/rejected/huge.json")).unwrap();
         assert_eq!(meta.len(), (17 << 20) + GOOD.len() as u64);
@@ -355,7 +334,7 @@ fn a_duplicate_in_the_same_run_is_rejected_once() {
         t.list("var/spool/rejected"),
         [loser.to_string(), format!("{loser}.reason")]
     );
-    assert_eq!(reason(&t, loser), "duplicate id dup");
+    assert_eq!(t.reason(loser), "duplicate id dup");
 }
 
 #[test]
@@ -380,14 +359,14 @@ fn a_taken_rejected_name_gets_a_numbered_suffix_for_file_and_reason() {
         ]
     );
     assert_eq!(rejected_bytes(&t, "x.json"), b"one");
-    assert!(reason(&t, "x.json").starts_with("invalid JSON at line 1"));
+    assert!(t.reason("x.json").starts_with("invalid JSON at line 1"));
     assert_eq!(
         rejected_bytes(&t, "x.json.1"),
         br#"{"domain":"org","bogus":1}"#
     );
-    assert_eq!(reason(&t, "x.json.1"), r#"unknown key "bogus""#);
+    assert_eq!(t.reason("x.json.1"), r#"unknown key "bogus""#);
     assert_eq!(rejected_bytes(&t, "x.json.2"), b"[]");
-    assert!(reason(&t, "x.json.2").contains("JSON object"));
+    assert!(t.reason("x.json.2").contains("JSON object"));
 }
 
 /// The tests run as root, for whom `chmod 000` does not stop a read: run
@@ -426,7 +405,7 @@ fn an_unreadable_file_is_rejected() {
         "engine as nobody failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let r = reason(&t, "secret.json");
+    let r = t.reason("secret.json");
     assert!(r.starts_with("unreadable"), "{r:?}");
     assert!(!secret.exists());
     assert_eq!(rejected_bytes(&t, "secret.json"), GOOD.as_bytes());

@@ -15,23 +15,6 @@ fn cat_tasker(t: &TestRoot, domain: &str, name: &str) {
     t.tasker(domain, name, "#!/bin/sh\ncat\n");
 }
 
-/// The one-line reason of `rejected/<name>`, without its newline.
-fn reason(t: &TestRoot, name: &str) -> String {
-    let r = t.rejected_reason(name).unwrap_or_else(|| {
-        panic!(
-            "no rejected/{name}.reason; rejected: {:?}",
-            t.list("var/spool/rejected")
-        )
-    });
-    assert!(
-        r.ends_with('\n'),
-        "reason of {name} ends with a newline: {r:?}"
-    );
-    let line = r.trim_end_matches('\n');
-    assert!(!line.contains('\n'), "reason of {name} is one line: {r:?}");
-    line.to_string()
-}
-
 /// All records in `done/`, parsed.
 fn done_records(t: &TestRoot) -> Vec<Value> {
     t.list("var/spool/done")
@@ -111,7 +94,7 @@ fn a_domain_outside_the_directorys_branch_is_rejected() {
     t.run_drain(1);
 
     assert_eq!(
-        reason(&t, "other.json"),
+        t.reason("other.json"),
         "domain org.other is outside in/org.example"
     );
     assert_eq!(
@@ -119,11 +102,11 @@ fn a_domain_outside_the_directorys_branch_is_rejected() {
         bytes
     );
     assert_eq!(
-        reason(&t, "parent.json"),
+        t.reason("parent.json"),
         "domain org is outside in/org.example"
     );
     assert_eq!(
-        reason(&t, "prefix.json"),
+        t.reason("prefix.json"),
         "domain org.examples is outside in/org.example"
     );
     assert!(t.record("other").is_none());
@@ -241,12 +224,12 @@ fn a_duplicate_id_is_rejected_and_the_first_record_kept() {
     );
     t.run_drain(1);
 
-    assert_eq!(reason(&t, "second.json"), "duplicate id dupe");
+    assert_eq!(t.reason("second.json"), "duplicate id dupe");
     assert_eq!(
         fs::read(t.join("var/spool/rejected/second.json")).unwrap(),
         second
     );
-    assert_eq!(reason(&t, "dupe.json"), "duplicate id dupe");
+    assert_eq!(t.reason("dupe.json"), "duplicate id dupe");
     let rec = t.must_record("dupe");
     assert_eq!(
         rec["payload"],
@@ -290,7 +273,7 @@ fn an_unknown_key_is_rejected() {
     let bytes = br#"{"domain":"org","tasker":"echo","prioity":5}"#;
     t.drop_bytes("", "typo.json", bytes);
     t.run_drain(1);
-    assert_eq!(reason(&t, "typo.json"), r#"unknown key "prioity""#);
+    assert_eq!(t.reason("typo.json"), r#"unknown key "prioity""#);
     assert_eq!(
         fs::read(t.join("var/spool/rejected/typo.json")).unwrap(),
         bytes

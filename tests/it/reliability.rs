@@ -11,36 +11,8 @@ use serde_json::{json, Value};
 
 use crate::common::*;
 
-/// The points of `id` named `name`.
-fn named(t: &TestRoot, id: &str, name: &str) -> Vec<Value> {
-    t.points(id)
-        .into_iter()
-        .filter(|p| p["point"] == name)
-        .collect()
-}
-
 fn has_point(t: &TestRoot, id: &str, name: &str) -> bool {
     t.point_names(id).iter().any(|p| p == name)
-}
-
-/// Whether process `pid` is gone (absent, or a zombie nobody reaped yet).
-fn gone(pid: i32) -> bool {
-    match fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Err(_) => true,
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next())
-            .map_or(true, |state| state == "Z" || state == "X"),
-    }
-}
-
-/// A shell fragment waiting (at most ~20 s) until `$SPOOLFLOW_ROOT/<rel>`
-/// exists, so that a test that fails early never leaves a tasker behind
-/// for long.
-fn wait_file(rel: &str) -> String {
-    format!(
-        r#"i=0; while [ ! -e "$SPOOLFLOW_ROOT/{rel}" ] && [ $i -lt 400 ]; do sleep 0.05; i=$((i+1)); done"#
-    )
 }
 
 /// A tasker that holds its worker until `$SPOOLFLOW_ROOT/release` exists.
@@ -155,8 +127,8 @@ echo '{"finished":true}'
         .trim()
         .parse()
         .unwrap();
-    let leader = named(&t, "a", "started")[0]["pid"].as_i64().unwrap() as i32;
-    assert!(!gone(gc) && !gone(leader));
+    let leader = t.points_named("a", "started")[0]["pid"].as_i64().unwrap() as i32;
+    assert!(!process_gone(gc) && !process_gone(leader));
 
     let asked = Instant::now();
     let o = t
@@ -180,8 +152,8 @@ echo '{"finished":true}'
     assert_eq!(rec["attempts"], 1);
     assert!(rec["started_at"].is_string());
     assert_eq!(rec["payload"], json!({}));
-    wait_for("the tasker to be gone", DEADLINE, || gone(leader));
-    wait_for("the grandchild to be gone", DEADLINE, || gone(gc));
+    wait_for("the tasker to be gone", DEADLINE, || process_gone(leader));
+    wait_for("the grandchild to be gone", DEADLINE, || process_gone(gc));
     assert!(t.list("var/spool/cancel").is_empty());
 }
 
@@ -288,7 +260,9 @@ echo "{\"long\":$SPOOLFLOW_ATTEMPT}"
     wait_for("both taskers to start", DEADLINE, || {
         has_point(&t, "short", "started") && has_point(&t, "long", "started")
     });
-    let long_pid = named(&t, "long", "started")[0]["pid"].as_i64().unwrap() as i32;
+    let long_pid = t.points_named("long", "started")[0]["pid"]
+        .as_i64()
+        .unwrap() as i32;
     engine.signal(Signal::SIGTERM);
     // The engine says in its log that it stopped claiming.
     wait_for("the engine to begin stopping", DEADLINE, || {
@@ -313,7 +287,9 @@ echo "{\"long\":$SPOOLFLOW_ATTEMPT}"
         Some("started"),
         "{names:?}"
     );
-    wait_for("the long tasker to be gone", DEADLINE, || gone(long_pid));
+    wait_for("the long tasker to be gone", DEADLINE, || {
+        process_gone(long_pid)
+    });
     // Nothing new was claimed after the signal.
     assert_eq!(t.list("var/spool/in"), ["late.json"]);
     assert!(t.points("late").is_empty());

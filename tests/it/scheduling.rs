@@ -14,14 +14,6 @@ use spoolflow::Options;
 
 use crate::common::*;
 
-/// The points of `id` named `name`.
-fn named(t: &TestRoot, id: &str, name: &str) -> Vec<Value> {
-    t.points(id)
-        .into_iter()
-        .filter(|p| p["point"] == name)
-        .collect()
-}
-
 fn ts(p: &Value) -> DateTime<FixedOffset> {
     DateTime::parse_from_rfc3339(p["ts"].as_str().expect("a point has ts")).expect("ts is RFC 3339")
 }
@@ -40,17 +32,6 @@ fn assert_failed(rec: &Value, kind: &str) -> String {
         .to_string()
 }
 
-/// Whether process `pid` is gone (absent, or a zombie nobody reaped yet).
-fn gone(pid: i32) -> bool {
-    match fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Err(_) => true,
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next())
-            .map_or(true, |state| state == "Z" || state == "X"),
-    }
-}
-
 /// The pid a tasker wrote (atomically) into `name`.
 fn read_pid(t: &TestRoot, name: &str) -> i32 {
     out(t, name).trim().parse().expect("a pid")
@@ -64,14 +45,6 @@ fn drain_opts(workers: usize) -> Options {
         kill_grace: Duration::from_secs(1),
         ..Options::default()
     }
-}
-
-/// A shell fragment waiting (at most ~20 s) until `$SPOOLFLOW_ROOT/<rel>`
-/// exists.
-fn wait_file(rel: &str) -> String {
-    format!(
-        r#"i=0; while [ ! -e "$SPOOLFLOW_ROOT/{rel}" ] && [ $i -lt 400 ]; do sleep 0.05; i=$((i+1)); done"#
-    )
 }
 
 /// Extracts `"book":"…"` from the payload on stdin into `$book`.
@@ -183,7 +156,7 @@ echo "leave $book $SPOOLFLOW_ID" >> "$log"
     // for book x, c5, c6 for max_concurrent. Each held-back task says so
     // once, however often it is looked at again.
     for id in ["c1", "c4"] {
-        assert!(named(&t, id, "suspended").is_empty(), "{id}");
+        assert!(t.points_named(id, "suspended").is_empty(), "{id}");
     }
     for (id, about) in [
         ("c2", "payload.book"),
@@ -191,7 +164,7 @@ echo "leave $book $SPOOLFLOW_ID" >> "$log"
         ("c5", "max_concurrent"),
         ("c6", "max_concurrent"),
     ] {
-        let s = named(&t, id, "suspended");
+        let s = t.points_named(id, "suspended");
         assert_eq!(s.len(), 1, "{id}: {:#?}", t.points(id));
         let reason = s[0]["reason"].as_str().unwrap_or_default();
         assert!(reason.contains(about), "{id}: {reason}");
@@ -252,8 +225,8 @@ echo "leave $book $SPOOLFLOW_ID" >> "$log"
     let at = |l: &str| lines.iter().position(|x| *x == l).unwrap();
     assert!(at("leave y c") < at("leave x a"), "{log}");
     assert!(at("leave x a") < at("enter x b"), "{log}");
-    assert_eq!(named(&t, "b", "suspended").len(), 1);
-    assert!(named(&t, "c", "suspended").is_empty());
+    assert_eq!(t.points_named("b", "suspended").len(), 1);
+    assert!(t.points_named("c", "suspended").is_empty());
 }
 
 // ------------------------------------------------------------------ timeouts
@@ -281,10 +254,10 @@ sleep 60
     assert!(reason.contains("500ms"), "{reason}");
     assert_eq!(rec["attempts"], 1);
     // Not retried without retry_on_timeout.
-    assert!(named(&t, "a", "retried").is_empty());
-    assert_eq!(named(&t, "a", "started").len(), 1);
-    let started = &named(&t, "a", "started")[0];
-    let failed = &named(&t, "a", "failed")[0];
+    assert!(t.points_named("a", "retried").is_empty());
+    assert_eq!(t.points_named("a", "started").len(), 1);
+    let started = &t.points_named("a", "started")[0];
+    let failed = &t.points_named("a", "failed")[0];
     let took = ts(failed) - ts(started);
     assert!(
         took >= chrono::Duration::milliseconds(450) && took < chrono::Duration::seconds(20),
@@ -293,9 +266,9 @@ sleep 60
     // The background grandchild (stdio on /dev/null, so only a signal to
     // the group can reach it) is gone too.
     let gc = read_pid(&t, "gc.pid");
-    wait_for("the grandchild to be gone", DEADLINE, || gone(gc));
+    wait_for("the grandchild to be gone", DEADLINE, || process_gone(gc));
     let leader = started["pid"].as_i64().unwrap() as i32;
-    wait_for("the tasker to be gone", DEADLINE, || gone(leader));
+    wait_for("the tasker to be gone", DEADLINE, || process_gone(leader));
 }
 
 #[test]
@@ -321,15 +294,15 @@ while :; do sleep 0.05; done
     // It got SIGTERM and went on …
     assert!(out(&t, "terms").starts_with("term\n"));
     // … until SIGKILL, a kill grace (1 s) after the timeout.
-    let started = &named(&t, "a", "started")[0];
-    let took = ts(&named(&t, "a", "failed")[0]) - ts(started);
+    let started = &t.points_named("a", "started")[0];
+    let took = ts(&t.points_named("a", "failed")[0]) - ts(started);
     assert!(
         took >= chrono::Duration::milliseconds(1250),
         "ended {took:?} after start, before timeout + kill grace"
     );
     assert!(took < chrono::Duration::seconds(20), "{took:?}");
     let leader = started["pid"].as_i64().unwrap() as i32;
-    wait_for("the tasker to be gone", DEADLINE, || gone(leader));
+    wait_for("the tasker to be gone", DEADLINE, || process_gone(leader));
 }
 
 #[test]
@@ -364,10 +337,10 @@ fn start_timeout_fails_a_task_that_never_started() {
     assert!(reason.contains("300ms"), "{reason}");
     assert_eq!(rec["attempts"], 0, "{rec:#}");
     assert!(rec["started_at"].is_null(), "{rec:#}");
-    assert!(named(&t, "second", "started").is_empty());
+    assert!(t.points_named("second", "started").is_empty());
     assert!(!t.join("second-ran").exists());
-    let created = ts(&named(&t, "second", "created")[0]);
-    let failed = ts(&named(&t, "second", "failed")[0]);
+    let created = ts(&t.points_named("second", "created")[0]);
+    let failed = ts(&t.points_named("second", "failed")[0]);
     assert!(failed - created >= chrono::Duration::milliseconds(280));
     let first = t.must_record("first");
     assert_eq!(first["state"], "completed");
@@ -408,11 +381,11 @@ i=0; while [ ! -e "$SPOOLFLOW_ROOT/var/spool/failed/second.json" ] && [ $i -lt 3
     assert!(
         !t.join("second-ran").exists(),
         "second started {:?} after it was created, past its start_timeout of 300ms: {rec:#}",
-        ts(&named(&t, "second", "started")[0]) - ts(&named(&t, "second", "created")[0])
+        ts(&t.points_named("second", "started")[0]) - ts(&t.points_named("second", "created")[0])
     );
     let reason = assert_failed(&rec, "timeout");
     assert!(reason.contains("start_timeout"), "{reason}");
-    assert!(named(&t, "second", "started").is_empty());
+    assert!(t.points_named("second", "started").is_empty());
 }
 
 // ------------------------------------------------------------------ retries
@@ -429,7 +402,7 @@ fn attempt_tasker(t: &TestRoot, body: &str) {
 }
 
 fn started_attempts(t: &TestRoot, id: &str) -> Vec<Value> {
-    named(t, id, "started")
+    t.points_named(id, "started")
         .into_iter()
         .map(|p| p["attempt"].clone())
         .collect()
@@ -452,7 +425,7 @@ echo "{\"attempt\":$SPOOLFLOW_ATTEMPT}""#,
     assert_eq!(rec["payload"], json!({"attempt":3}));
     assert_eq!(out(&t, "attempts"), "1\n2\n3\n");
     assert_eq!(started_attempts(&t, "a"), [json!(1), json!(2), json!(3)]);
-    let retried = named(&t, "a", "retried");
+    let retried = t.points_named("a", "retried");
     assert_eq!(retried.len(), 2, "{:#?}", t.points("a"));
     for (p, (delay, n)) in retried.iter().zip([("1s", 1), ("2s", 2)]) {
         assert_eq!(p["delay"], delay, "{p}");
@@ -488,7 +461,7 @@ fn exit_1_is_not_retried() {
     let reason = assert_failed(&rec, "user");
     assert!(reason.contains("oops"), "{reason}");
     assert_eq!(rec["attempts"], 1);
-    assert!(named(&t, "a", "retried").is_empty());
+    assert!(t.points_named("a", "retried").is_empty());
     assert_eq!(out(&t, "attempts"), "1\n");
 }
 
@@ -502,7 +475,7 @@ fn retries_are_bounded() {
     let reason = assert_failed(&rec, "work");
     assert!(reason.contains("75"), "{reason}");
     assert_eq!(rec["attempts"], 2);
-    assert_eq!(named(&t, "a", "retried").len(), 1);
+    assert_eq!(t.points_named("a", "retried").len(), 1);
     assert_eq!(out(&t, "attempts"), "1\n2\n");
     assert_eq!(
         t.point_names("a").last().map(String::as_str),
@@ -532,7 +505,7 @@ fn a_timeout_is_retried_only_with_retry_on_timeout() {
     assert_failed(&rec, "timeout");
     assert_eq!(rec["attempts"], 2);
     assert_eq!(out(&t, "attempts-again"), "1\n2\n");
-    let retried = named(&t, "again", "retried");
+    let retried = t.points_named("again", "retried");
     assert_eq!(retried.len(), 1);
     assert_eq!(retried[0]["delay"], "1s");
     assert_eq!(started_attempts(&t, "again"), [json!(1), json!(2)]);
@@ -541,7 +514,7 @@ fn a_timeout_is_retried_only_with_retry_on_timeout() {
     assert_failed(&rec, "timeout");
     assert_eq!(rec["attempts"], 1);
     assert_eq!(out(&t, "attempts-once"), "1\n");
-    assert!(named(&t, "once", "retried").is_empty());
+    assert!(t.points_named("once", "retried").is_empty());
 }
 
 // ------------------------------------------------------------------ refusals
@@ -562,9 +535,9 @@ fn offering_again_to_a_taskee_that_refused_fails_refused() {
     assert!(reason.contains("grumpy"), "{reason}");
     // Ran once, refused once; the second offer ended it without a run.
     assert_eq!(out(&t, "runs"), "x\n");
-    assert_eq!(named(&t, "a", "refused").len(), 1);
-    assert_eq!(named(&t, "a", "refused")[0]["reason"], "not today");
-    assert_eq!(named(&t, "a", "started").len(), 1);
+    assert_eq!(t.points_named("a", "refused").len(), 1);
+    assert_eq!(t.points_named("a", "refused")[0]["reason"], "not today");
+    assert_eq!(t.points_named("a", "started").len(), 1);
     assert_eq!(rec["offers"], 2, "{rec:#}");
 }
 
@@ -587,7 +560,7 @@ fn ten_refusals_fail_the_task() {
     assert!(reason.contains("10"), "{reason}");
     let expected: String = (0..10).map(|i| format!("t{i}\n")).collect();
     assert_eq!(out(&t, "runs"), expected);
-    let refused = named(&t, "a", "refused");
+    let refused = t.points_named("a", "refused");
     assert_eq!(refused.len(), 10);
     let by: Vec<&str> = refused
         .iter()
@@ -595,8 +568,11 @@ fn ten_refusals_fail_the_task() {
         .collect();
     assert_eq!(by, (0..10).map(|i| format!("t{i}")).collect::<Vec<_>>());
     // Refusals are not retries: attempt stays 1.
-    assert!(named(&t, "a", "retried").is_empty());
-    assert!(named(&t, "a", "started").iter().all(|p| p["attempt"] == 1));
+    assert!(t.points_named("a", "retried").is_empty());
+    assert!(t
+        .points_named("a", "started")
+        .iter()
+        .all(|p| p["attempt"] == 1));
 }
 
 // ------------------------------------------------------------------ uncompleted
@@ -634,13 +610,13 @@ fn uncompleted_replies_requeue_with_the_new_payload() {
     assert_eq!(rec["state"], "completed", "{rec:#}");
     assert_eq!(rec["payload"], json!({"n":3,"done":true}));
     assert_eq!(rec["attempts"], 1);
-    assert_eq!(named(&t, "a", "uncompleted").len(), 3);
+    assert_eq!(t.points_named("a", "uncompleted").len(), 3);
     assert_eq!(
         started_attempts(&t, "a"),
         [json!(1), json!(1), json!(1), json!(1)]
     );
-    assert!(named(&t, "a", "retried").is_empty());
-    assert!(named(&t, "a", "refused").is_empty());
+    assert!(t.points_named("a", "retried").is_empty());
+    assert!(t.points_named("a", "refused").is_empty());
 }
 
 #[test]
@@ -686,6 +662,6 @@ fn a_hundred_uncompleted_replies_in_a_row_fail_user() {
     assert!(reason.contains("100"), "{reason}");
     assert_eq!(rec["attempts"], 1);
     assert_eq!(rec["payload"], json!({"k":1}));
-    assert_eq!(named(&t, "a", "uncompleted").len(), 100);
-    assert_eq!(named(&t, "a", "started").len(), 100);
+    assert_eq!(t.points_named("a", "uncompleted").len(), 100);
+    assert_eq!(t.points_named("a", "started").len(), 100);
 }
