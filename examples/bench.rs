@@ -2,12 +2,14 @@
 //!
 //! ```text
 //! cargo run --release --example bench -- [--tasks N] [--workers W] [--queues 1000,10000,100000]
+//!                                        [--rounds R] [--rate 200] [--latency-secs 2]
 //! ```
 //!
-//! Every run uses a fresh temporary root (under `$TMPDIR`) whose only tasker
-//! is `tsk/bench/cat` (`#!/bin/sh` + `cat`, no taskmaster: each task names
-//! the tasker). The engine runs in-process through
-//! `spoolflow::engine::run_blocking`, without a `tracing` subscriber.
+//! Every run uses a fresh temporary root (under `$TMPDIR`, default `/tmp`)
+//! whose only tasker is `tsk/bench/cat` (`#!/bin/sh` + `cat`, no
+//! taskmaster: each task names the tasker). The engine runs in-process
+//! through `spoolflow::engine::run_blocking`, without a `tracing`
+//! subscriber. Roots are deleted only when the bench ends (see the fs probe).
 //!
 //! 1. **Floor.** The same N processes, run directly, W at a time (W threads
 //!    each spawning with std's `Command`: `process_group(0)`, `env_clear()`
@@ -18,10 +20,12 @@
 //!    engine then runs with `drain`. Wall time → tasks/s and the ratio to
 //!    the floor. Engine CPU is the process's utime + stime (from
 //!    `/proc/self/stat`) over the run, divided by N: the bench thread is
-//!    blocked while the engine runs, and the taskers' own time is counted
-//!    apart (children's time). Peak memory is `VmHWM` (reset through
-//!    `/proc/self/clear_refs` before the run). Every task must have a record
-//!    in `done/`, else the bench fails.
+//!    blocked while the engine runs, and the taskers' time is counted apart
+//!    (children's time). Peak memory is `VmHWM`, reset through
+//!    `/proc/self/clear_refs` before each run. Every task must have a record
+//!    in `done/`, else the bench fails. Floor and engine runs alternate for
+//!    R rounds (default 3) and the best of each is reported: this machine is
+//!    shared, and other load only ever slows a run down.
 //! 3. **Latency.** A fresh engine runs (no drain) in a background thread;
 //!    after one warm-up task, tasks are dropped one by one at a steady rate
 //!    well below capacity (default 200/s for 2 s). Latency is the `started`
@@ -53,6 +57,17 @@
 //!    take ~100 s alone); intake is measured over all Q tasks, execution
 //!    over a window of K tasks with the queue still deep. Flat per-task
 //!    numbers across Q mean no per-task work grows with the queue.
+//!
+//! Two things that move the numbers are printed with them:
+//!
+//! - **Other load**: CPU used by other processes during a measure (machine
+//!   busy time from `/proc/stat`, minus this process's and its children's).
+//! - **The fs probe**: the cost of creating one empty file, before and
+//!   after the runs. On ext4 without a journal, the inode allocator skips
+//!   inodes deleted in the last 1–6 minutes one by one (`recently_deleted`),
+//!   so file creation gets slower after heavy churn — including the churn
+//!   of a previous bench. Run with `TMPDIR=/dev/shm` to take the filesystem
+//!   out of the measure.
 
 use std::collections::HashMap;
 use std::fs;
@@ -80,7 +95,9 @@ const POLL: Duration = Duration::from_millis(20);
 type BenchResult<T> = Result<T, String>;
 
 #[derive(Parser, Debug)]
-#[command(about = "Benchmark spoolflow against the fair floor (see the doc comment of examples/bench.rs)")]
+#[command(
+    about = "Benchmark spoolflow against the fair floor (see the doc comment of examples/bench.rs)"
+)]
 struct Args {
     /// Tasks in the floor and throughput runs.
     #[arg(long, default_value_t = 2000)]
@@ -91,6 +108,9 @@ struct Args {
     /// Queue sizes for the queue-size table (comma-separated; empty: skip).
     #[arg(long, value_delimiter = ',', default_value = "1000,10000,100000")]
     queues: Vec<String>,
+    /// Floor and engine runs, alternated; the best of each is reported.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
     /// Drops per second in the latency run.
     #[arg(long, default_value_t = 200)]
     rate: u32,
@@ -101,16 +121,23 @@ struct Args {
 
 fn main() {
     let args = Args::parse();
-    if let Err(e) = bench(args) {
+    // Roots are removed only at the end: on ext4 without a journal, inodes
+    // deleted in the last minutes make every later file creation slower
+    // (see the fs probe), and the bench must not tax its own measures.
+    let mut keep = Vec::new();
+    let result = bench(args, &mut keep);
+    eprintln!("removing {} temporary roots…", keep.len());
+    drop(keep);
+    if let Err(e) = result {
         eprintln!("bench FAILED: {e}");
         std::process::exit(1);
     }
 }
 
-fn bench(args: Args) -> BenchResult<()> {
+fn bench(args: Args, keep: &mut Vec<BenchRoot>) -> BenchResult<()> {
     let workers = args.workers.unwrap_or_else(|| Options::default().workers);
-    if workers == 0 || args.tasks == 0 {
-        return Err("--tasks and --workers must be at least 1".into());
+    if workers == 0 || args.tasks == 0 || args.rounds == 0 {
+        return Err("--tasks, --workers and --rounds must be at least 1".into());
     }
     let mut queues: Vec<usize> = args
         .queues
@@ -128,7 +155,10 @@ fn bench(args: Args) -> BenchResult<()> {
 
     let argv: Vec<String> = std::env::args().skip(1).collect();
     println!(
-        "command: `cargo run --release --example bench{}`",
+        "command: `{}cargo run --release --example bench{}`",
+        std::env::var("TMPDIR")
+            .map(|t| format!("TMPDIR={t} "))
+            .unwrap_or_default(),
         if argv.is_empty() {
             String::new()
         } else {
@@ -136,15 +166,26 @@ fn bench(args: Args) -> BenchResult<()> {
         }
     );
     println!("machine: {}", machine());
-    println!();
+    let probe_before = fs_probe(keep)?;
 
-    // ---------------------------------------------------------- floor
-    eprintln!("floor: {} direct runs, {workers} at a time…", args.tasks);
-    let floor = floor(args.tasks, workers)?;
-
-    // ---------------------------------------------------------- throughput
-    eprintln!("engine: {} tasks, drain, {workers} workers…", args.tasks);
-    let thr = throughput(args.tasks, workers)?;
+    // ---------------------------------------------------------- floor, engine
+    let mut floors = Vec::new();
+    let mut engines = Vec::new();
+    for r in 1..=args.rounds {
+        eprintln!(
+            "round {r}/{}: floor, then engine: {} tasks, {workers} at a time…",
+            args.rounds, args.tasks
+        );
+        floors.push(floor(args.tasks, workers, keep)?);
+        engines.push(throughput(args.tasks, workers, keep)?);
+    }
+    let best = |runs: &[Run]| -> Run {
+        *runs
+            .iter()
+            .max_by(|a, b| a.tasks_per_s.total_cmp(&b.tasks_per_s))
+            .expect("at least one round")
+    };
+    let (floor_best, engine_best) = (best(&floors), best(&engines));
 
     // ---------------------------------------------------------- latency
     let n_lat = ((args.rate as f64) * args.latency_secs).round().max(1.0) as usize;
@@ -152,16 +193,22 @@ fn bench(args: Args) -> BenchResult<()> {
         "latency: {n_lat} drops at {}/s into a running engine…",
         args.rate
     );
-    let lat = latency(n_lat, args.rate, workers)?;
+    let lat = latency(n_lat, args.rate, workers, keep)?;
 
     // ---------------------------------------------------------- queues
     let mut qrows = Vec::new();
     for &q in &queues {
         eprintln!("queue: {q} tasks queued…");
-        qrows.push(queue(q, args.tasks, workers)?);
+        qrows.push(queue(q, args.tasks, workers, keep)?);
     }
+    let probe_after = fs_probe(keep)?;
 
     // ---------------------------------------------------------- report
+    println!(
+        "file creation (1000 empty files in a new directory beside the roots): \
+         {probe_before:.0} µs/file before the runs, {probe_after:.0} µs/file after"
+    );
+    println!();
     println!("### Throughput and latency (`cat` tasker)");
     println!();
     println!("| tasks | workers | floor tasks/s | engine tasks/s | ratio | drop→started p50 / p99 | engine CPU µs/task | peak RSS MiB |");
@@ -170,36 +217,47 @@ fn bench(args: Args) -> BenchResult<()> {
         "| {} | {} | {:.0} | {:.0} | {:.2}× | {:.2} / {:.2} ms | {:.0} | {:.1} |",
         args.tasks,
         workers,
-        floor.tasks_per_s,
-        thr.tasks_per_s,
-        thr.tasks_per_s / floor.tasks_per_s,
+        floor_best.tasks_per_s,
+        engine_best.tasks_per_s,
+        engine_best.tasks_per_s / floor_best.tasks_per_s,
         lat.p50_ms,
         lat.p99_ms,
-        thr.cpu_us_per_task,
-        thr.peak_mib,
+        engine_best.own_cpu_us,
+        engines.iter().map(|r| r.peak_mib).fold(0.0, f64::max),
     );
     println!();
+    let rounds = |runs: &[Run]| -> String {
+        runs.iter()
+            .map(|r| {
+                format!(
+                    "{:.0}/s ({:.0} + {:.0} µs/task, other load {:.2} CPUs)",
+                    r.tasks_per_s, r.own_cpu_us, r.children_cpu_us, r.other_cpus
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     println!(
-        "Floor: {:.2} s wall, parent CPU {:.0} µs/task, taskers' CPU {:.0} µs/task. \
-         Engine: {:.2} s wall, taskers' CPU {:.0} µs/task. Latency: {} drops at {}/s, max {:.2} ms.",
-        floor.wall.as_secs_f64(),
-        floor.parent_cpu_us_per_task,
-        floor.children_cpu_us_per_task,
-        thr.wall.as_secs_f64(),
-        thr.children_cpu_us_per_task,
-        lat.n,
-        args.rate,
-        lat.max_ms,
+        "Best of {} alternated rounds each; per round, tasks/s (bench/engine process CPU + \
+         taskers' CPU per task; CPU used meanwhile by other processes on the machine):",
+        args.rounds
+    );
+    println!();
+    println!("- floor: {}", rounds(&floors));
+    println!("- engine: {}", rounds(&engines));
+    println!(
+        "- latency: {} drops at {}/s, max {:.2} ms, other load {:.2} CPUs",
+        lat.n, args.rate, lat.max_ms, lat.other_cpus
     );
     if !qrows.is_empty() {
         println!();
         println!("### Per-task cost by queue size ({workers} workers)");
         println!();
-        println!("| queued | intake µs/task (wall) | intake CPU µs/task | restart ms (µs/queued task) | steady tasks/s | steady CPU µs/task | window: tasks (queue depth) | peak RSS MiB |");
-        println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
+        println!("| queued | intake µs/task (wall) | intake CPU µs/task | restart ms (µs/queued task) | steady tasks/s | steady CPU µs/task | window: tasks (queue depth) | peak RSS MiB | other load CPUs |");
+        println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
         for r in &qrows {
             println!(
-                "| {} | {:.0} | {:.0} | {:.0} ({:.0}) | {:.0} | {:.0} | {} ({}→{}) | {:.1} |",
+                "| {} | {:.0} | {:.0} | {:.0} ({:.0}) | {:.0} | {:.0} | {} ({}→{}) | {:.1} | {:.2} |",
                 r.q,
                 r.intake_wall_us,
                 r.intake_cpu_us,
@@ -211,15 +269,17 @@ fn bench(args: Args) -> BenchResult<()> {
                 r.depth_from,
                 r.depth_to,
                 r.peak_mib,
+                r.other_cpus,
             );
         }
         println!();
         println!(
-            "Intake: Q files in `in/` before start, a stop queued before start: the engine \
+            "Intake: Q files in `in/` before start and a stop queued before start: the engine \
              claims all Q, runs {workers}, exits; wall and process CPU ÷ Q. Restart: the engine \
-             started again on the Q − {workers} queued tasks in `run/`, time to the first record. \
-             Steady: tasks/s and CPU (all engine threads, schedstat) between the {WARM}th record \
-             and K = min(tasks, Q/2) records later, the queue still deep; the rest stays queued."
+             started again on the Q − {workers} queued tasks in `run/`, time to the first record \
+             (20 ms resolution). Steady: tasks/s and CPU of all engine threads (schedstat) from \
+             the {WARM}th record to K = min(tasks, Q/2) records later, the queue still deep; the \
+             rest stays queued. Other load: CPU used by other processes during the window."
         );
     }
     Ok(())
@@ -434,6 +494,63 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
+/// A point in time with the machine's busy CPU time and this process's
+/// (own and children's), to tell how much CPU other processes took.
+#[derive(Clone, Copy)]
+struct Mark {
+    t: Instant,
+    machine: Duration,
+    cpu: ProcCpu,
+}
+
+fn mark() -> Mark {
+    let stat = fs::read_to_string("/proc/stat").unwrap_or_default();
+    // cpu user nice system idle iowait irq softirq steal …
+    let f: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    let busy: u64 = [0, 1, 2, 5, 6, 7]
+        .iter()
+        .map(|&i| f.get(i).copied().unwrap_or(0))
+        .sum();
+    Mark {
+        t: Instant::now(),
+        machine: Duration::from_micros(busy * 1_000_000 / USER_HZ),
+        cpu: proc_cpu(),
+    }
+}
+
+/// The CPUs other processes kept busy, on average, between two marks
+/// (machine busy time, steal included, minus this process's and its
+/// reaped children's).
+fn other_cpus(a: &Mark, b: &Mark) -> f64 {
+    let machine = b.machine.saturating_sub(a.machine).as_secs_f64();
+    let own = (b.cpu.own + b.cpu.children)
+        .saturating_sub(a.cpu.own + a.cpu.children)
+        .as_secs_f64();
+    ((machine - own) / (b.t - a.t).as_secs_f64()).max(0.0)
+}
+
+/// Microseconds to create one empty file, over 1000 files in a new
+/// directory beside the roots (kept until the end, like the roots).
+fn fs_probe(keep: &mut Vec<BenchRoot>) -> BenchResult<f64> {
+    let br = BenchRoot::new()?;
+    let dir = br.root.dir().join("probe");
+    fs::create_dir(&dir).map_err(|e| e.to_string())?;
+    let t0 = Instant::now();
+    for i in 0..1000 {
+        fs::File::create(dir.join(i.to_string())).map_err(|e| e.to_string())?;
+    }
+    let us = t0.elapsed().as_secs_f64() * 1e6 / 1000.0;
+    keep.push(br);
+    Ok(us)
+}
+
 // ================================================================ engine runs
 
 /// Runs the engine on another thread; `Ok` once it returned.
@@ -471,21 +588,38 @@ fn options(workers: usize, drain: bool) -> Options {
 
 // ================================================================ floor
 
-struct Floor {
-    wall: Duration,
+/// One floor or throughput run.
+#[derive(Clone, Copy)]
+struct Run {
     tasks_per_s: f64,
-    parent_cpu_us_per_task: f64,
-    children_cpu_us_per_task: f64,
+    /// The bench's (floor) or the engine's CPU per task.
+    own_cpu_us: f64,
+    /// The taskers' CPU per task.
+    children_cpu_us: f64,
+    other_cpus: f64,
+    peak_mib: f64,
 }
 
-fn floor(n: usize, workers: usize) -> BenchResult<Floor> {
+impl Run {
+    fn new(n: usize, a: &Mark, b: &Mark, peak_mib: f64) -> Run {
+        let per_task = |d: Duration| d.as_secs_f64() * 1e6 / n as f64;
+        Run {
+            tasks_per_s: n as f64 / (b.t - a.t).as_secs_f64(),
+            own_cpu_us: per_task(b.cpu.own.saturating_sub(a.cpu.own)),
+            children_cpu_us: per_task(b.cpu.children.saturating_sub(a.cpu.children)),
+            other_cpus: other_cpus(a, b),
+            peak_mib,
+        }
+    }
+}
+
+fn floor(n: usize, workers: usize, keep: &mut Vec<BenchRoot>) -> BenchResult<Run> {
     let br = BenchRoot::new()?;
     let tasker = br.tasker();
     let dir = br.root.tsk().join("bench");
     let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into());
     let next = AtomicUsize::new(0);
-    let cpu0 = proc_cpu();
-    let t0 = Instant::now();
+    let a = mark();
     let results: Vec<BenchResult<()>> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..workers)
             .map(|_| {
@@ -529,52 +663,30 @@ fn floor(n: usize, workers: usize) -> BenchResult<Floor> {
             .map(|h| h.join().expect("a floor thread panicked"))
             .collect()
     });
-    let wall = t0.elapsed();
-    let cpu1 = proc_cpu();
+    let b = mark();
+    keep.push(br);
     results.into_iter().collect::<BenchResult<Vec<()>>>()?;
-    Ok(Floor {
-        wall,
-        tasks_per_s: n as f64 / wall.as_secs_f64(),
-        parent_cpu_us_per_task: (cpu1.own - cpu0.own).as_secs_f64() * 1e6 / n as f64,
-        children_cpu_us_per_task: (cpu1.children - cpu0.children).as_secs_f64() * 1e6
-            / n as f64,
-    })
+    Ok(Run::new(n, &a, &b, f64::NAN))
 }
 
 // ================================================================ throughput
 
-struct Throughput {
-    wall: Duration,
-    tasks_per_s: f64,
-    cpu_us_per_task: f64,
-    children_cpu_us_per_task: f64,
-    peak_mib: f64,
-}
-
-fn throughput(n: usize, workers: usize) -> BenchResult<Throughput> {
+fn throughput(n: usize, workers: usize, keep: &mut Vec<BenchRoot>) -> BenchResult<Run> {
     let br = BenchRoot::new()?;
     for i in 0..n {
         br.drop_task(i)?;
     }
     reset_peak();
-    let cpu0 = proc_cpu();
-    let t0 = Instant::now();
     // The bench thread only blocks in recv_timeout while the engine runs, so
     // the process's CPU time is the engine's.
+    let a = mark();
     let rx = spawn_engine(br.root.clone(), options(workers, true), None);
     join_engine(&rx, Duration::from_secs(60 + n as u64 / 50))?;
-    let wall = t0.elapsed();
-    let cpu1 = proc_cpu();
+    let b = mark();
     let peak = peak_mib();
     br.verify_done(n, "throughput run")?;
-    Ok(Throughput {
-        wall,
-        tasks_per_s: n as f64 / wall.as_secs_f64(),
-        cpu_us_per_task: (cpu1.own - cpu0.own).as_secs_f64() * 1e6 / n as f64,
-        children_cpu_us_per_task: (cpu1.children - cpu0.children).as_secs_f64() * 1e6
-            / n as f64,
-        peak_mib: peak,
-    })
+    keep.push(br);
+    Ok(Run::new(n, &a, &b, peak))
 }
 
 // ================================================================ latency
@@ -584,6 +696,7 @@ struct Latency {
     p50_ms: f64,
     p99_ms: f64,
     max_ms: f64,
+    other_cpus: f64,
 }
 
 /// Polls `cond` every few ms until it holds or `deadline` passes.
@@ -598,39 +711,14 @@ fn wait_for(what: &str, deadline: Duration, mut cond: impl FnMut() -> bool) -> B
     Ok(())
 }
 
-fn latency(n: usize, rate: u32, workers: usize) -> BenchResult<Latency> {
+fn latency(n: usize, rate: u32, workers: usize, keep: &mut Vec<BenchRoot>) -> BenchResult<Latency> {
     let br = BenchRoot::new()?;
     let (stop_tx, stop_rx) = tokio::sync::mpsc::unbounded_channel();
     let rx = spawn_engine(br.root.clone(), options(workers, false), Some(stop_rx));
-    let result = (|| {
-        // Warm-up: the engine is up and watching once this one is done.
-        let warm = br.drop_task(n)?;
-        let warm_record = br.root.done().join(format!("{warm}.json"));
-        wait_for("the warm-up task's record", Duration::from_secs(30), || {
-            warm_record.exists()
-        })?;
-        let interval = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
-        let start = Instant::now();
-        let mut drops = Vec::with_capacity(n);
-        for i in 0..n {
-            let due = start + interval * i as u32;
-            if let Some(d) = due.checked_duration_since(Instant::now()) {
-                std::thread::sleep(d);
-            }
-            let id = br.drop_task(i)?;
-            drops.push((id, SystemTime::now()));
-        }
-        let done = br.root.done();
-        wait_for(
-            "every latency task's record",
-            Duration::from_secs(30 + n as u64 / 50),
-            || count_files(&done) > n,
-        )?;
-        Ok::<_, String>(drops)
-    })();
+    let dropped = drop_steadily(&br, n, rate);
     let _ = stop_tx.send(StopRequest::Graceful);
     join_engine(&rx, Duration::from_secs(60))?;
-    let drops = result?;
+    let (drops, a, b) = dropped?;
     br.verify_done(n + 1, "latency run")?;
 
     let mut ms = Vec::with_capacity(n);
@@ -650,13 +738,51 @@ fn latency(n: usize, rate: u32, workers: usize) -> BenchResult<Latency> {
         let d = (started - dropped).num_microseconds().unwrap_or(i64::MAX);
         ms.push(d as f64 / 1000.0);
     }
+    keep.push(br);
     ms.sort_by(|a, b| a.total_cmp(b));
     Ok(Latency {
         n,
         p50_ms: percentile(&ms, 50.0),
         p99_ms: percentile(&ms, 99.0),
         max_ms: ms.last().copied().unwrap_or(f64::NAN),
+        other_cpus: other_cpus(&a, &b),
     })
+}
+
+/// Drops a warm-up task and waits for its record (the engine is then up
+/// and watching), then drops `n` tasks at `rate` per second and waits for
+/// all their records. Returns each task's id and drop instant, and marks
+/// around the drops.
+#[allow(clippy::type_complexity)]
+fn drop_steadily(
+    br: &BenchRoot,
+    n: usize,
+    rate: u32,
+) -> BenchResult<(Vec<(String, SystemTime)>, Mark, Mark)> {
+    let warm = br.drop_task(n)?;
+    let warm_record = br.root.done().join(format!("{warm}.json"));
+    wait_for("the warm-up task's record", Duration::from_secs(30), || {
+        warm_record.exists()
+    })?;
+    let interval = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
+    let a = mark();
+    let mut drops = Vec::with_capacity(n);
+    for i in 0..n {
+        let due = a.t + interval.mul_f64(i as f64);
+        if let Some(d) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(d);
+        }
+        let id = br.drop_task(i)?;
+        drops.push((id, SystemTime::now()));
+    }
+    let done = br.root.done();
+    wait_for(
+        "every latency task's record",
+        Duration::from_secs(30 + n as u64 / 50),
+        || count_files(&done) > n,
+    )?;
+    let b = mark();
+    Ok((drops, a, b))
 }
 
 // ================================================================ queues
@@ -673,9 +799,26 @@ struct QueueRow {
     depth_from: usize,
     depth_to: usize,
     peak_mib: f64,
+    other_cpus: f64,
 }
 
-fn queue(q: usize, tasks: usize, workers: usize) -> BenchResult<QueueRow> {
+/// What the steady-state window measured.
+struct Window {
+    restart: Duration,
+    tasks_per_s: f64,
+    cpu_us: f64,
+    tasks: usize,
+    depth_from: usize,
+    depth_to: usize,
+    other_cpus: f64,
+}
+
+fn queue(
+    q: usize,
+    tasks: usize,
+    workers: usize,
+    keep: &mut Vec<BenchRoot>,
+) -> BenchResult<QueueRow> {
     let br = BenchRoot::new()?;
     for i in 0..q {
         br.drop_task(i)?;
@@ -688,12 +831,10 @@ fn queue(q: usize, tasks: usize, workers: usize) -> BenchResult<QueueRow> {
     stop_tx
         .send(StopRequest::Graceful)
         .map_err(|e| e.to_string())?;
-    let cpu0 = proc_cpu();
-    let t0 = Instant::now();
+    let a = mark();
     let rx = spawn_engine(br.root.clone(), options(workers, false), Some(stop_rx));
     join_engine(&rx, deadline)?;
-    let intake_wall = t0.elapsed();
-    let intake_cpu = proc_cpu().own - cpu0.own;
+    let b = mark();
     let (inn, run, done0) = (
         br.count(&br.root.spool_in()),
         br.count(&br.root.run()),
@@ -708,53 +849,15 @@ fn queue(q: usize, tasks: usize, workers: usize) -> BenchResult<QueueRow> {
 
     // Steady state: restart on the queued tasks, measure a window.
     let window = tasks.min(q / 2).max(1);
-    let me = my_tid();
-    let base = thread_cpu();
     let (stop_tx, stop_rx) = tokio::sync::mpsc::unbounded_channel();
+    let base = thread_cpu();
     let t0 = Instant::now();
     let rx = spawn_engine(br.root.clone(), options(workers, false), Some(stop_rx));
-    let measured = (|| {
-        let done = br.root.done();
-        let mut restart = None;
-        let mut first: Option<(Instant, usize, Duration)> = None;
-        let end = Instant::now() + deadline;
-        loop {
-            std::thread::sleep(POLL);
-            if let Ok(r) = rx.try_recv() {
-                return Err(format!("queue {q}: the engine returned early: {r:?}"));
-            }
-            let c = count_files(&done);
-            let now = Instant::now();
-            if restart.is_none() && c > done0 {
-                restart = Some(now - t0);
-            }
-            match first {
-                None if c >= done0 + WARM.min(window) => {
-                    first = Some((now, c, threads_cpu_since(&base, me)))
-                }
-                Some((t1, c1, cpu1)) if c >= c1 + window => {
-                    let cpu2 = threads_cpu_since(&base, me);
-                    let n = (c - c1) as f64;
-                    return Ok((
-                        restart.unwrap_or_default(),
-                        n / (now - t1).as_secs_f64(),
-                        (cpu2 - cpu1).as_secs_f64() * 1e6 / n,
-                        c - c1,
-                        q - c1,
-                        q - c,
-                    ));
-                }
-                _ => {}
-            }
-            if now > end {
-                return Err(format!("queue {q}: no {window} records within {deadline:?}"));
-            }
-        }
-    })();
+    let measured = steady_window(&br, &rx, &base, t0, q, done0, window, deadline);
     let _ = stop_tx.send(StopRequest::Graceful);
     join_engine(&rx, Duration::from_secs(60))?;
     let peak = peak_mib();
-    let (restart, tps, cpu_us, n, depth_from, depth_to) = measured?;
+    let w = measured?;
     let (done, run, failed, rejected) = (
         br.count(&br.root.done()),
         br.count(&br.root.run()),
@@ -766,18 +869,77 @@ fn queue(q: usize, tasks: usize, workers: usize) -> BenchResult<QueueRow> {
             "queue {q}: done/ {done} + run/ {run} != {q} (failed/ {failed}, rejected/ {rejected})"
         ));
     }
-    eprintln!("  removing the temporary root…");
+    keep.push(br);
     Ok(QueueRow {
         q,
-        intake_wall_us: intake_wall.as_secs_f64() * 1e6 / q as f64,
-        intake_cpu_us: intake_cpu.as_secs_f64() * 1e6 / q as f64,
+        intake_wall_us: (b.t - a.t).as_secs_f64() * 1e6 / q as f64,
+        intake_cpu_us: b.cpu.own.saturating_sub(a.cpu.own).as_secs_f64() * 1e6 / q as f64,
         requeued: q - done0,
-        restart,
-        steady_tasks_per_s: tps,
-        steady_cpu_us: cpu_us,
-        window: n,
-        depth_from,
-        depth_to,
+        restart: w.restart,
+        steady_tasks_per_s: w.tasks_per_s,
+        steady_cpu_us: w.cpu_us,
+        window: w.tasks,
+        depth_from: w.depth_from,
+        depth_to: w.depth_to,
         peak_mib: peak,
+        other_cpus: w.other_cpus,
     })
+}
+
+/// Polls `done/` while the engine (started at `t0` with `done0` records
+/// there already) runs; samples wall clock, the CPU of every thread but
+/// this one, and the machine's load at the `WARM`th new record and
+/// `window` records later.
+#[allow(clippy::too_many_arguments)]
+fn steady_window(
+    br: &BenchRoot,
+    rx: &std_mpsc::Receiver<Result<(), String>>,
+    base: &HashMap<u32, u64>,
+    t0: Instant,
+    q: usize,
+    done0: usize,
+    window: usize,
+    deadline: Duration,
+) -> BenchResult<Window> {
+    let me = my_tid();
+    let done = br.root.done();
+    let mut restart = None;
+    let mut first: Option<(Mark, usize, Duration)> = None;
+    let end = t0 + deadline;
+    loop {
+        std::thread::sleep(POLL);
+        if let Ok(r) = rx.try_recv() {
+            return Err(format!("queue {q}: the engine returned early: {r:?}"));
+        }
+        let c = count_files(&done);
+        let now = Instant::now();
+        if restart.is_none() && c > done0 {
+            restart = Some(now - t0);
+        }
+        match &first {
+            None if c >= done0 + WARM.min(window) => {
+                first = Some((mark(), c, threads_cpu_since(base, me)));
+            }
+            Some((a, c1, cpu1)) if c >= c1 + window => {
+                let cpu2 = threads_cpu_since(base, me);
+                let b = mark();
+                let n = (c - c1) as f64;
+                return Ok(Window {
+                    restart: restart.unwrap_or_default(),
+                    tasks_per_s: n / (b.t - a.t).as_secs_f64(),
+                    cpu_us: cpu2.saturating_sub(*cpu1).as_secs_f64() * 1e6 / n,
+                    tasks: c - c1,
+                    depth_from: q - c1,
+                    depth_to: q - c,
+                    other_cpus: other_cpus(a, &b),
+                });
+            }
+            _ => {}
+        }
+        if now > end {
+            return Err(format!(
+                "queue {q}: no {window} records within {deadline:?}"
+            ));
+        }
+    }
 }
