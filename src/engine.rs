@@ -156,6 +156,9 @@ pub async fn run(
         options,
         root,
     };
+    // The watcher reports changes under tsk/: lookups may be cached.
+    engine.taskmasters.set_watched(true);
+    engine.taskers.set_watched(true);
     engine.recover()?;
     engine.scan_in();
     engine.scan_cancel();
@@ -434,8 +437,8 @@ impl Engine {
     }
 
     fn is_known(&self, id: &TaskId) -> bool {
+        // A file in run/ is caught by the no-replace claim.
         self.nodes.contains_key(&root_key(id))
-            || self.root.run_file(id).exists()
             || self.root.done_file(id).exists()
             || self.root.failed_file(id).exists()
     }
@@ -587,6 +590,10 @@ impl Engine {
                 if let Some(key) = self.points_files.get(&p).cloned() {
                     self.copy_points(&key);
                 }
+            }
+            WatchEvent::Tsk => {
+                self.taskmasters.invalidate();
+                self.taskers.invalidate();
             }
             WatchEvent::Rescan => {
                 self.scan_in();

@@ -160,6 +160,10 @@ pub struct Taskers {
     tsk: PathBuf,
     tsk_canonical: Option<PathBuf>,
     configs: HashMap<PathBuf, (SystemTime, u64, Arc<TaskerConfig>)>,
+    /// Set when a watcher reports every change under `tsk/` (see
+    /// [`Taskers::invalidate`]): resolutions are then cached.
+    watched: bool,
+    resolved: HashMap<(Domain, Taskee), Resolved>,
 }
 
 impl Taskers {
@@ -169,13 +173,46 @@ impl Taskers {
             tsk,
             tsk_canonical,
             configs: HashMap::new(),
+            watched: false,
+            resolved: HashMap::new(),
         }
+    }
+
+    /// Caches resolutions until [`invalidate`](Self::invalidate): the
+    /// caller watches `tsk/` and calls it on every change there.
+    pub fn set_watched(&mut self, watched: bool) {
+        self.watched = watched;
+        self.invalidate();
+    }
+
+    /// Forgets cached resolutions (something under `tsk/` changed).
+    pub fn invalidate(&mut self) {
+        self.resolved.clear();
+        self.configs.clear();
+        self.tsk_canonical = None;
     }
 
     /// Resolves `taskee` for `domain`: `tsk/a.b.c/t`, `tsk/a.b/t`, `tsk/a/t`,
     /// then `tsk/any/t`. Never leaves `tsk/` (a symlink pointing outside is
     /// refused) and never reaches a sibling domain.
     pub fn resolve(&mut self, domain: &Domain, taskee: &Taskee) -> Result<Resolved, TaskerError> {
+        if !self.watched {
+            return self.resolve_uncached(domain, taskee);
+        }
+        let key = (domain.clone(), taskee.clone());
+        if let Some(r) = self.resolved.get(&key) {
+            return Ok(r.clone());
+        }
+        let r = self.resolve_uncached(domain, taskee)?;
+        self.resolved.insert(key, r.clone());
+        Ok(r)
+    }
+
+    fn resolve_uncached(
+        &mut self,
+        domain: &Domain,
+        taskee: &Taskee,
+    ) -> Result<Resolved, TaskerError> {
         for dir in domain.branch().chain(std::iter::once("any")) {
             let path = self.tsk.join(dir).join(taskee.as_str());
             match std::fs::symlink_metadata(&path) {

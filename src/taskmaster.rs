@@ -288,6 +288,11 @@ pub struct Taskmasters {
     tsk: PathBuf,
     engine: Engine,
     cache: HashMap<PathBuf, Cached>,
+    /// Set when a watcher reports every change under `tsk/` (see
+    /// [`Taskmasters::invalidate`]): lookups and compiled scripts are then
+    /// trusted without a `stat` per task.
+    watched: bool,
+    found: HashMap<Domain, Option<PathBuf>>,
 }
 
 impl std::fmt::Debug for Taskmasters {
@@ -318,7 +323,38 @@ impl Taskmasters {
             tsk: root_dir.join("tsk"),
             engine,
             cache: HashMap::new(),
+            watched: false,
+            found: HashMap::new(),
         }
+    }
+
+    /// Trusts cached lookups until [`invalidate`](Self::invalidate): the
+    /// caller watches `tsk/` and calls it on every change there.
+    pub fn set_watched(&mut self, watched: bool) {
+        self.watched = watched;
+        self.invalidate();
+    }
+
+    /// Forgets cached lookups and stamps (something under `tsk/` changed).
+    pub fn invalidate(&mut self) {
+        self.found.clear();
+        for c in self.cache.values_mut() {
+            c.stamp.mtime = None;
+            c.stamp.len = u64::MAX;
+        }
+    }
+
+    /// [`find`](Self::find), cached while watched.
+    fn find_cached(&mut self, domain: &Domain) -> Option<PathBuf> {
+        if !self.watched {
+            return self.find(domain);
+        }
+        if let Some(found) = self.found.get(domain) {
+            return found.clone();
+        }
+        let found = self.find(domain);
+        self.found.insert(domain.clone(), found.clone());
+        found
     }
 
     /// The taskmaster of `domain`: the first file of
@@ -376,12 +412,17 @@ impl Taskmasters {
         cache: &'c mut HashMap<PathBuf, Cached>,
         path: &Path,
         label: &str,
+        watched: bool,
     ) -> Result<&'c AST, TaskmasterError> {
-        let current = std::fs::metadata(path).ok().map(|m| Stamp::of(&m));
-        let fresh = matches!(
-            (cache.get(path), current),
-            (Some(c), Some(s)) if c.stamp == s
-        );
+        // While watched, an entry is fresh until invalidated (which spoils
+        // its stamp); otherwise the file's stamp is compared.
+        let fresh = match cache.get(path) {
+            Some(c) if watched && c.stamp.len != u64::MAX => true,
+            Some(c) => std::fs::metadata(path)
+                .ok()
+                .is_some_and(|m| Stamp::of(&m) == c.stamp),
+            None => false,
+        };
         if !fresh {
             match Self::load(engine, path, label) {
                 Ok((stamp, compiled)) => {
@@ -403,11 +444,11 @@ impl Taskmasters {
     /// a taskmaster, the requested tasker.
     pub fn choose(&mut self, input: &TaskmasterInput) -> Result<Choice, TaskmasterError> {
         let requested = || input.tasker.cloned().map(Choice::Taskee);
-        let Some(path) = self.find(input.domain) else {
+        let Some(path) = self.find_cached(input.domain) else {
             return requested().ok_or_else(|| TaskmasterError::NoTaskee(input.domain.clone()));
         };
         let label = self.label(&path);
-        let ast = Self::compiled(&self.engine, &mut self.cache, &path, &label)?;
+        let ast = Self::compiled(&self.engine, &mut self.cache, &path, &label, self.watched)?;
 
         let script_err = |e: Box<EvalAltResult>| TaskmasterError::Script {
             path: label.clone(),

@@ -2,6 +2,9 @@
 //! `var/spool/cancel/` and the taskers' points directory, filtered into the
 //! few [`WatchEvent`]s the engine acts on.
 //!
+//! `tsk/` is watched too, so that the engine may cache what taskees and
+//! taskmasters resolve to and forget it when something there changes.
+//!
 //! A file written in place is reported once its writer closed it
 //! (`IN_CLOSE_WRITE`); a renamed-in file when the rename lands; a symlink,
 //! FIFO or directory as soon as it is created (they have no close). An
@@ -24,6 +27,8 @@ pub enum WatchEvent {
     Cancel(PathBuf),
     /// A tasker appended to its points file.
     Points(PathBuf),
+    /// Something under `tsk/` changed: forget cached lookups.
+    Tsk,
     /// Events were lost: rescan the spool.
     Rescan,
     /// The watcher failed.
@@ -50,7 +55,13 @@ pub fn start(
     let spool_in = root.spool_in();
     let cancel = root.cancel();
     let points = points_dir.to_path_buf();
-    let (in2, cancel2, points2) = (spool_in.clone(), cancel.clone(), points.clone());
+    let tsk = root.tsk();
+    let (in2, cancel2, points2, tsk2) = (
+        spool_in.clone(),
+        cancel.clone(),
+        points.clone(),
+        tsk.clone(),
+    );
     let handler = move |res: notify::Result<Event>| {
         let ev = match res {
             Ok(ev) => ev,
@@ -61,6 +72,11 @@ pub fn start(
         };
         if ev.need_rescan() {
             let _ = tx.send(WatchEvent::Rescan);
+            let _ = tx.send(WatchEvent::Tsk);
+            return;
+        }
+        if changes_tsk(&ev, &tsk2) {
+            let _ = tx.send(WatchEvent::Tsk);
             return;
         }
         let Some((path, data_only)) = interesting_path(&ev) else {
@@ -83,15 +99,20 @@ pub fn start(
         };
         let _ = tx.send(event);
     };
-    let mut watcher = notify::recommended_watcher(handler).map_err(|source| WatchError::Watch {
-        path: spool_in.clone(),
-        hint: hint_for(&source),
-        source,
-    })?;
+    // Symlinks are never followed: one under tsk/ pointing at / must not
+    // make the watcher walk the whole filesystem.
+    let config = notify::Config::default().with_follow_symlinks(false);
+    let mut watcher =
+        RecommendedWatcher::new(handler, config).map_err(|source| WatchError::Watch {
+            path: spool_in.clone(),
+            hint: hint_for(&source),
+            source,
+        })?;
     for (path, mode) in [
         (&spool_in, RecursiveMode::Recursive),
         (&cancel, RecursiveMode::NonRecursive),
         (&points, RecursiveMode::NonRecursive),
+        (&tsk, RecursiveMode::Recursive),
     ] {
         watcher
             .watch(path, mode)
@@ -102,6 +123,20 @@ pub fn start(
             })?;
     }
     Ok(watcher)
+}
+
+/// Whether an event under `tsk/` may change what a taskee or taskmaster
+/// resolves to (anything but reads: taskers and scripts are read all the
+/// time).
+fn changes_tsk(ev: &Event, tsk: &Path) -> bool {
+    let reads = matches!(
+        ev.kind,
+        EventKind::Access(AccessKind::Open(_))
+            | EventKind::Access(AccessKind::Read)
+            | EventKind::Access(AccessKind::Close(AccessMode::Read))
+            | EventKind::Access(AccessKind::Close(AccessMode::Execute))
+    );
+    !reads && ev.paths.iter().any(|p| p.starts_with(tsk))
 }
 
 fn hint_for(e: &notify::Error) -> &'static str {
