@@ -140,7 +140,9 @@ pub async fn run(
 
     let mut engine = Engine {
         sched: Scheduler::new(options.workers),
-        points: PointsLog::new(root.log_tsk(), 256),
+        // Handles stay open only while a task is offered or runs (see
+        // `log_idle`): open descriptors are copied into every spawn.
+        points: PointsLog::new(root.log_tsk(), options.workers + 8),
         taskmasters: Taskmasters::new(root.dir()),
         taskers: Taskers::new(root.tsk()),
         nodes: HashMap::new(),
@@ -374,6 +376,14 @@ impl Engine {
         Point::new(point, &id, &key.exid, &key.nid)
     }
 
+    /// Logs a point after which the task waits (queued, parked, delayed):
+    /// its log's handle is closed, so that only running tasks hold one.
+    fn log_idle(&mut self, p: Point) {
+        let exid = p.exid.clone();
+        self.log(p);
+        self.points.close(&exid);
+    }
+
     fn log(&mut self, p: Point) {
         if let Err(e) = self.points.append(&p) {
             tracing::error!(
@@ -487,7 +497,7 @@ impl Engine {
         if let Some(t) = &task.tasker {
             p = p.with("tasker", t.as_str());
         }
-        self.log(p);
+        self.log_idle(p);
         let created_at = Utc::now();
         self.insert_node(task, created_at, 0, 0);
         if let Some((req, reason)) = self.pending_cancels.remove(&key.exid) {
@@ -564,7 +574,7 @@ impl Engine {
                 .point(&key, kind::RECOVERED)
                 .with("attempt", r.attempts + 1);
             p.id = r.task.id.clone();
-            self.log(p);
+            self.log_idle(p);
             let created = r.created_at.unwrap_or_else(Utc::now);
             let id = r.task.id.clone();
             self.insert_node(r.task, created, r.attempts, r.offers);
@@ -751,7 +761,7 @@ impl Engine {
             if first {
                 let reason = describe_limit(&full);
                 let p = self.point(key, kind::SUSPENDED).with("reason", reason);
-                self.log(p);
+                self.log_idle(p);
             }
             return;
         }
@@ -1002,7 +1012,7 @@ impl Engine {
                     .point(&key, kind::REFUSED)
                     .with("taskee", taskee.as_str())
                     .with("reason", reason.as_str());
-                self.log(p);
+                self.log_idle(p);
                 if n >= MAX_REFUSALS {
                     return self.fail(
                         &key,
@@ -1024,7 +1034,7 @@ impl Engine {
                 if let Some(a) = after {
                     p = p.with("after", a.to_string());
                 }
-                self.log(p);
+                self.log_idle(p);
                 if n >= MAX_UNCOMPLETED {
                     return self.fail(
                         &key,
@@ -1093,7 +1103,7 @@ impl Engine {
             .with("kind", serde_json::to_value(err.kind).unwrap_or_default())
             .with("delay", crate::task::Dur(delay).to_string())
             .with("attempt", attempt);
-        self.log(p);
+        self.log_idle(p);
         self.enqueue_after(key, delay);
     }
 
