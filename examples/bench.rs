@@ -13,7 +13,8 @@
 //!
 //! 1. **Floor.** The same N processes, run directly, W at a time (W threads
 //!    each spawning with std's `Command`: `process_group(0)`, `env_clear()`
-//!    plus the `PATH`, `HOME`, `LANG` and `TZ` the engine passes on, the tasker's directory as working directory, payload on
+//!    plus the `PATH`, `HOME`, `LANG` and `TZ` the engine passes on, the
+//!    tasker's directory as working directory, payload on
 //!    stdin, stdout read to the end, waited for). Wall time → tasks/s.
 //! 2. **Throughput.** N task files are dropped into `var/spool/in/` (written
 //!    as dotfile temporaries, then renamed) *before* the engine starts; the

@@ -136,6 +136,17 @@ impl TestRoot {
         }
     }
 
+    /// Starts the engine in-process in a background thread (no drain);
+    /// stop it with [`InProcessEngine::stop`].
+    pub fn start_in_process(&self, options: Options) -> InProcessEngine {
+        let (stop_tx, stop_rx) = tokio::sync::mpsc::unbounded_channel();
+        let root = self.root.clone();
+        let thread = std::thread::spawn(move || {
+            spoolflow::engine::run_blocking(root, options, Some(stop_rx)).map_err(|e| e.to_string())
+        });
+        InProcessEngine { stop_tx, thread }
+    }
+
     /// The built binary with `--root` set.
     pub fn cmd(&self) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_spoolflow"));
@@ -273,6 +284,25 @@ pub fn wait_file(rel: &str) -> String {
 pub fn write_executable(path: &Path, body: &str) {
     fs::write(path, body).unwrap();
     fs::set_permissions(path, fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// An engine running in a thread of the test process.
+pub struct InProcessEngine {
+    stop_tx: tokio::sync::mpsc::UnboundedSender<spoolflow::StopRequest>,
+    thread: std::thread::JoinHandle<Result<(), String>>,
+}
+
+impl InProcessEngine {
+    /// Asks for a graceful stop and waits for the engine to end.
+    pub fn stop(self) {
+        self.stop_tx
+            .send(spoolflow::StopRequest::Graceful)
+            .expect("the engine is running");
+        self.thread
+            .join()
+            .expect("the engine thread did not panic")
+            .expect("the engine stopped cleanly");
+    }
 }
 
 /// A `spoolflow run` process; killed (SIGKILL) when dropped.

@@ -37,3 +37,49 @@ fn a_task_flows_to_done_with_points_and_record() {
     assert!(t.list("var/spool/run").is_empty());
     assert!(t.list("var/spool/in").is_empty());
 }
+
+/// The engine caches what a taskee resolves to while it watches `tsk/`: a
+/// change there (a tasker added nearer the domain, a tasker rewritten, a
+/// tasker made non-executable) is seen by the next task.
+#[test]
+fn a_running_engine_sees_changes_under_tsk() {
+    let t = TestRoot::new();
+    t.tasker("org", "w", "#!/bin/sh\necho '{\"by\":\"org\"}'\n");
+    let engine = t.start_in_process(spoolflow::Options {
+        workers: 1,
+        ..spoolflow::Options::default()
+    });
+    let run = |id: &str| {
+        t.drop_task(
+            &format!("{id}.json"),
+            r#"{"domain":"org.example","tasker":"w"}"#,
+        );
+        wait_for(id, DEADLINE, || t.record(id).is_some());
+        t.must_record(id)
+    };
+    assert_eq!(run("a")["payload"]["by"], "org");
+    // A nearer tasker of the same name now wins.
+    t.tasker(
+        "org.example",
+        "w",
+        "#!/bin/sh\necho '{\"by\":\"org.example\"}'\n",
+    );
+    assert_eq!(run("b")["payload"]["by"], "org.example");
+    // Rewritten in place.
+    t.tasker(
+        "org.example",
+        "w",
+        "#!/bin/sh\necho '{\"by\":\"rewritten\"}'\n",
+    );
+    assert_eq!(run("c")["payload"]["by"], "rewritten");
+    // Made non-executable: the task fails config.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(
+        t.join("tsk/org.example/w"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    let d = run("d");
+    assert_eq!(d["error"]["kind"], "config", "{d}");
+    engine.stop();
+}

@@ -311,14 +311,9 @@ fn a_changed_script_is_recompiled_by_a_running_engine() {
     t.taskmaster("org", r#""alpha""#);
     t.tasker("org", "alpha", &named("alpha"));
     t.tasker("org", "beta", &named("beta"));
-    let (stop_tx, stop_rx) = tokio::sync::mpsc::unbounded_channel();
-    let root = t.root.clone();
-    let engine = std::thread::spawn(move || {
-        let options = spoolflow::Options {
-            workers: 1,
-            ..spoolflow::Options::default()
-        };
-        spoolflow::engine::run_blocking(root, options, Some(stop_rx)).map_err(|e| e.to_string())
+    let engine = t.start_in_process(spoolflow::Options {
+        workers: 1,
+        ..spoolflow::Options::default()
     });
     t.drop_task("a.json", r#"{"domain":"org"}"#);
     wait_for("record a", DEADLINE, || t.record("a").is_some());
@@ -329,7 +324,5 @@ fn a_changed_script_is_recompiled_by_a_running_engine() {
     t.drop_task("b.json", r#"{"domain":"org"}"#);
     wait_for("record b", DEADLINE, || t.record("b").is_some());
     assert_eq!(t.must_record("b")["taskee"], "beta");
-    stop_tx.send(spoolflow::StopRequest::Graceful).unwrap();
-    wait_for("the engine to stop", DEADLINE, || engine.is_finished());
-    engine.join().unwrap().expect("engine ran");
+    engine.stop();
 }
