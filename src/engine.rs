@@ -133,7 +133,8 @@ pub async fn run(
     let points_dir = recovery::points_dir(&root);
 
     let (watch_tx, watch_rx) = mpsc::unbounded_channel();
-    let _watcher = watch::start(&root, &points_dir, watch_tx)?;
+    let _watcher = watch::start(&root, &points_dir, watch_tx.clone())?;
+    watch::watch_tsk(&root.tsk(), watch_tx)?;
     let (exit_tx, exit_rx) = mpsc::unbounded_channel();
     let (commit_tx, commit_rx) = mpsc::unbounded_channel();
     let committer = Committer::start(commit_tx);

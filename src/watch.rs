@@ -2,8 +2,11 @@
 //! `var/spool/cancel/` and the taskers' points directory, filtered into the
 //! few [`WatchEvent`]s the engine acts on.
 //!
-//! `tsk/` is watched too, so that the engine may cache what taskees and
-//! taskmasters resolve to and forget it when something there changes.
+//! `tsk/` is watched apart ([`watch_tsk`]), with raw inotify and a mask of
+//! changes only, so that the engine may cache what taskees and taskmasters
+//! resolve to and forget it when something there changes. (`notify` also
+//! reports every open, and every task execs a file under `tsk/`: watching
+//! `tsk/` through it cost more than the lookups it saves.)
 //!
 //! A file written in place is reported once its writer closed it
 //! (`IN_CLOSE_WRITE`); a renamed-in file when the rename lands; a symlink,
@@ -38,6 +41,11 @@ pub enum WatchEvent {
 /// The watcher could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum WatchError {
+    #[error("cannot watch {path}: {source} (if the limit is reached, raise fs.inotify.max_user_watches and fs.inotify.max_user_instances)")]
+    Tsk {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot watch {path}: {source}{hint}")]
     Watch {
         path: PathBuf,
@@ -55,13 +63,7 @@ pub fn start(
     let spool_in = root.spool_in();
     let cancel = root.cancel();
     let points = points_dir.to_path_buf();
-    let tsk = root.tsk();
-    let (in2, cancel2, points2, tsk2) = (
-        spool_in.clone(),
-        cancel.clone(),
-        points.clone(),
-        tsk.clone(),
-    );
+    let (in2, cancel2, points2) = (spool_in.clone(), cancel.clone(), points.clone());
     let handler = move |res: notify::Result<Event>| {
         let ev = match res {
             Ok(ev) => ev,
@@ -72,10 +74,6 @@ pub fn start(
         };
         if ev.need_rescan() {
             let _ = tx.send(WatchEvent::Rescan);
-            let _ = tx.send(WatchEvent::Tsk);
-            return;
-        }
-        if changes_tsk(&ev, &tsk2) {
             let _ = tx.send(WatchEvent::Tsk);
             return;
         }
@@ -112,7 +110,6 @@ pub fn start(
         (&spool_in, RecursiveMode::Recursive),
         (&cancel, RecursiveMode::NonRecursive),
         (&points, RecursiveMode::NonRecursive),
-        (&tsk, RecursiveMode::Recursive),
     ] {
         watcher
             .watch(path, mode)
@@ -123,20 +120,6 @@ pub fn start(
             })?;
     }
     Ok(watcher)
-}
-
-/// Whether an event under `tsk/` may change what a taskee or taskmaster
-/// resolves to (anything but reads: taskers and scripts are read all the
-/// time).
-fn changes_tsk(ev: &Event, tsk: &Path) -> bool {
-    let reads = matches!(
-        ev.kind,
-        EventKind::Access(AccessKind::Open(_))
-            | EventKind::Access(AccessKind::Read)
-            | EventKind::Access(AccessKind::Close(AccessMode::Read))
-            | EventKind::Access(AccessKind::Close(AccessMode::Execute))
-    );
-    !reads && ev.paths.iter().any(|p| p.starts_with(tsk))
 }
 
 fn hint_for(e: &notify::Error) -> &'static str {
@@ -173,4 +156,86 @@ fn interesting_path(ev: &Event) -> Option<(PathBuf, bool)> {
         _ => None,
     };
     path.map(|p| (p, false))
+}
+
+/// How deep below `tsk/` directories are watched: `tsk/<domain>/<taskee>/`
+/// holds the deepest thing a lookup reads (`tasker.json`); what a tasker
+/// keeps further down (a virtualenv, say) is none of the engine's business.
+const TSK_DEPTH: usize = 2;
+
+/// Watches `tsk/` and the directories below it (symlinks not followed) for
+/// changes — entries created, deleted, moved, written or `chmod`ed, never
+/// opens or reads — and sends [`WatchEvent::Tsk`] for each batch of them.
+/// Runs as a task on the current tokio runtime and ends with it.
+pub fn watch_tsk(tsk: &Path, tx: UnboundedSender<WatchEvent>) -> Result<(), WatchError> {
+    use futures_util::StreamExt;
+    use inotify::{EventMask, Inotify};
+    let watch_err = |source: std::io::Error| WatchError::Tsk {
+        path: tsk.to_path_buf(),
+        source,
+    };
+    let inotify = Inotify::init().map_err(watch_err)?;
+    let mut watches = inotify.watches();
+    let mut dirs = WatchedDirs::new();
+    add_tree(&mut watches, &mut dirs, tsk, 0).map_err(watch_err)?;
+    let mut events = inotify
+        .into_event_stream(vec![0u8; 16 * 1024])
+        .map_err(watch_err)?;
+    tokio::spawn(async move {
+        while let Some(ev) = events.next().await {
+            let Ok(ev) = ev else {
+                let _ = tx.send(WatchEvent::Tsk);
+                break;
+            };
+            if ev.mask.contains(EventMask::ISDIR)
+                && ev.mask.intersects(EventMask::CREATE | EventMask::MOVED_TO)
+            {
+                if let (Some((parent, depth)), Some(name)) = (dirs.get(&ev.wd).cloned(), &ev.name) {
+                    if depth < TSK_DEPTH {
+                        let _ = add_tree(&mut watches, &mut dirs, &parent.join(name), depth + 1);
+                    }
+                }
+            }
+            if tx.send(WatchEvent::Tsk).is_err() {
+                break;
+            }
+        }
+    });
+    Ok(())
+}
+
+/// The watched directories: descriptor → (path, depth below `tsk/`).
+type WatchedDirs = std::collections::HashMap<inotify::WatchDescriptor, (PathBuf, usize)>;
+
+/// Adds a watch on `dir`, which lies `depth` levels below `tsk/`, and on
+/// the directories under it down to [`TSK_DEPTH`].
+fn add_tree(
+    watches: &mut inotify::Watches,
+    dirs: &mut WatchedDirs,
+    dir: &Path,
+    depth: usize,
+) -> std::io::Result<()> {
+    use inotify::WatchMask;
+    let mask = WatchMask::CREATE
+        | WatchMask::DELETE
+        | WatchMask::DELETE_SELF
+        | WatchMask::MOVE
+        | WatchMask::MOVE_SELF
+        | WatchMask::CLOSE_WRITE
+        | WatchMask::MODIFY
+        | WatchMask::ATTRIB
+        | WatchMask::DONT_FOLLOW
+        | WatchMask::ONLYDIR;
+    let below = TSK_DEPTH.saturating_sub(depth);
+    for entry in walkdir::WalkDir::new(dir)
+        .follow_links(false)
+        .max_depth(below)
+    {
+        let Ok(entry) = entry else { continue };
+        if entry.file_type().is_dir() {
+            let wd = watches.add(entry.path(), mask)?;
+            dirs.insert(wd, (entry.path().to_path_buf(), depth + entry.depth()));
+        }
+    }
+    Ok(())
 }
