@@ -133,8 +133,8 @@ pub async fn run(
     let points_dir = recovery::points_dir(&root);
 
     let (watch_tx, watch_rx) = mpsc::unbounded_channel();
-    let _watcher = watch::start(&root, &points_dir, watch_tx.clone())?;
-    watch::watch_tsk(&root.tsk(), watch_tx)?;
+    let _watcher = watch::start(&root, &points_dir, watch_tx)?;
+    let tsk_watch = watch::TskWatch::new(&root.tsk())?;
     let (exit_tx, exit_rx) = mpsc::unbounded_channel();
     let (commit_tx, commit_rx) = mpsc::unbounded_channel();
     let committer = Committer::start(commit_tx);
@@ -156,10 +156,11 @@ pub async fn run(
         pending_cancels: HashMap::new(),
         points_dir,
         env_base: base_env(),
+        tsk_watch,
         options,
         root,
     };
-    // The watcher reports changes under tsk/: lookups may be cached.
+    // tsk_watch reports changes under tsk/: lookups may be cached.
     engine.taskmasters.set_watched(true);
     engine.taskers.set_watched(true);
     engine.recover()?;
@@ -180,11 +181,17 @@ enum Timer {
     StartTimeout(NodeKey),
 }
 
-/// A tasker exited.
-struct Exited {
-    key: NodeKey,
-    gen: u64,
-    exit: Exit,
+/// What the spawning threads and the taskers' drivers report.
+enum TaskerMsg {
+    /// The tasker runs (it was spawned off the event loop).
+    Started {
+        key: NodeKey,
+        gen: u64,
+        pgid: i32,
+        stop: oneshot::Sender<StopReason>,
+    },
+    /// The tasker exited, or could not be spawned.
+    Exited { key: NodeKey, gen: u64, exit: Exit },
 }
 
 enum Phase {
@@ -204,6 +211,10 @@ struct Running {
     points_file: PathBuf,
     points_offset: u64,
     stopping_for: Option<StopReason>,
+    taskee: Taskee,
+    tasker_path: String,
+    /// The `started` point is logged (the tasker's own points come after).
+    started: bool,
 }
 
 /// A node the engine knows: a standalone task (flows add more per exid).
@@ -240,7 +251,7 @@ struct Engine {
     points_files: HashMap<PathBuf, NodeKey>,
     committing: usize,
     next_gen: u64,
-    exit_tx: UnboundedSender<Exited>,
+    exit_tx: UnboundedSender<TaskerMsg>,
     committer: Committer,
     /// Set once a stop was asked: when the grace ends.
     stopping: Option<tokio::time::Instant>,
@@ -248,6 +259,8 @@ struct Engine {
     pending_cancels: HashMap<TaskId, (PathBuf, String)>,
     points_dir: PathBuf,
     env_base: Vec<(String, OsString)>,
+    /// Changes under `tsk/`, which spoil cached lookups.
+    tsk_watch: watch::TskWatch,
 }
 
 /// `PATH`, `HOME`, `LANG`, `TZ` from the engine's environment (SPEC 6).
@@ -285,7 +298,7 @@ impl Engine {
     async fn event_loop(
         &mut self,
         mut watch_rx: UnboundedReceiver<WatchEvent>,
-        mut exit_rx: UnboundedReceiver<Exited>,
+        mut exit_rx: UnboundedReceiver<TaskerMsg>,
         mut commit_rx: UnboundedReceiver<Vec<Committed>>,
         mut stop: Option<UnboundedReceiver<StopRequest>>,
     ) -> Result<(), EngineError> {
@@ -315,7 +328,10 @@ impl Engine {
             tokio::select! {
                 biased;
                 Some(batch) = commit_rx.recv() => self.on_committed(batch)?,
-                Some(exited) = exit_rx.recv() => self.on_exit(exited),
+                Some(msg) = exit_rx.recv() => match msg {
+                    TaskerMsg::Started { key, gen, pgid, stop } => self.on_started(key, gen, pgid, stop),
+                    TaskerMsg::Exited { key, gen, exit } => self.on_exit(key, gen, exit),
+                },
                 Some(ev) = watch_rx.recv() => self.on_watch(ev)?,
                 _ = sleep_until(next_timer), if next_timer.is_some() => self.on_timers(),
                 req = recv_stop(&mut stop), if stop_open => match req {
@@ -602,10 +618,6 @@ impl Engine {
                     self.copy_points(&key);
                 }
             }
-            WatchEvent::Tsk => {
-                self.taskmasters.invalidate();
-                self.taskers.invalidate();
-            }
             WatchEvent::Rescan => {
                 self.scan_in();
                 self.scan_cancel();
@@ -626,6 +638,10 @@ impl Engine {
         let Phase::Running(run) = &mut node.phase else {
             return;
         };
+        if !run.started {
+            // Copied once `started` is logged (see on_started).
+            return;
+        }
         let Ok(mut f) = File::open(&run.points_file) else {
             return;
         };
@@ -679,6 +695,10 @@ impl Engine {
     /// Asks the taskmaster, resolves the tasker, takes a worker slot and
     /// the limits, and starts the tasker.
     fn offer(&mut self, key: &NodeKey, entry: Entry<(NodeKey, u64)>) {
+        if self.tsk_watch.changed() {
+            self.taskmasters.invalidate();
+            self.taskers.invalidate();
+        }
         let Some(node) = self.nodes.get_mut(key) else {
             return;
         };
@@ -828,52 +848,71 @@ impl Engine {
             timeout,
             kill_grace: self.options.kill_grace,
         };
-        match tasker::spawn(launch) {
-            Ok((handle, fut)) => {
-                node.ever_started = true;
-                node.started_at = Some(Utc::now());
-                node.suspended = false;
-                let attempt = node.attempt;
-                node.phase = Phase::Running(Box::new(Running {
-                    stop: Some(handle.stop),
-                    limits,
-                    points_file: points_file.clone(),
-                    points_offset: 0,
-                    stopping_for: None,
-                }));
-                let gen = node.gen;
-                self.points_files.insert(points_file, key.clone());
-                let p = self
-                    .point(key, kind::STARTED)
-                    .with("taskee", resolved.taskee.as_str())
-                    .with(
-                        "tasker",
-                        self.root.relative(&resolved.path).display().to_string(),
-                    )
-                    .with("attempt", attempt)
-                    .with("pid", handle.pgid);
-                self.log(p);
-                let tx = self.exit_tx.clone();
-                let key = key.clone();
+        // The node runs from now on (it holds its worker slot and limits);
+        // `started` is logged once the process exists.
+        node.suspended = false;
+        node.phase = Phase::Running(Box::new(Running {
+            stop: None,
+            limits,
+            points_file: points_file.clone(),
+            points_offset: 0,
+            stopping_for: None,
+            taskee: resolved.taskee.clone(),
+            tasker_path: self.root.relative(&resolved.path).display().to_string(),
+            started: false,
+        }));
+        let gen = node.gen;
+        self.points_files.insert(points_file, key.clone());
+        // Spawning blocks until the child has exec'd (vfork): off the event
+        // loop, so that other exits and starts go on meanwhile.
+        let tx = self.exit_tx.clone();
+        let key = key.clone();
+        tokio::task::spawn_blocking(move || match tasker::spawn(launch) {
+            Ok((handle, driver)) => {
+                // Sent before the driver exists, so it precedes `Exited`.
+                let _ = tx.send(TaskerMsg::Started {
+                    key: key.clone(),
+                    gen,
+                    pgid: handle.pgid,
+                    stop: handle.stop,
+                });
                 tokio::spawn(async move {
-                    let exit = fut.await;
-                    let _ = tx.send(Exited { key, gen, exit });
+                    let exit = driver.await;
+                    let _ = tx.send(TaskerMsg::Exited { key, gen, exit });
                 });
             }
             Err(exit) => {
-                self.release(&limits);
-                let (message, transient) = match exit {
-                    Exit::SpawnFailed { message, transient } => (message, transient),
-                    Exit::Exited { .. } => ("cannot spawn".to_string(), true),
-                };
-                let kind = if transient {
-                    ErrorKind::Work
-                } else {
-                    ErrorKind::Config
-                };
-                self.error(key, TaskError::new(kind, message));
+                let _ = tx.send(TaskerMsg::Exited { key, gen, exit });
             }
+        });
+    }
+
+    /// A tasker was spawned: log `started`, and pass on a stop asked for
+    /// while it was being spawned.
+    fn on_started(&mut self, key: NodeKey, gen: u64, pgid: i32, stop: oneshot::Sender<StopReason>) {
+        let Some(node) = self.nodes.get_mut(&key).filter(|n| n.gen == gen) else {
+            return;
+        };
+        let Phase::Running(run) = &mut node.phase else {
+            return;
+        };
+        node.ever_started = true;
+        node.started_at = Some(Utc::now());
+        run.started = true;
+        match run.stopping_for {
+            Some(reason) => {
+                let _ = stop.send(reason);
+            }
+            None => run.stop = Some(stop),
         }
+        let p = Point::new(kind::STARTED, &node.task.id, &key.exid, &key.nid)
+            .with("taskee", run.taskee.as_str())
+            .with("tasker", run.tasker_path.as_str())
+            .with("attempt", node.attempt)
+            .with("pid", pgid);
+        self.log(p);
+        // Points the tasker wrote before this message arrived.
+        self.copy_points(&key);
     }
 
     /// Gives back a worker slot and limits; a parked node the engine
@@ -885,8 +924,7 @@ impl Engine {
 
     // ------------------------------------------------------------ exits
 
-    fn on_exit(&mut self, ex: Exited) {
-        let Exited { key, gen, exit } = ex;
+    fn on_exit(&mut self, key: NodeKey, gen: u64, exit: Exit) {
         let valid = self
             .nodes
             .get(&key)
@@ -913,10 +951,17 @@ impl Engine {
             stopped,
         } = exit
         else {
-            let Exit::SpawnFailed { message, .. } = exit else {
-                unreachable!()
+            let Exit::SpawnFailed { message, transient } = exit else {
+                unreachable!("the other variant is matched above")
             };
-            return self.error(&key, TaskError::new(ErrorKind::Work, message));
+            // A resource shortage is worth a retry; a missing or
+            // non-executable program is not.
+            let kind = if transient {
+                ErrorKind::Work
+            } else {
+                ErrorKind::Config
+            };
+            return self.error(&key, TaskError::new(kind, message));
         };
         match stopped.or(run.stopping_for) {
             Some(StopReason::Shutdown) => {

@@ -2,7 +2,7 @@
 //! `var/spool/cancel/` and the taskers' points directory, filtered into the
 //! few [`WatchEvent`]s the engine acts on.
 //!
-//! `tsk/` is watched apart ([`watch_tsk`]), with raw inotify and a mask of
+//! `tsk/` is watched apart ([`TskWatch`]), with raw inotify and a mask of
 //! changes only, so that the engine may cache what taskees and taskmasters
 //! resolve to and forget it when something there changes. (`notify` also
 //! reports every open, and every task execs a file under `tsk/`: watching
@@ -30,8 +30,6 @@ pub enum WatchEvent {
     Cancel(PathBuf),
     /// A tasker appended to its points file.
     Points(PathBuf),
-    /// Something under `tsk/` changed: forget cached lookups.
-    Tsk,
     /// Events were lost: rescan the spool.
     Rescan,
     /// The watcher failed.
@@ -74,7 +72,6 @@ pub fn start(
         };
         if ev.need_rescan() {
             let _ = tx.send(WatchEvent::Rescan);
-            let _ = tx.send(WatchEvent::Tsk);
             return;
         }
         let Some((path, data_only)) = interesting_path(&ev) else {
@@ -163,79 +160,96 @@ fn interesting_path(ev: &Event) -> Option<(PathBuf, bool)> {
 /// keeps further down (a virtualenv, say) is none of the engine's business.
 const TSK_DEPTH: usize = 2;
 
-/// Watches `tsk/` and the directories below it (symlinks not followed) for
-/// changes — entries created, deleted, moved, written or `chmod`ed, never
-/// opens or reads — and sends [`WatchEvent::Tsk`] for each batch of them.
-/// Runs as a task on the current tokio runtime and ends with it.
-pub fn watch_tsk(tsk: &Path, tx: UnboundedSender<WatchEvent>) -> Result<(), WatchError> {
-    use futures_util::StreamExt;
-    use inotify::{EventMask, Inotify};
-    let watch_err = |source: std::io::Error| WatchError::Tsk {
-        path: tsk.to_path_buf(),
-        source,
-    };
-    let inotify = Inotify::init().map_err(watch_err)?;
-    let mut watches = inotify.watches();
-    let mut dirs = WatchedDirs::new();
-    add_tree(&mut watches, &mut dirs, tsk, 0).map_err(watch_err)?;
-    let mut events = inotify
-        .into_event_stream(vec![0u8; 16 * 1024])
-        .map_err(watch_err)?;
-    tokio::spawn(async move {
-        while let Some(ev) = events.next().await {
-            let Ok(ev) = ev else {
-                let _ = tx.send(WatchEvent::Tsk);
-                break;
-            };
-            if ev.mask.contains(EventMask::ISDIR)
-                && ev.mask.intersects(EventMask::CREATE | EventMask::MOVED_TO)
-            {
-                if let (Some((parent, depth)), Some(name)) = (dirs.get(&ev.wd).cloned(), &ev.name) {
-                    if depth < TSK_DEPTH {
-                        let _ = add_tree(&mut watches, &mut dirs, &parent.join(name), depth + 1);
-                    }
-                }
-            }
-            if tx.send(WatchEvent::Tsk).is_err() {
-                break;
-            }
-        }
-    });
-    Ok(())
-}
-
 /// The watched directories: descriptor → (path, depth below `tsk/`).
 type WatchedDirs = std::collections::HashMap<inotify::WatchDescriptor, (PathBuf, usize)>;
 
-/// Adds a watch on `dir`, which lies `depth` levels below `tsk/`, and on
-/// the directories under it down to [`TSK_DEPTH`].
-fn add_tree(
-    watches: &mut inotify::Watches,
-    dirs: &mut WatchedDirs,
-    dir: &Path,
-    depth: usize,
-) -> std::io::Result<()> {
-    use inotify::WatchMask;
-    let mask = WatchMask::CREATE
-        | WatchMask::DELETE
-        | WatchMask::DELETE_SELF
-        | WatchMask::MOVE
-        | WatchMask::MOVE_SELF
-        | WatchMask::CLOSE_WRITE
-        | WatchMask::MODIFY
-        | WatchMask::ATTRIB
-        | WatchMask::DONT_FOLLOW
-        | WatchMask::ONLYDIR;
-    let below = TSK_DEPTH.saturating_sub(depth);
-    for entry in walkdir::WalkDir::new(dir)
-        .follow_links(false)
-        .max_depth(below)
-    {
-        let Ok(entry) = entry else { continue };
-        if entry.file_type().is_dir() {
-            let wd = watches.add(entry.path(), mask)?;
-            dirs.insert(wd, (entry.path().to_path_buf(), depth + entry.depth()));
+/// A watch on `tsk/` and the directories below it (symlinks not followed)
+/// for changes — entries created, deleted, moved, written or `chmod`ed,
+/// never opens or reads. The engine asks [`TskWatch::changed`] before each
+/// lookup: one non-blocking `read`, and since the kernel queues an event
+/// when the change happens, a lookup never misses a change made before it.
+pub struct TskWatch {
+    inotify: inotify::Inotify,
+    dirs: WatchedDirs,
+    buffer: Vec<u8>,
+}
+
+impl TskWatch {
+    pub fn new(tsk: &Path) -> Result<TskWatch, WatchError> {
+        let watch_err = |source: std::io::Error| WatchError::Tsk {
+            path: tsk.to_path_buf(),
+            source,
+        };
+        let inotify = inotify::Inotify::init().map_err(watch_err)?;
+        let mut w = TskWatch {
+            inotify,
+            dirs: WatchedDirs::new(),
+            buffer: vec![0u8; 16 * 1024],
+        };
+        w.add_tree(tsk, 0).map_err(watch_err)?;
+        Ok(w)
+    }
+
+    /// Whether anything under `tsk/` changed since the last call (an
+    /// overflow or a read error counts as a change).
+    pub fn changed(&mut self) -> bool {
+        use inotify::EventMask;
+        let mut changed = false;
+        loop {
+            let mut new_dirs = Vec::new();
+            match self.inotify.read_events(&mut self.buffer) {
+                Ok(events) => {
+                    for ev in events {
+                        changed = true;
+                        if ev.mask.contains(EventMask::ISDIR)
+                            && ev.mask.intersects(EventMask::CREATE | EventMask::MOVED_TO)
+                        {
+                            if let (Some((parent, depth)), Some(name)) =
+                                (self.dirs.get(&ev.wd), ev.name)
+                            {
+                                if *depth < TSK_DEPTH {
+                                    new_dirs.push((parent.join(name), depth + 1));
+                                }
+                            }
+                        }
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return changed,
+                Err(_) => return true,
+            }
+            for (dir, depth) in new_dirs {
+                let _ = self.add_tree(&dir, depth);
+            }
         }
     }
-    Ok(())
+
+    /// Adds a watch on `dir`, which lies `depth` levels below `tsk/`, and on
+    /// the directories under it down to [`TSK_DEPTH`].
+    fn add_tree(&mut self, dir: &Path, depth: usize) -> std::io::Result<()> {
+        use inotify::WatchMask;
+        let mask = WatchMask::CREATE
+            | WatchMask::DELETE
+            | WatchMask::DELETE_SELF
+            | WatchMask::MOVE
+            | WatchMask::MOVE_SELF
+            | WatchMask::CLOSE_WRITE
+            | WatchMask::MODIFY
+            | WatchMask::ATTRIB
+            | WatchMask::DONT_FOLLOW
+            | WatchMask::ONLYDIR;
+        let below = TSK_DEPTH.saturating_sub(depth);
+        let mut watches = self.inotify.watches();
+        for entry in walkdir::WalkDir::new(dir)
+            .follow_links(false)
+            .max_depth(below)
+        {
+            let Ok(entry) = entry else { continue };
+            if entry.file_type().is_dir() {
+                let wd = watches.add(entry.path(), mask)?;
+                self.dirs
+                    .insert(wd, (entry.path().to_path_buf(), depth + entry.depth()));
+            }
+        }
+        Ok(())
+    }
 }
