@@ -1,8 +1,9 @@
 //! The committer: a dedicated thread that makes final records durable off
 //! the event loop, with group commit. For each batch of records that ended
 //! together it writes every record (temporary, fsync, no-replace rename),
-//! fsyncs each record directory once, then unlinks the tasks' `run/` files
-//! and fsyncs `run/` once, and reports back to the engine.
+//! fsyncs each record directory once, appends each task's final point,
+//! then moves the tasks' `run/` files out of the way (recycled, see
+//! [`Spares`]) and fsyncs `run/` once, and reports back to the engine.
 //!
 //! A record is durable before its final point is logged and its `run/` file
 //! goes, so a crash between them leaves a duplicate that start-up resolves
@@ -21,6 +22,87 @@ use crate::spool::{self, SpoolError};
 
 /// The most records committed in one batch.
 const MAX_BATCH: usize = 1024;
+/// The most spare files kept for reuse.
+const MAX_SPARES: usize = 1024;
+
+/// Recycled files. A task's `run/` file is not unlinked when its record is
+/// durable: it is moved into `var/spool/.spare/`, and the next record is written
+/// into it (truncated, rewritten, fsynced, renamed into `done/` or
+/// `failed/`). On ext4 allocating an inode — worse, right after others were
+/// freed — is the largest cost of a record; recycling allocates and frees
+/// none. A file is recycled only when this engine's user owns it and it has
+/// no other link (a user who dropped a task file and kept a hard link to it
+/// must not be able to read or change a later record through it).
+struct Spares {
+    dir: PathBuf,
+    free: Vec<PathBuf>,
+    next: u64,
+}
+
+impl Spares {
+    fn new(dir: PathBuf) -> Spares {
+        let _ = std::fs::create_dir_all(&dir);
+        let mut free = Vec::new();
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            for e in entries.flatten() {
+                if free.len() < MAX_SPARES && Self::reusable(&e.path()) {
+                    free.push(e.path());
+                } else {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
+        Spares { dir, free, next: 0 }
+    }
+
+    fn reusable(path: &std::path::Path) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::symlink_metadata(path).is_ok_and(|m| {
+            m.is_file() && m.nlink() == 1 && m.uid() == nix::unistd::geteuid().as_raw()
+        })
+    }
+
+    /// Takes the `run/` file of an ended task: kept as a spare, or removed.
+    fn give(&mut self, run_file: &std::path::Path) {
+        if self.free.len() < MAX_SPARES && Self::reusable(run_file) {
+            loop {
+                self.next += 1;
+                let spare = self
+                    .dir
+                    .join(format!("{}-{}", std::process::id(), self.next));
+                match spool::rename_no_replace(run_file, &spare) {
+                    Ok(()) => return self.free.push(spare),
+                    Err(SpoolError::Exists(_)) => continue,
+                    Err(_) => break,
+                }
+            }
+        }
+        match std::fs::remove_file(run_file) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => tracing::error!("cannot remove {}: {e}", run_file.display()),
+        }
+    }
+
+    /// Writes a record, into a spare when there is one.
+    fn write(&mut self, job: &CommitJob) -> Result<PathBuf, SpoolError> {
+        if let Some(spare) = self.free.pop() {
+            match spool::write_recycled(&spare, &job.dir, &job.name, &job.bytes) {
+                Ok(p) => return Ok(p),
+                Err(SpoolError::Exists(p)) => {
+                    self.free.push(spare);
+                    return Err(SpoolError::Exists(p));
+                }
+                Err(e) if e.is_fatal() => return Err(e),
+                // The spare is unusable; write a new file instead.
+                Err(_) => {
+                    let _ = std::fs::remove_file(&spare);
+                }
+            }
+        }
+        spool::write_atomic(&job.dir, &job.name, &job.bytes, true, false)
+    }
+}
 
 /// One final record to commit.
 #[derive(Debug)]
@@ -60,12 +142,13 @@ pub struct Committer {
 }
 
 impl Committer {
-    /// Starts the thread; results go to `results`.
-    pub fn start(results: UnboundedSender<Vec<Committed>>) -> Committer {
+    /// Starts the thread; results go to `results`. `spare_dir` (on the
+    /// spool's filesystem) keeps files for reuse.
+    pub fn start(results: UnboundedSender<Vec<Committed>>, spare_dir: PathBuf) -> Committer {
         let (tx, rx) = mpsc::channel::<CommitJob>();
         let thread = std::thread::Builder::new()
             .name("spoolflow-commit".into())
-            .spawn(move || run(rx, results))
+            .spawn(move || run(rx, results, Spares::new(spare_dir)))
             .expect("the committer thread can be spawned at start-up");
         Committer {
             tx: Some(tx),
@@ -99,7 +182,11 @@ impl Drop for Committer {
     }
 }
 
-fn run(rx: mpsc::Receiver<CommitJob>, results: UnboundedSender<Vec<Committed>>) {
+fn run(
+    rx: mpsc::Receiver<CommitJob>,
+    results: UnboundedSender<Vec<Committed>>,
+    mut spares: Spares,
+) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -108,7 +195,7 @@ fn run(rx: mpsc::Receiver<CommitJob>, results: UnboundedSender<Vec<Committed>>) 
                 Err(_) => break,
             }
         }
-        let out = commit_batch(batch);
+        let out = commit_batch(batch, &mut spares);
         let fatal = out.iter().any(|c| matches!(c, Committed::Fatal(_)));
         let _ = results.send(out);
         if fatal {
@@ -117,12 +204,12 @@ fn run(rx: mpsc::Receiver<CommitJob>, results: UnboundedSender<Vec<Committed>>) 
     }
 }
 
-fn commit_batch(batch: Vec<CommitJob>) -> Vec<Committed> {
+fn commit_batch(batch: Vec<CommitJob>, spares: &mut Spares) -> Vec<Committed> {
     let mut out = Vec::with_capacity(batch.len());
     let mut record_dirs = BTreeSet::new();
     let mut written = Vec::with_capacity(batch.len());
     for job in batch {
-        match spool::write_atomic(&job.dir, &job.name, &job.bytes, true, false) {
+        match spares.write(&job) {
             Ok(_) => {
                 record_dirs.insert(job.dir.clone());
                 written.push((job, false));
@@ -157,11 +244,7 @@ fn commit_batch(batch: Vec<CommitJob>) -> Vec<Committed> {
     }
     let mut run_dirs = BTreeSet::new();
     for (job, already) in written {
-        match std::fs::remove_file(&job.run_file) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => tracing::error!("cannot remove {}: {e}", job.run_file.display()),
-        }
+        spares.give(&job.run_file);
         if let Some(parent) = job.run_file.parent() {
             run_dirs.insert(parent.to_path_buf());
         }

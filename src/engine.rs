@@ -137,7 +137,7 @@ pub async fn run(
     let tsk_watch = watch::TskWatch::new(&root.tsk())?;
     let (exit_tx, exit_rx) = mpsc::unbounded_channel();
     let (commit_tx, commit_rx) = mpsc::unbounded_channel();
-    let committer = Committer::start(commit_tx);
+    let committer = Committer::start(commit_tx, root.spool().join(".spare"));
 
     let mut engine = Engine {
         sched: Scheduler::new(options.workers),

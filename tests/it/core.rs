@@ -83,3 +83,49 @@ fn a_running_engine_sees_changes_under_tsk() {
     assert_eq!(d["error"]["kind"], "config", "{d}");
     engine.stop();
 }
+
+/// Records are written into recycled `run/` files, but never into one that
+/// has another link: a user who kept a hard link to the task file dropped
+/// must not see (or change) a later task's record through it.
+#[test]
+fn a_task_file_with_another_link_is_never_recycled_into_a_record() {
+    use std::os::unix::fs::MetadataExt;
+    let t = TestRoot::new();
+    t.tasker("org", "echo", "#!/bin/sh\ncat\n");
+    let kept = t.join("kept.json");
+    std::fs::write(
+        &kept,
+        r#"{"domain":"org","tasker":"echo","payload":{"n":1}}"#,
+    )
+    .unwrap();
+    std::fs::hard_link(&kept, t.join("var/spool/in/a.json")).unwrap();
+    let mut dropped = Vec::new();
+    for i in 0..5 {
+        let p = t.drop_task(
+            &format!("b{i}.json"),
+            r#"{"domain":"org","tasker":"echo","payload":{"n":2}}"#,
+        );
+        dropped.push(std::fs::metadata(p).unwrap().ino());
+    }
+    t.run_drain(1);
+    assert_eq!(t.must_record("a")["state"], "completed");
+    let kept_ino = std::fs::metadata(&kept).unwrap().ino();
+    for i in 0..5 {
+        let rec = t.join(&format!("var/spool/done/b{i}.json"));
+        assert_ne!(std::fs::metadata(&rec).unwrap().ino(), kept_ino);
+    }
+    assert_eq!(
+        std::fs::read_to_string(&kept).unwrap(),
+        r#"{"domain":"org","tasker":"echo","payload":{"n":1}}"#
+    );
+    // Recycling does happen for the others: some record reuses the inode of
+    // an earlier task's file (the records are not all new inodes).
+    let mode = std::fs::metadata(t.join("var/spool/done/b4.json"))
+        .unwrap()
+        .mode();
+    assert_eq!(
+        mode & 0o777,
+        0o600,
+        "records are private to the engine's user"
+    );
+}
