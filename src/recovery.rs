@@ -298,12 +298,13 @@ fn history_of(log: &Path, task: &Task) -> History {
                     h.attempts = h.attempts.max(a.saturating_sub(1));
                 }
             }
-            kind::STARTED | kind::RECOVERED => {
+            kind::ALLOCATED | kind::STARTED | kind::RECOVERED => {
                 if let Some(a) = p.fields.get("attempt").and_then(|a| a.as_u64()) {
                     let a = u32::try_from(a).unwrap_or(u32::MAX);
-                    // `recovered` names the attempt about to run, which may
-                    // not have started: count only attempts that ran.
-                    let ran = if p.point == kind::STARTED {
+                    // `allocated` and `started` name an attempt that may
+                    // have run (the engine can die between the spawn and the
+                    // `started` point); `recovered` the one about to run.
+                    let ran = if p.point != kind::RECOVERED {
                         a
                     } else {
                         a.saturating_sub(1)

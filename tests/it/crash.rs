@@ -240,8 +240,8 @@ fn repeated_kill_9_loses_nothing_and_never_completes_twice() {
         );
         let distinct: BTreeSet<&u32> = ran.iter().collect();
         if ran.len() != distinct.len() {
-            // The engine died after spawning the tasker but before logging
-            // `started`: the next start reuses the attempt number.
+            // Each execution after a crash is a new attempt (SPEC 10), even
+            // when the engine died between the spawn and `started`.
             same_attempt_twice += ran.len() - distinct.len();
             eprintln!("{id}: ledger attempts {ran:?}, points {names:?}");
         }
@@ -257,6 +257,11 @@ fn repeated_kill_9_loses_nothing_and_never_completes_twice() {
         lines - TASKS,
         no_final_point.len(),
         no_final_point
+    );
+    assert_eq!(same_attempt_twice, 0, "an attempt number ran twice");
+    assert!(
+        no_final_point.is_empty(),
+        "tasks without a final point: {no_final_point:?}"
     );
 }
 
