@@ -33,7 +33,37 @@ pub struct EngineLock {
 }
 
 /// Takes the engine lock, or says which engine holds it.
+///
+/// When the engine named in the lock file is dead but the lock is still
+/// held, a child it was spawning when it died still has the descriptor
+/// (it is closed when that child execs, a moment later): wait for it, up
+/// to a few seconds.
 pub fn lock(root: &Root) -> Result<EngineLock, RecoveryError> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match try_lock(root) {
+            Err(RecoveryError::Locked { pid, .. })
+                if !pid_alive(&pid) && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Whether the process named in a lock file exists.
+fn pid_alive(pid: &str) -> bool {
+    match pid.parse::<i32>() {
+        Ok(p) if p > 0 => {
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), None)
+                != Err(nix::errno::Errno::ESRCH)
+        }
+        _ => true,
+    }
+}
+
+fn try_lock(root: &Root) -> Result<EngineLock, RecoveryError> {
     let path = root.lock();
     let lock_err = |source| RecoveryError::Lock {
         path: path.clone(),
@@ -336,5 +366,16 @@ mod tests {
         }
         drop(first);
         lock(&root).unwrap();
+    }
+
+    #[test]
+    fn the_pid_in_a_lock_file_is_checked_for_life() {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id().to_string();
+        child.wait().unwrap();
+        assert!(!pid_alive(&dead));
+        assert!(pid_alive(&std::process::id().to_string()));
+        // An unreadable pid is taken as alive: never wait on a guess.
+        assert!(pid_alive("unknown"));
     }
 }

@@ -320,6 +320,11 @@ impl EngineProcess {
             .expect("signal the engine");
     }
 
+    /// Whether the process has exited.
+    pub fn exited(&mut self) -> bool {
+        self.child.try_wait().expect("try_wait").is_some()
+    }
+
     /// Waits for the process to exit (within the deadline); returns its
     /// exit code and stderr.
     pub fn wait(mut self, deadline: Duration) -> (Option<i32>, String) {

@@ -93,15 +93,19 @@ fn repeated_kill_9_loses_nothing_and_never_completes_twice() {
     let started = Instant::now();
     let mut kills = 0;
     for moment in plan {
-        let engine = t.spawn_engine(&["--workers", "4"]);
+        let mut engine = t.spawn_engine(&["--workers", "4"]);
         let pid = engine.pid().to_string();
         match moment {
             Moment::Locked => wait_for("the new engine to hold the lock", DEADLINE, || {
-                fs::read_to_string(&lock).is_ok_and(|s| s.trim() == pid)
+                engine.exited() || fs::read_to_string(&lock).is_ok_and(|s| s.trim() == pid)
             }),
             Moment::Done(n) => wait_for(&format!("{n} records in done/"), DEADLINE, || {
-                records(&t) >= n
+                engine.exited() || records(&t) >= n
             }),
+        }
+        if engine.exited() {
+            let (code, err) = engine.wait(DEADLINE);
+            panic!("the engine exited on its own ({code:?}): {err}");
         }
         let done_at_kill = records(&t);
         let run_at_kill = t.list("var/spool/run").len();
