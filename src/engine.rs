@@ -181,6 +181,13 @@ enum Timer {
     StartTimeout(NodeKey),
 }
 
+/// A stop in progress (SIGINT/SIGTERM): no new claims or starts.
+#[derive(Debug, Clone, Copy)]
+struct Stopping {
+    /// When running taskers are asked to stop; `None` once they were.
+    grace_end: Option<tokio::time::Instant>,
+}
+
 /// What the spawning threads and the taskers' drivers report.
 enum TaskerMsg {
     /// The tasker runs (it was spawned off the event loop).
@@ -253,8 +260,8 @@ struct Engine {
     next_gen: u64,
     exit_tx: UnboundedSender<TaskerMsg>,
     committer: Committer,
-    /// Set once a stop was asked: when the grace ends.
-    stopping: Option<tokio::time::Instant>,
+    /// Set once a stop was asked.
+    stopping: Option<Stopping>,
     /// Cancel requests for ids not seen yet: id → (request path, reason).
     pending_cancels: HashMap<TaskId, (PathBuf, String)>,
     points_dir: PathBuf,
@@ -324,7 +331,7 @@ impl Engine {
                 }
             }
             let next_timer = self.sched.next_due().map(tokio::time::Instant::from_std);
-            let grace_end = self.stopping;
+            let grace_end = self.stopping.and_then(|s| s.grace_end);
             tokio::select! {
                 biased;
                 Some(batch) = commit_rx.recv() => self.on_committed(batch)?,
@@ -412,21 +419,15 @@ impl Engine {
 
     // ------------------------------------------------------------ intake
 
+    /// Takes everything in `in/` (at start-up, after a watcher overflow,
+    /// and as the slow safety net), in name order.
     fn scan_in(&mut self) {
-        if self.stopping.is_some() {
-            return;
-        }
-        let spool_in = self.root.spool_in();
-        let Ok(entries) = std::fs::read_dir(&spool_in) else {
-            return;
-        };
-        let mut paths: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
-        paths.sort();
-        for p in paths {
-            self.take(&p);
+        if self.stopping.is_none() {
+            self.scan_dir(&self.root.spool_in());
         }
     }
 
+    /// Takes every entry of one directory of `in/`, in name order.
     fn scan_dir(&mut self, dir: &Path) {
         let Ok(entries) = std::fs::read_dir(dir) else {
             return;
@@ -1367,7 +1368,9 @@ impl Engine {
             "stopping: no new tasks; running taskers have {:?} to finish",
             self.options.grace
         );
-        self.stopping = Some(tokio::time::Instant::now() + self.options.grace);
+        self.stopping = Some(Stopping {
+            grace_end: Some(tokio::time::Instant::now() + self.options.grace),
+        });
         // Queued nodes stay in run/ for the next start.
         let queued: Vec<NodeKey> = self
             .nodes
@@ -1381,7 +1384,7 @@ impl Engine {
     }
 
     fn end_grace(&mut self) {
-        self.stopping = Some(tokio::time::Instant::now() + Duration::from_secs(86400 * 365));
+        self.stopping = Some(Stopping { grace_end: None });
         for node in self.nodes.values_mut() {
             if let Phase::Running(run) = &mut node.phase {
                 run.stopping_for.get_or_insert(StopReason::Shutdown);
