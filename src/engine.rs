@@ -28,7 +28,7 @@ use crate::names::{TaskId, Taskee};
 use crate::points::{kind, Point, PointsLog};
 use crate::recovery::{self, RecoveryError};
 use crate::root::{Root, RootError};
-use crate::scheduler::{backoff, Entry, LimitKey, NodeKey, Scheduler};
+use crate::scheduler::{backoff, Entry, LimitKey, NodeKey, Scheduler, TimerId};
 use crate::spool::{self, SpoolError};
 use crate::task::{timestamp, ErrorKind, Object, Record, Refusal, State, Task, TaskError};
 use crate::tasker::{self, Exit, Input, Launch, Reply, StopReason, TaskerConfig, Taskers};
@@ -157,6 +157,7 @@ pub async fn run(
         points_dir,
         env_base: base_env(),
         tsk_watch,
+        fatal: None,
         options,
         root,
     };
@@ -230,6 +231,9 @@ struct Node {
     /// Bumped whenever the node is queued again, so stale heap entries and
     /// timers are recognised and dropped.
     gen: u64,
+    /// The `start_timeout` timer, removed once the node starts or ends (so
+    /// timers do not pile up with throughput).
+    start_timer: Option<TimerId>,
     phase: Phase,
     attempt: u32,
     offers: u32,
@@ -268,6 +272,9 @@ struct Engine {
     env_base: Vec<(String, OsString)>,
     /// Changes under `tsk/`, which spoil cached lookups.
     tsk_watch: watch::TskWatch,
+    /// An fsync failed: the page cache can no longer be trusted, so the
+    /// engine stops (at the top of its loop).
+    fatal: Option<SpoolError>,
 }
 
 /// `PATH`, `HOME`, `LANG`, `TZ` from the engine's environment (SPEC 6).
@@ -312,23 +319,35 @@ impl Engine {
         let mut safety = tokio::time::interval(SAFETY_RESCAN);
         safety.tick().await;
         let mut stop_open = stop.is_some();
+        // With --drain: when in/ still holds something after a scan (an
+        // entry that cannot be moved, say), look again a second later
+        // rather than spin.
+        let mut drain_recheck: Option<tokio::time::Instant> = None;
         loop {
+            if let Some(e) = self.fatal.take() {
+                tracing::error!("{e}; stopping");
+                return Err(EngineError::Spool(e));
+            }
             self.dispatch();
-            if self.is_idle() {
-                if self.stopping.is_some() {
+            if self.stopping.is_some() && self.nothing_running() {
+                // Queued and delayed tasks stay in run/ for the next start.
+                return Ok(());
+            }
+            let due = drain_recheck.is_none_or(|t| t <= tokio::time::Instant::now());
+            if self.is_idle() && self.options.drain && watch_rx.is_empty() && due {
+                drain_recheck = None;
+                if self.in_is_empty() {
                     return Ok(());
                 }
-                if self.options.drain && watch_rx.is_empty() {
-                    if self.in_is_empty() {
-                        return Ok(());
-                    }
-                    // Something is in in/ that no event announced (yet).
-                    self.scan_in();
-                    if self.is_idle() && self.in_is_empty() {
-                        return Ok(());
-                    }
-                    continue;
+                // Something is in in/ that no event announced (yet).
+                self.scan_in();
+                if self.is_idle() && self.in_is_empty() {
+                    return Ok(());
                 }
+                if self.is_idle() {
+                    drain_recheck = Some(tokio::time::Instant::now() + Duration::from_secs(1));
+                }
+                continue;
             }
             let next_timer = self.sched.next_due().map(tokio::time::Instant::from_std);
             let grace_end = self.stopping.and_then(|s| s.grace_end);
@@ -346,6 +365,7 @@ impl Engine {
                     None => stop_open = false,
                 },
                 _ = sleep_until(grace_end), if grace_end.is_some() => self.end_grace(),
+                _ = sleep_until(drain_recheck), if drain_recheck.is_some() => {}
                 _ = safety.tick() => {
                     if self.stopping.is_none() {
                         self.scan_in();
@@ -358,6 +378,16 @@ impl Engine {
 
     fn is_idle(&self) -> bool {
         self.nodes.is_empty() && self.committing == 0
+    }
+
+    /// Whether no tasker runs and no record is being committed (what a
+    /// stop waits for; O(nodes), looked at only while stopping).
+    fn nothing_running(&self) -> bool {
+        self.committing == 0
+            && !self
+                .nodes
+                .values()
+                .any(|n| matches!(n.phase, Phase::Running(_) | Phase::Committing))
     }
 
     fn in_is_empty(&self) -> bool {
@@ -406,6 +436,13 @@ impl Engine {
         let exid = p.exid.clone();
         self.log(p);
         self.points.close(&exid);
+    }
+
+    /// Remembers an fsync failure: the loop stops the engine.
+    fn note_fatal(&mut self, e: SpoolError) {
+        if e.is_fatal() && self.fatal.is_none() {
+            self.fatal = Some(e);
+        }
     }
 
     fn log(&mut self, p: Point) {
@@ -460,7 +497,10 @@ impl Engine {
                 self.root.relative(path).display(),
                 self.root.relative(&to).display()
             ),
-            Err(e) => tracing::error!("cannot reject {}: {e}", path.display()),
+            Err(e) => {
+                tracing::error!("cannot reject {}: {e}", path.display());
+                self.note_fatal(e);
+            }
         }
     }
 
@@ -503,6 +543,7 @@ impl Engine {
             }
             Err(e) => {
                 tracing::error!("cannot claim {}: {e}", path.display());
+                self.note_fatal(e);
                 return;
             }
         }
@@ -525,12 +566,13 @@ impl Engine {
 
     fn insert_node(&mut self, task: Task, created_at: DateTime<Utc>, attempts: u32, offers: u32) {
         let key = root_key(&task.id);
-        if let Some(st) = task.options.start_timeout {
+        let start_timer = task.options.start_timeout.map(|st| {
             let elapsed = (Utc::now() - created_at).to_std().unwrap_or_default();
             let due = Instant::now() + st.0.saturating_sub(elapsed);
-            self.sched.at(due, Timer::StartTimeout(key.clone()));
-        }
+            self.sched.at(due, Timer::StartTimeout(key.clone()))
+        });
         let node = Node {
+            start_timer,
             task,
             gen: 0,
             phase: Phase::Queued,
@@ -655,6 +697,10 @@ impl Engine {
             return;
         }
         let Some(end) = buf.iter().rposition(|b| *b == b'\n') else {
+            if buf.len() >= 1 << 20 {
+                // A line longer than 1 MiB is no point: skip it.
+                run.points_offset += buf.len() as u64;
+            }
             return;
         };
         run.points_offset += end as u64 + 1;
@@ -759,9 +805,10 @@ impl Engine {
             // The tasker's start_timeout is known only now: if it has passed
             // already, the task fails; if not, a timer watches the rest.
             let tasker_start_timeout = resolved.config.start_timeout;
-            if let (false, None, Some(st)) = (
+            if let (false, None, None, Some(st)) = (
                 node.ever_started,
                 node.task.options.start_timeout,
+                node.start_timer,
                 tasker_start_timeout,
             ) {
                 let elapsed = (Utc::now() - node.created_at).to_std().unwrap_or_default();
@@ -769,10 +816,10 @@ impl Engine {
                     let msg = format!("not started within start_timeout {st}");
                     return self.fail(key, TaskError::new(ErrorKind::Timeout, msg));
                 }
-                self.sched.at(
+                node.start_timer = Some(self.sched.at(
                     Instant::now() + (st.0 - elapsed),
                     Timer::StartTimeout(key.clone()),
-                );
+                ));
             }
         }
         if let Err((full, limit)) = self.sched.try_start(&limits) {
@@ -900,6 +947,9 @@ impl Engine {
         node.ever_started = true;
         node.started_at = Some(Utc::now());
         run.started = true;
+        if let Some(timer) = node.start_timer.take() {
+            self.sched.cancel(timer);
+        }
         match run.stopping_for {
             Some(reason) => {
                 let _ = stop.send(reason);
@@ -1050,6 +1100,8 @@ impl Engine {
             Reply::Invalid(reason) => self.error(&key, TaskError::new(ErrorKind::User, reason)),
             Reply::Refused(reason) => {
                 let taskee = taskee.expect("a running node has a taskee");
+                // A refusal breaks a row of `uncompleted` replies.
+                node.uncompleted = 0;
                 node.refusals.push(Refusal {
                     taskee: taskee.clone(),
                     reason: reason.clone(),
@@ -1110,6 +1162,7 @@ impl Engine {
             true,
         ) {
             tracing::error!("{e}");
+            self.note_fatal(e);
         }
     }
 
@@ -1119,6 +1172,8 @@ impl Engine {
         let Some(node) = self.nodes.get_mut(key) else {
             return;
         };
+        // A failed attempt breaks a row of `uncompleted` replies.
+        node.uncompleted = 0;
         let cfg = node.config.clone().unwrap_or_default();
         let retries = node
             .task
@@ -1185,6 +1240,9 @@ impl Engine {
             return;
         }
         node.phase = Phase::Committing;
+        if let Some(timer) = node.start_timer.take() {
+            self.sched.cancel(timer);
+        }
         let record = record_of(node, state, err, &node.task.payload);
         let mut bytes = serde_json::to_vec_pretty(&record).expect("a record serializes");
         bytes.push(b'\n');

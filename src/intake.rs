@@ -4,7 +4,7 @@
 
 use std::path::{Component, Path, PathBuf};
 
-use crate::names::Domain;
+use crate::names::{Domain, TaskId};
 use crate::root::Root;
 use crate::spool::{self, SpoolError};
 use crate::task::{Task, TaskFile};
@@ -47,15 +47,16 @@ pub fn examine(root: &Root, path: &Path, limit: u64) -> Intake {
             _ => None,
         })
         .collect();
-    if parts.is_empty() || parts.len() != rel.components().count() {
-        // An empty path, or a name that is not UTF-8: reject the top entry.
-        if let Some(Component::Normal(first)) = rel.components().next() {
-            return Intake::Reject {
-                path: spool_in.join(first),
-                reason: "name is not valid UTF-8".into(),
-            };
-        }
+    if parts.is_empty() {
         return Intake::Ignore;
+    }
+    if parts.len() != rel.components().count() {
+        // A name that is not UTF-8: reject that entry (not the domain
+        // directory that holds it).
+        return Intake::Reject {
+            path: path.to_path_buf(),
+            reason: "name is not valid UTF-8".into(),
+        };
     }
     let name = parts[parts.len() - 1];
     if is_ignored_name(name) || parts.iter().any(|p| p.starts_with('.')) {
@@ -120,17 +121,20 @@ pub fn examine(root: &Root, path: &Path, limit: u64) -> Intake {
         Err(SpoolError::Read { source, .. }) => return reject(format!("unreadable: {source}")),
         Err(e) => return reject(e.to_string()),
     };
-    let file = match TaskFile::parse(&bytes) {
+    let mut file = match TaskFile::parse(&bytes) {
         Ok(f) => f,
         Err(e) => return reject(e.to_string()),
     };
+    let stem = name.strip_suffix(".json");
+    if file.id.is_none() && stem.and_then(|s| s.parse::<TaskId>().ok()).is_none() {
+        file.id = Some(TaskId::for_file(&meta));
+    }
     if let (Some(fd), Some(dd)) = (&file.domain, &dir_domain) {
         if !fd.is_in_branch_of(dd) {
             return reject(format!("domain {fd} is outside in/{dd}"));
         }
     }
     let self_contained = file.domain.is_some();
-    let stem = name.strip_suffix(".json");
     match Task::from_file(file, stem, dir_domain.as_ref()) {
         Ok(task) => Intake::Task {
             path: path.to_path_buf(),

@@ -160,6 +160,22 @@ impl TaskId {
     }
 }
 
+impl TaskId {
+    /// The id of a dropped file that names none and whose stem is not a
+    /// valid id: time-ordered by the file's modification time, and the same
+    /// every time the same file is looked at (inode and ctime), so that a
+    /// file taken again after a crash is recognised as a duplicate instead
+    /// of running twice under a new id.
+    pub fn for_file(meta: &std::fs::Metadata) -> TaskId {
+        use std::os::unix::fs::MetadataExt;
+        let micros = (meta.mtime() as u64)
+            .saturating_mul(1_000_000)
+            .saturating_add(meta.mtime_nsec() as u64 / 1000);
+        let salt = (meta.ino() ^ (meta.ctime_nsec() as u64).rotate_left(32)) & 0xffff_ffff;
+        TaskId(format!("t{micros:014x}-{salt:08x}"))
+    }
+}
+
 /// A taskee: the name of a tasker, never a path.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]

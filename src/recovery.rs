@@ -310,9 +310,10 @@ fn history_of(log: &Path, task: &Task) -> History {
     let Ok(points) = points::read_points(log) else {
         return h;
     };
+    // A tasker's informative points change nothing (SPEC 6).
     for p in points
         .iter()
-        .filter(|p| p.id == task.id && p.nid == task.nid)
+        .filter(|p| p.id == task.id && p.nid == task.nid && !p.fields.contains_key("source"))
     {
         match p.point.as_str() {
             kind::CREATED if h.created_at.is_none() => {

@@ -46,7 +46,11 @@ impl Root {
             path: dir.clone(),
             source,
         })?;
-        Ok(Root { dir: abs })
+        // One spelling of the root for every engine and tasker (symlinks,
+        // `..`, trailing slashes resolved), so that start-up recognises the
+        // taskers of a dead engine by their SPOOLFLOW_ROOT.
+        let canonical = abs.canonicalize().unwrap_or(abs);
+        Ok(Root { dir: canonical })
     }
 
     /// The root named by `--root`, else `$SPOOLFLOW_ROOT`, else the current
@@ -171,7 +175,7 @@ mod tests {
 
     #[test]
     fn relative_paths() {
-        let root = Root::new("/r").unwrap();
+        let root = Root { dir: "/r".into() };
         assert_eq!(root.relative(Path::new("/r/tsk/a/b")), Path::new("tsk/a/b"));
         assert_eq!(root.relative(Path::new("/x")), Path::new("/x"));
     }

@@ -9,8 +9,8 @@
 //! (it carries a generation the engine checks). Every operation is
 //! O(log n) in the number of queued entries.
 
-use std::cmp::{Ordering, Reverse};
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
 use std::hash::Hash;
 use std::time::{Duration, Instant};
 
@@ -75,33 +75,15 @@ struct Parked<K> {
     queue: VecDeque<Entry<K>>,
 }
 
-struct Timer<E> {
-    due: Instant,
-    seq: u64,
-    event: E,
-}
-impl<E> PartialEq for Timer<E> {
-    fn eq(&self, o: &Self) -> bool {
-        self.due == o.due && self.seq == o.seq
-    }
-}
-impl<E> Eq for Timer<E> {}
-impl<E> PartialOrd for Timer<E> {
-    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
-        Some(self.cmp(o))
-    }
-}
-impl<E> Ord for Timer<E> {
-    fn cmp(&self, o: &Self) -> Ordering {
-        self.due.cmp(&o.due).then_with(|| self.seq.cmp(&o.seq))
-    }
-}
+/// A timer set with [`Scheduler::at`], to [`cancel`](Scheduler::cancel) it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct TimerId(Instant, u64);
 
 /// The scheduler's state. `K` is a queued item (the engine uses a node key
 /// with a generation), `E` a timer event.
 pub struct Scheduler<K, E> {
     ready: BinaryHeap<Ready<K>>,
-    timers: BinaryHeap<Reverse<Timer<E>>>,
+    timers: BTreeMap<TimerId, E>,
     seq: u64,
     workers: usize,
     running: usize,
@@ -113,7 +95,7 @@ impl<K: Clone, E> Scheduler<K, E> {
     pub fn new(workers: usize) -> Self {
         Scheduler {
             ready: BinaryHeap::new(),
-            timers: BinaryHeap::new(),
+            timers: BTreeMap::new(),
             seq: 0,
             workers: workers.max(1),
             running: 0,
@@ -240,23 +222,33 @@ impl<K: Clone, E> Scheduler<K, E> {
     }
 
     /// Sets a timer.
-    pub fn at(&mut self, due: Instant, event: E) {
-        let seq = self.next_seq();
-        self.timers.push(Reverse(Timer { due, seq, event }));
+    pub fn at(&mut self, due: Instant, event: E) -> TimerId {
+        let id = TimerId(due, self.next_seq());
+        self.timers.insert(id, event);
+        id
+    }
+
+    /// Removes a timer that has not fired (a no-op for one that has).
+    pub fn cancel(&mut self, id: TimerId) {
+        self.timers.remove(&id);
     }
 
     /// The earliest timer's due time.
     pub fn next_due(&self) -> Option<Instant> {
-        self.timers.peek().map(|t| t.0.due)
+        self.timers.keys().next().map(|id| id.0)
     }
 
     /// The next timer due at `now` or before, earliest first.
     pub fn pop_due(&mut self, now: Instant) -> Option<E> {
-        if self.timers.peek().is_some_and(|t| t.0.due <= now) {
-            self.timers.pop().map(|t| t.0.event)
-        } else {
-            None
+        match self.timers.first_key_value() {
+            Some((id, _)) if id.0 <= now => self.timers.pop_first().map(|(_, e)| e),
+            _ => None,
         }
+    }
+
+    /// How many timers are set.
+    pub fn timers_len(&self) -> usize {
+        self.timers.len()
     }
 }
 
@@ -451,6 +443,11 @@ mod tests {
         assert_eq!(s.pop_due(t0 + Duration::from_secs(2)), None);
         assert_eq!(s.pop_due(t0 + Duration::from_secs(9)), Some("c"));
         assert_eq!(s.next_due(), None);
+        let a = s.at(t0 + Duration::from_secs(1), "x");
+        s.at(t0 + Duration::from_secs(2), "y");
+        s.cancel(a);
+        assert_eq!(s.timers_len(), 1);
+        assert_eq!(s.pop_due(t0 + Duration::from_secs(9)), Some("y"));
     }
 
     #[test]

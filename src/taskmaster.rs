@@ -279,6 +279,17 @@ impl Stamp {
 struct Cached {
     stamp: Stamp,
     compiled: Result<AST, TaskmasterError>,
+    /// Neither the file nor a directory on its way is a symlink (changes
+    /// to it are seen by the watch on tsk/).
+    plain: bool,
+}
+
+/// Whether `path` (under `tsk`) is reached without a symlink.
+fn is_plain(tsk: &Path, path: &Path) -> bool {
+    match (tsk.canonicalize(), path.canonicalize()) {
+        (Ok(t), Ok(p)) => path.strip_prefix(tsk).is_ok_and(|rel| t.join(rel) == p),
+        _ => false,
+    }
 }
 
 /// The taskmasters of a root: one sandboxed engine and the compiled scripts
@@ -353,7 +364,15 @@ impl Taskmasters {
             return found.clone();
         }
         let found = self.find(domain);
-        self.found.insert(domain.clone(), found.clone());
+        // Domains come from users: keep the cache bounded.
+        if self.found.len() >= 4096 {
+            self.found.clear();
+        }
+        // A script reached through a symlink changes without an event under
+        // tsk/: only a plain file is trusted until invalidated.
+        if found.as_ref().is_some_and(|p| is_plain(&self.tsk, p)) || found.is_none() {
+            self.found.insert(domain.clone(), found.clone());
+        }
         found
     }
 
@@ -413,11 +432,12 @@ impl Taskmasters {
         path: &Path,
         label: &str,
         watched: bool,
+        tsk: &Path,
     ) -> Result<&'c AST, TaskmasterError> {
         // While watched, an entry is fresh until invalidated (which spoils
         // its stamp); otherwise the file's stamp is compared.
         let fresh = match cache.get(path) {
-            Some(c) if watched && c.stamp.len != u64::MAX => true,
+            Some(c) if watched && c.stamp.len != u64::MAX && c.plain => true,
             Some(c) => std::fs::metadata(path)
                 .ok()
                 .is_some_and(|m| Stamp::of(&m) == c.stamp),
@@ -426,7 +446,15 @@ impl Taskmasters {
         if !fresh {
             match Self::load(engine, path, label) {
                 Ok((stamp, compiled)) => {
-                    cache.insert(path.to_path_buf(), Cached { stamp, compiled });
+                    let plain = is_plain(tsk, path);
+                    cache.insert(
+                        path.to_path_buf(),
+                        Cached {
+                            stamp,
+                            compiled,
+                            plain,
+                        },
+                    );
                 }
                 Err(e) => {
                     cache.remove(path);
@@ -448,7 +476,14 @@ impl Taskmasters {
             return requested().ok_or_else(|| TaskmasterError::NoTaskee(input.domain.clone()));
         };
         let label = self.label(&path);
-        let ast = Self::compiled(&self.engine, &mut self.cache, &path, &label, self.watched)?;
+        let ast = Self::compiled(
+            &self.engine,
+            &mut self.cache,
+            &path,
+            &label,
+            self.watched,
+            &self.tsk,
+        )?;
 
         let script_err = |e: Box<EvalAltResult>| TaskmasterError::Script {
             path: label.clone(),
