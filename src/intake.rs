@@ -204,6 +204,41 @@ mod tests {
     }
 
     #[test]
+    fn a_name_that_is_not_utf8_rejects_only_itself() {
+        use std::os::unix::ffi::OsStrExt;
+        let (_t, root) = root();
+        let dir = root.spool_in().join("org.x");
+        fs::create_dir(&dir).unwrap();
+        let bad = dir.join(std::ffi::OsStr::from_bytes(b"bad\xff.json"));
+        fs::write(&bad, "{}").unwrap();
+        match examine(&root, &bad, 100) {
+            Intake::Reject { path, reason } => {
+                assert_eq!(path, bad);
+                assert!(reason.contains("UTF-8"));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_generated_id_is_the_same_for_the_same_file() {
+        let (_t, root) = root();
+        let dir = root.spool_in().join("org.x");
+        fs::create_dir(&dir).unwrap();
+        let p = dir.join("not an id.json");
+        fs::write(&p, "{}").unwrap();
+        let id = |i: Intake| match i {
+            Intake::Task { task, .. } => task.id,
+            other => panic!("{other:?}"),
+        };
+        let first = id(examine(&root, &p, 100));
+        assert_eq!(first, id(examine(&root, &p, 100)));
+        let q = dir.join("also not.json");
+        fs::write(&q, "{}").unwrap();
+        assert_ne!(first, id(examine(&root, &q, 100)));
+    }
+
+    #[test]
     fn domain_directories_imply_and_bound_the_domain() {
         let (_t, root) = root();
         let dir = root.spool_in().join("org.example");

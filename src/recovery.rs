@@ -370,6 +370,37 @@ mod tests {
     }
 
     #[test]
+    fn a_taskers_own_points_never_count_in_recovery() {
+        let tmp = tempfile::tempdir().unwrap();
+        let log = tmp.path().join("x.log");
+        let line = |point: &str, extra: &str| {
+            format!(
+                r#"{{"ts":"2026-01-01T00:00:00.000001Z","id":"x","exid":"x","nid":"0","point":"{point}"{extra}}}"#
+            )
+        };
+        let text = [
+            line("created", ""),
+            line("offered", r#","taskee":"t","offer":1"#),
+            line("allocated", r#","attempt":1"#),
+            line("started", r#","attempt":1,"pid":1"#),
+            line("retried", r#","attempt":7,"source":"tasker""#),
+            line("started", r#","attempt":9,"source":"tasker""#),
+            line("offered", r#","source":"tasker""#),
+        ]
+        .join("\n")
+            + "\n";
+        std::fs::write(&log, text).unwrap();
+        let task = Task::from_file(
+            TaskFile::parse(br#"{"domain":"org"}"#).unwrap(),
+            Some("x"),
+            None,
+        )
+        .unwrap();
+        let h = history_of(&log, &task);
+        assert_eq!((h.attempts, h.offers, h.retries), (1, 1, 0));
+    }
+
+    #[test]
     fn the_pid_in_a_lock_file_is_checked_for_life() {
         let mut child = std::process::Command::new("true").spawn().unwrap();
         let dead = child.id().to_string();

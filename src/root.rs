@@ -174,6 +174,19 @@ mod tests {
     }
 
     #[test]
+    fn every_spelling_of_a_root_is_the_same_root() {
+        let tmp = tempfile::tempdir().unwrap();
+        let real = tmp.path().join("r");
+        std::fs::create_dir(&real).unwrap();
+        let link = tmp.path().join("link");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let a = Root::new(&real).unwrap();
+        for other in [link.clone(), real.join("."), tmp.path().join("r/../r/")] {
+            assert_eq!(Root::new(other).unwrap().dir(), a.dir());
+        }
+    }
+
+    #[test]
     fn relative_paths() {
         let root = Root { dir: "/r".into() };
         assert_eq!(root.relative(Path::new("/r/tsk/a/b")), Path::new("tsk/a/b"));

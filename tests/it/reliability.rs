@@ -391,3 +391,33 @@ fn hostile_taskmasters_fail_their_own_task_only() {
     assert_eq!(good["state"], "completed", "{good:#}");
     assert_eq!(good["payload"], json!({"fine":true}));
 }
+
+/// A stop exits even when a task running at the signal ends during the
+/// grace in a way that would queue it again (a `work` error to retry): the
+/// task stays in `run/` for the next start.
+#[test]
+fn a_stop_exits_when_a_task_ending_in_the_grace_would_be_retried() {
+    let t = TestRoot::new();
+    t.tasker(
+        "org",
+        "flaky",
+        &format!("#!/bin/sh\n{}\nexit 75\n", wait_file("release")),
+    );
+    t.drop_task("a.json", r#"{"domain":"org","tasker":"flaky"}"#);
+    let engine = t.spawn_engine(&["--grace", "10s"]);
+    wait_for("a started", DEADLINE, || {
+        t.point_names("a").iter().any(|p| p == "started")
+    });
+    engine.signal(Signal::SIGTERM);
+    // Only once the engine is stopping does the tasker end.
+    wait_for("the engine to begin stopping", DEADLINE, || {
+        fs::read_to_string(t.join("var/log/engine.log")).is_ok_and(|l| l.contains("stopping"))
+    });
+    fs::write(t.join("release"), "").unwrap();
+    let (code, err) = engine.wait(DEADLINE);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(t.record("a").is_none());
+    assert_eq!(t.list("var/spool/run"), ["a.json"]);
+    // The retry it had earned is kept for the next start.
+    assert_eq!(t.points_named("a", "retried").len(), 1);
+}
