@@ -45,6 +45,9 @@ const MAX_UNCOMPLETED: u32 = 100;
 const DEFAULT_RETRIES: u32 = 3;
 /// The slow safety-net rescan of the spool (DESIGN: "about every 30 s").
 const SAFETY_RESCAN: Duration = Duration::from_secs(30);
+/// How old a file must be for a scan (not an event) to take it once the
+/// engine runs.
+const SETTLE: Duration = Duration::from_secs(2);
 /// The longest cancel request read.
 const CANCEL_LIMIT: u64 = 64 * 1024;
 
@@ -158,6 +161,7 @@ pub async fn run(
         env_base: base_env(),
         tsk_watch,
         fatal: None,
+        running: false,
         options,
         root,
     };
@@ -167,6 +171,7 @@ pub async fn run(
     engine.recover()?;
     engine.scan_in();
     engine.scan_cancel();
+    engine.running = true;
     let result = engine.event_loop(watch_rx, exit_rx, commit_rx, stop).await;
     let Engine { committer, .. } = engine;
     committer.finish();
@@ -275,6 +280,8 @@ struct Engine {
     /// An fsync failed: the page cache can no longer be trusted, so the
     /// engine stops (at the top of its loop).
     fatal: Option<SpoolError>,
+    /// Start-up is over: scans leave young files to their events.
+    running: bool,
 }
 
 /// `PATH`, `HOME`, `LANG`, `TZ` from the engine's environment (SPEC 6).
@@ -464,14 +471,29 @@ impl Engine {
         }
     }
 
-    /// Takes every entry of one directory of `in/`, in name order.
+    /// Takes every entry of one directory of `in/`, in name order. Once
+    /// the engine runs, a regular file modified in the last moments is
+    /// left for its watcher event: it may still be being written in place
+    /// (SPEC 3: taken once its writer has closed it). At start-up files are
+    /// taken as they are.
     fn scan_dir(&mut self, dir: &Path) {
         let Ok(entries) = std::fs::read_dir(dir) else {
             return;
         };
         let mut paths: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
         paths.sort();
+        let now = std::time::SystemTime::now();
         for p in paths {
+            if self.running {
+                let young = std::fs::symlink_metadata(&p).is_ok_and(|m| {
+                    m.is_file()
+                        && m.modified()
+                            .is_ok_and(|t| now.duration_since(t).unwrap_or_default() < SETTLE)
+                });
+                if young {
+                    continue;
+                }
+            }
             self.take(&p);
         }
     }

@@ -394,6 +394,17 @@ fn a_file_written_in_place_is_taken_only_once_closed() {
     assert!(t.record("x").is_none());
     assert!(t.points("x").is_empty());
 
+    // A cancel request for an unknown id makes the engine scan in/: the
+    // half-written file is still left alone.
+    let cancel = t.join("var/spool/cancel");
+    fs::write(cancel.join(".nosuch.tmp"), "").unwrap();
+    fs::rename(cancel.join(".nosuch.tmp"), cancel.join("nosuch")).unwrap();
+    wait_for("the cancel request's rejection", DEADLINE, || {
+        t.rejected_reason("nosuch").is_some()
+    });
+    assert!(path.exists(), "the half-written file is still in in/");
+    assert_eq!(t.list("var/spool/rejected"), ["nosuch", "nosuch.reason"]);
+
     f.write_all(rest).unwrap();
     drop(f);
     wait_for("x's record", DEADLINE, || t.record("x").is_some());
@@ -401,6 +412,6 @@ fn a_file_written_in_place_is_taken_only_once_closed() {
     assert_eq!(rec["state"], "completed");
     assert_eq!(rec["payload"], json!({"written":"in place"}));
     assert!(!path.exists());
-    assert!(t.list("var/spool/rejected").is_empty());
+    assert_eq!(t.list("var/spool/rejected"), ["nosuch", "nosuch.reason"]);
     drop(engine);
 }
