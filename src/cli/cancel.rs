@@ -27,12 +27,7 @@ pub fn run(root: Option<PathBuf>, args: Args) -> Result<(), Failure> {
             format!("task {id} has ended already"),
         ));
     }
-    let name = format!("{id}.json");
-    let in_spool = root.spool_in().join(&name).exists()
-        || std::fs::read_dir(root.spool_in())
-            .map(|d| d.flatten().any(|e| e.path().join(&name).exists()))
-            .unwrap_or(false);
-    if !in_spool && !root.run_file(id).exists() {
+    if !root.run_file(id).exists() && !in_spool(&root, id) {
         return Err(Failure::new(
             exit::NOT_FOUND,
             format!("unknown task id {id}"),
@@ -48,4 +43,44 @@ pub fn run(root: Option<PathBuf>, args: Args) -> Result<(), Failure> {
         .map_err(|e| Failure::new(exit::FAILURE, e))?;
     println!("cancel requested for {id}");
     Ok(())
+}
+
+/// Whether a task file for `id` waits in `in/` or `in/<domain>/`: named
+/// `<id>.json`, or naming `id` inside (read only when no name matches; an
+/// operator's command may afford one pass over the spool).
+fn in_spool(root: &crate::Root, id: &TaskId) -> bool {
+    let name = format!("{id}.json");
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(root.spool_in())
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let path = entry.path();
+        if path.is_dir() {
+            if path.join(&name).exists() {
+                return true;
+            }
+            files.extend(
+                std::fs::read_dir(&path)
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .map(|e| e.path()),
+            );
+        } else if entry.file_name() == name.as_str() {
+            return true;
+        } else {
+            files.push(path);
+        }
+    }
+    files.iter().any(|p| {
+        let named = p.extension().is_some_and(|e| e == "json");
+        named
+            && crate::spool::read_capped(p, crate::engine::INPUT_LIMIT)
+                .ok()
+                .and_then(|b| crate::task::TaskFile::parse(&b).ok())
+                .and_then(|f| f.id)
+                .is_some_and(|found| &found == id)
+    })
 }

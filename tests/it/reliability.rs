@@ -421,3 +421,29 @@ fn a_stop_exits_when_a_task_ending_in_the_grace_would_be_retried() {
     // The retry it had earned is kept for the next start.
     assert_eq!(t.points_named("a", "retried").len(), 1);
 }
+
+/// `spoolflow cancel` finds a task still in `in/` under another file name
+/// (by the id inside), and answers exit 3 for an id nowhere in the spool.
+#[test]
+fn cancel_finds_a_task_in_in_by_the_id_inside() {
+    let t = TestRoot::new();
+    t.tasker("org", "echo", "#!/bin/sh\ncat\n");
+    t.drop_task_in("org", "foo.json", r#"{"tasker":"echo","id":"order-7"}"#);
+    let out = t
+        .cmd()
+        .args(["cancel", "order-7", "--reason", "changed my mind"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = t.cmd().args(["cancel", "nosuch"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    t.run_drain(1);
+    let rec = t.must_record("order-7");
+    assert_eq!(rec["state"], "aborted");
+    assert_eq!(rec["reason"], "changed my mind");
+    assert!(t.points_named("order-7", "started").is_empty());
+}
