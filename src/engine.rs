@@ -93,8 +93,6 @@ pub enum EngineError {
     Spool(#[from] SpoolError),
     #[error("cannot start the runtime: {0}")]
     Runtime(std::io::Error),
-    #[error("the file watcher failed: {0}")]
-    Watcher(String),
 }
 
 /// Why the running engine should stop (sent by the CLI's signal handler
