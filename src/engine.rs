@@ -1396,6 +1396,9 @@ impl Engine {
             self.cancel(&id, &reason, path);
         } else if self.root.done_file(&id).exists() || self.root.failed_file(&id).exists() {
             self.reject(path, &format!("task {id} has ended already"));
+        } else if self.stopping.is_some() {
+            // The engine lets go of queued tasks while it stops: the request
+            // stays in cancel/ and applies at the next start.
         } else {
             // Perhaps still in in/: take what is there, then decide.
             self.pending_cancels

@@ -447,3 +447,32 @@ fn cancel_finds_a_task_in_in_by_the_id_inside() {
     assert_eq!(rec["reason"], "changed my mind");
     assert!(t.points_named("order-7", "started").is_empty());
 }
+
+/// A cancel request that arrives while the engine stops, for a task it has
+/// let go of (queued in `run/`), is kept and applied at the next start.
+#[test]
+fn a_cancel_during_a_stop_applies_at_the_next_start() {
+    let t = TestRoot::new();
+    blocking_tasker(&t, "org", "hold");
+    t.drop_task("a.json", r#"{"domain":"org","tasker":"hold"}"#);
+    t.drop_task("b.json", r#"{"domain":"org","tasker":"hold"}"#);
+    let engine = t.spawn_engine(&["--workers", "1", "--grace", "20s"]);
+    wait_for("a started", DEADLINE, || {
+        t.point_names("a").iter().any(|p| p == "started")
+    });
+    engine.signal(Signal::SIGTERM);
+    wait_for("the engine to begin stopping", DEADLINE, || {
+        fs::read_to_string(t.join("var/log/engine.log")).is_ok_and(|l| l.contains("stopping"))
+    });
+    drop_cancel(&t, "b", "not needed after all");
+    fs::write(t.join("release"), "").unwrap();
+    let (code, err) = engine.wait(DEADLINE);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(t.rejected_reason("b").is_none(), "the request was kept");
+    assert_eq!(t.list("var/spool/cancel"), ["b"]);
+    t.run_drain(1);
+    let b = t.must_record("b");
+    assert_eq!(b["state"], "aborted");
+    assert_eq!(b["reason"], "not needed after all");
+    assert_eq!(t.must_record("a")["state"], "completed");
+}
