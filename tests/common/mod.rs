@@ -234,9 +234,9 @@ impl TestRoot {
 
     /// The point names of an execution, in order.
     pub fn point_names(&self, exid: &str) -> Vec<String> {
-        self.points(exid)
-            .iter()
-            .map(|p| p["point"].as_str().unwrap().to_string())
+        names_of(&self.points(exid))
+            .into_iter()
+            .map(str::to_string)
             .collect()
     }
 
@@ -257,6 +257,14 @@ impl TestRoot {
         v.sort();
         v
     }
+}
+
+/// The `point` names of parsed points, in order.
+pub fn names_of(points: &[Value]) -> Vec<&str> {
+    points
+        .iter()
+        .map(|p| p["point"].as_str().expect("a point names itself"))
+        .collect()
 }
 
 /// Whether process `pid` is gone: absent, or a zombie nobody reaped yet.

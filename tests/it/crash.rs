@@ -183,10 +183,7 @@ fn repeated_kill_9_loses_nothing_and_never_completes_twice() {
         let ended_at = rec["ended_at"].as_str().expect("ended_at").to_string();
 
         let points = t.points(id);
-        let names: Vec<&str> = points
-            .iter()
-            .map(|p| p["point"].as_str().unwrap())
-            .collect();
+        let names = names_of(&points);
         let count = |n: &str| names.iter().filter(|x| **x == n).count();
         assert_eq!(count("created"), 1, "{id}: {names:?}");
         assert!(count("completed") <= 1, "{id} completed twice: {names:?}");

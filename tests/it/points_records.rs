@@ -68,10 +68,7 @@ fn points_come_in_order_with_their_fields() {
     t.run_drain(1);
     assert_eq!(t.must_record("p-1")["state"], "completed");
     let points = t.points("p-1");
-    let names: Vec<&str> = points
-        .iter()
-        .map(|p| p["point"].as_str().unwrap())
-        .collect();
+    let names = names_of(&points);
     assert_eq!(
         names,
         ["created", "offered", "allocated", "started", "completed"]
@@ -122,10 +119,7 @@ fn a_failed_point_has_the_error_and_the_reason() {
     t.drop_task("f-1.json", r#"{"domain":"org","tasker":"bad"}"#);
     t.run_drain(1);
     let points = t.points("f-1");
-    let names: Vec<&str> = points
-        .iter()
-        .map(|p| p["point"].as_str().unwrap())
-        .collect();
+    let names = names_of(&points);
     assert_eq!(
         names,
         ["created", "offered", "allocated", "started", "failed"]

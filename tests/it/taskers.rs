@@ -701,10 +701,7 @@ echo '{"from":"reply"}'
     let rec = run_one(&t, "info-1", "");
     assert_eq!(rec["payload"], json!({"from":"reply"}));
     let points = t.points("info-1");
-    let names: Vec<&str> = points
-        .iter()
-        .map(|p| p["point"].as_str().unwrap())
-        .collect();
+    let names = names_of(&points);
     assert_eq!(
         names,
         [
