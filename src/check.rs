@@ -4,8 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::names::{Domain, Taskee};
-use crate::root::Root;
+use crate::layout::Root;
+use crate::model::names::{Domain, Taskee};
 use crate::tasker::TaskerConfig;
 use crate::taskmaster::Taskmasters;
 

@@ -3,25 +3,23 @@
 //! Users drop JSON task files into `var/spool/in/`; the engine asks the
 //! domain's taskmaster (a sandboxed Rhai script) which taskee should do the
 //! work, runs that tasker with the payload on stdin, and records every point
-//! of the task's life under `var/`. See SPEC.md for the contract and
-//! DESIGN.md for the shape of this code.
+//! of the task's life under `var/`.
+//!
+//! The library holds the engine, the model and the store; the command line
+//! lives in the binary (`src/main.rs`, `src/cli/`). The README's design
+//! section walks a task through these modules.
 
 pub mod check;
-pub mod cli;
-pub mod commit;
 pub mod engine;
-pub mod intake;
-pub mod names;
-pub mod points;
-pub mod recovery;
-pub mod root;
+pub mod layout;
+pub mod model;
+pub mod sandbox;
 pub mod scheduler;
-pub mod spool;
+pub mod store;
 pub mod submit;
-pub mod task;
 pub mod tasker;
 pub mod taskmaster;
 pub mod watch;
 
 pub use engine::{Options, StopRequest};
-pub use root::Root;
+pub use layout::Root;

@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 /// The address of a schedulable node: an execution and a node in it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct NodeKey {
-    pub exid: crate::names::Exid,
-    pub nid: crate::names::Nid,
+    pub exid: crate::model::names::Exid,
+    pub nid: crate::model::names::Nid,
 }
 
 /// A concurrency limit's identity: the tasker (for `max_concurrent`), or

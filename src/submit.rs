@@ -4,10 +4,10 @@
 
 use serde_json::Value;
 
-use crate::names::{Domain, TaskId, Taskee};
-use crate::root::Root;
-use crate::spool::{self, SpoolError};
-use crate::task::Object;
+use crate::layout::Root;
+use crate::model::names::{Domain, TaskId, Taskee};
+use crate::model::task::Object;
+use crate::store::spool::{self, SpoolError};
 
 /// Why a submission was refused.
 #[derive(Debug, thiserror::Error)]
@@ -21,7 +21,7 @@ pub enum SubmitError {
     #[error(transparent)]
     Spool(#[from] SpoolError),
     #[error(transparent)]
-    Root(#[from] crate::root::RootError),
+    Root(#[from] crate::layout::RootError),
 }
 
 /// What to submit.

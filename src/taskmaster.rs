@@ -1,41 +1,23 @@
 //! Taskmasters (SPEC section 5): finding a domain's `taskmaster.rhai`, the
-//! sandboxed Rhai engine, the cache of compiled scripts, and
+//! cache of compiled scripts, and
 //! [`Taskmasters::choose`], which runs a task's taskmaster and returns the
 //! taskee it chose (or its rejection of the task).
 
-use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::SystemTime;
 
 use rhai::{Dynamic, Engine, EvalAltResult, Position, Scope, AST, INT};
 
-use crate::names::{Domain, Nid, TaskId, Taskee};
-use crate::task::{Object, Refusal};
+use crate::sandbox::{
+    limit_exceeded, lowercase_first, sandbox_engine, shorten, with_deadline, RUN_DEADLINE,
+};
 
-/// Operations one script run may perform.
-pub const MAX_OPERATIONS: u64 = 1_000_000;
-/// Depth of nested function calls.
-pub const MAX_CALL_LEVELS: usize = 32;
-/// Depth of nested expressions, at the top level and inside functions.
-pub const MAX_EXPR_DEPTHS: (usize, usize) = (64, 32);
-/// Bytes in one string.
-pub const MAX_STRING_SIZE: usize = 1 << 20;
-/// Elements in one array.
-pub const MAX_ARRAY_SIZE: usize = 10_000;
-/// Entries in one object map.
-pub const MAX_MAP_SIZE: usize = 10_000;
-/// Wall-clock time one taskmaster run may take.
-pub const RUN_DEADLINE: Duration = Duration::from_secs(1);
-/// Lines of `print`/`debug` output logged per run; the rest are dropped.
-const MAX_LOG_LINES_PER_RUN: u32 = 100;
-/// Characters of one `print`/`debug` line that are logged.
-const MAX_LOG_LINE: usize = 1000;
-/// How often (in operations) the wall-clock deadline is looked at.
-const DEADLINE_CHECK_EVERY: u64 = 1024;
+use crate::model::names::{Domain, Nid, TaskId, Taskee};
+use crate::model::task::{Object, Refusal};
 
 /// What a taskmaster sees of a task.
 #[derive(Debug, Clone, Copy)]
@@ -86,170 +68,25 @@ pub enum TaskmasterError {
     NoTaskee(Domain),
 }
 
-// ---------------------------------------------------------------- sandbox
-
-/// Per-thread state of the script run in progress (see [`with_deadline`]).
-struct RunState {
-    /// When the run must end, and the limit that set it.
-    deadline: Option<(Instant, Duration)>,
-    label: String,
-    log_lines: u32,
-}
-
-thread_local! {
-    static RUN: RefCell<RunState> = const {
-        RefCell::new(RunState { deadline: None, label: String::new(), log_lines: 0 })
-    };
-}
-
-/// The token a script is terminated with when its deadline passes.
-#[derive(Debug, Clone, Copy)]
-struct DeadlinePassed(Duration);
-
 /// The token `reject(reason)` terminates a script with. Termination cannot
 /// be caught by a script's `try`/`catch`, and no script can build this type.
 #[derive(Debug, Clone)]
 struct Rejected(String);
 
-/// Restores the previous [`RunState`] when a run ends (even by a panic).
-struct RunGuard(Option<RunState>);
-
-impl Drop for RunGuard {
-    fn drop(&mut self) {
-        if let Some(prev) = self.0.take() {
-            RUN.with(|r| *r.borrow_mut() = prev);
-        }
-    }
-}
-
-/// Runs `f`, which runs scripts on a [`sandbox_engine`] on this thread, with
-/// a wall-clock deadline of `limit`: a script still running then is
-/// terminated (an `ErrorTerminated`). `label` (the script's path) prefixes
-/// the script's `print` and `debug` output in the log, of which only the
-/// first lines of each run are kept.
-pub fn with_deadline<R>(label: &str, limit: Duration, f: impl FnOnce() -> R) -> R {
-    let state = RunState {
-        deadline: Some((Instant::now() + limit, limit)),
-        label: label.to_string(),
-        log_lines: 0,
-    };
-    let _guard = RunGuard(Some(RUN.with(|r| r.replace(state))));
-    f()
-}
-
-fn shorten(s: &str, max: usize) -> String {
-    let mut out: String = s.chars().take(max).collect();
-    if out.len() < s.len() {
-        out.push('…');
-    }
-    out
-}
-
-/// Logs one line of script output, unless this run has logged enough.
-fn log_script_output(debug: bool, text: &str, pos: Option<Position>) {
-    RUN.with(|r| {
-        let mut r = r.borrow_mut();
-        r.log_lines = r.log_lines.saturating_add(1);
-        let label = if r.label.is_empty() {
-            "script"
-        } else {
-            r.label.as_str()
-        };
-        if r.log_lines > MAX_LOG_LINES_PER_RUN + 1 {
-            return;
-        }
-        if r.log_lines == MAX_LOG_LINES_PER_RUN + 1 {
-            tracing::info!("{label}: further output of this run is dropped");
-            return;
-        }
-        let text = shorten(text, MAX_LOG_LINE);
-        match (debug, pos) {
-            (false, _) => tracing::info!("{label}: {text}"),
-            (true, Some(pos)) if !pos.is_none() => tracing::debug!("{label} ({pos}): {text}"),
-            (true, _) => tracing::debug!("{label}: {text}"),
-        }
-    });
-}
-
-/// The sandboxed engine: no file, process or network access (Rhai has none
-/// built in and no module can be loaded), no `eval`, bounds on operations,
-/// call and expression depth, and string, array and map sizes, and a
-/// wall-clock deadline when run inside [`with_deadline`]. `print` and
-/// `debug` go to the log. Also used for flow `if` expressions.
-pub fn sandbox_engine() -> Engine {
-    let mut engine = Engine::new();
-    engine
-        .set_max_operations(MAX_OPERATIONS)
-        .set_max_call_levels(MAX_CALL_LEVELS)
-        .set_max_expr_depths(MAX_EXPR_DEPTHS.0, MAX_EXPR_DEPTHS.1)
-        .set_max_string_size(MAX_STRING_SIZE)
-        .set_max_array_size(MAX_ARRAY_SIZE)
-        .set_max_map_size(MAX_MAP_SIZE);
-    // `set_max_modules(0)` does not exist with `no_module`: `import` is then
-    // a syntax error.
-    engine.disable_symbol("eval");
-    engine.on_progress(|ops| {
-        if ops % DEADLINE_CHECK_EVERY != 0 {
-            return None;
-        }
-        let (deadline, limit) = RUN.with(|r| r.borrow().deadline)?;
-        if Instant::now() >= deadline {
-            Some(Dynamic::from(DeadlinePassed(limit)))
-        } else {
-            None
-        }
-    });
-    engine.on_print(|s| log_script_output(false, s, None));
-    engine.on_debug(|s, _source, pos| log_script_output(true, s, Some(pos)));
-    engine
-}
-
-/// Lowercases the first letter of a Rhai message ("Variable not found" →
-/// "variable not found"), keeping acronyms.
-fn lowercase_first(s: &str) -> String {
-    let mut chars = s.chars();
-    match (chars.next(), chars.next()) {
-        (Some(a), Some(b)) if a.is_ascii_uppercase() && !b.is_ascii_uppercase() => {
-            let mut out = String::with_capacity(s.len());
-            out.push(a.to_ascii_lowercase());
-            out.push_str(&s[1..]);
-            out
-        }
-        _ => s.to_string(),
-    }
-}
-
 /// The outcome of a run that did not finish normally: a rejection, or an
 /// error.
 fn classify(path: &str, err: &EvalAltResult) -> Result<Choice, TaskmasterError> {
-    let inner = err.unwrap_inner();
-    let limit = |limit: String| TaskmasterError::Limit {
-        path: path.to_string(),
-        limit,
-    };
-    Err(match inner {
-        EvalAltResult::ErrorTerminated(token, _) => {
-            if let Some(Rejected(reason)) = token.clone().try_cast::<Rejected>() {
-                return Ok(Choice::Reject(reason));
-            }
-            match token.clone().try_cast::<DeadlinePassed>() {
-                Some(DeadlinePassed(d)) => limit(format!("time limit ({} ms)", d.as_millis())),
-                None => limit("time limit".to_string()),
-            }
+    if let EvalAltResult::ErrorTerminated(token, _) = err.unwrap_inner() {
+        if let Some(Rejected(reason)) = token.clone().try_cast::<Rejected>() {
+            return Ok(Choice::Reject(reason));
         }
-        EvalAltResult::ErrorTooManyOperations(_) => {
-            limit(format!("operation limit ({MAX_OPERATIONS} operations)"))
-        }
-        EvalAltResult::ErrorStackOverflow(_) => {
-            limit(format!("call depth limit ({MAX_CALL_LEVELS} levels)"))
-        }
-        EvalAltResult::ErrorDataTooLarge(what, _) => limit(format!(
-            "size limit ({} too large; strings {MAX_STRING_SIZE} bytes, arrays {MAX_ARRAY_SIZE} and maps {MAX_MAP_SIZE} entries)",
-            what.to_lowercase()
-        )),
-        EvalAltResult::ErrorTooManyVariables(_) => limit("variable limit".to_string()),
-        EvalAltResult::ErrorTooManyModules(_) => limit("module limit".to_string()),
-        _ => TaskmasterError::Script {
+    }
+    Err(match limit_exceeded(err) {
+        Some(limit) => TaskmasterError::Limit {
+            path: path.to_string(),
+            limit,
+        },
+        None => TaskmasterError::Script {
             path: path.to_string(),
             message: lowercase_first(&err.to_string()),
         },
@@ -572,6 +409,7 @@ fn task_map(input: &TaskmasterInput) -> Result<Dynamic, Box<EvalAltResult>> {
 mod tests {
     use super::*;
     use serde_json::json;
+    use std::time::Duration;
 
     struct Fixture {
         id: TaskId,

@@ -19,7 +19,7 @@ use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind, RenameMode};
 use notify::{Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::mpsc::UnboundedSender;
 
-use crate::root::Root;
+use crate::layout::Root;
 
 /// What the engine is told.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -11,10 +11,10 @@ use proptest::prelude::*;
 use proptest::sample::{select, subsequence};
 use serde_json::{Map, Value};
 
-use spoolflow::names::{Domain, Nid, TaskId, Taskee};
-use spoolflow::points::Point;
+use spoolflow::model::names::{Domain, Nid, TaskId, Taskee};
+use spoolflow::model::point::Point;
+use spoolflow::model::task::{Dur, Task, TaskFile};
 use spoolflow::scheduler::Scheduler;
-use spoolflow::task::{Dur, Task, TaskFile};
 use spoolflow::tasker::{parse_reply, Reply};
 
 fn config() -> ProptestConfig {

@@ -4,8 +4,8 @@
 use std::path::PathBuf;
 
 use super::{exit, Failure};
-use crate::names::TaskId;
-use crate::spool;
+use spoolflow::model::names::TaskId;
+use spoolflow::store::spool;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -48,7 +48,7 @@ pub fn run(root: Option<PathBuf>, args: Args) -> Result<(), Failure> {
 /// Whether a task file for `id` waits in `in/` or `in/<domain>/`: named
 /// `<id>.json`, or naming `id` inside (read only when no name matches; an
 /// operator's command may afford one pass over the spool).
-fn in_spool(root: &crate::Root, id: &TaskId) -> bool {
+fn in_spool(root: &spoolflow::Root, id: &TaskId) -> bool {
     let name = format!("{id}.json");
     let mut files = Vec::new();
     for entry in std::fs::read_dir(root.spool_in())
@@ -77,9 +77,9 @@ fn in_spool(root: &crate::Root, id: &TaskId) -> bool {
     files.iter().any(|p| {
         let named = p.extension().is_some_and(|e| e == "json");
         named
-            && crate::spool::read_capped(p, crate::engine::INPUT_LIMIT)
+            && spoolflow::store::spool::read_capped(p, spoolflow::engine::INPUT_LIMIT)
                 .ok()
-                .and_then(|b| crate::task::TaskFile::parse(&b).ok())
+                .and_then(|b| spoolflow::model::task::TaskFile::parse(&b).ok())
                 .and_then(|f| f.id)
                 .is_some_and(|found| &found == id)
     })

@@ -9,7 +9,7 @@ pub struct Args {}
 
 pub fn run(root: Option<PathBuf>, _args: Args) -> Result<(), Failure> {
     let root = super::find_root(root)?;
-    let (problems, scripts, taskers) = crate::check::check(&root);
+    let (problems, scripts, taskers) = spoolflow::check::check(&root);
     for p in &problems {
         println!("{p}");
     }

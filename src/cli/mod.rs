@@ -22,6 +22,7 @@ pub mod exit {
     /// An unknown id or exid.
     pub const NOT_FOUND: u8 = 3;
     /// Timed out waiting.
+    #[expect(dead_code, reason = "`wait` (SPEC 11) exits with it")]
     pub const TIMEOUT: u8 = 4;
 }
 
@@ -90,6 +91,6 @@ pub fn main() -> ExitCode {
 }
 
 /// The root from `--root`/`$SPOOLFLOW_ROOT`/the current directory.
-fn find_root(flag: Option<PathBuf>) -> Result<crate::Root, Failure> {
-    crate::Root::find(flag.as_deref()).map_err(|e| Failure::new(exit::USAGE, e))
+fn find_root(flag: Option<PathBuf>) -> Result<spoolflow::Root, Failure> {
+    spoolflow::Root::find(flag.as_deref()).map_err(|e| Failure::new(exit::USAGE, e))
 }

@@ -10,8 +10,8 @@ use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{fmt, EnvFilter};
 
 use super::{exit, Failure};
-use crate::engine::{self, Options, StopRequest};
-use crate::task::Dur;
+use spoolflow::engine::{self, Options, StopRequest};
+use spoolflow::model::task::Dur;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -26,7 +26,7 @@ pub struct Args {
     pub grace: Dur,
 }
 
-fn init_logging(root: &crate::Root) {
+fn init_logging(root: &spoolflow::Root) {
     let filter =
         EnvFilter::try_from_env("SPOOLFLOW_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let file = std::fs::OpenOptions::new()

@@ -4,8 +4,8 @@ use std::io::Read;
 use std::path::PathBuf;
 
 use super::{exit, Failure};
-use crate::names::{Domain, TaskId, Taskee};
-use crate::submit::{self, Submission};
+use spoolflow::model::names::{Domain, TaskId, Taskee};
+use spoolflow::submit::{self, Submission};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {

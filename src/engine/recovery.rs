@@ -9,10 +9,10 @@ use std::path::{Path, PathBuf};
 use chrono::{DateTime, Utc};
 use nix::fcntl::{Flock, FlockArg};
 
-use crate::names::TaskId;
-use crate::points::{self, kind};
-use crate::root::Root;
-use crate::task::{Task, TaskFile};
+use crate::layout::Root;
+use crate::model::names::TaskId;
+use crate::model::point::{self, Kind};
+use crate::model::task::{Task, TaskFile};
 
 /// Start-up failures.
 #[derive(Debug, thiserror::Error)]
@@ -220,7 +220,7 @@ pub fn scan_run(root: &Root, input_limit: u64) -> Result<Found, RecoveryError> {
             found.bad.push((path, "name is not valid UTF-8".into()));
             continue;
         };
-        if crate::intake::is_ignored_name(&name) {
+        if crate::store::intake::is_ignored_name(&name) {
             continue;
         }
         let Some(id) = name
@@ -258,7 +258,7 @@ pub fn scan_run(root: &Root, input_limit: u64) -> Result<Found, RecoveryError> {
         }
     }
     if !found.finished.is_empty() {
-        let _ = crate::spool::fsync_dir(&run);
+        let _ = crate::store::spool::fsync_dir(&run);
     }
     Ok(found)
 }
@@ -269,26 +269,26 @@ fn add_missing_final_point(root: &Root, record_path: &Path) {
     let Ok(bytes) = std::fs::read(record_path) else {
         return;
     };
-    let Ok(record) = serde_json::from_slice::<crate::task::Record>(&bytes) else {
+    let Ok(record) = serde_json::from_slice::<crate::model::task::Record>(&bytes) else {
         return;
     };
     let log = root.points_log(&record.exid);
-    let points = points::read_points(&log).unwrap_or_default();
+    let points = crate::store::points::read_points(&log).unwrap_or_default();
     let last = points
         .iter()
         .rev()
         .find(|p| p.id == record.id && p.nid == record.nid);
-    if last.is_some_and(|p| kind::is_final(&p.point)) {
+    if last.is_some_and(|p| Kind::is_final_name(&p.point)) {
         return;
     }
-    let line = points::Point::final_of(&record).to_line();
-    if let Err(e) = points::append_line(&log, &line) {
+    let line = point::Point::final_of(&record).to_line();
+    if let Err(e) = crate::store::points::append_line(&log, &line) {
         tracing::error!("cannot append to {}: {e}", log.display());
     }
 }
 
 fn read_task(path: &Path, id: &TaskId, limit: u64) -> Result<Task, String> {
-    let bytes = crate::spool::read_capped(path, limit).map_err(|e| e.to_string())?;
+    let bytes = crate::store::spool::read_capped(path, limit).map_err(|e| e.to_string())?;
     let file = TaskFile::parse(&bytes).map_err(|e| format!("task in run/ is invalid: {e}"))?;
     let task = Task::from_file(file, Some(id.as_str()), None).map_err(|e| e.to_string())?;
     if &task.id != id {
@@ -307,7 +307,7 @@ struct History {
 
 fn history_of(log: &Path, task: &Task) -> History {
     let mut h = History::default();
-    let Ok(points) = points::read_points(log) else {
+    let Ok(points) = crate::store::points::read_points(log) else {
         return h;
     };
     // A tasker's informative points change nothing (SPEC 6).
@@ -315,27 +315,27 @@ fn history_of(log: &Path, task: &Task) -> History {
         .iter()
         .filter(|p| p.id == task.id && p.nid == task.nid && !p.fields.contains_key("source"))
     {
-        match p.point.as_str() {
-            kind::CREATED if h.created_at.is_none() => {
+        match p.kind() {
+            Some(Kind::Created) if h.created_at.is_none() => {
                 h.created_at = DateTime::parse_from_rfc3339(&p.ts)
                     .ok()
                     .map(|t| t.with_timezone(&Utc));
             }
-            kind::OFFERED => h.offers += 1,
-            kind::RETRIED => {
+            Some(Kind::Offered) => h.offers += 1,
+            Some(Kind::Retried) => {
                 h.retries += 1;
                 if let Some(a) = p.fields.get("attempt").and_then(|a| a.as_u64()) {
                     let a = u32::try_from(a).unwrap_or(u32::MAX);
                     h.attempts = h.attempts.max(a.saturating_sub(1));
                 }
             }
-            kind::ALLOCATED | kind::STARTED | kind::RECOVERED => {
+            Some(Kind::Allocated | Kind::Started | Kind::Recovered) => {
                 if let Some(a) = p.fields.get("attempt").and_then(|a| a.as_u64()) {
                     let a = u32::try_from(a).unwrap_or(u32::MAX);
                     // `allocated` and `started` name an attempt that may
                     // have run (the engine can die between the spawn and the
                     // `started` point); `recovered` the one about to run.
-                    let ran = if p.point != kind::RECOVERED {
+                    let ran = if p.kind() != Some(Kind::Recovered) {
                         a
                     } else {
                         a.saturating_sub(1)

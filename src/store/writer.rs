@@ -18,7 +18,7 @@ use std::thread::JoinHandle;
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::scheduler::NodeKey;
-use crate::spool::{self, SpoolError};
+use crate::store::spool::{self, SpoolError};
 
 /// The most records committed in one batch.
 const MAX_BATCH: usize = 1024;
@@ -237,7 +237,7 @@ fn commit_batch(batch: Vec<CommitJob>, spares: &mut Spares) -> Vec<Committed> {
     }
     for (job, already) in &written {
         if !already {
-            if let Err(e) = crate::points::append_line(&job.points_log, &job.final_point) {
+            if let Err(e) = crate::store::points::append_line(&job.points_log, &job.final_point) {
                 tracing::error!("cannot append to {}: {e}", job.points_log.display());
             }
         }

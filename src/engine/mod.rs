@@ -9,6 +9,8 @@
 //! taken) → started → exit → completed / failed / refused / uncompleted /
 //! retried → record committed → final point.
 
+pub mod recovery;
+
 use std::collections::HashMap;
 use std::ffi::OsString;
 use std::fs::File;
@@ -22,18 +24,19 @@ use serde_json::Value;
 use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
 use tokio::sync::oneshot;
 
-use crate::commit::{CommitJob, Committed, Committer};
-use crate::intake::{self, Intake};
-use crate::names::{TaskId, Taskee};
-use crate::points::{kind, Point, PointsLog};
-use crate::recovery::{self, RecoveryError};
-use crate::root::{Root, RootError};
+use crate::layout::{Root, RootError};
+use crate::model::names::{TaskId, Taskee};
+use crate::model::point::{Kind, Point};
+use crate::model::task::{timestamp, ErrorKind, Object, Record, Refusal, State, Task, TaskError};
 use crate::scheduler::{backoff, Entry, LimitKey, NodeKey, Scheduler, TimerId};
-use crate::spool::{self, SpoolError};
-use crate::task::{timestamp, ErrorKind, Object, Record, Refusal, State, Task, TaskError};
+use crate::store::intake::{self, Intake};
+use crate::store::points::PointsLog;
+use crate::store::spool::{self, SpoolError};
+use crate::store::writer::{CommitJob, Committed, Committer};
 use crate::tasker::{self, Exit, Input, Launch, Reply, StopReason, TaskerConfig, Taskers};
 use crate::taskmaster::{Choice, TaskmasterInput, Taskmasters};
 use crate::watch::{self, WatchEvent};
+use recovery::RecoveryError;
 
 /// The default limit on a task file's size (SPEC 10).
 pub const INPUT_LIMIT: u64 = 16 * 1024 * 1024;
@@ -293,7 +296,7 @@ fn base_env() -> Vec<(String, OsString)> {
 fn root_key(id: &TaskId) -> NodeKey {
     NodeKey {
         exid: id.clone(),
-        nid: crate::names::Nid::root(),
+        nid: crate::model::names::Nid::root(),
     }
 }
 
@@ -406,7 +409,7 @@ impl Engine {
                 continue;
             }
             if e.file_type().map(|t| t.is_dir()).unwrap_or(false)
-                && name.parse::<crate::names::Domain>().is_ok()
+                && name.parse::<crate::model::names::Domain>().is_ok()
             {
                 let has_any = std::fs::read_dir(e.path())
                     .map(|d| {
@@ -426,7 +429,7 @@ impl Engine {
 
     // ------------------------------------------------------------ points
 
-    fn point(&mut self, key: &NodeKey, point: &str) -> Point {
+    fn point(&mut self, key: &NodeKey, point: Kind) -> Point {
         let id = self
             .nodes
             .get(key)
@@ -569,7 +572,7 @@ impl Engine {
         }
         let key = root_key(&task.id);
         let mut p = self
-            .point(&key, kind::CREATED)
+            .point(&key, Kind::Created)
             .with("domain", task.domain.as_str())
             .with("priority", task.priority);
         p.id = task.id.clone();
@@ -651,7 +654,7 @@ impl Engine {
         for r in found.tasks {
             let key = root_key(&r.task.id);
             let mut p = self
-                .point(&key, kind::RECOVERED)
+                .point(&key, Kind::Recovered)
                 .with("attempt", r.attempts + 1);
             p.id = r.task.id.clone();
             self.log_idle(p);
@@ -803,7 +806,7 @@ impl Engine {
         let offers = node.offers;
         node.taskee = Some(taskee.clone());
         let p = self
-            .point(key, kind::OFFERED)
+            .point(key, Kind::Offered)
             .with("taskee", taskee.as_str())
             .with("offer", offers);
         self.log(p);
@@ -849,14 +852,14 @@ impl Engine {
             self.sched.park(entry, full.clone(), limit);
             if first {
                 let reason = describe_limit(&full);
-                let p = self.point(key, kind::SUSPENDED).with("reason", reason);
+                let p = self.point(key, Kind::Suspended).with("reason", reason);
                 self.log_idle(p);
             }
             return;
         }
         let attempt = self.nodes[key].attempt;
         let p = self
-            .point(key, kind::ALLOCATED)
+            .point(key, Kind::Allocated)
             .with("taskee", taskee.as_str())
             .with("tasker", tasker_path.as_str())
             .with("attempt", attempt);
@@ -976,7 +979,7 @@ impl Engine {
             }
             None => run.stop = Some(stop),
         }
-        let p = Point::new(kind::STARTED, &node.task.id, &key.exid, &key.nid)
+        let p = Point::new(Kind::Started, &node.task.id, &key.exid, &key.nid)
             .with("taskee", run.taskee.as_str())
             .with("tasker", run.tasker_path.as_str())
             .with("attempt", node.attempt)
@@ -1128,7 +1131,7 @@ impl Engine {
                 });
                 let n = node.refusals.len();
                 let p = self
-                    .point(&key, kind::REFUSED)
+                    .point(&key, Kind::Refused)
                     .with("taskee", taskee.as_str())
                     .with("reason", reason.as_str());
                 self.log_idle(p);
@@ -1148,7 +1151,7 @@ impl Engine {
                 node.task.payload = payload;
                 let n = node.uncompleted;
                 let mut p = self
-                    .point(&key, kind::UNCOMPLETED)
+                    .point(&key, Kind::Uncompleted)
                     .with("taskee", taskee.map(|t| t.to_string()).unwrap_or_default());
                 if let Some(a) = after {
                     p = p.with("after", a.to_string());
@@ -1220,10 +1223,10 @@ impl Engine {
         let delay = backoff(node.retries_done);
         let attempt = node.attempt;
         let p = self
-            .point(key, kind::RETRIED)
+            .point(key, Kind::Retried)
             .with("reason", err.message.as_str())
             .with("kind", serde_json::to_value(err.kind).unwrap_or_default())
-            .with("delay", crate::task::Dur(delay).to_string())
+            .with("delay", crate::model::task::Dur(delay).to_string())
             .with("attempt", attempt);
         self.log_idle(p);
         self.enqueue_after(key, delay);

@@ -4,7 +4,7 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
-use crate::names::{Exid, TaskId};
+use crate::model::names::{Exid, TaskId};
 
 /// Errors finding or creating a root.
 #[derive(Debug, thiserror::Error)]

@@ -10,7 +10,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::names::{Domain, Exid, Nid, TaskId, Taskee};
+use crate::model::names::{Domain, Exid, Nid, TaskId, Taskee};
 
 /// A JSON object.
 pub type Object = Map<String, Value>;
@@ -35,7 +35,7 @@ pub enum InputError {
         expected: &'static str,
     },
     #[error("{0}")]
-    Name(#[from] crate::names::NameError),
+    Name(#[from] crate::model::names::NameError),
     #[error("invalid duration for {key:?}: {message}")]
     Duration { key: &'static str, message: String },
     #[error("no domain: give \"domain\" or drop the file into in/<domain>/")]

@@ -4,10 +4,10 @@
 
 use std::path::{Component, Path, PathBuf};
 
-use crate::names::{Domain, TaskId};
-use crate::root::Root;
-use crate::spool::{self, SpoolError};
-use crate::task::{Task, TaskFile};
+use crate::layout::Root;
+use crate::model::names::{Domain, TaskId};
+use crate::model::task::{Task, TaskFile};
+use crate::store::spool::{self, SpoolError};
 
 /// What to do with an entry of `in/`.
 #[derive(Debug)]

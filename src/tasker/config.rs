@@ -1,0 +1,141 @@
+//! A tasker directory's `tasker.json` (SPEC section 6): its keys, parsed
+//! and validated (unknown keys, bad types and bad durations are errors).
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use crate::model::task::Dur;
+
+/// `cmd` of a `tasker.json`: an argv array or a `sh -c` string.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum Cmd {
+    Argv(Vec<String>),
+    Shell(String),
+}
+
+/// What a tasker gets on stdin.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Input {
+    #[default]
+    Payload,
+    Task,
+}
+
+/// A `{ "key": "payload.book", "limit": 1 }` entry.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConcurrencyKey {
+    pub key: String,
+    pub limit: u32,
+}
+
+/// A tasker directory's `tasker.json`.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskerConfig {
+    #[serde(default)]
+    pub cmd: Option<Cmd>,
+    #[serde(default, rename = "in")]
+    pub input: Input,
+    #[serde(default)]
+    pub timeout: Option<Dur>,
+    #[serde(default)]
+    pub start_timeout: Option<Dur>,
+    #[serde(default)]
+    pub retries: Option<u32>,
+    #[serde(default)]
+    pub retry_on_timeout: Option<bool>,
+    #[serde(default)]
+    pub max_concurrent: Option<u32>,
+    #[serde(default)]
+    pub concurrency: Vec<ConcurrencyKey>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+}
+
+impl TaskerConfig {
+    /// Parses and validates a `tasker.json`.
+    pub fn parse(bytes: &[u8]) -> Result<TaskerConfig, String> {
+        let config: TaskerConfig = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+        match &config.cmd {
+            None => return Err("missing key \"cmd\"".into()),
+            Some(Cmd::Argv(v)) if v.is_empty() || v[0].is_empty() => {
+                return Err("\"cmd\" must not be empty".into())
+            }
+            Some(Cmd::Shell(s)) if s.trim().is_empty() => {
+                return Err("\"cmd\" must not be empty".into())
+            }
+            _ => {}
+        }
+        if config.max_concurrent == Some(0) {
+            return Err("\"max_concurrent\" must be at least 1".into());
+        }
+        for c in &config.concurrency {
+            if !(c.key.starts_with("payload.") || c.key.starts_with("headers."))
+                || c.key.ends_with('.')
+            {
+                return Err(format!(
+                    "concurrency key {:?} must start with \"payload.\" or \"headers.\"",
+                    c.key
+                ));
+            }
+            if c.limit == 0 {
+                return Err(format!(
+                    "concurrency limit of {:?} must be at least 1",
+                    c.key
+                ));
+            }
+        }
+        for k in config.env.keys() {
+            if k.is_empty() || k.contains('=') || k.contains('\0') {
+                return Err(format!("invalid environment variable name {k:?}"));
+            }
+        }
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tasker_json_is_validated() {
+        let c = TaskerConfig::parse(
+            br#"{"cmd":["python3","stamp.py"],"in":"task","timeout":"30s","start_timeout":"10m",
+                "retries":3,"retry_on_timeout":false,"max_concurrent":4,
+                "concurrency":[{"key":"payload.book","limit":1}],"env":{"LANG":"C.UTF-8"}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            c.cmd,
+            Some(Cmd::Argv(vec!["python3".into(), "stamp.py".into()]))
+        );
+        assert_eq!(c.input, Input::Task);
+        assert_eq!(c.max_concurrent, Some(4));
+        assert_eq!(c.concurrency[0].limit, 1);
+        assert_eq!(c.env["LANG"], "C.UTF-8");
+        let c = TaskerConfig::parse(br#"{"cmd":"echo hi"}"#).unwrap();
+        assert_eq!(c.cmd, Some(Cmd::Shell("echo hi".into())));
+        assert_eq!(c.input, Input::Payload);
+        for bad in [
+            &br#"{}"#[..],
+            br#"{"cmd":[]}"#,
+            br#"{"cmd":"x","colour":1}"#,
+            br#"{"cmd":"x","in":"stdin"}"#,
+            br#"{"cmd":"x","max_concurrent":0}"#,
+            br#"{"cmd":"x","concurrency":[{"key":"book","limit":1}]}"#,
+            br#"{"cmd":"x","timeout":"soon"}"#,
+            br#"{"cmd":"x","env":{"A=B":"c"}}"#,
+        ] {
+            assert!(
+                TaskerConfig::parse(bad).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+}
