@@ -4,7 +4,7 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
-use crate::model::names::{Exid, TaskId};
+use crate::model::names::{Exid, Nid, TaskId};
 
 /// Errors finding or creating a root.
 #[derive(Debug, thiserror::Error)]
@@ -129,6 +129,30 @@ impl Root {
     }
     pub fn lock(&self) -> PathBuf {
         self.dir.join("var/run/engine.lock")
+    }
+
+    /// `var/run/points/`: where taskers append informative points
+    /// (`$SPOOLFLOW_POINTS`); engine-owned and emptied at start-up.
+    pub fn points_dir(&self) -> PathBuf {
+        self.dir.join("var/run/points")
+    }
+    /// `var/run/points/<exid>.<nid>.jsonl`: one node's `$SPOOLFLOW_POINTS`.
+    pub fn node_points_file(&self, exid: &Exid, nid: &Nid) -> PathBuf {
+        self.points_dir().join(format!("{exid}.{nid}.jsonl"))
+    }
+    /// `var/run/taskers`: the process groups of running taskers, one
+    /// fixed-size slot per worker, so that the next start finds the
+    /// orphans of an engine that died.
+    pub fn taskers_registry(&self) -> PathBuf {
+        self.dir.join("var/run/taskers")
+    }
+    /// `var/spool/.spare/`: recycled files for the next records.
+    pub fn spares(&self) -> PathBuf {
+        self.dir.join("var/spool/.spare")
+    }
+    /// `var/spool/history/<id>/`: earlier final records of a task run again.
+    pub fn history_dir(&self, id: &TaskId) -> PathBuf {
+        self.history().join(id.as_str())
     }
 
     /// `var/spool/run/<id>.json`: the accepted task while queued or running.

@@ -12,6 +12,7 @@
 pub mod check;
 pub mod engine;
 pub mod layout;
+pub mod lookup;
 pub mod model;
 pub mod sandbox;
 pub mod scheduler;

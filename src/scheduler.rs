@@ -21,45 +21,68 @@ pub struct NodeKey {
     pub nid: crate::model::names::Nid,
 }
 
-/// A concurrency limit's identity: the tasker (for `max_concurrent`), or
-/// the tasker plus a key path and its value.
-pub type LimitKey = String;
+/// A concurrency limit's identity (SPEC 7): a tasker's `max_concurrent`,
+/// or one value of one of its `concurrency` keys.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Limit {
+    /// `max_concurrent` of the tasker at this path (`tsk/…`).
+    MaxConcurrent { tasker: String },
+    /// `{ "key": key, "limit": N }` of the tasker at this path, for the
+    /// tasks whose value at `key` is `value` (as JSON).
+    Key {
+        tasker: String,
+        key: String,
+        value: String,
+    },
+}
+
+impl Limit {
+    /// Why a task held back by this limit waits (its `suspended` point).
+    pub fn describe(&self) -> String {
+        match self {
+            Limit::MaxConcurrent { tasker } => format!("{tasker} is at its max_concurrent"),
+            Limit::Key { tasker, key, value } => {
+                format!("{tasker} is at its concurrency limit for {key}={value}")
+            }
+        }
+    }
+}
 
 /// A queued item, as [`Scheduler::pop`] hands it out. Give it back to
 /// [`Scheduler::park`] when a limit refuses it: it keeps its place among
 /// equal priorities.
 #[derive(Debug, Clone)]
-pub struct Entry<K> {
+pub struct Entry<K, L = Limit> {
     pub item: K,
     pub priority: i32,
     seq: u64,
-    woken_by: Option<LimitKey>,
+    woken_by: Option<L>,
 }
 
-impl<K> Entry<K> {
+impl<K, L> Entry<K, L> {
     /// The limit whose freed unit sent this item back to the ready queue,
     /// if any: once the item is dealt with, call
     /// [`Scheduler::wake_if_free`] on it, so that a unit the item did not
     /// take passes to the next waiter.
-    pub fn woken_by(&self) -> Option<&LimitKey> {
+    pub fn woken_by(&self) -> Option<&L> {
         self.woken_by.as_ref()
     }
 }
 
-struct Ready<K>(Entry<K>);
+struct Ready<K, L>(Entry<K, L>);
 
-impl<K> PartialEq for Ready<K> {
+impl<K, L> PartialEq for Ready<K, L> {
     fn eq(&self, o: &Self) -> bool {
         self.0.priority == o.0.priority && self.0.seq == o.0.seq
     }
 }
-impl<K> Eq for Ready<K> {}
-impl<K> PartialOrd for Ready<K> {
+impl<K, L> Eq for Ready<K, L> {}
+impl<K, L> PartialOrd for Ready<K, L> {
     fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
         Some(self.cmp(o))
     }
 }
-impl<K> Ord for Ready<K> {
+impl<K, L> Ord for Ready<K, L> {
     /// Higher priority first, then lower sequence (earlier arrival) first.
     fn cmp(&self, o: &Self) -> Ordering {
         self.0
@@ -70,9 +93,9 @@ impl<K> Ord for Ready<K> {
 }
 
 /// The items waiting for a unit of one limit.
-struct Parked<K> {
+struct Parked<K, L> {
     limit: u32,
-    queue: VecDeque<Entry<K>>,
+    queue: VecDeque<Entry<K, L>>,
 }
 
 /// A timer set with [`Scheduler::at`], to [`cancel`](Scheduler::cancel) it.
@@ -80,18 +103,23 @@ struct Parked<K> {
 pub struct TimerId(Instant, u64);
 
 /// The scheduler's state. `K` is a queued item (the engine uses a node key
-/// with a generation), `E` a timer event.
-pub struct Scheduler<K, E> {
-    ready: BinaryHeap<Ready<K>>,
+/// with a generation), `E` a timer event, `L` a limit's identity.
+///
+/// A worker slot is held by a running item and by an item being offered
+/// ([`reserve`](Self::reserve)d while its taskmaster runs off the loop), so
+/// that at most `workers` items are offered or run at once.
+pub struct Scheduler<K, E, L = Limit> {
+    ready: BinaryHeap<Ready<K, L>>,
     timers: BTreeMap<TimerId, E>,
     seq: u64,
     workers: usize,
     running: usize,
-    in_use: HashMap<LimitKey, u32>,
-    parked: HashMap<LimitKey, Parked<K>>,
+    offering: usize,
+    in_use: HashMap<L, u32>,
+    parked: HashMap<L, Parked<K, L>>,
 }
 
-impl<K: Clone, E> Scheduler<K, E> {
+impl<K: Clone, E, L: Clone + Eq + Hash> Scheduler<K, E, L> {
     pub fn new(workers: usize) -> Self {
         Scheduler {
             ready: BinaryHeap::new(),
@@ -99,6 +127,7 @@ impl<K: Clone, E> Scheduler<K, E> {
             seq: 0,
             workers: workers.max(1),
             running: 0,
+            offering: 0,
             in_use: HashMap::new(),
             parked: HashMap::new(),
         }
@@ -121,8 +150,8 @@ impl<K: Clone, E> Scheduler<K, E> {
     }
 
     /// The next item to offer, if a worker is free.
-    pub fn pop(&mut self) -> Option<Entry<K>> {
-        if self.running >= self.workers {
+    pub fn pop(&mut self) -> Option<Entry<K, L>> {
+        if !self.has_free_worker() {
             return None;
         }
         self.ready.pop().map(|r| r.0)
@@ -135,7 +164,19 @@ impl<K: Clone, E> Scheduler<K, E> {
 
     /// Whether a worker slot is free.
     pub fn has_free_worker(&self) -> bool {
-        self.running < self.workers
+        self.running + self.offering < self.workers
+    }
+
+    /// Holds a worker slot for an item being offered (popped, its
+    /// taskmaster running); [`unreserve`](Self::unreserve) gives it back
+    /// before the item starts, parks or is dropped.
+    pub fn reserve(&mut self) {
+        self.offering += 1;
+    }
+
+    /// Gives back a slot taken by [`reserve`](Self::reserve).
+    pub fn unreserve(&mut self) {
+        self.offering = self.offering.saturating_sub(1);
     }
 
     pub fn running(&self) -> usize {
@@ -145,11 +186,8 @@ impl<K: Clone, E> Scheduler<K, E> {
     /// Takes a worker slot and one unit of each limit, if all allow it.
     /// On refusal returns the first limit that is full, with its size (the
     /// item should be [`park`](Self::park)ed on it).
-    pub fn try_start(&mut self, limits: &[(LimitKey, u32)]) -> Result<(), (LimitKey, u32)> {
-        debug_assert!(
-            self.running < self.workers,
-            "try_start without a free worker"
-        );
+    pub fn try_start(&mut self, limits: &[(L, u32)]) -> Result<(), (L, u32)> {
+        debug_assert!(self.has_free_worker(), "try_start without a free worker");
         for (key, limit) in limits {
             if self.in_use(key) >= *limit {
                 return Err((key.clone(), *limit));
@@ -166,7 +204,7 @@ impl<K: Clone, E> Scheduler<K, E> {
     /// [`try_start`](Self::try_start); on each freed limit the first live
     /// waiter goes back to the ready queue (`is_live` tells the items the
     /// caller still wants from those it dropped while they waited).
-    pub fn finish(&mut self, limits: &[(LimitKey, u32)], mut is_live: impl FnMut(&K) -> bool) {
+    pub fn finish(&mut self, limits: &[(L, u32)], mut is_live: impl FnMut(&K) -> bool) {
         self.running = self.running.saturating_sub(1);
         for (key, _) in limits {
             if let Some(n) = self.in_use.get_mut(key) {
@@ -181,7 +219,7 @@ impl<K: Clone, E> Scheduler<K, E> {
 
     /// If `key` has a free unit, sends its first live waiter back to the
     /// ready queue, in its original place.
-    pub fn wake_if_free(&mut self, key: &LimitKey, mut is_live: impl FnMut(&K) -> bool) {
+    pub fn wake_if_free(&mut self, key: &L, mut is_live: impl FnMut(&K) -> bool) {
         let in_use = self.in_use(key);
         let Some(parked) = self.parked.get_mut(key) else {
             return;
@@ -201,7 +239,7 @@ impl<K: Clone, E> Scheduler<K, E> {
     }
 
     /// Holds an item back until `key` (of size `limit`) frees a unit.
-    pub fn park(&mut self, mut entry: Entry<K>, key: LimitKey, limit: u32) {
+    pub fn park(&mut self, mut entry: Entry<K, L>, key: L, limit: u32) {
         entry.woken_by = None;
         let parked = self.parked.entry(key).or_insert_with(|| Parked {
             limit,
@@ -212,7 +250,11 @@ impl<K: Clone, E> Scheduler<K, E> {
     }
 
     /// How many units of a limit are in use.
-    pub fn in_use(&self, key: &str) -> u32 {
+    pub fn in_use<Q>(&self, key: &Q) -> u32
+    where
+        L: std::borrow::Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         self.in_use.get(key).copied().unwrap_or(0)
     }
 
@@ -263,7 +305,7 @@ pub fn backoff(retry: u32) -> Duration {
 mod tests {
     use super::*;
 
-    type S = Scheduler<&'static str, ()>;
+    type S = Scheduler<&'static str, (), String>;
 
     fn pop(s: &mut S) -> Option<&'static str> {
         s.pop().map(|e| e.item)
@@ -273,7 +315,7 @@ mod tests {
         std::iter::from_fn(|| pop(s)).collect()
     }
 
-    fn lim(keys: &[&str]) -> Vec<(LimitKey, u32)> {
+    fn lim(keys: &[&str]) -> Vec<(String, u32)> {
         keys.iter().map(|k| (k.to_string(), 1)).collect()
     }
 
@@ -282,7 +324,7 @@ mod tests {
     /// happened.
     fn step(
         s: &mut S,
-        limits_of: impl Fn(&str) -> Vec<(LimitKey, u32)>,
+        limits_of: impl Fn(&str) -> Vec<(String, u32)>,
     ) -> Option<(&'static str, bool)> {
         let e = s.pop()?;
         let item = e.item;
@@ -302,7 +344,7 @@ mod tests {
 
     #[test]
     fn priority_then_arrival() {
-        let mut s = Scheduler::new(1);
+        let mut s: S = Scheduler::new(1);
         s.push(0, "a");
         s.push(5, "b");
         s.push(0, "c");
@@ -432,7 +474,7 @@ mod tests {
     #[test]
     fn timers_fire_in_due_order() {
         let t0 = Instant::now();
-        let mut s: Scheduler<(), &str> = Scheduler::new(1);
+        let mut s: Scheduler<(), &str, String> = Scheduler::new(1);
         s.at(t0 + Duration::from_secs(4), "c");
         s.at(t0 + Duration::from_secs(1), "a");
         s.at(t0 + Duration::from_secs(1), "b");

@@ -8,6 +8,7 @@ use std::fs::File;
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use rhai::{Dynamic, Engine, EvalAltResult, Position, Scope, AST, INT};
@@ -16,6 +17,7 @@ use crate::sandbox::{
     limit_exceeded, lowercase_first, sandbox_engine, shorten, with_deadline, RUN_DEADLINE,
 };
 
+use crate::lookup::Lookups;
 use crate::model::names::{Domain, Nid, TaskId, Taskee};
 use crate::model::task::{Object, Refusal};
 
@@ -115,7 +117,7 @@ impl Stamp {
 
 struct Cached {
     stamp: Stamp,
-    compiled: Result<AST, TaskmasterError>,
+    compiled: Result<Arc<AST>, TaskmasterError>,
     /// Neither the file nor a directory on its way is a symlink (changes
     /// to it are seen by the watch on tsk/).
     plain: bool,
@@ -131,16 +133,19 @@ fn is_plain(tsk: &Path, path: &Path) -> bool {
 
 /// The taskmasters of a root: one sandboxed engine and the compiled scripts
 /// of `tsk/*/taskmaster.rhai`, recompiled when a file changes.
+///
+/// Finding and compiling ([`prepare`](Self::prepare)) needs `&mut self`;
+/// running ([`Script::choose`]) does not, so several threads can share one
+/// `Taskmasters` behind a lock held only while preparing, and a script
+/// that runs for its whole deadline holds up nobody else.
 pub struct Taskmasters {
     root: PathBuf,
     tsk: PathBuf,
-    engine: Engine,
+    engine: Arc<Engine>,
     cache: HashMap<PathBuf, Cached>,
-    /// Set when a watcher reports every change under `tsk/` (see
-    /// [`Taskmasters::invalidate`]): lookups and compiled scripts are then
-    /// trusted without a `stat` per task.
-    watched: bool,
-    found: HashMap<Domain, Option<PathBuf>>,
+    /// Which script serves a domain; trusted while `tsk/` is watched (see
+    /// [`Taskmasters::invalidate`]), and so are compiled scripts.
+    found: Lookups<Domain, Option<PathBuf>>,
 }
 
 impl std::fmt::Debug for Taskmasters {
@@ -150,6 +155,14 @@ impl std::fmt::Debug for Taskmasters {
             .field("cached", &self.cache.len())
             .finish_non_exhaustive()
     }
+}
+
+/// A domain's compiled taskmaster, ready to run on any thread.
+#[derive(Clone)]
+pub struct Script {
+    engine: Arc<Engine>,
+    ast: Arc<AST>,
+    label: String,
 }
 
 impl Taskmasters {
@@ -169,17 +182,16 @@ impl Taskmasters {
         Taskmasters {
             root: root_dir.to_path_buf(),
             tsk: root_dir.join("tsk"),
-            engine,
+            engine: Arc::new(engine),
             cache: HashMap::new(),
-            watched: false,
-            found: HashMap::new(),
+            found: Lookups::default(),
         }
     }
 
     /// Trusts cached lookups until [`invalidate`](Self::invalidate): the
     /// caller watches `tsk/` and calls it on every change there.
     pub fn set_watched(&mut self, watched: bool) {
-        self.watched = watched;
+        self.found.set_watched(watched);
         self.invalidate();
     }
 
@@ -192,22 +204,21 @@ impl Taskmasters {
         }
     }
 
+    /// Whether the cache knows, without touching the disk, that `domain`
+    /// has no taskmaster (its tasks go to their requested tasker).
+    pub fn known_absent(&self, domain: &Domain) -> bool {
+        matches!(self.found.get(domain), Some(None))
+    }
+
     /// [`find`](Self::find), cached while watched.
     fn find_cached(&mut self, domain: &Domain) -> Option<PathBuf> {
-        if !self.watched {
-            return self.find(domain);
-        }
         if let Some(found) = self.found.get(domain) {
-            return found.clone();
+            return found;
         }
         let found = self.find(domain);
-        // Domains come from users: keep the cache bounded.
-        if self.found.len() >= 4096 {
-            self.found.clear();
-        }
         // A script reached through a symlink changes without an event under
         // tsk/: only a plain file is trusted until invalidated.
-        if found.as_ref().is_some_and(|p| is_plain(&self.tsk, p)) || found.is_none() {
+        if found.as_ref().is_none_or(|p| is_plain(&self.tsk, p)) {
             self.found.insert(domain.clone(), found.clone());
         }
         found
@@ -263,17 +274,11 @@ impl Taskmasters {
     }
 
     /// The compiled script at `path`, from the cache unless the file changed.
-    fn compiled<'c>(
-        engine: &Engine,
-        cache: &'c mut HashMap<PathBuf, Cached>,
-        path: &Path,
-        label: &str,
-        watched: bool,
-        tsk: &Path,
-    ) -> Result<&'c AST, TaskmasterError> {
+    fn compiled(&mut self, path: &Path, label: &str) -> Result<Arc<AST>, TaskmasterError> {
         // While watched, an entry is fresh until invalidated (which spoils
         // its stamp); otherwise the file's stamp is compared.
-        let fresh = match cache.get(path) {
+        let watched = self.found.is_watched();
+        let fresh = match self.cache.get(path) {
             Some(c) if watched && c.stamp.len != u64::MAX && c.plain => true,
             Some(c) => std::fs::metadata(path)
                 .ok()
@@ -281,47 +286,75 @@ impl Taskmasters {
             None => false,
         };
         if !fresh {
-            match Self::load(engine, path, label) {
+            match Self::load(&self.engine, path, label) {
                 Ok((stamp, compiled)) => {
-                    let plain = is_plain(tsk, path);
-                    cache.insert(
+                    let plain = is_plain(&self.tsk, path);
+                    self.cache.insert(
                         path.to_path_buf(),
                         Cached {
                             stamp,
-                            compiled,
+                            compiled: compiled.map(Arc::new),
                             plain,
                         },
                     );
                 }
                 Err(e) => {
-                    cache.remove(path);
+                    self.cache.remove(path);
                     return Err(e);
                 }
             }
         }
-        match &cache[path].compiled {
-            Ok(ast) => Ok(ast),
+        match &self.cache[path].compiled {
+            Ok(ast) => Ok(ast.clone()),
             Err(e) => Err(e.clone()),
         }
+    }
+
+    /// The compiled taskmaster of `domain`, or `None` when it has none
+    /// (the requested tasker stands).
+    pub fn prepare(&mut self, domain: &Domain) -> Result<Option<Script>, TaskmasterError> {
+        let Some(path) = self.find_cached(domain) else {
+            return Ok(None);
+        };
+        let label = self.label(&path);
+        let ast = self.compiled(&path, &label)?;
+        Ok(Some(Script {
+            engine: self.engine.clone(),
+            ast,
+            label,
+        }))
     }
 
     /// Runs the taskmaster of `input.domain` and returns its choice; without
     /// a taskmaster, the requested tasker.
     pub fn choose(&mut self, input: &TaskmasterInput) -> Result<Choice, TaskmasterError> {
-        let requested = || input.tasker.cloned().map(Choice::Taskee);
-        let Some(path) = self.find_cached(input.domain) else {
-            return requested().ok_or_else(|| TaskmasterError::NoTaskee(input.domain.clone()));
-        };
-        let label = self.label(&path);
-        let ast = Self::compiled(
-            &self.engine,
-            &mut self.cache,
-            &path,
-            &label,
-            self.watched,
-            &self.tsk,
-        )?;
+        match self.prepare(input.domain)? {
+            Some(script) => script.choose(input),
+            None => requested(input),
+        }
+    }
 
+    /// Compiles the script at `path` without running it (`spoolflow check`).
+    pub fn check(&self, path: &Path) -> Result<(), TaskmasterError> {
+        let label = self.label(path);
+        Self::load(&self.engine, path, &label)?.1.map(|_| ())
+    }
+}
+
+/// The choice when a domain has no taskmaster: the requested tasker.
+pub fn requested(input: &TaskmasterInput) -> Result<Choice, TaskmasterError> {
+    input
+        .tasker
+        .cloned()
+        .map(Choice::Taskee)
+        .ok_or_else(|| TaskmasterError::NoTaskee(input.domain.clone()))
+}
+
+impl Script {
+    /// Runs the script (within the sandbox's deadline) and returns its
+    /// choice; a script that chooses nothing leaves the requested tasker.
+    pub fn choose(&self, input: &TaskmasterInput) -> Result<Choice, TaskmasterError> {
+        let label = &self.label;
         let script_err = |e: Box<EvalAltResult>| TaskmasterError::Script {
             path: label.clone(),
             message: lowercase_first(&e.to_string()),
@@ -334,13 +367,13 @@ impl Taskmasters {
         );
         scope.push("_taskee_", Dynamic::UNIT);
 
-        let engine = &self.engine;
-        let run = with_deadline(&label, RUN_DEADLINE, || {
-            engine.eval_ast_with_scope::<Dynamic>(&mut scope, ast)
+        let run = with_deadline(label, RUN_DEADLINE, || {
+            self.engine
+                .eval_ast_with_scope::<Dynamic>(&mut scope, &self.ast)
         });
         let returned = match run {
             Ok(v) => v,
-            Err(e) => return classify(&label, &e),
+            Err(e) => return classify(label, &e),
         };
 
         let assigned = scope
@@ -352,7 +385,7 @@ impl Taskmasters {
             returned.is_string().then_some(returned)
         } else {
             return Err(TaskmasterError::TaskeeNotString {
-                path: label,
+                path: label.clone(),
                 type_name: assigned.type_name().to_string(),
             });
         };
@@ -361,19 +394,19 @@ impl Taskmasters {
                 let name = name.into_string().unwrap_or_default();
                 name.parse::<Taskee>().map(Choice::Taskee).map_err(|_| {
                     TaskmasterError::InvalidTaskee {
-                        path: label,
+                        path: label.clone(),
                         taskee: shorten(&name, 80),
                     }
                 })
             }
-            None => requested().ok_or(TaskmasterError::NoChoice { path: label }),
+            None => input
+                .tasker
+                .cloned()
+                .map(Choice::Taskee)
+                .ok_or(TaskmasterError::NoChoice {
+                    path: label.clone(),
+                }),
         }
-    }
-
-    /// Compiles the script at `path` without running it (`spoolflow check`).
-    pub fn check(&self, path: &Path) -> Result<(), TaskmasterError> {
-        let label = self.label(path);
-        Self::load(&self.engine, path, &label)?.1.map(|_| ())
     }
 }
 

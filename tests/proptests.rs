@@ -436,7 +436,7 @@ struct Item {
 
 /// A reference model of the scheduler, run side by side with it.
 struct Model {
-    sched: Scheduler<u32, u32>,
+    sched: Scheduler<u32, u32, String>,
     workers: usize,
     limit: [u32; KEYS],
     items: Vec<Item>,
@@ -814,7 +814,7 @@ fn l(keys: &[&str]) -> Vec<(String, u32)> {
     keys.iter().map(|k| (k.to_string(), 1)).collect()
 }
 
-fn item<K, E>(s: &mut Scheduler<K, E>) -> Option<K>
+fn item<K, E>(s: &mut Scheduler<K, E, String>) -> Option<K>
 where
     K: Clone,
 {
@@ -827,7 +827,7 @@ where
 /// there without passing the freed unit on. `wake_if_free` passes it on.
 #[test]
 fn an_item_parked_behind_a_multi_limit_item_is_not_stranded() {
-    let mut s: Scheduler<&str, ()> = Scheduler::new(4);
+    let mut s: Scheduler<&str, (), String> = Scheduler::new(4);
     for (name, keys) in [("r0", &["k0"][..]), ("r1", &["k1"])] {
         s.push(0, name);
         assert_eq!(item(&mut s), Some(name));
@@ -880,7 +880,7 @@ fn an_item_parked_behind_a_multi_limit_item_is_not_stranded() {
 #[test]
 fn an_unparked_item_keeps_its_arrival_place() {
     let k0 = l(&["k0"]);
-    let mut s: Scheduler<&str, ()> = Scheduler::new(2);
+    let mut s: Scheduler<&str, (), String> = Scheduler::new(2);
     s.push(0, "r");
     assert_eq!(item(&mut s), Some("r"));
     s.try_start(&k0).unwrap();

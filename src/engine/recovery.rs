@@ -12,7 +12,7 @@ use nix::fcntl::{Flock, FlockArg};
 use crate::layout::Root;
 use crate::model::names::TaskId;
 use crate::model::point::{self, Kind};
-use crate::model::task::{Task, TaskFile};
+use crate::model::task::{Refusal, Task, TaskFile};
 
 /// Start-up failures.
 #[derive(Debug, thiserror::Error)]
@@ -38,14 +38,14 @@ pub struct EngineLock {
 /// held, a child it was spawning when it died still has the descriptor
 /// (it is closed when that child execs, a moment later): wait for it, up
 /// to a few seconds.
-pub fn lock(root: &Root) -> Result<EngineLock, RecoveryError> {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+pub async fn lock(root: &Root) -> Result<EngineLock, RecoveryError> {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
     loop {
         match try_lock(root) {
             Err(RecoveryError::Locked { pid, .. })
-                if !pid_alive(&pid) && std::time::Instant::now() < deadline =>
+                if !pid_alive(&pid) && tokio::time::Instant::now() < deadline =>
             {
-                std::thread::sleep(std::time::Duration::from_millis(10));
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
             }
             other => return other,
         }
@@ -100,12 +100,6 @@ fn try_lock(root: &Root) -> Result<EngineLock, RecoveryError> {
     }
 }
 
-/// The directory where taskers append informative points
-/// (`$SPOOLFLOW_POINTS`); engine-owned and emptied at start-up.
-pub fn points_dir(root: &Root) -> PathBuf {
-    root.dir().join("var/run/points")
-}
-
 /// A task found in `run/`, to queue again.
 #[derive(Debug)]
 pub struct Recovered {
@@ -115,6 +109,10 @@ pub struct Recovered {
     pub offers: u32,
     /// Retries already used (a recovery is not one).
     pub retries: u32,
+    /// Who refused the task, and why (SPEC 7's limit and re-offer rule).
+    pub refusals: Vec<Refusal>,
+    /// `uncompleted` replies in a row at the end of the log.
+    pub uncompleted: u32,
     pub created_at: Option<DateTime<Utc>>,
 }
 
@@ -128,17 +126,94 @@ pub struct Found {
     pub finished: Vec<TaskId>,
 }
 
-/// Kills every process left by a tasker of a dead engine of this root:
-/// those whose environment carries this root's `SPOOLFLOW_ROOT` and a
-/// `SPOOLFLOW_EXID` (only taskers and what they start have both), and every
-/// member of their process groups (which catches a child that cleared its
-/// environment). Run while holding the lock, so no live engine's taskers
-/// match. Returns how many processes matched.
+/// Kills the tasker process groups a dead engine of this root left behind.
+/// The groups are read from the taskers registry (`var/run/taskers`); each
+/// is killed once its leader is seen to be a tasker of this root. Only when
+/// the registry is missing, or names a group that still exists but whose
+/// leader is gone (so it cannot be told apart cheaply), are all processes
+/// scanned ([`scan_for_orphans`]). Run while holding the lock, so no live
+/// engine's taskers match. Returns how many processes or groups were
+/// killed.
 pub fn kill_orphans(root: &Root) -> usize {
-    use nix::sys::signal::{kill, killpg, Signal};
-    use nix::unistd::{getpgrp, Pid};
+    let want_root = root_var(root);
+    let Some(groups) = super::registry::read(&root.taskers_registry()) else {
+        return scan_for_orphans(root);
+    };
+    let mut killed = 0;
+    let mut unsure = false;
+    for pgid in groups {
+        match recorded_group(&want_root, pgid) {
+            Group::Ours => {
+                let pg = nix::unistd::Pid::from_raw(pgid);
+                if nix::sys::signal::killpg(pg, nix::sys::signal::Signal::SIGKILL).is_ok() {
+                    killed += 1;
+                }
+            }
+            Group::Gone => {}
+            Group::Unknown => unsure = true,
+        }
+    }
+    if unsure {
+        killed += scan_for_orphans(root);
+    }
+    if killed > 0 {
+        tracing::warn!("killed {killed} tasker processes left by an engine that died");
+    }
+    killed
+}
+
+/// `SPOOLFLOW_ROOT=<root>`, as it appears in a tasker's environment.
+fn root_var(root: &Root) -> Vec<u8> {
     let mut want_root = b"SPOOLFLOW_ROOT=".to_vec();
     want_root.extend_from_slice(root.dir().as_os_str().as_encoded_bytes());
+    want_root
+}
+
+/// Whether a process environment (`/proc/<pid>/environ`) is a tasker's of
+/// this root: it carries the root's `SPOOLFLOW_ROOT` and a
+/// `SPOOLFLOW_EXID` (only taskers and what they start have both).
+fn is_tasker_env(env: &[u8], want_root: &[u8]) -> bool {
+    let mut has_root = false;
+    let mut has_exid = false;
+    for var in env.split(|b| *b == 0) {
+        has_root |= var == want_root;
+        has_exid |= var.starts_with(b"SPOOLFLOW_EXID=");
+    }
+    has_root && has_exid
+}
+
+/// What a process group named in the registry is now.
+#[derive(Debug, PartialEq, Eq)]
+enum Group {
+    /// Its leader runs and is a tasker of this root.
+    Ours,
+    /// No such group, or its id now belongs to another process (a pid is
+    /// never reused while a group of that id exists).
+    Gone,
+    /// The group exists but its leader is gone: only a scan can tell.
+    Unknown,
+}
+
+fn recorded_group(want_root: &[u8], pgid: i32) -> Group {
+    use nix::unistd::{getpgid, Pid};
+    let pid = Pid::from_raw(pgid);
+    match std::fs::read(format!("/proc/{pgid}/environ")) {
+        Ok(env) if getpgid(Some(pid)) == Ok(pid) && is_tasker_env(&env, want_root) => Group::Ours,
+        Ok(_) => Group::Gone,
+        Err(_) => match nix::sys::signal::killpg(pid, None) {
+            Err(nix::errno::Errno::ESRCH) => Group::Gone,
+            _ => Group::Unknown,
+        },
+    }
+}
+
+/// The fallback of [`kill_orphans`]: kills every process whose environment
+/// is a tasker's of this root, and every member of their process groups
+/// (which catches a child that cleared its environment).
+pub fn scan_for_orphans(root: &Root) -> usize {
+    use nix::sys::signal::{kill, killpg, Signal};
+    use nix::unistd::{getpgrp, Pid};
+    let want_root = root_var(root);
     let me = std::process::id();
     let my_group = getpgrp();
     let mut matched = 0;
@@ -160,13 +235,7 @@ pub fn kill_orphans(root: &Root) -> usize {
         let Ok(env) = std::fs::read(entry.path().join("environ")) else {
             continue;
         };
-        let mut has_root = false;
-        let mut has_exid = false;
-        for var in env.split(|b| *b == 0) {
-            has_root |= var == want_root.as_slice();
-            has_exid |= var.starts_with(b"SPOOLFLOW_EXID=");
-        }
-        if has_root && has_exid {
+        if is_tasker_env(&env, &want_root) {
             let pid = Pid::from_raw(pid as i32);
             if let Ok(pgid) = nix::unistd::getpgid(Some(pid)) {
                 groups.insert(pgid);
@@ -199,7 +268,7 @@ pub fn clean_temporaries(root: &Root) {
             }
         }
     }
-    let points = points_dir(root);
+    let points = root.points_dir();
     let _ = std::fs::remove_dir_all(&points);
     let _ = std::fs::create_dir_all(&points);
 }
@@ -251,6 +320,8 @@ pub fn scan_run(root: &Root, input_limit: u64) -> Result<Found, RecoveryError> {
                     attempts: history.attempts,
                     offers: history.offers,
                     retries: history.retries,
+                    refusals: history.refusals,
+                    uncompleted: history.uncompleted,
                     created_at: history.created_at,
                 });
             }
@@ -302,6 +373,8 @@ struct History {
     attempts: u32,
     offers: u32,
     retries: u32,
+    refusals: Vec<Refusal>,
+    uncompleted: u32,
     created_at: Option<DateTime<Utc>>,
 }
 
@@ -322,7 +395,19 @@ fn history_of(log: &Path, task: &Task) -> History {
                     .map(|t| t.with_timezone(&Utc));
             }
             Some(Kind::Offered) => h.offers += 1,
+            Some(Kind::Refused) => {
+                // A refusal breaks a row of `uncompleted` replies.
+                h.uncompleted = 0;
+                let field = |k: &str| p.fields.get(k).and_then(|v| v.as_str());
+                if let Some(taskee) = field("taskee").and_then(|t| t.parse().ok()) {
+                    let reason = field("reason").unwrap_or("no reason given").to_string();
+                    h.refusals.push(Refusal { taskee, reason });
+                }
+            }
+            Some(Kind::Uncompleted) => h.uncompleted = h.uncompleted.saturating_add(1),
             Some(Kind::Retried) => {
+                // A failed attempt breaks a row of `uncompleted` replies.
+                h.uncompleted = 0;
                 h.retries += 1;
                 if let Some(a) = p.fields.get("attempt").and_then(|a| a.as_u64()) {
                     let a = u32::try_from(a).unwrap_or(u32::MAX);
@@ -349,6 +434,42 @@ fn history_of(log: &Path, task: &Task) -> History {
     h
 }
 
+impl super::Engine {
+    /// Rebuilds the executions found in `run/` (SPEC 10): each is logged
+    /// `recovered` and queued again as a new attempt, with its attempts,
+    /// offers, retries, refusals and row of `uncompleted` replies as its
+    /// points log tells them.
+    pub(super) fn recover(&mut self) -> Result<(), super::EngineError> {
+        use super::state::{key, Execution};
+        let found = scan_run(&self.root, self.options.input_limit)?;
+        for id in &found.finished {
+            tracing::info!("run/{id}.json had a final record already; removed");
+        }
+        for (path, reason) in found.bad {
+            self.reject(&path, &reason);
+        }
+        for r in found.tasks {
+            let k = key(&r.task.exid, &r.task.nid);
+            let mut p = self
+                .point(&k, Kind::Recovered)
+                .with("attempt", r.attempts + 1);
+            p.id = r.task.id.clone();
+            self.log_idle(p);
+            let mut exec = Execution::standalone(r.task, r.created_at.unwrap_or_else(Utc::now));
+            if let Some(node) = exec.nodes.get_mut(&k.nid) {
+                node.attempt = r.attempts + 1;
+                node.offers = r.offers;
+                node.retries_done = r.retries;
+                node.starts = r.attempts;
+                node.refusals = r.refusals;
+                node.uncompleted = r.uncompleted;
+            }
+            self.insert_execution(exec);
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -358,6 +479,11 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let root = Root::new(tmp.path()).unwrap();
         root.init().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let lock = |root: &Root| rt.block_on(lock(root));
         let first = lock(&root).unwrap();
         match lock(&root) {
             Err(RecoveryError::Locked { pid, .. }) => {

@@ -34,6 +34,33 @@ pub fn is_ignored_name(name: &str) -> bool {
     name.starts_with('.') || name.ends_with(".tmp")
 }
 
+/// Whether `in/` holds nothing to take: no entry but ignored names, and
+/// domain directories with nothing but ignored names in them (what
+/// `run --drain` waits for).
+pub fn in_is_empty(root: &Root) -> bool {
+    let Ok(entries) = std::fs::read_dir(root.spool_in()) else {
+        return true;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        if is_ignored_name(&name) {
+            continue;
+        }
+        let domain_dir = e.file_type().is_ok_and(|t| t.is_dir()) && name.parse::<Domain>().is_ok();
+        if !domain_dir {
+            return false;
+        }
+        let has_any = std::fs::read_dir(e.path()).is_ok_and(|mut d| {
+            d.any(|f| f.is_ok_and(|f| !is_ignored_name(&f.file_name().to_string_lossy())))
+        });
+        if has_any {
+            return false;
+        }
+    }
+    true
+}
+
 /// Examines one path under `in/`, reading at most `limit` bytes of it.
 pub fn examine(root: &Root, path: &Path, limit: u64) -> Intake {
     let spool_in = root.spool_in();

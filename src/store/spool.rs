@@ -35,6 +35,16 @@ impl SpoolError {
     pub fn is_fatal(&self) -> bool {
         matches!(self, SpoolError::Fsync { .. })
     }
+
+    /// Whether the file acted on was not there (any more).
+    pub fn is_not_found(&self) -> bool {
+        match self {
+            SpoolError::Rename { source, .. }
+            | SpoolError::Read { source, .. }
+            | SpoolError::Write { source, .. } => source.kind() == io::ErrorKind::NotFound,
+            _ => false,
+        }
+    }
 }
 
 /// fsyncs a directory so that the renames and unlinks in it are durable.
@@ -194,7 +204,12 @@ pub fn read_capped(path: &Path, limit: u64) -> Result<Vec<u8>, SpoolError> {
 /// never followed) into `rejected_dir` under its own name, or `name.N` when
 /// that is taken, and writes `<that name>.reason` holding `reason` on one
 /// line. Returns the rejected path.
-pub fn reject(path: &Path, rejected_dir: &Path, reason: &str) -> Result<PathBuf, SpoolError> {
+pub fn reject(
+    path: &Path,
+    rejected_dir: &Path,
+    reason: &str,
+    sync_dir: bool,
+) -> Result<PathBuf, SpoolError> {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -226,7 +241,7 @@ pub fn reject(path: &Path, rejected_dir: &Path, reason: &str) -> Result<PathBuf,
         &format!("{target}.reason"),
         format!("{line}\n").as_bytes(),
         false,
-        true,
+        sync_dir,
     )?;
     Ok(rejected_dir.join(target))
 }
@@ -274,7 +289,7 @@ mod tests {
         for i in 0..3 {
             let p = tmp.path().join("x.json");
             fs::write(&p, format!("bytes {i}")).unwrap();
-            reject(&p, &rej, &format!("bad\nthing {i}")).unwrap();
+            reject(&p, &rej, &format!("bad\nthing {i}"), true).unwrap();
         }
         assert_eq!(fs::read_to_string(rej.join("x.json")).unwrap(), "bytes 0");
         assert_eq!(
@@ -297,7 +312,7 @@ mod tests {
         fs::write(&secret, "s").unwrap();
         let link = tmp.path().join("l.json");
         std::os::unix::fs::symlink(&secret, &link).unwrap();
-        reject(&link, &rej, "symlink").unwrap();
+        reject(&link, &rej, "symlink", true).unwrap();
         let moved = rej.join("l.json");
         assert!(fs::symlink_metadata(&moved)
             .unwrap()

@@ -1,14 +1,21 @@
-//! The committer: a dedicated thread that makes final records durable off
-//! the event loop, with group commit. For each batch of records that ended
-//! together it writes every record (temporary, fsync, no-replace rename),
-//! fsyncs each record directory once, appends each task's final point,
-//! then moves the tasks' `run/` files out of the way (recycled, see
-//! [`Spares`]) and fsyncs `run/` once, and reports back to the engine.
+//! The durable writer: the one thread that makes the engine's writes
+//! durable, off the event loop, with group commit. Every fsync the engine
+//! needs goes through it: final records, claims of task files that do not
+//! name their domain, rewrites of `run/` files (after `uncompleted`), and
+//! rejections.
+//!
+//! For each batch of jobs that arrived together it writes every file
+//! (temporary, fsync, rename), fsyncs each directory touched once, then
+//! does what may follow only once the writes are durable (append the final
+//! points, move the ended tasks' `run/` files out of the way — recycled, see
+//! [`Spares`] —, remove claimed originals), fsyncs `run/` once, and reports
+//! back to the engine.
 //!
 //! A record is durable before its final point is logged and its `run/` file
 //! goes, so a crash between them leaves a duplicate that start-up resolves
 //! (SPEC 4: it adds the final point if it is missing and removes the `run/`
-//! file), never a loss.
+//! file), never a loss. A claimed copy is durable in `run/` before its
+//! original leaves `in/`.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -17,6 +24,7 @@ use std::thread::JoinHandle;
 
 use tokio::sync::mpsc::UnboundedSender;
 
+use crate::model::names::Exid;
 use crate::scheduler::NodeKey;
 use crate::store::spool::{self, SpoolError};
 
@@ -85,7 +93,7 @@ impl Spares {
     }
 
     /// Writes a record, into a spare when there is one.
-    fn write(&mut self, job: &CommitJob) -> Result<PathBuf, SpoolError> {
+    fn write(&mut self, job: &RecordJob) -> Result<PathBuf, SpoolError> {
         if let Some(spare) = self.free.pop() {
             match spool::write_recycled(&spare, &job.dir, &job.name, &job.bytes) {
                 Ok(p) => return Ok(p),
@@ -106,7 +114,7 @@ impl Spares {
 
 /// One final record to commit.
 #[derive(Debug)]
-pub struct CommitJob {
+pub struct RecordJob {
     pub key: NodeKey,
     /// `done/` or `failed/`.
     pub dir: PathBuf,
@@ -122,50 +130,116 @@ pub struct CommitJob {
     pub run_file: PathBuf,
 }
 
+/// A job for the durable writer.
+#[derive(Debug)]
+pub enum Job {
+    /// A final record (see [`RecordJob`]).
+    Record(RecordJob),
+    /// A task file that does not name its domain: `bytes` (the completed
+    /// task) become `run/<name>` (never replacing a file), then the
+    /// original `from` is removed.
+    Claim {
+        exid: Exid,
+        from: PathBuf,
+        dir: PathBuf,
+        name: String,
+        bytes: Vec<u8>,
+    },
+    /// A `run/` file rewritten in place (atomically) with `bytes`.
+    Rewrite {
+        key: NodeKey,
+        dir: PathBuf,
+        name: String,
+        bytes: Vec<u8>,
+    },
+    /// Input moved to `rejected/` beside a `.reason` file.
+    Reject {
+        path: PathBuf,
+        rejected: PathBuf,
+        reason: String,
+    },
+}
+
+/// What the writer did, as the test seam [`Probe`] sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobKind {
+    Record,
+    Claim,
+    Rewrite,
+    Reject,
+}
+
+/// A job made durable: its kind and the path it made durable (the record,
+/// the claimed or rewritten `run/` file, the rejected file).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Durable {
+    pub kind: JobKind,
+    pub path: PathBuf,
+}
+
+/// Receives a [`Durable`] for each job once its directory is fsynced: a
+/// seam for tests (and metrics), unset in production.
+pub type Probe = mpsc::Sender<Durable>;
+
 /// What became of a job.
 #[derive(Debug)]
-pub enum Committed {
-    /// The record is durable and the `run/` file gone.
-    Done(NodeKey),
-    /// A record was already there (it is never overwritten); the `run/`
-    /// file was removed all the same.
-    AlreadyFinal(NodeKey),
+pub enum Done {
+    /// The record is durable (`already`: one was there before and is never
+    /// overwritten) and the `run/` file gone.
+    Record { key: NodeKey, already: bool },
+    /// The claimed task is durable in `run/`, its original `from` removed.
+    Claimed { exid: Exid, from: PathBuf },
+    /// `run/<name>` existed already: nothing was written and the original
+    /// is still in `in/` (the engine rejects it as a duplicate).
+    ClaimTaken { exid: Exid, from: PathBuf },
+    /// The rewritten `run/` file is durable.
+    Rewritten(NodeKey),
+    /// The input is in `rejected/`, or was gone already.
+    Rejected(PathBuf),
     /// The disk failed: the engine must stop.
     Fatal(SpoolError),
 }
 
-/// The handle of the committer thread; dropping it lets the thread finish
+/// The handle of the writer thread; dropping it lets the thread finish
 /// the jobs already sent, then end.
-pub struct Committer {
-    tx: Option<mpsc::Sender<CommitJob>>,
+pub struct Writer {
+    tx: Option<mpsc::Sender<Job>>,
     thread: Option<JoinHandle<()>>,
 }
 
-impl Committer {
+impl Writer {
     /// Starts the thread; results go to `results`. `spare_dir` (on the
     /// spool's filesystem) keeps files for reuse.
-    pub fn start(results: UnboundedSender<Vec<Committed>>, spare_dir: PathBuf) -> Committer {
-        let (tx, rx) = mpsc::channel::<CommitJob>();
+    pub fn start(
+        results: UnboundedSender<Vec<Done>>,
+        spare_dir: PathBuf,
+        probe: Option<Probe>,
+    ) -> Writer {
+        let (tx, rx) = mpsc::channel::<Job>();
         let thread = std::thread::Builder::new()
-            .name("spoolflow-commit".into())
-            .spawn(move || run(rx, results, Spares::new(spare_dir)))
-            .expect("the committer thread can be spawned at start-up");
-        Committer {
+            .name("spoolflow-writer".into())
+            .spawn(move || run(rx, results, Spares::new(spare_dir), probe))
+            .expect("the writer thread can be spawned at start-up");
+        Writer {
             tx: Some(tx),
             thread: Some(thread),
         }
     }
 
-    /// Queues a record.
-    pub fn send(&self, job: CommitJob) {
+    /// Queues a job.
+    pub fn send(&self, job: Job) {
         if let Some(tx) = &self.tx {
             // The thread only ends when this sender is dropped.
             let _ = tx.send(job);
         }
     }
 
-    /// Waits for the jobs sent so far to be committed.
+    /// Waits for the jobs sent so far to be done.
     pub fn finish(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
         self.tx.take();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
@@ -173,19 +247,17 @@ impl Committer {
     }
 }
 
-impl Drop for Committer {
+impl Drop for Writer {
     fn drop(&mut self) {
-        self.tx.take();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        self.stop();
     }
 }
 
 fn run(
-    rx: mpsc::Receiver<CommitJob>,
-    results: UnboundedSender<Vec<Committed>>,
+    rx: mpsc::Receiver<Job>,
+    results: UnboundedSender<Vec<Done>>,
     mut spares: Spares,
+    probe: Option<Probe>,
 ) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
@@ -195,8 +267,8 @@ fn run(
                 Err(_) => break,
             }
         }
-        let out = commit_batch(batch, &mut spares);
-        let fatal = out.iter().any(|c| matches!(c, Committed::Fatal(_)));
+        let out = Batch::default().commit(batch, &mut spares, probe.as_ref());
+        let fatal = out.iter().any(|c| matches!(c, Done::Fatal(_)));
         let _ = results.send(out);
         if fatal {
             return;
@@ -204,60 +276,199 @@ fn run(
     }
 }
 
-fn commit_batch(batch: Vec<CommitJob>, spares: &mut Spares) -> Vec<Committed> {
-    let mut out = Vec::with_capacity(batch.len());
-    let mut record_dirs = BTreeSet::new();
-    let mut written = Vec::with_capacity(batch.len());
-    for job in batch {
-        match spares.write(&job) {
-            Ok(_) => {
-                record_dirs.insert(job.dir.clone());
-                written.push((job, false));
+/// A job whose first write is done, waiting for its directory's fsync.
+enum Written {
+    Record {
+        job: RecordJob,
+        already: bool,
+    },
+    Claim {
+        exid: Exid,
+        from: PathBuf,
+        to: PathBuf,
+    },
+    ClaimTaken {
+        exid: Exid,
+        from: PathBuf,
+    },
+    Rewrite {
+        key: NodeKey,
+        to: PathBuf,
+    },
+    Reject {
+        from: PathBuf,
+        to: Option<PathBuf>,
+    },
+}
+
+/// One batch: the directories to fsync before anything may follow.
+#[derive(Default)]
+struct Batch {
+    dirs: BTreeSet<PathBuf>,
+}
+
+impl Batch {
+    fn commit(mut self, jobs: Vec<Job>, spares: &mut Spares, probe: Option<&Probe>) -> Vec<Done> {
+        let mut written = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            match self.write(job, spares) {
+                Ok(w) => written.push(w),
+                Err(e) => {
+                    // An fsync failed, or the disk is full or a directory
+                    // unwritable: what was not done stays where it is (in
+                    // in/ or run/) for the next start.
+                    tracing::error!("{e}");
+                    return vec![Done::Fatal(e)];
+                }
             }
-            Err(SpoolError::Exists(path)) => {
-                tracing::warn!(
-                    "{} exists already; a final record is never overwritten",
-                    path.display()
-                );
-                written.push((job, true));
-            }
-            Err(e) if e.is_fatal() => return vec![Committed::Fatal(e)],
-            Err(e) => {
-                // Not an fsync: the disk is full or the directory unwritable.
-                // The task stays in run/ and is recovered at the next start.
-                tracing::error!("{e}");
-                return vec![Committed::Fatal(e)];
+        }
+        for dir in &self.dirs {
+            if let Err(e) = spool::fsync_dir(dir) {
+                return vec![Done::Fatal(e)];
             }
         }
-    }
-    for dir in &record_dirs {
-        if let Err(e) = spool::fsync_dir(dir) {
-            return vec![Committed::Fatal(e)];
-        }
-    }
-    for (job, already) in &written {
-        if !already {
-            if let Err(e) = crate::store::points::append_line(&job.points_log, &job.final_point) {
-                tracing::error!("cannot append to {}: {e}", job.points_log.display());
+        if let Some(probe) = probe {
+            for w in &written {
+                if let Some(d) = w.durable() {
+                    let _ = probe.send(d);
+                }
             }
         }
+        self.follow_up(written, spares)
     }
-    let mut run_dirs = BTreeSet::new();
-    for (job, already) in written {
-        spares.give(&job.run_file);
-        if let Some(parent) = job.run_file.parent() {
-            run_dirs.insert(parent.to_path_buf());
+
+    /// The first, durable part of a job (its directory is fsynced later).
+    fn write(&mut self, job: Job, spares: &mut Spares) -> Result<Written, SpoolError> {
+        Ok(match job {
+            Job::Record(job) => match spares.write(&job) {
+                Ok(_) => {
+                    self.dirs.insert(job.dir.clone());
+                    Written::Record {
+                        job,
+                        already: false,
+                    }
+                }
+                Err(SpoolError::Exists(path)) => {
+                    tracing::warn!(
+                        "{} exists already; a final record is never overwritten",
+                        path.display()
+                    );
+                    Written::Record { job, already: true }
+                }
+                Err(e) => return Err(e),
+            },
+            Job::Claim {
+                exid,
+                from,
+                dir,
+                name,
+                bytes,
+            } => match spool::write_atomic(&dir, &name, &bytes, true, false) {
+                Ok(to) => {
+                    self.dirs.insert(dir);
+                    Written::Claim { exid, from, to }
+                }
+                Err(SpoolError::Exists(_)) => Written::ClaimTaken { exid, from },
+                Err(e) => return Err(e),
+            },
+            Job::Rewrite {
+                key,
+                dir,
+                name,
+                bytes,
+            } => {
+                let to = spool::write_atomic(&dir, &name, &bytes, false, false)?;
+                self.dirs.insert(dir);
+                Written::Rewrite { key, to }
+            }
+            Job::Reject {
+                path,
+                rejected,
+                reason,
+            } => match spool::reject(&path, &rejected, &reason, false) {
+                Ok(to) => {
+                    tracing::info!("rejected {}: {reason}", path.display());
+                    self.dirs.insert(rejected);
+                    Written::Reject {
+                        from: path,
+                        to: Some(to),
+                    }
+                }
+                // Gone meanwhile (taken by its writer, or rejected by an
+                // earlier job): nothing to do.
+                Err(e) if e.is_not_found() => Written::Reject {
+                    from: path,
+                    to: None,
+                },
+                Err(e) if e.is_fatal() => return Err(e),
+                Err(e) => {
+                    tracing::error!("cannot reject {}: {e}", path.display());
+                    Written::Reject {
+                        from: path,
+                        to: None,
+                    }
+                }
+            },
+        })
+    }
+
+    /// What follows once the writes are durable.
+    fn follow_up(self, written: Vec<Written>, spares: &mut Spares) -> Vec<Done> {
+        let mut out = Vec::with_capacity(written.len());
+        let mut run_dirs = BTreeSet::new();
+        for w in written {
+            out.push(match w {
+                Written::Record { job, already } => {
+                    if !already {
+                        if let Err(e) =
+                            crate::store::points::append_line(&job.points_log, &job.final_point)
+                        {
+                            tracing::error!("cannot append to {}: {e}", job.points_log.display());
+                        }
+                    }
+                    spares.give(&job.run_file);
+                    if let Some(parent) = job.run_file.parent() {
+                        run_dirs.insert(parent.to_path_buf());
+                    }
+                    Done::Record {
+                        key: job.key,
+                        already,
+                    }
+                }
+                Written::Claim { exid, from, .. } => {
+                    if let Err(e) = std::fs::remove_file(&from) {
+                        if e.kind() != std::io::ErrorKind::NotFound {
+                            tracing::error!("cannot remove {}: {e}", from.display());
+                        }
+                    }
+                    Done::Claimed { exid, from }
+                }
+                Written::ClaimTaken { exid, from } => Done::ClaimTaken { exid, from },
+                Written::Rewrite { key, .. } => Done::Rewritten(key),
+                Written::Reject { from, .. } => Done::Rejected(from),
+            });
         }
-        out.push(if already {
-            Committed::AlreadyFinal(job.key)
-        } else {
-            Committed::Done(job.key)
-        });
-    }
-    for dir in &run_dirs {
-        if let Err(e) = spool::fsync_dir(dir) {
-            return vec![Committed::Fatal(e)];
+        for dir in &run_dirs {
+            if let Err(e) = spool::fsync_dir(dir) {
+                return vec![Done::Fatal(e)];
+            }
         }
+        out
     }
-    out
+}
+
+impl Written {
+    fn durable(&self) -> Option<Durable> {
+        let (kind, path) = match self {
+            Written::Record {
+                job,
+                already: false,
+            } => (JobKind::Record, job.dir.join(&job.name)),
+            Written::Claim { to, .. } => (JobKind::Claim, to.clone()),
+            Written::Rewrite { to, .. } => (JobKind::Rewrite, to.clone()),
+            Written::Reject { to: Some(to), .. } => (JobKind::Reject, to.clone()),
+            _ => return None,
+        };
+        Some(Durable { kind, path })
+    }
 }

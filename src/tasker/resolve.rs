@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use super::config::{Cmd, TaskerConfig};
+use crate::lookup::Lookups;
 use crate::model::names::{Domain, Taskee};
 
 /// The largest `tasker.json`.
@@ -51,10 +52,9 @@ pub struct Taskers {
     tsk: PathBuf,
     tsk_canonical: Option<PathBuf>,
     configs: HashMap<PathBuf, (SystemTime, u64, Arc<TaskerConfig>)>,
-    /// Set when a watcher reports every change under `tsk/` (see
-    /// [`Taskers::invalidate`]): resolutions are then cached.
-    watched: bool,
-    resolved: HashMap<(Domain, Taskee), Resolved>,
+    /// Resolutions, cached while a watcher reports every change under
+    /// `tsk/` (see [`Taskers::invalidate`]).
+    resolved: Lookups<(Domain, Taskee), Resolved>,
 }
 
 impl Taskers {
@@ -64,16 +64,20 @@ impl Taskers {
             tsk,
             tsk_canonical,
             configs: HashMap::new(),
-            watched: false,
-            resolved: HashMap::new(),
+            resolved: Lookups::default(),
         }
     }
 
     /// Caches resolutions until [`invalidate`](Self::invalidate): the
     /// caller watches `tsk/` and calls it on every change there.
     pub fn set_watched(&mut self, watched: bool) {
-        self.watched = watched;
+        self.resolved.set_watched(watched);
         self.invalidate();
+    }
+
+    /// A resolution the cache holds, without touching the disk.
+    pub fn cached(&self, domain: &Domain, taskee: &Taskee) -> Option<Resolved> {
+        self.resolved.get(&(domain.clone(), taskee.clone()))
     }
 
     /// Forgets cached resolutions (something under `tsk/` changed).
@@ -87,20 +91,16 @@ impl Taskers {
     /// then `tsk/any/t`. Never leaves `tsk/` (a symlink pointing outside is
     /// refused) and never reaches a sibling domain.
     pub fn resolve(&mut self, domain: &Domain, taskee: &Taskee) -> Result<Resolved, TaskerError> {
-        if !self.watched {
+        if !self.resolved.is_watched() {
             return self.resolve_uncached(domain, taskee);
         }
         let key = (domain.clone(), taskee.clone());
         if let Some(r) = self.resolved.get(&key) {
-            return Ok(r.clone());
+            return Ok(r);
         }
         let r = self.resolve_uncached(domain, taskee)?;
-        // Domains come from users: keep the cache bounded. A tasker reached
-        // through a symlink changes without an event under tsk/: only one
-        // reached without any is cached.
-        if self.resolved.len() >= 4096 {
-            self.resolved.clear();
-        }
+        // A tasker reached through a symlink changes without an event under
+        // tsk/: only one reached without any is cached.
         let plain = match (&self.tsk_canonical, r.path.strip_prefix(&self.tsk)) {
             (Some(t), Ok(rel)) => r.path.canonicalize().is_ok_and(|p| p == t.join(rel)),
             _ => false,

@@ -7,6 +7,7 @@ mod common;
 mod cli;
 mod core;
 mod crash;
+mod engine_shape;
 mod hostile;
 mod intake;
 mod path_safety;

@@ -1,0 +1,514 @@
+//! Dispatch: queueing nodes, offering them (the taskmaster runs off the
+//! loop, see `offers`), allocating (tasker resolved, worker slot and
+//! limits taken) and starting their taskers (spawned off the loop), and
+//! copying the taskers' own points.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use tokio::sync::oneshot;
+
+use super::offers::{Answer, OfferInput, Offered};
+use super::policy::{self, Effective};
+use super::state::{Execution, Item, Node, NodeState, Process, Run};
+use super::{env, Engine, TaskerMsg, Timer};
+use crate::model::names::{Domain, Exid};
+use crate::model::point::{Kind, Point};
+use crate::model::task::{ErrorKind, Object, State, Task, TaskError};
+use crate::scheduler::{Entry, Limit, NodeKey};
+use crate::tasker::{self, Input, Launch, Resolved, StopReason, TaskerConfig};
+use crate::taskmaster::Choice;
+
+/// The most of a tasker's points file read per event; the rest comes with
+/// the next one.
+const POINTS_READ_LIMIT: u64 = 1 << 20;
+
+/// Whether a queued or parked scheduler item is still wanted: its node
+/// exists, is queued, and the item is of its current generation.
+pub(super) fn is_live(executions: &HashMap<Exid, Execution>, (key, gen): &Item) -> bool {
+    executions
+        .get(&key.exid)
+        .and_then(|e| e.nodes.get(&key.nid))
+        .is_some_and(|n| n.is_queued_as(*gen))
+}
+
+impl Engine {
+    /// Puts a node in the ready queue under a new generation.
+    pub(super) fn enqueue(&mut self, key: &NodeKey) {
+        self.next_gen += 1;
+        let gen = self.next_gen;
+        let Some(node) = self.node_mut(key) else {
+            return;
+        };
+        node.gen = gen;
+        let waited = matches!(node.state, NodeState::Queued { waited: true });
+        node.state = NodeState::Queued { waited };
+        let priority = node.task.priority;
+        self.sched.push(priority, (key.clone(), gen));
+    }
+
+    /// Queues a node again after `delay`.
+    pub(super) fn enqueue_after(&mut self, key: &NodeKey, delay: Duration) {
+        if delay.is_zero() {
+            return self.enqueue(key);
+        }
+        self.next_gen += 1;
+        let gen = self.next_gen;
+        let Some(node) = self.node_mut(key) else {
+            return;
+        };
+        node.gen = gen;
+        node.state = NodeState::Delayed;
+        self.sched
+            .at(Instant::now() + delay, Timer::Ready(key.clone(), gen));
+    }
+
+    /// Offers every node the scheduler lets go, while a worker is free.
+    pub(super) fn dispatch(&mut self) {
+        if self.mode.is_stopping() {
+            return;
+        }
+        while let Some(entry) = self.sched.pop() {
+            let (key, gen) = entry.item.clone();
+            if self.node(&key).is_some_and(|n| n.is_queued_as(gen)) {
+                self.offer(&key, entry);
+            } else {
+                // A unit this stale entry was woken for goes on to the next
+                // waiter.
+                self.pass_on(entry.woken_by());
+            }
+        }
+    }
+
+    /// Passes a unit of `limit` that a woken item did not take to the next
+    /// live waiter.
+    pub(super) fn pass_on(&mut self, limit: Option<&Limit>) {
+        if let Some(limit) = limit {
+            let executions = &self.executions;
+            self.sched
+                .wake_if_free(limit, |item| is_live(executions, item));
+        }
+    }
+
+    /// Asks for a node's taskee. The node holds a worker slot from now
+    /// until it starts, parks or ends. Offers of one domain are answered in
+    /// the order they were popped (one at a time through the pool), so that
+    /// equal priorities still start in arrival order; a slow taskmaster
+    /// delays only its own domain.
+    fn offer(&mut self, key: &NodeKey, entry: Entry<Item>) {
+        let Some(node) = self.node_mut(key) else {
+            return;
+        };
+        let waited = matches!(node.state, NodeState::Queued { waited: true });
+        node.state = NodeState::Offering { entry, waited };
+        let (domain, gen) = (node.task.domain.clone(), node.gen);
+        self.sched.reserve();
+        if self.offering.contains(&domain) {
+            self.deferred
+                .entry(domain)
+                .or_default()
+                .push_back((key.clone(), gen));
+        } else {
+            self.send_offer(key);
+        }
+    }
+
+    /// Answers an offer inline when the caches know the answer, else hands
+    /// it to the pool (and holds back the domain's next offers).
+    fn send_offer(&mut self, key: &NodeKey) {
+        if self.tsk_watch.changed() {
+            self.offers.invalidate();
+        }
+        let Some(node) = self.node(key) else {
+            return;
+        };
+        let input = OfferInput {
+            id: node.task.id.clone(),
+            exid: node.task.exid.clone(),
+            nid: node.task.nid.clone(),
+            domain: node.task.domain.clone(),
+            tasker: node.task.tasker.clone(),
+            attempt: node.attempt,
+            offers: node.offers,
+            headers: node.task.headers.clone(),
+            refusals: node.refusals.clone(),
+            payload: node.task.payload.clone(),
+        };
+        let gen = node.gen;
+        match self.offers.known(&input) {
+            Some(answer) => self.on_offered(Offered {
+                key: key.clone(),
+                gen,
+                answer,
+            }),
+            None => {
+                self.offering.insert(input.domain.clone());
+                self.offers.send(key.clone(), gen, input);
+            }
+        }
+    }
+
+    /// The pool answered an offer of `domain`: act on it, then send the
+    /// domain's next offer.
+    pub(super) fn on_pool_answer(&mut self, domain: Domain, offered: Offered) {
+        self.offering.remove(&domain);
+        self.on_offered(offered);
+        while !self.offering.contains(&domain) {
+            let Some(queue) = self.deferred.get_mut(&domain) else {
+                break;
+            };
+            let Some((key, gen)) = queue.pop_front() else {
+                self.deferred.remove(&domain);
+                break;
+            };
+            let offering = self
+                .node(&key)
+                .is_some_and(|n| n.gen == gen && matches!(n.state, NodeState::Offering { .. }));
+            if offering {
+                self.send_offer(&key);
+            }
+        }
+    }
+
+    /// An offer's answer: fail, or allocate and start.
+    fn on_offered(&mut self, offered: Offered) {
+        let Offered { key, gen, answer } = offered;
+        let Some(node) = self.node_mut(&key).filter(|n| n.gen == gen) else {
+            return;
+        };
+        let NodeState::Offering { entry, waited } =
+            std::mem::replace(&mut node.state, NodeState::Queued { waited: false })
+        else {
+            // Cancelled or let go while offered: its slot went back then.
+            return;
+        };
+        node.state = NodeState::Queued { waited };
+        self.sched.unreserve();
+        let woken_by = entry.woken_by().cloned();
+        self.answered(&key, entry, answer);
+        self.pass_on(woken_by.as_ref());
+    }
+
+    fn answered(&mut self, key: &NodeKey, entry: Entry<Item>, answer: Answer) {
+        let Some(node) = self.node_mut(key) else {
+            return;
+        };
+        node.offers += 1;
+        let taskee = match answer.choice {
+            Ok(Choice::Taskee(t)) => t,
+            Ok(Choice::Reject(reason)) => {
+                let msg = format!("rejected by the taskmaster: {reason}");
+                return self.fail(key, TaskError::new(ErrorKind::Config, msg));
+            }
+            Err(e) => return self.fail(key, TaskError::new(ErrorKind::Config, e.to_string())),
+        };
+        if let Err(e) = policy::check_offer(&taskee, &node.refusals) {
+            return self.fail(key, e);
+        }
+        let offers = node.offers;
+        node.taskee = Some(taskee.clone());
+        let p = self
+            .point(key, Kind::Offered)
+            .with("taskee", taskee.as_str())
+            .with("offer", offers);
+        self.log(p);
+        match answer.resolved {
+            Some(Ok(resolved)) => self.allocate(key, entry, resolved),
+            Some(Err(e)) => self.fail(key, TaskError::new(ErrorKind::Config, e.to_string())),
+            None => {
+                let msg = format!("no resolution for taskee {taskee}");
+                self.fail(key, TaskError::new(ErrorKind::Config, msg))
+            }
+        }
+    }
+
+    /// The taskee is resolved: compute the node's effective options, take
+    /// a worker slot and the limits (or park on the first full one), start.
+    fn allocate(&mut self, key: &NodeKey, entry: Entry<Item>, resolved: Resolved) {
+        let tasker_path = self.root.relative(&resolved.path).display().to_string();
+        let Some(node) = self.node_mut(key) else {
+            return;
+        };
+        let limits = limits_for(&tasker_path, &resolved.config, &node.task);
+        node.tasker_path = Some(tasker_path.clone());
+        node.config = Some(resolved.config.clone());
+        node.effective = Effective::of(&node.task.options, &resolved.config);
+        if let Err(e) = self.watch_tasker_start_timeout(key, &resolved.config) {
+            return self.fail(key, e);
+        }
+        if let Err((full, limit)) = self.sched.try_start(&limits) {
+            let reason = full.describe();
+            self.sched.park(entry, full, limit);
+            let Some(node) = self.node_mut(key) else {
+                return;
+            };
+            let first = !matches!(node.state, NodeState::Queued { waited: true });
+            node.state = NodeState::Queued { waited: true };
+            if first {
+                let p = self.point(key, Kind::Suspended).with("reason", reason);
+                self.log_idle(p);
+            }
+            return;
+        }
+        let Some(node) = self.node(key) else {
+            return;
+        };
+        let p = self
+            .point(key, Kind::Allocated)
+            .with("taskee", resolved.taskee.as_str())
+            .with("tasker", tasker_path.as_str())
+            .with("attempt", node.attempt);
+        self.log(p);
+        self.start(key, resolved, limits);
+    }
+
+    /// A `start_timeout` known only from `tasker.json`: if it has passed
+    /// already, the node fails; if not, a timer watches the rest.
+    fn watch_tasker_start_timeout(
+        &mut self,
+        key: &NodeKey,
+        config: &TaskerConfig,
+    ) -> Result<(), TaskError> {
+        let created_at = match self.executions.get(&key.exid) {
+            Some(e) => e.created_at,
+            None => return Ok(()),
+        };
+        let Some(node) = self.node(key) else {
+            return Ok(());
+        };
+        let (0, None, None, Some(st)) = (
+            node.starts,
+            node.task.options.start_timeout,
+            node.start_timer,
+            config.start_timeout,
+        ) else {
+            return Ok(());
+        };
+        let elapsed = (Utc::now() - created_at).to_std().unwrap_or_default();
+        let left = policy::start_time_left(st, elapsed)?;
+        let timer = self
+            .sched
+            .at(Instant::now() + left, Timer::StartTimeout(key.clone()));
+        if let Some(node) = self.node_mut(key) {
+            node.start_timer = Some(timer);
+        }
+        Ok(())
+    }
+
+    /// Spawns the tasker off the loop; the node holds its worker slot and
+    /// limits from now on, and `started` is logged once the process exists.
+    fn start(&mut self, key: &NodeKey, resolved: Resolved, limits: Vec<(Limit, u32)>) {
+        let points_file = self.root.node_points_file(&key.exid, &key.nid);
+        let slot = self.registry.take_slot();
+        let registry = self.registry.writer();
+        let kill_grace = self.options.kill_grace;
+        let stderr_path = self.root.stderr_log(&key.exid);
+        let root_dir = self.root.dir().to_path_buf();
+        let Some(created_at) = self.executions.get(&key.exid).map(|e| e.created_at) else {
+            return;
+        };
+        let Some(node) = self.node_mut(key) else {
+            return;
+        };
+        let stdin = stdin_of(node, created_at, resolved.config.input);
+        let launch = Launch {
+            env: env::tasker_env(
+                &root_dir,
+                node,
+                key,
+                &resolved.taskee,
+                &resolved.config,
+                &points_file,
+            ),
+            argv: resolved.argv,
+            dir: resolved.dir,
+            stdin,
+            stderr_path,
+            stderr_prefix: node.task.id.to_string(),
+            timeout: node.effective.timeout.map(|d| d.0),
+            kill_grace,
+        };
+        node.state = NodeState::Running(Box::new(Run {
+            process: Process::Spawning,
+            limits,
+            slot,
+            points_file: points_file.clone(),
+            points_offset: 0,
+        }));
+        let gen = node.gen;
+        self.points_files.insert(points_file, key.clone());
+        // Spawning blocks until the child has exec'd (vfork): off the event
+        // loop, so that other exits and starts go on meanwhile.
+        let tx = self.tasker_tx.clone();
+        let key = key.clone();
+        tokio::task::spawn_blocking(move || match tasker::spawn(launch) {
+            Ok((handle, driver)) => {
+                registry.record(slot, handle.pgid);
+                // Sent before the driver exists, so it precedes `Exited`.
+                let _ = tx.send(TaskerMsg::Started {
+                    key: key.clone(),
+                    gen,
+                    pgid: handle.pgid,
+                    stop: handle.stop,
+                });
+                tokio::spawn(async move {
+                    let exit = driver.await;
+                    let _ = tx.send(TaskerMsg::Exited { key, gen, exit });
+                });
+            }
+            Err(exit) => {
+                let _ = tx.send(TaskerMsg::Exited { key, gen, exit });
+            }
+        });
+    }
+
+    /// A tasker was spawned: log `started`, and pass on a stop asked for
+    /// while it was being spawned.
+    pub(super) fn on_started(
+        &mut self,
+        key: NodeKey,
+        gen: u64,
+        pgid: i32,
+        stop: oneshot::Sender<StopReason>,
+    ) {
+        let Some(node) = self.node_mut(&key).filter(|n| n.gen == gen) else {
+            return;
+        };
+        let NodeState::Running(run) = &mut node.state else {
+            return;
+        };
+        run.process = match std::mem::replace(&mut run.process, Process::Spawning) {
+            Process::SpawningToStop(why) => {
+                let _ = stop.send(why.reason());
+                Process::Stopping { pgid, why }
+            }
+            _ => Process::Live { pgid, stop },
+        };
+        node.starts += 1;
+        node.started_at = Some(Utc::now());
+        let timer = node.start_timer.take();
+        let p = Point::new(Kind::Started, &node.task.id, &key.exid, &key.nid)
+            .with("taskee", node.taskee.as_ref().map_or("", |t| t.as_str()))
+            .with("tasker", node.tasker_path.as_deref().unwrap_or_default())
+            .with("attempt", node.attempt)
+            .with("pid", pgid);
+        if let Some(timer) = timer {
+            self.sched.cancel(timer);
+        }
+        self.log(p);
+        // Points the tasker wrote before this message arrived.
+        self.copy_points(&key);
+    }
+
+    /// Copies the complete lines a tasker appended to its points file. The
+    /// file is opened without following a link and without blocking, only
+    /// a regular file is read, and at most [`POINTS_READ_LIMIT`] per call.
+    pub(super) fn copy_points(&mut self, key: &NodeKey) {
+        let Some(node) = self.node_mut(key) else {
+            return;
+        };
+        let NodeState::Running(run) = &mut node.state else {
+            return;
+        };
+        if !run.process.started() {
+            // Copied once `started` is logged (see on_started).
+            return;
+        }
+        let Some(buf) = read_points_file(&run.points_file, run.points_offset) else {
+            return;
+        };
+        let Some(end) = buf.iter().rposition(|b| *b == b'\n') else {
+            if buf.len() as u64 >= POINTS_READ_LIMIT {
+                // A line longer than the limit is no point: skip it.
+                run.points_offset += buf.len() as u64;
+            }
+            return;
+        };
+        run.points_offset += end as u64 + 1;
+        let id = node.task.id.clone();
+        let lines: Vec<Point> = buf[..end]
+            .split(|b| *b == b'\n')
+            .filter_map(|l| Point::informative(l, &id, &key.exid, &key.nid))
+            .collect();
+        for p in lines {
+            self.log(p);
+        }
+    }
+
+    /// Gives back a worker slot and limits; a parked node the engine
+    /// dropped meanwhile (cancelled, timed out) is skipped.
+    pub(super) fn release(&mut self, limits: &[(Limit, u32)]) {
+        let executions = &self.executions;
+        self.sched.finish(limits, |item| is_live(executions, item));
+    }
+}
+
+/// Reads a tasker's points file from `offset`, without blocking on it.
+fn read_points_file(path: &std::path::Path, offset: u64) -> Option<Vec<u8>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f: File = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
+        .open(path)
+        .ok()?;
+    if !f.metadata().ok()?.is_file() {
+        return None;
+    }
+    f.seek(SeekFrom::Start(offset)).ok()?;
+    let mut buf = Vec::new();
+    f.take(POINTS_READ_LIMIT).read_to_end(&mut buf).ok()?;
+    Some(buf)
+}
+
+/// What a tasker reads on stdin: the payload, or the task as a record.
+fn stdin_of(node: &Node, created_at: DateTime<Utc>, input: Input) -> Vec<u8> {
+    let bytes = match input {
+        Input::Payload => serde_json::to_vec(&node.task.payload),
+        Input::Task => {
+            let rec = super::execution::record_of(node, created_at, State::Running, None);
+            serde_json::to_vec(&rec)
+        }
+    };
+    bytes.unwrap_or_default()
+}
+
+/// The limits a start takes: the tasker's `max_concurrent` and one per
+/// `concurrency` key whose path the task has.
+fn limits_for(tasker_path: &str, cfg: &TaskerConfig, task: &Task) -> Vec<(Limit, u32)> {
+    let mut limits = Vec::new();
+    if let Some(n) = cfg.max_concurrent {
+        limits.push((
+            Limit::MaxConcurrent {
+                tasker: tasker_path.to_string(),
+            },
+            n,
+        ));
+    }
+    for c in &cfg.concurrency {
+        let (root, path): (&Object, &str) = match c.key.split_once('.') {
+            Some(("payload", rest)) => (&task.payload, rest),
+            Some(("headers", rest)) => (&task.headers, rest),
+            _ => continue,
+        };
+        let mut parts = path.split('.');
+        let first = parts.next().unwrap_or_default();
+        let mut v = root.get(first);
+        for p in parts {
+            v = v.and_then(|x| x.get(p));
+        }
+        if let Some(v) = v {
+            limits.push((
+                Limit::Key {
+                    tasker: tasker_path.to_string(),
+                    key: c.key.clone(),
+                    value: v.to_string(),
+                },
+                c.limit,
+            ));
+        }
+    }
+    limits
+}

@@ -1,0 +1,207 @@
+//! The execution layer: an execution (one exid) is created when its task
+//! is claimed, ends when its nodes are done — its record goes to the
+//! durable writer, which logs the final point once the record is durable —
+//! and is cancelled or let go as a whole. Nothing outside this file
+//! assumes how many nodes an execution has.
+
+use chrono::{DateTime, Utc};
+
+use super::state::{key, Execution, Node, NodeState, Stop};
+use super::{Engine, EngineError};
+use crate::model::point::Point;
+use crate::model::task::{timestamp, ErrorKind, Record, State, TaskError};
+use crate::scheduler::NodeKey;
+use crate::store::writer::{Done, Job, RecordJob};
+
+impl Engine {
+    /// Adds an execution and queues its nodes, each with its
+    /// `start_timeout` watched from the execution's creation.
+    pub(super) fn insert_execution(&mut self, exec: Execution) {
+        let created_at = exec.created_at;
+        let Some(exid) = exec.nodes.values().next().map(|n| n.task.exid.clone()) else {
+            return;
+        };
+        let keys: Vec<NodeKey> = exec.nodes.keys().map(|nid| key(&exid, nid)).collect();
+        self.executions.insert(exid, exec);
+        for k in keys {
+            self.watch_start_timeout(&k, created_at);
+            self.enqueue(&k);
+        }
+    }
+
+    /// Sets a node's `start_timeout` timer when its task file has one.
+    fn watch_start_timeout(&mut self, k: &NodeKey, created_at: DateTime<Utc>) {
+        let Some(st) = self.node(k).and_then(|n| n.task.options.start_timeout) else {
+            return;
+        };
+        let elapsed = (Utc::now() - created_at).to_std().unwrap_or_default();
+        // Passed already: the timer fires at once and fails the node.
+        let left = super::policy::start_time_left(st, elapsed).unwrap_or_default();
+        let timer = self.sched.at(
+            std::time::Instant::now() + left,
+            super::Timer::StartTimeout(k.clone()),
+        );
+        if let Some(node) = self.node_mut(k) {
+            node.start_timer = Some(timer);
+        }
+    }
+
+    /// A node leaves the queue or the pool: its queue entries go stale,
+    /// and a worker slot it held for an offer goes back.
+    fn leave_waiting(&mut self, k: &NodeKey) {
+        let Some(node) = self.node_mut(k) else {
+            return;
+        };
+        let state = std::mem::replace(&mut node.state, NodeState::Committing);
+        let timer = node.start_timer.take();
+        if let Some(timer) = timer {
+            self.sched.cancel(timer);
+        }
+        if let NodeState::Offering { entry, .. } = state {
+            self.sched.unreserve();
+            self.pass_on(entry.woken_by());
+        }
+    }
+
+    /// Ends a node. A standalone task's execution ends with it: its record
+    /// and final point go to the writer.
+    pub(super) fn finish(&mut self, k: &NodeKey, state: State, err: Option<TaskError>) {
+        if self
+            .node(k)
+            .is_some_and(|n| matches!(n.state, NodeState::Running(_)))
+        {
+            // A running node ends through its tasker's exit.
+            tracing::error!("{}/{} ended while its tasker runs; ignored", k.exid, k.nid);
+            return;
+        }
+        self.leave_waiting(k);
+        let Some(exec) = self.executions.get(&k.exid) else {
+            return;
+        };
+        let Some(node) = exec.nodes.get(&k.nid) else {
+            return;
+        };
+        let record = record_of(node, exec.created_at, state, err);
+        let mut bytes = serde_json::to_vec_pretty(&record).unwrap_or_default();
+        bytes.push(b'\n');
+        let dir = if state == State::Completed {
+            self.root.done()
+        } else {
+            self.root.failed()
+        };
+        self.committing += 1;
+        self.writer.send(Job::Record(RecordJob {
+            key: k.clone(),
+            dir,
+            name: format!("{}.json", node.task.id),
+            bytes,
+            points_log: self.root.points_log(&k.exid),
+            final_point: Point::final_of(&record).to_line(),
+            run_file: self.root.run_file(&node.task.id),
+        }));
+    }
+
+    /// Lets go of a node without a record (the engine stops): its task
+    /// stays in `run/` for the next start.
+    pub(super) fn let_go(&mut self, k: &NodeKey) {
+        self.leave_waiting(k);
+        self.remove_node(k);
+    }
+
+    fn remove_node(&mut self, k: &NodeKey) {
+        let Some(exec) = self.executions.get_mut(&k.exid) else {
+            return;
+        };
+        exec.nodes.remove(&k.nid);
+        if exec.nodes.is_empty() {
+            self.executions.remove(&k.exid);
+            self.points.close(&k.exid);
+        }
+    }
+
+    /// What the durable writer finished.
+    pub(super) fn on_written(&mut self, batch: Vec<Done>) -> Result<(), EngineError> {
+        for done in batch {
+            match done {
+                Done::Record { key, .. } => {
+                    // The writer logged the final point.
+                    self.committing = self.committing.saturating_sub(1);
+                    self.remove_node(&key);
+                }
+                Done::Claimed { exid, from } => {
+                    self.in_flight.remove(&from);
+                    self.on_claimed(&exid);
+                }
+                Done::ClaimTaken { exid, from } => self.on_claim_taken(&exid, &from),
+                Done::Rewritten(key) => self.on_rewritten(&key),
+                Done::Rejected(path) => {
+                    self.in_flight.remove(&path);
+                }
+                Done::Fatal(e) => {
+                    tracing::error!("{e}; stopping");
+                    return Err(EngineError::Spool(e));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Cancels an execution (SPEC 8): its running taskers are stopped (and
+    /// their nodes aborted when they exit), its waiting nodes aborted now.
+    pub(super) fn cancel(
+        &mut self,
+        exid: &crate::model::names::Exid,
+        reason: &str,
+        request: &std::path::Path,
+    ) {
+        let Some(exec) = self.executions.get_mut(exid) else {
+            return;
+        };
+        let _ = std::fs::remove_file(request);
+        let mut waiting = Vec::new();
+        for (nid, node) in exec.nodes.iter_mut() {
+            match &mut node.state {
+                NodeState::Committing => {}
+                NodeState::Running(run) => run.process.ask_stop(Stop::Cancel(reason.to_string())),
+                _ => waiting.push(key(exid, nid)),
+            }
+        }
+        for k in waiting {
+            let err = TaskError::new(ErrorKind::Aborted, reason);
+            self.finish(&k, State::Aborted, Some(err));
+        }
+    }
+}
+
+/// A node's record (SPEC 9) in `state`.
+pub(super) fn record_of(
+    node: &Node,
+    created_at: DateTime<Utc>,
+    state: State,
+    error: Option<TaskError>,
+) -> Record {
+    Record {
+        id: node.task.id.clone(),
+        exid: node.task.exid.clone(),
+        nid: node.task.nid.clone(),
+        domain: node.task.domain.clone(),
+        tasker: node.task.tasker.clone(),
+        taskee: node.taskee.clone(),
+        tasker_path: node.tasker_path.clone(),
+        state,
+        reason: error.as_ref().map(|e| e.message.clone()),
+        error,
+        attempts: node.attempts(),
+        offers: node.offers,
+        priority: node.task.priority,
+        headers: node.task.headers.clone(),
+        created_at: Some(timestamp(created_at)),
+        started_at: node.started_at.map(timestamp),
+        ended_at: if matches!(state, State::Running | State::Queued) {
+            None
+        } else {
+            Some(timestamp(Utc::now()))
+        },
+        payload: node.task.payload.clone(),
+    }
+}

@@ -1,0 +1,228 @@
+//! A tasker's exit and the timers: what ended is read by `outcome` (pure),
+//! what follows is decided by `policy` (pure), and this file carries it
+//! out — queue again, retry later, fail, abort or let go.
+
+use std::time::Instant;
+
+use super::outcome::{outcome, Outcome};
+use super::policy::{self, AfterError};
+use super::state::{NodeState, Process, Stop};
+use super::{Engine, Timer};
+use crate::model::point::Kind;
+use crate::model::task::{Dur, ErrorKind, Refusal, State, TaskError};
+use crate::scheduler::NodeKey;
+use crate::store::writer::Job;
+use crate::tasker::Exit;
+
+impl Engine {
+    pub(super) fn on_exit(&mut self, key: NodeKey, gen: u64, exit: Exit) {
+        let running = self
+            .node(&key)
+            .is_some_and(|n| n.gen == gen && matches!(n.state, NodeState::Running(_)));
+        if !running {
+            return;
+        }
+        self.copy_points(&key);
+        let Some(node) = self.node_mut(&key) else {
+            return;
+        };
+        let NodeState::Running(run) =
+            std::mem::replace(&mut node.state, NodeState::Queued { waited: false })
+        else {
+            return;
+        };
+        let asked = run.process.stop_asked().cloned();
+        let result = outcome(
+            exit,
+            asked.as_ref().map(Stop::reason),
+            &node.task.payload,
+            node.effective.timeout,
+        );
+        self.release(&run.limits);
+        self.registry.give_slot(run.slot);
+        self.points_files.remove(&run.points_file);
+        let _ = std::fs::remove_file(&run.points_file);
+        match result {
+            Outcome::Stopped(_) => self.stopped(&key, asked),
+            Outcome::Completed(payload) => {
+                if let Some(node) = self.node_mut(&key) {
+                    node.uncompleted = 0;
+                    node.task.payload = payload;
+                }
+                self.finish(&key, State::Completed, None);
+            }
+            Outcome::Error(err) => self.error(&key, err),
+            Outcome::Refused(reason) => self.refused(&key, reason),
+            Outcome::Uncompleted { payload, after } => self.uncompleted(&key, payload, after),
+        }
+    }
+
+    /// The engine stopped the tasker: a cancel aborts the task; a shutdown
+    /// leaves it in `run/` for the next start.
+    fn stopped(&mut self, key: &NodeKey, asked: Option<Stop>) {
+        match asked {
+            Some(Stop::Cancel(reason)) => {
+                let err = TaskError::new(ErrorKind::Aborted, reason);
+                self.finish(key, State::Aborted, Some(err));
+            }
+            // Stopped by the shutdown (or by a stop the driver saw first).
+            _ => self.let_go(key),
+        }
+    }
+
+    fn refused(&mut self, key: &NodeKey, reason: String) {
+        let Some(node) = self.node_mut(key) else {
+            return;
+        };
+        let Some(taskee) = node.taskee.clone() else {
+            return;
+        };
+        // A refusal breaks a row of `uncompleted` replies.
+        node.uncompleted = 0;
+        node.refusals.push(Refusal {
+            taskee: taskee.clone(),
+            reason: reason.clone(),
+        });
+        let limit = policy::after_refusal(&node.refusals);
+        let p = self
+            .point(key, Kind::Refused)
+            .with("taskee", taskee.as_str())
+            .with("reason", reason.as_str());
+        self.log_idle(p);
+        match limit {
+            Some(err) => self.fail(key, err),
+            None => self.enqueue(key),
+        }
+    }
+
+    fn uncompleted(
+        &mut self,
+        key: &NodeKey,
+        payload: crate::model::task::Object,
+        after: Option<Dur>,
+    ) {
+        let Some(node) = self.node_mut(key) else {
+            return;
+        };
+        node.uncompleted += 1;
+        node.task.payload = payload;
+        let limit = policy::after_uncompleted(node.uncompleted);
+        let taskee = node.taskee.as_ref().map(|t| t.to_string());
+        let mut p = self
+            .point(key, Kind::Uncompleted)
+            .with("taskee", taskee.unwrap_or_default());
+        if let Some(a) = after {
+            p = p.with("after", a.to_string());
+        }
+        self.log_idle(p);
+        if let Some(err) = limit {
+            return self.fail(key, err);
+        }
+        // The new payload is made durable in run/ before the node runs
+        // again, so that a restart resumes from it.
+        let Some(node) = self.node_mut(key) else {
+            return;
+        };
+        node.state = NodeState::Saving {
+            after: after.map(|a| a.0).unwrap_or_default(),
+        };
+        let bytes = node.task.to_file_json().to_string().into_bytes();
+        let name = format!("{}.json", node.task.id);
+        self.writer.send(Job::Rewrite {
+            key: key.clone(),
+            dir: self.root.run(),
+            name,
+            bytes,
+        });
+    }
+
+    /// A node's `run/` file was rewritten: queue it again.
+    pub(super) fn on_rewritten(&mut self, key: &NodeKey) {
+        let Some(node) = self.node_mut(key) else {
+            return;
+        };
+        if let NodeState::Saving { after } = node.state {
+            self.enqueue_after(key, after);
+        }
+    }
+
+    /// A failed attempt: retried when its kind and the budget allow,
+    /// failed otherwise (SPEC 7).
+    pub(super) fn error(&mut self, key: &NodeKey, err: TaskError) {
+        let Some(node) = self.node_mut(key) else {
+            return;
+        };
+        // A failed attempt breaks a row of `uncompleted` replies.
+        node.uncompleted = 0;
+        let (delay, err) = match policy::after_error(err, node.retries_done, &node.effective) {
+            AfterError::Fail(err) => return self.fail(key, err),
+            AfterError::Retry { delay, error } => (delay, error),
+        };
+        node.retries_done += 1;
+        node.attempt += 1;
+        let attempt = node.attempt;
+        let p = self
+            .point(key, Kind::Retried)
+            .with("reason", err.message.as_str())
+            .with("kind", serde_json::to_value(err.kind).unwrap_or_default())
+            .with("delay", Dur(delay).to_string())
+            .with("attempt", attempt);
+        self.log_idle(p);
+        self.enqueue_after(key, delay);
+    }
+
+    /// Fails a node for good (aborted for `aborted` errors).
+    pub(super) fn fail(&mut self, key: &NodeKey, err: TaskError) {
+        let state = if err.kind == ErrorKind::Aborted {
+            State::Aborted
+        } else {
+            State::Failed
+        };
+        self.finish(key, state, Some(err))
+    }
+
+    pub(super) fn on_timers(&mut self) {
+        let now = Instant::now();
+        while let Some(t) = self.sched.pop_due(now) {
+            match t {
+                Timer::Ready(key, gen) => {
+                    let due = self
+                        .node(&key)
+                        .is_some_and(|n| n.gen == gen && matches!(n.state, NodeState::Delayed));
+                    if due {
+                        self.enqueue(&key);
+                    }
+                }
+                Timer::StartTimeout(key) => self.start_timed_out(&key),
+            }
+        }
+    }
+
+    /// A node's `start_timeout` fired: unless it started meanwhile, it
+    /// fails (a queue entry it leaves becomes stale).
+    fn start_timed_out(&mut self, key: &NodeKey) {
+        let Some(node) = self.node_mut(key) else {
+            return;
+        };
+        node.start_timer = None;
+        let waiting = matches!(
+            node.state,
+            NodeState::Queued { .. } | NodeState::Delayed | NodeState::Saving { .. }
+        );
+        if node.starts > 0 || !waiting {
+            return;
+        }
+        let err = policy::start_timed_out(node.effective.start_timeout);
+        self.fail(key, err);
+    }
+}
+
+impl Process {
+    /// The process group, once the process exists.
+    pub fn pgid(&self) -> Option<i32> {
+        match self {
+            Process::Live { pgid, .. } | Process::Stopping { pgid, .. } => Some(*pgid),
+            _ => None,
+        }
+    }
+}

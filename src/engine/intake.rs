@@ -1,0 +1,293 @@
+//! The engine's intake: scans of `in/` (taken a bounded chunk per turn of
+//! the loop), claims of task files into `run/`, rejections and cancel
+//! requests. What an entry *is* is decided by `store::intake`; every
+//! fsync goes through the durable writer.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use chrono::Utc;
+use serde_json::Value;
+
+use super::state::{key, Execution, Mode};
+use super::Engine;
+use crate::model::names::TaskId;
+use crate::model::point::Kind;
+use crate::model::task::Task;
+use crate::store::intake::{self, Intake};
+use crate::store::spool::{self, SpoolError};
+use crate::store::writer::Job;
+
+/// How old a file must be for a scan (not an event) to take it once the
+/// engine runs.
+const SETTLE: Duration = Duration::from_secs(2);
+/// The longest cancel request read.
+const CANCEL_LIMIT: u64 = 64 * 1024;
+
+impl Engine {
+    /// Schedules a look at everything in `in/` (at start-up, after a
+    /// watcher overflow, and as the slow safety net), in name order.
+    pub(super) fn scan_in(&mut self) {
+        if !self.mode.is_stopping() {
+            let dir = self.root.spool_in();
+            self.scan_dir(&dir);
+        }
+    }
+
+    /// Queues every entry of one directory of `in/`, in name order.
+    fn scan_dir(&mut self, dir: &Path) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        let mut paths: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
+        paths.sort();
+        self.scan.extend(paths);
+    }
+
+    /// Looks at up to `n` entries of the scan in progress. Once the engine
+    /// runs, a regular file modified in the last moments is left for its
+    /// watcher event: it may still be being written in place (SPEC 3: taken
+    /// once its writer has closed it). At start-up files are taken as they
+    /// are. When the scan is over, cancel requests still waiting for their
+    /// task are settled.
+    pub(super) fn take_scan(&mut self, n: usize) {
+        let now = std::time::SystemTime::now();
+        for _ in 0..n {
+            let Some(p) = self.scan.pop_front() else {
+                break;
+            };
+            if self.mode.is_stopping() {
+                self.scan.clear();
+                break;
+            }
+            if self.mode != Mode::Starting {
+                let young = std::fs::symlink_metadata(&p).is_ok_and(|m| {
+                    m.is_file()
+                        && m.modified()
+                            .is_ok_and(|t| now.duration_since(t).unwrap_or_default() < SETTLE)
+                });
+                if young {
+                    continue;
+                }
+            }
+            self.take(&p);
+        }
+        if self.scan.is_empty() {
+            self.settle_cancels();
+        }
+    }
+
+    /// Looks at one path under `in/` and claims, rejects or ignores it.
+    pub(super) fn take(&mut self, path: &Path) {
+        if self.mode.is_stopping() || self.in_flight.contains(path) {
+            return;
+        }
+        match intake::examine(&self.root, path, self.options.input_limit) {
+            Intake::Ignore => {}
+            Intake::Reject { path, reason } => self.reject(&path, &reason),
+            Intake::DomainDir(dir) => self.scan_dir(&dir),
+            Intake::Task {
+                path,
+                task,
+                self_contained,
+            } => self.claim(&path, *task, self_contained),
+        }
+    }
+
+    /// Moves input to `rejected/` with the reason (through the writer).
+    pub(super) fn reject(&mut self, path: &Path, reason: &str) {
+        self.in_flight.insert(path.to_path_buf());
+        self.writer.send(Job::Reject {
+            path: path.to_path_buf(),
+            rejected: self.root.rejected(),
+            reason: reason.to_string(),
+        });
+    }
+
+    /// Whether an id is taken: by a live or claimed execution, or a record.
+    /// (A file in `run/` is caught by the no-replace claim.)
+    fn is_known(&self, id: &TaskId) -> bool {
+        self.executions.contains_key(id)
+            || self.claiming.contains_key(id)
+            || self.root.done_file(id).exists()
+            || self.root.failed_file(id).exists()
+    }
+
+    fn claim(&mut self, path: &Path, task: Task, self_contained: bool) {
+        if self.is_known(&task.id) {
+            return self.reject(path, &format!("duplicate id {}", task.id));
+        }
+        if !self_contained {
+            // The file does not name its domain: the writer makes the
+            // completed task durable in run/, then removes the original.
+            let bytes = task.to_file_json().to_string().into_bytes();
+            self.in_flight.insert(path.to_path_buf());
+            self.writer.send(Job::Claim {
+                exid: task.exid.clone(),
+                from: path.to_path_buf(),
+                dir: self.root.run(),
+                name: format!("{}.json", task.id),
+                bytes,
+            });
+            self.claiming.insert(task.exid.clone(), task);
+            return;
+        }
+        match spool::rename_no_replace(path, &self.root.run_file(&task.id)) {
+            Ok(()) => self.created(task),
+            Err(SpoolError::Exists(_)) => self.reject(path, &format!("duplicate id {}", task.id)),
+            Err(e) => {
+                tracing::error!("cannot claim {}: {e}", path.display());
+                self.note_fatal(e);
+            }
+        }
+    }
+
+    /// A domain-less claim is durable, its original removed.
+    pub(super) fn on_claimed(&mut self, exid: &TaskId) {
+        if let Some(task) = self.claiming.remove(exid) {
+            self.created(task);
+        }
+    }
+
+    /// A domain-less claim found its id taken in `run/`: the original,
+    /// still in `in/`, is rejected.
+    pub(super) fn on_claim_taken(&mut self, exid: &TaskId, from: &Path) {
+        self.in_flight.remove(from);
+        if let Some(task) = self.claiming.remove(exid) {
+            self.reject(from, &format!("duplicate id {}", task.id));
+        }
+    }
+
+    /// A task is in `run/`: log `created`, make it an execution, queue it.
+    fn created(&mut self, task: Task) {
+        let k = key(&task.exid, &task.nid);
+        let mut p = self
+            .point(&k, Kind::Created)
+            .with("domain", task.domain.as_str())
+            .with("priority", task.priority);
+        p.id = task.id.clone();
+        if let Some(t) = &task.tasker {
+            p = p.with("tasker", t.as_str());
+        }
+        self.log_idle(p);
+        let exid = task.exid.clone();
+        self.insert_execution(Execution::standalone(task, Utc::now()));
+        if let Some((req, reason)) = self.pending_cancels.remove(&exid) {
+            self.cancel(&exid, &reason, &req);
+        }
+    }
+
+    // ------------------------------------------------------------ cancel
+
+    pub(super) fn scan_cancel(&mut self) {
+        let Ok(entries) = std::fs::read_dir(self.root.cancel()) else {
+            return;
+        };
+        let mut paths: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
+        paths.sort();
+        for p in paths {
+            self.take_cancel(&p);
+        }
+    }
+
+    pub(super) fn take_cancel(&mut self, path: &Path) {
+        let Some(name) = path.file_name().and_then(|n| n.to_str()).map(str::to_owned) else {
+            return;
+        };
+        if intake::is_ignored_name(&name) || self.in_flight.contains(path) {
+            return;
+        }
+        let bytes = match spool::read_capped(path, CANCEL_LIMIT) {
+            Ok(b) => b,
+            Err(e) if e.is_not_found() => return,
+            Err(e) => return self.reject(path, &format!("cancel request: {e}")),
+        };
+        let (id, reason) = parse_cancel(&name, &bytes);
+        let id: TaskId = match id.parse() {
+            Ok(id) => id,
+            Err(e) => return self.reject(path, &format!("cancel request: {e}")),
+        };
+        if self.executions.contains_key(&id) {
+            self.cancel(&id, &reason, path);
+        } else if self.root.done_file(&id).exists() || self.root.failed_file(&id).exists() {
+            self.reject(path, &format!("task {id} has ended already"));
+        } else if self.mode.is_stopping() {
+            // The engine lets go of queued tasks while it stops: the request
+            // stays in cancel/ and applies at the next start.
+        } else {
+            // Perhaps still in in/ (or being claimed): look, then decide
+            // once the scan is over.
+            self.pending_cancels
+                .insert(id, (path.to_path_buf(), reason));
+            self.scan_in();
+            if self.scan.is_empty() {
+                self.settle_cancels();
+            }
+        }
+    }
+
+    /// Rejects the cancel requests whose task a complete scan of `in/` did
+    /// not find (a claim still being made durable keeps its request).
+    fn settle_cancels(&mut self) {
+        if self.pending_cancels.is_empty() || self.mode.is_stopping() {
+            return;
+        }
+        let unknown: Vec<TaskId> = self
+            .pending_cancels
+            .keys()
+            .filter(|id| !self.claiming.contains_key(*id))
+            .cloned()
+            .collect();
+        for id in unknown {
+            if let Some((p, _)) = self.pending_cancels.remove(&id) {
+                self.reject(&p, &format!("unknown task id {id}"));
+            }
+        }
+    }
+}
+
+/// The task id and reason of a cancel request named `name` holding
+/// `bytes`: a JSON object with `id` and `reason`, else the text as the
+/// reason and the name's stem as the id.
+fn parse_cancel(name: &str, bytes: &[u8]) -> (String, String) {
+    let stem = name.strip_suffix(".json").unwrap_or(name);
+    let (id, reason) = match serde_json::from_slice::<Value>(bytes) {
+        Ok(Value::Object(o)) => (
+            o.get("id")
+                .and_then(Value::as_str)
+                .unwrap_or(stem)
+                .to_string(),
+            o.get("reason").and_then(Value::as_str).map(str::to_owned),
+        ),
+        _ => {
+            let text = String::from_utf8_lossy(bytes).trim().to_string();
+            (stem.to_string(), (!text.is_empty()).then_some(text))
+        }
+    };
+    (id, reason.unwrap_or_else(|| "cancelled".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_cancel;
+
+    #[test]
+    fn cancel_requests_name_their_task_and_reason() {
+        assert_eq!(
+            parse_cancel("a1", b""),
+            ("a1".to_string(), "cancelled".to_string())
+        );
+        assert_eq!(
+            parse_cancel("a1", b"  too late \n"),
+            ("a1".to_string(), "too late".to_string())
+        );
+        assert_eq!(
+            parse_cancel("x.json", br#"{"id":"b2","reason":"dup"}"#),
+            ("b2".to_string(), "dup".to_string())
+        );
+        assert_eq!(
+            parse_cancel("x.json", br#"{"reason":"dup"}"#),
+            ("x".to_string(), "dup".to_string())
+        );
+    }
+}

@@ -1,0 +1,203 @@
+//! Offers off the event loop: a small bounded pool of threads that run a
+//! node's taskmaster (up to the sandbox's deadline) and resolve the taskee
+//! it chose, so that a script that takes its full second delays only its
+//! own task. Results come back to the loop as [`Offered`] messages.
+//!
+//! When the caches already know the answer without a script or a look at
+//! the disk (a domain without a taskmaster whose requested tasker was
+//! resolved before), the offer is made inline ([`Offers::known`]): no
+//! thread hop on the hot path.
+
+use std::sync::{mpsc, Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::layout::Root;
+use crate::model::names::{Domain, Nid, TaskId, Taskee};
+use crate::model::task::{Object, Refusal};
+use crate::scheduler::NodeKey;
+use crate::tasker::{Resolved, TaskerError, Taskers};
+use crate::taskmaster::{self, Choice, TaskmasterError, TaskmasterInput, Taskmasters};
+
+/// Threads in the pool at most (offers in flight are bounded by the
+/// workers anyway: an offered node holds a worker slot).
+const MAX_THREADS: usize = 8;
+
+/// What a taskmaster sees of a node, owned so that it can cross threads.
+#[derive(Debug, Clone)]
+pub struct OfferInput {
+    pub id: TaskId,
+    pub exid: TaskId,
+    pub nid: Nid,
+    pub domain: Domain,
+    pub tasker: Option<Taskee>,
+    pub attempt: u32,
+    pub offers: u32,
+    pub headers: Object,
+    pub refusals: Vec<Refusal>,
+    pub payload: Object,
+}
+
+impl OfferInput {
+    fn as_input(&self) -> TaskmasterInput<'_> {
+        TaskmasterInput {
+            id: &self.id,
+            exid: &self.exid,
+            nid: &self.nid,
+            domain: &self.domain,
+            tasker: self.tasker.as_ref(),
+            attempt: self.attempt,
+            offers: self.offers,
+            headers: &self.headers,
+            refusals: &self.refusals,
+            payload: &self.payload,
+        }
+    }
+}
+
+/// The answer to an offer: the taskmaster's choice and, when it chose a
+/// taskee, what that taskee resolves to.
+#[derive(Debug)]
+pub struct Answer {
+    pub choice: Result<Choice, TaskmasterError>,
+    pub resolved: Option<Result<Resolved, TaskerError>>,
+}
+
+/// An answer for a node, of the generation it was offered under.
+#[derive(Debug)]
+pub struct Offered {
+    pub key: NodeKey,
+    pub gen: u64,
+    pub answer: Answer,
+}
+
+struct Job {
+    key: NodeKey,
+    gen: u64,
+    input: OfferInput,
+}
+
+/// The lookups shared by the loop and the pool.
+#[derive(Clone)]
+struct Shared {
+    taskmasters: Arc<Mutex<Taskmasters>>,
+    taskers: Arc<Mutex<Taskers>>,
+}
+
+/// Locks a cache; a thread that panicked while holding it left nothing a
+/// lookup cannot redo, so a poisoned lock is taken as it is.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Shared {
+    /// Runs the taskmaster (if any) and resolves the chosen taskee.
+    fn answer(&self, input: &OfferInput) -> Answer {
+        let prepared = lock(&self.taskmasters).prepare(&input.domain);
+        let choice = match prepared {
+            Ok(Some(script)) => script.choose(&input.as_input()),
+            Ok(None) => taskmaster::requested(&input.as_input()),
+            Err(e) => Err(e),
+        };
+        let resolved = match &choice {
+            Ok(Choice::Taskee(t)) => Some(lock(&self.taskers).resolve(&input.domain, t)),
+            _ => None,
+        };
+        Answer { choice, resolved }
+    }
+}
+
+/// The pool.
+pub struct Offers {
+    shared: Shared,
+    tx: Option<mpsc::Sender<Job>>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Offers {
+    /// Starts the pool for a root; answers go to `results`.
+    pub fn start(root: &Root, workers: usize, results: UnboundedSender<PoolAnswer>) -> Offers {
+        let mut taskmasters = Taskmasters::new(root.dir());
+        let mut taskers = Taskers::new(root.tsk());
+        // The engine watches tsk/ and calls `invalidate` on every change.
+        taskmasters.set_watched(true);
+        taskers.set_watched(true);
+        let shared = Shared {
+            taskmasters: Arc::new(Mutex::new(taskmasters)),
+            taskers: Arc::new(Mutex::new(taskers)),
+        };
+        let (tx, rx) = mpsc::channel::<Job>();
+        let rx = Arc::new(Mutex::new(rx));
+        let threads = (0..workers.clamp(1, MAX_THREADS))
+            .filter_map(|i| {
+                let rx = rx.clone();
+                let results = results.clone();
+                let shared = shared.clone();
+                std::thread::Builder::new()
+                    .name(format!("spoolflow-offer-{i}"))
+                    .spawn(move || serve(&rx, &results, &shared))
+                    .ok()
+            })
+            .collect();
+        Offers {
+            shared,
+            tx: Some(tx),
+            threads,
+        }
+    }
+
+    /// Forgets cached lookups (something under `tsk/` changed).
+    pub fn invalidate(&self) {
+        lock(&self.shared.taskmasters).invalidate();
+        lock(&self.shared.taskers).invalidate();
+    }
+
+    /// The answer when the caches hold it: the domain has no taskmaster and
+    /// the requested tasker's resolution is cached (or there is none).
+    pub fn known(&self, input: &OfferInput) -> Option<Answer> {
+        if !lock(&self.shared.taskmasters).known_absent(&input.domain) {
+            return None;
+        }
+        let choice = taskmaster::requested(&input.as_input());
+        let resolved = match &choice {
+            Ok(Choice::Taskee(t)) => Some(Ok(lock(&self.shared.taskers).cached(&input.domain, t)?)),
+            _ => None,
+        };
+        Some(Answer { choice, resolved })
+    }
+
+    /// Hands an offer to the pool.
+    pub fn send(&self, key: NodeKey, gen: u64, input: OfferInput) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(Job { key, gen, input });
+        }
+    }
+
+    /// Lets the threads finish the offer they run, then ends them.
+    pub fn finish(mut self) {
+        self.tx.take();
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// What the pool sends back: the domain offered for, and the answer.
+pub type PoolAnswer = (Domain, Offered);
+
+fn serve(rx: &Mutex<mpsc::Receiver<Job>>, results: &UnboundedSender<PoolAnswer>, shared: &Shared) {
+    loop {
+        let job = match lock(rx).recv() {
+            Ok(job) => job,
+            Err(_) => return,
+        };
+        let answer = shared.answer(&job.input);
+        let offered = Offered {
+            key: job.key,
+            gen: job.gen,
+            answer,
+        };
+        let _ = results.send((job.input.domain, offered));
+    }
+}

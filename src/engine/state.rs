@@ -1,0 +1,237 @@
+//! The engine's state: [`Execution`]s (one exid each: its `run/` file,
+//! points log, record, cancel, recovery) above [`Node`]s (one nid each:
+//! queueing, offering, spawning, points), each lifecycle one enum, and the
+//! engine's own [`Mode`].
+//!
+//! A standalone task is an execution with the single node `0`; flows add
+//! nodes to the same execution.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::oneshot;
+
+use super::policy::Effective;
+use crate::model::names::{Exid, Nid, Taskee};
+use crate::model::task::{Refusal, Task};
+use crate::scheduler::{Entry, Limit, NodeKey, TimerId};
+use crate::tasker::{StopReason, TaskerConfig};
+
+/// A queued item of the scheduler: a node and the generation it was
+/// queued under (an item of an older generation is stale and dropped).
+pub type Item = (NodeKey, u64);
+
+/// Why the engine stops a running tasker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stop {
+    /// A cancel request, with its reason (SPEC 8).
+    Cancel(String),
+    /// The engine stops; the task stays in `run/` for the next start.
+    Shutdown,
+}
+
+impl Stop {
+    pub fn reason(&self) -> StopReason {
+        match self {
+            Stop::Cancel(_) => StopReason::Cancel,
+            Stop::Shutdown => StopReason::Shutdown,
+        }
+    }
+}
+
+/// The process of a running node.
+#[derive(Debug)]
+pub enum Process {
+    /// Being spawned off the loop; `started` is not logged yet.
+    Spawning,
+    /// Being spawned, and already asked to stop: the stop is passed on once
+    /// the process exists.
+    SpawningToStop(Stop),
+    /// Runs (`started` logged); `stop` asks its driver to end it.
+    Live {
+        pgid: i32,
+        stop: oneshot::Sender<StopReason>,
+    },
+    /// Runs and was asked to stop; its exit is awaited.
+    Stopping { pgid: i32, why: Stop },
+}
+
+impl Process {
+    /// Whether `started` is logged (the tasker's own points may follow).
+    pub fn started(&self) -> bool {
+        matches!(self, Process::Live { .. } | Process::Stopping { .. })
+    }
+
+    /// The stop asked for, if any.
+    pub fn stop_asked(&self) -> Option<&Stop> {
+        match self {
+            Process::SpawningToStop(why) | Process::Stopping { why, .. } => Some(why),
+            _ => None,
+        }
+    }
+
+    /// Asks the process to stop (once: a later ask keeps the first reason,
+    /// as a cancel during a shutdown still aborts).
+    pub fn ask_stop(&mut self, why: Stop) {
+        let current = std::mem::replace(self, Process::Spawning);
+        *self = match current {
+            Process::Spawning => Process::SpawningToStop(why),
+            Process::Live { pgid, stop } => {
+                let _ = stop.send(why.reason());
+                Process::Stopping { pgid, why }
+            }
+            other => other,
+        };
+    }
+}
+
+/// A node's run of a tasker: what it holds while it runs.
+#[derive(Debug)]
+pub struct Run {
+    pub process: Process,
+    /// The worker slot's limits, given back at exit.
+    pub limits: Vec<(Limit, u32)>,
+    /// Its slot in the taskers registry (see `registry`).
+    pub slot: usize,
+    /// `$SPOOLFLOW_POINTS`, and how much of it was copied.
+    pub points_file: PathBuf,
+    pub points_offset: u64,
+}
+
+/// Where a node is in its life. One enum: every fact that depends on the
+/// phase lives in its variant.
+#[derive(Debug)]
+pub enum NodeState {
+    /// In the ready queue, or parked on a limit. `waited`: a `suspended`
+    /// point was logged since the node last started (it is logged once).
+    Queued { waited: bool },
+    /// Waiting for a timer (backoff, `uncompleted` with `after`).
+    Delayed,
+    /// Its `run/` file is being rewritten (after `uncompleted`); queued
+    /// again, after `after`, once that is durable.
+    Saving { after: std::time::Duration },
+    /// Its taskmaster runs off the loop; the node holds a worker slot.
+    Offering { entry: Entry<Item>, waited: bool },
+    /// A tasker runs it.
+    Running(Box<Run>),
+    /// Its record is being committed.
+    Committing,
+}
+
+/// A node: one task of an execution, with its own attempts and points.
+#[derive(Debug)]
+pub struct Node {
+    pub task: Task,
+    /// Bumped whenever the node is queued again, so stale scheduler
+    /// entries and timers are recognised.
+    pub gen: u64,
+    pub state: NodeState,
+    /// The `start_timeout` timer, removed once the node starts or ends.
+    pub start_timer: Option<TimerId>,
+    /// The attempt under way or next (1 for the first).
+    pub attempt: u32,
+    pub offers: u32,
+    pub refusals: Vec<Refusal>,
+    /// `uncompleted` replies in a row.
+    pub uncompleted: u32,
+    pub retries_done: u32,
+    /// Taskers started for it so far, over every engine start (a
+    /// recovered node counts the attempts that ran before the crash).
+    pub starts: u32,
+    /// When its latest tasker started (`None`: none in this engine).
+    pub started_at: Option<DateTime<Utc>>,
+    /// The taskee and tasker of the latest offer.
+    pub taskee: Option<Taskee>,
+    pub tasker_path: Option<String>,
+    pub config: Option<Arc<TaskerConfig>>,
+    /// The options in force: the task's over its tasker's over defaults,
+    /// computed at allocation (before it, the task's over defaults).
+    pub effective: Effective,
+}
+
+impl Node {
+    pub fn new(task: Task) -> Node {
+        let effective = Effective::of_task(&task.options);
+        Node {
+            task,
+            gen: 0,
+            state: NodeState::Queued { waited: false },
+            start_timer: None,
+            attempt: 1,
+            offers: 0,
+            refusals: Vec::new(),
+            uncompleted: 0,
+            retries_done: 0,
+            starts: 0,
+            started_at: None,
+            taskee: None,
+            tasker_path: None,
+            config: None,
+            effective,
+        }
+    }
+
+    /// The attempts a record counts: the one under way counts once a
+    /// tasker started for it.
+    pub fn attempts(&self) -> u32 {
+        if self.starts > 0 {
+            self.attempt
+        } else {
+            self.attempt.saturating_sub(1)
+        }
+    }
+
+    /// Whether a scheduler item is this node's current queue entry.
+    pub fn is_queued_as(&self, gen: u64) -> bool {
+        self.gen == gen && matches!(self.state, NodeState::Queued { .. })
+    }
+}
+
+/// An execution: one exid, its task file in `run/`, its points log and,
+/// at the end, its record.
+#[derive(Debug)]
+pub struct Execution {
+    pub created_at: DateTime<Utc>,
+    pub nodes: HashMap<Nid, Node>,
+}
+
+impl Execution {
+    /// A standalone task: an execution of the single node `0`.
+    pub fn standalone(task: Task, created_at: DateTime<Utc>) -> Execution {
+        let mut nodes = HashMap::with_capacity(1);
+        nodes.insert(task.nid.clone(), Node::new(task));
+        Execution { created_at, nodes }
+    }
+}
+
+/// The engine's own lifecycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Rebuilding from disk; scans take every file as it is.
+    Starting,
+    /// Claiming and running tasks.
+    Running,
+    /// `--drain`: running, and exiting once `in/` and `run/` are empty.
+    Draining,
+    /// SIGINT/SIGTERM: no new claims or starts; running taskers may finish
+    /// until `grace_end`.
+    Stopping { grace_end: tokio::time::Instant },
+    /// The grace is over: running taskers were asked to stop.
+    Ending,
+}
+
+impl Mode {
+    pub fn is_stopping(self) -> bool {
+        matches!(self, Mode::Stopping { .. } | Mode::Ending)
+    }
+}
+
+/// The address of a node.
+pub fn key(exid: &Exid, nid: &Nid) -> NodeKey {
+    NodeKey {
+        exid: exid.clone(),
+        nid: nid.clone(),
+    }
+}
