@@ -1,8 +1,7 @@
 //! The pure scheduling core (SPEC section 7): the ready queue (priority,
 //! then arrival), worker slots, concurrency limits with parking (no
-//! head-of-line blocking), timers, and the retry backoff. It touches no
-//! file, clock or process: time is passed in, so it is unit-tested with a
-//! fake clock.
+//! head-of-line blocking) and timers. It touches no file, clock or
+//! process: time is passed in, so it is unit-tested with a fake clock.
 //!
 //! Entries are never removed from the middle of a heap: a cancelled or
 //! superseded entry stays until popped, and the engine drops it then
@@ -12,7 +11,7 @@
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
 use std::hash::Hash;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// The address of a schedulable node: an execution and a node in it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -294,16 +293,10 @@ impl<K: Clone, E, L: Clone + Eq + Hash> Scheduler<K, E, L> {
     }
 }
 
-/// The delay before retry number `retry` (1 for the first): 1 s, 2 s, 4 s
-/// … capped at 5 minutes (SPEC 7).
-pub fn backoff(retry: u32) -> Duration {
-    let exp = retry.saturating_sub(1).min(20);
-    Duration::from_secs((1u64 << exp).min(300))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     type S = Scheduler<&'static str, (), String>;
 
@@ -490,12 +483,5 @@ mod tests {
         s.cancel(a);
         assert_eq!(s.timers_len(), 1);
         assert_eq!(s.pop_due(t0 + Duration::from_secs(9)), Some("y"));
-    }
-
-    #[test]
-    fn backoff_sequence() {
-        let secs: Vec<u64> = (1..=12).map(|r| backoff(r).as_secs()).collect();
-        assert_eq!(secs, [1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300, 300]);
-        assert_eq!(backoff(u32::MAX).as_secs(), 300);
     }
 }

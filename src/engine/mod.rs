@@ -98,7 +98,7 @@ pub enum EngineError {
     Watch(#[from] watch::WatchError),
     #[error(transparent)]
     Spool(#[from] SpoolError),
-    #[error("cannot start the runtime: {0}")]
+    #[error("cannot start the runtime or its threads: {0}")]
     Runtime(std::io::Error),
 }
 
@@ -212,7 +212,8 @@ pub async fn run(
     let (tasker_tx, tasker_rx) = mpsc::unbounded_channel();
     let (written_tx, written_rx) = mpsc::unbounded_channel();
     let (offered_tx, offered_rx) = mpsc::unbounded_channel();
-    let writer = Writer::start(written_tx, root.spares(), options.writer_probe.clone());
+    let writer = Writer::start(written_tx, root.spares(), options.writer_probe.clone())
+        .map_err(EngineError::Runtime)?;
     let drain = options.drain;
 
     let mut engine = Engine {

@@ -33,21 +33,19 @@ impl PointsLog {
     /// Appends `point` to `<exid>.log` in one write.
     pub fn append(&mut self, point: &Point) -> io::Result<()> {
         let line = point.to_line();
-        if !self.open.contains_key(&point.exid) {
-            if self.open.len() >= self.capacity {
-                // Evict everything: O(1) amortized, and a reopen is cheap.
-                self.open.clear();
-            }
-            let file = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(self.dir.join(format!("{}.log", point.exid)))?;
-            self.open.insert(point.exid.clone(), file);
+        if !self.open.contains_key(&point.exid) && self.open.len() >= self.capacity {
+            // Evict everything: O(1) amortized, and a reopen is cheap.
+            self.open.clear();
         }
-        let file = self
-            .open
-            .get_mut(&point.exid)
-            .expect("the handle was inserted above");
+        let file = match self.open.entry(point.exid.clone()) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => e.insert(
+                OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(self.dir.join(format!("{}.log", point.exid)))?,
+            ),
+        };
         file.write_all(&line)
     }
 

@@ -214,16 +214,15 @@ impl Writer {
         results: UnboundedSender<Vec<Done>>,
         spare_dir: PathBuf,
         probe: Option<Probe>,
-    ) -> Writer {
+    ) -> std::io::Result<Writer> {
         let (tx, rx) = mpsc::channel::<Job>();
         let thread = std::thread::Builder::new()
             .name("spoolflow-writer".into())
-            .spawn(move || run(rx, results, Spares::new(spare_dir), probe))
-            .expect("the writer thread can be spawned at start-up");
-        Writer {
+            .spawn(move || run(rx, results, Spares::new(spare_dir), probe))?;
+        Ok(Writer {
             tx: Some(tx),
             thread: Some(thread),
-        }
+        })
     }
 
     /// Queues a job.

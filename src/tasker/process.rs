@@ -252,10 +252,9 @@ async fn drive(
     if timed_out || stopped.is_some() {
         signal_group(pgid, Signal::SIGKILL);
     }
-    let status = status.expect("the loop ends only after the leader exited");
     let ((), (stdout, oversized), stderr_tail) = io_result.unwrap_or_default();
     match status {
-        Ok(status) => Exit::Exited {
+        Some(Ok(status)) => Exit::Exited {
             status,
             stdout,
             oversized,
@@ -263,8 +262,13 @@ async fn drive(
             timed_out,
             stopped,
         },
-        Err(e) => Exit::SpawnFailed {
+        Some(Err(e)) => Exit::SpawnFailed {
             message: format!("waiting for the tasker failed: {e}"),
+            transient: true,
+        },
+        // The loop ends only once the leader's exit is seen.
+        None => Exit::SpawnFailed {
+            message: "the tasker's exit was never seen".into(),
             transient: true,
         },
     }

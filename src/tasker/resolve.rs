@@ -149,8 +149,14 @@ impl Taskers {
         })?;
         if meta.is_dir() {
             let config = self.config(&real.join("tasker.json"))?;
-            let argv = match config.cmd.as_ref() {
-                Some(Cmd::Argv(v)) => {
+            let Some(cmd) = config.cmd.as_ref() else {
+                return Err(TaskerError::Config {
+                    path,
+                    message: "missing key \"cmd\"".into(),
+                });
+            };
+            let argv = match cmd {
+                Cmd::Argv(v) => {
                     let mut argv: Vec<OsString> = v.iter().map(OsString::from).collect();
                     // A relative program path with a slash is relative to
                     // the tasker's directory.
@@ -159,8 +165,7 @@ impl Taskers {
                     }
                     argv
                 }
-                Some(Cmd::Shell(s)) => vec!["/bin/sh".into(), "-c".into(), s.into()],
-                None => unreachable!("TaskerConfig::parse requires cmd"),
+                Cmd::Shell(s) => vec!["/bin/sh".into(), "-c".into(), s.into()],
             };
             Ok(Resolved {
                 taskee: taskee.clone(),

@@ -24,7 +24,8 @@ pub(super) async fn copy_stderr(
         return Vec::new();
     };
     let mut lines = StderrLines::new(prefix);
-    let mut file: Option<std::fs::File> = None;
+    // `None` until the first line arrives; then the file, or `None` if refused.
+    let mut file: Option<Option<std::fs::File>> = None;
     let mut chunk = vec![0u8; 64 * 1024];
     loop {
         let n = match stderr.read(&mut chunk).await {
@@ -34,32 +35,37 @@ pub(super) async fn copy_stderr(
         // One write per chunk read, however many lines it holds.
         let out = lines.push(&chunk[..n], false);
         if !out.is_empty() {
-            if file.is_none() {
-                file = std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&path)
-                    .ok();
-            }
-            if let Some(f) = file.as_mut() {
+            if let Some(f) = file.get_or_insert_with(|| open_err_file(&path)) {
                 let _ = f.write_all(&out);
             }
         }
     }
     let out = lines.push(&[], true);
     if !out.is_empty() {
-        let f = file.or_else(|| {
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&path)
-                .ok()
-        });
-        if let Some(mut f) = f {
+        if let Some(f) = file.get_or_insert_with(|| open_err_file(&path)) {
             let _ = f.write_all(&out);
         }
     }
     lines.tail.into_iter().collect()
+}
+
+/// Opens the `.err` file for appending without following a link and
+/// without blocking (a FIFO put in its place never holds the engine up);
+/// anything but a regular file is refused, and its lines are dropped.
+fn open_err_file(path: &std::path::Path) -> Option<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
+        .open(path)
+        .ok()?;
+    if file.metadata().ok()?.is_file() {
+        Some(file)
+    } else {
+        tracing::warn!("{} is not a regular file; stderr not kept", path.display());
+        None
+    }
 }
 
 /// Splits a tasker's stderr into prefixed lines (long lines cut at

@@ -453,3 +453,54 @@ fn uncompleted_replies_are_counted_across_kill_9() {
     assert_eq!(names.last().map(String::as_str), Some("failed"));
     assert!(t.list("var/spool/run").is_empty());
 }
+
+/// Every fsync goes through the durable writer: a rejection, the claim of
+/// a file that does not name its domain and the rewrite of a `run/` file
+/// after `uncompleted` are jobs of the writer (seen through its probe, in
+/// the order they were made durable), and so is the record.
+#[test]
+fn rejections_claims_and_rewrites_are_made_durable_by_the_writer() {
+    use spoolflow::store::writer::JobKind;
+    let t = TestRoot::new();
+    t.tasker(
+        "org",
+        "unc",
+        r#"#!/bin/sh
+cat >/dev/null
+if [ -e "$SPOOLFLOW_ROOT/once" ]; then
+  echo '{"done":true}'
+else
+  touch "$SPOOLFLOW_ROOT/once"
+  echo '{"point":"uncompleted","payload":{"step":2}}'
+fi
+"#,
+    );
+    t.drop_bytes("", "notes.txt", b"not a task");
+    t.drop_task_in("org", "c1.json", r#"{"tasker":"unc"}"#);
+    let (tx, rx) = std::sync::mpsc::channel();
+    t.run_drain_with(Options {
+        workers: 2,
+        drain: true,
+        writer_probe: Some(tx),
+        ..Options::default()
+    });
+    assert_eq!(t.must_record("c1")["state"], "completed");
+    let jobs: Vec<(JobKind, String)> = rx
+        .try_iter()
+        .map(|d| {
+            let rel = d.path.strip_prefix(t.path()).unwrap_or(&d.path);
+            (d.kind, rel.display().to_string())
+        })
+        .collect();
+    let at = |kind: JobKind, path: &str| {
+        jobs.iter()
+            .position(|(k, p)| *k == kind && p == path)
+            .unwrap_or_else(|| panic!("no {kind:?} of {path} among {jobs:?}"))
+    };
+    at(JobKind::Reject, "var/spool/rejected/notes.txt");
+    let claim = at(JobKind::Claim, "var/spool/run/c1.json");
+    let rewrite = at(JobKind::Rewrite, "var/spool/run/c1.json");
+    let record = at(JobKind::Record, "var/spool/done/c1.json");
+    assert!(claim < rewrite && rewrite < record, "{jobs:?}");
+    assert!(t.rejected_reason("notes.txt").is_some());
+}
