@@ -13,9 +13,9 @@ use tokio::sync::oneshot;
 
 use super::offers::{Answer, OfferInput, Offered};
 use super::policy::{self, Effective};
-use super::state::{Execution, Item, Node, NodeState, Process, Run};
+use super::state::{Item, Node, NodeState, Offer, Process, Run};
 use super::{env, Engine, TaskerMsg, Timer};
-use crate::model::names::{Domain, Exid};
+use crate::model::names::Domain;
 use crate::model::point::{Kind, Point};
 use crate::model::task::{ErrorKind, Object, State, Task, TaskError};
 use crate::scheduler::{Entry, Limit, NodeKey};
@@ -28,11 +28,8 @@ const POINTS_READ_LIMIT: u64 = 1 << 20;
 
 /// Whether a queued or parked scheduler item is still wanted: its node
 /// exists, is queued, and the item is of its current generation.
-pub(super) fn is_live(executions: &HashMap<Exid, Execution>, (key, gen): &Item) -> bool {
-    executions
-        .get(&key.exid)
-        .and_then(|e| e.nodes.get(&key.nid))
-        .is_some_and(|n| n.is_queued_as(*gen))
+pub(super) fn is_live(nodes: &HashMap<NodeKey, Node>, (key, gen): &Item) -> bool {
+    nodes.get(key).is_some_and(|n| n.is_queued_as(*gen))
 }
 
 impl Engine {
@@ -87,9 +84,8 @@ impl Engine {
     /// live waiter.
     pub(super) fn pass_on(&mut self, limit: Option<&Limit>) {
         if let Some(limit) = limit {
-            let executions = &self.executions;
-            self.sched
-                .wake_if_free(limit, |item| is_live(executions, item));
+            let nodes = &self.nodes;
+            self.sched.wake_if_free(limit, |item| is_live(nodes, item));
         }
     }
 
@@ -103,7 +99,7 @@ impl Engine {
             return;
         };
         let waited = matches!(node.state, NodeState::Queued { waited: true });
-        node.state = NodeState::Offering { entry, waited };
+        node.state = NodeState::Offering(Box::new(Offer { entry, waited }));
         let (domain, gen) = (node.task.domain.clone(), node.gen);
         self.sched.reserve();
         if self.offering.contains(&domain) {
@@ -166,7 +162,7 @@ impl Engine {
             };
             let offering = self
                 .node(&key)
-                .is_some_and(|n| n.gen == gen && matches!(n.state, NodeState::Offering { .. }));
+                .is_some_and(|n| n.gen == gen && matches!(n.state, NodeState::Offering(_)));
             if offering {
                 self.send_offer(&key);
             }
@@ -179,12 +175,13 @@ impl Engine {
         let Some(node) = self.node_mut(&key).filter(|n| n.gen == gen) else {
             return;
         };
-        let NodeState::Offering { entry, waited } =
+        let NodeState::Offering(offer) =
             std::mem::replace(&mut node.state, NodeState::Queued { waited: false })
         else {
             // Cancelled or let go while offered: its slot went back then.
             return;
         };
+        let Offer { entry, waited } = *offer;
         node.state = NodeState::Queued { waited };
         self.sched.unreserve();
         let woken_by = entry.woken_by().cloned();
@@ -441,8 +438,8 @@ impl Engine {
     /// Gives back a worker slot and limits; a parked node the engine
     /// dropped meanwhile (cancelled, timed out) is skipped.
     pub(super) fn release(&mut self, limits: &[(Limit, u32)]) {
-        let executions = &self.executions;
-        self.sched.finish(limits, |item| is_live(executions, item));
+        let nodes = &self.nodes;
+        self.sched.finish(limits, |item| is_live(nodes, item));
     }
 }
 

@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 
 use super::state::{key, Execution, Node, NodeState, Stop};
 use super::{Engine, EngineError};
+use crate::model::names::Exid;
 use crate::model::point::Point;
 use crate::model::task::{timestamp, ErrorKind, Record, State, TaskError};
 use crate::scheduler::NodeKey;
@@ -16,13 +17,13 @@ use crate::store::writer::{Done, Job, RecordJob};
 impl Engine {
     /// Adds an execution and queues its nodes, each with its
     /// `start_timeout` watched from the execution's creation.
-    pub(super) fn insert_execution(&mut self, exec: Execution) {
+    pub(super) fn insert_execution(&mut self, exid: Exid, exec: Execution, nodes: Vec<Node>) {
         let created_at = exec.created_at;
-        let Some(exid) = exec.nodes.values().next().map(|n| n.task.exid.clone()) else {
-            return;
-        };
-        let keys: Vec<NodeKey> = exec.nodes.keys().map(|nid| key(&exid, nid)).collect();
+        let keys: Vec<NodeKey> = nodes.iter().map(|n| key(&exid, &n.task.nid)).collect();
         self.executions.insert(exid, exec);
+        for (k, node) in keys.iter().zip(nodes) {
+            self.nodes.insert(k.clone(), node);
+        }
         for k in keys {
             self.watch_start_timeout(&k, created_at);
             self.enqueue(&k);
@@ -57,9 +58,9 @@ impl Engine {
         if let Some(timer) = timer {
             self.sched.cancel(timer);
         }
-        if let NodeState::Offering { entry, .. } = state {
+        if let NodeState::Offering(offer) = state {
             self.sched.unreserve();
-            self.pass_on(entry.woken_by());
+            self.pass_on(offer.entry.woken_by());
         }
     }
 
@@ -75,10 +76,7 @@ impl Engine {
             return;
         }
         self.leave_waiting(k);
-        let Some(exec) = self.executions.get(&k.exid) else {
-            return;
-        };
-        let Some(node) = exec.nodes.get(&k.nid) else {
+        let (Some(exec), Some(node)) = (self.executions.get(&k.exid), self.nodes.get(k)) else {
             return;
         };
         let record = record_of(node, exec.created_at, state, err);
@@ -109,11 +107,12 @@ impl Engine {
     }
 
     fn remove_node(&mut self, k: &NodeKey) {
+        self.nodes.remove(k);
         let Some(exec) = self.executions.get_mut(&k.exid) else {
             return;
         };
-        exec.nodes.remove(&k.nid);
-        if exec.nodes.is_empty() {
+        exec.nids.retain(|nid| *nid != k.nid);
+        if exec.nids.is_empty() {
             self.executions.remove(&k.exid);
             self.points.close(&k.exid);
         }
@@ -154,16 +153,20 @@ impl Engine {
         reason: &str,
         request: &std::path::Path,
     ) {
-        let Some(exec) = self.executions.get_mut(exid) else {
+        let Some(exec) = self.executions.get(exid) else {
             return;
         };
         let _ = std::fs::remove_file(request);
+        let keys: Vec<NodeKey> = exec.nids.iter().map(|nid| key(exid, nid)).collect();
         let mut waiting = Vec::new();
-        for (nid, node) in exec.nodes.iter_mut() {
+        for k in keys {
+            let Some(node) = self.nodes.get_mut(&k) else {
+                continue;
+            };
             match &mut node.state {
                 NodeState::Committing => {}
                 NodeState::Running(run) => run.process.ask_stop(Stop::Cancel(reason.to_string())),
-                _ => waiting.push(key(exid, nid)),
+                _ => waiting.push(k),
             }
         }
         for k in waiting {

@@ -171,7 +171,8 @@ impl Engine {
         }
         self.log_idle(p);
         let exid = task.exid.clone();
-        self.insert_execution(Execution::standalone(task, Utc::now()));
+        let (exec, node) = Execution::standalone(task, Utc::now());
+        self.insert_execution(exid.clone(), exec, vec![node]);
         if let Some((req, reason)) = self.pending_cancels.remove(&exid) {
             self.cancel(&exid, &reason, &req);
         }

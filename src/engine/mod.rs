@@ -168,6 +168,8 @@ pub(crate) struct Engine {
     offering: HashSet<Domain>,
     deferred: HashMap<Domain, VecDeque<Item>>,
     executions: HashMap<Exid, Execution>,
+    /// Every live node of every execution.
+    nodes: HashMap<NodeKey, Node>,
     /// Domain-less claims being made durable by the writer.
     claiming: HashMap<Exid, crate::model::task::Task>,
     /// Paths of `in/` and `cancel/` handed to the writer (claims,
@@ -226,6 +228,7 @@ pub async fn run(
         offering: HashSet::new(),
         deferred: HashMap::new(),
         executions: HashMap::new(),
+        nodes: HashMap::new(),
         claiming: HashMap::new(),
         in_flight: HashSet::new(),
         points_files: HashMap::new(),
@@ -352,17 +355,15 @@ impl Engine {
             && self.scan.is_empty()
     }
 
-    /// Whether no tasker runs or is being offered, and no record is being
-    /// committed (what a stop waits for; O(nodes), looked at only while
+    /// Whether no tasker runs and no record is being committed (what a stop waits for; O(nodes), looked at only while
     /// stopping).
     fn nothing_running(&self) -> bool {
         use state::NodeState;
         self.committing == 0
-            && !self.executions.values().any(|e| {
-                e.nodes
-                    .values()
-                    .any(|n| matches!(n.state, NodeState::Running(_) | NodeState::Committing))
-            })
+            && !self
+                .nodes
+                .values()
+                .any(|n| matches!(n.state, NodeState::Running(_) | NodeState::Committing))
     }
 
     fn on_watch(&mut self, ev: WatchEvent) {
@@ -388,11 +389,11 @@ impl Engine {
     // ------------------------------------------------------------ lookups
 
     fn node(&self, key: &NodeKey) -> Option<&Node> {
-        self.executions.get(&key.exid)?.nodes.get(&key.nid)
+        self.nodes.get(key)
     }
 
     fn node_mut(&mut self, key: &NodeKey) -> Option<&mut Node> {
-        self.executions.get_mut(&key.exid)?.nodes.get_mut(&key.nid)
+        self.nodes.get_mut(key)
     }
 
     // ------------------------------------------------------------ points

@@ -455,16 +455,15 @@ impl super::Engine {
                 .with("attempt", r.attempts + 1);
             p.id = r.task.id.clone();
             self.log_idle(p);
-            let mut exec = Execution::standalone(r.task, r.created_at.unwrap_or_else(Utc::now));
-            if let Some(node) = exec.nodes.get_mut(&k.nid) {
-                node.attempt = r.attempts + 1;
-                node.offers = r.offers;
-                node.retries_done = r.retries;
-                node.starts = r.attempts;
-                node.refusals = r.refusals;
-                node.uncompleted = r.uncompleted;
-            }
-            self.insert_execution(exec);
+            let created_at = r.created_at.unwrap_or_else(Utc::now);
+            let (exec, mut node) = Execution::standalone(r.task, created_at);
+            node.attempt = r.attempts + 1;
+            node.offers = r.offers;
+            node.retries_done = r.retries;
+            node.starts = r.attempts;
+            node.refusals = r.refusals;
+            node.uncompleted = r.uncompleted;
+            self.insert_execution(k.exid, exec, vec![node]);
         }
         Ok(())
     }

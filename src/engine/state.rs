@@ -6,7 +6,6 @@
 //! A standalone task is an execution with the single node `0`; flows add
 //! nodes to the same execution.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -100,6 +99,14 @@ pub struct Run {
     pub points_offset: u64,
 }
 
+/// A node being offered: its scheduler entry (given back to the scheduler
+/// if a limit holds the node back) and whether it waited already.
+#[derive(Debug)]
+pub struct Offer {
+    pub entry: Entry<Item>,
+    pub waited: bool,
+}
+
 /// Where a node is in its life. One enum: every fact that depends on the
 /// phase lives in its variant.
 #[derive(Debug)]
@@ -113,7 +120,7 @@ pub enum NodeState {
     /// again, after `after`, once that is durable.
     Saving { after: std::time::Duration },
     /// Its taskmaster runs off the loop; the node holds a worker slot.
-    Offering { entry: Entry<Item>, waited: bool },
+    Offering(Box<Offer>),
     /// A tasker runs it.
     Running(Box<Run>),
     /// Its record is being committed.
@@ -190,19 +197,23 @@ impl Node {
 }
 
 /// An execution: one exid, its task file in `run/`, its points log and,
-/// at the end, its record.
+/// at the end, its record. Its nodes live in the engine's one map of nodes
+/// (a map per execution would cost a table per task); `nids` names the
+/// live ones.
 #[derive(Debug)]
 pub struct Execution {
     pub created_at: DateTime<Utc>,
-    pub nodes: HashMap<Nid, Node>,
+    pub nids: Vec<Nid>,
 }
 
 impl Execution {
     /// A standalone task: an execution of the single node `0`.
-    pub fn standalone(task: Task, created_at: DateTime<Utc>) -> Execution {
-        let mut nodes = HashMap::with_capacity(1);
-        nodes.insert(task.nid.clone(), Node::new(task));
-        Execution { created_at, nodes }
+    pub fn standalone(task: Task, created_at: DateTime<Utc>) -> (Execution, Node) {
+        let exec = Execution {
+            created_at,
+            nids: vec![task.nid.clone()],
+        };
+        (exec, Node::new(task))
     }
 }
 

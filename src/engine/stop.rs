@@ -3,7 +3,7 @@
 //! finish within the grace; then they are stopped and their tasks stay in
 //! `run/` too. A second signal ends the grace at once.
 
-use super::state::{key, Mode, NodeState, Stop};
+use super::state::{Mode, NodeState, Stop};
 use super::Engine;
 use crate::scheduler::NodeKey;
 
@@ -24,16 +24,10 @@ impl Engine {
         self.deferred.clear();
         // Waiting nodes stay in run/ for the next start.
         let waiting: Vec<NodeKey> = self
-            .executions
+            .nodes
             .iter()
-            .flat_map(|(exid, e)| {
-                e.nodes
-                    .iter()
-                    .filter(|(_, n)| {
-                        !matches!(n.state, NodeState::Running(_) | NodeState::Committing)
-                    })
-                    .map(move |(nid, _)| key(exid, nid))
-            })
+            .filter(|(_, n)| !matches!(n.state, NodeState::Running(_) | NodeState::Committing))
+            .map(|(k, _)| k.clone())
             .collect();
         for k in waiting {
             self.let_go(&k);
@@ -42,11 +36,9 @@ impl Engine {
 
     pub(super) fn end_grace(&mut self) {
         self.mode = Mode::Ending;
-        for exec in self.executions.values_mut() {
-            for node in exec.nodes.values_mut() {
-                if let NodeState::Running(run) = &mut node.state {
-                    run.process.ask_stop(Stop::Shutdown);
-                }
+        for node in self.nodes.values_mut() {
+            if let NodeState::Running(run) = &mut node.state {
+                run.process.ask_stop(Stop::Shutdown);
             }
         }
     }
