@@ -121,6 +121,15 @@ impl Engine {
         let Some(node) = self.node(key) else {
             return;
         };
+        let gen = node.gen;
+        if let Some(answer) = self.offers.known(&node.task.domain, node.task.tasker.as_ref()) {
+            let offered = Offered {
+                key: key.clone(),
+                gen,
+                answer,
+            };
+            return self.on_offered(offered);
+        }
         let input = OfferInput {
             id: node.task.id.clone(),
             exid: node.task.exid.clone(),
@@ -133,18 +142,8 @@ impl Engine {
             refusals: node.refusals.clone(),
             payload: node.task.payload.clone(),
         };
-        let gen = node.gen;
-        match self.offers.known(&input) {
-            Some(answer) => self.on_offered(Offered {
-                key: key.clone(),
-                gen,
-                answer,
-            }),
-            None => {
-                self.offering.insert(input.domain.clone());
-                self.offers.send(key.clone(), gen, input);
-            }
-        }
+        self.offering.insert(input.domain.clone());
+        self.offers.send(key.clone(), gen, input);
     }
 
     /// The pool answered an offer of `domain`: act on it, then send the

@@ -153,18 +153,24 @@ impl Offers {
         lock(&self.shared.taskers).invalidate();
     }
 
-    /// The answer when the caches hold it: the domain has no taskmaster and
-    /// the requested tasker's resolution is cached (or there is none).
-    pub fn known(&self, input: &OfferInput) -> Option<Answer> {
-        if !lock(&self.shared.taskmasters).known_absent(&input.domain) {
+    /// The answer when the caches hold it: `domain` has no taskmaster and
+    /// the requested tasker's resolution is cached (or none was requested).
+    pub fn known(&self, domain: &Domain, requested: Option<&Taskee>) -> Option<Answer> {
+        if !lock(&self.shared.taskmasters).known_absent(domain) {
             return None;
         }
-        let choice = taskmaster::requested(&input.as_input());
-        let resolved = match &choice {
-            Ok(Choice::Taskee(t)) => Some(Ok(lock(&self.shared.taskers).cached(&input.domain, t)?)),
-            _ => None,
+        let Some(taskee) = requested else {
+            let choice = Err(TaskmasterError::NoTaskee(domain.clone()));
+            return Some(Answer {
+                choice,
+                resolved: None,
+            });
         };
-        Some(Answer { choice, resolved })
+        let resolved = lock(&self.shared.taskers).cached(domain, taskee)?;
+        Some(Answer {
+            choice: Ok(Choice::Taskee(taskee.clone())),
+            resolved: Some(Ok(resolved)),
+        })
     }
 
     /// Hands an offer to the pool.
