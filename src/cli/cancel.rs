@@ -50,29 +50,12 @@ pub fn run(root: Option<PathBuf>, args: Args) -> Result<(), Failure> {
 /// operator's command may afford one pass over the spool).
 fn in_spool(root: &spoolflow::Root, id: &TaskId) -> bool {
     let name = format!("{id}.json");
-    let mut files = Vec::new();
-    for entry in std::fs::read_dir(root.spool_in())
-        .into_iter()
-        .flatten()
-        .flatten()
+    let files: Vec<PathBuf> = spoolflow::store::intake::counted_entries(root).collect();
+    if files
+        .iter()
+        .any(|p| p.file_name().is_some_and(|n| *n == *name))
     {
-        let path = entry.path();
-        if path.is_dir() {
-            if path.join(&name).exists() {
-                return true;
-            }
-            files.extend(
-                std::fs::read_dir(&path)
-                    .into_iter()
-                    .flatten()
-                    .flatten()
-                    .map(|e| e.path()),
-            );
-        } else if entry.file_name() == name.as_str() {
-            return true;
-        } else {
-            files.push(path);
-        }
+        return true;
     }
     files.iter().any(|p| {
         let named = p.extension().is_some_and(|e| e == "json");

@@ -122,7 +122,10 @@ impl Engine {
             return;
         };
         let gen = node.gen;
-        if let Some(answer) = self.offers.known(&node.task.domain, node.task.tasker.as_ref()) {
+        if let Some(answer) = self
+            .offers
+            .known(&node.task.domain, node.task.tasker.as_ref())
+        {
             let offered = Offered {
                 key: key.clone(),
                 gen,

@@ -34,31 +34,33 @@ pub fn is_ignored_name(name: &str) -> bool {
     name.starts_with('.') || name.ends_with(".tmp")
 }
 
-/// Whether `in/` holds nothing to take: no entry but ignored names, and
-/// domain directories with nothing but ignored names in them (what
-/// `run --drain` waits for).
-pub fn in_is_empty(root: &Root) -> bool {
-    let Ok(entries) = std::fs::read_dir(root.spool_in()) else {
-        return true;
+/// The entries of `in/` that count (the one definition, shared by intake,
+/// `--drain` and `cancel`): every entry whose name is not ignored, except
+/// that a domain's directory is not itself an entry — the entries inside
+/// it whose names are not ignored are.
+pub fn counted_entries(root: &Root) -> impl Iterator<Item = PathBuf> {
+    let listing = |dir: &Path| {
+        std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| !is_ignored_name(&e.file_name().to_string_lossy()))
     };
-    for e in entries.flatten() {
-        let name = e.file_name();
-        let name = name.to_string_lossy();
-        if is_ignored_name(&name) {
-            continue;
-        }
-        let domain_dir = e.file_type().is_ok_and(|t| t.is_dir()) && name.parse::<Domain>().is_ok();
-        if !domain_dir {
-            return false;
-        }
-        let has_any = std::fs::read_dir(e.path()).is_ok_and(|mut d| {
-            d.any(|f| f.is_ok_and(|f| !is_ignored_name(&f.file_name().to_string_lossy())))
-        });
-        if has_any {
-            return false;
-        }
-    }
-    true
+    listing(&root.spool_in()).flat_map(move |e| {
+        let domain_dir = e.file_type().is_ok_and(|t| t.is_dir())
+            && e.file_name().to_string_lossy().parse::<Domain>().is_ok();
+        let inner: Vec<PathBuf> = if domain_dir {
+            listing(&e.path()).map(|f| f.path()).collect()
+        } else {
+            vec![e.path()]
+        };
+        inner
+    })
+}
+
+/// Whether `in/` holds nothing to take (what `run --drain` waits for).
+pub fn in_is_empty(root: &Root) -> bool {
+    counted_entries(root).next().is_none()
 }
 
 /// Examines one path under `in/`, reading at most `limit` bytes of it.
