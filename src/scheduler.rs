@@ -26,6 +26,9 @@ pub struct NodeKey {
 pub enum Limit {
     /// `max_concurrent` of the tasker at this path (`tsk/…`).
     MaxConcurrent { tasker: String },
+    /// The turn of a domain's offers: one at a time goes to the taskmaster
+    /// pool, so that equal priorities start in arrival order.
+    Offer { domain: crate::model::names::Domain },
     /// `{ "key": key, "limit": N }` of the tasker at this path, for the
     /// tasks whose value at `key` is `value` (as JSON).
     Key {
@@ -40,6 +43,7 @@ impl Limit {
     pub fn describe(&self) -> String {
         match self {
             Limit::MaxConcurrent { tasker } => format!("{tasker} is at its max_concurrent"),
+            Limit::Offer { domain } => format!("waiting for the taskmaster of {domain}"),
             Limit::Key { tasker, key, value } => {
                 format!("{tasker} is at its concurrency limit for {key}={value}")
             }
@@ -65,6 +69,12 @@ impl<K, L> Entry<K, L> {
     /// take passes to the next waiter.
     pub fn woken_by(&self) -> Option<&L> {
         self.woken_by.as_ref()
+    }
+
+    /// Forgets the limit this item was woken for: it took that limit's
+    /// unit, so there is none to pass on.
+    pub fn took_woken_unit(&mut self) {
+        self.woken_by = None;
     }
 }
 
@@ -206,14 +216,31 @@ impl<K: Clone, E, L: Clone + Eq + Hash> Scheduler<K, E, L> {
     pub fn finish(&mut self, limits: &[(L, u32)], mut is_live: impl FnMut(&K) -> bool) {
         self.running = self.running.saturating_sub(1);
         for (key, _) in limits {
-            if let Some(n) = self.in_use.get_mut(key) {
-                *n -= 1;
-                if *n == 0 {
-                    self.in_use.remove(key);
-                }
-            }
-            self.wake_if_free(key, &mut is_live);
+            self.give_back(key, &mut is_live);
         }
+    }
+
+    /// Takes one unit of the limit `key` (of size `limit`) without a
+    /// worker slot, if one is free (a turn that items must take one at a
+    /// time; those that find it taken are [`park`](Self::park)ed on it).
+    pub fn try_take(&mut self, key: &L, limit: u32) -> bool {
+        if self.in_use(key) >= limit {
+            return false;
+        }
+        *self.in_use.entry(key.clone()).or_insert(0) += 1;
+        true
+    }
+
+    /// Gives back one unit of `key`; its first live waiter goes back to
+    /// the ready queue.
+    pub fn give_back(&mut self, key: &L, mut is_live: impl FnMut(&K) -> bool) {
+        if let Some(n) = self.in_use.get_mut(key) {
+            *n -= 1;
+            if *n == 0 {
+                self.in_use.remove(key);
+            }
+        }
+        self.wake_if_free(key, &mut is_live);
     }
 
     /// If `key` has a free unit, sends its first live waiter back to the
@@ -462,6 +489,28 @@ mod tests {
         assert_eq!(e.item, "gone");
         s.wake_if_free(e.woken_by().unwrap(), |_| true);
         assert_eq!(step(&mut s, |_| lim(&["k"])), Some(("next", true)));
+    }
+
+    #[test]
+    fn a_turn_is_taken_without_a_worker_and_passed_on() {
+        let mut s: S = Scheduler::new(1);
+        let turn = "turn:a".to_string();
+        s.push(0, "a1");
+        s.push(0, "a2");
+        let e = s.pop().unwrap();
+        assert_eq!(e.item, "a1");
+        assert!(s.try_take(&turn, 1));
+        // The turn holds no worker: a2 is popped, finds the turn taken and
+        // parks on it.
+        let e = s.pop().unwrap();
+        assert_eq!(e.item, "a2");
+        assert!(!s.try_take(&turn, 1));
+        s.park(e, turn.clone(), 1);
+        assert_eq!(pop(&mut s), None);
+        s.give_back(&turn, |_| true);
+        let e = s.pop().unwrap();
+        assert_eq!((e.item, e.woken_by()), ("a2", Some(&turn)));
+        assert!(s.try_take(&turn, 1));
     }
 
     #[test]

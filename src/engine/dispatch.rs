@@ -9,10 +9,12 @@ use std::io::{Read, Seek, SeekFrom};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+use tokio::sync::mpsc::UnboundedSender;
 use tokio::sync::oneshot;
 
 use super::offers::{Answer, OfferInput, Offered};
 use super::policy::{self, Effective};
+use super::registry::RegistryWriter;
 use super::state::{Item, Node, NodeState, Offer, Process, Run};
 use super::{env, Engine, TaskerMsg, Timer};
 use crate::model::names::Domain;
@@ -89,32 +91,26 @@ impl Engine {
         }
     }
 
-    /// Asks for a node's taskee. The node holds a worker slot from now
-    /// until it starts, parks or ends. Offers of one domain are answered in
-    /// the order they were popped (one at a time through the pool), so that
-    /// equal priorities still start in arrival order; a slow taskmaster
-    /// delays only its own domain.
-    fn offer(&mut self, key: &NodeKey, entry: Entry<Item>) {
-        let Some(node) = self.node_mut(key) else {
-            return;
+    /// Asks for a node's taskee; from now until it starts, parks on a
+    /// limit or ends, the node holds a worker slot. Offers that need the
+    /// taskmaster pool go there one domain at a time (the domain's turn, a
+    /// limit of one that holds no worker), so that equal priorities still
+    /// start in arrival order and a slow taskmaster holds up only its own
+    /// domain; an offer the caches can answer is made at once.
+    fn offer(&mut self, key: &NodeKey, mut entry: Entry<Item>) {
+        let Some(node) = self.node(key) else {
+            return self.pass_on(entry.woken_by());
         };
-        let waited = matches!(node.state, NodeState::Queued { waited: true });
-        node.state = NodeState::Offering(Box::new(Offer { entry, waited }));
-        let (domain, gen) = (node.task.domain.clone(), node.gen);
-        self.sched.reserve();
-        if self.offering.contains(&domain) {
-            self.deferred
-                .entry(domain)
-                .or_default()
-                .push_back((key.clone(), gen));
-        } else {
-            self.send_offer(key);
+        let turn = Limit::Offer {
+            domain: node.task.domain.clone(),
+        };
+        if self.sched.in_use(&turn) > 0 {
+            // Parked entries keep their place; the turn wakes them in order.
+            // A unit this entry was woken for goes on to the next waiter.
+            let woken_by = entry.woken_by().cloned();
+            self.sched.park(entry, turn, 1);
+            return self.pass_on(woken_by.as_ref());
         }
-    }
-
-    /// Answers an offer inline when the caches know the answer, else hands
-    /// it to the pool (and holds back the domain's next offers).
-    fn send_offer(&mut self, key: &NodeKey) {
         if self.tsk_watch.changed() {
             self.offers.invalidate();
         }
@@ -122,53 +118,54 @@ impl Engine {
             return;
         };
         let gen = node.gen;
-        if let Some(answer) = self
+        let known = self
             .offers
-            .known(&node.task.domain, node.task.tasker.as_ref())
-        {
-            let offered = Offered {
+            .known(&node.task.domain, node.task.tasker.as_ref());
+        let input = match known {
+            Some(_) => None,
+            None => Some(OfferInput {
+                id: node.task.id.clone(),
+                exid: node.task.exid.clone(),
+                nid: node.task.nid.clone(),
+                domain: node.task.domain.clone(),
+                tasker: node.task.tasker.clone(),
+                attempt: node.attempt,
+                offers: node.offers,
+                headers: node.task.headers.clone(),
+                refusals: node.refusals.clone(),
+                payload: node.task.payload.clone(),
+            }),
+        };
+        if input.is_some() {
+            self.sched.try_take(&turn, 1);
+            if entry.woken_by() == Some(&turn) {
+                entry.took_woken_unit();
+            }
+        }
+        let Some(node) = self.node_mut(key) else {
+            return;
+        };
+        let waited = matches!(node.state, NodeState::Queued { waited: true });
+        node.state = NodeState::Offering(Box::new(Offer { entry, waited }));
+        self.sched.reserve();
+        match (known, input) {
+            (Some(answer), _) => self.on_offered(Offered {
                 key: key.clone(),
                 gen,
                 answer,
-            };
-            return self.on_offered(offered);
+            }),
+            (None, Some(input)) => self.offers.send(key.clone(), gen, input),
+            (None, None) => {}
         }
-        let input = OfferInput {
-            id: node.task.id.clone(),
-            exid: node.task.exid.clone(),
-            nid: node.task.nid.clone(),
-            domain: node.task.domain.clone(),
-            tasker: node.task.tasker.clone(),
-            attempt: node.attempt,
-            offers: node.offers,
-            headers: node.task.headers.clone(),
-            refusals: node.refusals.clone(),
-            payload: node.task.payload.clone(),
-        };
-        self.offering.insert(input.domain.clone());
-        self.offers.send(key.clone(), gen, input);
     }
 
-    /// The pool answered an offer of `domain`: act on it, then send the
-    /// domain's next offer.
+    /// The pool answered an offer of `domain`: the domain's turn passes to
+    /// its next offer, and the answer is acted on.
     pub(super) fn on_pool_answer(&mut self, domain: Domain, offered: Offered) {
-        self.offering.remove(&domain);
+        let nodes = &self.nodes;
+        self.sched
+            .give_back(&Limit::Offer { domain }, |item| is_live(nodes, item));
         self.on_offered(offered);
-        while !self.offering.contains(&domain) {
-            let Some(queue) = self.deferred.get_mut(&domain) else {
-                break;
-            };
-            let Some((key, gen)) = queue.pop_front() else {
-                self.deferred.remove(&domain);
-                break;
-            };
-            let offering = self
-                .node(&key)
-                .is_some_and(|n| n.gen == gen && matches!(n.state, NodeState::Offering(_)));
-            if offering {
-                self.send_offer(&key);
-            }
-        }
     }
 
     /// An offer's answer: fail, or allocate and start.
@@ -235,6 +232,7 @@ impl Engine {
         node.tasker_path = Some(tasker_path.clone());
         node.config = Some(resolved.config.clone());
         node.effective = Effective::of(&node.task.options, &resolved.config);
+        let attempt = node.attempt;
         if let Err(e) = self.watch_tasker_start_timeout(key, &resolved.config) {
             return self.fail(key, e);
         }
@@ -252,14 +250,11 @@ impl Engine {
             }
             return;
         }
-        let Some(node) = self.node(key) else {
-            return;
-        };
         let p = self
             .point(key, Kind::Allocated)
             .with("taskee", resolved.taskee.as_str())
             .with("tasker", tasker_path.as_str())
-            .with("attempt", node.attempt);
+            .with("attempt", attempt);
         self.log(p);
         self.start(key, resolved, limits);
     }
@@ -301,17 +296,16 @@ impl Engine {
     /// limits from now on, and `started` is logged once the process exists.
     fn start(&mut self, key: &NodeKey, resolved: Resolved, limits: Vec<(Limit, u32)>) {
         let points_file = self.root.node_points_file(&key.exid, &key.nid);
-        let slot = self.registry.take_slot();
-        let registry = self.registry.writer();
         let kill_grace = self.options.kill_grace;
         let stderr_path = self.root.stderr_log(&key.exid);
         let root_dir = self.root.dir().to_path_buf();
-        let Some(created_at) = self.executions.get(&key.exid).map(|e| e.created_at) else {
-            return;
+        let registry = self.registry.writer();
+        let created_at = self.executions.get(&key.exid).map(|e| e.created_at);
+        let (Some(created_at), Some(node)) = (created_at, self.nodes.get_mut(key)) else {
+            // Allocated just now, so both exist; give the slot back if not.
+            return self.release(&limits);
         };
-        let Some(node) = self.node_mut(key) else {
-            return;
-        };
+        let slot = self.registry.take_slot();
         let stdin = stdin_of(node, created_at, resolved.config.input);
         let launch = Launch {
             env: env::tasker_env(
@@ -331,6 +325,7 @@ impl Engine {
             kill_grace,
         };
         node.state = NodeState::Running(Box::new(Run {
+            taskee: resolved.taskee.clone(),
             process: Process::Spawning,
             limits,
             slot,
@@ -343,24 +338,9 @@ impl Engine {
         // loop, so that other exits and starts go on meanwhile.
         let tx = self.tasker_tx.clone();
         let key = key.clone();
-        tokio::task::spawn_blocking(move || match tasker::spawn(launch) {
-            Ok((handle, driver)) => {
-                registry.record(slot, handle.pgid);
-                // Sent before the driver exists, so it precedes `Exited`.
-                let _ = tx.send(TaskerMsg::Started {
-                    key: key.clone(),
-                    gen,
-                    pgid: handle.pgid,
-                    stop: handle.stop,
-                });
-                tokio::spawn(async move {
-                    let exit = driver.await;
-                    let _ = tx.send(TaskerMsg::Exited { key, gen, exit });
-                });
-            }
-            Err(exit) => {
-                let _ = tx.send(TaskerMsg::Exited { key, gen, exit });
-            }
+        tokio::task::spawn_blocking(move || {
+            registry.spawning(slot);
+            spawn_tasker(launch, &registry, slot, tx, key, gen)
         });
     }
 
@@ -442,6 +422,38 @@ impl Engine {
     pub(super) fn release(&mut self, limits: &[(Limit, u32)]) {
         let nodes = &self.nodes;
         self.sched.finish(limits, |item| is_live(nodes, item));
+    }
+}
+
+/// Spawns a tasker (on a blocking thread: `posix_spawn` returns once the
+/// child has exec'd), records its group, and drives it on the runtime;
+/// `Started` is sent before the driver exists, so it precedes `Exited`.
+fn spawn_tasker(
+    launch: Launch,
+    registry: &RegistryWriter,
+    slot: usize,
+    tx: UnboundedSender<TaskerMsg>,
+    key: NodeKey,
+    gen: u64,
+) {
+    match tasker::spawn(launch) {
+        Ok((handle, driver)) => {
+            registry.record(slot, handle.pgid);
+            let _ = tx.send(TaskerMsg::Started {
+                key: key.clone(),
+                gen,
+                pgid: handle.pgid,
+                stop: handle.stop,
+            });
+            tokio::spawn(async move {
+                let exit = driver.await;
+                let _ = tx.send(TaskerMsg::Exited { key, gen, exit });
+            });
+        }
+        Err(exit) => {
+            registry.clear(slot);
+            let _ = tx.send(TaskerMsg::Exited { key, gen, exit });
+        }
     }
 }
 

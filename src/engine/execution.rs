@@ -128,12 +128,20 @@ impl Engine {
                     self.remove_node(&key);
                 }
                 Done::Claimed { exid, from } => {
-                    self.in_flight.remove(&from);
                     self.on_claimed(&exid);
+                    self.path_done(&from);
                 }
                 Done::ClaimTaken { exid, from } => self.on_claim_taken(&exid, &from),
+                Done::ClaimFailed { exid, from } => {
+                    self.claiming.remove(&exid);
+                    self.in_flight.remove(&from);
+                }
                 Done::Rewritten(key) => self.on_rewritten(&key),
-                Done::Rejected(path) => {
+                Done::Rejected { path, retake: true } => self.path_done(&path),
+                Done::Rejected {
+                    path,
+                    retake: false,
+                } => {
                     self.in_flight.remove(&path);
                 }
                 Done::Fatal(e) => {

@@ -8,6 +8,7 @@ use super::outcome::{outcome, Outcome};
 use super::policy::{self, AfterError};
 use super::state::{NodeState, Process, Stop};
 use super::{Engine, Timer};
+use crate::model::names::Taskee;
 use crate::model::point::Kind;
 use crate::model::task::{Dur, ErrorKind, Refusal, State, TaskError};
 use crate::scheduler::NodeKey;
@@ -16,20 +17,18 @@ use crate::tasker::Exit;
 
 impl Engine {
     pub(super) fn on_exit(&mut self, key: NodeKey, gen: u64, exit: Exit) {
-        let running = self
-            .node(&key)
-            .is_some_and(|n| n.gen == gen && matches!(n.state, NodeState::Running(_)));
-        if !running {
-            return;
-        }
+        // Points the tasker wrote last are copied while it is still running.
         self.copy_points(&key);
-        let Some(node) = self.node_mut(&key) else {
+        let Some(node) = self.nodes.get_mut(&key).filter(|n| n.gen == gen) else {
             return;
         };
-        let NodeState::Running(run) =
-            std::mem::replace(&mut node.state, NodeState::Queued { waited: false })
-        else {
-            return;
+        let run = match std::mem::replace(&mut node.state, NodeState::Queued { waited: false }) {
+            NodeState::Running(run) => run,
+            other => {
+                // Not this node's run (a stale message): nothing changes.
+                node.state = other;
+                return;
+            }
         };
         let asked = run.process.stop_asked().cloned();
         let result = outcome(
@@ -52,8 +51,10 @@ impl Engine {
                 self.finish(&key, State::Completed, None);
             }
             Outcome::Error(err) => self.error(&key, err),
-            Outcome::Refused(reason) => self.refused(&key, reason),
-            Outcome::Uncompleted { payload, after } => self.uncompleted(&key, payload, after),
+            Outcome::Refused(reason) => self.refused(&key, run.taskee, reason),
+            Outcome::Uncompleted { payload, after } => {
+                self.uncompleted(&key, &run.taskee, payload, after)
+            }
         }
     }
 
@@ -70,11 +71,8 @@ impl Engine {
         }
     }
 
-    fn refused(&mut self, key: &NodeKey, reason: String) {
+    fn refused(&mut self, key: &NodeKey, taskee: Taskee, reason: String) {
         let Some(node) = self.node_mut(key) else {
-            return;
-        };
-        let Some(taskee) = node.taskee.clone() else {
             return;
         };
         // A refusal breaks a row of `uncompleted` replies.
@@ -98,6 +96,7 @@ impl Engine {
     fn uncompleted(
         &mut self,
         key: &NodeKey,
+        taskee: &Taskee,
         payload: crate::model::task::Object,
         after: Option<Dur>,
     ) {
@@ -107,10 +106,9 @@ impl Engine {
         node.uncompleted += 1;
         node.task.payload = payload;
         let limit = policy::after_uncompleted(node.uncompleted);
-        let taskee = node.taskee.as_ref().map(|t| t.to_string());
         let mut p = self
             .point(key, Kind::Uncompleted)
-            .with("taskee", taskee.unwrap_or_default());
+            .with("taskee", taskee.as_str());
         if let Some(a) = after {
             p = p.with("after", a.to_string());
         }
@@ -207,7 +205,10 @@ impl Engine {
         node.start_timer = None;
         let waiting = matches!(
             node.state,
-            NodeState::Queued { .. } | NodeState::Delayed | NodeState::Saving { .. }
+            NodeState::Queued { .. }
+                | NodeState::Delayed
+                | NodeState::Saving { .. }
+                | NodeState::Offering(_)
         );
         if node.starts > 0 || !waiting {
             return;

@@ -16,7 +16,7 @@ use crate::model::point::Kind;
 use crate::model::task::Task;
 use crate::store::intake::{self, Intake};
 use crate::store::spool::{self, SpoolError};
-use crate::store::writer::Job;
+use crate::store::writer::{ident_of, Job};
 
 /// How old a file must be for a scan (not an event) to take it once the
 /// engine runs.
@@ -99,6 +99,7 @@ impl Engine {
         self.in_flight.insert(path.to_path_buf());
         self.writer.send(Job::Reject {
             path: path.to_path_buf(),
+            ident: ident_of(path),
             rejected: self.root.rejected(),
             reason: reason.to_string(),
         });
@@ -125,6 +126,7 @@ impl Engine {
             self.writer.send(Job::Claim {
                 exid: task.exid.clone(),
                 from: path.to_path_buf(),
+                ident: ident_of(path),
                 dir: self.root.run(),
                 name: format!("{}.json", task.id),
                 bytes,
@@ -139,6 +141,21 @@ impl Engine {
                 tracing::error!("cannot claim {}: {e}", path.display());
                 self.note_fatal(e);
             }
+        }
+    }
+
+    /// The writer is done with a path of `in/` or `cancel/`: whatever is
+    /// there now (a file put there meanwhile, whose event was passed over
+    /// while the path was in flight) is looked at.
+    pub(super) fn path_done(&mut self, path: &Path) {
+        self.in_flight.remove(path);
+        if std::fs::symlink_metadata(path).is_err() {
+            return;
+        }
+        if path.starts_with(self.root.spool_in()) {
+            self.take(path);
+        } else if path.starts_with(self.root.cancel()) {
+            self.take_cancel(path);
         }
     }
 

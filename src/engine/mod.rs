@@ -39,7 +39,7 @@ use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
 use tokio::sync::oneshot;
 
 use crate::layout::{Root, RootError};
-use crate::model::names::{Domain, Exid, TaskId};
+use crate::model::names::{Exid, TaskId};
 use crate::model::point::Point;
 use crate::scheduler::{NodeKey, Scheduler};
 use crate::store::points::PointsLog;
@@ -163,10 +163,6 @@ pub(crate) struct Engine {
     sched: Scheduler<Item, Timer>,
     points: PointsLog,
     offers: offers::Offers,
-    /// Domains with an offer in the pool; their next offers wait in
-    /// `deferred` (each holding a worker slot), in the order popped.
-    offering: HashSet<Domain>,
-    deferred: HashMap<Domain, VecDeque<Item>>,
     executions: HashMap<Exid, Execution>,
     /// Every live node of every execution.
     nodes: HashMap<NodeKey, Node>,
@@ -223,10 +219,9 @@ pub async fn run(
         // Handles stay open only while a task is offered or runs (see
         // `log_idle`): open descriptors are copied into every spawn.
         points: PointsLog::new(root.log_tsk(), options.workers + 8),
-        offers: offers::Offers::start(&root, options.workers, offered_tx),
+        offers: offers::Offers::start(&root, options.workers, offered_tx)
+            .map_err(EngineError::Runtime)?,
         registry: registry::Registry::open(&root.taskers_registry(), options.workers),
-        offering: HashSet::new(),
-        deferred: HashMap::new(),
         executions: HashMap::new(),
         nodes: HashMap::new(),
         claiming: HashMap::new(),
@@ -307,15 +302,13 @@ impl Engine {
                 && inbox.watch.is_empty()
                 && drain_recheck.is_none_or(|t| t <= tokio::time::Instant::now())
             {
-                drain_recheck = None;
                 if crate::store::intake::in_is_empty(&self.root) {
                     return Ok(());
                 }
-                // Something is in in/ that no event announced (yet).
+                // Something is in in/ that no event announced (yet): take
+                // it, and look again a second later at the earliest.
                 self.scan_in();
-                if self.scan.is_empty() && self.is_idle() {
-                    drain_recheck = Some(tokio::time::Instant::now() + Duration::from_secs(1));
-                }
+                drain_recheck = Some(tokio::time::Instant::now() + Duration::from_secs(1));
                 continue;
             }
             let next_timer = self.sched.next_due().map(tokio::time::Instant::from_std);
@@ -339,7 +332,7 @@ impl Engine {
                     None => inbox.stop = None,
                 },
                 _ = sleep_until(grace_end), if grace_end.is_some() => self.end_grace(),
-                _ = sleep_until(drain_recheck), if drain_recheck.is_some() => {}
+                _ = sleep_until(drain_recheck), if drain_recheck.is_some() => drain_recheck = None,
                 _ = safety.tick() => {
                     self.scan_in();
                     self.scan_cancel();
@@ -360,6 +353,7 @@ impl Engine {
     fn nothing_running(&self) -> bool {
         use state::NodeState;
         self.committing == 0
+            && self.claiming.is_empty()
             && !self
                 .nodes
                 .values()

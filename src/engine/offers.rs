@@ -8,6 +8,7 @@
 //! resolved before), the offer is made inline ([`Offers::known`]): no
 //! thread hop on the hot path.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
@@ -113,11 +114,17 @@ pub struct Offers {
     shared: Shared,
     tx: Option<mpsc::Sender<Job>>,
     threads: Vec<JoinHandle<()>>,
+    /// Set when the engine ends: offers still queued are dropped.
+    closed: Arc<AtomicBool>,
 }
 
 impl Offers {
     /// Starts the pool for a root; answers go to `results`.
-    pub fn start(root: &Root, workers: usize, results: UnboundedSender<PoolAnswer>) -> Offers {
+    pub fn start(
+        root: &Root,
+        workers: usize,
+        results: UnboundedSender<PoolAnswer>,
+    ) -> std::io::Result<Offers> {
         let mut taskmasters = Taskmasters::new(root.dir());
         let mut taskers = Taskers::new(root.tsk());
         // The engine watches tsk/ and calls `invalidate` on every change.
@@ -129,22 +136,27 @@ impl Offers {
         };
         let (tx, rx) = mpsc::channel::<Job>();
         let rx = Arc::new(Mutex::new(rx));
-        let threads = (0..workers.clamp(1, MAX_THREADS))
-            .filter_map(|i| {
-                let rx = rx.clone();
-                let results = results.clone();
-                let shared = shared.clone();
-                std::thread::Builder::new()
-                    .name(format!("spoolflow-offer-{i}"))
-                    .spawn(move || serve(&rx, &results, &shared))
-                    .ok()
-            })
-            .collect();
-        Offers {
+        let closed = Arc::new(AtomicBool::new(false));
+        let mut threads = Vec::new();
+        for i in 0..workers.clamp(1, MAX_THREADS) {
+            let (rx, results) = (rx.clone(), results.clone());
+            let (shared, closed) = (shared.clone(), closed.clone());
+            let spawned = std::thread::Builder::new()
+                .name(format!("spoolflow-offer-{i}"))
+                .spawn(move || serve(&rx, &results, &shared, &closed));
+            match spawned {
+                Ok(t) => threads.push(t),
+                // One thread is enough to go on with.
+                Err(e) if !threads.is_empty() => tracing::warn!("offer thread {i}: {e}"),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(Offers {
             shared,
             tx: Some(tx),
             threads,
-        }
+            closed,
+        })
     }
 
     /// Forgets cached lookups (something under `tsk/` changed).
@@ -180,8 +192,10 @@ impl Offers {
         }
     }
 
-    /// Lets the threads finish the offer they run, then ends them.
+    /// Lets the threads finish the offer they run, then ends them (offers
+    /// still queued are dropped: their tasks stay in `run/`).
     pub fn finish(mut self) {
+        self.closed.store(true, Ordering::Release);
         self.tx.take();
         for t in self.threads.drain(..) {
             let _ = t.join();
@@ -192,13 +206,32 @@ impl Offers {
 /// What the pool sends back: the domain offered for, and the answer.
 pub type PoolAnswer = (Domain, Offered);
 
-fn serve(rx: &Mutex<mpsc::Receiver<Job>>, results: &UnboundedSender<PoolAnswer>, shared: &Shared) {
+fn serve(
+    rx: &Mutex<mpsc::Receiver<Job>>,
+    results: &UnboundedSender<PoolAnswer>,
+    shared: &Shared,
+    closed: &AtomicBool,
+) {
     loop {
         let job = match lock(rx).recv() {
             Ok(job) => job,
             Err(_) => return,
         };
-        let answer = shared.answer(&job.input);
+        if closed.load(Ordering::Acquire) {
+            continue;
+        }
+        // A panic in a script run or a lookup must not lose the answer:
+        // the domain's next offers wait for it.
+        let answer =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| shared.answer(&job.input)))
+                .unwrap_or_else(|_| Answer {
+                    choice: Err(TaskmasterError::Script {
+                        path: format!("the taskmaster of {}", job.input.domain),
+                        message: "the engine failed while running it (a bug: see the engine log)"
+                            .into(),
+                    }),
+                    resolved: None,
+                });
         let offered = Offered {
             key: job.key,
             gen: job.gen,

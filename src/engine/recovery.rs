@@ -141,7 +141,12 @@ pub fn kill_orphans(root: &Root) -> usize {
     };
     let mut killed = 0;
     let mut unsure = false;
-    for pgid in groups {
+    for entry in groups {
+        let super::registry::Entry::Group(pgid) = entry else {
+            // The engine died while spawning: that tasker is named nowhere.
+            unsure = true;
+            continue;
+        };
         match recorded_group(&want_root, pgid) {
             Group::Ours => {
                 let pg = nix::unistd::Pid::from_raw(pgid);
@@ -187,10 +192,11 @@ fn is_tasker_env(env: &[u8], want_root: &[u8]) -> bool {
 enum Group {
     /// Its leader runs and is a tasker of this root.
     Ours,
-    /// No such group, or its id now belongs to another process (a pid is
-    /// never reused while a group of that id exists).
+    /// No such group, or its id now belongs to a process of another group
+    /// (a pid is never reused while a group of that id exists).
     Gone,
-    /// The group exists but its leader is gone: only a scan can tell.
+    /// The group exists but its leader is gone, or does not show a
+    /// tasker's environment: only a scan can tell.
     Unknown,
 }
 
@@ -198,7 +204,18 @@ fn recorded_group(want_root: &[u8], pgid: i32) -> Group {
     use nix::unistd::{getpgid, Pid};
     let pid = Pid::from_raw(pgid);
     match std::fs::read(format!("/proc/{pgid}/environ")) {
-        Ok(env) if getpgid(Some(pid)) == Ok(pid) && is_tasker_env(&env, want_root) => Group::Ours,
+        // The leader of a group of that id: ours by its environment; one
+        // whose environment says otherwise (emptied by an exec, or a zombie
+        // not reaped) cannot be told apart from a stranger without a scan.
+        Ok(env) if getpgid(Some(pid)) == Ok(pid) => {
+            if is_tasker_env(&env, want_root) {
+                Group::Ours
+            } else {
+                Group::Unknown
+            }
+        }
+        // The pid now belongs to a process of another group: a group of
+        // that id can no longer exist.
         Ok(_) => Group::Gone,
         Err(_) => match nix::sys::signal::killpg(pid, None) {
             Err(nix::errno::Errno::ESRCH) => Group::Gone,
@@ -389,10 +406,16 @@ fn history_of(log: &Path, task: &Task) -> History {
         .filter(|p| p.id == task.id && p.nid == task.nid && !p.fields.contains_key("source"))
     {
         match p.kind() {
-            Some(Kind::Created) if h.created_at.is_none() => {
-                h.created_at = DateTime::parse_from_rfc3339(&p.ts)
-                    .ok()
-                    .map(|t| t.with_timezone(&Utc));
+            Some(Kind::Created) => {
+                if h.created_at.is_none() {
+                    h.created_at = DateTime::parse_from_rfc3339(&p.ts)
+                        .ok()
+                        .map(|t| t.with_timezone(&Utc));
+                }
+                // A new life of the id (a task run again): what SPEC 7
+                // counts starts over.
+                h.refusals.clear();
+                h.uncompleted = 0;
             }
             Some(Kind::Offered) => h.offers += 1,
             Some(Kind::Refused) => {

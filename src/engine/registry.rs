@@ -35,7 +35,11 @@ impl Registry {
             .write(true)
             .truncate(true)
             .open(path)
-            .map_err(|e| tracing::warn!("cannot open {}: {e}", path.display()))
+            .map_err(|e| {
+                tracing::warn!("cannot open {}: {e}", path.display());
+                // An old registry must not be trusted at the next start.
+                let _ = std::fs::remove_file(path);
+            })
             .ok()
             .map(Arc::new);
         Registry {
@@ -63,27 +67,54 @@ impl Registry {
     }
 }
 
+/// What a slot says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Entry {
+    /// A tasker is being spawned: its group is not known yet.
+    Spawning,
+    /// The process group of the tasker that runs (or ran) in the slot.
+    Group(i32),
+}
+
+/// How a slot spells [`Entry::Spawning`].
+const SPAWNING: &str = "spawning";
+
 impl RegistryWriter {
+    /// Marks `slot` as spawning (before the spawn: an engine that dies
+    /// during it leaves a mark that makes the next start look harder).
+    pub fn spawning(&self, slot: usize) {
+        self.write(slot, SPAWNING);
+    }
+
     /// Records the process group running in `slot`.
     pub fn record(&self, slot: usize, pgid: i32) {
+        self.write(slot, &pgid.to_string());
+    }
+
+    /// Empties `slot` (the spawn failed).
+    pub fn clear(&self, slot: usize) {
+        self.write(slot, "");
+    }
+
+    fn write(&self, slot: usize, text: &str) {
         if let Some(f) = &self.0 {
-            let mut line = format!("{pgid:>width$}", width = SLOT - 1).into_bytes();
+            let mut line = format!("{text:>width$}", width = SLOT - 1).into_bytes();
             line.push(b'\n');
             let _ = f.write_all_at(&line, (slot * SLOT) as u64);
         }
     }
 }
 
-/// The process groups named in a registry file (`None`: no readable file).
-pub fn read(path: &Path) -> Option<Vec<i32>> {
+/// The entries of a registry file (`None`: no readable file).
+pub fn read(path: &Path) -> Option<Vec<Entry>> {
     let bytes = std::fs::read(path).ok()?;
-    Some(
-        bytes
-            .chunks(SLOT)
-            .filter_map(|c| std::str::from_utf8(c).ok()?.trim().parse().ok())
-            .filter(|p: &i32| *p > 1)
-            .collect(),
-    )
+    let entry = |chunk: &[u8]| -> Option<Entry> {
+        match std::str::from_utf8(chunk).ok()?.trim() {
+            SPAWNING => Some(Entry::Spawning),
+            text => text.parse().ok().filter(|p| *p > 1).map(Entry::Group),
+        }
+    };
+    Some(bytes.chunks(SLOT).filter_map(entry).collect())
 }
 
 #[cfg(test)]
@@ -98,12 +129,13 @@ mod tests {
         let (a, b) = (r.take_slot(), r.take_slot());
         assert_ne!(a, b);
         let w = r.writer();
-        w.record(a, 4242);
+        w.spawning(a);
         w.record(b, 77);
+        assert_eq!(read(&path).unwrap(), [Entry::Spawning, Entry::Group(77)]);
         w.record(a, 4343);
-        let mut groups = read(&path).unwrap();
-        groups.sort();
-        assert_eq!(groups, [77, 4343]);
+        assert_eq!(read(&path).unwrap(), [Entry::Group(4343), Entry::Group(77)]);
+        w.clear(b);
+        assert_eq!(read(&path).unwrap(), [Entry::Group(4343)]);
         r.give_slot(a);
         assert_eq!(r.take_slot(), a);
         // A third start past the workers gets a slot of its own.

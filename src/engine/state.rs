@@ -71,17 +71,28 @@ impl Process {
         }
     }
 
-    /// Asks the process to stop (once: a later ask keeps the first reason,
-    /// as a cancel during a shutdown still aborts).
+    /// Asks the process to stop. A cancel wins over a shutdown asked
+    /// before it (the task is aborted, not left for the next start); a
+    /// later shutdown does not undo a cancel.
     pub fn ask_stop(&mut self, why: Stop) {
         let current = std::mem::replace(self, Process::Spawning);
-        *self = match current {
-            Process::Spawning => Process::SpawningToStop(why),
-            Process::Live { pgid, stop } => {
+        *self = match (current, why) {
+            (Process::Spawning, why) => Process::SpawningToStop(why),
+            (Process::Live { pgid, stop }, why) => {
                 let _ = stop.send(why.reason());
                 Process::Stopping { pgid, why }
             }
-            other => other,
+            (Process::SpawningToStop(Stop::Shutdown), cancel @ Stop::Cancel(_)) => {
+                Process::SpawningToStop(cancel)
+            }
+            (
+                Process::Stopping {
+                    pgid,
+                    why: Stop::Shutdown,
+                },
+                cancel @ Stop::Cancel(_),
+            ) => Process::Stopping { pgid, why: cancel },
+            (other, _) => other,
         };
     }
 }
@@ -89,6 +100,8 @@ impl Process {
 /// A node's run of a tasker: what it holds while it runs.
 #[derive(Debug)]
 pub struct Run {
+    /// The taskee this run was offered to.
+    pub taskee: Taskee,
     pub process: Process,
     /// The worker slot's limits, given back at exit.
     pub limits: Vec<(Limit, u32)>,

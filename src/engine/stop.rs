@@ -21,7 +21,6 @@ impl Engine {
             grace_end: tokio::time::Instant::now() + self.options.grace,
         };
         self.scan.clear();
-        self.deferred.clear();
         // Waiting nodes stay in run/ for the next start.
         let waiting: Vec<NodeKey> = self
             .nodes

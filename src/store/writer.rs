@@ -141,6 +141,9 @@ pub enum Job {
     Claim {
         exid: Exid,
         from: PathBuf,
+        /// What `from` was when it was read: it is removed only if it is
+        /// still that file (a writer may have put a new one there since).
+        ident: Option<Ident>,
         dir: PathBuf,
         name: String,
         bytes: Vec<u8>,
@@ -152,12 +155,30 @@ pub enum Job {
         name: String,
         bytes: Vec<u8>,
     },
-    /// Input moved to `rejected/` beside a `.reason` file.
+    /// Input moved to `rejected/` beside a `.reason` file, if it is still
+    /// the file `ident` names.
     Reject {
         path: PathBuf,
+        ident: Option<Ident>,
         rejected: PathBuf,
         reason: String,
     },
+}
+
+/// Which file a path named when it was examined: device and inode.
+pub type Ident = (u64, u64);
+
+/// The [`Ident`] of the entry at `path` (a symlink itself, not its target).
+pub fn ident_of(path: &std::path::Path) -> Option<Ident> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(path)
+        .ok()
+        .map(|m| (m.dev(), m.ino()))
+}
+
+/// Whether `path` still names the file `ident` (always, without one).
+fn still(path: &std::path::Path, ident: Option<Ident>) -> bool {
+    ident.is_none_or(|i| ident_of(path) == Some(i))
 }
 
 /// What the writer did, as the test seam [`Probe`] sees it.
@@ -192,10 +213,15 @@ pub enum Done {
     /// `run/<name>` existed already: nothing was written and the original
     /// is still in `in/` (the engine rejects it as a duplicate).
     ClaimTaken { exid: Exid, from: PathBuf },
-    /// The rewritten `run/` file is durable.
+    /// Writing `run/<name>` failed (not an fsync): the original stays in
+    /// `in/`.
+    ClaimFailed { exid: Exid, from: PathBuf },
+    /// The rewritten `run/` file is durable (or could not be written, which
+    /// is logged).
     Rewritten(NodeKey),
-    /// The input is in `rejected/`, or was gone already.
-    Rejected(PathBuf),
+    /// The input is in `rejected/`, or was gone or replaced already
+    /// (`retake`: what is at `path` now is new), or could not be moved.
+    Rejected { path: PathBuf, retake: bool },
     /// The disk failed: the engine must stop.
     Fatal(SpoolError),
 }
@@ -284,19 +310,27 @@ enum Written {
     Claim {
         exid: Exid,
         from: PathBuf,
+        ident: Option<Ident>,
         to: PathBuf,
     },
     ClaimTaken {
         exid: Exid,
         from: PathBuf,
     },
+    ClaimFailed {
+        exid: Exid,
+        from: PathBuf,
+    },
     Rewrite {
         key: NodeKey,
-        to: PathBuf,
+        to: Option<PathBuf>,
     },
     Reject {
         from: PathBuf,
         to: Option<PathBuf>,
+        /// Whatever is at `from` now deserves a look (this job's file is
+        /// gone from there); false when the rejection failed.
+        retake: bool,
     },
 }
 
@@ -359,16 +393,28 @@ impl Batch {
             Job::Claim {
                 exid,
                 from,
+                ident,
                 dir,
                 name,
                 bytes,
             } => match spool::write_atomic(&dir, &name, &bytes, true, false) {
                 Ok(to) => {
                     self.dirs.insert(dir);
-                    Written::Claim { exid, from, to }
+                    Written::Claim {
+                        exid,
+                        from,
+                        ident,
+                        to,
+                    }
                 }
                 Err(SpoolError::Exists(_)) => Written::ClaimTaken { exid, from },
-                Err(e) => return Err(e),
+                Err(e) if e.is_fatal() => return Err(e),
+                // The disk is full or run/ unwritable: the file stays in
+                // in/ and is taken again at a later scan.
+                Err(e) => {
+                    tracing::error!("cannot claim {}: {e}", from.display());
+                    Written::ClaimFailed { exid, from }
+                }
             },
             Job::Rewrite {
                 key,
@@ -376,14 +422,30 @@ impl Batch {
                 name,
                 bytes,
             } => {
-                let to = spool::write_atomic(&dir, &name, &bytes, false, false)?;
-                self.dirs.insert(dir);
-                Written::Rewrite { key, to }
+                match spool::write_atomic(&dir, &name, &bytes, false, false) {
+                    Ok(to) => {
+                        self.dirs.insert(dir);
+                        Written::Rewrite { key, to: Some(to) }
+                    }
+                    Err(e) if e.is_fatal() => return Err(e),
+                    // The task goes on from its payload in memory; a restart
+                    // would resume from the one before.
+                    Err(e) => {
+                        tracing::error!("{e}");
+                        Written::Rewrite { key, to: None }
+                    }
+                }
             }
+            Job::Reject { path, ident, .. } if !still(&path, ident) => Written::Reject {
+                from: path,
+                to: None,
+                retake: true,
+            },
             Job::Reject {
                 path,
                 rejected,
                 reason,
+                ..
             } => match spool::reject(&path, &rejected, &reason, false) {
                 Ok(to) => {
                     tracing::info!("rejected {}: {reason}", path.display());
@@ -391,6 +453,7 @@ impl Batch {
                     Written::Reject {
                         from: path,
                         to: Some(to),
+                        retake: true,
                     }
                 }
                 // Gone meanwhile (taken by its writer, or rejected by an
@@ -398,6 +461,7 @@ impl Batch {
                 Err(e) if e.is_not_found() => Written::Reject {
                     from: path,
                     to: None,
+                    retake: true,
                 },
                 Err(e) if e.is_fatal() => return Err(e),
                 Err(e) => {
@@ -405,6 +469,7 @@ impl Batch {
                     Written::Reject {
                         from: path,
                         to: None,
+                        retake: false,
                     }
                 }
             },
@@ -434,17 +499,23 @@ impl Batch {
                         already,
                     }
                 }
-                Written::Claim { exid, from, .. } => {
-                    if let Err(e) = std::fs::remove_file(&from) {
-                        if e.kind() != std::io::ErrorKind::NotFound {
-                            tracing::error!("cannot remove {}: {e}", from.display());
+                Written::Claim {
+                    exid, from, ident, ..
+                } => {
+                    // A new file put at that path since is not this task's.
+                    if still(&from, ident) {
+                        if let Err(e) = std::fs::remove_file(&from) {
+                            if e.kind() != std::io::ErrorKind::NotFound {
+                                tracing::error!("cannot remove {}: {e}", from.display());
+                            }
                         }
                     }
                     Done::Claimed { exid, from }
                 }
                 Written::ClaimTaken { exid, from } => Done::ClaimTaken { exid, from },
+                Written::ClaimFailed { exid, from } => Done::ClaimFailed { exid, from },
                 Written::Rewrite { key, .. } => Done::Rewritten(key),
-                Written::Reject { from, .. } => Done::Rejected(from),
+                Written::Reject { from, retake, .. } => Done::Rejected { path: from, retake },
             });
         }
         for dir in &run_dirs {
@@ -464,7 +535,7 @@ impl Written {
                 already: false,
             } => (JobKind::Record, job.dir.join(&job.name)),
             Written::Claim { to, .. } => (JobKind::Claim, to.clone()),
-            Written::Rewrite { to, .. } => (JobKind::Rewrite, to.clone()),
+            Written::Rewrite { to: Some(to), .. } => (JobKind::Rewrite, to.clone()),
             Written::Reject { to: Some(to), .. } => (JobKind::Reject, to.clone()),
             _ => return None,
         };
