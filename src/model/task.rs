@@ -195,86 +195,17 @@ impl TaskFile {
         TaskFile::from_object(obj)
     }
 
-    /// Checks a parsed JSON object key by key.
+    /// Checks a parsed JSON object key by key. Fields are taken in a fixed
+    /// order so that a file with several faults always gets the same reason.
     pub fn from_object(mut obj: Object) -> Result<TaskFile, InputError> {
-        if let Some(k) = obj.keys().find(|k| !TASK_KEYS.contains(&k.as_str())) {
-            return Err(InputError::UnknownKey(k.clone()));
-        }
-        if obj.contains_key("flow") {
-            if obj.contains_key("tasker") {
-                return Err(InputError::TaskerAndFlow);
-            }
-            return Err(InputError::FlowUnsupported);
-        }
-        fn string(obj: &mut Object, key: &'static str) -> Result<Option<String>, InputError> {
-            match obj.remove(key) {
-                None | Some(Value::Null) => Ok(None),
-                Some(Value::String(s)) => Ok(Some(s)),
-                Some(_) => Err(InputError::BadValue {
-                    key,
-                    expected: "a string",
-                }),
-            }
-        }
-        fn object(obj: &mut Object, key: &'static str) -> Result<Object, InputError> {
-            match obj.remove(key) {
-                None | Some(Value::Null) => Ok(Object::new()),
-                Some(Value::Object(o)) => Ok(o),
-                Some(_) => Err(InputError::BadValue {
-                    key,
-                    expected: "a JSON object",
-                }),
-            }
-        }
-        fn duration(obj: &mut Object, key: &'static str) -> Result<Option<Dur>, InputError> {
-            match obj.remove(key) {
-                None | Some(Value::Null) => Ok(None),
-                Some(v) => Dur::from_json(&v)
-                    .map(Some)
-                    .map_err(|message| InputError::Duration { key, message }),
-            }
-        }
+        check_keys(&obj)?;
         let domain = string(&mut obj, "domain")?.map(|s| s.parse()).transpose()?;
         let tasker = string(&mut obj, "tasker")?.map(|s| s.parse()).transpose()?;
         let id = string(&mut obj, "id")?.map(|s| s.parse()).transpose()?;
         let payload = object(&mut obj, "payload")?;
         let headers = object(&mut obj, "headers")?;
-        let priority = match obj.remove("priority") {
-            None | Some(Value::Null) => 0,
-            Some(v) => {
-                v.as_i64()
-                    .and_then(|n| i32::try_from(n).ok())
-                    .ok_or(InputError::BadValue {
-                        key: "priority",
-                        expected: "an integer (i32)",
-                    })?
-            }
-        };
-        let retries = match obj.remove("retries") {
-            None | Some(Value::Null) => None,
-            Some(v) => Some(v.as_u64().and_then(|n| u32::try_from(n).ok()).ok_or(
-                InputError::BadValue {
-                    key: "retries",
-                    expected: "a non-negative integer",
-                },
-            )?),
-        };
-        let retry_on_timeout = match obj.remove("retry_on_timeout") {
-            None | Some(Value::Null) => None,
-            Some(Value::Bool(b)) => Some(b),
-            Some(_) => {
-                return Err(InputError::BadValue {
-                    key: "retry_on_timeout",
-                    expected: "true or false",
-                })
-            }
-        };
-        let options = TaskOptions {
-            timeout: duration(&mut obj, "timeout")?,
-            start_timeout: duration(&mut obj, "start_timeout")?,
-            retries,
-            retry_on_timeout,
-        };
+        let priority = priority(&mut obj)?;
+        let options = options(&mut obj)?;
         Ok(TaskFile {
             domain,
             tasker,
@@ -284,6 +215,110 @@ impl TaskFile {
             headers,
             options,
         })
+    }
+}
+
+/// Refuses unknown keys and flows before any value is looked at: a typo
+/// in a key name is the likelier fault than a bad value.
+fn check_keys(obj: &Object) -> Result<(), InputError> {
+    if let Some(k) = obj.keys().find(|k| !TASK_KEYS.contains(&k.as_str())) {
+        return Err(InputError::UnknownKey(k.clone()));
+    }
+    if obj.contains_key("flow") {
+        if obj.contains_key("tasker") {
+            return Err(InputError::TaskerAndFlow);
+        }
+        return Err(InputError::FlowUnsupported);
+    }
+    Ok(())
+}
+
+/// An optional string; `null` counts as absent.
+fn string(obj: &mut Object, key: &'static str) -> Result<Option<String>, InputError> {
+    match obj.remove(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(_) => Err(InputError::BadValue {
+            key,
+            expected: "a string",
+        }),
+    }
+}
+
+/// An optional JSON object, empty when absent or `null`.
+fn object(obj: &mut Object, key: &'static str) -> Result<Object, InputError> {
+    match obj.remove(key) {
+        None | Some(Value::Null) => Ok(Object::new()),
+        Some(Value::Object(o)) => Ok(o),
+        Some(_) => Err(InputError::BadValue {
+            key,
+            expected: "a JSON object",
+        }),
+    }
+}
+
+/// An optional duration (see [`Dur`]); `null` counts as absent.
+fn duration(obj: &mut Object, key: &'static str) -> Result<Option<Dur>, InputError> {
+    match obj.remove(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => Dur::from_json(&v)
+            .map(Some)
+            .map_err(|message| InputError::Duration { key, message }),
+    }
+}
+
+/// `priority`: an i32, 0 when absent, so that out-of-range numbers are
+/// refused rather than wrapped.
+fn priority(obj: &mut Object) -> Result<i32, InputError> {
+    match obj.remove("priority") {
+        None | Some(Value::Null) => Ok(0),
+        Some(v) => v
+            .as_i64()
+            .and_then(|n| i32::try_from(n).ok())
+            .ok_or(InputError::BadValue {
+                key: "priority",
+                expected: "an integer (i32)",
+            }),
+    }
+}
+
+/// The per-task options, in the order their faults are reported:
+/// `retries`, `retry_on_timeout`, `timeout`, `start_timeout`.
+fn options(obj: &mut Object) -> Result<TaskOptions, InputError> {
+    let retries = retries(obj)?;
+    let retry_on_timeout = retry_on_timeout(obj)?;
+    Ok(TaskOptions {
+        timeout: duration(obj, "timeout")?,
+        start_timeout: duration(obj, "start_timeout")?,
+        retries,
+        retry_on_timeout,
+    })
+}
+
+/// `retries`: a u32, so that a negative count is refused, not clamped.
+fn retries(obj: &mut Object) -> Result<Option<u32>, InputError> {
+    match obj.remove("retries") {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => v
+            .as_u64()
+            .and_then(|n| u32::try_from(n).ok())
+            .map(Some)
+            .ok_or(InputError::BadValue {
+                key: "retries",
+                expected: "a non-negative integer",
+            }),
+    }
+}
+
+/// `retry_on_timeout`: a boolean only (no truthy strings or numbers).
+fn retry_on_timeout(obj: &mut Object) -> Result<Option<bool>, InputError> {
+    match obj.remove("retry_on_timeout") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(b)),
+        Some(_) => Err(InputError::BadValue {
+            key: "retry_on_timeout",
+            expected: "true or false",
+        }),
     }
 }
 

@@ -63,11 +63,48 @@ pub fn in_is_empty(root: &Root) -> bool {
     counted_entries(root).next().is_none()
 }
 
+/// The result of one step of [`examine`]: `Ok` to go on, `Err` once the
+/// entry's fate is settled — not only by a refusal: an entry to ignore and
+/// a domain's directory end the examination too.
+type Step<T> = Result<T, Intake>;
+
 /// Examines one path under `in/`, reading at most `limit` bytes of it.
 pub fn examine(root: &Root, path: &Path, limit: u64) -> Intake {
+    examine_steps(root, path, limit).unwrap_or_else(|settled| settled)
+}
+
+/// The checks of [`examine`] in their order: cheap ones on the name first,
+/// then the entry's type, and the file's bytes only once it may be a task.
+fn examine_steps(root: &Root, path: &Path, limit: u64) -> Step<Intake> {
     let spool_in = root.spool_in();
-    let Ok(rel) = path.strip_prefix(&spool_in) else {
-        return Intake::Ignore;
+    let parts = parts_under(&spool_in, path)?;
+    let Some(&name) = parts.last() else {
+        return Err(Intake::Ignore);
+    };
+    if is_ignored_name(name) || parts.iter().any(|p| p.starts_with('.')) {
+        return Err(Intake::Ignore);
+    }
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return Err(Intake::Ignore);
+    };
+    let dir_domain = dir_domain(&parts)?;
+    check_type(path, &parts, dir_domain.is_some(), meta.file_type())?;
+    let file = read_task_file(path, name, limit)?;
+    Ok(accept(path, file, name, &meta, dir_domain))
+}
+
+/// A refusal of the entry at `path`.
+fn reject(path: &Path, reason: impl Into<String>) -> Intake {
+    Intake::Reject {
+        path: path.to_path_buf(),
+        reason: reason.into(),
+    }
+}
+
+/// The names of `path`'s components below `in/`, none of them empty.
+fn parts_under<'p>(spool_in: &Path, path: &'p Path) -> Step<Vec<&'p str>> {
+    let Ok(rel) = path.strip_prefix(spool_in) else {
+        return Err(Intake::Ignore);
     };
     let parts: Vec<&str> = rel
         .components()
@@ -77,90 +114,109 @@ pub fn examine(root: &Root, path: &Path, limit: u64) -> Intake {
         })
         .collect();
     if parts.is_empty() {
-        return Intake::Ignore;
+        return Err(Intake::Ignore);
     }
     if parts.len() != rel.components().count() {
         // A name that is not UTF-8: reject that entry (not the domain
         // directory that holds it).
-        return Intake::Reject {
-            path: path.to_path_buf(),
-            reason: "name is not valid UTF-8".into(),
-        };
+        return Err(reject(path, "name is not valid UTF-8"));
     }
-    let name = parts[parts.len() - 1];
-    if is_ignored_name(name) || parts.iter().any(|p| p.starts_with('.')) {
-        return Intake::Ignore;
-    }
-    let meta = match std::fs::symlink_metadata(path) {
-        Ok(m) => m,
-        Err(_) => return Intake::Ignore,
-    };
-    let reject = |reason: String| Intake::Reject {
-        path: path.to_path_buf(),
-        reason,
-    };
+    Ok(parts)
+}
+
+/// The domain of the spool directory an entry was dropped into
+/// (`in/<domain>/<name>`), `None` for an entry of `in/` itself.
+fn dir_domain(parts: &[&str]) -> Step<Option<Domain>> {
     if parts.len() > 2 {
         // Inside a subdirectory of a domain's spool: that subdirectory is
         // rejected as a whole when it is seen.
-        return Intake::Ignore;
+        return Err(Intake::Ignore);
     }
-    let dir_domain = if parts.len() == 2 {
-        match parts[0].parse::<Domain>() {
-            Ok(d) => Some(d),
-            // The directory itself is rejected.
-            Err(_) => return Intake::Ignore,
-        }
-    } else {
-        None
-    };
-    let ft = meta.file_type();
+    if parts.len() != 2 {
+        return Ok(None);
+    }
+    match parts[0].parse::<Domain>() {
+        Ok(d) => Ok(Some(d)),
+        // The directory itself is rejected.
+        Err(_) => Err(Intake::Ignore),
+    }
+}
+
+/// Settles every entry that is not a regular file: a link is refused
+/// without being followed, a domain's directory is to be scanned, any
+/// other directory or special file is refused.
+fn check_type(path: &Path, parts: &[&str], nested: bool, ft: std::fs::FileType) -> Step<()> {
+    let name = parts[parts.len() - 1];
     if ft.is_symlink() {
-        return reject(
-            "symbolic links are not accepted (moved here as the link, never followed)".into(),
-        );
+        return Err(reject(
+            path,
+            "symbolic links are not accepted (moved here as the link, never followed)",
+        ));
     }
     if ft.is_dir() {
-        if dir_domain.is_some() {
-            return reject(format!(
+        if nested {
+            return Err(reject(path, format!(
                 "subdirectory {name} of in/{} is not accepted: drop task files into in/ or in/<domain>/",
                 parts[0]
-            ));
+            )));
         }
-        return match name.parse::<Domain>() {
+        return Err(match name.parse::<Domain>() {
             Ok(_) => Intake::DomainDir(path.to_path_buf()),
-            Err(e) => reject(format!(
-                "subdirectory {name} of in/ is not a domain's spool: {e}"
-            )),
-        };
+            Err(e) => reject(
+                path,
+                format!("subdirectory {name} of in/ is not a domain's spool: {e}"),
+            ),
+        });
     }
     if !ft.is_file() {
-        return reject("not a regular file (a FIFO, socket or device)".into());
+        return Err(reject(
+            path,
+            "not a regular file (a FIFO, socket or device)",
+        ));
     }
+    Ok(())
+}
+
+/// Reads and parses a regular file named `name`, at most `limit` bytes;
+/// a file gone meanwhile is ignored (taken or renamed by its writer).
+fn read_task_file(path: &Path, name: &str, limit: u64) -> Step<TaskFile> {
     if !name.ends_with(".json") {
-        return reject(format!("{name} does not end in .json (task files are *.json; writers use .tmp or dotfile names, then rename)"));
+        return Err(reject(path, format!("{name} does not end in .json (task files are *.json; writers use .tmp or dotfile names, then rename)")));
     }
     let bytes = match spool::read_capped(path, limit) {
         Ok(b) => b,
         Err(SpoolError::TooLarge { limit, .. }) => {
-            return reject(format!("file is larger than {limit} bytes"))
+            return Err(reject(path, format!("file is larger than {limit} bytes")))
         }
         Err(SpoolError::Read { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
-            return Intake::Ignore
+            return Err(Intake::Ignore)
         }
-        Err(SpoolError::Read { source, .. }) => return reject(format!("unreadable: {source}")),
-        Err(e) => return reject(e.to_string()),
+        Err(SpoolError::Read { source, .. }) => {
+            return Err(reject(path, format!("unreadable: {source}")))
+        }
+        Err(e) => return Err(reject(path, e.to_string())),
     };
-    let mut file = match TaskFile::parse(&bytes) {
-        Ok(f) => f,
-        Err(e) => return reject(e.to_string()),
-    };
+    TaskFile::parse(&bytes).map_err(|e| reject(path, e.to_string()))
+}
+
+/// The task of a parsed file, within the bounds of the spool directory it
+/// was dropped into. A file with no usable id (neither its own nor its
+/// name's) gets one derived from the file, so that examining it again
+/// names the same task.
+fn accept(
+    path: &Path,
+    mut file: TaskFile,
+    name: &str,
+    meta: &std::fs::Metadata,
+    dir_domain: Option<Domain>,
+) -> Intake {
     let stem = name.strip_suffix(".json");
     if file.id.is_none() && stem.and_then(|s| s.parse::<TaskId>().ok()).is_none() {
-        file.id = Some(TaskId::for_file(&meta));
+        file.id = Some(TaskId::for_file(meta));
     }
     if let (Some(fd), Some(dd)) = (&file.domain, &dir_domain) {
         if !fd.is_in_branch_of(dd) {
-            return reject(format!("domain {fd} is outside in/{dd}"));
+            return reject(path, format!("domain {fd} is outside in/{dd}"));
         }
     }
     let self_contained = file.domain.is_some();
@@ -170,7 +226,7 @@ pub fn examine(root: &Root, path: &Path, limit: u64) -> Intake {
             task: Box::new(task),
             self_contained,
         },
-        Err(e) => reject(e.to_string()),
+        Err(e) => reject(path, e.to_string()),
     }
 }
 

@@ -153,6 +153,12 @@ fn signal_group(pgid: i32, sig: Signal) {
     }
 }
 
+/// What the tasker's I/O yields: nothing from stdin, stdout and whether it
+/// went over the reply limit, and the last lines of stderr.
+type IoResult = ((), (Vec<u8>, bool), Vec<String>);
+
+/// Drives one tasker to its end: its I/O, its exit, and the engine's
+/// timers and stop request, all in one task so that no state is shared.
 async fn drive(
     io: ChildIo,
     mut child: tokio::process::Child,
@@ -168,109 +174,194 @@ async fn drive(
         kill_grace,
         ..
     } = launch;
-
-    // stdin: written concurrently; a tasker that exits without reading is
-    // not an error (EPIPE is ignored).
-    let writer = async move {
-        if let Some(mut stdin) = io.stdin {
-            let _ = stdin.write_all(&input).await;
-            let _ = stdin.shutdown().await;
-        }
-    };
-    // stdout: read up to the reply limit.
-    let reader = async move {
-        let mut buf = Vec::new();
-        let mut oversized = false;
-        if let Some(stdout) = io.stdout {
-            let mut limited = stdout.take(REPLY_LIMIT as u64 + 1);
-            let _ = limited.read_to_end(&mut buf).await;
-            if buf.len() > REPLY_LIMIT {
-                oversized = true;
-                buf.clear();
-                signal_group(pgid, Signal::SIGKILL);
-            }
-        }
-        (buf, oversized)
-    };
-    let errors = copy_stderr(io.stderr, stderr_path, stderr_prefix);
-    let io_done = async { tokio::join!(writer, reader, errors) };
-
-    let mut timed_out = false;
-    let mut stopped = None;
-    let mut term_sent_at: Option<tokio::time::Instant> = None;
-    let mut killed = false;
-    let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
-    let mut stop_open = true;
-    let mut status = None;
-    // Once the leader has exited, how long its pipes may stay open (held by
-    // a background child) before the rest of its group is killed.
-    let mut linger: Option<tokio::time::Instant> = None;
-
+    let io_done = pump(io, input, pgid, stderr_path, stderr_prefix);
+    let mut run = Run::new(pgid, timeout, kill_grace);
     tokio::pin!(io_done);
     let mut io_result = None;
-    while status.is_none() || io_result.is_none() {
-        let kill_at = term_sent_at.map(|t| t + kill_grace);
+    while run.status.is_none() || io_result.is_none() {
+        let kill_at = run.kill_at();
         tokio::select! {
-            s = child.wait(), if status.is_none() => {
-                status = Some(s);
-                linger = Some(tokio::time::Instant::now() + LINGER);
-            }
+            s = child.wait(), if run.status.is_none() => run.exited(s),
             r = &mut io_done, if io_result.is_none() => { io_result = Some(r); }
-            _ = sleep_until(linger), if linger.is_some() => {
-                // The leader exited but something still holds its stdout or
-                // stderr: end the group; if a process escaped the group, give
-                // up on its output.
-                if killed {
+            _ = sleep_until(run.linger), if run.linger.is_some() => {
+                if run.linger_over() {
                     break;
                 }
-                signal_group(pgid, Signal::SIGKILL);
-                killed = true;
-                linger = Some(tokio::time::Instant::now() + LINGER);
             }
-            _ = sleep_until(deadline), if deadline.is_some() && term_sent_at.is_none() && status.is_none() => {
-                timed_out = true;
-                signal_group(pgid, Signal::SIGTERM);
-                term_sent_at = Some(tokio::time::Instant::now());
-            }
-            reason = &mut stop_rx, if stop_open => {
-                stop_open = false;
-                if let Ok(reason) = reason {
-                    stopped = Some(reason);
-                    if term_sent_at.is_none() && status.is_none() {
-                        signal_group(pgid, Signal::SIGTERM);
-                        term_sent_at = Some(tokio::time::Instant::now());
-                    }
-                }
-            }
-            _ = sleep_until(kill_at), if kill_at.is_some() && !killed => {
-                signal_group(pgid, Signal::SIGKILL);
-                killed = true;
+            _ = sleep_until(run.deadline), if run.deadline_armed() => run.time_out(),
+            reason = &mut stop_rx, if run.stop_open => run.stop_requested(reason),
+            _ = sleep_until(kill_at), if kill_at.is_some() && !run.killed => run.kill(),
+        }
+    }
+    run.end_group();
+    run.into_exit(io_result)
+}
+
+/// All of the tasker's I/O at once: stdin written while stdout is read and
+/// stderr copied, so that a tasker blocked on one pipe never stalls the
+/// others.
+async fn pump(
+    io: ChildIo,
+    input: Vec<u8>,
+    pgid: i32,
+    stderr_path: PathBuf,
+    stderr_prefix: String,
+) -> IoResult {
+    tokio::join!(
+        write_stdin(io.stdin, input),
+        read_reply(io.stdout, pgid),
+        copy_stderr(io.stderr, stderr_path, stderr_prefix)
+    )
+}
+
+/// stdin: written concurrently; a tasker that exits without reading is
+/// not an error (EPIPE is ignored).
+async fn write_stdin(stdin: Option<tokio::process::ChildStdin>, input: Vec<u8>) {
+    if let Some(mut stdin) = stdin {
+        let _ = stdin.write_all(&input).await;
+        let _ = stdin.shutdown().await;
+    }
+}
+
+/// stdout: read up to the reply limit. A tasker that writes more has its
+/// group killed and its reply dropped (`true`: oversized).
+async fn read_reply(stdout: Option<tokio::process::ChildStdout>, pgid: i32) -> (Vec<u8>, bool) {
+    let mut buf = Vec::new();
+    let mut oversized = false;
+    if let Some(stdout) = stdout {
+        let mut limited = stdout.take(REPLY_LIMIT as u64 + 1);
+        let _ = limited.read_to_end(&mut buf).await;
+        if buf.len() > REPLY_LIMIT {
+            oversized = true;
+            buf.clear();
+            signal_group(pgid, Signal::SIGKILL);
+        }
+    }
+    (buf, oversized)
+}
+
+/// The state of [`drive`]'s loop: what happened to the tasker so far and
+/// which timers are armed. Each event of the loop is one method.
+struct Run {
+    pgid: i32,
+    kill_grace: Duration,
+    /// When the run timeout fires.
+    deadline: Option<tokio::time::Instant>,
+    timed_out: bool,
+    stopped: Option<StopReason>,
+    /// When the group got SIGTERM; SIGKILL follows `kill_grace` later.
+    term_sent_at: Option<tokio::time::Instant>,
+    killed: bool,
+    /// Whether the stop channel may still be polled (a oneshot receiver
+    /// must not be polled again once it resolved).
+    stop_open: bool,
+    /// The leader's wait status, once seen.
+    status: Option<std::io::Result<ExitStatus>>,
+    /// Once the leader has exited, how long its pipes may stay open (held by
+    /// a background child) before the rest of its group is killed.
+    linger: Option<tokio::time::Instant>,
+}
+
+impl Run {
+    fn new(pgid: i32, timeout: Option<Duration>, kill_grace: Duration) -> Run {
+        Run {
+            pgid,
+            kill_grace,
+            deadline: timeout.map(|t| tokio::time::Instant::now() + t),
+            timed_out: false,
+            stopped: None,
+            term_sent_at: None,
+            killed: false,
+            stop_open: true,
+            status: None,
+            linger: None,
+        }
+    }
+
+    /// When SIGKILL follows the SIGTERM already sent.
+    fn kill_at(&self) -> Option<tokio::time::Instant> {
+        self.term_sent_at.map(|t| t + self.kill_grace)
+    }
+
+    /// The run timeout applies until the tasker exits or is asked to stop.
+    fn deadline_armed(&self) -> bool {
+        self.deadline.is_some() && self.term_sent_at.is_none() && self.status.is_none()
+    }
+
+    /// The leader exited: its pipes get [`LINGER`] to close.
+    fn exited(&mut self, status: std::io::Result<ExitStatus>) {
+        self.status = Some(status);
+        self.linger = Some(tokio::time::Instant::now() + LINGER);
+    }
+
+    /// The leader exited but something still holds its stdout or stderr:
+    /// end the group; if a process escaped the group, give up on its output
+    /// (`true`: stop waiting).
+    fn linger_over(&mut self) -> bool {
+        if self.killed {
+            return true;
+        }
+        self.kill();
+        self.linger = Some(tokio::time::Instant::now() + LINGER);
+        false
+    }
+
+    fn time_out(&mut self) {
+        self.timed_out = true;
+        self.terminate();
+    }
+
+    /// A stop request (or the engine dropping the sender, which is none).
+    fn stop_requested(&mut self, reason: Result<StopReason, oneshot::error::RecvError>) {
+        self.stop_open = false;
+        if let Ok(reason) = reason {
+            self.stopped = Some(reason);
+            if self.term_sent_at.is_none() && self.status.is_none() {
+                self.terminate();
             }
         }
     }
-    // When the engine ended the tasker, nothing of its group outlives it.
-    if timed_out || stopped.is_some() {
-        signal_group(pgid, Signal::SIGKILL);
+
+    /// SIGTERM to the group, starting the kill grace.
+    fn terminate(&mut self) {
+        signal_group(self.pgid, Signal::SIGTERM);
+        self.term_sent_at = Some(tokio::time::Instant::now());
     }
-    let ((), (stdout, oversized), stderr_tail) = io_result.unwrap_or_default();
-    match status {
-        Some(Ok(status)) => Exit::Exited {
-            status,
-            stdout,
-            oversized,
-            stderr_tail,
-            timed_out,
-            stopped,
-        },
-        Some(Err(e)) => Exit::SpawnFailed {
-            message: format!("waiting for the tasker failed: {e}"),
-            transient: true,
-        },
-        // The loop ends only once the leader's exit is seen.
-        None => Exit::SpawnFailed {
-            message: "the tasker's exit was never seen".into(),
-            transient: true,
-        },
+
+    fn kill(&mut self) {
+        signal_group(self.pgid, Signal::SIGKILL);
+        self.killed = true;
+    }
+
+    /// When the engine ended the tasker, nothing of its group outlives it.
+    fn end_group(&self) {
+        if self.timed_out || self.stopped.is_some() {
+            signal_group(self.pgid, Signal::SIGKILL);
+        }
+    }
+
+    /// The tasker's [`Exit`] from the loop's state and its I/O.
+    fn into_exit(self, io_result: Option<IoResult>) -> Exit {
+        let ((), (stdout, oversized), stderr_tail) = io_result.unwrap_or_default();
+        match self.status {
+            Some(Ok(status)) => Exit::Exited {
+                status,
+                stdout,
+                oversized,
+                stderr_tail,
+                timed_out: self.timed_out,
+                stopped: self.stopped,
+            },
+            Some(Err(e)) => Exit::SpawnFailed {
+                message: format!("waiting for the tasker failed: {e}"),
+                transient: true,
+            },
+            // The loop ends only once the leader's exit is seen.
+            None => Exit::SpawnFailed {
+                message: "the tasker's exit was never seen".into(),
+                transient: true,
+            },
+        }
     }
 }
 
