@@ -76,8 +76,10 @@ loop { let copy = s + "y"; }
 "#;
 
 /// Slow taskmasters queued one behind the other: the engine is busy with
-/// them for about this many seconds when it runs them on its loop.
-const SLOW_TASKS: usize = 2;
+/// them for about this many seconds when it runs them on its loop. More of
+/// them than workers: those waiting for their domain's turn must not hold
+/// a worker either.
+const SLOW_TASKS: usize = 3;
 
 /// The bound on drop → `started` for a task of another domain while a
 /// taskmaster spins. Nothing in the fast task's path needs more than a
@@ -104,7 +106,7 @@ fn a_spinning_taskmaster_does_not_delay_another_domain() {
         );
     }
     let engine = t.start_in_process(Options {
-        workers: 4,
+        workers: 2,
         ..Options::default()
     });
     // Claimed, so its taskmaster runs now (or is about to): the first
@@ -159,6 +161,42 @@ fn a_spinning_taskmaster_does_not_delay_another_domain() {
          waiting for the slow domain's taskmaster; slow tasks ended at {slow_ends:?}, \
          the fast one was dropped at {dropped} and started at {started}"
     );
+}
+
+/// A task whose taskmaster is running (or waiting for its domain's turn)
+/// is cancelled at once, and its `start_timeout` fires: neither waits for
+/// the script (SPEC 7, 8).
+#[test]
+fn a_task_being_offered_can_be_cancelled_and_time_out() {
+    let t = TestRoot::new();
+    t.taskmaster("slow", SPINNING_TASKMASTER);
+    t.tasker("slow", "quick", "#!/bin/sh\ncat >/dev/null\n");
+    // c1 is offered first; s1 waits behind it for the domain's turn, at
+    // least a second, far beyond its start_timeout.
+    t.drop_task("c1.json", r#"{"domain":"slow","tasker":"quick"}"#);
+    t.drop_task(
+        "s1.json",
+        r#"{"domain":"slow","tasker":"quick","start_timeout":"100ms"}"#,
+    );
+    let engine = t.start_in_process(Options {
+        workers: 2,
+        ..Options::default()
+    });
+    wait_for("c1 to be created", DEADLINE, || {
+        !t.points_named("c1", "created").is_empty()
+    });
+    fs::write(t.join("var/spool/cancel/c1"), "no longer needed").unwrap();
+    wait_for("both records", DEADLINE, || {
+        t.record("c1").is_some() && t.record("s1").is_some()
+    });
+    engine.stop();
+    // Aborted by the cancel, not failed by the taskmaster's time limit.
+    let c1 = t.must_record("c1");
+    assert_eq!(c1["state"], "aborted", "{c1:#}");
+    assert_eq!(c1["error"]["kind"], "aborted", "{c1:#}");
+    assert_eq!(c1["reason"], "no longer needed", "{c1:#}");
+    let reason = assert_failed(&t.must_record("s1"), "timeout");
+    assert_eq!(reason, "not started within start_timeout 100ms");
 }
 
 // ------------------------------------------------------------------ stop
