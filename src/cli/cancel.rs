@@ -45,25 +45,7 @@ pub fn run(root: Option<PathBuf>, args: Args) -> Result<(), Failure> {
     Ok(())
 }
 
-/// Whether a task file for `id` waits in `in/` or `in/<domain>/`: named
-/// `<id>.json`, or naming `id` inside (read only when no name matches; an
-/// operator's command may afford one pass over the spool).
+/// Whether a task file for `id` waits in `in/` or `in/<domain>/`.
 fn in_spool(root: &spoolflow::Root, id: &TaskId) -> bool {
-    let name = format!("{id}.json");
-    let files: Vec<PathBuf> = spoolflow::store::intake::counted_entries(root).collect();
-    if files
-        .iter()
-        .any(|p| p.file_name().is_some_and(|n| *n == *name))
-    {
-        return true;
-    }
-    files.iter().any(|p| {
-        let named = p.extension().is_some_and(|e| e == "json");
-        named
-            && spoolflow::store::spool::read_capped(p, spoolflow::engine::INPUT_LIMIT)
-                .ok()
-                .and_then(|b| spoolflow::model::task::TaskFile::parse(&b).ok())
-                .and_then(|f| f.id)
-                .is_some_and(|found| &found == id)
-    })
+    spoolflow::store::read::find_in(root, id).is_some()
 }

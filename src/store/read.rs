@@ -1,0 +1,183 @@
+//! The read layer: where a task is and what it holds, read from the spool
+//! alone — no engine needed, none disturbed. The operator's commands (and
+//! later the dashboard) share it; nothing here writes.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use crate::layout::Root;
+use crate::model::names::{Exid, TaskId};
+use crate::model::point::Point;
+use crate::model::task::{Record, TaskFile};
+use crate::store::intake::counted_entries;
+use crate::store::spool;
+
+/// The largest record or task file read.
+const READ_LIMIT: u64 = 16 * 1024 * 1024;
+
+/// Why something could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("cannot read {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("{path} is not a record: {message}")]
+    Record { path: PathBuf, message: String },
+}
+
+/// Where a task is (SPEC 4: in exactly one place at every instant).
+#[derive(Debug)]
+pub enum Place {
+    /// Dropped, not taken yet: the file in `in/` or `in/<domain>/`.
+    In(PathBuf),
+    /// Accepted, queued or running: its file in `run/`.
+    Run(PathBuf),
+    /// Ended: its record in `done/` or `failed/`.
+    Ended(Box<Record>),
+}
+
+/// Finds a task by id: its record first (authoritative once written),
+/// then `run/`, then `in/` (by file name, else by the `id` inside a file).
+pub fn find(root: &Root, id: &TaskId) -> Result<Option<Place>, ReadError> {
+    if let Some(record) = record(root, id)? {
+        return Ok(Some(Place::Ended(Box::new(record))));
+    }
+    let run = root.run_file(id);
+    if run.exists() {
+        return Ok(Some(Place::Run(run)));
+    }
+    Ok(find_in(root, id).map(Place::In))
+}
+
+/// The final record of a task, if it has one.
+pub fn record(root: &Root, id: &TaskId) -> Result<Option<Record>, ReadError> {
+    for path in [root.done_file(id), root.failed_file(id)] {
+        match read_record(&path) {
+            Err(ReadError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {}
+            other => return other.map(Some),
+        }
+    }
+    Ok(None)
+}
+
+/// Reads one record file.
+pub fn read_record(path: &Path) -> Result<Record, ReadError> {
+    let bytes = spool::read_capped(path, READ_LIMIT).map_err(|e| match e {
+        spool::SpoolError::Read { source, .. } => ReadError::Io {
+            path: path.to_path_buf(),
+            source,
+        },
+        other => ReadError::Record {
+            path: path.to_path_buf(),
+            message: other.to_string(),
+        },
+    })?;
+    serde_json::from_slice(&bytes).map_err(|e| ReadError::Record {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })
+}
+
+/// Every record in `done/` and `failed/` (unreadable ones as errors).
+pub fn records(root: &Root) -> impl Iterator<Item = Result<Record, ReadError>> {
+    [root.done(), root.failed()]
+        .into_iter()
+        .flat_map(|dir| {
+            std::fs::read_dir(dir)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| {
+                    p.extension().is_some_and(|e| e == "json")
+                        && !p
+                            .file_name()
+                            .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+                })
+        })
+        .map(|p| read_record(&p))
+}
+
+/// The points of an execution (a torn last line skipped; none when it
+/// has no log yet).
+pub fn points(root: &Root, exid: &Exid) -> Result<Vec<Point>, ReadError> {
+    let path = root.points_log(exid);
+    match crate::store::points::read_points(&path) {
+        Ok(points) => Ok(points),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(source) => Err(ReadError::Io { path, source }),
+    }
+}
+
+/// A task file for `id` waiting in `in/`: named `<id>.json`, or naming
+/// `id` inside (read only when no name matches).
+pub fn find_in(root: &Root, id: &TaskId) -> Option<PathBuf> {
+    let name = format!("{id}.json");
+    let files: Vec<PathBuf> = counted_entries(root).collect();
+    if let Some(p) = files
+        .iter()
+        .find(|p| p.file_name().is_some_and(|n| *n == *name))
+    {
+        return Some(p.clone());
+    }
+    files.into_iter().find(|p| {
+        p.extension().is_some_and(|e| e == "json")
+            && spool::read_capped(p, READ_LIMIT)
+                .ok()
+                .and_then(|b| TaskFile::parse(&b).ok())
+                .and_then(|f| f.id)
+                .is_some_and(|found| &found == id)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_task_is_found_where_it_is() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = Root::new(tmp.path()).unwrap();
+        root.init().unwrap();
+        let id = |s: &str| s.parse::<TaskId>().unwrap();
+        assert!(find(&root, &id("nowhere")).unwrap().is_none());
+
+        std::fs::create_dir(root.spool_in().join("org")).unwrap();
+        std::fs::write(root.spool_in().join("org/a.json"), "{}").unwrap();
+        std::fs::write(
+            root.spool_in().join("x.json"),
+            r#"{"domain":"org","id":"b"}"#,
+        )
+        .unwrap();
+        std::fs::write(root.spool_in().join(".c.json"), "{}").unwrap();
+        assert!(matches!(find(&root, &id("a")).unwrap(), Some(Place::In(_))));
+        assert!(
+            matches!(find(&root, &id("b")).unwrap(), Some(Place::In(p)) if p.ends_with("x.json"))
+        );
+        assert!(find(&root, &id("c")).unwrap().is_none(), "an ignored name");
+
+        std::fs::write(root.run_file(&id("d")), "{}").unwrap();
+        assert!(matches!(
+            find(&root, &id("d")).unwrap(),
+            Some(Place::Run(_))
+        ));
+
+        let rec = serde_json::json!({
+            "id": "d", "exid": "d", "nid": "0", "domain": "org", "tasker": null,
+            "taskee": null, "tasker_path": null, "state": "completed", "reason": null,
+            "error": null, "attempts": 1, "offers": 1, "priority": 0, "headers": {},
+            "created_at": null, "started_at": null, "ended_at": null, "payload": {}
+        });
+        std::fs::write(root.done_file(&id("d")), rec.to_string()).unwrap();
+        match find(&root, &id("d")).unwrap() {
+            Some(Place::Ended(r)) => assert_eq!(r.id.as_str(), "d"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(records(&root).filter(|r| r.is_ok()).count(), 1);
+        std::fs::write(root.failed_file(&id("bad")), "not json").unwrap();
+        assert!(matches!(
+            record(&root, &id("bad")),
+            Err(ReadError::Record { .. })
+        ));
+        assert!(points(&root, &id("d")).unwrap().is_empty());
+    }
+}
