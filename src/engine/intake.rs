@@ -67,6 +67,9 @@ impl Engine {
                             .is_ok_and(|t| now.duration_since(t).unwrap_or_default() < SETTLE)
                 });
                 if young {
+                    // Its event may never come (it was written before its
+                    // directory was watched): look again once it settled.
+                    self.settle_later(p);
                     continue;
                 }
             }
@@ -75,6 +78,22 @@ impl Engine {
         if self.scan.is_empty() {
             self.settle_cancels();
         }
+    }
+
+    /// Puts off a look at a path until it has not changed for [`SETTLE`].
+    fn settle_later(&mut self, path: PathBuf) {
+        self.settling.push(path);
+        if self.settle_at.is_none() {
+            self.settle_at = Some(tokio::time::Instant::now() + SETTLE);
+        }
+    }
+
+    /// The paths put off have settled (or changed again, and are put off
+    /// once more by the scan).
+    pub(super) fn settled(&mut self) {
+        self.settle_at = None;
+        let paths = std::mem::take(&mut self.settling);
+        self.scan.extend(paths);
     }
 
     /// Looks at one path under `in/` and claims, rejects or ignores it.

@@ -182,6 +182,10 @@ pub(crate) struct Engine {
     /// Entries of `in/` still to look at (a scan in progress), taken a
     /// bounded number per turn of the loop.
     scan: VecDeque<PathBuf>,
+    /// Entries a scan found still being written: looked at again at
+    /// `settle_at`, never left to the slow safety rescan.
+    settling: Vec<PathBuf>,
+    settle_at: Option<tokio::time::Instant>,
     /// Cancel requests for ids not seen yet: id → (request path, reason);
     /// settled once the scan they asked for is over.
     pending_cancels: HashMap<TaskId, (PathBuf, String)>,
@@ -233,6 +237,8 @@ pub async fn run(
         writer,
         mode: Mode::Starting,
         scan: VecDeque::new(),
+        settling: Vec::new(),
+        settle_at: None,
         pending_cancels: HashMap::new(),
         tsk_watch,
         fatal: None,
@@ -333,6 +339,7 @@ impl Engine {
                 },
                 _ = sleep_until(grace_end), if grace_end.is_some() => self.end_grace(),
                 _ = sleep_until(drain_recheck), if drain_recheck.is_some() => drain_recheck = None,
+                _ = sleep_until(self.settle_at), if self.settle_at.is_some() => self.settled(),
                 _ = safety.tick() => {
                     self.scan_in();
                     self.scan_cancel();

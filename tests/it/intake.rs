@@ -415,3 +415,42 @@ fn a_file_written_in_place_is_taken_only_once_closed() {
     assert_eq!(t.list("var/spool/rejected"), ["nosuch", "nosuch.reason"]);
     drop(engine);
 }
+
+/// A domain's directory built elsewhere and renamed into `in/` with its
+/// task files inside: they had no event of their own (written before the
+/// directory was watched) and are taken once they settled, seconds after
+/// the rename — never left to the 30 s safety rescan.
+#[test]
+fn a_domain_directory_renamed_in_whole_is_taken_without_the_safety_rescan() {
+    let t = TestRoot::new();
+    cat_tasker(&t, "org", "cat");
+    let engine = t.start_in_process(spoolflow::Options {
+        workers: 2,
+        ..spoolflow::Options::default()
+    });
+    t.drop_task("warm.json", r#"{"domain":"org","tasker":"cat"}"#);
+    wait_for("warm's record", DEADLINE, || t.record("warm").is_some());
+    let staging = t.join("staging/org.example");
+    fs::create_dir_all(&staging).unwrap();
+    for i in 0..20 {
+        fs::write(
+            staging.join(format!("m{i:02}.json")),
+            r#"{"tasker":"cat","payload":{"moved":true}}"#,
+        )
+        .unwrap();
+    }
+    fs::rename(&staging, t.join("var/spool/in/org.example")).unwrap();
+    let moved = std::time::Instant::now();
+    // The files settle 2 s after they were written; a third of the safety
+    // rescan's period is far beyond that, and far from it.
+    wait_for(
+        "the moved tasks' records",
+        std::time::Duration::from_secs(10),
+        || (0..20).all(|i| t.record(&format!("m{i:02}")).is_some()),
+    );
+    eprintln!("taken {:?} after the rename", moved.elapsed());
+    engine.stop();
+    for i in 0..20 {
+        assert_eq!(t.must_record(&format!("m{i:02}"))["state"], "completed");
+    }
+}
