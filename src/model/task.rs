@@ -42,8 +42,6 @@ pub enum InputError {
     NoDomain,
     #[error("a task may hold \"tasker\" or \"flow\", not both")]
     TaskerAndFlow,
-    #[error("flows (\"flow\") are not supported by this version yet")]
-    FlowUnsupported,
 }
 
 // ---------------------------------------------------------------- durations
@@ -154,6 +152,9 @@ pub struct TaskFile {
     pub priority: i32,
     pub headers: Object,
     pub options: TaskOptions,
+    /// A flow (SPEC 12): a tree, or the name of a stored flow; checked and
+    /// resolved at intake.
+    pub flow: Option<Value>,
 }
 
 const TASK_KEYS: &[&str] = &[
@@ -206,6 +207,7 @@ impl TaskFile {
         let headers = object(&mut obj, "headers")?;
         let priority = priority(&mut obj)?;
         let options = options(&mut obj)?;
+        let flow = obj.remove("flow").filter(|f| !f.is_null());
         Ok(TaskFile {
             domain,
             tasker,
@@ -214,6 +216,7 @@ impl TaskFile {
             priority,
             headers,
             options,
+            flow,
         })
     }
 }
@@ -224,11 +227,8 @@ fn check_keys(obj: &Object) -> Result<(), InputError> {
     if let Some(k) = obj.keys().find(|k| !TASK_KEYS.contains(&k.as_str())) {
         return Err(InputError::UnknownKey(k.clone()));
     }
-    if obj.contains_key("flow") {
-        if obj.contains_key("tasker") {
-            return Err(InputError::TaskerAndFlow);
-        }
-        return Err(InputError::FlowUnsupported);
+    if obj.contains_key("flow") && obj.contains_key("tasker") {
+        return Err(InputError::TaskerAndFlow);
     }
     Ok(())
 }
@@ -412,6 +412,9 @@ pub struct Task {
     pub priority: i32,
     pub headers: Object,
     pub options: TaskOptions,
+    /// The flow's tree (SPEC 12) when this task is a flow: resolved (no
+    /// stored flow names left) once the task is claimed.
+    pub flow: Option<Value>,
 }
 
 impl Task {
@@ -442,6 +445,7 @@ impl Task {
             priority: file.priority,
             headers: file.headers,
             options: file.options,
+            flow: file.flow,
         })
     }
 
@@ -459,6 +463,9 @@ impl Task {
         obj.insert("headers".into(), Value::Object(self.headers.clone()));
         if let Value::Object(o) = serde_json::to_value(&self.options).unwrap_or_default() {
             obj.extend(o);
+        }
+        if let Some(flow) = &self.flow {
+            obj.insert("flow".into(), flow.clone());
         }
         Value::Object(obj)
     }
@@ -600,7 +607,11 @@ mod tests {
         assert!(reason(br#"{"id":"a/b"}"#).starts_with("invalid task id"));
         assert!(reason(br#"{"timeout":"5x"}"#).starts_with("invalid duration for \"timeout\""));
         assert!(reason(b"\xff\xfe").starts_with("invalid JSON"));
-        assert!(reason(br#"{"flow":{}}"#).contains("not supported"));
+        // A flow is kept as it is here; its tree is checked at intake.
+        assert_eq!(
+            TaskFile::parse(br#"{"flow":{"task":"a"}}"#).unwrap().flow,
+            Some(serde_json::json!({"task":"a"}))
+        );
     }
 
     #[test]

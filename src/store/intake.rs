@@ -90,6 +90,12 @@ fn examine_steps(root: &Root, path: &Path, limit: u64) -> Step<Intake> {
     let dir_domain = dir_domain(&parts)?;
     check_type(path, &parts, dir_domain.is_some(), meta.file_type())?;
     let file = read_task_file(path, name, limit)?;
+    if file.flow.is_some() {
+        return Err(reject(
+            path,
+            "flows (\"flow\") are not supported by this version yet",
+        ));
+    }
     Ok(accept(path, file, name, &meta, dir_domain))
 }
 
