@@ -1,6 +1,8 @@
 //! `spoolflow check`: validates `tsk/` before the engine meets it — every
 //! taskmaster compiles, every `tasker.json` parses, every tasker file is
-//! executable, every directory is a domain (or `any`).
+//! executable, every directory is a domain (or `any`), every stored flow
+//! (`tsk/<domain>/flows/*.json`) has a valid tree whose names resolve and
+//! whose `if` expressions compile.
 
 use std::path::{Path, PathBuf};
 
@@ -22,11 +24,30 @@ impl std::fmt::Display for Problem {
     }
 }
 
-/// Checks `tsk/`; returns the problems (none: all good) and how many
-/// taskmasters and taskers were looked at.
-pub fn check(root: &Root) -> (Vec<Problem>, usize, usize) {
+/// What `check` found.
+#[derive(Debug, Default)]
+pub struct Checked {
+    /// None: all good.
+    pub problems: Vec<Problem>,
+    pub taskmasters: usize,
+    pub taskers: usize,
+    pub flows: usize,
+}
+
+/// Checks `tsk/`.
+pub fn check(root: &Root) -> Checked {
+    let (problems, taskmasters, taskers, flows) = check_tsk(root);
+    Checked {
+        problems,
+        taskmasters,
+        taskers,
+        flows,
+    }
+}
+
+fn check_tsk(root: &Root) -> (Vec<Problem>, usize, usize, usize) {
     let mut problems = Vec::new();
-    let (mut scripts, mut taskers) = (0, 0);
+    let (mut scripts, mut taskers, mut flows) = (0, 0, 0);
     let tsk = root.tsk();
     let taskmasters = Taskmasters::new(root.dir());
     let rel = |p: &Path| root.relative(p).to_path_buf();
@@ -35,7 +56,7 @@ pub fn check(root: &Root) -> (Vec<Problem>, usize, usize) {
             path: rel(&tsk),
             what: "missing: run `spoolflow init`".into(),
         });
-        return (problems, 0, 0);
+        return (problems, 0, 0, 0);
     };
     let mut domains: Vec<_> = domains.flatten().map(|e| e.path()).collect();
     domains.sort();
@@ -68,6 +89,10 @@ pub fn check(root: &Root) -> (Vec<Problem>, usize, usize) {
                 .unwrap_or_default()
                 .to_string_lossy()
                 .into_owned();
+            if ename == "flows" && entry.is_dir() {
+                flows += check_stored_flows(root, &name, &entry, &mut problems);
+                continue;
+            }
             if ename == "taskmaster.rhai" {
                 scripts += 1;
                 if let Err(e) = taskmasters.check(&entry) {
@@ -87,7 +112,63 @@ pub fn check(root: &Root) -> (Vec<Problem>, usize, usize) {
             }
         }
     }
-    (problems, scripts, taskers)
+    (problems, scripts, taskers, flows)
+}
+
+/// Checks every `*.json` of a `flows/` directory of `tsk/<dir>/`: its
+/// tree, the stored flows it names (looked up as a task of that domain
+/// would), and its `if` expressions. Returns how many were looked at.
+fn check_stored_flows(root: &Root, dir: &str, flows: &Path, problems: &mut Vec<Problem>) -> usize {
+    let sandbox = crate::sandbox::sandbox_engine();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(flows)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    files.sort();
+    for file in &files {
+        let rel = root.relative(file).to_path_buf();
+        if let Err(what) = check_stored_flow(root, dir, file, &sandbox) {
+            problems.push(Problem { path: rel, what });
+        }
+    }
+    files.len()
+}
+
+fn check_stored_flow(
+    root: &Root,
+    dir: &str,
+    file: &Path,
+    sandbox: &rhai::Engine,
+) -> Result<(), String> {
+    use crate::flow::tree;
+    let stem = file.file_stem().unwrap_or_default().to_string_lossy();
+    stem.parse::<Taskee>()
+        .map_err(|_| format!("{stem:?} is not a valid stored flow name"))?;
+    let value = crate::store::flows::read(root, Some(file.to_path_buf()))?
+        .ok_or_else(|| "cannot read".to_string())?;
+    let node = tree::parse(&value).map_err(|e| e.to_string())?;
+    let dirs: Vec<String> = match dir.parse::<Domain>() {
+        Ok(d) => d
+            .branch()
+            .map(str::to_string)
+            .chain(["any".to_string()])
+            .collect(),
+        Err(_) => vec!["any".to_string()],
+    };
+    let mut lookup = |name: &str| {
+        let path = crate::store::flows::find_in(root, dirs.iter().map(String::as_str), name)?;
+        crate::store::flows::read(root, path)
+    };
+    let resolved = tree::resolve(node, &mut lookup).map_err(|e| e.to_string())?;
+    for expr in tree::conditions(&resolved) {
+        sandbox
+            .compile_expression(expr)
+            .map_err(|e| format!("`if` expression {expr:?} does not compile: {e}"))?;
+    }
+    Ok(())
 }
 
 fn strip_path(msg: &str, path: &Path) -> String {

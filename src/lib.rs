@@ -11,6 +11,7 @@
 
 pub mod check;
 pub mod engine;
+pub mod flow;
 pub mod layout;
 pub mod lookup;
 pub mod model;

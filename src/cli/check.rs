@@ -9,17 +9,20 @@ pub struct Args {}
 
 pub fn run(root: Option<PathBuf>, _args: Args) -> Result<(), Failure> {
     let root = super::find_root(root)?;
-    let (problems, scripts, taskers) = spoolflow::check::check(&root);
-    for p in &problems {
+    let checked = spoolflow::check::check(&root);
+    for p in &checked.problems {
         println!("{p}");
     }
-    if problems.is_empty() {
-        println!("ok: {scripts} taskmasters, {taskers} taskers");
+    if checked.problems.is_empty() {
+        println!(
+            "ok: {} taskmasters, {} taskers, {} stored flows",
+            checked.taskmasters, checked.taskers, checked.flows
+        );
         Ok(())
     } else {
         Err(Failure::new(
             exit::USAGE,
-            format!("{} problems in tsk/", problems.len()),
+            format!("{} problems in tsk/", checked.problems.len()),
         ))
     }
 }

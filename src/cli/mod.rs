@@ -3,6 +3,7 @@
 
 mod cancel;
 mod check;
+mod flow;
 mod init;
 mod run;
 mod submit;
@@ -52,6 +53,8 @@ pub enum Command {
     Check(check::Args),
     /// Cancel a queued or running task.
     Cancel(cancel::Args),
+    /// Draw a flow's tree with each node's state (running or ended).
+    Flow(flow::Args),
 }
 
 /// An error at the CLI edge: a message and an exit code.
@@ -78,6 +81,7 @@ pub fn main() -> ExitCode {
         Command::Submit(a) => submit::run(cli.root, a),
         Command::Check(a) => check::run(cli.root, a),
         Command::Cancel(a) => cancel::run(cli.root, a),
+        Command::Flow(a) => flow::run(cli.root, a),
     };
     match result {
         Ok(()) => ExitCode::from(exit::SUCCESS),

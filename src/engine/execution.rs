@@ -25,13 +25,18 @@ impl Engine {
             self.nodes.insert(k.clone(), node);
         }
         for k in keys {
-            self.watch_start_timeout(&k, created_at);
+            self.watch_node_start_timeout(&k, created_at);
             self.enqueue(&k);
         }
     }
 
+    /// Whether an execution is a flow.
+    pub(super) fn is_flow(&self, exid: &Exid) -> bool {
+        self.executions.get(exid).is_some_and(|e| e.flow.is_some())
+    }
+
     /// Sets a node's `start_timeout` timer when its task file has one.
-    fn watch_start_timeout(&mut self, k: &NodeKey, created_at: DateTime<Utc>) {
+    pub(super) fn watch_node_start_timeout(&mut self, k: &NodeKey, created_at: DateTime<Utc>) {
         let Some(st) = self.node(k).and_then(|n| n.task.options.start_timeout) else {
             return;
         };
@@ -76,6 +81,9 @@ impl Engine {
             return;
         }
         self.leave_waiting(k);
+        if self.is_flow(&k.exid) {
+            return self.flow_node_ended(k, state, err);
+        }
         let (Some(exec), Some(node)) = (self.executions.get(&k.exid), self.nodes.get(k)) else {
             return;
         };
@@ -137,6 +145,7 @@ impl Engine {
                     self.in_flight.remove(&from);
                 }
                 Done::Rewritten(key) => self.on_rewritten(&key),
+                Done::Progress(exid) => self.on_progress_saved(&exid),
                 Done::Rejected { path, retake: true } => self.path_done(&path),
                 Done::Rejected {
                     path,
@@ -165,6 +174,9 @@ impl Engine {
             return;
         };
         let _ = std::fs::remove_file(request);
+        if exec.flow.is_some() {
+            return self.cancel_flow(exid, reason);
+        }
         let keys: Vec<NodeKey> = exec.nids.iter().map(|nid| key(exid, nid)).collect();
         let mut waiting = Vec::new();
         for k in keys {
@@ -214,5 +226,8 @@ pub(super) fn record_of(
             Some(timestamp(Utc::now()))
         },
         payload: node.task.payload.clone(),
+        flow: None,
+        errors: None,
+        nodes: None,
     }
 }

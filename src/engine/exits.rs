@@ -116,6 +116,12 @@ impl Engine {
         if let Some(err) = limit {
             return self.fail(key, err);
         }
+        if self.is_flow(&key.exid) {
+            // A flow's run/ file is the flow's: the node goes on from its
+            // payload in memory (a restart runs it again from its input).
+            let after = after.map(|a| a.0).unwrap_or_default();
+            return self.enqueue_after(key, after);
+        }
         // The new payload is made durable in run/ before the node runs
         // again, so that a restart resumes from it.
         let Some(node) = self.node_mut(key) else {
@@ -192,6 +198,7 @@ impl Engine {
                     }
                 }
                 Timer::StartTimeout(key) => self.start_timed_out(&key),
+                Timer::Wake(key) => self.flow_woke(&key.exid, &key.nid),
             }
         }
     }

@@ -137,6 +137,11 @@ impl Engine {
         if self.is_known(&task.id) {
             return self.reject(path, &format!("duplicate id {}", task.id));
         }
+        if let Some(flow) = &task.flow {
+            if let Err(reason) = self.prepare_flow(flow) {
+                return self.reject(path, &reason);
+            }
+        }
         if !self_contained {
             // The file does not name its domain: the writer makes the
             // completed task durable in run/, then removes the original.
@@ -207,8 +212,16 @@ impl Engine {
         }
         self.log_idle(p);
         let exid = task.exid.clone();
-        let (exec, node) = Execution::standalone(task, Utc::now());
-        self.insert_execution(exid.clone(), exec, vec![node]);
+        if let Some(flow) = task.flow.clone() {
+            match self.prepare_flow(&flow) {
+                Ok((tree, conds)) => self.start_flow(task, tree, conds, Utc::now()),
+                // Checked before the claim: not expected; the flow fails.
+                Err(reason) => self.fail_flow_at_start(task, reason),
+            }
+        } else {
+            let (exec, node) = Execution::standalone(task, Utc::now());
+            self.insert_execution(exid.clone(), exec, vec![node]);
+        }
         if let Some((req, reason)) = self.pending_cancels.remove(&exid) {
             self.cancel(&exid, &reason, &req);
         }

@@ -22,6 +22,7 @@ mod dispatch;
 mod env;
 mod execution;
 mod exits;
+mod flows;
 mod intake;
 mod offers;
 pub mod outcome;
@@ -144,6 +145,8 @@ pub(crate) enum Timer {
     Ready(NodeKey, u64),
     /// A node's `start_timeout` is due.
     StartTimeout(NodeKey),
+    /// A flow's sleeping node is due.
+    Wake(NodeKey),
 }
 
 /// The channels into the loop.
@@ -194,6 +197,8 @@ pub(crate) struct Engine {
     /// An fsync failed: the page cache can no longer be trusted, so the
     /// engine stops (at the top of its loop).
     fatal: Option<SpoolError>,
+    /// The sandbox that flows' `if` expressions run in.
+    conditions: std::sync::Arc<rhai::Engine>,
 }
 
 /// Runs the engine (inside a tokio runtime).
@@ -242,6 +247,7 @@ pub async fn run(
         pending_cancels: HashMap::new(),
         tsk_watch,
         fatal: None,
+        conditions: std::sync::Arc::new(crate::sandbox::sandbox_engine()),
         options,
         root,
     };

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
 use nix::fcntl::{Flock, FlockArg};
+use serde_json::Value;
 
 use crate::layout::Root;
 use crate::model::names::TaskId;
@@ -104,16 +105,11 @@ fn try_lock(root: &Root) -> Result<EngineLock, RecoveryError> {
 #[derive(Debug)]
 pub struct Recovered {
     pub task: Task,
-    /// The attempts made before the crash (the new one is `attempts + 1`).
-    pub attempts: u32,
-    pub offers: u32,
-    /// Retries already used (a recovery is not one).
-    pub retries: u32,
-    /// Who refused the task, and why (SPEC 7's limit and re-offer rule).
-    pub refusals: Vec<Refusal>,
-    /// `uncompleted` replies in a row at the end of the log.
-    pub uncompleted: u32,
     pub created_at: Option<DateTime<Utc>>,
+    /// Its node's past, from its points log.
+    pub history: History,
+    /// A flow's progress, as its `run/` file holds it.
+    pub progress: Option<Value>,
 }
 
 /// What start-up found in `run/`.
@@ -330,16 +326,13 @@ pub fn scan_run(root: &Root, input_limit: u64) -> Result<Found, RecoveryError> {
             continue;
         }
         match read_task(&path, &id, input_limit) {
-            Ok(task) => {
+            Ok((task, progress)) => {
                 let history = history_of(&root.points_log(&task.exid), &task);
                 found.tasks.push(Recovered {
                     task,
-                    attempts: history.attempts,
-                    offers: history.offers,
-                    retries: history.retries,
-                    refusals: history.refusals,
-                    uncompleted: history.uncompleted,
                     created_at: history.created_at,
+                    history,
+                    progress,
                 });
             }
             Err(reason) => found.bad.push((path, reason)),
@@ -375,18 +368,28 @@ fn add_missing_final_point(root: &Root, record_path: &Path) {
     }
 }
 
-fn read_task(path: &Path, id: &TaskId, limit: u64) -> Result<Task, String> {
+/// A task in `run/`, and a flow's progress (the `progress` key the engine
+/// adds to a flow's file).
+fn read_task(path: &Path, id: &TaskId, limit: u64) -> Result<(Task, Option<Value>), String> {
     let bytes = crate::store::spool::read_capped(path, limit).map_err(|e| e.to_string())?;
-    let file = TaskFile::parse(&bytes).map_err(|e| format!("task in run/ is invalid: {e}"))?;
+    let invalid = |e: String| format!("task in run/ is invalid: {e}");
+    let mut obj = match serde_json::from_slice::<Value>(&bytes) {
+        Ok(Value::Object(obj)) => obj,
+        Ok(_) => return Err(invalid("not a JSON object".into())),
+        Err(e) => return Err(invalid(e.to_string())),
+    };
+    let progress = obj.remove("progress");
+    let file = TaskFile::from_object(obj).map_err(|e| invalid(e.to_string()))?;
     let task = Task::from_file(file, Some(id.as_str()), None).map_err(|e| e.to_string())?;
     if &task.id != id {
         return Err(format!("run/{id}.json holds task id {}", task.id));
     }
-    Ok(task)
+    Ok((task, progress))
 }
 
-#[derive(Default)]
-struct History {
+/// What a node's points log says of its past (SPEC 7's counts).
+#[derive(Debug, Default)]
+pub struct History {
     attempts: u32,
     offers: u32,
     retries: u32,
@@ -395,15 +398,53 @@ struct History {
     created_at: Option<DateTime<Utc>>,
 }
 
+impl History {
+    /// Gives a node queued again after a crash its past: a new attempt
+    /// that does not count against `retries`, its offers, refusals and row
+    /// of `uncompleted` replies.
+    pub(super) fn restore(&self, node: &mut super::state::Node) {
+        node.attempt = self.attempts + 1;
+        node.offers = self.offers;
+        node.retries_done = self.retries;
+        node.starts = self.attempts;
+        node.refusals = self.refusals.clone();
+        node.uncompleted = self.uncompleted;
+    }
+
+    /// The attempt the node is queued again as.
+    pub(super) fn next_attempt(&self) -> u32 {
+        self.attempts + 1
+    }
+}
+
+/// The history of each node of an execution, from its points log.
+pub(super) fn histories(root: &Root, exid: &crate::model::names::Exid) -> Vec<point::Point> {
+    crate::store::points::read_points(&root.points_log(exid)).unwrap_or_default()
+}
+
+/// A node's history among an execution's points.
+pub(super) fn node_history(
+    points: &[point::Point],
+    id: &TaskId,
+    nid: &crate::model::names::Nid,
+) -> History {
+    history_in(points, id, nid)
+}
+
 fn history_of(log: &Path, task: &Task) -> History {
+    match crate::store::points::read_points(log) {
+        Ok(points) => history_in(&points, &task.id, &task.nid),
+        Err(_) => History::default(),
+    }
+}
+
+/// A node's history, from the points of its execution's log.
+fn history_in(points: &[point::Point], id: &TaskId, nid: &crate::model::names::Nid) -> History {
     let mut h = History::default();
-    let Ok(points) = crate::store::points::read_points(log) else {
-        return h;
-    };
     // A tasker's informative points change nothing (SPEC 6).
     for p in points
         .iter()
-        .filter(|p| p.id == task.id && p.nid == task.nid && !p.fields.contains_key("source"))
+        .filter(|p| &p.id == id && &p.nid == nid && !p.fields.contains_key("source"))
     {
         match p.kind() {
             Some(Kind::Created) => {
@@ -472,20 +513,20 @@ impl super::Engine {
             self.reject(&path, &reason);
         }
         for r in found.tasks {
+            if r.task.flow.is_some() {
+                let created_at = r.created_at.unwrap_or_else(Utc::now);
+                self.recover_flow(r.task, r.progress, created_at);
+                continue;
+            }
             let k = key(&r.task.exid, &r.task.nid);
             let mut p = self
                 .point(&k, Kind::Recovered)
-                .with("attempt", r.attempts + 1);
+                .with("attempt", r.history.next_attempt());
             p.id = r.task.id.clone();
             self.log_idle(p);
             let created_at = r.created_at.unwrap_or_else(Utc::now);
             let (exec, mut node) = Execution::standalone(r.task, created_at);
-            node.attempt = r.attempts + 1;
-            node.offers = r.offers;
-            node.retries_done = r.retries;
-            node.starts = r.attempts;
-            node.refusals = r.refusals;
-            node.uncompleted = r.uncompleted;
+            r.history.restore(&mut node);
             self.insert_execution(k.exid, exec, vec![node]);
         }
         Ok(())

@@ -213,10 +213,11 @@ impl Node {
 /// at the end, its record. Its nodes live in the engine's one map of nodes
 /// (a map per execution would cost a table per task); `nids` names the
 /// live ones.
-#[derive(Debug)]
 pub struct Execution {
     pub created_at: DateTime<Utc>,
     pub nids: Vec<Nid>,
+    /// A flow's tree, progress and life (`None`: a standalone task).
+    pub flow: Option<Box<super::flows::FlowExec>>,
 }
 
 impl Execution {
@@ -225,6 +226,7 @@ impl Execution {
         let exec = Execution {
             created_at,
             nids: vec![task.nid.clone()],
+            flow: None,
         };
         (exec, Node::new(task))
     }

@@ -495,6 +495,15 @@ pub struct Record {
     pub started_at: Option<String>,
     pub ended_at: Option<String>,
     pub payload: Object,
+    /// A flow's tree (SPEC 12).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flow: Option<Value>,
+    /// A flow's `on_error: "continue"` errors: `{ nid, kind, message }`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub errors: Option<Value>,
+    /// A flow's task nodes that ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nodes: Option<Vec<Value>>,
 }
 
 #[cfg(test)]

@@ -14,22 +14,36 @@ use crate::store::spool;
 /// The largest stored flow read.
 const STORED_FLOW_LIMIT: u64 = 4 * 1024 * 1024;
 
-/// Where the stored flow `name` of `domain` is, if anywhere.
-pub fn find(root: &Root, domain: &Domain, name: &str) -> Result<Option<PathBuf>, String> {
+/// Where the stored flow `name` is in the first of `dirs` (directories of
+/// `tsk/`) that has it, if any.
+pub fn find_in<'a>(
+    root: &Root,
+    dirs: impl Iterator<Item = &'a str>,
+    name: &str,
+) -> Result<Option<PathBuf>, String> {
     let name: Taskee = name.parse().map_err(|_| {
         format!("invalid stored flow name {name:?} (a name is [A-Za-z0-9][A-Za-z0-9_-]{{0,63}})")
     })?;
     let tsk = root.tsk();
-    Ok(domain
-        .branch()
-        .chain(std::iter::once("any"))
+    Ok(dirs
         .map(|d| tsk.join(d).join("flows").join(format!("{name}.json")))
         .find(|p| p.is_file()))
 }
 
+/// Where the stored flow `name` of `domain` is: up the domain's branch,
+/// then in `tsk/any/`.
+pub fn find(root: &Root, domain: &Domain, name: &str) -> Result<Option<PathBuf>, String> {
+    find_in(root, domain.branch().chain(std::iter::once("any")), name)
+}
+
 /// The JSON of the stored flow `name` of `domain` (`None`: no such flow).
 pub fn lookup(root: &Root, domain: &Domain, name: &str) -> Result<Option<Value>, String> {
-    let Some(path) = find(root, domain, name)? else {
+    read(root, find(root, domain, name)?)
+}
+
+/// The JSON of a stored flow file (`None` passes through).
+pub fn read(root: &Root, path: Option<PathBuf>) -> Result<Option<Value>, String> {
+    let Some(path) = path else {
         return Ok(None);
     };
     let rel = root.relative(&path).display().to_string();

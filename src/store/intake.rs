@@ -4,6 +4,8 @@
 
 use std::path::{Component, Path, PathBuf};
 
+use serde_json::Value;
+
 use crate::layout::Root;
 use crate::model::names::{Domain, TaskId};
 use crate::model::task::{Task, TaskFile};
@@ -89,14 +91,31 @@ fn examine_steps(root: &Root, path: &Path, limit: u64) -> Step<Intake> {
     };
     let dir_domain = dir_domain(&parts)?;
     check_type(path, &parts, dir_domain.is_some(), meta.file_type())?;
-    let file = read_task_file(path, name, limit)?;
-    if file.flow.is_some() {
-        return Err(reject(
-            path,
-            "flows (\"flow\") are not supported by this version yet",
-        ));
+    let mut file = read_task_file(path, name, limit)?;
+    let domain = file.domain.clone().or_else(|| dir_domain.clone());
+    if let (Some(flow), Some(domain)) = (file.flow.take(), domain) {
+        let resolved = prepare_flow(root, &domain, flow).map_err(|e| reject(path, e))?;
+        file.flow = Some(resolved);
     }
     Ok(accept(path, file, name, &meta, dir_domain))
+}
+
+/// A flow's tree checked and made whole (SPEC 12): a stored flow's name or
+/// a tree, with every stored flow it names inlined (so that editing one
+/// never changes a flow already claimed), within the limits of depth and
+/// size. The error is the reason the task file is rejected.
+pub fn prepare_flow(root: &Root, domain: &Domain, flow: Value) -> Result<Value, String> {
+    use crate::flow::tree::{self, FlowNode, Kind, OnError};
+    let node = match &flow {
+        Value::String(name) => FlowNode {
+            kind: Kind::Stored(name.clone()),
+            on_error: OnError::Fail,
+        },
+        _ => tree::parse(&flow).map_err(|e| format!("flow: {e}"))?,
+    };
+    let mut lookup = |name: &str| crate::store::flows::lookup(root, domain, name);
+    let resolved = tree::resolve(node, &mut lookup).map_err(|e| format!("flow: {e}"))?;
+    Ok(tree::to_json(&resolved))
 }
 
 /// A refusal of the entry at `path`.
@@ -225,7 +244,8 @@ fn accept(
             return reject(path, format!("domain {fd} is outside in/{dd}"));
         }
     }
-    let self_contained = file.domain.is_some();
+    // A flow's claim writes its resolved tree into run/.
+    let self_contained = file.domain.is_some() && file.flow.is_none();
     match Task::from_file(file, stem, dir_domain.as_ref()) {
         Ok(task) => Intake::Task {
             path: path.to_path_buf(),

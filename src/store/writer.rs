@@ -155,6 +155,14 @@ pub enum Job {
         name: String,
         bytes: Vec<u8>,
     },
+    /// A flow's `run/` file rewritten in place (atomically) with its
+    /// progress.
+    Progress {
+        exid: Exid,
+        dir: PathBuf,
+        name: String,
+        bytes: Vec<u8>,
+    },
     /// Input moved to `rejected/` beside a `.reason` file, if it is still
     /// the file `ident` names.
     Reject {
@@ -219,6 +227,9 @@ pub enum Done {
     /// The rewritten `run/` file is durable (or could not be written, which
     /// is logged).
     Rewritten(NodeKey),
+    /// A flow's progress is durable in its `run/` file (or could not be
+    /// written, which is logged).
+    Progress(Exid),
     /// The input is in `rejected/`, or was gone or replaced already
     /// (`retake`: what is at `path` now is new), or could not be moved.
     Rejected { path: PathBuf, retake: bool },
@@ -323,6 +334,10 @@ enum Written {
     },
     Rewrite {
         key: NodeKey,
+        to: Option<PathBuf>,
+    },
+    Progress {
+        exid: Exid,
         to: Option<PathBuf>,
     },
     Reject {
@@ -436,6 +451,23 @@ impl Batch {
                     }
                 }
             }
+            Job::Progress {
+                exid,
+                dir,
+                name,
+                bytes,
+            } => match spool::write_atomic(&dir, &name, &bytes, false, false) {
+                Ok(to) => {
+                    self.dirs.insert(dir);
+                    Written::Progress { exid, to: Some(to) }
+                }
+                Err(e) if e.is_fatal() => return Err(e),
+                // The flow goes on from its progress in memory.
+                Err(e) => {
+                    tracing::error!("{e}");
+                    Written::Progress { exid, to: None }
+                }
+            },
             Job::Reject { path, ident, .. } if !still(&path, ident) => Written::Reject {
                 from: path,
                 to: None,
@@ -515,6 +547,7 @@ impl Batch {
                 Written::ClaimTaken { exid, from } => Done::ClaimTaken { exid, from },
                 Written::ClaimFailed { exid, from } => Done::ClaimFailed { exid, from },
                 Written::Rewrite { key, .. } => Done::Rewritten(key),
+                Written::Progress { exid, .. } => Done::Progress(exid),
                 Written::Reject { from, retake, .. } => Done::Rejected { path: from, retake },
             });
         }
@@ -535,7 +568,9 @@ impl Written {
                 already: false,
             } => (JobKind::Record, job.dir.join(&job.name)),
             Written::Claim { to, .. } => (JobKind::Claim, to.clone()),
-            Written::Rewrite { to: Some(to), .. } => (JobKind::Rewrite, to.clone()),
+            Written::Rewrite { to: Some(to), .. } | Written::Progress { to: Some(to), .. } => {
+                (JobKind::Rewrite, to.clone())
+            }
             Written::Reject { to: Some(to), .. } => (JobKind::Reject, to.clone()),
             _ => return None,
         };

@@ -8,6 +8,7 @@ mod cli;
 mod core;
 mod crash;
 mod engine_shape;
+mod flows;
 mod hostile;
 mod intake;
 mod path_safety;

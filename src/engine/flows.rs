@@ -1,0 +1,616 @@
+//! Flows in the engine (SPEC 12). A flow is one execution; the pure
+//! `flow::run::Flow` says which of its nodes run next, and this file carries
+//! its steps out: task nodes become engine nodes (queued, offered, run,
+//! retried exactly as standalone tasks), sleeps become timers, a failure
+//! stops the running siblings. The flow's progress is made durable in its
+//! `run/` file (through the writer) before the step that follows a node's
+//! end is acted on, so a finished node never runs again after a crash.
+//! One record ends the flow, once none of its taskers runs.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use rhai::{Dynamic, Engine as Rhai, Scope, AST};
+use serde_json::Value;
+
+use super::state::{key, Execution, Node, NodeState, Stop};
+use super::{Engine, Timer};
+use crate::flow::run::{Action, Conditions, End, Flow, NodeProgress, Progress, Step, TaskRun};
+use crate::flow::tree::{self, FlowNode};
+use crate::model::names::{Exid, Nid};
+use crate::model::point::{Kind, Point};
+use crate::model::task::{timestamp, ErrorKind, Object, Record, State, Task, TaskError};
+use crate::scheduler::NodeKey;
+use crate::store::writer::{Job, RecordJob};
+
+/// A flow being run: its task file, its tree and progress, its compiled
+/// `if` expressions, and where it is in its own life.
+pub struct FlowExec {
+    /// The flow's task file (id, domain, payload = its input, options,
+    /// priority and headers that its task nodes default to).
+    pub task: Task,
+    pub flow: Flow,
+    pub conds: Conds,
+    pub life: FlowLife,
+    /// Steps to act on once the progress written before them is durable.
+    pub pending: Vec<Step>,
+    /// Progress writes not yet durable.
+    pub saving: usize,
+}
+
+/// Where a flow is in its own life.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FlowLife {
+    /// Its nodes run.
+    Running,
+    /// It ended (completed or failed); its record is written once no
+    /// tasker of it runs any more.
+    Ending(End),
+    /// Cancelled: its record (`aborted`) is written once no tasker of it
+    /// runs any more.
+    Aborting(String),
+    /// Its record is being committed.
+    Recording,
+}
+
+/// The compiled `if` expressions of one flow, run in the taskmaster's
+/// sandbox (same bounds, same deadline); each compiled once.
+pub struct Conds {
+    rhai: Arc<Rhai>,
+    asts: HashMap<String, AST>,
+}
+
+impl Conds {
+    /// Compiles every `if` of `tree`; the first that does not compile is
+    /// the error.
+    pub fn compile(rhai: Arc<Rhai>, tree: &FlowNode) -> Result<Conds, String> {
+        let mut asts = HashMap::new();
+        for expr in tree::conditions(tree) {
+            if asts.contains_key(expr) {
+                continue;
+            }
+            let ast = rhai
+                .compile_expression(expr)
+                .map_err(|e| format!("`if` expression {expr:?} does not compile: {e}"))?;
+            asts.insert(expr.to_string(), ast);
+        }
+        Ok(Conds { rhai, asts })
+    }
+}
+
+impl Conditions for Conds {
+    fn eval(&mut self, nid: &Nid, expr: &str, payload: &Object) -> Result<bool, String> {
+        let ast = match self.asts.get(expr) {
+            Some(ast) => ast,
+            None => {
+                let ast = self
+                    .rhai
+                    .compile_expression(expr)
+                    .map_err(|e| e.to_string())?;
+                self.asts.entry(expr.to_string()).or_insert(ast)
+            }
+        };
+        let mut scope = Scope::new();
+        let payload = rhai::serde::to_dynamic(payload).map_err(|e| e.to_string())?;
+        scope.push("payload", payload);
+        let label = format!("`if` of node {nid}");
+        let value = crate::sandbox::with_deadline(&label, crate::sandbox::RUN_DEADLINE, || {
+            self.rhai.eval_ast_with_scope::<Dynamic>(&mut scope, ast)
+        })
+        .map_err(|e| match crate::sandbox::limit_exceeded(&e) {
+            Some(limit) => format!("`if` {expr:?} exceeded the sandbox's {limit}"),
+            None => format!("`if` {expr:?}: {e}"),
+        })?;
+        value
+            .as_bool()
+            .map_err(|t| format!("`if` {expr:?} gave {t}, not a boolean"))
+    }
+}
+
+/// Milliseconds since the epoch.
+fn now_ms() -> i64 {
+    Utc::now().timestamp_millis()
+}
+
+impl Engine {
+    /// A flow's resolved tree, read back, with its `if` expressions
+    /// compiled: what a flow needs to run (an error rejects its file).
+    pub(super) fn prepare_flow(&self, flow: &Value) -> Result<(FlowNode, Conds), String> {
+        let tree = tree::parse(flow).map_err(|e| format!("flow: {e}"))?;
+        let conds = Conds::compile(self.conditions.clone(), &tree)?;
+        Ok((tree, conds))
+    }
+
+    /// A flow's task is in `run/`: make its execution and start it.
+    pub(super) fn start_flow(
+        &mut self,
+        task: Task,
+        tree: FlowNode,
+        conds: Conds,
+        created_at: DateTime<Utc>,
+    ) {
+        let exid = task.exid.clone();
+        let input = task.payload.clone();
+        let mut fx = FlowExec {
+            task,
+            flow: Flow::new(tree),
+            conds,
+            life: FlowLife::Running,
+            pending: Vec::new(),
+            saving: 0,
+        };
+        let step = fx.flow.start(input, now_ms(), &mut fx.conds);
+        self.insert_flow(exid.clone(), fx, created_at);
+        // Nothing ran yet: a crash now starts the flow again from its file.
+        self.act(&exid, step);
+        self.maybe_end_flow(&exid);
+    }
+
+    fn insert_flow(&mut self, exid: Exid, fx: FlowExec, created_at: DateTime<Utc>) {
+        self.executions.insert(
+            exid,
+            Execution {
+                created_at,
+                nids: Vec::new(),
+                flow: Some(Box::new(fx)),
+            },
+        );
+    }
+
+    /// A flow in `run/` that cannot run (its tree or an `if` no longer
+    /// reads back): it fails `config` with the reason.
+    pub(super) fn fail_flow_at_start(&mut self, task: Task, reason: String) {
+        let exid = task.exid.clone();
+        let fx = FlowExec {
+            task,
+            flow: Flow::new(FlowNode {
+                kind: tree::Kind::Sequence(Vec::new()),
+                on_error: tree::OnError::Fail,
+            }),
+            conds: Conds {
+                rhai: self.conditions.clone(),
+                asts: HashMap::new(),
+            },
+            life: FlowLife::Ending(End::Failed {
+                nid: Nid::root(),
+                kind: ErrorKind::Config,
+                message: reason,
+            }),
+            pending: Vec::new(),
+            saving: 0,
+        };
+        self.insert_flow(exid.clone(), fx, Utc::now());
+        self.maybe_end_flow(&exid);
+    }
+
+    /// A flow found in `run/` at start-up: its progress read back, the task
+    /// nodes that were running `recovered` and queued again, the sleeps'
+    /// deadlines kept.
+    pub(super) fn recover_flow(
+        &mut self,
+        task: Task,
+        progress: Option<Value>,
+        created_at: DateTime<Utc>,
+    ) {
+        let Some(flow) = task.flow.clone() else {
+            return;
+        };
+        let progress = match progress.map(serde_json::from_value::<Progress>).transpose() {
+            Ok(p) => p,
+            Err(e) => return self.fail_flow_at_start(task, format!("progress unreadable: {e}")),
+        };
+        let (tree, conds) = match self.prepare_flow(&flow) {
+            Ok(x) => x,
+            Err(reason) => return self.fail_flow_at_start(task, reason),
+        };
+        let exid = task.exid.clone();
+        let Some(progress) = progress else {
+            // It never got past its start: start it again.
+            return self.start_flow(task, tree, conds, created_at);
+        };
+        let mut flow = Flow::new(tree);
+        flow.progress = progress;
+        let step = flow.resume();
+        // The task nodes that were running are new attempts (SPEC 10).
+        let points = super::recovery::histories(&self.root, &exid);
+        let mut pasts = Vec::new();
+        for action in &step.actions {
+            if let Action::Task { nid, .. } = action {
+                let history = super::recovery::node_history(&points, &task.id, nid);
+                let p = Point::new(Kind::Recovered, &task.id, &task.exid, nid)
+                    .with("attempt", history.next_attempt());
+                self.log_idle(p);
+                pasts.push((key(&exid, nid), history));
+            }
+        }
+        let fx = FlowExec {
+            task,
+            flow,
+            conds,
+            life: FlowLife::Running,
+            pending: Vec::new(),
+            saving: 0,
+        };
+        self.insert_flow(exid.clone(), fx, created_at);
+        self.act(&exid, step);
+        for (k, history) in pasts {
+            if let Some(node) = self.nodes.get_mut(&k) {
+                history.restore(node);
+            }
+        }
+        self.maybe_end_flow(&exid);
+    }
+
+    /// A task node of a flow ended: the flow learns it, its progress goes
+    /// to the writer, and what follows waits until that is durable.
+    pub(super) fn flow_node_ended(&mut self, k: &NodeKey, state: State, err: Option<TaskError>) {
+        let Some(node) = self.nodes.remove(k) else {
+            return;
+        };
+        let Some(exec) = self.executions.get_mut(&k.exid) else {
+            return;
+        };
+        exec.nids.retain(|nid| *nid != k.nid);
+        let Some(fx) = exec.flow.as_mut() else {
+            return;
+        };
+        let run = TaskRun {
+            taskee: node.taskee.as_ref().map(|t| t.to_string()),
+            attempts: node.attempts(),
+            started_at: node.started_at.map(timestamp),
+            ended_at: Some(timestamp(Utc::now())),
+        };
+        // The flow learns of every end, even once it is ending or aborted
+        // (it then only keeps the run for the record's `nodes`).
+        {
+            let now = now_ms();
+            let step = match (state, err) {
+                (State::Completed, _) => {
+                    fx.flow
+                        .task_completed(&k.nid, node.task.payload, run, now, &mut fx.conds)
+                }
+                (_, Some(e)) => {
+                    fx.flow
+                        .task_failed(&k.nid, e.kind, e.message, run, now, &mut fx.conds)
+                }
+                (_, None) => fx.flow.task_failed(
+                    &k.nid,
+                    ErrorKind::Aborted,
+                    "aborted".into(),
+                    run,
+                    now,
+                    &mut fx.conds,
+                ),
+            };
+            if fx.life == FlowLife::Running {
+                fx.pending.push(step);
+                self.save_progress(&k.exid);
+            }
+        }
+        self.maybe_end_flow(&k.exid);
+    }
+
+    /// A sleeping node's deadline came.
+    pub(super) fn flow_woke(&mut self, exid: &Exid, nid: &Nid) {
+        let Some(fx) = self.executions.get_mut(exid).and_then(|e| e.flow.as_mut()) else {
+            return;
+        };
+        if fx.life != FlowLife::Running {
+            return;
+        }
+        let step = fx.flow.woke(nid, now_ms(), &mut fx.conds);
+        fx.pending.push(step);
+        self.save_progress(exid);
+    }
+
+    /// Writes the flow's task file with its progress into `run/`.
+    fn save_progress(&mut self, exid: &Exid) {
+        let Some(fx) = self.executions.get_mut(exid).and_then(|e| e.flow.as_mut()) else {
+            return;
+        };
+        let bytes = run_file_json(&fx.task, &fx.flow.progress)
+            .to_string()
+            .into_bytes();
+        fx.saving += 1;
+        let name = format!("{}.json", fx.task.id);
+        self.writer.send(Job::Progress {
+            exid: exid.clone(),
+            dir: self.root.run(),
+            name,
+            bytes,
+        });
+    }
+
+    /// A progress write is durable: the steps that waited for it go on.
+    pub(super) fn on_progress_saved(&mut self, exid: &Exid) {
+        let Some(fx) = self.executions.get_mut(exid).and_then(|e| e.flow.as_mut()) else {
+            return;
+        };
+        fx.saving = fx.saving.saturating_sub(1);
+        if fx.saving > 0 {
+            return;
+        }
+        let steps = std::mem::take(&mut fx.pending);
+        for step in steps {
+            self.act(exid, step);
+        }
+        self.maybe_end_flow(exid);
+    }
+
+    /// Carries out a step of a flow.
+    fn act(&mut self, exid: &Exid, step: Step) {
+        for action in step.actions {
+            match action {
+                Action::Task {
+                    nid,
+                    taskee,
+                    payload,
+                    options,
+                    priority,
+                    headers,
+                } => self.add_task_node(exid, nid, taskee, payload, options, priority, headers),
+                Action::Sleep { nid, until_ms } => {
+                    let left = until_ms.saturating_sub(now_ms()).max(0);
+                    let due = Instant::now() + Duration::from_millis(left as u64);
+                    self.sched.at(due, Timer::Wake(key(exid, &nid)));
+                }
+                Action::Cancel { nid } => {
+                    let k = key(exid, &nid);
+                    self.stop_flow_node(&k, "a sibling node failed");
+                }
+            }
+        }
+        if let Some(end) = step.end {
+            if let Some(fx) = self.executions.get_mut(exid).and_then(|e| e.flow.as_mut()) {
+                if fx.life == FlowLife::Running {
+                    fx.life = FlowLife::Ending(end);
+                }
+            }
+            // Nodes still waiting are not needed any more.
+            let waiting: Vec<NodeKey> = self.flow_nodes(exid, false);
+            for k in waiting {
+                self.stop_flow_node(&k, "the flow ended");
+            }
+        }
+    }
+
+    /// A task node of a flow: a task of the flow's domain whose options,
+    /// priority and headers default to the flow's.
+    #[allow(clippy::too_many_arguments)]
+    fn add_task_node(
+        &mut self,
+        exid: &Exid,
+        nid: Nid,
+        taskee: crate::model::names::Taskee,
+        payload: Object,
+        options: crate::model::task::TaskOptions,
+        priority: Option<i32>,
+        headers: Option<Object>,
+    ) {
+        let Some(exec) = self.executions.get_mut(exid) else {
+            return;
+        };
+        let Some(fx) = exec.flow.as_ref() else {
+            return;
+        };
+        let flow = &fx.task;
+        let task = Task {
+            id: flow.id.clone(),
+            exid: flow.exid.clone(),
+            nid: nid.clone(),
+            domain: flow.domain.clone(),
+            tasker: Some(taskee),
+            payload,
+            priority: priority.unwrap_or(flow.priority),
+            headers: headers.unwrap_or_else(|| flow.headers.clone()),
+            options: crate::model::task::TaskOptions {
+                timeout: options.timeout.or(flow.options.timeout),
+                start_timeout: options.start_timeout.or(flow.options.start_timeout),
+                retries: options.retries.or(flow.options.retries),
+                retry_on_timeout: options.retry_on_timeout.or(flow.options.retry_on_timeout),
+            },
+            flow: None,
+        };
+        exec.nids.push(nid.clone());
+        let created_at = exec.created_at;
+        let k = key(exid, &nid);
+        self.nodes.insert(k.clone(), Node::new(task));
+        self.watch_node_start_timeout(&k, created_at);
+        self.enqueue(&k);
+    }
+
+    /// Stops one task node of a flow: a running tasker is asked to stop
+    /// (its node ends when it exits), a waiting node ends now.
+    fn stop_flow_node(&mut self, k: &NodeKey, reason: &str) {
+        let Some(node) = self.nodes.get_mut(k) else {
+            return;
+        };
+        match &mut node.state {
+            NodeState::Committing => {}
+            NodeState::Running(run) => run.process.ask_stop(Stop::Cancel(reason.to_string())),
+            _ => {
+                let err = TaskError::new(ErrorKind::Aborted, reason);
+                self.finish(k, State::Aborted, Some(err));
+            }
+        }
+    }
+
+    /// The live task nodes of a flow (`running`: those with a tasker; else
+    /// those without).
+    fn flow_nodes(&self, exid: &Exid, running: bool) -> Vec<NodeKey> {
+        let Some(exec) = self.executions.get(exid) else {
+            return Vec::new();
+        };
+        exec.nids
+            .iter()
+            .map(|nid| key(exid, nid))
+            .filter(|k| {
+                self.nodes
+                    .get(k)
+                    .is_some_and(|n| matches!(n.state, NodeState::Running(_)) == running)
+            })
+            .collect()
+    }
+
+    /// Cancels a flow (SPEC 12): its running taskers are stopped, its
+    /// waiting nodes end, and once none runs the flow is aborted.
+    pub(super) fn cancel_flow(&mut self, exid: &Exid, reason: &str) {
+        let Some(fx) = self.executions.get_mut(exid).and_then(|e| e.flow.as_mut()) else {
+            return;
+        };
+        if matches!(fx.life, FlowLife::Aborting(_)) {
+            return;
+        }
+        fx.life = FlowLife::Aborting(reason.to_string());
+        fx.pending.clear();
+        // Every unfinished node is marked aborted; the runs of those that
+        // still end are kept for the record.
+        let _ = fx.flow.cancel();
+        let keys: Vec<NodeKey> = self
+            .executions
+            .get(exid)
+            .map(|e| e.nids.iter().map(|nid| key(exid, nid)).collect())
+            .unwrap_or_default();
+        for k in keys {
+            self.stop_flow_node(&k, reason);
+        }
+        self.maybe_end_flow(exid);
+    }
+
+    /// Writes the flow's record once it ended and none of its nodes is
+    /// left (and its last progress is durable).
+    fn maybe_end_flow(&mut self, exid: &Exid) {
+        let Some(exec) = self.executions.get(exid) else {
+            return;
+        };
+        let Some(fx) = exec.flow.as_ref() else {
+            return;
+        };
+        if !exec.nids.is_empty()
+            || fx.saving > 0
+            || matches!(fx.life, FlowLife::Running | FlowLife::Recording)
+        {
+            return;
+        }
+        let (state, error, payload) = match &fx.life {
+            FlowLife::Ending(End::Completed(payload)) => (State::Completed, None, payload.clone()),
+            FlowLife::Ending(End::Failed { nid, kind, message }) => (
+                State::Failed,
+                Some(TaskError::new(*kind, format!("node {nid}: {message}"))),
+                fx.task.payload.clone(),
+            ),
+            FlowLife::Aborting(reason) => (
+                State::Aborted,
+                Some(TaskError::new(ErrorKind::Aborted, reason.clone())),
+                fx.task.payload.clone(),
+            ),
+            FlowLife::Running | FlowLife::Recording => return,
+        };
+        let record = flow_record(fx, exec.created_at, state, error, payload);
+        let mut bytes = serde_json::to_vec_pretty(&record).unwrap_or_default();
+        bytes.push(b'\n');
+        let dir = if state == State::Completed {
+            self.root.done()
+        } else {
+            self.root.failed()
+        };
+        let id = fx.task.id.clone();
+        let root_key = key(exid, &Nid::root());
+        self.committing += 1;
+        self.writer.send(Job::Record(RecordJob {
+            key: root_key,
+            dir,
+            name: format!("{id}.json"),
+            bytes,
+            points_log: self.root.points_log(exid),
+            final_point: Point::final_of(&record).to_line(),
+            run_file: self.root.run_file(&id),
+        }));
+        // The record's commit removes the execution (see on_written).
+        if let Some(fx) = self.executions.get_mut(exid).and_then(|e| e.flow.as_mut()) {
+            fx.life = FlowLife::Recording;
+        }
+    }
+}
+
+/// A flow's `run/` file: its task file (with the resolved tree) and its
+/// progress.
+pub fn run_file_json(task: &Task, progress: &Progress) -> Value {
+    let mut v = task.to_file_json();
+    if let (Value::Object(o), Ok(p)) = (&mut v, serde_json::to_value(progress)) {
+        o.insert("progress".into(), p);
+    }
+    v
+}
+
+/// A flow's record (SPEC 12): the record of SPEC 9 with `tasker` and
+/// `taskee` null, the tree that ran, `errors` and one `nodes` entry per
+/// task node that ran.
+fn flow_record(
+    fx: &FlowExec,
+    created_at: DateTime<Utc>,
+    state: State,
+    error: Option<TaskError>,
+    payload: Object,
+) -> Record {
+    let nodes: Vec<Value> = fx
+        .flow
+        .progress
+        .nodes
+        .iter()
+        .filter_map(|(nid, p)| {
+            let (st, run) = match p {
+                NodeProgress::Done {
+                    task: Some(run), ..
+                } => ("completed", run),
+                NodeProgress::Failed {
+                    task: Some(run),
+                    kind,
+                    ..
+                } => (
+                    if *kind == ErrorKind::Aborted {
+                        "aborted"
+                    } else {
+                        "failed"
+                    },
+                    run,
+                ),
+                _ => return None,
+            };
+            // Only task nodes whose tasker ran.
+            if run.started_at.is_none() && run.attempts == 0 {
+                return None;
+            }
+            Some(serde_json::json!({
+                "nid": nid, "taskee": run.taskee, "state": st, "attempts": run.attempts,
+                "started_at": run.started_at, "ended_at": run.ended_at,
+            }))
+        })
+        .collect();
+    let t = &fx.task;
+    Record {
+        id: t.id.clone(),
+        exid: t.exid.clone(),
+        nid: Nid::root(),
+        domain: t.domain.clone(),
+        tasker: None,
+        taskee: None,
+        tasker_path: None,
+        state,
+        reason: error.as_ref().map(|e| e.message.clone()),
+        error,
+        attempts: 1,
+        offers: 0,
+        priority: t.priority,
+        headers: t.headers.clone(),
+        created_at: Some(timestamp(created_at)),
+        started_at: Some(timestamp(created_at)),
+        ended_at: Some(timestamp(Utc::now())),
+        payload,
+        flow: Some(tree::to_json(&fx.flow.tree)),
+        errors: Some(serde_json::to_value(&fx.flow.progress.errors).unwrap_or_default()),
+        nodes: Some(nodes),
+    }
+}
