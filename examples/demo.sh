@@ -24,3 +24,8 @@ echo
 echo "== var/spool/done/report-1.json"; cat var/spool/done/report-1.json
 echo "== points of fussy-1 (refused by picky, then taken by stamp)"
 cut -c1-160 var/log/tsk/fussy-1.log
+echo
+echo "== flow-2: a sequence, a concurrence, a sleep and the stored flow checksums"
+"$bin" --root . flow flow-2
+echo "== its final payload"
+python3 -c 'import json; print(json.dumps(json.load(open("var/spool/done/flow-2.json"))["payload"], indent=1)[:600])'

@@ -1680,3 +1680,97 @@ fn a_sleep_keeps_its_deadline_across_kill_9() {
         "0_2 started {slept:?} after 0_0 ended: the sleep started over"
     );
 }
+
+// ------------------------------------------------------------------ check and flow
+
+/// `spoolflow check` validates every stored flow: its tree, the names it
+/// uses (as a task of that domain would resolve them) and its `if`s.
+#[test]
+fn check_reports_bad_stored_flows() {
+    let t = TestRoot::new();
+    taskers::common(&t);
+    stored_flow(
+        &t,
+        "org",
+        "good",
+        json!({"sequence": [{"task": "mark"}, {"flow": "shared"}]}),
+    );
+    stored_flow(&t, "any", "shared", json!({"task": "mark"}));
+    stored_flow(&t, "org", "typo", json!({"sequense": []}));
+    stored_flow(&t, "org", "missing", json!({"flow": "nowhere"}));
+    stored_flow(&t, "org", "loop", json!({"flow": "loop"}));
+    stored_flow(
+        &t,
+        "org",
+        "badif",
+        json!({"if": "payload.x >", "then": {"task": "mark"}}),
+    );
+    let out = t.cmd().arg("check").output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(2), "{stdout}");
+    for (name, says) in [
+        ("typo", "unknown"),
+        ("missing", "nowhere"),
+        ("loop", "itself"),
+        ("badif", "does not compile"),
+    ] {
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with(&format!("tsk/org/flows/{name}.json: ")))
+            .unwrap_or_else(|| panic!("no problem reported for {name}:\n{stdout}"));
+        assert!(line.contains(says), "{line}");
+    }
+    assert!(!stdout.contains("good.json"), "{stdout}");
+    assert!(!stdout.contains("shared.json"), "{stdout}");
+}
+
+/// `spoolflow flow ID` draws the tree with each node's state: from the
+/// `run/` file while the flow runs, from the record once it ended.
+#[test]
+fn the_flow_command_draws_a_running_and_an_ended_flow() {
+    let t = TestRoot::new();
+    taskers::common(&t);
+    drop_flow(
+        &t,
+        "seen",
+        json!({"sequence": [{"task": "mark"}, {"task": "held"}, {"set": {"ok": true}}]}),
+        json!({}),
+    );
+    let engine = t.start_in_process(spoolflow::Options {
+        workers: 2,
+        ..spoolflow::Options::default()
+    });
+    wait_for("the held node to run", DEADLINE, || {
+        fs::read_to_string(t.join("var/spool/run/seen.json"))
+            .is_ok_and(|s| s.contains("\"0_0\"") && s.contains("\"done\""))
+            && lines_of(&t, "ledger").iter().any(|l| l.contains(" 0_1 "))
+    });
+    let draw = |t: &TestRoot| {
+        let out = t.cmd().args(["flow", "seen"]).output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let running = draw(&t);
+    assert!(running.starts_with("flow seen (running)"), "{running}");
+    assert!(running.contains("0_0 task mark  [done]"), "{running}");
+    assert!(running.contains("0_1 task held  [running]"), "{running}");
+    assert!(
+        running.contains("0_2 set {\"ok\":true}  [waiting]"),
+        "{running}"
+    );
+    fs::write(t.join("open-seen"), "").unwrap();
+    wait_for("the record", DEADLINE, || t.record("seen").is_some());
+    engine.stop();
+    let ended = draw(&t);
+    assert!(ended.starts_with("flow seen (completed)"), "{ended}");
+    assert!(
+        ended.contains("0_1 task held  [completed] held, 1 attempt(s)"),
+        "{ended}"
+    );
+    let json = t.cmd().args(["flow", "seen", "--json"]).output().unwrap();
+    let v: Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(v["state"], "completed");
+    assert_eq!(v["nodes"]["0_0"]["state"], "completed");
+    let missing = t.cmd().args(["flow", "nope"]).output().unwrap();
+    assert_eq!(missing.status.code(), Some(3));
+}
