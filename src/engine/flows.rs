@@ -31,6 +31,9 @@ pub struct FlowExec {
     /// The flow's task file (id, domain, payload = its input, options,
     /// priority and headers that its task nodes default to).
     pub task: Task,
+    /// That task file as JSON without its closing brace: the part of the
+    /// `run/` file that never changes.
+    head: String,
     pub flow: Flow,
     pub conds: Conds,
     pub life: FlowLife,
@@ -134,6 +137,7 @@ impl Engine {
         let exid = task.exid.clone();
         let input = task.payload.clone();
         let mut fx = FlowExec {
+            head: run_file_head(&task),
             task,
             flow: Flow::new(tree),
             conds,
@@ -164,6 +168,7 @@ impl Engine {
     pub(super) fn fail_flow_at_start(&mut self, task: Task, reason: String) {
         let exid = task.exid.clone();
         let fx = FlowExec {
+            head: run_file_head(&task),
             task,
             flow: Flow::new(FlowNode {
                 kind: tree::Kind::Sequence(Vec::new()),
@@ -226,6 +231,7 @@ impl Engine {
             }
         }
         let fx = FlowExec {
+            head: run_file_head(&task),
             task,
             flow,
             conds,
@@ -310,9 +316,7 @@ impl Engine {
         let Some(fx) = self.executions.get_mut(exid).and_then(|e| e.flow.as_mut()) else {
             return;
         };
-        let bytes = run_file_json(&fx.task, &fx.flow.progress)
-            .to_string()
-            .into_bytes();
+        let bytes = run_file_bytes(&fx.head, &fx.flow.progress);
         fx.saving += 1;
         let name = format!("{}.json", fx.task.id);
         self.writer.send(Job::Progress {
@@ -536,13 +540,23 @@ impl Engine {
 }
 
 /// A flow's `run/` file: its task file (with the resolved tree) and its
-/// progress.
-pub fn run_file_json(task: &Task, progress: &Progress) -> Value {
-    let mut v = task.to_file_json();
-    if let (Value::Object(o), Ok(p)) = (&mut v, serde_json::to_value(progress)) {
-        o.insert("progress".into(), p);
-    }
-    v
+/// progress. The task file part never changes, so it is serialized once
+/// (`head`, see [`run_file_head`]) and only the progress each time.
+fn run_file_bytes(head: &str, progress: &Progress) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(head.len() + 4096);
+    bytes.extend_from_slice(head.as_bytes());
+    bytes.extend_from_slice(b",\"progress\":");
+    // Serializing a struct of strings, maps and numbers cannot fail.
+    let _ = serde_json::to_writer(&mut bytes, progress);
+    bytes.push(b'}');
+    bytes
+}
+
+/// The task file of a flow as JSON, without its closing brace.
+fn run_file_head(task: &Task) -> String {
+    let mut head = task.to_file_json().to_string();
+    head.pop();
+    head
 }
 
 /// A flow's record (SPEC 12): the record of SPEC 9 with `tasker` and
