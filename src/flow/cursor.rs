@@ -173,10 +173,11 @@ impl<'a> Machine<'a> {
         match r {
             Ok(output) => {
                 let done = NodeProgress::Done {
-                    output: output.clone(),
+                    output: self.kept_output(nid, &output),
                     task,
                 };
                 self.set(nid, done);
+                self.prune_below(nid);
                 Ok(output)
             }
             Err(f) => {
@@ -195,6 +196,41 @@ impl<'a> Machine<'a> {
                     Ok(input)
                 } else {
                     Err(f)
+                }
+            }
+        }
+    }
+
+    /// What of a finished node's output its progress keeps: only what a
+    /// later event may read. A child of a `sequence` or an `if` hands its
+    /// output on at once (as the next child's input, or as the `if`'s
+    /// output), a run of an `each` is read for its `item` only, a branch of
+    /// a `concurrence` whole (it is merged when the last one ends), the
+    /// root whole. Keeping less keeps the progress, rewritten at every
+    /// node's end, from growing with every payload that went through.
+    fn kept_output(&self, nid: &Nid, output: &Object) -> Object {
+        let Some((parent, _)) = parent_of(nid) else {
+            return output.clone();
+        };
+        match tree::at(self.tree, &parent).map(|p| &p.kind) {
+            Some(Kind::Sequence(_) | Kind::If { .. }) => Object::new(),
+            Some(Kind::Each { .. }) => output
+                .get("item")
+                .map(|item| Object::from_iter([("item".to_string(), item.clone())]))
+                .unwrap_or_default(),
+            _ => output.clone(),
+        }
+    }
+
+    /// Forgets the outputs below a finished node: nothing reads them any
+    /// more (its own output, or its failure, stands for them).
+    fn prune_below(&mut self, nid: &Nid) {
+        // Descendants' nids start with "<nid>_"; '`' follows '_'.
+        let (from, to) = (format!("{nid}_"), format!("{nid}`"));
+        for (_, p) in self.progress.nodes.range_mut(from..to) {
+            if let NodeProgress::Done { output, .. } = p {
+                if !output.is_empty() {
+                    *output = Object::new();
                 }
             }
         }
