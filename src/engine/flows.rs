@@ -37,9 +37,11 @@ pub struct FlowExec {
     pub flow: Flow,
     pub conds: Conds,
     pub life: FlowLife,
-    /// Steps to act on once the progress written before them is durable.
+    /// Steps to act on once the progress write in flight is durable.
     pub pending: Vec<Step>,
-    /// Progress writes not yet durable.
+    /// Steps that came while a write was in flight: the next write's.
+    pub queued: Vec<Step>,
+    /// Progress writes in flight (0 or 1).
     pub saving: usize,
 }
 
@@ -143,13 +145,15 @@ impl Engine {
             conds,
             life: FlowLife::Running,
             pending: Vec::new(),
+            queued: Vec::new(),
             saving: 0,
         };
         let step = fx.flow.start(input, now_ms(), &mut fx.conds);
         self.insert_flow(exid.clone(), fx, created_at);
-        // Nothing ran yet: a crash now starts the flow again from its file.
-        self.act(&exid, step);
-        self.maybe_end_flow(&exid);
+        // The first nodes run once the progress naming them is durable: a
+        // crash before that starts the flow again with nothing run, a
+        // crash after it recovers them as any later node.
+        self.save_progress(&exid, step);
     }
 
     fn insert_flow(&mut self, exid: Exid, fx: FlowExec, created_at: DateTime<Utc>) {
@@ -184,6 +188,7 @@ impl Engine {
                 message: reason,
             }),
             pending: Vec::new(),
+            queued: Vec::new(),
             saving: 0,
         };
         self.insert_flow(exid.clone(), fx, Utc::now());
@@ -237,6 +242,7 @@ impl Engine {
             conds,
             life: FlowLife::Running,
             pending: Vec::new(),
+            queued: Vec::new(),
             saving: 0,
         };
         self.insert_flow(exid.clone(), fx, created_at);
@@ -291,8 +297,7 @@ impl Engine {
                 ),
             };
             if fx.life == FlowLife::Running {
-                fx.pending.push(step);
-                self.save_progress(&k.exid);
+                self.save_progress(&k.exid, step);
             }
         }
         self.maybe_end_flow(&k.exid);
@@ -307,17 +312,32 @@ impl Engine {
             return;
         }
         let step = fx.flow.woke(nid, now_ms(), &mut fx.conds);
-        fx.pending.push(step);
-        self.save_progress(exid);
+        self.save_progress(exid, step);
     }
 
-    /// Writes the flow's task file with its progress into `run/`.
-    fn save_progress(&mut self, exid: &Exid) {
+    /// Makes the flow's progress durable before `step` is acted on: one
+    /// rewrite of its `run/` file at a time; steps that come while one is
+    /// being written wait for the next, which covers them all (group
+    /// commit within a flow: a busy `each` does not rewrite its progress
+    /// once per run).
+    fn save_progress(&mut self, exid: &Exid, step: Step) {
+        let Some(fx) = self.executions.get_mut(exid).and_then(|e| e.flow.as_mut()) else {
+            return;
+        };
+        if fx.saving > 0 {
+            fx.queued.push(step);
+            return;
+        }
+        fx.pending.push(step);
+        self.write_progress(exid);
+    }
+
+    fn write_progress(&mut self, exid: &Exid) {
         let Some(fx) = self.executions.get_mut(exid).and_then(|e| e.flow.as_mut()) else {
             return;
         };
         let bytes = run_file_bytes(&fx.head, &fx.flow.progress);
-        fx.saving += 1;
+        fx.saving = 1;
         let name = format!("{}.json", fx.task.id);
         self.writer.send(Job::Progress {
             exid: exid.clone(),
@@ -327,16 +347,18 @@ impl Engine {
         });
     }
 
-    /// A progress write is durable: the steps that waited for it go on.
+    /// A progress write is durable: the steps it covers go on, and those
+    /// that came meanwhile get the next write.
     pub(super) fn on_progress_saved(&mut self, exid: &Exid) {
         let Some(fx) = self.executions.get_mut(exid).and_then(|e| e.flow.as_mut()) else {
             return;
         };
-        fx.saving = fx.saving.saturating_sub(1);
-        if fx.saving > 0 {
-            return;
-        }
+        fx.saving = 0;
         let steps = std::mem::take(&mut fx.pending);
+        if !fx.queued.is_empty() {
+            fx.pending = std::mem::take(&mut fx.queued);
+            self.write_progress(exid);
+        }
         for step in steps {
             self.act(exid, step);
         }
@@ -469,6 +491,7 @@ impl Engine {
         }
         fx.life = FlowLife::Aborting(reason.to_string());
         fx.pending.clear();
+        fx.queued.clear();
         // Every unfinished node is marked aborted; the runs of those that
         // still end are kept for the record.
         let _ = fx.flow.cancel();

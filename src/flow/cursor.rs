@@ -13,6 +13,34 @@ use super::tree::{self, FlowNode, Kind, Merge, OnError, MAX_NODES};
 use crate::model::names::Nid;
 use crate::model::task::{ErrorKind, Object};
 
+/// The input of a running node. A run of an `each` stores none (it would
+/// copy the whole array once per run): its input is the `each`'s input
+/// with `item` and `index` set, rebuilt here when it is needed.
+pub(super) fn input_of(tree: &FlowNode, progress: &Progress, nid: &Nid) -> Object {
+    let stored = match progress.nodes.get(nid.as_str()) {
+        Some(NodeProgress::Running { input }) => input,
+        _ => return Object::new(),
+    };
+    if !stored.is_empty() {
+        return stored.clone();
+    }
+    let Some((parent, i)) = parent_of(nid) else {
+        return Object::new();
+    };
+    let Some(Kind::Each { key, .. }) = tree::at(tree, &parent).map(|n| &n.kind) else {
+        return Object::new();
+    };
+    let mut input = input_of(tree, progress, &parent);
+    let item = input
+        .get(key.as_str())
+        .and_then(|items| items.get(i))
+        .cloned()
+        .unwrap_or(Value::Null);
+    input.insert("item".into(), item);
+    input.insert("index".into(), i.into());
+    input
+}
+
 pub(super) fn is_task(tree: &FlowNode, nid: &Nid) -> bool {
     tree::at(tree, nid).is_some_and(|n| matches!(n.kind, Kind::Task { .. }))
 }
@@ -247,10 +275,13 @@ impl<'a> Machine<'a> {
             let Some(pnode) = tree::at(self.tree, &parent) else {
                 return;
             };
-            let input = match self.progress.nodes.get(parent.as_str()) {
-                Some(NodeProgress::Running { input }) => input.clone(),
-                _ => return,
-            };
+            if !matches!(
+                self.progress.nodes.get(parent.as_str()),
+                Some(NodeProgress::Running { .. })
+            ) {
+                return;
+            }
+            let input = input_of(self.tree, self.progress, &parent);
             let Some(out) = self.child_finished(&parent, pnode, idx, r, &input) else {
                 return;
             };
@@ -482,8 +513,16 @@ impl<'a> Machine<'a> {
             let mut run_input = input.clone();
             run_input.insert("item".into(), items[i].clone());
             run_input.insert("index".into(), i.into());
-            match self.enter(&nid.child(i), each.body, run_input) {
-                None => {}
+            let run = nid.child(i);
+            match self.enter(&run, each.body, run_input) {
+                None => {
+                    // Running: its input is rebuilt from the `each`'s.
+                    if let Some(NodeProgress::Running { input }) =
+                        self.progress.nodes.get_mut(run.as_str())
+                    {
+                        *input = Object::new();
+                    }
+                }
                 Some(Ok(_)) => c.finished += 1,
                 Some(Err(f)) => {
                     self.cancel_below(nid, &f.nid);

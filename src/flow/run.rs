@@ -286,11 +286,10 @@ impl Flow {
             Some(n) if matches!(n.kind, Kind::Task { .. }) => n.on_error,
             _ => return Step::default(),
         };
+        let derived = super::cursor::input_of(&self.tree, &self.progress, nid);
         let input = match self.progress.nodes.get_mut(nid.as_str()) {
             // (No node runs once the flow has ended.)
-            Some(NodeProgress::Running { input }) if self.progress.end.is_none() => {
-                std::mem::take(input)
-            }
+            Some(NodeProgress::Running { .. }) if self.progress.end.is_none() => derived,
             Some(NodeProgress::Failed {
                 kind: ErrorKind::Aborted,
                 task: task @ None,
@@ -349,9 +348,10 @@ impl Flow {
                 continue;
             };
             match p {
-                NodeProgress::Running { input } => {
+                NodeProgress::Running { .. } => {
                     if let Some(node) = tree::at(&self.tree, &nid) {
-                        if let Some(a) = task_action(&nid, node, input.clone()) {
+                        let input = super::cursor::input_of(&self.tree, &self.progress, &nid);
+                        if let Some(a) = task_action(&nid, node, input) {
                             actions.push(a);
                         }
                     }

@@ -9,6 +9,7 @@ mod core;
 mod crash;
 mod engine_shape;
 mod flows;
+mod flows_crash;
 mod hostile;
 mod intake;
 mod path_safety;

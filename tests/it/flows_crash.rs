@@ -1,0 +1,720 @@
+//! SPEC 12 durability through the built binary, with real `kill -9`: 50
+//! flows of three shapes (sequences of 5 task nodes, concurrences of 3,
+//! `each` over 20 elements with concurrency 4) survive repeated engine
+//! crashes. Each flow leaves exactly one record, completed, with the right
+//! payload; a task node whose end was durable at a kill never runs again,
+//! and only nodes running at a kill run again.
+//!
+//! The taskers append `<exid> <nid> <attempt>` to a ledger at their very
+//! end (after their work, before their reply), so a ledger line means a
+//! run finished; a run killed mid-way may or may not have written it.
+//! After every kill (the engine dead, its `run/` files still) the test
+//! reads each flow's progress: the task nodes `done` there (or in a flow
+//! with a record) are durably finished, those `running` there (or the
+//! first nodes of a flow claimed before any progress was written) may run
+//! again.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use serde_json::{json, Value};
+
+use crate::common::*;
+
+/// Pids of live (not zombie) processes whose environment carries
+/// `SPOOLFLOW_ROOT=<root>`: taskers of that root and what they started.
+fn processes_of(root: &Path) -> Vec<i32> {
+    let mut want = b"SPOOLFLOW_ROOT=".to_vec();
+    want.extend_from_slice(root.as_os_str().as_encoded_bytes());
+    let mut pids = Vec::new();
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return pids;
+    };
+    for e in entries.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(env) = fs::read(e.path().join("environ")) else {
+            continue;
+        };
+        if env.split(|b| *b == 0).any(|v| v == want.as_slice()) && !process_gone(pid) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+// ------------------------------------------------------------------ taskers
+
+/// Every tasker: reads its payload (whitespace removed), computes its
+/// reply, sleeps 0–20 ms (by pid), appends its ledger line in one
+/// `O_APPEND` write, then replies.
+fn tasker(body: &str) -> String {
+    format!(
+        r#"#!/bin/sh
+in=$(tr -d ' \n')
+{body}
+sleep 0.0$(( $$ % 3 ))
+echo "$SPOOLFLOW_EXID $SPOOLFLOW_NID $SPOOLFLOW_ATTEMPT" >> "$SPOOLFLOW_ROOT/ledger"
+echo "$out"
+"#
+    )
+}
+
+/// `step` (sequences): `{"trail":"T"}` -> `{"trail":"T/<nid>"}`.
+const STEP: &str = r#"t=$(printf '%s' "$in" | sed -n 's/.*"trail":"\([^"]*\)".*/\1/p')
+out="{\"trail\":\"$t/$SPOOLFLOW_NID\"}""#;
+
+/// `branch` (concurrences): `{"b":{"<nid>":"<exid>"}}`, deep-merged.
+const BRANCH: &str = r#"out="{\"b\":{\"$SPOOLFLOW_NID\":\"$SPOOLFLOW_EXID\"}}""#;
+
+/// `item` (each runs): `{"item":"<exid>:<item>"}` for the integer `item`.
+const ITEM: &str = r#"i=$(printf '%s' "$in" | sed -n 's/.*"item":\([0-9][0-9]*\).*/\1/p')
+out="{\"item\":\"$SPOOLFLOW_EXID:$i\"}""#;
+
+// ------------------------------------------------------------------ flows
+
+const FLOWS: usize = 50;
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Shape {
+    /// A sequence of 5 `step` nodes.
+    Sequence,
+    /// A concurrence of 3 `branch` nodes.
+    Concurrence,
+    /// An `each` over 20 elements, concurrency 4, of an `item` node.
+    Each,
+}
+
+const SEQUENCE: usize = 5;
+const CONCURRENCE: usize = 3;
+const ELEMENTS: usize = 20;
+const EACH_CONCURRENCY: usize = 4;
+
+struct FlowCase {
+    id: String,
+    shape: Shape,
+    /// The first element of an `each` (elements are `base..base+20`).
+    base: usize,
+}
+
+impl FlowCase {
+    fn new(i: usize) -> FlowCase {
+        let shape = [Shape::Sequence, Shape::Concurrence, Shape::Each][i % 3];
+        FlowCase {
+            id: format!("f{i:02}"),
+            shape,
+            base: i * 100,
+        }
+    }
+
+    fn tree(&self) -> Value {
+        match self.shape {
+            Shape::Sequence => json!({"sequence": vec![json!({"task": "step"}); SEQUENCE]}),
+            Shape::Concurrence => {
+                json!({"concurrence": vec![json!({"task": "branch"}); CONCURRENCE]})
+            }
+            Shape::Each => json!({
+                "each": "items", "do": {"task": "item"}, "concurrency": EACH_CONCURRENCY
+            }),
+        }
+    }
+
+    fn input(&self) -> Value {
+        match self.shape {
+            Shape::Sequence => json!({"trail": self.id}),
+            Shape::Concurrence => json!({"id": self.id}),
+            Shape::Each => json!({
+                "id": self.id,
+                "items": (self.base..self.base + ELEMENTS).collect::<Vec<_>>(),
+            }),
+        }
+    }
+
+    fn expected(&self) -> Value {
+        match self.shape {
+            Shape::Sequence => {
+                let mut trail = self.id.clone();
+                for n in self.task_nids() {
+                    trail.push('/');
+                    trail.push_str(&n);
+                }
+                json!({ "trail": trail })
+            }
+            Shape::Concurrence => {
+                let b: serde_json::Map<String, Value> = self
+                    .task_nids()
+                    .into_iter()
+                    .map(|n| (n, json!(self.id)))
+                    .collect();
+                json!({ "b": b })
+            }
+            Shape::Each => json!({
+                "id": self.id,
+                "items": (self.base..self.base + ELEMENTS)
+                    .map(|x| format!("{}:{x}", self.id))
+                    .collect::<Vec<_>>(),
+            }),
+        }
+    }
+
+    /// The nids of its task nodes (all children of the root `0`).
+    fn task_nids(&self) -> Vec<String> {
+        let n = match self.shape {
+            Shape::Sequence => SEQUENCE,
+            Shape::Concurrence => CONCURRENCE,
+            Shape::Each => ELEMENTS,
+        };
+        (0..n).map(|i| format!("0_{i}")).collect()
+    }
+}
+
+/// A task node: `(exid, nid)`.
+type Key = (String, String);
+
+// ------------------------------------------------------------------ ledger
+
+/// One finished tasker run.
+#[derive(Debug, Clone)]
+struct Run {
+    key: Key,
+    attempt: u32,
+}
+
+/// The ledger's complete lines; `strict`: a malformed line panics (else,
+/// while taskers may be writing, it is skipped).
+fn ledger(t: &TestRoot, strict: bool) -> Vec<Run> {
+    let text = fs::read_to_string(t.join("ledger")).unwrap_or_default();
+    let complete = match text.rfind('\n') {
+        Some(i) => &text[..=i],
+        None => "",
+    };
+    if strict {
+        assert_eq!(complete.len(), text.len(), "a torn last ledger line");
+    }
+    let mut runs = Vec::new();
+    for line in complete.lines() {
+        let w: Vec<&str> = line.split(' ').collect();
+        let attempt = w.get(2).and_then(|a| a.parse::<u32>().ok());
+        match (w.len(), attempt) {
+            (3, Some(attempt)) => runs.push(Run {
+                key: (w[0].to_string(), w[1].to_string()),
+                attempt,
+            }),
+            _ if strict => panic!("torn ledger line {line:?}"),
+            _ => {}
+        }
+    }
+    runs
+}
+
+/// How many distinct task nodes have a finished run in the ledger.
+fn finished_nodes(t: &TestRoot) -> usize {
+    ledger(t, false)
+        .into_iter()
+        .map(|r| r.key)
+        .collect::<BTreeSet<_>>()
+        .len()
+}
+
+// ------------------------------------------------------------------ kills
+
+/// When to `kill -9` a running engine.
+#[derive(Debug, Clone, Copy)]
+enum Moment {
+    /// As soon as it holds the lock (recovery and intake under way).
+    Locked,
+    /// As soon as a node it recovered has started again (soon after the
+    /// restart, with the recovered runs in flight).
+    Rerun,
+    /// Once the ledger names at least this many distinct task nodes.
+    Finished(usize),
+}
+
+/// What the files say right after a kill.
+struct Kill {
+    moment: Moment,
+    /// Complete ledger lines when the engine was dead (orphans may add
+    /// lines after, but only for nodes that were running).
+    ledger_len: usize,
+    /// Task nodes whose end was durable.
+    done: BTreeSet<Key>,
+    /// Task nodes queued or running (to be run again).
+    running: BTreeSet<Key>,
+    records: usize,
+}
+
+/// The durable state of every flow, read from `done/` and `run/` while no
+/// engine runs.
+fn durable_state(t: &TestRoot, flows: &[FlowCase]) -> Kill {
+    let mut done = BTreeSet::new();
+    let mut running = BTreeSet::new();
+    let mut records = 0;
+    for f in flows {
+        let key = |nid: &String| (f.id.clone(), nid.clone());
+        if t.record(&f.id).is_some() {
+            records += 1;
+            done.extend(f.task_nids().iter().map(key));
+            continue;
+        }
+        let Ok(bytes) = fs::read(t.join(&format!("var/spool/run/{}.json", f.id))) else {
+            continue; // Not claimed yet.
+        };
+        let file: Value = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|e| panic!("run/{}.json is not JSON ({e})", f.id));
+        let progress = &file["progress"];
+        if progress.is_null() {
+            // Claimed, its first progress not durable: no node started
+            // (the engine starts a flow's first nodes only once the
+            // progress naming them is durable).
+            continue;
+        }
+        for nid in f.task_nids() {
+            match progress["nodes"][&nid]["state"].as_str() {
+                Some("done") => {
+                    done.insert(key(&nid));
+                }
+                Some("running") => {
+                    running.insert(key(&nid));
+                }
+                None => {}
+                Some(other) => panic!(
+                    "{} node {nid} is {other} in its run/ file: {:#}",
+                    f.id, progress
+                ),
+            }
+        }
+    }
+    Kill {
+        moment: Moment::Locked,
+        ledger_len: 0,
+        done,
+        running,
+        records,
+    }
+}
+
+/// Line counts of the flows' points logs.
+fn log_lengths(t: &TestRoot, flows: &[FlowCase]) -> BTreeMap<String, usize> {
+    flows
+        .iter()
+        .map(|f| (f.id.clone(), t.points(&f.id).len()))
+        .collect()
+}
+
+/// Whether a points log shows, after its first `from` points, a
+/// `recovered` point followed by a `started` point of the same node.
+fn rerun_since(t: &TestRoot, id: &str, from: usize) -> bool {
+    let text = fs::read_to_string(t.join(&format!("var/log/tsk/{id}.log"))).unwrap_or_default();
+    let mut recovered = BTreeSet::new();
+    for line in text.lines().skip(from) {
+        let Ok(p) = serde_json::from_str::<Value>(line) else {
+            continue; // Being written.
+        };
+        let nid = p["nid"].as_str().unwrap_or_default().to_string();
+        match p["point"].as_str() {
+            Some("recovered") => {
+                recovered.insert(nid);
+            }
+            Some("started") if recovered.contains(&nid) => return true,
+            _ => {}
+        }
+    }
+    false
+}
+
+/// How many `recovered` points node `nid` has.
+fn recovered_of(points: &[Value], nid: &str) -> usize {
+    points
+        .iter()
+        .filter(|p| p["point"] == "recovered" && p["nid"] == nid)
+        .count()
+}
+
+/// The points of node `nid` as `point(attempt)`, for messages.
+fn node_points(points: &[Value], nid: &str) -> String {
+    points
+        .iter()
+        .filter(|p| p["nid"] == nid)
+        .map(|p| {
+            let name = p["point"].as_str().unwrap_or("?");
+            match p["attempt"].as_u64() {
+                Some(a) => format!("{name}({a})"),
+                None => name.to_string(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+// ------------------------------------------------------------------ the test
+
+#[test]
+fn flows_survive_repeated_kill_9_and_finished_nodes_never_run_again() {
+    let t = TestRoot::new();
+    t.tasker("org", "step", &tasker(STEP));
+    t.tasker("org", "branch", &tasker(BRANCH));
+    t.tasker("org", "item", &tasker(ITEM));
+    let flows: Vec<FlowCase> = (0..FLOWS).map(FlowCase::new).collect();
+    for f in &flows {
+        t.drop_task(
+            &format!("{}.json", f.id),
+            &json!({"domain": "org", "id": f.id, "flow": f.tree(), "payload": f.input()})
+                .to_string(),
+        );
+    }
+    let all_nodes: BTreeSet<Key> = flows
+        .iter()
+        .flat_map(|f| f.task_nids().into_iter().map(|n| (f.id.clone(), n)))
+        .collect();
+    let total = all_nodes.len();
+    assert_eq!(total, 17 * SEQUENCE + 17 * CONCURRENCE + 16 * ELEMENTS);
+
+    let plan = [
+        Moment::Finished(5),
+        Moment::Locked,
+        Moment::Finished(50),
+        Moment::Rerun,
+        Moment::Finished(110),
+        Moment::Finished(180),
+        Moment::Locked,
+        Moment::Finished(250),
+        Moment::Rerun,
+        Moment::Finished(320),
+        Moment::Finished(390),
+    ];
+    let lock = t.join("var/run/engine.lock");
+    let started = Instant::now();
+    let mut kills: Vec<Kill> = Vec::new();
+    for moment in plan {
+        let logs_at_spawn = log_lengths(&t, &flows);
+        let mut engine = t.spawn_engine(&["--workers", "4"]);
+        let pid = engine.pid().to_string();
+        match moment {
+            Moment::Locked => wait_for("the new engine to hold the lock", DEADLINE, || {
+                engine.exited() || fs::read_to_string(&lock).is_ok_and(|s| s.trim() == pid)
+            }),
+            Moment::Rerun => {
+                // The flows that had a node to recover (running in their
+                // progress).
+                let recovering: BTreeSet<&String> = kills
+                    .last()
+                    .map(|k| k.running.iter().map(|(exid, _)| exid).collect())
+                    .unwrap_or_default();
+                wait_for("a recovered node to start again", DEADLINE, || {
+                    engine.exited()
+                        || if recovering.is_empty() {
+                            fs::read_to_string(&lock).is_ok_and(|s| s.trim() == pid)
+                        } else {
+                            recovering
+                                .iter()
+                                .any(|id| rerun_since(&t, id, logs_at_spawn[*id]))
+                        }
+                })
+            }
+            Moment::Finished(n) => wait_for(&format!("{n} finished task nodes"), DEADLINE, || {
+                engine.exited() || finished_nodes(&t) >= n
+            }),
+        }
+        if engine.exited() {
+            let (code, err) = engine.wait(DEADLINE);
+            panic!("the engine exited on its own ({code:?}): {err}");
+        }
+        engine.signal(Signal::SIGKILL);
+        let (code, _) = engine.wait(DEADLINE);
+        assert_eq!(code, None, "the engine was killed by a signal");
+        let ledger_len = ledger(&t, false).len();
+        let kill = Kill {
+            moment,
+            ledger_len,
+            ..durable_state(&t, &flows)
+        };
+        eprintln!(
+            "kill -9 #{} at {moment:?}: ledger {ledger_len} lines, {} task nodes durably \
+             finished, {} queued or running, {} records",
+            kills.len() + 1,
+            kill.done.len(),
+            kill.running.len(),
+            kill.records,
+        );
+        let records = kill.records;
+        kills.push(kill);
+        if records == FLOWS {
+            break;
+        }
+    }
+    let live_kills = kills.iter().filter(|k| k.records < FLOWS).count();
+    assert!(
+        live_kills >= 5,
+        "only {live_kills} kills happened while flows were running"
+    );
+    // The moments are measured in finished nodes: these rise from kill to
+    // kill (a `Locked` or `Rerun` kill comes before much can finish).
+    for w in kills.windows(2) {
+        assert!(
+            w[0].done.is_subset(&w[1].done),
+            "a node durably finished at {:?} is not at {:?}",
+            w[0].moment,
+            w[1].moment
+        );
+    }
+
+    let (code, err) = t
+        .spawn_engine(&["--drain", "--workers", "4"])
+        .wait(Duration::from_secs(60));
+    assert_eq!(code, Some(0), "the draining engine failed: {err}");
+    eprintln!(
+        "{} kills and the drain took {:?}",
+        kills.len(),
+        started.elapsed()
+    );
+
+    // Every tasker of every killed engine is gone: start-up killed them.
+    let end = Instant::now() + Duration::from_secs(5);
+    loop {
+        let left = processes_of(t.path());
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < end,
+            "tasker processes of killed engines still run: {left:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    // One record per flow, completed, and nothing anywhere else.
+    let expected: Vec<String> = flows.iter().map(|f| format!("{}.json", f.id)).collect();
+    assert_eq!(t.list("var/spool/done"), expected);
+    assert!(
+        t.list("var/spool/failed").is_empty(),
+        "{:?}",
+        t.list("var/spool/failed")
+    );
+    assert!(
+        t.list("var/spool/rejected").is_empty(),
+        "{:?}",
+        t.list("var/spool/rejected")
+    );
+    assert!(
+        t.list("var/spool/run").is_empty(),
+        "{:?}",
+        t.list("var/spool/run")
+    );
+    assert!(t.list("var/spool/in").is_empty());
+
+    // The ledger: one line per finished tasker run.
+    let runs = ledger(&t, true);
+    let mut by_node: BTreeMap<&Key, Vec<(usize, u32)>> = BTreeMap::new();
+    for (i, r) in runs.iter().enumerate() {
+        assert!(
+            all_nodes.contains(&r.key),
+            "the ledger names an unknown node {:?}",
+            r.key
+        );
+        by_node.entry(&r.key).or_default().push((i, r.attempt));
+    }
+    let missing: Vec<&Key> = all_nodes
+        .iter()
+        .filter(|k| !by_node.contains_key(k))
+        .collect();
+    assert!(missing.is_empty(), "task nodes that never ran: {missing:?}");
+
+    let mut problems = Vec::new();
+    let (mut rerun_nodes, mut silent_reruns) = (0, 0);
+    for f in &flows {
+        let rec = t.must_record(&f.id);
+        let id = f.id.as_str();
+        assert_eq!(rec["state"], "completed", "{id}: {rec:#}");
+        assert_eq!(rec["id"], id);
+        assert_eq!(rec["exid"], id);
+        assert_eq!(rec["payload"], f.expected(), "{id}: the final payload");
+        assert!(
+            rec["errors"].as_array().is_some_and(|e| e.is_empty()),
+            "{id}: {rec:#}"
+        );
+
+        let points = t.points(id);
+        let names = names_of(&points);
+        let count = |n: &str| names.iter().filter(|x| **x == n).count();
+        assert_eq!(count("completed"), 1, "{id}: {names:?}");
+        assert_eq!(count("failed") + count("aborted"), 0, "{id}: {names:?}");
+        assert_eq!(points.last().unwrap()["nid"], "0", "{id}: {names:?}");
+        assert_eq!(points.last().unwrap()["point"], "completed", "{id}");
+
+        let nodes = rec["nodes"].as_array().expect("a flow record's nodes");
+        let recorded: BTreeMap<String, &Value> = nodes
+            .iter()
+            .map(|n| (n["nid"].as_str().unwrap().to_string(), n))
+            .collect();
+        assert_eq!(
+            recorded.keys().cloned().collect::<Vec<_>>(),
+            {
+                let mut v = f.task_nids();
+                v.sort();
+                v
+            },
+            "{id}: the record's nodes"
+        );
+
+        for nid in f.task_nids() {
+            let key = (f.id.clone(), nid.clone());
+            let ran = &by_node[&key];
+            let node = recorded[&nid];
+            assert_eq!(node["state"], "completed", "{id} {nid}: {node}");
+            let attempts = node["attempts"].as_u64().expect("attempts") as u32;
+
+            // Kills at which the node was running (so may run again), and
+            // the first at which its end was durable.
+            let running_at: Vec<usize> = (0..kills.len())
+                .filter(|j| kills[*j].running.contains(&key))
+                .collect();
+            let first_done = kills.iter().position(|k| k.done.contains(&key));
+            let who = format!(
+                "{id} {nid}: ledger (line, attempt) {ran:?}, running at kills {running_at:?}, \
+                 durably done from kill {first_done:?}, record attempts {attempts}; \
+                 its points: {}",
+                node_points(&points, &nid)
+            );
+
+            // Only a node running at a kill runs again, once per kill at
+            // most.
+            if ran.len() > 1 + running_at.len() {
+                problems.push(format!("ran {} times: {who}", ran.len()));
+            }
+            // A node durably finished at a kill never runs after it: all
+            // its ledger lines were written before that kill.
+            if let Some(j) = first_done {
+                if ran.iter().any(|(line, _)| *line >= kills[j].ledger_len) {
+                    problems.push(format!("ran after its durable end: {who}"));
+                }
+                let running_before = running_at.iter().filter(|r| **r < j).count();
+                if ran.len() > 1 + running_before {
+                    problems.push(format!("finished before a kill, ran again: {who}"));
+                }
+            }
+            // Each run after a crash is a new attempt; the record's is the
+            // last.
+            let distinct: BTreeSet<u32> = ran.iter().map(|r| r.1).collect();
+            if distinct.len() != ran.len() {
+                problems.push(format!("an attempt number ran twice: {who}"));
+            }
+            if ran.len() > 1 {
+                rerun_nodes += 1;
+                silent_reruns += (ran.len() - 1).saturating_sub(recovered_of(&points, &nid));
+            }
+            if !distinct.contains(&attempts) || distinct.iter().any(|a| *a > attempts) {
+                problems.push(format!("the record's attempt is not the last run: {who}"));
+            }
+
+            // `recovered` points only for nodes running at a kill.
+            let recovered = recovered_of(&points, &nid);
+            if recovered > running_at.len() {
+                problems.push(format!("recovered {recovered} times: {who}"));
+            }
+        }
+    }
+
+    let lines = runs.len();
+    let nodes_running_at_kills: usize = kills.iter().map(|k| k.running.len()).sum();
+    eprintln!(
+        "flows crash test: {FLOWS} flows, {total} task nodes, {} kill -9 ({live_kills} with \
+         flows running), {lines} ledger lines: duplicate rate {:.3} ({} extra runs of \
+         {rerun_nodes} nodes; {} task nodes were queued or running across the kills); \
+         {silent_reruns} extra runs without a `recovered` point",
+        kills.len(),
+        lines as f64 / total as f64,
+        lines - total,
+        nodes_running_at_kills,
+    );
+    assert!(
+        problems.is_empty(),
+        "{} problems:\n{}",
+        problems.len(),
+        problems.join("\n")
+    );
+}
+
+/// SPEC 10 and 12: a flow killed while its first task node runs, before
+/// any node ended: that node was running, so at the next start it is
+/// `recovered` and runs again as a new attempt (the flow's start makes the
+/// progress naming its first nodes durable before they run, so a restart
+/// does not start the flow over as if nothing had run).
+#[test]
+fn a_flow_killed_before_its_first_progress_recovers_its_running_node() {
+    let t = TestRoot::new();
+    t.tasker("org", "step", &tasker(STEP));
+    // Notes "<nid> <attempt> <pid>" when it starts, waits for
+    // `open-<its pid>`, passes its payload through.
+    t.tasker(
+        "org",
+        "gated",
+        &format!(
+            "#!/bin/sh\nin=$(cat)\necho \"$SPOOLFLOW_NID $SPOOLFLOW_ATTEMPT $$\" >> \"$SPOOLFLOW_ROOT/starts\"\n{}\nprintf '%s\\n' \"$in\"\n",
+            wait_file("open-$$")
+        ),
+    );
+    t.drop_task(
+        "g1.json",
+        &json!({"domain": "org", "id": "g1",
+            "flow": {"sequence": [{"task": "gated"}, {"task": "step"}]},
+            "payload": {"trail": "g1"}})
+        .to_string(),
+    );
+    let starts = || -> Vec<Vec<String>> {
+        fs::read_to_string(t.join("starts"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| l.split(' ').map(str::to_string).collect())
+            .collect()
+    };
+
+    let engine = t.spawn_engine(&["--workers", "2"]);
+    wait_for("0_0 to start", DEADLINE, || starts().len() == 1);
+    engine.signal(Signal::SIGKILL);
+    let (code, _) = engine.wait(DEADLINE);
+    assert_eq!(code, None, "the engine was killed by a signal");
+    // The scenario: the flow is in run/, its first node running in its
+    // progress, no node ended.
+    let file: Value =
+        serde_json::from_slice(&fs::read(t.join("var/spool/run/g1.json")).unwrap()).unwrap();
+    assert_eq!(
+        file["progress"]["nodes"]["0_0"]["state"], "running",
+        "{file:#}"
+    );
+    assert!(file["progress"]["nodes"].get("0_1").is_none(), "{file:#}");
+    let old: i32 = starts()[0][2].parse().unwrap();
+
+    let engine = t.spawn_engine(&["--drain", "--workers", "2"]);
+    wait_for("0_0 to start again", DEADLINE, || starts().len() == 2);
+    wait_for("the old run to be killed", DEADLINE, || process_gone(old));
+    let new = starts()[1].clone();
+    fs::write(t.join(&format!("open-{}", new[2])), "").unwrap();
+    let (code, err) = engine.wait(DEADLINE);
+    assert_eq!(code, Some(0), "stderr: {err}");
+
+    let rec = t.must_record("g1");
+    assert_eq!(rec["state"], "completed", "{rec:#}");
+    assert_eq!(rec["payload"], json!({"trail": "g1/0_1"}));
+    let points = t.points("g1");
+    let seen = node_points(&points, "0_0");
+    assert_eq!(new[0], "0_0");
+    assert_eq!(
+        recovered_of(&points, "0_0"),
+        1,
+        "0_0 was running at the kill: it is `recovered` (SPEC 10); its points: {seen}"
+    );
+    assert_eq!(
+        new[1], "2",
+        "the run after the crash is a new attempt (SPEC 10); 0_0's points: {seen}"
+    );
+    let node = rec["nodes"]
+        .as_array()
+        .and_then(|ns| ns.iter().find(|n| n["nid"] == "0_0"))
+        .expect("node 0_0 in the record")
+        .clone();
+    assert_eq!(node["attempts"], 2, "{node}; 0_0's points: {seen}");
+}
