@@ -159,6 +159,11 @@ impl Root {
     pub fn run_file(&self, id: &TaskId) -> PathBuf {
         self.run().join(format!("{id}.json"))
     }
+    /// `var/spool/run/<id>.journal`: what a flow did since the progress
+    /// in its `run/` file was written (one JSON delta per line).
+    pub fn journal_file(&self, id: &TaskId) -> PathBuf {
+        self.run().join(format!("{id}.journal"))
+    }
     pub fn done_file(&self, id: &TaskId) -> PathBuf {
         self.done().join(format!("{id}.json"))
     }

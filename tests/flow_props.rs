@@ -513,8 +513,61 @@ fn check_concurrency(flow: &Flow) -> Result<(), TestCaseError> {
     Ok(())
 }
 
+/// What the engine would have on disk of a flow's progress: the snapshot
+/// in its `run/` file and its journal.
+#[derive(Default)]
+struct Disk {
+    snapshot: String,
+    journal: Vec<u8>,
+    /// The journal's removal after the last snapshot was not durable: it
+    /// is back after a crash (with a torn line), until the next append
+    /// makes the directory durable.
+    stale: bool,
+}
+
+impl Disk {
+    /// Writes what changed: mostly a journal line, sometimes a snapshot.
+    fn save(&mut self, progress: &mut Progress, seed: &mut u64) {
+        match next(seed) % 5 {
+            0 => self.snapshot(progress, next(seed) % 2 == 0),
+            _ => {
+                if std::mem::take(&mut self.stale) {
+                    self.journal.clear();
+                }
+                let delta = progress.take_delta();
+                serde_json::to_writer(&mut self.journal, &delta).expect("delta serializes");
+                self.journal.push(b'\n');
+            }
+        }
+    }
+
+    fn snapshot(&mut self, progress: &mut Progress, stale: bool) {
+        progress.mark_written();
+        self.snapshot = serde_json::to_string(progress).expect("progress serializes");
+        self.stale = stale;
+        if stale {
+            self.journal.extend_from_slice(br#"{"seq":"#);
+        } else {
+            self.journal.clear();
+        }
+    }
+
+    /// The progress as a restart reads it: the snapshot, then the journal.
+    fn read_back(&self) -> Result<Progress, TestCaseError> {
+        // No snapshot yet: the `run/` file has no progress.
+        let mut progress: Progress = match self.snapshot.as_str() {
+            "" => Progress::default(),
+            json => serde_json::from_str(json).expect("progress deserializes"),
+        };
+        let replayed = progress.replay(&self.journal);
+        prop_assert_eq!(replayed.problem, None);
+        Ok(progress)
+    }
+}
+
 /// Runs the flow to its end, completing outstanding work in a random
-/// order; with `crashes`, sometimes through JSON and `resume`.
+/// order; with `crashes`, sometimes through its snapshot and journal and
+/// `resume`.
 fn drive(
     tree: &Value,
     input: Object,
@@ -526,6 +579,8 @@ fn drive(
     let mut now = 1_000i64;
     let mut outstanding = Vec::new();
     let mut end = absorb(flow.start(input, now, &mut cond), &mut outstanding)?;
+    let mut disk = Disk::default();
+    disk.save(&mut flow.progress, &mut seed);
     let mut steps = 0;
     while end.is_none() {
         steps += 1;
@@ -535,8 +590,7 @@ fn drive(
             "stuck: no end, nothing outstanding"
         );
         if crashes && next(&mut seed) % 6 == 0 {
-            let json = serde_json::to_string(&flow.progress).expect("progress serializes");
-            let progress: Progress = serde_json::from_str(&json).expect("progress deserializes");
+            let progress = disk.read_back()?;
             prop_assert_eq!(&progress, &flow.progress);
             flow = Flow {
                 tree: parsed.clone(),
@@ -559,6 +613,8 @@ fn drive(
                 .cloned()
                 .collect();
             prop_assert_eq!(sorted(resumed.actions), sorted(live));
+            // The engine folds what it read back into a new snapshot.
+            disk.snapshot(&mut flow.progress, false);
         }
         let pick = (next(&mut seed) % outstanding.len() as u64) as usize;
         let step = match outstanding.swap_remove(pick) {
@@ -595,6 +651,7 @@ fn drive(
             Action::Cancel { .. } => unreachable!("cancels are never outstanding"),
         };
         end = absorb(step, &mut outstanding)?;
+        disk.save(&mut flow.progress, &mut seed);
         check_concurrency(&flow)?;
     }
     // Only sleeps of cancelled branches may be left, and they change

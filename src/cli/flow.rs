@@ -6,9 +6,11 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use serde_json::Value;
-use spoolflow::flow::run::{NodeProgress, Progress};
+use spoolflow::flow::run::NodeProgress;
 use spoolflow::flow::tree::{self, FlowNode, Kind};
+use spoolflow::layout::Root;
 use spoolflow::model::names::{Nid, TaskId};
+use spoolflow::store::flows::load_progress;
 use spoolflow::store::read::{self, Place};
 
 use super::{exit, Failure};
@@ -30,7 +32,7 @@ pub fn run(root: Option<PathBuf>, args: Args) -> Result<(), Failure> {
     let id: TaskId = args.id.parse().map_err(|e| Failure::new(exit::USAGE, e))?;
     let place = read::find(&root, &id).map_err(|e| Failure::new(exit::FAILURE, e))?;
     let (flow, states, state) = match place {
-        Some(Place::Run(path)) => from_run_file(&path)?,
+        Some(Place::Run(path)) => from_run_file(&root, &id, &path)?,
         Some(Place::Ended(record)) => {
             let flow = record
                 .flow
@@ -73,18 +75,18 @@ pub fn run(root: Option<PathBuf>, args: Args) -> Result<(), Failure> {
     Ok(())
 }
 
-fn from_run_file(path: &std::path::Path) -> Result<(Value, States, String), Failure> {
+fn from_run_file(
+    root: &Root,
+    id: &TaskId,
+    path: &std::path::Path,
+) -> Result<(Value, States, String), Failure> {
     let bytes = std::fs::read(path).map_err(|e| Failure::new(exit::FAILURE, e))?;
     let v: Value = serde_json::from_slice(&bytes).map_err(|e| Failure::new(exit::FAILURE, e))?;
     let flow = v
         .get("flow")
         .cloned()
         .ok_or_else(|| Failure::new(exit::USAGE, "a task, not a flow"))?;
-    let progress: Progress = v
-        .get("progress")
-        .cloned()
-        .map(serde_json::from_value)
-        .transpose()
+    let progress = load_progress(root, id, v.get("progress").cloned())
         .map_err(|e| Failure::new(exit::FAILURE, e))?
         .unwrap_or_default();
     let mut states = States::new();

@@ -104,6 +104,7 @@ impl Engine {
             points_log: self.root.points_log(&k.exid),
             final_point: Point::final_of(&record).to_line(),
             run_file: self.root.run_file(&node.task.id),
+            journal: None,
         }));
     }
 
@@ -145,7 +146,7 @@ impl Engine {
                     self.in_flight.remove(&from);
                 }
                 Done::Rewritten(key) => self.on_rewritten(&key),
-                Done::Progress(exid) => self.on_progress_saved(&exid),
+                Done::Progress { exid, written } => self.on_progress_saved(&exid, written),
                 Done::Rejected { path, retake: true } => self.path_done(&path),
                 Done::Rejected {
                     path,

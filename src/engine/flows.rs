@@ -17,6 +17,7 @@ use serde_json::Value;
 
 use super::state::{key, Execution, Node, NodeState, Stop};
 use super::{Engine, Timer};
+use crate::flow::journal::should_snapshot;
 use crate::flow::run::{Action, Conditions, End, Flow, NodeProgress, Progress, Step, TaskRun};
 use crate::flow::tree::{self, FlowNode};
 use crate::model::names::{Exid, Nid};
@@ -43,6 +44,30 @@ pub struct FlowExec {
     pub queued: Vec<Step>,
     /// Progress writes in flight (0 or 1).
     pub saving: usize,
+    /// What is on disk of the progress: the next write's kind.
+    pub disk: ProgressDisk,
+}
+
+/// The sizes of a flow's progress snapshot (in its `run/` file) and
+/// journal, which decide whether the next write appends a delta or folds
+/// the journal into a new snapshot (see `flow::journal`).
+#[derive(Debug, Clone, Default)]
+pub struct ProgressDisk {
+    snapshot_bytes: u64,
+    journal_bytes: u64,
+    /// The next write must be a snapshot: the journal read back at a
+    /// restart may end in a torn line, or an append failed.
+    snapshot_next: bool,
+}
+
+impl ProgressDisk {
+    /// A flow read back at a restart.
+    fn recovered() -> ProgressDisk {
+        ProgressDisk {
+            snapshot_next: true,
+            ..ProgressDisk::default()
+        }
+    }
 }
 
 /// Where a flow is in its own life.
@@ -147,6 +172,7 @@ impl Engine {
             pending: Vec::new(),
             queued: Vec::new(),
             saving: 0,
+            disk: ProgressDisk::default(),
         };
         let step = fx.flow.start(input, now_ms(), &mut fx.conds);
         self.insert_flow(exid.clone(), fx, created_at);
@@ -190,6 +216,7 @@ impl Engine {
             pending: Vec::new(),
             queued: Vec::new(),
             saving: 0,
+            disk: ProgressDisk::default(),
         };
         self.insert_flow(exid.clone(), fx, Utc::now());
         self.maybe_end_flow(&exid);
@@ -207,9 +234,9 @@ impl Engine {
         let Some(flow) = task.flow.clone() else {
             return;
         };
-        let progress = match progress.map(serde_json::from_value::<Progress>).transpose() {
+        let progress = match crate::store::flows::load_progress(&self.root, &task.id, progress) {
             Ok(p) => p,
-            Err(e) => return self.fail_flow_at_start(task, format!("progress unreadable: {e}")),
+            Err(reason) => return self.fail_flow_at_start(task, reason),
         };
         let (tree, conds) = match self.prepare_flow(&flow) {
             Ok(x) => x,
@@ -244,6 +271,7 @@ impl Engine {
             pending: Vec::new(),
             queued: Vec::new(),
             saving: 0,
+            disk: ProgressDisk::recovered(),
         };
         self.insert_flow(exid.clone(), fx, created_at);
         self.act(&exid, step);
@@ -332,28 +360,52 @@ impl Engine {
         self.write_progress(exid);
     }
 
+    /// Sends the progress' changes to the writer: a journal line, or,
+    /// once the journal has grown as large as the last snapshot, a new
+    /// snapshot in the `run/` file (which removes the journal).
     fn write_progress(&mut self, exid: &Exid) {
         let Some(fx) = self.executions.get_mut(exid).and_then(|e| e.flow.as_mut()) else {
             return;
         };
-        let bytes = run_file_bytes(&fx.head, &fx.flow.progress);
         fx.saving = 1;
-        let name = format!("{}.json", fx.task.id);
-        self.writer.send(Job::Progress {
-            exid: exid.clone(),
-            dir: self.root.run(),
-            name,
-            bytes,
-        });
+        let disk = &mut fx.disk;
+        let journal = self.root.journal_file(&fx.task.id);
+        if disk.snapshot_next || should_snapshot(disk.journal_bytes, disk.snapshot_bytes) {
+            fx.flow.progress.mark_written();
+            let bytes = run_file_bytes(&fx.head, &fx.flow.progress);
+            *disk = ProgressDisk {
+                snapshot_bytes: bytes.len() as u64,
+                ..ProgressDisk::default()
+            };
+            self.writer.send(Job::Progress {
+                exid: exid.clone(),
+                dir: self.root.run(),
+                name: format!("{}.json", fx.task.id),
+                bytes,
+                journal,
+            });
+        } else {
+            let mut bytes = serde_json::to_vec(&fx.flow.progress.take_delta()).unwrap_or_default();
+            bytes.push(b'\n');
+            disk.journal_bytes += bytes.len() as u64;
+            self.writer.send(Job::Journal {
+                exid: exid.clone(),
+                path: journal,
+                bytes,
+            });
+        }
     }
 
     /// A progress write is durable: the steps it covers go on, and those
     /// that came meanwhile get the next write.
-    pub(super) fn on_progress_saved(&mut self, exid: &Exid) {
+    pub(super) fn on_progress_saved(&mut self, exid: &Exid, written: bool) {
         let Some(fx) = self.executions.get_mut(exid).and_then(|e| e.flow.as_mut()) else {
             return;
         };
         fx.saving = 0;
+        if !written {
+            fx.disk.snapshot_next = true;
+        }
         let steps = std::mem::take(&mut fx.pending);
         if !fx.queued.is_empty() {
             fx.pending = std::mem::take(&mut fx.queued);
@@ -554,6 +606,7 @@ impl Engine {
             points_log: self.root.points_log(exid),
             final_point: Point::final_of(&record).to_line(),
             run_file: self.root.run_file(&id),
+            journal: Some(self.root.journal_file(&id)),
         }));
         // The record's commit removes the execution (see on_written).
         if let Some(fx) = self.executions.get_mut(exid).and_then(|e| e.flow.as_mut()) {

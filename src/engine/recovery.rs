@@ -305,6 +305,14 @@ pub fn scan_run(root: &Root, input_limit: u64) -> Result<Found, RecoveryError> {
         if crate::store::intake::is_ignored_name(&name) {
             continue;
         }
+        if let Some(stem) = name.strip_suffix(".journal") {
+            // A flow's journal is read with its task file; one whose task
+            // file is gone (its record was written) is left over.
+            if !run.join(format!("{stem}.json")).exists() {
+                let _ = std::fs::remove_file(&path);
+            }
+            continue;
+        }
         let Some(id) = name
             .strip_suffix(".json")
             .and_then(|s| s.parse::<TaskId>().ok())
@@ -322,6 +330,7 @@ pub fn scan_run(root: &Root, input_limit: u64) -> Result<Found, RecoveryError> {
             // point if it did not make it to the log, and finish the job.
             add_missing_final_point(root, &record_path);
             let _ = std::fs::remove_file(&path);
+            let _ = std::fs::remove_file(root.journal_file(&id));
             found.finished.push(id);
             continue;
         }

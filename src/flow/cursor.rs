@@ -253,15 +253,16 @@ impl<'a> Machine<'a> {
     /// Forgets the outputs below a finished node: nothing reads them any
     /// more (its own output, or its failure, stands for them).
     fn prune_below(&mut self, nid: &Nid) {
-        // Descendants' nids start with "<nid>_"; '`' follows '_'.
-        let (from, to) = (format!("{nid}_"), format!("{nid}`"));
-        for (_, p) in self.progress.nodes.range_mut(from..to) {
-            if let NodeProgress::Done { output, .. } = p {
-                if !output.is_empty() {
+        // Descendants' nids start with "<nid>_".
+        self.progress
+            .nodes
+            .update_prefix(&format!("{nid}_"), |_, p| match p {
+                NodeProgress::Done { output, .. } if !output.is_empty() => {
                     *output = Object::new();
+                    true
                 }
-            }
-        }
+                _ => false,
+            });
     }
 
     /// Passes a finished node's outcome up, ancestor by ancestor, until one
@@ -590,18 +591,16 @@ impl<'a> Machine<'a> {
         let prefix = format!("{nid}_");
         let message = format!("cancelled because node {origin} failed");
         let mut cancelled = Vec::new();
-        for (key, p) in self.progress.nodes.range_mut(prefix.clone()..) {
-            if !key.starts_with(&prefix) {
-                break;
-            }
+        self.progress.nodes.update_prefix(&prefix, |key, p| {
             if p.is_final() {
-                continue;
+                return false;
             }
             if matches!(p, NodeProgress::Running { .. }) {
-                cancelled.push(key.clone());
+                cancelled.push(key.to_string());
             }
             *p = aborted(&message);
-        }
+            true
+        });
         for key in cancelled {
             if let Ok(n) = key.parse::<Nid>() {
                 if is_task(self.tree, &n) {
@@ -609,16 +608,7 @@ impl<'a> Machine<'a> {
                 }
             }
         }
-        let stale: Vec<String> = self
-            .progress
-            .cursors
-            .range(prefix.clone()..)
-            .take_while(|(k, _)| k.starts_with(&prefix))
-            .map(|(k, _)| k.clone())
-            .collect();
-        for k in stale {
-            self.progress.cursors.remove(&k);
-        }
+        self.progress.cursors.remove_prefix(&prefix);
         self.progress.cursors.remove(nid.as_str());
     }
 }

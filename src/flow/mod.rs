@@ -8,6 +8,7 @@
 //! [`Step`]s call for.
 
 mod cursor;
+pub mod journal;
 pub mod merge;
 pub mod run;
 mod stored;

@@ -33,11 +33,10 @@
 //! - a `sleep` is always an action, even of zero length (the engine's
 //!   timer fires at once).
 
-use std::collections::BTreeMap;
-
 use serde::{Deserialize, Serialize};
 
 use super::cursor::{aborted, is_task, task_action, Failure, Machine, Outcome};
+use super::journal::{Journaled, JournaledVec};
 use super::tree::{self, FlowNode, Kind};
 use crate::model::names::{Nid, Taskee};
 use crate::model::task::{ErrorKind, Object, TaskOptions};
@@ -48,11 +47,11 @@ use crate::model::task::{ErrorKind, Object, TaskOptions};
 pub struct Progress {
     /// Each node entered, skipped or finished, keyed by nid.
     #[serde(default)]
-    pub nodes: BTreeMap<String, NodeProgress>,
+    pub nodes: Journaled<NodeProgress>,
     /// The failures let through by `on_error` `continue`, in the order they
     /// happened.
     #[serde(default)]
-    pub errors: Vec<NodeError>,
+    pub errors: JournaledVec<NodeError>,
     /// Nodes added by `each` expansions so far (runs × the body's count),
     /// for the [`MAX_NODES`](super::tree::MAX_NODES) limit.
     #[serde(default)]
@@ -61,12 +60,20 @@ pub struct Progress {
     /// children or runs were started and have finished, so that an event
     /// costs O(log n) however many runs an `each` has. A cache: rebuilt
     /// from `nodes` when missing.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub cursors: BTreeMap<String, Cursor>,
+    #[serde(default, skip_serializing_if = "Journaled::is_empty")]
+    pub cursors: Journaled<Cursor>,
     /// How the flow ended, once it has (the root finished, or
     /// [`Flow::cancel`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub end: Option<Ended>,
+    /// How many journal deltas this progress holds (see
+    /// [`journal`](super::journal)).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub seq: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// How a flow ended, as kept in its [`Progress`] (see [`End`]).
@@ -380,17 +387,19 @@ impl Flow {
             return step;
         }
         let message = "cancelled".to_string();
-        for (key, p) in self.progress.nodes.iter_mut() {
+        let tree = &self.tree;
+        self.progress.nodes.update_prefix("", |key, p| {
             if p.is_final() {
-                continue;
+                return false;
             }
             if let (NodeProgress::Running { .. }, Ok(nid)) = (&*p, key.parse::<Nid>()) {
-                if is_task(&self.tree, &nid) {
+                if is_task(tree, &nid) {
                     step.actions.push(Action::Cancel { nid });
                 }
             }
             *p = aborted(&message);
-        }
+            true
+        });
         self.progress.nodes.insert("0".into(), aborted(&message));
         self.progress.cursors.clear();
         self.progress.end = Some(Ended::Failed {

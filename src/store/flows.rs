@@ -7,8 +7,9 @@ use std::path::PathBuf;
 
 use serde_json::Value;
 
+use crate::flow::run::Progress;
 use crate::layout::Root;
-use crate::model::names::{Domain, Taskee};
+use crate::model::names::{Domain, TaskId, Taskee};
 use crate::store::spool;
 
 /// The largest stored flow read.
@@ -51,6 +52,39 @@ pub fn read(root: &Root, path: Option<PathBuf>) -> Result<Option<Value>, String>
     serde_json::from_slice(&bytes)
         .map(Some)
         .map_err(|e| format!("{rel}: invalid JSON: {e}"))
+}
+
+/// A flow's progress as a restart finds it: the snapshot (`progress` of
+/// its `run/` file), then its journal `run/<id>.journal` replayed over it.
+/// `None`: neither holds anything (the flow never got past its start).
+/// A journal that stops early (a gap, a line that does not read) is
+/// logged and what came before it is used.
+pub fn load_progress(
+    root: &Root,
+    id: &TaskId,
+    snapshot: Option<Value>,
+) -> Result<Option<Progress>, String> {
+    let progress = snapshot
+        .map(serde_json::from_value::<Progress>)
+        .transpose()
+        .map_err(|e| format!("progress unreadable: {e}"))?;
+    let path = root.journal_file(id);
+    let bytes = match std::fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(progress),
+        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+    };
+    let had_snapshot = progress.is_some();
+    let mut p = progress.unwrap_or_default();
+    let replayed = p.replay(&bytes);
+    if let Some(problem) = &replayed.problem {
+        tracing::error!(
+            "{}: {problem}; the flow goes on from the {} entries before",
+            root.relative(&path).display(),
+            replayed.applied
+        );
+    }
+    Ok((had_snapshot || replayed.applied > 0).then_some(p))
 }
 
 /// Every stored flow file under `tsk/` (for `spoolflow check`).

@@ -62,6 +62,37 @@ pub fn fsync_dir(dir: &Path) -> Result<(), SpoolError> {
 /// over an existing file when `no_replace`), and, when `sync_dir`, an fsync
 /// of `dir`. Callers that commit many files at once pass `sync_dir = false`
 /// and call [`fsync_dir`] once for the batch.
+/// Appends `bytes` to the file at `path` (created if missing) in one
+/// write and fsyncs it; true when it created the file (its directory must
+/// then be fsynced for the file to be durable).
+pub fn append_durable(path: &Path, bytes: &[u8]) -> Result<bool, SpoolError> {
+    let write_err = |source| SpoolError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    let (mut file, created) = match std::fs::OpenOptions::new()
+        .append(true)
+        .create_new(true)
+        .open(path)
+    {
+        Ok(f) => (f, true),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => (
+            std::fs::OpenOptions::new()
+                .append(true)
+                .open(path)
+                .map_err(write_err)?,
+            false,
+        ),
+        Err(e) => return Err(write_err(e)),
+    };
+    file.write_all(bytes).map_err(write_err)?;
+    file.sync_data().map_err(|source| SpoolError::Fsync {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Ok(created)
+}
+
 pub fn write_atomic(
     dir: &Path,
     name: &str,

@@ -128,6 +128,8 @@ pub struct RecordJob {
     pub final_point: Vec<u8>,
     /// The `run/` file to remove once the record is durable.
     pub run_file: PathBuf,
+    /// A flow's journal, removed with its `run/` file.
+    pub journal: Option<PathBuf>,
 }
 
 /// A job for the durable writer.
@@ -156,11 +158,19 @@ pub enum Job {
         bytes: Vec<u8>,
     },
     /// A flow's `run/` file rewritten in place (atomically) with its
-    /// progress.
+    /// whole progress; its journal, which that progress holds, is removed
+    /// once it is durable.
     Progress {
         exid: Exid,
         dir: PathBuf,
         name: String,
+        bytes: Vec<u8>,
+        journal: PathBuf,
+    },
+    /// A line appended to a flow's journal (see `flow::journal`).
+    Journal {
+        exid: Exid,
+        path: PathBuf,
         bytes: Vec<u8>,
     },
     /// Input moved to `rejected/` beside a `.reason` file, if it is still
@@ -227,9 +237,11 @@ pub enum Done {
     /// The rewritten `run/` file is durable (or could not be written, which
     /// is logged).
     Rewritten(NodeKey),
-    /// A flow's progress is durable in its `run/` file (or could not be
-    /// written, which is logged).
-    Progress(Exid),
+    /// A flow's progress is durable in its `run/` file or journal
+    /// (`written` false: it could not be written, which is logged; the
+    /// journal may end in a torn line, so the next write must be a
+    /// snapshot).
+    Progress { exid: Exid, written: bool },
     /// The input is in `rejected/`, or was gone or replaced already
     /// (`retake`: what is at `path` now is new), or could not be moved.
     Rejected { path: PathBuf, retake: bool },
@@ -339,6 +351,9 @@ enum Written {
     Progress {
         exid: Exid,
         to: Option<PathBuf>,
+        /// The journal to remove (after a snapshot).
+        journal: Option<PathBuf>,
+        written: bool,
     },
     Reject {
         from: PathBuf,
@@ -456,16 +471,50 @@ impl Batch {
                 dir,
                 name,
                 bytes,
+                journal,
             } => match spool::write_atomic(&dir, &name, &bytes, false, false) {
                 Ok(to) => {
                     self.dirs.insert(dir);
-                    Written::Progress { exid, to: Some(to) }
+                    Written::Progress {
+                        exid,
+                        to: Some(to),
+                        journal: Some(journal),
+                        written: true,
+                    }
                 }
                 Err(e) if e.is_fatal() => return Err(e),
                 // The flow goes on from its progress in memory.
                 Err(e) => {
                     tracing::error!("{e}");
-                    Written::Progress { exid, to: None }
+                    Written::Progress {
+                        exid,
+                        to: None,
+                        journal: None,
+                        written: false,
+                    }
+                }
+            },
+            Job::Journal { exid, path, bytes } => match spool::append_durable(&path, &bytes) {
+                Ok(created) => {
+                    if let (true, Some(dir)) = (created, path.parent()) {
+                        self.dirs.insert(dir.to_path_buf());
+                    }
+                    Written::Progress {
+                        exid,
+                        to: Some(path),
+                        journal: None,
+                        written: true,
+                    }
+                }
+                Err(e) if e.is_fatal() => return Err(e),
+                Err(e) => {
+                    tracing::error!("{e}");
+                    Written::Progress {
+                        exid,
+                        to: None,
+                        journal: None,
+                        written: false,
+                    }
                 }
             },
             Job::Reject { path, ident, .. } if !still(&path, ident) => Written::Reject {
@@ -523,6 +572,9 @@ impl Batch {
                         }
                     }
                     spares.give(&job.run_file);
+                    if let Some(journal) = &job.journal {
+                        remove_if_there(journal);
+                    }
                     if let Some(parent) = job.run_file.parent() {
                         run_dirs.insert(parent.to_path_buf());
                     }
@@ -547,7 +599,20 @@ impl Batch {
                 Written::ClaimTaken { exid, from } => Done::ClaimTaken { exid, from },
                 Written::ClaimFailed { exid, from } => Done::ClaimFailed { exid, from },
                 Written::Rewrite { key, .. } => Done::Rewritten(key),
-                Written::Progress { exid, .. } => Done::Progress(exid),
+                Written::Progress {
+                    exid,
+                    journal,
+                    written,
+                    ..
+                } => {
+                    // The snapshot holds the journal's deltas; should the
+                    // removal not be durable at a crash, the next start
+                    // skips them by their sequence numbers.
+                    if let Some(journal) = journal {
+                        remove_if_there(&journal);
+                    }
+                    Done::Progress { exid, written }
+                }
                 Written::Reject { from, retake, .. } => Done::Rejected { path: from, retake },
             });
         }
@@ -557,6 +622,15 @@ impl Batch {
             }
         }
         out
+    }
+}
+
+/// Removes a file; one already gone is fine.
+fn remove_if_there(path: &std::path::Path) {
+    if let Err(e) = std::fs::remove_file(path) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            tracing::error!("cannot remove {}: {e}", path.display());
+        }
     }
 }
 

@@ -180,6 +180,21 @@ impl TestRoot {
         None
     }
 
+    /// The progress of flow `id` as a restart reads it (the `progress` of
+    /// its `run/` file, then its journal); `None` when it is not in `run/`
+    /// or has no progress yet.
+    #[allow(dead_code)]
+    pub fn flow_progress(&self, id: &str) -> Option<Value> {
+        let bytes = fs::read(self.join(&format!("var/spool/run/{id}.json"))).ok()?;
+        let file: Value = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|e| panic!("run/{id}.json is not JSON ({e})"));
+        let id = id.parse().expect("a task id");
+        let progress =
+            spoolflow::store::flows::load_progress(&self.root, &id, file.get("progress").cloned())
+                .unwrap_or_else(|e| panic!("the progress of {id} does not read: {e}"))?;
+        Some(serde_json::to_value(progress).expect("progress serializes"))
+    }
+
     /// The final record of `id`, panicking when absent.
     pub fn must_record(&self, id: &str) -> Value {
         self.record(id).unwrap_or_else(|| {

@@ -198,6 +198,15 @@ fn runs_of(t: &TestRoot, id: &str) -> Vec<Run> {
     ledger(t).into_iter().filter(|r| r.exid == id).collect()
 }
 
+/// Whether a node of flow `id` is sleeping, as its durable progress says.
+fn sleeping(t: &TestRoot, id: &str) -> bool {
+    t.flow_progress(id).is_some_and(|p| {
+        p["nodes"]
+            .as_object()
+            .is_some_and(|nodes| nodes.values().any(|n| n["state"] == "sleeping"))
+    })
+}
+
 /// The nids the taskers of flow `id` ran at, in order.
 fn nids_run(t: &TestRoot, id: &str) -> Vec<String> {
     runs_of(t, id).into_iter().map(|r| r.nid).collect()
@@ -1465,12 +1474,9 @@ fn cancelling_a_sleeping_flow_aborts_it_at_once() {
         json!({"sequence": [{"task": "stamp"}, {"sleep": "60s"}, {"task": "mark"}]}),
         json!({}),
     );
-    let run_file = t.join("var/spool/run/k2.json");
     while_draining(&t, 2, || {
         wait_for("k2 to sleep", DEADLINE, || {
-            nids_run(&t, "k2") == ["0_0"]
-                && fs::read_to_string(&run_file)
-                    .is_ok_and(|s| s.to_lowercase().contains("sleeping"))
+            nids_run(&t, "k2") == ["0_0"] && sleeping(&t, "k2")
         });
         let asked = Instant::now();
         drop_cancel(&t, "k2", "wake up");
@@ -1643,11 +1649,9 @@ fn a_sleep_keeps_its_deadline_across_kill_9() {
         json!({"sequence": [{"task": "mark"}, {"sleep": "3s"}, {"task": "mark"}]}),
         json!({}),
     );
-    let run_file = t.join("var/spool/run/z1.json");
     let engine = t.spawn_engine(&["--workers", "2"]);
     wait_for("the flow to sleep", DEADLINE, || {
-        nids_run(&t, "z1") == ["0_0"]
-            && fs::read_to_string(&run_file).is_ok_and(|s| s.to_lowercase().contains("sleeping"))
+        nids_run(&t, "z1") == ["0_0"] && sleeping(&t, "z1")
     });
     kill_9(engine);
     assert!(t.record("z1").is_none());
@@ -1741,8 +1745,8 @@ fn the_flow_command_draws_a_running_and_an_ended_flow() {
         ..spoolflow::Options::default()
     });
     wait_for("the held node to run", DEADLINE, || {
-        fs::read_to_string(t.join("var/spool/run/seen.json"))
-            .is_ok_and(|s| s.contains("\"0_0\"") && s.contains("\"done\""))
+        t.flow_progress("seen")
+            .is_some_and(|p| p["nodes"]["0_0"]["state"] == "done")
             && lines_of(&t, "ledger").iter().any(|l| l.contains(" 0_1 "))
     });
     let draw = |t: &TestRoot| {

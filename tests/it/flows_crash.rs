@@ -260,18 +260,12 @@ fn durable_state(t: &TestRoot, flows: &[FlowCase]) -> Kill {
             done.extend(f.task_nids().iter().map(key));
             continue;
         }
-        let Ok(bytes) = fs::read(t.join(&format!("var/spool/run/{}.json", f.id))) else {
-            continue; // Not claimed yet.
-        };
-        let file: Value = serde_json::from_slice(&bytes)
-            .unwrap_or_else(|e| panic!("run/{}.json is not JSON ({e})", f.id));
-        let progress = &file["progress"];
-        if progress.is_null() {
-            // Claimed, its first progress not durable: no node started
-            // (the engine starts a flow's first nodes only once the
-            // progress naming them is durable).
+        let Some(progress) = t.flow_progress(&f.id) else {
+            // Not claimed yet, or claimed with its first progress not
+            // durable: no node started (the engine starts a flow's first
+            // nodes only once the progress naming them is durable).
             continue;
-        }
+        };
         for nid in f.task_nids() {
             match progress["nodes"][&nid]["state"].as_str() {
                 Some("done") => {
@@ -679,13 +673,9 @@ fn a_flow_killed_before_its_first_progress_recovers_its_running_node() {
     assert_eq!(code, None, "the engine was killed by a signal");
     // The scenario: the flow is in run/, its first node running in its
     // progress, no node ended.
-    let file: Value =
-        serde_json::from_slice(&fs::read(t.join("var/spool/run/g1.json")).unwrap()).unwrap();
-    assert_eq!(
-        file["progress"]["nodes"]["0_0"]["state"], "running",
-        "{file:#}"
-    );
-    assert!(file["progress"]["nodes"].get("0_1").is_none(), "{file:#}");
+    let progress = t.flow_progress("g1").expect("g1's progress");
+    assert_eq!(progress["nodes"]["0_0"]["state"], "running", "{progress:#}");
+    assert!(progress["nodes"].get("0_1").is_none(), "{progress:#}");
     let old: i32 = starts()[0][2].parse().unwrap();
 
     let engine = t.spawn_engine(&["--drain", "--workers", "2"]);

@@ -10,6 +10,7 @@ mod crash;
 mod engine_shape;
 mod flows;
 mod flows_crash;
+mod flows_journal;
 mod hostile;
 mod intake;
 mod path_safety;
