@@ -623,7 +623,10 @@ fn drive(
                 taskee,
                 payload,
                 ..
-            } => match tasker(taskee.as_str(), &payload) {
+            } => match tasker(
+                taskee.as_str(),
+                &payload.unwrap_or_else(|| flow.input_of(&nid)),
+            ) {
                 Ok(out) => flow.task_completed(&nid, out, run_info(), now, &mut cond),
                 Err((kind, message)) => {
                     flow.task_failed(&nid, kind, message, run_info(), now, &mut cond)

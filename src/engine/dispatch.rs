@@ -114,6 +114,7 @@ impl Engine {
         if self.tsk_watch.changed() {
             self.offers.invalidate();
         }
+        self.build_flow_payload(key);
         let Some(node) = self.node(key) else {
             return;
         };

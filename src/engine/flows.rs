@@ -462,7 +462,7 @@ impl Engine {
         exid: &Exid,
         nid: Nid,
         taskee: crate::model::names::Taskee,
-        payload: Object,
+        payload: Option<Object>,
         options: crate::model::task::TaskOptions,
         priority: Option<i32>,
         headers: Option<Object>,
@@ -480,7 +480,7 @@ impl Engine {
             nid: nid.clone(),
             domain: flow.domain.clone(),
             tasker: Some(taskee),
-            payload,
+            payload: Object::new(),
             priority: priority.unwrap_or(flow.priority),
             headers: headers.unwrap_or_else(|| flow.headers.clone()),
             options: crate::model::task::TaskOptions {
@@ -494,9 +494,29 @@ impl Engine {
         exec.nids.push(nid.clone());
         let created_at = exec.created_at;
         let k = key(exid, &nid);
-        self.nodes.insert(k.clone(), Node::new(task));
+        let mut node = Node::new(task);
+        match payload {
+            Some(p) => node.task.payload = p,
+            None => node.payload_from_flow = true,
+        }
+        self.nodes.insert(k.clone(), node);
         self.watch_node_start_timeout(&k, created_at);
         self.enqueue(&k);
+    }
+
+    /// Builds the payload of a flow node queued without one (a run of an
+    /// `each`), now that it is offered: only the nodes about to run hold
+    /// theirs.
+    pub(super) fn build_flow_payload(&mut self, k: &NodeKey) {
+        let Some(node) = self.nodes.get_mut(k) else {
+            return;
+        };
+        if !std::mem::take(&mut node.payload_from_flow) {
+            return;
+        }
+        if let Some(fx) = self.executions.get(&k.exid).and_then(|e| e.flow.as_ref()) {
+            node.task.payload = fx.flow.input_of(&k.nid);
+        }
     }
 
     /// Stops one task node of a flow: a running tasker is asked to stop

@@ -169,6 +169,9 @@ pub struct Node {
     /// The options in force: the task's over its tasker's over defaults,
     /// computed at allocation (before it, the task's over defaults).
     pub effective: Effective,
+    /// A flow node whose payload is built from its flow when it is first
+    /// offered (`task.payload` is empty until then).
+    pub payload_from_flow: bool,
 }
 
 impl Node {
@@ -190,6 +193,7 @@ impl Node {
             tasker_path: None,
             config: None,
             effective,
+            payload_from_flow: false,
         }
     }
 

@@ -41,6 +41,13 @@ pub(super) fn input_of(tree: &FlowNode, progress: &Progress, nid: &Nid) -> Objec
     input
 }
 
+/// Whether `nid` is a run of an `each`.
+pub(super) fn is_each_run(tree: &FlowNode, nid: &Nid) -> bool {
+    parent_of(nid).is_some_and(|(parent, _)| {
+        tree::at(tree, &parent).is_some_and(|p| matches!(p.kind, Kind::Each { .. }))
+    })
+}
+
 pub(super) fn is_task(tree: &FlowNode, nid: &Nid) -> bool {
     tree::at(tree, nid).is_some_and(|n| matches!(n.kind, Kind::Task { .. }))
 }
@@ -53,7 +60,7 @@ pub(super) fn aborted(message: &str) -> NodeProgress {
     }
 }
 
-pub(super) fn task_action(nid: &Nid, node: &FlowNode, payload: Object) -> Option<Action> {
+pub(super) fn task_action(nid: &Nid, node: &FlowNode, payload: Option<Object>) -> Option<Action> {
     match &node.kind {
         Kind::Task {
             taskee,
@@ -134,7 +141,7 @@ impl<'a> Machine<'a> {
             Kind::Task { .. } => {
                 self.step
                     .actions
-                    .extend(task_action(nid, node, input.clone()));
+                    .extend(task_action(nid, node, Some(input.clone())));
                 self.set(nid, NodeProgress::Running { input });
                 return None;
             }
@@ -511,10 +518,17 @@ impl<'a> Machine<'a> {
         while c.started < items.len() && c.started - c.finished < limit {
             let i = c.started;
             c.started += 1;
+            let run = nid.child(i);
+            if matches!(each.body.kind, Kind::Task { .. }) {
+                // A task run: its input is derived when it runs (see
+                // `input_of`), never copied here.
+                self.step.actions.extend(task_action(&run, each.body, None));
+                self.set(&run, running(&Object::new()));
+                continue;
+            }
             let mut run_input = input.clone();
             run_input.insert("item".into(), items[i].clone());
             run_input.insert("index".into(), i.into());
-            let run = nid.child(i);
             match self.enter(&run, each.body, run_input) {
                 None => {
                     // Running: its input is rebuilt from the `each`'s.

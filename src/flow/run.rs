@@ -35,7 +35,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::cursor::{aborted, is_task, task_action, Failure, Machine, Outcome};
+use super::cursor::{aborted, is_each_run, is_task, task_action, Failure, Machine, Outcome};
 use super::journal::{Journaled, JournaledVec};
 use super::tree::{self, FlowNode, Kind};
 use crate::model::names::{Nid, Taskee};
@@ -167,11 +167,14 @@ pub struct NodeError {
 pub enum Action {
     /// Queue task node `nid` with `payload`; `options`, `priority` and
     /// `headers` as written on the node (the engine applies the flow's
-    /// where they are `None`).
+    /// where they are `None`). A `None` payload is [`Flow::input_of`] the
+    /// node, to be built when the node is about to run (a run of an
+    /// `each`: its input holds the whole array, and 10 000 queued runs
+    /// must not each hold a copy).
     Task {
         nid: Nid,
         taskee: Taskee,
-        payload: Object,
+        payload: Option<Object>,
         options: TaskOptions,
         priority: Option<i32>,
         headers: Option<Object>,
@@ -355,10 +358,12 @@ impl Flow {
                 continue;
             };
             match p {
-                NodeProgress::Running { .. } => {
+                NodeProgress::Running { input } => {
                     if let Some(node) = tree::at(&self.tree, &nid) {
-                        let input = super::cursor::input_of(&self.tree, &self.progress, &nid);
-                        if let Some(a) = task_action(&nid, node, input) {
+                        // A run of an `each` stores no input: it is derived.
+                        let derived = input.is_empty() && is_each_run(&self.tree, &nid);
+                        let payload = (!derived).then(|| input.clone());
+                        if let Some(a) = task_action(&nid, node, payload) {
                             actions.push(a);
                         }
                     }
@@ -408,6 +413,13 @@ impl Flow {
             message,
         });
         step
+    }
+
+    /// The input of running node `nid` (the payload of its task): what
+    /// its progress stores, or for a run of an `each` the `each`'s input
+    /// with `item` and `index` set. Empty for a node not running.
+    pub fn input_of(&self, nid: &Nid) -> Object {
+        super::cursor::input_of(&self.tree, &self.progress, nid)
     }
 
     /// The task nodes running (queued, offered or running in the engine).

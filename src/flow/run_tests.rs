@@ -62,8 +62,9 @@ fn fail(f: &mut Flow, n: &str, message: &str) -> Step {
     )
 }
 
-/// The task actions of a step: (nid, taskee, payload).
-fn tasks(s: &Step) -> Vec<(String, String, Value)> {
+/// The task actions of a step of flow `f`: (nid, taskee, payload), a
+/// derived payload built as the engine does.
+fn tasks(f: &Flow, s: &Step) -> Vec<(String, String, Value)> {
     s.actions
         .iter()
         .filter_map(|a| match a {
@@ -75,7 +76,7 @@ fn tasks(s: &Step) -> Vec<(String, String, Value)> {
             } => Some((
                 nid.to_string(),
                 taskee.to_string(),
-                Value::Object(payload.clone()),
+                Value::Object(payload.clone().unwrap_or_else(|| f.input_of(nid))),
             )),
             _ => None,
         })
@@ -134,7 +135,7 @@ fn a_task_node() {
         panic!("{s:?}")
     };
     assert_eq!((nid.as_str(), taskee.as_str()), ("0", "stamp"));
-    assert_eq!(payload, &obj(json!({"a": 1})));
+    assert_eq!(payload, &Some(obj(json!({"a": 1}))));
     assert_eq!(options.timeout.map(|d| d.0.as_secs()), Some(2));
     assert_eq!((*priority, headers), (Some(5), &None));
     assert_eq!(f.running_tasks(), std::slice::from_ref(nid));
@@ -177,10 +178,10 @@ fn sequence_passes_each_output_on() {
         { "task": "a" }, { "set": { "s": 1 } }, { "task": "b" }
     ] }));
     let s = start(&mut f, json!({"x": 0}));
-    assert_eq!(tasks(&s), [("0_0".into(), "a".into(), json!({"x": 0}))]);
+    assert_eq!(tasks(&f, &s), [("0_0".into(), "a".into(), json!({"x": 0}))]);
     let s = done(&mut f, "0_0", json!({"x": 1}));
     assert_eq!(
-        tasks(&s),
+        tasks(&f, &s),
         [("0_2".into(), "b".into(), json!({"x": 1, "s": 1}))]
     );
     assert_eq!(state(&f, "0_1"), "done");
@@ -211,8 +212,8 @@ fn merged(mode: &str) -> Value {
         { "task": "a" }, { "task": "b" }, { "task": "c" }
     ], "merge": mode }));
     let s = start(&mut f, json!({"in": 1}));
-    assert_eq!(tasks(&s).len(), 3);
-    assert!(tasks(&s).iter().all(|t| t.2 == json!({"in": 1})));
+    assert_eq!(tasks(&f, &s).len(), 3);
+    assert!(tasks(&f, &s).iter().all(|t| t.2 == json!({"in": 1})));
     assert_eq!(
         done(&mut f, "0_2", json!({"k": "c", "c": 1, "n": {"c": 1}})).end,
         None
@@ -255,7 +256,7 @@ fn if_takes_one_branch() {
     let mut f = flow(v.clone());
     let s = start(&mut f, json!({"big": 1}));
     assert_eq!(
-        tasks(&s),
+        tasks(&f, &s),
         [("0_0".into(), "archive".into(), json!({"big": 1}))]
     );
     assert_eq!(state(&f, "0_1"), "skipped");
@@ -265,7 +266,7 @@ fn if_takes_one_branch() {
     );
     let mut f = flow(v);
     let s = start(&mut f, json!({}));
-    assert_eq!(tasks(&s), [("0_1".into(), "notify".into(), json!({}))]);
+    assert_eq!(tasks(&f, &s), [("0_1".into(), "notify".into(), json!({}))]);
     assert_eq!(state(&f, "0_0"), "skipped");
     assert_eq!(
         completed(&done(&mut f, "0_1", json!({"r": 2}))),
@@ -294,7 +295,7 @@ fn each_over_zero_one_and_many() {
     let mut f = flow(v.clone());
     let s = start(&mut f, json!({"pages": ["p0"], "x": 1}));
     assert_eq!(
-        tasks(&s),
+        tasks(&f, &s),
         [(
             "0_0".into(),
             "ocr".into(),
@@ -311,7 +312,7 @@ fn each_over_zero_one_and_many() {
     let mut f = flow(json!({ "each": "n", "do": { "task": "sq" } }));
     let n: Vec<u64> = (0..500).collect();
     let s = start(&mut f, json!({ "n": n }));
-    assert_eq!(tasks(&s).len(), 500);
+    assert_eq!(tasks(&f, &s).len(), 500);
     for i in (1..500u64).rev() {
         let s = done(&mut f, &format!("0_{i}"), json!({"item": i * i}));
         assert_eq!(s, Step::default());
@@ -331,7 +332,7 @@ fn each_keeps_to_its_concurrency() {
     ] }, "concurrency": 4 }));
     let n: Vec<u64> = (0..50).collect();
     let s = start(&mut f, json!({ "n": n }));
-    let mut outstanding: Vec<String> = tasks(&s).into_iter().map(|t| t.0).collect();
+    let mut outstanding: Vec<String> = tasks(&f, &s).into_iter().map(|t| t.0).collect();
     assert_eq!(outstanding, ["0_0_0", "0_1_0", "0_2_0", "0_3_0"]);
     let mut order = 0u64;
     let end = loop {
@@ -348,7 +349,7 @@ fn each_keeps_to_its_concurrency() {
             .and_then(|s| s.parse().ok())
             .expect("run nid");
         let s = done(&mut f, &n, json!({ "item": i + 100 }));
-        outstanding.extend(tasks(&s).into_iter().map(|t| t.0));
+        outstanding.extend(tasks(&f, &s).into_iter().map(|t| t.0));
         if let Some(e) = s.end {
             break e;
         }
@@ -439,7 +440,7 @@ fn sleep_is_durable() {
     };
     assert_eq!(f.resume().actions, s.actions);
     let s = f.woke(&nid("0_0"), 3_000, &mut cond);
-    assert_eq!(tasks(&s), [("0_1".into(), "a".into(), json!({"x": 1}))]);
+    assert_eq!(tasks(&f, &s), [("0_1".into(), "a".into(), json!({"x": 1}))]);
     // Woken twice: nothing.
     assert_eq!(f.woke(&nid("0_0"), 3_001, &mut cond), Step::default());
     assert_eq!(
@@ -460,14 +461,14 @@ fn on_error_continue_passes_the_input_through() {
     ] }));
     start(&mut f, json!({"x": 0, "k": [1, 2]}));
     let s = fail(&mut f, "0_0", "a broke");
-    assert_eq!(tasks(&s)[0].2, json!({"x": 0, "k": [1, 2]}));
+    assert_eq!(tasks(&f, &s)[0].2, json!({"x": 0, "k": [1, 2]}));
     let s = fail(&mut f, "0_1_0", "b broke");
     assert_eq!(state(&f, "0_1_1"), "skipped");
     assert_eq!(state(&f, "0_1"), "failed");
-    assert_eq!(tasks(&s).len(), 2);
+    assert_eq!(tasks(&f, &s).len(), 2);
     done(&mut f, "0_2_1", json!({"x": 0, "k": [1, 2], "d": 1}));
     let s = fail(&mut f, "0_2_0", "c broke");
-    assert_eq!(tasks(&s).len(), 2);
+    assert_eq!(tasks(&f, &s).len(), 2);
     done(&mut f, "0_3_1", json!({"item": 20}));
     let s = fail(&mut f, "0_3_0", "e broke");
     assert_eq!(completed(&s), json!({"x": 0, "k": [1, 20], "d": 1}));
@@ -516,7 +517,7 @@ fn a_failure_cancels_running_siblings() {
         ("0_0_1_0".into(), ErrorKind::User, "b broke".into())
     );
     assert_eq!(cancels(&s), ["0_0_0", "0_0_3_1"]);
-    assert!(tasks(&s).is_empty());
+    assert!(tasks(&f, &s).is_empty());
     for n in ["0_0_0", "0_0_2", "0_0_3", "0_0_3_1"] {
         assert_eq!(
             f.progress.nodes[n],
@@ -552,7 +553,7 @@ fn a_failure_cancels_running_siblings() {
 fn a_failing_run_stops_the_each() {
     let mut f = flow(json!({ "each": "k", "do": { "task": "a" }, "concurrency": 2 }));
     let s = start(&mut f, json!({"k": [0, 1, 2, 3]}));
-    assert_eq!(tasks(&s).len(), 2);
+    assert_eq!(tasks(&f, &s).len(), 2);
     let s = fail(&mut f, "0_1", "no");
     assert_eq!(cancels(&s), ["0_0"]);
     assert_eq!(failed(&s).0, "0_1");
@@ -575,7 +576,7 @@ fn nesting_three_deep() {
     ] }));
     let s = start(&mut f, json!({"url": "u"}));
     assert_eq!(
-        tasks(&s),
+        tasks(&f, &s),
         [("0_0".into(), "fetch".into(), json!({"url": "u"}))]
     );
     let s = done(
@@ -583,7 +584,7 @@ fn nesting_three_deep() {
         "0_0",
         json!({"url": "u", "big": true, "tags": ["x", "y"]}),
     );
-    let t: Vec<String> = tasks(&s).into_iter().map(|t| t.0).collect();
+    let t: Vec<String> = tasks(&f, &s).into_iter().map(|t| t.0).collect();
     assert_eq!(t, ["0_1_0_0_0", "0_1_1_0_1", "0_1_1_1_1"]);
     let s = done(&mut f, "0_1_1_1_1", json!({"item": "Y"}));
     assert!(s.actions.is_empty());
@@ -592,8 +593,8 @@ fn nesting_three_deep() {
         "0_1_0_0_0",
         json!({"url": "u", "big": true, "tags": ["x", "y"], "w": 10}),
     );
-    assert_eq!(tasks(&s)[0].0, "0_1_0_1");
-    assert_eq!(tasks(&s)[0].2["w"], json!(10));
+    assert_eq!(tasks(&f, &s)[0].0, "0_1_0_1");
+    assert_eq!(tasks(&f, &s)[0].2["w"], json!(10));
     done(&mut f, "0_1_1_0_1", json!({"item": "X", "i": 1}));
     let s = done(
         &mut f,
@@ -629,7 +630,7 @@ fn progress_survives_a_crash_mid_flow() {
     };
     let r = g.resume();
     assert_eq!(r.end, None);
-    let t: Vec<(String, Value)> = tasks(&r).into_iter().map(|t| (t.0, t.2)).collect();
+    let t: Vec<(String, Value)> = tasks(&g, &r).into_iter().map(|t| (t.0, t.2)).collect();
     assert_eq!(
         t,
         [
@@ -664,7 +665,7 @@ fn progress_survives_a_crash_mid_flow() {
         assert!(done(fl, "0_1_0", json!({"b": 1})).actions.is_empty());
         let s = done(fl, "0_1_1_1", json!({"item": 20}));
         assert_eq!(
-            tasks(&s),
+            tasks(fl, &s),
             [("0_2".into(), "d".into(), json!({"b": 1, "k": [10, 20, 30]}))]
         );
         assert_eq!(

@@ -1,0 +1,338 @@
+//! The spoolflow benchmark (DESIGN.md, "Measuring").
+//!
+//! ```text
+//! cargo run --release --example bench -- [--tasks N] [--workers W] [--queues 1000,10000,100000]
+//!                                        [--rounds R] [--rate 200] [--latency-secs 2]
+//!                                        [--flow-sequence 1000] [--flow-each 9998]
+//! ```
+//!
+//! Every run uses a fresh temporary root (under `$TMPDIR`, default `/tmp`)
+//! whose only tasker is `tsk/bench/cat` (`#!/bin/sh` + `cat`, no
+//! taskmaster: each task names the tasker). The engine runs in-process
+//! through `spoolflow::engine::run_blocking`, without a `tracing`
+//! subscriber. Roots are deleted only when the bench ends (see the fs probe).
+//!
+//! 1. **Floor.** The same N processes, run directly, W at a time (W threads
+//!    each spawning with std's `Command`: `process_group(0)`, `env_clear()`
+//!    plus the `PATH`, `HOME`, `LANG` and `TZ` the engine passes on, the
+//!    tasker's directory as working directory, payload on
+//!    stdin, stdout read to the end, waited for). Wall time → tasks/s.
+//! 2. **Throughput.** N task files are dropped into `var/spool/in/` (written
+//!    as dotfile temporaries, then renamed) *before* the engine starts; the
+//!    engine then runs with `drain`. Wall time → tasks/s and the ratio to
+//!    the floor. Engine CPU is the process's utime + stime (from
+//!    `/proc/self/stat`) over the run, divided by N: the bench thread is
+//!    blocked while the engine runs, and the taskers' time is counted apart
+//!    (children's time). Peak memory is `VmHWM`, reset through
+//!    `/proc/self/clear_refs` before each run. Every task must have a record
+//!    in `done/`, else the bench fails. Floor and engine runs alternate for
+//!    R rounds (default 3) and the best of each is reported: this machine is
+//!    shared, and other load only ever slows a run down.
+//! 3. **Latency.** A fresh engine runs (no drain) in a background thread;
+//!    after one warm-up task, tasks are dropped one by one at a steady rate
+//!    well below capacity (default 200/s for 2 s). Latency is the `started`
+//!    point's `ts` (in `var/log/tsk/<id>.log`) minus the wall-clock instant
+//!    the drop's rename returned; p50 and p99 are reported. The engine is
+//!    stopped with `StopRequest::Graceful` once every task has its record.
+//! 4. **Queue sizes.** For each Q, Q task files are dropped first (not
+//!    timed as engine work); then two engine runs on that root:
+//!    - *intake*: a `Graceful` stop is queued before the engine starts. The
+//!      engine claims everything in `in/` at start-up (read, parse, rename
+//!      into `run/`, `created` point) before it serves any event, then
+//!      starts at most W taskers, sees the stop, lets those W finish and
+//!      exits, leaving Q − W tasks queued in `run/`. Wall and process CPU
+//!      of the whole run divided by Q give the intake cost per task (start,
+//!      stop and the W completions are included, a fixed few ms).
+//!    - *steady state*: the engine starts again on that root (recovering
+//!      the Q − W queued tasks from `run/`) and runs in a background thread.
+//!      The bench polls the number of records in `done/` every 20 ms; at
+//!      two polls (after a warm-up of 100 records, and K records later, with
+//!      K = min(N, Q / 2)) it samples the wall clock and the CPU time of
+//!      every thread of the process except its own (`/proc/self/task/*/
+//!      schedstat`, in ns). Records between the two samples divided by the
+//!      elapsed wall time and CPU give tasks/s and CPU per task while the
+//!      queue still holds between Q − W − 100 and about Q / 2 tasks. Then a
+//!      `Graceful` stop. The restart time (engine start to the first
+//!      record, 20 ms resolution) shows the O(Q) recovery scan.
+//!
+//!    So the whole queue is never run for large Q (100 000 taskers would
+//!    take ~100 s alone); intake is measured over all Q tasks, execution
+//!    over a window of K tasks with the queue still deep. Flat per-task
+//!    numbers across Q mean no per-task work grows with the queue.
+//!
+//! 5. **Flows.** A `sequence` of N task nodes (one runs at a time) against
+//!    N standalone tasks with one worker, and an `each` over N elements
+//!    against N standalone tasks with W workers: the flow's file is dropped
+//!    before the engine starts (`drain`); its record must be `completed`
+//!    with N nodes. Alternated for R rounds, best of each (`flows.rs`).
+//!
+//! Two things that move the numbers are printed with them:
+//!
+//! - **Other load**: CPU used by other processes during a measure (machine
+//!   busy time from `/proc/stat`, minus this process's and its children's).
+//! - **The fs probe**: the cost of creating one empty file, before and
+//!   after the runs. On ext4 without a journal, the inode allocator skips
+//!   inodes deleted in the last 1–6 minutes one by one (`recently_deleted`),
+//!   so file creation gets slower after heavy churn — including the churn
+//!   of a previous bench. Run with `TMPDIR=/dev/shm` to take the filesystem
+//!   out of the measure.
+
+mod flows;
+mod measures;
+mod queues;
+mod roots;
+mod runs;
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc as std_mpsc;
+use std::time::{Duration, Instant, SystemTime};
+
+use chrono::{DateTime, Utc};
+use clap::Parser;
+use spoolflow::{Options, Root, StopRequest};
+
+use measures::*;
+use queues::*;
+use roots::*;
+use runs::*;
+
+/// Linux reports `/proc/<pid>/stat` times in USER_HZ, 100 on every
+/// architecture spoolflow targets.
+const USER_HZ: u64 = 100;
+/// Records completed before the steady-state window opens.
+const WARM: usize = 100;
+/// How often the bench looks at `done/` while an engine runs.
+const POLL: Duration = Duration::from_millis(20);
+
+type BenchResult<T> = Result<T, String>;
+
+#[derive(Parser, Debug)]
+#[command(
+    about = "Benchmark spoolflow against the fair floor (see the doc comment of examples/bench.rs)"
+)]
+struct Args {
+    /// Tasks in the floor and throughput runs.
+    #[arg(long, default_value_t = 2000)]
+    tasks: usize,
+    /// Workers (taskers at once); default: the number of CPUs.
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Queue sizes for the queue-size table (comma-separated; empty: skip).
+    #[arg(long, value_delimiter = ',', default_value = "1000,10000,100000")]
+    queues: Vec<String>,
+    /// Floor and engine runs, alternated; the best of each is reported.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Drops per second in the latency run.
+    #[arg(long, default_value_t = 200)]
+    rate: u32,
+    /// Length of the latency run, in seconds.
+    #[arg(long, default_value_t = 2.0)]
+    latency_secs: f64,
+    /// Task nodes of the `sequence` flow, run against as many standalone
+    /// tasks with one worker (0: skip).
+    #[arg(long, default_value_t = 1000)]
+    flow_sequence: usize,
+    /// Elements of the `each` flow, run against as many standalone tasks
+    /// (0: skip). 9 998 is the largest `each` of one task node a flow may
+    /// hold: 2 nodes + 9 998 runs = the 10 000-node limit.
+    #[arg(long, default_value_t = 9998)]
+    flow_each: usize,
+}
+
+fn main() {
+    let args = Args::parse();
+    // Roots are removed only at the end: on ext4 without a journal, inodes
+    // deleted in the last minutes make every later file creation slower
+    // (see the fs probe), and the bench must not tax its own measures.
+    let mut keep = Vec::new();
+    let result = bench(args, &mut keep);
+    eprintln!("removing {} temporary roots…", keep.len());
+    drop(keep);
+    if let Err(e) = result {
+        eprintln!("bench FAILED: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn bench(args: Args, keep: &mut Vec<BenchRoot>) -> BenchResult<()> {
+    let workers = args.workers.unwrap_or_else(|| Options::default().workers);
+    if workers == 0 || args.tasks == 0 || args.rounds == 0 {
+        return Err("--tasks, --workers and --rounds must be at least 1".into());
+    }
+    let mut queues: Vec<usize> = args
+        .queues
+        .iter()
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| {
+            s.trim()
+                .replace('_', "")
+                .parse::<usize>()
+                .map_err(|e| format!("--queues: {s:?}: {e}"))
+        })
+        .collect::<BenchResult<_>>()?;
+    queues.sort_unstable();
+    queues.dedup();
+
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    println!(
+        "command: `{}cargo run --release --example bench{}`",
+        std::env::var("TMPDIR")
+            .map(|t| format!("TMPDIR={t} "))
+            .unwrap_or_default(),
+        if argv.is_empty() {
+            String::new()
+        } else {
+            format!(" -- {}", argv.join(" "))
+        }
+    );
+    println!("machine: {}", machine());
+    let probe_before = fs_probe(keep)?;
+
+    // ---------------------------------------------------------- floor, engine
+    let mut floors = Vec::new();
+    let mut engines = Vec::new();
+    for r in 1..=args.rounds {
+        eprintln!(
+            "round {r}/{}: floor, then engine: {} tasks, {workers} at a time…",
+            args.rounds, args.tasks
+        );
+        floors.push(floor(args.tasks, workers, keep)?);
+        engines.push(throughput(args.tasks, workers, keep)?);
+    }
+    let best = |runs: &[Run]| -> Run {
+        *runs
+            .iter()
+            .max_by(|a, b| a.tasks_per_s.total_cmp(&b.tasks_per_s))
+            .expect("at least one round")
+    };
+    let (floor_best, engine_best) = (best(&floors), best(&engines));
+
+    // ---------------------------------------------------------- latency
+    let n_lat = ((args.rate as f64) * args.latency_secs).round().max(1.0) as usize;
+    eprintln!(
+        "latency: {n_lat} drops at {}/s into a running engine…",
+        args.rate
+    );
+    let lat = latency(n_lat, args.rate, workers, keep)?;
+
+    // ---------------------------------------------------------- queues
+    let mut qrows = Vec::new();
+    for &q in &queues {
+        eprintln!("queue: {q} tasks queued…");
+        qrows.push(queue(q, args.tasks, workers, keep)?);
+    }
+
+    // ---------------------------------------------------------- flows
+    let mut frows = Vec::new();
+    if args.flow_sequence > 0 {
+        frows.push(flows::compare(
+            flows::Shape::Sequence,
+            args.flow_sequence,
+            1,
+            args.rounds,
+            keep,
+        )?);
+    }
+    if args.flow_each > 0 {
+        frows.push(flows::compare(
+            flows::Shape::Each,
+            args.flow_each,
+            workers,
+            args.rounds,
+            keep,
+        )?);
+    }
+    let probe_after = fs_probe(keep)?;
+
+    // ---------------------------------------------------------- report
+    println!(
+        "file creation (1000 empty files in a new directory beside the roots): \
+         {probe_before:.0} µs/file before the runs, {probe_after:.0} µs/file after"
+    );
+    println!();
+    println!("### Throughput and latency (`cat` tasker)");
+    println!();
+    println!("| tasks | workers | floor tasks/s | engine tasks/s | ratio | drop→started p50 / p99 | engine CPU µs/task | peak RSS MiB |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!(
+        "| {} | {} | {:.0} | {:.0} | {:.2}× | {:.2} / {:.2} ms | {:.0} | {:.1} |",
+        args.tasks,
+        workers,
+        floor_best.tasks_per_s,
+        engine_best.tasks_per_s,
+        engine_best.tasks_per_s / floor_best.tasks_per_s,
+        lat.p50_ms,
+        lat.p99_ms,
+        engine_best.own_cpu_us,
+        engines.iter().map(|r| r.peak_mib).fold(0.0, f64::max),
+    );
+    println!();
+    let rounds = |runs: &[Run]| -> String {
+        runs.iter()
+            .map(|r| {
+                format!(
+                    "{:.0}/s ({:.0} + {:.0} µs/task, other load {:.2} CPUs)",
+                    r.tasks_per_s, r.own_cpu_us, r.children_cpu_us, r.other_cpus
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    println!(
+        "Best of {} alternated rounds each; per round, tasks/s (bench/engine process CPU + \
+         taskers' CPU per task; CPU used meanwhile by other processes on the machine):",
+        args.rounds
+    );
+    println!();
+    println!("- floor: {}", rounds(&floors));
+    println!("- engine: {}", rounds(&engines));
+    println!(
+        "- latency: {} drops at {}/s, max {:.2} ms, other load {:.2} CPUs",
+        lat.n, args.rate, lat.max_ms, lat.other_cpus
+    );
+    if !qrows.is_empty() {
+        println!();
+        println!("### Per-task cost by queue size ({workers} workers)");
+        println!();
+        println!("| queued | intake µs/task (wall) | intake CPU µs/task | restart ms (µs/queued task) | steady tasks/s | steady CPU µs/task | window: tasks (queue depth) | peak RSS MiB | other load CPUs |");
+        println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        for r in &qrows {
+            println!(
+                "| {} | {:.0} | {:.0} | {:.0} ({:.0}) | {:.0} | {:.0} | {} ({}→{}) | {:.1} | {:.2} |",
+                r.q,
+                r.intake_wall_us,
+                r.intake_cpu_us,
+                r.restart.as_secs_f64() * 1e3,
+                r.restart.as_secs_f64() * 1e6 / r.requeued.max(1) as f64,
+                r.steady_tasks_per_s,
+                r.steady_cpu_us,
+                r.window,
+                r.depth_from,
+                r.depth_to,
+                r.peak_mib,
+                r.other_cpus,
+            );
+        }
+        println!();
+        println!(
+            "Intake: Q files in `in/` before start and a stop queued before start: the engine \
+             claims all Q, runs {workers}, exits; wall and process CPU ÷ Q. Restart: the engine \
+             started again on the Q − {workers} queued tasks in `run/`, time to the first record \
+             (20 ms resolution). Steady: tasks/s and CPU of all engine threads (schedstat) from \
+             the {WARM}th record to K = min(tasks, Q/2) records later, the queue still deep; the \
+             rest stays queued. Other load: CPU used by other processes during the window."
+        );
+    }
+    if !frows.is_empty() {
+        flows::report(&frows, args.rounds);
+    }
+    Ok(())
+}
