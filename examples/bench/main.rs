@@ -115,7 +115,7 @@ type BenchResult<T> = Result<T, String>;
 
 #[derive(Parser, Debug)]
 #[command(
-    about = "Benchmark spoolflow against the fair floor (see the doc comment of examples/bench.rs)"
+    about = "Benchmark spoolflow against the fair floor (see the doc comment of examples/bench/main.rs)"
 )]
 struct Args {
     /// Tasks in the floor and throughput runs.

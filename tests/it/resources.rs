@@ -4,7 +4,7 @@
 //! peak resident set (`VmHWM`) can be read from `/proc`.
 //!
 //! The sizes are scaled down from the (100 000 queued, 10 000
-//! floods of megabytes) to keep the suite fast; `examples/bench.rs` and the
+//! floods of megabytes) to keep the suite fast; `examples/bench/main.rs` and the
 //! README give the full-size numbers.
 
 use std::fs;
