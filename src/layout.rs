@@ -170,6 +170,15 @@ impl Root {
     pub fn failed_file(&self, id: &TaskId) -> PathBuf {
         self.failed().join(format!("{id}.json"))
     }
+    /// `var/cache/`: what the reading commands derive from the spool to
+    /// answer fast (rebuildable, never the truth).
+    pub fn cache(&self) -> PathBuf {
+        self.dir.join("var/cache")
+    }
+    /// `var/cache/records.idx`: the records index (`crate::read::index`).
+    pub fn records_index(&self) -> PathBuf {
+        self.cache().join("records.idx")
+    }
     /// `var/log/tsk/<exid>.log`: the points log of an execution.
     pub fn points_log(&self, exid: &Exid) -> PathBuf {
         self.log_tsk().join(format!("{exid}.log"))

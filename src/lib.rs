@@ -15,6 +15,7 @@ pub mod flow;
 pub mod layout;
 pub mod lookup;
 pub mod model;
+pub mod read;
 pub mod sandbox;
 pub mod scheduler;
 pub mod store;

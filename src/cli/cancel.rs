@@ -47,5 +47,5 @@ pub fn run(root: Option<PathBuf>, args: Args) -> Result<(), Failure> {
 
 /// Whether a task file for `id` waits in `in/` or `in/<domain>/`.
 fn in_spool(root: &spoolflow::Root, id: &TaskId) -> bool {
-    spoolflow::store::read::find_in(root, id).is_some()
+    spoolflow::read::find_in(root, id).is_some()
 }

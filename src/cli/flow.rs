@@ -10,8 +10,8 @@ use spoolflow::flow::run::NodeProgress;
 use spoolflow::flow::tree::{self, FlowNode, Kind};
 use spoolflow::layout::Root;
 use spoolflow::model::names::{Nid, TaskId};
+use spoolflow::read::{self, Place};
 use spoolflow::store::flows::load_progress;
-use spoolflow::store::read::{self, Place};
 
 use super::{exit, Failure};
 

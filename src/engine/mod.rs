@@ -208,7 +208,7 @@ pub async fn run(
     stop: Option<UnboundedReceiver<StopRequest>>,
 ) -> Result<(), EngineError> {
     root.ensure_exists()?;
-    let _lock = recovery::lock(&root).await?;
+    let _lock = recovery::lock(&root, options.workers).await?;
     recovery::kill_orphans(&root);
     recovery::clean_temporaries(&root);
     crate::tasker::close_inherited_descriptors();

@@ -39,10 +39,10 @@ pub struct EngineLock {
 /// held, a child it was spawning when it died still has the descriptor
 /// (it is closed when that child execs, a moment later): wait for it, up
 /// to a few seconds.
-pub async fn lock(root: &Root) -> Result<EngineLock, RecoveryError> {
+pub async fn lock(root: &Root, workers: usize) -> Result<EngineLock, RecoveryError> {
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
     loop {
-        match try_lock(root) {
+        match try_lock(root, workers) {
             Err(RecoveryError::Locked { pid, .. })
                 if !pid_alive(&pid) && tokio::time::Instant::now() < deadline =>
             {
@@ -64,7 +64,7 @@ fn pid_alive(pid: &str) -> bool {
     }
 }
 
-fn try_lock(root: &Root) -> Result<EngineLock, RecoveryError> {
+fn try_lock(root: &Root, workers: usize) -> Result<EngineLock, RecoveryError> {
     let path = root.lock();
     let lock_err = |source| RecoveryError::Lock {
         path: path.clone(),
@@ -81,13 +81,15 @@ fn try_lock(root: &Root) -> Result<EngineLock, RecoveryError> {
         Ok(mut lock) => {
             lock.set_len(0).map_err(lock_err)?;
             lock.rewind().map_err(lock_err)?;
-            writeln!(lock, "{}", std::process::id()).map_err(lock_err)?;
+            // The pid first (what a second engine names), then what
+            // `spoolflow status` shows; the file's mtime is the start.
+            writeln!(lock, "{}\nworkers {workers}", std::process::id()).map_err(lock_err)?;
             Ok(EngineLock { _lock: lock })
         }
         Err((mut file, nix::errno::Errno::EWOULDBLOCK)) => {
             let mut pid = String::new();
             let _ = file.read_to_string(&mut pid);
-            let pid = pid.trim();
+            let pid = pid.lines().next().unwrap_or("").trim();
             Err(RecoveryError::Locked {
                 pid: if pid.is_empty() {
                     "unknown".into()
@@ -555,16 +557,16 @@ mod tests {
             .enable_all()
             .build()
             .unwrap();
-        let lock = |root: &Root| rt.block_on(lock(root));
-        let first = lock(&root).unwrap();
-        match lock(&root) {
+        let lock = |root: &Root, w: usize| rt.block_on(lock(root, w));
+        let first = lock(&root, 1).unwrap();
+        match lock(&root, 1) {
             Err(RecoveryError::Locked { pid, .. }) => {
                 assert_eq!(pid, std::process::id().to_string())
             }
             other => panic!("{:?}", other.err()),
         }
         drop(first);
-        lock(&root).unwrap();
+        lock(&root, 1).unwrap();
     }
 
     #[test]

@@ -356,7 +356,7 @@ fn one_engine_per_root_and_sigterm_stops_it() {
     let pid = first.pid().to_string();
     let lock = t.join("var/run/engine.lock");
     wait_for("the engine lock to hold the pid", DEADLINE, || {
-        fs::read_to_string(&lock).is_ok_and(|s| s.trim() == pid)
+        fs::read_to_string(&lock).is_ok_and(|s| s.lines().next() == Some(pid.as_str()))
     });
 
     // --drain: were the lock not held, this would drain and exit 0.

@@ -97,7 +97,9 @@ fn repeated_kill_9_loses_nothing_and_never_completes_twice() {
         let pid = engine.pid().to_string();
         match moment {
             Moment::Locked => wait_for("the new engine to hold the lock", DEADLINE, || {
-                engine.exited() || fs::read_to_string(&lock).is_ok_and(|s| s.trim() == pid)
+                engine.exited()
+                    || fs::read_to_string(&lock)
+                        .is_ok_and(|s| s.lines().next() == Some(pid.as_str()))
             }),
             Moment::Done(n) => wait_for(&format!("{n} records in done/"), DEADLINE, || {
                 engine.exited() || records(&t) >= n

@@ -50,7 +50,8 @@ fn wait_for_lock(t: &TestRoot, engine: &mut EngineProcess) {
     let lock = t.join("var/run/engine.lock");
     let pid = engine.pid().to_string();
     wait_for("the engine to hold the lock", DEADLINE, || {
-        engine.exited() || fs::read_to_string(&lock).is_ok_and(|s| s.trim() == pid)
+        engine.exited()
+            || fs::read_to_string(&lock).is_ok_and(|s| s.lines().next() == Some(pid.as_str()))
     });
     assert!(!engine.exited(), "the engine exited before taking the lock");
 }

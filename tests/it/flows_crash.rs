@@ -389,7 +389,9 @@ fn flows_survive_repeated_kill_9_and_finished_nodes_never_run_again() {
         let pid = engine.pid().to_string();
         match moment {
             Moment::Locked => wait_for("the new engine to hold the lock", DEADLINE, || {
-                engine.exited() || fs::read_to_string(&lock).is_ok_and(|s| s.trim() == pid)
+                engine.exited()
+                    || fs::read_to_string(&lock)
+                        .is_ok_and(|s| s.lines().next() == Some(pid.as_str()))
             }),
             Moment::Rerun => {
                 // The flows that had a node to recover (running in their
@@ -401,7 +403,8 @@ fn flows_survive_repeated_kill_9_and_finished_nodes_never_run_again() {
                 wait_for("a recovered node to start again", DEADLINE, || {
                     engine.exited()
                         || if recovering.is_empty() {
-                            fs::read_to_string(&lock).is_ok_and(|s| s.trim() == pid)
+                            fs::read_to_string(&lock)
+                                .is_ok_and(|s| s.lines().next() == Some(pid.as_str()))
                         } else {
                             recovering
                                 .iter()

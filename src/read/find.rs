@@ -1,6 +1,5 @@
-//! The read layer: where a task is and what it holds, read from the spool
-//! alone — no engine needed, none disturbed. The operator's commands (and
-//! later the dashboard) share it; nothing here writes.
+//! Finding one task by id wherever it is (`in/`, `run/`, its record), and
+//! reading records and points logs.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -127,6 +126,44 @@ pub fn find_in(root: &Root, id: &TaskId) -> Option<PathBuf> {
                 .and_then(|f| f.id)
                 .is_some_and(|found| &found == id)
     })
+}
+
+/// The last `limit` bytes of a file, from the first whole line in them
+/// (the whole file when it is smaller).
+pub fn read_tail(path: &Path, limit: u64) -> io::Result<Vec<u8>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = std::fs::File::open(path)?;
+    let len = file.metadata()?.len();
+    if len <= limit {
+        let mut bytes = Vec::with_capacity(len as usize);
+        file.read_to_end(&mut bytes)?;
+        return Ok(bytes);
+    }
+    file.seek(SeekFrom::Start(len - limit))?;
+    let mut bytes = Vec::with_capacity(limit as usize);
+    file.take(limit).read_to_end(&mut bytes)?;
+    let start = bytes
+        .iter()
+        .position(|b| *b == b'\n')
+        .map_or(bytes.len(), |i| i + 1);
+    Ok(bytes.split_off(start))
+}
+
+/// The earlier final records of a task run again by `retry`
+/// (`history/<id>/<attempts>.json`), oldest first.
+pub fn history(root: &Root, id: &TaskId) -> Vec<Result<Record, ReadError>> {
+    let mut files: Vec<(u64, PathBuf)> = std::fs::read_dir(root.history_dir(id))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().to_string();
+            let n = name.strip_suffix(".json")?.parse::<u64>().ok()?;
+            Some((n, e.path()))
+        })
+        .collect();
+    files.sort();
+    files.into_iter().map(|(_, p)| read_record(&p)).collect()
 }
 
 #[cfg(test)]

@@ -1,0 +1,270 @@
+//! One line of `list` and one count of `status`: a task's [`Summary`], built
+//! from whatever the spool holds for it (a record, a `run/` file and its
+//! points, a file waiting in `in/`, a rejected file). The state of a task in
+//! `run/` — queued, delayed or running — is derived from its points (pure:
+//! [`live_state`]).
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::point::{Kind, Point};
+use crate::model::task::{Record, State};
+
+/// The states `status` counts and `list --state` filters on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ListState {
+    /// Waiting for a worker, an offer or its turn (in `in/` or `run/`).
+    Queued,
+    /// Waiting on purpose: a retry's backoff, a concurrency key, a budget.
+    Delayed,
+    /// A tasker runs for it.
+    Running,
+    Completed,
+    Failed,
+    Aborted,
+    /// Input that could not be accepted (`rejected/`).
+    Rejected,
+}
+
+impl ListState {
+    pub const ALL: [ListState; 7] = [
+        ListState::Queued,
+        ListState::Delayed,
+        ListState::Running,
+        ListState::Completed,
+        ListState::Failed,
+        ListState::Aborted,
+        ListState::Rejected,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ListState::Queued => "queued",
+            ListState::Delayed => "delayed",
+            ListState::Running => "running",
+            ListState::Completed => "completed",
+            ListState::Failed => "failed",
+            ListState::Aborted => "aborted",
+            ListState::Rejected => "rejected",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<ListState> {
+        match s {
+            // `suspended` is SPEC's word for the same wait.
+            "suspended" => Some(ListState::Delayed),
+            _ => ListState::ALL.into_iter().find(|x| x.as_str() == s),
+        }
+    }
+
+    /// Whether the task has ended (a record, or a rejection).
+    pub fn is_final(self) -> bool {
+        !matches!(
+            self,
+            ListState::Queued | ListState::Delayed | ListState::Running
+        )
+    }
+}
+
+impl std::fmt::Display for ListState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What `list` shows of a task and `status` counts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Summary {
+    pub id: String,
+    pub state: ListState,
+    /// The task's domain (`-` for a rejected file, which may have none).
+    pub domain: String,
+    pub taskee: Option<String>,
+    pub attempts: u32,
+    pub priority: i32,
+    pub created_at: Option<String>,
+    pub started_at: Option<String>,
+    pub ended_at: Option<String>,
+    /// A failure's `error.kind`.
+    pub error_kind: Option<String>,
+    /// The first line of a failure's or a rejection's reason.
+    pub reason: Option<String>,
+    /// Whether the task is a flow.
+    #[serde(default)]
+    pub flow: bool,
+}
+
+/// The first line of a text, for one-line tables.
+pub fn first_line(s: &str) -> String {
+    s.lines().next().unwrap_or("").trim_end().to_string()
+}
+
+impl Summary {
+    /// The summary of an ended task.
+    pub fn of_record(r: &Record) -> Summary {
+        let state = match r.state {
+            State::Completed => ListState::Completed,
+            State::Aborted => ListState::Aborted,
+            // A record is never queued or running; `failed` covers them.
+            _ => ListState::Failed,
+        };
+        let reason = r
+            .error
+            .as_ref()
+            .map(|e| e.message.as_str())
+            .or(r.reason.as_deref())
+            .map(first_line);
+        Summary {
+            id: r.id.as_str().to_string(),
+            state,
+            domain: r.domain.as_str().to_string(),
+            taskee: r.taskee.as_ref().map(|t| t.as_str().to_string()),
+            attempts: r.attempts,
+            priority: r.priority,
+            created_at: r.created_at.clone(),
+            started_at: r.started_at.clone(),
+            ended_at: r.ended_at.clone(),
+            error_kind: r.error.as_ref().map(|e| kind_name(e.kind)),
+            reason,
+            flow: r.flow.is_some(),
+        }
+    }
+
+    /// The time `--since` and `gc` age a task by: its end, else its
+    /// creation.
+    pub fn last_time(&self) -> Option<&str> {
+        self.ended_at.as_deref().or(self.created_at.as_deref())
+    }
+}
+
+fn kind_name(kind: crate::model::task::ErrorKind) -> String {
+    serde_json::to_value(kind)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+/// What the points of a live execution (one in `run/`) say of it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Live {
+    pub state: Option<ListState>,
+    pub taskee: Option<String>,
+    pub attempts: u32,
+    pub created_at: Option<String>,
+    pub started_at: Option<String>,
+    /// Task nodes running now.
+    pub running: usize,
+}
+
+/// The state of a live execution from its points: the engine's last point
+/// of each node decides that node's state (taskers' own points do not
+/// count); the execution runs when a node runs, else waits on purpose when
+/// a node does, else is queued. Ended nodes (a flow's finished ones) do
+/// not count.
+pub fn live_state(points: &[Point]) -> Live {
+    let mut last: HashMap<&str, Kind> = HashMap::new();
+    let mut live = Live::default();
+    for p in points {
+        if p.fields.get("source").and_then(|v| v.as_str()) == Some("tasker") {
+            continue;
+        }
+        let Some(kind) = p.kind() else { continue };
+        last.insert(p.nid.as_str(), kind);
+        match kind {
+            Kind::Created if live.created_at.is_none() => live.created_at = Some(p.ts.clone()),
+            Kind::Started => {
+                live.attempts += 1;
+                live.started_at.get_or_insert_with(|| p.ts.clone());
+                if let Some(t) = p.fields.get("taskee").and_then(|v| v.as_str()) {
+                    live.taskee = Some(t.to_string());
+                }
+            }
+            _ => {}
+        }
+    }
+    let node_state = |k: Kind| match k {
+        Kind::Allocated | Kind::Started => Some(ListState::Running),
+        Kind::Suspended | Kind::Retried => Some(ListState::Delayed),
+        k if k.is_final() => None,
+        _ => Some(ListState::Queued),
+    };
+    let states: Vec<ListState> = last.values().filter_map(|k| node_state(*k)).collect();
+    live.running = states.iter().filter(|s| **s == ListState::Running).count();
+    live.state = [ListState::Running, ListState::Delayed, ListState::Queued]
+        .into_iter()
+        .find(|s| states.contains(s))
+        .or(Some(ListState::Queued));
+    live
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::names::{Nid, TaskId};
+
+    fn point(nid: &str, kind: Kind) -> Point {
+        let id: TaskId = "t".parse().unwrap();
+        let nid: Nid = nid.parse().unwrap();
+        Point::new(kind, &id, &id, &nid).with("taskee", "stamp")
+    }
+
+    #[test]
+    fn a_task_with_no_points_is_queued() {
+        assert_eq!(live_state(&[]).state, Some(ListState::Queued));
+    }
+
+    #[test]
+    fn the_last_point_decides() {
+        let cases = [
+            (vec![Kind::Created, Kind::Offered], ListState::Queued),
+            (
+                vec![Kind::Created, Kind::Offered, Kind::Allocated],
+                ListState::Running,
+            ),
+            (vec![Kind::Offered, Kind::Started], ListState::Running),
+            (vec![Kind::Started, Kind::Retried], ListState::Delayed),
+            (vec![Kind::Created, Kind::Suspended], ListState::Delayed),
+            (vec![Kind::Started, Kind::Refused], ListState::Queued),
+            (vec![Kind::Started, Kind::Uncompleted], ListState::Queued),
+            (vec![Kind::Started, Kind::Recovered], ListState::Queued),
+        ];
+        for (kinds, want) in cases {
+            let points: Vec<Point> = kinds.iter().map(|k| point("0", *k)).collect();
+            assert_eq!(live_state(&points).state, Some(want), "{kinds:?}");
+        }
+    }
+
+    #[test]
+    fn a_flow_runs_when_one_node_runs_and_ended_nodes_do_not_count() {
+        let points = vec![
+            point("0", Kind::Created),
+            point("0_0", Kind::Started),
+            point("0_0", Kind::Completed),
+            point("0_1", Kind::Started),
+            point("0_2", Kind::Retried),
+        ];
+        let live = live_state(&points);
+        assert_eq!(live.state, Some(ListState::Running));
+        assert_eq!(live.running, 1);
+        assert_eq!(live.attempts, 2);
+    }
+
+    #[test]
+    fn a_taskers_own_points_do_not_count() {
+        let mut own = point("0", Kind::Started);
+        own.fields.insert("source".into(), "tasker".into());
+        let points = vec![point("0", Kind::Offered), own];
+        assert_eq!(live_state(&points).state, Some(ListState::Queued));
+    }
+
+    #[test]
+    fn states_parse_by_name_and_suspended_is_delayed() {
+        for s in ListState::ALL {
+            assert_eq!(ListState::parse(s.as_str()), Some(s));
+        }
+        assert_eq!(ListState::parse("suspended"), Some(ListState::Delayed));
+        assert_eq!(ListState::parse("nope"), None);
+    }
+}

@@ -1,0 +1,208 @@
+//! Every task the spool knows, as [`Summary`]s: records through the index,
+//! tasks in `run/` with their state derived from their points, files
+//! waiting in `in/`, and rejected files. What `status` counts and `list`
+//! filters.
+
+use std::path::Path;
+
+use chrono::{DateTime, Utc};
+use serde::de::IgnoredAny;
+use serde::Deserialize;
+
+use crate::layout::Root;
+use crate::model::names::{Domain, TaskId};
+use crate::model::task::timestamp;
+use crate::read::engine::EngineInfo;
+use crate::read::index;
+use crate::read::summary::{first_line, live_state, ListState, Summary};
+use crate::store::intake::counted_entries;
+use crate::store::spool;
+
+/// The largest task file read for its summary.
+const TASK_LIMIT: u64 = 16 * 1024 * 1024;
+/// The most of a points log read for a live task's state.
+const POINTS_TAIL: u64 = 1024 * 1024;
+
+/// Everything the spool holds, summarized.
+#[derive(Debug, Default)]
+pub struct Listing {
+    pub tasks: Vec<Summary>,
+    /// Task nodes running now (what occupies the workers).
+    pub running_nodes: usize,
+    /// Files that could not be read, with why.
+    pub unreadable: Vec<String>,
+}
+
+/// The keys of a task file a summary needs (the payload is skipped, not
+/// kept).
+#[derive(Deserialize)]
+struct TaskHead {
+    id: Option<String>,
+    domain: Option<String>,
+    #[serde(default)]
+    priority: i32,
+    flow: Option<IgnoredAny>,
+}
+
+/// Summarizes every task of the root. Without a live engine nothing runs:
+/// tasks whose last point says running are shown queued (the next engine
+/// recovers them).
+pub fn listing(root: &Root, engine: Option<&EngineInfo>) -> Listing {
+    let records = index::records(root);
+    let mut out = Listing {
+        tasks: records.files.into_iter().map(|f| f.summary).collect(),
+        running_nodes: 0,
+        unreadable: records.unreadable,
+    };
+    live_tasks(root, engine.is_some(), &mut out);
+    waiting_files(root, &mut out);
+    rejected_files(root, &mut out);
+    out
+}
+
+/// The tasks in `run/`.
+fn live_tasks(root: &Root, engine_runs: bool, out: &mut Listing) {
+    for entry in std::fs::read_dir(root.run())
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let name = entry.file_name().to_string_lossy().to_string();
+        let Some(stem) = name.strip_suffix(".json") else {
+            continue;
+        };
+        if name.starts_with('.') {
+            continue;
+        }
+        let Ok(id) = stem.parse::<TaskId>() else {
+            continue;
+        };
+        let head = match read_head(&entry.path()) {
+            Ok(h) => h,
+            Err(e) => {
+                out.unreadable.push(e);
+                continue;
+            }
+        };
+        let log =
+            crate::read::find::read_tail(&root.points_log(&id), POINTS_TAIL).unwrap_or_default();
+        let live = live_state(&crate::model::point::parse_points(&log));
+        let mut state = live.state.unwrap_or(ListState::Queued);
+        if state == ListState::Running && !engine_runs {
+            state = ListState::Queued;
+        } else if state == ListState::Running {
+            out.running_nodes += live.running;
+        }
+        out.tasks.push(Summary {
+            id: id.as_str().to_string(),
+            state,
+            domain: head.domain.unwrap_or_else(|| "-".into()),
+            taskee: live.taskee,
+            attempts: live.attempts,
+            priority: head.priority,
+            created_at: live.created_at.or_else(|| modified(&entry.path())),
+            started_at: live.started_at,
+            ended_at: None,
+            error_kind: None,
+            reason: None,
+            flow: head.flow.is_some(),
+        });
+    }
+}
+
+/// The files waiting in `in/` (queued: the engine has not taken them yet).
+fn waiting_files(root: &Root, out: &mut Listing) {
+    for path in counted_entries(root) {
+        let dir_domain = path
+            .parent()
+            .filter(|p| *p != root.spool_in())
+            .and_then(|p| p.file_name())
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.parse::<Domain>().ok());
+        let head = read_head(&path).ok();
+        let stem = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().to_string())
+            .unwrap_or_default();
+        let (id, domain, priority, flow) = match head {
+            Some(h) => (
+                h.id.unwrap_or(stem),
+                h.domain
+                    .or(dir_domain.map(|d| d.as_str().to_string()))
+                    .unwrap_or_else(|| "-".into()),
+                h.priority,
+                h.flow.is_some(),
+            ),
+            None => (
+                stem,
+                dir_domain.map_or("-".into(), |d| d.as_str().into()),
+                0,
+                false,
+            ),
+        };
+        out.tasks.push(Summary {
+            id,
+            state: ListState::Queued,
+            domain,
+            taskee: None,
+            attempts: 0,
+            priority,
+            created_at: modified(&path),
+            started_at: None,
+            ended_at: None,
+            error_kind: None,
+            reason: None,
+            flow,
+        });
+    }
+}
+
+/// The files in `rejected/`, each with its reason.
+fn rejected_files(root: &Root, out: &mut Listing) {
+    let dir = root.rejected();
+    let names: std::collections::HashSet<String> = std::fs::read_dir(&dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .collect();
+    for name in &names {
+        let is_reason = name
+            .strip_suffix(".reason")
+            .is_some_and(|n| names.contains(n));
+        if is_reason || name.starts_with('.') {
+            continue;
+        }
+        let path = dir.join(name);
+        let reason = std::fs::read_to_string(dir.join(format!("{name}.reason")))
+            .ok()
+            .map(|r| first_line(&r));
+        let at = modified(&path);
+        out.tasks.push(Summary {
+            id: name.clone(),
+            state: ListState::Rejected,
+            domain: "-".into(),
+            taskee: None,
+            attempts: 0,
+            priority: 0,
+            created_at: at.clone(),
+            started_at: None,
+            ended_at: at,
+            error_kind: None,
+            reason,
+            flow: false,
+        });
+    }
+}
+
+fn read_head(path: &Path) -> Result<TaskHead, String> {
+    let bytes = spool::read_capped(path, TASK_LIMIT).map_err(|e| e.to_string())?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| format!("{} is not a task file: {e}", path.display()))
+}
+
+/// A file's modification time as a timestamp (symlinks not followed).
+pub fn modified(path: &Path) -> Option<String> {
+    let m = std::fs::symlink_metadata(path).ok()?.modified().ok()?;
+    Some(timestamp(DateTime::<Utc>::from(m)))
+}
