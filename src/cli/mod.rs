@@ -7,6 +7,17 @@ mod flow;
 mod init;
 mod run;
 mod submit;
+// lead (issue 9): the reading commands
+mod events;
+mod follow;
+mod gc;
+mod list;
+mod logs;
+mod output;
+mod points;
+mod show;
+mod status;
+mod wait;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -23,7 +34,6 @@ pub mod exit {
     /// An unknown id or exid.
     pub const NOT_FOUND: u8 = 3;
     /// Timed out waiting.
-    #[expect(dead_code, reason = "`wait` (SPEC 11) exits with it")]
     pub const TIMEOUT: u8 = 4;
 }
 
@@ -55,9 +65,24 @@ pub enum Command {
     Cancel(cancel::Args),
     /// Draw a flow's tree with each node's state (running or ended).
     Flow(flow::Args),
+    /// Counts by state, domain and taskee; the engine and its workers.
+    Status(status::Args),
+    /// The tasks in a table: filter, sort, page.
+    List(list::Args),
+    /// One task: its record or current state, earlier attempts, points.
+    Show(show::Args),
+    /// An execution's points (and stderr); --follow until it ends.
+    Logs(logs::Args),
+    /// Block until the tasks end; print the final payload.
+    Wait(wait::Args),
+    /// Every point of every execution as JSON lines, in time order.
+    Events(events::Args),
+    /// Remove records, rejected files and logs older than D.
+    Gc(gc::Args),
 }
 
 /// An error at the CLI edge: a message and an exit code.
+#[derive(Debug)]
 pub struct Failure {
     pub code: u8,
     pub message: String,
@@ -82,6 +107,13 @@ pub fn main() -> ExitCode {
         Command::Check(a) => check::run(cli.root, a),
         Command::Cancel(a) => cancel::run(cli.root, a),
         Command::Flow(a) => flow::run(cli.root, a),
+        Command::Status(a) => status::run(cli.root, a),
+        Command::List(a) => list::run(cli.root, a),
+        Command::Show(a) => show::run(cli.root, a),
+        Command::Logs(a) => logs::run(cli.root, a),
+        Command::Wait(a) => wait::run(cli.root, a),
+        Command::Events(a) => events::run(cli.root, a),
+        Command::Gc(a) => gc::run(cli.root, a),
     };
     match result {
         Ok(()) => ExitCode::from(exit::SUCCESS),

@@ -34,17 +34,21 @@ pub enum Place {
     Ended(Box<Record>),
 }
 
-/// Finds a task by id: its record first (authoritative once written),
-/// then `run/`, then `in/` (by file name, else by the `id` inside a file).
+/// Finds a task by id. The places are looked at in the order a task
+/// moves through them (`in/`, `run/`, its record), so that a task moving
+/// while it is looked for is still found; the record wins over a `run/`
+/// file left beside it (the record is authoritative once written).
 pub fn find(root: &Root, id: &TaskId) -> Result<Option<Place>, ReadError> {
+    let waiting = find_in(root, id);
+    let run = root.run_file(id);
+    let running = run.exists();
     if let Some(record) = record(root, id)? {
         return Ok(Some(Place::Ended(Box::new(record))));
     }
-    let run = root.run_file(id);
-    if run.exists() {
+    if running {
         return Ok(Some(Place::Run(run)));
     }
-    Ok(find_in(root, id).map(Place::In))
+    Ok(waiting.map(Place::In))
 }
 
 /// The final record of a task, if it has one.

@@ -20,3 +20,5 @@ mod resources;
 mod scheduling;
 mod taskers;
 mod taskmasters;
+// lead (issue 9)
+mod ops_read;

@@ -1,0 +1,72 @@
+//! Waiting for the spool to change, for `wait`, `logs --follow` and
+//! `events --follow`: a `notify` watcher on a few directories whose events
+//! wake the command. The command re-reads the files on each wake-up (an
+//! event says where to look, the files say what is true); a wake-up every
+//! few seconds with no event is only a safety net against a lost event.
+
+use std::path::PathBuf;
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use notify::{RecommendedWatcher, RecursiveMode, Watcher};
+
+use super::{exit, Failure};
+
+/// The safety net's period.
+const SAFETY: Duration = Duration::from_secs(5);
+
+/// Watches directories; [`Follow::next`] blocks until one changes.
+pub struct Follow {
+    _watcher: RecommendedWatcher,
+    events: Receiver<Vec<PathBuf>>,
+}
+
+impl Follow {
+    /// Starts watching `dirs` (not recursively). Call it before reading
+    /// the files it guards, so that no change between the read and the
+    /// watch is missed.
+    pub fn new(dirs: &[PathBuf]) -> Result<Follow, Failure> {
+        let (tx, events) = channel();
+        let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+            if let Ok(e) = res {
+                let _ = tx.send(e.paths);
+            }
+        })
+        .map_err(|e| Failure::new(exit::FAILURE, format!("cannot watch the spool: {e}")))?;
+        for dir in dirs {
+            watcher
+                .watch(dir, RecursiveMode::NonRecursive)
+                .map_err(|e| {
+                    Failure::new(
+                        exit::FAILURE,
+                        format!("cannot watch {}: {e}", dir.display()),
+                    )
+                })?;
+        }
+        Ok(Follow {
+            _watcher: watcher,
+            events,
+        })
+    }
+
+    /// Blocks until something changes (or the safety net's period passes,
+    /// or `deadline`); gives the paths that changed (all events pending are
+    /// taken at once). `None` once `deadline` has passed.
+    pub fn next(&self, deadline: Option<Instant>) -> Option<Vec<PathBuf>> {
+        let now = Instant::now();
+        let wait = match deadline {
+            Some(d) if d <= now => return None,
+            Some(d) => (d - now).min(SAFETY),
+            None => SAFETY,
+        };
+        let mut paths = match self.events.recv_timeout(wait) {
+            Ok(p) => p,
+            Err(RecvTimeoutError::Timeout) => Vec::new(),
+            Err(RecvTimeoutError::Disconnected) => return None,
+        };
+        while let Ok(more) = self.events.try_recv() {
+            paths.extend(more);
+        }
+        Some(paths)
+    }
+}

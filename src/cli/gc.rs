@@ -1,0 +1,134 @@
+//! `spoolflow gc --older-than D [--dry-run] [--json]`: removes what has
+//! ended longer ago than D — records (by `ended_at`), earlier attempts in
+//! `history/`, rejected files with their reasons, and points and stderr
+//! logs (by modification time) of executions no longer queued or running —
+//! and prints what it removed (or, with `--dry-run`, would remove).
+
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+use serde_json::json;
+use spoolflow::layout::Root;
+use spoolflow::model::names::TaskId;
+use spoolflow::read::index;
+
+use super::output::{cutoff, parse_duration, plural, print_json};
+use super::{exit, Failure};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Remove what ended longer ago than this: 30s, 5m, 2h, 7d.
+    #[arg(long, value_name = "D", required = true)]
+    pub older_than: String,
+    /// Print what would be removed; remove nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print `{ "dry_run", "removed": [paths] }`.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(root: Option<PathBuf>, args: Args) -> Result<(), Failure> {
+    let root = super::find_root(root)?;
+    let now = Utc::now();
+    let older = parse_duration("--older-than", &args.older_than)?;
+    let before = cutoff(older, now);
+    let mut doomed = old_records(&root, &before);
+    doomed.extend(old_files(&root, &root.rejected(), &before, |_| true));
+    doomed.extend(old_history(&root, &before));
+    let live = |p: &Path| {
+        // A log of an execution still in `run/` stays, however old.
+        let stem = p.file_stem().and_then(|s| s.to_str()).unwrap_or("");
+        stem.parse::<TaskId>()
+            .is_ok_and(|id| root.run_file(&id).exists())
+    };
+    doomed.extend(old_files(&root, &root.log_tsk(), &before, |p| !live(p)));
+    let mut removed = Vec::new();
+    for path in &doomed {
+        let ok = args.dry_run || std::fs::remove_file(path).is_ok();
+        if ok {
+            removed.push(root.relative(path).display().to_string());
+        } else {
+            eprintln!("spoolflow: cannot remove {}", path.display());
+        }
+    }
+    if !args.dry_run {
+        remove_empty_history(&root);
+    }
+    if args.json {
+        return print_json(&json!({ "dry_run": args.dry_run, "removed": removed }));
+    }
+    let verb = if args.dry_run {
+        "would remove"
+    } else {
+        "removed"
+    };
+    for r in &removed {
+        println!("{verb} {r}");
+    }
+    println!("{verb} {}", plural(removed.len(), "file", "files"));
+    if removed.len() < doomed.len() {
+        return Err(Failure::new(
+            exit::FAILURE,
+            "some files could not be removed",
+        ));
+    }
+    Ok(())
+}
+
+/// Records that ended before `before` (through the records index).
+fn old_records(root: &Root, before: &str) -> Vec<PathBuf> {
+    index::records(root)
+        .files
+        .into_iter()
+        .filter(|f| f.summary.ended_at.as_deref().is_some_and(|e| e < before))
+        .map(|f| f.path)
+        .collect()
+}
+
+/// Files of `dir` last modified before `before` that `keep_if` accepts.
+fn old_files(
+    _root: &Root,
+    dir: &Path,
+    before: &str,
+    keep_if: impl Fn(&Path) -> bool,
+) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+        .filter(|e| {
+            e.metadata()
+                .ok()
+                .filter(|m| !m.is_dir())
+                .and_then(|m| m.modified().ok())
+                .is_some_and(|t| {
+                    spoolflow::model::task::timestamp(DateTime::<Utc>::from(t)).as_str() < before
+                })
+        })
+        .map(|e| e.path())
+        .filter(|p| keep_if(p))
+        .collect()
+}
+
+/// Earlier attempts in `history/<id>/` older than `before`.
+fn old_history(root: &Root, before: &str) -> Vec<PathBuf> {
+    std::fs::read_dir(root.history())
+        .into_iter()
+        .flatten()
+        .flatten()
+        .flat_map(|e| old_files(root, &e.path(), before, |_| true))
+        .collect()
+}
+
+fn remove_empty_history(root: &Root) {
+    for e in std::fs::read_dir(root.history())
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        // Fails, as it should, when the directory is not empty.
+        let _ = std::fs::remove_dir(e.path());
+    }
+}

@@ -1,0 +1,144 @@
+//! `spoolflow logs EXID [--follow] [--stderr] [--json]`: an execution's
+//! points, one readable line each (`--json`: the log's JSON lines as they
+//! are), and with `--stderr` what its taskers wrote on stderr. `--follow`
+//! prints what is appended as it is appended (woken by the filesystem
+//! watcher) and exits by itself once the execution has ended.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+use serde_json::json;
+use spoolflow::model::names::TaskId;
+use spoolflow::model::point::{Kind, Point};
+use spoolflow::read;
+
+use super::follow::Follow;
+use super::{exit, points, Failure};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The execution's id (a task's or a flow's id).
+    pub exid: String,
+    /// Keep printing new points until the execution ends.
+    #[arg(long, short = 'f')]
+    pub follow: bool,
+    /// Also print what the execution's taskers wrote on stderr.
+    #[arg(long)]
+    pub stderr: bool,
+    /// Print the points as JSON lines (stderr lines as {"stderr": …}).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// A file read from where the last read stopped, whole lines at a time.
+struct Tail {
+    path: PathBuf,
+    offset: u64,
+    partial: Vec<u8>,
+}
+
+impl Tail {
+    fn new(path: PathBuf) -> Tail {
+        Tail {
+            path,
+            offset: 0,
+            partial: Vec::new(),
+        }
+    }
+
+    /// The whole lines appended since the last call.
+    fn lines(&mut self) -> Vec<Vec<u8>> {
+        let Ok(mut f) = File::open(&self.path) else {
+            return Vec::new();
+        };
+        let mut bytes = Vec::new();
+        if f.seek(SeekFrom::Start(self.offset)).is_err() || f.read_to_end(&mut bytes).is_err() {
+            return Vec::new();
+        }
+        self.offset += bytes.len() as u64;
+        self.partial.extend(bytes);
+        let Some(end) = self.partial.iter().rposition(|b| *b == b'\n') else {
+            return Vec::new();
+        };
+        let rest = self.partial.split_off(end + 1);
+        let whole = std::mem::replace(&mut self.partial, rest);
+        whole
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(<[u8]>::to_vec)
+            .collect()
+    }
+}
+
+pub fn run(root: Option<PathBuf>, args: Args) -> Result<(), Failure> {
+    let root = super::find_root(root)?;
+    let exid: TaskId = args
+        .exid
+        .parse()
+        .map_err(|e| Failure::new(exit::USAGE, e))?;
+    let log = root.points_log(&exid);
+    // Watch before the first read: nothing appended in between is missed.
+    let follow = if args.follow {
+        Some(Follow::new(&[root.log_tsk(), root.done(), root.failed()])?)
+    } else {
+        None
+    };
+    if !log.exists() && read::find(&root, &exid).ok().flatten().is_none() {
+        return Err(Failure::new(
+            exit::NOT_FOUND,
+            format!("unknown exid {exid}"),
+        ));
+    }
+    let mut points = Tail::new(log);
+    let mut stderr = Tail::new(root.stderr_log(&exid));
+    // The execution has ended once its record exists and the log holds
+    // its final point — one more than it held for each earlier attempt
+    // (`retry` keeps the log).
+    let finals_wanted = read::history(&root, &exid).len() + 1;
+    let mut finals = 0;
+    let mut last_date = String::new();
+    loop {
+        for l in points.lines() {
+            finals += print_point(&l, args.json, &mut last_date);
+        }
+        if args.stderr {
+            print_stderr(&mut stderr, args.json);
+        }
+        let Some(follow) = &follow else { break };
+        if finals >= finals_wanted && ended(&root, &exid) {
+            break;
+        }
+        follow.next(None);
+    }
+    Ok(())
+}
+
+/// Prints one line of the log; 1 when it is the execution's final point.
+fn print_point(line: &[u8], json: bool, last_date: &mut String) -> usize {
+    let parsed: Option<Point> = serde_json::from_slice(line).ok();
+    if json {
+        println!("{}", String::from_utf8_lossy(line));
+    } else if let Some(p) = &parsed {
+        points::print_all([p], last_date);
+    }
+    parsed.map_or(0, |p| {
+        usize::from(p.nid.as_str() == "0" && p.kind().is_some_and(Kind::is_final))
+    })
+}
+
+fn print_stderr(tail: &mut Tail, json: bool) {
+    for l in tail.lines() {
+        let text = String::from_utf8_lossy(&l);
+        if json {
+            println!("{}", json!({ "stderr": text }));
+        } else {
+            println!("  stderr| {text}");
+        }
+    }
+}
+
+fn ended(root: &spoolflow::Root, exid: &TaskId) -> bool {
+    let exists = |p: &Path| p.exists();
+    exists(&root.done_file(exid)) || exists(&root.failed_file(exid))
+}

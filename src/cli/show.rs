@@ -1,0 +1,191 @@
+//! `spoolflow show ID [--json]`: one task — its record, or the task file
+//! and its current state while it is queued or running — with its earlier
+//! attempts (`history/`, after `retry`) and its points. `--json` gives
+//! `{ "record", "task", "state", "history", "points" }`.
+
+use std::path::PathBuf;
+
+use chrono::Utc;
+use serde_json::{json, Value};
+use spoolflow::layout::Root;
+use spoolflow::model::names::TaskId;
+use spoolflow::model::task::Record;
+use spoolflow::read::summary::{first_line, live_state, ListState};
+use spoolflow::read::{self, engine, Place};
+use spoolflow::store::spool;
+
+use super::output::{age, between, colour, duration, paint_state, print_json};
+use super::{exit, points, Failure};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The task's id.
+    pub id: String,
+    /// Print the record (or task), history and points as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(root: Option<PathBuf>, args: Args) -> Result<(), Failure> {
+    let root = super::find_root(root)?;
+    let id: TaskId = args.id.parse().map_err(|e| Failure::new(exit::USAGE, e))?;
+    let place = read::find(&root, &id).map_err(|e| Failure::new(exit::FAILURE, e))?;
+    let history: Vec<Record> = read::history(&root, &id)
+        .into_iter()
+        .filter_map(Result::ok)
+        .collect();
+    let place = match place {
+        Some(p) => p,
+        None if !history.is_empty() => {
+            return Err(Failure::new(
+                exit::NOT_FOUND,
+                format!("{id} has earlier attempts in history/ but is neither queued, running nor ended (a retry cut short? run `spoolflow retry {id}` again)"),
+            ))
+        }
+        None => return Err(Failure::new(exit::NOT_FOUND, format!("unknown id {id}"))),
+    };
+    let points = read::points(&root, &id).map_err(|e| Failure::new(exit::FAILURE, e))?;
+    let (record, task, state) = match &place {
+        Place::Ended(r) => (Some(r.as_ref()), None, state_of(r)),
+        Place::Run(path) => {
+            let mut s = live_state(&points).state.unwrap_or(ListState::Queued);
+            if s == ListState::Running && engine::engine(&root).is_none() {
+                s = ListState::Queued;
+            }
+            (None, task_file(path), s)
+        }
+        Place::In(path) => (None, task_file(path), ListState::Queued),
+    };
+    if args.json {
+        return print_json(&json!({
+            "record": record,
+            "task": task,
+            "state": state,
+            "history": history,
+            "points": points,
+        }));
+    }
+    print_human(&root, &id, record, task.as_ref(), state, &history);
+    let mut last_date = String::new();
+    println!("points:");
+    points::print_all(&points, &mut last_date);
+    if record.is_some_and(|r| r.flow.is_some())
+        || task.as_ref().is_some_and(|t| t.get("flow").is_some())
+    {
+        println!("(the flow's tree: spoolflow flow {id})");
+    }
+    Ok(())
+}
+
+fn state_of(r: &Record) -> ListState {
+    read::summary::Summary::of_record(r).state
+}
+
+/// A task file's JSON (`null` when it cannot be read).
+fn task_file(path: &std::path::Path) -> Option<Value> {
+    let bytes = spool::read_capped(path, 16 * 1024 * 1024).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+fn print_human(
+    root: &Root,
+    id: &TaskId,
+    record: Option<&Record>,
+    task: Option<&Value>,
+    state: ListState,
+    history: &[Record],
+) {
+    let now = Utc::now();
+    let colour = colour();
+    println!("task {id}: {}", paint_state(state, colour));
+    let field = |k: &str, v: String| println!("  {k:<12} {v}");
+    if let Some(r) = record {
+        field("domain", r.domain.to_string());
+        field(
+            "taskee",
+            r.taskee.as_ref().map_or("-".into(), |t| t.to_string()),
+        );
+        field("attempts", r.attempts.to_string());
+        field("priority", r.priority.to_string());
+        field(
+            "created",
+            format!(
+                "{} ({})",
+                r.created_at.as_deref().unwrap_or("-"),
+                age(r.created_at.as_deref(), now)
+            ),
+        );
+        field(
+            "ended",
+            format!(
+                "{} ({})",
+                r.ended_at.as_deref().unwrap_or("-"),
+                age(r.ended_at.as_deref(), now)
+            ),
+        );
+        if let Some(took) = between(r.started_at.as_deref(), r.ended_at.as_deref(), now) {
+            field("took", duration(took));
+        }
+        if let Some(e) = &r.error {
+            let kind = serde_json::to_value(e.kind).unwrap_or_default();
+            field(
+                "error",
+                format!(
+                    "{}: {}",
+                    kind.as_str().unwrap_or(""),
+                    first_line(&e.message)
+                ),
+            );
+        }
+        let payload = serde_json::to_string(&r.payload).unwrap_or_default();
+        field("payload", cut(&payload));
+        let path = if r.state == spoolflow::model::task::State::Completed {
+            root.done_file(id)
+        } else {
+            root.failed_file(id)
+        };
+        field("record", root.relative(&path).display().to_string());
+    } else if let Some(t) = task {
+        let get = |k: &str| {
+            t.get(k).map_or("-".to_string(), |v| {
+                v.as_str().map_or(v.to_string(), str::to_string)
+            })
+        };
+        field("domain", get("domain"));
+        field("priority", get("priority"));
+        field(
+            "payload",
+            cut(&t.get("payload").map(Value::to_string).unwrap_or_default()),
+        );
+    }
+    if !history.is_empty() {
+        println!("earlier attempts (history/):");
+        for h in history {
+            let reason = h
+                .error
+                .as_ref()
+                .map(|e| first_line(&e.message))
+                .unwrap_or_default();
+            println!(
+                "  {} attempt(s), {} at {}  {reason}",
+                h.attempts,
+                state_of(h),
+                h.ended_at.as_deref().unwrap_or("-")
+            );
+        }
+    }
+}
+
+/// A long value cut for one line.
+fn cut(s: &str) -> String {
+    const MAX: usize = 200;
+    if s.chars().count() > MAX {
+        format!(
+            "{}… ({} bytes; --json for all)",
+            s.chars().take(MAX).collect::<String>(),
+            s.len()
+        )
+    } else {
+        s.to_string()
+    }
+}
