@@ -44,6 +44,12 @@ pub fn run(root: Option<PathBuf>, args: Args) -> Result<(), Failure> {
                 record.state.as_str().to_string(),
             )
         }
+        Some(Place::Rejected { reason, .. }) => {
+            return Err(Failure::new(
+                exit::FAILURE,
+                format!("{id} was rejected: {}", reason.unwrap_or_default()),
+            ))
+        }
         Some(Place::In(_)) => {
             return Err(Failure::new(
                 exit::FAILURE,

@@ -55,6 +55,22 @@ pub fn run(root: Option<PathBuf>, args: Args) -> Result<(), Failure> {
             (None, task_file(path), s)
         }
         Place::In(path) => (None, task_file(path), ListState::Queued),
+        Place::Rejected { path, reason } => {
+            if args.json {
+                return print_json(&json!({
+                    "record": null, "task": null, "state": ListState::Rejected,
+                    "reason": reason, "history": history, "points": points,
+                }));
+            }
+            println!("task {id}: {}", paint_state(ListState::Rejected, colour()));
+            println!(
+                "  {:<12} {}",
+                "reason",
+                reason.as_deref().unwrap_or("(none recorded)")
+            );
+            println!("  {:<12} {}", "file", root.relative(path).display());
+            return Ok(());
+        }
     };
     if args.json {
         return print_json(&json!({

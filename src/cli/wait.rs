@@ -5,13 +5,14 @@
 //! completed, 1 when one failed, was aborted or was rejected, 3 for an
 //! unknown id, 4 when the timeout passed first.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use spoolflow::layout::Root;
 use spoolflow::model::names::TaskId;
 use spoolflow::model::task::{Record, State};
-use spoolflow::read;
+use spoolflow::read::{self, Place};
 
 use super::follow::Follow;
 use super::output::{parse_duration, print_json};
@@ -33,7 +34,9 @@ pub struct Args {
 /// How a task ended.
 enum End {
     Record(Box<Record>),
-    /// It left the spool without a record (rejected at intake, removed).
+    /// Refused at intake, with the reason.
+    Rejected(String),
+    /// It left the spool without a record (removed by hand).
     Gone,
 }
 
@@ -59,10 +62,11 @@ pub fn run(root: Option<PathBuf>, args: Args) -> Result<(), Failure> {
         }
     }
     let mut ends: Vec<Option<End>> = ids.iter().map(|_| None).collect();
+    let mut unexplained = HashMap::new();
     loop {
         for (id, end) in ids.iter().zip(ends.iter_mut()) {
             if end.is_none() {
-                *end = look(&root, id);
+                *end = look(&root, id, &mut unexplained);
             }
         }
         if ends.iter().all(Option::is_some) {
@@ -85,13 +89,27 @@ pub fn run(root: Option<PathBuf>, args: Args) -> Result<(), Failure> {
     report(&ids, &ends, args.json)
 }
 
-/// Whether a task has ended, and how.
-fn look(root: &Root, id: &TaskId) -> Option<End> {
+/// How long a rejected file may stay without its reason before it is
+/// taken as rejected all the same (the engine writes the reason right after
+/// the move; only a crash in between leaves none).
+const REASON_GRACE: Duration = Duration::from_secs(2);
+
+/// Whether a task has ended, and how. `unexplained` remembers when a
+/// rejected file was first seen without its reason.
+fn look(root: &Root, id: &TaskId, unexplained: &mut HashMap<TaskId, Instant>) -> Option<End> {
     if let Ok(Some(r)) = read::record(root, id) {
         return Some(End::Record(Box::new(r)));
     }
     match read::find(root, id) {
         Ok(None) => Some(End::Gone),
+        Ok(Some(Place::Rejected {
+            reason: Some(reason),
+            ..
+        })) => Some(End::Rejected(reason)),
+        Ok(Some(Place::Rejected { reason: None, .. })) => {
+            let since = *unexplained.entry(id.clone()).or_insert_with(Instant::now);
+            (since.elapsed() >= REASON_GRACE).then(|| End::Rejected("(no reason recorded)".into()))
+        }
         _ => None,
     }
 }
@@ -104,7 +122,7 @@ fn report(ids: &[TaskId], ends: &[End], json: bool) -> Result<(), Failure> {
         .iter()
         .map(|e| match e {
             End::Record(r) => Some(r.as_ref()),
-            End::Gone => None,
+            End::Rejected(_) | End::Gone => None,
         })
         .collect();
     if json {
@@ -119,10 +137,11 @@ fn report(ids: &[TaskId], ends: &[End], json: bool) -> Result<(), Failure> {
             serde_json::to_string_pretty(&r.payload).unwrap_or_default()
         );
     } else {
-        for (id, r) in ids.iter().zip(&records) {
-            match r {
-                Some(r) => println!("{id} {}", r.state.as_str()),
-                None => println!("{id} gone (rejected or removed; see var/spool/rejected/)"),
+        for (id, e) in ids.iter().zip(ends) {
+            match e {
+                End::Record(r) => println!("{id} {}", r.state.as_str()),
+                End::Rejected(reason) => println!("{id} rejected: {reason}"),
+                End::Gone => println!("{id} gone (removed without a record)"),
             }
         }
     }
@@ -131,15 +150,18 @@ fn report(ids: &[TaskId], ends: &[End], json: bool) -> Result<(), Failure> {
     }
     let failed: Vec<String> = ids
         .iter()
-        .zip(&records)
-        .filter(|(_, r)| !r.is_some_and(|r| r.state == State::Completed))
-        .map(|(id, r)| match r.and_then(|r| r.error.as_ref()) {
-            Some(e) => format!(
+        .zip(ends)
+        .filter_map(|(id, e)| match e {
+            End::Record(r) if r.state == State::Completed => None,
+            End::Record(r) => Some(format!(
                 "{id} {}: {}",
-                r.map_or("", |r| r.state.as_str()),
-                e.message.lines().next().unwrap_or("")
-            ),
-            None => format!("{id} did not complete"),
+                r.state.as_str(),
+                r.error
+                    .as_ref()
+                    .map_or("", |e| e.message.lines().next().unwrap_or(""))
+            )),
+            End::Rejected(reason) => Some(format!("{id} rejected: {reason}")),
+            End::Gone => Some(format!("{id} was removed without a record")),
         })
         .collect();
     Err(Failure::new(exit::FAILURE, failed.join("; ")))

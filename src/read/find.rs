@@ -32,12 +32,20 @@ pub enum Place {
     Run(PathBuf),
     /// Ended: its record in `done/` or `failed/`.
     Ended(Box<Record>),
+    /// Refused at intake: `rejected/<id>.json`, with its reason (`None`
+    /// for the moment between the move and the reason's write, or for
+    /// ever after a crash in that moment).
+    Rejected {
+        path: PathBuf,
+        reason: Option<String>,
+    },
 }
 
 /// Finds a task by id. The places are looked at in the order a task
-/// moves through them (`in/`, `run/`, its record), so that a task moving
-/// while it is looked for is still found; the record wins over a `run/`
-/// file left beside it (the record is authoritative once written).
+/// moves through them (`in/`, `run/`, its record; `in/`, `rejected/`), so
+/// that a task moving while it is looked for is still found; the record
+/// wins over a `run/` file left beside it (the record is authoritative
+/// once written). A rejected file is found by its name (`<id>.json`).
 pub fn find(root: &Root, id: &TaskId) -> Result<Option<Place>, ReadError> {
     let waiting = find_in(root, id);
     let run = root.run_file(id);
@@ -48,7 +56,20 @@ pub fn find(root: &Root, id: &TaskId) -> Result<Option<Place>, ReadError> {
     if running {
         return Ok(Some(Place::Run(run)));
     }
-    Ok(waiting.map(Place::In))
+    if waiting.is_some() {
+        return Ok(waiting.map(Place::In));
+    }
+    let rejected = root.rejected().join(format!("{id}.json"));
+    if rejected.symlink_metadata().is_ok() {
+        let reason = std::fs::read_to_string(root.rejected().join(format!("{id}.json.reason")))
+            .ok()
+            .map(|r| r.trim_end().to_string());
+        return Ok(Some(Place::Rejected {
+            path: rejected,
+            reason,
+        }));
+    }
+    Ok(None)
 }
 
 /// The final record of a task, if it has one.

@@ -366,14 +366,15 @@ fn wait_for_a_task_rejected_at_intake_fails() {
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
+    // Whether the waiter looks before or after the rejection, it ends 1.
     let _engine = t.spawn_engine(&[]);
     let out = waiter.wait_with_output().unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("junk rejected: unknown key"), "{err}");
+    let (code, out, _) = sf(&t, &["show", "junk"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("rejected") && out.contains("prioity"), "{out}");
 }
 
 #[test]
