@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use super::{exit, Failure};
+use spoolflow::text::count;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {}
@@ -15,14 +16,16 @@ pub fn run(root: Option<PathBuf>, _args: Args) -> Result<(), Failure> {
     }
     if checked.problems.is_empty() {
         println!(
-            "ok: {} taskmasters, {} taskers, {} stored flows",
-            checked.taskmasters, checked.taskers, checked.flows
+            "ok: {}, {}, {}",
+            count(checked.taskmasters, "taskmaster"),
+            count(checked.taskers, "tasker"),
+            count(checked.flows, "stored flow")
         );
         Ok(())
     } else {
         Err(Failure::new(
             exit::USAGE,
-            format!("{} problems in tsk/", checked.problems.len()),
+            format!("{} in tsk/", count(checked.problems.len(), "problem")),
         ))
     }
 }

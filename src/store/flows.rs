@@ -23,7 +23,10 @@ pub fn find_in<'a>(
     name: &str,
 ) -> Result<Option<PathBuf>, String> {
     let name: Taskee = name.parse().map_err(|_| {
-        format!("invalid stored flow name {name:?} (a name is [A-Za-z0-9][A-Za-z0-9_-]{{0,63}})")
+        format!(
+            "invalid stored flow name {} (a name is [A-Za-z0-9][A-Za-z0-9_-]{{0,63}})",
+            crate::text::quoted(name)
+        )
     })?;
     let tsk = root.tsk();
     Ok(dirs
