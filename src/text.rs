@@ -37,7 +37,12 @@ pub fn count(n: usize, singular: &str) -> String {
 
 /// The plural of one of the nouns messages count.
 fn plural(singular: &str) -> String {
-    if singular.ends_with('s') || singular.ends_with('x') || singular.ends_with("sh") {
+    let consonant_y = singular
+        .strip_suffix('y')
+        .filter(|stem| stem.chars().last().is_some_and(|c| !"aeiou".contains(c)));
+    if let Some(stem) = consonant_y {
+        format!("{stem}ies")
+    } else if singular.ends_with('s') || singular.ends_with('x') || singular.ends_with("sh") {
         format!("{singular}es")
     } else {
         format!("{singular}s")
@@ -99,6 +104,9 @@ mod tests {
         assert_eq!(count(1, "taskmaster"), "1 taskmaster");
         assert_eq!(count(3, "tasker"), "3 taskers");
         assert_eq!(count(2, "process"), "2 processes");
+        assert_eq!(count(2, "entry"), "2 entries");
+        assert_eq!(count(1, "entry"), "1 entry");
+        assert_eq!(count(2, "day"), "2 days");
     }
 
     #[test]

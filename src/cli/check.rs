@@ -1,4 +1,5 @@
-//! `spoolflow check`: one line per problem (path: what, where), exit 2 if any.
+//! `spoolflow check`: one line per problem (`path: line N: what; fix: how`),
+//! exit 2 if any.
 
 use std::path::PathBuf;
 

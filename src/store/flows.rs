@@ -82,9 +82,9 @@ pub fn load_progress(
     let replayed = p.replay(&bytes);
     if let Some(problem) = &replayed.problem {
         tracing::error!(
-            "{}: {problem}; the flow goes on from the {} entries before",
+            "{}: {problem}; the flow goes on from the {} before",
             root.relative(&path).display(),
-            replayed.applied
+            crate::text::count(replayed.applied, "entry")
         );
     }
     Ok((had_snapshot || replayed.applied > 0).then_some(p))
