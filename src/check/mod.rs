@@ -212,7 +212,9 @@ fn check_tasker(root: &Root, entry: &Path) -> Option<Problem> {
     let tsk = root.tsk().canonicalize().ok()?;
     match entry.canonicalize() {
         Ok(real) if !real.starts_with(&tsk) => {
-            return problem("resolves outside tsk/ and is never run".into())
+            return problem("resolves outside tsk/ and is never run".into()).map(|p| {
+                p.fix("move the tasker into tsk/ (or point the link at a file inside tsk/)")
+            })
         }
         Err(e) => return problem(format!("cannot resolve: {e}")),
         _ => {}

@@ -27,11 +27,8 @@ pub(super) fn check_deeper(root: &Root, entry: &Path) -> Vec<Problem> {
     if meta.is_file() {
         return crlf_shebang(root, entry).into_iter().collect();
     }
-    let Ok(dir) = entry.canonicalize() else {
-        return Vec::new();
-    };
     let cfg = entry.join("tasker.json");
-    let Ok(text) = std::fs::read_to_string(&cfg) else {
+    let (Ok(dir), Ok(text)) = (entry.canonicalize(), std::fs::read_to_string(&cfg)) else {
         return Vec::new();
     };
     let Ok(config) = TaskerConfig::parse(text.as_bytes()) else {
@@ -40,55 +37,92 @@ pub(super) fn check_deeper(root: &Root, entry: &Path) -> Vec<Problem> {
     let Some(Cmd::Argv(argv)) = &config.cmd else {
         return Vec::new();
     };
-    let at = |what: String| Problem::new(root.relative(&cfg), what).at(line_of(&text, "\"cmd\""));
-    let here = root.relative(entry).display().to_string();
-    let mut problems = Vec::new();
-    let prog = &argv[0];
-    if prog.contains('/') {
-        let path = dir.join(prog);
-        match std::fs::metadata(&path) {
-            Err(_) => problems.push(
-                at(format!("cmd[0] {} does not exist", quoted(prog))).fix(format!(
-                    "create it or fix the path (a relative path is from the tasker's directory, {here}/)"
-                )),
-            ),
-            Ok(m) if !m.is_file() || m.permissions().mode() & 0o111 == 0 => problems.push(
-                at(format!("cmd[0] {} is not an executable file", quoted(prog)))
-                    .fix(format!("chmod +x {here}/{prog}")),
-            ),
-            Ok(_) => problems.extend(crlf_shebang(root, &path)),
+    let cmd = CmdSite {
+        root,
+        cfg: root.relative(&cfg).to_path_buf(),
+        line: line_of(&text, "\"cmd\""),
+        here: root.relative(entry).display().to_string(),
+        dir,
+    };
+    let mut problems = cmd.program(&argv[0], &config);
+    problems.extend(cmd.scripts(argv));
+    problems
+}
+
+/// Where a `cmd` array is: its `tasker.json` (relative to the root) and
+/// line, the tasker's directory as shown and as it is.
+struct CmdSite<'a> {
+    root: &'a Root,
+    cfg: PathBuf,
+    line: Option<usize>,
+    here: String,
+    dir: PathBuf,
+}
+
+impl CmdSite<'_> {
+    fn problem(&self, what: String) -> Problem {
+        Problem::new(&self.cfg, what).at(self.line)
+    }
+
+    /// `cmd[0]`: a path from the tasker's directory that exists and is
+    /// executable (and has no CRLF `#!` line), or a name on its `PATH`.
+    fn program(&self, prog: &str, config: &TaskerConfig) -> Vec<Problem> {
+        let here = &self.here;
+        if prog.contains('/') {
+            let path = self.dir.join(prog);
+            return match std::fs::metadata(&path) {
+                Err(_) => vec![self
+                    .problem(format!("cmd[0] {} does not exist", quoted(prog)))
+                    .fix(format!(
+                        "create it or fix the path (a relative path is from the tasker's directory, {here}/)"
+                    ))],
+                Ok(m) if !m.is_file() || m.permissions().mode() & 0o111 == 0 => vec![self
+                    .problem(format!("cmd[0] {} is not an executable file", quoted(prog)))
+                    .fix(format!("chmod +x {here}/{prog}"))],
+                Ok(_) => crlf_shebang(self.root, &path).into_iter().collect(),
+            };
         }
-    } else {
         let path_var = config
             .env
             .get("PATH")
             .cloned()
             .or_else(|| std::env::var("PATH").ok())
             .unwrap_or_default();
-        if find_on_path(prog, &path_var, &dir).is_none() {
-            problems.push(
-                at(format!(
-                    "cmd[0] {} is not found on the tasker's PATH ({path_var})",
-                    quoted(prog)
-                ))
-                .fix("install it, give its absolute path, or set PATH in the tasker.json's env"),
-            );
+        if find_on_path(prog, &path_var, &self.dir).is_some() {
+            return Vec::new();
         }
+        vec![self
+            .problem(format!(
+                "cmd[0] {} is not found on the tasker's PATH ({path_var})",
+                quoted(prog)
+            ))
+            .fix("install it, give its absolute path, or set PATH in the tasker.json's env")]
     }
-    for (i, arg) in argv.iter().enumerate().skip(1) {
-        if looks_like_script(arg) && !dir.join(arg).exists() {
-            let hint = match closest(arg, files_in(&dir)) {
+
+    /// The script arguments of `cmd` that do not exist.
+    fn scripts(&self, argv: &[String]) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        for (i, arg) in argv.iter().enumerate().skip(1) {
+            if !looks_like_script(arg) || self.dir.join(arg).exists() {
+                continue;
+            }
+            let hint = match closest(arg, files_in(&self.dir)) {
                 Some(c) => format!("did you mean {}? Otherwise ", quoted(&c)),
                 None => String::new(),
             };
             problems.push(
-                at(format!("cmd[{i}] {} does not exist in {here}/", quoted(arg))).fix(format!(
+                self.problem(format!(
+                    "cmd[{i}] {} does not exist in {}/",
+                    quoted(arg),
+                    self.here
+                ))
+                .fix(format!(
                     "{hint}create it or fix the name (a relative path is from the tasker's directory)"
                 )),
             );
         }
+        problems
     }
-    problems
 }
 
 /// Whether an argument names a script file: `./x`, `../x`, or a name
