@@ -62,7 +62,7 @@ fn undefined_variable(source: &str, rel: &Path) -> Option<Problem> {
         return None;
     };
     let hint = match closest(name, ENGINE_VARIABLES) {
-        Some(c) => format!("did you mean {}? ", quoted(c)),
+        Some(c) => format!("did you mean {}? Otherwise ", quoted(c)),
         None => String::new(),
     };
     Some(
