@@ -15,6 +15,8 @@ pub enum RootError {
     NotARoot(PathBuf),
     #[error("{dir} is a spoolflow root but {missing} is missing: recreate it (mkdir -p {dir}/{missing})")]
     Incomplete { dir: PathBuf, missing: &'static str },
+    #[error("{dir} is not a spoolflow root but lies inside the root {root}: give --root {root} (or none, from inside it)")]
+    Inside { dir: PathBuf, root: PathBuf },
     #[error("no spoolflow root in {0} or any directory above it (a root holds tsk/ and var/spool/): name one with --root or $SPOOLFLOW_ROOT, or create one with `spoolflow init`")]
     NotFound(PathBuf),
     #[error("cannot resolve root {path}: {source}")]
@@ -98,6 +100,11 @@ impl Root {
             Err(RootError::Incomplete {
                 dir: self.dir.clone(),
                 missing: "var/spool/in",
+            })
+        } else if let Some(root) = self.dir.parent().and_then(search_up) {
+            Err(RootError::Inside {
+                dir: self.dir.clone(),
+                root,
             })
         } else {
             Err(RootError::NotARoot(self.dir.clone()))

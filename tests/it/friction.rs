@@ -57,6 +57,16 @@ fn the_root_is_found_upward_from_a_subdirectory() {
         err(&o)
     );
 
+    // A --root inside a root names the root rather than advising `init`.
+    let o =
+        run(bare_in(&deep)
+            .arg("--root")
+            .arg(&deep)
+            .args(["submit", "--domain", "org.example"]));
+    assert_eq!(o.status.code(), Some(2));
+    assert!(err(&o).contains("lies inside the root"), "{}", err(&o));
+    assert!(!err(&o).contains("init"), "{}", err(&o));
+
     // Outside any root the message says where it looked.
     let nowhere = tempfile::tempdir().unwrap();
     let o = run(bare_in(nowhere.path()).args(["submit", "--domain", "org"]));
