@@ -60,10 +60,10 @@ pub fn threshold(typed: &str) -> usize {
 /// The candidate closest to `typed` by edit distance (Damerau-Levenshtein),
 /// if it is within [`threshold`] and is not `typed` itself; the first of
 /// equally close candidates wins.
-pub fn closest<'a, I, S>(typed: &str, candidates: I) -> Option<S>
+pub fn closest<I, S>(typed: &str, candidates: I) -> Option<S>
 where
     I: IntoIterator<Item = S>,
-    S: AsRef<str> + 'a,
+    S: AsRef<str>,
 {
     let max = threshold(typed);
     let mut best: Option<(usize, S)> = None;
