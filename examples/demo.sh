@@ -4,10 +4,14 @@
 # runs the engine until the spool drains, and shows where each task went.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release --quiet
+echo "== building spoolflow (cargo build --release; the first build takes a few minutes)"
+cargo build --release
 bin=target/release/spoolflow
+echo "== spoolflow init: the layout under var/"
 "$bin" --root . init >/dev/null
+echo "== spoolflow check: tsk/"
 "$bin" --root . check
+echo "== dropping examples/tasks/*.json into var/spool/in/"
 for f in examples/tasks/*.json; do
   name=$(basename "$f" .json)
   # A finished demo task keeps its id; clear the old results first.
@@ -15,6 +19,7 @@ for f in examples/tasks/*.json; do
   rm -f "var/spool/rejected/$name.json"* 
   cp "$f" "var/spool/in/.$name.json.tmp" && mv "var/spool/in/.$name.json.tmp" "var/spool/in/$name.json"
 done
+echo "== spoolflow run --drain: the engine runs until the spool drains"
 "$bin" --root . run --drain
 echo
 echo "== done/";     ls var/spool/done

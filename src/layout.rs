@@ -13,6 +13,12 @@ pub enum RootError {
     Create { path: PathBuf, source: io::Error },
     #[error("{0} is not a spoolflow root (no var/spool/in); run `spoolflow init` there first")]
     NotARoot(PathBuf),
+    #[error("{dir} is a spoolflow root but {missing} is missing: recreate it (mkdir -p {dir}/{missing})")]
+    Incomplete { dir: PathBuf, missing: &'static str },
+    #[error("{dir} is not a spoolflow root but lies inside the root {root}: give --root {root} (or none, from inside it)")]
+    Inside { dir: PathBuf, root: PathBuf },
+    #[error("no spoolflow root in {0} or any directory above it (a root holds tsk/ and var/spool/): name one with --root or $SPOOLFLOW_ROOT, or create one with `spoolflow init`")]
+    NotFound(PathBuf),
     #[error("cannot resolve root {path}: {source}")]
     Resolve { path: PathBuf, source: io::Error },
 }
@@ -53,14 +59,24 @@ impl Root {
         Ok(Root { dir: canonical })
     }
 
-    /// The root named by `--root`, else `$SPOOLFLOW_ROOT`, else the current
-    /// directory. (`clap` folds the first two together; see `cli`.)
+    /// The root named by `--root`, else `$SPOOLFLOW_ROOT`, else the nearest
+    /// root at or above the current directory ([`search_up`], as git finds
+    /// its repository). (`clap` folds the first two together; see `cli`.)
     pub fn find(flag: Option<&Path>) -> Result<Root, RootError> {
         match flag {
             Some(p) => Root::new(p),
             None => match std::env::var_os("SPOOLFLOW_ROOT") {
                 Some(p) if !p.is_empty() => Root::new(PathBuf::from(p)),
-                _ => Root::new("."),
+                _ => {
+                    let cwd = std::env::current_dir().map_err(|source| RootError::Resolve {
+                        path: ".".into(),
+                        source,
+                    })?;
+                    match search_up(&cwd) {
+                        Some(dir) => Root::new(dir),
+                        None => Err(RootError::NotFound(cwd)),
+                    }
+                }
             },
         }
     }
@@ -75,10 +91,21 @@ impl Root {
         Ok(())
     }
 
-    /// Fails unless the layout is there.
+    /// Fails unless the layout is there. Inside a root (see [`is_root`])
+    /// the message names the missing directory instead of advising `init`.
     pub fn ensure_exists(&self) -> Result<(), RootError> {
         if self.spool_in().is_dir() {
             Ok(())
+        } else if is_root(&self.dir) {
+            Err(RootError::Incomplete {
+                dir: self.dir.clone(),
+                missing: "var/spool/in",
+            })
+        } else if let Some(root) = self.dir.parent().and_then(search_up) {
+            Err(RootError::Inside {
+                dir: self.dir.clone(),
+                root,
+            })
         } else {
             Err(RootError::NotARoot(self.dir.clone()))
         }
@@ -189,6 +216,22 @@ impl Root {
     }
 }
 
+/// Whether `dir` is a spoolflow root: it holds both a `tsk/` and a
+/// `var/spool/` directory (what `init` creates; the source repository's
+/// `tsk/` alone, before `init`, is not one).
+pub fn is_root(dir: &Path) -> bool {
+    dir.join("tsk").is_dir() && dir.join("var/spool").is_dir()
+}
+
+/// The nearest of `start` and its ancestors that [`is_root`], searching
+/// upward to `/` as git does for its repository.
+pub fn search_up(start: &Path) -> Option<PathBuf> {
+    start
+        .ancestors()
+        .find(|d| is_root(d))
+        .map(Path::to_path_buf)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -222,6 +265,24 @@ mod tests {
         for other in [link.clone(), real.join("."), tmp.path().join("r/../r/")] {
             assert_eq!(Root::new(other).unwrap().dir(), a.dir());
         }
+    }
+
+    #[test]
+    fn the_nearest_root_above_is_found() {
+        let tmp = tempfile::tempdir().unwrap();
+        let outer = tmp.path().join("outer");
+        let inner = outer.join("a/inner");
+        Root::new(&outer).unwrap().init().unwrap();
+        Root::new(&inner).unwrap().init().unwrap();
+        let deep = inner.join("tsk/any/x/y");
+        std::fs::create_dir_all(&deep).unwrap();
+        assert_eq!(search_up(&deep), Some(inner.clone()));
+        assert_eq!(search_up(&outer.join("a")), Some(outer.clone()));
+        // tsk/ alone does not make a root.
+        let bare = tmp.path().join("bare");
+        std::fs::create_dir_all(bare.join("tsk")).unwrap();
+        assert!(!is_root(&bare));
+        assert_eq!(search_up(&bare.join("tsk")), None);
     }
 
     #[test]

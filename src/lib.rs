@@ -22,6 +22,7 @@ pub mod store;
 pub mod submit;
 pub mod tasker;
 pub mod taskmaster;
+pub mod text;
 pub mod watch;
 
 pub use engine::{Options, StopRequest};

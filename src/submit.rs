@@ -22,6 +22,94 @@ pub enum SubmitError {
     Spool(#[from] SpoolError),
     #[error(transparent)]
     Root(#[from] crate::layout::RootError),
+    #[error("{}", unserved_message(.domain, .suggestion.as_deref(), .served))]
+    Unserved {
+        domain: Domain,
+        /// The closest served domain, if one is close enough.
+        suggestion: Option<String>,
+        /// The directories of `tsk/` that serve tasks (`any` aside).
+        served: Vec<String>,
+    },
+}
+
+/// The message of [`SubmitError::Unserved`].
+fn unserved_message(domain: &Domain, suggestion: Option<&str>, served: &[String]) -> String {
+    let then = match (suggestion, served) {
+        (Some(s), _) => format!("did you mean {}?", crate::text::quoted(s)),
+        (None, []) => "tsk/ serves no domain yet".to_string(),
+        (None, some) if some.len() <= 10 => format!("served: {}", some.join(", ")),
+        (None, some) => format!("served: {}, …", some[..10].join(", ")),
+    };
+    format!(
+        "nothing serves domain {domain}: no taskmaster and no tasker in tsk/{domain}, up its branch or in tsk/any; {then} (--force submits it anyway)"
+    )
+}
+
+/// Whether the directory `tsk/<d>/` serves tasks: it holds a
+/// `taskmaster.rhai` or an entry named like a taskee (not `flows/`).
+fn dir_serves(dir: &std::path::Path) -> bool {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|e| {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            let is_dir = e.file_type().is_ok_and(|t| t.is_dir());
+            (name == "taskmaster.rhai" && !is_dir)
+                || (name.parse::<Taskee>().is_ok() && !(name == "flows" && is_dir))
+        })
+}
+
+/// The directories of `tsk/` that serve tasks, sorted: domains and `any`.
+pub fn serving_dirs(root: &Root) -> Vec<String> {
+    let mut dirs: Vec<String> = std::fs::read_dir(root.tsk())
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().map(str::to_string))
+        .filter(|n| n == "any" || n.parse::<Domain>().is_ok())
+        .filter(|n| dir_serves(&root.tsk().join(n)))
+        .collect();
+    dirs.sort();
+    dirs
+}
+
+/// Fails unless something serves `domain` (SPEC 5, 6): a taskmaster or a
+/// tasker in `tsk/<domain>`, up its branch, or in `tsk/any` — the same
+/// directories the engine looks in. A domain nothing serves is a typo far
+/// more often than a plan; the error names the closest served domain.
+pub fn check_served(root: &Root, domain: &Domain) -> Result<(), SubmitError> {
+    let serving = serving_dirs(root);
+    if domain
+        .branch()
+        .chain(std::iter::once("any"))
+        .any(|d| serving.iter().any(|s| s == d))
+    {
+        return Ok(());
+    }
+    let served: Vec<String> = serving.into_iter().filter(|d| d != "any").collect();
+    Err(SubmitError::Unserved {
+        domain: domain.clone(),
+        suggestion: suggest_domain(domain, &served),
+        served,
+    })
+}
+
+/// The served domain closest to `typed` (see [`crate::text::closest`]),
+/// also trying each served domain with the rest of `typed`'s labels
+/// (`org.exmaple.sales` → `org.example.sales`, served by `org.example`).
+pub fn suggest_domain(typed: &Domain, served: &[String]) -> Option<String> {
+    let labels: Vec<&str> = typed.as_str().split('.').collect();
+    let mut candidates = Vec::new();
+    for d in served {
+        let n = d.split('.').count();
+        if labels.len() > n {
+            candidates.push(format!("{d}.{}", labels[n..].join(".")));
+        }
+        candidates.push(d.clone());
+    }
+    crate::text::closest(typed.as_str(), candidates)
 }
 
 /// What to submit.
@@ -73,5 +161,43 @@ pub fn submit(root: &Root, s: Submission) -> Result<TaskId, SubmitError> {
         Ok(_) => Ok(id),
         Err(SpoolError::Exists(_)) => Err(SubmitError::Duplicate(id)),
         Err(e) => Err(e.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_closest_served_domain_is_suggested() {
+        let served = ["org.example".to_string(), "org.other".to_string()];
+        let d = |s: &str| s.parse::<Domain>().unwrap();
+        assert_eq!(
+            suggest_domain(&d("org.exmaple"), &served).as_deref(),
+            Some("org.example")
+        );
+        assert_eq!(
+            suggest_domain(&d("org.exmaple.sales"), &served).as_deref(),
+            Some("org.example.sales")
+        );
+        assert_eq!(suggest_domain(&d("billing"), &served), None);
+        assert_eq!(suggest_domain(&d("org.example"), &[]), None);
+    }
+
+    #[test]
+    fn a_domain_is_served_up_its_branch_or_by_any() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = Root::new(tmp.path()).unwrap();
+        root.init().unwrap();
+        let d = |s: &str| s.parse::<Domain>().unwrap();
+        assert!(check_served(&root, &d("org")).is_err());
+        std::fs::create_dir_all(root.tsk().join("org.example/flows")).unwrap();
+        // A flows/ directory alone serves nothing.
+        assert!(check_served(&root, &d("org.example")).is_err());
+        std::fs::write(root.tsk().join("org.example/taskmaster.rhai"), "").unwrap();
+        assert!(check_served(&root, &d("org.example.sales")).is_ok());
+        assert!(check_served(&root, &d("org.other")).is_err());
+        std::fs::write(root.tsk().join("any/echo"), "").unwrap();
+        assert!(check_served(&root, &d("org.other")).is_ok());
     }
 }

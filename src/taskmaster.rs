@@ -60,7 +60,7 @@ pub enum TaskmasterError {
     Script { path: String, message: String },
     #[error("{path}: exceeded the sandbox's {limit}")]
     Limit { path: String, limit: String },
-    #[error("{path}: chose invalid taskee {taskee:?}: a taskee is [A-Za-z0-9][A-Za-z0-9_-]{{0,63}} (no dot, no slash)")]
+    #[error("{path}: chose invalid taskee {}: a taskee is [A-Za-z0-9][A-Za-z0-9_-]{{0,63}} (no dot, no slash)", crate::text::quoted(.taskee))]
     InvalidTaskee { path: String, taskee: String },
     #[error("{path}: `_taskee_` must be a string, not {type_name}")]
     TaskeeNotString { path: String, type_name: String },

@@ -1,8 +1,10 @@
-//! `spoolflow check`: one line per problem (path: what, where), exit 2 if any.
+//! `spoolflow check`: one line per problem (`path: line N: what; fix: how`),
+//! exit 2 if any.
 
 use std::path::PathBuf;
 
 use super::{exit, Failure};
+use spoolflow::text::count;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {}
@@ -15,14 +17,16 @@ pub fn run(root: Option<PathBuf>, _args: Args) -> Result<(), Failure> {
     }
     if checked.problems.is_empty() {
         println!(
-            "ok: {} taskmasters, {} taskers, {} stored flows",
-            checked.taskmasters, checked.taskers, checked.flows
+            "ok: {}, {}, {}",
+            count(checked.taskmasters, "taskmaster"),
+            count(checked.taskers, "tasker"),
+            count(checked.flows, "stored flow")
         );
         Ok(())
     } else {
         Err(Failure::new(
             exit::USAGE,
-            format!("{} problems in tsk/", checked.problems.len()),
+            format!("{} in tsk/", count(checked.problems.len(), "problem")),
         ))
     }
 }

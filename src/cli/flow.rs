@@ -141,7 +141,10 @@ fn task_detail(task: Option<&spoolflow::flow::run::TaskRun>) -> String {
         (Some(s), Some(e)) => duration(s, e),
         _ => String::new(),
     };
-    format!("{taskee}, {} attempt(s){took}; ", t.attempts)
+    format!(
+        "{taskee}, {}{took}; ",
+        spoolflow::text::count(t.attempts as usize, "attempt")
+    )
 }
 
 fn duration(start: &str, end: &str) -> String {
@@ -167,7 +170,11 @@ fn from_record_nodes(nodes: Option<&[Value]>) -> States {
             field("nid"),
             (
                 field("state"),
-                format!("{}, {attempts} attempt(s){took}", field("taskee")),
+                format!(
+                    "{}, {}{took}",
+                    field("taskee"),
+                    spoolflow::text::count(attempts as usize, "attempt")
+                ),
             ),
         );
     }
@@ -239,11 +246,21 @@ fn draw(
     }
 }
 
+/// A `merge` as the flow file spells it.
+fn merge_name(merge: spoolflow::flow::tree::Merge) -> &'static str {
+    use spoolflow::flow::tree::Merge;
+    match merge {
+        Merge::Deep => "deep",
+        Merge::First => "first",
+        Merge::Last => "last",
+    }
+}
+
 fn label(node: &FlowNode) -> String {
     match &node.kind {
         Kind::Task { taskee, .. } => format!("task {taskee}"),
         Kind::Sequence(_) => "sequence".into(),
-        Kind::Concurrence { merge, .. } => format!("concurrence (merge {merge:?})").to_lowercase(),
+        Kind::Concurrence { merge, .. } => format!("concurrence (merge {})", merge_name(*merge)),
         Kind::If { cond, .. } => format!("if {cond}"),
         Kind::Set(o) => format!("set {}", Value::Object(o.clone())),
         Kind::Each {

@@ -87,10 +87,10 @@ pub fn run(root: Option<PathBuf>, args: Args) -> Result<(), Failure> {
             }
         });
         tracing::info!(
-            "engine started on {} (pid {}, {} workers)",
+            "engine started on {} (pid {}, {})",
             root.dir().display(),
             std::process::id(),
-            options.workers
+            spoolflow::text::count(options.workers, "worker")
         );
         engine::run(root, options, Some(stop_rx))
             .await

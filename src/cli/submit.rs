@@ -1,4 +1,5 @@
-//! `spoolflow submit --domain D [--tasker T] [--id ID] [--priority P] [PAYLOAD|-]`.
+//! `spoolflow submit --domain D [--tasker T] [--id ID] [--priority P] [--force] [PAYLOAD|-]`:
+//! refuses a domain that nothing serves (a typo, most often) unless `--force`.
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -23,10 +24,15 @@ pub struct Args {
     pub priority: i32,
     /// The payload as a JSON object, or `-` to read it from stdin (default: {}).
     pub payload: Option<String>,
+    /// Submit even if no taskmaster and no tasker serves the domain.
+    #[arg(long)]
+    pub force: bool,
 }
 
 pub fn run(root: Option<PathBuf>, args: Args) -> Result<(), Failure> {
     let root = super::find_root(root)?;
+    root.ensure_exists()
+        .map_err(|e| Failure::new(exit::USAGE, e))?;
     let text = match args.payload.as_deref() {
         Some("-") => {
             let mut s = String::new();
@@ -39,6 +45,9 @@ pub fn run(root: Option<PathBuf>, args: Args) -> Result<(), Failure> {
         None => String::new(),
     };
     let payload = submit::parse_payload(&text).map_err(|e| Failure::new(exit::USAGE, e))?;
+    if !args.force {
+        submit::check_served(&root, &args.domain).map_err(|e| Failure::new(exit::USAGE, e))?;
+    }
     let id = submit::submit(
         &root,
         Submission {

@@ -25,6 +25,7 @@ use crate::model::point::{Kind, Point};
 use crate::model::task::{timestamp, ErrorKind, Object, Record, State, Task, TaskError};
 use crate::scheduler::NodeKey;
 use crate::store::writer::{Job, RecordJob};
+use crate::text::quoted;
 
 /// A flow being run: its task file, its tree and progress, its compiled
 /// `if` expressions, and where it is in its own life.
@@ -103,7 +104,7 @@ impl Conds {
             }
             let ast = rhai
                 .compile_expression(expr)
-                .map_err(|e| format!("`if` expression {expr:?} does not compile: {e}"))?;
+                .map_err(|e| format!("`if` expression {} does not compile: {e}", quoted(expr)))?;
             asts.insert(expr.to_string(), ast);
         }
         Ok(Conds { rhai, asts })
@@ -130,12 +131,12 @@ impl Conditions for Conds {
             self.rhai.eval_ast_with_scope::<Dynamic>(&mut scope, ast)
         })
         .map_err(|e| match crate::sandbox::limit_exceeded(&e) {
-            Some(limit) => format!("`if` {expr:?} exceeded the sandbox's {limit}"),
-            None => format!("`if` {expr:?}: {e}"),
+            Some(limit) => format!("`if` {} exceeded the sandbox's {limit}", quoted(expr)),
+            None => format!("`if` {}: {e}", quoted(expr)),
         })?;
         value
             .as_bool()
-            .map_err(|t| format!("`if` {expr:?} gave {t}, not a boolean"))
+            .map_err(|t| format!("`if` {} gave {t}, not a boolean", quoted(expr)))
     }
 }
 

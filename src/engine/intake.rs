@@ -26,7 +26,7 @@ const CANCEL_LIMIT: u64 = 64 * 1024;
 
 impl Engine {
     /// Schedules a look at everything in `in/` (at start-up, after a
-    /// watcher overflow, and as the slow safety net), in name order.
+    /// watcher overflow, and as the slow safety net), in submission order.
     pub(super) fn scan_in(&mut self) {
         if !self.mode.is_stopping() {
             let dir = self.root.spool_in();
@@ -34,13 +34,10 @@ impl Engine {
         }
     }
 
-    /// Queues every entry of one directory of `in/`, in name order.
+    /// Queues every entry of one directory of `in/`, in submission order
+    /// (see [`intake::in_submission_order`]).
     fn scan_dir(&mut self, dir: &Path) {
-        let Ok(entries) = std::fs::read_dir(dir) else {
-            return;
-        };
-        let mut paths: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
-        paths.sort();
+        let paths = intake::in_submission_order(&self.root, dir);
         self.scan.extend(paths);
     }
 

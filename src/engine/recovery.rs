@@ -349,6 +349,10 @@ pub fn scan_run(root: &Root, input_limit: u64) -> Result<Found, RecoveryError> {
             Err(reason) => found.bad.push((path, reason)),
         }
     }
+    // Queued again in submission order (as in/ is taken), not name order.
+    found
+        .tasks
+        .sort_by(|a, b| (a.created_at, &a.task.id).cmp(&(b.created_at, &b.task.id)));
     if !found.finished.is_empty() {
         let _ = crate::store::spool::fsync_dir(&run);
     }

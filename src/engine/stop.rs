@@ -14,8 +14,8 @@ impl Engine {
             return self.end_grace();
         }
         tracing::info!(
-            "stopping: no new tasks; running taskers have {:?} to finish",
-            self.options.grace
+            "stopping: no new tasks; running taskers have {} to finish",
+            crate::model::task::Dur(self.options.grace)
         );
         self.mode = Mode::Stopping {
             grace_end: tokio::time::Instant::now() + self.options.grace,

@@ -190,7 +190,7 @@ impl<'a> Machine<'a> {
             Kind::Stored(name) => Err(Failure {
                 nid: nid.clone(),
                 kind: ErrorKind::Config,
-                message: format!("stored flow {name:?} was not resolved"),
+                message: format!("stored flow {} was not resolved", crate::text::quoted(name)),
             }),
         };
         Some(self.settle(nid, node.on_error, input, r, None))
@@ -453,7 +453,10 @@ impl<'a> Machine<'a> {
         let taken = match self.cond.eval(nid, cond, input) {
             Ok(b) => b,
             Err(msg) => {
-                let msg = format!("`if` expression {cond:?} failed: {msg}");
+                let msg = format!(
+                    "`if` expression {} failed: {msg}",
+                    crate::text::quoted(cond)
+                );
                 return Some(Err(Failure::user(nid, msg)));
             }
         };

@@ -130,19 +130,19 @@ impl FlowNode {
 pub enum FlowError {
     #[error("node {node}: a node must be a JSON object, not {found}")]
     NotObject { node: String, found: &'static str },
-    #[error("node {node}: unknown key {key:?}")]
+    #[error("node {node}: unknown key {}", crate::text::quoted(.key))]
     UnknownKey { node: String, key: String },
     #[error(
         "node {node}: no kind key (give one of task, sequence, concurrence, if, set, each, sleep, flow)"
     )]
     NoKind { node: String },
-    #[error("node {node}: two kind keys {first:?} and {second:?} (a node has exactly one)")]
+    #[error("node {node}: two kind keys {} and {} (a node has exactly one)", crate::text::quoted(.first), crate::text::quoted(.second))]
     TwoKinds {
         node: String,
         first: &'static str,
         second: &'static str,
     },
-    #[error("node {node}: {key:?} belongs on {owner} nodes, not on {kind} nodes")]
+    #[error("node {node}: {} belongs on {owner} nodes, not on {kind} nodes", crate::text::quoted(.key))]
     Misplaced {
         node: String,
         key: String,
@@ -169,21 +169,21 @@ pub enum FlowError {
     },
     #[error("node {node}: {message}")]
     Taskee { node: String, message: String },
-    #[error("invalid stored flow name {0:?}: [A-Za-z0-9][A-Za-z0-9_-]{{0,63}} (no dot, no slash)")]
+    #[error("invalid stored flow name {}: [A-Za-z0-9][A-Za-z0-9_-]{{0,63}} (no dot, no slash)", crate::text::quoted(.0))]
     FlowName(String),
     #[error("flow is deeper than {MAX_DEPTH} levels")]
     TooDeep,
     #[error("flow has {0} nodes (at most {MAX_NODES})")]
     TooMany(usize),
-    #[error("unknown stored flow {0:?}")]
+    #[error("unknown stored flow {}", crate::text::quoted(.0))]
     UnknownStored(String),
-    #[error("stored flow {name:?} includes itself ({chain})")]
+    #[error("stored flow {} includes itself ({chain})", crate::text::quoted(.name))]
     Cycle { name: String, chain: String },
     #[error("stored flows nest more than {MAX_DEPTH} deep ({chain})")]
     StoredTooDeep { chain: String },
-    #[error("stored flow {name:?}: {message}")]
+    #[error("stored flow {}: {message}", crate::text::quoted(.name))]
     Lookup { name: String, message: String },
-    #[error("stored flow {name:?}: {error}")]
+    #[error("stored flow {}: {error}", crate::text::quoted(.name))]
     InStored { name: String, error: Box<FlowError> },
 }
 

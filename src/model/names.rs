@@ -14,16 +14,17 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NameError {
     #[error(
-        "invalid domain {0:?}: dot-separated labels of [a-z0-9][a-z0-9_-]*, at most 255 characters"
+        "invalid domain {}: dot-separated labels of [a-z0-9][a-z0-9_-]*, at most 255 characters",
+        crate::text::quoted(.0)
     )]
     Domain(String),
-    #[error("domain {0:?} is reserved: no task's domain is `any` or starts with `any.`")]
+    #[error("domain {} is reserved: no task's domain is `any` or starts with `any.`", crate::text::quoted(.0))]
     ReservedDomain(String),
-    #[error("invalid task id {0:?}: [A-Za-z0-9][A-Za-z0-9._-]{{0,127}}")]
+    #[error("invalid task id {}: [A-Za-z0-9][A-Za-z0-9._-]{{0,127}}", crate::text::quoted(.0))]
     TaskId(String),
-    #[error("invalid taskee {0:?}: [A-Za-z0-9][A-Za-z0-9_-]{{0,63}} (no dot, no slash)")]
+    #[error("invalid taskee {}: [A-Za-z0-9][A-Za-z0-9_-]{{0,63}} (no dot, no slash)", crate::text::quoted(.0))]
     Taskee(String),
-    #[error("invalid nid {0:?}: `0` or `0_N_M…`")]
+    #[error("invalid nid {}: `0` or `0_N_M…`", crate::text::quoted(.0))]
     Nid(String),
 }
 

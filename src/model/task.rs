@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::model::names::{Domain, Exid, Nid, TaskId, Taskee};
+use crate::text::{did_you_mean, quoted};
 
 /// A JSON object.
 pub type Object = Map<String, Value>;
@@ -27,16 +28,16 @@ pub enum InputError {
     },
     #[error("a task file must hold a JSON object, not {0}")]
     NotObject(&'static str),
-    #[error("unknown key {0:?}")]
+    #[error("unknown key {}{}", quoted(.0), did_you_mean(.0, TASK_KEYS))]
     UnknownKey(String),
-    #[error("{key:?} must be {expected}")]
+    #[error("{} must be {expected}", quoted(key))]
     BadValue {
         key: &'static str,
         expected: &'static str,
     },
     #[error("{0}")]
     Name(#[from] crate::model::names::NameError),
-    #[error("invalid duration for {key:?}: {message}")]
+    #[error("invalid duration for {}: {message}", quoted(key))]
     Duration { key: &'static str, message: String },
     #[error("no domain: give \"domain\" or drop the file into in/<domain>/")]
     NoDomain,
@@ -68,14 +69,20 @@ impl FromStr for Dur {
             "d" => 86400.0,
             _ => {
                 return Err(format!(
-                    "unknown unit {unit:?} in {s:?} (use ms, s, m, h or d)"
+                    "unknown unit {} in {} (use ms, s, m, h or d)",
+                    quoted(unit),
+                    quoted(s)
                 ))
             }
         };
         let n: f64 = num.trim().parse().map_err(|_| {
-            format!("{s:?} is not a duration like \"250ms\", \"30s\", \"5m\", \"2h\", \"1d\"")
+            format!(
+                "{} is not a duration like \"250ms\", \"30s\", \"5m\", \"2h\", \"1d\"",
+                quoted(s)
+            )
         })?;
-        Dur::from_secs_f64(n * scale).ok_or_else(|| format!("{s:?} is negative or too large"))
+        Dur::from_secs_f64(n * scale)
+            .ok_or_else(|| format!("{} is negative or too large", quoted(s)))
     }
 }
 
@@ -584,7 +591,7 @@ mod tests {
         );
         assert_eq!(
             reason(br#"{"domain":"org","prioity":1}"#),
-            "unknown key \"prioity\""
+            "unknown key \"prioity\" (did you mean \"priority\"?)"
         );
         assert_eq!(
             reason(b"[1]"),

@@ -23,7 +23,10 @@ pub fn find_in<'a>(
     name: &str,
 ) -> Result<Option<PathBuf>, String> {
     let name: Taskee = name.parse().map_err(|_| {
-        format!("invalid stored flow name {name:?} (a name is [A-Za-z0-9][A-Za-z0-9_-]{{0,63}})")
+        format!(
+            "invalid stored flow name {} (a name is [A-Za-z0-9][A-Za-z0-9_-]{{0,63}})",
+            crate::text::quoted(name)
+        )
     })?;
     let tsk = root.tsk();
     Ok(dirs
@@ -79,9 +82,9 @@ pub fn load_progress(
     let replayed = p.replay(&bytes);
     if let Some(problem) = &replayed.problem {
         tracing::error!(
-            "{}: {problem}; the flow goes on from the {} entries before",
+            "{}: {problem}; the flow goes on from the {} before",
             root.relative(&path).display(),
-            replayed.applied
+            crate::text::count(replayed.applied, "entry")
         );
     }
     Ok((had_snapshot || replayed.applied > 0).then_some(p))

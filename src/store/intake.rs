@@ -60,6 +60,46 @@ pub fn counted_entries(root: &Root) -> impl Iterator<Item = PathBuf> {
     })
 }
 
+/// The entries of `dir` (`in/`, or a domain's `in/<domain>/`) in
+/// submission order: by modification time (a renamed file keeps the time
+/// its writer last wrote it), then by name. In `in/` itself the files of
+/// each domain's directory are listed in place of the directory, so that
+/// they take their turn among the others.
+pub fn in_submission_order(root: &Root, dir: &Path) -> Vec<PathBuf> {
+    let top = dir == root.spool_in();
+    let listing = |d: &Path| -> Vec<std::fs::DirEntry> {
+        std::fs::read_dir(d)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .collect()
+    };
+    let mut paths = Vec::new();
+    for e in listing(dir) {
+        let domain_dir = top
+            && e.file_type().is_ok_and(|t| t.is_dir())
+            && e.file_name()
+                .to_str()
+                .is_some_and(|n| !is_ignored_name(n) && n.parse::<Domain>().is_ok());
+        if domain_dir {
+            paths.extend(listing(&e.path()).iter().map(|f| f.path()));
+        } else {
+            paths.push(e.path());
+        }
+    }
+    sort_by_submission(&mut paths);
+    paths
+}
+
+/// Sorts paths by modification time, then name (a path that cannot be
+/// read sorts first: looking at it costs nothing).
+pub fn sort_by_submission(paths: &mut [PathBuf]) {
+    paths.sort_by_cached_key(|p| {
+        let mtime = std::fs::symlink_metadata(p).and_then(|m| m.modified()).ok();
+        (mtime, p.file_name().map(|n| n.to_os_string()))
+    });
+}
+
 /// Whether `in/` holds nothing to take (what `run --drain` waits for).
 pub fn in_is_empty(root: &Root) -> bool {
     counted_entries(root).next().is_none()
@@ -312,6 +352,30 @@ mod tests {
         assert!(reason(examine(&root, &inn.join("org.example/sub"), 100)).contains("not accepted"));
         std::os::unix::fs::symlink("/etc/passwd", inn.join("l.json")).unwrap();
         assert!(reason(examine(&root, &inn.join("l.json"), 100)).contains("symbolic link"));
+    }
+
+    #[test]
+    fn entries_come_in_submission_order() {
+        use std::time::{Duration, SystemTime};
+        let (_t, root) = root();
+        let inn = root.spool_in();
+        fs::create_dir(inn.join("org.x")).unwrap();
+        let t0 = SystemTime::now() - Duration::from_secs(100);
+        let files = [
+            ("b.json", 1),
+            ("a.json", 3),
+            ("org.x/c.json", 2),
+            ("d.json", 3),
+        ];
+        for (name, secs) in files {
+            let f = fs::File::create(inn.join(name)).unwrap();
+            f.set_modified(t0 + Duration::from_secs(secs)).unwrap();
+        }
+        let order: Vec<String> = in_submission_order(&root, &inn)
+            .iter()
+            .map(|p| p.strip_prefix(&inn).unwrap().display().to_string())
+            .collect();
+        assert_eq!(order, ["b.json", "org.x/c.json", "a.json", "d.json"]);
     }
 
     #[test]

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 
 use crate::model::task::Dur;
+use crate::text::quoted;
 
 /// `cmd` of a `tasker.json`: an argv array or a `sh -c` string.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -56,9 +57,31 @@ pub struct TaskerConfig {
     pub env: BTreeMap<String, String>,
 }
 
+/// The keys of a `tasker.json`.
+const TASKER_KEYS: &[&str] = &[
+    "cmd",
+    "in",
+    "timeout",
+    "start_timeout",
+    "retries",
+    "retry_on_timeout",
+    "max_concurrent",
+    "concurrency",
+    "env",
+];
+
 impl TaskerConfig {
     /// Parses and validates a `tasker.json`.
     pub fn parse(bytes: &[u8]) -> Result<TaskerConfig, String> {
+        if let Ok(serde_json::Value::Object(o)) = serde_json::from_slice(bytes) {
+            if let Some(k) = o.keys().find(|k| !TASKER_KEYS.contains(&k.as_str())) {
+                return Err(format!(
+                    "unknown key {}{}",
+                    quoted(k),
+                    crate::text::did_you_mean(k, TASKER_KEYS)
+                ));
+            }
+        }
         let config: TaskerConfig = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
         match &config.cmd {
             None => return Err("missing key \"cmd\"".into()),
@@ -78,20 +101,20 @@ impl TaskerConfig {
                 || c.key.ends_with('.')
             {
                 return Err(format!(
-                    "concurrency key {:?} must start with \"payload.\" or \"headers.\"",
-                    c.key
+                    "concurrency key {} must start with \"payload.\" or \"headers.\"",
+                    quoted(&c.key)
                 ));
             }
             if c.limit == 0 {
                 return Err(format!(
-                    "concurrency limit of {:?} must be at least 1",
-                    c.key
+                    "concurrency limit of {} must be at least 1",
+                    quoted(&c.key)
                 ));
             }
         }
         for k in config.env.keys() {
             if k.is_empty() || k.contains('=') || k.contains('\0') {
-                return Err(format!("invalid environment variable name {k:?}"));
+                return Err(format!("invalid environment variable name {}", quoted(k)));
             }
         }
         Ok(config)

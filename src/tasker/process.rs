@@ -115,7 +115,10 @@ pub fn spawn(launch: Launch) -> Result<(Handle, impl std::future::Future<Output 
                 Some(nix::libc::EAGAIN | nix::libc::ENOMEM | nix::libc::EMFILE | nix::libc::ENFILE)
             );
             return Err(Exit::SpawnFailed {
-                message: format!("cannot spawn {:?}: {e}", launch.argv[0]),
+                message: format!(
+                    "cannot spawn {}: {e}",
+                    crate::text::quoted(&launch.argv[0].to_string_lossy())
+                ),
                 transient,
             });
         }

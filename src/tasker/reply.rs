@@ -32,7 +32,10 @@ pub fn parse_reply(stdout: &[u8], payload: &Object) -> Reply {
         Ok(v) => v,
         Err(e) => {
             let head = String::from_utf8_lossy(&stdout[..stdout.len().min(80)]).into_owned();
-            return Reply::Invalid(format!("reply is not JSON ({e}): {head:?}"));
+            return Reply::Invalid(format!(
+                "reply is not JSON ({e}): {}",
+                crate::text::quoted(&head)
+            ));
         }
     };
     let Value::Object(mut obj) = value else {
@@ -75,7 +78,10 @@ pub fn parse_reply(stdout: &[u8], payload: &Object) -> Reply {
                 Err(e) => Reply::Invalid(e),
             }
         }
-        Some(other) => Reply::Invalid(format!("reply names unknown point {other:?}")),
+        Some(other) => Reply::Invalid(format!(
+            "reply names unknown point {}",
+            crate::text::quoted(other)
+        )),
         None => Reply::Invalid("reply's \"point\" is not a string".into()),
     }
 }

@@ -20,7 +20,7 @@ const CONFIG_LIMIT: u64 = 1024 * 1024;
 /// `config`).
 #[derive(Debug, thiserror::Error)]
 pub enum TaskerError {
-    #[error("no tasker {taskee:?} for domain {domain} (looked in tsk/{domain} up its branch and in tsk/any)")]
+    #[error("no tasker {} for domain {domain} (looked in tsk/{domain} up its branch and in tsk/any)", crate::text::quoted(.taskee.as_str()))]
     NotFound { taskee: Taskee, domain: Domain },
     #[error("{0} is not executable (chmod +x it)")]
     NotExecutable(PathBuf),

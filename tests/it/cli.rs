@@ -142,7 +142,8 @@ fn the_root_comes_from_flag_then_env_then_cwd() {
     let c = inited();
     let submit = |id: &str| {
         let mut cmd = bare();
-        cmd.args(["submit", "--domain", "org", "--id", id]);
+        // --force: these roots serve no domain (their tsk/ is empty).
+        cmd.args(["submit", "--force", "--domain", "org", "--id", id]);
         cmd
     };
 
@@ -150,7 +151,14 @@ fn the_root_comes_from_flag_then_env_then_cwd() {
     let mut cmd = bare();
     cmd.arg("--root")
         .arg(a.path())
-        .args(["submit", "--domain", "org", "--id", "flag-before"])
+        .args([
+            "submit",
+            "--force",
+            "--domain",
+            "org",
+            "--id",
+            "flag-before",
+        ])
         .env("SPOOLFLOW_ROOT", b.path())
         .current_dir(c.path());
     assert_eq!(ok(&mut cmd).trim(), "flag-before");
@@ -199,6 +207,7 @@ fn submit_outside_a_root_fails_and_names_init() {
 #[test]
 fn submit_prints_the_id_and_writes_the_task_file() {
     let t = TestRoot::new();
+    t.tasker("org", "stamp", "#!/bin/sh\ncat\n");
     let out = ok(t.cmd().args([
         "submit",
         "--domain",
@@ -233,6 +242,7 @@ fn submit_prints_the_id_and_writes_the_task_file() {
 #[test]
 fn submit_uses_the_given_id_and_reads_stdin() {
     let t = TestRoot::new();
+    t.tasker("org", "stamp", "#!/bin/sh\ncat\n");
     use std::io::Write;
     let mut child = t
         .cmd()
@@ -289,6 +299,7 @@ fn submit_rejects_bad_input_with_exit_2() {
 #[test]
 fn submit_refuses_a_duplicate_id() {
     let t = TestRoot::new();
+    t.tasker("org", "stamp", "#!/bin/sh\ncat\n");
     ok(t.cmd()
         .args(["submit", "--domain", "org", "--id", "twice", r#"{"n":1}"#]));
     let o = run(t

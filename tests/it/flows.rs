@@ -1768,7 +1768,7 @@ fn the_flow_command_draws_a_running_and_an_ended_flow() {
     let ended = draw(&t);
     assert!(ended.starts_with("flow seen (completed)"), "{ended}");
     assert!(
-        ended.contains("0_1 task held  [completed] held, 1 attempt(s)"),
+        ended.contains("0_1 task held  [completed] held, 1 attempt"),
         "{ended}"
     );
     let json = t.cmd().args(["flow", "seen", "--json"]).output().unwrap();

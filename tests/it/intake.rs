@@ -273,7 +273,10 @@ fn an_unknown_key_is_rejected() {
     let bytes = br#"{"domain":"org","tasker":"echo","prioity":5}"#;
     t.drop_bytes("", "typo.json", bytes);
     t.run_drain(1);
-    assert_eq!(t.reason("typo.json"), r#"unknown key "prioity""#);
+    assert_eq!(
+        t.reason("typo.json"),
+        r#"unknown key "prioity" (did you mean "priority"?)"#
+    );
     assert_eq!(
         fs::read(t.join("var/spool/rejected/typo.json")).unwrap(),
         bytes

@@ -11,6 +11,7 @@ mod engine_shape;
 mod flows;
 mod flows_crash;
 mod flows_journal;
+mod friction;
 mod hostile;
 mod intake;
 mod path_safety;

@@ -2,25 +2,67 @@
 //! taskmaster compiles, every `tasker.json` parses, every tasker file is
 //! executable, every directory is a domain (or `any`), every stored flow
 //! (`tsk/<domain>/flows/*.json`) has a valid tree whose names resolve and
-//! whose `if` expressions compile.
+//! whose `if` expressions compile. Deeper ([`scripts`], [`taskers`]):
+//! taskees a taskmaster names literally resolve to a tasker, taskmasters
+//! use no undefined variable, a tasker's `cmd[0]` is on its `PATH` and
+//! its script arguments exist, and no `#!` line ends in CRLF. Each
+//! problem names its file, its line where it has one, and the fix.
+
+mod scripts;
+mod taskers;
 
 use std::path::{Path, PathBuf};
 
 use crate::layout::Root;
 use crate::model::names::{Domain, Taskee};
 use crate::tasker::TaskerConfig;
-use crate::taskmaster::Taskmasters;
+use crate::text::quoted;
 
-/// One problem found, with the path relative to the root.
+/// One problem found, with the path relative to the root, the line where
+/// there is one, and the fix where one can be named. Shown on one line:
+/// `tsk/org/taskmaster.rhai: line 3: what; fix: how`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
     pub path: PathBuf,
+    pub line: Option<usize>,
     pub what: String,
+    pub fix: Option<String>,
+}
+
+impl Problem {
+    pub fn new(path: impl Into<PathBuf>, what: impl Into<String>) -> Problem {
+        Problem {
+            path: path.into(),
+            line: None,
+            what: what.into(),
+            fix: None,
+        }
+    }
+
+    /// At line `line` (1-based) of the file, if known.
+    pub fn at(mut self, line: Option<usize>) -> Problem {
+        self.line = line;
+        self
+    }
+
+    /// With how to fix it.
+    pub fn fix(mut self, fix: impl Into<String>) -> Problem {
+        self.fix = Some(fix.into());
+        self
+    }
 }
 
 impl std::fmt::Display for Problem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {}", self.path.display(), self.what)
+        write!(f, "{}: ", self.path.display())?;
+        if let Some(line) = self.line {
+            write!(f, "line {line}: ")?;
+        }
+        f.write_str(&self.what)?;
+        if let Some(fix) = &self.fix {
+            write!(f, "; fix: {fix}")?;
+        }
+        Ok(())
     }
 }
 
@@ -49,13 +91,9 @@ fn check_tsk(root: &Root) -> (Vec<Problem>, usize, usize, usize) {
     let mut problems = Vec::new();
     let (mut scripts, mut taskers, mut flows) = (0, 0, 0);
     let tsk = root.tsk();
-    let taskmasters = Taskmasters::new(root.dir());
     let rel = |p: &Path| root.relative(p).to_path_buf();
     let Ok(domains) = std::fs::read_dir(&tsk) else {
-        problems.push(Problem {
-            path: rel(&tsk),
-            what: "missing: run `spoolflow init`".into(),
-        });
+        problems.push(Problem::new(rel(&tsk), "missing").fix("run `spoolflow init`"));
         return (problems, 0, 0, 0);
     };
     let mut domains: Vec<_> = domains.flatten().map(|e| e.path()).collect();
@@ -71,10 +109,10 @@ fn check_tsk(root: &Root) -> (Vec<Problem>, usize, usize, usize) {
         }
         if name != "any" {
             if let Err(e) = name.parse::<Domain>() {
-                problems.push(Problem {
-                    path: rel(&dir),
-                    what: format!("not a domain directory: {e}"),
-                });
+                problems.push(
+                    Problem::new(rel(&dir), format!("not a domain directory: {e}"))
+                        .fix("rename it to a domain (e.g. org.example) or to any"),
+                );
                 continue;
             }
         }
@@ -95,20 +133,16 @@ fn check_tsk(root: &Root) -> (Vec<Problem>, usize, usize, usize) {
             }
             if ename == "taskmaster.rhai" {
                 scripts += 1;
-                if let Err(e) = taskmasters.check(&entry) {
-                    problems.push(Problem {
-                        path: rel(&entry),
-                        what: strip_path(&e.to_string(), &rel(&entry)),
-                    });
-                }
+                problems.extend(scripts::check_taskmaster(root, &name, &entry));
                 continue;
             }
             if ename.starts_with('.') || ename.parse::<Taskee>().is_err() {
                 continue;
             }
             taskers += 1;
-            if let Some(p) = check_tasker(root, &entry) {
-                problems.push(p);
+            match check_tasker(root, &entry) {
+                Some(p) => problems.push(p),
+                None => problems.extend(taskers::check_deeper(root, &entry)),
             }
         }
     }
@@ -131,7 +165,7 @@ fn check_stored_flows(root: &Root, dir: &str, flows: &Path, problems: &mut Vec<P
     for file in &files {
         let rel = root.relative(file).to_path_buf();
         if let Err(what) = check_stored_flow(root, dir, file, &sandbox) {
-            problems.push(Problem { path: rel, what });
+            problems.push(Problem::new(rel, what));
         }
     }
     files.len()
@@ -146,7 +180,7 @@ fn check_stored_flow(
     use crate::flow::tree;
     let stem = file.file_stem().unwrap_or_default().to_string_lossy();
     stem.parse::<Taskee>()
-        .map_err(|_| format!("{stem:?} is not a valid stored flow name"))?;
+        .map_err(|_| format!("{} is not a valid stored flow name", quoted(&stem)))?;
     let value = crate::store::flows::read(root, Some(file.to_path_buf()))?
         .ok_or_else(|| "cannot read".to_string())?;
     let node = tree::parse(&value).map_err(|e| e.to_string())?;
@@ -166,29 +200,21 @@ fn check_stored_flow(
     for expr in tree::conditions(&resolved) {
         sandbox
             .compile_expression(expr)
-            .map_err(|e| format!("`if` expression {expr:?} does not compile: {e}"))?;
+            .map_err(|e| format!("`if` expression {} does not compile: {e}", quoted(expr)))?;
     }
     Ok(())
-}
-
-fn strip_path(msg: &str, path: &Path) -> String {
-    let prefix = format!("{}: ", path.display());
-    msg.strip_prefix(&prefix).unwrap_or(msg).to_string()
 }
 
 fn check_tasker(root: &Root, entry: &Path) -> Option<Problem> {
     use std::os::unix::fs::PermissionsExt;
     let rel = root.relative(entry).to_path_buf();
-    let problem = |what: String| {
-        Some(Problem {
-            path: rel.clone(),
-            what,
-        })
-    };
+    let problem = |what: String| Some(Problem::new(rel.clone(), what));
     let tsk = root.tsk().canonicalize().ok()?;
     match entry.canonicalize() {
         Ok(real) if !real.starts_with(&tsk) => {
-            return problem("resolves outside tsk/ and is never run".into())
+            return problem("resolves outside tsk/ and is never run".into()).map(|p| {
+                p.fix("move the tasker into tsk/ (or point the link at a file inside tsk/)")
+            })
         }
         Err(e) => return problem(format!("cannot resolve: {e}")),
         _ => {}
@@ -198,17 +224,13 @@ fn check_tasker(root: &Root, entry: &Path) -> Option<Problem> {
         let cfg = entry.join("tasker.json");
         let cfg_rel = root.relative(&cfg).to_path_buf();
         match std::fs::read(&cfg) {
-            Err(e) => Some(Problem {
-                path: cfg_rel,
-                what: format!("cannot read: {e}"),
-            }),
-            Ok(bytes) => TaskerConfig::parse(&bytes).err().map(|what| Problem {
-                path: cfg_rel,
-                what,
-            }),
+            Err(e) => Some(Problem::new(cfg_rel, format!("cannot read: {e}"))),
+            Ok(bytes) => TaskerConfig::parse(&bytes)
+                .err()
+                .map(|what| Problem::new(cfg_rel, what)),
         }
     } else if meta.permissions().mode() & 0o111 == 0 {
-        problem("not executable (chmod +x it)".into())
+        Some(Problem::new(rel.clone(), "not executable").fix(format!("chmod +x {}", rel.display())))
     } else {
         None
     }

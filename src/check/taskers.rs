@@ -1,0 +1,235 @@
+//! `check` of a tasker beyond its config: a `#!` line that ends in CRLF
+//! (the system then looks for an interpreter named `sh\r`), a `cmd[0]`
+//! that is not on the tasker's `PATH` (its `env`'s, else the one
+//! `spoolflow check` runs with, which the engine passes on), and a script
+//! argument of `cmd` (`x.py`, `./run.sh`) that does not exist.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use super::Problem;
+use crate::layout::Root;
+use crate::tasker::{Cmd, TaskerConfig};
+use crate::text::{closest, quoted};
+
+/// Extensions that mark an argument of `cmd` as a script file to check.
+const SCRIPT_EXTENSIONS: &[&str] = &[
+    "py", "sh", "bash", "zsh", "pl", "rb", "js", "mjs", "cjs", "ts", "php", "lua", "r", "tcl",
+    "awk", "jar", "jl", "exs", "rhai", "ps1",
+];
+
+/// The deeper problems of the tasker at `entry` (an executable file or a
+/// directory with a valid `tasker.json`).
+pub(super) fn check_deeper(root: &Root, entry: &Path) -> Vec<Problem> {
+    let Ok(meta) = std::fs::metadata(entry) else {
+        return Vec::new();
+    };
+    if meta.is_file() {
+        return crlf_shebang(root, entry).into_iter().collect();
+    }
+    let cfg = entry.join("tasker.json");
+    let (Ok(dir), Ok(text)) = (entry.canonicalize(), std::fs::read_to_string(&cfg)) else {
+        return Vec::new();
+    };
+    let Ok(config) = TaskerConfig::parse(text.as_bytes()) else {
+        return Vec::new();
+    };
+    let Some(Cmd::Argv(argv)) = &config.cmd else {
+        return Vec::new();
+    };
+    let cmd = CmdSite {
+        root,
+        cfg: root.relative(&cfg).to_path_buf(),
+        line: line_of(&text, "\"cmd\""),
+        here: root.relative(entry).display().to_string(),
+        dir,
+    };
+    let mut problems = cmd.program(&argv[0], &config);
+    problems.extend(cmd.scripts(argv));
+    problems
+}
+
+/// Where a `cmd` array is: its `tasker.json` (relative to the root) and
+/// line, the tasker's directory as shown and as it is.
+struct CmdSite<'a> {
+    root: &'a Root,
+    cfg: PathBuf,
+    line: Option<usize>,
+    here: String,
+    dir: PathBuf,
+}
+
+impl CmdSite<'_> {
+    fn problem(&self, what: String) -> Problem {
+        Problem::new(&self.cfg, what).at(self.line)
+    }
+
+    /// `cmd[0]`: a path from the tasker's directory that exists and is
+    /// executable (and has no CRLF `#!` line), or a name on its `PATH`.
+    fn program(&self, prog: &str, config: &TaskerConfig) -> Vec<Problem> {
+        let here = &self.here;
+        if prog.contains('/') {
+            let path = self.dir.join(prog);
+            return match std::fs::metadata(&path) {
+                Err(_) => vec![self
+                    .problem(format!("cmd[0] {} does not exist", quoted(prog)))
+                    .fix(format!(
+                        "create it or fix the path (a relative path is from the tasker's directory, {here}/)"
+                    ))],
+                Ok(m) if !m.is_file() || m.permissions().mode() & 0o111 == 0 => vec![self
+                    .problem(format!("cmd[0] {} is not an executable file", quoted(prog)))
+                    .fix(format!("chmod +x {here}/{prog}"))],
+                Ok(_) => crlf_shebang(self.root, &path).into_iter().collect(),
+            };
+        }
+        let path_var = config
+            .env
+            .get("PATH")
+            .cloned()
+            .or_else(|| std::env::var("PATH").ok())
+            .unwrap_or_default();
+        if find_on_path(prog, &path_var, &self.dir).is_some() {
+            return Vec::new();
+        }
+        vec![self
+            .problem(format!(
+                "cmd[0] {} is not found on the tasker's PATH ({path_var})",
+                quoted(prog)
+            ))
+            .fix("install it, give its absolute path, or set PATH in the tasker.json's env")]
+    }
+
+    /// The script arguments of `cmd` that do not exist.
+    fn scripts(&self, argv: &[String]) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        for (i, arg) in argv.iter().enumerate().skip(1) {
+            if !looks_like_script(arg) || self.dir.join(arg).exists() {
+                continue;
+            }
+            let hint = match closest(arg, files_in(&self.dir)) {
+                Some(c) => format!("did you mean {}? Otherwise ", quoted(&c)),
+                None => String::new(),
+            };
+            problems.push(
+                self.problem(format!(
+                    "cmd[{i}] {} does not exist in {}/",
+                    quoted(arg),
+                    self.here
+                ))
+                .fix(format!(
+                    "{hint}create it or fix the name (a relative path is from the tasker's directory)"
+                )),
+            );
+        }
+        problems
+    }
+}
+
+/// Whether an argument names a script file: `./x`, `../x`, or a name
+/// with a script's extension, and not an option.
+fn looks_like_script(arg: &str) -> bool {
+    if arg.starts_with('-') {
+        return false;
+    }
+    if arg.starts_with("./") || arg.starts_with("../") {
+        return true;
+    }
+    Path::new(arg)
+        .extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| SCRIPT_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+}
+
+/// The names of the files of a directory.
+fn files_in(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().map(str::to_string))
+        .collect()
+}
+
+/// Where `prog` is found on `path_var` (as `execvp` searches it, empty or
+/// relative entries from the tasker's directory `dir`).
+pub fn find_on_path(prog: &str, path_var: &str, dir: &Path) -> Option<PathBuf> {
+    path_var.split(':').find_map(|entry| {
+        let base = if entry.is_empty() {
+            dir.to_path_buf()
+        } else {
+            dir.join(entry)
+        };
+        let candidate = base.join(prog);
+        std::fs::metadata(&candidate)
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+            .then_some(candidate)
+    })
+}
+
+/// A problem if `path` starts with a `#!` line that ends in CRLF.
+fn crlf_shebang(root: &Root, path: &Path) -> Option<Problem> {
+    use std::io::Read;
+    let mut head = Vec::new();
+    std::fs::File::open(path)
+        .ok()?
+        .take(4096)
+        .read_to_end(&mut head)
+        .ok()?;
+    let line = head.split(|b| *b == b'\n').next()?;
+    if !head.starts_with(b"#!") || !line.ends_with(b"\r") || line.len() == head.len() {
+        return None;
+    }
+    let interpreter = String::from_utf8_lossy(&line[2..]).trim().to_string();
+    let rel = root.relative(path);
+    Some(
+        Problem::new(
+            rel,
+            format!(
+                "the #! line ends in CRLF: the system looks for an interpreter named {} (with a carriage return), which does not exist",
+                quoted(&format!("{interpreter}\r"))
+            ),
+        )
+        .at(Some(1))
+        .fix(format!(
+            "convert the file to LF line endings (sed -i 's/\\r$//' {})",
+            rel.display()
+        )),
+    )
+}
+
+/// The line (1-based) of the first occurrence of `needle` in `text`.
+fn line_of(text: &str, needle: &str) -> Option<usize> {
+    text.find(needle)
+        .map(|i| text[..i].matches('\n').count() + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn script_arguments_are_told_from_other_arguments() {
+        for yes in ["count.py", "./run", "../lib/x", "main.JS", "run.sh"] {
+            assert!(looks_like_script(yes), "{yes}");
+        }
+        for no in ["-c", "--file=x.py", "print(1)", "s/a/b/", "payload", "1.5"] {
+            assert!(!looks_like_script(no), "{no}");
+        }
+    }
+
+    #[test]
+    fn programs_are_searched_on_the_path_as_execvp_does() {
+        let tmp = tempfile::tempdir().unwrap();
+        let bin = tmp.path().join("bin");
+        std::fs::create_dir(&bin).unwrap();
+        let prog = bin.join("tool");
+        std::fs::write(&prog, "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(&prog, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let path = format!("/nonexistent:{}", bin.display());
+        assert_eq!(find_on_path("tool", &path, tmp.path()), Some(prog));
+        assert_eq!(find_on_path("tool", "/nonexistent", tmp.path()), None);
+        // A relative entry is from the tasker's directory.
+        assert!(find_on_path("tool", "bin", tmp.path()).is_some());
+        assert_eq!(line_of("{\n  \"cmd\": []\n}", "\"cmd\""), Some(2));
+    }
+}
