@@ -7,6 +7,10 @@ mod flow;
 mod init;
 mod run;
 mod submit;
+// wt-engine
+mod priority;
+mod progress;
+mod retry;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -55,6 +59,10 @@ pub enum Command {
     Cancel(cancel::Args),
     /// Draw a flow's tree with each node's state (running or ended).
     Flow(flow::Args),
+    /// Queue a failed or aborted task again as a new attempt (same id).
+    Retry(retry::Args),
+    /// Change the priority of a queued task.
+    Priority(priority::Args),
 }
 
 /// An error at the CLI edge: a message and an exit code.
@@ -82,6 +90,8 @@ pub fn main() -> ExitCode {
         Command::Check(a) => check::run(cli.root, a),
         Command::Cancel(a) => cancel::run(cli.root, a),
         Command::Flow(a) => flow::run(cli.root, a),
+        Command::Retry(a) => retry::run(cli.root, a),
+        Command::Priority(a) => priority::run(cli.root, a),
     };
     match result {
         Ok(()) => ExitCode::from(exit::SUCCESS),

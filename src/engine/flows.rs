@@ -186,6 +186,7 @@ impl Engine {
         self.executions.insert(
             exid,
             Execution {
+                submitted_at: None,
                 created_at,
                 nids: Vec::new(),
                 flow: Some(Box::new(fx)),
@@ -617,6 +618,7 @@ impl Engine {
         };
         let id = fx.task.id.clone();
         let root_key = key(exid, &Nid::root());
+        self.ended(&record);
         self.committing += 1;
         self.writer.send(Job::Record(RecordJob {
             key: root_key,
@@ -722,5 +724,7 @@ fn flow_record(
         flow: Some(tree::to_json(&fx.flow.tree)),
         errors: Some(serde_json::to_value(&fx.flow.progress.errors).unwrap_or_default()),
         nodes: Some(nodes),
+        first_started_at: None,
+        attempts_log: Vec::new(),
     }
 }

@@ -6,6 +6,7 @@
 //! without an engine.
 
 pub mod flows;
+pub mod history;
 pub mod intake;
 pub mod points;
 pub mod read;
