@@ -91,8 +91,11 @@ impl Engine {
         let Some(node) = self.nodes.get_mut(k) else {
             return;
         };
-        node.end_attempt(Utc::now(), state.as_str(), err.as_ref().map(|e| e.kind));
-        let record = record_of(node, created_at, state, err);
+        let now = Utc::now();
+        node.end_attempt(now, state.as_str(), err.as_ref().map(|e| e.kind));
+        let mut record = record_of(node, created_at, state, err);
+        // The last attempt ends when the task does.
+        record.ended_at = Some(timestamp(now));
         let id = node.task.id.clone();
         let mut bytes = serde_json::to_vec_pretty(&record).unwrap_or_default();
         bytes.push(b'\n');

@@ -506,10 +506,12 @@ pub struct Record {
     pub nodes: Option<Vec<Value>>,
     /// When the first attempt's tasker started (`started_at` is the
     /// latest's): with `attempts_log`, durations stay honest across retries.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// `null` when no tasker started (and in a flow's record, whose
+    /// `nodes` say when each ran).
+    #[serde(default)]
     pub first_started_at: Option<String>,
     /// Each attempt that started: its number, start, end and outcome.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(default)]
     pub attempts_log: Vec<AttemptLog>,
 }
 

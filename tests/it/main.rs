@@ -13,6 +13,8 @@ mod flows_crash;
 mod flows_journal;
 mod hostile;
 mod intake;
+// wt-engine
+mod ops_engine;
 mod path_safety;
 mod points_records;
 mod reliability;

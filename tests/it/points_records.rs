@@ -28,7 +28,7 @@ fn ts(v: &Value) -> DateTime<Utc> {
         .with_timezone(&Utc)
 }
 
-const RECORD_KEYS: [&str; 18] = [
+const RECORD_KEYS: [&str; 20] = [
     "id",
     "exid",
     "nid",
@@ -47,6 +47,9 @@ const RECORD_KEYS: [&str; 18] = [
     "started_at",
     "ended_at",
     "payload",
+    // Issue 9 (item 16): durations honest across retries.
+    "first_started_at",
+    "attempts_log",
 ];
 
 fn keys(v: &Value) -> BTreeSet<&str> {
