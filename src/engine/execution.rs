@@ -245,5 +245,9 @@ pub(super) fn record_of(
         nodes: None,
         first_started_at: node.attempts_log.first().map(|a| a.started_at.clone()),
         attempts_log: node.attempts_log.clone(),
+        options: match serde_json::to_value(&node.task.options) {
+            Ok(serde_json::Value::Object(o)) if !o.is_empty() => Some(o),
+            _ => None,
+        },
     }
 }

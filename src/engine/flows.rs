@@ -726,5 +726,6 @@ fn flow_record(
         nodes: Some(nodes),
         first_started_at: None,
         attempts_log: Vec::new(),
+        options: None,
     }
 }

@@ -513,6 +513,11 @@ pub struct Record {
     /// Each attempt that started: its number, start, end and outcome.
     #[serde(default)]
     pub attempts_log: Vec<AttemptLog>,
+    /// The task file's own `timeout`, `start_timeout`, `retries` and
+    /// `retry_on_timeout`, when it set any (so that `spoolflow retry`
+    /// queues the task with them again).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub options: Option<Object>,
 }
 
 /// One attempt of a task, as its record's `attempts_log` keeps it.

@@ -112,7 +112,8 @@ fn free_name(dir: &Path, attempts: u32) -> String {
 /// 2. move `failed/<id>.json` into `history/<id>/` (a no-replace rename,
 ///    then fsync of both directories);
 /// 3. write the task file (id, domain, requested tasker, priority,
-///    headers, the record's payload, a flow's tree) to `in/<id>.json`
+///    headers, per-task options, the record's payload, a flow's tree) to
+///    `in/<id>.json`
 ///    (write-to-temporary, fsync, no-replace rename, fsync).
 ///
 /// Why this order: the engine refuses a task file whose id has a record
@@ -213,6 +214,9 @@ pub fn task_file_of(r: &Record) -> Value {
     if let Some(flow) = &r.flow {
         obj.insert("flow".into(), flow.clone());
     }
+    if let Some(options) = &r.options {
+        obj.extend(options.clone());
+    }
     Value::Object(obj)
 }
 
@@ -245,7 +249,8 @@ mod tests {
             "taskee": "t", "tasker_path": null, "state": "failed", "reason": "x",
             "error": {"kind": "work", "message": "x"}, "attempts": 2, "offers": 2,
             "priority": 4, "headers": {"by": "me"}, "created_at": null,
-            "started_at": null, "ended_at": null, "payload": {"n": 1}
+            "started_at": null, "ended_at": null, "payload": {"n": 1},
+            "options": {"timeout": "2s", "retries": 0}
         }))
         .unwrap();
         let file = task_file_of(&r);
@@ -255,5 +260,7 @@ mod tests {
         assert_eq!(parsed.payload["n"], 1);
         assert_eq!(parsed.headers["by"], "me");
         assert_eq!(parsed.tasker.unwrap().as_str(), "t");
+        assert_eq!(parsed.options.retries, Some(0));
+        assert_eq!(parsed.options.timeout.unwrap().0.as_secs(), 2);
     }
 }

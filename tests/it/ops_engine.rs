@@ -109,7 +109,8 @@ fn retry_completes_a_task_that_failed_before_its_tasker_was_fixed() {
     fixable_tasker(&t);
     t.drop_task(
         "a.json",
-        r#"{"domain":"org","tasker":"t","priority":2,"headers":{"by":"me"},"payload":{"n":1}}"#,
+        r#"{"domain":"org","tasker":"t","priority":2,"headers":{"by":"me"},"payload":{"n":1},
+            "timeout":"30s","retries":0}"#,
     );
     let engine = t.spawn_engine(&["--workers", "1"]);
     wait_for("a's record", DEADLINE, || t.record("a").is_some());
@@ -133,6 +134,11 @@ fn retry_completes_a_task_that_failed_before_its_tasker_was_fixed() {
     assert_eq!(rec["payload"]["fixed_at_attempt"], 2);
     assert_eq!(rec["priority"], 2);
     assert_eq!(rec["headers"]["by"], "me");
+    // The task file's own options came along.
+    assert_eq!(
+        rec["options"],
+        serde_json::json!({"timeout":"30s","retries":0})
+    );
     assert!(!t.join("var/spool/failed/a.json").exists());
     // The earlier record, whole and readable, in the history.
     assert_eq!(t.list("var/spool/history/a"), ["1.json"]);
