@@ -608,7 +608,10 @@ impl Engine {
             ),
             FlowLife::Running | FlowLife::Recording => return,
         };
-        let record = flow_record(fx, exec.created_at, state, error, payload);
+        let mut record = flow_record(fx, exec.created_at, state, error, payload);
+        if let Some(t) = exec.submitted_at {
+            record.created_at = Some(timestamp(t));
+        }
         let mut bytes = serde_json::to_vec_pretty(&record).unwrap_or_default();
         bytes.push(b'\n');
         let dir = if state == State::Completed {

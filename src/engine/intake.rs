@@ -233,10 +233,12 @@ impl Engine {
             }
         } else {
             let before = crate::store::history::attempts_before(&self.root, &task.id);
-            let (mut exec, mut node) = Execution::standalone(task, Utc::now());
-            exec.submitted_at = submitted;
+            let (exec, mut node) = Execution::standalone(task, Utc::now());
             node.attempt = before + 1;
             self.insert_execution(exid.clone(), exec, vec![node]);
+        }
+        if let Some(exec) = self.executions.get_mut(&exid) {
+            exec.submitted_at = submitted;
         }
         if let Some((req, reason)) = self.pending_cancels.remove(&exid) {
             self.cancel(&exid, &reason, &req);

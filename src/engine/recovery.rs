@@ -596,7 +596,11 @@ impl super::Engine {
         for r in found.tasks {
             if r.task.flow.is_some() {
                 let created_at = r.created_at.unwrap_or_else(Utc::now);
+                let exid = r.task.exid.clone();
                 self.recover_flow(r.task, r.progress, created_at);
+                if let Some(exec) = self.executions.get_mut(&exid) {
+                    exec.submitted_at = r.history.submitted_at;
+                }
                 continue;
             }
             let k = key(&r.task.exid, &r.task.nid);
