@@ -210,7 +210,7 @@ pub(crate) struct Engine {
     pending_priorities: HashMap<TaskId, (PathBuf, i32)>,
     /// Priority requests applied, removed once the rewritten `run/` file
     /// is durable (a crash before re-applies them at the next start).
-    priority_saving: HashMap<NodeKey, PathBuf>,
+    priority_saving: HashMap<NodeKey, (PathBuf, i32)>,
     /// Changes under `tsk/`, which spoil cached lookups.
     tsk_watch: watch::TskWatch,
     /// An fsync failed: the page cache can no longer be trusted, so the

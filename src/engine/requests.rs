@@ -48,7 +48,7 @@ impl Engine {
         };
         if intake::is_ignored_name(&name)
             || self.in_flight.contains(path)
-            || self.priority_saving.values().any(|p| p == path)
+            || self.priority_saving.values().any(|(p, _)| p == path)
         {
             return;
         }
@@ -148,7 +148,7 @@ impl Engine {
         }
         tracing::info!("priority of task {id}: {old} -> {priority}");
         self.priority_saving
-            .insert(k.clone(), request.to_path_buf());
+            .insert(k.clone(), (request.to_path_buf(), priority));
         self.writer.send(Job::Rewrite {
             key: k,
             dir: self.root.run(),
@@ -157,10 +157,26 @@ impl Engine {
         });
     }
 
-    /// A `run/` file was rewritten: a priority request it carried is done.
+    /// A `run/` file was rewritten: a priority request it carried is done
+    /// and removed — unless a newer request replaced it meanwhile (its
+    /// events were passed over while the first was being saved): that one
+    /// is looked at now.
     pub(super) fn priority_saved(&mut self, k: &NodeKey) {
-        if let Some(path) = self.priority_saving.remove(k) {
-            let _ = std::fs::remove_file(&path);
+        let Some((path, applied)) = self.priority_saving.remove(k) else {
+            return;
+        };
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        let now = spool::read_capped(&path, REQUEST_LIMIT)
+            .ok()
+            .and_then(|b| parse_priority(name, &b).ok());
+        match now {
+            Some((_, p)) if p != applied => self.take_priority(&path),
+            _ => {
+                let _ = std::fs::remove_file(&path);
+            }
         }
     }
 }
