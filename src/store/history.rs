@@ -65,6 +65,31 @@ pub fn attempts_before(root: &Root, id: &TaskId) -> u32 {
     latest(&root.history_dir(id)).map_or(0, |(n, _)| n)
 }
 
+/// A task's earlier records, oldest first (by attempts, then the `.k` of
+/// a repeated count), each with its path; unreadable files are skipped.
+/// For `show`, which lists a task's attempts.
+pub fn earlier_records(root: &Root, id: &TaskId) -> Vec<(PathBuf, Record)> {
+    let Ok(entries) = std::fs::read_dir(root.history_dir(id)) else {
+        return Vec::new();
+    };
+    let mut found: Vec<((u32, u32), PathBuf)> = entries
+        .flatten()
+        .filter_map(|e| {
+            let order = e.file_name().to_str().and_then(parse_name)?;
+            Some((order, e.path()))
+        })
+        .collect();
+    found.sort();
+    found
+        .into_iter()
+        .filter_map(|(_, p)| {
+            let bytes = std::fs::read(&p).ok()?;
+            let record = serde_json::from_slice(&bytes).ok()?;
+            Some((p, record))
+        })
+        .collect()
+}
+
 /// The history record with the most attempts, and its count.
 fn latest(dir: &Path) -> Option<(u32, PathBuf)> {
     let entries = std::fs::read_dir(dir).ok()?;

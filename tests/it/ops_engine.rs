@@ -561,3 +561,19 @@ fn created_at_is_when_the_task_file_was_written() {
     assert!(ts(&point["ts"]) - created > chrono::Duration::minutes(59));
     assert_eq!(point["submitted_at"], rec["created_at"]);
 }
+
+#[test]
+fn earlier_records_are_listed_oldest_first() {
+    let t = TestRoot::new();
+    fixable_tasker(&t);
+    task(&t, "a");
+    drain(&t);
+    assert_eq!(cli(&t, &["retry", "a"]).0, 0);
+    drain(&t);
+    assert_eq!(cli(&t, &["retry", "a"]).0, 0);
+    let id = "a".parse().unwrap();
+    let earlier = spoolflow::store::history::earlier_records(&t.root, &id);
+    let attempts: Vec<u32> = earlier.iter().map(|(_, r)| r.attempts).collect();
+    assert_eq!(attempts, [1, 2]);
+    assert!(earlier[0].0.ends_with("history/a/1.json"));
+}
