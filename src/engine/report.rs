@@ -65,11 +65,13 @@ impl Engine {
     /// A task ended (its record is built and goes to the writer): log its
     /// line and count it.
     pub(super) fn ended(&mut self, record: &Record) {
-        let line = outcome_line(record);
+        // The line is built only when a subscriber wants it (tracing's
+        // macros evaluate their arguments lazily): the benchmark, with
+        // none, pays nothing.
         if record.state == State::Completed {
-            tracing::info!("{line}");
+            tracing::info!("{}", outcome_line(record));
         } else {
-            tracing::warn!("{line}");
+            tracing::warn!("{}", outcome_line(record));
         }
         if let Some(p) = &self.options.progress {
             let c = if record.state == State::Completed {
