@@ -281,6 +281,7 @@ fn priority_reorders_queued_tasks_and_is_kept_in_run() {
     }
     let (code, out, err) = cli(&t, &["priority", "c", "10"]);
     assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("priority of c is now 10"), "{out}");
     let (code, _, err) = cli(&t, &["priority", "b", "-5"]);
     assert_eq!(code, 0, "{err}");
     wait_for("the requests applied", DEADLINE, || {
@@ -316,10 +317,12 @@ fn priority_of_a_running_ended_or_unknown_task_is_refused() {
     let engine = t.spawn_engine(&["--workers", "1"]);
     task(&t, "g");
     wait_point(&t, "g", "started");
-    assert_eq!(cli(&t, &["priority", "g", "7"]).0, 0);
-    wait_for("the request rejected", DEADLINE, || {
-        t.rejected_reason("g").is_some()
-    });
+    let (code, _, err) = cli(&t, &["priority", "g", "7"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("priority request for g refused: task g is running"),
+        "{err}"
+    );
     let reason = t.reason("g");
     assert!(reason.contains("task g is running"), "{reason}");
     // A request dropped by hand for a task nobody knows.
@@ -341,8 +344,9 @@ fn a_priority_request_waits_for_the_engine_and_applies_at_start_up() {
     for id in ["a", "b", "c"] {
         task(&t, id);
     }
-    let (code, _, err) = cli(&t, &["priority", "c", "4"]);
+    let (code, out, err) = cli(&t, &["priority", "c", "4"]);
     assert_eq!(code, 0, "{err}");
+    assert!(out.contains("applies when one starts"), "{out}");
     assert_eq!(t.list("var/spool/priority"), ["c"]);
     drain(&t);
     assert_eq!(order(&t), ["c", "a", "b"]);
