@@ -48,13 +48,20 @@ pub fn run(root: Option<PathBuf>, args: Args) -> Result<(), Failure> {
     let bytes = serde_json::to_vec(&request).expect("a JSON map serializes");
     // Watched before it is written, so that its removal is never missed.
     let (tx, rx) = std::sync::mpsc::channel();
-    let watcher = watch_dir(&dir, tx);
+    let watcher = watch_dirs(&[&dir, &root.rejected()], tx);
     // File times are coarser than the clock: a second of slack.
     let started = std::time::SystemTime::now() - Duration::from_secs(1);
     let path = spool::write_atomic(&dir, id.as_str(), &bytes, false, true)
         .map_err(|e| Failure::new(exit::FAILURE, e))?;
     let deadline = Instant::now() + SETTLE;
-    while path.exists() && watcher.is_some() && engine_runs(&root) {
+    // Taken means applied (the request is removed once the `run/` file
+    // holds the priority) or refused (moved to rejected/, then its reason
+    // written).
+    let decided = || {
+        !path.exists()
+            && (applied(&root, id, args.priority) || refusal(&root, id, started).is_some())
+    };
+    while !decided() && watcher.is_some() && engine_runs(&root) {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() || rx.recv_timeout(left).is_err() {
             break;
@@ -94,15 +101,20 @@ fn engine_runs(root: &spoolflow::Root) -> bool {
         })
 }
 
-/// A watcher of `dir` that sends on every event (`None`: none could be
+/// A watcher of `dirs` that sends on every event (`None`: none could be
 /// set up; the command then does not wait).
-fn watch_dir(dir: &Path, tx: std::sync::mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {
+fn watch_dirs(
+    dirs: &[&Path],
+    tx: std::sync::mpsc::Sender<()>,
+) -> Option<notify::RecommendedWatcher> {
     use notify::Watcher;
     let mut w = notify::recommended_watcher(move |_: notify::Result<notify::Event>| {
         let _ = tx.send(());
     })
     .ok()?;
-    w.watch(dir, notify::RecursiveMode::NonRecursive).ok()?;
+    for dir in dirs {
+        w.watch(dir, notify::RecursiveMode::NonRecursive).ok()?;
+    }
     Some(w)
 }
 

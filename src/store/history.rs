@@ -32,6 +32,8 @@ pub enum RetryError {
     Completed(TaskId),
     #[error("task {0} has not ended (it is queued or running); only a failed or aborted task can be retried")]
     NotEnded(TaskId),
+    #[error("task {0} has no record any more (removed by gc?), only earlier ones in var/spool/history/{0}/")]
+    NoRecord(TaskId),
     #[error("cannot read the record {path}: {message}")]
     BadRecord { path: PathBuf, message: String },
     #[error("cannot move {from} to {to}: {source}")]
@@ -167,6 +169,9 @@ pub fn retry(root: &Root, id: &TaskId) -> Result<Retried, RetryError> {
         let Some((_, history)) = latest(&dir) else {
             return Err(RetryError::Unknown(id.clone()));
         };
+        if !interrupted(root, id) {
+            return Err(RetryError::NoRecord(id.clone()));
+        }
         (read_record(&history)?, history, true)
     };
     let mut bytes = serde_json::to_vec_pretty(&task_file_of(&record)).expect("a map serializes");
@@ -183,6 +188,29 @@ pub fn retry(root: &Root, id: &TaskId) -> Result<Retried, RetryError> {
         attempts_before: attempts_before(root, id),
         resumed,
     })
+}
+
+/// Whether a task with a history but no record is a retry interrupted
+/// between its steps: every life of the id (a `created` point of its root
+/// node in its points log) has its record in the history. A life after the
+/// last history record whose record is gone (removed by `gc`) is not.
+fn interrupted(root: &Root, id: &TaskId) -> bool {
+    let lives = crate::store::points::read_points(&root.points_log(id))
+        .map(|points| {
+            points
+                .iter()
+                .filter(|p| p.point == "created" && p.nid.as_str() == "0")
+                .count()
+        })
+        .unwrap_or(0);
+    let histories = std::fs::read_dir(root.history_dir(id))
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.file_name().to_str().and_then(parse_name).is_some())
+                .count()
+        })
+        .unwrap_or(0);
+    lives <= histories
 }
 
 fn read_record(path: &Path) -> Result<Record, RetryError> {

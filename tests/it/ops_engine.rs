@@ -246,6 +246,13 @@ fn a_retry_interrupted_after_the_record_moved_is_finished_by_the_next() {
     let rec = t.must_record("a");
     assert_eq!(rec["state"], "completed");
     assert_eq!(rec["attempts"], 2);
+    // Its record removed (as gc does): not an interrupted retry, so the
+    // completed task is not run again from its history.
+    fs::remove_file(t.join("var/spool/done/a.json")).unwrap();
+    let (code, _, err) = cli(&t, &["retry", "a"]);
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("no record any more"), "{err}");
+    assert!(t.list("var/spool/in").is_empty());
 }
 
 #[test]
