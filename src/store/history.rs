@@ -149,7 +149,10 @@ fn free_name(dir: &Path, attempts: u32) -> String {
 /// A crash between 2 and 3 leaves the task nowhere but in its history,
 /// never lost: a second `retry ID` finds no record, finds the history and
 /// the task nowhere else (not in `in/`, `run/`, `done/` or `failed/`),
-/// and does step 3 from the latest history record. A crash inside a step
+/// checks that no life of the id came after that history record (its
+/// points log holds no more `created` points than the history holds
+/// records: a record removed by `gc` is not a crash), and does step 3 from
+/// the latest history record. A crash inside a step
 /// leaves it undone or done (renames are atomic), never half done.
 pub fn retry(root: &Root, id: &TaskId) -> Result<Retried, RetryError> {
     if root.done_file(id).exists() {
