@@ -34,6 +34,7 @@ const LAYOUT: &[&str] = &[
     "tsk/any",
     "var/spool/in",
     "var/spool/cancel",
+    "var/spool/priority",
     "var/spool/run",
     "var/spool/done",
     "var/spool/failed",
@@ -132,6 +133,11 @@ impl Root {
     }
     pub fn cancel(&self) -> PathBuf {
         self.dir.join("var/spool/cancel")
+    }
+    /// `var/spool/priority/`: requests to change a queued task's priority
+    /// (`spoolflow priority`), one file per task id.
+    pub fn priority_requests(&self) -> PathBuf {
+        self.dir.join("var/spool/priority")
     }
     pub fn run(&self) -> PathBuf {
         self.dir.join("var/spool/run")

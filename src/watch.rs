@@ -1,5 +1,5 @@
 //! The watcher: `notify` events on `var/spool/in/` (recursive),
-//! `var/spool/cancel/` and the taskers' points directory, filtered into the
+//! `var/spool/cancel/`, `var/spool/priority/` and the taskers' points directory, filtered into the
 //! few [`WatchEvent`]s the engine acts on.
 //!
 //! `tsk/` is watched apart ([`TskWatch`]), with raw inotify and a mask of
@@ -28,6 +28,8 @@ pub enum WatchEvent {
     Input(PathBuf),
     /// A cancel request may be ready.
     Cancel(PathBuf),
+    /// A priority request may be ready.
+    Priority(PathBuf),
     /// A tasker appended to its points file.
     Points(PathBuf),
     /// Events were lost: rescan the spool.
@@ -61,7 +63,9 @@ pub fn start(
     let spool_in = root.spool_in();
     let cancel = root.cancel();
     let points = points_dir.to_path_buf();
+    let priority = root.priority_requests();
     let (in2, cancel2, points2) = (spool_in.clone(), cancel.clone(), points.clone());
+    let priority2 = priority.clone();
     let handler = move |res: notify::Result<Event>| {
         let ev = match res {
             Ok(ev) => ev,
@@ -87,6 +91,8 @@ pub fn start(
             WatchEvent::Input(path)
         } else if path.starts_with(&cancel2) {
             WatchEvent::Cancel(path)
+        } else if path.starts_with(&priority2) {
+            WatchEvent::Priority(path)
         } else if path.starts_with(&points2) {
             WatchEvent::Points(path)
         } else {
@@ -106,6 +112,7 @@ pub fn start(
     for (path, mode) in [
         (&spool_in, RecursiveMode::Recursive),
         (&cancel, RecursiveMode::NonRecursive),
+        (&priority, RecursiveMode::NonRecursive),
         (&points, RecursiveMode::NonRecursive),
     ] {
         watcher

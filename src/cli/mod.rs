@@ -18,6 +18,10 @@ mod points;
 mod show;
 mod status;
 mod wait;
+// wt-engine
+mod priority;
+mod progress;
+mod retry;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -79,6 +83,10 @@ pub enum Command {
     Events(events::Args),
     /// Remove records, rejected files and logs older than D.
     Gc(gc::Args),
+    /// Queue a failed or aborted task again as a new attempt (same id).
+    Retry(retry::Args),
+    /// Change the priority of a queued task.
+    Priority(priority::Args),
 }
 
 /// An error at the CLI edge: a message and an exit code.
@@ -114,6 +122,8 @@ pub fn main() -> ExitCode {
         Command::Wait(a) => wait::run(cli.root, a),
         Command::Events(a) => events::run(cli.root, a),
         Command::Gc(a) => gc::run(cli.root, a),
+        Command::Retry(a) => retry::run(cli.root, a),
+        Command::Priority(a) => priority::run(cli.root, a),
     };
     match result {
         Ok(()) => ExitCode::from(exit::SUCCESS),

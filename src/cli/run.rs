@@ -1,6 +1,8 @@
 //! `spoolflow run [--workers N] [--drain] [--grace D]`: the engine in the
 //! foreground, logging to stderr and var/log/engine.log; SIGINT/SIGTERM
-//! stop it gracefully.
+//! stop it gracefully. Colour on stderr only on a terminal and never with
+//! `NO_COLOR`; with `--drain` on a terminal, a progress line (see
+//! `progress`) redrawn in place.
 
 use std::path::PathBuf;
 use std::sync::Mutex;
@@ -26,7 +28,14 @@ pub struct Args {
     pub grace: Dur,
 }
 
-fn init_logging(root: &spoolflow::Root) {
+/// Whether stderr may carry ANSI colour: a terminal, and no `NO_COLOR`
+/// (any non-empty value, <https://no-color.org>).
+fn colour_on_stderr() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
+fn init_logging(root: &spoolflow::Root, progress: bool) {
     let filter =
         EnvFilter::try_from_env("SPOOLFLOW_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let file = std::fs::OpenOptions::new()
@@ -34,9 +43,12 @@ fn init_logging(root: &spoolflow::Root) {
         .append(true)
         .open(root.engine_log())
         .ok();
-    let registry = tracing_subscriber::registry()
-        .with(filter)
-        .with(fmt::layer().with_writer(std::io::stderr).with_target(false));
+    let registry = tracing_subscriber::registry().with(filter).with(
+        fmt::layer()
+            .with_ansi(colour_on_stderr())
+            .with_writer(move || super::progress::LogWriter::new(progress))
+            .with_target(false),
+    );
     let _ = match file {
         Some(f) => registry
             .with(
@@ -54,7 +66,8 @@ pub fn run(root: Option<PathBuf>, args: Args) -> Result<(), Failure> {
     let root = super::find_root(root)?;
     root.ensure_exists()
         .map_err(|e| Failure::new(exit::USAGE, e))?;
-    init_logging(&root);
+    let progress = args.drain && super::progress::wanted();
+    init_logging(&root, progress);
     let mut options = Options::default();
     if let Some(w) = args.workers {
         if w == 0 {
@@ -86,15 +99,15 @@ pub fn run(root: Option<PathBuf>, args: Args) -> Result<(), Failure> {
                 }
             }
         });
-        tracing::info!(
-            "engine started on {} (pid {}, {})",
-            root.dir().display(),
-            std::process::id(),
-            spoolflow::text::count(options.workers, "worker")
-        );
-        engine::run(root, options, Some(stop_rx))
+        // "engine started" is logged by the engine once it holds the lock.
+        let drawer = progress.then(|| super::progress::Drawer::start(&mut options));
+        let result = engine::run(root, options, Some(stop_rx))
             .await
-            .map_err(|e| Failure::new(exit::FAILURE, e))
+            .map_err(|e| Failure::new(exit::FAILURE, e));
+        if let Some(d) = drawer {
+            d.finish();
+        }
+        result
     })?;
     tracing::info!("engine stopped");
     Ok(())

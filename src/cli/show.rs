@@ -30,10 +30,7 @@ pub fn run(root: Option<PathBuf>, args: Args) -> Result<(), Failure> {
     let root = super::find_root(root)?;
     let id: TaskId = args.id.parse().map_err(|e| Failure::new(exit::USAGE, e))?;
     let place = read::find(&root, &id).map_err(|e| Failure::new(exit::FAILURE, e))?;
-    let history: Vec<Record> = read::history(&root, &id)
-        .into_iter()
-        .filter_map(Result::ok)
-        .collect();
+    let history: Vec<Record> = read::history(&root, &id);
     let place = match place {
         Some(p) => p,
         None if !history.is_empty() => {

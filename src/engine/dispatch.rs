@@ -368,7 +368,9 @@ impl Engine {
             _ => Process::Live { pgid, stop },
         };
         node.starts += 1;
-        node.started_at = Some(Utc::now());
+        let now = Utc::now();
+        node.started_at = Some(now);
+        node.begin_attempt(now);
         let timer = node.start_timer.take();
         let p = Point::new(Kind::Started, &node.task.id, &key.exid, &key.nid)
             .with("taskee", node.taskee.as_ref().map_or("", |t| t.as_str()))

@@ -84,10 +84,19 @@ impl Engine {
         if self.is_flow(&k.exid) {
             return self.flow_node_ended(k, state, err);
         }
-        let (Some(exec), Some(node)) = (self.executions.get(&k.exid), self.nodes.get(k)) else {
+        let Some(exec) = self.executions.get(&k.exid) else {
             return;
         };
-        let record = record_of(node, exec.created_at, state, err);
+        let created_at = exec.submitted_at.unwrap_or(exec.created_at);
+        let Some(node) = self.nodes.get_mut(k) else {
+            return;
+        };
+        let now = Utc::now();
+        node.end_attempt(now, state.as_str(), err.as_ref().map(|e| e.kind));
+        let mut record = record_of(node, created_at, state, err);
+        // The last attempt ends when the task does.
+        record.ended_at = Some(timestamp(now));
+        let id = node.task.id.clone();
         let mut bytes = serde_json::to_vec_pretty(&record).unwrap_or_default();
         bytes.push(b'\n');
         let dir = if state == State::Completed {
@@ -95,15 +104,16 @@ impl Engine {
         } else {
             self.root.failed()
         };
+        self.ended(&record);
         self.committing += 1;
         self.writer.send(Job::Record(RecordJob {
             key: k.clone(),
             dir,
-            name: format!("{}.json", node.task.id),
+            name: format!("{id}.json"),
             bytes,
             points_log: self.root.points_log(&k.exid),
             final_point: Point::final_of(&record).to_line(),
-            run_file: self.root.run_file(&node.task.id),
+            run_file: self.root.run_file(&id),
             journal: None,
         }));
     }
@@ -145,7 +155,10 @@ impl Engine {
                     self.claiming.remove(&exid);
                     self.in_flight.remove(&from);
                 }
-                Done::Rewritten(key) => self.on_rewritten(&key),
+                Done::Rewritten(key) => {
+                    self.priority_saved(&key);
+                    self.on_rewritten(&key);
+                }
                 Done::Progress { exid, written } => self.on_progress_saved(&exid, written),
                 Done::Rejected { path, retake: true } => self.path_done(&path),
                 Done::Rejected {
@@ -230,5 +243,11 @@ pub(super) fn record_of(
         flow: None,
         errors: None,
         nodes: None,
+        first_started_at: node.attempts_log.first().map(|a| a.started_at.clone()),
+        attempts_log: node.attempts_log.clone(),
+        options: match serde_json::to_value(&node.task.options) {
+            Ok(serde_json::Value::Object(o)) if !o.is_empty() => Some(o),
+            _ => None,
+        },
     }
 }

@@ -77,6 +77,7 @@ impl Engine {
         };
         // A refusal breaks a row of `uncompleted` replies.
         node.uncompleted = 0;
+        node.end_attempt(chrono::Utc::now(), "refused", None);
         node.refusals.push(Refusal {
             taskee: taskee.clone(),
             reason: reason.clone(),
@@ -104,6 +105,7 @@ impl Engine {
             return;
         };
         node.uncompleted += 1;
+        node.end_attempt(chrono::Utc::now(), "uncompleted", None);
         node.task.payload = payload;
         let limit = policy::after_uncompleted(node.uncompleted);
         let mut p = self
@@ -162,6 +164,7 @@ impl Engine {
             AfterError::Fail(err) => return self.fail(key, err),
             AfterError::Retry { delay, error } => (delay, error),
         };
+        node.end_attempt(chrono::Utc::now(), "retried", Some(err.kind));
         node.retries_done += 1;
         node.attempt += 1;
         let attempt = node.attempt;

@@ -187,6 +187,7 @@ impl Engine {
         self.executions.insert(
             exid,
             Execution {
+                submitted_at: None,
                 created_at,
                 nids: Vec::new(),
                 flow: Some(Box::new(fx)),
@@ -608,7 +609,10 @@ impl Engine {
             ),
             FlowLife::Running | FlowLife::Recording => return,
         };
-        let record = flow_record(fx, exec.created_at, state, error, payload);
+        let mut record = flow_record(fx, exec.created_at, state, error, payload);
+        if let Some(t) = exec.submitted_at {
+            record.created_at = Some(timestamp(t));
+        }
         let mut bytes = serde_json::to_vec_pretty(&record).unwrap_or_default();
         bytes.push(b'\n');
         let dir = if state == State::Completed {
@@ -618,6 +622,7 @@ impl Engine {
         };
         let id = fx.task.id.clone();
         let root_key = key(exid, &Nid::root());
+        self.ended(&record);
         self.committing += 1;
         self.writer.send(Job::Record(RecordJob {
             key: root_key,
@@ -723,5 +728,8 @@ fn flow_record(
         flow: Some(tree::to_json(&fx.flow.tree)),
         errors: Some(serde_json::to_value(&fx.flow.progress.errors).unwrap_or_default()),
         nodes: Some(nodes),
+        first_started_at: None,
+        attempts_log: Vec::new(),
+        options: None,
     }
 }

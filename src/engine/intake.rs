@@ -131,6 +131,11 @@ impl Engine {
     }
 
     fn claim(&mut self, path: &Path, task: Task, self_contained: bool) {
+        // When the file was written: the record's `created_at`.
+        let submitted = std::fs::symlink_metadata(path)
+            .and_then(|m| m.modified())
+            .ok()
+            .map(chrono::DateTime::<Utc>::from);
         if self.is_known(&task.id) {
             return self.reject(path, &format!("duplicate id {}", task.id));
         }
@@ -152,11 +157,11 @@ impl Engine {
                 name: format!("{}.json", task.id),
                 bytes,
             });
-            self.claiming.insert(task.exid.clone(), task);
+            self.claiming.insert(task.exid.clone(), (task, submitted));
             return;
         }
         match spool::rename_no_replace(path, &self.root.run_file(&task.id)) {
-            Ok(()) => self.created(task),
+            Ok(()) => self.created(task, submitted),
             Err(SpoolError::Exists(_)) => self.reject(path, &format!("duplicate id {}", task.id)),
             Err(e) => {
                 tracing::error!("cannot claim {}: {e}", path.display());
@@ -177,13 +182,15 @@ impl Engine {
             self.take(path);
         } else if path.starts_with(self.root.cancel()) {
             self.take_cancel(path);
+        } else if path.starts_with(self.root.priority_requests()) {
+            self.take_priority(path);
         }
     }
 
     /// A domain-less claim is durable, its original removed.
     pub(super) fn on_claimed(&mut self, exid: &TaskId) {
-        if let Some(task) = self.claiming.remove(exid) {
-            self.created(task);
+        if let Some((task, submitted)) = self.claiming.remove(exid) {
+            self.created(task, submitted);
         }
     }
 
@@ -191,18 +198,24 @@ impl Engine {
     /// still in `in/`, is rejected.
     pub(super) fn on_claim_taken(&mut self, exid: &TaskId, from: &Path) {
         self.in_flight.remove(from);
-        if let Some(task) = self.claiming.remove(exid) {
+        if let Some((task, _)) = self.claiming.remove(exid) {
             self.reject(from, &format!("duplicate id {}", task.id));
         }
     }
 
     /// A task is in `run/`: log `created`, make it an execution, queue it.
-    fn created(&mut self, task: Task) {
+    /// `submitted`: when its file was written (`submitted_at` of the
+    /// point, `created_at` of the record). A task run again by `retry`
+    /// goes on counting its attempts from its history.
+    fn created(&mut self, task: Task, submitted: Option<chrono::DateTime<Utc>>) {
         let k = key(&task.exid, &task.nid);
         let mut p = self
             .point(&k, Kind::Created)
             .with("domain", task.domain.as_str())
             .with("priority", task.priority);
+        if let Some(t) = submitted {
+            p = p.with("submitted_at", crate::model::task::timestamp(t));
+        }
         p.id = task.id.clone();
         if let Some(t) = &task.tasker {
             p = p.with("tasker", t.as_str());
@@ -216,12 +229,18 @@ impl Engine {
                 Err(reason) => self.fail_flow_at_start(task, reason),
             }
         } else {
-            let (exec, node) = Execution::standalone(task, Utc::now());
+            let before = crate::store::history::attempts_before(&self.root, &task.id);
+            let (exec, mut node) = Execution::standalone(task, Utc::now());
+            node.attempt = before + 1;
             self.insert_execution(exid.clone(), exec, vec![node]);
+        }
+        if let Some(exec) = self.executions.get_mut(&exid) {
+            exec.submitted_at = submitted;
         }
         if let Some((req, reason)) = self.pending_cancels.remove(&exid) {
             self.cancel(&exid, &reason, &req);
         }
+        self.apply_pending_priority(&exid);
     }
 
     // ------------------------------------------------------------ cancel
@@ -276,6 +295,7 @@ impl Engine {
     /// Rejects the cancel requests whose task a complete scan of `in/` did
     /// not find (a claim still being made durable keeps its request).
     fn settle_cancels(&mut self) {
+        self.settle_priorities();
         if self.pending_cancels.is_empty() || self.mode.is_stopping() {
             return;
         }

@@ -29,6 +29,8 @@ pub mod outcome;
 pub mod policy;
 pub mod recovery;
 mod registry;
+mod report;
+mod requests;
 pub mod state;
 mod stop;
 
@@ -49,6 +51,7 @@ use crate::store::writer::{Done, Probe, Writer};
 use crate::tasker::{Exit, StopReason};
 use crate::watch::{self, WatchEvent};
 use recovery::RecoveryError;
+pub use report::{outcome_line, Counts, Progress};
 use state::{Execution, Item, Mode, Node};
 
 /// The default limit on a task file's size (SPEC 10).
@@ -71,6 +74,9 @@ pub struct Options {
     pub input_limit: u64,
     /// A test seam: told of every job the durable writer made durable.
     pub writer_probe: Option<Probe>,
+    /// Counters the engine keeps up to date for a progress display
+    /// (`spoolflow run --drain` on a terminal).
+    pub progress: Option<std::sync::Arc<Progress>>,
 }
 
 impl Default for Options {
@@ -84,6 +90,7 @@ impl Default for Options {
             kill_grace: Duration::from_secs(5),
             input_limit: INPUT_LIMIT,
             writer_probe: None,
+            progress: None,
         }
     }
 }
@@ -170,7 +177,13 @@ pub(crate) struct Engine {
     /// Every live node of every execution.
     nodes: HashMap<NodeKey, Node>,
     /// Domain-less claims being made durable by the writer.
-    claiming: HashMap<Exid, crate::model::task::Task>,
+    claiming: HashMap<
+        Exid,
+        (
+            crate::model::task::Task,
+            Option<chrono::DateTime<chrono::Utc>>,
+        ),
+    >,
     /// Paths of `in/` and `cancel/` handed to the writer (claims,
     /// rejections) and not done yet: a rescan leaves them alone.
     in_flight: HashSet<PathBuf>,
@@ -192,6 +205,12 @@ pub(crate) struct Engine {
     /// Cancel requests for ids not seen yet: id → (request path, reason);
     /// settled once the scan they asked for is over.
     pending_cancels: HashMap<TaskId, (PathBuf, String)>,
+    /// Priority requests for ids not seen yet: id → (request path,
+    /// priority); settled with the cancel requests (see `requests`).
+    pending_priorities: HashMap<TaskId, (PathBuf, i32)>,
+    /// Priority requests applied, removed once the rewritten `run/` file
+    /// is durable (a crash before re-applies them at the next start).
+    priority_saving: HashMap<NodeKey, (PathBuf, i32)>,
     /// Changes under `tsk/`, which spoil cached lookups.
     tsk_watch: watch::TskWatch,
     /// An fsync failed: the page cache can no longer be trusted, so the
@@ -208,7 +227,17 @@ pub async fn run(
     stop: Option<UnboundedReceiver<StopRequest>>,
 ) -> Result<(), EngineError> {
     root.ensure_exists()?;
+    // A root made before priority requests existed gets their directory.
+    let _ = std::fs::create_dir_all(root.priority_requests());
     let _lock = recovery::lock(&root, options.workers).await?;
+    // Said only once the lock is ours: a second engine never claims to
+    // have started.
+    tracing::info!(
+        "engine started on {} (pid {}, {})",
+        root.dir().display(),
+        std::process::id(),
+        crate::text::count(options.workers, "worker")
+    );
     recovery::kill_orphans(&root);
     recovery::clean_temporaries(&root);
     crate::tasker::close_inherited_descriptors();
@@ -245,6 +274,8 @@ pub async fn run(
         settling: Vec::new(),
         settle_at: None,
         pending_cancels: HashMap::new(),
+        pending_priorities: HashMap::new(),
+        priority_saving: HashMap::new(),
         tsk_watch,
         fatal: None,
         conditions: std::sync::Arc::new(crate::sandbox::sandbox_engine()),
@@ -255,6 +286,7 @@ pub async fn run(
     engine.scan_in();
     engine.take_scan(usize::MAX);
     engine.scan_cancel();
+    engine.scan_priority();
     engine.mode = if drain { Mode::Draining } else { Mode::Running };
     let inbox = Inbox {
         watch: watch_rx,
@@ -305,6 +337,7 @@ impl Engine {
                 return Err(EngineError::Spool(e));
             }
             self.dispatch();
+            self.count_live();
             if self.mode.is_stopping() && self.nothing_running() {
                 // Queued and delayed tasks stay in run/ for the next start.
                 return Ok(());
@@ -349,6 +382,7 @@ impl Engine {
                 _ = safety.tick() => {
                     self.scan_in();
                     self.scan_cancel();
+                    self.scan_priority();
                 }
             }
         }
@@ -377,6 +411,7 @@ impl Engine {
         match ev {
             WatchEvent::Input(p) => self.take(&p),
             WatchEvent::Cancel(p) => self.take_cancel(&p),
+            WatchEvent::Priority(p) => self.take_priority(&p),
             WatchEvent::Points(p) => {
                 if let Some(key) = self.points_files.get(&p).cloned() {
                     self.copy_points(&key);
@@ -385,6 +420,7 @@ impl Engine {
             WatchEvent::Rescan => {
                 self.scan_in();
                 self.scan_cancel();
+                self.scan_priority();
             }
             WatchEvent::Error(e) => {
                 tracing::error!("file watcher: {e}; rescanning the spool");

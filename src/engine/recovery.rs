@@ -146,10 +146,14 @@ pub fn kill_orphans(root: &Root) -> usize {
             continue;
         };
         match recorded_group(&want_root, pgid) {
-            Group::Ours => {
+            Group::Ours(id) => {
                 let pg = nix::unistd::Pid::from_raw(pgid);
                 if nix::sys::signal::killpg(pg, nix::sys::signal::Signal::SIGKILL).is_ok() {
                     killed += 1;
+                    tracing::warn!(
+                        "killed the orphan tasker of task {} (process group {pgid}) left by an engine that died",
+                        id.as_deref().unwrap_or("?")
+                    );
                 }
             }
             Group::Gone => {}
@@ -185,11 +189,18 @@ fn is_tasker_env(env: &[u8], want_root: &[u8]) -> bool {
     has_root && has_exid
 }
 
+/// The value of one variable (`NAME=`) of a process environment.
+fn env_var(env: &[u8], name: &[u8]) -> Option<String> {
+    env.split(|b| *b == 0)
+        .find_map(|var| var.strip_prefix(name))
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+}
+
 /// What a process group named in the registry is now.
 #[derive(Debug, PartialEq, Eq)]
 enum Group {
-    /// Its leader runs and is a tasker of this root.
-    Ours,
+    /// Its leader runs and is a tasker of this root (of this task id).
+    Ours(Option<String>),
     /// No such group, or its id now belongs to a process of another group
     /// (a pid is never reused while a group of that id exists).
     Gone,
@@ -207,7 +218,7 @@ fn recorded_group(want_root: &[u8], pgid: i32) -> Group {
         // not reaped) cannot be told apart from a stranger without a scan.
         Ok(env) if getpgid(Some(pid)) == Ok(pid) => {
             if is_tasker_env(&env, want_root) {
-                Group::Ours
+                Group::Ours(env_var(&env, b"SPOOLFLOW_ID="))
             } else {
                 Group::Unknown
             }
@@ -251,6 +262,11 @@ pub fn scan_for_orphans(root: &Root) -> usize {
             continue;
         };
         if is_tasker_env(&env, &want_root) {
+            let id = env_var(&env, b"SPOOLFLOW_ID=");
+            tracing::warn!(
+                "killed the orphan tasker of task {} (pid {pid}) left by an engine that died",
+                id.as_deref().unwrap_or("?")
+            );
             let pid = Pid::from_raw(pid as i32);
             if let Ok(pgid) = nix::unistd::getpgid(Some(pid)) {
                 groups.insert(pgid);
@@ -411,6 +427,11 @@ pub struct History {
     refusals: Vec<Refusal>,
     uncompleted: u32,
     created_at: Option<DateTime<Utc>>,
+    /// When the task file was written (the `created` point's
+    /// `submitted_at`).
+    pub(super) submitted_at: Option<DateTime<Utc>>,
+    /// The attempts that started in this life of the id.
+    attempts_log: Vec<crate::model::task::AttemptLog>,
 }
 
 impl History {
@@ -424,6 +445,9 @@ impl History {
         node.starts = self.attempts;
         node.refusals = self.refusals.clone();
         node.uncompleted = self.uncompleted;
+        node.attempts_log = self.attempts_log.clone();
+        // The attempt that ran when the engine died ended with it.
+        node.end_attempt(Utc::now(), "interrupted", None);
     }
 
     /// The attempt the node is queued again as.
@@ -463,54 +487,102 @@ fn history_in(points: &[point::Point], id: &TaskId, nid: &crate::model::names::N
     {
         match p.kind() {
             Some(Kind::Created) => {
-                if h.created_at.is_none() {
-                    h.created_at = DateTime::parse_from_rfc3339(&p.ts)
-                        .ok()
-                        .map(|t| t.with_timezone(&Utc));
-                }
-                // A new life of the id (a task run again): what SPEC 7
-                // counts starts over.
+                // A new life of the id (a task run again by `retry`): what
+                // SPEC 7 counts and what its record shows start over; its
+                // attempts go on counting.
+                h.created_at = parse_ts(&p.ts);
+                h.submitted_at = p
+                    .fields
+                    .get("submitted_at")
+                    .and_then(|v| v.as_str())
+                    .and_then(parse_ts);
                 h.refusals.clear();
                 h.uncompleted = 0;
+                h.offers = 0;
+                h.retries = 0;
+                h.attempts_log.clear();
             }
             Some(Kind::Offered) => h.offers += 1,
+            Some(Kind::Started) => {
+                let attempt = p.fields.get("attempt").and_then(|a| a.as_u64());
+                h.attempts_log.push(crate::model::task::AttemptLog {
+                    attempt: attempt.and_then(|a| u32::try_from(a).ok()).unwrap_or(0),
+                    started_at: p.ts.clone(),
+                    ended_at: None,
+                    outcome: None,
+                    kind: None,
+                });
+                h.note_attempt(p);
+            }
             Some(Kind::Refused) => {
                 // A refusal breaks a row of `uncompleted` replies.
                 h.uncompleted = 0;
                 let field = |k: &str| p.fields.get(k).and_then(|v| v.as_str());
+                h.end_attempt(p, "refused");
                 if let Some(taskee) = field("taskee").and_then(|t| t.parse().ok()) {
                     let reason = field("reason").unwrap_or("no reason given").to_string();
                     h.refusals.push(Refusal { taskee, reason });
                 }
             }
-            Some(Kind::Uncompleted) => h.uncompleted = h.uncompleted.saturating_add(1),
+            Some(Kind::Uncompleted) => {
+                h.uncompleted = h.uncompleted.saturating_add(1);
+                h.end_attempt(p, "uncompleted");
+            }
             Some(Kind::Retried) => {
                 // A failed attempt breaks a row of `uncompleted` replies.
                 h.uncompleted = 0;
                 h.retries += 1;
+                h.end_attempt(p, "retried");
                 if let Some(a) = p.fields.get("attempt").and_then(|a| a.as_u64()) {
                     let a = u32::try_from(a).unwrap_or(u32::MAX);
                     h.attempts = h.attempts.max(a.saturating_sub(1));
                 }
             }
-            Some(Kind::Allocated | Kind::Started | Kind::Recovered) => {
-                if let Some(a) = p.fields.get("attempt").and_then(|a| a.as_u64()) {
-                    let a = u32::try_from(a).unwrap_or(u32::MAX);
-                    // `allocated` and `started` name an attempt that may
-                    // have run (the engine can die between the spawn and the
-                    // `started` point); `recovered` the one about to run.
-                    let ran = if p.kind() != Some(Kind::Recovered) {
-                        a
-                    } else {
-                        a.saturating_sub(1)
-                    };
-                    h.attempts = h.attempts.max(ran);
-                }
+            Some(Kind::Recovered) => {
+                h.end_attempt(p, "interrupted");
+                h.note_attempt(p);
             }
+            Some(Kind::Allocated) => h.note_attempt(p),
             _ => {}
         }
     }
     h
+}
+
+fn parse_ts(s: &str) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(s)
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
+}
+
+impl History {
+    /// The attempt an `allocated`, `started` or `recovered` point names:
+    /// `allocated` and `started` name an attempt that may have run (the
+    /// engine can die between the spawn and the `started` point);
+    /// `recovered` the one about to run.
+    fn note_attempt(&mut self, p: &point::Point) {
+        if let Some(a) = p.fields.get("attempt").and_then(|a| a.as_u64()) {
+            let a = u32::try_from(a).unwrap_or(u32::MAX);
+            let ran = if p.kind() != Some(Kind::Recovered) {
+                a
+            } else {
+                a.saturating_sub(1)
+            };
+            self.attempts = self.attempts.max(ran);
+        }
+    }
+
+    /// The open attempt of the log ended at the point's time.
+    fn end_attempt(&mut self, p: &point::Point, outcome: &str) {
+        if let Some(a) = self.attempts_log.last_mut().filter(|a| a.outcome.is_none()) {
+            a.ended_at = Some(p.ts.clone());
+            a.outcome = Some(outcome.to_string());
+            a.kind = p
+                .fields
+                .get("kind")
+                .and_then(|k| serde_json::from_value(k.clone()).ok());
+        }
+    }
 }
 
 impl super::Engine {
@@ -530,7 +602,11 @@ impl super::Engine {
         for r in found.tasks {
             if r.task.flow.is_some() {
                 let created_at = r.created_at.unwrap_or_else(Utc::now);
+                let exid = r.task.exid.clone();
                 self.recover_flow(r.task, r.progress, created_at);
+                if let Some(exec) = self.executions.get_mut(&exid) {
+                    exec.submitted_at = r.history.submitted_at;
+                }
                 continue;
             }
             let k = key(&r.task.exid, &r.task.nid);
@@ -539,14 +615,24 @@ impl super::Engine {
                 .with("attempt", r.history.next_attempt());
             p.id = r.task.id.clone();
             self.log_idle(p);
+            tracing::info!(
+                "recovered task {} from run/ (attempt {} next)",
+                r.task.id,
+                r.history.next_attempt()
+            );
             let created_at = r.created_at.unwrap_or_else(Utc::now);
-            let (exec, mut node) = Execution::standalone(r.task, created_at);
+            let (mut exec, mut node) = Execution::standalone(r.task, created_at);
+            exec.submitted_at = r.history.submitted_at;
             r.history.restore(&mut node);
             self.insert_execution(k.exid, exec, vec![node]);
         }
         Ok(())
     }
 }
+
+#[cfg(test)]
+#[path = "recovery_history_tests.rs"]
+mod history_tests;
 
 #[cfg(test)]
 mod tests {

@@ -14,7 +14,7 @@ use tokio::sync::oneshot;
 
 use super::policy::Effective;
 use crate::model::names::{Exid, Nid, Taskee};
-use crate::model::task::{Refusal, Task};
+use crate::model::task::{timestamp, AttemptLog, ErrorKind, Refusal, Task};
 use crate::scheduler::{Entry, Limit, NodeKey, TimerId};
 use crate::tasker::{StopReason, TaskerConfig};
 
@@ -172,6 +172,9 @@ pub struct Node {
     /// A flow node whose payload is built from its flow when it is first
     /// offered (`task.payload` is empty until then).
     pub payload_from_flow: bool,
+    /// Each attempt that started (the last one open while it runs): the
+    /// record's `attempts_log` and `first_started_at`.
+    pub attempts_log: Vec<AttemptLog>,
 }
 
 impl Node {
@@ -194,6 +197,28 @@ impl Node {
             config: None,
             effective,
             payload_from_flow: false,
+            attempts_log: Vec::new(),
+        }
+    }
+
+    /// The attempt under way has started (at `at`).
+    pub fn begin_attempt(&mut self, at: DateTime<Utc>) {
+        self.attempts_log.push(AttemptLog {
+            attempt: self.attempt,
+            started_at: timestamp(at),
+            ended_at: None,
+            outcome: None,
+            kind: None,
+        });
+    }
+
+    /// The attempt under way, if one started and is still open, ended
+    /// (at `at`) with `outcome`.
+    pub fn end_attempt(&mut self, at: DateTime<Utc>, outcome: &str, kind: Option<ErrorKind>) {
+        if let Some(a) = self.attempts_log.last_mut().filter(|a| a.outcome.is_none()) {
+            a.ended_at = Some(timestamp(at));
+            a.outcome = Some(outcome.to_string());
+            a.kind = kind;
         }
     }
 
@@ -218,7 +243,12 @@ impl Node {
 /// (a map per execution would cost a table per task); `nids` names the
 /// live ones.
 pub struct Execution {
+    /// When the engine took the task (its `created` point; what
+    /// `start_timeout` counts from).
     pub created_at: DateTime<Utc>,
+    /// When the task file was written into `in/` (its modification time),
+    /// the record's `created_at`; `None`: unknown, `created_at` stands.
+    pub submitted_at: Option<DateTime<Utc>>,
     pub nids: Vec<Nid>,
     /// A flow's tree, progress and life (`None`: a standalone task).
     pub flow: Option<Box<super::flows::FlowExec>>,
@@ -229,6 +259,7 @@ impl Execution {
     pub fn standalone(task: Task, created_at: DateTime<Utc>) -> (Execution, Node) {
         let exec = Execution {
             created_at,
+            submitted_at: None,
             nids: vec![task.nid.clone()],
             flow: None,
         };

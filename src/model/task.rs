@@ -511,6 +511,39 @@ pub struct Record {
     /// A flow's task nodes that ran.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nodes: Option<Vec<Value>>,
+    /// When the first attempt's tasker started (`started_at` is the
+    /// latest's): with `attempts_log`, durations stay honest across retries.
+    /// `null` when no tasker started (and in a flow's record, whose
+    /// `nodes` say when each ran).
+    #[serde(default)]
+    pub first_started_at: Option<String>,
+    /// Each attempt that started: its number, start, end and outcome.
+    #[serde(default)]
+    pub attempts_log: Vec<AttemptLog>,
+    /// The task file's own `timeout`, `start_timeout`, `retries` and
+    /// `retry_on_timeout`, when it set any (so that `spoolflow retry`
+    /// queues the task with them again).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub options: Option<Object>,
+}
+
+/// One attempt of a task, as its record's `attempts_log` keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttemptLog {
+    /// The attempt's number (counting on across `spoolflow retry`).
+    pub attempt: u32,
+    pub started_at: String,
+    /// `None` while it runs (a `"in": "task"` tasker's own view).
+    #[serde(default)]
+    pub ended_at: Option<String>,
+    /// How it ended: `completed`, `failed`, `aborted`, `retried`,
+    /// `refused`, `uncompleted`, or `interrupted` (the engine stopped or
+    /// died while it ran); `None` while it runs.
+    #[serde(default)]
+    pub outcome: Option<String>,
+    /// The error kind of a failed or retried attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<ErrorKind>,
 }
 
 #[cfg(test)]

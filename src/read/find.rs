@@ -175,20 +175,12 @@ pub fn read_tail(path: &Path, limit: u64) -> io::Result<Vec<u8>> {
 }
 
 /// The earlier final records of a task run again by `retry`
-/// (`history/<id>/<attempts>.json`), oldest first.
-pub fn history(root: &Root, id: &TaskId) -> Vec<Result<Record, ReadError>> {
-    let mut files: Vec<(u64, PathBuf)> = std::fs::read_dir(root.history_dir(id))
+/// (`history/<id>/`), oldest first.
+pub fn history(root: &Root, id: &TaskId) -> Vec<Record> {
+    crate::store::history::earlier_records(root, id)
         .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| {
-            let name = e.file_name().to_string_lossy().to_string();
-            let n = name.strip_suffix(".json")?.parse::<u64>().ok()?;
-            Some((n, e.path()))
-        })
-        .collect();
-    files.sort();
-    files.into_iter().map(|(_, p)| read_record(&p)).collect()
+        .map(|(_, r)| r)
+        .collect()
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 //! The read layer that finds tasks without an engine is `crate::read`.
 
 pub mod flows;
+pub mod history;
 pub mod intake;
 pub mod points;
 pub mod spool;

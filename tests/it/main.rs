@@ -14,6 +14,8 @@ mod flows_journal;
 mod friction;
 mod hostile;
 mod intake;
+// wt-engine
+mod ops_engine;
 mod path_safety;
 mod points_records;
 mod reliability;

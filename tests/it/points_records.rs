@@ -28,7 +28,7 @@ fn ts(v: &Value) -> DateTime<Utc> {
         .with_timezone(&Utc)
 }
 
-const RECORD_KEYS: [&str; 18] = [
+const RECORD_KEYS: [&str; 20] = [
     "id",
     "exid",
     "nid",
@@ -47,6 +47,9 @@ const RECORD_KEYS: [&str; 18] = [
     "started_at",
     "ended_at",
     "payload",
+    // Issue 9 (item 16): durations honest across retries.
+    "first_started_at",
+    "attempts_log",
 ];
 
 fn keys(v: &Value) -> BTreeSet<&str> {
@@ -173,9 +176,11 @@ fn a_completed_record_has_exactly_the_fields_of_spec_9() {
         ts(&rec["ended_at"]),
     );
     assert!(created <= started && started <= ended, "{rec:#}");
-    // The record's times agree with the points.
+    // The record's times agree with the points: `created_at` is when the
+    // file was written (issue 9), before the engine took it (`created`).
     let points = t.points("order-1234");
-    assert!(ts(&points[0]["ts"]) <= created + chrono::Duration::milliseconds(1));
+    assert!(ts(&points[0]["ts"]) >= created);
+    assert_eq!(points[0]["submitted_at"], rec["created_at"]);
     assert!(ts(&points.last().unwrap()["ts"]) >= ended);
 }
 

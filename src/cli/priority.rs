@@ -1,0 +1,158 @@
+//! `spoolflow priority ID P`: drops a priority request into
+//! `var/spool/priority/<id>` (SPEC 13); the engine applies it to the
+//! queued task (its place in the queue and its `run/` file), or moves it
+//! to `rejected/` with the reason when the task runs or is unknown.
+//! Without a running engine, the request waits for the next start.
+//!
+//! The command then watches the request for a moment ([`SETTLE`]): a
+//! running engine takes it within milliseconds, and the operator learns
+//! whether it was applied or refused (exit 2, with the engine's reason).
+//! A request still there after that waits for an engine.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use super::{exit, Failure};
+use spoolflow::model::names::TaskId;
+use spoolflow::store::spool;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The id of the queued task.
+    pub id: TaskId,
+    /// The new priority (an i32; higher starts first).
+    #[arg(allow_negative_numbers = true)]
+    pub priority: i32,
+}
+
+pub fn run(root: Option<PathBuf>, args: Args) -> Result<(), Failure> {
+    let root = super::find_root(root)?;
+    root.ensure_exists()
+        .map_err(|e| Failure::new(exit::USAGE, e))?;
+    let id = &args.id;
+    if root.done_file(id).exists() || root.failed_file(id).exists() {
+        return Err(Failure::new(
+            exit::USAGE,
+            format!("task {id} has ended already; only a queued task's priority can change"),
+        ));
+    }
+    if !root.run_file(id).exists() && !in_spool(&root, id) {
+        return Err(Failure::new(
+            exit::NOT_FOUND,
+            format!("unknown task id {id}"),
+        ));
+    }
+    let dir = root.priority_requests();
+    std::fs::create_dir_all(&dir).map_err(|e| Failure::new(exit::FAILURE, e))?;
+    let request = serde_json::json!({ "id": id.as_str(), "priority": args.priority });
+    let bytes = serde_json::to_vec(&request).expect("a JSON map serializes");
+    // Watched before it is written, so that its removal is never missed.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let watcher = watch_dirs(&[&dir, &root.rejected()], tx);
+    // File times are coarser than the clock: a second of slack.
+    let started = std::time::SystemTime::now() - Duration::from_secs(1);
+    let path = spool::write_atomic(&dir, id.as_str(), &bytes, false, true)
+        .map_err(|e| Failure::new(exit::FAILURE, e))?;
+    let deadline = Instant::now() + SETTLE;
+    // Taken means applied (the request is removed once the `run/` file
+    // holds the priority) or refused (moved to rejected/, then its reason
+    // written).
+    let decided = || {
+        !path.exists()
+            && (applied(&root, id, args.priority) || refusal(&root, id, started).is_some())
+    };
+    while !decided() && watcher.is_some() && engine_runs(&root) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || rx.recv_timeout(left).is_err() {
+            break;
+        }
+    }
+    if path.exists() {
+        println!(
+            "priority {} requested for {id}; no engine took the request yet: it applies when one starts",
+            args.priority
+        );
+        return Ok(());
+    }
+    if applied(&root, id, args.priority) {
+        println!("priority of {id} is now {}", args.priority);
+        return Ok(());
+    }
+    let reason = refusal(&root, id, started).unwrap_or_else(|| "see var/spool/rejected/".into());
+    Err(Failure::new(
+        exit::USAGE,
+        format!("priority request for {id} refused: {reason}"),
+    ))
+}
+
+/// How long the command watches its request for a running engine to take it.
+const SETTLE: Duration = Duration::from_secs(3);
+
+/// Whether the engine named in the lock file lives (the lock file stays,
+/// with the last engine's pid, after it stops).
+fn engine_runs(root: &spoolflow::Root) -> bool {
+    std::fs::read_to_string(root.lock())
+        .ok()
+        .and_then(|s| s.trim().parse::<i32>().ok())
+        .is_some_and(|pid| {
+            pid > 0
+                && nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None)
+                    != Err(nix::errno::Errno::ESRCH)
+        })
+}
+
+/// A watcher of `dirs` that sends on every event (`None`: none could be
+/// set up; the command then does not wait).
+fn watch_dirs(
+    dirs: &[&Path],
+    tx: std::sync::mpsc::Sender<()>,
+) -> Option<notify::RecommendedWatcher> {
+    use notify::Watcher;
+    let mut w = notify::recommended_watcher(move |_: notify::Result<notify::Event>| {
+        let _ = tx.send(());
+    })
+    .ok()?;
+    for dir in dirs {
+        w.watch(dir, notify::RecursiveMode::NonRecursive).ok()?;
+    }
+    Some(w)
+}
+
+/// Whether the task holds the priority now (its `run/` file, or its
+/// record if it ended since).
+fn applied(root: &spoolflow::Root, id: &TaskId, priority: i32) -> bool {
+    [root.run_file(id), root.done_file(id), root.failed_file(id)]
+        .iter()
+        .filter_map(|p| std::fs::read(p).ok())
+        .filter_map(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .any(|v| v["priority"] == priority)
+}
+
+/// The reason of the newest rejected request for `id` written since
+/// `since` (`rejected/<id>.reason` or `rejected/<id>.N.reason`).
+fn refusal(root: &spoolflow::Root, id: &TaskId, since: std::time::SystemTime) -> Option<String> {
+    let entries = std::fs::read_dir(root.rejected()).ok()?;
+    entries
+        .flatten()
+        .filter(|e| {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            name.strip_prefix(id.as_str()).is_some_and(|rest| {
+                rest == ".reason"
+                    || rest
+                        .strip_prefix('.')
+                        .and_then(|r| r.strip_suffix(".reason"))
+                        .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
+            })
+        })
+        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+        .filter(|(t, _)| *t >= since)
+        .max()
+        .and_then(|(_, p)| std::fs::read_to_string(p).ok())
+        .map(|r| r.trim().to_string())
+}
+
+/// Whether a task file for `id` waits in `in/` or `in/<domain>/`.
+fn in_spool(root: &spoolflow::Root, id: &TaskId) -> bool {
+    spoolflow::read::find_in(root, id).is_some()
+}

@@ -1,0 +1,63 @@
+//! Unit tests of what recovery rebuilds from a points log: attempts,
+//! `attempts_log` and `submitted_at`, and a new life of an id (a task run
+//! again by `spoolflow retry`) starting over.
+
+use super::*;
+
+#[test]
+fn attempts_are_rebuilt_from_the_log_and_a_new_life_starts_over() {
+    let line = |ts: u32, point: &str, extra: &str| {
+        format!(
+            r#"{{"ts":"2026-01-01T00:00:0{ts}.000000Z","id":"x","exid":"x","nid":"0","point":"{point}"{extra}}}"#
+        )
+    };
+    let text = [
+        // A first life, failed, then run again by `retry`.
+        line(0, "created", ""),
+        line(0, "offered", r#","taskee":"t","offer":1"#),
+        line(0, "started", r#","attempt":1"#),
+        line(1, "failed", r#","attempt":1"#),
+        line(
+            2,
+            "created",
+            r#","submitted_at":"2026-01-01T00:00:01.500000Z""#,
+        ),
+        line(2, "offered", r#","taskee":"t","offer":1"#),
+        line(3, "started", r#","attempt":2"#),
+        line(4, "retried", r#","attempt":3,"kind":"work","delay":"1s""#),
+        line(5, "started", r#","attempt":3"#),
+    ]
+    .join("\n")
+        + "\n";
+    let tmp = tempfile::tempdir().unwrap();
+    let log = tmp.path().join("x.log");
+    std::fs::write(&log, text).unwrap();
+    let task = Task::from_file(
+        TaskFile::parse(br#"{"domain":"org"}"#).unwrap(),
+        Some("x"),
+        None,
+    )
+    .unwrap();
+    let h = history_of(&log, &task);
+    assert_eq!((h.attempts, h.offers, h.retries), (3, 1, 1));
+    assert_eq!(h.next_attempt(), 4);
+    assert_eq!(
+        h.submitted_at.map(crate::model::task::timestamp).as_deref(),
+        Some("2026-01-01T00:00:01.500000Z")
+    );
+    let log: Vec<_> = h
+        .attempts_log
+        .iter()
+        .map(|a| (a.attempt, a.outcome.as_deref(), a.ended_at.is_some()))
+        .collect();
+    assert_eq!(log, [(2, Some("retried"), true), (3, None, false)]);
+    assert_eq!(
+        h.attempts_log[0].kind,
+        Some(crate::model::task::ErrorKind::Work)
+    );
+    // Queued again, the attempt that ran when the engine died is closed.
+    let mut node = crate::engine::state::Node::new(task);
+    h.restore(&mut node);
+    assert_eq!(node.attempt, 4);
+    assert_eq!(node.attempts_log[1].outcome.as_deref(), Some("interrupted"));
+}
