@@ -88,17 +88,9 @@ pub fn run(root: Option<PathBuf>, args: Args) -> Result<(), Failure> {
 /// How long the command watches its request for a running engine to take it.
 const SETTLE: Duration = Duration::from_secs(3);
 
-/// Whether the engine named in the lock file lives (the lock file stays,
-/// with the last engine's pid, after it stops).
+/// Whether an engine holds the root's lock (the read layer's answer).
 fn engine_runs(root: &spoolflow::Root) -> bool {
-    std::fs::read_to_string(root.lock())
-        .ok()
-        .and_then(|s| s.trim().parse::<i32>().ok())
-        .is_some_and(|pid| {
-            pid > 0
-                && nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None)
-                    != Err(nix::errno::Errno::ESRCH)
-        })
+    spoolflow::read::engine::engine(root).is_some()
 }
 
 /// A watcher of `dirs` that sends on every event (`None`: none could be

@@ -136,8 +136,26 @@ fn print_human(
                 age(r.ended_at.as_deref(), now)
             ),
         );
-        if let Some(took) = between(r.started_at.as_deref(), r.ended_at.as_deref(), now) {
+        let first = r.first_started_at.as_deref().or(r.started_at.as_deref());
+        if let Some(took) = between(first, r.ended_at.as_deref(), now) {
             field("took", duration(took));
+        }
+        for a in &r.attempts_log {
+            let took = between(Some(&a.started_at), a.ended_at.as_deref(), now)
+                .map_or("-".into(), duration);
+            let kind = a
+                .kind
+                .and_then(|k| serde_json::to_value(k).ok())
+                .and_then(|v| v.as_str().map(|k| format!(" ({k})")))
+                .unwrap_or_default();
+            field(
+                &format!("attempt {}", a.attempt),
+                format!(
+                    "{} at {}, took {took}{kind}",
+                    a.outcome.as_deref().unwrap_or("running"),
+                    a.started_at
+                ),
+            );
         }
         if let Some(e) = &r.error {
             let kind = serde_json::to_value(e.kind).unwrap_or_default();

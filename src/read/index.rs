@@ -19,7 +19,7 @@ use crate::read::find::read_record;
 use crate::read::summary::Summary;
 
 /// The format of the index file; a file of another version is rebuilt.
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
 
 /// One record's line in the index.
 #[derive(Debug, Serialize, Deserialize)]

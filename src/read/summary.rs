@@ -124,7 +124,8 @@ impl Summary {
             attempts: r.attempts,
             priority: r.priority,
             created_at: r.created_at.clone(),
-            started_at: r.started_at.clone(),
+            // The first attempt's start: a duration across retries.
+            started_at: r.first_started_at.clone().or_else(|| r.started_at.clone()),
             ended_at: r.ended_at.clone(),
             error_kind: r.error.as_ref().map(|e| kind_name(e.kind)),
             reason,

@@ -159,6 +159,21 @@ fn retry_completes_a_task_that_failed_before_its_tasker_was_fixed() {
     assert_eq!(log.len(), 1, "{rec:#}");
     assert_eq!(log[0]["attempt"], 2);
     assert_eq!(log[0]["outcome"], "completed");
+
+    // `show` lists the earlier attempts beside the record.
+    let (code, out, err) = cli(&t, &["show", "a", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let shown: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(shown["record"]["attempts"], 2);
+    assert_eq!(shown["history"].as_array().unwrap().len(), 1);
+    assert_eq!(shown["history"][0], first);
+    let (_, out, _) = cli(&t, &["show", "a"]);
+    assert!(out.contains("earlier attempts (history/):"), "{out}");
+    assert!(out.contains("1 attempt(s), failed at "), "{out}");
+    // `logs` follows the second life to its end, not the first's.
+    let (code, out, _) = cli(&t, &["logs", "a", "--follow", "--json"]);
+    assert_eq!(code, 0);
+    assert_eq!(out.lines().count(), t.points("a").len());
 }
 
 #[test]
@@ -383,8 +398,8 @@ fn a_changed_priority_survives_a_restart() {
     // The gate's next attempt may pass at once.
     fs::write(t.join("open2"), "").unwrap();
     drain(&t);
-    // b keeps its 9; a and g (recovered in name order) follow at 0.
-    assert_eq!(order(&t), ["g", "b", "a", "g"]);
+    // b keeps its 9; g and a (recovered in submission order) follow at 0.
+    assert_eq!(order(&t), ["g", "b", "g", "a"]);
     assert_eq!(t.must_record("b")["priority"], 9);
 }
 
@@ -432,7 +447,7 @@ fn engine_started_is_logged_only_once_the_lock_is_taken() {
     let first = t.spawn_engine(&[]);
     wait_for("the first engine's lock", DEADLINE, || {
         fs::read_to_string(t.join("var/run/engine.lock"))
-            .is_ok_and(|s| s.trim() == first.pid().to_string())
+            .is_ok_and(|s| s.lines().next() == Some(first.pid().to_string().as_str()))
     });
     let (code, err) = t.spawn_engine(&[]).wait(DEADLINE);
     assert_eq!(code, Some(1), "{err}");
