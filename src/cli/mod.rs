@@ -3,9 +3,11 @@
 
 mod cancel;
 mod check;
+mod completions;
 mod flow;
 mod init;
 mod run;
+mod schema;
 mod submit;
 
 use std::path::PathBuf;
@@ -55,6 +57,10 @@ pub enum Command {
     Cancel(cancel::Args),
     /// Draw a flow's tree with each node's state (running or ended).
     Flow(flow::Args),
+    /// Print the JSON Schema of a format: task, tasker, record or point.
+    Schema(schema::Args),
+    /// Print a shell completion script: bash, zsh or fish.
+    Completions(completions::Args),
 }
 
 /// An error at the CLI edge: a message and an exit code.
@@ -82,6 +88,8 @@ pub fn main() -> ExitCode {
         Command::Check(a) => check::run(cli.root, a),
         Command::Cancel(a) => cancel::run(cli.root, a),
         Command::Flow(a) => flow::run(cli.root, a),
+        Command::Schema(a) => schema::run(cli.root, a),
+        Command::Completions(a) => completions::run(cli.root, a),
     };
     match result {
         Ok(()) => ExitCode::from(exit::SUCCESS),
