@@ -118,19 +118,34 @@ fn no_link_leaves_the_repository() {
     }
 }
 
-/// The commands and flags named on the lines of docs/commands.md that
-/// start with `spoolflow ` (in code blocks or inline code): command ->
-/// flags. Global `--root DIR` before the command is skipped.
+/// The commands and flags named in README.md and docs/ (docs/commands.md
+/// names them all) on lines that start with `spoolflow ` (in code blocks)
+/// or in inline code spans starting with it: command -> flags. A global
+/// `--root DIR` before the command is skipped.
 fn documented_commands() -> BTreeMap<String, BTreeSet<String>> {
-    let text = fs::read_to_string(repo().join("docs/commands.md")).unwrap();
+    let mut found: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for file in doc_files() {
+        let text = fs::read_to_string(&file).unwrap();
+        for (command, flags) in commands_in(&text) {
+            found.entry(command).or_default().extend(flags);
+        }
+    }
+    found
+}
+
+/// The commands and flags named in one Markdown text.
+fn commands_in(text: &str) -> BTreeMap<String, BTreeSet<String>> {
     let mut found: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     let mut candidates: Vec<String> = Vec::new();
+    let mut fenced = false;
     for line in text.lines() {
-        for (k, span) in line.split('`').enumerate() {
-            // Whole lines (in code blocks) and inline code spans.
-            if k % 2 == 1 || line.trim_start().starts_with("spoolflow ") {
-                candidates.push(span.trim().to_string());
-            }
+        if line.trim_start().starts_with("```") {
+            fenced = !fenced;
+        } else if fenced {
+            candidates.push(line.trim().trim_start_matches("$ ").to_string());
+        } else {
+            let spans = line.split('`').skip(1).step_by(2);
+            candidates.extend(spans.map(|s| s.trim().to_string()));
         }
     }
     for cand in candidates {
@@ -204,7 +219,17 @@ fn missing_in_help(documented: &BTreeMap<String, BTreeSet<String>>) -> Vec<Strin
 
 #[test]
 fn every_documented_command_and_flag_exists() {
+    let commands_md = fs::read_to_string(repo().join("docs/commands.md")).unwrap();
+    let listed = commands_in(&commands_md);
     let documented = documented_commands();
+    for (command, flags) in &documented {
+        let in_list = listed.get(command);
+        assert!(
+            in_list.is_some_and(|l| flags.is_subset(l)),
+            "docs/commands.md documents `spoolflow {command}` and {flags:?}: {in_list:?}"
+        );
+    }
+    let documented = listed;
     for expected in ["run", "submit", "list", "schema", "completions"] {
         assert!(
             documented.contains_key(expected),
