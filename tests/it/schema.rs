@@ -287,3 +287,56 @@ fn every_tasker_json_and_example_validates() {
         );
     }
 }
+
+/// The ```json blocks of a page of docs/.
+fn json_blocks(page: &str) -> Vec<String> {
+    let text = fs::read_to_string(repo().join("docs").join(page)).unwrap();
+    let mut blocks = Vec::new();
+    let mut current: Option<String> = None;
+    for line in text.lines() {
+        match (&mut current, line.trim_start()) {
+            (None, "```json") => current = Some(String::new()),
+            (Some(_), "```") => blocks.push(current.take().unwrap()),
+            (Some(block), _) => {
+                block.push_str(line);
+                block.push('\n');
+            }
+            _ => {}
+        }
+    }
+    blocks
+}
+
+#[test]
+fn the_examples_in_the_docs_validate() {
+    let task_v = committed(Format::Task);
+    for (page, take) in [("task-files.md", usize::MAX), ("flows.md", 1)] {
+        let blocks = json_blocks(page);
+        assert!(!blocks.is_empty(), "{page} shows a task file");
+        for block in blocks.iter().take(take) {
+            TaskFile::parse(block.as_bytes())
+                .unwrap_or_else(|e| panic!("{page}: the engine refuses {block}: {e}"));
+            let value: Value = serde_json::from_str(block).unwrap();
+            assert_valid(&task_v, &value, &format!("{page}: {block}"));
+        }
+    }
+    let tasker_v = committed(Format::Tasker);
+    for block in json_blocks("taskers.md") {
+        spoolflow::tasker::TaskerConfig::parse(block.as_bytes())
+            .unwrap_or_else(|e| panic!("taskers.md: the engine refuses {block}: {e}"));
+        let value: Value = serde_json::from_str(&block).unwrap();
+        assert_valid(&tasker_v, &value, &format!("taskers.md: {block}"));
+    }
+    let blocks = json_blocks("records.md");
+    let record: Value = serde_json::from_str(&blocks[0]).unwrap();
+    serde_json::from_value::<spoolflow::model::task::Record>(record.clone())
+        .expect("records.md shows a record the engine reads");
+    assert_valid(&committed(Format::Record), &record, "records.md's record");
+    let point_v = committed(Format::Point);
+    let lines: Vec<&str> = blocks[1].lines().collect();
+    assert!(lines.len() >= 5, "records.md shows a points log");
+    for line in lines {
+        let value: Value = serde_json::from_str(line).unwrap();
+        assert_valid(&point_v, &value, &format!("records.md: {line}"));
+    }
+}
