@@ -65,6 +65,38 @@ fn is_external(target: &str) -> bool {
     target.contains("://") || target.starts_with("mailto:")
 }
 
+/// The anchor GitHub gives a heading: lowercase, punctuation dropped,
+/// spaces as hyphens.
+fn slug(heading: &str) -> String {
+    heading
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter(|c| c.is_alphanumeric() || matches!(c, ' ' | '-' | '_'))
+        .map(|c| if c == ' ' { '-' } else { c })
+        .collect()
+}
+
+/// For a link `file.md#anchor`: a problem when no heading of the file has
+/// that anchor.
+fn missing_anchor(file: &std::path::Path, target: &str) -> Option<String> {
+    let (_, anchor) = target.split_once('#')?;
+    if file.extension().is_none_or(|e| e != "md") {
+        return None;
+    }
+    let text = fs::read_to_string(file).ok()?;
+    let mut fenced = false;
+    let mut slugs = BTreeSet::new();
+    for line in text.lines() {
+        if line.trim_start().starts_with("```") {
+            fenced = !fenced;
+        } else if !fenced && line.starts_with('#') {
+            slugs.insert(slug(line.trim_start_matches('#')));
+        }
+    }
+    (!slugs.contains(anchor)).then(|| format!("{target}: no heading has the anchor #{anchor}"))
+}
+
 #[test]
 fn every_relative_link_resolves_inside_the_repository() {
     let repo = repo();
@@ -74,7 +106,7 @@ fn every_relative_link_resolves_inside_the_repository() {
         let text = fs::read_to_string(&file).unwrap();
         let rel = file.strip_prefix(&repo).unwrap().display().to_string();
         for (line, target) in links(&text) {
-            if is_external(&target) || target.starts_with('#') {
+            if is_external(&target) {
                 continue;
             }
             let path = target.split('#').next().unwrap_or_default();
@@ -84,9 +116,18 @@ fn every_relative_link_resolves_inside_the_repository() {
                 ));
                 continue;
             }
-            let resolved = file.parent().unwrap().join(path);
+            let resolved = if path.is_empty() {
+                file.clone()
+            } else {
+                file.parent().unwrap().join(path)
+            };
             match fs::canonicalize(&resolved) {
-                Ok(p) if p.starts_with(&repo) => checked += 1,
+                Ok(p) if p.starts_with(&repo) => {
+                    checked += 1;
+                    if let Some(problem) = missing_anchor(&p, &target) {
+                        problems.push(format!("{rel}:{line}: {problem}"));
+                    }
+                }
                 Ok(p) => problems.push(format!(
                     "{rel}:{line}: {target} leaves the repository ({})",
                     p.display()
