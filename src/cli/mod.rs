@@ -3,9 +3,11 @@
 
 mod cancel;
 mod check;
+mod completions;
 mod flow;
 mod init;
 mod run;
+mod schema;
 mod submit;
 // lead (issue 9): the reading commands
 mod events;
@@ -65,6 +67,12 @@ pub enum Command {
     Submit(submit::Args),
     /// Validate tsk/: compile every taskmaster, check every tasker.
     Check(check::Args),
+    /// Print the JSON Schema of a format: task, tasker, record or point.
+    #[command(display_order = 1000)]
+    Schema(schema::Args),
+    /// Print a shell completion script: bash, zsh or fish.
+    #[command(display_order = 1001)]
+    Completions(completions::Args),
     /// Cancel a queued or running task.
     Cancel(cancel::Args),
     /// Draw a flow's tree with each node's state (running or ended).
@@ -113,6 +121,8 @@ pub fn main() -> ExitCode {
         Command::Run(a) => run::run(cli.root, a),
         Command::Submit(a) => submit::run(cli.root, a),
         Command::Check(a) => check::run(cli.root, a),
+        Command::Schema(a) => schema::run(cli.root, a),
+        Command::Completions(a) => completions::run(cli.root, a),
         Command::Cancel(a) => cancel::run(cli.root, a),
         Command::Flow(a) => flow::run(cli.root, a),
         Command::Status(a) => status::run(cli.root, a),

@@ -3,4 +3,5 @@
 
 pub mod names;
 pub mod point;
+pub mod schema;
 pub mod task;

@@ -239,6 +239,53 @@ impl FromStr for Nid {
     }
 }
 
+/// The JSON Schema of a name: a string with the name's pattern (what the
+/// name's `FromStr` accepts, as far as a regular expression can say it).
+macro_rules! name_schema {
+    ($name:ident, $description:expr, $schema:tt) => {
+        impl schemars::JsonSchema for $name {
+            fn schema_name() -> std::borrow::Cow<'static, str> {
+                stringify!($name).into()
+            }
+            fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+                let mut schema = schemars::json_schema!($schema);
+                schema.insert("description".into(), $description.into());
+                schema
+            }
+        }
+    };
+}
+
+name_schema!(
+    Domain,
+    "Dot-separated labels of [a-z0-9][a-z0-9_-]*, at most 255 characters; not `any` nor `any.…`.",
+    {
+        "type": "string",
+        "maxLength": 255,
+        "pattern": "^[a-z0-9][a-z0-9_-]*(\\.[a-z0-9][a-z0-9_-]*)*$",
+        "not": { "pattern": "^any(\\.|$)" }
+    }
+);
+name_schema!(
+    TaskId,
+    "A task id (also an execution id): [A-Za-z0-9][A-Za-z0-9._-]{0,127}.",
+    { "type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$" }
+);
+name_schema!(
+    Taskee,
+    "A tasker's name: [A-Za-z0-9][A-Za-z0-9_-]{0,63}, no dot, no slash.",
+    { "type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$" }
+);
+name_schema!(
+    Nid,
+    "A node id: `0` for the root (and a standalone task), `0_1_0` for the first child of the second child.",
+    {
+        "type": "string",
+        "maxLength": 512,
+        "pattern": "^0(_(0|[1-9][0-9]*))*$"
+    }
+);
+
 #[cfg(test)]
 mod tests {
     use super::*;

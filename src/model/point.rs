@@ -2,6 +2,7 @@
 //! `var/log/tsk/<exid>.log`) and the [`Kind`]s of point the engine writes.
 
 use chrono::Utc;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -77,13 +78,24 @@ impl Kind {
 }
 
 /// One status point of a task.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Point {
+    /// When: RFC 3339, UTC, microseconds (`2026-11-22T10:00:00.123456Z`).
     pub ts: String,
+    /// The task's id (a flow's id for the flow's nodes).
     pub id: TaskId,
+    /// The execution's id: the task's own, or its flow's.
     pub exid: Exid,
+    /// The node: `0` for a standalone task.
     pub nid: Nid,
+    /// The point's name: one of the engine's (`created`, `offered`,
+    /// `allocated`, `started`, `suspended`, `refused`, `uncompleted`,
+    /// `retried`, `recovered`, `completed`, `failed`, `aborted`) or a
+    /// tasker's own (with `"source": "tasker"`).
+    #[schemars(length(min = 1, max = 64))]
     pub point: String,
+    /// The point's other fields (`taskee`, `tasker`, `attempt`, `pid`,
+    /// `offer`, `reason`, `error`, `delay`, …).
     #[serde(flatten)]
     pub fields: Object,
 }

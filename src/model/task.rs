@@ -7,6 +7,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -123,6 +124,24 @@ impl fmt::Display for Dur {
 impl Serialize for Dur {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(self)
+    }
+}
+
+impl JsonSchema for Dur {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Duration".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "A duration: \"250ms\", \"30s\", \"5m\", \"2h\", \"1d\", or a number of seconds (fractions allowed), as a string or a number.",
+            "anyOf": [
+                {
+                    "type": "string",
+                    "pattern": "^\\s*\\+?([0-9]+\\.?[0-9]*|\\.[0-9]+)\\s*(ms|s|m|h|d)?\\s*$"
+                },
+                { "type": "number", "minimum": 0, "maximum": 3_153_600_000u64 }
+            ]
+        })
     }
 }
 
@@ -342,7 +361,7 @@ fn json_error_message(e: &serde_json::Error) -> String {
 
 /// Where a task is in its life; serialized the same way in records, points
 /// and `--json` output.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum State {
     Queued,
@@ -365,7 +384,7 @@ impl State {
 }
 
 /// The kind of a task's error (SPEC 9), which decides retries (SPEC 7).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ErrorKind {
     User,
@@ -377,7 +396,7 @@ pub enum ErrorKind {
 }
 
 /// `{ "kind": …, "message": … }` in records and `failed` points.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct TaskError {
     pub kind: ErrorKind,
     pub message: String,
@@ -482,7 +501,7 @@ impl Task {
 
 /// A task's final record (`done/<id>.json`, `failed/<id>.json`), and the
 /// shape of `list --json` and of a tasker's stdin with `"in": "task"`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Record {
     pub id: TaskId,
     pub exid: Exid,
@@ -528,7 +547,7 @@ pub struct Record {
 }
 
 /// One attempt of a task, as its record's `attempts_log` keeps it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct AttemptLog {
     /// The attempt's number (counting on across `spoolflow retry`).
     pub attempt: u32,

@@ -3,21 +3,24 @@
 
 use std::collections::BTreeMap;
 
+use schemars::JsonSchema;
 use serde::Deserialize;
 
 use crate::model::task::Dur;
 use crate::text::quoted;
 
 /// `cmd` of a `tasker.json`: an argv array or a `sh -c` string.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(untagged)]
 pub enum Cmd {
-    Argv(Vec<String>),
-    Shell(String),
+    /// An argv array, run as it is (`PATH` looked up for the first word).
+    Argv(#[schemars(length(min = 1))] Vec<String>),
+    /// A command line run with `/bin/sh -c`.
+    Shell(#[schemars(length(min = 1))] String),
 }
 
 /// What a tasker gets on stdin.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Input {
     #[default]
@@ -26,33 +29,49 @@ pub enum Input {
 }
 
 /// A `{ "key": "payload.book", "limit": 1 }` entry.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ConcurrencyKey {
+    /// A path into the task: `payload.…` or `headers.…`.
+    #[schemars(regex(pattern = r"^(payload|headers)\..*[^.]$"))]
     pub key: String,
+    /// At most this many running tasks of the tasker share one value.
+    #[schemars(range(min = 1))]
     pub limit: u32,
 }
 
 /// A tasker directory's `tasker.json`.
-#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(extend("required" = ["cmd"]))]
 pub struct TaskerConfig {
+    /// What to run: an argv array, or a string run with `/bin/sh -c`.
     #[serde(default)]
+    #[schemars(required, with = "Cmd")]
     pub cmd: Option<Cmd>,
+    /// What the tasker reads on stdin: the payload (default) or the whole task.
     #[serde(default, rename = "in")]
     pub input: Input,
+    /// One run's bound (default: none).
     #[serde(default)]
     pub timeout: Option<Dur>,
+    /// The bound from `created` to `started` (default: none).
     #[serde(default)]
     pub start_timeout: Option<Dur>,
+    /// Retries of `work` errors (default 3).
     #[serde(default)]
     pub retries: Option<u32>,
+    /// Whether a timed-out run is retried too (default false).
     #[serde(default)]
     pub retry_on_timeout: Option<bool>,
+    /// At most this many runs of this tasker at once.
     #[serde(default)]
+    #[schemars(range(min = 1))]
     pub max_concurrent: Option<u32>,
+    /// Limits per value of a path into the task.
     #[serde(default)]
     pub concurrency: Vec<ConcurrencyKey>,
+    /// Environment variables added to the tasker's.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
 }

@@ -7,6 +7,7 @@ mod common;
 mod cli;
 mod core;
 mod crash;
+mod docs;
 mod engine_shape;
 mod flows;
 mod flows_crash;
@@ -21,6 +22,7 @@ mod points_records;
 mod reliability;
 mod resources;
 mod scheduling;
+mod schema;
 mod taskers;
 mod taskmasters;
 // lead (issue 9)
