@@ -8,7 +8,7 @@
 //! user) is read without saving it.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufWriter, Write};
+use std::io::{BufWriter, Write};
 use std::os::unix::fs::DirEntryExt;
 use std::path::{Path, PathBuf};
 
@@ -21,10 +21,19 @@ use crate::read::summary::Summary;
 /// The format of the index file; a file of another version is rebuilt.
 const VERSION: u32 = 2;
 
-/// One record's line in the index.
-#[derive(Debug, Serialize, Deserialize)]
-struct Line {
+/// One record's line in the index (as written: borrowed).
+#[derive(Debug, Serialize)]
+struct LineOut<'a> {
     /// `done` or `failed`.
+    dir: &'a str,
+    name: &'a str,
+    ino: u64,
+    summary: &'a Summary,
+}
+
+/// One record's line in the index (as read).
+#[derive(Debug, Deserialize)]
+struct LineIn {
     dir: String,
     name: String,
     ino: u64,
@@ -51,16 +60,16 @@ pub fn records(root: &Root) -> Records {
     let index_path = root.records_index();
     let mut cached = load(&index_path);
     let mut out = Records::default();
+    let mut keys: Vec<(&'static str, String, u64)> = Vec::new();
     let mut changed = false;
-    let mut lines = Vec::new();
     for (dir_name, dir) in [("done", root.done()), ("failed", root.failed())] {
         for (name, ino) in listing(&dir) {
             let path = dir.join(&name);
             let hit = cached
-                .remove(&(dir_name.to_string(), name.clone()))
-                .filter(|(i, _)| *i == ino);
+                .remove(&name)
+                .filter(|(d, i, _)| d == dir_name && *i == ino);
             let summary = match hit {
-                Some((_, s)) => s,
+                Some((_, _, s)) => s,
                 None => match read_record(&path) {
                     Ok(r) => {
                         changed = true;
@@ -72,18 +81,13 @@ pub fn records(root: &Root) -> Records {
                     }
                 },
             };
-            lines.push(Line {
-                dir: dir_name.to_string(),
-                name,
-                ino,
-                summary: summary.clone(),
-            });
+            keys.push((dir_name, name, ino));
             out.files.push(RecordFile { path, summary });
         }
     }
     if changed || !cached.is_empty() {
         // Best effort: a cache that cannot be saved is rebuilt next time.
-        let _ = save(&index_path, &lines);
+        let _ = save(&index_path, &keys, &out.files);
     }
     out
 }
@@ -101,36 +105,45 @@ fn listing(dir: &Path) -> Vec<(String, u64)> {
         .collect()
 }
 
-type Cached = HashMap<(String, String), (u64, Summary)>;
+/// The cached summaries by record file name: (directory, inode, summary).
+type Cached = HashMap<String, (String, u64, Summary)>;
 
 /// The cached lines, or nothing when the file is missing, of another
 /// version, or torn (a line that does not parse is dropped: its record is
 /// read again).
 fn load(path: &Path) -> Cached {
-    let Ok(file) = std::fs::File::open(path) else {
+    let Ok(bytes) = std::fs::read(path) else {
         return Cached::new();
     };
-    let mut lines = std::io::BufReader::new(file).lines();
-    let header = lines.next().and_then(Result::ok);
-    if header.as_deref() != Some(&format!("spoolflow records index {VERSION}")) {
+    let mut lines = bytes.split(|b| *b == b'\n');
+    let header = format!("spoolflow records index {VERSION}");
+    if lines.next() != Some(header.as_bytes()) {
         return Cached::new();
     }
-    lines
-        .map_while(Result::ok)
-        .filter_map(|l| serde_json::from_str::<Line>(&l).ok())
-        .map(|l| ((l.dir, l.name), (l.ino, l.summary)))
-        .collect()
+    let mut cached = Cached::with_capacity(bytes.len() / 256);
+    for l in lines {
+        if let Ok(l) = serde_json::from_slice::<LineIn>(l) {
+            cached.insert(l.name, (l.dir, l.ino, l.summary));
+        }
+    }
+    cached
 }
 
 /// Writes the index whole (temp file, rename; no fsync: it is a cache).
-fn save(path: &Path, lines: &[Line]) -> std::io::Result<()> {
+fn save(path: &Path, keys: &[(&str, String, u64)], files: &[RecordFile]) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)?;
     let tmp = tempfile::NamedTempFile::new_in(dir)?;
     let mut w = BufWriter::new(tmp.as_file());
     writeln!(w, "spoolflow records index {VERSION}")?;
-    for line in lines {
-        serde_json::to_writer(&mut w, line)?;
+    for ((dir, name, ino), file) in keys.iter().zip(files) {
+        let line = LineOut {
+            dir,
+            name,
+            ino: *ino,
+            summary: &file.summary,
+        };
+        serde_json::to_writer(&mut w, &line)?;
         w.write_all(b"\n")?;
     }
     w.flush()?;

@@ -67,11 +67,16 @@ pub fn status(listing: &Listing, engine: Option<&EngineInfo>, now: DateTime<Utc>
     let mut total = Counts::default();
     let mut domains: BTreeMap<String, Counts> = BTreeMap::new();
     let mut taskees: BTreeMap<String, Counts> = BTreeMap::new();
+    // Look up before inserting: no key is cloned for a name already seen.
+    let count = |map: &mut BTreeMap<String, Counts>, key: &str, state| match map.get_mut(key) {
+        Some(c) => c.add(state),
+        None => map.entry(key.to_string()).or_default().add(state),
+    };
     for t in &listing.tasks {
         total.add(t.state);
-        domains.entry(t.domain.clone()).or_default().add(t.state);
+        count(&mut domains, &t.domain, t.state);
         if let Some(taskee) = &t.taskee {
-            taskees.entry(taskee.clone()).or_default().add(t.state);
+            count(&mut taskees, taskee, t.state);
         }
     }
     Status {

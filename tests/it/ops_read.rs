@@ -486,3 +486,56 @@ fn gc_removes_only_what_is_old_enough_and_dry_run_nothing() {
     let (_, _, err) = sf(&t, &["gc"]);
     assert!(err.contains("--older-than"), "{err}");
 }
+
+#[test]
+fn status_watch_redraws_on_a_terminal_and_refuses_a_pipe() {
+    let t = fixture();
+    let (code, _, err) = sf(&t, &["status", "--watch"]);
+    assert_eq!(code, 2, "not a terminal: {err}");
+    assert!(err.contains("--watch needs a terminal"), "{err}");
+    if std::process::Command::new("script")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("no `script` to make a terminal; skipped");
+        return;
+    }
+    let cmdline = format!(
+        "{} --root {} status --watch",
+        env!("CARGO_BIN_EXE_spoolflow"),
+        t.path().display()
+    );
+    let mut watch = std::process::Command::new("script")
+        .args(["-qefc", &cmdline, "/dev/null"])
+        .env_remove("SPOOLFLOW_ROOT")
+        .stdout(Stdio::piped())
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = watch.stdout.take().unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    // Two screens, each cleared first: it redraws.
+    while String::from_utf8_lossy(&seen)
+        .matches("\x1b[2J\x1b[H")
+        .count()
+        < 2
+    {
+        let n = std::io::Read::read(&mut out, &mut buf).unwrap();
+        assert!(
+            n > 0,
+            "status --watch ended: {:?}",
+            String::from_utf8_lossy(&seen)
+        );
+        seen.extend_from_slice(&buf[..n]);
+    }
+    let shown = String::from_utf8_lossy(&seen);
+    assert!(shown.contains("engine: not running"), "{shown}");
+    let _ = nix::sys::signal::killpg(
+        nix::unistd::Pid::from_raw(watch.id() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    let _ = watch.kill();
+    let _ = watch.wait();
+}
