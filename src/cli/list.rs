@@ -135,6 +135,12 @@ pub fn render(page: &[Summary], now: chrono::DateTime<Utc>, colour: bool) -> Str
                 (None, Some(r)) if !matches!(t.state, ListState::Completed) => r.clone(),
                 _ => String::new(),
             };
+            // One line of a table: the whole reason is in `show`.
+            let error = if error.chars().count() > 80 {
+                format!("{}…", error.chars().take(79).collect::<String>())
+            } else {
+                error
+            };
             vec![
                 format!("{}{}", t.id, if t.flow { " (flow)" } else { "" }),
                 paint_state(t.state, colour),
