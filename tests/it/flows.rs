@@ -143,8 +143,10 @@ wait_file("never-" + exid)
         );
     }
 
-    /// `busy` (plain `sh`): appends `start <ns>` and, 300 ms later,
-    /// `end <ns>` to `$SPOOLFLOW_ROOT/workers`; replies `{"busy": NID}`.
+    /// `busy` (plain `sh`): appends `start <ns>`, then `end <ns>` to
+    /// `$SPOOLFLOW_ROOT/workers` once two have started (a gate, up to
+    /// 30 s: the first two hold each other open, so two at once is
+    /// reached whatever the load); replies `{"busy": NID}`.
     pub fn busy(t: &TestRoot) {
         t.tasker(
             "org",
@@ -152,7 +154,7 @@ wait_file("never-" + exid)
             r#"#!/bin/sh
 cat >/dev/null
 echo "start $(date +%s%N) $SPOOLFLOW_ID $SPOOLFLOW_NID" >> "$SPOOLFLOW_ROOT/workers"
-sleep 0.3
+i=0; while [ "$(grep -c '^start' "$SPOOLFLOW_ROOT/workers")" -lt 2 ] && [ $i -lt 3000 ]; do sleep 0.01; i=$((i+1)); done
 echo "end $(date +%s%N) $SPOOLFLOW_ID $SPOOLFLOW_NID" >> "$SPOOLFLOW_ROOT/workers"
 echo "{\"busy\":\"$SPOOLFLOW_NID\"}"
 "#,
