@@ -92,6 +92,11 @@ fn repeated_kill_9_loses_nothing_and_never_completes_twice() {
     let lock = t.join("var/run/engine.lock");
     let started = Instant::now();
     let mut kills = 0;
+    // Executions per id in the ledger at the last kill, and the sum of
+    // the executions each kill cut short.
+    let mut ran_before: BTreeMap<String, usize> = BTreeMap::new();
+    let mut floor = 0;
+    let mut cut_short = 0;
     for moment in plan {
         let mut engine = t.spawn_engine(&["--workers", "4"]);
         let pid = engine.pid().to_string();
@@ -109,13 +114,31 @@ fn repeated_kill_9_loses_nothing_and_never_completes_twice() {
             let (code, err) = engine.wait(DEADLINE);
             panic!("the engine exited on its own ({code:?}): {err}");
         }
+        // Frozen first: what runs now is what the kill cuts short (no
+        // tasker starts, and no reply reaches the engine, in between).
+        engine.signal(Signal::SIGSTOP);
+        let running = running_ids(t.path());
         let done_at_kill = records(&t);
         let run_at_kill = t.list("var/spool/run").len();
         engine.signal(Signal::SIGKILL);
         let (code, _) = engine.wait(DEADLINE);
         assert_eq!(code, None, "the engine was killed by a signal");
         kills += 1;
-        eprintln!("kill -9 #{kills} at {moment:?}: done/ {done_at_kill}, run/ {run_at_kill}");
+        // The floor: executions of this engine that never became a record
+        // (their taskers were running, or had replied to an engine that
+        // died before writing the record). The orphans finish on their own
+        // (a few ms) before the ledger is read.
+        wait_for("the killed engine's taskers to end", DEADLINE, || {
+            processes_of(t.path()).is_empty()
+        });
+        let unfinished = unfinished_runs(&t, &mut ran_before);
+        floor += running.len();
+        cut_short += unfinished;
+        eprintln!(
+            "kill -9 #{kills} at {moment:?}: done/ {done_at_kill}, run/ {run_at_kill}, \
+             {} taskers running, {unfinished} executions without a record",
+            running.len()
+        );
         if done_at_kill >= TASKS {
             break;
         }
@@ -253,7 +276,9 @@ fn repeated_kill_9_loses_nothing_and_never_completes_twice() {
 
     eprintln!(
         "crash test: {TASKS} tasks, {kills} kill -9, {lines} executions in the ledger: \
-         duplicate-execution rate {:.3} ({} extra executions); {recovered} tasks recovered, \
+         duplicate-execution rate {:.3} ({} extra executions; the floor, taskers running \
+         at the kills: {floor}; executions without a record at the kills: {cut_short}); \
+         {recovered} tasks recovered, \
          {recovered_after_start} of them after a start; {same_attempt_twice} attempt numbers \
          ran twice; {} tasks without a final point ({:?})",
         lines as f64 / TASKS as f64,
@@ -261,11 +286,56 @@ fn repeated_kill_9_loses_nothing_and_never_completes_twice() {
         no_final_point.len(),
         no_final_point
     );
+    // Every extra execution is one a kill cut short: none ran again after
+    // its record. Above the floor (the taskers running at the kills) are
+    // the executions whose reply had reached the engine but whose record
+    // was still in the durable writer's queue (see the README).
+    assert_eq!(
+        lines - TASKS,
+        cut_short,
+        "an execution ran again after its record"
+    );
+    assert!(floor <= cut_short, "fewer re-runs than taskers cut short?");
     assert_eq!(same_attempt_twice, 0, "an attempt number ran twice");
     assert!(
         no_final_point.is_empty(),
         "tasks without a final point: {no_final_point:?}"
     );
+}
+
+/// The ids of the taskers of `root` alive now (a tasker and its children
+/// count once).
+fn running_ids(root: &Path) -> BTreeSet<String> {
+    processes_of(root)
+        .into_iter()
+        .filter_map(|pid| {
+            let env = fs::read(format!("/proc/{pid}/environ")).ok()?;
+            env.split(|b| *b == 0).find_map(|v| {
+                v.strip_prefix(b"SPOOLFLOW_ID=")
+                    .map(|id| String::from_utf8_lossy(id).into_owned())
+            })
+        })
+        .collect()
+}
+
+/// The executions that ran since the last kill (ledger lines of ids
+/// without a record now) — cut short by this kill; updates `ran_before`
+/// to the ledger's counts.
+fn unfinished_runs(t: &TestRoot, ran_before: &mut BTreeMap<String, usize>) -> usize {
+    let ledger = fs::read_to_string(t.join("ledger")).unwrap_or_default();
+    let mut now: BTreeMap<String, usize> = BTreeMap::new();
+    for line in ledger.lines() {
+        if let Some((id, _)) = line.split_once(' ') {
+            *now.entry(id.to_string()).or_default() += 1;
+        }
+    }
+    let cut = now
+        .iter()
+        .filter(|(id, n)| t.record(id).is_none() && **n > ran_before.get(*id).copied().unwrap_or(0))
+        .map(|(id, n)| n - ran_before.get(id).copied().unwrap_or(0))
+        .sum();
+    *ran_before = now;
+    cut
 }
 
 /// SPEC 4: a crash between writing the record and removing the `run/`
