@@ -163,6 +163,11 @@ impl Root {
     pub fn lock(&self) -> PathBuf {
         self.dir.join("var/run/engine.lock")
     }
+    /// `var/run/replies.log`: completing replies not yet in a durable
+    /// record (the engine's `replies` module).
+    pub fn replies_journal(&self) -> PathBuf {
+        self.dir.join("var/run/replies.log")
+    }
 
     /// `var/run/points/`: where taskers append informative points
     /// (`$SPOOLFLOW_POINTS`); engine-owned and emptied at start-up.

@@ -145,6 +145,9 @@ impl Engine {
                     // The writer logged the final point.
                     self.committing = self.committing.saturating_sub(1);
                     self.remove_node(&key);
+                    if self.committing == 0 {
+                        self.replies.settle();
+                    }
                 }
                 Done::Claimed { exid, from } => {
                     self.on_claimed(&exid);

@@ -44,6 +44,14 @@ impl Engine {
         match result {
             Outcome::Stopped(_) => self.stopped(&key, asked),
             Outcome::Completed(payload) => {
+                // Kept where a crash of the engine cannot lose it, until
+                // the record is durable (a flow's progress has its own).
+                if !self.is_flow(&key.exid) {
+                    if let Some(node) = self.nodes.get(&key) {
+                        self.replies
+                            .append(&key.exid, &key.nid, node.attempt, &payload);
+                    }
+                }
                 if let Some(node) = self.node_mut(&key) {
                     node.uncompleted = 0;
                     node.task.payload = payload;

@@ -29,6 +29,7 @@ pub mod outcome;
 pub mod policy;
 pub mod recovery;
 mod registry;
+mod replies;
 mod report;
 mod requests;
 pub mod state;
@@ -218,6 +219,8 @@ pub(crate) struct Engine {
     fatal: Option<SpoolError>,
     /// The sandbox that flows' `if` expressions run in.
     conditions: std::sync::Arc<rhai::Engine>,
+    /// Completing replies not yet in a durable record.
+    replies: replies::Replies,
 }
 
 /// Runs the engine (inside a tokio runtime).
@@ -279,6 +282,7 @@ pub async fn run(
         tsk_watch,
         fatal: None,
         conditions: std::sync::Arc::new(crate::sandbox::sandbox_engine()),
+        replies: replies::Replies::open(&root),
         options,
         root,
     };

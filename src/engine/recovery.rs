@@ -593,6 +593,7 @@ impl super::Engine {
     pub(super) fn recover(&mut self) -> Result<(), super::EngineError> {
         use super::state::{key, Execution};
         let found = scan_run(&self.root, self.options.input_limit)?;
+        let mut replied = super::replies::read(&self.root);
         for id in &found.finished {
             tracing::info!("run/{id}.json had a final record already; removed");
         }
@@ -610,6 +611,14 @@ impl super::Engine {
                 continue;
             }
             let k = key(&r.task.exid, &r.task.nid);
+            let last_attempt = r.history.attempts;
+            if let Some((_, payload)) = replied
+                .remove(&(k.exid.clone(), k.nid.clone()))
+                .filter(|(attempt, _)| *attempt > 0 && *attempt == last_attempt)
+            {
+                self.complete_replied(r, payload);
+                continue;
+            }
             let mut p = self
                 .point(&k, Kind::Recovered)
                 .with("attempt", r.history.next_attempt());
@@ -627,6 +636,33 @@ impl super::Engine {
             self.insert_execution(k.exid, exec, vec![node]);
         }
         Ok(())
+    }
+}
+
+impl super::Engine {
+    /// A task whose last tasker replied (the replies journal says so) but
+    /// whose record the crash cut short: completed with that reply, not
+    /// run again.
+    fn complete_replied(&mut self, r: Recovered, payload: crate::model::task::Object) {
+        use super::state::{key, Execution};
+        let k = key(&r.task.exid, &r.task.nid);
+        tracing::info!(
+            "task {}: its tasker had replied before the engine stopped; completed from the replies journal",
+            r.task.id
+        );
+        let created_at = r.created_at.unwrap_or_else(Utc::now);
+        let (mut exec, mut node) = Execution::standalone(r.task, created_at);
+        exec.submitted_at = r.history.submitted_at;
+        r.history.restore(&mut node);
+        // The attempt that replied is the last one, and it completed.
+        node.attempt = r.history.attempts;
+        if let Some(a) = node.attempts_log.last_mut() {
+            a.ended_at = None;
+            a.outcome = None;
+        }
+        node.task.payload = payload;
+        self.insert_execution(k.exid.clone(), exec, vec![node]);
+        self.finish(&k, crate::model::task::State::Completed, None);
     }
 }
 

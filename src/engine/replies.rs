@@ -1,0 +1,153 @@
+//! The replies journal (`var/run/replies.log`): a tasker's completing
+//! reply is appended here (one JSON line, `write(2)`, no fsync) the moment
+//! it reaches the engine, before its record goes to the durable writer.
+//! When the engine process dies (`kill -9`, a panic) while the record is
+//! still in the writer's queue, the line is in the page cache all the
+//! same, and the next start completes the task from it instead of running
+//! its tasker again: only taskers still running at the crash run again.
+//! (A machine crash can lose the line; the task then runs again — at least
+//! once, as always.)
+//!
+//! The journal is emptied whenever no record is waiting for the writer:
+//! every line it holds is then in a durable record.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+
+use serde::{Deserialize, Serialize};
+
+use crate::layout::Root;
+use crate::model::names::{Exid, Nid};
+use crate::model::task::Object;
+
+/// Emptied once it holds more than this and nothing is pending.
+const SETTLE_BYTES: u64 = 256 * 1024;
+
+/// One completing reply.
+#[derive(Debug, Serialize, Deserialize)]
+struct Line {
+    exid: Exid,
+    nid: Nid,
+    attempt: u32,
+    payload: Object,
+}
+
+/// The journal, open for appending.
+pub struct Replies {
+    file: Option<File>,
+    len: u64,
+}
+
+impl Replies {
+    /// Opens (or creates) the journal without emptying it: what it holds
+    /// may be all that is left of replies a crash cut short. Without it
+    /// the engine still runs (tasks cut short then run again).
+    pub fn open(root: &Root) -> Replies {
+        let path = root.replies_journal();
+        match OpenOptions::new().create(true).append(true).open(&path) {
+            Ok(file) => {
+                let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+                Replies {
+                    file: Some(file),
+                    len,
+                }
+            }
+            Err(e) => {
+                tracing::warn!(
+                    "cannot open {}: {e}; replies cut short by a crash will run again",
+                    path.display()
+                );
+                Replies { file: None, len: 0 }
+            }
+        }
+    }
+
+    /// Appends a completing reply (one write of one line).
+    pub fn append(&mut self, exid: &Exid, nid: &Nid, attempt: u32, payload: &Object) {
+        let Some(file) = self.file.as_mut() else {
+            return;
+        };
+        let line = Line {
+            exid: exid.clone(),
+            nid: nid.clone(),
+            attempt,
+            payload: payload.clone(),
+        };
+        let Ok(mut bytes) = serde_json::to_vec(&line) else {
+            return;
+        };
+        bytes.push(b'\n');
+        match file.write_all(&bytes) {
+            Ok(()) => self.len += bytes.len() as u64,
+            Err(e) => tracing::warn!("cannot append to the replies journal: {e}"),
+        }
+    }
+
+    /// Called when no record waits for the writer: every reply journaled
+    /// is in a durable record, so the journal may be emptied.
+    pub fn settle(&mut self) {
+        if self.len < SETTLE_BYTES {
+            return;
+        }
+        if let Some(file) = self.file.as_mut() {
+            match file.set_len(0) {
+                Ok(()) => self.len = 0,
+                Err(e) => tracing::warn!("cannot empty the replies journal: {e}"),
+            }
+        }
+    }
+}
+
+/// The replies the journal holds: the last one of each node, with its
+/// attempt (a torn last line is skipped).
+pub fn read(root: &Root) -> HashMap<(Exid, Nid), (u32, Object)> {
+    let Ok(bytes) = std::fs::read(root.replies_journal()) else {
+        return HashMap::new();
+    };
+    bytes
+        .split(|b| *b == b'\n')
+        .filter_map(|l| serde_json::from_slice::<Line>(l).ok())
+        .map(|l| ((l.exid, l.nid), (l.attempt, l.payload)))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replies_are_read_back_last_one_first_and_a_torn_line_is_skipped() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = Root::new(tmp.path()).unwrap();
+        root.init().unwrap();
+        let (a, n): (Exid, Nid) = ("a".parse().unwrap(), Nid::root());
+        let mut r = Replies::open(&root);
+        let p = |v: i64| {
+            let mut o = Object::new();
+            o.insert("v".into(), v.into());
+            o
+        };
+        r.append(&a, &n, 1, &p(1));
+        r.append(&a, &n, 2, &p(2));
+        drop(r);
+        let mut f = OpenOptions::new()
+            .append(true)
+            .open(root.replies_journal())
+            .unwrap();
+        f.write_all(b"{\"exid\":\"b\",\"ni").unwrap();
+        let got = read(&root);
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[&(a.clone(), n.clone())], (2, p(2)));
+
+        // Emptied only past its threshold, and kept otherwise.
+        let mut r = Replies::open(&root);
+        r.settle();
+        assert!(!read(&root).is_empty());
+        r.len = SETTLE_BYTES;
+        r.settle();
+        assert!(read(&root).is_empty());
+        r.append(&a, &n, 3, &p(3));
+        assert_eq!(read(&root)[&(a, n)].0, 3, "appends go on after emptying");
+    }
+}
