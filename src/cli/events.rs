@@ -94,7 +94,12 @@ pub fn run(root: Option<PathBuf>, args: Args) -> Result<(), Failure> {
     }
     let Some(follow) = follow else { return Ok(()) };
     loop {
-        let changed = follow.next(None).unwrap_or_default();
+        let Some(changed) = follow.next(None) else {
+            return Err(Failure::new(
+                exit::FAILURE,
+                "the filesystem watcher stopped",
+            ));
+        };
         // An event names the log; a wake-up without one re-reads them all.
         let paths: Vec<PathBuf> = if changed.is_empty() {
             logs(&dir)

@@ -28,8 +28,14 @@ impl Follow {
     pub fn new(dirs: &[PathBuf]) -> Result<Follow, Failure> {
         let (tx, events) = channel();
         let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-            if let Ok(e) = res {
-                let _ = tx.send(e.paths);
+            // Reading a file is an event too (open, close without
+            // writing): the commands read what they watch, and would wake
+            // themselves for ever. Only changes count.
+            match res {
+                Ok(e) if !matches!(e.kind, notify::EventKind::Access(_)) => {
+                    let _ = tx.send(e.paths);
+                }
+                _ => {}
             }
         })
         .map_err(|e| Failure::new(exit::FAILURE, format!("cannot watch the spool: {e}")))?;

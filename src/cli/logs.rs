@@ -106,10 +106,20 @@ pub fn run(root: Option<PathBuf>, args: Args) -> Result<(), Failure> {
             print_stderr(&mut stderr, args.json);
         }
         let Some(follow) = &follow else { break };
-        if finals >= finals_wanted && ended(&root, &exid) {
+        // Ended: its record is there, and its final point too — or no
+        // engine runs to append it (a crash between the two; the next
+        // start writes it).
+        if ended(&root, &exid)
+            && (finals >= finals_wanted || spoolflow::read::engine::engine(&root).is_none())
+        {
             break;
         }
-        follow.next(None);
+        if follow.next(None).is_none() {
+            return Err(Failure::new(
+                exit::FAILURE,
+                "the filesystem watcher stopped",
+            ));
+        }
     }
     Ok(())
 }
