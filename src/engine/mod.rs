@@ -302,6 +302,14 @@ pub async fn run(
     result
 }
 
+/// The log line of a disk failure that stops the engine (README: "When
+/// the disk fails").
+fn log_fatal(e: &SpoolError) {
+    tracing::error!(
+        "the disk failed: {e}; stopping (nothing is lost: what was not written stays in in/ or run/, and the next start completes it)"
+    );
+}
+
 async fn sleep_until(t: Option<tokio::time::Instant>) {
     match t {
         Some(t) => tokio::time::sleep_until(t).await,
@@ -333,7 +341,7 @@ impl Engine {
         let mut drain_recheck: Option<tokio::time::Instant> = None;
         loop {
             if let Some(e) = self.fatal.take() {
-                tracing::error!("{e}; stopping");
+                log_fatal(&e);
                 return Err(EngineError::Spool(e));
             }
             self.dispatch();
