@@ -163,10 +163,7 @@ impl Engine {
                 } => {
                     self.in_flight.remove(&path);
                 }
-                Done::Fatal(e) => {
-                    super::log_fatal(&e);
-                    return Err(EngineError::Spool(e));
-                }
+                Done::Fatal(e) => return Err(self.stop_on_disk_failure(e)),
             }
         }
         Ok(())

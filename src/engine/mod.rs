@@ -302,14 +302,6 @@ pub async fn run(
     result
 }
 
-/// The log line of a disk failure that stops the engine (README: "When
-/// the disk fails").
-fn log_fatal(e: &SpoolError) {
-    tracing::error!(
-        "the disk failed: {e}; stopping (nothing is lost: what was not written stays in in/ or run/, and the next start completes it)"
-    );
-}
-
 async fn sleep_until(t: Option<tokio::time::Instant>) {
     match t {
         Some(t) => tokio::time::sleep_until(t).await,
@@ -341,8 +333,7 @@ impl Engine {
         let mut drain_recheck: Option<tokio::time::Instant> = None;
         loop {
             if let Some(e) = self.fatal.take() {
-                log_fatal(&e);
-                return Err(EngineError::Spool(e));
+                return Err(self.stop_on_disk_failure(e));
             }
             self.dispatch();
             self.count_live();

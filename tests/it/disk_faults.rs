@@ -293,6 +293,47 @@ fn a_flow_progress_write_that_fails_stops_the_engine() {
     restart_completes(&t, &["fl1"]);
 }
 
+#[test]
+fn running_taskers_are_killed_when_the_engine_stops_on_a_disk_failure() {
+    let t = root_with_echo();
+    // Waits for a gate (at most ~60 s, longer than the wait below for it
+    // to be killed, so that it cannot pass by giving up on its own).
+    t.tasker(
+        "org",
+        "held",
+        r#"#!/bin/sh
+cat >/dev/null
+echo $$ > "$SPOOLFLOW_ROOT/held.pid"
+i=0; while [ ! -e "$SPOOLFLOW_ROOT/gate" ] && [ $i -lt 1200 ]; do sleep 0.05; i=$((i+1)); done
+echo '{"ok":true}'
+"#,
+    );
+    t.drop_task(
+        "h1.json",
+        r#"{"domain":"org","tasker":"held","id":"h1","payload":{}}"#,
+    );
+    let mut e = engine(&t, Some("write:1@/spool/done/"), &["--workers", "2"]);
+    let pid_file = t.join("held.pid");
+    let mut pid = None;
+    wait_for("the held tasker to run", DEADLINE, || {
+        pid = fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|s| s.trim().parse::<i32>().ok());
+        pid.is_some() || e.exited()
+    });
+    let pid = pid.expect("the held tasker runs");
+    // Another task's record cannot be written: the engine stops.
+    t.drop_task("w1.json", &task("w1"));
+    stops_on_the_failure(e, "/var/spool/done/w1.json", "Input/output error");
+    wait_for("the held tasker to be killed", DEADLINE, || {
+        process_gone(pid)
+    });
+    assert_eq!(whereabouts(&t, "h1"), "run");
+    fs::write(t.join("gate"), b"").unwrap();
+    restart_completes(&t, &["h1", "w1"]);
+    assert_eq!(t.points_named("h1", "recovered").len(), 1);
+}
+
 /// Restores a directory made read-only, however the test ends.
 struct ReadOnly {
     dir: PathBuf,
