@@ -251,11 +251,6 @@ pub fn fsync_dir(dir: &Path) -> Result<(), SpoolError> {
         })
 }
 
-/// Writes `bytes` to `dir/name` durably: a temporary created with `O_EXCL`
-/// (mode 0600) in `dir`, all bytes written, fsync, rename into place (never
-/// over an existing file when `no_replace`), and, when `sync_dir`, an fsync
-/// of `dir`. Callers that commit many files at once pass `sync_dir = false`
-/// and call [`fsync_dir`] once for the batch.
 /// Appends `bytes` to the file at `path` (created if missing) in one
 /// write and fsyncs it; true when it created the file (its directory must
 /// then be fsynced for the file to be durable).
@@ -291,6 +286,11 @@ pub fn append_durable(path: &Path, bytes: &[u8]) -> Result<bool, SpoolError> {
     Ok(created)
 }
 
+/// Writes `bytes` to `dir/name` durably: a temporary created with `O_EXCL`
+/// (mode 0600) in `dir`, all bytes written, fsync, rename into place (never
+/// over an existing file when `no_replace`), and, when `sync_dir`, an fsync
+/// of `dir`. Callers that commit many files at once pass `sync_dir = false`
+/// and call [`fsync_dir`] once for the batch.
 pub fn write_atomic(
     dir: &Path,
     name: &str,

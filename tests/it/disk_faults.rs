@@ -201,6 +201,21 @@ fn a_record_fsync_that_fails_stops_the_engine_and_is_not_taken_as_written() {
 }
 
 #[test]
+fn a_directory_fsync_that_fails_after_a_record_stops_the_engine() {
+    let t = root_with_echo();
+    t.drop_task("g1.json", &task("g1"));
+    // The record's own fsync (first), then done/'s (second) fails: the
+    // record is in place but not known to be durable.
+    let e = engine(&t, Some("fsync:2@/var/spool/done"), &[]);
+    stops_on_the_failure(e, "/var/spool/done:", "Input/output error");
+    assert!(
+        t.join("var/spool/run/g1.json").exists(),
+        "the run/ file stays until the record is durable"
+    );
+    restart_completes(&t, &["g1"]);
+}
+
+#[test]
 fn a_claim_rename_that_fails_stops_the_engine_and_the_task_stays_in_in() {
     let t = root_with_echo();
     t.drop_task("c1.json", &task("c1"));
