@@ -154,15 +154,11 @@ impl Engine {
                     self.path_done(&from);
                 }
                 Done::ClaimTaken { exid, from } => self.on_claim_taken(&exid, &from),
-                Done::ClaimFailed { exid, from } => {
-                    self.claiming.remove(&exid);
-                    self.in_flight.remove(&from);
-                }
                 Done::Rewritten(key) => {
                     self.priority_saved(&key);
                     self.on_rewritten(&key);
                 }
-                Done::Progress { exid, written } => self.on_progress_saved(&exid, written),
+                Done::Progress { exid } => self.on_progress_saved(&exid),
                 Done::Rejected { path, retake: true } => self.path_done(&path),
                 Done::Rejected {
                     path,
@@ -170,10 +166,7 @@ impl Engine {
                 } => {
                     self.in_flight.remove(&path);
                 }
-                Done::Fatal(e) => {
-                    tracing::error!("{e}; stopping");
-                    return Err(EngineError::Spool(e));
-                }
+                Done::Fatal(e) => return Err(self.stop_on_disk_failure(e)),
             }
         }
         Ok(())

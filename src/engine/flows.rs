@@ -400,14 +400,11 @@ impl Engine {
 
     /// A progress write is durable: the steps it covers go on, and those
     /// that came meanwhile get the next write.
-    pub(super) fn on_progress_saved(&mut self, exid: &Exid, written: bool) {
+    pub(super) fn on_progress_saved(&mut self, exid: &Exid) {
         let Some(fx) = self.executions.get_mut(exid).and_then(|e| e.flow.as_mut()) else {
             return;
         };
         fx.saving = 0;
-        if !written {
-            fx.disk.snapshot_next = true;
-        }
         let steps = std::mem::take(&mut fx.pending);
         if !fx.queued.is_empty() {
             fx.pending = std::mem::take(&mut fx.queued);

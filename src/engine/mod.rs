@@ -337,8 +337,7 @@ impl Engine {
         let mut drain_recheck: Option<tokio::time::Instant> = None;
         loop {
             if let Some(e) = self.fatal.take() {
-                tracing::error!("{e}; stopping");
-                return Err(EngineError::Spool(e));
+                return Err(self.stop_on_disk_failure(e));
             }
             self.dispatch();
             self.count_live();

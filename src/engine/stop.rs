@@ -3,9 +3,10 @@
 //! finish within the grace; then they are stopped and their tasks stay in
 //! `run/` too. A second signal ends the grace at once.
 
-use super::state::{Mode, NodeState, Stop};
-use super::Engine;
+use super::state::{Mode, NodeState, Process, Stop};
+use super::{Engine, EngineError};
 use crate::scheduler::NodeKey;
+use crate::store::spool::SpoolError;
 
 impl Engine {
     pub(super) fn begin_stop(&mut self) {
@@ -40,5 +41,26 @@ impl Engine {
                 run.process.ask_stop(Stop::Shutdown);
             }
         }
+    }
+
+    /// The disk failed (README: "When the disk fails"): logs it, kills the
+    /// running taskers' groups at once (nothing they reply could be made
+    /// durable; their tasks stay in `run/` and run again at the next start,
+    /// as after a crash), and returns the error the engine exits with.
+    pub(super) fn stop_on_disk_failure(&mut self, e: SpoolError) -> EngineError {
+        tracing::error!(
+            "the disk failed: {e}; stopping (nothing is lost: what was not written stays in in/ or run/, and the next start completes it)"
+        );
+        for node in self.nodes.values() {
+            if let NodeState::Running(run) = &node.state {
+                if let Process::Live { pgid, .. } | Process::Stopping { pgid, .. } = run.process {
+                    let _ = nix::sys::signal::killpg(
+                        nix::unistd::Pid::from_raw(pgid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+            }
+        }
+        EngineError::Spool(e)
     }
 }

@@ -30,10 +30,19 @@ pub enum SpoolError {
 }
 
 impl SpoolError {
-    /// Whether this error means the disk can no longer be trusted (the
-    /// engine stops on it).
+    /// Whether this error means the disk failed, whatever the file: any
+    /// failed fsync (the page cache can no longer be trusted), and a write
+    /// or rename that failed with `EIO`, `ENOSPC`, `EDQUOT` or `EROFS`. The
+    /// engine stops on it. Other errors (`EACCES` or `EPERM` on an input
+    /// someone else owns, say) may be about one file only.
     pub fn is_fatal(&self) -> bool {
-        matches!(self, SpoolError::Fsync { .. })
+        match self {
+            SpoolError::Fsync { .. } => true,
+            SpoolError::Write { source, .. } | SpoolError::Rename { source, .. } => {
+                is_disk_failure(source)
+            }
+            _ => false,
+        }
     }
 
     /// Whether the file acted on was not there (any more).
@@ -47,21 +56,201 @@ impl SpoolError {
     }
 }
 
+/// Whether an I/O error says the disk failed (rather than one file):
+/// `EIO`, `ENOSPC`, `EDQUOT`, `EROFS`.
+pub fn is_disk_failure(e: &io::Error) -> bool {
+    use nix::libc::{EDQUOT, EIO, ENOSPC, EROFS};
+    matches!(e.raw_os_error(), Some(EIO | ENOSPC | EDQUOT | EROFS))
+}
+
+/// The disk operations a fault can be injected into (see [`fault`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    /// Writing a file's bytes (a record, a task file, a journal line, a
+    /// rejection's reason).
+    Write,
+    /// An fsync of a file or of a directory.
+    Fsync,
+    /// A rename (a claim, a record or rewrite put into place, a rejection).
+    Rename,
+}
+
+/// Fault injection, honoured only in debug builds (tests run the debug
+/// binary; a release build compiles [`fault::inject`] to nothing).
+///
+/// `SPOOLFLOW_FAULT` holds comma-separated rules `OP:N[:KIND][@TEXT]`: the
+/// `N`-th `OP` (`write`, `fsync` or `rename`) of the process fails with
+/// `KIND` (`eio`, the default, `enospc`, `erofs` or `edquot`); with
+/// `@TEXT`, only operations on a path containing `TEXT` (either side of a
+/// rename) are counted. Each rule fails one operation, once: like a real
+/// disk, the next attempt may succeed, which must never be taken to mean
+/// that the data of the failed one is safe. For example
+/// `SPOOLFLOW_FAULT=fsync:1@/spool/done/` fails the first fsync of a
+/// record.
+pub mod fault {
+    #[cfg(debug_assertions)]
+    use std::sync::atomic::{AtomicU64, Ordering};
+    #[cfg(debug_assertions)]
+    use std::sync::OnceLock;
+
+    use super::Op;
+    use std::io;
+    use std::path::Path;
+
+    /// The environment variable read.
+    pub const VAR: &str = "SPOOLFLOW_FAULT";
+
+    /// An unreadable `SPOOLFLOW_FAULT`.
+    #[derive(Debug, thiserror::Error)]
+    #[error("{VAR}: {rule:?} is not OP:N[:KIND][@TEXT] (OP write, fsync or rename; N from 1; KIND eio, enospc, erofs or edquot)")]
+    pub struct BadRule {
+        pub rule: String,
+    }
+
+    /// One rule of `SPOOLFLOW_FAULT`.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct Rule {
+        pub op: Op,
+        pub nth: u64,
+        pub errno: i32,
+        pub within: Option<String>,
+    }
+
+    /// Parses a `SPOOLFLOW_FAULT` value.
+    pub fn parse(spec: &str) -> Result<Vec<Rule>, BadRule> {
+        spec.split(',')
+            .map(str::trim)
+            .filter(|r| !r.is_empty())
+            .map(|r| {
+                parse_rule(r).ok_or_else(|| BadRule {
+                    rule: r.to_string(),
+                })
+            })
+            .collect()
+    }
+
+    fn parse_rule(rule: &str) -> Option<Rule> {
+        let (head, within) = match rule.split_once('@') {
+            Some((h, w)) if !w.is_empty() => (h, Some(w.to_string())),
+            Some(_) => return None,
+            None => (rule, None),
+        };
+        let mut parts = head.split(':');
+        let op = match parts.next()? {
+            "write" => Op::Write,
+            "fsync" => Op::Fsync,
+            "rename" => Op::Rename,
+            _ => return None,
+        };
+        let nth: u64 = parts.next()?.parse().ok().filter(|n| *n >= 1)?;
+        let errno = match parts.next() {
+            None | Some("eio") => nix::libc::EIO,
+            Some("enospc") => nix::libc::ENOSPC,
+            Some("erofs") => nix::libc::EROFS,
+            Some("edquot") => nix::libc::EDQUOT,
+            Some(_) => return None,
+        };
+        if parts.next().is_some() {
+            return None;
+        }
+        Some(Rule {
+            op,
+            nth,
+            errno,
+            within,
+        })
+    }
+
+    #[cfg(debug_assertions)]
+    struct Armed {
+        rule: Rule,
+        seen: AtomicU64,
+    }
+
+    #[cfg(debug_assertions)]
+    fn armed() -> &'static [Armed] {
+        static ARMED: OnceLock<Vec<Armed>> = OnceLock::new();
+        ARMED.get_or_init(|| {
+            let spec = std::env::var(VAR).unwrap_or_default();
+            let rules = parse(&spec).unwrap_or_else(|e| {
+                // `check` refuses it where it matters (the engine's start).
+                tracing::error!("{e}; no fault injected");
+                Vec::new()
+            });
+            rules
+                .into_iter()
+                .map(|rule| Armed {
+                    rule,
+                    seen: AtomicU64::new(0),
+                })
+                .collect()
+        })
+    }
+
+    /// Checks `SPOOLFLOW_FAULT` (debug builds; always fine in release
+    /// builds, which ignore it), and logs the faults armed.
+    pub fn check() -> Result<(), BadRule> {
+        #[cfg(debug_assertions)]
+        {
+            let spec = std::env::var(VAR).unwrap_or_default();
+            parse(&spec)?;
+            for a in armed() {
+                tracing::warn!(
+                    "{VAR}: the {:?} #{} {}will fail with {}",
+                    a.rule.op,
+                    a.rule.nth,
+                    a.rule
+                        .within
+                        .as_ref()
+                        .map(|w| format!("on a path containing {w:?} "))
+                        .unwrap_or_default(),
+                    io::Error::from_raw_os_error(a.rule.errno)
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Fails this operation if a rule says so (debug builds only).
+    #[cfg(debug_assertions)]
+    pub fn inject(op: Op, path: &Path, other: Option<&Path>) -> io::Result<()> {
+        for a in armed() {
+            if a.rule.op != op {
+                continue;
+            }
+            if let Some(w) = &a.rule.within {
+                let has = |p: &Path| p.to_string_lossy().contains(w.as_str());
+                if !has(path) && !other.is_some_and(has) {
+                    continue;
+                }
+            }
+            if a.seen.fetch_add(1, Ordering::SeqCst) + 1 == a.rule.nth {
+                let e = io::Error::from_raw_os_error(a.rule.errno);
+                tracing::warn!("{VAR}: injecting {e} into {op:?} of {}", path.display());
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Release builds: nothing.
+    #[cfg(not(debug_assertions))]
+    #[inline(always)]
+    pub fn inject(_op: Op, _path: &Path, _other: Option<&Path>) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 /// fsyncs a directory so that the renames and unlinks in it are durable.
 pub fn fsync_dir(dir: &Path) -> Result<(), SpoolError> {
     File::open(dir)
-        .and_then(|f| f.sync_all())
+        .and_then(|f| fault::inject(Op::Fsync, dir, None).and_then(|()| f.sync_all()))
         .map_err(|source| SpoolError::Fsync {
             path: dir.to_path_buf(),
             source,
         })
 }
 
-/// Writes `bytes` to `dir/name` durably: a temporary created with `O_EXCL`
-/// (mode 0600) in `dir`, all bytes written, fsync, rename into place (never
-/// over an existing file when `no_replace`), and, when `sync_dir`, an fsync
-/// of `dir`. Callers that commit many files at once pass `sync_dir = false`
-/// and call [`fsync_dir`] once for the batch.
 /// Appends `bytes` to the file at `path` (created if missing) in one
 /// write and fsyncs it; true when it created the file (its directory must
 /// then be fsynced for the file to be durable).
@@ -85,14 +274,23 @@ pub fn append_durable(path: &Path, bytes: &[u8]) -> Result<bool, SpoolError> {
         ),
         Err(e) => return Err(write_err(e)),
     };
-    file.write_all(bytes).map_err(write_err)?;
-    file.sync_data().map_err(|source| SpoolError::Fsync {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    fault::inject(Op::Write, path, None)
+        .and_then(|()| file.write_all(bytes))
+        .map_err(write_err)?;
+    fault::inject(Op::Fsync, path, None)
+        .and_then(|()| file.sync_data())
+        .map_err(|source| SpoolError::Fsync {
+            path: path.to_path_buf(),
+            source,
+        })?;
     Ok(created)
 }
 
+/// Writes `bytes` to `dir/name` durably: a temporary created with `O_EXCL`
+/// (mode 0600) in `dir`, all bytes written, fsync, rename into place (never
+/// over an existing file when `no_replace`), and, when `sync_dir`, an fsync
+/// of `dir`. Callers that commit many files at once pass `sync_dir = false`
+/// and call [`fsync_dir`] once for the batch.
 pub fn write_atomic(
     dir: &Path,
     name: &str,
@@ -110,9 +308,11 @@ pub fn write_atomic(
         .suffix(".tmp")
         .tempfile_in(dir)
         .map_err(write_err)?;
-    tmp.write_all(bytes).map_err(write_err)?;
-    tmp.as_file()
-        .sync_all()
+    fault::inject(Op::Write, &target, None)
+        .and_then(|()| tmp.write_all(bytes))
+        .map_err(write_err)?;
+    fault::inject(Op::Fsync, &target, None)
+        .and_then(|()| tmp.as_file().sync_all())
         .map_err(|source| SpoolError::Fsync {
             path: target.clone(),
             source,
@@ -122,6 +322,13 @@ pub fn write_atomic(
         // The temporary's name is gone; do not let its drop unlink anything.
         let _ = tmp.into_temp_path().keep();
     } else {
+        fault::inject(Op::Rename, tmp.path(), Some(&target)).map_err(|source| {
+            SpoolError::Rename {
+                from: tmp.path().to_path_buf(),
+                to: target.clone(),
+                source,
+            }
+        })?;
         tmp.persist(&target).map_err(|e| SpoolError::Rename {
             from: e.file.path().to_path_buf(),
             to: target.clone(),
@@ -159,11 +366,15 @@ pub fn write_recycled(
         .map_err(write_err)?;
     file.set_permissions(fs::Permissions::from_mode(0o600))
         .map_err(write_err)?;
-    file.write_all(bytes).map_err(write_err)?;
-    file.sync_all().map_err(|source| SpoolError::Fsync {
-        path: target.clone(),
-        source,
-    })?;
+    fault::inject(Op::Write, &target, None)
+        .and_then(|()| file.write_all(bytes))
+        .map_err(write_err)?;
+    fault::inject(Op::Fsync, &target, None)
+        .and_then(|()| file.sync_all())
+        .map_err(|source| SpoolError::Fsync {
+            path: target.clone(),
+            source,
+        })?;
     rename_no_replace(spare, &target)?;
     Ok(target)
 }
@@ -171,6 +382,13 @@ pub fn write_recycled(
 /// Renames `from` to `to`, failing with [`SpoolError::Exists`] rather than
 /// replacing an existing `to`.
 pub fn rename_no_replace(from: &Path, to: &Path) -> Result<(), SpoolError> {
+    if let Err(source) = fault::inject(Op::Rename, from, Some(to)) {
+        return Err(SpoolError::Rename {
+            from: from.to_path_buf(),
+            to: to.to_path_buf(),
+            source,
+        });
+    }
     match renameat2(None, from, None, to, RenameFlags::RENAME_NOREPLACE) {
         Ok(()) => Ok(()),
         Err(nix::errno::Errno::EEXIST) => Err(SpoolError::Exists(to.to_path_buf())),
@@ -184,11 +402,13 @@ pub fn rename_no_replace(from: &Path, to: &Path) -> Result<(), SpoolError> {
 
 /// Renames `from` to `to` (a claim: `in/x.json` → `run/<id>.json`).
 pub fn rename(from: &Path, to: &Path) -> Result<(), SpoolError> {
-    fs::rename(from, to).map_err(|source| SpoolError::Rename {
-        from: from.to_path_buf(),
-        to: to.to_path_buf(),
-        source,
-    })
+    fault::inject(Op::Rename, from, Some(to))
+        .and_then(|()| fs::rename(from, to))
+        .map_err(|source| SpoolError::Rename {
+            from: from.to_path_buf(),
+            to: to.to_path_buf(),
+            source,
+        })
 }
 
 /// Reads a regular file of at most `limit` bytes without reading more than
@@ -295,6 +515,73 @@ mod tests {
         assert_eq!(fs::read(&p).unwrap(), b"three");
         // no temporaries left behind
         assert_eq!(fs::read_dir(tmp.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn fault_rules_parse_and_bad_ones_are_refused() {
+        use nix::libc::{EIO, ENOSPC};
+        assert_eq!(
+            fault::parse("fsync:3, rename:5:enospc@/spool/run/").unwrap(),
+            vec![
+                fault::Rule {
+                    op: Op::Fsync,
+                    nth: 3,
+                    errno: EIO,
+                    within: None
+                },
+                fault::Rule {
+                    op: Op::Rename,
+                    nth: 5,
+                    errno: ENOSPC,
+                    within: Some("/spool/run/".into())
+                },
+            ]
+        );
+        assert!(fault::parse("").unwrap().is_empty());
+        for bad in [
+            "fsync",
+            "fsync:0",
+            "fsync:x",
+            "read:1",
+            "write:1:ebusy",
+            "write:1@",
+            "write:1:eio:2",
+        ] {
+            assert!(fault::parse(bad).is_err(), "{bad} is refused");
+        }
+    }
+
+    #[test]
+    fn disk_failures_are_fatal_and_one_file_refusing_is_not() {
+        let err = |errno| io::Error::from_raw_os_error(errno);
+        let rename = |errno| SpoolError::Rename {
+            from: "a".into(),
+            to: "b".into(),
+            source: err(errno),
+        };
+        let write = |errno| SpoolError::Write {
+            path: "a".into(),
+            source: err(errno),
+        };
+        for errno in [
+            nix::libc::EIO,
+            nix::libc::ENOSPC,
+            nix::libc::EROFS,
+            nix::libc::EDQUOT,
+        ] {
+            assert!(rename(errno).is_fatal());
+            assert!(write(errno).is_fatal());
+        }
+        for errno in [nix::libc::EACCES, nix::libc::EPERM, nix::libc::ENOENT] {
+            assert!(!rename(errno).is_fatal());
+            assert!(!write(errno).is_fatal());
+        }
+        assert!(SpoolError::Fsync {
+            path: "a".into(),
+            source: err(nix::libc::EINVAL)
+        }
+        .is_fatal());
+        assert!(!SpoolError::Exists("a".into()).is_fatal());
     }
 
     #[test]

@@ -231,21 +231,16 @@ pub enum Done {
     /// `run/<name>` existed already: nothing was written and the original
     /// is still in `in/` (the engine rejects it as a duplicate).
     ClaimTaken { exid: Exid, from: PathBuf },
-    /// Writing `run/<name>` failed (not an fsync): the original stays in
-    /// `in/`.
-    ClaimFailed { exid: Exid, from: PathBuf },
-    /// The rewritten `run/` file is durable (or could not be written, which
-    /// is logged).
+    /// The rewritten `run/` file is durable.
     Rewritten(NodeKey),
-    /// A flow's progress is durable in its `run/` file or journal
-    /// (`written` false: it could not be written, which is logged; the
-    /// journal may end in a torn line, so the next write must be a
-    /// snapshot).
-    Progress { exid: Exid, written: bool },
+    /// A flow's progress is durable in its `run/` file or journal.
+    Progress { exid: Exid },
     /// The input is in `rejected/`, or was gone or replaced already
     /// (`retake`: what is at `path` now is new), or could not be moved.
     Rejected { path: PathBuf, retake: bool },
-    /// The disk failed: the engine must stop.
+    /// The disk failed: the engine must stop. What the failed job and
+    /// the rest of its batch did not finish stays where it was (in `in/` or
+    /// `run/`) for the next start; the writer takes no more jobs.
     Fatal(SpoolError),
 }
 
@@ -264,6 +259,8 @@ impl Writer {
         spare_dir: PathBuf,
         probe: Option<Probe>,
     ) -> std::io::Result<Writer> {
+        spool::fault::check()
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
         let (tx, rx) = mpsc::channel::<Job>();
         let thread = std::thread::Builder::new()
             .name("spoolflow-writer".into())
@@ -340,10 +337,6 @@ enum Written {
         exid: Exid,
         from: PathBuf,
     },
-    ClaimFailed {
-        exid: Exid,
-        from: PathBuf,
-    },
     Rewrite {
         key: NodeKey,
         to: Option<PathBuf>,
@@ -353,7 +346,6 @@ enum Written {
         to: Option<PathBuf>,
         /// The journal to remove (after a snapshot).
         journal: Option<PathBuf>,
-        written: bool,
     },
     Reject {
         from: PathBuf,
@@ -376,13 +368,10 @@ impl Batch {
         for job in jobs {
             match self.write(job, spares) {
                 Ok(w) => written.push(w),
-                Err(e) => {
-                    // An fsync failed, or the disk is full or a directory
-                    // unwritable: what was not done stays where it is (in
-                    // in/ or run/) for the next start.
-                    tracing::error!("{e}");
-                    return vec![Done::Fatal(e)];
-                }
+                // An fsync failed, or the disk is full or a directory
+                // unwritable: what was not done stays where it is (in in/
+                // or run/) for the next start. The engine logs it.
+                Err(e) => return vec![Done::Fatal(e)],
             }
         }
         for dir in &self.dirs {
@@ -438,13 +427,9 @@ impl Batch {
                     }
                 }
                 Err(SpoolError::Exists(_)) => Written::ClaimTaken { exid, from },
-                Err(e) if e.is_fatal() => return Err(e),
-                // The disk is full or run/ unwritable: the file stays in
-                // in/ and is taken again at a later scan.
-                Err(e) => {
-                    tracing::error!("cannot claim {}: {e}", from.display());
-                    Written::ClaimFailed { exid, from }
-                }
+                // run/ is the engine's: failing to write there is the disk
+                // failing. The original stays in in/ for the next start.
+                Err(e) => return Err(e),
             },
             Job::Rewrite {
                 key,
@@ -452,19 +437,12 @@ impl Batch {
                 name,
                 bytes,
             } => {
-                match spool::write_atomic(&dir, &name, &bytes, false, false) {
-                    Ok(to) => {
-                        self.dirs.insert(dir);
-                        Written::Rewrite { key, to: Some(to) }
-                    }
-                    Err(e) if e.is_fatal() => return Err(e),
-                    // The task goes on from its payload in memory; a restart
-                    // would resume from the one before.
-                    Err(e) => {
-                        tracing::error!("{e}");
-                        Written::Rewrite { key, to: None }
-                    }
-                }
+                // Going on from the payload in memory would let a restart
+                // resume from the one before: stop; the run/ file holds the
+                // last durable payload, and the next start goes on from it.
+                let to = spool::write_atomic(&dir, &name, &bytes, false, false)?;
+                self.dirs.insert(dir);
+                Written::Rewrite { key, to: Some(to) }
             }
             Job::Progress {
                 exid,
@@ -472,51 +450,31 @@ impl Batch {
                 name,
                 bytes,
                 journal,
-            } => match spool::write_atomic(&dir, &name, &bytes, false, false) {
-                Ok(to) => {
-                    self.dirs.insert(dir);
-                    Written::Progress {
-                        exid,
-                        to: Some(to),
-                        journal: Some(journal),
-                        written: true,
-                    }
+            } => {
+                // Like a rewrite: the flow's progress on disk stays the last
+                // durable one (snapshot and journal), and the next start
+                // goes on from it.
+                let to = spool::write_atomic(&dir, &name, &bytes, false, false)?;
+                self.dirs.insert(dir);
+                Written::Progress {
+                    exid,
+                    to: Some(to),
+                    journal: Some(journal),
                 }
-                Err(e) if e.is_fatal() => return Err(e),
-                // The flow goes on from its progress in memory.
-                Err(e) => {
-                    tracing::error!("{e}");
-                    Written::Progress {
-                        exid,
-                        to: None,
-                        journal: None,
-                        written: false,
-                    }
+            }
+            Job::Journal { exid, path, bytes } => {
+                // A failed append may leave a torn last line, which the next
+                // start skips (see `flow::journal`).
+                let created = spool::append_durable(&path, &bytes)?;
+                if let (true, Some(dir)) = (created, path.parent()) {
+                    self.dirs.insert(dir.to_path_buf());
                 }
-            },
-            Job::Journal { exid, path, bytes } => match spool::append_durable(&path, &bytes) {
-                Ok(created) => {
-                    if let (true, Some(dir)) = (created, path.parent()) {
-                        self.dirs.insert(dir.to_path_buf());
-                    }
-                    Written::Progress {
-                        exid,
-                        to: Some(path),
-                        journal: None,
-                        written: true,
-                    }
+                Written::Progress {
+                    exid,
+                    to: Some(path),
+                    journal: None,
                 }
-                Err(e) if e.is_fatal() => return Err(e),
-                Err(e) => {
-                    tracing::error!("{e}");
-                    Written::Progress {
-                        exid,
-                        to: None,
-                        journal: None,
-                        written: false,
-                    }
-                }
-            },
+            }
             Job::Reject { path, ident, .. } if !still(&path, ident) => Written::Reject {
                 from: path,
                 to: None,
@@ -544,7 +502,12 @@ impl Batch {
                     to: None,
                     retake: true,
                 },
-                Err(e) if e.is_fatal() => return Err(e),
+                // The disk failed, or the reason could not be written into
+                // rejected/ (the engine's own directory): stop. The input is
+                // still in in/, or already in rejected/.
+                Err(e) if e.is_fatal() || matches!(e, SpoolError::Write { .. }) => return Err(e),
+                // Moving this one entry was refused (an input someone else
+                // owns in a sticky in/, say): it stays, and the engine goes on.
                 Err(e) => {
                     tracing::error!("cannot reject {}: {e}", path.display());
                     Written::Reject {
@@ -597,21 +560,15 @@ impl Batch {
                     Done::Claimed { exid, from }
                 }
                 Written::ClaimTaken { exid, from } => Done::ClaimTaken { exid, from },
-                Written::ClaimFailed { exid, from } => Done::ClaimFailed { exid, from },
                 Written::Rewrite { key, .. } => Done::Rewritten(key),
-                Written::Progress {
-                    exid,
-                    journal,
-                    written,
-                    ..
-                } => {
+                Written::Progress { exid, journal, .. } => {
                     // The snapshot holds the journal's deltas; should the
                     // removal not be durable at a crash, the next start
                     // skips them by their sequence numbers.
                     if let Some(journal) = journal {
                         remove_if_there(&journal);
                     }
-                    Done::Progress { exid, written }
+                    Done::Progress { exid }
                 }
                 Written::Reject { from, retake, .. } => Done::Rejected { path: from, retake },
             });

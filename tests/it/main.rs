@@ -7,6 +7,8 @@ mod common;
 mod cli;
 mod core;
 mod crash;
+// wt-disk (issue 10, item 2)
+mod disk_faults;
 mod docs;
 mod engine_shape;
 mod flows;
