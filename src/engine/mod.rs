@@ -56,8 +56,9 @@ use state::{Execution, Item, Mode, Node};
 
 /// The default limit on a task file's size (SPEC 10).
 pub const INPUT_LIMIT: u64 = 16 * 1024 * 1024;
-/// The slow safety-net rescan of the spool (DESIGN: "about every 30 s").
-const SAFETY_RESCAN: Duration = Duration::from_secs(30);
+/// The slow safety-net rescan of the spool (DESIGN: "about every 30 s"),
+/// the default of [`Options::rescan`].
+pub const SAFETY_RESCAN: Duration = Duration::from_secs(30);
 
 /// How to run the engine.
 #[derive(Debug, Clone)]
@@ -77,6 +78,12 @@ pub struct Options {
     /// Counters the engine keeps up to date for a progress display
     /// (`spoolflow run --drain` on a terminal).
     pub progress: Option<std::sync::Arc<Progress>>,
+    /// The period of the safety-net rescan of the spool (default
+    /// [`SAFETY_RESCAN`]); tests set it far longer than themselves, so
+    /// that a pass cannot come from it.
+    pub rescan: Duration,
+    /// A test seam on the watcher of the spool (lost and injected events).
+    pub watch_seam: Option<watch::Seam>,
 }
 
 impl Default for Options {
@@ -91,6 +98,8 @@ impl Default for Options {
             input_limit: INPUT_LIMIT,
             writer_probe: None,
             progress: None,
+            rescan: SAFETY_RESCAN,
+            watch_seam: None,
         }
     }
 }
@@ -213,6 +222,9 @@ pub(crate) struct Engine {
     priority_saving: HashMap<NodeKey, (PathBuf, i32)>,
     /// Changes under `tsk/`, which spoil cached lookups.
     tsk_watch: watch::TskWatch,
+    /// The watcher of the spool (new directories of `in/` are watched
+    /// before they are listed).
+    watcher: notify::RecommendedWatcher,
     /// An fsync failed: the page cache can no longer be trusted, so the
     /// engine stops (at the top of its loop).
     fatal: Option<SpoolError>,
@@ -243,7 +255,12 @@ pub async fn run(
     crate::tasker::close_inherited_descriptors();
 
     let (watch_tx, watch_rx) = mpsc::unbounded_channel();
-    let _watcher = watch::start(&root, &root.points_dir(), watch_tx)?;
+    let watcher = watch::start(
+        &root,
+        &root.points_dir(),
+        watch_tx,
+        options.watch_seam.clone(),
+    )?;
     let tsk_watch = watch::TskWatch::new(&root.tsk())?;
     let (tasker_tx, tasker_rx) = mpsc::unbounded_channel();
     let (written_tx, written_rx) = mpsc::unbounded_channel();
@@ -277,6 +294,7 @@ pub async fn run(
         pending_priorities: HashMap::new(),
         priority_saving: HashMap::new(),
         tsk_watch,
+        watcher,
         fatal: None,
         conditions: std::sync::Arc::new(crate::sandbox::sandbox_engine()),
         options,
@@ -325,7 +343,7 @@ impl Engine {
     /// a scan) per turn, and `select!` picks among the ready branches at
     /// random: no source can starve another.
     async fn event_loop(&mut self, mut inbox: Inbox) -> Result<(), EngineError> {
-        let mut safety = tokio::time::interval(SAFETY_RESCAN);
+        let mut safety = tokio::time::interval(self.options.rescan.max(Duration::from_secs(1)));
         safety.tick().await;
         // With --drain: when in/ still holds something after a scan (an
         // entry that cannot be moved, say), look again a second later
