@@ -207,10 +207,9 @@ pub(crate) struct Engine {
     /// Entries of `in/` still to look at (a scan in progress), taken a
     /// bounded number per turn of the loop.
     scan: VecDeque<PathBuf>,
-    /// Entries a scan found still being written: looked at again at
-    /// `settle_at`, never left to the slow safety rescan.
-    settling: Vec<PathBuf>,
-    settle_at: Option<tokio::time::Instant>,
+    /// Entries a scan found still changing: each looked at again at its
+    /// own deadline, never left to the slow safety rescan.
+    settling: intake::Settling,
     /// Cancel requests for ids not seen yet: id → (request path, reason);
     /// settled once the scan they asked for is over.
     pending_cancels: HashMap<TaskId, (PathBuf, String)>,
@@ -288,8 +287,7 @@ pub async fn run(
         writer,
         mode: Mode::Starting,
         scan: VecDeque::new(),
-        settling: Vec::new(),
-        settle_at: None,
+        settling: intake::Settling::default(),
         pending_cancels: HashMap::new(),
         pending_priorities: HashMap::new(),
         priority_saving: HashMap::new(),
@@ -380,6 +378,7 @@ impl Engine {
                 _ => None,
             };
             let scanning = !self.scan.is_empty();
+            let settle_at = self.settling.next_due();
             tokio::select! {
                 Some(batch) = inbox.written.recv() => self.on_written(batch)?,
                 Some(msg) = inbox.taskers.recv() => match msg {
@@ -396,7 +395,7 @@ impl Engine {
                 },
                 _ = sleep_until(grace_end), if grace_end.is_some() => self.end_grace(),
                 _ = sleep_until(drain_recheck), if drain_recheck.is_some() => drain_recheck = None,
-                _ = sleep_until(self.settle_at), if self.settle_at.is_some() => self.settled(),
+                _ = sleep_until(settle_at), if settle_at.is_some() => self.settled(),
                 _ = safety.tick() => {
                     self.scan_in();
                     self.scan_cancel();
@@ -436,13 +435,14 @@ impl Engine {
                 }
             }
             WatchEvent::Rescan => {
-                self.scan_in();
+                tracing::warn!("file watcher overflowed; rescanning the spool");
+                self.rescan_in();
                 self.scan_cancel();
                 self.scan_priority();
             }
             WatchEvent::Error(e) => {
                 tracing::error!("file watcher: {e}; rescanning the spool");
-                self.scan_in();
+                self.rescan_in();
             }
         }
     }
