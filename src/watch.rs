@@ -342,3 +342,67 @@ impl TskWatch {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{translate, Dirs, WatchEvent};
+    use notify::event::{AccessKind, AccessMode, CreateKind, Flag, ModifyKind, RenameMode};
+    use notify::{Event, EventKind};
+    use std::path::PathBuf;
+
+    fn dirs() -> Dirs {
+        Dirs {
+            spool_in: "/r/in".into(),
+            cancel: "/r/cancel".into(),
+            priority: "/r/priority".into(),
+            points: "/r/points".into(),
+        }
+    }
+
+    fn ev(kind: EventKind, paths: &[&str]) -> notify::Result<Event> {
+        let mut e = Event::new(kind);
+        for p in paths {
+            e = e.add_path(PathBuf::from(p));
+        }
+        Ok(e)
+    }
+
+    #[test]
+    fn an_overflow_asks_for_a_rescan() {
+        let overflow = Event::new(EventKind::Other).set_flag(Flag::Rescan);
+        assert_eq!(translate(&dirs(), Ok(overflow)), Some(WatchEvent::Rescan));
+    }
+
+    #[test]
+    fn entries_of_in_are_announced_when_complete() {
+        let d = dirs();
+        let input = |p: &str| Some(WatchEvent::Input(PathBuf::from(p)));
+        let close = EventKind::Access(AccessKind::Close(AccessMode::Write));
+        assert_eq!(
+            translate(&d, ev(close, &["/r/in/a.json"])),
+            input("/r/in/a.json")
+        );
+        let moved = EventKind::Modify(ModifyKind::Name(RenameMode::To));
+        assert_eq!(
+            translate(&d, ev(moved, &["/r/in/org.x"])),
+            input("/r/in/org.x")
+        );
+        let both = EventKind::Modify(ModifyKind::Name(RenameMode::Both));
+        assert_eq!(
+            translate(&d, ev(both, &["/r/staging/b.json", "/r/in/b.json"])),
+            input("/r/in/b.json")
+        );
+        let folder = EventKind::Create(CreateKind::Folder);
+        assert_eq!(
+            translate(&d, ev(folder, &["/r/in/org.y"])),
+            input("/r/in/org.y")
+        );
+        // A write of data: the writer goes on; only points files are read.
+        let data = EventKind::Modify(ModifyKind::Any);
+        assert_eq!(translate(&d, ev(data, &["/r/in/a.json"])), None);
+        assert_eq!(
+            translate(&d, ev(data, &["/r/points/p"])),
+            Some(WatchEvent::Points("/r/points/p".into()))
+        );
+    }
+}
