@@ -42,7 +42,7 @@ impl Engine {
     }
 
     /// Looks at up to `n` entries of the scan in progress. Once the engine
-    /// runs, a regular file modified in the last moments is put off (see
+    /// runs, a regular file changed in the last moments is put off (see
     /// [`Engine::put_off`]): it may still be being written in place (SPEC
     /// 3: taken once its writer has closed it). At start-up files are
     /// taken as they are. When the scan is over, cancel requests still
@@ -67,14 +67,16 @@ impl Engine {
         }
     }
 
-    /// Whether a scan leaves `path` for later: a regular file that changed
-    /// less than [`SETTLE`] ago. A scan finds what no event announced (a
-    /// file inside a directory renamed in whole, or put into a new
-    /// directory before it was watched, or after an overflow): if its
-    /// writer still writes, its close event takes it; if not, no event
-    /// ever will, so its own deadline is armed — when its [`SETTLE`] has
-    /// passed since its last change — and it is looked at again then,
-    /// alone (never a rescan, never the safety net).
+    /// Whether a scan leaves `path` for later. A scan finds what no event
+    /// announced (a file inside a directory renamed in whole, or put into
+    /// a new directory before it was watched, or after an overflow). A
+    /// regular file nobody has open for writing is complete: taken now. One
+    /// a writer still has open is left to its close event (its directory
+    /// is watched), with a deadline [`SETTLE`] on as a fallback. When that
+    /// cannot be told, a file changed less than [`SETTLE`] ago gets its own
+    /// deadline, when its [`SETTLE`] has passed since its last change, and
+    /// is looked at again then, alone (never a rescan, never the safety
+    /// net).
     fn put_off(&mut self, path: &Path, now: std::time::SystemTime) -> bool {
         let meta = match std::fs::symlink_metadata(path) {
             Ok(m) if m.is_file() => m,
@@ -91,7 +93,8 @@ impl Engine {
             Some((stamp, _)) => Some(stamp),
             None => None,
         };
-        match settle(now, stamp, before) {
+        let writing = intake::open_for_writing(path);
+        match settle(now, stamp, before, writing) {
             Settle::Take => {
                 self.settling.forget(path);
                 false
@@ -362,17 +365,25 @@ impl Engine {
     }
 }
 
-/// What tells a change of a file: its modification time and length.
+/// What tells a change of a file: its status-change time (`ctime`, set by
+/// this machine's clock on every write, and on `chmod` or `touch -d`, which
+/// a modification time is not) and its length.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Stamp {
-    mtime: Option<std::time::SystemTime>,
+    ctime: Option<std::time::SystemTime>,
     len: u64,
 }
 
 impl Stamp {
     fn of(meta: &std::fs::Metadata) -> Stamp {
+        use std::os::unix::fs::MetadataExt;
+        let ctime = u64::try_from(meta.ctime()).ok().map(|s| {
+            std::time::UNIX_EPOCH
+                + Duration::from_secs(s)
+                + Duration::from_nanos(meta.ctime_nsec().clamp(0, 999_999_999) as u64)
+        });
         Stamp {
-            mtime: meta.modified().ok(),
+            ctime,
             len: meta.len(),
         }
     }
@@ -386,19 +397,31 @@ enum Settle {
     Wait(Duration),
 }
 
-/// Whether a file a scan found (stamped `stamp` at `now`) has settled: not
-/// changed for [`SETTLE`]. `before`: its stamp when it was put off, if its
-/// deadline has come — unchanged since, it has settled (whatever its
-/// clock says: a modification time in the future, from another machine or
-/// `touch -d`, would otherwise keep it young for ever).
-fn settle(now: std::time::SystemTime, stamp: Stamp, before: Option<Stamp>) -> Settle {
+/// Whether a file a scan found (stamped `stamp` at `now`) is taken now.
+/// `writing`: whether a writer has it open, if that could be told — if
+/// not, it is taken once it has not changed for [`SETTLE`]. `before`: its
+/// stamp when it was put off, if its deadline has come — unchanged since,
+/// it has settled, whatever its clock says (a time in the future, after
+/// the clock was set back or from a file server's clock, would otherwise
+/// keep it young for ever).
+fn settle(
+    now: std::time::SystemTime,
+    stamp: Stamp,
+    before: Option<Stamp>,
+    writing: Option<bool>,
+) -> Settle {
+    match writing {
+        Some(false) => return Settle::Take,
+        Some(true) => return Settle::Wait(SETTLE),
+        None => {}
+    }
     if before == Some(stamp) {
         return Settle::Take;
     }
-    let Some(mtime) = stamp.mtime else {
+    let Some(changed) = stamp.ctime else {
         return Settle::Take;
     };
-    match now.duration_since(mtime) {
+    match now.duration_since(changed) {
         Ok(age) if age >= SETTLE => Settle::Take,
         Ok(age) => Settle::Wait(SETTLE - age),
         Err(_) => Settle::Wait(SETTLE),
@@ -480,9 +503,9 @@ mod tests {
     use std::path::{Path, PathBuf};
     use std::time::{Duration, SystemTime};
 
-    fn stamp(mtime: SystemTime, len: u64) -> Stamp {
+    fn stamp(ctime: SystemTime, len: u64) -> Stamp {
         Stamp {
-            mtime: Some(mtime),
+            ctime: Some(ctime),
             len,
         }
     }
@@ -492,30 +515,53 @@ mod tests {
         let now = SystemTime::now();
         let ms = Duration::from_millis;
         // Old enough: taken.
-        assert_eq!(settle(now, stamp(now - SETTLE, 1), None), Settle::Take);
-        assert_eq!(settle(now, stamp(now - ms(60_000), 1), None), Settle::Take);
+        assert_eq!(
+            settle(now, stamp(now - SETTLE, 1), None, None),
+            Settle::Take
+        );
+        assert_eq!(
+            settle(now, stamp(now - ms(60_000), 1), None, None),
+            Settle::Take
+        );
         // Young: looked at again exactly when its settle time has passed.
         assert_eq!(
-            settle(now, stamp(now - ms(500), 1), None),
+            settle(now, stamp(now - ms(500), 1), None, None),
             Settle::Wait(SETTLE - ms(500))
         );
-        assert_eq!(settle(now, stamp(now, 1), None), Settle::Wait(SETTLE));
+        assert_eq!(settle(now, stamp(now, 1), None, None), Settle::Wait(SETTLE));
         // Changed since it was put off: waits again, from its new change.
         assert_eq!(
-            settle(now, stamp(now - ms(100), 2), Some(stamp(now - ms(2100), 1))),
+            settle(
+                now,
+                stamp(now - ms(100), 2),
+                Some(stamp(now - ms(2100), 1)),
+                None
+            ),
             Settle::Wait(SETTLE - ms(100))
         );
-        // A time in the future (another machine's clock, `touch -d`):
-        // waits once, then, unchanged, is taken rather than young for ever.
+        // A time in the future (the clock set back, a file server's
+        // clock): waits once, then, unchanged, is taken, not young for ever.
         let future = stamp(now + ms(3_600_000), 1);
-        assert_eq!(settle(now, future, None), Settle::Wait(SETTLE));
-        assert_eq!(settle(now + SETTLE, future, Some(future)), Settle::Take);
-        // No modification time at all: nothing to wait for.
+        assert_eq!(settle(now, future, None, None), Settle::Wait(SETTLE));
+        assert_eq!(
+            settle(now + SETTLE, future, Some(future), None),
+            Settle::Take
+        );
+        // No time at all: nothing to wait for.
         let none = Stamp {
-            mtime: None,
+            ctime: None,
             len: 1,
         };
-        assert_eq!(settle(now, none, None), Settle::Take);
+        assert_eq!(settle(now, none, None, None), Settle::Take);
+        // Told: a file nobody writes is taken however young; one a writer
+        // has open waits for its close, however old.
+        let young = stamp(now, 1);
+        assert_eq!(settle(now, young, None, Some(false)), Settle::Take);
+        let old = stamp(now - ms(60_000), 1);
+        assert_eq!(
+            settle(now, old, Some(old), Some(true)),
+            Settle::Wait(SETTLE)
+        );
     }
 
     #[test]
