@@ -2,8 +2,9 @@
 //! safety rescan. The engine runs with the rescan set to an hour, far
 //! longer than any test here, so that a pass cannot come from it; every
 //! entry must be taken (its `created` point) or rejected within 5 s of the
-//! burst's end — beyond the engine's longest intake timer (the 2 s an
-//! entry found by a scan, not by an event, is given to settle).
+//! burst's end — beyond the engine's longest intake timer (2 s: the
+//! fallback deadline of a file found by a scan, not by an event, when the
+//! kernel cannot tell whether a writer still has it open).
 
 use std::fs;
 use std::io::Write;
