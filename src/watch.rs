@@ -54,52 +54,125 @@ pub enum WatchError {
     },
 }
 
+/// A test seam on the watcher of the spool: it can lose the events of
+/// `in/` (as the kernel does when its queue overflows) and inject events
+/// into the handler that `notify` calls, such as the overflow itself.
+#[derive(Clone, Default)]
+pub struct Seam {
+    inner: std::sync::Arc<SeamInner>,
+}
+
+#[derive(Default)]
+struct SeamInner {
+    lose: std::sync::atomic::AtomicBool,
+    handler: std::sync::Mutex<Option<Handler>>,
+}
+
+type Handler = Box<dyn Fn(notify::Result<Event>) + Send>;
+
+impl std::fmt::Debug for Seam {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Seam")
+    }
+}
+
+impl Seam {
+    /// While `on`, the events of `in/` are dropped before the engine sees
+    /// them.
+    pub fn lose_events(&self, on: bool) {
+        self.inner
+            .lose
+            .store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Passes `ev` to the watcher's handler, as `notify` would.
+    pub fn inject(&self, ev: Event) {
+        if let Some(h) = self.inner.handler.lock().unwrap().as_ref() {
+            h(Ok(ev));
+        }
+    }
+
+    /// Injects what `notify` reports on `IN_Q_OVERFLOW`.
+    pub fn overflow(&self) {
+        self.inject(Event::new(EventKind::Other).set_flag(notify::event::Flag::Rescan));
+    }
+
+    fn losing(&self) -> bool {
+        self.inner.lose.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// The directories watched, and where their events go.
+#[derive(Clone)]
+struct Dirs {
+    spool_in: PathBuf,
+    cancel: PathBuf,
+    priority: PathBuf,
+    points: PathBuf,
+}
+
+/// What the engine is told of one `notify` event, if anything.
+fn translate(dirs: &Dirs, res: notify::Result<Event>) -> Option<WatchEvent> {
+    let ev = match res {
+        Ok(ev) => ev,
+        Err(e) => return Some(WatchEvent::Error(e.to_string())),
+    };
+    if ev.need_rescan() {
+        return Some(WatchEvent::Rescan);
+    }
+    let (path, data_only) = interesting_path(&ev)?;
+    Some(if data_only {
+        // Only points files are read while their writer goes on.
+        if !path.starts_with(&dirs.points) {
+            return None;
+        }
+        WatchEvent::Points(path)
+    } else if path.starts_with(&dirs.spool_in) {
+        WatchEvent::Input(path)
+    } else if path.starts_with(&dirs.cancel) {
+        WatchEvent::Cancel(path)
+    } else if path.starts_with(&dirs.priority) {
+        WatchEvent::Priority(path)
+    } else if path.starts_with(&dirs.points) {
+        WatchEvent::Points(path)
+    } else {
+        return None;
+    })
+}
+
 /// Starts watching; events go to `tx` until the returned watcher drops.
 pub fn start(
     root: &Root,
     points_dir: &Path,
     tx: UnboundedSender<WatchEvent>,
+    seam: Option<Seam>,
 ) -> Result<RecommendedWatcher, WatchError> {
-    let spool_in = root.spool_in();
-    let cancel = root.cancel();
-    let points = points_dir.to_path_buf();
-    let priority = root.priority_requests();
-    let (in2, cancel2, points2) = (spool_in.clone(), cancel.clone(), points.clone());
-    let priority2 = priority.clone();
+    let dirs = Dirs {
+        spool_in: root.spool_in(),
+        cancel: root.cancel(),
+        priority: root.priority_requests(),
+        points: points_dir.to_path_buf(),
+    };
+    let spool_in = dirs.spool_in.clone();
+    let watched = [
+        (dirs.spool_in.clone(), RecursiveMode::Recursive),
+        (dirs.cancel.clone(), RecursiveMode::NonRecursive),
+        (dirs.priority.clone(), RecursiveMode::NonRecursive),
+        (dirs.points.clone(), RecursiveMode::NonRecursive),
+    ];
+    let seam2 = seam.clone();
     let handler = move |res: notify::Result<Event>| {
-        let ev = match res {
-            Ok(ev) => ev,
-            Err(e) => {
-                let _ = tx.send(WatchEvent::Error(e.to_string()));
-                return;
-            }
+        let Some(event) = translate(&dirs, res) else {
+            return;
         };
-        if ev.need_rescan() {
-            let _ = tx.send(WatchEvent::Rescan);
+        if matches!(event, WatchEvent::Input(_)) && seam2.as_ref().is_some_and(Seam::losing) {
             return;
         }
-        let Some((path, data_only)) = interesting_path(&ev) else {
-            return;
-        };
-        let event = if data_only {
-            // Only points files are read while their writer goes on.
-            if !path.starts_with(&points2) {
-                return;
-            }
-            WatchEvent::Points(path)
-        } else if path.starts_with(&in2) {
-            WatchEvent::Input(path)
-        } else if path.starts_with(&cancel2) {
-            WatchEvent::Cancel(path)
-        } else if path.starts_with(&priority2) {
-            WatchEvent::Priority(path)
-        } else if path.starts_with(&points2) {
-            WatchEvent::Points(path)
-        } else {
-            return;
-        };
         let _ = tx.send(event);
     };
+    if let Some(seam) = &seam {
+        *seam.inner.handler.lock().unwrap() = Some(Box::new(handler.clone()));
+    }
     // Symlinks are never followed: one under tsk/ pointing at / must not
     // make the watcher walk the whole filesystem.
     let config = notify::Config::default().with_follow_symlinks(false);
@@ -109,14 +182,9 @@ pub fn start(
             hint: hint_for(&source),
             source,
         })?;
-    for (path, mode) in [
-        (&spool_in, RecursiveMode::Recursive),
-        (&cancel, RecursiveMode::NonRecursive),
-        (&priority, RecursiveMode::NonRecursive),
-        (&points, RecursiveMode::NonRecursive),
-    ] {
+    for (path, mode) in &watched {
         watcher
-            .watch(path, mode)
+            .watch(path, *mode)
             .map_err(|source| WatchError::Watch {
                 path: path.clone(),
                 hint: hint_for(&source),
@@ -124,6 +192,20 @@ pub fn start(
             })?;
     }
     Ok(watcher)
+}
+
+/// Makes sure a directory that appeared under `in/` is watched before the
+/// engine lists it. `notify` adds the watch on a new directory only after
+/// it has passed on the directory's own event, and a file put into the
+/// directory between the engine's listing and that watch would have no
+/// event at all; once this returns, every later entry has one. (A round
+/// trip to the watcher's thread; `notify` adds a watch already there as a
+/// no-op update of its mask.)
+pub fn watch_dir(watcher: &mut RecommendedWatcher, dir: &Path) {
+    if let Err(e) = watcher.watch(dir, RecursiveMode::Recursive) {
+        // Gone already (taken or removed): nothing to list either.
+        tracing::debug!("cannot watch {}: {e}", dir.display());
+    }
 }
 
 fn hint_for(e: &notify::Error) -> &'static str {
@@ -258,5 +340,69 @@ impl TskWatch {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{translate, Dirs, WatchEvent};
+    use notify::event::{AccessKind, AccessMode, CreateKind, Flag, ModifyKind, RenameMode};
+    use notify::{Event, EventKind};
+    use std::path::PathBuf;
+
+    fn dirs() -> Dirs {
+        Dirs {
+            spool_in: "/r/in".into(),
+            cancel: "/r/cancel".into(),
+            priority: "/r/priority".into(),
+            points: "/r/points".into(),
+        }
+    }
+
+    fn ev(kind: EventKind, paths: &[&str]) -> notify::Result<Event> {
+        let mut e = Event::new(kind);
+        for p in paths {
+            e = e.add_path(PathBuf::from(p));
+        }
+        Ok(e)
+    }
+
+    #[test]
+    fn an_overflow_asks_for_a_rescan() {
+        let overflow = Event::new(EventKind::Other).set_flag(Flag::Rescan);
+        assert_eq!(translate(&dirs(), Ok(overflow)), Some(WatchEvent::Rescan));
+    }
+
+    #[test]
+    fn entries_of_in_are_announced_when_complete() {
+        let d = dirs();
+        let input = |p: &str| Some(WatchEvent::Input(PathBuf::from(p)));
+        let close = EventKind::Access(AccessKind::Close(AccessMode::Write));
+        assert_eq!(
+            translate(&d, ev(close, &["/r/in/a.json"])),
+            input("/r/in/a.json")
+        );
+        let moved = EventKind::Modify(ModifyKind::Name(RenameMode::To));
+        assert_eq!(
+            translate(&d, ev(moved, &["/r/in/org.x"])),
+            input("/r/in/org.x")
+        );
+        let both = EventKind::Modify(ModifyKind::Name(RenameMode::Both));
+        assert_eq!(
+            translate(&d, ev(both, &["/r/staging/b.json", "/r/in/b.json"])),
+            input("/r/in/b.json")
+        );
+        let folder = EventKind::Create(CreateKind::Folder);
+        assert_eq!(
+            translate(&d, ev(folder, &["/r/in/org.y"])),
+            input("/r/in/org.y")
+        );
+        // A write of data: the writer goes on; only points files are read.
+        let data = EventKind::Modify(ModifyKind::Any);
+        assert_eq!(translate(&d, ev(data, &["/r/in/a.json"])), None);
+        assert_eq!(
+            translate(&d, ev(data, &["/r/points/p"])),
+            Some(WatchEvent::Points("/r/points/p".into()))
+        );
     }
 }

@@ -26,6 +26,10 @@ pub struct Args {
     /// On SIGINT/SIGTERM, how long running taskers may finish (e.g. 10s).
     #[arg(long, default_value = "10s")]
     pub grace: Dur,
+    /// The period of the safety-net rescan of in/ (a test seam: tests set
+    /// it far longer than themselves).
+    #[arg(long, default_value = "30s", hide = true)]
+    pub rescan: Dur,
 }
 
 /// Whether stderr may carry ANSI colour: a terminal, and no `NO_COLOR`
@@ -77,6 +81,7 @@ pub fn run(root: Option<PathBuf>, args: Args) -> Result<(), Failure> {
     }
     options.drain = args.drain;
     options.grace = args.grace.0;
+    options.rescan = args.rescan.0;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

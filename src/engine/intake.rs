@@ -42,11 +42,11 @@ impl Engine {
     }
 
     /// Looks at up to `n` entries of the scan in progress. Once the engine
-    /// runs, a regular file modified in the last moments is left for its
-    /// watcher event: it may still be being written in place (SPEC 3: taken
-    /// once its writer has closed it). At start-up files are taken as they
-    /// are. When the scan is over, cancel requests still waiting for their
-    /// task are settled.
+    /// runs, a regular file changed in the last moments is put off (see
+    /// [`Engine::put_off`]): it may still be being written in place (SPEC
+    /// 3: taken once its writer has closed it). At start-up files are
+    /// taken as they are. When the scan is over, cancel requests still
+    /// waiting for their task are settled.
     pub(super) fn take_scan(&mut self, n: usize) {
         let now = std::time::SystemTime::now();
         for _ in 0..n {
@@ -57,18 +57,8 @@ impl Engine {
                 self.scan.clear();
                 break;
             }
-            if self.mode != Mode::Starting {
-                let young = std::fs::symlink_metadata(&p).is_ok_and(|m| {
-                    m.is_file()
-                        && m.modified()
-                            .is_ok_and(|t| now.duration_since(t).unwrap_or_default() < SETTLE)
-                });
-                if young {
-                    // Its event may never come (it was written before its
-                    // directory was watched): look again once it settled.
-                    self.settle_later(p);
-                    continue;
-                }
+            if self.mode != Mode::Starting && self.put_off(&p, now) {
+                continue;
             }
             self.take(&p);
         }
@@ -77,20 +67,76 @@ impl Engine {
         }
     }
 
-    /// Puts off a look at a path until it has not changed for [`SETTLE`].
-    fn settle_later(&mut self, path: PathBuf) {
-        self.settling.push(path);
-        if self.settle_at.is_none() {
-            self.settle_at = Some(tokio::time::Instant::now() + SETTLE);
+    /// Whether a scan leaves `path` for later. A scan finds what no event
+    /// announced (a file inside a directory renamed in whole, or put into
+    /// a new directory before it was watched, or after an overflow). A
+    /// regular file nobody has open for writing is complete: taken now. One
+    /// a writer still has open is left to its close event (its directory
+    /// is watched), with a deadline [`SETTLE`] on as a fallback. When that
+    /// cannot be told, a file changed less than [`SETTLE`] ago gets its own
+    /// deadline, when its [`SETTLE`] has passed since its last change, and
+    /// is looked at again then, alone (never a rescan, never the safety
+    /// net).
+    fn put_off(&mut self, path: &Path, now: std::time::SystemTime) -> bool {
+        let meta = match std::fs::symlink_metadata(path) {
+            Ok(m) if m.is_file() => m,
+            // Gone, or not a file: looked at as it is.
+            _ => {
+                self.settling.forget(path);
+                return false;
+            }
+        };
+        let stamp = Stamp::of(&meta);
+        let before = match self.settling.get(path) {
+            // Its deadline is armed: it comes back then.
+            Some((_, at)) if tokio::time::Instant::now() < at => return true,
+            Some((stamp, _)) => Some(stamp),
+            None => None,
+        };
+        let writing = intake::open_for_writing(path);
+        match settle(now, stamp, before, writing) {
+            Settle::Take => {
+                self.settling.forget(path);
+                false
+            }
+            Settle::Wait(wait) => {
+                self.settling
+                    .wait(path, stamp, tokio::time::Instant::now() + wait);
+                true
+            }
         }
     }
 
-    /// The paths put off have settled (or changed again, and are put off
-    /// once more by the scan).
+    /// The entries whose deadline has come are looked at again.
     pub(super) fn settled(&mut self) {
-        self.settle_at = None;
-        let paths = std::mem::take(&mut self.settling);
-        self.scan.extend(paths);
+        let due = self.settling.due(tokio::time::Instant::now());
+        self.scan.extend(due);
+    }
+
+    /// A watcher overflow or error: events were lost. Every domain's
+    /// directory is watched again (one made meanwhile may have lost the
+    /// event on which `notify` watches it) and `in/` is scanned now.
+    pub(super) fn rescan_in(&mut self) {
+        if self.mode.is_stopping() {
+            return;
+        }
+        let dirs: Vec<PathBuf> = std::fs::read_dir(self.root.spool_in())
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| {
+                e.file_type().is_ok_and(|t| t.is_dir())
+                    && e.file_name().to_str().is_some_and(|n| {
+                        !intake::is_ignored_name(n)
+                            && n.parse::<crate::model::names::Domain>().is_ok()
+                    })
+            })
+            .map(|e| e.path())
+            .collect();
+        for dir in dirs {
+            crate::watch::watch_dir(&mut self.watcher, &dir);
+        }
+        self.scan_in();
     }
 
     /// Looks at one path under `in/` and claims, rejects or ignores it.
@@ -101,7 +147,13 @@ impl Engine {
         match intake::examine(&self.root, path, self.options.input_limit) {
             Intake::Ignore => {}
             Intake::Reject { path, reason } => self.reject(&path, &reason),
-            Intake::DomainDir(dir) => self.scan_dir(&dir),
+            Intake::DomainDir(dir) => {
+                // A directory that appeared (created, or renamed in with
+                // its files): watched first, then listed, so that every
+                // entry is either listed or announced by its own event.
+                crate::watch::watch_dir(&mut self.watcher, &dir);
+                self.scan_dir(&dir);
+            }
             Intake::Task {
                 path,
                 task,
@@ -313,6 +365,117 @@ impl Engine {
     }
 }
 
+/// What tells a change of a file: its status-change time (`ctime`, set by
+/// this machine's clock on every write, and on `chmod` or `touch -d`, which
+/// a modification time is not) and its length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Stamp {
+    ctime: Option<std::time::SystemTime>,
+    len: u64,
+}
+
+impl Stamp {
+    fn of(meta: &std::fs::Metadata) -> Stamp {
+        use std::os::unix::fs::MetadataExt;
+        let ctime = u64::try_from(meta.ctime()).ok().map(|s| {
+            std::time::UNIX_EPOCH
+                + Duration::from_secs(s)
+                + Duration::from_nanos(meta.ctime_nsec().clamp(0, 999_999_999) as u64)
+        });
+        Stamp {
+            ctime,
+            len: meta.len(),
+        }
+    }
+}
+
+/// What a scan does with a regular file.
+#[derive(Debug, PartialEq, Eq)]
+enum Settle {
+    Take,
+    /// Look again after this long.
+    Wait(Duration),
+}
+
+/// Whether a file a scan found (stamped `stamp` at `now`) is taken now.
+/// `writing`: whether a writer has it open, if that could be told — if
+/// not, it is taken once it has not changed for [`SETTLE`]. `before`: its
+/// stamp when it was put off, if its deadline has come — unchanged since,
+/// it has settled, whatever its clock says (a time in the future, after
+/// the clock was set back or from a file server's clock, would otherwise
+/// keep it young for ever).
+fn settle(
+    now: std::time::SystemTime,
+    stamp: Stamp,
+    before: Option<Stamp>,
+    writing: Option<bool>,
+) -> Settle {
+    match writing {
+        Some(false) => return Settle::Take,
+        Some(true) => return Settle::Wait(SETTLE),
+        None => {}
+    }
+    if before == Some(stamp) {
+        return Settle::Take;
+    }
+    let Some(changed) = stamp.ctime else {
+        return Settle::Take;
+    };
+    match now.duration_since(changed) {
+        Ok(age) if age >= SETTLE => Settle::Take,
+        Ok(age) => Settle::Wait(SETTLE - age),
+        Err(_) => Settle::Wait(SETTLE),
+    }
+}
+
+/// Entries of `in/` put off by a scan, each with its own deadline.
+#[derive(Debug, Default)]
+pub(super) struct Settling {
+    /// path → (its stamp when put off, its deadline).
+    pending: std::collections::HashMap<PathBuf, (Stamp, tokio::time::Instant)>,
+    /// The deadlines in order (an entry whose deadline moved since is
+    /// stale and skipped).
+    order: std::collections::BinaryHeap<std::cmp::Reverse<(tokio::time::Instant, PathBuf)>>,
+}
+
+impl Settling {
+    fn get(&self, path: &Path) -> Option<(Stamp, tokio::time::Instant)> {
+        self.pending.get(path).copied()
+    }
+
+    fn wait(&mut self, path: &Path, stamp: Stamp, at: tokio::time::Instant) {
+        self.pending.insert(path.to_path_buf(), (stamp, at));
+        self.order.push(std::cmp::Reverse((at, path.to_path_buf())));
+    }
+
+    fn forget(&mut self, path: &Path) {
+        self.pending.remove(path);
+    }
+
+    /// The earliest deadline armed.
+    pub(super) fn next_due(&self) -> Option<tokio::time::Instant> {
+        self.order.peek().map(|r| r.0 .0)
+    }
+
+    /// The paths whose deadline is at or before `now` (they stay pending,
+    /// with their stamp, until looked at).
+    fn due(&mut self, now: tokio::time::Instant) -> Vec<PathBuf> {
+        let mut due = Vec::new();
+        while let Some(std::cmp::Reverse((at, _))) = self.order.peek() {
+            if *at > now {
+                break;
+            }
+            let Some(std::cmp::Reverse((at, path))) = self.order.pop() else {
+                break;
+            };
+            if self.pending.get(&path).is_some_and(|(_, a)| *a == at) {
+                due.push(path);
+            }
+        }
+        due
+    }
+}
+
 /// The task id and reason of a cancel request named `name` holding
 /// `bytes`: a JSON object with `id` and `reason`, else the text as the
 /// reason and the name's stem as the id.
@@ -336,7 +499,95 @@ fn parse_cancel(name: &str, bytes: &[u8]) -> (String, String) {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_cancel;
+    use super::{parse_cancel, settle, Settle, Settling, Stamp, SETTLE};
+    use std::path::{Path, PathBuf};
+    use std::time::{Duration, SystemTime};
+
+    fn stamp(ctime: SystemTime, len: u64) -> Stamp {
+        Stamp {
+            ctime: Some(ctime),
+            len,
+        }
+    }
+
+    #[test]
+    fn a_file_is_taken_once_it_has_not_changed_for_the_settle_time() {
+        let now = SystemTime::now();
+        let ms = Duration::from_millis;
+        // Old enough: taken.
+        assert_eq!(
+            settle(now, stamp(now - SETTLE, 1), None, None),
+            Settle::Take
+        );
+        assert_eq!(
+            settle(now, stamp(now - ms(60_000), 1), None, None),
+            Settle::Take
+        );
+        // Young: looked at again exactly when its settle time has passed.
+        assert_eq!(
+            settle(now, stamp(now - ms(500), 1), None, None),
+            Settle::Wait(SETTLE - ms(500))
+        );
+        assert_eq!(settle(now, stamp(now, 1), None, None), Settle::Wait(SETTLE));
+        // Changed since it was put off: waits again, from its new change.
+        assert_eq!(
+            settle(
+                now,
+                stamp(now - ms(100), 2),
+                Some(stamp(now - ms(2100), 1)),
+                None
+            ),
+            Settle::Wait(SETTLE - ms(100))
+        );
+        // A time in the future (the clock set back, a file server's
+        // clock): waits once, then, unchanged, is taken, not young for ever.
+        let future = stamp(now + ms(3_600_000), 1);
+        assert_eq!(settle(now, future, None, None), Settle::Wait(SETTLE));
+        assert_eq!(
+            settle(now + SETTLE, future, Some(future), None),
+            Settle::Take
+        );
+        // No time at all: nothing to wait for.
+        let none = Stamp {
+            ctime: None,
+            len: 1,
+        };
+        assert_eq!(settle(now, none, None, None), Settle::Take);
+        // Told: a file nobody writes is taken however young; one a writer
+        // has open waits for its close, however old.
+        let young = stamp(now, 1);
+        assert_eq!(settle(now, young, None, Some(false)), Settle::Take);
+        let old = stamp(now - ms(60_000), 1);
+        assert_eq!(
+            settle(now, old, Some(old), Some(true)),
+            Settle::Wait(SETTLE)
+        );
+    }
+
+    #[test]
+    fn entries_put_off_come_back_each_at_its_own_deadline() {
+        let t0 = tokio::time::Instant::now();
+        let s = |ms| t0 + Duration::from_millis(ms);
+        let st = stamp(SystemTime::now(), 1);
+        let mut settling = Settling::default();
+        assert_eq!(settling.next_due(), None);
+        settling.wait(Path::new("b"), st, s(2000));
+        settling.wait(Path::new("a"), st, s(500));
+        settling.wait(Path::new("c"), st, s(1000));
+        assert_eq!(settling.next_due(), Some(s(500)));
+        assert!(settling.due(s(499)).is_empty());
+        assert_eq!(settling.due(s(500)), [PathBuf::from("a")]);
+        // Moved later: its first deadline is stale.
+        settling.wait(Path::new("c"), st, s(3000));
+        assert!(settling.due(s(1500)).is_empty());
+        // Forgotten (taken on its event meanwhile): never comes back.
+        settling.forget(Path::new("b"));
+        assert!(settling.due(s(2500)).is_empty());
+        assert_eq!(settling.due(s(3000)), [PathBuf::from("c")]);
+        // A due entry keeps its stamp until looked at.
+        assert_eq!(settling.get(Path::new("c")), Some((st, s(3000))));
+        assert_eq!(settling.next_due(), None);
+    }
 
     #[test]
     fn cancel_requests_name_their_task_and_reason() {

@@ -57,8 +57,9 @@ use state::{Execution, Item, Mode, Node};
 
 /// The default limit on a task file's size (SPEC 10).
 pub const INPUT_LIMIT: u64 = 16 * 1024 * 1024;
-/// The slow safety-net rescan of the spool (DESIGN: "about every 30 s").
-const SAFETY_RESCAN: Duration = Duration::from_secs(30);
+/// The slow safety-net rescan of the spool (DESIGN: "about every 30 s"),
+/// the default of [`Options::rescan`].
+pub const SAFETY_RESCAN: Duration = Duration::from_secs(30);
 
 /// How to run the engine.
 #[derive(Debug, Clone)]
@@ -78,6 +79,12 @@ pub struct Options {
     /// Counters the engine keeps up to date for a progress display
     /// (`spoolflow run --drain` on a terminal).
     pub progress: Option<std::sync::Arc<Progress>>,
+    /// The period of the safety-net rescan of the spool (default
+    /// [`SAFETY_RESCAN`]); tests set it far longer than themselves, so
+    /// that a pass cannot come from it.
+    pub rescan: Duration,
+    /// A test seam on the watcher of the spool (lost and injected events).
+    pub watch_seam: Option<watch::Seam>,
 }
 
 impl Default for Options {
@@ -92,6 +99,8 @@ impl Default for Options {
             input_limit: INPUT_LIMIT,
             writer_probe: None,
             progress: None,
+            rescan: SAFETY_RESCAN,
+            watch_seam: None,
         }
     }
 }
@@ -199,10 +208,9 @@ pub(crate) struct Engine {
     /// Entries of `in/` still to look at (a scan in progress), taken a
     /// bounded number per turn of the loop.
     scan: VecDeque<PathBuf>,
-    /// Entries a scan found still being written: looked at again at
-    /// `settle_at`, never left to the slow safety rescan.
-    settling: Vec<PathBuf>,
-    settle_at: Option<tokio::time::Instant>,
+    /// Entries a scan found still changing: each looked at again at its
+    /// own deadline, never left to the slow safety rescan.
+    settling: intake::Settling,
     /// Cancel requests for ids not seen yet: id → (request path, reason);
     /// settled once the scan they asked for is over.
     pending_cancels: HashMap<TaskId, (PathBuf, String)>,
@@ -214,6 +222,9 @@ pub(crate) struct Engine {
     priority_saving: HashMap<NodeKey, (PathBuf, i32)>,
     /// Changes under `tsk/`, which spoil cached lookups.
     tsk_watch: watch::TskWatch,
+    /// The watcher of the spool (new directories of `in/` are watched
+    /// before they are listed).
+    watcher: notify::RecommendedWatcher,
     /// An fsync failed: the page cache can no longer be trusted, so the
     /// engine stops (at the top of its loop).
     fatal: Option<SpoolError>,
@@ -246,7 +257,12 @@ pub async fn run(
     crate::tasker::close_inherited_descriptors();
 
     let (watch_tx, watch_rx) = mpsc::unbounded_channel();
-    let _watcher = watch::start(&root, &root.points_dir(), watch_tx)?;
+    let watcher = watch::start(
+        &root,
+        &root.points_dir(),
+        watch_tx,
+        options.watch_seam.clone(),
+    )?;
     let tsk_watch = watch::TskWatch::new(&root.tsk())?;
     let (tasker_tx, tasker_rx) = mpsc::unbounded_channel();
     let (written_tx, written_rx) = mpsc::unbounded_channel();
@@ -274,12 +290,12 @@ pub async fn run(
         writer,
         mode: Mode::Starting,
         scan: VecDeque::new(),
-        settling: Vec::new(),
-        settle_at: None,
+        settling: intake::Settling::default(),
         pending_cancels: HashMap::new(),
         pending_priorities: HashMap::new(),
         priority_saving: HashMap::new(),
         tsk_watch,
+        watcher,
         fatal: None,
         conditions: std::sync::Arc::new(crate::sandbox::sandbox_engine()),
         replies: replies::Replies::open(&root),
@@ -329,7 +345,7 @@ impl Engine {
     /// a scan) per turn, and `select!` picks among the ready branches at
     /// random: no source can starve another.
     async fn event_loop(&mut self, mut inbox: Inbox) -> Result<(), EngineError> {
-        let mut safety = tokio::time::interval(SAFETY_RESCAN);
+        let mut safety = tokio::time::interval(self.options.rescan.max(Duration::from_secs(1)));
         safety.tick().await;
         // With --drain: when in/ still holds something after a scan (an
         // entry that cannot be moved, say), look again a second later
@@ -365,6 +381,7 @@ impl Engine {
                 _ => None,
             };
             let scanning = !self.scan.is_empty();
+            let settle_at = self.settling.next_due();
             tokio::select! {
                 Some(batch) = inbox.written.recv() => self.on_written(batch)?,
                 Some(msg) = inbox.taskers.recv() => match msg {
@@ -381,7 +398,7 @@ impl Engine {
                 },
                 _ = sleep_until(grace_end), if grace_end.is_some() => self.end_grace(),
                 _ = sleep_until(drain_recheck), if drain_recheck.is_some() => drain_recheck = None,
-                _ = sleep_until(self.settle_at), if self.settle_at.is_some() => self.settled(),
+                _ = sleep_until(settle_at), if settle_at.is_some() => self.settled(),
                 _ = safety.tick() => {
                     self.scan_in();
                     self.scan_cancel();
@@ -421,13 +438,14 @@ impl Engine {
                 }
             }
             WatchEvent::Rescan => {
-                self.scan_in();
+                tracing::warn!("file watcher overflowed; rescanning the spool");
+                self.rescan_in();
                 self.scan_cancel();
                 self.scan_priority();
             }
             WatchEvent::Error(e) => {
                 tracing::error!("file watcher: {e}; rescanning the spool");
-                self.scan_in();
+                self.rescan_in();
             }
         }
     }

@@ -100,6 +100,51 @@ pub fn sort_by_submission(paths: &mut [PathBuf]) {
     });
 }
 
+/// `fcntl`'s `F_SETSIG` on Linux (every architecture; `libc` lacks it).
+const F_SETSIG: libc::c_int = 10;
+
+/// Whether some process has the regular file at `path` open for writing:
+/// `Some(true)`, `Some(false)`, or `None` when this cannot be told (the
+/// file is not this user's and the engine lacks `CAP_LEASE`, leases are
+/// off or unsupported by the filesystem). Told by a read lease, which
+/// the kernel grants only on a file nobody has open for writing, and
+/// which is given back at once; a writer opening the file in the
+/// microseconds between would only send `SIGWINCH` (ignored by default)
+/// and wait for the release.
+#[allow(unsafe_code)]
+pub fn open_for_writing(path: &Path) -> Option<bool> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .ok()?;
+    if !file.metadata().ok()?.is_file() {
+        return None;
+    }
+    let fd = file.as_raw_fd();
+    // SAFETY: fcntl on a descriptor owned by `file`, open for the whole
+    // block, with integer arguments only.
+    let granted = unsafe {
+        if libc::fcntl(fd, F_SETSIG, libc::SIGWINCH) != 0 {
+            return None;
+        }
+        let granted = libc::fcntl(fd, libc::F_SETLEASE, libc::F_RDLCK) == 0;
+        if granted {
+            libc::fcntl(fd, libc::F_SETLEASE, libc::F_UNLCK);
+        }
+        granted
+    };
+    if granted {
+        return Some(false);
+    }
+    match std::io::Error::last_os_error().raw_os_error() {
+        Some(libc::EAGAIN) => Some(true),
+        _ => None,
+    }
+}
+
 /// Whether `in/` holds nothing to take (what `run --drain` waits for).
 pub fn in_is_empty(root: &Root) -> bool {
     counted_entries(root).next().is_none()
@@ -352,6 +397,23 @@ mod tests {
         assert!(reason(examine(&root, &inn.join("org.example/sub"), 100)).contains("not accepted"));
         std::os::unix::fs::symlink("/etc/passwd", inn.join("l.json")).unwrap();
         assert!(reason(examine(&root, &inn.join("l.json"), 100)).contains("symbolic link"));
+    }
+
+    #[test]
+    fn a_file_open_for_writing_is_told_apart() {
+        use std::io::Write;
+        let (_t, root) = root();
+        let p = root.spool_in().join("w.json");
+        let mut f = fs::File::create(&p).unwrap();
+        f.write_all(b"{").unwrap();
+        // The tests' user owns the file: a lease can be asked for.
+        assert_eq!(open_for_writing(&p), Some(true));
+        drop(f);
+        assert_eq!(open_for_writing(&p), Some(false));
+        let reader = fs::File::open(&p).unwrap();
+        assert_eq!(open_for_writing(&p), Some(false));
+        drop(reader);
+        assert_eq!(open_for_writing(&root.spool_in().join("gone.json")), None);
     }
 
     #[test]

@@ -286,7 +286,9 @@ fn every_bad_input_is_rejected_with_its_bytes_and_a_reason() {
 fn bad_input_seen_by_the_watcher_is_rejected_and_the_engine_goes_on() {
     let t = TestRoot::new();
     cat_tasker(&t);
-    let engine = t.spawn_engine(&["--workers", "2"]);
+    // The safety rescan far beyond the test's deadlines: every entry must
+    // be taken on its event or a scan it caused (issue 10).
+    let engine = t.spawn_engine(&["--workers", "2", "--rescan", "1h"]);
     t.drop_task("warm.json", GOOD);
     wait_for("warm's record", DEADLINE, || t.record("warm").is_some());
 

@@ -420,15 +420,17 @@ fn a_file_written_in_place_is_taken_only_once_closed() {
 }
 
 /// A domain's directory built elsewhere and renamed into `in/` with its
-/// task files inside: they had no event of their own (written before the
-/// directory was watched) and are taken once they settled, seconds after
-/// the rename — never left to the 30 s safety rescan.
+/// task files inside: they have no event of their own (written before the
+/// directory was watched); the engine lists the directory when it appears
+/// and takes them at once, since nobody has them open for writing — never
+/// left to the safety rescan (set out of reach here).
 #[test]
 fn a_domain_directory_renamed_in_whole_is_taken_without_the_safety_rescan() {
     let t = TestRoot::new();
     cat_tasker(&t, "org", "cat");
     let engine = t.start_in_process(spoolflow::Options {
         workers: 2,
+        rescan: std::time::Duration::from_secs(3600),
         ..spoolflow::Options::default()
     });
     t.drop_task("warm.json", r#"{"domain":"org","tasker":"cat"}"#);
@@ -444,8 +446,7 @@ fn a_domain_directory_renamed_in_whole_is_taken_without_the_safety_rescan() {
     }
     fs::rename(&staging, t.join("var/spool/in/org.example")).unwrap();
     let moved = std::time::Instant::now();
-    // The files settle 2 s after they were written; a third of the safety
-    // rescan's period is far beyond that, and far from it.
+    // Taken at once; at worst (no lease) 2 s after they were written.
     wait_for(
         "the moved tasks' records",
         std::time::Duration::from_secs(10),

@@ -17,6 +17,7 @@ mod flows_journal;
 mod friction;
 mod hostile;
 mod intake;
+mod intake_burst;
 // wt-engine
 mod ops_engine;
 mod path_safety;
