@@ -218,6 +218,8 @@ pub(crate) struct Engine {
     fatal: Option<SpoolError>,
     /// The sandbox that flows' `if` expressions run in.
     conditions: std::sync::Arc<rhai::Engine>,
+    /// How taskers' descendants are tracked (issue 10: cgroup or subreaper).
+    contain: crate::tasker::Contain,
 }
 
 /// Runs the engine (inside a tokio runtime).
@@ -239,6 +241,7 @@ pub async fn run(
         crate::text::count(options.workers, "worker")
     );
     recovery::kill_orphans(&root);
+    let contain = crate::tasker::Contain::detect(&root);
     recovery::clean_temporaries(&root);
     crate::tasker::close_inherited_descriptors();
 
@@ -279,6 +282,7 @@ pub async fn run(
         tsk_watch,
         fatal: None,
         conditions: std::sync::Arc::new(crate::sandbox::sandbox_engine()),
+        contain,
         options,
         root,
     };
@@ -296,9 +300,16 @@ pub async fn run(
         stop,
     };
     let result = engine.event_loop(inbox).await;
-    let Engine { writer, offers, .. } = engine;
+    let Engine {
+        writer,
+        offers,
+        contain,
+        root,
+        ..
+    } = engine;
     offers.finish();
     writer.finish();
+    contain.finish(&root);
     result
 }
 
