@@ -9,6 +9,8 @@ mod core;
 mod crash;
 mod docs;
 mod engine_shape;
+// wt-procs (issue 10, item 5)
+mod escapes;
 mod flows;
 mod flows_crash;
 mod flows_journal;
