@@ -157,6 +157,7 @@ impl Cgroups {
                 source,
             }
         })?;
+        remove_stale(&own);
         let name = format!(
             "spoolflow-{}-{}",
             std::process::id(),
@@ -180,6 +181,36 @@ impl Cgroups {
             kill_file: dir.join("cgroup.kill").exists(),
             dir,
         })
+    }
+}
+
+/// Removes the empty cgroup parents of engines that are gone (killed
+/// with their root, say); one that still holds processes is left to its
+/// root's next start.
+fn remove_stale(own: &Path) {
+    let Ok(entries) = std::fs::read_dir(own) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("spoolflow-"))
+            .and_then(|n| n.split('-').next())
+            .and_then(|p| p.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let gone = kill(Pid::from_raw(pid), None) == Err(nix::errno::Errno::ESRCH);
+        let dir = e.path();
+        if gone && !populated(&dir) {
+            if let Ok(children) = std::fs::read_dir(&dir) {
+                for c in children.flatten() {
+                    let _ = std::fs::remove_dir(c.path());
+                }
+            }
+            let _ = std::fs::remove_dir(&dir);
+        }
     }
 }
 
