@@ -461,7 +461,7 @@ fn sweep(vars: &[&[u8]], pgid: i32) -> usize {
     let mut killed = 0;
     for _ in 0..64 {
         let mut victims = Vec::new();
-        for child in children(me) {
+        for child in children(me, pgid) {
             let ours = match child.state {
                 // A zombie shows no environment: only its group tells.
                 'Z' => child.pgrp == pgid && pgid > 1,
@@ -496,23 +496,33 @@ struct Child {
     pgrp: i32,
 }
 
-/// The engine's children: from `/proc/<pid>/task/<pid>/children` (the
-/// main thread adopts the re-parented ones) when the kernel has it,
-/// otherwise by reading the parent of every process.
-fn children(me: i32) -> Vec<Child> {
+/// The engine's children that may descend from the tasker `leader`: from
+/// `/proc/<pid>/task/<pid>/children` (the main thread adopts the
+/// re-parented ones) when the kernel has it, otherwise by reading the
+/// parent of the processes started after the leader (pids grow; all of
+/// them once pids wrapped around).
+fn children(me: i32, leader: i32) -> Vec<Child> {
     let listed = std::fs::read_to_string(format!("/proc/{me}/task/{me}/children"));
     let pids: Vec<i32> = match listed {
         Ok(text) => text
             .split_whitespace()
             .filter_map(|p| p.parse().ok())
             .collect(),
-        Err(_) => std::fs::read_dir("/proc")
-            .map(|d| {
-                d.flatten()
-                    .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse().ok()))
-                    .collect()
-            })
-            .unwrap_or_default(),
+        Err(_) => {
+            let last: i32 = std::fs::read_to_string("/proc/sys/kernel/ns_last_pid")
+                .ok()
+                .and_then(|l| l.trim().parse().ok())
+                .unwrap_or(0);
+            let since = if last > leader { leader } else { 0 };
+            std::fs::read_dir("/proc")
+                .map(|d| {
+                    d.flatten()
+                        .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse().ok()))
+                        .filter(|pid| *pid > since)
+                        .collect()
+                })
+                .unwrap_or_default()
+        }
     };
     pids.into_iter()
         .filter_map(|pid| {
