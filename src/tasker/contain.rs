@@ -565,6 +565,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_recorded_cgroup_that_is_not_spoolflows_is_left_alone() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = Root::new(tmp.path()).unwrap();
+        root.init().unwrap();
+        assert_eq!(kill_dead_cgroups(&root), None);
+        let victim = tmp.path().join("spoolflow-1-0");
+        std::fs::create_dir(&victim).unwrap();
+        for named in [victim.clone(), tmp.path().join("var")] {
+            std::fs::write(root.taskers_cgroup(), named.as_os_str().as_encoded_bytes()).unwrap();
+            // Not on a cgroup2 file system: nothing is killed or removed.
+            assert_eq!(kill_dead_cgroups(&root), Some(0));
+            assert!(named.is_dir());
+            assert!(!root.taskers_cgroup().exists());
+        }
+    }
+
+    #[test]
     fn mountinfo_escapes_are_undone() {
         assert_eq!(unescape(r"/sys/fs/cgroup"), "/sys/fs/cgroup");
         assert_eq!(unescape(r"/a\040b"), "/a b");
