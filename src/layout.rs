@@ -184,6 +184,11 @@ impl Root {
     pub fn taskers_registry(&self) -> PathBuf {
         self.dir.join("var/run/taskers")
     }
+    /// `var/run/cgroup`: the cgroup v2 parent of the running engine's
+    /// taskers, so that the next start kills what a dead engine left in it.
+    pub fn taskers_cgroup(&self) -> PathBuf {
+        self.dir.join("var/run/cgroup")
+    }
     /// `var/spool/.spare/`: recycled files for the next records.
     pub fn spares(&self) -> PathBuf {
         self.dir.join("var/spool/.spare")

@@ -324,6 +324,9 @@ impl Engine {
             stderr_prefix: node.task.id.to_string(),
             timeout: node.effective.timeout.map(|d| d.0),
             kill_grace,
+            tracked: self
+                .contain
+                .track(slot, key.exid.as_str(), key.nid.as_str()),
         };
         node.state = NodeState::Running(Box::new(Run {
             taskee: resolved.taskee.clone(),

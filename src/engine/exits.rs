@@ -38,6 +38,9 @@ impl Engine {
             node.effective.timeout,
         );
         self.release(&run.limits);
+        // Emptied: a slot that names a group at the next start is a tasker
+        // that ran when the engine died (see `recovery::kill_orphans`).
+        self.registry.writer().clear(run.slot);
         self.registry.give_slot(run.slot);
         self.points_files.remove(&run.points_file);
         let _ = std::fs::remove_file(&run.points_file);

@@ -232,6 +232,8 @@ pub(crate) struct Engine {
     conditions: std::sync::Arc<rhai::Engine>,
     /// Completing replies not yet in a durable record.
     replies: replies::Replies,
+    /// How taskers' descendants are tracked (a cgroup or the subreaper).
+    contain: crate::tasker::Contain,
 }
 
 /// Runs the engine (inside a tokio runtime).
@@ -253,6 +255,7 @@ pub async fn run(
         crate::text::count(options.workers, "worker")
     );
     recovery::kill_orphans(&root);
+    let contain = crate::tasker::Contain::detect(&root);
     recovery::clean_temporaries(&root);
     crate::tasker::close_inherited_descriptors();
 
@@ -299,6 +302,7 @@ pub async fn run(
         fatal: None,
         conditions: std::sync::Arc::new(crate::sandbox::sandbox_engine()),
         replies: replies::Replies::open(&root),
+        contain,
         options,
         root,
     };
@@ -316,9 +320,16 @@ pub async fn run(
         stop,
     };
     let result = engine.event_loop(inbox).await;
-    let Engine { writer, offers, .. } = engine;
+    let Engine {
+        writer,
+        offers,
+        contain,
+        root,
+        ..
+    } = engine;
     offers.finish();
     writer.finish();
+    contain.finish(&root);
     result
 }
 

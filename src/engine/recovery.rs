@@ -129,16 +129,22 @@ pub struct Found {
 /// is killed once its leader is seen to be a tasker of this root. Only when
 /// the registry is missing, or names a group that still exists but whose
 /// leader is gone (so it cannot be told apart cheaply), are all processes
-/// scanned ([`scan_for_orphans`]). Run while holding the lock, so no live
-/// engine's taskers match. Returns how many processes or groups were
+/// scanned ([`scan_for_orphans`]). What left a tasker's group (`setsid`, a
+/// double fork) is killed too: with the dead engine's cgroups when it had
+/// them (`var/run/cgroup`), otherwise by the scan, run when the registry
+/// names a tasker that ran when the engine died (a slot is emptied when
+/// its task ends, its escapees killed). Run while holding the lock, so no
+/// live engine's taskers match. Returns how many processes or groups were
 /// killed.
 pub fn kill_orphans(root: &Root) -> usize {
     let want_root = root_var(root);
+    let in_cgroups = crate::tasker::contain::kill_dead_cgroups(root);
     let Some(groups) = super::registry::read(&root.taskers_registry()) else {
-        return scan_for_orphans(root);
+        return scan_for_orphans(root) + in_cgroups.unwrap_or(0);
     };
-    let mut killed = 0;
-    let mut unsure = false;
+    let mut killed = in_cgroups.unwrap_or(0);
+    // Escapees of a tasker that ran are in no group the registry names.
+    let mut unsure = in_cgroups.is_none() && !groups.is_empty();
     for entry in groups {
         let super::registry::Entry::Group(pgid) = entry else {
             // The engine died while spawning: that tasker is named nowhere.
@@ -171,9 +177,7 @@ pub fn kill_orphans(root: &Root) -> usize {
 
 /// `SPOOLFLOW_ROOT=<root>`, as it appears in a tasker's environment.
 fn root_var(root: &Root) -> Vec<u8> {
-    let mut want_root = b"SPOOLFLOW_ROOT=".to_vec();
-    want_root.extend_from_slice(root.dir().as_os_str().as_encoded_bytes());
-    want_root
+    crate::tasker::contain::root_var(root.dir())
 }
 
 /// Whether a process environment (`/proc/<pid>/environ`) is a tasker's of

@@ -4,12 +4,14 @@
 //! table).
 
 pub mod config;
+pub mod contain;
 pub mod process;
 pub mod reply;
 pub mod resolve;
 pub mod stderr;
 
 pub use config::{Cmd, ConcurrencyKey, Input, TaskerConfig};
+pub use contain::{Contain, Tracked};
 pub use process::{close_inherited_descriptors, spawn, Exit, Handle, Launch, StopReason};
 pub use reply::{parse_reply, Reply, REPLY_LIMIT};
 pub use resolve::{Resolved, TaskerError, Taskers};

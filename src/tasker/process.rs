@@ -1,7 +1,8 @@
 //! Running one tasker process: a new process group, a clean environment,
 //! stdin written while stdout is read (up to the reply limit), stderr
 //! copied line by line, a run timeout, and stop requests ending in SIGTERM
-//! then SIGKILL of the group.
+//! then SIGKILL of the group. When the task ends, whatever the tasker
+//! started is killed: its group, and what left the group (see `contain`).
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -13,6 +14,7 @@ use nix::unistd::Pid;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::oneshot;
 
+use super::contain::{enter_at_exec, Tracked};
 use super::reply::REPLY_LIMIT;
 use super::stderr::copy_stderr;
 
@@ -42,6 +44,8 @@ pub struct Launch {
     pub stderr_prefix: String,
     pub timeout: Option<Duration>,
     pub kill_grace: Duration,
+    /// What keeps track of the tasker's descendants.
+    pub tracked: Tracked,
 }
 
 /// How a tasker process ended.
@@ -107,7 +111,23 @@ pub fn spawn(launch: Launch) -> Result<(Handle, impl std::future::Future<Output 
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(false);
-    let mut child = match cmd.spawn() {
+    // With cgroups the child enters its cgroup before it execs (which
+    // makes the spawn a fork rather than a `posix_spawn`).
+    let procs = match launch.tracked.cgroup_procs() {
+        Ok(procs) => procs,
+        Err(e) => {
+            return Err(Exit::SpawnFailed {
+                message: format!("cannot prepare the tasker's cgroup: {e}"),
+                transient: true,
+            })
+        }
+    };
+    if let Some(procs) = &procs {
+        enter_at_exec(&mut cmd, procs);
+    }
+    let spawned = cmd.spawn();
+    drop(procs);
+    let mut child = match spawned {
         Ok(c) => c,
         Err(e) => {
             let transient = matches!(
@@ -175,10 +195,11 @@ async fn drive(
         stderr_prefix,
         timeout,
         kill_grace,
+        tracked,
         ..
     } = launch;
     let io_done = pump(io, input, pgid, stderr_path, stderr_prefix);
-    let mut run = Run::new(pgid, timeout, kill_grace);
+    let mut run = Run::new(pgid, timeout, kill_grace, tracked);
     tokio::pin!(io_done);
     let mut io_result = None;
     while run.status.is_none() || io_result.is_none() {
@@ -197,6 +218,13 @@ async fn drive(
         }
     }
     run.end_group();
+    // Nothing the tasker started outlives its task.
+    if run.tracked.end_blocks() {
+        let tracked = run.tracked.clone();
+        let _ = tokio::task::spawn_blocking(move || tracked.end(pgid)).await;
+    } else {
+        run.tracked.end(pgid);
+    }
     run.into_exit(io_result)
 }
 
@@ -263,10 +291,12 @@ struct Run {
     /// Once the leader has exited, how long its pipes may stay open (held by
     /// a background child) before the rest of its group is killed.
     linger: Option<tokio::time::Instant>,
+    /// What keeps track of the processes that leave the group.
+    tracked: Tracked,
 }
 
 impl Run {
-    fn new(pgid: i32, timeout: Option<Duration>, kill_grace: Duration) -> Run {
+    fn new(pgid: i32, timeout: Option<Duration>, kill_grace: Duration, tracked: Tracked) -> Run {
         Run {
             pgid,
             kill_grace,
@@ -278,6 +308,7 @@ impl Run {
             stop_open: true,
             status: None,
             linger: None,
+            tracked,
         }
     }
 
@@ -333,14 +364,14 @@ impl Run {
 
     fn kill(&mut self) {
         signal_group(self.pgid, Signal::SIGKILL);
+        self.tracked.kill();
         self.killed = true;
     }
 
-    /// When the engine ended the tasker, nothing of its group outlives it.
+    /// Nothing of the tasker's group outlives its task (its leader has
+    /// exited: only what it left behind is hit).
     fn end_group(&self) {
-        if self.timed_out || self.stopped.is_some() {
-            signal_group(self.pgid, Signal::SIGKILL);
-        }
+        signal_group(self.pgid, Signal::SIGKILL);
     }
 
     /// The tasker's [`Exit`] from the loop's state and its I/O.

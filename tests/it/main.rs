@@ -11,6 +11,8 @@ mod crash;
 mod disk_faults;
 mod docs;
 mod engine_shape;
+// wt-procs (issue 10, item 5)
+mod escapes;
 mod flows;
 mod flows_crash;
 mod flows_journal;
