@@ -85,9 +85,13 @@ static SEQ: AtomicU32 = AtomicU32::new(0);
 impl Contain {
     /// Chooses the mechanism at start-up, and says which.
     pub fn detect(root: &Root) -> Contain {
+        // Cgroups cost a full fork per spawn (the hook that joins the
+        // cgroup rules out posix_spawn) and the kernel's migration: twice
+        // the engine's CPU per task in the benchmark. They are asked for,
+        // not the default.
         let wanted = std::env::var(CONTAIN_VAR).unwrap_or_default();
-        let cgroup_error = if wanted == "subreaper" {
-            format!("{CONTAIN_VAR}=subreaper")
+        let cgroup_error = if wanted != "cgroup" {
+            format!("not asked for ({CONTAIN_VAR}=cgroup asks)")
         } else {
             match Cgroups::create(root) {
                 Ok(c) => {

@@ -2,9 +2,9 @@
 //! two processes that leave its process group — one with `setsid`, one
 //! through a double fork into a new session — and neither may survive its
 //! task's completion, timeout or cancel, nor a `kill -9` of the engine
-//! once the engine restarts. Each case runs with the mechanism the engine
-//! picks (cgroups where it can create them) and with the child subreaper
-//! (`SPOOLFLOW_CONTAIN=subreaper`), through the built binary.
+//! once the engine restarts. Each case runs with cgroups
+//! (`SPOOLFLOW_CONTAIN=cgroup`, where the engine can create them) and with
+//! the default, the child subreaper, through the built binary.
 
 use std::fs;
 use std::process::Stdio;
@@ -17,9 +17,9 @@ use crate::common::{process_gone, wait_file, wait_for, EngineProcess, TestRoot, 
 /// Which mechanism the engine is asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mech {
-    /// What the engine picks (cgroups when it can create them).
+    /// Cgroups asked for (the subreaper when they cannot be created).
     Auto,
-    /// The child subreaper, cgroups or not.
+    /// The default: the child subreaper.
     Subreaper,
 }
 
@@ -96,8 +96,8 @@ impl Drop for Escapees {
 fn engine(t: &TestRoot, mech: Mech, args: &[&str]) -> EngineProcess {
     let mut cmd = t.cmd();
     match mech {
-        Mech::Auto => cmd.env_remove("SPOOLFLOW_CONTAIN"),
-        Mech::Subreaper => cmd.env("SPOOLFLOW_CONTAIN", "subreaper"),
+        Mech::Auto => cmd.env("SPOOLFLOW_CONTAIN", "cgroup"),
+        Mech::Subreaper => cmd.env_remove("SPOOLFLOW_CONTAIN"),
     };
     let child = cmd
         .arg("run")
