@@ -300,6 +300,11 @@ fn bad_input_seen_by_the_watcher_is_rejected_and_the_engine_goes_on() {
     wait_for("every hostile entry to leave in/", DEADLINE, || {
         t.list("var/spool/in") == ["org.example"] && t.list("var/spool/in/org.example").is_empty()
     });
+    // A record is written before its `run/` file is removed: the removal
+    // may come a moment after the record is seen.
+    wait_for("run/ to be empty", DEADLINE, || {
+        t.list("var/spool/run").is_empty()
+    });
     wait_for("every reason to be written", DEADLINE, || {
         t.list("var/spool/rejected")
             .iter()
