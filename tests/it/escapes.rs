@@ -24,18 +24,21 @@ enum Mech {
 }
 
 /// The escaping tasker: both escapees write their pid (they become
-/// `sleep`, with that pid), then the tasker ends at once (`done`) or hangs
-/// (`hang`). A second attempt (after a `kill -9`) just completes.
+/// `sleep`, with that pid), then the tasker ends (`done`) once the test has
+/// seen them and opened the gate `go`, or hangs (`hang`). A second attempt
+/// (after a `kill -9`) just completes.
 fn escaper(end: &str) -> String {
     let both = wait_file("double.pid");
+    let gate = wait_file("go");
     format!(
         r#"#!/bin/sh
 if [ "$SPOOLFLOW_ATTEMPT" -ge 2 ]; then echo '{{"again":true}}'; exit 0; fi
-setsid sh -c 'echo $$ > "$SPOOLFLOW_ROOT/.s.tmp" && mv "$SPOOLFLOW_ROOT/.s.tmp" "$SPOOLFLOW_ROOT/setsid.pid" && exec sleep 300' </dev/null >/dev/null 2>&1 &
-( setsid sh -c 'echo $$ > "$SPOOLFLOW_ROOT/.d.tmp" && mv "$SPOOLFLOW_ROOT/.d.tmp" "$SPOOLFLOW_ROOT/double.pid" && exec sleep 301' </dev/null >/dev/null 2>&1 & ) &
+setsid sh -c 'set -- $(cat /proc/$$/stat); echo "$$ $6" > "$SPOOLFLOW_ROOT/.s.tmp" && mv "$SPOOLFLOW_ROOT/.s.tmp" "$SPOOLFLOW_ROOT/setsid.pid" && exec sleep 300' </dev/null >/dev/null 2>&1 &
+( setsid sh -c 'set -- $(cat /proc/$$/stat); echo "$$ $6" > "$SPOOLFLOW_ROOT/.d.tmp" && mv "$SPOOLFLOW_ROOT/.d.tmp" "$SPOOLFLOW_ROOT/double.pid" && exec sleep 301' </dev/null >/dev/null 2>&1 & ) &
 {both}
 {setsid}
 [ "{end}" = hang ] && sleep 300
+[ "{end}" = done ] && {{ {gate}; }}
 echo '{{}}'
 "#,
         setsid = wait_file("setsid.pid"),
@@ -47,24 +50,33 @@ echo '{{}}'
 struct Escapees(Vec<i32>);
 
 impl Escapees {
+    /// The escapees, seen running: for a task that cannot end before the
+    /// test lets it (a gate, a hang).
     fn of(t: &TestRoot) -> Escapees {
+        let escapees = Escapees::written(t);
+        for pid in &escapees.0 {
+            assert!(!process_gone(*pid), "escapee {pid} runs");
+        }
+        escapees
+    }
+
+    /// The escapees as they wrote themselves (pid and session id, read
+    /// by each from its own `/proc/<pid>/stat`), without asking that they
+    /// still run: for a task an engine timer may end before the test looks.
+    fn written(t: &TestRoot) -> Escapees {
         let files = [t.join("setsid.pid"), t.join("double.pid")];
         wait_for("both escapees' pid files", DEADLINE, || {
             files.iter().all(|f| f.exists())
         });
-        let pids: Vec<i32> = files
+        let pids = files
             .iter()
-            .map(|f| fs::read_to_string(f).unwrap().trim().parse().unwrap())
+            .map(|f| {
+                let text = fs::read_to_string(f).unwrap();
+                let (pid, sid) = text.trim().split_once(' ').expect("pid and sid");
+                assert_eq!(pid, sid, "escapee {pid} leads a session of its own");
+                pid.parse().unwrap()
+            })
             .collect();
-        for pid in &pids {
-            assert!(!process_gone(*pid), "escapee {pid} runs");
-            let sid = nix::unistd::getsid(Some(nix::unistd::Pid::from_raw(*pid))).unwrap();
-            assert_eq!(
-                sid.as_raw(),
-                *pid,
-                "escapee {pid} leads a session of its own"
-            );
-        }
         Escapees(pids)
     }
 
@@ -139,6 +151,9 @@ fn completed(mech: Mech) {
     t.drop_task("a.json", r#"{"domain":"org","tasker":"escape"}"#);
     let e = engine(&t, mech, &["--workers", "1"]);
     let escapees = Escapees::of(&t);
+    // Seen alive: now the task may end (else the engine could kill them
+    // before the test looked, on a loaded machine).
+    fs::write(t.join("go"), "").unwrap();
     wait_for("a's record", DEADLINE, || t.record("a").is_some());
     assert_eq!(t.must_record("a")["state"], "completed");
     // The engine still runs: its task's end did it, not its exit.
@@ -152,10 +167,13 @@ fn timed_out(mech: Mech) {
     t.tasker("org", "escape", &escaper("hang"));
     t.drop_task(
         "a.json",
-        r#"{"domain":"org","tasker":"escape","timeout":"1s"}"#,
+        r#"{"domain":"org","tasker":"escape","timeout":"3s"}"#,
     );
     let e = engine(&t, mech, &["--workers", "1"]);
-    let escapees = Escapees::of(&t);
+    // The escapees write their pids within milliseconds of the start; the
+    // 3 s timer leaves a loaded machine ample room, and they need not
+    // still run when the test reads them.
+    let escapees = Escapees::written(&t);
     wait_for("a's record", DEADLINE, || t.record("a").is_some());
     let rec = t.must_record("a");
     assert_eq!(rec["error"]["kind"], "timeout", "{rec}");
