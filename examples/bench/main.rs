@@ -1,13 +1,17 @@
 //! The spoolflow benchmark (DESIGN.md, "Measuring").
 //!
 //! ```text
-//! cargo run --release --example bench -- [--tasks N] [--workers W] [--queues 1000,10000,100000]
+//! cargo run --release --example bench -- [--fs /dev/shm,/tmp] [--tasks 10000] [--workers W]
+//!                                        [--queues 1000,10000,100000]
 //!                                        [--rounds R] [--rate 200] [--latency-secs 2]
 //!                                        [--flow-sequence 1000] [--flow-each 9998]
 //! ```
 //!
-//! Every run uses a fresh temporary root (under `$TMPDIR`, default `/tmp`)
-//! whose only tasker is `tsk/bench/cat` (`#!/bin/sh` + `cat`, no
+//! Every measure below runs on each directory of `--fs` in turn (by
+//! default tmpfs and this machine's disk); the bench prints one table of
+//! every figure beside its target, a column per filesystem, then each
+//! filesystem's detailed tables. Every run uses a fresh temporary root
+//! (under that directory) whose only tasker is `tsk/bench/cat` (`#!/bin/sh` + `cat`, no
 //! taskmaster: each task names the tasker). The engine runs in-process
 //! through `spoolflow::engine::run_blocking`, without a `tracing`
 //! subscriber. Roots are deleted only when the bench ends (see the fs probe).
@@ -74,12 +78,13 @@
 //!   after the runs. On ext4 without a journal, the inode allocator skips
 //!   inodes deleted in the last 1–6 minutes one by one (`recently_deleted`),
 //!   so file creation gets slower after heavy churn — including the churn
-//!   of a previous bench. Run with `TMPDIR=/dev/shm` to take the filesystem
-//!   out of the measure.
+//!   of a previous bench. The tmpfs column takes the filesystem out of the
+//!   measure.
 
 mod flows;
 mod measures;
 mod queues;
+mod report;
 mod roots;
 mod runs;
 
@@ -108,6 +113,9 @@ use runs::*;
 const USER_HZ: u64 = 100;
 /// Records completed before the steady-state window opens.
 const WARM: usize = 100;
+/// Records in the steady-state window of a queue-size run (fewer when
+/// the queue is under twice as deep).
+const STEADY_WINDOW: usize = 2000;
 /// How often the bench looks at `done/` while an engine runs.
 const POLL: Duration = Duration::from_millis(20);
 
@@ -118,8 +126,12 @@ type BenchResult<T> = Result<T, String>;
     about = "Benchmark spoolflow against the fair floor (see the doc comment of examples/bench/main.rs)"
 )]
 struct Args {
+    /// The directories to measure in, each on the filesystem it names
+    /// (comma-separated): by default tmpfs and this machine's disk.
+    #[arg(long, value_delimiter = ',', default_value = "/dev/shm,/tmp")]
+    fs: Vec<String>,
     /// Tasks in the floor and throughput runs.
-    #[arg(long, default_value_t = 2000)]
+    #[arg(long, default_value_t = 10000)]
     tasks: usize,
     /// Workers (taskers at once); default: the number of CPUs.
     #[arg(long)]
@@ -180,13 +192,19 @@ fn bench(args: Args, keep: &mut Vec<BenchRoot>) -> BenchResult<()> {
         .collect::<BenchResult<_>>()?;
     queues.sort_unstable();
     queues.dedup();
+    let dirs: Vec<PathBuf> = args
+        .fs
+        .iter()
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| PathBuf::from(s.trim()))
+        .collect();
+    if dirs.is_empty() {
+        return Err("--fs names no directory".into());
+    }
 
     let argv: Vec<String> = std::env::args().skip(1).collect();
     println!(
-        "command: `{}cargo run --release --example bench{}`",
-        std::env::var("TMPDIR")
-            .map(|t| format!("TMPDIR={t} "))
-            .unwrap_or_default(),
+        "command: `cargo run --release --example bench{}`",
         if argv.is_empty() {
             String::new()
         } else {
@@ -194,9 +212,46 @@ fn bench(args: Args, keep: &mut Vec<BenchRoot>) -> BenchResult<()> {
         }
     );
     println!("machine: {}", machine());
+    let mut reports = Vec::new();
+    for dir in &dirs {
+        reports.push(measure_fs(dir, &args, workers, &queues, keep)?);
+    }
+    report::summary(&reports, args.tasks, workers);
+    for r in &reports {
+        report::details(r, args.tasks, workers, args.rounds);
+    }
+    Ok(())
+}
+
+/// Everything measured on one filesystem.
+pub struct FsReport {
+    pub dir: PathBuf,
+    /// The filesystem's type (`tmpfs`, `ext4`, …).
+    pub fs: String,
+    pub probe_before: f64,
+    pub probe_after: f64,
+    pub floors: Vec<Run>,
+    pub engines: Vec<Run>,
+    pub lat: Latency,
+    pub qrows: Vec<QueueRow>,
+    pub frows: Vec<flows::FlowRow>,
+    /// `submit --batch` durable task files per second.
+    pub submit_per_s: Option<f64>,
+}
+
+/// Every measure, with its roots under `dir`.
+fn measure_fs(
+    dir: &Path,
+    args: &Args,
+    workers: usize,
+    queues: &[usize],
+    keep: &mut Vec<BenchRoot>,
+) -> BenchResult<FsReport> {
+    set_base(dir);
+    let fs = fs_type(dir);
+    eprintln!("== {} ({fs})", dir.display());
     let probe_before = fs_probe(keep)?;
 
-    // ---------------------------------------------------------- floor, engine
     let mut floors = Vec::new();
     let mut engines = Vec::new();
     for r in 1..=args.rounds {
@@ -207,15 +262,7 @@ fn bench(args: Args, keep: &mut Vec<BenchRoot>) -> BenchResult<()> {
         floors.push(floor(args.tasks, workers, keep)?);
         engines.push(throughput(args.tasks, workers, keep)?);
     }
-    let best = |runs: &[Run]| -> Run {
-        *runs
-            .iter()
-            .max_by(|a, b| a.tasks_per_s.total_cmp(&b.tasks_per_s))
-            .expect("at least one round")
-    };
-    let (floor_best, engine_best) = (best(&floors), best(&engines));
 
-    // ---------------------------------------------------------- latency
     let n_lat = ((args.rate as f64) * args.latency_secs).round().max(1.0) as usize;
     eprintln!(
         "latency: {n_lat} drops at {}/s into a running engine…",
@@ -223,14 +270,12 @@ fn bench(args: Args, keep: &mut Vec<BenchRoot>) -> BenchResult<()> {
     );
     let lat = latency(n_lat, args.rate, workers, keep)?;
 
-    // ---------------------------------------------------------- queues
     let mut qrows = Vec::new();
-    for &q in &queues {
+    for &q in queues {
         eprintln!("queue: {q} tasks queued…");
-        qrows.push(queue(q, args.tasks, workers, keep)?);
+        qrows.push(queue(q, STEADY_WINDOW, workers, keep)?);
     }
 
-    // ---------------------------------------------------------- flows
     let mut frows = Vec::new();
     if args.flow_sequence > 0 {
         frows.push(flows::compare(
@@ -251,88 +296,16 @@ fn bench(args: Args, keep: &mut Vec<BenchRoot>) -> BenchResult<()> {
         )?);
     }
     let probe_after = fs_probe(keep)?;
-
-    // ---------------------------------------------------------- report
-    println!(
-        "file creation (1000 empty files in a new directory beside the roots): \
-         {probe_before:.0} µs/file before the runs, {probe_after:.0} µs/file after"
-    );
-    println!();
-    println!("### Throughput and latency (`cat` tasker)");
-    println!();
-    println!("| tasks | workers | floor tasks/s | engine tasks/s | ratio | drop→started p50 / p99 | engine CPU µs/task | peak RSS MiB |");
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
-    println!(
-        "| {} | {} | {:.0} | {:.0} | {:.2}× | {:.2} / {:.2} ms | {:.0} | {:.1} |",
-        args.tasks,
-        workers,
-        floor_best.tasks_per_s,
-        engine_best.tasks_per_s,
-        engine_best.tasks_per_s / floor_best.tasks_per_s,
-        lat.p50_ms,
-        lat.p99_ms,
-        engine_best.own_cpu_us,
-        engines.iter().map(|r| r.peak_mib).fold(0.0, f64::max),
-    );
-    println!();
-    let rounds = |runs: &[Run]| -> String {
-        runs.iter()
-            .map(|r| {
-                format!(
-                    "{:.0}/s ({:.0} + {:.0} µs/task, other load {:.2} CPUs)",
-                    r.tasks_per_s, r.own_cpu_us, r.children_cpu_us, r.other_cpus
-                )
-            })
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    println!(
-        "Best of {} alternated rounds each; per round, tasks/s (bench/engine process CPU + \
-         taskers' CPU per task; CPU used meanwhile by other processes on the machine):",
-        args.rounds
-    );
-    println!();
-    println!("- floor: {}", rounds(&floors));
-    println!("- engine: {}", rounds(&engines));
-    println!(
-        "- latency: {} drops at {}/s, max {:.2} ms, other load {:.2} CPUs",
-        lat.n, args.rate, lat.max_ms, lat.other_cpus
-    );
-    if !qrows.is_empty() {
-        println!();
-        println!("### Per-task cost by queue size ({workers} workers)");
-        println!();
-        println!("| queued | intake µs/task (wall) | intake CPU µs/task | restart ms (µs/queued task) | steady tasks/s | steady CPU µs/task | window: tasks (queue depth) | peak RSS MiB | other load CPUs |");
-        println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-        for r in &qrows {
-            println!(
-                "| {} | {:.0} | {:.0} | {:.0} ({:.0}) | {:.0} | {:.0} | {} ({}→{}) | {:.1} | {:.2} |",
-                r.q,
-                r.intake_wall_us,
-                r.intake_cpu_us,
-                r.restart.as_secs_f64() * 1e3,
-                r.restart.as_secs_f64() * 1e6 / r.requeued.max(1) as f64,
-                r.steady_tasks_per_s,
-                r.steady_cpu_us,
-                r.window,
-                r.depth_from,
-                r.depth_to,
-                r.peak_mib,
-                r.other_cpus,
-            );
-        }
-        println!();
-        println!(
-            "Intake: Q files in `in/` before start and a stop queued before start: the engine \
-             claims all Q, runs {workers}, exits; wall and process CPU ÷ Q. Restart: the engine \
-             started again on the Q − {workers} queued tasks in `run/`, time to the first record \
-             (20 ms resolution). Steady: tasks/s and CPU of all engine threads (schedstat) from \
-             the {WARM}th record to K = min(tasks, Q/2) records later, the queue still deep; the \
-             rest stays queued. Other load: CPU used by other processes during the window."
-        );
-    }
-    if !frows.is_empty() {
-        flows::report(&frows, args.rounds);
-    }
-    Ok(())
+    Ok(FsReport {
+        dir: dir.to_path_buf(),
+        fs,
+        probe_before,
+        probe_after,
+        floors,
+        engines,
+        lat,
+        qrows,
+        frows,
+        submit_per_s: None,
+    })
 }

@@ -93,13 +93,7 @@ pub fn machine() -> String {
         .map(|n| n.get())
         .unwrap_or(1);
     let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let tmp = std::env::temp_dir();
-    format!(
-        "{cpus} CPUs ({cpu}), Linux {}, roots in {} ({})",
-        kernel.trim(),
-        tmp.display(),
-        fs_type(&tmp)
-    )
+    format!("{cpus} CPUs ({cpu}), Linux {}", kernel.trim())
 }
 
 /// The filesystem type of the mount holding `path`.

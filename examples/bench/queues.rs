@@ -67,11 +67,13 @@ pub fn queue(
 
     // Steady state: restart on the queued tasks, measure a window.
     let window = tasks.min(q / 2).max(1);
+    // The warm-up and the window both fit in the queue.
+    let warm = WARM.min(q / 4);
     let (stop_tx, stop_rx) = tokio::sync::mpsc::unbounded_channel();
     let base = thread_cpu();
     let t0 = Instant::now();
     let rx = spawn_engine(br.root.clone(), options(workers, false), Some(stop_rx));
-    let measured = steady_window(&br, &rx, &base, t0, q, done0, window, deadline);
+    let measured = steady_window(&br, &rx, &base, t0, q, done0, (warm, window), deadline);
     let _ = stop_tx.send(StopRequest::Graceful);
     join_engine(&rx, Duration::from_secs(60))?;
     let peak = peak_mib();
@@ -106,7 +108,7 @@ pub fn queue(
 
 /// Polls `done/` while the engine (started at `t0` with `done0` records
 /// there already) runs; samples wall clock, the CPU of every thread but
-/// this one, and the machine's load at the `WARM`th new record and
+/// this one, and the machine's load at the `warm`th new record and
 /// `window` records later.
 #[allow(clippy::too_many_arguments)]
 pub fn steady_window(
@@ -116,7 +118,7 @@ pub fn steady_window(
     t0: Instant,
     q: usize,
     done0: usize,
-    window: usize,
+    (warm, window): (usize, usize),
     deadline: Duration,
 ) -> BenchResult<Window> {
     let me = my_tid();
@@ -135,7 +137,7 @@ pub fn steady_window(
             restart = Some(now - t0);
         }
         match &first {
-            None if c >= done0 + WARM.min(window) => {
+            None if c >= done0 + warm => {
                 first = Some((mark(), c, threads_cpu_since(base, me)));
             }
             Some((a, c1, cpu1)) if c >= c1 + window => {

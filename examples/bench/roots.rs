@@ -5,6 +5,21 @@ use super::*;
 
 // ================================================================ roots
 
+/// The directory new roots are made in (the filesystem being measured).
+static BASE: std::sync::Mutex<Option<PathBuf>> = std::sync::Mutex::new(None);
+
+/// Makes every later root under `dir`.
+pub fn set_base(dir: &Path) {
+    *BASE.lock().unwrap_or_else(|e| e.into_inner()) = Some(dir.to_path_buf());
+}
+
+fn base() -> PathBuf {
+    BASE.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone()
+        .unwrap_or_else(std::env::temp_dir)
+}
+
 /// A temporary root with `tsk/bench/cat`.
 pub struct BenchRoot {
     pub _tmp: tempfile::TempDir,
@@ -15,7 +30,7 @@ impl BenchRoot {
     pub fn new() -> BenchResult<BenchRoot> {
         let tmp = tempfile::Builder::new()
             .prefix("spoolflow-bench.")
-            .tempdir()
+            .tempdir_in(base())
             .map_err(|e| format!("cannot create a temporary root: {e}"))?;
         let root = Root::new(tmp.path()).map_err(|e| e.to_string())?;
         root.init().map_err(|e| e.to_string())?;
