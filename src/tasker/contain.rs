@@ -341,6 +341,24 @@ impl Tracked {
     pub fn end_blocks(&self) -> bool {
         matches!(self, Tracked::Subreaper { .. })
     }
+
+    /// Whether the subreaper's [`Tracked::end`] has nothing to do: none of
+    /// the engine's children belongs to the task. A look without blocking
+    /// (it reads `/proc`, kills and waits for nothing), so that the usual
+    /// end, a tasker that left nothing behind, needs no blocking thread.
+    pub fn nothing_left(&self, pgid: i32) -> bool {
+        match self {
+            Tracked::Subreaper { root, exid, nid } => {
+                let me = std::process::id() as i32;
+                !children(me, pgid)
+                    .iter()
+                    .any(|child| is_ours(child, &[root, exid, nid], pgid))
+            }
+            // A cgroup is killed whole, without a look.
+            Tracked::Cgroup { .. } => false,
+            Tracked::Groups => true,
+        }
+    }
 }
 
 /// Kills every process of a cgroup.
@@ -466,13 +484,7 @@ fn sweep(vars: &[&[u8]], pgid: i32) -> usize {
     for _ in 0..64 {
         let mut victims = Vec::new();
         for child in children(me, pgid) {
-            let ours = match child.state {
-                // A zombie shows no environment: only its group tells.
-                'Z' => child.pgrp == pgid && pgid > 1,
-                _ => std::fs::read(format!("/proc/{}/environ", child.pid))
-                    .is_ok_and(|env| env_has_all(&env, vars)),
-            };
-            if ours {
+            if is_ours(&child, vars, pgid) {
                 victims.push(child);
             }
         }
@@ -491,6 +503,17 @@ fn sweep(vars: &[&[u8]], pgid: i32) -> usize {
         }
     }
     killed
+}
+
+/// Whether a child of the engine descends from the tasker of group
+/// `pgid`, whose environment held `vars`.
+fn is_ours(child: &Child, vars: &[&[u8]], pgid: i32) -> bool {
+    match child.state {
+        // A zombie shows no environment: only its group tells.
+        'Z' => child.pgrp == pgid && pgid > 1,
+        _ => std::fs::read(format!("/proc/{}/environ", child.pid))
+            .is_ok_and(|env| env_has_all(&env, vars)),
+    }
 }
 
 /// A child of the engine.

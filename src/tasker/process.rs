@@ -218,8 +218,12 @@ async fn drive(
         }
     }
     run.end_group();
-    // Nothing the tasker started outlives its task.
-    if run.tracked.end_blocks() {
+    // Nothing the tasker started outlives its task: most leave nothing,
+    // which a look on this thread tells; killing and reaping what is left
+    // blocks, on a blocking thread.
+    if run.tracked.nothing_left(pgid) {
+        // Nothing to end.
+    } else if run.tracked.end_blocks() {
         let tracked = run.tracked.clone();
         let _ = tokio::task::spawn_blocking(move || tracked.end(pgid)).await;
     } else {
