@@ -1,10 +1,13 @@
 //! Issue 10, item 1: no entry dropped while the engine runs waits for the
 //! safety rescan. The engine runs with the rescan set to an hour, far
 //! longer than any test here, so that a pass cannot come from it; every
-//! entry must be taken (its `created` point) or rejected within 5 s of the
-//! burst's end — beyond the engine's longest intake timer (2 s: the
+//! entry must be taken (its `created` point) or rejected within 20 s of
+//! the burst's end — beyond the engine's longest intake timer (2 s: the
 //! fallback deadline of a file found by a scan, not by an event, when the
-//! kernel cannot tell whether a writer still has it open).
+//! kernel cannot tell whether a writer still has it open), and with room
+//! for a loaded machine: a burst of 1 000 entries is claimed in 0.25–1.7 s
+//! here (printed), but took over 5 s once beside a benchmark fsyncing on
+//! the same disk. The rescan, an hour away, stays out of reach.
 
 use std::fs;
 use std::io::Write;
@@ -17,7 +20,7 @@ use crate::common::*;
 const N: usize = 500;
 /// The latency asserted: above the engine's 2 s settle time, far below
 /// the safety rescan.
-const WITHIN: Duration = Duration::from_secs(5);
+const WITHIN: Duration = Duration::from_secs(20);
 /// The safety rescan's period in these tests.
 const NEVER: Duration = Duration::from_secs(3600);
 
@@ -120,7 +123,7 @@ fn taken(t: &TestRoot, id: &str) -> bool {
 }
 
 #[test]
-fn a_burst_of_every_kind_of_entry_is_taken_or_rejected_within_5s() {
+fn a_burst_of_every_kind_of_entry_is_taken_or_rejected_without_the_rescan() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let t = TestRoot::new();
     let engine = start(&t, None);
