@@ -5,9 +5,7 @@
 
 pub mod batch;
 
-pub use batch::{
-    submit_batch, submit_lines, BatchOptions, BatchSync, Defaults, Fault, LineError,
-};
+pub use batch::{submit_batch, submit_lines, BatchOptions, BatchSync, Defaults, Fault, LineError};
 
 use serde_json::Value;
 

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use super::{exit, Failure};
 use spoolflow::model::names::{Domain, TaskId, Taskee};
-use spoolflow::submit::{self, BatchOptions, Defaults, SubmitError, Submission};
+use spoolflow::submit::{self, BatchOptions, Defaults, Submission, SubmitError};
 
 /// How many bad lines of a batch are printed; the rest are counted.
 const SHOWN_FAULTS: usize = 100;
@@ -98,7 +98,10 @@ fn run_batch(root: &spoolflow::Root, source: &PathBuf, args: &Args) -> Result<()
         bytes
     } else {
         std::fs::read(source).map_err(|e| {
-            Failure::new(exit::USAGE, format!("cannot read {}: {e}", source.display()))
+            Failure::new(
+                exit::USAGE,
+                format!("cannot read {}: {e}", source.display()),
+            )
         })?
     };
     let defaults = Defaults {

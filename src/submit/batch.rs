@@ -19,6 +19,7 @@
 //! only tasks that were never reported as submitted, and `gc` removes it.
 
 use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
 
 use serde_json::Value;
 
@@ -41,12 +42,21 @@ pub struct Defaults {
 /// `in/`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum BatchSync {
-    /// One `syncfs(2)` of the filesystem that holds `in/` (the default).
+    /// [`BatchSync::EachFile`] for a batch of at most [`SMALL_BATCH`]
+    /// tasks, else [`BatchSync::Filesystem`] (the default).
     #[default]
+    Auto,
+    /// One `syncfs(2)` of the filesystem that holds `in/`. It also writes
+    /// whatever other programs left unwritten on that filesystem, which a
+    /// small batch should not wait for.
     Filesystem,
-    /// An fsync of each file (kept to measure against).
+    /// An fsync of each file: about a millisecond each on a disk.
     EachFile,
 }
+
+/// The largest batch whose files are fsynced one by one (see
+/// [`BatchSync::Auto`]).
+pub const SMALL_BATCH: usize = 8;
 
 /// How to submit a batch.
 #[derive(Debug, Clone, Copy, Default)]
@@ -54,6 +64,9 @@ pub struct BatchOptions {
     /// Submit tasks of domains nothing serves.
     pub force: bool,
     pub sync: BatchSync,
+    /// How many threads write the files: 0 (the default) for one per CPU
+    /// (at most 8); a small batch gets fewer.
+    pub writers: usize,
 }
 
 /// Why one line (or task) of a batch is refused.
@@ -281,16 +294,17 @@ fn unserved(root: &Root, domains: BTreeMap<Domain, (usize, usize)>) -> Vec<Fault
 }
 
 /// Writes prepared tasks into `in/`, each durable before it is visible:
-/// all into a staging directory, one sync (see [`BatchSync`]), renames
-/// into `in/` in order (never over a file), one fsync of `in/`. Until the
-/// first rename nothing is visible, and a failure removes the staging
-/// directory. A failed rename (another writer took an id meanwhile) or a
-/// failed fsync of `in/` after some renames is [`SubmitError::Partial`],
-/// naming the tasks already in `in/`.
+/// all into a staging directory (by several threads, see
+/// [`BatchOptions::writers`]), one sync (see [`BatchSync`]), renames into
+/// `in/` in order (never over a file), one fsync of `in/`. Until the first
+/// rename nothing is visible, and a failure removes the staging directory.
+/// A failed rename (another writer took an id meanwhile) or a failed fsync
+/// of `in/` after some renames is [`SubmitError::Partial`], naming the
+/// tasks already in `in/`.
 pub fn write_batch(
     root: &Root,
     tasks: &[Prepared],
-    sync: BatchSync,
+    options: &BatchOptions,
 ) -> Result<Vec<TaskId>, SubmitError> {
     root.ensure_exists()?;
     let spool_in = root.spool_in();
@@ -302,21 +316,25 @@ pub fn write_batch(
             path: spool_in.clone(),
             source,
         })?;
-    let names: Vec<String> = tasks.iter().map(|t| format!("{}.json", t.id)).collect();
-    for (task, name) in tasks.iter().zip(&names) {
-        spool::write_new(
-            &staging.path().join(name),
-            &task.bytes,
-            sync == BatchSync::EachFile,
-        )?;
-    }
-    if sync == BatchSync::Filesystem && !tasks.is_empty() {
+    spool::spread_subdirs(staging.path());
+    let fsync_each = match options.sync {
+        BatchSync::Auto => tasks.len() <= SMALL_BATCH,
+        BatchSync::Filesystem => false,
+        BatchSync::EachFile => true,
+    };
+    let staged = stage(
+        staging.path(),
+        tasks,
+        writers(options, tasks.len()),
+        fsync_each,
+    )?;
+    if !fsync_each && !tasks.is_empty() {
         spool::sync_filesystem(staging.path())?;
     }
     let mut submitted = Vec::with_capacity(tasks.len());
-    for (task, name) in tasks.iter().zip(&names) {
-        let moved = spool::rename_no_replace(&staging.path().join(name), &spool_in.join(name));
-        if let Err(e) = moved {
+    for (task, from) in tasks.iter().zip(&staged) {
+        let to = spool_in.join(from.file_name().expect("a staged file has a name"));
+        if let Err(e) = spool::rename_no_replace(from, &to) {
             let e = match e {
                 SpoolError::Exists(_) => SubmitError::Duplicate(task.id.clone()),
                 e => e.into(),
@@ -329,6 +347,63 @@ pub fn write_batch(
         return Err(partial(&spool_in, submitted, tasks.len(), e.into()));
     }
     Ok(submitted)
+}
+
+/// The fewest files worth a writer thread of their own.
+const MIN_PER_WRITER: usize = 256;
+/// The most writer threads.
+const MAX_WRITERS: usize = 8;
+
+/// How many threads write `n` files.
+fn writers(options: &BatchOptions, n: usize) -> usize {
+    let wanted = match options.writers {
+        0 => std::thread::available_parallelism().map_or(1, |p| p.get().min(MAX_WRITERS)),
+        w => w,
+    };
+    wanted.min(n.div_ceil(MIN_PER_WRITER)).max(1)
+}
+
+/// Writes each task as `staging/<k>/<id>.json`, `k` its writer thread's
+/// number, and returns the files in the tasks' order. Each writer has a
+/// directory of its own: creating files in one directory is serialized by
+/// the directory's lock, and creating a file is most of the cost. These
+/// directories are spread over the disk (see [`spool::spread_subdirs`]).
+fn stage(
+    staging: &std::path::Path,
+    tasks: &[Prepared],
+    writers: usize,
+    fsync: bool,
+) -> Result<Vec<PathBuf>, SpoolError> {
+    let write_part = |k: usize, part: &[Prepared]| -> Result<Vec<PathBuf>, SpoolError> {
+        let dir = staging.join(k.to_string());
+        std::fs::create_dir(&dir).map_err(|source| SpoolError::Write {
+            path: dir.clone(),
+            source,
+        })?;
+        part.iter()
+            .map(|t| {
+                let path = dir.join(format!("{}.json", t.id));
+                spool::write_new(&path, &t.bytes, fsync).map(|()| path)
+            })
+            .collect()
+    };
+    if writers <= 1 {
+        return write_part(0, tasks);
+    }
+    let write_part = &write_part;
+    let per_writer = tasks.len().div_ceil(writers);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = tasks
+            .chunks(per_writer)
+            .enumerate()
+            .map(|(k, part)| s.spawn(move || write_part(k, part)))
+            .collect();
+        let mut staged = Vec::with_capacity(tasks.len());
+        for h in handles {
+            staged.extend(h.join().expect("a writer thread never panics")?);
+        }
+        Ok(staged)
+    })
 }
 
 /// The error of a batch that stopped after some renames: those tasks are
@@ -383,7 +458,7 @@ fn submit_numbered(
     root.ensure_exists()?;
     let total = files.len() + faults.len();
     match check_batch(root, files, options.force) {
-        Ok(prepared) if faults.is_empty() => write_batch(root, &prepared, options.sync),
+        Ok(prepared) if faults.is_empty() => write_batch(root, &prepared, options),
         Ok(_) => Err(SubmitError::Refused { faults, total }),
         Err(more) => {
             faults.extend(more);
@@ -445,8 +520,12 @@ mod tests {
             reason(r#"{"prioity":1}"#).to_string(),
             "unknown key \"prioity\" (did you mean \"priority\"?)"
         );
-        assert!(reason(r#"{"domain":"any"}"#).to_string().contains("reserved"));
-        assert!(reason(r#"{"payload":[]}"#).to_string().contains("JSON object"));
+        assert!(reason(r#"{"domain":"any"}"#)
+            .to_string()
+            .contains("reserved"));
+        assert!(reason(r#"{"payload":[]}"#)
+            .to_string()
+            .contains("JSON object"));
         assert!(reason(r#"{"tasker":"a","flow":{"task":"b"}}"#)
             .to_string()
             .contains("not both"));
@@ -539,7 +618,7 @@ mod tests {
         assert_eq!(task.priority, 5);
         assert_eq!(task.headers["by"], "me");
         assert_eq!(task.options.timeout.unwrap().0.as_secs(), 2);
-        let ids = write_batch(&root, &prepared, BatchSync::Filesystem).unwrap();
+        let ids = write_batch(&root, &prepared, &BatchOptions::default()).unwrap();
         assert_eq!(ids, [prepared[0].id.clone(), prepared[1].id.clone()]);
         let mut names: Vec<String> = std::fs::read_dir(root.spool_in())
             .unwrap()
