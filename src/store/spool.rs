@@ -306,14 +306,23 @@ pub fn write_new(path: &Path, bytes: &[u8], fsync: bool) -> Result<(), SpoolErro
         .mode(0o600)
         .open(path)
         .map_err(write_err)?;
-    fault::inject(Op::Write, path, None)
+    fill(&mut file, path, bytes, fsync)
+}
+
+/// Writes all of `bytes` into `file`, which becomes `target`, and fsyncs
+/// it when `fsync` (each with its fault injection).
+fn fill(file: &mut File, target: &Path, bytes: &[u8], fsync: bool) -> Result<(), SpoolError> {
+    fault::inject(Op::Write, target, None)
         .and_then(|()| file.write_all(bytes))
-        .map_err(write_err)?;
+        .map_err(|source| SpoolError::Write {
+            path: target.to_path_buf(),
+            source,
+        })?;
     if fsync {
-        fault::inject(Op::Fsync, path, None)
+        fault::inject(Op::Fsync, target, None)
             .and_then(|()| file.sync_all())
             .map_err(|source| SpoolError::Fsync {
-                path: path.to_path_buf(),
+                path: target.to_path_buf(),
                 source,
             })?;
     }
@@ -377,15 +386,7 @@ pub fn write_atomic(
         .suffix(".tmp")
         .tempfile_in(dir)
         .map_err(write_err)?;
-    fault::inject(Op::Write, &target, None)
-        .and_then(|()| tmp.write_all(bytes))
-        .map_err(write_err)?;
-    fault::inject(Op::Fsync, &target, None)
-        .and_then(|()| tmp.as_file().sync_all())
-        .map_err(|source| SpoolError::Fsync {
-            path: target.clone(),
-            source,
-        })?;
+    fill(tmp.as_file_mut(), &target, bytes, true)?;
     if no_replace {
         rename_no_replace(tmp.path(), &target)?;
         // The temporary's name is gone; do not let its drop unlink anything.
@@ -435,15 +436,7 @@ pub fn write_recycled(
         .map_err(write_err)?;
     file.set_permissions(fs::Permissions::from_mode(0o600))
         .map_err(write_err)?;
-    fault::inject(Op::Write, &target, None)
-        .and_then(|()| file.write_all(bytes))
-        .map_err(write_err)?;
-    fault::inject(Op::Fsync, &target, None)
-        .and_then(|()| file.sync_all())
-        .map_err(|source| SpoolError::Fsync {
-            path: target.clone(),
-            source,
-        })?;
+    fill(&mut file, &target, bytes, true)?;
     rename_no_replace(spare, &target)?;
     Ok(target)
 }
