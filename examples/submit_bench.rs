@@ -1,18 +1,25 @@
 //! How fast `submit --batch` makes task files durable: N tasks submitted
 //! as one batch into a fresh root, through the library
-//! (`spoolflow::submit::submit_lines`, with one `syncfs` for the batch and,
-//! to compare, an fsync of each file) and through the built binary with a
+//! (`spoolflow::submit::submit_lines`: one `syncfs` for the batch, and to
+//! compare an fsync of each file) and through the built binary with a
 //! JSON-lines file, as a user runs it.
 //!
 //! ```text
-//! cargo run --release --example submit_bench -- [--tasks N] [--runs R] [--no-binary]
+//! cargo run --release --example submit_bench -- [--tasks N] [--runs R] [--no-binary] [--no-fsync-each]
 //! ```
 //!
-//! Each root is made in `$TMPDIR` (use `TMPDIR=/dev/shm` for tmpfs). Each
-//! figure is the best of R runs (default 3), each on a fresh root; the
-//! time covers checking the lines, writing, syncing and renaming every
-//! file, and fsyncing `in/` (for the binary, also its start and reading
-//! the file).
+//! Roots are made in `$TMPDIR` (use `TMPDIR=/dev/shm` for tmpfs). The
+//! variants take turns for R rounds (default 3), each run on a fresh root,
+//! and the best of each is printed. A run's time covers checking the
+//! lines, writing, syncing and renaming every file, and fsyncing `in/`
+//! (for the binary, also its start and reading the file).
+//!
+//! Creating a file is most of the cost, and on ext4 without a journal it
+//! swings with how many inodes were freed nearby in the last minutes (the
+//! allocator skips each, see `spoolflow::store::spool::spread_subdirs`).
+//! So roots are removed only at the end, and a probe prints, before and
+//! after the runs, the cost of creating an empty file in a new directory
+//! beside the roots and in one placed as a batch's staging directory is.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -25,6 +32,7 @@ struct Args {
     tasks: usize,
     runs: usize,
     binary: bool,
+    fsync_each: bool,
 }
 
 fn parse_args() -> Args {
@@ -32,6 +40,7 @@ fn parse_args() -> Args {
         tasks: 20_000,
         runs: 3,
         binary: true,
+        fsync_each: true,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -44,10 +53,28 @@ fn parse_args() -> Args {
             "--tasks" => a.tasks = number("--tasks"),
             "--runs" => a.runs = number("--runs").max(1),
             "--no-binary" => a.binary = false,
+            "--no-fsync-each" => a.fsync_each = false,
             other => panic!("unknown argument {other}"),
         }
     }
     a
+}
+
+/// What is measured.
+#[derive(Clone, Copy)]
+enum Variant {
+    Library(BatchSync),
+    Binary,
+}
+
+impl Variant {
+    fn name(self) -> &'static str {
+        match self {
+            Variant::Library(BatchSync::EachFile) => "library, an fsync per file",
+            Variant::Library(_) => "library, one syncfs",
+            Variant::Binary => "binary, --batch FILE",
+        }
+    }
 }
 
 /// JSON lines of `n` small tasks, as a user would submit them.
@@ -81,55 +108,34 @@ fn count_in(root: &Root) -> usize {
         .count()
 }
 
-/// The best time of `runs` library submissions of `text`.
-fn library(
+/// One run of a variant on a fresh root (kept in `keep`).
+fn measure(
+    variant: Variant,
     text: &[u8],
     tasks: usize,
-    runs: usize,
-    sync: BatchSync,
-    writers: usize,
+    bin: Option<&Path>,
     keep: &mut Vec<tempfile::TempDir>,
 ) -> Duration {
-    let defaults = Defaults {
-        domain: Some("org".parse().expect("a domain")),
-        tasker: Some("cat".parse().expect("a taskee")),
-        priority: None,
-    };
-    let options = BatchOptions {
-        force: false,
-        sync,
-        writers,
-    };
-    (0..runs)
-        .map(|_| {
-            let (tmp, root) = fresh_root();
+    let (tmp, root) = fresh_root();
+    let took = match variant {
+        Variant::Library(sync) => {
+            let defaults = Defaults {
+                domain: Some("org".parse().expect("a domain")),
+                tasker: Some("cat".parse().expect("a taskee")),
+                priority: None,
+            };
+            let options = BatchOptions { force: false, sync };
             let t = Instant::now();
             let ids = submit::submit_lines(&root, text, &defaults, &options).expect("submitted");
             let took = t.elapsed();
             assert_eq!(ids.len(), tasks);
-            assert_eq!(count_in(&root), tasks);
-            keep.push(tmp);
             took
-        })
-        .min()
-        .expect("at least one run")
-}
-
-/// The best time of `runs` runs of `spoolflow submit --batch FILE`.
-fn binary(
-    bin: &Path,
-    text: &[u8],
-    tasks: usize,
-    runs: usize,
-    keep: &mut Vec<tempfile::TempDir>,
-) -> Duration {
-    (0..runs)
-        .map(|_| {
-            let (tmp, root) = fresh_root();
+        }
+        Variant::Binary => {
             let file = tmp.path().join("batch.jsonl");
             std::fs::write(&file, text).expect("the batch file");
             let t = Instant::now();
-            let out = Command::new(bin)
+            let out = Command::new(bin.expect("the binary is built"))
                 .arg("--root")
                 .arg(root.dir())
                 .args(["submit", "--domain", "org", "--tasker", "cat", "--batch"])
@@ -137,17 +143,43 @@ fn binary(
                 .output()
                 .expect("run spoolflow");
             let took = t.elapsed();
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(out.status.success(), "{err}");
             assert_eq!(out.stdout.iter().filter(|&&b| b == b'\n').count(), tasks);
-            keep.push(tmp);
             took
-        })
-        .min()
-        .expect("at least one run")
+        }
+    };
+    assert_eq!(count_in(&root), tasks);
+    keep.push(tmp);
+    took
+}
+
+/// Microseconds to create an empty file, over 1000 files: in a new
+/// directory beside the roots, and in a subdirectory of a directory whose
+/// subdirectories the filesystem is asked to spread (as a batch's files'
+/// directory is).
+fn fs_probe(keep: &mut Vec<tempfile::TempDir>) -> (f64, f64) {
+    let tmp = tempfile::tempdir().expect("a temporary directory");
+    let create = |dir: &Path| {
+        std::fs::create_dir_all(dir).expect("a probe directory");
+        let t = Instant::now();
+        for i in 0..1000 {
+            std::fs::File::create(dir.join(i.to_string())).expect("a probe file");
+        }
+        t.elapsed().as_secs_f64() * 1e6 / 1000.0
+    };
+    let plain = create(&tmp.path().join("plain"));
+    let spread = tmp.path().join("spread");
+    std::fs::create_dir(&spread).expect("a probe directory");
+    spoolflow::store::spool::spread_subdirs(&spread);
+    // A name of its own, as a batch's files' directory has.
+    let name = tmp
+        .path()
+        .file_name()
+        .expect("a temporary directory's name");
+    let spread = create(&spread.join(name));
+    keep.push(tmp);
+    (plain, spread)
 }
 
 /// The release binary beside this example.
@@ -164,39 +196,44 @@ fn build() -> PathBuf {
         .join("spoolflow")
 }
 
-fn report(what: &str, tasks: usize, took: Duration) {
-    println!(
-        "{what:<34} {tasks:>7} tasks in {:>8.1} ms  {:>9.0} tasks/s",
-        took.as_secs_f64() * 1000.0,
-        tasks as f64 / took.as_secs_f64()
-    );
-}
-
 fn main() {
     let args = parse_args();
     let text = lines(args.tasks);
-    let dir = std::env::temp_dir();
-    // Every root is removed at the end only: on ext4 without a journal,
-    // inodes freed in the last minute slow down every new file (see
-    // `spoolflow::submit::batch`), and one run must not tax the next.
+    let mut variants = vec![Variant::Library(BatchSync::Filesystem)];
+    if args.fsync_each {
+        variants.push(Variant::Library(BatchSync::EachFile));
+    }
+    let bin = args.binary.then(build);
+    if bin.is_some() {
+        variants.push(Variant::Binary);
+    }
+    // Every root is removed at the end only: inodes freed now would slow
+    // down the files of the next runs (see the top of this file).
     let mut keep = Vec::new();
+    let probe_before = fs_probe(&mut keep);
+    let mut best = vec![Duration::MAX; variants.len()];
+    for _ in 0..args.runs {
+        for (v, b) in variants.iter().zip(best.iter_mut()) {
+            *b = (*b).min(measure(*v, &text, args.tasks, bin.as_deref(), &mut keep));
+        }
+    }
+    let probe_after = fs_probe(&mut keep);
     println!(
-        "submit --batch, {} tasks, best of {} runs, roots in {}",
+        "submit --batch, {} tasks, best of {} rounds, roots in {}",
         args.tasks,
         args.runs,
-        dir.display()
+        std::env::temp_dir().display()
     );
-    for (what, sync, writers) in [
-        ("library, one syncfs", BatchSync::Filesystem, 0),
-        ("library, one syncfs, 1 writer", BatchSync::Filesystem, 1),
-        ("library, an fsync per file", BatchSync::EachFile, 0),
-    ] {
-        let took = library(&text, args.tasks, args.runs, sync, writers, &mut keep);
-        report(what, args.tasks, took);
+    for (v, took) in variants.iter().zip(&best) {
+        println!(
+            "{:<32} {:>8.1} ms  {:>9.0} tasks/s",
+            v.name(),
+            took.as_secs_f64() * 1000.0,
+            args.tasks as f64 / took.as_secs_f64()
+        );
     }
-    if args.binary {
-        let bin = build();
-        let took = binary(&bin, &text, args.tasks, args.runs, &mut keep);
-        report("binary, --batch FILE", args.tasks, took);
-    }
+    println!(
+        "file creation probe: {:.0} µs/file in a plain directory, {:.0} in a spread one before the runs; {:.0} and {:.0} after",
+        probe_before.0, probe_before.1, probe_after.0, probe_after.1
+    );
 }

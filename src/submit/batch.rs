@@ -64,9 +64,6 @@ pub struct BatchOptions {
     /// Submit tasks of domains nothing serves.
     pub force: bool,
     pub sync: BatchSync,
-    /// How many threads write the files: 0 (the default) for one per CPU
-    /// (at most 8); a small batch gets fewer.
-    pub writers: usize,
 }
 
 /// Why one line (or task) of a batch is refused.
@@ -294,8 +291,7 @@ fn unserved(root: &Root, domains: BTreeMap<Domain, (usize, usize)>) -> Vec<Fault
 }
 
 /// Writes prepared tasks into `in/`, each durable before it is visible:
-/// all into a staging directory (by several threads, see
-/// [`BatchOptions::writers`]), one sync (see [`BatchSync`]), renames into
+/// all into a staging directory, one sync (see [`BatchSync`]), renames into
 /// `in/` in order (never over a file), one fsync of `in/`. Until the first
 /// rename nothing is visible, and a failure removes the staging directory.
 /// A failed rename (another writer took an id meanwhile) or a failed fsync
@@ -322,12 +318,7 @@ pub fn write_batch(
         BatchSync::Filesystem => false,
         BatchSync::EachFile => true,
     };
-    let staged = stage(
-        staging.path(),
-        tasks,
-        writers(options, tasks.len()),
-        fsync_each,
-    )?;
+    let staged = stage(staging.path(), tasks, fsync_each)?;
     if !fsync_each && !tasks.is_empty() {
         spool::sync_filesystem(staging.path())?;
     }
@@ -349,61 +340,32 @@ pub fn write_batch(
     Ok(submitted)
 }
 
-/// The fewest files worth a writer thread of their own.
-const MIN_PER_WRITER: usize = 256;
-/// The most writer threads.
-const MAX_WRITERS: usize = 8;
-
-/// How many threads write `n` files.
-fn writers(options: &BatchOptions, n: usize) -> usize {
-    let wanted = match options.writers {
-        0 => std::thread::available_parallelism().map_or(1, |p| p.get().min(MAX_WRITERS)),
-        w => w,
-    };
-    wanted.min(n.div_ceil(MIN_PER_WRITER)).max(1)
-}
-
-/// Writes each task as `staging/<k>/<id>.json`, `k` its writer thread's
-/// number, and returns the files in the tasks' order. Each writer has a
-/// directory of its own: creating files in one directory is serialized by
-/// the directory's lock, and creating a file is most of the cost. These
-/// directories are spread over the disk (see [`spool::spread_subdirs`]).
+/// Writes each task as `staging/<name>/<id>.json`, `<name>` the staging
+/// directory's own, and returns the files in the tasks' order. Creating a
+/// file is most of the cost of a batch, and the directory it is created in
+/// decides where on the disk its inode goes: this one is spread away from
+/// `in/` (see [`spool::spread_subdirs`]), each batch's elsewhere, since
+/// ext4 looks for a spread directory's place starting from a hash of its
+/// name, and a fixed name would take every batch to where the files of the
+/// batches before were just freed.
 fn stage(
     staging: &std::path::Path,
     tasks: &[Prepared],
-    writers: usize,
     fsync: bool,
 ) -> Result<Vec<PathBuf>, SpoolError> {
-    let write_part = |k: usize, part: &[Prepared]| -> Result<Vec<PathBuf>, SpoolError> {
-        let dir = staging.join(k.to_string());
-        std::fs::create_dir(&dir).map_err(|source| SpoolError::Write {
-            path: dir.clone(),
-            source,
-        })?;
-        part.iter()
-            .map(|t| {
-                let path = dir.join(format!("{}.json", t.id));
-                spool::write_new(&path, &t.bytes, fsync).map(|()| path)
-            })
-            .collect()
-    };
-    if writers <= 1 {
-        return write_part(0, tasks);
-    }
-    let write_part = &write_part;
-    let per_writer = tasks.len().div_ceil(writers);
-    std::thread::scope(|s| {
-        let handles: Vec<_> = tasks
-            .chunks(per_writer)
-            .enumerate()
-            .map(|(k, part)| s.spawn(move || write_part(k, part)))
-            .collect();
-        let mut staged = Vec::with_capacity(tasks.len());
-        for h in handles {
-            staged.extend(h.join().expect("a writer thread never panics")?);
-        }
-        Ok(staged)
-    })
+    let name = staging.file_name().unwrap_or_default().to_string_lossy();
+    let dir = staging.join(name.trim_start_matches(Root::BATCH_STAGING_PREFIX));
+    std::fs::create_dir(&dir).map_err(|source| SpoolError::Write {
+        path: dir.clone(),
+        source,
+    })?;
+    tasks
+        .iter()
+        .map(|t| {
+            let path = dir.join(format!("{}.json", t.id));
+            spool::write_new(&path, &t.bytes, fsync).map(|()| path)
+        })
+        .collect()
 }
 
 /// The error of a batch that stopped after some renames: those tasks are
