@@ -32,7 +32,7 @@ pub enum SubmitError {
     Refused { faults: Vec<Fault>, total: usize },
     /// A batch that stopped part way: `submitted` are in `in/`, the rest
     /// are not.
-    #[error("{error}; {} of {total} tasks were submitted (their ids are printed), the rest were not", .submitted.len())]
+    #[error("{}", partial_message(.error, .submitted.len(), *.total))]
     Partial {
         submitted: Vec<TaskId>,
         total: usize,
@@ -59,6 +59,15 @@ fn unserved_message(domain: &Domain, suggestion: Option<&str>, served: &[String]
     format!(
         "nothing serves domain {domain}: no taskmaster and no tasker in tsk/{domain}, up its branch or in tsk/any; {then} (--force submits it anyway)"
     )
+}
+
+/// The message of [`SubmitError::Partial`].
+fn partial_message(error: &SubmitError, submitted: usize, total: usize) -> String {
+    if submitted == total {
+        format!("{error}; all {total} tasks are in var/spool/in/ (their ids are printed), but they may not survive a power loss")
+    } else {
+        format!("{error}; {submitted} of {total} tasks were submitted (their ids are printed), the rest were not")
+    }
 }
 
 /// Whether the directory `tsk/<d>/` serves tasks: it holds a

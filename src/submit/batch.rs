@@ -303,6 +303,9 @@ pub fn write_batch(
     options: &BatchOptions,
 ) -> Result<Vec<TaskId>, SubmitError> {
     root.ensure_exists()?;
+    if tasks.is_empty() {
+        return Ok(Vec::new());
+    }
     let spool_in = root.spool_in();
     let staging = tempfile::Builder::new()
         .prefix(Root::BATCH_STAGING_PREFIX)
@@ -319,7 +322,7 @@ pub fn write_batch(
         BatchSync::EachFile => true,
     };
     let staged = stage(staging.path(), tasks, fsync_each)?;
-    if !fsync_each && !tasks.is_empty() {
+    if !fsync_each {
         spool::sync_filesystem(staging.path())?;
     }
     let mut submitted = Vec::with_capacity(tasks.len());

@@ -316,6 +316,22 @@ fn a_failed_sync_or_rename_is_reported_and_leaves_no_half_batch_unsaid() {
         stderr(&o)
     );
     assert_eq!(everything_in(&t), ["f-0.json", "f-1.json"]);
+    // The fsync of in/ after the renames fails: every task is there, and
+    // the message says that durability is unknown.
+    let input: String = (0..10).map(|i| format!("{{\"id\":\"g-{i}\"}}\n")).collect();
+    let o = with_stdin(
+        t.cmd()
+            .args(["submit", "--domain", "org", "--batch", "-"])
+            .env("SPOOLFLOW_FAULT", "fsync:2@/spool/in"),
+        &input,
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert_eq!(stdout(&o).lines().count(), 10);
+    assert!(
+        stderr(&o).contains("all 10 tasks are in var/spool/in/"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]
