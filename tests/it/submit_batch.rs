@@ -285,53 +285,42 @@ fn the_engine_runs_every_task_of_a_batch() {
     assert!(everything_in(&t).is_empty());
 }
 
+/// `submit --domain org --batch -` of ids `<prefix>-0`… with a disk fault
+/// injected (`SPOOLFLOW_FAULT`): exit 2 expected; returns stdout and
+/// stderr.
+fn faulty_batch(t: &TestRoot, prefix: &str, n: usize, fault: &str) -> (String, String) {
+    let input: String = (0..n)
+        .map(|i| format!("{{\"id\":\"{prefix}-{i}\"}}\n"))
+        .collect();
+    let o = with_stdin(
+        t.cmd()
+            .args(["submit", "--domain", "org", "--batch", "-"])
+            .env("SPOOLFLOW_FAULT", fault),
+        &input,
+    );
+    assert_eq!(o.status.code(), Some(2), "{fault}: {}", stderr(&o));
+    (stdout(&o), stderr(&o))
+}
+
 #[test]
 fn a_failed_sync_or_rename_is_reported_and_leaves_no_half_batch_unsaid() {
     let t = served();
-    let input: String = (0..20).map(|i| format!("{{\"id\":\"f-{i}\"}}\n")).collect();
     // The one sync of the batch fails: nothing was visible, nothing is.
-    let o = with_stdin(
-        t.cmd()
-            .args(["submit", "--domain", "org", "--batch", "-"])
-            .env("SPOOLFLOW_FAULT", "fsync:1@.spoolflow-batch-"),
-        &input,
-    );
-    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
-    assert!(stderr(&o).contains("failed to fsync"), "{}", stderr(&o));
-    assert_eq!(stdout(&o), "");
+    let (out, err) = faulty_batch(&t, "f", 20, "fsync:1@.spoolflow-batch-");
+    assert!(err.contains("failed to fsync"), "{err}");
+    assert_eq!(out, "");
     assert!(everything_in(&t).is_empty(), "{:?}", everything_in(&t));
     // The third rename fails: the two tasks before it are submitted (their
     // ids printed), the others are not, and nothing is left staged.
-    let o = with_stdin(
-        t.cmd()
-            .args(["submit", "--domain", "org", "--batch", "-"])
-            .env("SPOOLFLOW_FAULT", "rename:3@/spool/in/f-"),
-        &input,
-    );
-    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
-    assert_eq!(stdout(&o), "f-0\nf-1\n");
-    assert!(
-        stderr(&o).contains("2 of 20 tasks were submitted"),
-        "{}",
-        stderr(&o)
-    );
+    let (out, err) = faulty_batch(&t, "f", 20, "rename:3@/spool/in/f-");
+    assert_eq!(out, "f-0\nf-1\n");
+    assert!(err.contains("2 of 20 tasks were submitted"), "{err}");
     assert_eq!(everything_in(&t), ["f-0.json", "f-1.json"]);
     // The fsync of in/ after the renames fails: every task is there, and
     // the message says that durability is unknown.
-    let input: String = (0..10).map(|i| format!("{{\"id\":\"g-{i}\"}}\n")).collect();
-    let o = with_stdin(
-        t.cmd()
-            .args(["submit", "--domain", "org", "--batch", "-"])
-            .env("SPOOLFLOW_FAULT", "fsync:2@/spool/in"),
-        &input,
-    );
-    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
-    assert_eq!(stdout(&o).lines().count(), 10);
-    assert!(
-        stderr(&o).contains("all 10 tasks are in var/spool/in/"),
-        "{}",
-        stderr(&o)
-    );
+    let (out, err) = faulty_batch(&t, "g", 10, "fsync:2@/spool/in");
+    assert_eq!(out.lines().count(), 10);
+    assert!(err.contains("all 10 tasks are in var/spool/in/"), "{err}");
 }
 
 #[test]
