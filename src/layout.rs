@@ -131,6 +131,11 @@ impl Root {
     pub fn spool_in(&self) -> PathBuf {
         self.dir.join("var/spool/in")
     }
+    /// The prefix of the directories `submit --batch` stages a batch's
+    /// files in, inside `in/` (a dot name: the engine ignores it). One
+    /// left behind by a crash holds only files that were never submitted;
+    /// `gc` removes it.
+    pub const BATCH_STAGING_PREFIX: &'static str = ".spoolflow-batch-";
     pub fn cancel(&self) -> PathBuf {
         self.dir.join("var/spool/cancel")
     }

@@ -1,6 +1,11 @@
 //! `spoolflow submit`: writes a task file into `var/spool/in/` atomically
 //! (a dotfile temporary, fsync, rename, fsync of the directory), whether or
-//! not an engine runs.
+//! not an engine runs; [`submit_batch`] and [`submit_lines`] write many at
+//! once, all or nothing, with one sync for the batch (see [`batch`]).
+
+pub mod batch;
+
+pub use batch::{submit_batch, submit_lines, BatchOptions, BatchSync, Defaults, Fault, LineError};
 
 use serde_json::Value;
 
@@ -22,6 +27,17 @@ pub enum SubmitError {
     Spool(#[from] SpoolError),
     #[error(transparent)]
     Root(#[from] crate::layout::RootError),
+    /// A batch with bad lines: nothing was written.
+    #[error("nothing submitted: {} of {total} tasks are bad (a batch is all or nothing)", .faults.len())]
+    Refused { faults: Vec<Fault>, total: usize },
+    /// A batch that stopped part way: `submitted` are in `in/`, the rest
+    /// are not.
+    #[error("{}", partial_message(.error, .submitted.len(), *.total))]
+    Partial {
+        submitted: Vec<TaskId>,
+        total: usize,
+        error: Box<SubmitError>,
+    },
     #[error("{}", unserved_message(.domain, .suggestion.as_deref(), .served))]
     Unserved {
         domain: Domain,
@@ -43,6 +59,15 @@ fn unserved_message(domain: &Domain, suggestion: Option<&str>, served: &[String]
     format!(
         "nothing serves domain {domain}: no taskmaster and no tasker in tsk/{domain}, up its branch or in tsk/any; {then} (--force submits it anyway)"
     )
+}
+
+/// The message of [`SubmitError::Partial`].
+fn partial_message(error: &SubmitError, submitted: usize, total: usize) -> String {
+    if submitted == total {
+        format!("{error}; all {total} tasks are in var/spool/in/ (their ids are printed), but they may not survive a power loss")
+    } else {
+        format!("{error}; {submitted} of {total} tasks were submitted (their ids are printed), the rest were not")
+    }
 }
 
 /// Whether the directory `tsk/<d>/` serves tasks: it holds a
@@ -133,16 +158,21 @@ pub fn parse_payload(text: &str) -> Result<Object, SubmitError> {
     }
 }
 
+/// Whether a task with this id is already in `in/` (by file name),
+/// `run/`, `done/` or `failed/`.
+fn in_spool(root: &Root, id: &TaskId) -> bool {
+    root.spool_in().join(format!("{id}.json")).exists()
+        || root.run_file(id).exists()
+        || root.done_file(id).exists()
+        || root.failed_file(id).exists()
+}
+
 /// Writes the task file and returns its id.
 pub fn submit(root: &Root, s: Submission) -> Result<TaskId, SubmitError> {
     root.ensure_exists()?;
     let id = s.id.unwrap_or_else(TaskId::generate);
     let name = format!("{id}.json");
-    if root.spool_in().join(&name).exists()
-        || root.run_file(&id).exists()
-        || root.done_file(&id).exists()
-        || root.failed_file(&id).exists()
-    {
+    if in_spool(root, &id) {
         return Err(SubmitError::Duplicate(id));
     }
     let mut obj = Object::new();

@@ -1,8 +1,10 @@
 //! `spoolflow gc --older-than D [--dry-run] [--json]`: removes what has
 //! ended longer ago than D — records (by `ended_at`), earlier attempts in
 //! `history/`, rejected files with their reasons, and points and stderr
-//! logs (by modification time) of executions no longer queued or running —
-//! and prints what it removed (or, with `--dry-run`, would remove).
+//! logs (by modification time) of executions no longer queued or running,
+//! and what an interrupted `submit --batch` left in `in/` (files never
+//! submitted, staged in a `.spoolflow-batch-*` directory) — and prints what
+//! it removed (or, with `--dry-run`, would remove).
 
 use std::path::{Path, PathBuf};
 
@@ -36,6 +38,8 @@ pub fn run(root: Option<PathBuf>, args: Args) -> Result<(), Failure> {
     let mut doomed = old_records(&root, &before);
     doomed.extend(old_files(&root, &root.rejected(), &before, |_| true));
     doomed.extend(old_history(&root, &before));
+    let batches = old_batch_dirs(&root, &before);
+    doomed.extend(batch_files(&batches));
     let live = |p: &Path| {
         // A log of an execution still in `run/` stays, however old.
         let stem = p.file_stem().and_then(|s| s.to_str()).unwrap_or("");
@@ -54,6 +58,7 @@ pub fn run(root: Option<PathBuf>, args: Args) -> Result<(), Failure> {
     }
     if !args.dry_run {
         remove_empty_history(&root);
+        remove_empty_batches(&batches);
     }
     if args.json {
         return print_json(&json!({ "dry_run": args.dry_run, "removed": removed }));
@@ -120,6 +125,66 @@ fn old_history(root: &Root, before: &str) -> Vec<PathBuf> {
         .flatten()
         .flat_map(|e| old_files(root, &e.path(), before, |_| true))
         .collect()
+}
+
+/// The staging directories of batches that were interrupted (a crash, a
+/// kill) before their files were renamed into `in/`: directories of `in/`
+/// named `.spoolflow-batch-*` in which nothing changed since `before`.
+/// Their files were never submitted.
+fn old_batch_dirs(root: &Root, before: &str) -> Vec<PathBuf> {
+    let older = |p: &Path| {
+        std::fs::symlink_metadata(p)
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| {
+                spoolflow::model::task::timestamp(DateTime::<Utc>::from(t)).as_str() < before
+            })
+    };
+    std::fs::read_dir(root.spool_in())
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(Root::BATCH_STAGING_PREFIX)
+                && e.file_type().is_ok_and(|t| t.is_dir())
+        })
+        .map(|e| e.path())
+        .filter(|dir| {
+            // The writers' directories change with every file written.
+            older(dir) && children(dir).iter().all(|c| older(c))
+        })
+        .collect()
+}
+
+/// The entries of a directory (none if it cannot be read).
+fn children(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .collect()
+}
+
+/// The files of the staging directories `dirs`.
+fn batch_files(dirs: &[PathBuf]) -> Vec<PathBuf> {
+    dirs.iter()
+        .flat_map(|d| walkdir::WalkDir::new(d).min_depth(1).into_iter().flatten())
+        .filter(|e| !e.file_type().is_dir())
+        .map(|e| e.into_path())
+        .collect()
+}
+
+/// Removes the staging directories `dirs` once emptied.
+fn remove_empty_batches(dirs: &[PathBuf]) {
+    for dir in dirs {
+        for child in children(dir) {
+            // Fails, as it should, when the directory is not empty.
+            let _ = std::fs::remove_dir(child);
+        }
+        let _ = std::fs::remove_dir(dir);
+    }
 }
 
 fn remove_empty_history(root: &Root) {

@@ -211,15 +211,7 @@ fn type_name(v: &Value) -> &'static str {
 impl TaskFile {
     /// Parses the bytes of a task file.
     pub fn parse(bytes: &[u8]) -> Result<TaskFile, InputError> {
-        let value: Value = serde_json::from_slice(bytes).map_err(|e| InputError::Json {
-            line: e.line(),
-            column: e.column(),
-            message: json_error_message(&e),
-        })?;
-        let Value::Object(obj) = value else {
-            return Err(InputError::NotObject(type_name(&value)));
-        };
-        TaskFile::from_object(obj)
+        TaskFile::from_object(parse_object(bytes)?)
     }
 
     /// Checks a parsed JSON object key by key. Fields are taken in a fixed
@@ -244,6 +236,20 @@ impl TaskFile {
             options,
             flow,
         })
+    }
+}
+
+/// Parses bytes that must hold one JSON object (a task file, or one line
+/// of a batch), before any key is looked at.
+pub fn parse_object(bytes: &[u8]) -> Result<Object, InputError> {
+    let value: Value = serde_json::from_slice(bytes).map_err(|e| InputError::Json {
+        line: e.line(),
+        column: e.column(),
+        message: json_error_message(&e),
+    })?;
+    match value {
+        Value::Object(obj) => Ok(obj),
+        other => Err(InputError::NotObject(type_name(&other))),
     }
 }
 

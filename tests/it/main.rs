@@ -28,6 +28,8 @@ mod reliability;
 mod resources;
 mod scheduling;
 mod schema;
+// wt-batch
+mod submit_batch;
 mod taskers;
 mod taskmasters;
 // lead (issue 9)
