@@ -5,6 +5,7 @@
 //!                                        [--queues 1000,10000,100000]
 //!                                        [--rounds R] [--rate 200] [--latency-secs 2]
 //!                                        [--flow-sequence 1000] [--flow-each 9998]
+//!                                        [--submit 20000]
 //! ```
 //!
 //! Every measure below runs on each directory of `--fs` in turn (by
@@ -69,6 +70,11 @@
 //!    against N standalone tasks with W workers: the flow's file is dropped
 //!    before the engine starts (`drain`); its record must be `completed`
 //!    with N nodes. Alternated for R rounds, best of each (`flows.rs`).
+//!
+//! 6. **`submit --batch`.** N tasks as JSON lines through
+//!    `spoolflow::submit::submit_lines` (what the CLI runs: every line
+//!    checked, one sync for the batch, a rename each into `in/`) into a
+//!    fresh root; durable task files per second, best of R rounds.
 //!
 //! Two things that move the numbers are printed with them:
 //!
@@ -157,6 +163,9 @@ struct Args {
     /// hold: 2 nodes + 9 998 runs = the 10 000-node limit.
     #[arg(long, default_value_t = 9998)]
     flow_each: usize,
+    /// Tasks of the `submit --batch` run (0: skip).
+    #[arg(long, default_value_t = 20000)]
+    submit: usize,
 }
 
 fn main() {
@@ -295,6 +304,12 @@ fn measure_fs(
             keep,
         )?);
     }
+    let submit_per_s = if args.submit > 0 {
+        eprintln!("submit --batch: {} tasks…", args.submit);
+        Some(submit_batch(args.submit, args.rounds, keep)?)
+    } else {
+        None
+    };
     let probe_after = fs_probe(keep)?;
     Ok(FsReport {
         dir: dir.to_path_buf(),
@@ -306,6 +321,6 @@ fn measure_fs(
         lat,
         qrows,
         frows,
-        submit_per_s: None,
+        submit_per_s,
     })
 }

@@ -212,3 +212,40 @@ pub fn drop_steadily(
     let b = mark();
     Ok((drops, a, b))
 }
+
+// ================================================================ submit --batch
+
+/// `submit --batch` as the CLI runs it (`submit_lines`: every line checked,
+/// one sync for the batch, a rename each into `in/`): durable task files
+/// per second, best of `rounds` fresh roots. Every task must be in `in/`.
+pub fn submit_batch(n: usize, rounds: usize, keep: &mut Vec<BenchRoot>) -> BenchResult<f64> {
+    let mut text = String::with_capacity(n * 64);
+    for i in 0..n {
+        text.push_str(&format!(
+            "{{\"domain\":\"bench\",\"tasker\":\"cat\",\"payload\":{{\"n\":{i}}}}}\n"
+        ));
+    }
+    let mut best: f64 = 0.0;
+    for _ in 0..rounds {
+        let br = BenchRoot::new()?;
+        let t0 = Instant::now();
+        let ids = spoolflow::submit::submit_lines(
+            &br.root,
+            text.as_bytes(),
+            &spoolflow::submit::Defaults::default(),
+            &spoolflow::submit::BatchOptions::default(),
+        )
+        .map_err(|e| format!("submit --batch: {e}"))?;
+        let per_s = n as f64 / t0.elapsed().as_secs_f64();
+        let inn = br.count(&br.root.spool_in());
+        if ids.len() != n || inn != n {
+            return Err(format!(
+                "submit --batch: {} ids, {inn} files in in/, expected {n}",
+                ids.len()
+            ));
+        }
+        best = best.max(per_s);
+        keep.push(br);
+    }
+    Ok(best)
+}
