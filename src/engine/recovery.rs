@@ -13,7 +13,7 @@ use serde_json::Value;
 use crate::layout::Root;
 use crate::model::names::TaskId;
 use crate::model::point::{self, Kind};
-use crate::model::task::{Refusal, Task, TaskFile};
+use crate::model::task::{Object, Refusal, Task, TaskFile};
 
 /// Start-up failures.
 #[derive(Debug, thiserror::Error)]
@@ -103,7 +103,9 @@ fn try_lock(root: &Root, workers: usize) -> Result<EngineLock, RecoveryError> {
     }
 }
 
-/// A task found in `run/`, to queue again.
+/// A task found in `run/`, to queue again. A standalone task's payload
+/// and headers are not kept: they stay in its `run/` file, read back when
+/// it is offered (a flow's task is whole: its payload is the flow's input).
 #[derive(Debug)]
 pub struct Recovered {
     pub task: Task,
@@ -117,7 +119,10 @@ pub struct Recovered {
 /// What start-up found in `run/`.
 #[derive(Debug, Default)]
 pub struct Found {
-    pub tasks: Vec<Recovered>,
+    /// Boxed: each is dropped as soon as its node is built, so that the
+    /// tasks read and the nodes built from them are not both held whole
+    /// at start-up.
+    pub tasks: Vec<Box<Recovered>>,
     /// `run/` entries that cannot be read as tasks: to reject, with why.
     pub bad: Vec<(PathBuf, String)>,
     /// `run/` files whose task already has a final record (removed).
@@ -317,9 +322,9 @@ pub fn scan_run(root: &Root, input_limit: u64) -> Result<Found, RecoveryError> {
         path: run.clone(),
         source,
     })?;
-    let mut paths: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
-    paths.sort();
-    for path in paths {
+    // Looked at as listed (no list of every path held at once): the tasks
+    // are sorted below, the rest does not depend on the order.
+    for path in entries.flatten().map(|e| e.path()) {
         let Some(name) = path.file_name().and_then(|n| n.to_str()).map(str::to_owned) else {
             found.bad.push((path, "name is not valid UTF-8".into()));
             continue;
@@ -357,14 +362,18 @@ pub fn scan_run(root: &Root, input_limit: u64) -> Result<Found, RecoveryError> {
             continue;
         }
         match read_task(&path, &id, input_limit) {
-            Ok((task, progress)) => {
+            Ok((mut task, progress)) => {
+                if task.flow.is_none() {
+                    task.payload = Object::new();
+                    task.headers = Object::new();
+                }
                 let history = history_of(&root.points_log(&task.exid), &task);
-                found.tasks.push(Recovered {
+                found.tasks.push(Box::new(Recovered {
                     task,
                     created_at: history.created_at,
                     history,
                     progress,
-                });
+                }));
             }
             Err(reason) => found.bad.push((path, reason)),
         }
@@ -373,6 +382,8 @@ pub fn scan_run(root: &Root, input_limit: u64) -> Result<Found, RecoveryError> {
     found
         .tasks
         .sort_by(|a, b| (a.created_at, &a.task.id).cmp(&(b.created_at, &b.task.id)));
+    found.bad.sort();
+    found.finished.sort();
     if !found.finished.is_empty() {
         let _ = crate::store::spool::fsync_dir(&run);
     }
@@ -447,9 +458,12 @@ impl History {
         node.offers = self.offers;
         node.retries_done = self.retries;
         node.starts = self.attempts;
-        node.refusals = self.refusals.clone();
         node.uncompleted = self.uncompleted;
-        node.attempts_log = self.attempts_log.clone();
+        if !self.refusals.is_empty() || !self.attempts_log.is_empty() {
+            let past = node.past_mut();
+            past.refusals = self.refusals.clone();
+            past.attempts_log = self.attempts_log.clone();
+        }
         // The attempt that ran when the engine died ended with it.
         node.end_attempt(Utc::now(), "interrupted", None);
     }
@@ -595,7 +609,7 @@ impl super::Engine {
     /// offers, retries, refusals and row of `uncompleted` replies as its
     /// points log tells them.
     pub(super) fn recover(&mut self) -> Result<(), super::EngineError> {
-        use super::state::{key, Execution};
+        use super::state::{key, Execution, NodeTask};
         let found = scan_run(&self.root, self.options.input_limit)?;
         let mut replied = super::replies::read(&self.root);
         for id in &found.finished {
@@ -605,6 +619,7 @@ impl super::Engine {
             self.reject(&path, &reason);
         }
         for r in found.tasks {
+            let r = *r;
             if r.task.flow.is_some() {
                 let created_at = r.created_at.unwrap_or_else(Utc::now);
                 let exid = r.task.exid.clone();
@@ -634,7 +649,8 @@ impl super::Engine {
                 r.history.next_attempt()
             );
             let created_at = r.created_at.unwrap_or_else(Utc::now);
-            let (mut exec, mut node) = Execution::standalone(r.task, created_at);
+            let task = NodeTask::on_disk(r.task);
+            let (mut exec, mut node) = Execution::standalone(task, created_at);
             exec.submitted_at = r.history.submitted_at;
             r.history.restore(&mut node);
             self.insert_execution(k.exid, exec, vec![node]);
@@ -648,24 +664,36 @@ impl super::Engine {
     /// whose record the crash cut short: completed with that reply, not
     /// run again.
     fn complete_replied(&mut self, r: Recovered, payload: crate::model::task::Object) {
-        use super::state::{key, Execution};
+        use super::state::{key, Body, Execution, Loaded, NodeTask};
         let k = key(&r.task.exid, &r.task.nid);
         tracing::info!(
             "task {}: its tasker had replied before the engine stopped; completed from the replies journal",
             r.task.id
         );
         let created_at = r.created_at.unwrap_or_else(Utc::now);
-        let (mut exec, mut node) = Execution::standalone(r.task, created_at);
+        // The record's headers are the run/ file's; its payload the reply's.
+        let limit = super::body::limit(self.options.input_limit);
+        let headers = match super::body::read(&self.root, &r.task.id, limit) {
+            Ok(b) => b.headers,
+            Err(e) => {
+                tracing::warn!("task {}: its record goes without headers: {e}", r.task.id);
+                Object::new()
+            }
+        };
+        let (mut exec, mut node) = Execution::standalone(NodeTask::on_disk(r.task), created_at);
         exec.submitted_at = r.history.submitted_at;
         r.history.restore(&mut node);
         // The attempt that replied is the last one, and it completed.
         node.attempt = r.history.attempts;
-        if let Some(a) = node.attempts_log.last_mut() {
+        if let Some(a) = node.past_mut().attempts_log.last_mut() {
             a.ended_at = None;
             a.outcome = None;
         }
-        node.task.payload = payload;
         self.insert_execution(k.exid.clone(), exec, vec![node]);
+        // Set once queued (queueing leaves a body to run/).
+        if let Some(node) = self.node_mut(&k) {
+            node.task.body = Body::Loaded(Box::new(Loaded { payload, headers }));
+        }
         self.finish(&k, crate::model::task::State::Completed, None);
     }
 }

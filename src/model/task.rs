@@ -478,23 +478,50 @@ impl Task {
     /// The task as a task file (what `run/<id>.json` holds when the engine
     /// writes it): every key filled in.
     pub fn to_file_json(&self) -> Value {
-        let mut obj = Object::new();
-        obj.insert("id".into(), self.id.as_str().into());
-        obj.insert("domain".into(), self.domain.as_str().into());
-        if let Some(t) = &self.tasker {
-            obj.insert("tasker".into(), t.as_str().into());
-        }
-        obj.insert("priority".into(), self.priority.into());
-        obj.insert("payload".into(), Value::Object(self.payload.clone()));
-        obj.insert("headers".into(), Value::Object(self.headers.clone()));
-        if let Value::Object(o) = serde_json::to_value(&self.options).unwrap_or_default() {
-            obj.extend(o);
-        }
-        if let Some(flow) = &self.flow {
-            obj.insert("flow".into(), flow.clone());
-        }
-        Value::Object(obj)
+        file_json(&FileParts {
+            id: &self.id,
+            domain: &self.domain,
+            tasker: self.tasker.as_ref(),
+            priority: self.priority,
+            payload: &self.payload,
+            headers: &self.headers,
+            options: &self.options,
+            flow: self.flow.as_ref(),
+        })
     }
+}
+
+/// The parts of a task file the engine writes into `run/`, borrowed from
+/// wherever they are kept.
+pub struct FileParts<'a> {
+    pub id: &'a TaskId,
+    pub domain: &'a Domain,
+    pub tasker: Option<&'a Taskee>,
+    pub priority: i32,
+    pub payload: &'a Object,
+    pub headers: &'a Object,
+    pub options: &'a TaskOptions,
+    pub flow: Option<&'a Value>,
+}
+
+/// A task file as the engine writes it into `run/`: every key filled in.
+pub fn file_json(t: &FileParts<'_>) -> Value {
+    let mut obj = Object::new();
+    obj.insert("id".into(), t.id.as_str().into());
+    obj.insert("domain".into(), t.domain.as_str().into());
+    if let Some(tasker) = t.tasker {
+        obj.insert("tasker".into(), tasker.as_str().into());
+    }
+    obj.insert("priority".into(), t.priority.into());
+    obj.insert("payload".into(), Value::Object(t.payload.clone()));
+    obj.insert("headers".into(), Value::Object(t.headers.clone()));
+    if let Value::Object(o) = serde_json::to_value(t.options).unwrap_or_default() {
+        obj.extend(o);
+    }
+    if let Some(flow) = t.flow {
+        obj.insert("flow".into(), flow.clone());
+    }
+    Value::Object(obj)
 }
 
 // ---------------------------------------------------------------- record
