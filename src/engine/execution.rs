@@ -15,20 +15,16 @@ use crate::scheduler::NodeKey;
 use crate::store::writer::{Done, Job, RecordJob};
 
 impl Engine {
-    /// Adds an execution and queues its nodes, each with its
+    /// Adds a standalone task's execution and queues its node, with its
     /// `start_timeout` watched from the execution's creation.
-    pub(super) fn insert_execution(&mut self, exid: Exid, exec: Execution, nodes: Vec<Node>) {
+    pub(super) fn insert_execution(&mut self, exid: Exid, exec: Execution, mut node: Box<Node>) {
         let created_at = exec.created_at;
-        let keys: Vec<NodeKey> = nodes.iter().map(|n| key(&exid, &n.task.nid)).collect();
+        let k = key(&exid, &node.task.nid);
         self.executions.insert(exid, exec);
-        for (k, mut node) in keys.iter().zip(nodes) {
-            self.names.share(&mut node.task);
-            self.nodes.insert(k.clone(), Box::new(node));
-        }
-        for k in keys {
-            self.watch_node_start_timeout(&k, created_at);
-            self.enqueue(&k);
-        }
+        self.names.share(&mut node.task);
+        self.nodes.insert(k.clone(), node);
+        self.watch_node_start_timeout(&k, created_at);
+        self.enqueue(&k);
     }
 
     /// Whether an execution is a flow.

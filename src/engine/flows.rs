@@ -253,11 +253,11 @@ impl Engine {
         flow.progress = progress;
         let step = flow.resume();
         // The task nodes that were running are new attempts (SPEC 10).
-        let points = super::recovery::histories(&self.root, &exid);
+        let points = super::history::histories(&self.root, &exid);
         let mut pasts = Vec::new();
         for action in &step.actions {
             if let Action::Task { nid, .. } = action {
-                let history = super::recovery::node_history(&points, &task.id, nid);
+                let history = super::history::node_history(&points, &task.id, nid);
                 let p = Point::new(Kind::Recovered, &task.id, &task.exid, nid)
                     .with("attempt", history.next_attempt());
                 self.log_idle(p);

@@ -9,7 +9,7 @@ use std::time::Duration;
 use chrono::Utc;
 use serde_json::Value;
 
-use super::state::{key, Execution, Mode, NodeTask};
+use super::state::{key, Execution, Mode, Node, NodeTask};
 use super::Engine;
 use crate::model::names::TaskId;
 use crate::model::point::Kind;
@@ -295,9 +295,10 @@ impl Engine {
             let before = crate::store::history::attempts_before(&self.root, &task.id);
             // Its payload and headers are in run/ now: read back when
             // offered.
-            let (exec, mut node) = Execution::standalone(NodeTask::on_disk(task), Utc::now());
+            let exec = Execution::standalone(Utc::now());
+            let mut node = Node::new(NodeTask::on_disk(task));
             node.attempt = before + 1;
-            self.insert_execution(exid.clone(), exec, vec![node]);
+            self.insert_execution(exid.clone(), exec, Box::new(node));
         }
         if let Some(exec) = self.executions.get_mut(&exid) {
             exec.submitted_at = submitted;

@@ -24,6 +24,7 @@ mod env;
 mod execution;
 mod exits;
 mod flows;
+mod history;
 mod intake;
 mod intern;
 mod offers;

@@ -476,15 +476,14 @@ pub struct Execution {
 }
 
 impl Execution {
-    /// A standalone task: an execution of the single node `0`.
-    pub fn standalone(task: NodeTask, created_at: DateTime<Utc>) -> (Execution, Node) {
-        let exec = Execution {
+    /// A standalone task's: an execution of the single node `0`.
+    pub fn standalone(created_at: DateTime<Utc>) -> Execution {
+        Execution {
             created_at,
             submitted_at: None,
             nids: Nids::Root,
             flow: None,
-        };
-        (exec, Node::new(task))
+        }
     }
 }
 

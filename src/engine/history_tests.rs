@@ -3,6 +3,7 @@
 //! again by `spoolflow retry`) starting over.
 
 use super::*;
+use crate::model::task::TaskFile;
 
 #[test]
 fn attempts_are_rebuilt_from_the_log_and_a_new_life_starts_over() {
