@@ -6,11 +6,11 @@
 //! So a queued task costs the engine its ids and options, whatever its
 //! payload (see `state::Node`).
 //!
-//! Only the two keys are parsed (the rest of the file is skipped, not
-//! checked again: the engine wrote it), and a file that turned bad is an
+//! Only the two keys are taken (the rest of the file is not checked
+//! again: intake or the engine wrote it), and a file that turned bad is an
 //! error with the reason, which fails the task; never a panic.
 
-use serde::Deserialize;
+use serde_json::Value;
 
 use super::state::Loaded;
 use crate::layout::Root;
@@ -37,17 +37,6 @@ pub fn limit(input_limit: u64) -> u64 {
         .saturating_add(64 * 1024)
 }
 
-/// The two keys read back; every other key of the file is skipped.
-#[derive(Deserialize)]
-struct Parts {
-    #[serde(default)]
-    id: Option<String>,
-    #[serde(default)]
-    payload: Option<Object>,
-    #[serde(default)]
-    headers: Option<Object>,
-}
-
 /// Reads the payload and headers of task `id` from its `run/` file (at
 /// most `limit` bytes).
 pub fn read(root: &Root, id: &TaskId, limit: u64) -> Result<Loaded, BodyError> {
@@ -59,16 +48,28 @@ pub fn read(root: &Root, id: &TaskId, limit: u64) -> Result<Loaded, BodyError> {
     })
 }
 
-/// The payload and headers of task `id`'s file (pure).
+/// The payload and headers of task `id`'s file (pure). Read as a map, as
+/// intake read it (a key written twice counts once: its last value).
 fn parse(bytes: &[u8], id: &TaskId) -> Result<Loaded, String> {
-    let parts: Parts = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
-    if let Some(found) = parts.id.as_deref().filter(|found| *found != id.as_str()) {
-        return Err(format!("it holds task id {found}"));
+    let mut file: Object = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+    match file.get("id") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(found)) if found == id.as_str() => {}
+        Some(found) => return Err(format!("it holds task id {found}")),
     }
     Ok(Loaded {
-        payload: parts.payload.unwrap_or_default(),
-        headers: parts.headers.unwrap_or_default(),
+        payload: object(&mut file, "payload")?,
+        headers: object(&mut file, "headers")?,
     })
+}
+
+/// A key holding a JSON object; absent or `null`: empty.
+fn object(file: &mut Object, key: &str) -> Result<Object, String> {
+    match file.remove(key) {
+        None | Some(Value::Null) => Ok(Object::new()),
+        Some(Value::Object(o)) => Ok(o),
+        Some(_) => Err(format!("its \"{key}\" is not a JSON object")),
+    }
 }
 
 #[cfg(test)]
@@ -99,6 +100,10 @@ mod tests {
         // Absent or null: empty, as a task file's defaults.
         let got = parse(br#"{"id":"a1","payload":null}"#, &id("a1")).unwrap();
         assert_eq!(got, Loaded::default());
+        // A key written twice (accepted at intake): its last value.
+        let got = parse(br#"{"payload":{"a":1},"payload":{"b":2}}"#, &id("a1")).unwrap();
+        assert_eq!(got.payload["b"], 2);
+        assert!(!got.payload.contains_key("a"));
     }
 
     #[test]
@@ -106,12 +111,17 @@ mod tests {
         assert!(parse(b"", &id("a1")).unwrap_err().contains("EOF"));
         assert!(parse(b"{\"payload\":{", &id("a1")).is_err());
         assert!(parse(b"[1]", &id("a1")).is_err());
-        assert!(parse(br#"{"payload":"x"}"#, &id("a1"))
-            .unwrap_err()
-            .contains("invalid type"));
+        assert_eq!(
+            parse(br#"{"payload":"x"}"#, &id("a1")).unwrap_err(),
+            "its \"payload\" is not a JSON object"
+        );
+        assert_eq!(
+            parse(br#"{"headers":[]}"#, &id("a1")).unwrap_err(),
+            "its \"headers\" is not a JSON object"
+        );
         assert_eq!(
             parse(br#"{"id":"b2","payload":{}}"#, &id("a1")).unwrap_err(),
-            "it holds task id b2"
+            "it holds task id \"b2\""
         );
     }
 

@@ -390,23 +390,7 @@ pub(super) fn scan_run(
             continue;
         }
         match read_task(&path, &id, input_limit) {
-            Ok((task, progress)) => {
-                let history = history_of(&root.points_log(&task.exid), &task);
-                let task = if task.flow.is_some() {
-                    RunTask::Flow(Box::new((task, progress)))
-                } else {
-                    let mut node = Node::new(NodeTask::on_disk(task));
-                    names.share(&mut node.task);
-                    history.restore(&mut node);
-                    RunTask::Standalone(Box::new(node))
-                };
-                found.tasks.push(Recovered {
-                    created_at: history.created_at,
-                    submitted_at: history.submitted_at,
-                    attempts: history.attempts,
-                    task,
-                });
-            }
+            Ok((task, progress)) => found.tasks.push(recovered(root, task, progress, names)),
             Err(reason) => found.bad.push((path, reason)),
         }
     }
@@ -420,6 +404,26 @@ pub(super) fn scan_run(
         let _ = crate::store::spool::fsync_dir(&run);
     }
     Ok(found)
+}
+
+/// A task read from `run/`, with its past from its points log: a flow
+/// whole, a standalone task as its node.
+fn recovered(root: &Root, task: Task, progress: Option<Value>, names: &mut Names) -> Recovered {
+    let history = history_of(&root.points_log(&task.exid), &task);
+    let task = if task.flow.is_some() {
+        RunTask::Flow(Box::new((task, progress)))
+    } else {
+        let mut node = Node::new(NodeTask::on_disk(task));
+        names.share(&mut node.task);
+        history.restore(&mut node);
+        RunTask::Standalone(Box::new(node))
+    };
+    Recovered {
+        created_at: history.created_at,
+        submitted_at: history.submitted_at,
+        attempts: history.attempts,
+        task,
+    }
 }
 
 /// Appends a task's final point, built from its record, unless its log

@@ -5,6 +5,14 @@
 //!
 //! A standalone task is an execution with the single node `0`; flows add
 //! nodes to the same execution.
+//!
+//! The engine may hold a great many queued nodes (100 000 is a tested
+//! size), so a node is kept small: its task as a [`NodeTask`] (shared
+//! names, options boxed only when set, the payload and headers left in
+//! `run/` while it waits: see [`Body`]), what its offers and attempts
+//! leave in a boxed [`Past`] made on its first offer. About 520 bytes of
+//! heap per queued task in all (node, maps, scheduler entry), down from
+//! about 2.5 KB when each node held its whole task.
 
 use std::path::PathBuf;
 

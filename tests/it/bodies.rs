@@ -82,7 +82,7 @@ fn a_run_file_that_turned_bad_before_its_offer_fails_its_task_with_the_reason() 
         ("b1", "run/b1.json is invalid"),
         ("b2", "cannot read its task file back"),
         ("b3", "cannot read its task file back"),
-        ("b4", "it holds task id zz"),
+        ("b4", "it holds task id \"zz\""),
     ] {
         let rec = t.must_record(id);
         assert_eq!(rec["state"], "failed", "{id}: {rec:#}");
@@ -97,6 +97,37 @@ fn a_run_file_that_turned_bad_before_its_offer_fails_its_task_with_the_reason() 
     assert_eq!(rec["payload"], good);
     assert_eq!(rec["headers"], json!({"by": "me"}));
     assert!(t.list("var/spool/run").is_empty());
+}
+
+#[test]
+fn a_taskmaster_sees_the_payload_read_back_and_a_bad_file_fails_in_the_pool_too() {
+    let t = TestRoot::new();
+    // The taskmaster runs in the offer pool, which reads the body back.
+    t.taskmaster(
+        "org",
+        r#"if task.id != "a0" && payload.len() == 0 { reject("the payload did not come back") }
+           "t""#,
+    );
+    let tasks = [
+        ("b1", task(json!({"n": 1}), json!({"retries": 0}))),
+        ("g", task(json!({"n": 2}), json!({"headers": {"by": "me"}}))),
+    ];
+    let engine = start_held(&t, &tasks, &["--drain"]);
+    fs::write(t.join("var/spool/run/b1.json"), "[]").unwrap();
+    fs::write(t.join("release"), "").unwrap();
+    let (code, err) = engine.wait(Duration::from_secs(60));
+    assert_eq!(code, Some(0), "{err}");
+    let rec = t.must_record("b1");
+    assert_eq!(rec["state"], "failed", "{rec:#}");
+    assert_eq!(rec["error"]["kind"], "work", "{rec:#}");
+    assert!(rec["reason"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("run/b1.json is invalid"));
+    let rec = t.must_record("g");
+    assert_eq!(rec["state"], "completed", "{rec:#}");
+    assert_eq!(rec["payload"], json!({"n": 2}));
+    assert_eq!(rec["headers"], json!({"by": "me"}));
 }
 
 #[test]
