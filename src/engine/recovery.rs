@@ -475,7 +475,10 @@ impl super::Engine {
     /// offers, retries, refusals and row of `uncompleted` replies as its
     /// points log tells them.
     pub(super) fn recover(&mut self) -> Result<(), super::EngineError> {
-        let found = scan_run(&self.root, self.options.input_limit, &mut self.names)?;
+        // A run/ file may hold more than the largest input: an
+        // `uncompleted` reply's payload rewrites it (see `body::limit`).
+        let limit = super::body::limit(self.options.input_limit);
+        let found = scan_run(&self.root, limit, &mut self.names)?;
         let mut replied = super::replies::read(&self.root);
         for id in &found.finished {
             tracing::info!("run/{id}.json had a final record already; removed");
