@@ -59,7 +59,9 @@ pub struct Entry<K, L = Limit> {
     pub item: K,
     pub priority: i32,
     seq: u64,
-    woken_by: Option<L>,
+    /// Boxed: a woken entry is rare, and a queue may hold a great many
+    /// entries (one pointer each, not a whole limit).
+    woken_by: Option<Box<L>>,
 }
 
 impl<K, L> Entry<K, L> {
@@ -68,7 +70,7 @@ impl<K, L> Entry<K, L> {
     /// [`Scheduler::wake_if_free`] on it, so that a unit the item did not
     /// take passes to the next waiter.
     pub fn woken_by(&self) -> Option<&L> {
-        self.woken_by.as_ref()
+        self.woken_by.as_deref()
     }
 
     /// Forgets the limit this item was woken for: it took that limit's
@@ -253,7 +255,7 @@ impl<K: Clone, E, L: Clone + Eq + Hash> Scheduler<K, E, L> {
         if in_use < parked.limit {
             while let Some(mut entry) = parked.queue.pop_front() {
                 if is_live(&entry.item) {
-                    entry.woken_by = Some(key.clone());
+                    entry.woken_by = Some(Box::new(key.clone()));
                     self.ready.push(Ready(entry));
                     break;
                 }

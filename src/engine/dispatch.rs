@@ -12,14 +12,15 @@ use chrono::{DateTime, Utc};
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::sync::oneshot;
 
+use super::body;
 use super::offers::{Answer, OfferInput, Offered};
 use super::policy::{self, Effective};
 use super::registry::RegistryWriter;
-use super::state::{Item, Node, NodeState, Offer, Process, Run};
+use super::state::{Body, Item, Loaded, Node, NodeState, Offer, Process, Run};
 use super::{env, Engine, TaskerMsg, Timer};
-use crate::model::names::Domain;
+use crate::model::names::{Domain, Exid};
 use crate::model::point::{Kind, Point};
-use crate::model::task::{ErrorKind, Object, State, Task, TaskError};
+use crate::model::task::{ErrorKind, Object, State, TaskError};
 use crate::scheduler::{Entry, Limit, NodeKey};
 use crate::tasker::{self, Input, Launch, Resolved, StopReason, TaskerConfig};
 use crate::taskmaster::Choice;
@@ -30,7 +31,7 @@ const POINTS_READ_LIMIT: u64 = 1 << 20;
 
 /// Whether a queued or parked scheduler item is still wanted: its node
 /// exists, is queued, and the item is of its current generation.
-pub(super) fn is_live(nodes: &HashMap<NodeKey, Node>, (key, gen): &Item) -> bool {
+pub(super) fn is_live(nodes: &HashMap<NodeKey, Box<Node>>, (key, gen): &Item) -> bool {
     nodes.get(key).is_some_and(|n| n.is_queued_as(*gen))
 }
 
@@ -47,6 +48,21 @@ impl Engine {
         node.state = NodeState::Queued { waited };
         let priority = node.task.priority;
         self.sched.push(priority, (key.clone(), gen));
+        self.rest_body(key);
+    }
+
+    /// A standalone node waits again: its payload and headers are left to
+    /// its `run/` file, read back at its next offer. Called only where
+    /// that file is current (nothing changed them since they were read, or
+    /// their rewrite is durable). A flow's node keeps its own: the flow's
+    /// `run/` file holds the flow, not its nodes.
+    pub(super) fn rest_body(&mut self, key: &NodeKey) {
+        if self.is_flow(&key.exid) {
+            return;
+        }
+        if let Some(node) = self.node_mut(key) {
+            node.task.body = Body::OnDisk;
+        }
     }
 
     /// Queues a node again after `delay`.
@@ -63,6 +79,7 @@ impl Engine {
         node.state = NodeState::Delayed;
         self.sched
             .at(Instant::now() + delay, Timer::Ready(key.clone(), gen));
+        self.rest_body(key);
     }
 
     /// Offers every node the scheduler lets go, while a worker is free.
@@ -119,22 +136,30 @@ impl Engine {
             return;
         };
         let gen = node.gen;
+        // Known at once: the body is read back here, a small bounded
+        // read; otherwise the pool reads it, off the loop.
+        let limit = body::limit(self.options.input_limit);
         let known = self
             .offers
-            .known(&node.task.domain, node.task.tasker.as_ref());
+            .known(&node.task.domain, node.task.tasker.as_ref())
+            .map(|mut answer| {
+                if node.task.loaded().is_none() {
+                    answer.body = Some(body::read(&self.root, &node.task.id, limit)?);
+                }
+                Ok(answer)
+            });
         let input = match known {
             Some(_) => None,
             None => Some(OfferInput {
                 id: node.task.id.clone(),
-                exid: node.task.exid.clone(),
+                exid: key.exid.clone(),
                 nid: node.task.nid.clone(),
                 domain: node.task.domain.clone(),
                 tasker: node.task.tasker.clone(),
                 attempt: node.attempt,
                 offers: node.offers,
-                headers: node.task.headers.clone(),
-                refusals: node.refusals.clone(),
-                payload: node.task.payload.clone(),
+                refusals: node.past().refusals.clone(),
+                body: node.task.loaded().cloned(),
             }),
         };
         if input.is_some() {
@@ -185,7 +210,17 @@ impl Engine {
         node.state = NodeState::Queued { waited };
         self.sched.unreserve();
         let woken_by = entry.woken_by().cloned();
-        self.answered(&key, entry, answer);
+        match answer {
+            Ok(mut answer) => {
+                if let (Some(b), Some(node)) = (answer.body.take(), self.node_mut(&key)) {
+                    node.task.body = Body::Loaded(Box::new(b));
+                }
+                self.answered(&key, entry, answer);
+            }
+            // Its run/ file turned bad (or cannot be read now): a work
+            // error, retried as SPEC 7 says, then failed with the reason.
+            Err(e) => self.error(&key, TaskError::new(ErrorKind::Work, e.to_string())),
+        }
         self.pass_on(woken_by.as_ref());
     }
 
@@ -202,11 +237,11 @@ impl Engine {
             }
             Err(e) => return self.fail(key, TaskError::new(ErrorKind::Config, e.to_string())),
         };
-        if let Err(e) = policy::check_offer(&taskee, &node.refusals) {
+        if let Err(e) = policy::check_offer(&taskee, &node.past().refusals) {
             return self.fail(key, e);
         }
         let offers = node.offers;
-        node.taskee = Some(taskee.clone());
+        node.past_mut().taskee = Some(taskee.clone());
         let p = self
             .point(key, Kind::Offered)
             .with("taskee", taskee.as_str())
@@ -229,10 +264,11 @@ impl Engine {
         let Some(node) = self.node_mut(key) else {
             return;
         };
-        let limits = limits_for(&tasker_path, &resolved.config, &node.task);
-        node.tasker_path = Some(tasker_path.clone());
-        node.config = Some(resolved.config.clone());
-        node.effective = Effective::of(&node.task.options, &resolved.config);
+        let limits = limits_for(&tasker_path, &resolved.config, node.task.loaded());
+        let effective = Effective::of(node.task.options(), &resolved.config);
+        let past = node.past_mut();
+        past.tasker_path = Some(tasker_path.clone());
+        past.effective = Some(effective);
         let attempt = node.attempt;
         if let Err(e) = self.watch_tasker_start_timeout(key, &resolved.config) {
             return self.fail(key, e);
@@ -245,6 +281,8 @@ impl Engine {
             };
             let first = !matches!(node.state, NodeState::Queued { waited: true });
             node.state = NodeState::Queued { waited: true };
+            // Parked nodes may be many: each leaves its body to run/.
+            self.rest_body(key);
             if first {
                 let p = self.point(key, Kind::Suspended).with("reason", reason);
                 self.log_idle(p);
@@ -276,7 +314,7 @@ impl Engine {
         };
         let (0, None, None, Some(st)) = (
             node.starts,
-            node.task.options.start_timeout,
+            node.task.options().start_timeout,
             node.start_timer,
             config.start_timeout,
         ) else {
@@ -307,7 +345,7 @@ impl Engine {
             return self.release(&limits);
         };
         let slot = self.registry.take_slot();
-        let stdin = stdin_of(node, created_at, resolved.config.input);
+        let stdin = stdin_of(node, &key.exid, created_at, resolved.config.input);
         let launch = Launch {
             env: env::tasker_env(
                 &root_dir,
@@ -322,7 +360,7 @@ impl Engine {
             stdin,
             stderr_path,
             stderr_prefix: node.task.id.to_string(),
-            timeout: node.effective.timeout.map(|d| d.0),
+            timeout: node.effective().timeout.map(|d| d.0),
             kill_grace,
             tracked: self
                 .contain
@@ -372,12 +410,13 @@ impl Engine {
         };
         node.starts += 1;
         let now = Utc::now();
-        node.started_at = Some(now);
+        node.past_mut().started_at = Some(now);
         node.begin_attempt(now);
         let timer = node.start_timer.take();
+        let past = node.past();
         let p = Point::new(Kind::Started, &node.task.id, &key.exid, &key.nid)
-            .with("taskee", node.taskee.as_ref().map_or("", |t| t.as_str()))
-            .with("tasker", node.tasker_path.as_deref().unwrap_or_default())
+            .with("taskee", past.taskee.as_ref().map_or("", |t| t.as_str()))
+            .with("tasker", past.tasker_path.as_deref().unwrap_or_default())
             .with("attempt", node.attempt)
             .with("pid", pgid);
         if let Some(timer) = timer {
@@ -481,11 +520,17 @@ fn read_points_file(path: &std::path::Path, offset: u64) -> Option<Vec<u8>> {
 }
 
 /// What a tasker reads on stdin: the payload, or the task as a record.
-fn stdin_of(node: &Node, created_at: DateTime<Utc>, input: Input) -> Vec<u8> {
+/// (A node is offered, so its body is in memory, before it starts.)
+fn stdin_of(node: &Node, exid: &Exid, created_at: DateTime<Utc>, input: Input) -> Vec<u8> {
+    let body = node.task.loaded();
     let bytes = match input {
-        Input::Payload => serde_json::to_vec(&node.task.payload),
+        Input::Payload => match body {
+            Some(b) => serde_json::to_vec(&b.payload),
+            None => Ok(b"{}".to_vec()),
+        },
         Input::Task => {
-            let rec = super::execution::record_of(node, created_at, State::Running, None);
+            let body = body.cloned().unwrap_or_default();
+            let rec = super::execution::record_of(node, exid, created_at, State::Running, body);
             serde_json::to_vec(&rec)
         }
     };
@@ -494,7 +539,7 @@ fn stdin_of(node: &Node, created_at: DateTime<Utc>, input: Input) -> Vec<u8> {
 
 /// The limits a start takes: the tasker's `max_concurrent` and one per
 /// `concurrency` key whose path the task has.
-fn limits_for(tasker_path: &str, cfg: &TaskerConfig, task: &Task) -> Vec<(Limit, u32)> {
+fn limits_for(tasker_path: &str, cfg: &TaskerConfig, body: Option<&Loaded>) -> Vec<(Limit, u32)> {
     let mut limits = Vec::new();
     if let Some(n) = cfg.max_concurrent {
         limits.push((
@@ -504,10 +549,13 @@ fn limits_for(tasker_path: &str, cfg: &TaskerConfig, task: &Task) -> Vec<(Limit,
             n,
         ));
     }
+    let Some(body) = body else {
+        return limits;
+    };
     for c in &cfg.concurrency {
         let (root, path): (&Object, &str) = match c.key.split_once('.') {
-            Some(("payload", rest)) => (&task.payload, rest),
-            Some(("headers", rest)) => (&task.headers, rest),
+            Some(("payload", rest)) => (&body.payload, rest),
+            Some(("headers", rest)) => (&body.headers, rest),
             _ => continue,
         };
         let mut parts = path.split('.');

@@ -6,7 +6,7 @@
 
 use chrono::{DateTime, Utc};
 
-use super::state::{key, Execution, Node, NodeState, Stop};
+use super::state::{key, Execution, Loaded, Node, NodeState, Stop};
 use super::{Engine, EngineError};
 use crate::model::names::Exid;
 use crate::model::point::Point;
@@ -15,19 +15,16 @@ use crate::scheduler::NodeKey;
 use crate::store::writer::{Done, Job, RecordJob};
 
 impl Engine {
-    /// Adds an execution and queues its nodes, each with its
+    /// Adds a standalone task's execution and queues its node, with its
     /// `start_timeout` watched from the execution's creation.
-    pub(super) fn insert_execution(&mut self, exid: Exid, exec: Execution, nodes: Vec<Node>) {
+    pub(super) fn insert_execution(&mut self, exid: Exid, exec: Execution, mut node: Box<Node>) {
         let created_at = exec.created_at;
-        let keys: Vec<NodeKey> = nodes.iter().map(|n| key(&exid, &n.task.nid)).collect();
+        let k = key(&exid, &node.task.nid);
         self.executions.insert(exid, exec);
-        for (k, node) in keys.iter().zip(nodes) {
-            self.nodes.insert(k.clone(), node);
-        }
-        for k in keys {
-            self.watch_node_start_timeout(&k, created_at);
-            self.enqueue(&k);
-        }
+        self.names.share(&mut node.task);
+        self.nodes.insert(k.clone(), node);
+        self.watch_node_start_timeout(&k, created_at);
+        self.enqueue(&k);
     }
 
     /// Whether an execution is a flow.
@@ -37,7 +34,7 @@ impl Engine {
 
     /// Sets a node's `start_timeout` timer when its task file has one.
     pub(super) fn watch_node_start_timeout(&mut self, k: &NodeKey, created_at: DateTime<Utc>) {
-        let Some(st) = self.node(k).and_then(|n| n.task.options.start_timeout) else {
+        let Some(st) = self.node(k).and_then(|n| n.task.options().start_timeout) else {
             return;
         };
         let elapsed = (Utc::now() - created_at).to_std().unwrap_or_default();
@@ -88,12 +85,15 @@ impl Engine {
             return;
         };
         let created_at = exec.submitted_at.unwrap_or(exec.created_at);
-        let Some(node) = self.nodes.get_mut(k) else {
+        let body = self.body_for_record(k);
+        let Some(node) = self.node_mut(k) else {
             return;
         };
         let now = Utc::now();
         node.end_attempt(now, state.as_str(), err.as_ref().map(|e| e.kind));
-        let mut record = record_of(node, created_at, state, err);
+        let mut record = record_of(node, &k.exid, created_at, state, body);
+        record.reason = err.as_ref().map(|e| e.message.clone());
+        record.error = err;
         // The last attempt ends when the task does.
         record.ended_at = Some(timestamp(now));
         let id = node.task.id.clone();
@@ -118,6 +118,26 @@ impl Engine {
         }));
     }
 
+    /// The payload and headers of a node's record, taken from it: in
+    /// memory once it was offered; read back from its `run/` file when it
+    /// ends while waiting (cancelled, timed out). A file that cannot be
+    /// read leaves them empty: the task ends all the same, and the log
+    /// says why they are missing.
+    fn body_for_record(&mut self, k: &NodeKey) -> Loaded {
+        let limit = super::body::limit(self.options.input_limit);
+        let Some(node) = self.node_mut(k) else {
+            return Loaded::default();
+        };
+        if let Some(body) = node.task.take_loaded() {
+            return body;
+        }
+        let id = node.task.id.clone();
+        super::body::read(&self.root, &id, limit).unwrap_or_else(|e| {
+            tracing::warn!("task {id}: its record goes without payload and headers: {e}");
+            Loaded::default()
+        })
+    }
+
     /// Lets go of a node without a record (the engine stops): its task
     /// stays in `run/` for the next start.
     pub(super) fn let_go(&mut self, k: &NodeKey) {
@@ -130,7 +150,7 @@ impl Engine {
         let Some(exec) = self.executions.get_mut(&k.exid) else {
             return;
         };
-        exec.nids.retain(|nid| *nid != k.nid);
+        exec.nids.remove(&k.nid);
         if exec.nids.is_empty() {
             self.executions.remove(&k.exid);
             self.points.close(&k.exid);
@@ -187,7 +207,12 @@ impl Engine {
         if exec.flow.is_some() {
             return self.cancel_flow(exid, reason);
         }
-        let keys: Vec<NodeKey> = exec.nids.iter().map(|nid| key(exid, nid)).collect();
+        let keys: Vec<NodeKey> = exec
+            .nids
+            .to_vec()
+            .iter()
+            .map(|nid| key(exid, nid))
+            .collect();
         let mut waiting = Vec::new();
         for k in keys {
             let Some(node) = self.nodes.get_mut(&k) else {
@@ -206,42 +231,45 @@ impl Engine {
     }
 }
 
-/// A node's record (SPEC 9) in `state`.
+/// A node's record (SPEC 9) in `state`, with `body` as its payload and
+/// headers (and no error: the caller sets it).
 pub(super) fn record_of(
     node: &Node,
+    exid: &Exid,
     created_at: DateTime<Utc>,
     state: State,
-    error: Option<TaskError>,
+    body: Loaded,
 ) -> Record {
+    let past = node.past();
     Record {
         id: node.task.id.clone(),
-        exid: node.task.exid.clone(),
+        exid: exid.clone(),
         nid: node.task.nid.clone(),
         domain: node.task.domain.clone(),
         tasker: node.task.tasker.clone(),
-        taskee: node.taskee.clone(),
-        tasker_path: node.tasker_path.clone(),
+        taskee: past.taskee.clone(),
+        tasker_path: past.tasker_path.clone(),
         state,
-        reason: error.as_ref().map(|e| e.message.clone()),
-        error,
+        reason: None,
+        error: None,
         attempts: node.attempts(),
         offers: node.offers,
         priority: node.task.priority,
-        headers: node.task.headers.clone(),
+        headers: body.headers,
         created_at: Some(timestamp(created_at)),
-        started_at: node.started_at.map(timestamp),
+        started_at: past.started_at.map(timestamp),
         ended_at: if matches!(state, State::Running | State::Queued) {
             None
         } else {
             Some(timestamp(Utc::now()))
         },
-        payload: node.task.payload.clone(),
+        payload: body.payload,
         flow: None,
         errors: None,
         nodes: None,
-        first_started_at: node.attempts_log.first().map(|a| a.started_at.clone()),
-        attempts_log: node.attempts_log.clone(),
-        options: match serde_json::to_value(&node.task.options) {
+        first_started_at: past.attempts_log.first().map(|a| a.started_at.clone()),
+        attempts_log: past.attempts_log.clone(),
+        options: match serde_json::to_value(node.task.options()) {
             Ok(serde_json::Value::Object(o)) if !o.is_empty() => Some(o),
             _ => None,
         },

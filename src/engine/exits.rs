@@ -10,7 +10,7 @@ use super::state::{NodeState, Process, Stop};
 use super::{Engine, Timer};
 use crate::model::names::Taskee;
 use crate::model::point::Kind;
-use crate::model::task::{Dur, ErrorKind, Refusal, State, TaskError};
+use crate::model::task::{Dur, ErrorKind, Object, Refusal, State, TaskError};
 use crate::scheduler::NodeKey;
 use crate::store::writer::Job;
 use crate::tasker::Exit;
@@ -31,11 +31,14 @@ impl Engine {
             }
         };
         let asked = run.process.stop_asked().cloned();
+        // A running node's body is in memory (it was offered).
+        let no_payload = Object::new();
+        let payload = node.task.loaded().map_or(&no_payload, |b| &b.payload);
         let result = outcome(
             exit,
             asked.as_ref().map(Stop::reason),
-            &node.task.payload,
-            node.effective.timeout,
+            payload,
+            node.effective().timeout,
         );
         self.release(&run.limits);
         // Emptied: a slot that names a group at the next start is a tasker
@@ -57,7 +60,7 @@ impl Engine {
                 }
                 if let Some(node) = self.node_mut(&key) {
                     node.uncompleted = 0;
-                    node.task.payload = payload;
+                    node.task.set_payload(payload);
                 }
                 self.finish(&key, State::Completed, None);
             }
@@ -89,11 +92,12 @@ impl Engine {
         // A refusal breaks a row of `uncompleted` replies.
         node.uncompleted = 0;
         node.end_attempt(chrono::Utc::now(), "refused", None);
-        node.refusals.push(Refusal {
+        let refusals = &mut node.past_mut().refusals;
+        refusals.push(Refusal {
             taskee: taskee.clone(),
             reason: reason.clone(),
         });
-        let limit = policy::after_refusal(&node.refusals);
+        let limit = policy::after_refusal(refusals);
         let p = self
             .point(key, Kind::Refused)
             .with("taskee", taskee.as_str())
@@ -105,19 +109,13 @@ impl Engine {
         }
     }
 
-    fn uncompleted(
-        &mut self,
-        key: &NodeKey,
-        taskee: &Taskee,
-        payload: crate::model::task::Object,
-        after: Option<Dur>,
-    ) {
+    fn uncompleted(&mut self, key: &NodeKey, taskee: &Taskee, payload: Object, after: Option<Dur>) {
         let Some(node) = self.node_mut(key) else {
             return;
         };
         node.uncompleted += 1;
         node.end_attempt(chrono::Utc::now(), "uncompleted", None);
-        node.task.payload = payload;
+        node.task.set_payload(payload);
         let limit = policy::after_uncompleted(node.uncompleted);
         let mut p = self
             .point(key, Kind::Uncompleted)
@@ -136,14 +134,20 @@ impl Engine {
             return self.enqueue_after(key, after);
         }
         // The new payload is made durable in run/ before the node runs
-        // again, so that a restart resumes from it.
+        // again, so that a restart resumes from it (and so that the node
+        // may leave it there while it waits: see `rest_body`).
         let Some(node) = self.node_mut(key) else {
             return;
         };
         node.state = NodeState::Saving {
             after: after.map(|a| a.0).unwrap_or_default(),
         };
-        let bytes = node.task.to_file_json().to_string().into_bytes();
+        let Some(body) = node.task.loaded() else {
+            // Not expected: a node that ran was offered, with its body.
+            let err = TaskError::new(ErrorKind::Work, "its payload was lost before it was saved");
+            return self.fail(key, err);
+        };
+        let bytes = node.task.to_file_json(body).to_string().into_bytes();
         let name = format!("{}.json", node.task.id);
         self.writer.send(Job::Rewrite {
             key: key.clone(),
@@ -171,7 +175,7 @@ impl Engine {
         };
         // A failed attempt breaks a row of `uncompleted` replies.
         node.uncompleted = 0;
-        let (delay, err) = match policy::after_error(err, node.retries_done, &node.effective) {
+        let (delay, err) = match policy::after_error(err, node.retries_done, &node.effective()) {
             AfterError::Fail(err) => return self.fail(key, err),
             AfterError::Retry { delay, error } => (delay, error),
         };
@@ -234,7 +238,7 @@ impl Engine {
         if node.starts > 0 || !waiting {
             return;
         }
-        let err = policy::start_timed_out(node.effective.start_timeout);
+        let err = policy::start_timed_out(node.effective().start_timeout);
         self.fail(key, err);
     }
 }

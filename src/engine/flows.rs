@@ -15,7 +15,7 @@ use chrono::{DateTime, Utc};
 use rhai::{Dynamic, Engine as Rhai, Scope, AST};
 use serde_json::Value;
 
-use super::state::{key, Execution, Node, NodeState, Stop};
+use super::state::{key, Execution, Nids, Node, NodeState, NodeTask, Stop};
 use super::{Engine, Timer};
 use crate::flow::journal::should_snapshot;
 use crate::flow::run::{Action, Conditions, End, Flow, NodeProgress, Progress, Step, TaskRun};
@@ -189,7 +189,7 @@ impl Engine {
             Execution {
                 submitted_at: None,
                 created_at,
-                nids: Vec::new(),
+                nids: Nids::List(Vec::new()),
                 flow: Some(Box::new(fx)),
             },
         );
@@ -253,11 +253,11 @@ impl Engine {
         flow.progress = progress;
         let step = flow.resume();
         // The task nodes that were running are new attempts (SPEC 10).
-        let points = super::recovery::histories(&self.root, &exid);
+        let points = super::history::histories(&self.root, &exid);
         let mut pasts = Vec::new();
         for action in &step.actions {
             if let Action::Task { nid, .. } = action {
-                let history = super::recovery::node_history(&points, &task.id, nid);
+                let history = super::history::node_history(&points, &task.id, nid);
                 let p = Point::new(Kind::Recovered, &task.id, &task.exid, nid)
                     .with("attempt", history.next_attempt());
                 self.log_idle(p);
@@ -288,22 +288,23 @@ impl Engine {
     /// A task node of a flow ended: the flow learns it, its progress goes
     /// to the writer, and what follows waits until that is durable.
     pub(super) fn flow_node_ended(&mut self, k: &NodeKey, state: State, err: Option<TaskError>) {
-        let Some(node) = self.nodes.remove(k) else {
+        let Some(mut node) = self.nodes.remove(k) else {
             return;
         };
         let Some(exec) = self.executions.get_mut(&k.exid) else {
             return;
         };
-        exec.nids.retain(|nid| *nid != k.nid);
+        exec.nids.remove(&k.nid);
         let Some(fx) = exec.flow.as_mut() else {
             return;
         };
         let run = TaskRun {
-            taskee: node.taskee.as_ref().map(|t| t.to_string()),
+            taskee: node.past().taskee.as_ref().map(|t| t.to_string()),
             attempts: node.attempts(),
-            started_at: node.started_at.map(timestamp),
+            started_at: node.past().started_at.map(timestamp),
             ended_at: Some(timestamp(Utc::now())),
         };
+        let payload = node.task.take_loaded().unwrap_or_default().payload;
         // The flow learns of every end, even once it is ending or aborted
         // (it then only keeps the run for the record's `nodes`).
         {
@@ -311,7 +312,7 @@ impl Engine {
             let step = match (state, err) {
                 (State::Completed, _) => {
                     fx.flow
-                        .task_completed(&k.nid, node.task.payload, run, now, &mut fx.conds)
+                        .task_completed(&k.nid, payload, run, now, &mut fx.conds)
                 }
                 (_, Some(e)) => {
                     fx.flow
@@ -493,12 +494,12 @@ impl Engine {
         exec.nids.push(nid.clone());
         let created_at = exec.created_at;
         let k = key(exid, &nid);
-        let mut node = Node::new(task);
+        let mut node = Node::new(NodeTask::in_memory(task));
         match payload {
-            Some(p) => node.task.payload = p,
+            Some(p) => node.task.set_payload(p),
             None => node.payload_from_flow = true,
         }
-        self.nodes.insert(k.clone(), node);
+        self.nodes.insert(k.clone(), Box::new(node));
         self.watch_node_start_timeout(&k, created_at);
         self.enqueue(&k);
     }
@@ -514,7 +515,7 @@ impl Engine {
             return;
         }
         if let Some(fx) = self.executions.get(&k.exid).and_then(|e| e.flow.as_ref()) {
-            node.task.payload = fx.flow.input_of(&k.nid);
+            node.task.set_payload(fx.flow.input_of(&k.nid));
         }
     }
 
@@ -541,6 +542,7 @@ impl Engine {
             return Vec::new();
         };
         exec.nids
+            .to_vec()
             .iter()
             .map(|nid| key(exid, nid))
             .filter(|k| {
@@ -569,7 +571,7 @@ impl Engine {
         let keys: Vec<NodeKey> = self
             .executions
             .get(exid)
-            .map(|e| e.nids.iter().map(|nid| key(exid, nid)).collect())
+            .map(|e| e.nids.to_vec().iter().map(|nid| key(exid, nid)).collect())
             .unwrap_or_default();
         for k in keys {
             self.stop_flow_node(&k, reason);

@@ -9,11 +9,11 @@ use std::time::Duration;
 use chrono::Utc;
 use serde_json::Value;
 
-use super::state::{key, Execution, Mode};
+use super::state::{key, Execution, Mode, Node, NodeTask};
 use super::Engine;
 use crate::model::names::TaskId;
 use crate::model::point::Kind;
-use crate::model::task::Task;
+use crate::model::task::{Object, Task};
 use crate::store::intake::{self, Intake};
 use crate::store::spool::{self, SpoolError};
 use crate::store::writer::{ident_of, Job};
@@ -209,6 +209,17 @@ impl Engine {
                 name: format!("{}.json", task.id),
                 bytes,
             });
+            // Until it is durable, a standalone task's payload and headers
+            // are the writer's; once in run/ they are read back from there.
+            let task = if task.flow.is_none() {
+                Task {
+                    payload: Object::new(),
+                    headers: Object::new(),
+                    ..task
+                }
+            } else {
+                task
+            };
             self.claiming.insert(task.exid.clone(), (task, submitted));
             return;
         }
@@ -282,9 +293,12 @@ impl Engine {
             }
         } else {
             let before = crate::store::history::attempts_before(&self.root, &task.id);
-            let (exec, mut node) = Execution::standalone(task, Utc::now());
+            // Its payload and headers are in run/ now: read back when
+            // offered.
+            let exec = Execution::standalone(Utc::now());
+            let mut node = Node::new(NodeTask::on_disk(task));
             node.attempt = before + 1;
-            self.insert_execution(exid.clone(), exec, vec![node]);
+            self.insert_execution(exid.clone(), exec, Box::new(node));
         }
         if let Some(exec) = self.executions.get_mut(&exid) {
             exec.submitted_at = submitted;

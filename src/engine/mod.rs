@@ -18,12 +18,15 @@
 //! taken) → started → exit → completed / failed / refused / uncompleted /
 //! retried → record committed → final point.
 
+mod body;
 mod dispatch;
 mod env;
 mod execution;
 mod exits;
 mod flows;
+mod history;
 mod intake;
+mod intern;
 mod offers;
 pub mod outcome;
 pub mod policy;
@@ -184,8 +187,11 @@ pub(crate) struct Engine {
     points: PointsLog,
     offers: offers::Offers,
     executions: HashMap<Exid, Execution>,
-    /// Every live node of every execution.
-    nodes: HashMap<NodeKey, Node>,
+    /// Every live node of every execution (boxed: the map's spare
+    /// capacity then costs a pointer per slot, not a node).
+    nodes: HashMap<NodeKey, Box<Node>>,
+    /// The shared copies of the domains and taskees of the nodes.
+    names: intern::Names,
     /// Domain-less claims being made durable by the writer.
     claiming: HashMap<
         Exid,
@@ -279,11 +285,17 @@ pub async fn run(
         // Handles stay open only while a task is offered or runs (see
         // `log_idle`): open descriptors are copied into every spawn.
         points: PointsLog::new(root.log_tsk(), options.workers + 8),
-        offers: offers::Offers::start(&root, options.workers, offered_tx)
-            .map_err(EngineError::Runtime)?,
+        offers: offers::Offers::start(
+            &root,
+            options.workers,
+            body::limit(options.input_limit),
+            offered_tx,
+        )
+        .map_err(EngineError::Runtime)?,
         registry: registry::Registry::open(&root.taskers_registry(), options.workers),
         executions: HashMap::new(),
         nodes: HashMap::new(),
+        names: intern::Names::default(),
         claiming: HashMap::new(),
         in_flight: HashSet::new(),
         points_files: HashMap::new(),
@@ -464,11 +476,11 @@ impl Engine {
     // ------------------------------------------------------------ lookups
 
     fn node(&self, key: &NodeKey) -> Option<&Node> {
-        self.nodes.get(key)
+        self.nodes.get(key).map(|n| &**n)
     }
 
     fn node_mut(&mut self, key: &NodeKey) -> Option<&mut Node> {
-        self.nodes.get_mut(key)
+        self.nodes.get_mut(key).map(|n| &mut **n)
     }
 
     // ------------------------------------------------------------ points

@@ -3,6 +3,10 @@
 //! it chose, so that a script that takes its full second delays only its
 //! own task. Results come back to the loop as [`Offered`] messages.
 //!
+//! A standalone task's payload and headers are read back from its `run/`
+//! file here too (see `body`), so that the loop never waits on a large
+//! one; the answer carries them back.
+//!
 //! When the caches already know the answer without a script or a look at
 //! the disk (a domain without a taskmaster whose requested tasker was
 //! resolved before), the offer is made inline ([`Offers::known`]): no
@@ -14,9 +18,11 @@ use std::thread::JoinHandle;
 
 use tokio::sync::mpsc::UnboundedSender;
 
+use super::body::{self, BodyError};
+use super::state::Loaded;
 use crate::layout::Root;
 use crate::model::names::{Domain, Nid, TaskId, Taskee};
-use crate::model::task::{Object, Refusal};
+use crate::model::task::Refusal;
 use crate::scheduler::NodeKey;
 use crate::tasker::{Resolved, TaskerError, Taskers};
 use crate::taskmaster::{self, Choice, TaskmasterError, TaskmasterInput, Taskmasters};
@@ -35,13 +41,13 @@ pub struct OfferInput {
     pub tasker: Option<Taskee>,
     pub attempt: u32,
     pub offers: u32,
-    pub headers: Object,
     pub refusals: Vec<Refusal>,
-    pub payload: Object,
+    /// The payload and headers; `None`: read them back from `run/`.
+    pub body: Option<Loaded>,
 }
 
 impl OfferInput {
-    fn as_input(&self) -> TaskmasterInput<'_> {
+    fn as_input<'a>(&'a self, body: &'a Loaded) -> TaskmasterInput<'a> {
         TaskmasterInput {
             id: &self.id,
             exid: &self.exid,
@@ -50,9 +56,9 @@ impl OfferInput {
             tasker: self.tasker.as_ref(),
             attempt: self.attempt,
             offers: self.offers,
-            headers: &self.headers,
+            headers: &body.headers,
             refusals: &self.refusals,
-            payload: &self.payload,
+            payload: &body.payload,
         }
     }
 }
@@ -63,6 +69,8 @@ impl OfferInput {
 pub struct Answer {
     pub choice: Result<Choice, TaskmasterError>,
     pub resolved: Option<Result<Resolved, TaskerError>>,
+    /// The payload and headers read back from `run/` for this offer.
+    pub body: Option<Loaded>,
 }
 
 /// An answer for a node, of the generation it was offered under.
@@ -70,7 +78,7 @@ pub struct Answer {
 pub struct Offered {
     pub key: NodeKey,
     pub gen: u64,
-    pub answer: Answer,
+    pub answer: Result<Answer, BodyError>,
 }
 
 struct Job {
@@ -84,6 +92,9 @@ struct Job {
 struct Shared {
     taskmasters: Arc<Mutex<Taskmasters>>,
     taskers: Arc<Mutex<Taskers>>,
+    /// Where bodies are read back from, and their bound.
+    root: Root,
+    body_limit: u64,
 }
 
 /// Locks a cache; a thread that panicked while holding it left nothing a
@@ -93,19 +104,34 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Shared {
-    /// Runs the taskmaster (if any) and resolves the chosen taskee.
-    fn answer(&self, input: &OfferInput) -> Answer {
+    /// Reads the body back if the input has none, runs the taskmaster (if
+    /// any) and resolves the chosen taskee.
+    /// A body that cannot be read back is the answer: the taskmaster is
+    /// not asked.
+    fn answer(&self, mut input: OfferInput) -> Result<Answer, BodyError> {
+        let (given, read) = match input.body.take() {
+            Some(b) => (b, None),
+            None => (
+                Loaded::default(),
+                Some(body::read(&self.root, &input.id, self.body_limit)?),
+            ),
+        };
+        let body = read.as_ref().unwrap_or(&given);
         let prepared = lock(&self.taskmasters).prepare(&input.domain);
         let choice = match prepared {
-            Ok(Some(script)) => script.choose(&input.as_input()),
-            Ok(None) => taskmaster::requested(&input.as_input()),
+            Ok(Some(script)) => script.choose(&input.as_input(body)),
+            Ok(None) => taskmaster::requested(&input.as_input(body)),
             Err(e) => Err(e),
         };
         let resolved = match &choice {
             Ok(Choice::Taskee(t)) => Some(lock(&self.taskers).resolve(&input.domain, t)),
             _ => None,
         };
-        Answer { choice, resolved }
+        Ok(Answer {
+            choice,
+            resolved,
+            body: read,
+        })
     }
 }
 
@@ -123,6 +149,7 @@ impl Offers {
     pub fn start(
         root: &Root,
         workers: usize,
+        body_limit: u64,
         results: UnboundedSender<PoolAnswer>,
     ) -> std::io::Result<Offers> {
         let mut taskmasters = Taskmasters::new(root.dir());
@@ -133,6 +160,8 @@ impl Offers {
         let shared = Shared {
             taskmasters: Arc::new(Mutex::new(taskmasters)),
             taskers: Arc::new(Mutex::new(taskers)),
+            root: root.clone(),
+            body_limit,
         };
         let (tx, rx) = mpsc::channel::<Job>();
         let rx = Arc::new(Mutex::new(rx));
@@ -176,12 +205,14 @@ impl Offers {
             return Some(Answer {
                 choice,
                 resolved: None,
+                body: None,
             });
         };
         let resolved = lock(&self.shared.taskers).cached(domain, taskee)?;
         Some(Answer {
             choice: Ok(Choice::Taskee(taskee.clone())),
             resolved: Some(Ok(resolved)),
+            body: None,
         })
     }
 
@@ -220,23 +251,24 @@ fn serve(
         if closed.load(Ordering::Acquire) {
             continue;
         }
+        let Job { key, gen, input } = job;
+        let domain = input.domain.clone();
         // A panic in a script run or a lookup must not lose the answer:
         // the domain's next offers wait for it.
         let answer =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| shared.answer(&job.input)))
-                .unwrap_or_else(|_| Answer {
-                    choice: Err(TaskmasterError::Script {
-                        path: format!("the taskmaster of {}", job.input.domain),
-                        message: "the engine failed while running it (a bug: see the engine log)"
-                            .into(),
-                    }),
-                    resolved: None,
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| shared.answer(input)))
+                .unwrap_or_else(|_| {
+                    Ok(Answer {
+                        choice: Err(TaskmasterError::Script {
+                            path: format!("the taskmaster of {domain}"),
+                            message:
+                                "the engine failed while running it (a bug: see the engine log)"
+                                    .into(),
+                        }),
+                        resolved: None,
+                        body: None,
+                    })
                 });
-        let offered = Offered {
-            key: job.key,
-            gen: job.gen,
-            answer,
-        };
-        let _ = results.send((job.input.domain, offered));
+        let _ = results.send((domain, Offered { key, gen, answer }));
     }
 }

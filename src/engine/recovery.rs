@@ -13,7 +13,11 @@ use serde_json::Value;
 use crate::layout::Root;
 use crate::model::names::TaskId;
 use crate::model::point::{self, Kind};
-use crate::model::task::{Refusal, Task, TaskFile};
+use crate::model::task::{Object, Task, TaskFile};
+
+use super::history::history_of;
+use super::intern::Names;
+use super::state::{key, Body, Execution, Loaded, Node, NodeTask};
 
 /// Start-up failures.
 #[derive(Debug, thiserror::Error)]
@@ -106,12 +110,36 @@ fn try_lock(root: &Root, workers: usize) -> Result<EngineLock, RecoveryError> {
 /// A task found in `run/`, to queue again.
 #[derive(Debug)]
 pub struct Recovered {
-    pub task: Task,
+    /// When the task was taken, and when its file was written (from its
+    /// points log).
     pub created_at: Option<DateTime<Utc>>,
-    /// Its node's past, from its points log.
-    pub history: History,
-    /// A flow's progress, as its `run/` file holds it.
-    pub progress: Option<Value>,
+    pub submitted_at: Option<DateTime<Utc>>,
+    /// The attempts that ran before (the last one may have been cut short).
+    pub attempts: u32,
+    pub task: RunTask,
+}
+
+/// What a task found in `run/` is queued again as.
+#[derive(Debug)]
+pub enum RunTask {
+    /// A standalone task: its node, built as its file is read (with its
+    /// past restored from its points log) and boxed as the engine keeps
+    /// it, so that start-up never holds every task twice (once read, once
+    /// queued). Without its payload and headers: they stay in its `run/`
+    /// file, read back when it is offered.
+    Standalone(Box<Node>),
+    /// A flow: its whole task file (its payload is the flow's input) and
+    /// the progress its `run/` file holds.
+    Flow(Box<(Task, Option<Value>)>),
+}
+
+impl Recovered {
+    fn id(&self) -> &TaskId {
+        match &self.task {
+            RunTask::Standalone(node) => &node.task.id,
+            RunTask::Flow(flow) => &flow.0.id,
+        }
+    }
 }
 
 /// What start-up found in `run/`.
@@ -309,17 +337,22 @@ pub fn clean_temporaries(root: &Root) {
 }
 
 /// Reads `run/`: each task, with its attempts and offers rebuilt from its
-/// points log. A `run/` file whose task already has a record is removed.
-pub fn scan_run(root: &Root, input_limit: u64) -> Result<Found, RecoveryError> {
+/// points log (its domain and taskee shared through `names`). A `run/`
+/// file whose task already has a record is removed.
+pub(super) fn scan_run(
+    root: &Root,
+    input_limit: u64,
+    names: &mut Names,
+) -> Result<Found, RecoveryError> {
     let run = root.run();
     let mut found = Found::default();
     let entries = std::fs::read_dir(&run).map_err(|source| RecoveryError::Read {
         path: run.clone(),
         source,
     })?;
-    let mut paths: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
-    paths.sort();
-    for path in paths {
+    // Looked at as listed (no list of every path held at once): the tasks
+    // are sorted below, the rest does not depend on the order.
+    for path in entries.flatten().map(|e| e.path()) {
         let Some(name) = path.file_name().and_then(|n| n.to_str()).map(str::to_owned) else {
             found.bad.push((path, "name is not valid UTF-8".into()));
             continue;
@@ -357,26 +390,40 @@ pub fn scan_run(root: &Root, input_limit: u64) -> Result<Found, RecoveryError> {
             continue;
         }
         match read_task(&path, &id, input_limit) {
-            Ok((task, progress)) => {
-                let history = history_of(&root.points_log(&task.exid), &task);
-                found.tasks.push(Recovered {
-                    task,
-                    created_at: history.created_at,
-                    history,
-                    progress,
-                });
-            }
+            Ok((task, progress)) => found.tasks.push(recovered(root, task, progress, names)),
             Err(reason) => found.bad.push((path, reason)),
         }
     }
     // Queued again in submission order (as in/ is taken), not name order.
     found
         .tasks
-        .sort_by(|a, b| (a.created_at, &a.task.id).cmp(&(b.created_at, &b.task.id)));
+        .sort_by(|a, b| (a.created_at, a.id()).cmp(&(b.created_at, b.id())));
+    found.bad.sort();
+    found.finished.sort();
     if !found.finished.is_empty() {
         let _ = crate::store::spool::fsync_dir(&run);
     }
     Ok(found)
+}
+
+/// A task read from `run/`, with its past from its points log: a flow
+/// whole, a standalone task as its node.
+fn recovered(root: &Root, task: Task, progress: Option<Value>, names: &mut Names) -> Recovered {
+    let history = history_of(&root.points_log(&task.exid), &task);
+    let task = if task.flow.is_some() {
+        RunTask::Flow(Box::new((task, progress)))
+    } else {
+        let mut node = Node::new(NodeTask::on_disk(task));
+        names.share(&mut node.task);
+        history.restore(&mut node);
+        RunTask::Standalone(Box::new(node))
+    };
+    Recovered {
+        created_at: history.created_at,
+        submitted_at: history.submitted_at,
+        attempts: history.attempts,
+        task,
+    }
 }
 
 /// Appends a task's final point, built from its record, unless its log
@@ -422,181 +469,16 @@ fn read_task(path: &Path, id: &TaskId, limit: u64) -> Result<(Task, Option<Value
     Ok((task, progress))
 }
 
-/// What a node's points log says of its past (SPEC 7's counts).
-#[derive(Debug, Default)]
-pub struct History {
-    attempts: u32,
-    offers: u32,
-    retries: u32,
-    refusals: Vec<Refusal>,
-    uncompleted: u32,
-    created_at: Option<DateTime<Utc>>,
-    /// When the task file was written (the `created` point's
-    /// `submitted_at`).
-    pub(super) submitted_at: Option<DateTime<Utc>>,
-    /// The attempts that started in this life of the id.
-    attempts_log: Vec<crate::model::task::AttemptLog>,
-}
-
-impl History {
-    /// Gives a node queued again after a crash its past: a new attempt
-    /// that does not count against `retries`, its offers, refusals and row
-    /// of `uncompleted` replies.
-    pub(super) fn restore(&self, node: &mut super::state::Node) {
-        node.attempt = self.attempts + 1;
-        node.offers = self.offers;
-        node.retries_done = self.retries;
-        node.starts = self.attempts;
-        node.refusals = self.refusals.clone();
-        node.uncompleted = self.uncompleted;
-        node.attempts_log = self.attempts_log.clone();
-        // The attempt that ran when the engine died ended with it.
-        node.end_attempt(Utc::now(), "interrupted", None);
-    }
-
-    /// The attempt the node is queued again as.
-    pub(super) fn next_attempt(&self) -> u32 {
-        self.attempts + 1
-    }
-}
-
-/// The history of each node of an execution, from its points log.
-pub(super) fn histories(root: &Root, exid: &crate::model::names::Exid) -> Vec<point::Point> {
-    crate::store::points::read_points(&root.points_log(exid)).unwrap_or_default()
-}
-
-/// A node's history among an execution's points.
-pub(super) fn node_history(
-    points: &[point::Point],
-    id: &TaskId,
-    nid: &crate::model::names::Nid,
-) -> History {
-    history_in(points, id, nid)
-}
-
-fn history_of(log: &Path, task: &Task) -> History {
-    match crate::store::points::read_points(log) {
-        Ok(points) => history_in(&points, &task.id, &task.nid),
-        Err(_) => History::default(),
-    }
-}
-
-/// A node's history, from the points of its execution's log.
-fn history_in(points: &[point::Point], id: &TaskId, nid: &crate::model::names::Nid) -> History {
-    let mut h = History::default();
-    // A tasker's informative points change nothing (SPEC 6).
-    for p in points
-        .iter()
-        .filter(|p| &p.id == id && &p.nid == nid && !p.fields.contains_key("source"))
-    {
-        match p.kind() {
-            Some(Kind::Created) => {
-                // A new life of the id (a task run again by `retry`): what
-                // SPEC 7 counts and what its record shows start over; its
-                // attempts go on counting.
-                h.created_at = parse_ts(&p.ts);
-                h.submitted_at = p
-                    .fields
-                    .get("submitted_at")
-                    .and_then(|v| v.as_str())
-                    .and_then(parse_ts);
-                h.refusals.clear();
-                h.uncompleted = 0;
-                h.offers = 0;
-                h.retries = 0;
-                h.attempts_log.clear();
-            }
-            Some(Kind::Offered) => h.offers += 1,
-            Some(Kind::Started) => {
-                let attempt = p.fields.get("attempt").and_then(|a| a.as_u64());
-                h.attempts_log.push(crate::model::task::AttemptLog {
-                    attempt: attempt.and_then(|a| u32::try_from(a).ok()).unwrap_or(0),
-                    started_at: p.ts.clone(),
-                    ended_at: None,
-                    outcome: None,
-                    kind: None,
-                });
-                h.note_attempt(p);
-            }
-            Some(Kind::Refused) => {
-                // A refusal breaks a row of `uncompleted` replies.
-                h.uncompleted = 0;
-                let field = |k: &str| p.fields.get(k).and_then(|v| v.as_str());
-                h.end_attempt(p, "refused");
-                if let Some(taskee) = field("taskee").and_then(|t| t.parse().ok()) {
-                    let reason = field("reason").unwrap_or("no reason given").to_string();
-                    h.refusals.push(Refusal { taskee, reason });
-                }
-            }
-            Some(Kind::Uncompleted) => {
-                h.uncompleted = h.uncompleted.saturating_add(1);
-                h.end_attempt(p, "uncompleted");
-            }
-            Some(Kind::Retried) => {
-                // A failed attempt breaks a row of `uncompleted` replies.
-                h.uncompleted = 0;
-                h.retries += 1;
-                h.end_attempt(p, "retried");
-                if let Some(a) = p.fields.get("attempt").and_then(|a| a.as_u64()) {
-                    let a = u32::try_from(a).unwrap_or(u32::MAX);
-                    h.attempts = h.attempts.max(a.saturating_sub(1));
-                }
-            }
-            Some(Kind::Recovered) => {
-                h.end_attempt(p, "interrupted");
-                h.note_attempt(p);
-            }
-            Some(Kind::Allocated) => h.note_attempt(p),
-            _ => {}
-        }
-    }
-    h
-}
-
-fn parse_ts(s: &str) -> Option<DateTime<Utc>> {
-    DateTime::parse_from_rfc3339(s)
-        .ok()
-        .map(|t| t.with_timezone(&Utc))
-}
-
-impl History {
-    /// The attempt an `allocated`, `started` or `recovered` point names:
-    /// `allocated` and `started` name an attempt that may have run (the
-    /// engine can die between the spawn and the `started` point);
-    /// `recovered` the one about to run.
-    fn note_attempt(&mut self, p: &point::Point) {
-        if let Some(a) = p.fields.get("attempt").and_then(|a| a.as_u64()) {
-            let a = u32::try_from(a).unwrap_or(u32::MAX);
-            let ran = if p.kind() != Some(Kind::Recovered) {
-                a
-            } else {
-                a.saturating_sub(1)
-            };
-            self.attempts = self.attempts.max(ran);
-        }
-    }
-
-    /// The open attempt of the log ended at the point's time.
-    fn end_attempt(&mut self, p: &point::Point, outcome: &str) {
-        if let Some(a) = self.attempts_log.last_mut().filter(|a| a.outcome.is_none()) {
-            a.ended_at = Some(p.ts.clone());
-            a.outcome = Some(outcome.to_string());
-            a.kind = p
-                .fields
-                .get("kind")
-                .and_then(|k| serde_json::from_value(k.clone()).ok());
-        }
-    }
-}
-
 impl super::Engine {
     /// Rebuilds the executions found in `run/` (SPEC 10): each is logged
     /// `recovered` and queued again as a new attempt, with its attempts,
     /// offers, retries, refusals and row of `uncompleted` replies as its
     /// points log tells them.
     pub(super) fn recover(&mut self) -> Result<(), super::EngineError> {
-        use super::state::{key, Execution};
-        let found = scan_run(&self.root, self.options.input_limit)?;
+        // A run/ file may hold more than the largest input: an
+        // `uncompleted` reply's payload rewrites it (see `body::limit`).
+        let limit = super::body::limit(self.options.input_limit);
+        let found = scan_run(&self.root, limit, &mut self.names)?;
         let mut replied = super::replies::read(&self.root);
         for id in &found.finished {
             tracing::info!("run/{id}.json had a final record already; removed");
@@ -605,74 +487,85 @@ impl super::Engine {
             self.reject(&path, &reason);
         }
         for r in found.tasks {
-            if r.task.flow.is_some() {
-                let created_at = r.created_at.unwrap_or_else(Utc::now);
-                let exid = r.task.exid.clone();
-                self.recover_flow(r.task, r.progress, created_at);
-                if let Some(exec) = self.executions.get_mut(&exid) {
-                    exec.submitted_at = r.history.submitted_at;
-                }
-                continue;
-            }
-            let k = key(&r.task.exid, &r.task.nid);
-            let last_attempt = r.history.attempts;
-            if let Some((_, payload)) = replied
-                .remove(&(k.exid.clone(), k.nid.clone()))
-                .filter(|(attempt, _)| *attempt > 0 && *attempt == last_attempt)
-            {
-                self.complete_replied(r, payload);
-                continue;
-            }
-            let mut p = self
-                .point(&k, Kind::Recovered)
-                .with("attempt", r.history.next_attempt());
-            p.id = r.task.id.clone();
-            self.log_idle(p);
-            tracing::info!(
-                "recovered task {} from run/ (attempt {} next)",
-                r.task.id,
-                r.history.next_attempt()
-            );
             let created_at = r.created_at.unwrap_or_else(Utc::now);
-            let (mut exec, mut node) = Execution::standalone(r.task, created_at);
-            exec.submitted_at = r.history.submitted_at;
-            r.history.restore(&mut node);
-            self.insert_execution(k.exid, exec, vec![node]);
+            let node = match r.task {
+                RunTask::Standalone(node) => node,
+                RunTask::Flow(flow) => {
+                    let (task, progress) = *flow;
+                    let exid = task.exid.clone();
+                    self.recover_flow(task, progress, created_at);
+                    if let Some(exec) = self.executions.get_mut(&exid) {
+                        exec.submitted_at = r.submitted_at;
+                    }
+                    continue;
+                }
+            };
+            let k = key(&node.task.id, &node.task.nid);
+            let mut exec = Execution::standalone(created_at);
+            exec.submitted_at = r.submitted_at;
+            match replied
+                .remove(&(k.exid.clone(), k.nid.clone()))
+                .filter(|(attempt, _)| *attempt > 0 && *attempt == r.attempts)
+            {
+                Some((_, payload)) => self.complete_replied(node, exec, payload),
+                None => self.requeue(node, exec),
+            }
         }
         Ok(())
     }
-}
 
-impl super::Engine {
+    /// A standalone task found in `run/`: logged `recovered` and queued
+    /// again as a new attempt (its node's past is restored already).
+    fn requeue(&mut self, node: Box<Node>, exec: Execution) {
+        let k = key(&node.task.id, &node.task.nid);
+        let mut p = self
+            .point(&k, Kind::Recovered)
+            .with("attempt", node.attempt);
+        p.id = node.task.id.clone();
+        self.log_idle(p);
+        tracing::info!(
+            "recovered task {} from run/ (attempt {} next)",
+            node.task.id,
+            node.attempt
+        );
+        self.insert_execution(k.exid, exec, node);
+    }
+
     /// A task whose last tasker replied (the replies journal says so) but
     /// whose record the crash cut short: completed with that reply, not
     /// run again.
-    fn complete_replied(&mut self, r: Recovered, payload: crate::model::task::Object) {
-        use super::state::{key, Execution};
-        let k = key(&r.task.exid, &r.task.nid);
+    fn complete_replied(&mut self, mut node: Box<Node>, exec: Execution, payload: Object) {
+        let k = key(&node.task.id, &node.task.nid);
         tracing::info!(
             "task {}: its tasker had replied before the engine stopped; completed from the replies journal",
-            r.task.id
+            node.task.id
         );
-        let created_at = r.created_at.unwrap_or_else(Utc::now);
-        let (mut exec, mut node) = Execution::standalone(r.task, created_at);
-        exec.submitted_at = r.history.submitted_at;
-        r.history.restore(&mut node);
+        // The record's headers are the run/ file's; its payload the reply's.
+        let limit = super::body::limit(self.options.input_limit);
+        let headers = match super::body::read(&self.root, &node.task.id, limit) {
+            Ok(b) => b.headers,
+            Err(e) => {
+                tracing::warn!(
+                    "task {}: its record goes without headers: {e}",
+                    node.task.id
+                );
+                Object::new()
+            }
+        };
         // The attempt that replied is the last one, and it completed.
-        node.attempt = r.history.attempts;
-        if let Some(a) = node.attempts_log.last_mut() {
+        node.attempt = node.starts;
+        if let Some(a) = node.past_mut().attempts_log.last_mut() {
             a.ended_at = None;
             a.outcome = None;
         }
-        node.task.payload = payload;
-        self.insert_execution(k.exid.clone(), exec, vec![node]);
+        self.insert_execution(k.exid.clone(), exec, node);
+        // Set once queued (queueing leaves a body to run/).
+        if let Some(node) = self.node_mut(&k) {
+            node.task.body = Body::Loaded(Box::new(Loaded { payload, headers }));
+        }
         self.finish(&k, crate::model::task::State::Completed, None);
     }
 }
-
-#[cfg(test)]
-#[path = "recovery_history_tests.rs"]
-mod history_tests;
 
 #[cfg(test)]
 mod tests {
@@ -697,37 +590,6 @@ mod tests {
         }
         drop(first);
         lock(&root, 1).unwrap();
-    }
-
-    #[test]
-    fn a_taskers_own_points_never_count_in_recovery() {
-        let tmp = tempfile::tempdir().unwrap();
-        let log = tmp.path().join("x.log");
-        let line = |point: &str, extra: &str| {
-            format!(
-                r#"{{"ts":"2026-01-01T00:00:00.000001Z","id":"x","exid":"x","nid":"0","point":"{point}"{extra}}}"#
-            )
-        };
-        let text = [
-            line("created", ""),
-            line("offered", r#","taskee":"t","offer":1"#),
-            line("allocated", r#","attempt":1"#),
-            line("started", r#","attempt":1,"pid":1"#),
-            line("retried", r#","attempt":7,"source":"tasker""#),
-            line("started", r#","attempt":9,"source":"tasker""#),
-            line("offered", r#","source":"tasker""#),
-        ]
-        .join("\n")
-            + "\n";
-        std::fs::write(&log, text).unwrap();
-        let task = Task::from_file(
-            TaskFile::parse(br#"{"domain":"org"}"#).unwrap(),
-            Some("x"),
-            None,
-        )
-        .unwrap();
-        let h = history_of(&log, &task);
-        assert_eq!((h.attempts, h.offers, h.retries), (1, 1, 0));
     }
 
     #[test]

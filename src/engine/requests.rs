@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
+use super::body;
 use super::state::{key, NodeState};
 use super::Engine;
 use crate::model::names::{Nid, TaskId};
@@ -120,11 +121,10 @@ impl Engine {
             );
         }
         let k = key(id, &Nid::root());
-        let Some(node) = self.node_mut(&k) else {
+        let Some(node) = self.node(&k) else {
             return self.reject(request, &format!("unknown task id {id}"));
         };
-        let old = node.task.priority;
-        let requeue = match &mut node.state {
+        match node.state {
             NodeState::Running(_) => {
                 return self.reject(
                     request,
@@ -134,15 +134,32 @@ impl Engine {
             NodeState::Committing => {
                 return self.reject(request, &format!("task {id} has ended already"))
             }
+            _ => {}
+        }
+        // The rewritten file keeps its payload and headers: those in
+        // memory (newer, while an `uncompleted` payload is being saved),
+        // else the file's own.
+        let body = match node.task.loaded() {
+            Some(b) => b.clone(),
+            None => match body::read(&self.root, id, body::limit(self.options.input_limit)) {
+                Ok(b) => b,
+                Err(e) => return self.reject(request, &format!("task {id}: {e}")),
+            },
+        };
+        let Some(node) = self.node_mut(&k) else {
+            return;
+        };
+        let old = node.task.priority;
+        let requeue = match &mut node.state {
             NodeState::Offering(offer) => {
                 offer.entry.priority = priority;
                 false
             }
             NodeState::Queued { .. } => true,
-            NodeState::Delayed | NodeState::Saving { .. } => false,
+            _ => false,
         };
         node.task.priority = priority;
-        let bytes = node.task.to_file_json().to_string().into_bytes();
+        let bytes = node.task.to_file_json(&body).to_string().into_bytes();
         if requeue && old != priority {
             self.enqueue(&k);
         }

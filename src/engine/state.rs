@@ -5,18 +5,25 @@
 //!
 //! A standalone task is an execution with the single node `0`; flows add
 //! nodes to the same execution.
+//!
+//! The engine may hold a great many queued nodes (100 000 is a tested
+//! size), so a node is kept small: its task as a [`NodeTask`] (shared
+//! names, options boxed only when set, the payload and headers left in
+//! `run/` while it waits: see [`Body`]), what its offers and attempts
+//! leave in a boxed [`Past`] made on its first offer. About 520 bytes of
+//! heap per queued task in all (node, maps, scheduler entry), down from
+//! about 2.5 KB when each node held its whole task.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use tokio::sync::oneshot;
 
 use super::policy::Effective;
-use crate::model::names::{Exid, Nid, Taskee};
-use crate::model::task::{timestamp, AttemptLog, ErrorKind, Refusal, Task};
+use crate::model::names::{Domain, Exid, Nid, TaskId, Taskee};
+use crate::model::task::{timestamp, AttemptLog, ErrorKind, Object, Refusal, Task, TaskOptions};
 use crate::scheduler::{Entry, Limit, NodeKey, TimerId};
-use crate::tasker::{StopReason, TaskerConfig};
+use crate::tasker::StopReason;
 
 /// A queued item of the scheduler: a node and the generation it was
 /// queued under (an item of an older generation is stale and dropped).
@@ -141,9 +148,15 @@ pub enum NodeState {
 }
 
 /// A node: one task of an execution, with its own attempts and points.
+///
+/// A queued task is mostly this struct, so it holds only what the engine
+/// decides with while the node waits (see [`NodeTask`]); what its offers
+/// and attempts leave is in a [`Past`], boxed and absent until the node is
+/// first offered. The engine keeps each node boxed in its map, so that the
+/// map's spare capacity costs a pointer per slot, not a node.
 #[derive(Debug)]
 pub struct Node {
-    pub task: Task,
+    pub task: NodeTask,
     /// Bumped whenever the node is queued again, so stale scheduler
     /// entries and timers are recognised.
     pub gen: u64,
@@ -153,33 +166,49 @@ pub struct Node {
     /// The attempt under way or next (1 for the first).
     pub attempt: u32,
     pub offers: u32,
-    pub refusals: Vec<Refusal>,
     /// `uncompleted` replies in a row.
     pub uncompleted: u32,
     pub retries_done: u32,
     /// Taskers started for it so far, over every engine start (a
     /// recovered node counts the attempts that ran before the crash).
     pub starts: u32,
-    /// When its latest tasker started (`None`: none in this engine).
-    pub started_at: Option<DateTime<Utc>>,
+    /// A flow node whose payload is built from its flow when it is first
+    /// offered (its payload is empty until then).
+    pub payload_from_flow: bool,
+    past: Option<Box<Past>>,
+}
+
+/// What a node's offers and attempts left behind: the record's `taskee`,
+/// `tasker_path`, `started_at` and `attempts_log`, the refusals the
+/// taskmaster sees, and the options in force once a tasker was resolved.
+#[derive(Debug, Default)]
+pub struct Past {
     /// The taskee and tasker of the latest offer.
     pub taskee: Option<Taskee>,
     pub tasker_path: Option<String>,
-    pub config: Option<Arc<TaskerConfig>>,
-    /// The options in force: the task's over its tasker's over defaults,
-    /// computed at allocation (before it, the task's over defaults).
-    pub effective: Effective,
-    /// A flow node whose payload is built from its flow when it is first
-    /// offered (`task.payload` is empty until then).
-    pub payload_from_flow: bool,
+    /// The task's options over its tasker's over the defaults, computed at
+    /// allocation (`None` before: the task's over the defaults).
+    pub effective: Option<Effective>,
+    /// When its latest tasker started (`None`: none in this engine).
+    pub started_at: Option<DateTime<Utc>>,
+    pub refusals: Vec<Refusal>,
     /// Each attempt that started (the last one open while it runs): the
     /// record's `attempts_log` and `first_started_at`.
     pub attempts_log: Vec<AttemptLog>,
 }
 
+/// The past of a node that has none yet.
+static NO_PAST: Past = Past {
+    taskee: None,
+    tasker_path: None,
+    effective: None,
+    started_at: None,
+    refusals: Vec::new(),
+    attempts_log: Vec::new(),
+};
+
 impl Node {
-    pub fn new(task: Task) -> Node {
-        let effective = Effective::of_task(&task.options);
+    pub fn new(task: NodeTask) -> Node {
         Node {
             task,
             gen: 0,
@@ -187,24 +216,38 @@ impl Node {
             start_timer: None,
             attempt: 1,
             offers: 0,
-            refusals: Vec::new(),
             uncompleted: 0,
             retries_done: 0,
             starts: 0,
-            started_at: None,
-            taskee: None,
-            tasker_path: None,
-            config: None,
-            effective,
             payload_from_flow: false,
-            attempts_log: Vec::new(),
+            past: None,
         }
+    }
+
+    /// What its offers and attempts left (empty before the first).
+    pub fn past(&self) -> &Past {
+        self.past.as_deref().unwrap_or(&NO_PAST)
+    }
+
+    /// Its past, made on first use.
+    pub fn past_mut(&mut self) -> &mut Past {
+        self.past.get_or_insert_with(Box::default)
+    }
+
+    /// The options in force: the task's over its tasker's over the
+    /// defaults once a tasker was resolved, the task's over the defaults
+    /// before.
+    pub fn effective(&self) -> Effective {
+        self.past()
+            .effective
+            .unwrap_or_else(|| Effective::of_task(self.task.options()))
     }
 
     /// The attempt under way has started (at `at`).
     pub fn begin_attempt(&mut self, at: DateTime<Utc>) {
-        self.attempts_log.push(AttemptLog {
-            attempt: self.attempt,
+        let attempt = self.attempt;
+        self.past_mut().attempts_log.push(AttemptLog {
+            attempt,
             started_at: timestamp(at),
             ended_at: None,
             outcome: None,
@@ -215,7 +258,10 @@ impl Node {
     /// The attempt under way, if one started and is still open, ended
     /// (at `at`) with `outcome`.
     pub fn end_attempt(&mut self, at: DateTime<Utc>, outcome: &str, kind: Option<ErrorKind>) {
-        if let Some(a) = self.attempts_log.last_mut().filter(|a| a.outcome.is_none()) {
+        let Some(past) = self.past.as_deref_mut() else {
+            return;
+        };
+        if let Some(a) = past.attempts_log.last_mut().filter(|a| a.outcome.is_none()) {
             a.ended_at = Some(timestamp(at));
             a.outcome = Some(outcome.to_string());
             a.kind = kind;
@@ -238,6 +284,189 @@ impl Node {
     }
 }
 
+/// What a node holds of its task: the ids, domain, requested taskee,
+/// priority and options that the engine decides with while the node
+/// waits. The payload and headers are in its [`Body`]: a standalone task
+/// leaves them in its `run/` file until it is offered.
+#[derive(Debug)]
+pub struct NodeTask {
+    pub id: TaskId,
+    pub nid: Nid,
+    pub domain: Domain,
+    /// The requested taskee.
+    pub tasker: Option<Taskee>,
+    pub priority: i32,
+    /// The task's own options; `None` when it sets none (most tasks).
+    options: Option<Box<TaskOptions>>,
+    pub body: Body,
+}
+
+/// The options of a task that sets none.
+static NO_OPTIONS: TaskOptions = TaskOptions {
+    timeout: None,
+    start_timeout: None,
+    retries: None,
+    retry_on_timeout: None,
+};
+
+impl NodeTask {
+    /// A task whose payload and headers stay in memory (a flow's node: the
+    /// flow's `run/` file holds the flow, not its nodes).
+    pub fn in_memory(task: Task) -> NodeTask {
+        let body = Body::Loaded(Box::new(Loaded {
+            payload: task.payload,
+            headers: task.headers,
+        }));
+        NodeTask::with_body(
+            task.id,
+            task.nid,
+            task.domain,
+            task.tasker,
+            task.priority,
+            task.options,
+            body,
+        )
+    }
+
+    /// A standalone task in `run/`: its payload and headers are dropped
+    /// here, and read back from its `run/` file when it is offered.
+    pub fn on_disk(task: Task) -> NodeTask {
+        NodeTask::with_body(
+            task.id,
+            task.nid,
+            task.domain,
+            task.tasker,
+            task.priority,
+            task.options,
+            Body::OnDisk,
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn with_body(
+        id: TaskId,
+        nid: Nid,
+        domain: Domain,
+        tasker: Option<Taskee>,
+        priority: i32,
+        options: TaskOptions,
+        body: Body,
+    ) -> NodeTask {
+        NodeTask {
+            id,
+            nid,
+            domain,
+            tasker,
+            priority,
+            options: (options != TaskOptions::default()).then(|| Box::new(options)),
+            body,
+        }
+    }
+
+    /// The task's own options (`timeout`, `start_timeout`, `retries`,
+    /// `retry_on_timeout`).
+    pub fn options(&self) -> &TaskOptions {
+        self.options.as_deref().unwrap_or(&NO_OPTIONS)
+    }
+
+    /// The payload and headers, when in memory.
+    pub fn loaded(&self) -> Option<&Loaded> {
+        match &self.body {
+            Body::Loaded(l) => Some(l),
+            Body::OnDisk => None,
+        }
+    }
+
+    /// The payload and headers in memory, taken out (the node is ending:
+    /// its record takes them).
+    pub fn take_loaded(&mut self) -> Option<Loaded> {
+        match std::mem::replace(&mut self.body, Body::OnDisk) {
+            Body::Loaded(l) => Some(*l),
+            Body::OnDisk => None,
+        }
+    }
+
+    /// Sets the payload (a reply's); the headers stay. Only a node whose
+    /// body is in memory has a payload to replace (a running node's is).
+    pub fn set_payload(&mut self, payload: Object) {
+        if let Body::Loaded(l) = &mut self.body {
+            l.payload = payload;
+        }
+    }
+
+    /// The task as its `run/` file holds it, with `body` as its payload
+    /// and headers.
+    pub fn to_file_json(&self, body: &Loaded) -> serde_json::Value {
+        crate::model::task::file_json(&crate::model::task::FileParts {
+            id: &self.id,
+            domain: &self.domain,
+            tasker: self.tasker.as_ref(),
+            priority: self.priority,
+            payload: &body.payload,
+            headers: &body.headers,
+            options: self.options(),
+            flow: None,
+        })
+    }
+}
+
+/// Where a node's payload and headers are.
+#[derive(Debug)]
+pub enum Body {
+    /// In the task's `run/` file, which is current (no rewrite of it is in
+    /// flight): read back when the node is offered (see `body`).
+    OnDisk,
+    /// In memory: from its offer until it ends or waits again, and always
+    /// for a flow's node.
+    Loaded(Box<Loaded>),
+}
+
+/// A task's payload and headers.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Loaded {
+    pub payload: Object,
+    pub headers: Object,
+}
+
+/// The live nodes of an execution: a standalone task's one node `0`
+/// needs no vector.
+#[derive(Debug)]
+pub enum Nids {
+    /// The root node `0` alone (a standalone task).
+    Root,
+    /// Any number (a flow's task nodes).
+    List(Vec<Nid>),
+}
+
+impl Nids {
+    pub fn is_empty(&self) -> bool {
+        matches!(self, Nids::List(v) if v.is_empty())
+    }
+
+    /// The nids, cloned (a clone shares the text).
+    pub fn to_vec(&self) -> Vec<Nid> {
+        match self {
+            Nids::Root => vec![Nid::root()],
+            Nids::List(v) => v.clone(),
+        }
+    }
+
+    pub fn push(&mut self, nid: Nid) {
+        match self {
+            Nids::Root => *self = Nids::List(vec![Nid::root(), nid]),
+            Nids::List(v) => v.push(nid),
+        }
+    }
+
+    pub fn remove(&mut self, nid: &Nid) {
+        match self {
+            Nids::Root if *nid == Nid::root() => *self = Nids::List(Vec::new()),
+            Nids::Root => {}
+            Nids::List(v) => v.retain(|n| n != nid),
+        }
+    }
+}
+
 /// An execution: one exid, its task file in `run/`, its points log and,
 /// at the end, its record. Its nodes live in the engine's one map of nodes
 /// (a map per execution would cost a table per task); `nids` names the
@@ -249,21 +478,20 @@ pub struct Execution {
     /// When the task file was written into `in/` (its modification time),
     /// the record's `created_at`; `None`: unknown, `created_at` stands.
     pub submitted_at: Option<DateTime<Utc>>,
-    pub nids: Vec<Nid>,
+    pub nids: Nids,
     /// A flow's tree, progress and life (`None`: a standalone task).
     pub flow: Option<Box<super::flows::FlowExec>>,
 }
 
 impl Execution {
-    /// A standalone task: an execution of the single node `0`.
-    pub fn standalone(task: Task, created_at: DateTime<Utc>) -> (Execution, Node) {
-        let exec = Execution {
+    /// A standalone task's: an execution of the single node `0`.
+    pub fn standalone(created_at: DateTime<Utc>) -> Execution {
+        Execution {
             created_at,
             submitted_at: None,
-            nids: vec![task.nid.clone()],
+            nids: Nids::Root,
             flow: None,
-        };
-        (exec, Node::new(task))
+        }
     }
 }
 

@@ -4,9 +4,16 @@
 //! Each is built only through `FromStr`/`TryFrom<String>` (and serde, which
 //! goes through the same check), so the rest of the code never re-checks:
 //! a `Domain` cannot hold `..` or `/`, a `Taskee` cannot address a path.
+//!
+//! Each holds an `Arc<str>`: the engine keeps the same id in several maps
+//! (its executions, its nodes, the scheduler's queue) and the same domain
+//! and taskee in thousands of queued tasks, and a clone shares the text
+//! instead of copying it (see `engine::state` on the memory a queued task
+//! takes).
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::{Arc, LazyLock};
 
 use serde::{Deserialize, Serialize};
 
@@ -71,7 +78,7 @@ macro_rules! string_newtype {
         }
         impl From<$name> for String {
             fn from(n: $name) -> String {
-                n.0
+                n.0.to_string()
             }
         }
     };
@@ -81,7 +88,7 @@ macro_rules! string_newtype {
 /// [`Domain::any`] (the taskers' shared directory), never from a task.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
-pub struct Domain(String);
+pub struct Domain(Arc<str>);
 string_newtype!(Domain);
 
 impl FromStr for Domain {
@@ -93,7 +100,7 @@ impl FromStr for Domain {
         if s == "any" || s.starts_with("any.") {
             return Err(NameError::ReservedDomain(s.to_string()));
         }
-        Ok(Domain(s.to_string()))
+        Ok(Domain(s.into()))
     }
 }
 
@@ -101,7 +108,7 @@ impl Domain {
     /// The branch of this domain, from itself up to its top label:
     /// `a.b.c`, `a.b`, `a`.
     pub fn branch(&self) -> impl Iterator<Item = &str> {
-        let s = self.0.as_str();
+        let s: &str = &self.0;
         std::iter::once(s).chain(s.match_indices('.').rev().map(move |(i, _)| &s[..i]))
     }
 
@@ -110,7 +117,7 @@ impl Domain {
     pub fn is_in_branch_of(&self, other: &Domain) -> bool {
         self.0 == other.0
             || (self.0.len() > other.0.len()
-                && self.0.starts_with(&other.0)
+                && self.0.starts_with(&*other.0)
                 && self.0.as_bytes()[other.0.len()] == b'.')
     }
 }
@@ -118,7 +125,7 @@ impl Domain {
 /// A task id; also an exid (the id of an execution).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
-pub struct TaskId(String);
+pub struct TaskId(Arc<str>);
 string_newtype!(TaskId);
 
 /// The execution id: a standalone task's own id, or a flow's id.
@@ -135,7 +142,7 @@ impl FromStr for TaskId {
                 .iter()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'));
         if ok {
-            Ok(TaskId(s.to_string()))
+            Ok(TaskId(s.into()))
         } else {
             Err(NameError::TaskId(shown(s)))
         }
@@ -153,11 +160,14 @@ impl TaskId {
             .map(|d| d.as_micros() as u64)
             .unwrap_or(0);
         let seq = SEQ.fetch_add(1, Ordering::Relaxed);
-        TaskId(format!(
-            "t{micros:014x}-{:04x}{:04x}",
-            std::process::id() & 0xffff,
-            seq & 0xffff
-        ))
+        TaskId(
+            format!(
+                "t{micros:014x}-{:04x}{:04x}",
+                std::process::id() & 0xffff,
+                seq & 0xffff
+            )
+            .into(),
+        )
     }
 }
 
@@ -173,14 +183,14 @@ impl TaskId {
             .saturating_mul(1_000_000)
             .saturating_add(meta.mtime_nsec() as u64 / 1000);
         let salt = (meta.ino() ^ (meta.ctime_nsec() as u64).rotate_left(32)) & 0xffff_ffff;
-        TaskId(format!("t{micros:014x}-{salt:08x}"))
+        TaskId(format!("t{micros:014x}-{salt:08x}").into())
     }
 }
 
 /// A taskee: the name of a tasker, never a path.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
-pub struct Taskee(String);
+pub struct Taskee(Arc<str>);
 string_newtype!(Taskee);
 
 impl FromStr for Taskee {
@@ -194,7 +204,7 @@ impl FromStr for Taskee {
                 .iter()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-'));
         if ok {
-            Ok(Taskee(s.to_string()))
+            Ok(Taskee(s.into()))
         } else {
             Err(NameError::Taskee(shown(s)))
         }
@@ -205,18 +215,20 @@ impl FromStr for Taskee {
 /// task), `0_1_0` for the first child of the second child of the root.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
-pub struct Nid(String);
+pub struct Nid(Arc<str>);
 string_newtype!(Nid);
 
 impl Nid {
     /// The root node, `0`.
     pub fn root() -> Nid {
-        Nid("0".to_string())
+        /// One `0` shared by every standalone task.
+        static ROOT: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from("0"));
+        Nid(ROOT.clone())
     }
 
     /// The `i`-th child of this node.
     pub fn child(&self, i: usize) -> Nid {
-        Nid(format!("{}_{}", self.0, i))
+        Nid(format!("{}_{}", self.0, i).into())
     }
 }
 
@@ -232,7 +244,7 @@ impl FromStr for Nid {
             })
             && s.len() <= 512;
         if ok {
-            Ok(Nid(s.to_string()))
+            Ok(Nid(s.into()))
         } else {
             Err(NameError::Nid(shown(s)))
         }

@@ -4,6 +4,8 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+// wt-mem: payloads stay in run/ until offered
+mod bodies;
 mod cli;
 mod core;
 mod crash;

@@ -1,5 +1,6 @@
 //! Resource bounds (issue: scheduling and reliability, point 11): the
-//! engine's memory stays bounded with many tasks queued and with taskers
+//! engine's memory stays bounded with many tasks queued, with large
+//! payloads queued (they stay in `run/` until offered), and with taskers
 //! that flood stderr. The engine runs as the built binary so that its own
 //! peak resident set (`VmHWM`) can be read from `/proc`.
 //!
@@ -64,6 +65,62 @@ fn memory_per_queued_task_stays_small() {
     );
     fs::write(t.join("release"), "").unwrap();
     engine.signal(nix::sys::signal::Signal::SIGKILL);
+}
+
+/// Waits for `$SPOOLFLOW_ROOT/release` (at most ~30 s), then echoes its
+/// input: the record's payload is what the tasker was given.
+const HOLD_THEN_CAT: &str = "#!/bin/sh\ni=0; while [ ! -e \"$SPOOLFLOW_ROOT/release\" ] && [ $i -lt 600 ]; do sleep 0.05; i=$((i+1)); done\ncat\n";
+
+#[test]
+fn queued_payloads_stay_on_disk_until_offered() {
+    // 64 MiB of payloads queued behind one held worker: an engine that
+    // kept them in memory would hold all of them at once.
+    const N: usize = 200;
+    const BLOB: usize = 320 * 1024;
+    let t = TestRoot::new();
+    t.tasker("org", "hold", HOLD_THEN_CAT);
+    let blob = |i: usize| format!("{i:06}.").repeat(BLOB / 7);
+    for i in 0..N {
+        let task = serde_json::json!({
+            "domain": "org", "tasker": "hold",
+            "payload": {"i": i, "blob": blob(i)}, "headers": {"h": i},
+        });
+        t.drop_task(&format!("p{i:04}.json"), &task.to_string());
+    }
+    let engine = t.spawn_engine(&["--workers", "1"]);
+    let pid = engine.pid();
+    wait_for("every task claimed", Duration::from_secs(120), || {
+        t.list("var/spool/in").is_empty()
+    });
+    wait_for("the first task started", DEADLINE, || {
+        t.points("p0000").iter().any(|p| p["point"] == "started")
+    });
+    let peak = peak_kib(pid).expect("the engine is alive");
+    let payloads_kib = (N * BLOB / 1024) as u64;
+    eprintln!(
+        "{N} queued payloads of {BLOB} bytes ({payloads_kib} KiB): engine peak RSS {peak} KiB"
+    );
+    assert!(
+        peak < payloads_kib / 2,
+        "peak {peak} KiB with {payloads_kib} KiB of payloads queued"
+    );
+
+    // Each tasker is given exactly its task's payload, read back from run/.
+    fs::write(t.join("release"), "").unwrap();
+    wait_for("every record", Duration::from_secs(180), || {
+        t.list("var/spool/done").len() >= N
+    });
+    drop(engine);
+    for i in 0..N {
+        let rec = t.must_record(&format!("p{i:04}"));
+        assert_eq!(rec["state"], "completed", "{i}");
+        assert_eq!(rec["payload"]["i"], i, "{i}");
+        assert!(
+            rec["payload"]["blob"] == blob(i).as_str(),
+            "payload {i} changed"
+        );
+        assert_eq!(rec["headers"], serde_json::json!({"h": i}), "{i}");
+    }
 }
 
 #[test]

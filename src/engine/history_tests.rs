@@ -3,6 +3,7 @@
 //! again by `spoolflow retry`) starting over.
 
 use super::*;
+use crate::model::task::TaskFile;
 
 #[test]
 fn attempts_are_rebuilt_from_the_log_and_a_new_life_starts_over() {
@@ -56,8 +57,11 @@ fn attempts_are_rebuilt_from_the_log_and_a_new_life_starts_over() {
         Some(crate::model::task::ErrorKind::Work)
     );
     // Queued again, the attempt that ran when the engine died is closed.
-    let mut node = crate::engine::state::Node::new(task);
+    let mut node = crate::engine::state::Node::new(crate::engine::state::NodeTask::on_disk(task));
     h.restore(&mut node);
     assert_eq!(node.attempt, 4);
-    assert_eq!(node.attempts_log[1].outcome.as_deref(), Some("interrupted"));
+    assert_eq!(
+        node.past().attempts_log[1].outcome.as_deref(),
+        Some("interrupted")
+    );
 }

@@ -1,0 +1,227 @@
+//! What a node's points log says of its past (SPEC 7's counts): its
+//! attempts, offers, retries, refusals, row of `uncompleted` replies and
+//! attempts log, rebuilt at start-up for a task found in `run/` (see
+//! `recovery`) and for the running nodes of a recovered flow.
+
+use std::path::Path;
+
+use chrono::{DateTime, Utc};
+
+use crate::layout::Root;
+use crate::model::names::TaskId;
+use crate::model::point::{self, Kind};
+use crate::model::task::{Refusal, Task};
+
+/// What a node's points log says of its past (SPEC 7's counts).
+#[derive(Debug, Default)]
+pub struct History {
+    /// The attempts that ran (the last one may have been cut short).
+    pub(super) attempts: u32,
+    offers: u32,
+    retries: u32,
+    refusals: Vec<Refusal>,
+    uncompleted: u32,
+    /// When the task was taken (its `created` point).
+    pub(super) created_at: Option<DateTime<Utc>>,
+    /// When the task file was written (the `created` point's
+    /// `submitted_at`).
+    pub(super) submitted_at: Option<DateTime<Utc>>,
+    /// The attempts that started in this life of the id.
+    attempts_log: Vec<crate::model::task::AttemptLog>,
+}
+
+impl History {
+    /// Gives a node queued again after a crash its past: a new attempt
+    /// that does not count against `retries`, its offers, refusals and row
+    /// of `uncompleted` replies.
+    pub(super) fn restore(&self, node: &mut super::state::Node) {
+        node.attempt = self.attempts + 1;
+        node.offers = self.offers;
+        node.retries_done = self.retries;
+        node.starts = self.attempts;
+        node.uncompleted = self.uncompleted;
+        if !self.refusals.is_empty() || !self.attempts_log.is_empty() {
+            let past = node.past_mut();
+            past.refusals = self.refusals.clone();
+            past.attempts_log = self.attempts_log.clone();
+        }
+        // The attempt that ran when the engine died ended with it.
+        node.end_attempt(Utc::now(), "interrupted", None);
+    }
+
+    /// The attempt the node is queued again as.
+    pub(super) fn next_attempt(&self) -> u32 {
+        self.attempts + 1
+    }
+}
+
+/// The history of each node of an execution, from its points log.
+pub(super) fn histories(root: &Root, exid: &crate::model::names::Exid) -> Vec<point::Point> {
+    crate::store::points::read_points(&root.points_log(exid)).unwrap_or_default()
+}
+
+/// A node's history among an execution's points.
+pub(super) fn node_history(
+    points: &[point::Point],
+    id: &TaskId,
+    nid: &crate::model::names::Nid,
+) -> History {
+    history_in(points, id, nid)
+}
+
+/// A task's history, from its execution's points log.
+pub(super) fn history_of(log: &Path, task: &Task) -> History {
+    match crate::store::points::read_points(log) {
+        Ok(points) => history_in(&points, &task.id, &task.nid),
+        Err(_) => History::default(),
+    }
+}
+
+/// A node's history, from the points of its execution's log.
+fn history_in(points: &[point::Point], id: &TaskId, nid: &crate::model::names::Nid) -> History {
+    let mut h = History::default();
+    // A tasker's informative points change nothing (SPEC 6).
+    for p in points
+        .iter()
+        .filter(|p| &p.id == id && &p.nid == nid && !p.fields.contains_key("source"))
+    {
+        match p.kind() {
+            Some(Kind::Created) => {
+                // A new life of the id (a task run again by `retry`): what
+                // SPEC 7 counts and what its record shows start over; its
+                // attempts go on counting.
+                h.created_at = parse_ts(&p.ts);
+                h.submitted_at = p
+                    .fields
+                    .get("submitted_at")
+                    .and_then(|v| v.as_str())
+                    .and_then(parse_ts);
+                h.refusals.clear();
+                h.uncompleted = 0;
+                h.offers = 0;
+                h.retries = 0;
+                h.attempts_log.clear();
+            }
+            Some(Kind::Offered) => h.offers += 1,
+            Some(Kind::Started) => {
+                let attempt = p.fields.get("attempt").and_then(|a| a.as_u64());
+                h.attempts_log.push(crate::model::task::AttemptLog {
+                    attempt: attempt.and_then(|a| u32::try_from(a).ok()).unwrap_or(0),
+                    started_at: p.ts.clone(),
+                    ended_at: None,
+                    outcome: None,
+                    kind: None,
+                });
+                h.note_attempt(p);
+            }
+            Some(Kind::Refused) => {
+                // A refusal breaks a row of `uncompleted` replies.
+                h.uncompleted = 0;
+                let field = |k: &str| p.fields.get(k).and_then(|v| v.as_str());
+                h.end_attempt(p, "refused");
+                if let Some(taskee) = field("taskee").and_then(|t| t.parse().ok()) {
+                    let reason = field("reason").unwrap_or("no reason given").to_string();
+                    h.refusals.push(Refusal { taskee, reason });
+                }
+            }
+            Some(Kind::Uncompleted) => {
+                h.uncompleted = h.uncompleted.saturating_add(1);
+                h.end_attempt(p, "uncompleted");
+            }
+            Some(Kind::Retried) => {
+                // A failed attempt breaks a row of `uncompleted` replies.
+                h.uncompleted = 0;
+                h.retries += 1;
+                h.end_attempt(p, "retried");
+                if let Some(a) = p.fields.get("attempt").and_then(|a| a.as_u64()) {
+                    let a = u32::try_from(a).unwrap_or(u32::MAX);
+                    h.attempts = h.attempts.max(a.saturating_sub(1));
+                }
+            }
+            Some(Kind::Recovered) => {
+                h.end_attempt(p, "interrupted");
+                h.note_attempt(p);
+            }
+            Some(Kind::Allocated) => h.note_attempt(p),
+            _ => {}
+        }
+    }
+    h
+}
+
+fn parse_ts(s: &str) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(s)
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
+}
+
+impl History {
+    /// The attempt an `allocated`, `started` or `recovered` point names:
+    /// `allocated` and `started` name an attempt that may have run (the
+    /// engine can die between the spawn and the `started` point);
+    /// `recovered` the one about to run.
+    fn note_attempt(&mut self, p: &point::Point) {
+        if let Some(a) = p.fields.get("attempt").and_then(|a| a.as_u64()) {
+            let a = u32::try_from(a).unwrap_or(u32::MAX);
+            let ran = if p.kind() != Some(Kind::Recovered) {
+                a
+            } else {
+                a.saturating_sub(1)
+            };
+            self.attempts = self.attempts.max(ran);
+        }
+    }
+
+    /// The open attempt of the log ended at the point's time.
+    fn end_attempt(&mut self, p: &point::Point, outcome: &str) {
+        if let Some(a) = self.attempts_log.last_mut().filter(|a| a.outcome.is_none()) {
+            a.ended_at = Some(p.ts.clone());
+            a.outcome = Some(outcome.to_string());
+            a.kind = p
+                .fields
+                .get("kind")
+                .and_then(|k| serde_json::from_value(k.clone()).ok());
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "history_tests.rs"]
+mod history_tests;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::task::TaskFile;
+
+    #[test]
+    fn a_taskers_own_points_never_count_in_recovery() {
+        let tmp = tempfile::tempdir().unwrap();
+        let log = tmp.path().join("x.log");
+        let line = |point: &str, extra: &str| {
+            format!(
+                r#"{{"ts":"2026-01-01T00:00:00.000001Z","id":"x","exid":"x","nid":"0","point":"{point}"{extra}}}"#
+            )
+        };
+        let text = [
+            line("created", ""),
+            line("offered", r#","taskee":"t","offer":1"#),
+            line("allocated", r#","attempt":1"#),
+            line("started", r#","attempt":1,"pid":1"#),
+            line("retried", r#","attempt":7,"source":"tasker""#),
+            line("started", r#","attempt":9,"source":"tasker""#),
+            line("offered", r#","source":"tasker""#),
+        ]
+        .join("\n")
+            + "\n";
+        std::fs::write(&log, text).unwrap();
+        let task = Task::from_file(
+            TaskFile::parse(br#"{"domain":"org"}"#).unwrap(),
+            Some("x"),
+            None,
+        )
+        .unwrap();
+        let h = history_of(&log, &task);
+        assert_eq!((h.attempts, h.offers, h.retries), (1, 1, 0));
+    }
+}
