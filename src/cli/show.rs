@@ -108,74 +108,9 @@ fn print_human(
     state: ListState,
     history: &[Record],
 ) {
-    let now = Utc::now();
-    let colour = colour();
-    println!("task {id}: {}", paint_state(state, colour));
-    let field = |k: &str, v: String| println!("  {k:<12} {v}");
+    println!("task {id}: {}", paint_state(state, colour()));
     if let Some(r) = record {
-        field("domain", r.domain.to_string());
-        field(
-            "taskee",
-            r.taskee.as_ref().map_or("-".into(), |t| t.to_string()),
-        );
-        field("attempts", r.attempts.to_string());
-        field("priority", r.priority.to_string());
-        field(
-            "created",
-            format!(
-                "{} ({})",
-                r.created_at.as_deref().unwrap_or("-"),
-                age(r.created_at.as_deref(), now)
-            ),
-        );
-        field(
-            "ended",
-            format!(
-                "{} ({})",
-                r.ended_at.as_deref().unwrap_or("-"),
-                age(r.ended_at.as_deref(), now)
-            ),
-        );
-        let first = r.first_started_at.as_deref().or(r.started_at.as_deref());
-        if let Some(took) = between(first, r.ended_at.as_deref(), now) {
-            field("took", duration(took));
-        }
-        for a in &r.attempts_log {
-            let took = between(Some(&a.started_at), a.ended_at.as_deref(), now)
-                .map_or("-".into(), duration);
-            let kind = a
-                .kind
-                .and_then(|k| serde_json::to_value(k).ok())
-                .and_then(|v| v.as_str().map(|k| format!(" ({k})")))
-                .unwrap_or_default();
-            field(
-                &format!("attempt {}", a.attempt),
-                format!(
-                    "{} at {}, took {took}{kind}",
-                    a.outcome.as_deref().unwrap_or("running"),
-                    a.started_at
-                ),
-            );
-        }
-        if let Some(e) = &r.error {
-            let kind = serde_json::to_value(e.kind).unwrap_or_default();
-            field(
-                "error",
-                format!(
-                    "{}: {}",
-                    kind.as_str().unwrap_or(""),
-                    first_line(&e.message)
-                ),
-            );
-        }
-        let payload = serde_json::to_string(&r.payload).unwrap_or_default();
-        field("payload", cut(&payload));
-        let path = if r.state == spoolflow::model::task::State::Completed {
-            root.done_file(id)
-        } else {
-            root.failed_file(id)
-        };
-        field("record", root.relative(&path).display().to_string());
+        print_record(root, id, r);
     } else if let Some(t) = task {
         let get = |k: &str| {
             t.get(k).map_or("-".to_string(), |v| {
@@ -189,21 +124,105 @@ fn print_human(
             cut(&t.get("payload").map(Value::to_string).unwrap_or_default()),
         );
     }
-    if !history.is_empty() {
-        println!("earlier attempts (history/):");
-        for h in history {
-            let reason = h
-                .error
-                .as_ref()
-                .map(|e| first_line(&e.message))
-                .unwrap_or_default();
-            println!(
-                "  {} attempt(s), {} at {}  {reason}",
-                h.attempts,
-                state_of(h),
-                h.ended_at.as_deref().unwrap_or("-")
-            );
-        }
+    print_history(history);
+}
+
+/// One aligned `key value` line of `show`.
+fn field(k: &str, v: String) {
+    println!("  {k:<12} {v}");
+}
+
+/// The fields of an ended task's record, its attempts included.
+fn print_record(root: &Root, id: &TaskId, r: &Record) {
+    let now = Utc::now();
+    field("domain", r.domain.to_string());
+    field(
+        "taskee",
+        r.taskee.as_ref().map_or("-".into(), |t| t.to_string()),
+    );
+    field("attempts", r.attempts.to_string());
+    field("priority", r.priority.to_string());
+    field(
+        "created",
+        format!(
+            "{} ({})",
+            r.created_at.as_deref().unwrap_or("-"),
+            age(r.created_at.as_deref(), now)
+        ),
+    );
+    field(
+        "ended",
+        format!(
+            "{} ({})",
+            r.ended_at.as_deref().unwrap_or("-"),
+            age(r.ended_at.as_deref(), now)
+        ),
+    );
+    let first = r.first_started_at.as_deref().or(r.started_at.as_deref());
+    if let Some(took) = between(first, r.ended_at.as_deref(), now) {
+        field("took", duration(took));
+    }
+    print_attempts(r, now);
+    if let Some(e) = &r.error {
+        let kind = serde_json::to_value(e.kind).unwrap_or_default();
+        field(
+            "error",
+            format!(
+                "{}: {}",
+                kind.as_str().unwrap_or(""),
+                first_line(&e.message)
+            ),
+        );
+    }
+    let payload = serde_json::to_string(&r.payload).unwrap_or_default();
+    field("payload", cut(&payload));
+    let path = if r.state == spoolflow::model::task::State::Completed {
+        root.done_file(id)
+    } else {
+        root.failed_file(id)
+    };
+    field("record", root.relative(&path).display().to_string());
+}
+
+/// A line per attempt that started: outcome, start, duration, error kind.
+fn print_attempts(r: &Record, now: chrono::DateTime<Utc>) {
+    for a in &r.attempts_log {
+        let took =
+            between(Some(&a.started_at), a.ended_at.as_deref(), now).map_or("-".into(), duration);
+        let kind = a
+            .kind
+            .and_then(|k| serde_json::to_value(k).ok())
+            .and_then(|v| v.as_str().map(|k| format!(" ({k})")))
+            .unwrap_or_default();
+        field(
+            &format!("attempt {}", a.attempt),
+            format!(
+                "{} at {}, took {took}{kind}",
+                a.outcome.as_deref().unwrap_or("running"),
+                a.started_at
+            ),
+        );
+    }
+}
+
+/// The earlier attempts kept in `history/`.
+fn print_history(history: &[Record]) {
+    if history.is_empty() {
+        return;
+    }
+    println!("earlier attempts (history/):");
+    for h in history {
+        let reason = h
+            .error
+            .as_ref()
+            .map(|e| first_line(&e.message))
+            .unwrap_or_default();
+        println!(
+            "  {} attempt(s), {} at {}  {reason}",
+            h.attempts,
+            state_of(h),
+            h.ended_at.as_deref().unwrap_or("-")
+        );
     }
 }
 

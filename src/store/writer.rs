@@ -392,23 +392,7 @@ impl Batch {
     /// The first, durable part of a job (its directory is fsynced later).
     fn write(&mut self, job: Job, spares: &mut Spares) -> Result<Written, SpoolError> {
         Ok(match job {
-            Job::Record(job) => match spares.write(&job) {
-                Ok(_) => {
-                    self.dirs.insert(job.dir.clone());
-                    Written::Record {
-                        job,
-                        already: false,
-                    }
-                }
-                Err(SpoolError::Exists(path)) => {
-                    tracing::warn!(
-                        "{} exists already; a final record is never overwritten",
-                        path.display()
-                    );
-                    Written::Record { job, already: true }
-                }
-                Err(e) => return Err(e),
-            },
+            Job::Record(job) => self.write_record(job, spares)?,
             Job::Claim {
                 exid,
                 from,
@@ -475,48 +459,84 @@ impl Batch {
                     journal: None,
                 }
             }
-            Job::Reject { path, ident, .. } if !still(&path, ident) => Written::Reject {
+            Job::Reject {
+                path,
+                ident,
+                rejected,
+                reason,
+            } => self.write_reject(path, ident, rejected, reason)?,
+        })
+    }
+
+    /// A final record, into a spare when there is one; a record already
+    /// there is never overwritten.
+    fn write_record(&mut self, job: RecordJob, spares: &mut Spares) -> Result<Written, SpoolError> {
+        match spares.write(&job) {
+            Ok(_) => {
+                self.dirs.insert(job.dir.clone());
+                Ok(Written::Record {
+                    job,
+                    already: false,
+                })
+            }
+            Err(SpoolError::Exists(path)) => {
+                tracing::warn!(
+                    "{} exists already; a final record is never overwritten",
+                    path.display()
+                );
+                Ok(Written::Record { job, already: true })
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Moves a bad input into `rejected/` with its reason, unless it
+    /// changed since it was read.
+    fn write_reject(
+        &mut self,
+        path: PathBuf,
+        ident: Option<Ident>,
+        rejected: PathBuf,
+        reason: String,
+    ) -> Result<Written, SpoolError> {
+        if !still(&path, ident) {
+            return Ok(Written::Reject {
+                from: path,
+                to: None,
+                retake: true,
+            });
+        }
+        Ok(match spool::reject(&path, &rejected, &reason, false) {
+            Ok(to) => {
+                tracing::info!("rejected {}: {reason}", path.display());
+                self.dirs.insert(rejected);
+                Written::Reject {
+                    from: path,
+                    to: Some(to),
+                    retake: true,
+                }
+            }
+            // Gone meanwhile (taken by its writer, or rejected by an
+            // earlier job): nothing to do.
+            Err(e) if e.is_not_found() => Written::Reject {
                 from: path,
                 to: None,
                 retake: true,
             },
-            Job::Reject {
-                path,
-                rejected,
-                reason,
-                ..
-            } => match spool::reject(&path, &rejected, &reason, false) {
-                Ok(to) => {
-                    tracing::info!("rejected {}: {reason}", path.display());
-                    self.dirs.insert(rejected);
-                    Written::Reject {
-                        from: path,
-                        to: Some(to),
-                        retake: true,
-                    }
-                }
-                // Gone meanwhile (taken by its writer, or rejected by an
-                // earlier job): nothing to do.
-                Err(e) if e.is_not_found() => Written::Reject {
+            // The disk failed, or the reason could not be written into
+            // rejected/ (the engine's own directory): stop. The input is
+            // still in in/, or already in rejected/.
+            Err(e) if e.is_fatal() || matches!(e, SpoolError::Write { .. }) => return Err(e),
+            // Moving this one entry was refused (an input someone else
+            // owns in a sticky in/, say): it stays, and the engine goes on.
+            Err(e) => {
+                tracing::error!("cannot reject {}: {e}", path.display());
+                Written::Reject {
                     from: path,
                     to: None,
-                    retake: true,
-                },
-                // The disk failed, or the reason could not be written into
-                // rejected/ (the engine's own directory): stop. The input is
-                // still in in/, or already in rejected/.
-                Err(e) if e.is_fatal() || matches!(e, SpoolError::Write { .. }) => return Err(e),
-                // Moving this one entry was refused (an input someone else
-                // owns in a sticky in/, say): it stays, and the engine goes on.
-                Err(e) => {
-                    tracing::error!("cannot reject {}: {e}", path.display());
-                    Written::Reject {
-                        from: path,
-                        to: None,
-                        retake: false,
-                    }
+                    retake: false,
                 }
-            },
+            }
         })
     }
 
