@@ -242,29 +242,39 @@ pub(crate) struct Engine {
     contain: crate::tasker::Contain,
 }
 
-/// Runs the engine (inside a tokio runtime).
-pub async fn run(
-    root: Root,
-    options: Options,
-    stop: Option<UnboundedReceiver<StopRequest>>,
-) -> Result<(), EngineError> {
+/// What comes before the engine's state: the root checked, the lock
+/// taken (held until the engine returns), what a dead engine left behind
+/// cleaned up, and how taskers will be contained.
+async fn start_up(
+    root: &Root,
+    workers: usize,
+) -> Result<(recovery::EngineLock, crate::tasker::Contain), EngineError> {
     root.ensure_exists()?;
     // A root made before priority requests existed gets their directory.
     let _ = std::fs::create_dir_all(root.priority_requests());
-    let _lock = recovery::lock(&root, options.workers).await?;
+    let lock = recovery::lock(root, workers).await?;
     // Said only once the lock is ours: a second engine never claims to
     // have started.
     tracing::info!(
         "engine started on {} (pid {}, {})",
         root.dir().display(),
         std::process::id(),
-        crate::text::count(options.workers, "worker")
+        crate::text::count(workers, "worker")
     );
-    recovery::kill_orphans(&root);
-    let contain = crate::tasker::Contain::detect(&root);
-    recovery::clean_temporaries(&root);
+    recovery::kill_orphans(root);
+    let contain = crate::tasker::Contain::detect(root);
+    recovery::clean_temporaries(root);
     crate::tasker::close_inherited_descriptors();
+    Ok((lock, contain))
+}
 
+/// Runs the engine (inside a tokio runtime).
+pub async fn run(
+    root: Root,
+    options: Options,
+    stop: Option<UnboundedReceiver<StopRequest>>,
+) -> Result<(), EngineError> {
+    let (_lock, contain) = start_up(&root, options.workers).await?;
     let (watch_tx, watch_rx) = mpsc::unbounded_channel();
     let watcher = watch::start(
         &root,
