@@ -21,18 +21,9 @@ pub fn run(root: Option<PathBuf>, args: Args) -> Result<(), Failure> {
     root.ensure_exists()
         .map_err(|e| Failure::new(exit::USAGE, e))?;
     let id = &args.id;
-    if root.done_file(id).exists() || root.failed_file(id).exists() {
-        return Err(Failure::new(
-            exit::FAILURE,
-            format!("task {id} has ended already"),
-        ));
-    }
-    if !root.run_file(id).exists() && !in_spool(&root, id) {
-        return Err(Failure::new(
-            exit::NOT_FOUND,
-            format!("unknown task id {id}"),
-        ));
-    }
+    require_live(&root, id, || {
+        Failure::new(exit::FAILURE, format!("task {id} has ended already"))
+    })?;
     let mut request = serde_json::Map::new();
     request.insert("id".into(), id.as_str().into());
     if let Some(r) = &args.reason {
@@ -45,7 +36,22 @@ pub fn run(root: Option<PathBuf>, args: Args) -> Result<(), Failure> {
     Ok(())
 }
 
-/// Whether a task file for `id` waits in `in/` or `in/<domain>/`.
-fn in_spool(root: &spoolflow::Root, id: &TaskId) -> bool {
-    spoolflow::read::find_in(root, id).is_some()
+/// A request (cancel, priority) names a task that has not ended: one in
+/// `run/`, or waiting in `in/` or `in/<domain>/`. An ended one fails with
+/// `ended()`, an unknown id with "not found".
+pub(super) fn require_live(
+    root: &spoolflow::Root,
+    id: &TaskId,
+    ended: impl FnOnce() -> Failure,
+) -> Result<(), Failure> {
+    if root.done_file(id).exists() || root.failed_file(id).exists() {
+        return Err(ended());
+    }
+    if !root.run_file(id).exists() && spoolflow::read::find_in(root, id).is_none() {
+        return Err(Failure::new(
+            exit::NOT_FOUND,
+            format!("unknown task id {id}"),
+        ));
+    }
+    Ok(())
 }

@@ -30,18 +30,12 @@ pub fn run(root: Option<PathBuf>, args: Args) -> Result<(), Failure> {
     root.ensure_exists()
         .map_err(|e| Failure::new(exit::USAGE, e))?;
     let id = &args.id;
-    if root.done_file(id).exists() || root.failed_file(id).exists() {
-        return Err(Failure::new(
+    super::cancel::require_live(&root, id, || {
+        Failure::new(
             exit::USAGE,
             format!("task {id} has ended already; only a queued task's priority can change"),
-        ));
-    }
-    if !root.run_file(id).exists() && !in_spool(&root, id) {
-        return Err(Failure::new(
-            exit::NOT_FOUND,
-            format!("unknown task id {id}"),
-        ));
-    }
+        )
+    })?;
     let dir = root.priority_requests();
     std::fs::create_dir_all(&dir).map_err(|e| Failure::new(exit::FAILURE, e))?;
     let request = serde_json::json!({ "id": id.as_str(), "priority": args.priority });
@@ -142,9 +136,4 @@ fn refusal(root: &spoolflow::Root, id: &TaskId, since: std::time::SystemTime) ->
         .max()
         .and_then(|(_, p)| std::fs::read_to_string(p).ok())
         .map(|r| r.trim().to_string())
-}
-
-/// Whether a task file for `id` waits in `in/` or `in/<domain>/`.
-fn in_spool(root: &spoolflow::Root, id: &TaskId) -> bool {
-    spoolflow::read::find_in(root, id).is_some()
 }
