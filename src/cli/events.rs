@@ -4,14 +4,13 @@
 //! filesystem watcher) until interrupted.
 
 use std::collections::HashMap;
-use std::fs::File;
-use std::io::{Read, Seek, SeekFrom, Write};
-use std::path::PathBuf;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 
 use chrono::Utc;
 use spoolflow::model::point::Point;
 
-use super::follow::Follow;
+use super::follow::{Follow, Tail};
 use super::output::{cutoff, parse_duration};
 use super::{exit, Failure};
 
@@ -31,30 +30,15 @@ pub struct Args {
 
 /// Where each log was read up to, and its unfinished last line.
 #[derive(Default)]
-struct Offsets(HashMap<PathBuf, (u64, Vec<u8>)>);
+struct Offsets(HashMap<PathBuf, Tail>);
 
 impl Offsets {
     /// The whole lines appended to `path` since the last read.
-    fn read(&mut self, path: &PathBuf) -> Vec<Vec<u8>> {
-        let (offset, partial) = self.0.entry(path.clone()).or_default();
-        let Ok(mut f) = File::open(path) else {
-            return Vec::new();
-        };
-        let mut bytes = Vec::new();
-        if f.seek(SeekFrom::Start(*offset)).is_err() || f.read_to_end(&mut bytes).is_err() {
-            return Vec::new();
-        }
-        *offset += bytes.len() as u64;
-        partial.extend(bytes);
-        let Some(end) = partial.iter().rposition(|b| *b == b'\n') else {
-            return Vec::new();
-        };
-        let rest = partial.split_off(end + 1);
-        std::mem::replace(partial, rest)
-            .split(|b| *b == b'\n')
-            .filter(|l| !l.is_empty())
-            .map(<[u8]>::to_vec)
-            .collect()
+    fn read(&mut self, path: &Path) -> Vec<Vec<u8>> {
+        self.0
+            .entry(path.to_path_buf())
+            .or_insert_with(|| Tail::new(path.to_path_buf()))
+            .lines()
     }
 }
 

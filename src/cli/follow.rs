@@ -3,7 +3,10 @@
 //! wake the command. The command re-reads the files on each wake-up (an
 //! event says where to look, the files say what is true); a wake-up every
 //! few seconds with no event is only a safety net against a lost event.
+//! [`Tail`] reads what was appended to a file since the last look.
 
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
 use std::path::PathBuf;
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
@@ -74,5 +77,45 @@ impl Follow {
             paths.extend(more);
         }
         Some(paths)
+    }
+}
+
+/// A file read from where the last read stopped, whole lines at a time.
+pub struct Tail {
+    path: PathBuf,
+    offset: u64,
+    partial: Vec<u8>,
+}
+
+impl Tail {
+    pub fn new(path: PathBuf) -> Tail {
+        Tail {
+            path,
+            offset: 0,
+            partial: Vec::new(),
+        }
+    }
+
+    /// The whole lines appended since the last call.
+    pub fn lines(&mut self) -> Vec<Vec<u8>> {
+        let Ok(mut f) = File::open(&self.path) else {
+            return Vec::new();
+        };
+        let mut bytes = Vec::new();
+        if f.seek(SeekFrom::Start(self.offset)).is_err() || f.read_to_end(&mut bytes).is_err() {
+            return Vec::new();
+        }
+        self.offset += bytes.len() as u64;
+        self.partial.extend(bytes);
+        let Some(end) = self.partial.iter().rposition(|b| *b == b'\n') else {
+            return Vec::new();
+        };
+        let rest = self.partial.split_off(end + 1);
+        let whole = std::mem::replace(&mut self.partial, rest);
+        whole
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(<[u8]>::to_vec)
+            .collect()
     }
 }

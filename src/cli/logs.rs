@@ -4,8 +4,6 @@
 //! prints what is appended as it is appended (woken by the filesystem
 //! watcher) and exits by itself once the execution has ended.
 
-use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use serde_json::json;
@@ -13,7 +11,7 @@ use spoolflow::model::names::TaskId;
 use spoolflow::model::point::{Kind, Point};
 use spoolflow::read;
 
-use super::follow::Follow;
+use super::follow::{Follow, Tail};
 use super::{exit, points, Failure};
 
 #[derive(Debug, clap::Args)]
@@ -29,46 +27,6 @@ pub struct Args {
     /// Print the points as JSON lines (stderr lines as {"stderr": …}).
     #[arg(long)]
     pub json: bool,
-}
-
-/// A file read from where the last read stopped, whole lines at a time.
-struct Tail {
-    path: PathBuf,
-    offset: u64,
-    partial: Vec<u8>,
-}
-
-impl Tail {
-    fn new(path: PathBuf) -> Tail {
-        Tail {
-            path,
-            offset: 0,
-            partial: Vec::new(),
-        }
-    }
-
-    /// The whole lines appended since the last call.
-    fn lines(&mut self) -> Vec<Vec<u8>> {
-        let Ok(mut f) = File::open(&self.path) else {
-            return Vec::new();
-        };
-        let mut bytes = Vec::new();
-        if f.seek(SeekFrom::Start(self.offset)).is_err() || f.read_to_end(&mut bytes).is_err() {
-            return Vec::new();
-        }
-        self.offset += bytes.len() as u64;
-        self.partial.extend(bytes);
-        let Some(end) = self.partial.iter().rposition(|b| *b == b'\n') else {
-            return Vec::new();
-        };
-        let rest = self.partial.split_off(end + 1);
-        let whole = std::mem::replace(&mut self.partial, rest);
-        whole
-            .split(|b| *b == b'\n')
-            .filter(|l| !l.is_empty())
-            .map(<[u8]>::to_vec)
-            .collect()
-    }
 }
 
 pub fn run(root: Option<PathBuf>, args: Args) -> Result<(), Failure> {

@@ -342,17 +342,25 @@ pub async fn run(
         stop,
     };
     let result = engine.event_loop(inbox).await;
-    let Engine {
-        writer,
-        offers,
-        contain,
-        root,
-        ..
-    } = engine;
-    offers.finish();
-    writer.finish();
-    contain.finish(&root);
+    engine.finish_threads();
     result
+}
+
+impl Engine {
+    /// Ends what runs beside the loop: the offer pool, the writer (its
+    /// queue written out), and the containment of taskers.
+    fn finish_threads(self) {
+        let Engine {
+            writer,
+            offers,
+            contain,
+            root,
+            ..
+        } = self;
+        offers.finish();
+        writer.finish();
+        contain.finish(&root);
+    }
 }
 
 async fn sleep_until(t: Option<tokio::time::Instant>) {
