@@ -312,11 +312,23 @@ static NO_OPTIONS: TaskOptions = TaskOptions {
 impl NodeTask {
     /// A task whose payload and headers stay in memory (a flow's node: the
     /// flow's `run/` file holds the flow, not its nodes).
-    pub fn in_memory(task: Task) -> NodeTask {
+    pub fn in_memory(mut task: Task) -> NodeTask {
         let body = Body::Loaded(Box::new(Loaded {
-            payload: task.payload,
-            headers: task.headers,
+            payload: std::mem::take(&mut task.payload),
+            headers: std::mem::take(&mut task.headers),
         }));
+        NodeTask::of(task, body)
+    }
+
+    /// A standalone task in `run/`: its payload and headers are dropped
+    /// here, and read back from its `run/` file when it is offered.
+    pub fn on_disk(task: Task) -> NodeTask {
+        NodeTask::of(task, Body::OnDisk)
+    }
+
+    /// The task's scheduling fields, with `body` for its payload and
+    /// headers.
+    fn of(task: Task, body: Body) -> NodeTask {
         NodeTask::with_body(
             task.id,
             task.nid,
@@ -325,20 +337,6 @@ impl NodeTask {
             task.priority,
             task.options,
             body,
-        )
-    }
-
-    /// A standalone task in `run/`: its payload and headers are dropped
-    /// here, and read back from its `run/` file when it is offered.
-    pub fn on_disk(task: Task) -> NodeTask {
-        NodeTask::with_body(
-            task.id,
-            task.nid,
-            task.domain,
-            task.tasker,
-            task.priority,
-            task.options,
-            Body::OnDisk,
         )
     }
 
