@@ -23,6 +23,7 @@ pub mod submit;
 pub mod tasker;
 pub mod taskmaster;
 pub mod text;
+pub mod userfile;
 pub mod watch;
 
 pub use engine::{Options, StopRequest};

@@ -4,7 +4,6 @@
 //! taskee it chose (or its rejection of the task).
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -20,6 +19,7 @@ use crate::sandbox::{
 use crate::lookup::Lookups;
 use crate::model::names::{Domain, Nid, TaskId, Taskee};
 use crate::model::task::{Object, Refusal};
+use crate::userfile::{self, CONFIG_LIMIT};
 
 /// What a taskmaster sees of a task.
 #[derive(Debug, Clone, Copy)]
@@ -64,6 +64,8 @@ pub enum TaskmasterError {
     InvalidTaskee { path: String, taskee: String },
     #[error("{path}: `_taskee_` must be a string, not {type_name}")]
     TaskeeNotString { path: String, type_name: String },
+    #[error("{path}: the taskmaster evaluated to {value}; expected a taskee name or nothing")]
+    NotATaskee { path: String, value: String },
     #[error("{path}: chose no taskee and the task requested no tasker")]
     NoChoice { path: String },
     #[error("no taskmaster and no requested tasker for domain {0}")]
@@ -231,7 +233,10 @@ impl Taskmasters {
             .branch()
             .chain(std::iter::once("any"))
             .map(|d| self.tsk.join(d).join("taskmaster.rhai"))
-            .find(|p| p.is_file())
+            // Whatever stands at the path (a directory, a FIFO, a dangling
+            // link) is this domain's taskmaster, and fails its tasks
+            // `config` when it cannot be read: never skipped for the next.
+            .find(|p| p.symlink_metadata().is_ok())
     }
 
     /// How a script is named in messages: relative to the root when it lies
@@ -250,15 +255,15 @@ impl Taskmasters {
         path: &Path,
         label: &str,
     ) -> Result<(Stamp, Result<AST, TaskmasterError>), TaskmasterError> {
-        let read_err = |e: std::io::Error| TaskmasterError::Read {
+        let read_err = |e: &dyn std::fmt::Display| TaskmasterError::Read {
             path: label.to_string(),
             message: e.to_string(),
         };
-        let mut file = File::open(path).map_err(read_err)?;
-        let stamp = Stamp::of(&file.metadata().map_err(read_err)?);
+        let file = userfile::open(path).map_err(|e| read_err(&e))?;
+        let stamp = Stamp::of(&file.metadata().map_err(|e| read_err(&e))?);
         let mut source = String::new();
-        if let Err(e) = file.read_to_string(&mut source) {
-            return Ok((stamp, Err(read_err(e))));
+        if let Err(e) = file.take(CONFIG_LIMIT).read_to_string(&mut source) {
+            return Ok((stamp, Err(read_err(&e))));
         }
         let compiled = engine
             .compile(&source)
@@ -382,7 +387,16 @@ impl Script {
         let chosen = if assigned.is_string() {
             Some(assigned)
         } else if assigned.is_unit() {
-            returned.is_string().then_some(returned)
+            if returned.is_string() {
+                Some(returned)
+            } else if returned.is_unit() {
+                None
+            } else {
+                return Err(TaskmasterError::NotATaskee {
+                    path: label.clone(),
+                    value: described(&returned),
+                });
+            }
         } else {
             return Err(TaskmasterError::TaskeeNotString {
                 path: label.clone(),
@@ -408,6 +422,25 @@ impl Script {
                 }),
         }
     }
+}
+
+/// A value a script returned, in words: `a number (42)`, `an array
+/// ([1, 2])`.
+fn described(value: &Dynamic) -> String {
+    let kind = if value.is_int() || value.is_float() {
+        "a number"
+    } else if value.is_bool() {
+        "a boolean"
+    } else if value.is_array() {
+        "an array"
+    } else if value.is_map() {
+        "a map"
+    } else if value.is_char() {
+        "a character"
+    } else {
+        value.type_name()
+    };
+    format!("{kind} ({})", shorten(&value.to_string(), 60))
 }
 
 /// The `task` map a script sees.

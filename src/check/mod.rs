@@ -220,10 +220,17 @@ fn check_tasker(root: &Root, entry: &Path) -> Option<Problem> {
         _ => {}
     }
     let meta = std::fs::metadata(entry).ok()?;
+    if !meta.is_dir() && !meta.is_file() {
+        return problem(format!(
+            "is {}: a tasker is an executable file or a directory with a tasker.json",
+            crate::userfile::kind_of(&meta)
+        ))
+        .map(|p| p.fix("remove it, or move it out of tsk/"));
+    }
     if meta.is_dir() {
         let cfg = entry.join("tasker.json");
         let cfg_rel = root.relative(&cfg).to_path_buf();
-        match std::fs::read(&cfg) {
+        match crate::userfile::read(&cfg, crate::userfile::CONFIG_LIMIT) {
             Err(e) => Some(Problem::new(cfg_rel, format!("cannot read: {e}"))),
             Ok(bytes) => TaskerConfig::parse(&bytes)
                 .err()

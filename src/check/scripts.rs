@@ -14,6 +14,7 @@ use crate::layout::Root;
 use crate::model::names::{Domain, Taskee};
 use crate::sandbox::{lowercase_first, sandbox_engine};
 use crate::text::{closest, quoted};
+use crate::userfile;
 
 /// The variables the engine puts in a taskmaster's scope (SPEC 5).
 pub const ENGINE_VARIABLES: [&str; 3] = ["task", "payload", "_taskee_"];
@@ -21,9 +22,11 @@ pub const ENGINE_VARIABLES: [&str; 3] = ["task", "payload", "_taskee_"];
 /// Checks `tsk/<dir>/taskmaster.rhai` at `path`.
 pub(super) fn check_taskmaster(root: &Root, dir: &str, path: &Path) -> Vec<Problem> {
     let rel = root.relative(path).to_path_buf();
-    let source = match std::fs::read_to_string(path) {
+    let source = match userfile::read_string(path, userfile::CONFIG_LIMIT) {
         Ok(s) => s,
-        Err(e) => return vec![Problem::new(rel, format!("cannot read: {e}"))],
+        Err(e) => return vec![Problem::new(rel, format!("cannot read: {e}")).fix(
+            "make it a readable script file (the engine fails every task of the domain until then)",
+        )],
     };
     let ast = match sandbox_engine().compile(&source) {
         Ok(ast) => ast,

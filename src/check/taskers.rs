@@ -1,5 +1,6 @@
 //! `check` of a tasker beyond its config: a `#!` line that ends in CRLF
-//! (the system then looks for an interpreter named `sh\r`), a `cmd[0]`
+//! (the system then looks for an interpreter named `sh\r`), names no
+//! interpreter or one that is not there, a `cmd[0]`
 //! that is not on the tasker's `PATH` (its `env`'s, else the one
 //! `spoolflow check` runs with, which the engine passes on), and a script
 //! argument of `cmd` (`x.py`, `./run.sh`) that does not exist.
@@ -25,10 +26,11 @@ pub(super) fn check_deeper(root: &Root, entry: &Path) -> Vec<Problem> {
         return Vec::new();
     };
     if meta.is_file() {
-        return crlf_shebang(root, entry).into_iter().collect();
+        return shebang(root, entry).into_iter().collect();
     }
     let cfg = entry.join("tasker.json");
-    let (Ok(dir), Ok(text)) = (entry.canonicalize(), std::fs::read_to_string(&cfg)) else {
+    let text = crate::userfile::read_string(&cfg, crate::userfile::CONFIG_LIMIT);
+    let (Ok(dir), Ok(text)) = (entry.canonicalize(), text) else {
         return Vec::new();
     };
     let Ok(config) = TaskerConfig::parse(text.as_bytes()) else {
@@ -79,7 +81,7 @@ impl CmdSite<'_> {
                 Ok(m) if !m.is_file() || m.permissions().mode() & 0o111 == 0 => vec![self
                     .problem(format!("cmd[0] {} is not an executable file", quoted(prog)))
                     .fix(format!("chmod +x {here}/{prog}"))],
-                Ok(_) => crlf_shebang(self.root, &path).into_iter().collect(),
+                Ok(_) => shebang(self.root, &path).into_iter().collect(),
             };
         }
         let path_var = config
@@ -166,35 +168,46 @@ pub fn find_on_path(prog: &str, path_var: &str, dir: &Path) -> Option<PathBuf> {
     })
 }
 
-/// A problem if `path` starts with a `#!` line that ends in CRLF.
-fn crlf_shebang(root: &Root, path: &Path) -> Option<Problem> {
-    use std::io::Read;
-    let mut head = Vec::new();
-    std::fs::File::open(path)
-        .ok()?
-        .take(4096)
-        .read_to_end(&mut head)
-        .ok()?;
+/// A problem with the `#!` line `path` starts with, if any: it ends in
+/// CRLF, names no interpreter, or names one that is not an executable
+/// file.
+fn shebang(root: &Root, path: &Path) -> Option<Problem> {
+    let head = crate::userfile::head(path, 4096).ok()?;
     let line = head.split(|b| *b == b'\n').next()?;
-    if !head.starts_with(b"#!") || !line.ends_with(b"\r") || line.len() == head.len() {
-        return None;
-    }
-    let interpreter = String::from_utf8_lossy(&line[2..]).trim().to_string();
+    let rest = line.strip_prefix(b"#!")?;
     let rel = root.relative(path);
-    Some(
-        Problem::new(
-            rel,
-            format!(
+    let problem = |what: String| Problem::new(rel, what).at(Some(1));
+    if line.ends_with(b"\r") && line.len() < head.len() {
+        let interpreter = String::from_utf8_lossy(rest).trim().to_string();
+        return Some(problem(format!(
                 "the #! line ends in CRLF: the system looks for an interpreter named {} (with a carriage return), which does not exist",
                 quoted(&format!("{interpreter}\r"))
-            ),
-        )
-        .at(Some(1))
+            ))
         .fix(format!(
             "convert the file to LF line endings (sed -i 's/\\r$//' {})",
             rel.display()
-        )),
-    )
+        )));
+    }
+    let text = String::from_utf8_lossy(rest);
+    let Some(interpreter) = text.split_ascii_whitespace().next() else {
+        return Some(
+            problem("the #! line names no interpreter: the system cannot run the file".into())
+                .fix("name one after #! (e.g. #!/bin/sh), or remove the line and set cmd in a tasker.json"),
+        );
+    };
+    if !interpreter.starts_with('/') {
+        return None;
+    }
+    match std::fs::metadata(interpreter) {
+        Ok(m) if m.is_file() && m.permissions().mode() & 0o111 != 0 => None,
+        _ => Some(
+            problem(format!(
+                "the #! line names the interpreter {}, which is not an executable file",
+                quoted(interpreter)
+            ))
+            .fix("install it or correct the path (e.g. #!/usr/bin/env python3)"),
+        ),
+    }
 }
 
 /// The line (1-based) of the first occurrence of `needle` in `text`.

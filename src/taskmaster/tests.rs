@@ -97,10 +97,11 @@ fn lookup_goes_up_the_branch_then_any() {
     let abc = write(root, "a.b.c", "\"abc\"");
     assert_eq!(tm.find(&d), Some(abc));
 
-    // A directory named taskmaster.rhai is not a taskmaster.
+    // A directory named taskmaster.rhai is the domain's taskmaster (one
+    // that cannot be read): `any`'s is not used instead.
     std::fs::create_dir_all(root.join("tsk/z/taskmaster.rhai")).unwrap();
     let z: Domain = "z".parse().unwrap();
-    assert_eq!(tm.find(&z), Some(root.join("tsk/any/taskmaster.rhai")));
+    assert_eq!(tm.find(&z), Some(root.join("tsk/z/taskmaster.rhai")));
 
     let mut tm = tm;
     let f = Fixture::new("a.b.c", None);
@@ -133,12 +134,11 @@ fn assignment_return_and_precedence() {
 fn no_choice_means_the_requested_tasker() {
     assert_eq!(run("").unwrap(), taskee("stamp"));
     assert_eq!(run("let x = 1;").unwrap(), taskee("stamp"));
-    assert_eq!(run("42").unwrap(), taskee("stamp"));
     assert_eq!(run("()").unwrap(), taskee("stamp"));
-    assert_eq!(run("_taskee_ = (); [\"x\"]").unwrap(), taskee("stamp"));
+    assert_eq!(run("if false { \"x\" }").unwrap(), taskee("stamp"));
 
     let tmp = tempfile::tempdir().unwrap();
-    let path = write(tmp.path(), "org", "if task.tasker == () { 5 } else { 6 }");
+    let path = write(tmp.path(), "org", "if task.tasker == () { let x = 1; }");
     let mut tm = Taskmasters::new(tmp.path());
     let err = tm.choose(&Fixture::new("org", None).input()).unwrap_err();
     assert_eq!(
@@ -152,6 +152,63 @@ fn no_choice_means_the_requested_tasker() {
         "{err}"
     );
     assert!(path.is_file());
+}
+
+#[test]
+fn evaluating_to_a_value_that_is_no_name_is_an_error() {
+    for (script, said) in [
+        ("42", "a number (42)"),
+        ("1.5", "a number (1.5)"),
+        ("true", "a boolean (true)"),
+        ("[\"x\"]", "an array ([\"x\"])"),
+        ("_taskee_ = (); #{a: 1}", "a map (#{\"a\": 1})"),
+    ] {
+        let err = run(script).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "tsk/org/taskmaster.rhai: the taskmaster evaluated to {said}; expected a taskee name or nothing"
+            ),
+            "{script}"
+        );
+    }
+}
+
+#[test]
+fn a_taskmaster_that_cannot_be_read_is_an_error_not_skipped() {
+    let tmp = tempfile::tempdir().unwrap();
+    // The next script up the branch would accept the task: never used.
+    write(tmp.path(), "any", "\"fallback\"");
+    let dir = tmp.path().join("tsk/org");
+    std::fs::create_dir_all(&dir).unwrap();
+    let at = dir.join("taskmaster.rhai");
+    let cases: [(&str, &dyn Fn()); 3] = [
+        ("is a symlink to gone.rhai, which does not exist", &|| {
+            std::os::unix::fs::symlink("gone.rhai", &at).unwrap()
+        }),
+        ("is a directory, not a regular file", &|| {
+            std::fs::create_dir(&at).unwrap()
+        }),
+        ("is a FIFO (named pipe), not a regular file", &|| {
+            nix::unistd::mkfifo(&at, nix::sys::stat::Mode::S_IRWXU).unwrap()
+        }),
+    ];
+    for (said, make) in cases {
+        make();
+        let mut tm = Taskmasters::new(tmp.path());
+        let err = tm
+            .choose(&Fixture::new("org", Some("stamp")).input())
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!("tsk/org/taskmaster.rhai: cannot read: {said}")
+        );
+        if at.is_dir() {
+            std::fs::remove_dir(&at).unwrap();
+        } else {
+            std::fs::remove_file(&at).unwrap();
+        }
+    }
 }
 
 #[test]

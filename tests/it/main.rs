@@ -19,6 +19,7 @@ mod flows;
 mod flows_crash;
 mod flows_journal;
 mod friction;
+mod harden_taskmaster;
 mod hostile;
 mod intake;
 mod intake_burst;

@@ -78,7 +78,7 @@ fn choices_by_assignment_by_return_and_by_default() {
         r#"
         if payload.how == "assign" { _taskee_ = "alpha"; "beta" }
         else if payload.how == "return" { "beta" }
-        else { 42 }
+        else if payload.how == "number" { 42 }
         "#,
     );
     for name in ["alpha", "beta", "requested"] {
@@ -96,11 +96,25 @@ fn choices_by_assignment_by_return_and_by_default() {
         "none.json",
         r#"{"domain":"org","tasker":"requested","payload":{"how":"none"}}"#,
     );
+    t.drop_task(
+        "number.json",
+        r#"{"domain":"org","tasker":"requested","payload":{"how":"number"}}"#,
+    );
     t.run_drain(2);
     // An assignment wins over the value the script ends with.
     assert_eq!(t.must_record("assign")["taskee"], "alpha");
     assert_eq!(t.must_record("return")["taskee"], "beta");
-    // Neither (a non-string value): the requested tasker stands.
+    // A value that is no name fails the task (issue 15).
+    let number = t.must_record("number");
+    assert_eq!(number["error"]["kind"], "config", "{number:#}");
+    assert!(
+        number["reason"]
+            .as_str()
+            .unwrap()
+            .ends_with("evaluated to a number (42); expected a taskee name or nothing"),
+        "{number:#}"
+    );
+    // Neither (nothing): the requested tasker stands.
     let none = t.must_record("none");
     assert_eq!(none["taskee"], "requested");
     assert_eq!(none["payload"]["by"], "requested");
