@@ -183,3 +183,22 @@ impl TestRoot {
         c
     }
 }
+
+#[test]
+fn reasons_name_a_taskee_plainly() {
+    let t = TestRoot::new();
+    t.taskmaster("org", r#""slow3""#);
+    t.tasker(
+        "org",
+        "slow3",
+        "#!/bin/sh\ncat >/dev/null\necho '{\"point\":\"refused\",\"reason\":\"busy\"}'\n",
+    );
+    t.drop_task("a.json", r#"{"domain":"org"}"#);
+    t.run_drain(1);
+    let rec = t.must_record("a");
+    assert_eq!(rec["error"]["kind"], "refused", "{rec:#}");
+    assert_eq!(
+        rec["reason"], "offered again to slow3, which refused it: busy",
+        "{rec:#}"
+    );
+}
