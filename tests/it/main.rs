@@ -19,6 +19,8 @@ mod flows;
 mod flows_crash;
 mod flows_journal;
 mod friction;
+// issue 15: A2, A3, A4 (stderr)
+mod harden_reply;
 mod hostile;
 mod intake;
 mod intake_burst;
