@@ -509,8 +509,11 @@ fn sweep(vars: &[&[u8]], pgid: i32) -> usize {
 /// `pgid`, whose environment held `vars`.
 fn is_ours(child: &Child, vars: &[&[u8]], pgid: i32) -> bool {
     match child.state {
-        // A zombie shows no environment: only its group tells.
-        'Z' => child.pgrp == pgid && pgid > 1,
+        // A zombie shows no environment: only its group tells. Not the
+        // group's leader: the tasker was reaped by its own driver before
+        // the sweep, so a zombie with its pid is a newer tasker that reuses
+        // the number, whose exit its own driver is still to read.
+        'Z' => child.pgrp == pgid && pgid > 1 && child.pid != pgid,
         _ => std::fs::read(format!("/proc/{}/environ", child.pid))
             .is_ok_and(|env| env_has_all(&env, vars)),
     }
@@ -606,6 +609,21 @@ mod tests {
             assert!(named.is_dir());
             assert!(!root.taskers_cgroup().exists());
         }
+    }
+
+    #[test]
+    fn a_zombie_is_the_tasks_only_when_it_is_not_its_groups_leader() {
+        let zombie = |pid, pgrp| Child {
+            pid,
+            state: 'Z',
+            pgrp,
+        };
+        let vars: [&[u8]; 1] = [b"SPOOLFLOW_EXID=x"];
+        assert!(is_ours(&zombie(101, 100), &vars, 100));
+        assert!(!is_ours(&zombie(101, 200), &vars, 100));
+        // A new tasker that got the pid of the task's reaped leader.
+        assert!(!is_ours(&zombie(100, 100), &vars, 100));
+        assert!(!is_ours(&zombie(2, 1), &vars, 1));
     }
 
     #[test]

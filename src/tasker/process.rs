@@ -3,6 +3,14 @@
 //! copied line by line, a run timeout, and stop requests ending in SIGTERM
 //! then SIGKILL of the group. When the task ends, whatever the tasker
 //! started is killed: its group, and what left the group (see `contain`).
+//!
+//! The reply is what the tasker wrote on stdout before it exited: stdout is
+//! read while it runs, into a buffer the driver owns, so that a pipe held
+//! open by something the tasker left behind costs the reply nothing (what
+//! was read is used once the pipes' linger is over). A tasker that exited
+//! before its run timeout is judged by its exit, however late the engine
+//! gets to look (a stopped or busy engine): the timeout first checks
+//! whether the tasker has exited.
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -16,7 +24,7 @@ use tokio::sync::oneshot;
 
 use super::contain::{enter_at_exec, Tracked};
 use super::reply::REPLY_LIMIT;
-use super::stderr::copy_stderr;
+use super::stderr::{copy_stderr, StderrCopy};
 
 /// How long a tasker's pipes may outlive it before its group is killed.
 const LINGER: Duration = Duration::from_secs(2);
@@ -176,10 +184,6 @@ fn signal_group(pgid: i32, sig: Signal) {
     }
 }
 
-/// What the tasker's I/O yields: nothing from stdin, stdout and whether it
-/// went over the reply limit, and the last lines of stderr.
-type IoResult = ((), (Vec<u8>, bool), Vec<String>);
-
 /// Drives one tasker to its end: its I/O, its exit, and the engine's
 /// timers and stop request, all in one task so that no state is shared.
 async fn drive(
@@ -198,29 +202,57 @@ async fn drive(
         tracked,
         ..
     } = launch;
-    let io_done = pump(io, input, pgid, stderr_path, stderr_prefix);
+    let mut stdout = Stdout::default();
+    let mut stderr = StderrCopy::new(stderr_path, stderr_prefix);
     let mut run = Run::new(pgid, timeout, kill_grace, tracked);
-    tokio::pin!(io_done);
-    let mut io_result = None;
-    while run.status.is_none() || io_result.is_none() {
-        let kill_at = run.kill_at();
-        tokio::select! {
-            s = child.wait(), if run.status.is_none() => run.exited(s),
-            r = &mut io_done, if io_result.is_none() => { io_result = Some(r); }
-            _ = sleep_until(run.linger), if run.linger.is_some() => {
-                if run.linger_over() {
-                    break;
+    {
+        let io_done = pump(io, input, pgid, &mut stdout, &mut stderr);
+        tokio::pin!(io_done);
+        let mut io_over = false;
+        while run.status.is_none() || !io_over {
+            let kill_at = run.kill_at();
+            tokio::select! {
+                // The exit first: when the engine looks late, an exit and a
+                // timer may both be ready, and the exit came first.
+                biased;
+                s = child.wait(), if run.status.is_none() => run.exited(s),
+                () = &mut io_done, if !io_over => io_over = true,
+                _ = sleep_until(run.deadline), if run.deadline_armed() => {
+                    match child.try_wait() {
+                        Ok(Some(status)) => run.exited(Ok(status)),
+                        Err(e) => run.exited(Err(e)),
+                        Ok(None) => run.time_out(),
+                    }
+                }
+                reason = &mut stop_rx, if run.stop_open => run.stop_requested(reason),
+                _ = sleep_until(kill_at), if kill_at.is_some() && !run.killed => run.kill(),
+                _ = sleep_until(run.linger), if run.linger.is_some() => {
+                    if run.linger_over() {
+                        break;
+                    }
                 }
             }
-            _ = sleep_until(run.deadline), if run.deadline_armed() => run.time_out(),
-            reason = &mut stop_rx, if run.stop_open => run.stop_requested(reason),
-            _ = sleep_until(kill_at), if kill_at.is_some() && !run.killed => run.kill(),
+        }
+        if !io_over {
+            // The pipes are still held: take what they hold now, without
+            // waiting for their end.
+            tokio::select! {
+                biased;
+                () = &mut io_done => {}
+                () = std::future::ready(()) => {}
+            }
         }
     }
+    let stderr_tail = stderr.finish();
+    end_all(&run, pgid).await;
+    run.into_exit(stdout, stderr_tail)
+}
+
+/// Nothing the tasker started outlives its task: most leave nothing,
+/// which a look on this thread tells; killing and reaping what is left
+/// blocks, on a blocking thread.
+async fn end_all(run: &Run, pgid: i32) {
     run.end_group();
-    // Nothing the tasker started outlives its task: most leave nothing,
-    // which a look on this thread tells; killing and reaping what is left
-    // blocks, on a blocking thread.
     if run.tracked.nothing_left(pgid) {
         // Nothing to end.
     } else if run.tracked.end_blocks() {
@@ -229,24 +261,23 @@ async fn drive(
     } else {
         run.tracked.end(pgid);
     }
-    run.into_exit(io_result)
 }
 
 /// All of the tasker's I/O at once: stdin written while stdout is read and
 /// stderr copied, so that a tasker blocked on one pipe never stalls the
-/// others.
+/// others. What is read lands in `stdout` and `stderr` as it comes.
 async fn pump(
     io: ChildIo,
     input: Vec<u8>,
     pgid: i32,
-    stderr_path: PathBuf,
-    stderr_prefix: String,
-) -> IoResult {
+    stdout: &mut Stdout,
+    stderr: &mut StderrCopy,
+) {
     tokio::join!(
         write_stdin(io.stdin, input),
-        read_reply(io.stdout, pgid),
-        copy_stderr(io.stderr, stderr_path, stderr_prefix)
-    )
+        read_reply(io.stdout, pgid, stdout),
+        copy_stderr(io.stderr, stderr)
+    );
 }
 
 /// stdin: written concurrently; a tasker that exits without reading is
@@ -258,21 +289,36 @@ async fn write_stdin(stdin: Option<tokio::process::ChildStdin>, input: Vec<u8>) 
     }
 }
 
-/// stdout: read up to the reply limit. A tasker that writes more has its
-/// group killed and its reply dropped (`true`: oversized).
-async fn read_reply(stdout: Option<tokio::process::ChildStdout>, pgid: i32) -> (Vec<u8>, bool) {
-    let mut buf = Vec::new();
-    let mut oversized = false;
-    if let Some(stdout) = stdout {
-        let mut limited = stdout.take(REPLY_LIMIT as u64 + 1);
-        let _ = limited.read_to_end(&mut buf).await;
-        if buf.len() > REPLY_LIMIT {
-            oversized = true;
-            buf.clear();
-            signal_group(pgid, Signal::SIGKILL);
+/// What a tasker wrote on stdout, so far.
+#[derive(Default)]
+struct Stdout {
+    bytes: Vec<u8>,
+    /// It went over [`REPLY_LIMIT`] (the group was killed, the bytes
+    /// dropped).
+    oversized: bool,
+}
+
+/// stdout: read up to the reply limit, as it comes. A tasker that writes
+/// more has its group killed and its reply dropped.
+async fn read_reply(stdout: Option<tokio::process::ChildStdout>, pgid: i32, into: &mut Stdout) {
+    let Some(mut stdout) = stdout else {
+        return;
+    };
+    loop {
+        if into.bytes.capacity() - into.bytes.len() < 8 * 1024 {
+            into.bytes.reserve(8 * 1024);
+        }
+        match stdout.read_buf(&mut into.bytes).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) if into.bytes.len() > REPLY_LIMIT => {
+                into.oversized = true;
+                into.bytes = Vec::new();
+                signal_group(pgid, Signal::SIGKILL);
+                break;
+            }
+            Ok(_) => {}
         }
     }
-    (buf, oversized)
 }
 
 /// The state of [`drive`]'s loop: what happened to the tasker so far and
@@ -378,14 +424,13 @@ impl Run {
         signal_group(self.pgid, Signal::SIGKILL);
     }
 
-    /// The tasker's [`Exit`] from the loop's state and its I/O.
-    fn into_exit(self, io_result: Option<IoResult>) -> Exit {
-        let ((), (stdout, oversized), stderr_tail) = io_result.unwrap_or_default();
+    /// The tasker's [`Exit`] from the loop's state and what it wrote.
+    fn into_exit(self, stdout: Stdout, stderr_tail: Vec<String>) -> Exit {
         match self.status {
             Some(Ok(status)) => Exit::Exited {
                 status,
-                stdout,
-                oversized,
+                stdout: stdout.bytes,
+                oversized: stdout.oversized,
                 stderr_tail,
                 timed_out: self.timed_out,
                 stopped: self.stopped,

@@ -20,6 +20,8 @@ mod flows_crash;
 mod flows_journal;
 mod friction;
 mod harden_taskmaster;
+// issue 15: A2, A3, A4 (stderr)
+mod harden_reply;
 mod hostile;
 mod intake;
 mod intake_burst;

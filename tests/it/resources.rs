@@ -168,11 +168,13 @@ fn taskers_flooding_stderr_do_not_grow_the_engine() {
         let err_len = fs::metadata(t.join(&format!("var/log/tsk/{id}.err")))
             .unwrap()
             .len();
-        // every byte arrived, with the "<id>: " prefix on every line
-        let lines = (MIB_EACH << 20).div_ceil(1000) as u64;
-        assert_eq!(
-            err_len,
-            (MIB_EACH << 20) as u64 + lines + lines * (id.len() as u64 + 2)
+        // issue 15: the file keeps the beginning and the end of a run's
+        // stderr, with one line saying what was cut between them
+        use spoolflow::tasker::stderr::{ERR_HEAD, ERR_TAIL};
+        let cap = (ERR_HEAD + ERR_TAIL) as u64;
+        assert!(
+            err_len > cap - 2 * 1024 && err_len < cap + 200,
+            "{id}.err holds {err_len} bytes"
         );
     }
     eprintln!("{TASKS} taskers x {MIB_EACH} MiB of stderr: engine peak RSS {peak} KiB");
