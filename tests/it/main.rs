@@ -19,6 +19,8 @@ mod flows;
 mod flows_crash;
 mod flows_journal;
 mod friction;
+// wt-points (issue 15: A1, A4 points, E dropped lines)
+mod harden_points;
 mod hostile;
 mod intake;
 mod intake_burst;
