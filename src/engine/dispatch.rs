@@ -369,6 +369,11 @@ impl Engine {
             points: PointsTail::new(points_file.clone()),
         }));
         let gen = node.gen;
+        // What an earlier run's escaped writer may have left there is not
+        // this run's.
+        if let Some(left) = super::tasker_points::remove_entry(&points_file) {
+            tracing::warn!("{left}");
+        }
         self.points_files.insert(points_file, key.clone());
         // Spawning blocks until the child has exec'd (vfork): off the event
         // loop, so that other exits and starts go on meanwhile.

@@ -14,7 +14,6 @@
 //! heap per queued task in all (node, maps, scheduler entry), down from
 //! about 2.5 KB when each node held its whole task.
 
-
 use chrono::{DateTime, Utc};
 use tokio::sync::oneshot;
 

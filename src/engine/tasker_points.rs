@@ -121,7 +121,9 @@ pub fn classify(line: &[u8], ids: &Ids<'_>) -> Result<Point, Dropped> {
         return Err(Dropped::NotAnObject);
     };
     match obj.get("point") {
-        Some(serde_json::Value::String(p)) if Kind::is_final_name(p) => Err(Dropped::Final(p.clone())),
+        Some(serde_json::Value::String(p)) if Kind::is_final_name(p) => {
+            Err(Dropped::Final(p.clone()))
+        }
         Some(serde_json::Value::String(_)) => Err(Dropped::BadName),
         _ => Err(Dropped::NoName),
     }
@@ -228,7 +230,11 @@ impl PointsTail {
     pub fn finish(&mut self, ids: &Ids<'_>) -> Look {
         let mut out = Look::default();
         while self.look_once(ids, &mut out) {}
-        if !self.capped && !self.skipping && !self.partial.is_empty() {
+        if self.skipping {
+            // An over-long last line, never ended.
+            self.lines += 1;
+            self.drop_line(Dropped::TooLong);
+        } else if !self.capped && !self.partial.is_empty() {
             let line = std::mem::take(&mut self.partial);
             self.take_line(&line, ids, &mut out);
         }
@@ -348,8 +354,15 @@ impl PointsTail {
     }
 
     /// Says once what was not copied: a point and an engine log line.
-    fn note<'o>(&self, name: &str, reason: String, ids: &Ids<'_>, out: &'o mut Look) -> &'o mut Point {
-        out.warnings.push(format!("task {} (node {}): {reason}", ids.id, ids.nid));
+    fn note<'o>(
+        &self,
+        name: &str,
+        reason: String,
+        ids: &Ids<'_>,
+        out: &'o mut Look,
+    ) -> &'o mut Point {
+        out.warnings
+            .push(format!("task {} (node {}): {reason}", ids.id, ids.nid));
         let p = Point::engine_note(name, ids.id, ids.exid, ids.nid).with("reason", reason.as_str());
         out.points.push(p);
         let last = out.points.len() - 1;
@@ -424,5 +437,174 @@ pub fn remove_entry(path: &Path) -> Option<String> {
              engine's next start",
             path.display()
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn names() -> (TaskId, Nid) {
+        ("t1".parse().unwrap(), Nid::root())
+    }
+
+    fn ids<'a>(id: &'a TaskId, nid: &'a Nid) -> Ids<'a> {
+        Ids { id, exid: id, nid }
+    }
+
+    fn append(path: &Path, bytes: &[u8]) {
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .unwrap();
+        f.write_all(bytes).unwrap();
+    }
+
+    fn point_names(look: &Look) -> Vec<&str> {
+        look.points.iter().map(|p| p.point.as_str()).collect()
+    }
+
+    #[test]
+    fn lines_are_classified_with_a_reason() {
+        let (id, nid) = names();
+        let ids = ids(&id, &nid);
+        assert!(classify(br#"{"point":"progress","done":1}"#, &ids).is_ok());
+        assert!(matches!(classify(b"nope", &ids), Err(Dropped::NotJson(_))));
+        assert_eq!(classify(b"[1]", &ids).unwrap_err(), Dropped::NotAnObject);
+        assert_eq!(classify(b"{}", &ids).unwrap_err(), Dropped::NoName);
+        assert_eq!(
+            classify(br#"{"point":""}"#, &ids).unwrap_err(),
+            Dropped::BadName
+        );
+        assert_eq!(
+            classify(br#"{"point":"failed"}"#, &ids).unwrap_err(),
+            Dropped::Final("failed".into())
+        );
+        let long = format!(r#"{{"point":"x","pad":"{}"}}"#, "p".repeat(LINE_MAX));
+        assert_eq!(
+            classify(long.as_bytes(), &ids).unwrap_err(),
+            Dropped::TooLong
+        );
+    }
+
+    #[test]
+    fn a_line_is_copied_once_complete_and_a_point_follows_an_over_long_line() {
+        let (id, nid) = names();
+        let ids = ids(&id, &nid);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.jsonl");
+        let mut tail = PointsTail::new(path.clone());
+        assert!(tail.look(&ids).points.is_empty(), "no file yet");
+        append(&path, br#"{"point":"a"}"#);
+        assert!(tail.look(&ids).points.is_empty(), "not ended yet");
+        append(&path, b"\n");
+        assert_eq!(point_names(&tail.look(&ids)), ["a"]);
+        append(&path, &vec![b'x'; LINE_MAX + 10]);
+        assert!(tail.look(&ids).points.is_empty());
+        append(&path, b"xx\n{\"point\":\"b\"}\n{\"point\":\"c\"}");
+        assert_eq!(point_names(&tail.look(&ids)), ["b"]);
+        // At the end an unterminated last line counts.
+        let end = tail.finish(&ids);
+        assert_eq!(point_names(&end), ["c", "points-dropped"]);
+        let note = &end.points[1];
+        assert_eq!(note.fields["count"], 1);
+        assert_eq!(note.fields["source"], "engine");
+        assert_eq!(
+            note.fields["reason"],
+            "1 line(s) of $SPOOLFLOW_POINTS were not copied; the first (line 2) is longer than \
+             64 KiB"
+        );
+        assert_eq!(end.warnings.len(), 1);
+    }
+
+    #[test]
+    fn the_points_cap_is_noted_once_and_nothing_more_is_read() {
+        let (id, nid) = names();
+        let ids = ids(&id, &nid);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.jsonl");
+        let line = b"{\"point\":\"p\"}\n";
+        append(&path, &line.repeat(POINTS_CAP as usize + 3));
+        let look = tail_finish(&path, &ids);
+        assert_eq!(look.points.len(), POINTS_CAP as usize + 1);
+        assert_eq!(look.points[POINTS_CAP as usize].point, "points-capped");
+        assert_eq!(look.warnings.len(), 1);
+    }
+
+    fn tail_finish(path: &Path, ids: &Ids<'_>) -> Look {
+        let mut tail = PointsTail::new(path.to_path_buf());
+        let mut look = tail.look(ids);
+        let end = tail.finish(ids);
+        look.points.extend(end.points);
+        look.warnings.extend(end.warnings);
+        look
+    }
+
+    #[test]
+    fn the_bytes_cap_bounds_a_file_of_junk() {
+        let (id, nid) = names();
+        let ids = ids(&id, &nid);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.jsonl");
+        append(&path, &vec![b'x'; BYTES_CAP as usize + READ_CHUNK as usize]);
+        append(&path, b"\n{\"point\":\"late\"}\n");
+        let look = tail_finish(&path, &ids);
+        assert_eq!(point_names(&look), ["points-capped", "points-dropped"]);
+        assert_eq!(
+            look.points[0].fields["reason"],
+            "$SPOOLFLOW_POINTS reached 8 MiB; the rest was not read"
+        );
+    }
+
+    #[test]
+    fn a_path_that_is_no_regular_file_is_noted_once() {
+        let (id, nid) = names();
+        let ids = ids(&id, &nid);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.jsonl");
+        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let mut tail = PointsTail::new(path.clone());
+        let first = tail.look(&ids);
+        assert_eq!(point_names(&first), ["points-unread"]);
+        assert_eq!(
+            first.points[0].fields["reason"],
+            "$SPOOLFLOW_POINTS was replaced by a FIFO; its points were not read"
+        );
+        assert!(tail.finish(&ids).points.is_empty(), "said once");
+        assert_eq!(remove_entry(&path), None);
+        assert!(std::fs::symlink_metadata(&path).is_err());
+    }
+
+    #[test]
+    fn a_truncated_file_is_followed_from_its_start() {
+        let (id, nid) = names();
+        let ids = ids(&id, &nid);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.jsonl");
+        append(&path, b"{\"point\":\"first-of-a-long-name\"}\n");
+        let mut tail = PointsTail::new(path.clone());
+        assert_eq!(point_names(&tail.look(&ids)), ["first-of-a-long-name"]);
+        std::fs::write(&path, b"{\"point\":\"again\"}\n").unwrap();
+        assert_eq!(point_names(&tail.finish(&ids)), ["again"]);
+    }
+
+    #[test]
+    fn removal_never_follows_a_link_nor_recurses() {
+        let dir = tempfile::tempdir().unwrap();
+        let kept = dir.path().join("kept");
+        std::fs::write(&kept, "x").unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&kept, &link).unwrap();
+        assert_eq!(remove_entry(&link), None);
+        assert!(kept.exists() && std::fs::symlink_metadata(&link).is_err());
+        let full = dir.path().join("full");
+        std::fs::create_dir(&full).unwrap();
+        std::fs::write(full.join("f"), "x").unwrap();
+        let left = remove_entry(&full).unwrap_or_default();
+        assert!(left.contains("left in place"), "{left}");
+        assert!(full.join("f").exists());
+        assert_eq!(remove_entry(&dir.path().join("absent")), None);
     }
 }

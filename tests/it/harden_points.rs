@@ -254,7 +254,10 @@ fn a_point_after_an_over_long_line_is_copied() {
     assert_eq!(dropped.len(), 1, "{:#?}", t.point_names("long"));
     assert_eq!(dropped[0]["count"], 1);
     let reason = dropped[0]["reason"].as_str().unwrap_or_default();
-    assert!(reason.contains("(line 2) is longer than 64 KiB"), "{reason}");
+    assert!(
+        reason.contains("(line 2) is longer than 64 KiB"),
+        "{reason}"
+    );
 }
 
 #[test]
@@ -277,13 +280,18 @@ echo '{"from":"reply"}'
     );
     let engine = t.spawn_engine(&["--workers", "2", "--rescan", "1h"]);
     t.drop_task("drops.json", &task("drops", "w"));
-    wait_for("the task's record", DEADLINE, || t.record("drops").is_some());
+    wait_for("the task's record", DEADLINE, || {
+        t.record("drops").is_some()
+    });
     assert_eq!(t.must_record("drops")["state"], "completed");
     assert_eq!(t.points_named("drops", "ok").len(), 2);
     let dropped = notes(&t, "drops", "points-dropped");
     assert_eq!(dropped.len(), 1, "{:#?}", t.point_names("drops"));
     assert_eq!(dropped[0]["count"], 4);
-    let reason = dropped[0]["reason"].as_str().unwrap_or_default().to_string();
+    let reason = dropped[0]["reason"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     assert!(
         reason.starts_with(
             "4 line(s) of $SPOOLFLOW_POINTS were not copied; the first (line 1) is not JSON"
@@ -295,18 +303,4 @@ echo '{"from":"reply"}'
     assert_eq!(names[names.len() - 2], "points-dropped");
     let log = sigterm_stops(engine);
     assert_eq!(log.matches(&reason).count(), 1, "{log}");
-}
-
-#[test]
-fn a_task_whose_points_are_all_good_gets_no_note() {
-    let t = TestRoot::new();
-    run_writer(
-        &t,
-        "fine",
-        "echo '{\"point\":\"ok\"}' >> \"$SPOOLFLOW_POINTS\"",
-    );
-    assert_eq!(
-        t.point_names("fine"),
-        ["created", "offered", "allocated", "started", "ok", "completed"]
-    );
 }
