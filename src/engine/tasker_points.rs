@@ -63,6 +63,8 @@ pub struct PointsTail {
     path: PathBuf,
     /// Bytes consumed (read and split into lines, or carried).
     offset: u64,
+    /// Bytes read in all (the file may be truncated and read again).
+    read: u64,
     /// The start of a line whose end was not read yet.
     partial: Vec<u8>,
     /// In an over-long line: bytes are skipped up to its end.
@@ -200,6 +202,7 @@ impl PointsTail {
         PointsTail {
             path,
             offset: 0,
+            read: 0,
             partial: Vec::new(),
             skipping: false,
             lines: 0,
@@ -229,7 +232,14 @@ impl PointsTail {
     /// note of the lines dropped, if any.
     pub fn finish(&mut self, ids: &Ids<'_>) -> Look {
         let mut out = Look::default();
-        while self.look_once(ids, &mut out) {}
+        // Enough looks to read up to the bytes cap; a file truncated over
+        // and over by an escaped writer cannot keep the engine here.
+        let most = 2 * BYTES_CAP.div_ceil(READ_CHUNK) + 2;
+        for _ in 0..most {
+            if !self.look_once(ids, &mut out) {
+                break;
+            }
+        }
         if self.skipping {
             // An over-long last line, never ended.
             self.lines += 1;
@@ -256,7 +266,7 @@ impl PointsTail {
         if self.capped {
             return false;
         }
-        let max = READ_CHUNK.min(BYTES_CAP.saturating_sub(self.offset));
+        let max = READ_CHUNK.min(BYTES_CAP.saturating_sub(self.read));
         let (buf, len) = match read_regular(&self.path, self.offset, max) {
             Got::Missing => return false,
             Got::Refused(why) => {
@@ -277,8 +287,9 @@ impl PointsTail {
             return true;
         }
         self.offset += buf.len() as u64;
+        self.read += buf.len() as u64;
         self.split(&buf, ids, out);
-        if self.offset >= BYTES_CAP && !self.capped {
+        if self.read >= BYTES_CAP && !self.capped {
             let reason = format!(
                 "$SPOOLFLOW_POINTS reached {} MiB; the rest was not read",
                 BYTES_CAP >> 20
