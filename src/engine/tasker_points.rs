@@ -23,7 +23,7 @@
 
 use std::fs::File;
 use std::io::{ErrorKind, Read, Seek, SeekFrom};
-use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use super::state::NodeState;
@@ -31,6 +31,7 @@ use super::Engine;
 use crate::model::names::{Exid, Nid, TaskId};
 use crate::model::point::{Kind, Point};
 use crate::scheduler::NodeKey;
+use crate::store::points::kind_in_words;
 
 /// The most points copied from one run of a tasker.
 pub const POINTS_CAP: u32 = 10_000;
@@ -128,23 +129,6 @@ pub fn classify(line: &[u8], ids: &Ids<'_>) -> Result<Point, Dropped> {
         }
         Some(serde_json::Value::String(_)) => Err(Dropped::BadName),
         _ => Err(Dropped::NoName),
-    }
-}
-
-/// What the path holds when it is no regular file, in words (pure).
-pub fn kind_in_words(ft: &std::fs::FileType) -> &'static str {
-    if ft.is_fifo() {
-        "a FIFO"
-    } else if ft.is_symlink() {
-        "a symbolic link"
-    } else if ft.is_dir() {
-        "a directory"
-    } else if ft.is_char_device() || ft.is_block_device() {
-        "a device"
-    } else if ft.is_socket() {
-        "a socket"
-    } else {
-        "something other than a regular file"
     }
 }
 

@@ -5,7 +5,8 @@
 //! without following it; every point written before the tasker exited is
 //! copied up to the per-run cap (10 000 points), the cap is noted, a point
 //! after an over-long line is copied, and dropped lines are noted once
-//! with their count and the first reason.
+//! with their count and the first reason. The points log itself, replaced
+//! by a FIFO, blocks nothing either.
 
 use std::fs;
 use std::time::Duration;
@@ -303,4 +304,32 @@ echo '{"from":"reply"}'
     assert_eq!(names[names.len() - 2], "points-dropped");
     let log = sigterm_stops(engine);
     assert_eq!(log.matches(&reason).count(), 1, "{log}");
+}
+
+#[test]
+fn a_fifo_in_place_of_the_points_log_blocks_nothing() {
+    let t = TestRoot::new();
+    good_tasker(&t);
+    t.tasker(
+        "org.example",
+        "hostile",
+        r#"#!/bin/sh
+cat >/dev/null
+log="$SPOOLFLOW_ROOT/var/log/tsk/$SPOOLFLOW_EXID.log"
+rm -f "$log" && mkfifo "$log"
+echo '{"from":"reply"}'
+"#,
+    );
+    let engine = t.spawn_engine(&["--workers", "2", "--rescan", "1h"]);
+    t.drop_task("bad.json", &task("bad", "hostile"));
+    wait_for("the hostile task's record", DEADLINE, || {
+        t.record("bad").is_some()
+    });
+    assert_eq!(t.must_record("bad")["state"], "completed");
+    good_task_completes_quickly(&t, "good");
+    let log = sigterm_stops(engine);
+    assert!(
+        log.contains("bad.log: it is a FIFO, not a regular file"),
+        "the engine log says why the final point is not there: {log}"
+    );
 }
