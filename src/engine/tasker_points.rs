@@ -573,6 +573,18 @@ mod tests {
     }
 
     #[test]
+    fn a_device_is_not_read() {
+        let (id, nid) = names();
+        let mut tail = PointsTail::new(PathBuf::from("/dev/null"));
+        let look = tail.finish(&ids(&id, &nid));
+        assert_eq!(point_names(&look), ["points-unread"]);
+        assert_eq!(
+            look.points[0].fields["reason"],
+            "$SPOOLFLOW_POINTS was replaced by a device; its points were not read"
+        );
+    }
+
+    #[test]
     fn a_truncated_file_is_followed_from_its_start() {
         let (id, nid) = names();
         let ids = ids(&id, &nid);
