@@ -1,11 +1,9 @@
 //! Dispatch: queueing nodes, offering them (the taskmaster runs off the
 //! loop, see `offers`), allocating (tasker resolved, worker slot and
 //! limits taken) and starting their taskers (spawned off the loop), and
-//! copying the taskers' own points.
+//! starting to follow the taskers' own points (see `tasker_points`).
 
 use std::collections::HashMap;
-use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -17,6 +15,7 @@ use super::offers::{Answer, OfferInput, Offered};
 use super::policy::{self, Effective};
 use super::registry::RegistryWriter;
 use super::state::{Body, Item, Loaded, Node, NodeState, Offer, Process, Run};
+use super::tasker_points::PointsTail;
 use super::{env, Engine, TaskerMsg, Timer};
 use crate::model::names::{Domain, Exid};
 use crate::model::point::{Kind, Point};
@@ -24,10 +23,6 @@ use crate::model::task::{ErrorKind, Object, State, TaskError};
 use crate::scheduler::{Entry, Limit, NodeKey};
 use crate::tasker::{self, Input, Launch, Resolved, StopReason, TaskerConfig};
 use crate::taskmaster::Choice;
-
-/// The most of a tasker's points file read per event; the rest comes with
-/// the next one.
-const POINTS_READ_LIMIT: u64 = 1 << 20;
 
 /// Whether a queued or parked scheduler item is still wanted: its node
 /// exists, is queued, and the item is of its current generation.
@@ -371,10 +366,14 @@ impl Engine {
             process: Process::Spawning,
             limits,
             slot,
-            points_file: points_file.clone(),
-            points_offset: 0,
+            points: PointsTail::new(points_file.clone()),
         }));
         let gen = node.gen;
+        // What an earlier run's escaped writer may have left there is not
+        // this run's.
+        if let Some(left) = super::tasker_points::remove_entry(&points_file) {
+            tracing::warn!("{left}");
+        }
         self.points_files.insert(points_file, key.clone());
         // Spawning blocks until the child has exec'd (vfork): off the event
         // loop, so that other exits and starts go on meanwhile.
@@ -427,41 +426,6 @@ impl Engine {
         self.copy_points(&key);
     }
 
-    /// Copies the complete lines a tasker appended to its points file. The
-    /// file is opened without following a link and without blocking, only
-    /// a regular file is read, and at most [`POINTS_READ_LIMIT`] per call.
-    pub(super) fn copy_points(&mut self, key: &NodeKey) {
-        let Some(node) = self.node_mut(key) else {
-            return;
-        };
-        let NodeState::Running(run) = &mut node.state else {
-            return;
-        };
-        if !run.process.started() {
-            // Copied once `started` is logged (see on_started).
-            return;
-        }
-        let Some(buf) = read_points_file(&run.points_file, run.points_offset) else {
-            return;
-        };
-        let Some(end) = buf.iter().rposition(|b| *b == b'\n') else {
-            if buf.len() as u64 >= POINTS_READ_LIMIT {
-                // A line longer than the limit is no point: skip it.
-                run.points_offset += buf.len() as u64;
-            }
-            return;
-        };
-        run.points_offset += end as u64 + 1;
-        let id = node.task.id.clone();
-        let lines: Vec<Point> = buf[..end]
-            .split(|b| *b == b'\n')
-            .filter_map(|l| Point::informative(l, &id, &key.exid, &key.nid))
-            .collect();
-        for p in lines {
-            self.log(p);
-        }
-    }
-
     /// Gives back a worker slot and limits; a parked node the engine
     /// dropped meanwhile (cancelled, timed out) is skipped.
     pub(super) fn release(&mut self, limits: &[(Limit, u32)]) {
@@ -500,23 +464,6 @@ fn spawn_tasker(
             let _ = tx.send(TaskerMsg::Exited { key, gen, exit });
         }
     }
-}
-
-/// Reads a tasker's points file from `offset`, without blocking on it.
-fn read_points_file(path: &std::path::Path, offset: u64) -> Option<Vec<u8>> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f: File = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
-        .open(path)
-        .ok()?;
-    if !f.metadata().ok()?.is_file() {
-        return None;
-    }
-    f.seek(SeekFrom::Start(offset)).ok()?;
-    let mut buf = Vec::new();
-    f.take(POINTS_READ_LIMIT).read_to_end(&mut buf).ok()?;
-    Some(buf)
 }
 
 /// What a tasker reads on stdin: the payload, or the task as a record.

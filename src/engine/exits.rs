@@ -18,7 +18,7 @@ use crate::tasker::Exit;
 impl Engine {
     pub(super) fn on_exit(&mut self, key: NodeKey, gen: u64, exit: Exit) {
         // Points the tasker wrote last are copied while it is still running.
-        self.copy_points(&key);
+        self.finish_points(&key, gen);
         let Some(node) = self.nodes.get_mut(&key).filter(|n| n.gen == gen) else {
             return;
         };
@@ -45,8 +45,10 @@ impl Engine {
         // that ran when the engine died (see `recovery::kill_orphans`).
         self.registry.writer().clear(run.slot);
         self.registry.give_slot(run.slot);
-        self.points_files.remove(&run.points_file);
-        let _ = std::fs::remove_file(&run.points_file);
+        self.points_files.remove(run.points.path());
+        if let Some(left) = super::tasker_points::remove_entry(run.points.path()) {
+            tracing::warn!("{left}");
+        }
         match result {
             Outcome::Stopped(_) => self.stopped(&key, asked),
             Outcome::Completed(payload) => {

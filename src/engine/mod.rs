@@ -37,6 +37,7 @@ mod report;
 mod requests;
 pub mod state;
 mod stop;
+mod tasker_points;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::PathBuf;

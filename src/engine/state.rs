@@ -14,8 +14,6 @@
 //! heap per queued task in all (node, maps, scheduler entry), down from
 //! about 2.5 KB when each node held its whole task.
 
-use std::path::PathBuf;
-
 use chrono::{DateTime, Utc};
 use tokio::sync::oneshot;
 
@@ -115,8 +113,7 @@ pub struct Run {
     /// Its slot in the taskers registry (see `registry`).
     pub slot: usize,
     /// `$SPOOLFLOW_POINTS`, and how much of it was copied.
-    pub points_file: PathBuf,
-    pub points_offset: u64,
+    pub points: super::tasker_points::PointsTail,
 }
 
 /// A node being offered: its scheduler entry (given back to the scheduler

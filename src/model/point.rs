@@ -128,6 +128,13 @@ impl Point {
         self
     }
 
+    /// An informative point of the engine's own (`"source": "engine"`):
+    /// a note that changes nothing, such as `points-dropped` (a name
+    /// outside [`Kind`], so that no reader takes it for a change of state).
+    pub fn engine_note(name: &str, id: &TaskId, exid: &Exid, nid: &Nid) -> Point {
+        Point::named(name, id, exid, nid).with("source", "engine")
+    }
+
     /// A tasker's informative point (a line of `$SPOOLFLOW_POINTS`), tagged
     /// with the task's ids and `"source": "tasker"`. `None` when the line is
     /// not a JSON object with a string `point`, or names a final point

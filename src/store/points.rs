@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
 use crate::model::names::Exid;
@@ -39,12 +39,9 @@ impl PointsLog {
         }
         let file = match self.open.entry(point.exid.clone()) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::hash_map::Entry::Vacant(e) => e.insert(
-                OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(self.dir.join(format!("{}.log", point.exid)))?,
-            ),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(open_append(&self.dir.join(format!("{}.log", point.exid)))?)
+            }
         };
         file.write_all(&line)
     }
@@ -57,18 +54,68 @@ impl PointsLog {
 
 /// Appends one complete line to a points log in one write (`O_APPEND`).
 pub fn append_line(path: &Path, line: &[u8]) -> io::Result<()> {
-    OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)?
-        .write_all(line)
+    open_append(path)?.write_all(line)
 }
 
 /// Reads the points of a log, skipping a torn (unterminated or unparsable)
 /// line.
 pub fn read_points(path: &Path) -> io::Result<Vec<Point>> {
-    let bytes = std::fs::read(path)?;
+    let mut f = regular(OpenOptions::new().read(true), path)?;
+    let mut bytes = Vec::new();
+    f.read_to_end(&mut bytes)?;
     Ok(parse_points(&bytes))
+}
+
+/// Opens a points log to append to it, creating it if needed.
+fn open_append(path: &Path) -> io::Result<File> {
+    regular(OpenOptions::new().create(true).append(true), path)
+}
+
+/// Opens a file that anyone able to write under the root may have
+/// replaced: never through a symbolic link, never waiting (a FIFO without
+/// a reader fails at once), and only a regular file is kept.
+fn regular(options: &mut OpenOptions, path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = options
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK | nix::libc::O_NOCTTY)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            // A link (O_NOFOLLOW), or a FIFO nobody reads (O_NONBLOCK).
+            Some(nix::libc::ELOOP | nix::libc::ENXIO) => match std::fs::symlink_metadata(path) {
+                Ok(m) => io::Error::other(format!(
+                    "it is {}, not a regular file",
+                    kind_in_words(&m.file_type())
+                )),
+                Err(_) => e,
+            },
+            _ => e,
+        })?;
+    let ft = f.metadata()?.file_type();
+    if !ft.is_file() {
+        return Err(io::Error::other(format!(
+            "it is {}, not a regular file",
+            kind_in_words(&ft)
+        )));
+    }
+    Ok(f)
+}
+
+/// What a path holds when it is no regular file, in words.
+pub fn kind_in_words(ft: &std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if ft.is_fifo() {
+        "a FIFO"
+    } else if ft.is_symlink() {
+        "a symbolic link"
+    } else if ft.is_dir() {
+        "a directory"
+    } else if ft.is_char_device() || ft.is_block_device() {
+        "a device"
+    } else if ft.is_socket() {
+        "a socket"
+    } else {
+        "something other than a regular file"
+    }
 }
 
 #[cfg(test)]
@@ -79,6 +126,24 @@ mod tests {
 
     fn ids() -> (TaskId, Nid) {
         ("t1".parse().unwrap(), Nid::root())
+    }
+
+    #[test]
+    fn a_fifo_or_a_link_in_place_of_a_log_is_refused_at_once() {
+        let tmp = tempfile::tempdir().unwrap();
+        let fifo = tmp.path().join("f.log");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let e = append_line(&fifo, b"x\n").unwrap_err();
+        assert!(e.to_string().contains("it is a FIFO"), "{e}");
+        let e = read_points(&fifo).unwrap_err();
+        assert!(e.to_string().contains("it is a FIFO"), "{e}");
+        let target = tmp.path().join("target");
+        std::fs::write(&target, "").unwrap();
+        let link = tmp.path().join("l.log");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let e = append_line(&link, b"x\n").unwrap_err();
+        assert!(e.to_string().contains("symbolic link"), "{e}");
+        assert_eq!(std::fs::read(&target).unwrap(), b"");
     }
 
     #[test]

@@ -22,6 +22,8 @@ mod friction;
 mod harden_taskmaster;
 // issue 15: A2, A3, A4 (stderr)
 mod harden_reply;
+// wt-points (issue 15: A1, A4 points, E dropped lines)
+mod harden_points;
 mod hostile;
 mod intake;
 mod intake_burst;

@@ -711,10 +711,15 @@ echo '{"from":"reply"}'
             "started",
             "started",
             "suspended",
+            "points-dropped",
             "completed"
         ],
         "{points:#?}"
     );
+    // The final point written to the points file is not copied, and said
+    // so by the engine (issue 15).
+    assert_eq!(points[6]["source"], "engine");
+    assert_eq!(points[6]["count"], 1);
     let progress = &points[4];
     assert_eq!(progress["progress"], 0.4);
     assert_eq!(progress["source"], "tasker");
@@ -729,8 +734,8 @@ echo '{"from":"reply"}'
     }
     // The engine's own points carry no source; the final one is the engine's.
     assert_eq!(points[3]["source"], Value::Null);
-    assert_eq!(points[6]["source"], Value::Null);
-    assert_eq!(points[6]["payload"], Value::Null);
+    assert_eq!(points[7]["source"], Value::Null);
+    assert_eq!(points[7]["payload"], Value::Null);
     // The scratch points file is gone once the tasker ended.
     assert!(
         t.list("var/run/points").is_empty(),
