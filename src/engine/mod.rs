@@ -10,7 +10,8 @@
 //! - `exits`: a tasker's exit through `outcome` (pure) and `policy` (pure);
 //! - `execution`: an execution's end — its record, through the durable
 //!   writer — and cancels;
-//! - `recovery`: start-up (lock, orphans, rebuilding from `run/`);
+//! - `lock`: the engine lock (on the root directory) and the pid record;
+//! - `recovery`: start-up (orphans, rebuilding from `run/`);
 //! - `stop`: the graceful stop and its grace.
 //!
 //! A task's life here: claimed from `in/` → `created` → queued → offered
@@ -27,6 +28,7 @@ mod flows;
 mod history;
 mod intake;
 mod intern;
+mod lock;
 mod offers;
 pub mod outcome;
 pub mod policy;
@@ -240,19 +242,22 @@ pub(crate) struct Engine {
     replies: replies::Replies,
     /// How taskers' descendants are tracked (a cgroup or the subreaper).
     contain: crate::tasker::Contain,
+    /// `var/run/engine.lock`, written again when it goes.
+    pid_record: lock::PidRecord,
 }
 
-/// What comes before the engine's state: the root checked, the lock
-/// taken (held until the engine returns), what a dead engine left behind
-/// cleaned up, and how taskers will be contained.
+/// What comes before the engine's state: the root checked and its layout
+/// made whole (an operator may have removed `var/run/`), the lock taken
+/// (held until the engine returns) and the pid record written, what a dead
+/// engine left behind cleaned up, and how taskers will be contained.
 async fn start_up(
     root: &Root,
     workers: usize,
-) -> Result<(recovery::EngineLock, crate::tasker::Contain), EngineError> {
+) -> Result<(lock::EngineLock, lock::PidRecord, crate::tasker::Contain), EngineError> {
     root.ensure_exists()?;
-    // A root made before priority requests existed gets their directory.
-    let _ = std::fs::create_dir_all(root.priority_requests());
-    let lock = recovery::lock(root, workers).await?;
+    root.init()?;
+    let lock = lock::lock(root).await?;
+    let record = lock::PidRecord::write(root, workers);
     // Said only once the lock is ours: a second engine never claims to
     // have started.
     tracing::info!(
@@ -261,11 +266,13 @@ async fn start_up(
         std::process::id(),
         crate::text::count(workers, "worker")
     );
+    // Only now: holding the lock proves that no engine of this root runs,
+    // so the groups its registry names are a dead engine's.
     recovery::kill_orphans(root);
     let contain = crate::tasker::Contain::detect(root);
     recovery::clean_temporaries(root);
     crate::tasker::close_inherited_descriptors();
-    Ok((lock, contain))
+    Ok((lock, record, contain))
 }
 
 /// Runs the engine (inside a tokio runtime).
@@ -274,7 +281,7 @@ pub async fn run(
     options: Options,
     stop: Option<UnboundedReceiver<StopRequest>>,
 ) -> Result<(), EngineError> {
-    let (_lock, contain) = start_up(&root, options.workers).await?;
+    let (_lock, pid_record, contain) = start_up(&root, options.workers).await?;
     let (watch_tx, watch_rx) = mpsc::unbounded_channel();
     let watcher = watch::start(
         &root,
@@ -325,6 +332,7 @@ pub async fn run(
         conditions: std::sync::Arc::new(crate::sandbox::sandbox_engine()),
         replies: replies::Replies::open(&root),
         contain,
+        pid_record,
         options,
         root,
     };
@@ -388,6 +396,8 @@ impl Engine {
     async fn event_loop(&mut self, mut inbox: Inbox) -> Result<(), EngineError> {
         let mut safety = tokio::time::interval(self.options.rescan.max(Duration::from_secs(1)));
         safety.tick().await;
+        let mut upkeep = tokio::time::interval(lock::UPKEEP);
+        upkeep.tick().await;
         // With --drain: when in/ still holds something after a scan (an
         // entry that cannot be moved, say), look again a second later
         // rather than spin.
@@ -440,6 +450,7 @@ impl Engine {
                 _ = sleep_until(grace_end), if grace_end.is_some() => self.end_grace(),
                 _ = sleep_until(drain_recheck), if drain_recheck.is_some() => drain_recheck = None,
                 _ = sleep_until(settle_at), if settle_at.is_some() => self.settled(),
+                _ = upkeep.tick() => self.keep_var_run(),
                 _ = safety.tick() => {
                     self.scan_in();
                     self.scan_cancel();
