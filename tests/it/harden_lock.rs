@@ -225,3 +225,47 @@ fn after_a_kill_9_and_a_removed_lock_file_the_dead_engines_taskers_are_killed() 
     assert_eq!((&rec["state"], &rec["attempts"]), (&"completed".into(), &2.into()));
     assert_eq!(runs(&t, "k"), 2);
 }
+
+/// SIGHUP (the terminal closed) to an engine whose tasker runs, with its
+/// stderr already closed (`closed_stderr`) or not: the graceful stop, its
+/// log lines, exit 0, the tasker stopped and its task left in `run/`,
+/// recovered by the next start.
+fn sighup_stops_gracefully(closed_stderr: bool) {
+    let t = held_root(&["h"]);
+    let mut e = engine(&t, None, &["--workers", "1", "--grace", "1s"]);
+    wait_running(&t, &mut e, &["h"]);
+    let tasker: i32 = fs::read_to_string(t.join("pid-h"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    if closed_stderr {
+        // Whatever the engine writes to stderr now meets a closed pipe.
+        drop(e.child.stderr.take());
+    }
+    e.signal(Signal::SIGHUP);
+    let (code, err) = e.wait(EXIT_DEADLINE);
+    assert_eq!(code, Some(0), "a graceful stop, not death by SIGHUP:\n{err}");
+    let log = fs::read_to_string(t.join("var/log/engine.log")).unwrap();
+    assert!(log.contains("received SIGHUP"), "{log}");
+    assert!(log.contains("stopping: no new tasks"), "{log}");
+    assert!(log.contains("engine stopped"), "{log}");
+    wait_for("the tasker to be stopped", DEADLINE, || process_gone(tasker));
+    assert!(t.join("var/spool/run/h.json").exists(), "left in run/");
+    assert!(t.record("h").is_none());
+    fs::write(t.join("gate"), b"").unwrap();
+    let (code, err) = engine(&t, None, &["--drain"]).wait(EXIT_DEADLINE);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(t.must_record("h")["state"], "completed");
+    assert_eq!(t.points_named("h", "recovered").len(), 1);
+}
+
+#[test]
+fn sighup_is_a_graceful_stop() {
+    sighup_stops_gracefully(false);
+}
+
+#[test]
+fn sighup_with_the_terminal_gone_is_a_graceful_stop() {
+    sighup_stops_gracefully(true);
+}
