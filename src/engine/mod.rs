@@ -121,6 +121,9 @@ pub enum EngineError {
     Watch(#[from] watch::WatchError),
     #[error(transparent)]
     Spool(#[from] SpoolError),
+    /// Stopped on a failed write (logged, with what happens next).
+    #[error("stopped on a failed write to {at}: the log says why and what happens next")]
+    Stopped { at: String },
     #[error("cannot start the runtime or its threads: {0}")]
     Runtime(std::io::Error),
 }
@@ -539,10 +542,51 @@ impl Engine {
         }
     }
 
-    /// Remembers an fsync failure: the loop stops the engine.
+    /// Appends a point that `attempts` rests on (SPEC 10): `allocated`,
+    /// written before a tasker is spawned, and `started`. When it cannot
+    /// be written (a full disk, say), the engine stops at the top of its
+    /// loop (killing what runs): no tasker runs that the points log does
+    /// not count, so a restart never runs a task again under the same
+    /// attempt number. Returns whether it was written (never once the
+    /// engine is stopping on a failure: no tasker starts then).
+    fn log_required(&mut self, p: Point) -> bool {
+        use crate::store::spool::{fault, Op};
+        if self.fatal.is_some() {
+            return false;
+        }
+        let path = self.root.points_log(&p.exid);
+        let mut written = fault::inject(Op::Write, &path, None).and_then(|()| self.points.append(&p));
+        if matches!(&written, Err(e) if e.kind() == std::io::ErrorKind::NotFound) {
+            // var/log/tsk/ was removed: made again.
+            let _ = std::fs::create_dir_all(self.root.log_tsk());
+            written = self.points.append(&p);
+        }
+        match written {
+            Ok(()) => true,
+            Err(source) => {
+                if self.fatal.is_none() {
+                    self.fatal = Some(SpoolError::Write { path, source });
+                }
+                false
+            }
+        }
+    }
+
+    /// Remembers an fsync failure: the loop stops the engine (and logs it,
+    /// once).
     fn note_fatal(&mut self, e: SpoolError) {
         if e.is_fatal() && self.fatal.is_none() {
             self.fatal = Some(e);
+        }
+    }
+
+    /// A claim (`in/` → `run/`) that failed: the disk failing stops the
+    /// engine, which logs it then; anything else is logged here.
+    fn claim_failed(&mut self, path: &std::path::Path, e: SpoolError) {
+        if e.is_fatal() {
+            self.note_fatal(e);
+        } else {
+            tracing::error!("cannot claim {}: {e}", path.display());
         }
     }
 }

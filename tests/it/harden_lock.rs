@@ -269,3 +269,125 @@ fn sighup_is_a_graceful_stop() {
 fn sighup_with_the_terminal_gone_is_a_graceful_stop() {
     sighup_stops_gracefully(true);
 }
+
+/// The lines of an engine's stderr about `name`, but for the fault
+/// seam's own and the command's last line: what the log says of it.
+fn log_lines_about<'a>(err: &'a str, name: &str) -> Vec<&'a str> {
+    err.lines()
+        .filter(|l| l.contains(name) && !l.contains("SPOOLFLOW_FAULT"))
+        .filter(|l| !l.starts_with("spoolflow: "))
+        .collect()
+}
+
+#[test]
+fn no_tasker_starts_while_its_allocated_point_cannot_be_written() {
+    let t = held_root(&["p"]);
+    fs::write(t.join("gate"), b"").unwrap();
+    // The first point that counts an attempt cannot be written.
+    let e = engine(&t, Some("write:1:enospc@/log/tsk/"), &["--drain"]);
+    let (code, err) = e.wait(EXIT_DEADLINE);
+    assert_eq!(code, Some(1), "the engine stops:\n{err}");
+    assert!(
+        err.contains("the disk failed") && err.contains("No space left on device"),
+        "{err}"
+    );
+    assert_eq!(runs(&t, "p"), 0, "no tasker ran");
+    assert!(t.join("var/spool/run/p.json").exists());
+    let (code, err) = engine(&t, None, &["--drain"]).wait(EXIT_DEADLINE);
+    assert_eq!(code, Some(0), "{err}");
+    let rec = t.must_record("p");
+    assert_eq!((&rec["state"], &rec["attempts"]), (&"completed".into(), &1.into()));
+    assert_eq!(runs(&t, "p"), 1);
+}
+
+#[test]
+fn a_started_point_that_cannot_be_written_stops_the_tasker_and_counts_the_attempt() {
+    let t = held_root(&["s"]);
+    // `allocated` is written, `started` (the second) is not.
+    let e = engine(&t, Some("write:2:enospc@/log/tsk/"), &["--workers", "1"]);
+    let (code, err) = e.wait(EXIT_DEADLINE);
+    assert_eq!(code, Some(1), "the engine stops:\n{err}");
+    if let Ok(pid) = fs::read_to_string(t.join("pid-s")) {
+        let pid: i32 = pid.trim().parse().unwrap();
+        wait_for("the tasker to be killed", DEADLINE, || process_gone(pid));
+    }
+    assert!(t.join("var/spool/run/s.json").exists());
+    // Three starts (the fault each time at the second point written):
+    // every execution is counted.
+    let e = engine(&t, Some("write:2:enospc@/log/tsk/"), &["--workers", "1"]);
+    let (code, err) = e.wait(EXIT_DEADLINE);
+    assert_eq!(code, Some(1), "the engine stops:\n{err}");
+    fs::write(t.join("gate"), b"").unwrap();
+    let (code, err) = engine(&t, None, &["--drain"]).wait(EXIT_DEADLINE);
+    assert_eq!(code, Some(0), "{err}");
+    let rec = t.must_record("s");
+    assert_eq!(rec["state"], "completed", "{rec}");
+    let attempts = rec["attempts"].as_u64().unwrap() as usize;
+    assert!(
+        attempts >= runs(&t, "s"),
+        "attempts {attempts} counts every run ({})",
+        runs(&t, "s")
+    );
+    assert_eq!(attempts, 3, "{rec}");
+}
+
+#[test]
+fn a_reason_that_cannot_be_written_leaves_the_input_in_in_and_is_said_once() {
+    let t = TestRoot::new();
+    let bad = t.drop_bytes("", "bad.json", b"{ not json");
+    let e = engine(&t, Some("write:1:enospc@/spool/rejected/"), &["--drain"]);
+    let (code, err) = e.wait(EXIT_DEADLINE);
+    assert_eq!(code, Some(1), "the engine stops:\n{err}");
+    assert!(bad.exists(), "the input is still in in/");
+    assert!(
+        t.list("var/spool/rejected").is_empty(),
+        "nothing in rejected/ without its reason"
+    );
+    let said = log_lines_about(&err, "bad.json");
+    assert_eq!(said.len(), 1, "said once: {said:#?}");
+    let (code, err) = engine(&t, None, &["--drain"]).wait(EXIT_DEADLINE);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(!bad.exists());
+    assert!(t.reason("bad.json").contains("invalid JSON"));
+}
+
+#[test]
+fn a_failed_claim_is_said_once() {
+    let t = TestRoot::new();
+    t.tasker("org", "echo", "#!/bin/sh\ncat >/dev/null\necho '{}'\n");
+    t.drop_task(
+        "c1.json",
+        r#"{"domain":"org","tasker":"echo","id":"c1","payload":{}}"#,
+    );
+    let e = engine(&t, Some("rename:1:enospc@/spool/in/"), &["--drain"]);
+    let (code, err) = e.wait(EXIT_DEADLINE);
+    assert_eq!(code, Some(1), "the engine stops:\n{err}");
+    let said = log_lines_about(&err, "c1.json");
+    assert_eq!(said.len(), 1, "said once: {said:#?}");
+    assert!(said[0].contains("No space left on device"), "{}", said[0]);
+}
+
+#[test]
+fn a_removed_run_directory_is_named_with_what_happens_next() {
+    let t = held_root(&["m"]);
+    let mut e = engine(&t, None, &["--workers", "1"]);
+    wait_running(&t, &mut e, &["m"]);
+    fs::remove_dir_all(t.join("var/spool/run")).unwrap();
+    fs::write(t.join("gate"), b"").unwrap();
+    let (code, err) = e.wait(EXIT_DEADLINE);
+    assert_eq!(code, Some(1), "the engine stops:\n{err}");
+    let line = err
+        .lines()
+        .find(|l| l.contains("ERROR"))
+        .unwrap_or_else(|| panic!("no error line:\n{err}"));
+    assert!(
+        line.contains("var/spool/run is missing") && line.contains("next start makes"),
+        "{line}"
+    );
+    assert!(!err.contains("page cache"), "{err}");
+    // The record made durable before is kept; the next start goes on.
+    assert_eq!(t.must_record("m")["state"], "completed");
+    let (code, err) = engine(&t, None, &["--drain"]).wait(EXIT_DEADLINE);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(t.join("var/spool/run").is_dir());
+}
