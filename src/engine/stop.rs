@@ -72,11 +72,8 @@ pub(super) fn disk_failure_words(e: &SpoolError) -> String {
         SpoolError::Missing { .. } => format!(
             "{e}; stopping: the tasks whose files it held cannot be run again (their points logs stay in var/log/tsk/); nothing else is lost, and the next start makes the directory again"
         ),
-        e if e.is_fatal() => format!(
-            "the disk failed: {e}; stopping (nothing is lost: what was not written stays in in/ or run/, and the next start completes it)"
-        ),
         e => format!(
-            "cannot write what the engine must keep: {e}; stopping (nothing is lost: what was not written stays in in/ or run/, and the next start completes it)"
+            "the disk failed: {e}; stopping (nothing is lost: what was not written stays in in/ or run/, and the next start completes it)"
         ),
     }
 }
