@@ -82,7 +82,10 @@ impl StopSignals {
         let kinds = [
             (SignalKind::terminate(), "SIGTERM"),
             (SignalKind::interrupt(), "SIGINT"),
-            (SignalKind::hangup(), "SIGHUP (the terminal was closed); stopping as on SIGTERM"),
+            (
+                SignalKind::hangup(),
+                "SIGHUP (the terminal was closed); stopping as on SIGTERM",
+            ),
             (SignalKind::quit(), "SIGQUIT; stopping as on SIGTERM"),
         ];
         let mut sigs = Vec::with_capacity(kinds.len());

@@ -555,7 +555,8 @@ impl Engine {
             return false;
         }
         let path = self.root.points_log(&p.exid);
-        let mut written = fault::inject(Op::Write, &path, None).and_then(|()| self.points.append(&p));
+        let mut written =
+            fault::inject(Op::Write, &path, None).and_then(|()| self.points.append(&p));
         if matches!(&written, Err(e) if e.kind() == std::io::ErrorKind::NotFound) {
             // var/log/tsk/ was removed: made again.
             let _ = std::fs::create_dir_all(self.root.log_tsk());

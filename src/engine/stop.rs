@@ -89,7 +89,10 @@ mod tests {
         };
         let words = disk_failure_words(&missing);
         assert!(words.contains("/r/var/spool/run is missing"), "{words}");
-        assert!(words.contains("next start makes the directory again"), "{words}");
+        assert!(
+            words.contains("next start makes the directory again"),
+            "{words}"
+        );
         assert!(!words.contains("page cache"), "{words}");
         let full = SpoolError::Write {
             path: "/r/x".into(),

@@ -46,7 +46,12 @@ pub fn engine(root: &Root) -> Option<EngineInfo> {
     let started_at = record
         .filter(|(p, _)| *p == pid)
         .and_then(|_| std::fs::metadata(root.lock()).ok()?.modified().ok())
-        .or_else(|| std::fs::metadata(format!("/proc/{pid}")).ok()?.modified().ok())
+        .or_else(|| {
+            std::fs::metadata(format!("/proc/{pid}"))
+                .ok()?
+                .modified()
+                .ok()
+        })
         .map(DateTime::<Utc>::from)
         .unwrap_or_else(Utc::now);
     Some(EngineInfo {
@@ -106,8 +111,16 @@ mod tests {
                      2: POSIX  ADVISORY  WRITE 7 08:01:99 0 EOF\n\
                      3: FLOCK  ADVISORY  READ 8 08:01:55 0 EOF\n";
         assert_eq!(flock_holder(locks, 1234567), Some(4242));
-        assert_eq!(flock_holder(locks, 99), None, "a POSIX lock is not the engine's");
-        assert_eq!(flock_holder(locks, 55), None, "a shared flock is not the engine's");
+        assert_eq!(
+            flock_holder(locks, 99),
+            None,
+            "a POSIX lock is not the engine's"
+        );
+        assert_eq!(
+            flock_holder(locks, 55),
+            None,
+            "a shared flock is not the engine's"
+        );
         assert_eq!(flock_holder(locks, 1), None);
     }
 
@@ -119,7 +132,10 @@ mod tests {
         root.init().unwrap();
         assert!(engine(&root).is_none());
         std::fs::write(root.lock(), format!("{}\nworkers 2\n", std::process::id())).unwrap();
-        assert!(engine(&root).is_none(), "a live pid in a record, no lock held");
+        assert!(
+            engine(&root).is_none(),
+            "a live pid in a record, no lock held"
+        );
         let dir = std::fs::File::open(root.dir()).unwrap();
         let held = Flock::lock(dir, FlockArg::LockExclusiveNonblock).unwrap();
         let info = engine(&root).unwrap();

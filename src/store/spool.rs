@@ -760,7 +760,10 @@ mod tests {
         fs::write(rej.join("x.json.reason"), "old\n").unwrap();
         let to = reject(&p, &rej, "bad", true).unwrap();
         assert_eq!(to, rej.join("x.json.1"));
-        assert_eq!(fs::read_to_string(rej.join("x.json.1.reason")).unwrap(), "bad\n");
+        assert_eq!(
+            fs::read_to_string(rej.join("x.json.1.reason")).unwrap(),
+            "bad\n"
+        );
         // A move that fails takes its reason back.
         let gone = tmp.path().join("gone.json");
         assert!(reject(&gone, &rej, "bad", true).is_err());

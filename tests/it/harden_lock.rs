@@ -222,7 +222,10 @@ fn after_a_kill_9_and_a_removed_lock_file_the_dead_engines_taskers_are_killed() 
     let (code, err) = e.wait(EXIT_DEADLINE);
     assert_eq!(code, Some(0), "{err}");
     let rec = t.must_record("k");
-    assert_eq!((&rec["state"], &rec["attempts"]), (&"completed".into(), &2.into()));
+    assert_eq!(
+        (&rec["state"], &rec["attempts"]),
+        (&"completed".into(), &2.into())
+    );
     assert_eq!(runs(&t, "k"), 2);
 }
 
@@ -245,12 +248,18 @@ fn sighup_stops_gracefully(closed_stderr: bool) {
     }
     e.signal(Signal::SIGHUP);
     let (code, err) = e.wait(EXIT_DEADLINE);
-    assert_eq!(code, Some(0), "a graceful stop, not death by SIGHUP:\n{err}");
+    assert_eq!(
+        code,
+        Some(0),
+        "a graceful stop, not death by SIGHUP:\n{err}"
+    );
     let log = fs::read_to_string(t.join("var/log/engine.log")).unwrap();
     assert!(log.contains("received SIGHUP"), "{log}");
     assert!(log.contains("stopping: no new tasks"), "{log}");
     assert!(log.contains("engine stopped"), "{log}");
-    wait_for("the tasker to be stopped", DEADLINE, || process_gone(tasker));
+    wait_for("the tasker to be stopped", DEADLINE, || {
+        process_gone(tasker)
+    });
     assert!(t.join("var/spool/run/h.json").exists(), "left in run/");
     assert!(t.record("h").is_none());
     fs::write(t.join("gate"), b"").unwrap();
@@ -296,7 +305,10 @@ fn no_tasker_starts_while_its_allocated_point_cannot_be_written() {
     let (code, err) = engine(&t, None, &["--drain"]).wait(EXIT_DEADLINE);
     assert_eq!(code, Some(0), "{err}");
     let rec = t.must_record("p");
-    assert_eq!((&rec["state"], &rec["attempts"]), (&"completed".into(), &1.into()));
+    assert_eq!(
+        (&rec["state"], &rec["attempts"]),
+        (&"completed".into(), &1.into())
+    );
     assert_eq!(runs(&t, "p"), 1);
 }
 
