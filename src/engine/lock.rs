@@ -38,7 +38,13 @@ pub const UPKEEP: std::time::Duration = std::time::Duration::from_secs(1);
 /// Held while the engine runs: the `flock` on the root directory. The
 /// descriptor is close-on-exec, so taskers never inherit it.
 pub struct EngineLock {
-    _lock: Flock<File>,
+    lock: Flock<File>,
+    /// The lock is on the pid record itself: a filesystem that cannot
+    /// lock a directory (NFS emulates `flock` with byte-range locks, which
+    /// need a descriptor open for writing). The record is then written in
+    /// place, never replaced, and removing it would let a second engine
+    /// start, as before issue 15.
+    on_record: bool,
 }
 
 /// Takes the engine lock, or says which engine holds it.
@@ -85,10 +91,53 @@ fn try_lock(root: &Root) -> Result<EngineLock, RecoveryError> {
         .map_err(lock_err)?;
     let ino = file.metadata().map_err(lock_err)?.ino();
     match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-        Ok(lock) => Ok(EngineLock { _lock: lock }),
+        Ok(lock) => Ok(EngineLock {
+            lock,
+            on_record: false,
+        }),
         Err((_, nix::errno::Errno::EWOULDBLOCK)) => Err(RecoveryError::Locked {
             pid: holder(root, ino).unwrap_or_else(|| "unknown".into()),
             path: root.lock(),
+        }),
+        Err((_, e)) => {
+            tracing::warn!(
+                "cannot lock the root directory {} ({}); locking {} instead (removing that file would let a second engine start)",
+                dir.display(),
+                io::Error::from(e),
+                root.lock().display()
+            );
+            try_lock_record(root)
+        }
+    }
+}
+
+/// The lock on the pid record itself (see [`EngineLock::on_record`]).
+fn try_lock_record(root: &Root) -> Result<EngineLock, RecoveryError> {
+    let path = root.lock();
+    let lock_err = |source| RecoveryError::Lock {
+        path: path.clone(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(lock_err)?;
+    }
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(lock_err)?;
+    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => Ok(EngineLock {
+            lock,
+            on_record: true,
+        }),
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => Err(RecoveryError::Locked {
+            pid: read_small(&path)
+                .and_then(|text| crate::read::engine::parse_lock(&text))
+                .map_or_else(|| "unknown".into(), |(pid, _)| pid.to_string()),
+            path,
         }),
         Err((_, e)) => Err(lock_err(io::Error::from(e))),
     }
@@ -135,19 +184,34 @@ pub struct PidRecord {
     /// Whether a failure to write it was logged (said once, until it
     /// works again).
     complained: bool,
+    /// Written once, into the locked file (see [`EngineLock::on_record`]).
+    in_place: bool,
 }
 
 impl PidRecord {
-    /// Writes the record of this engine (which holds the lock).
-    pub fn write(root: &Root, workers: usize) -> PidRecord {
+    /// Writes the record of this engine (which holds `lock`).
+    pub fn write(root: &Root, workers: usize, lock: &mut EngineLock) -> PidRecord {
         let mut record = PidRecord {
             path: root.lock(),
             text: format!("{}\nworkers {workers}\n", std::process::id()),
             started: SystemTime::now(),
             written: None,
             complained: false,
+            in_place: lock.on_record,
         };
-        record.put();
+        if record.in_place {
+            use std::io::{Seek, Write};
+            let file: &mut File = &mut lock.lock;
+            let put = file
+                .set_len(0)
+                .and_then(|()| file.rewind())
+                .and_then(|()| file.write_all(record.text.as_bytes()));
+            if let Err(e) = put {
+                tracing::warn!("cannot write {}: {e}", record.path.display());
+            }
+        } else {
+            record.put();
+        }
         record
     }
 
@@ -155,7 +219,7 @@ impl PidRecord {
     /// (removed with `var/run/`, replaced by another file). Cheap when
     /// nothing changed: one `lstat`.
     pub fn keep(&mut self) {
-        if self.intact() {
+        if self.in_place || self.intact() {
             return;
         }
         if self.written.is_some() {
@@ -263,8 +327,8 @@ mod tests {
     fn a_second_lock_names_the_first_pid_even_without_the_record() {
         let (_tmp, root) = root();
         let rt = rt();
-        let first = rt.block_on(lock(&root)).unwrap();
-        let _record = PidRecord::write(&root, 1);
+        let mut first = rt.block_on(lock(&root)).unwrap();
+        let _record = PidRecord::write(&root, 1, &mut first);
         let me = std::process::id().to_string();
         for damage in [
             |p: &Path| std::fs::remove_file(p).unwrap(),
@@ -284,7 +348,8 @@ mod tests {
     #[test]
     fn the_record_is_written_again_when_it_goes() {
         let (_tmp, root) = root();
-        let mut record = PidRecord::write(&root, 3);
+        let mut held = rt().block_on(lock(&root)).unwrap();
+        let mut record = PidRecord::write(&root, 3, &mut held);
         let want = format!("{}\nworkers 3\n", std::process::id());
         assert_eq!(std::fs::read_to_string(root.lock()).unwrap(), want);
         let started = std::fs::metadata(root.lock()).unwrap().modified().unwrap();

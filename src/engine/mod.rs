@@ -259,8 +259,8 @@ async fn start_up(
 ) -> Result<(lock::EngineLock, lock::PidRecord, crate::tasker::Contain), EngineError> {
     root.ensure_exists()?;
     root.init()?;
-    let lock = lock::lock(root).await?;
-    let record = lock::PidRecord::write(root, workers);
+    let mut lock = lock::lock(root).await?;
+    let record = lock::PidRecord::write(root, workers, &mut lock);
     // Said only once the lock is ours: a second engine never claims to
     // have started.
     tracing::info!(

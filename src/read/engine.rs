@@ -30,7 +30,12 @@ pub fn engine(root: &Root) -> Option<EngineInfo> {
         .ok()
         .and_then(|text| parse_lock(&text));
     let pid = match std::fs::read_to_string("/proc/locks") {
-        Ok(locks) => flock_holder(&locks, ino)?,
+        // On the root, or on the record itself where the root cannot be
+        // locked (see `engine::lock`).
+        Ok(locks) => flock_holder(&locks, ino).or_else(|| {
+            let record_ino = std::fs::metadata(root.lock()).ok()?.ino();
+            flock_holder(&locks, record_ino)
+        })?,
         // No /proc: the recorded pid's process existing is the best sign
         // left.
         Err(_) => {
