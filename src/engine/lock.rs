@@ -287,8 +287,8 @@ impl PidRecord {
 impl super::Engine {
     /// Makes again what the engine keeps in `var/run/` when an operator
     /// removed it: the directory, `points/` (where taskers append their
-    /// points), the pid record, and the taskers registry (which the next
-    /// start reads after a crash).
+    /// points), the pid record, the taskers registry and the replies
+    /// journal (which the next start reads after a crash).
     pub(super) fn keep_var_run(&mut self) {
         let points = self.root.points_dir();
         if !points.is_dir() {
@@ -302,6 +302,7 @@ impl super::Engine {
         }
         self.pid_record.keep();
         self.registry.keep();
+        self.replies.keep(&self.root);
     }
 }
 

@@ -66,10 +66,18 @@ fn engine(t: &TestRoot, fault: Option<&str>, args: &[&str]) -> EngineProcess {
     EngineProcess { child }
 }
 
+/// The pid the tasker of `id` wrote (once whole).
+fn tasker_pid(t: &TestRoot, id: &str) -> Option<i32> {
+    fs::read_to_string(t.join(&format!("pid-{id}")))
+        .ok()
+        .filter(|s| s.ends_with('\n'))
+        .and_then(|s| s.trim().parse().ok())
+}
+
 /// Waits until the tasker of each id runs (its pid written).
 fn wait_running(t: &TestRoot, e: &mut EngineProcess, ids: &[&str]) {
     wait_for("the taskers to run", DEADLINE, || {
-        e.exited() || ids.iter().all(|id| t.join(&format!("pid-{id}")).exists())
+        e.exited() || ids.iter().all(|id| tasker_pid(t, id).is_some())
     });
     assert!(!e.exited(), "the engine runs");
 }
@@ -137,7 +145,9 @@ fn removing_var_run_under_a_running_engine_changes_nothing() {
     second_engine_refused(&t, e.pid());
     let pid = e.pid();
     wait_for("var/run/ and the pid record again", DEADLINE, || {
-        record_names(&t, pid) && t.join("var/run/points").is_dir()
+        record_names(&t, pid)
+            && t.join("var/run/points").is_dir()
+            && t.join("var/run/replies.log").is_file()
     });
     // The taskers registry is written again, naming the running taskers.
     wait_for("the taskers registry again", DEADLINE, || {
@@ -200,11 +210,7 @@ fn after_a_kill_9_and_a_removed_lock_file_the_dead_engines_taskers_are_killed() 
     let t = held_root(&["k"]);
     let mut e = engine(&t, None, &["--workers", "2"]);
     wait_running(&t, &mut e, &["k"]);
-    let orphan: i32 = fs::read_to_string(t.join("pid-k"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let orphan = tasker_pid(&t, "k").unwrap();
     e.signal(Signal::SIGKILL);
     let (code, _) = e.wait(EXIT_DEADLINE);
     assert_eq!(code, None, "killed by a signal");
@@ -229,19 +235,15 @@ fn after_a_kill_9_and_a_removed_lock_file_the_dead_engines_taskers_are_killed() 
     assert_eq!(runs(&t, "k"), 2);
 }
 
-/// SIGHUP (the terminal closed) to an engine whose tasker runs, with its
+/// SIGHUP (the terminal closed) or SIGQUIT to an engine whose tasker runs, with its
 /// stderr already closed (`closed_stderr`) or not: the graceful stop, its
 /// log lines, exit 0, the tasker stopped and its task left in `run/`,
 /// recovered by the next start.
-fn sighup_stops_gracefully(closed_stderr: bool) {
+fn stops_gracefully_on(sig: Signal, closed_stderr: bool) {
     let t = held_root(&["h"]);
     let mut e = engine(&t, None, &["--workers", "1", "--grace", "1s"]);
     wait_running(&t, &mut e, &["h"]);
-    let tasker: i32 = fs::read_to_string(t.join("pid-h"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let tasker = tasker_pid(&t, "h").unwrap();
     if closed_stderr {
         // Whatever the engine writes to stderr now meets a closed pipe.
         drop(e.child.stderr.take());
@@ -271,12 +273,17 @@ fn sighup_stops_gracefully(closed_stderr: bool) {
 
 #[test]
 fn sighup_is_a_graceful_stop() {
-    sighup_stops_gracefully(false);
+    stops_gracefully_on(Signal::SIGHUP, false);
+}
+
+#[test]
+fn sigquit_is_a_graceful_stop() {
+    stops_gracefully_on(Signal::SIGQUIT, false);
 }
 
 #[test]
 fn sighup_with_the_terminal_gone_is_a_graceful_stop() {
-    sighup_stops_gracefully(true);
+    stops_gracefully_on(Signal::SIGHUP, true);
 }
 
 /// The lines of an engine's stderr about `name`, but for the fault
@@ -319,8 +326,7 @@ fn a_started_point_that_cannot_be_written_stops_the_tasker_and_counts_the_attemp
     let e = engine(&t, Some("write:2:enospc@/log/tsk/"), &["--workers", "1"]);
     let (code, err) = e.wait(EXIT_DEADLINE);
     assert_eq!(code, Some(1), "the engine stops:\n{err}");
-    if let Ok(pid) = fs::read_to_string(t.join("pid-s")) {
-        let pid: i32 = pid.trim().parse().unwrap();
+    if let Some(pid) = tasker_pid(&t, "s") {
         wait_for("the tasker to be killed", DEADLINE, || process_gone(pid));
     }
     assert!(t.join("var/spool/run/s.json").exists());
