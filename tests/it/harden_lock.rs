@@ -248,15 +248,11 @@ fn stops_gracefully_on(sig: Signal, closed_stderr: bool) {
         // Whatever the engine writes to stderr now meets a closed pipe.
         drop(e.child.stderr.take());
     }
-    e.signal(Signal::SIGHUP);
+    e.signal(sig);
     let (code, err) = e.wait(EXIT_DEADLINE);
-    assert_eq!(
-        code,
-        Some(0),
-        "a graceful stop, not death by SIGHUP:\n{err}"
-    );
+    assert_eq!(code, Some(0), "a graceful stop, not death by {sig}:\n{err}");
     let log = fs::read_to_string(t.join("var/log/engine.log")).unwrap();
-    assert!(log.contains("received SIGHUP"), "{log}");
+    assert!(log.contains(&format!("received {sig}")), "{log}");
     assert!(log.contains("stopping: no new tasks"), "{log}");
     assert!(log.contains("engine stopped"), "{log}");
     wait_for("the tasker to be stopped", DEADLINE, || {
