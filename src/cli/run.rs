@@ -113,6 +113,9 @@ pub fn run(root: Option<PathBuf>, args: Args) -> Result<(), Failure> {
     let root = super::find_root(root)?;
     root.ensure_exists()
         .map_err(|e| Failure::new(exit::USAGE, e))?;
+    // The layout made whole before the log file is opened in it (an
+    // operator may have removed var/run/ or var/log/).
+    root.init().map_err(|e| Failure::new(exit::FAILURE, e))?;
     let progress = args.drain && super::progress::wanted();
     init_logging(&root, progress);
     let mut options = Options::default();
