@@ -69,8 +69,11 @@ impl Engine {
 /// happens next.
 pub(super) fn disk_failure_words(e: &SpoolError) -> String {
     match e {
-        SpoolError::Missing { .. } => format!(
+        SpoolError::Missing { dir } if dir.ends_with("spool/run") => format!(
             "{e}; stopping: the tasks whose files it held cannot be run again (their points logs stay in var/log/tsk/); nothing else is lost, and the next start makes the directory again"
+        ),
+        SpoolError::Missing { .. } => format!(
+            "{e}; stopping: what it held is gone; nothing else is lost (what was not written stays in in/ or run/), and the next start makes the directory again"
         ),
         e => format!(
             "the disk failed: {e}; stopping (nothing is lost: what was not written stays in in/ or run/, and the next start completes it)"
