@@ -1,5 +1,5 @@
 //! Fault injection, honoured only in debug builds (tests run the debug
-//! binary; a release build compiles [`inject`] to nothing).
+//! binary; a release build compiles `inject` to nothing).
 //!
 //! `SPOOLFLOW_FAULT` holds comma-separated rules `OP:N[:KIND][@TEXT]`: the
 //! `N`-th `OP` (`write`, `fsync` or `rename`) of the process fails with
