@@ -115,7 +115,8 @@ pub fn run(root: Option<PathBuf>, args: Args) -> Result<(), Failure> {
         .map_err(|e| Failure::new(exit::USAGE, e))?;
     // The layout made whole before the log file is opened in it (an
     // operator may have removed var/run/ or var/log/).
-    root.init().map_err(|e| Failure::new(exit::FAILURE, e))?;
+    root.make_var()
+        .map_err(|e| Failure::new(exit::FAILURE, e))?;
     let progress = args.drain && super::progress::wanted();
     init_logging(&root, progress);
     let mut options = Options::default();

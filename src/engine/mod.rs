@@ -258,7 +258,7 @@ async fn start_up(
     workers: usize,
 ) -> Result<(lock::EngineLock, lock::PidRecord, crate::tasker::Contain), EngineError> {
     root.ensure_exists()?;
-    root.init()?;
+    root.make_var()?;
     let mut lock = lock::lock(root).await?;
     let record = lock::PidRecord::write(root, workers, &mut lock);
     // Said only once the lock is ours: a second engine never claims to
