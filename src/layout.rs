@@ -92,6 +92,17 @@ impl Root {
         Ok(())
     }
 
+    /// Makes the engine's directories of the layout (`var/…`) that are
+    /// missing: an operator may have removed `var/run/` or another of them.
+    /// `tsk/` is the operator's and left alone.
+    pub fn make_var(&self) -> Result<(), RootError> {
+        for rel in LAYOUT.iter().filter(|rel| rel.starts_with("var/")) {
+            let path = self.dir.join(rel);
+            std::fs::create_dir_all(&path).map_err(|source| RootError::Create { path, source })?;
+        }
+        Ok(())
+    }
+
     /// Fails unless the layout is there. Inside a root (see [`is_root`])
     /// the message names the missing directory instead of advising `init`.
     pub fn ensure_exists(&self) -> Result<(), RootError> {
@@ -273,6 +284,14 @@ mod tests {
             assert!(tmp.path().join(rel).is_dir(), "{rel}");
         }
         root.ensure_exists().unwrap();
+        std::fs::remove_dir_all(tmp.path().join("var/run")).unwrap();
+        std::fs::remove_dir_all(tmp.path().join("tsk/any")).unwrap();
+        root.make_var().unwrap();
+        assert!(tmp.path().join("var/run").is_dir());
+        assert!(
+            !tmp.path().join("tsk/any").exists(),
+            "tsk/ is the operator's"
+        );
     }
 
     #[test]

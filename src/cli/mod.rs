@@ -139,7 +139,10 @@ pub fn main() -> ExitCode {
         Ok(()) => ExitCode::from(exit::SUCCESS),
         Err(f) => {
             if !f.message.is_empty() {
-                eprintln!("spoolflow: {}", f.message);
+                // Never a panic on a closed terminal (the engine's last
+                // words after a SIGHUP).
+                use std::io::Write;
+                let _ = writeln!(std::io::stderr(), "spoolflow: {}", f.message);
             }
             ExitCode::from(f.code)
         }

@@ -1,6 +1,6 @@
 //! `spoolflow run [--workers N] [--drain] [--grace D]`: the engine in the
-//! foreground, logging to stderr and var/log/engine.log; SIGINT/SIGTERM
-//! stop it gracefully. Colour on stderr only on a terminal and never with
+//! foreground, logging to stderr and var/log/engine.log; SIGINT, SIGTERM,
+//! SIGHUP and SIGQUIT stop it gracefully. Colour on stderr only on a terminal and never with
 //! `NO_COLOR`; with `--drain` on a terminal, a progress line (see
 //! `progress`) redrawn in place.
 
@@ -66,10 +66,57 @@ fn init_logging(root: &spoolflow::Root, progress: bool) {
     };
 }
 
+/// The signals that stop the engine gracefully (SPEC 10): SIGINT and
+/// SIGTERM, and also SIGHUP (the terminal the engine ran in was closed)
+/// and SIGQUIT, whose default actions would kill the engine at once and
+/// leave its taskers running under init. SIGPIPE is ignored by Rust's
+/// runtime: a log line written to a closed terminal or pipe is lost, and
+/// the engine goes on.
+struct StopSignals {
+    sigs: Vec<(tokio::signal::unix::Signal, &'static str)>,
+}
+
+impl StopSignals {
+    fn new() -> std::io::Result<StopSignals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let kinds = [
+            (SignalKind::terminate(), "SIGTERM"),
+            (SignalKind::interrupt(), "SIGINT"),
+            (
+                SignalKind::hangup(),
+                "SIGHUP (the terminal was closed); stopping as on SIGTERM",
+            ),
+            (SignalKind::quit(), "SIGQUIT; stopping as on SIGTERM"),
+        ];
+        let mut sigs = Vec::with_capacity(kinds.len());
+        for (kind, name) in kinds {
+            sigs.push((signal(kind)?, name));
+        }
+        Ok(StopSignals { sigs })
+    }
+
+    /// The next signal received, by name.
+    async fn next(&mut self) -> &'static str {
+        std::future::poll_fn(|cx| {
+            for (sig, name) in &mut self.sigs {
+                if let std::task::Poll::Ready(Some(())) = sig.poll_recv(cx) {
+                    return std::task::Poll::Ready(*name);
+                }
+            }
+            std::task::Poll::Pending
+        })
+        .await
+    }
+}
+
 pub fn run(root: Option<PathBuf>, args: Args) -> Result<(), Failure> {
     let root = super::find_root(root)?;
     root.ensure_exists()
         .map_err(|e| Failure::new(exit::USAGE, e))?;
+    // The layout made whole before the log file is opened in it (an
+    // operator may have removed var/run/ or var/log/).
+    root.make_var()
+        .map_err(|e| Failure::new(exit::FAILURE, e))?;
     let progress = args.drain && super::progress::wanted();
     init_logging(&root, progress);
     let mut options = Options::default();
@@ -88,17 +135,11 @@ pub fn run(root: Option<PathBuf>, args: Args) -> Result<(), Failure> {
         .map_err(|e| Failure::new(exit::FAILURE, e))?;
     rt.block_on(async move {
         let (stop_tx, stop_rx) = tokio::sync::mpsc::unbounded_channel();
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut term =
-            signal(SignalKind::terminate()).map_err(|e| Failure::new(exit::FAILURE, e))?;
-        let mut int =
-            signal(SignalKind::interrupt()).map_err(|e| Failure::new(exit::FAILURE, e))?;
+        let mut signals = StopSignals::new().map_err(|e| Failure::new(exit::FAILURE, e))?;
         tokio::spawn(async move {
             loop {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = int.recv() => {}
-                }
+                let name = signals.next().await;
+                tracing::info!("received {name}");
                 if stop_tx.send(StopRequest::Graceful).is_err() {
                     break;
                 }

@@ -289,7 +289,10 @@ impl Engine {
             .with("taskee", resolved.taskee.as_str())
             .with("tasker", tasker_path.as_str())
             .with("attempt", attempt);
-        self.log(p);
+        // Written before the spawn, or no tasker runs (see log_required).
+        if !self.log_required(p) {
+            return self.release(&limits);
+        }
         self.start(key, resolved, limits);
     }
 
@@ -421,7 +424,8 @@ impl Engine {
         if let Some(timer) = timer {
             self.sched.cancel(timer);
         }
-        self.log(p);
+        // Not written: the engine stops, killing this tasker.
+        self.log_required(p);
         // Points the tasker wrote before this message arrived.
         self.copy_points(&key);
     }

@@ -226,10 +226,7 @@ impl Engine {
         match spool::rename_no_replace(path, &self.root.run_file(&task.id)) {
             Ok(()) => self.created(task, submitted),
             Err(SpoolError::Exists(_)) => self.reject(path, &format!("duplicate id {}", task.id)),
-            Err(e) => {
-                tracing::error!("cannot claim {}: {e}", path.display());
-                self.note_fatal(e);
-            }
+            Err(e) => self.claim_failed(path, e),
         }
     }
 

@@ -10,7 +10,8 @@
 //! - `exits`: a tasker's exit through `outcome` (pure) and `policy` (pure);
 //! - `execution`: an execution's end — its record, through the durable
 //!   writer — and cancels;
-//! - `recovery`: start-up (lock, orphans, rebuilding from `run/`);
+//! - `lock`: the engine lock (on the root directory) and the pid record;
+//! - `recovery`: start-up (orphans, rebuilding from `run/`);
 //! - `stop`: the graceful stop and its grace.
 //!
 //! A task's life here: claimed from `in/` → `created` → queued → offered
@@ -27,6 +28,7 @@ mod flows;
 mod history;
 mod intake;
 mod intern;
+mod lock;
 mod offers;
 pub mod outcome;
 pub mod policy;
@@ -120,6 +122,9 @@ pub enum EngineError {
     Watch(#[from] watch::WatchError),
     #[error(transparent)]
     Spool(#[from] SpoolError),
+    /// Stopped on a failed write (logged, with what happens next).
+    #[error("stopped on a failed write to {at}: the log says why and what happens next")]
+    Stopped { at: String },
     #[error("cannot start the runtime or its threads: {0}")]
     Runtime(std::io::Error),
 }
@@ -241,19 +246,22 @@ pub(crate) struct Engine {
     replies: replies::Replies,
     /// How taskers' descendants are tracked (a cgroup or the subreaper).
     contain: crate::tasker::Contain,
+    /// `var/run/engine.lock`, written again when it goes.
+    pid_record: lock::PidRecord,
 }
 
-/// What comes before the engine's state: the root checked, the lock
-/// taken (held until the engine returns), what a dead engine left behind
-/// cleaned up, and how taskers will be contained.
+/// What comes before the engine's state: the root checked and its layout
+/// made whole (an operator may have removed `var/run/`), the lock taken
+/// (held until the engine returns) and the pid record written, what a dead
+/// engine left behind cleaned up, and how taskers will be contained.
 async fn start_up(
     root: &Root,
     workers: usize,
-) -> Result<(recovery::EngineLock, crate::tasker::Contain), EngineError> {
+) -> Result<(lock::EngineLock, lock::PidRecord, crate::tasker::Contain), EngineError> {
     root.ensure_exists()?;
-    // A root made before priority requests existed gets their directory.
-    let _ = std::fs::create_dir_all(root.priority_requests());
-    let lock = recovery::lock(root, workers).await?;
+    root.make_var()?;
+    let mut lock = lock::lock(root).await?;
+    let record = lock::PidRecord::write(root, workers, &mut lock);
     // Said only once the lock is ours: a second engine never claims to
     // have started.
     tracing::info!(
@@ -262,11 +270,13 @@ async fn start_up(
         std::process::id(),
         crate::text::count(workers, "worker")
     );
+    // Only now: holding the lock proves that no engine of this root runs,
+    // so the groups its registry names are a dead engine's.
     recovery::kill_orphans(root);
     let contain = crate::tasker::Contain::detect(root);
     recovery::clean_temporaries(root);
     crate::tasker::close_inherited_descriptors();
-    Ok((lock, contain))
+    Ok((lock, record, contain))
 }
 
 /// Runs the engine (inside a tokio runtime).
@@ -275,7 +285,7 @@ pub async fn run(
     options: Options,
     stop: Option<UnboundedReceiver<StopRequest>>,
 ) -> Result<(), EngineError> {
-    let (_lock, contain) = start_up(&root, options.workers).await?;
+    let (_lock, pid_record, contain) = start_up(&root, options.workers).await?;
     let (watch_tx, watch_rx) = mpsc::unbounded_channel();
     let watcher = watch::start(
         &root,
@@ -326,6 +336,7 @@ pub async fn run(
         conditions: std::sync::Arc::new(crate::sandbox::sandbox_engine()),
         replies: replies::Replies::open(&root),
         contain,
+        pid_record,
         options,
         root,
     };
@@ -389,6 +400,8 @@ impl Engine {
     async fn event_loop(&mut self, mut inbox: Inbox) -> Result<(), EngineError> {
         let mut safety = tokio::time::interval(self.options.rescan.max(Duration::from_secs(1)));
         safety.tick().await;
+        let mut upkeep = tokio::time::interval(lock::UPKEEP);
+        upkeep.tick().await;
         // With --drain: when in/ still holds something after a scan (an
         // entry that cannot be moved, say), look again a second later
         // rather than spin.
@@ -441,6 +454,7 @@ impl Engine {
                 _ = sleep_until(grace_end), if grace_end.is_some() => self.end_grace(),
                 _ = sleep_until(drain_recheck), if drain_recheck.is_some() => drain_recheck = None,
                 _ = sleep_until(settle_at), if settle_at.is_some() => self.settled(),
+                _ = upkeep.tick() => self.keep_var_run(),
                 _ = safety.tick() => {
                     self.scan_in();
                     self.scan_cancel();
@@ -529,10 +543,52 @@ impl Engine {
         }
     }
 
-    /// Remembers an fsync failure: the loop stops the engine.
+    /// Appends a point that `attempts` rests on (SPEC 10): `allocated`,
+    /// written before a tasker is spawned, and `started`. When it cannot
+    /// be written (a full disk, say), the engine stops at the top of its
+    /// loop (killing what runs): no tasker runs that the points log does
+    /// not count, so a restart never runs a task again under the same
+    /// attempt number. Returns whether it was written (never once the
+    /// engine is stopping on a failure: no tasker starts then).
+    fn log_required(&mut self, p: Point) -> bool {
+        use crate::store::spool::{fault, Op};
+        if self.fatal.is_some() {
+            return false;
+        }
+        let path = self.root.points_log(&p.exid);
+        let mut written =
+            fault::inject(Op::Write, &path, None).and_then(|()| self.points.append(&p));
+        if matches!(&written, Err(e) if e.kind() == std::io::ErrorKind::NotFound) {
+            // var/log/tsk/ was removed: made again.
+            let _ = std::fs::create_dir_all(self.root.log_tsk());
+            written = self.points.append(&p);
+        }
+        match written {
+            Ok(()) => true,
+            Err(source) => {
+                if self.fatal.is_none() {
+                    self.fatal = Some(SpoolError::Write { path, source });
+                }
+                false
+            }
+        }
+    }
+
+    /// Remembers an fsync failure: the loop stops the engine (and logs it,
+    /// once).
     fn note_fatal(&mut self, e: SpoolError) {
         if e.is_fatal() && self.fatal.is_none() {
             self.fatal = Some(e);
+        }
+    }
+
+    /// A claim (`in/` → `run/`) that failed: the disk failing stops the
+    /// engine, which logs it then; anything else is logged here.
+    fn claim_failed(&mut self, path: &std::path::Path, e: SpoolError) {
+        if e.is_fatal() {
+            self.note_fatal(e);
+        } else {
+            tracing::error!("cannot claim {}: {e}", path.display());
         }
     }
 }

@@ -1,13 +1,11 @@
-//! Start-up (SPEC section 10): the engine lock (one engine per root), the
-//! tasker processes a dead engine left behind, leftover temporaries, and
+//! Start-up (SPEC section 10), once the engine lock is held (see `lock`):
+//! the tasker processes a dead engine left behind, leftover temporaries, and
 //! the tasks found in `run/`, rebuilt from their files and points logs.
 
-use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Seek, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
-use nix::fcntl::{Flock, FlockArg};
 use serde_json::Value;
 
 use crate::layout::Root;
@@ -24,87 +22,10 @@ use super::state::{key, Body, Execution, Loaded, Node, NodeTask};
 pub enum RecoveryError {
     #[error("another engine is running on this root (pid {pid}, lock {path})")]
     Locked { pid: String, path: PathBuf },
-    #[error("cannot open the engine lock {path}: {source}")]
+    #[error("cannot lock the root {path} (the engine lock): {source}")]
     Lock { path: PathBuf, source: io::Error },
     #[error("cannot read {path}: {source}")]
     Read { path: PathBuf, source: io::Error },
-}
-
-/// Held while the engine runs: an exclusive `flock` on
-/// `var/run/engine.lock`, which holds the engine's pid. The descriptor is
-/// close-on-exec, so taskers never inherit it.
-pub struct EngineLock {
-    _lock: Flock<File>,
-}
-
-/// Takes the engine lock, or says which engine holds it.
-///
-/// When the engine named in the lock file is dead but the lock is still
-/// held, a child it was spawning when it died still has the descriptor
-/// (it is closed when that child execs, a moment later): wait for it, up
-/// to a few seconds.
-pub async fn lock(root: &Root, workers: usize) -> Result<EngineLock, RecoveryError> {
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
-    loop {
-        match try_lock(root, workers) {
-            Err(RecoveryError::Locked { pid, .. })
-                if !pid_alive(&pid) && tokio::time::Instant::now() < deadline =>
-            {
-                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-            }
-            other => return other,
-        }
-    }
-}
-
-/// Whether the process named in a lock file exists.
-fn pid_alive(pid: &str) -> bool {
-    match pid.parse::<i32>() {
-        Ok(p) if p > 0 => {
-            nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), None)
-                != Err(nix::errno::Errno::ESRCH)
-        }
-        _ => true,
-    }
-}
-
-fn try_lock(root: &Root, workers: usize) -> Result<EngineLock, RecoveryError> {
-    let path = root.lock();
-    let lock_err = |source| RecoveryError::Lock {
-        path: path.clone(),
-        source,
-    };
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&path)
-        .map_err(lock_err)?;
-    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-        Ok(mut lock) => {
-            lock.set_len(0).map_err(lock_err)?;
-            lock.rewind().map_err(lock_err)?;
-            // The pid first (what a second engine names), then what
-            // `spoolflow status` shows; the file's mtime is the start.
-            writeln!(lock, "{}\nworkers {workers}", std::process::id()).map_err(lock_err)?;
-            Ok(EngineLock { _lock: lock })
-        }
-        Err((mut file, nix::errno::Errno::EWOULDBLOCK)) => {
-            let mut pid = String::new();
-            let _ = file.read_to_string(&mut pid);
-            let pid = pid.lines().next().unwrap_or("").trim();
-            Err(RecoveryError::Locked {
-                pid: if pid.is_empty() {
-                    "unknown".into()
-                } else {
-                    pid.into()
-                },
-                path,
-            })
-        }
-        Err((_, e)) => Err(lock_err(io::Error::from(e))),
-    }
 }
 
 /// A task found in `run/`, to queue again.
@@ -564,42 +485,5 @@ impl super::Engine {
             node.task.body = Body::Loaded(Box::new(Loaded { payload, headers }));
         }
         self.finish(&k, crate::model::task::State::Completed, None);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_second_lock_names_the_first_pid() {
-        let tmp = tempfile::tempdir().unwrap();
-        let root = Root::new(tmp.path()).unwrap();
-        root.init().unwrap();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let lock = |root: &Root, w: usize| rt.block_on(lock(root, w));
-        let first = lock(&root, 1).unwrap();
-        match lock(&root, 1) {
-            Err(RecoveryError::Locked { pid, .. }) => {
-                assert_eq!(pid, std::process::id().to_string())
-            }
-            other => panic!("{:?}", other.err()),
-        }
-        drop(first);
-        lock(&root, 1).unwrap();
-    }
-
-    #[test]
-    fn the_pid_in_a_lock_file_is_checked_for_life() {
-        let mut child = std::process::Command::new("true").spawn().unwrap();
-        let dead = child.id().to_string();
-        child.wait().unwrap();
-        assert!(!pid_alive(&dead));
-        assert!(pid_alive(&std::process::id().to_string()));
-        // An unreadable pid is taken as alive: never wait on a guess.
-        assert!(pid_alive("unknown"));
     }
 }

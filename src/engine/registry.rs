@@ -5,47 +5,98 @@
 //! from the spawning thread) when a tasker starts and simply overwritten
 //! by the next one: a stale entry names a group that is gone, or one that
 //! start-up checks before it kills anything. No fsync: a machine crash
-//! kills the processes too.
+//! kills the processes too. Should an operator remove the file (or all of
+//! `var/run/`), the running engine writes it again from the slots it keeps
+//! in memory ([`Registry::keep`]). Start-up reads it only once it holds the
+//! engine lock, so the groups it names are a dead engine's.
 
 use std::fs::File;
-use std::os::unix::fs::FileExt;
-use std::path::Path;
-use std::sync::Arc;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 /// Bytes per slot: a decimal pgid, space-padded, and a newline.
 pub const SLOT: usize = 16;
 
 /// The slots, and which are free.
 pub struct Registry {
-    file: Option<Arc<File>>,
+    path: PathBuf,
+    shared: Arc<Mutex<Slots>>,
     free: Vec<usize>,
     next: usize,
 }
 
+/// The open file and what each slot holds (to write it all again).
+struct Slots {
+    file: Option<File>,
+    lines: Vec<[u8; SLOT]>,
+}
+
 /// Writes slots from any thread.
 #[derive(Clone)]
-pub struct RegistryWriter(Option<Arc<File>>);
+pub struct RegistryWriter(Arc<Mutex<Slots>>);
+
+/// Creates (empty) the registry file; `None` when it cannot be (an
+/// unwritable `var/run/`): start-up then falls back on scanning processes.
+fn create(path: &Path) -> Option<File> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .open(path)
+        .map_err(|e| {
+            tracing::warn!("cannot open {}: {e}", path.display());
+            // An old registry must not be trusted at the next start.
+            let _ = std::fs::remove_file(path);
+        })
+        .ok()
+}
 
 impl Registry {
-    /// Opens (and empties) the registry; without it (an unwritable
-    /// `var/run/`), start-up falls back on scanning processes.
+    /// Opens (and empties) the registry.
     pub fn open(path: &Path, workers: usize) -> Registry {
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .write(true)
-            .truncate(true)
-            .open(path)
-            .map_err(|e| {
-                tracing::warn!("cannot open {}: {e}", path.display());
-                // An old registry must not be trusted at the next start.
-                let _ = std::fs::remove_file(path);
-            })
-            .ok()
-            .map(Arc::new);
+        let slots = Slots {
+            file: create(path),
+            lines: Vec::new(),
+        };
         Registry {
-            file,
+            path: path.to_path_buf(),
+            shared: Arc::new(Mutex::new(slots)),
             free: (0..workers.max(1)).rev().collect(),
             next: workers.max(1),
+        }
+    }
+
+    /// Writes the registry again, whole, when its file is no longer at its
+    /// path (removed, or replaced by something else).
+    pub fn keep(&self) {
+        let Ok(mut slots) = self.shared.lock() else {
+            return;
+        };
+        let at_path = std::fs::symlink_metadata(&self.path)
+            .ok()
+            .map(|m| (m.dev(), m.ino()));
+        let open = slots
+            .file
+            .as_ref()
+            .and_then(|f| f.metadata().ok())
+            .map(|m| (m.dev(), m.ino()));
+        if at_path.is_some() && at_path == open {
+            return;
+        }
+        if let Some(parent) = self.path.parent() {
+            let _ = std::fs::create_dir_all(parent);
+        }
+        slots.file = create(&self.path);
+        if let Some(f) = &slots.file {
+            let bytes: Vec<u8> = slots.lines.iter().flatten().copied().collect();
+            let _ = f.write_all_at(&bytes, 0);
+            if open.is_some() {
+                tracing::warn!(
+                    "{} was removed while the engine ran; wrote it again",
+                    self.path.display()
+                );
+            }
         }
     }
 
@@ -63,7 +114,7 @@ impl Registry {
     }
 
     pub fn writer(&self) -> RegistryWriter {
-        RegistryWriter(self.file.clone())
+        RegistryWriter(self.shared.clone())
     }
 }
 
@@ -97,9 +148,19 @@ impl RegistryWriter {
     }
 
     fn write(&self, slot: usize, text: &str) {
-        if let Some(f) = &self.0 {
-            let mut line = format!("{text:>width$}", width = SLOT - 1).into_bytes();
-            line.push(b'\n');
+        let Ok(mut slots) = self.0.lock() else {
+            return;
+        };
+        let mut line = [b' '; SLOT];
+        let text = text.as_bytes();
+        let n = text.len().min(SLOT - 1);
+        line[SLOT - 1 - n..SLOT - 1].copy_from_slice(&text[..n]);
+        line[SLOT - 1] = b'\n';
+        if slots.lines.len() <= slot {
+            slots.lines.resize(slot + 1, [b' '; SLOT]);
+        }
+        slots.lines[slot] = line;
+        if let Some(f) = &slots.file {
             let _ = f.write_all_at(&line, (slot * SLOT) as u64);
         }
     }
@@ -142,6 +203,10 @@ mod tests {
         let c = r.take_slot();
         assert!(c != a && c != b);
         assert_eq!(std::fs::metadata(&path).unwrap().len(), 2 * SLOT as u64);
+        // Removed: written again, whole.
+        std::fs::remove_file(&path).unwrap();
+        r.keep();
+        assert_eq!(read(&path).unwrap(), [Entry::Group(4343)]);
         drop(r);
         assert_eq!(read(&tmp.path().join("missing")), None);
     }

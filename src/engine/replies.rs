@@ -84,6 +84,33 @@ impl Replies {
         }
     }
 
+    /// Opens the journal again when its file is no longer at its path (an
+    /// operator removed `var/run/`): the replies it held whose records are
+    /// not durable yet would run again after a crash (at least once).
+    pub fn keep(&mut self, root: &Root) {
+        use std::os::unix::fs::MetadataExt;
+        let ident = |m: std::fs::Metadata| (m.dev(), m.ino());
+        let open = self
+            .file
+            .as_ref()
+            .and_then(|f| f.metadata().ok())
+            .map(ident);
+        let at_path = std::fs::symlink_metadata(root.replies_journal())
+            .ok()
+            .map(ident);
+        // Not open at start (an unwritable var/run/): not tried again.
+        if open.is_none() || open == at_path {
+            return;
+        }
+        *self = Replies::open(root);
+        if self.file.is_some() {
+            tracing::warn!(
+                "{} was removed while the engine ran; made it again",
+                root.replies_journal().display()
+            );
+        }
+    }
+
     /// Called when no record waits for the writer: every reply journaled
     /// is in a durable record, so the journal may be emptied.
     pub fn settle(&mut self) {

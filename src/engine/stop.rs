@@ -43,14 +43,14 @@ impl Engine {
         }
     }
 
-    /// The disk failed (README: "When the disk fails"): logs it, kills the
-    /// running taskers' groups at once (nothing they reply could be made
-    /// durable; their tasks stay in `run/` and run again at the next start,
-    /// as after a crash), and returns the error the engine exits with.
+    /// The disk failed (README: "When the disk fails"), or a directory of
+    /// the spool was removed under the engine: logs it once, with what
+    /// happens next, kills the running taskers' groups at once (nothing
+    /// they reply could be made durable; their tasks stay in `run/` and
+    /// run again at the next start, as after a crash), and returns the
+    /// error the engine exits with.
     pub(super) fn stop_on_disk_failure(&mut self, e: SpoolError) -> EngineError {
-        tracing::error!(
-            "the disk failed: {e}; stopping (nothing is lost: what was not written stays in in/ or run/, and the next start completes it)"
-        );
+        tracing::error!("{}", disk_failure_words(&e));
         for node in self.nodes.values() {
             if let NodeState::Running(run) = &node.state {
                 if let Process::Live { pgid, .. } | Process::Stopping { pgid, .. } = run.process {
@@ -61,6 +61,46 @@ impl Engine {
                 }
             }
         }
-        EngineError::Spool(e)
+        EngineError::Stopped { at: e.paths() }
+    }
+}
+
+/// The one log line of a stop on a failed write: what failed, and what
+/// happens next.
+pub(super) fn disk_failure_words(e: &SpoolError) -> String {
+    match e {
+        SpoolError::Missing { dir } if dir.ends_with("spool/run") => format!(
+            "{e}; stopping: the tasks whose files it held cannot be run again (their points logs stay in var/log/tsk/); nothing else is lost, and the next start makes the directory again"
+        ),
+        SpoolError::Missing { .. } => format!(
+            "{e}; stopping: what it held is gone; nothing else is lost (what was not written stays in in/ or run/), and the next start makes the directory again"
+        ),
+        e => format!(
+            "the disk failed: {e}; stopping (nothing is lost: what was not written stays in in/ or run/, and the next start completes it)"
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_directory_is_not_called_a_failed_fsync() {
+        let missing = SpoolError::Missing {
+            dir: "/r/var/spool/run".into(),
+        };
+        let words = disk_failure_words(&missing);
+        assert!(words.contains("/r/var/spool/run is missing"), "{words}");
+        assert!(
+            words.contains("next start makes the directory again"),
+            "{words}"
+        );
+        assert!(!words.contains("page cache"), "{words}");
+        let full = SpoolError::Write {
+            path: "/r/x".into(),
+            source: std::io::Error::from_raw_os_error(nix::libc::ENOSPC),
+        };
+        assert!(disk_failure_words(&full).starts_with("the disk failed: failed to write /r/x"));
     }
 }

@@ -27,6 +27,8 @@ pub enum SpoolError {
     Read { path: PathBuf, source: io::Error },
     #[error("{path} is larger than {limit} bytes")]
     TooLarge { path: PathBuf, limit: u64 },
+    #[error("the directory {dir} is missing (removed while the engine ran)")]
+    Missing { dir: PathBuf },
 }
 
 impl SpoolError {
@@ -37,11 +39,26 @@ impl SpoolError {
     /// someone else owns, say) may be about one file only.
     pub fn is_fatal(&self) -> bool {
         match self {
-            SpoolError::Fsync { .. } => true,
+            SpoolError::Fsync { .. } | SpoolError::Missing { .. } => true,
             SpoolError::Write { source, .. } | SpoolError::Rename { source, .. } => {
                 is_disk_failure(source)
             }
             _ => false,
+        }
+    }
+
+    /// The files this error is about, for a short message.
+    pub fn paths(&self) -> String {
+        match self {
+            SpoolError::Write { path, .. }
+            | SpoolError::Fsync { path, .. }
+            | SpoolError::Read { path, .. }
+            | SpoolError::TooLarge { path, .. }
+            | SpoolError::Exists(path)
+            | SpoolError::Missing { dir: path } => path.display().to_string(),
+            SpoolError::Rename { from, to, .. } => {
+                format!("{} (moving it to {})", from.display(), to.display())
+            }
         }
     }
 
@@ -75,180 +92,64 @@ pub enum Op {
     Rename,
 }
 
-/// Fault injection, honoured only in debug builds (tests run the debug
-/// binary; a release build compiles [`fault::inject`] to nothing).
-///
-/// `SPOOLFLOW_FAULT` holds comma-separated rules `OP:N[:KIND][@TEXT]`: the
-/// `N`-th `OP` (`write`, `fsync` or `rename`) of the process fails with
-/// `KIND` (`eio`, the default, `enospc`, `erofs` or `edquot`); with
-/// `@TEXT`, only operations on a path containing `TEXT` (either side of a
-/// rename) are counted. Each rule fails one operation, once: like a real
-/// disk, the next attempt may succeed, which must never be taken to mean
-/// that the data of the failed one is safe. For example
-/// `SPOOLFLOW_FAULT=fsync:1@/spool/done/` fails the first fsync of a
-/// record.
-pub mod fault {
-    #[cfg(debug_assertions)]
-    use std::sync::atomic::{AtomicU64, Ordering};
-    #[cfg(debug_assertions)]
-    use std::sync::OnceLock;
-
-    use super::Op;
-    use std::io;
-    use std::path::Path;
-
-    /// The environment variable read.
-    pub const VAR: &str = "SPOOLFLOW_FAULT";
-
-    /// An unreadable `SPOOLFLOW_FAULT`.
-    #[derive(Debug, thiserror::Error)]
-    #[error("{VAR}: {rule:?} is not OP:N[:KIND][@TEXT] (OP write, fsync or rename; N from 1; KIND eio, enospc, erofs or edquot)")]
-    pub struct BadRule {
-        pub rule: String,
-    }
-
-    /// One rule of `SPOOLFLOW_FAULT`.
-    #[derive(Debug, Clone, PartialEq, Eq)]
-    pub struct Rule {
-        pub op: Op,
-        pub nth: u64,
-        pub errno: i32,
-        pub within: Option<String>,
-    }
-
-    /// Parses a `SPOOLFLOW_FAULT` value.
-    pub fn parse(spec: &str) -> Result<Vec<Rule>, BadRule> {
-        spec.split(',')
-            .map(str::trim)
-            .filter(|r| !r.is_empty())
-            .map(|r| {
-                parse_rule(r).ok_or_else(|| BadRule {
-                    rule: r.to_string(),
-                })
-            })
-            .collect()
-    }
-
-    fn parse_rule(rule: &str) -> Option<Rule> {
-        let (head, within) = match rule.split_once('@') {
-            Some((h, w)) if !w.is_empty() => (h, Some(w.to_string())),
-            Some(_) => return None,
-            None => (rule, None),
-        };
-        let mut parts = head.split(':');
-        let op = match parts.next()? {
-            "write" => Op::Write,
-            "fsync" => Op::Fsync,
-            "rename" => Op::Rename,
-            _ => return None,
-        };
-        let nth: u64 = parts.next()?.parse().ok().filter(|n| *n >= 1)?;
-        let errno = match parts.next() {
-            None | Some("eio") => nix::libc::EIO,
-            Some("enospc") => nix::libc::ENOSPC,
-            Some("erofs") => nix::libc::EROFS,
-            Some("edquot") => nix::libc::EDQUOT,
-            Some(_) => return None,
-        };
-        if parts.next().is_some() {
-            return None;
-        }
-        Some(Rule {
-            op,
-            nth,
-            errno,
-            within,
-        })
-    }
-
-    #[cfg(debug_assertions)]
-    struct Armed {
-        rule: Rule,
-        seen: AtomicU64,
-    }
-
-    #[cfg(debug_assertions)]
-    fn armed() -> &'static [Armed] {
-        static ARMED: OnceLock<Vec<Armed>> = OnceLock::new();
-        ARMED.get_or_init(|| {
-            let spec = std::env::var(VAR).unwrap_or_default();
-            let rules = parse(&spec).unwrap_or_else(|e| {
-                // `check` refuses it where it matters (the engine's start).
-                tracing::error!("{e}; no fault injected");
-                Vec::new()
-            });
-            rules
-                .into_iter()
-                .map(|rule| Armed {
-                    rule,
-                    seen: AtomicU64::new(0),
-                })
-                .collect()
-        })
-    }
-
-    /// Checks `SPOOLFLOW_FAULT` (debug builds; always fine in release
-    /// builds, which ignore it), and logs the faults armed.
-    pub fn check() -> Result<(), BadRule> {
-        #[cfg(debug_assertions)]
-        {
-            let spec = std::env::var(VAR).unwrap_or_default();
-            parse(&spec)?;
-            for a in armed() {
-                tracing::warn!(
-                    "{VAR}: the {:?} #{} {}will fail with {}",
-                    a.rule.op,
-                    a.rule.nth,
-                    a.rule
-                        .within
-                        .as_ref()
-                        .map(|w| format!("on a path containing {w:?} "))
-                        .unwrap_or_default(),
-                    io::Error::from_raw_os_error(a.rule.errno)
-                );
-            }
-        }
-        Ok(())
-    }
-
-    /// Fails this operation if a rule says so (debug builds only).
-    #[cfg(debug_assertions)]
-    pub fn inject(op: Op, path: &Path, other: Option<&Path>) -> io::Result<()> {
-        for a in armed() {
-            if a.rule.op != op {
-                continue;
-            }
-            if let Some(w) = &a.rule.within {
-                let has = |p: &Path| p.to_string_lossy().contains(w.as_str());
-                if !has(path) && !other.is_some_and(has) {
-                    continue;
-                }
-            }
-            if a.seen.fetch_add(1, Ordering::SeqCst) + 1 == a.rule.nth {
-                let e = io::Error::from_raw_os_error(a.rule.errno);
-                tracing::warn!("{VAR}: injecting {e} into {op:?} of {}", path.display());
-                return Err(e);
-            }
-        }
-        Ok(())
-    }
-
-    /// Release builds: nothing.
-    #[cfg(not(debug_assertions))]
-    #[inline(always)]
-    pub fn inject(_op: Op, _path: &Path, _other: Option<&Path>) -> io::Result<()> {
-        Ok(())
-    }
-}
+/// Fault injection (debug builds only): see the module.
+#[path = "fault.rs"]
+pub mod fault;
 
 /// fsyncs a directory so that the renames and unlinks in it are durable.
 pub fn fsync_dir(dir: &Path) -> Result<(), SpoolError> {
-    File::open(dir)
-        .and_then(|f| fault::inject(Op::Fsync, dir, None).and_then(|()| f.sync_all()))
+    let f = open_dir(dir)?;
+    fault::inject(Op::Fsync, dir, None)
+        .and_then(|()| f.sync_all())
         .map_err(|source| SpoolError::Fsync {
             path: dir.to_path_buf(),
             source,
         })
+}
+
+/// Opens a directory to fsync it: one that is not there is
+/// [`SpoolError::Missing`] (an operator removed it), not a failed fsync.
+fn open_dir(dir: &Path) -> Result<File, SpoolError> {
+    File::open(dir).map_err(|source| match source.kind() {
+        io::ErrorKind::NotFound => SpoolError::Missing {
+            dir: dir.to_path_buf(),
+        },
+        _ => SpoolError::Fsync {
+            path: dir.to_path_buf(),
+            source,
+        },
+    })
+}
+
+/// A failed write into `dir`: [`SpoolError::Missing`] when `dir` is gone.
+fn write_error(dir: &Path, path: &Path, source: io::Error) -> SpoolError {
+    if source.kind() == io::ErrorKind::NotFound && fs::symlink_metadata(dir).is_err() {
+        SpoolError::Missing {
+            dir: dir.to_path_buf(),
+        }
+    } else {
+        SpoolError::Write {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+/// A failed rename: [`SpoolError::Missing`] when the directory of `to` is
+/// gone.
+fn rename_error(from: &Path, to: &Path, source: io::Error) -> SpoolError {
+    let to_dir = to.parent().unwrap_or(Path::new("."));
+    if source.kind() == io::ErrorKind::NotFound && fs::symlink_metadata(to_dir).is_err() {
+        SpoolError::Missing {
+            dir: to_dir.to_path_buf(),
+        }
+    } else {
+        SpoolError::Rename {
+            from: from.to_path_buf(),
+            to: to.to_path_buf(),
+            source,
+        }
+    }
 }
 
 /// Makes durable every write to the filesystem that holds `dir`
@@ -257,11 +158,9 @@ pub fn fsync_dir(dir: &Path) -> Result<(), SpoolError> {
 /// file of that filesystem, so a failure is taken as a failed fsync.
 pub fn sync_filesystem(dir: &Path) -> Result<(), SpoolError> {
     use std::os::fd::AsRawFd;
-    File::open(dir)
-        .and_then(|f| {
-            fault::inject(Op::Fsync, dir, None)?;
-            nix::unistd::syncfs(f.as_raw_fd()).map_err(io::Error::from)
-        })
+    let f = open_dir(dir)?;
+    fault::inject(Op::Fsync, dir, None)
+        .and_then(|()| nix::unistd::syncfs(f.as_raw_fd()).map_err(io::Error::from))
         .map_err(|source| SpoolError::Fsync {
             path: dir.to_path_buf(),
             source,
@@ -377,15 +276,11 @@ pub fn write_atomic(
     sync_dir: bool,
 ) -> Result<PathBuf, SpoolError> {
     let target = dir.join(name);
-    let write_err = |source| SpoolError::Write {
-        path: target.clone(),
-        source,
-    };
     let mut tmp = tempfile::Builder::new()
         .prefix(".")
         .suffix(".tmp")
         .tempfile_in(dir)
-        .map_err(write_err)?;
+        .map_err(|e| write_error(dir, &target, e))?;
     fill(tmp.as_file_mut(), &target, bytes, true)?;
     if no_replace {
         rename_no_replace(tmp.path(), &target)?;
@@ -399,11 +294,8 @@ pub fn write_atomic(
                 source,
             }
         })?;
-        tmp.persist(&target).map_err(|e| SpoolError::Rename {
-            from: e.file.path().to_path_buf(),
-            to: target.clone(),
-            source: e.error,
-        })?;
+        tmp.persist(&target)
+            .map_err(|e| rename_error(e.file.path(), &target, e.error))?;
     }
     if sync_dir {
         fsync_dir(dir)?;
@@ -454,11 +346,7 @@ pub fn rename_no_replace(from: &Path, to: &Path) -> Result<(), SpoolError> {
     match renameat2(None, from, None, to, RenameFlags::RENAME_NOREPLACE) {
         Ok(()) => Ok(()),
         Err(nix::errno::Errno::EEXIST) => Err(SpoolError::Exists(to.to_path_buf())),
-        Err(e) => Err(SpoolError::Rename {
-            from: from.to_path_buf(),
-            to: to.to_path_buf(),
-            source: io::Error::from(e),
-        }),
+        Err(e) => Err(rename_error(from, to, io::Error::from(e))),
     }
 }
 
@@ -466,11 +354,7 @@ pub fn rename_no_replace(from: &Path, to: &Path) -> Result<(), SpoolError> {
 pub fn rename(from: &Path, to: &Path) -> Result<(), SpoolError> {
     fault::inject(Op::Rename, from, Some(to))
         .and_then(|()| fs::rename(from, to))
-        .map_err(|source| SpoolError::Rename {
-            from: from.to_path_buf(),
-            to: to.to_path_buf(),
-            source,
-        })
+        .map_err(|source| rename_error(from, to, source))
 }
 
 /// Reads a regular file of at most `limit` bytes without reading more than
@@ -515,8 +399,16 @@ pub fn read_capped(path: &Path, limit: u64) -> Result<Vec<u8>, SpoolError> {
 
 /// Moves `path` (a file, a directory, or a symlink — moved as the link,
 /// never followed) into `rejected_dir` under its own name, or `name.N` when
-/// that is taken, and writes `<that name>.reason` holding `reason` on one
-/// line. Returns the rejected path.
+/// that is taken, beside `<that name>.reason` holding `reason` on one line.
+/// Returns the rejected path.
+///
+/// The reason is written (and fsynced) first, then the input moved beside
+/// it: a rejected file never lacks its reason. When the reason cannot be
+/// written, the input stays where it was; when the move fails after, the
+/// reason is removed again. A crash between the two leaves a `.reason`
+/// alone in `rejected/` and the input where it was, rejected again (under
+/// the next free name) at the next start: nothing is lost. The directory
+/// is fsynced once, after both, when `sync_dir`.
 pub fn reject(
     path: &Path,
     rejected_dir: &Path,
@@ -527,6 +419,11 @@ pub fn reject(
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "unnamed".to_string());
+    let line: String = reason
+        .chars()
+        .map(|c| if c == '\n' || c == '\r' { ' ' } else { c })
+        .collect();
+    let line = format!("{line}\n");
     let mut n = 0u32;
     let target = loop {
         let candidate = if n == 0 {
@@ -534,29 +431,32 @@ pub fn reject(
         } else {
             format!("{name}.{n}")
         };
+        n += 1;
         let target = rejected_dir.join(&candidate);
-        let reason_taken = rejected_dir.join(format!("{candidate}.reason")).exists();
-        if !reason_taken {
-            match rename_no_replace(path, &target) {
-                Ok(()) => break candidate,
-                Err(SpoolError::Exists(_)) => {}
-                Err(e) => return Err(e),
+        if fs::symlink_metadata(&target).is_ok() {
+            continue;
+        }
+        let reason_name = format!("{candidate}.reason");
+        match write_atomic(rejected_dir, &reason_name, line.as_bytes(), true, false) {
+            Ok(_) => {}
+            Err(SpoolError::Exists(_)) => continue,
+            Err(e) => return Err(e),
+        }
+        match rename_no_replace(path, &target) {
+            Ok(()) => break target,
+            Err(e) => {
+                let _ = fs::remove_file(rejected_dir.join(&reason_name));
+                match e {
+                    SpoolError::Exists(_) => continue,
+                    e => return Err(e),
+                }
             }
         }
-        n += 1;
     };
-    let line: String = reason
-        .chars()
-        .map(|c| if c == '\n' || c == '\r' { ' ' } else { c })
-        .collect();
-    write_atomic(
-        rejected_dir,
-        &format!("{target}.reason"),
-        format!("{line}\n").as_bytes(),
-        false,
-        sync_dir,
-    )?;
-    Ok(rejected_dir.join(target))
+    if sync_dir {
+        fsync_dir(rejected_dir)?;
+    }
+    Ok(target)
 }
 
 #[cfg(test)]
@@ -681,6 +581,31 @@ mod tests {
             fs::read_to_string(rej.join("x.json.2.reason")).unwrap(),
             "bad thing 2\n"
         );
+    }
+
+    #[test]
+    fn a_reason_that_cannot_be_written_leaves_the_input_where_it_was() {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = tmp.path().join("x.json");
+        fs::write(&p, "bytes").unwrap();
+        // No rejected/ to write the reason into.
+        let rej = tmp.path().join("rejected");
+        assert!(reject(&p, &rej, "bad", true).is_err());
+        assert_eq!(fs::read_to_string(&p).unwrap(), "bytes");
+        // A name whose reason alone is left (a crash between the two) is
+        // passed over.
+        fs::create_dir(&rej).unwrap();
+        fs::write(rej.join("x.json.reason"), "old\n").unwrap();
+        let to = reject(&p, &rej, "bad", true).unwrap();
+        assert_eq!(to, rej.join("x.json.1"));
+        assert_eq!(
+            fs::read_to_string(rej.join("x.json.1.reason")).unwrap(),
+            "bad\n"
+        );
+        // A move that fails takes its reason back.
+        let gone = tmp.path().join("gone.json");
+        assert!(reject(&gone, &rej, "bad", true).is_err());
+        assert!(!rej.join("gone.json.reason").exists());
     }
 
     #[test]

@@ -524,11 +524,13 @@ impl Batch {
                 retake: true,
             },
             // The disk failed, or the reason could not be written into
-            // rejected/ (the engine's own directory): stop. The input is
-            // still in in/, or already in rejected/.
+            // rejected/ (the engine's own directory): stop, logged once
+            // then. The input is still in in/ (the reason is written
+            // before the input is moved).
             Err(e) if e.is_fatal() || matches!(e, SpoolError::Write { .. }) => return Err(e),
             // Moving this one entry was refused (an input someone else
-            // owns in a sticky in/, say): it stays, and the engine goes on.
+            // owns in a sticky in/, say): it stays (its reason was taken
+            // back), and the engine goes on. Said once, here.
             Err(e) => {
                 tracing::error!("cannot reject {}: {e}", path.display());
                 Written::Reject {

@@ -41,3 +41,5 @@ mod taskers;
 mod taskmasters;
 // lead (issue 9)
 mod ops_read;
+// lock (issue 15: B, D)
+mod harden_lock;
