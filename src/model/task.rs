@@ -26,6 +26,17 @@ pub enum InputError {
         line: usize,
         column: usize,
         message: String,
+        /// The bytes end before the JSON does: a file cut short, or one
+        /// whose writer is still at work.
+        eof: bool,
+    },
+    #[error("the file starts with a byte-order mark ({0}); save it as UTF-8 without BOM")]
+    ByteOrderMark(&'static str),
+    #[error("duplicate key {} at line {line} column {column}: a key may appear only once in an object", quoted(key))]
+    DuplicateKey {
+        key: String,
+        line: usize,
+        column: usize,
     },
     #[error("a task file must hold a JSON object, not {0}")]
     NotObject(&'static str),
@@ -240,16 +251,30 @@ impl TaskFile {
 }
 
 /// Parses bytes that must hold one JSON object (a task file, or one line
-/// of a batch), before any key is looked at.
+/// of a batch), before any key is looked at. A byte-order mark is named
+/// as such, and a key that appears twice in any object of the file is
+/// refused (see [`strict`]).
 pub fn parse_object(bytes: &[u8]) -> Result<Object, InputError> {
-    let value: Value = serde_json::from_slice(bytes).map_err(|e| InputError::Json {
-        line: e.line(),
-        column: e.column(),
-        message: json_error_message(&e),
-    })?;
-    match value {
+    if let Some(bom) = byte_order_mark(bytes) {
+        return Err(InputError::ByteOrderMark(bom));
+    }
+    match strict::from_slice(bytes)? {
         Value::Object(obj) => Ok(obj),
         other => Err(InputError::NotObject(type_name(&other))),
+    }
+}
+
+/// The byte-order mark `bytes` start with, as its bytes, if any (UTF-8's,
+/// or UTF-16's, which JSON files must not be in either).
+fn byte_order_mark(bytes: &[u8]) -> Option<&'static str> {
+    if bytes.starts_with(&[0xEF, 0xBB, 0xBF]) {
+        Some("EF BB BF")
+    } else if bytes.starts_with(&[0xFF, 0xFE]) {
+        Some("FF FE, UTF-16")
+    } else if bytes.starts_with(&[0xFE, 0xFF]) {
+        Some("FE FF, UTF-16")
+    } else {
+        None
     }
 }
 
@@ -360,6 +385,116 @@ fn json_error_message(e: &serde_json::Error) -> String {
     match s.rfind(" at line ") {
         Some(i) => s[..i].to_string(),
         None => s,
+    }
+}
+
+// ---------------------------------------------------------------- strict
+
+/// JSON parsed as `serde_json::Value` is, except that an object holding
+/// the same key twice is refused instead of keeping the last one silently
+/// (a task file's top level, and every object inside it: a payload with
+/// `"qty"` twice would reach its tasker with one of them dropped, which is
+/// the same silent change of meaning). The check is the insert the parse
+/// does anyway: no second pass, no extra allocation.
+mod strict {
+    use std::cell::RefCell;
+    use std::fmt;
+
+    use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
+    use serde_json::map::Entry;
+    use serde_json::{Map, Number, Value};
+
+    use super::{json_error_message, InputError};
+
+    /// Parses `bytes` as one JSON value (whitespace around it allowed).
+    pub(super) fn from_slice(bytes: &[u8]) -> Result<Value, InputError> {
+        let duplicate = RefCell::new(None);
+        let mut de = serde_json::Deserializer::from_slice(bytes);
+        let parsed = Seed(&duplicate)
+            .deserialize(&mut de)
+            .and_then(|v| de.end().map(|()| v));
+        parsed.map_err(|e| match duplicate.take() {
+            Some(key) => InputError::DuplicateKey {
+                key,
+                line: e.line(),
+                column: e.column(),
+            },
+            None => InputError::Json {
+                line: e.line(),
+                column: e.column(),
+                message: json_error_message(&e),
+                eof: e.is_eof(),
+            },
+        })
+    }
+
+    /// Where the first duplicate key found is put (the error serde carries
+    /// is a string; this keeps the key itself).
+    #[derive(Clone, Copy)]
+    struct Seed<'a>(&'a RefCell<Option<String>>);
+
+    impl<'de> DeserializeSeed<'de> for Seed<'_> {
+        type Value = Value;
+        fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+            d.deserialize_any(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for Seed<'_> {
+        type Value = Value;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("any valid JSON value")
+        }
+        fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+            Ok(Value::Bool(v))
+        }
+        fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+            Ok(Value::Number(v.into()))
+        }
+        fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+            Ok(Value::Number(v.into()))
+        }
+        fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+            Ok(Number::from_f64(v).map_or(Value::Null, Value::Number))
+        }
+        fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+            Ok(Value::String(v.to_owned()))
+        }
+        fn visit_string<E>(self, v: String) -> Result<Value, E> {
+            Ok(Value::String(v))
+        }
+        fn visit_unit<E>(self) -> Result<Value, E> {
+            Ok(Value::Null)
+        }
+        fn visit_none<E>(self) -> Result<Value, E> {
+            Ok(Value::Null)
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+            let mut items = Vec::new();
+            while let Some(v) = seq.next_element_seed(self)? {
+                items.push(v);
+            }
+            Ok(Value::Array(items))
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+            let mut obj = Map::new();
+            while let Some(key) = map.next_key::<String>()? {
+                let value = map.next_value_seed(self)?;
+                match obj.entry(key) {
+                    Entry::Vacant(slot) => {
+                        slot.insert(value);
+                    }
+                    Entry::Occupied(slot) => {
+                        let key = slot.key().clone();
+                        let message = format!("duplicate key {key}");
+                        *self.0.borrow_mut() = Some(key);
+                        return Err(de::Error::custom(message));
+                    }
+                }
+            }
+            Ok(Value::Object(obj))
+        }
     }
 }
 
