@@ -21,6 +21,10 @@ use crate::store::writer::{ident_of, Job};
 /// How old a file must be for a scan (not an event) to take it once the
 /// engine runs.
 const SETTLE: Duration = Duration::from_secs(2);
+/// How long a file cut short that a scan found (no close event seen) is
+/// kept in `in/` after its last change when the engine cannot tell
+/// whether a writer still has it open: its writer may only be pausing.
+const QUIET: Duration = Duration::from_secs(60);
 /// The longest cancel request read.
 const CANCEL_LIMIT: u64 = 64 * 1024;
 
@@ -60,7 +64,7 @@ impl Engine {
             if self.mode != Mode::Starting && self.put_off(&p, now) {
                 continue;
             }
-            self.take(&p);
+            self.take_found(&p, Found::Scan);
         }
         if self.scan.is_empty() {
             self.settle_cancels();
@@ -139,14 +143,58 @@ impl Engine {
         self.scan_in();
     }
 
-    /// Looks at one path under `in/` and claims, rejects or ignores it.
+    /// A watched directory of the spool was deleted or moved away: said
+    /// once; what is dropped there is taken once it is made again.
+    pub(super) fn dir_gone(&mut self, dir: &Path) {
+        if self.settling.lost.insert(dir.to_path_buf()) {
+            tracing::warn!(
+                "{} was deleted or moved away; what is put there is taken once it is made again",
+                self.root.relative(dir).display()
+            );
+        }
+    }
+
+    /// A watched directory of the spool was made again (or renamed into
+    /// place): watched afresh, then what it holds is looked at.
+    pub(super) fn dir_back(&mut self, dir: &Path) {
+        if !dir.is_dir() {
+            return;
+        }
+        let spool_in = dir == self.root.spool_in();
+        if !crate::watch::rewatch(&mut self.watcher, dir, spool_in) {
+            return;
+        }
+        if self.settling.lost.remove(dir) {
+            tracing::info!(
+                "{} is there again: watching it, and taking what it holds",
+                self.root.relative(dir).display()
+            );
+        }
+        if spool_in {
+            self.rescan_in();
+        } else if dir == self.root.cancel() {
+            self.scan_cancel();
+        } else if dir == self.root.priority_requests() {
+            self.scan_priority();
+        }
+    }
+
+    /// Looks at one path under `in/` that an event announced (its writer
+    /// closed it, or it was renamed or made there) and claims, rejects or
+    /// ignores it.
     pub(super) fn take(&mut self, path: &Path) {
-        if self.mode.is_stopping() || self.in_flight.contains(path) {
+        self.take_found(path, Found::Event);
+    }
+
+    /// Looks at one path under `in/`, found by an event or by a scan.
+    fn take_found(&mut self, path: &Path, found: Found) {
+        if self.mode.is_stopping() || self.in_flight.contains(path) || self.is_stuck(path) {
             return;
         }
         match intake::examine(&self.root, path, self.options.input_limit) {
             Intake::Ignore => {}
             Intake::Reject { path, reason } => self.reject(&path, &reason),
+            Intake::Incomplete { path, reason } => self.incomplete(&path, &reason, found),
             Intake::DomainDir(dir) => {
                 // A directory that appeared (created, or renamed in with
                 // its files): watched first, then listed, so that every
@@ -160,6 +208,62 @@ impl Engine {
                 self_contained,
             } => self.claim(&path, *task, self_contained),
         }
+    }
+
+    /// A file whose bytes end before its JSON does: rejected, unless its
+    /// writer may still be at work (see [`hold`]): then it is looked at
+    /// again when it changes (its close event) or at its deadline.
+    fn incomplete(&mut self, path: &Path, reason: &str, found: Found) {
+        let Ok(meta) = std::fs::symlink_metadata(path) else {
+            return;
+        };
+        let stamp = Stamp::of(&meta);
+        let age = stamp
+            .ctime
+            .and_then(|t| std::time::SystemTime::now().duration_since(t).ok());
+        match hold(found, intake::open_for_writing(path), age) {
+            Settle::Take => self.reject(path, reason),
+            Settle::Wait(wait) => {
+                tracing::debug!(
+                    "{} is cut short but may still be being written; looking again in {}",
+                    path.display(),
+                    crate::model::task::Dur(wait)
+                );
+                self.settling
+                    .wait(path, stamp, tokio::time::Instant::now() + wait);
+            }
+        }
+    }
+
+    /// Whether `path` is an entry that could not be moved and has not
+    /// changed since (it is not looked at again: reported once).
+    pub(super) fn is_stuck(&mut self, path: &Path) -> bool {
+        let Some(ident) = self.settling.stuck.get(path) else {
+            return false;
+        };
+        if ident_of(path) == Some(*ident) {
+            return true;
+        }
+        self.settling.stuck.remove(path);
+        false
+    }
+
+    /// An entry could not be moved out of its directory (the writer said
+    /// why, once): it is left where it is and not looked at again until
+    /// it changes, and `--drain` does not wait for it.
+    pub(super) fn unmovable(&mut self, path: &Path) {
+        self.in_flight.remove(path);
+        if let Some(ident) = ident_of(path) {
+            self.settling.stuck.insert(path.to_path_buf(), ident);
+        }
+    }
+
+    /// Whether `in/` holds nothing the engine will take (what `run
+    /// --drain` waits for): an entry that could not be moved does not
+    /// count.
+    pub(super) fn in_is_drained(&mut self) -> bool {
+        let entries: Vec<PathBuf> = intake::counted_entries(&self.root).collect();
+        entries.iter().all(|p| self.is_stuck(p))
     }
 
     /// Moves input to `rejected/` with the reason (through the writer).
@@ -226,9 +330,18 @@ impl Engine {
         match spool::rename_no_replace(path, &self.root.run_file(&task.id)) {
             Ok(()) => self.created(task, submitted),
             Err(SpoolError::Exists(_)) => self.reject(path, &format!("duplicate id {}", task.id)),
-            Err(e) => {
+            Err(e) if e.is_not_found() => {}
+            Err(e) if e.is_fatal() => {
                 tracing::error!("cannot claim {}: {e}", path.display());
                 self.note_fatal(e);
+            }
+            Err(e) => {
+                // This one file (someone else's in a sticky in/, say).
+                tracing::error!(
+                    "cannot claim {}: {e}; it stays there, not looked at again until it changes",
+                    path.display()
+                );
+                self.unmovable(path);
             }
         }
     }
@@ -323,12 +436,14 @@ impl Engine {
     }
 
     pub(super) fn take_cancel(&mut self, path: &Path) {
-        let Some(name) = path.file_name().and_then(|n| n.to_str()).map(str::to_owned) else {
-            return;
-        };
-        if intake::is_ignored_name(&name) || self.in_flight.contains(path) {
+        if self.in_flight.contains(path) || self.is_stuck(path) {
             return;
         }
+        let name = match request_entry(path) {
+            Ok(Some(name)) => name,
+            Ok(None) => return,
+            Err(e) => return self.reject(path, &format!("cancel request: {e}")),
+        };
         let bytes = match spool::read_capped(path, CANCEL_LIMIT) {
             Ok(b) => b,
             Err(e) if e.is_not_found() => return,
@@ -442,9 +557,16 @@ fn settle(
     }
 }
 
-/// Entries of `in/` put off by a scan, each with its own deadline.
+/// What intake keeps between looks at `in/`: entries put off by a scan,
+/// each with its own deadline; entries that could not be moved; watched
+/// directories found missing.
 #[derive(Debug, Default)]
 pub(super) struct Settling {
+    /// Entries that could not be moved (rejected or claimed): path → its
+    /// identity then. Not looked at again until it changes.
+    stuck: std::collections::HashMap<PathBuf, crate::store::writer::Ident>,
+    /// Watched directories found deleted or moved away, until made again.
+    pub(super) lost: std::collections::HashSet<PathBuf>,
     /// path → (its stamp when put off, its deadline).
     pending: std::collections::HashMap<PathBuf, (Stamp, tokio::time::Instant)>,
     /// The deadlines in order (an entry whose deadline moved since is
@@ -490,6 +612,66 @@ impl Settling {
     }
 }
 
+/// What an entry of a request directory (`cancel/`, `priority/`) is
+/// before its bytes are read: `Ok(Some(name))` a request to read,
+/// `Ok(None)` a writer's temporary or an entry gone already, `Err` the
+/// reason to reject it (a name that is not UTF-8, a link, a directory or
+/// a special file: never followed, never opened).
+pub(super) fn request_entry(path: &Path) -> Result<Option<String>, String> {
+    use std::os::unix::ffi::OsStrExt;
+    let Some(name) = path.file_name() else {
+        return Ok(None);
+    };
+    if intake::is_ignored_bytes(name.as_bytes()) {
+        return Ok(None);
+    }
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return Ok(None);
+    };
+    let Some(name) = name.to_str() else {
+        return Err(intake::not_utf8_reason(name));
+    };
+    let ft = meta.file_type();
+    if ft.is_symlink() {
+        Err("symbolic links are not accepted (moved here as the link, never followed)".into())
+    } else if ft.is_dir() {
+        Err("a directory is not a request: drop a file named after the task id".into())
+    } else if !ft.is_file() {
+        Err("not a regular file (a FIFO, socket or device)".into())
+    } else {
+        Ok(Some(name.to_owned()))
+    }
+}
+
+/// How an entry of `in/` came to be looked at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Found {
+    /// Its event: its writer closed it, or it was renamed or made there.
+    Event,
+    /// A scan (start-up, overflow, a request for an unknown id, the safety
+    /// net): its writer may still have it open.
+    Scan,
+}
+
+/// Whether a file cut short is rejected now ([`Settle::Take`]) or looked
+/// at again later. `writing`: whether a writer has it open, if that could
+/// be told (a read lease: see `store::intake::open_for_writing`). `age`:
+/// how long since it last changed, if known. Told: rejected once nobody
+/// writes it. Not told: after its close or rename event it is complete
+/// as it is; found by a scan, it is kept until [`QUIET`] has passed since
+/// its last change (a change brings its own event, or a new deadline).
+fn hold(found: Found, writing: Option<bool>, age: Option<Duration>) -> Settle {
+    match (writing, found) {
+        (Some(true), _) => Settle::Wait(SETTLE),
+        (Some(false), _) | (None, Found::Event) => Settle::Take,
+        (None, Found::Scan) => match age {
+            Some(age) if age < QUIET => Settle::Wait(QUIET - age),
+            // Quiet long enough, or a time that cannot be trusted.
+            _ => Settle::Take,
+        },
+    }
+}
+
 /// The task id and reason of a cancel request named `name` holding
 /// `bytes`: a JSON object with `id` and `reason`, else the text as the
 /// reason and the name's stem as the id.
@@ -513,7 +695,7 @@ fn parse_cancel(name: &str, bytes: &[u8]) -> (String, String) {
 
 #[cfg(test)]
 mod tests {
-    use super::{parse_cancel, settle, Settle, Settling, Stamp, SETTLE};
+    use super::{hold, parse_cancel, settle, Found, Settle, Settling, Stamp, QUIET, SETTLE};
     use std::path::{Path, PathBuf};
     use std::time::{Duration, SystemTime};
 
@@ -576,6 +758,27 @@ mod tests {
             settle(now, old, Some(old), Some(true)),
             Settle::Wait(SETTLE)
         );
+    }
+
+    #[test]
+    fn a_file_cut_short_is_rejected_only_once_its_writer_cannot_be_at_work() {
+        let s = Duration::from_secs;
+        // Told by a lease: held while open for writing, rejected once not.
+        for found in [Found::Event, Found::Scan] {
+            assert_eq!(hold(found, Some(true), Some(s(600))), Settle::Wait(SETTLE));
+            assert_eq!(hold(found, Some(false), Some(s(0))), Settle::Take);
+        }
+        // Not told: its close or rename event says it is complete.
+        assert_eq!(hold(Found::Event, None, Some(s(0))), Settle::Take);
+        // Not told, found by a scan: kept until quiet for QUIET.
+        assert_eq!(hold(Found::Scan, None, Some(s(0))), Settle::Wait(QUIET));
+        assert_eq!(
+            hold(Found::Scan, None, Some(s(3))),
+            Settle::Wait(QUIET - s(3))
+        );
+        assert_eq!(hold(Found::Scan, None, Some(QUIET)), Settle::Take);
+        // A time that cannot be trusted (in the future): not kept for ever.
+        assert_eq!(hold(Found::Scan, None, None), Settle::Take);
     }
 
     #[test]

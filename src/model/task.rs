@@ -32,7 +32,10 @@ pub enum InputError {
     },
     #[error("the file starts with a byte-order mark ({0}); save it as UTF-8 without BOM")]
     ByteOrderMark(&'static str),
-    #[error("duplicate key {} at line {line} column {column}: a key may appear only once in an object", quoted(key))]
+    #[error(
+        "duplicate key {} at line {line} column {column}: a key may appear only once in an object",
+        quoted(key)
+    )]
     DuplicateKey {
         key: String,
         line: usize,

@@ -175,14 +175,15 @@ fn a_key_given_twice_is_refused_wherever_it_is() {
         reason(br#"{"domain":"org","tasker":"a","tasker":"b"}"#),
         "duplicate key \"tasker\" at line 1 column 42: a key may appear only once in an object"
     );
-    let nested = reason(b"{\"domain\":\"org\",\n\"payload\":{\"qty\":1,\"x\":[{\"a\":1,\"a\":2}]}}");
+    let nested =
+        reason(b"{\"domain\":\"org\",\n\"payload\":{\"qty\":1,\"x\":[{\"a\":1,\"a\":2}]}}");
     assert!(
         nested.starts_with("duplicate key \"a\" at line 2"),
         "{nested}"
     );
     // The same key in two objects is no duplicate.
-    let f = TaskFile::parse(br#"{"domain":"org","payload":{"domain":1,"a":{"domain":2}}}"#)
-        .unwrap();
+    let f =
+        TaskFile::parse(br#"{"domain":"org","payload":{"domain":1,"a":{"domain":2}}}"#).unwrap();
     assert_eq!(f.payload["a"]["domain"], 2);
     // Values parse as before: numbers, nulls, nesting.
     let f = TaskFile::parse(
