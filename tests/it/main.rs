@@ -19,6 +19,8 @@ mod flows;
 mod flows_crash;
 mod flows_journal;
 mod friction;
+// issue 15, C and E (intake)
+mod harden_intake;
 mod hostile;
 mod intake;
 mod intake_burst;
