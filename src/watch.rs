@@ -252,15 +252,38 @@ pub fn start(
             source,
         })?;
     for (path, mode) in &watched {
-        watcher
-            .watch(path, *mode)
-            .map_err(|source| WatchError::Watch {
-                path: path.clone(),
-                hint: hint_for(&source),
-                source,
-            })?;
+        match watcher.watch(path, *mode) {
+            Ok(()) => {}
+            Err(e) if below(&e, path) => watch_each_below(&mut watcher, path),
+            Err(source) => {
+                return Err(WatchError::Watch {
+                    path: path.clone(),
+                    hint: hint_for(&source),
+                    source,
+                })
+            }
+        }
     }
     Ok(watcher)
+}
+
+/// Whether a failed watch failed on a directory below `dir`, not on `dir`
+/// itself (a domain's directory of `in/` the engine may not read: `dir`
+/// is watched, and the engine says once that it cannot read that one).
+fn below(e: &notify::Error, dir: &Path) -> bool {
+    !matches!(e.kind, notify::ErrorKind::MaxFilesWatch)
+        && !e.paths.is_empty()
+        && e.paths.iter().all(|p| p != dir && p.starts_with(dir))
+}
+
+/// Watches each directory just below `dir` on its own (a recursive watch
+/// of `dir` stopped at one it could not watch: the others still are).
+fn watch_each_below(watcher: &mut RecommendedWatcher, dir: &Path) {
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            watch_dir(watcher, &entry.path());
+        }
+    }
 }
 
 /// Makes sure a directory that appeared under `in/` is watched before the

@@ -20,7 +20,7 @@ use crate::store::writer::{ident_of, Job};
 #[path = "intake_settle.rs"]
 mod settle;
 pub(in crate::engine) use settle::Settling;
-use settle::{hold, settle, Found, Settle, Stamp};
+use settle::{hold, mark_of, settle, Found, Settle, Stamp};
 
 /// The longest cancel request read.
 const CANCEL_LIMIT: u64 = 64 * 1024;
@@ -197,6 +197,9 @@ impl Engine {
                 // its files): watched first, then listed, so that every
                 // entry is either listed or announced by its own event.
                 crate::watch::watch_dir(&mut self.watcher, &dir);
+                if let Err(e) = std::fs::read_dir(&dir) {
+                    return self.unreadable_dir(&dir, &e);
+                }
                 self.scan_dir(&dir);
             }
             Intake::Task {
@@ -235,10 +238,10 @@ impl Engine {
     /// Whether `path` is an entry that could not be moved and has not
     /// changed since (it is not looked at again: reported once).
     pub(super) fn is_stuck(&mut self, path: &Path) -> bool {
-        let Some(ident) = self.settling.stuck.get(path) else {
+        let Some(mark) = self.settling.stuck.get(path) else {
             return false;
         };
-        if ident_of(path) == Some(*ident) {
+        if mark_of(path) == Some(*mark) {
             return true;
         }
         self.settling.stuck.remove(path);
@@ -250,17 +253,30 @@ impl Engine {
     /// it changes, and `--drain` does not wait for it.
     pub(super) fn unmovable(&mut self, path: &Path) {
         self.in_flight.remove(path);
-        if let Some(ident) = ident_of(path) {
-            self.settling.stuck.insert(path.to_path_buf(), ident);
+        if let Some(mark) = mark_of(path) {
+            self.settling.stuck.insert(path.to_path_buf(), mark);
         }
+    }
+
+    /// A domain's directory the engine may not list: said once (until it
+    /// changes: a `chmod` that lets the engine in is looked at again).
+    fn unreadable_dir(&mut self, dir: &Path, e: &std::io::Error) {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            return;
+        }
+        tracing::error!(
+            "cannot read {}: {e}; what is put there is not taken until the engine may read it",
+            dir.display()
+        );
+        self.unmovable(dir);
     }
 
     /// Whether `in/` holds nothing the engine will take (what `run
     /// --drain` waits for): an entry that could not be moved does not
     /// count.
     pub(super) fn in_is_drained(&mut self) -> bool {
-        let entries: Vec<PathBuf> = intake::counted_entries(&self.root).collect();
-        entries.iter().all(|p| self.is_stuck(p))
+        let root = self.root.clone();
+        intake::counted_entries(&root).all(|p| self.is_stuck(&p))
     }
 
     /// Moves input to `rejected/` with the reason (through the writer).

@@ -40,6 +40,18 @@ impl Stamp {
     }
 }
 
+/// What tells that an entry changed since it was found stuck: its device
+/// and inode (another file put at its path) and its status-change time,
+/// which a write, a `chown` or a `chmod` (the likely fixes) all set.
+pub(super) type Mark = (u64, u64, i64, i64);
+
+/// The [`Mark`] of the entry at `path` (a link itself, not its target).
+pub(super) fn mark_of(path: &Path) -> Option<Mark> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::symlink_metadata(path).ok()?;
+    Some((m.dev(), m.ino(), m.ctime(), m.ctime_nsec()))
+}
+
 /// What a scan does with a regular file.
 #[derive(Debug, PartialEq, Eq)]
 pub(super) enum Settle {
@@ -84,9 +96,10 @@ pub(super) fn settle(
 /// directories found missing.
 #[derive(Debug, Default)]
 pub(in crate::engine) struct Settling {
-    /// Entries that could not be moved (rejected or claimed): path → its
-    /// identity then. Not looked at again until it changes.
-    pub(super) stuck: std::collections::HashMap<PathBuf, crate::store::writer::Ident>,
+    /// Entries that could not be moved (rejected or claimed) or read (a
+    /// domain's directory): path → its [`Mark`] then. Not looked at again
+    /// until it changes.
+    pub(super) stuck: std::collections::HashMap<PathBuf, Mark>,
     /// Watched directories found deleted or moved away, until made again.
     pub(super) lost: std::collections::HashSet<PathBuf>,
     /// path → (its stamp when put off, its deadline).

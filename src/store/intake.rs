@@ -85,7 +85,8 @@ pub fn counted_entries(root: &Root) -> impl Iterator<Item = PathBuf> {
 /// submission order: by modification time (a renamed file keeps the time
 /// its writer last wrote it), then by name. In `in/` itself the files of
 /// each domain's directory are listed in place of the directory, so that
-/// they take their turn among the others.
+/// they take their turn among the others (a directory that cannot be
+/// listed is itself listed).
 pub fn in_submission_order(root: &Root, dir: &Path) -> Vec<PathBuf> {
     let top = dir == root.spool_in();
     let listing = |d: &Path| -> Vec<std::fs::DirEntry> {
@@ -103,7 +104,12 @@ pub fn in_submission_order(root: &Root, dir: &Path) -> Vec<PathBuf> {
                 .to_str()
                 .is_some_and(|n| !is_ignored_name(n) && n.parse::<Domain>().is_ok());
         if domain_dir {
-            paths.extend(listing(&e.path()).iter().map(|f| f.path()));
+            match std::fs::read_dir(e.path()) {
+                Ok(entries) => paths.extend(entries.flatten().map(|f| f.path())),
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+                // Unreadable: the directory itself, for the engine to say so.
+                Err(_) => paths.push(e.path()),
+            }
         } else {
             paths.push(e.path());
         }

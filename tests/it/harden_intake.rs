@@ -207,7 +207,8 @@ fn odd_entries_of_request_directories_are_rejected_with_a_reason() {
 
 /// An entry the engine may not move (someone else's file in a sticky
 /// `in/`) is reported once — not at every look — and `--drain` ends
-/// without it: neither a file to reject nor a valid task to claim.
+/// without it: neither a file to reject nor a valid task to claim; nor
+/// a domain's directory it may not read.
 #[test]
 fn an_entry_that_cannot_be_moved_is_reported_once_and_not_waited_for() {
     if !can_be_nobody() {
@@ -225,11 +226,21 @@ fn an_entry_that_cannot_be_moved_is_reported_once_and_not_waited_for() {
     fs::write(inn.join("stuck.json"), GOOD).unwrap();
     fs::write(inn.join("good.json"), GOOD).unwrap();
     std::os::unix::fs::chown(inn.join("good.json"), Some(65534), Some(65534)).unwrap();
+    // A domain's directory the engine may not read.
+    let locked = inn.join("org.locked");
+    fs::create_dir(&locked).unwrap();
+    fs::write(locked.join("hidden.json"), GOOD).unwrap();
+    fs::set_permissions(&locked, fs::Permissions::from_mode(0o700)).unwrap();
 
     let (code, err) = engine_as_nobody(&t, &["--drain", "--workers", "1"]).wait(DEADLINE);
     assert_eq!(code, Some(0), "{err}");
     assert_eq!(t.must_record("good")["state"], "completed");
-    assert_eq!(t.list("var/spool/in"), ["bad.json", "stuck.json"]);
+    assert_eq!(
+        t.list("var/spool/in"),
+        ["bad.json", "org.locked", "stuck.json"]
+    );
+    let unreadable = log_lines(&t, &["cannot read", "org.locked"]);
+    assert_eq!(unreadable.len(), 1, "{unreadable:#?}");
     assert!(t.record("stuck").is_none());
     let rejecting = log_lines(&t, &["cannot reject", "bad.json"]);
     assert_eq!(rejecting.len(), 1, "{rejecting:#?}");
