@@ -368,7 +368,8 @@ impl Engine {
             return;
         }
         if path.starts_with(self.root.spool_in()) {
-            self.take(path);
+            // Its event may not have come yet (a writer still at work).
+            self.take_found(path, Found::Scan);
         } else if path.starts_with(self.root.cancel()) {
             self.take_cancel(path);
         } else if path.starts_with(self.root.priority_requests()) {
