@@ -1,7 +1,8 @@
 //! Small helpers for the words of messages that reach people: a name
 //! quoted as JSON writes it ([`quoted`], never Rust's `{:?}`), a count with
 //! its noun in the right number ([`count`]), and "did you mean" suggestions
-//! by edit distance ([`closest`], [`did_you_mean`]).
+//! by edit distance ([`closest`], [`did_you_mean`]), and a name that is
+//! not UTF-8 shown with its bytes ([`escaped_bytes`]).
 
 use std::fmt;
 
@@ -23,6 +24,30 @@ impl fmt::Display for Quoted<'_> {
             Err(_) => write!(f, "\"{}\"", self.0),
         }
     }
+}
+
+/// Bytes (a file name that is not UTF-8) as one readable line: the UTF-8
+/// in them as it is, every other byte, a backslash and a control
+/// character as `\xNN` — so that the original bytes can be told back.
+pub fn escaped_bytes(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(bytes.len() + 8);
+    for chunk in bytes.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            if c == '\\' || c.is_control() {
+                let mut buf = [0u8; 4];
+                for b in c.encode_utf8(&mut buf).bytes() {
+                    let _ = write!(out, "\\x{b:02x}");
+                }
+            } else {
+                out.push(c);
+            }
+        }
+        for b in chunk.invalid() {
+            let _ = write!(out, "\\x{b:02x}");
+        }
+    }
+    out
 }
 
 /// `n` and the noun, singular for 1 and plural otherwise: `1 problem`,
@@ -136,6 +161,13 @@ mod tests {
             " (did you mean \"priority\"?)"
         );
         assert_eq!(did_you_mean("zzz", keys), "");
+    }
+
+    #[test]
+    fn bytes_that_are_not_utf8_are_shown_escaped() {
+        assert_eq!(escaped_bytes(b"bad\xff.json"), "bad\\xff.json");
+        assert_eq!(escaped_bytes("é\u{1}\\".as_bytes()), "é\\x01\\x5c");
+        assert_eq!(escaped_bytes(b"\xc3\x28a\n"), "\\xc3(a\\x0a");
     }
 
     #[test]

@@ -12,6 +12,11 @@
 //! (`IN_CLOSE_WRITE`); a renamed-in file when the rename lands; a symlink,
 //! FIFO or directory as soon as it is created (they have no close). An
 //! overflow becomes [`WatchEvent::Rescan`].
+//!
+//! `var/spool/` itself is watched too (its own entries only), so that a
+//! watched directory deleted or moved away ([`WatchEvent::DirGone`]) and
+//! made again ([`WatchEvent::DirBack`]) is watched again at once, not at
+//! the next safety rescan.
 
 use std::path::{Path, PathBuf};
 
@@ -34,6 +39,12 @@ pub enum WatchEvent {
     Points(PathBuf),
     /// Events were lost: rescan the spool.
     Rescan,
+    /// A watched directory of the spool (`in/`, `cancel/`, `priority/`)
+    /// was deleted or moved away.
+    DirGone(PathBuf),
+    /// A watched directory of the spool was made (again), or renamed into
+    /// place: watch it again and look at what it holds.
+    DirBack(PathBuf),
     /// The watcher failed.
     Error(String),
 }
@@ -105,6 +116,8 @@ impl Seam {
 /// The directories watched, and where their events go.
 #[derive(Clone)]
 struct Dirs {
+    /// `var/spool/`: only its entries that are watched directories count.
+    spool: PathBuf,
     spool_in: PathBuf,
     cancel: PathBuf,
     priority: PathBuf,
@@ -119,6 +132,9 @@ fn translate(dirs: &Dirs, res: notify::Result<Event>) -> Option<WatchEvent> {
     };
     if ev.need_rescan() {
         return Some(WatchEvent::Rescan);
+    }
+    if let Some(change) = watched_dir_change(dirs, &ev) {
+        return change;
     }
     let (path, data_only) = interesting_path(&ev)?;
     Some(if data_only {
@@ -140,6 +156,57 @@ fn translate(dirs: &Dirs, res: notify::Result<Event>) -> Option<WatchEvent> {
     })
 }
 
+/// What an event says of a watched directory itself (`Some`), if it is
+/// about one: gone, back, or nothing worth telling (`Some(None)`: an open,
+/// say). `None` when the event is about something else. Every other entry
+/// of `var/spool/` (`run/`, `done/`, …) is nothing worth telling either.
+fn watched_dir_change(dirs: &Dirs, ev: &Event) -> Option<Option<WatchEvent>> {
+    let is_watched = |p: &Path| p == dirs.spool_in || p == dirs.cancel || p == dirs.priority;
+    let first = ev.paths.first()?;
+    let target = match ev.kind {
+        EventKind::Modify(ModifyKind::Name(RenameMode::Both)) => ev.paths.get(1)?,
+        _ => first,
+    };
+    if !is_watched(first) && !is_watched(target) {
+        return (first.parent() == Some(dirs.spool.as_path())).then_some(None);
+    }
+    Some(match ev.kind {
+        EventKind::Create(_)
+        | EventKind::Modify(ModifyKind::Name(RenameMode::To))
+        | EventKind::Modify(ModifyKind::Name(RenameMode::Both))
+            if is_watched(target) =>
+        {
+            Some(WatchEvent::DirBack(target.clone()))
+        }
+        EventKind::Remove(_) | EventKind::Modify(ModifyKind::Name(RenameMode::From))
+            if is_watched(first) =>
+        {
+            Some(WatchEvent::DirGone(first.clone()))
+        }
+        _ => None,
+    })
+}
+
+/// Watches `dir` (a watched directory of the spool made again, or moved
+/// back) afresh: its old watch, if `notify` still holds one (on the
+/// directory moved away), is dropped first. Returns whether it is watched.
+pub fn rewatch(watcher: &mut RecommendedWatcher, dir: &Path, recursive: bool) -> bool {
+    let _ = watcher.unwatch(dir);
+    let mode = if recursive {
+        RecursiveMode::Recursive
+    } else {
+        RecursiveMode::NonRecursive
+    };
+    match watcher.watch(dir, mode) {
+        Ok(()) => true,
+        Err(e) => {
+            // Gone again: its next event says when it is back.
+            tracing::debug!("cannot watch {}: {e}", dir.display());
+            false
+        }
+    }
+}
+
 /// Starts watching; events go to `tx` until the returned watcher drops.
 pub fn start(
     root: &Root,
@@ -148,6 +215,7 @@ pub fn start(
     seam: Option<Seam>,
 ) -> Result<RecommendedWatcher, WatchError> {
     let dirs = Dirs {
+        spool: root.spool(),
         spool_in: root.spool_in(),
         cancel: root.cancel(),
         priority: root.priority_requests(),
@@ -155,6 +223,7 @@ pub fn start(
     };
     let spool_in = dirs.spool_in.clone();
     let watched = [
+        (dirs.spool.clone(), RecursiveMode::NonRecursive),
         (dirs.spool_in.clone(), RecursiveMode::Recursive),
         (dirs.cancel.clone(), RecursiveMode::NonRecursive),
         (dirs.priority.clone(), RecursiveMode::NonRecursive),
@@ -183,15 +252,38 @@ pub fn start(
             source,
         })?;
     for (path, mode) in &watched {
-        watcher
-            .watch(path, *mode)
-            .map_err(|source| WatchError::Watch {
-                path: path.clone(),
-                hint: hint_for(&source),
-                source,
-            })?;
+        match watcher.watch(path, *mode) {
+            Ok(()) => {}
+            Err(e) if below(&e, path) => watch_each_below(&mut watcher, path),
+            Err(source) => {
+                return Err(WatchError::Watch {
+                    path: path.clone(),
+                    hint: hint_for(&source),
+                    source,
+                })
+            }
+        }
     }
     Ok(watcher)
+}
+
+/// Whether a failed watch failed on a directory below `dir`, not on `dir`
+/// itself (a domain's directory of `in/` the engine may not read: `dir`
+/// is watched, and the engine says once that it cannot read that one).
+fn below(e: &notify::Error, dir: &Path) -> bool {
+    !matches!(e.kind, notify::ErrorKind::MaxFilesWatch)
+        && !e.paths.is_empty()
+        && e.paths.iter().all(|p| p != dir && p.starts_with(dir))
+}
+
+/// Watches each directory just below `dir` on its own (a recursive watch
+/// of `dir` stopped at one it could not watch: the others still are).
+fn watch_each_below(watcher: &mut RecommendedWatcher, dir: &Path) {
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            watch_dir(watcher, &entry.path());
+        }
+    }
 }
 
 /// Makes sure a directory that appeared under `in/` is watched before the
@@ -352,6 +444,7 @@ mod tests {
 
     fn dirs() -> Dirs {
         Dirs {
+            spool: "/r".into(),
             spool_in: "/r/in".into(),
             cancel: "/r/cancel".into(),
             priority: "/r/priority".into(),
@@ -403,6 +496,40 @@ mod tests {
         assert_eq!(
             translate(&d, ev(data, &["/r/points/p"])),
             Some(WatchEvent::Points("/r/points/p".into()))
+        );
+    }
+
+    #[test]
+    fn a_watched_directory_gone_or_back_is_told() {
+        let d = dirs();
+        let gone = |p: &str| Some(WatchEvent::DirGone(PathBuf::from(p)));
+        let back = |p: &str| Some(WatchEvent::DirBack(PathBuf::from(p)));
+        let folder = EventKind::Create(CreateKind::Folder);
+        let removed = EventKind::Remove(notify::event::RemoveKind::Folder);
+        let from = EventKind::Modify(ModifyKind::Name(RenameMode::From));
+        let to = EventKind::Modify(ModifyKind::Name(RenameMode::To));
+        let both = EventKind::Modify(ModifyKind::Name(RenameMode::Both));
+        assert_eq!(translate(&d, ev(removed, &["/r/in"])), gone("/r/in"));
+        assert_eq!(translate(&d, ev(from, &["/r/cancel"])), gone("/r/cancel"));
+        assert_eq!(translate(&d, ev(folder, &["/r/in"])), back("/r/in"));
+        assert_eq!(translate(&d, ev(to, &["/r/priority"])), back("/r/priority"));
+        assert_eq!(
+            translate(&d, ev(both, &["/r/in.new", "/r/in"])),
+            back("/r/in")
+        );
+        // in/ moved away: told by its From event; the Both names the new
+        // place, which is nothing to the engine.
+        assert_eq!(translate(&d, ev(both, &["/r/in", "/r/in.old"])), None);
+        // Other entries of var/spool/, and opens of a watched directory.
+        assert_eq!(translate(&d, ev(folder, &["/r/done"])), None);
+        let open = EventKind::Access(AccessKind::Open(AccessMode::Any));
+        assert_eq!(translate(&d, ev(open, &["/r/in"])), None);
+        let close = EventKind::Access(AccessKind::Close(AccessMode::Write));
+        assert_eq!(translate(&d, ev(close, &["/r/x.json"])), None);
+        // Entries inside in/ are as before.
+        assert_eq!(
+            translate(&d, ev(folder, &["/r/in/org.x"])),
+            Some(WatchEvent::Input("/r/in/org.x".into()))
         );
     }
 }

@@ -183,9 +183,7 @@ impl Engine {
                 Done::Rejected {
                     path,
                     retake: false,
-                } => {
-                    self.in_flight.remove(&path);
-                }
+                } => self.unmovable(&path),
                 Done::Fatal(e) => return Err(self.stop_on_disk_failure(e)),
             }
         }

@@ -4,7 +4,6 @@
 //! fsync goes through the durable writer.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use chrono::Utc;
 use serde_json::Value;
@@ -18,9 +17,11 @@ use crate::store::intake::{self, Intake};
 use crate::store::spool::{self, SpoolError};
 use crate::store::writer::{ident_of, Job};
 
-/// How old a file must be for a scan (not an event) to take it once the
-/// engine runs.
-const SETTLE: Duration = Duration::from_secs(2);
+#[path = "intake_settle.rs"]
+mod settle;
+pub(in crate::engine) use settle::Settling;
+use settle::{hold, mark_of, settle, Found, Settle, Stamp};
+
 /// The longest cancel request read.
 const CANCEL_LIMIT: u64 = 64 * 1024;
 
@@ -60,7 +61,7 @@ impl Engine {
             if self.mode != Mode::Starting && self.put_off(&p, now) {
                 continue;
             }
-            self.take(&p);
+            self.take_found(&p, Found::Scan);
         }
         if self.scan.is_empty() {
             self.settle_cancels();
@@ -139,19 +140,66 @@ impl Engine {
         self.scan_in();
     }
 
-    /// Looks at one path under `in/` and claims, rejects or ignores it.
+    /// A watched directory of the spool was deleted or moved away: said
+    /// once; what is dropped there is taken once it is made again.
+    pub(super) fn dir_gone(&mut self, dir: &Path) {
+        if self.settling.lost.insert(dir.to_path_buf()) {
+            tracing::warn!(
+                "{} was deleted or moved away; what is put there is taken once it is made again",
+                self.root.relative(dir).display()
+            );
+        }
+    }
+
+    /// A watched directory of the spool was made again (or renamed into
+    /// place): watched afresh, then what it holds is looked at.
+    pub(super) fn dir_back(&mut self, dir: &Path) {
+        if !dir.is_dir() {
+            return;
+        }
+        let spool_in = dir == self.root.spool_in();
+        if !crate::watch::rewatch(&mut self.watcher, dir, spool_in) {
+            return;
+        }
+        if self.settling.lost.remove(dir) {
+            tracing::info!(
+                "{} is there again: watching it, and taking what it holds",
+                self.root.relative(dir).display()
+            );
+        }
+        if spool_in {
+            self.rescan_in();
+        } else if dir == self.root.cancel() {
+            self.scan_cancel();
+        } else if dir == self.root.priority_requests() {
+            self.scan_priority();
+        }
+    }
+
+    /// Looks at one path under `in/` that an event announced (its writer
+    /// closed it, or it was renamed or made there) and claims, rejects or
+    /// ignores it.
     pub(super) fn take(&mut self, path: &Path) {
-        if self.mode.is_stopping() || self.in_flight.contains(path) {
+        self.take_found(path, Found::Event);
+    }
+
+    /// Looks at one path under `in/`, found by an event or by a scan.
+    fn take_found(&mut self, path: &Path, found: Found) {
+        if self.mode.is_stopping() || self.in_flight.contains(path) || self.is_stuck(path) {
             return;
         }
         match intake::examine(&self.root, path, self.options.input_limit) {
             Intake::Ignore => {}
             Intake::Reject { path, reason } => self.reject(&path, &reason),
+            Intake::Incomplete { path, reason } => self.incomplete(&path, &reason, found),
             Intake::DomainDir(dir) => {
                 // A directory that appeared (created, or renamed in with
                 // its files): watched first, then listed, so that every
                 // entry is either listed or announced by its own event.
                 crate::watch::watch_dir(&mut self.watcher, &dir);
+                if let Err(e) = std::fs::read_dir(&dir) {
+                    return self.unreadable_dir(&dir, &e);
+                }
                 self.scan_dir(&dir);
             }
             Intake::Task {
@@ -160,6 +208,75 @@ impl Engine {
                 self_contained,
             } => self.claim(&path, *task, self_contained),
         }
+    }
+
+    /// A file whose bytes end before its JSON does: rejected, unless its
+    /// writer may still be at work (see [`hold`]): then it is looked at
+    /// again when it changes (its close event) or at its deadline.
+    fn incomplete(&mut self, path: &Path, reason: &str, found: Found) {
+        let Ok(meta) = std::fs::symlink_metadata(path) else {
+            return;
+        };
+        let stamp = Stamp::of(&meta);
+        let age = stamp
+            .ctime
+            .and_then(|t| std::time::SystemTime::now().duration_since(t).ok());
+        match hold(found, intake::open_for_writing(path), age) {
+            Settle::Take => self.reject(path, reason),
+            Settle::Wait(wait) => {
+                tracing::debug!(
+                    "{} is cut short but may still be being written; looking again in {}",
+                    path.display(),
+                    crate::model::task::Dur(wait)
+                );
+                self.settling
+                    .wait(path, stamp, tokio::time::Instant::now() + wait);
+            }
+        }
+    }
+
+    /// Whether `path` is an entry that could not be moved and has not
+    /// changed since (it is not looked at again: reported once).
+    pub(super) fn is_stuck(&mut self, path: &Path) -> bool {
+        let Some(mark) = self.settling.stuck.get(path) else {
+            return false;
+        };
+        if mark_of(path) == Some(*mark) {
+            return true;
+        }
+        self.settling.stuck.remove(path);
+        false
+    }
+
+    /// An entry could not be moved out of its directory (the writer said
+    /// why, once): it is left where it is and not looked at again until
+    /// it changes, and `--drain` does not wait for it.
+    pub(super) fn unmovable(&mut self, path: &Path) {
+        self.in_flight.remove(path);
+        if let Some(mark) = mark_of(path) {
+            self.settling.stuck.insert(path.to_path_buf(), mark);
+        }
+    }
+
+    /// A domain's directory the engine may not list: said once (until it
+    /// changes: a `chmod` that lets the engine in is looked at again).
+    fn unreadable_dir(&mut self, dir: &Path, e: &std::io::Error) {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            return;
+        }
+        tracing::error!(
+            "cannot read {}: {e}; what is put there is not taken until the engine may read it",
+            dir.display()
+        );
+        self.unmovable(dir);
+    }
+
+    /// Whether `in/` holds nothing the engine will take (what `run
+    /// --drain` waits for): an entry that could not be moved does not
+    /// count.
+    pub(super) fn in_is_drained(&mut self) -> bool {
+        let root = self.root.clone();
+        intake::counted_entries(&root).all(|p| self.is_stuck(&p))
     }
 
     /// Moves input to `rejected/` with the reason (through the writer).
@@ -227,6 +344,19 @@ impl Engine {
             Ok(()) => self.created(task, submitted),
             Err(SpoolError::Exists(_)) => self.reject(path, &format!("duplicate id {}", task.id)),
             Err(e) => self.claim_failed(path, e),
+            Err(e) if e.is_not_found() => {}
+            Err(e) if e.is_fatal() => {
+                tracing::error!("cannot claim {}: {e}", path.display());
+                self.note_fatal(e);
+            }
+            Err(e) => {
+                // This one file (someone else's in a sticky in/, say).
+                tracing::error!(
+                    "cannot claim {}: {e}; it stays there, not looked at again until it changes",
+                    path.display()
+                );
+                self.unmovable(path);
+            }
         }
     }
 
@@ -239,7 +369,8 @@ impl Engine {
             return;
         }
         if path.starts_with(self.root.spool_in()) {
-            self.take(path);
+            // Its event may not have come yet (a writer still at work).
+            self.take_found(path, Found::Scan);
         } else if path.starts_with(self.root.cancel()) {
             self.take_cancel(path);
         } else if path.starts_with(self.root.priority_requests()) {
@@ -320,12 +451,14 @@ impl Engine {
     }
 
     pub(super) fn take_cancel(&mut self, path: &Path) {
-        let Some(name) = path.file_name().and_then(|n| n.to_str()).map(str::to_owned) else {
-            return;
-        };
-        if intake::is_ignored_name(&name) || self.in_flight.contains(path) {
+        if self.in_flight.contains(path) || self.is_stuck(path) {
             return;
         }
+        let name = match request_entry(path) {
+            Ok(Some(name)) => name,
+            Ok(None) => return,
+            Err(e) => return self.reject(path, &format!("cancel request: {e}")),
+        };
         let bytes = match spool::read_capped(path, CANCEL_LIMIT) {
             Ok(b) => b,
             Err(e) if e.is_not_found() => return,
@@ -376,114 +509,34 @@ impl Engine {
     }
 }
 
-/// What tells a change of a file: its status-change time (`ctime`, set by
-/// this machine's clock on every write, and on `chmod` or `touch -d`, which
-/// a modification time is not) and its length.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct Stamp {
-    ctime: Option<std::time::SystemTime>,
-    len: u64,
-}
-
-impl Stamp {
-    fn of(meta: &std::fs::Metadata) -> Stamp {
-        use std::os::unix::fs::MetadataExt;
-        let ctime = u64::try_from(meta.ctime()).ok().map(|s| {
-            std::time::UNIX_EPOCH
-                + Duration::from_secs(s)
-                + Duration::from_nanos(meta.ctime_nsec().clamp(0, 999_999_999) as u64)
-        });
-        Stamp {
-            ctime,
-            len: meta.len(),
-        }
-    }
-}
-
-/// What a scan does with a regular file.
-#[derive(Debug, PartialEq, Eq)]
-enum Settle {
-    Take,
-    /// Look again after this long.
-    Wait(Duration),
-}
-
-/// Whether a file a scan found (stamped `stamp` at `now`) is taken now.
-/// `writing`: whether a writer has it open, if that could be told — if
-/// not, it is taken once it has not changed for [`SETTLE`]. `before`: its
-/// stamp when it was put off, if its deadline has come — unchanged since,
-/// it has settled, whatever its clock says (a time in the future, after
-/// the clock was set back or from a file server's clock, would otherwise
-/// keep it young for ever).
-fn settle(
-    now: std::time::SystemTime,
-    stamp: Stamp,
-    before: Option<Stamp>,
-    writing: Option<bool>,
-) -> Settle {
-    match writing {
-        Some(false) => return Settle::Take,
-        Some(true) => return Settle::Wait(SETTLE),
-        None => {}
-    }
-    if before == Some(stamp) {
-        return Settle::Take;
-    }
-    let Some(changed) = stamp.ctime else {
-        return Settle::Take;
+/// What an entry of a request directory (`cancel/`, `priority/`) is
+/// before its bytes are read: `Ok(Some(name))` a request to read,
+/// `Ok(None)` a writer's temporary or an entry gone already, `Err` the
+/// reason to reject it (a name that is not UTF-8, a link, a directory or
+/// a special file: never followed, never opened).
+pub(super) fn request_entry(path: &Path) -> Result<Option<String>, String> {
+    use std::os::unix::ffi::OsStrExt;
+    let Some(name) = path.file_name() else {
+        return Ok(None);
     };
-    match now.duration_since(changed) {
-        Ok(age) if age >= SETTLE => Settle::Take,
-        Ok(age) => Settle::Wait(SETTLE - age),
-        Err(_) => Settle::Wait(SETTLE),
+    if intake::is_ignored_bytes(name.as_bytes()) {
+        return Ok(None);
     }
-}
-
-/// Entries of `in/` put off by a scan, each with its own deadline.
-#[derive(Debug, Default)]
-pub(super) struct Settling {
-    /// path → (its stamp when put off, its deadline).
-    pending: std::collections::HashMap<PathBuf, (Stamp, tokio::time::Instant)>,
-    /// The deadlines in order (an entry whose deadline moved since is
-    /// stale and skipped).
-    order: std::collections::BinaryHeap<std::cmp::Reverse<(tokio::time::Instant, PathBuf)>>,
-}
-
-impl Settling {
-    fn get(&self, path: &Path) -> Option<(Stamp, tokio::time::Instant)> {
-        self.pending.get(path).copied()
-    }
-
-    fn wait(&mut self, path: &Path, stamp: Stamp, at: tokio::time::Instant) {
-        self.pending.insert(path.to_path_buf(), (stamp, at));
-        self.order.push(std::cmp::Reverse((at, path.to_path_buf())));
-    }
-
-    fn forget(&mut self, path: &Path) {
-        self.pending.remove(path);
-    }
-
-    /// The earliest deadline armed.
-    pub(super) fn next_due(&self) -> Option<tokio::time::Instant> {
-        self.order.peek().map(|r| r.0 .0)
-    }
-
-    /// The paths whose deadline is at or before `now` (they stay pending,
-    /// with their stamp, until looked at).
-    fn due(&mut self, now: tokio::time::Instant) -> Vec<PathBuf> {
-        let mut due = Vec::new();
-        while let Some(std::cmp::Reverse((at, _))) = self.order.peek() {
-            if *at > now {
-                break;
-            }
-            let Some(std::cmp::Reverse((at, path))) = self.order.pop() else {
-                break;
-            };
-            if self.pending.get(&path).is_some_and(|(_, a)| *a == at) {
-                due.push(path);
-            }
-        }
-        due
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return Ok(None);
+    };
+    let Some(name) = name.to_str() else {
+        return Err(intake::not_utf8_reason(name));
+    };
+    let ft = meta.file_type();
+    if ft.is_symlink() {
+        Err("symbolic links are not accepted (moved here as the link, never followed)".into())
+    } else if ft.is_dir() {
+        Err("a directory is not a request: drop a file named after the task id".into())
+    } else if !ft.is_file() {
+        Err("not a regular file (a FIFO, socket or device)".into())
+    } else {
+        Ok(Some(name.to_owned()))
     }
 }
 
@@ -510,95 +563,7 @@ fn parse_cancel(name: &str, bytes: &[u8]) -> (String, String) {
 
 #[cfg(test)]
 mod tests {
-    use super::{parse_cancel, settle, Settle, Settling, Stamp, SETTLE};
-    use std::path::{Path, PathBuf};
-    use std::time::{Duration, SystemTime};
-
-    fn stamp(ctime: SystemTime, len: u64) -> Stamp {
-        Stamp {
-            ctime: Some(ctime),
-            len,
-        }
-    }
-
-    #[test]
-    fn a_file_is_taken_once_it_has_not_changed_for_the_settle_time() {
-        let now = SystemTime::now();
-        let ms = Duration::from_millis;
-        // Old enough: taken.
-        assert_eq!(
-            settle(now, stamp(now - SETTLE, 1), None, None),
-            Settle::Take
-        );
-        assert_eq!(
-            settle(now, stamp(now - ms(60_000), 1), None, None),
-            Settle::Take
-        );
-        // Young: looked at again exactly when its settle time has passed.
-        assert_eq!(
-            settle(now, stamp(now - ms(500), 1), None, None),
-            Settle::Wait(SETTLE - ms(500))
-        );
-        assert_eq!(settle(now, stamp(now, 1), None, None), Settle::Wait(SETTLE));
-        // Changed since it was put off: waits again, from its new change.
-        assert_eq!(
-            settle(
-                now,
-                stamp(now - ms(100), 2),
-                Some(stamp(now - ms(2100), 1)),
-                None
-            ),
-            Settle::Wait(SETTLE - ms(100))
-        );
-        // A time in the future (the clock set back, a file server's
-        // clock): waits once, then, unchanged, is taken, not young for ever.
-        let future = stamp(now + ms(3_600_000), 1);
-        assert_eq!(settle(now, future, None, None), Settle::Wait(SETTLE));
-        assert_eq!(
-            settle(now + SETTLE, future, Some(future), None),
-            Settle::Take
-        );
-        // No time at all: nothing to wait for.
-        let none = Stamp {
-            ctime: None,
-            len: 1,
-        };
-        assert_eq!(settle(now, none, None, None), Settle::Take);
-        // Told: a file nobody writes is taken however young; one a writer
-        // has open waits for its close, however old.
-        let young = stamp(now, 1);
-        assert_eq!(settle(now, young, None, Some(false)), Settle::Take);
-        let old = stamp(now - ms(60_000), 1);
-        assert_eq!(
-            settle(now, old, Some(old), Some(true)),
-            Settle::Wait(SETTLE)
-        );
-    }
-
-    #[test]
-    fn entries_put_off_come_back_each_at_its_own_deadline() {
-        let t0 = tokio::time::Instant::now();
-        let s = |ms| t0 + Duration::from_millis(ms);
-        let st = stamp(SystemTime::now(), 1);
-        let mut settling = Settling::default();
-        assert_eq!(settling.next_due(), None);
-        settling.wait(Path::new("b"), st, s(2000));
-        settling.wait(Path::new("a"), st, s(500));
-        settling.wait(Path::new("c"), st, s(1000));
-        assert_eq!(settling.next_due(), Some(s(500)));
-        assert!(settling.due(s(499)).is_empty());
-        assert_eq!(settling.due(s(500)), [PathBuf::from("a")]);
-        // Moved later: its first deadline is stale.
-        settling.wait(Path::new("c"), st, s(3000));
-        assert!(settling.due(s(1500)).is_empty());
-        // Forgotten (taken on its event meanwhile): never comes back.
-        settling.forget(Path::new("b"));
-        assert!(settling.due(s(2500)).is_empty());
-        assert_eq!(settling.due(s(3000)), [PathBuf::from("c")]);
-        // A due entry keeps its stamp until looked at.
-        assert_eq!(settling.get(Path::new("c")), Some((st, s(3000))));
-        assert_eq!(settling.next_due(), None);
-    }
+    use super::parse_cancel;
 
     #[test]
     fn cancel_requests_name_their_task_and_reason() {

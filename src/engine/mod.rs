@@ -421,7 +421,7 @@ impl Engine {
                 && inbox.watch.is_empty()
                 && drain_recheck.is_none_or(|t| t <= tokio::time::Instant::now())
             {
-                if crate::store::intake::in_is_empty(&self.root) {
+                if self.in_is_drained() {
                     return Ok(());
                 }
                 // Something is in in/ that no event announced (yet): take
@@ -499,6 +499,8 @@ impl Engine {
                 self.scan_cancel();
                 self.scan_priority();
             }
+            WatchEvent::DirGone(dir) => self.dir_gone(&dir),
+            WatchEvent::DirBack(dir) => self.dir_back(&dir),
             WatchEvent::Error(e) => {
                 tracing::error!("file watcher: {e}; rescanning the spool");
                 self.rescan_in();

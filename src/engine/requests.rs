@@ -22,7 +22,6 @@ use super::state::{key, NodeState};
 use super::Engine;
 use crate::model::names::{Nid, TaskId};
 use crate::scheduler::NodeKey;
-use crate::store::intake;
 use crate::store::spool;
 use crate::store::writer::Job;
 
@@ -44,15 +43,17 @@ impl Engine {
 
     /// Looks at one priority request.
     pub(super) fn take_priority(&mut self, path: &Path) {
-        let Some(name) = path.file_name().and_then(|n| n.to_str()).map(str::to_owned) else {
-            return;
-        };
-        if intake::is_ignored_name(&name)
-            || self.in_flight.contains(path)
+        if self.in_flight.contains(path)
+            || self.is_stuck(path)
             || self.priority_saving.values().any(|(p, _)| p == path)
         {
             return;
         }
+        let name = match super::intake::request_entry(path) {
+            Ok(Some(name)) => name,
+            Ok(None) => return,
+            Err(e) => return self.reject(path, &format!("priority request: {e}")),
+        };
         let bytes = match spool::read_capped(path, REQUEST_LIMIT) {
             Ok(b) => b,
             Err(e) if e.is_not_found() => return,

@@ -26,6 +26,20 @@ pub enum InputError {
         line: usize,
         column: usize,
         message: String,
+        /// The bytes end before the JSON does: a file cut short, or one
+        /// whose writer is still at work.
+        eof: bool,
+    },
+    #[error("the file starts with a byte-order mark ({0}); save it as UTF-8 without BOM")]
+    ByteOrderMark(&'static str),
+    #[error(
+        "duplicate key {} at line {line} column {column}: a key may appear only once in an object",
+        quoted(key)
+    )]
+    DuplicateKey {
+        key: String,
+        line: usize,
+        column: usize,
     },
     #[error("a task file must hold a JSON object, not {0}")]
     NotObject(&'static str),
@@ -240,16 +254,30 @@ impl TaskFile {
 }
 
 /// Parses bytes that must hold one JSON object (a task file, or one line
-/// of a batch), before any key is looked at.
+/// of a batch), before any key is looked at. A byte-order mark is named
+/// as such, and a key that appears twice in any object of the file is
+/// refused (see [`strict`]).
 pub fn parse_object(bytes: &[u8]) -> Result<Object, InputError> {
-    let value: Value = serde_json::from_slice(bytes).map_err(|e| InputError::Json {
-        line: e.line(),
-        column: e.column(),
-        message: json_error_message(&e),
-    })?;
-    match value {
+    if let Some(bom) = byte_order_mark(bytes) {
+        return Err(InputError::ByteOrderMark(bom));
+    }
+    match strict::from_slice(bytes)? {
         Value::Object(obj) => Ok(obj),
         other => Err(InputError::NotObject(type_name(&other))),
+    }
+}
+
+/// The byte-order mark `bytes` start with, as its bytes, if any (UTF-8's,
+/// or UTF-16's, which JSON files must not be in either).
+fn byte_order_mark(bytes: &[u8]) -> Option<&'static str> {
+    if bytes.starts_with(&[0xEF, 0xBB, 0xBF]) {
+        Some("EF BB BF")
+    } else if bytes.starts_with(&[0xFF, 0xFE]) {
+        Some("FF FE, UTF-16")
+    } else if bytes.starts_with(&[0xFE, 0xFF]) {
+        Some("FE FF, UTF-16")
+    } else {
+        None
     }
 }
 
@@ -362,6 +390,12 @@ fn json_error_message(e: &serde_json::Error) -> String {
         None => s,
     }
 }
+
+// ---------------------------------------------------------------- strict
+
+/// JSON parsed with every object's keys checked for duplicates.
+#[path = "task_strict.rs"]
+mod strict;
 
 // ---------------------------------------------------------------- states
 

@@ -108,7 +108,7 @@ fn refusals_have_clear_reasons() {
     assert!(reason(br#"{"tasker":"../../bin/sh"}"#).starts_with("invalid taskee"));
     assert!(reason(br#"{"id":"a/b"}"#).starts_with("invalid task id"));
     assert!(reason(br#"{"timeout":"5x"}"#).starts_with("invalid duration for \"timeout\""));
-    assert!(reason(b"\xff\xfe").starts_with("invalid JSON"));
+    assert!(reason(b"\xff\x00\xfe").starts_with("invalid JSON"));
     // A flow is kept as it is here; its tree is checked at intake.
     assert_eq!(
         TaskFile::parse(br#"{"flow":{"task":"a"}}"#).unwrap().flow,
@@ -154,4 +154,57 @@ fn states_and_kinds_serialize_lowercase() {
         "\"timeout\""
     );
     assert_eq!(State::Aborted.as_str(), "aborted");
+}
+
+#[test]
+fn a_byte_order_mark_is_named() {
+    let mut bytes = vec![0xEF, 0xBB, 0xBF];
+    bytes.extend_from_slice(br#"{"domain":"org"}"#);
+    assert_eq!(
+        reason(&bytes),
+        "the file starts with a byte-order mark (EF BB BF); save it as UTF-8 without BOM"
+    );
+    assert!(reason(b"\xff\xfe{\x00").contains("byte-order mark (FF FE, UTF-16)"));
+    // A BOM anywhere else is no byte-order mark.
+    assert!(reason(b" \xEF\xBB\xBF{}").starts_with("invalid JSON"));
+}
+
+#[test]
+fn a_key_given_twice_is_refused_wherever_it_is() {
+    assert_eq!(
+        reason(br#"{"domain":"org","tasker":"a","tasker":"b"}"#),
+        "duplicate key \"tasker\" at line 1 column 42: a key may appear only once in an object"
+    );
+    let nested =
+        reason(b"{\"domain\":\"org\",\n\"payload\":{\"qty\":1,\"x\":[{\"a\":1,\"a\":2}]}}");
+    assert!(
+        nested.starts_with("duplicate key \"a\" at line 2"),
+        "{nested}"
+    );
+    // The same key in two objects is no duplicate.
+    let f =
+        TaskFile::parse(br#"{"domain":"org","payload":{"domain":1,"a":{"domain":2}}}"#).unwrap();
+    assert_eq!(f.payload["a"]["domain"], 2);
+    // Values parse as before: numbers, nulls, nesting.
+    let f = TaskFile::parse(
+        br#"{"domain":"org","payload":{"i":-1,"u":18446744073709551615,"f":0.1,"n":null,"s":"\u00e9","b":[true,[]]}}"#,
+    )
+    .unwrap();
+    assert_eq!(
+        Value::Object(f.payload),
+        json!({"i":-1,"u":18446744073709551615u64,"f":0.1,"n":null,"s":"é","b":[true,[]]})
+    );
+}
+
+#[test]
+fn a_file_cut_short_is_told_from_a_malformed_one() {
+    let eof = |bytes: &[u8]| match TaskFile::parse(bytes).unwrap_err() {
+        InputError::Json { eof, .. } => eof,
+        other => panic!("{other}"),
+    };
+    assert!(eof(b""));
+    assert!(eof(br#"{"domain":"org","#));
+    assert!(eof(br#"{"domain":"or"#));
+    assert!(!eof(br#"{"domain":"org",}"#));
+    assert!(!eof(br#"{"domain" 1}"#));
 }

@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use crate::layout::Root;
 use crate::model::names::{Domain, TaskId};
-use crate::model::task::{Task, TaskFile};
+use crate::model::task::{InputError, Task, TaskFile};
 use crate::store::spool::{self, SpoolError};
 
 /// What to do with an entry of `in/`.
@@ -18,6 +18,11 @@ pub enum Intake {
     Ignore,
     /// Move to `rejected/` with this reason.
     Reject { path: PathBuf, reason: String },
+    /// A regular file whose bytes end before its JSON does: cut short, or
+    /// still being written in place. Rejected with this reason unless its
+    /// writer may still be at work (the engine decides: see
+    /// `engine::intake`).
+    Incomplete { path: PathBuf, reason: String },
     /// A valid `in/<domain>/` directory: scan it.
     DomainDir(PathBuf),
     /// A task to claim. `self_contained`: its bytes name its domain, so the
@@ -33,7 +38,23 @@ pub enum Intake {
 /// Whether a file name is one the engine never looks at (a writer's
 /// temporary).
 pub fn is_ignored_name(name: &str) -> bool {
-    name.starts_with('.') || name.ends_with(".tmp")
+    is_ignored_bytes(name.as_bytes())
+}
+
+/// [`is_ignored_name`] for any name, UTF-8 or not (`.` and `.tmp` are
+/// the same bytes either way).
+pub fn is_ignored_bytes(name: &[u8]) -> bool {
+    name.starts_with(b".") || name.ends_with(b".tmp")
+}
+
+/// The reason an entry whose name is not UTF-8 is rejected: the name with
+/// its bytes shown (the rejected copy's name has U+FFFD in their place).
+pub fn not_utf8_reason(name: &std::ffi::OsStr) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    format!(
+        "name is not valid UTF-8: {} (bytes that are not UTF-8 shown as \\xNN; the rejected copy's name has U+FFFD in their place); use a UTF-8 name",
+        crate::text::escaped_bytes(name.as_bytes())
+    )
 }
 
 /// The entries of `in/` that count (the one definition, shared by intake,
@@ -64,7 +85,8 @@ pub fn counted_entries(root: &Root) -> impl Iterator<Item = PathBuf> {
 /// submission order: by modification time (a renamed file keeps the time
 /// its writer last wrote it), then by name. In `in/` itself the files of
 /// each domain's directory are listed in place of the directory, so that
-/// they take their turn among the others.
+/// they take their turn among the others (a directory that cannot be
+/// listed is itself listed).
 pub fn in_submission_order(root: &Root, dir: &Path) -> Vec<PathBuf> {
     let top = dir == root.spool_in();
     let listing = |d: &Path| -> Vec<std::fs::DirEntry> {
@@ -82,7 +104,12 @@ pub fn in_submission_order(root: &Root, dir: &Path) -> Vec<PathBuf> {
                 .to_str()
                 .is_some_and(|n| !is_ignored_name(n) && n.parse::<Domain>().is_ok());
         if domain_dir {
-            paths.extend(listing(&e.path()).iter().map(|f| f.path()));
+            match std::fs::read_dir(e.path()) {
+                Ok(entries) => paths.extend(entries.flatten().map(|f| f.path())),
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+                // Unreadable: the directory itself, for the engine to say so.
+                Err(_) => paths.push(e.path()),
+            }
         } else {
             paths.push(e.path());
         }
@@ -164,14 +191,13 @@ pub fn examine(root: &Root, path: &Path, limit: u64) -> Intake {
 /// then the entry's type, and the file's bytes only once it may be a task.
 fn examine_steps(root: &Root, path: &Path, limit: u64) -> Step<Intake> {
     let spool_in = root.spool_in();
-    let parts = parts_under(&spool_in, path)?;
-    let Some(&name) = parts.last() else {
+    let parts = parts_under(&spool_in, path);
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        // Gone already (taken, or renamed by its writer).
         return Err(Intake::Ignore);
     };
-    if is_ignored_name(name) || parts.iter().any(|p| p.starts_with('.')) {
-        return Err(Intake::Ignore);
-    }
-    let Ok(meta) = std::fs::symlink_metadata(path) else {
+    let parts = parts?;
+    let Some(&name) = parts.last() else {
         return Err(Intake::Ignore);
     };
     let dir_domain = dir_domain(&parts)?;
@@ -211,25 +237,41 @@ fn reject(path: &Path, reason: impl Into<String>) -> Intake {
     }
 }
 
-/// The names of `path`'s components below `in/`, none of them empty.
+/// The names of `path`'s components below `in/`, none of them empty. An
+/// entry whose own name is not UTF-8 is rejected, with its bytes in the
+/// reason; one inside a directory whose name is not UTF-8 goes with that
+/// directory, rejected as a whole.
 fn parts_under<'p>(spool_in: &Path, path: &'p Path) -> Step<Vec<&'p str>> {
+    use std::os::unix::ffi::OsStrExt;
     let Ok(rel) = path.strip_prefix(spool_in) else {
         return Err(Intake::Ignore);
     };
-    let parts: Vec<&str> = rel
+    let names: Vec<&std::ffi::OsStr> = rel
         .components()
         .filter_map(|c| match c {
-            Component::Normal(s) => s.to_str(),
+            Component::Normal(s) => Some(s),
             _ => None,
         })
         .collect();
-    if parts.is_empty() {
+    let Some(last) = names.last() else {
+        return Err(Intake::Ignore);
+    };
+    if names.iter().any(|n| n.as_bytes().starts_with(b".")) || is_ignored_bytes(last.as_bytes()) {
         return Err(Intake::Ignore);
     }
-    if parts.len() != rel.components().count() {
-        // A name that is not UTF-8: reject that entry (not the domain
-        // directory that holds it).
-        return Err(reject(path, "name is not valid UTF-8"));
+    let mut parts = Vec::with_capacity(names.len());
+    for (i, n) in names.iter().enumerate() {
+        match n.to_str() {
+            Some(s) => parts.push(s),
+            // In in/ or a domain's directory: that entry is rejected.
+            None if i + 1 == names.len()
+                && (i == 0 || (i == 1 && parts[0].parse::<Domain>().is_ok())) =>
+            {
+                return Err(reject(path, not_utf8_reason(n)))
+            }
+            // Inside a directory that is itself rejected as a whole.
+            None => return Err(Intake::Ignore),
+        }
     }
     Ok(parts)
 }
@@ -306,7 +348,13 @@ fn read_task_file(path: &Path, name: &str, limit: u64) -> Step<TaskFile> {
         }
         Err(e) => return Err(reject(path, e.to_string())),
     };
-    TaskFile::parse(&bytes).map_err(|e| reject(path, e.to_string()))
+    TaskFile::parse(&bytes).map_err(|e| match e {
+        InputError::Json { eof: true, .. } => Intake::Incomplete {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        },
+        e => reject(path, e.to_string()),
+    })
 }
 
 /// The task of a parsed file, within the bounds of the spool directory it
@@ -455,6 +503,44 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_name_that_is_not_utf8_directly_in_in_is_rejected_with_its_bytes() {
+        use std::os::unix::ffi::OsStrExt;
+        let (_t, root) = root();
+        let inn = root.spool_in();
+        let bad = inn.join(std::ffi::OsStr::from_bytes(b"bad\xff.json"));
+        fs::write(&bad, "{}").unwrap();
+        let r = reason(examine(&root, &bad, 100));
+        assert!(
+            r.starts_with("name is not valid UTF-8: bad\\xff.json"),
+            "{r}"
+        );
+        // A writer's temporary is ignored, UTF-8 or not.
+        let tmp = inn.join(std::ffi::OsStr::from_bytes(b".bad\xff"));
+        fs::write(&tmp, "{").unwrap();
+        assert!(matches!(examine(&root, &tmp, 100), Intake::Ignore));
+        // Inside a directory whose name is not UTF-8: that directory is
+        // rejected as a whole, not the entry.
+        let dir = inn.join(std::ffi::OsStr::from_bytes(b"d\xfe"));
+        fs::create_dir(&dir).unwrap();
+        fs::write(dir.join("x.json"), "{}").unwrap();
+        assert!(reason(examine(&root, &dir, 100)).contains("d\\xfe"));
+        assert!(matches!(
+            examine(&root, &dir.join("x.json"), 100),
+            Intake::Ignore
+        ));
+    }
+
+    #[test]
+    fn a_file_cut_short_is_told_apart() {
+        let (_t, root) = root();
+        let p = root.spool_in().join("half.json");
+        fs::write(&p, r#"{"domain":"org","#).unwrap();
+        assert!(matches!(examine(&root, &p, 100), Intake::Incomplete { .. }));
+        fs::write(&p, r#"{"domain":"org",}"#).unwrap();
+        assert!(reason(examine(&root, &p, 100)).starts_with("invalid JSON"));
     }
 
     #[test]

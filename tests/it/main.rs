@@ -24,6 +24,8 @@ mod harden_taskmaster;
 mod harden_reply;
 // wt-points (issue 15: A1, A4 points, E dropped lines)
 mod harden_points;
+// issue 15, C and E (intake)
+mod harden_intake;
 mod hostile;
 mod intake;
 mod intake_burst;
