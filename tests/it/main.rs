@@ -37,3 +37,5 @@ mod taskers;
 mod taskmasters;
 // lead (issue 9)
 mod ops_read;
+// issue 12: the dashboard
+mod serve;

@@ -1,0 +1,774 @@
+//! Issue 12, the dashboard: `spoolflow serve` as a real process on a free
+//! loopback port (it prints the address it listens on), asked over raw
+//! HTTP/1.1 (a `TcpStream`: no client normalizes the paths sent). The
+//! root holds completed, failed, aborted, running, queued and rejected
+//! tasks and a flow, made by real taskers and the engine. Every page and
+//! `/api` route, their status codes, the same JSON as the CLI's `--json`,
+//! escaping, bad ids and traversal, the access token, the actions and
+//! their tokens, and live points over Server-Sent Events.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Stdio};
+
+use serde_json::Value;
+
+use crate::common::*;
+
+/// A running `spoolflow serve`, killed when dropped.
+pub struct Server {
+    child: Child,
+    pub addr: String,
+    /// The action token it printed (with `--allow-actions`).
+    pub action_token: Option<String>,
+    _out: BufReader<std::process::ChildStdout>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `spoolflow serve --listen 127.0.0.1:0 ARGS` and reads the
+/// address (and the action token) it prints.
+pub fn serve(t: &TestRoot, args: &[&str]) -> Server {
+    let mut child = t
+        .cmd()
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(args)
+        .env_remove("SPOOLFLOW_TOKEN")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn spoolflow serve");
+    let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut addr = None;
+    let mut action_token = None;
+    let mut line = String::new();
+    while addr.is_none() || (args.contains(&"--allow-actions") && action_token.is_none()) {
+        line.clear();
+        if out.read_line(&mut line).unwrap_or(0) == 0 {
+            panic!("serve exited before printing its address");
+        }
+        if let Some(rest) = line
+            .trim()
+            .strip_prefix("spoolflow serve: listening on http://")
+        {
+            addr = Some(rest.trim_end_matches('/').to_string());
+        }
+        if let Some(tok) = line.trim().strip_prefix("actions allowed; action token: ") {
+            action_token = Some(tok.to_string());
+        }
+    }
+    Server {
+        child,
+        addr: addr.unwrap(),
+        action_token,
+        _out: out,
+    }
+}
+
+/// An answer.
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Resp {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+}
+
+/// Sends one request, raw (the path as given, byte for byte).
+pub fn request(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Resp {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nConnection: close\r\n");
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+        req.push_str(&format!("Host: {addr}\r\n"));
+    }
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if !body.is_empty() {
+        req.push_str(&format!(
+            "Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n",
+            body.len()
+        ));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    s.write_all(req.as_bytes()).expect("send");
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).expect("read the answer");
+    parse(&raw)
+}
+
+fn parse(raw: &[u8]) -> Resp {
+    let end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a header block");
+    let head = String::from_utf8_lossy(&raw[..end]).into_owned();
+    let mut lines = head.split("\r\n");
+    let status: u16 = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|c| c.parse().ok())
+        .expect("a status line");
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect();
+    let mut body = raw[end + 4..].to_vec();
+    let chunked = headers
+        .iter()
+        .any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
+    if chunked {
+        body = dechunk(&body);
+    }
+    Resp {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    }
+}
+
+fn dechunk(mut b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(nl) = b.windows(2).position(|w| w == b"\r\n") {
+        let size = usize::from_str_radix(String::from_utf8_lossy(&b[..nl]).trim(), 16).unwrap_or(0);
+        if size == 0 {
+            break;
+        }
+        out.extend_from_slice(&b[nl + 2..nl + 2 + size]);
+        b = &b[nl + 2 + size + 2..];
+    }
+    out
+}
+
+pub fn get(srv: &Server, path: &str) -> Resp {
+    request(&srv.addr, "GET", path, &[], "")
+}
+
+/// Runs the binary; its stdout as JSON.
+fn cli_json(t: &TestRoot, args: &[&str]) -> Value {
+    let out = t.cmd().args(args).output().expect("run spoolflow");
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("JSON")
+}
+
+/// A root with every state: `ok-1`, `ok-2` completed (payloads holding a
+/// `<script>`), `bad-1` failed (its reason too), `cancelled-1` aborted,
+/// `flow-1` a completed flow of two tasks, `broken.json` rejected; then
+/// an engine with one worker runs `held` (its tasker waits for a gate)
+/// and `later-1` waits behind it, queued.
+pub fn fixture() -> (TestRoot, EngineProcess) {
+    let t = TestRoot::new();
+    t.tasker("org.example", "ok", "#!/bin/sh\ncat\n");
+    t.tasker(
+        "org.example",
+        "bad",
+        "#!/bin/sh\ncat >/dev/null\necho 'oops <script>alert(2)</script>' >&2\nexit 3\n",
+    );
+    t.tasker(
+        "org.example",
+        "gated",
+        "#!/bin/sh\ncat\nwhile [ ! -e \"$SPOOLFLOW_ROOT/gate\" ]; do sleep 0.01; done\n",
+    );
+    t.taskmaster("org.example", "payload.who");
+    let script = r#""<script>alert(1)</script>""#;
+    t.drop_task(
+        "ok-1.json",
+        &format!(
+            r#"{{"domain":"org.example","priority":3,"payload":{{"who":"ok","note":{script}}}}}"#
+        ),
+    );
+    t.drop_task(
+        "ok-2.json",
+        r#"{"domain":"org.example.sales","payload":{"who":"ok"}}"#,
+    );
+    t.drop_task(
+        "bad-1.json",
+        r#"{"domain":"org.example","payload":{"who":"bad"}}"#,
+    );
+    t.drop_task(
+        "cancelled-1.json",
+        r#"{"domain":"org.example","payload":{"who":"ok"}}"#,
+    );
+    std::fs::write(t.join("var/spool/cancel/cancelled-1"), "").unwrap();
+    t.drop_task(
+        "flow-1.json",
+        r#"{"domain":"org.example","flow":{"sequence":[{"task":"ok"},{"task":"ok"}]},"payload":{"who":"ok"}}"#,
+    );
+    t.drop_bytes("", "broken.json", b"{not json");
+    t.run_drain(2);
+    assert_eq!(t.must_record("cancelled-1")["state"], "aborted");
+    assert_eq!(t.must_record("flow-1")["state"], "completed");
+    let engine = t.spawn_engine(&["--workers", "1"]);
+    t.drop_task(
+        "held.json",
+        r#"{"domain":"org.example","payload":{"who":"gated"}}"#,
+    );
+    wait_for("held to start", DEADLINE, || {
+        t.point_names("held").iter().any(|p| p == "started")
+    });
+    t.drop_task(
+        "later-1.json",
+        r#"{"domain":"org.example","priority":7,"payload":{"who":"ok"}}"#,
+    );
+    wait_for("later-1 to be queued in run/", DEADLINE, || {
+        t.join("var/spool/run/later-1.json").exists()
+    });
+    (t, engine)
+}
+
+#[test]
+fn every_page_and_api_route_answers_with_the_clis_shapes() {
+    let (t, _engine) = fixture();
+    let srv = serve(&t, &[]);
+    for path in [
+        "/",
+        "/tasks",
+        "/tasks?state=failed",
+        "/tasks?q=ok&sort=id",
+        "/tasks/ok-1",
+        "/tasks/flow-1",
+        "/tasks/held",
+        "/tasks/later-1",
+        "/tasks/bad-1",
+        "/rejected",
+        "/tasks/ok-1/raw",
+        "/assets/app.js",
+        "/assets/style.css",
+    ] {
+        let r = get(&srv, path);
+        assert_eq!(r.status, 200, "{path}: {}", r.body);
+        assert!(r.header("content-security-policy").is_some(), "{path}");
+    }
+    // The overview: counts by state, the engine, the latest failures.
+    let home = get(&srv, "/").body;
+    for (state, n) in [
+        ("completed", 3),
+        ("failed", 1),
+        ("aborted", 1),
+        ("running", 1),
+        ("queued", 1),
+        ("rejected", 1),
+    ] {
+        assert!(
+            home.contains(&format!(r#"id="count-{state}" data-count="{n}""#)),
+            "{state} {n}: {home}"
+        );
+    }
+    assert!(home.contains("engine running") && home.contains("<svg class=\"chart\""));
+    assert!(
+        home.contains(r#"href="/tasks/bad-1""#),
+        "a latest failure links to its task"
+    );
+
+    // /api gives what the CLI's --json gives.
+    let api = |p: &str| {
+        let r = get(&srv, p);
+        assert_eq!(r.status, 200, "{p}: {}", r.body);
+        assert!(
+            r.header("content-type").unwrap_or("").contains("json"),
+            "{p}"
+        );
+        r
+    };
+    let status = api("/api/status").json();
+    let cli = cli_json(&t, &["status", "--json"]);
+    for k in ["total", "domains", "taskees"] {
+        assert_eq!(status[k], cli[k], "{k}");
+    }
+    assert_eq!(status["engine"]["workers_busy"], 1);
+    let tasks = api("/api/tasks?sort=id&limit=1000");
+    assert_eq!(
+        tasks.json(),
+        cli_json(&t, &["list", "--json", "--sort", "id"])
+    );
+    assert_eq!(tasks.header("x-total-count"), Some("8"));
+    let failed = api("/api/tasks?state=failed").json();
+    assert_eq!(failed.as_array().unwrap().len(), 1);
+    assert_eq!(failed[0]["error"]["kind"], "user");
+    let paged = api("/api/tasks?sort=id&limit=2&skip=1").json();
+    let ids: Vec<&str> = paged
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["broken.json", "cancelled-1"]);
+    for id in ["ok-1", "bad-1", "held", "later-1", "broken"] {
+        assert_eq!(
+            api(&format!("/api/tasks/{id}")).json(),
+            cli_json(&t, &["show", id, "--json"]),
+            "{id}"
+        );
+    }
+    assert_eq!(
+        api("/api/tasks/flow-1/flow").json(),
+        cli_json(&t, &["flow", "flow-1", "--json"])
+    );
+    let logs = api("/api/tasks/bad-1/logs").body;
+    assert!(
+        logs.lines().any(|l| l.contains(r#""point":"failed""#)),
+        "{logs}"
+    );
+    assert!(logs.lines().any(|l| l.contains(r#""stderr""#)), "{logs}");
+    let rejected = api("/api/rejected").json();
+    assert_eq!(rejected[0]["id"], "broken.json");
+    assert!(rejected[0]["reason"].as_str().is_some());
+    let overview = api("/api/overview").json();
+    assert_eq!(overview["last_hour"].as_array().unwrap().len(), 60);
+    assert_eq!(overview["latest_failures"].as_array().unwrap().len(), 2);
+
+    // The tasks page: its filters, its search, its pages.
+    let failed_page = get(&srv, "/tasks?state=failed").body;
+    assert!(
+        failed_page.contains(r#"data-id="bad-1""#) && !failed_page.contains(r#"data-id="ok-1""#)
+    );
+    let search = get(&srv, "/tasks?q=ok-").body;
+    assert!(search.contains(r#"data-id="ok-1""#) && search.contains(r#"data-id="ok-2""#));
+    assert!(!search.contains(r#"data-id="bad-1""#));
+    let page = get(&srv, "/tasks?limit=2&sort=id").body;
+    assert!(page.contains(r#"rel="next""#), "{page}");
+
+    // A task page: state, timeline, stderr; a flow's tree; rejected files.
+    let bad = get(&srv, "/tasks/bad-1").body;
+    assert!(bad.contains(r#"class="badge failed""#) && bad.contains(r#"id="timeline""#));
+    assert!(bad.contains(r#"id="stderr""#) && bad.contains("oops"));
+    let held = get(&srv, "/tasks/held").body;
+    assert!(held.contains(r#"class="badge running""#), "{held}");
+    let flow = get(&srv, "/tasks/flow-1").body;
+    for nid in ["0", "0_0", "0_1"] {
+        assert!(
+            flow.contains(&format!(r#"data-nid="{nid}""#)),
+            "{nid}: {flow}"
+        );
+    }
+    assert!(flow.contains(r#"data-nid="0_1" data-state="completed""#));
+    let rej = get(&srv, "/rejected").body;
+    assert!(
+        rej.contains("broken.json") && rej.contains("invalid JSON"),
+        "{rej}"
+    );
+
+    // Unknown things: 404.
+    assert_eq!(get(&srv, "/tasks/no-such-task").status, 404);
+    assert_eq!(get(&srv, "/api/tasks/no-such-task").status, 404);
+    assert_eq!(
+        get(&srv, "/api/tasks/ok-1/flow").status,
+        400,
+        "a task, not a flow"
+    );
+    assert_eq!(get(&srv, "/no/such/page").status, 404);
+    assert_eq!(
+        request(&srv.addr, "DELETE", "/api/tasks/ok-1", &[], "").status,
+        403
+    );
+    std::fs::write(t.join("gate"), "").unwrap();
+}
+
+#[test]
+fn payloads_and_reasons_holding_script_show_as_text() {
+    let (t, _engine) = fixture();
+    let srv = serve(&t, &[]);
+    for path in ["/tasks/ok-1", "/tasks/bad-1", "/", "/tasks?state=failed"] {
+        let body = get(&srv, path).body;
+        assert!(
+            !body.contains("<script>alert"),
+            "{path} holds a live script: {body}"
+        );
+        assert!(
+            body.contains("&lt;script&gt;alert"),
+            "{path} shows the text: {body}"
+        );
+    }
+    // A search echoes its text escaped.
+    let body = get(&srv, "/tasks?q=%3Cscript%3Ealert(3)%3C/script%3E").body;
+    assert!(!body.contains("<script>alert(3)") && body.contains("&lt;script&gt;alert(3)"));
+    std::fs::write(t.join("gate"), "").unwrap();
+}
+
+#[test]
+fn bad_ids_and_traversal_are_refused_and_nothing_outside_the_root_is_read() {
+    let t = TestRoot::new();
+    // A file beside the root that a traversal would reach.
+    let outside = t.path().parent().unwrap().join(format!(
+        "{}-secret.json",
+        t.path().file_name().unwrap().to_string_lossy()
+    ));
+    std::fs::write(&outside, r#"{"secret":"s3cr3t-outside"}"#).unwrap();
+    let srv = serve(&t, &[]);
+    let name = outside.file_stem().unwrap().to_string_lossy().to_string();
+    let long = "a".repeat(10 * 1024);
+    let cases = [
+        "/tasks/..".to_string(),
+        "/tasks/%2e%2e".to_string(),
+        "/tasks/%2E%2E%2Fetc%2Fpasswd".to_string(),
+        format!("/tasks/..%2f..%2f{name}"),
+        format!("/tasks/..%2f..%2f{name}/raw"),
+        format!("/api/tasks/..%2f..%2f{name}"),
+        "/tasks/../../etc/passwd".to_string(),
+        "/api/tasks/a%00b".to_string(),
+        "/tasks/a%00b/raw".to_string(),
+        format!("/tasks/{long}"),
+        format!("/api/tasks/{long}/flow"),
+        "/api/tasks/.hidden/logs".to_string(),
+        "/tasks/%2fetc%2fpasswd".to_string(),
+    ];
+    for path in &cases {
+        let r = get(&srv, path);
+        assert!(
+            r.status == 400 || r.status == 404,
+            "{}: {} {}",
+            &path[..path.len().min(60)],
+            r.status,
+            &r.body[..r.body.len().min(300)]
+        );
+        assert!(!r.body.contains("s3cr3t-outside") && !r.body.contains("root:x:0"));
+        assert!(r.body.len() < 4096, "a refusal is short");
+    }
+    std::fs::remove_file(&outside).unwrap();
+}
+
+#[test]
+fn a_large_payload_is_shown_cut_with_a_link_to_the_raw_file() {
+    let t = TestRoot::new();
+    let big = "x".repeat(16 * 1024 * 1024 - 100);
+    t.drop_task(
+        "big-1.json",
+        &format!(r#"{{"domain":"org.example","payload":{{"blob":"{big}"}}}}"#),
+    );
+    let srv = serve(&t, &[]);
+    let page = get(&srv, "/tasks/big-1");
+    assert_eq!(page.status, 200);
+    assert!(
+        page.body.len() < 256 * 1024,
+        "the page is bounded: {} bytes",
+        page.body.len()
+    );
+    assert!(page.body.contains(r#"id="payload-cut""#));
+    assert!(page.body.contains(r#"href="/tasks/big-1/raw""#));
+    let raw = get(&srv, "/tasks/big-1/raw");
+    assert_eq!(raw.status, 200);
+    assert!(raw.body.len() > 16 * 1024 * 1024 - 100);
+    assert!(raw
+        .header("content-type")
+        .unwrap()
+        .starts_with("text/plain"));
+}
+
+#[test]
+fn a_loopback_server_answers_its_own_host_only_and_off_loopback_needs_a_token() {
+    let t = TestRoot::new();
+    let out = t
+        .cmd()
+        .args(["serve", "--listen", "0.0.0.0:0"])
+        .env_remove("SPOOLFLOW_TOKEN")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--token"));
+
+    let srv = serve(&t, &[]);
+    let r = request(&srv.addr, "GET", "/", &[("Host", "rebound.example:80")], "");
+    assert_eq!(r.status, 403, "DNS rebinding: another site's name");
+    assert_eq!(get(&srv, "/").status, 200);
+
+    // With --token, every request carries it.
+    let token = "a-token-of-twenty-chars";
+    let srv = serve(&t, &["--token", token]);
+    for path in ["/", "/api/status", "/events", "/tasks/x"] {
+        assert_eq!(get(&srv, path).status, 401, "{path}");
+    }
+    let bearer = format!("Bearer {token}");
+    assert_eq!(
+        request(
+            &srv.addr,
+            "GET",
+            "/api/status",
+            &[("Authorization", &bearer)],
+            ""
+        )
+        .status,
+        200
+    );
+    assert_eq!(
+        request(
+            &srv.addr,
+            "GET",
+            "/api/status",
+            &[("Authorization", "Bearer wrong-token-of-twenty")],
+            ""
+        )
+        .status,
+        401
+    );
+    let r = get(&srv, &format!("/?token={token}"));
+    assert_eq!(r.status, 200);
+    let cookie = r
+        .header("set-cookie")
+        .expect("a cookie")
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    assert!(r.header("set-cookie").unwrap().contains("HttpOnly"));
+    assert_eq!(
+        request(&srv.addr, "GET", "/tasks", &[("Cookie", &cookie)], "").status,
+        200
+    );
+}
+
+/// A root with `later-1` queued in `in/` and `bad-1` failed; no engine.
+fn action_root() -> TestRoot {
+    let t = TestRoot::new();
+    t.tasker("org.example", "bad", "#!/bin/sh\ncat >/dev/null\nexit 3\n");
+    t.taskmaster("org.example", "\"bad\"");
+    t.drop_task("bad-1.json", r#"{"domain":"org.example"}"#);
+    t.run_drain(1);
+    assert!(t.record("bad-1").is_some());
+    t.drop_task("later-1.json", r#"{"domain":"org.example"}"#);
+    t
+}
+
+#[test]
+fn actions_need_allow_actions_and_the_token_and_write_the_clis_requests() {
+    let t = action_root();
+    let cancel_file = t.join("var/spool/cancel/later-1");
+    // Read-only: refused, whatever the token.
+    let ro = serve(&t, &[]);
+    let r = request(
+        &ro.addr,
+        "POST",
+        "/api/tasks/later-1/cancel",
+        &[],
+        "token=guess",
+    );
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert!(r.body.contains("--allow-actions"));
+    let page = get(&ro, "/tasks/later-1").body;
+    assert!(!page.contains("/cancel"), "no action form when read-only");
+    assert!(!cancel_file.exists());
+
+    let srv = serve(&t, &["--allow-actions"]);
+    let token = srv.action_token.clone().unwrap();
+    let post = |path: &str, headers: &[(&str, &str)], body: &str| {
+        request(&srv.addr, "POST", path, headers, body)
+    };
+    assert_eq!(
+        post("/api/tasks/later-1/cancel", &[], "").status,
+        403,
+        "no token"
+    );
+    assert_eq!(
+        post(
+            "/api/tasks/later-1/cancel",
+            &[],
+            "token=0123456789abcdef0123456789abcdef"
+        )
+        .status,
+        403
+    );
+    assert_eq!(
+        request(&srv.addr, "GET", "/api/tasks/later-1/cancel", &[], "").status,
+        405,
+        "POST only"
+    );
+    let other = [
+        ("Origin", "http://evil.example"),
+        ("X-Action-Token", token.as_str()),
+    ];
+    assert_eq!(
+        post("/api/tasks/later-1/cancel", &other, "").status,
+        403,
+        "another origin"
+    );
+    assert!(!cancel_file.exists());
+    // The page's form carries the token.
+    let page = get(&srv, "/tasks/later-1").body;
+    assert!(page.contains(&format!(r#"name="token" value="{token}""#)));
+
+    // Accepted: the same request files as the CLI.
+    let r = post(
+        "/api/tasks/later-1/priority",
+        &[],
+        &format!("token={token}&priority=9"),
+    );
+    assert_eq!(r.status, 202, "{}", r.body);
+    let p: Value =
+        serde_json::from_slice(&std::fs::read(t.join("var/spool/priority/later-1")).unwrap())
+            .unwrap();
+    assert_eq!(p, serde_json::json!({"id": "later-1", "priority": 9}));
+    let r = post(
+        "/api/tasks/later-1/cancel",
+        &[("X-Action-Token", &token)],
+        "reason=from+the+dashboard",
+    );
+    assert_eq!(r.status, 202, "{}", r.body);
+    assert_eq!(r.json()["file"], "var/spool/cancel/later-1");
+    let c: Value = serde_json::from_slice(&std::fs::read(&cancel_file).unwrap()).unwrap();
+    assert_eq!(c["reason"], "from the dashboard");
+    // A form of the page goes back to the page.
+    let r = post(
+        "/api/tasks/bad-1/retry",
+        &[],
+        &format!("token={token}&back=1"),
+    );
+    assert_eq!(r.status, 303, "{}", r.body);
+    assert_eq!(r.header("location"), Some("/tasks/bad-1?done=retry"));
+    assert!(t.join("var/spool/history/bad-1").is_dir() && t.record("bad-1").is_none());
+    // Refusals of the CLI's: an ended task, an unknown one, a bad id.
+    let r = post(
+        "/api/tasks/nobody/cancel",
+        &[("X-Action-Token", &token)],
+        "",
+    );
+    assert_eq!(r.status, 404, "{}", r.body);
+    assert_eq!(
+        post(
+            "/api/tasks/..%2fx/cancel",
+            &[("X-Action-Token", &token)],
+            ""
+        )
+        .status,
+        400
+    );
+    let r = post(
+        "/api/tasks/later-1/priority",
+        &[("X-Action-Token", &token)],
+        "priority=high",
+    );
+    assert_eq!(r.status, 400);
+}
+
+/// Reads an SSE stream until `until` holds for the events read so far
+/// (each as (event, id, data)).
+fn read_events(
+    s: &mut BufReader<TcpStream>,
+    mut until: impl FnMut(&[(String, String, String)]) -> bool,
+) -> Vec<(String, String, String)> {
+    let mut events = Vec::new();
+    let (mut ev, mut id, mut data) = (String::new(), String::new(), String::new());
+    let mut line = String::new();
+    loop {
+        line.clear();
+        let n = s
+            .read_line(&mut line)
+            .expect("an SSE line before the deadline");
+        assert!(n > 0, "the stream ended: {events:?}");
+        let l = line.trim_end_matches(['\r', '\n']);
+        if l.is_empty() {
+            if !ev.is_empty() || !data.is_empty() {
+                events.push((
+                    std::mem::take(&mut ev),
+                    std::mem::take(&mut id),
+                    std::mem::take(&mut data),
+                ));
+                if until(&events) {
+                    return events;
+                }
+            }
+        } else if let Some(v) = l.strip_prefix("event:") {
+            ev = v.trim().to_string();
+        } else if let Some(v) = l.strip_prefix("id:") {
+            id = v.trim().to_string();
+        } else if let Some(v) = l.strip_prefix("data:") {
+            data.push_str(v.trim_start());
+        }
+    }
+}
+
+/// Opens `/events` (with `Last-Event-ID` when given) past its headers.
+fn open_events(srv: &Server, last: Option<&str>) -> BufReader<TcpStream> {
+    let mut s = TcpStream::connect(&srv.addr).unwrap();
+    s.set_read_timeout(Some(DEADLINE)).unwrap();
+    let last = last.map_or(String::new(), |l| format!("Last-Event-ID: {l}\r\n"));
+    write!(
+        s,
+        "GET /events HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\n{last}\r\n",
+        srv.addr
+    )
+    .unwrap();
+    let mut r = BufReader::new(s);
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    assert!(line.contains(" 200 "), "{line}");
+    loop {
+        line.clear();
+        r.read_line(&mut line).unwrap();
+        if line.trim().is_empty() {
+            return r;
+        }
+    }
+}
+
+// The chunked framing of an SSE body is read through: a chunk-size line
+// is neither an event field nor blank, so `read_events` skips it.
+#[test]
+fn sse_sends_points_written_after_connecting_and_what_a_reconnect_missed() {
+    let t = TestRoot::new();
+    t.tasker("org.example", "ok", "#!/bin/sh\ncat\n");
+    t.taskmaster("org.example", "\"ok\"");
+    let _engine = t.spawn_engine(&["--workers", "1"]);
+    let srv = serve(&t, &[]);
+    let mut s = open_events(&srv, None);
+    read_events(&mut s, |e| e.iter().any(|(ev, _, _)| ev == "hello"));
+    t.drop_task(
+        "live-1.json",
+        r#"{"domain":"org.example","payload":{"n":1}}"#,
+    );
+    let events = read_events(&mut s, |e| {
+        e.iter().any(|(ev, _, d)| {
+            ev == "point" && d.contains(r#""id":"live-1""#) && d.contains(r#""point":"completed""#)
+        })
+    });
+    let points: Vec<&(String, String, String)> =
+        events.iter().filter(|(ev, _, _)| ev == "point").collect();
+    assert!(
+        points.iter().all(|(_, id, _)| !id.is_empty()),
+        "every point has an id"
+    );
+    assert!(
+        events.iter().any(|(ev, _, _)| ev == "change"),
+        "files came and went: {events:?}"
+    );
+
+    // A browser that saw only the first point gets the rest on reconnect.
+    let first_id = points[0].1.clone();
+    let mut again = open_events(&srv, Some(&first_id));
+    let replay = read_events(&mut again, |e| {
+        e.iter()
+            .any(|(ev, _, d)| ev == "point" && d.contains(r#""point":"completed""#))
+    });
+    let replayed: Vec<&String> = replay
+        .iter()
+        .filter(|(ev, _, _)| ev == "point")
+        .map(|(_, id, _)| id)
+        .collect();
+    let wanted: Vec<&String> = points[1..].iter().map(|(_, id, _)| id).collect();
+    assert_eq!(replayed, wanted);
+    // One from another start of the server: told to reload.
+    let mut stale = open_events(&srv, Some("0-5"));
+    read_events(&mut stale, |e| e.iter().any(|(ev, _, _)| ev == "reset"));
+}
