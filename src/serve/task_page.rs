@@ -18,7 +18,7 @@ use spoolflow::read::{self, Place};
 use super::data::blocking;
 use super::pages::{badge, cut, layout};
 use super::server::App;
-use super::timeline::{bars, placement, span, Bar};
+use super::timeline::{bars, close_flow_nodes, placement, span, Bar};
 use super::{safety, Refusal};
 use crate::cli::output::{between, duration};
 use crate::cli::{flow, show};
@@ -91,7 +91,7 @@ pub async fn task(
             @if app.allow_actions { (actions(&app.action_token, &id, s)) }
             section {
                 h2 { "Attempts" }
-                (timeline(&s.points))
+                (timeline(&s.points, flow_nodes(s)))
             }
             @if let Some((rows, state)) = &r.flow {
                 section {
@@ -223,10 +223,19 @@ fn actions(token: &str, id: &spoolflow::model::names::TaskId, s: &show::Shown) -
     }
 }
 
+/// The nodes of an ended flow's record.
+fn flow_nodes(s: &show::Shown) -> &[Value] {
+    match &s.place {
+        Place::Ended(r) => r.nodes.as_deref().unwrap_or_default(),
+        _ => &[],
+    }
+}
+
 /// The attempts as bars on one time axis.
-fn timeline(points: &[Point]) -> Markup {
+fn timeline(points: &[Point], nodes: &[Value]) -> Markup {
     let now = Utc::now();
-    let b: Vec<Bar> = bars(points);
+    let mut b: Vec<Bar> = bars(points);
+    close_flow_nodes(&mut b, nodes, points);
     let Some((t0, t1)) = span(&b, now) else {
         return html! { p.empty { "no attempt started yet" } };
     };

@@ -77,6 +77,34 @@ pub fn bars(points: &[Point]) -> Vec<Bar> {
     bars
 }
 
+/// Ends the bars a flow's points leave open (a task node's end is in
+/// the flow's record, `nodes`, not in its points), then, once the
+/// execution ended, any left open at its final point.
+pub fn close_flow_nodes(bars: &mut [Bar], nodes: &[serde_json::Value], points: &[Point]) {
+    for b in bars.iter_mut().filter(|b| b.ended.is_none()) {
+        let node = nodes
+            .iter()
+            .find(|n| n.get("nid").and_then(|v| v.as_str()) == Some(b.nid.as_str()));
+        if let Some(n) = node {
+            let field = |k: &str| n.get(k).and_then(|v| v.as_str()).map(str::to_string);
+            if let Some(ended) = field("ended_at") {
+                b.ended = Some(ended);
+                b.outcome = field("state").unwrap_or_else(|| "ended".into());
+            }
+        }
+    }
+    let last = points
+        .iter()
+        .rev()
+        .find(|p| p.nid.as_str() == "0" && p.kind().is_some_and(Kind::is_final));
+    if let Some(last) = last {
+        for b in bars.iter_mut().filter(|b| b.ended.is_none()) {
+            b.ended = Some(last.ts.clone());
+            b.outcome = "ended".into();
+        }
+    }
+}
+
 /// Where a bar's parts fall on a timeline from `t0` to `t1`, in percent:
 /// (left of the wait, width of the wait, width of the run).
 pub fn placement(
@@ -207,6 +235,34 @@ mod tests {
         assert_eq!((t1 - t0).num_seconds(), 8);
         let (left, wait, run) = placement(&b[0], t0, t1, now);
         assert_eq!((left, wait, run), (0.0, 12.5, 12.5));
+    }
+
+    #[test]
+    fn a_flows_task_nodes_end_as_its_record_says() {
+        let points = vec![
+            point("0_0", Kind::Started, "2026-01-01T00:00:01Z"),
+            point("0_1", Kind::Started, "2026-01-01T00:00:02Z"),
+            point("0_2", Kind::Started, "2026-01-01T00:00:03Z"),
+            point("0", Kind::Completed, "2026-01-01T00:00:05Z"),
+        ];
+        let mut b = bars(&points);
+        let nodes = vec![
+            serde_json::json!({"nid": "0_0", "state": "completed", "ended_at": "2026-01-01T00:00:02Z"}),
+            serde_json::json!({"nid": "0_1", "state": "failed", "ended_at": "2026-01-01T00:00:04Z"}),
+        ];
+        close_flow_nodes(&mut b, &nodes, &points);
+        let ends: Vec<(&str, Option<&str>)> = b
+            .iter()
+            .map(|x| (x.outcome.as_str(), x.ended.as_deref()))
+            .collect();
+        assert_eq!(
+            ends,
+            [
+                ("completed", Some("2026-01-01T00:00:02Z")),
+                ("failed", Some("2026-01-01T00:00:04Z")),
+                ("ended", Some("2026-01-01T00:00:05Z")),
+            ]
+        );
     }
 
     #[test]

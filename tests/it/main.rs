@@ -39,3 +39,4 @@ mod taskmasters;
 mod ops_read;
 // issue 12: the dashboard
 mod serve;
+mod serve_browser;

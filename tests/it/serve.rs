@@ -366,6 +366,12 @@ fn every_page_and_api_route_answers_with_the_clis_shapes() {
         );
     }
     assert!(flow.contains(r#"data-nid="0_1" data-state="completed""#));
+    assert_eq!(
+        flow.matches(r#"class="row" data-outcome="completed""#)
+            .count(),
+        2,
+        "each task node's attempt is a bar that ended: {flow}"
+    );
     let rej = get(&srv, "/rejected").body;
     assert!(
         rej.contains("broken.json") && rej.contains("invalid JSON"),

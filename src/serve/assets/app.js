@@ -46,6 +46,7 @@
   }
 
   if (!window.EventSource) return;
+  if (state) state.textContent = "○ connecting";
   var es = new EventSource("/events");
   es.addEventListener("open", function () { if (state) { state.textContent = "● live"; state.className = "on"; } });
   es.addEventListener("error", function () { if (state) { state.textContent = "○ reconnecting"; state.className = ""; } });
