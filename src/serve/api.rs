@@ -31,14 +31,14 @@ const LOG_LIMIT: u64 = 16 * 1024 * 1024;
 const STDERR_LIMIT: u64 = 1024 * 1024;
 
 pub async fn status(State(app): State<Arc<App>>) -> Result<Json<Value>, Refusal> {
-    let o = blocking(move || data::overview(&app.root, Utc::now()))
+    let o = blocking(move || data::overview(&app, Utc::now()))
         .await
         .map_err(Refusal::into_json)?;
     Ok(Json(serde_json::to_value(o.status).unwrap_or(Value::Null)))
 }
 
 pub async fn overview(State(app): State<Arc<App>>) -> Result<Json<data::Overview>, Refusal> {
-    let o = blocking(move || data::overview(&app.root, Utc::now()))
+    let o = blocking(move || data::overview(&app, Utc::now()))
         .await
         .map_err(Refusal::into_json)?;
     Ok(Json(o))
@@ -49,7 +49,7 @@ pub async fn tasks(
     Query(q): Query<TaskQuery>,
 ) -> Result<Response, Refusal> {
     let (out, total) = blocking(move || {
-        let page = data::tasks(&app.root, &q)?;
+        let page = data::tasks(&app, &q)?;
         let out: Vec<Value> = page
             .tasks
             .iter()
@@ -70,7 +70,7 @@ pub async fn tasks(
 
 pub async fn rejected(State(app): State<Arc<App>>) -> Result<Json<Vec<Value>>, Refusal> {
     blocking(move || {
-        data::rejected(&app.root)
+        data::rejected(&app)
             .iter()
             .map(|t| list::as_json(&app.root, t))
             .collect()

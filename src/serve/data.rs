@@ -6,9 +6,15 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use spoolflow::layout::Root;
+use spoolflow::read::engine::EngineInfo;
 use spoolflow::read::status::{status, Status};
 use spoolflow::read::summary::{ListState, Summary};
-use spoolflow::read::{engine, tasks};
+use spoolflow::read::tasks::Listing;
+use spoolflow::read::{engine, index, tasks};
+use std::sync::{Arc, Mutex};
+
+use super::server::App;
+use super::sse::Live;
 
 use super::timeline::{last_hour, Minute};
 use super::Refusal;
@@ -55,8 +61,68 @@ pub struct Page {
     pub total: usize,
 }
 
+/// The records' summaries kept between requests, with the watcher's
+/// generation they were read at: read again (through the records index)
+/// only once `done/` or `failed/` changed. The tasks not ended yet are
+/// read at each request (they are few, and change all the time).
+#[derive(Default)]
+pub struct RecordsCache {
+    kept: Mutex<Option<Kept>>,
+}
+
+struct Kept {
+    generation: u64,
+    summaries: Arc<Vec<Summary>>,
+    unreadable: Arc<Vec<String>>,
+}
+
+impl RecordsCache {
+    /// The records' summaries (kept or read now) and the files that
+    /// could not be read.
+    fn records(&self, root: &Root, live: &Live) -> (Arc<Vec<Summary>>, Arc<Vec<String>>) {
+        // The generation is read before the records: a change during the
+        // read bumps it, and the next request reads again.
+        let generation = live.records_generation();
+        let hit = self.kept.lock().ok().and_then(|k| {
+            k.as_ref()
+                .filter(|k| k.generation == generation)
+                .map(|k| (k.summaries.clone(), k.unreadable.clone()))
+        });
+        hit.unwrap_or_else(|| {
+            let r = index::records(root);
+            let summaries = Arc::new(r.files.into_iter().map(|f| f.summary).collect::<Vec<_>>());
+            let unreadable = Arc::new(r.unreadable);
+            if let Ok(mut k) = self.kept.lock() {
+                *k = Some(Kept {
+                    generation,
+                    summaries: summaries.clone(),
+                    unreadable: unreadable.clone(),
+                });
+            }
+            (summaries, unreadable)
+        })
+    }
+
+    /// Every task of the root, summarized (what `tasks::listing` gives).
+    pub fn listing(&self, root: &Root, live: &Live, engine: Option<&EngineInfo>) -> Listing {
+        let (summaries, unreadable) = self.records(root, live);
+        let unended = tasks::unended(root, engine);
+        let mut all = Vec::with_capacity(summaries.len() + unended.tasks.len());
+        all.extend(summaries.iter().cloned());
+        all.extend(unended.tasks);
+        let mut unreadable_all = unreadable.to_vec();
+        unreadable_all.extend(unended.unreadable);
+        Listing {
+            tasks: all,
+            running_nodes: unended.running_nodes,
+            unreadable: unreadable_all,
+        }
+    }
+}
+
 /// Filters, sorts and pages the root's tasks as `list` does.
-pub fn tasks(root: &Root, q: &TaskQuery) -> Result<Page, Refusal> {
+pub fn tasks(app: &App, q: &TaskQuery) -> Result<Page, Refusal> {
+    let root = &app.root;
     let nonempty = |s: &Option<String>| s.clone().filter(|v| !v.trim().is_empty());
     let args = list::Args {
         state: nonempty(&q.state).into_iter().collect(),
@@ -71,11 +137,25 @@ pub fn tasks(root: &Root, q: &TaskQuery) -> Result<Page, Refusal> {
     };
     let query = list::query(&args, Utc::now()).map_err(|f| Refusal::bad_request(f.message))?;
     let engine = engine::engine(root);
-    let mut listing = tasks::listing(root, engine.as_ref());
-    if let Some(text) = nonempty(&q.q) {
-        listing.tasks.retain(|t| t.id.contains(text.trim()));
+    let (records, _) = app.records.records(root, &app.live);
+    let unended = tasks::unended(root, engine.as_ref());
+    let text = nonempty(&q.q);
+    let text = text.as_deref().map(str::trim);
+    // Filtered by reference, and only the page cloned.
+    let mut kept: Vec<&Summary> = records
+        .iter()
+        .chain(unended.tasks.iter())
+        .filter(|t| query.keeps(t) && text.is_none_or(|x| t.id.contains(x)))
+        .collect();
+    let total = kept.len();
+    let end = (query.skip + q.limit()).min(total);
+    if end > 0 && end < total {
+        // Only the first `end` need sorting.
+        kept.select_nth_unstable_by(end - 1, |a, b| query.compare(a, b));
+        kept.truncate(end);
     }
-    let (tasks, total) = query.apply(listing.tasks);
+    kept.sort_by(|a, b| query.compare(a, b));
+    let tasks = kept.into_iter().skip(query.skip).cloned().collect();
     Ok(Page { tasks, total })
 }
 
@@ -97,9 +177,9 @@ pub struct MinuteJson {
 }
 
 /// Reads the overview.
-pub fn overview(root: &Root, now: DateTime<Utc>) -> Overview {
-    let engine = engine::engine(root);
-    let listing = tasks::listing(root, engine.as_ref());
+pub fn overview(app: &App, now: DateTime<Utc>) -> Overview {
+    let engine = engine::engine(&app.root);
+    let listing = app.records.listing(&app.root, &app.live, engine.as_ref());
     let st = status(&listing, engine.as_ref(), now);
     let minutes: Vec<Minute> = last_hour(&listing.tasks, now);
     let mut failures: Vec<&Summary> = listing
@@ -123,14 +203,14 @@ pub fn overview(root: &Root, now: DateTime<Utc>) -> Overview {
 }
 
 /// The rejected files, newest first (capped at [`MAX_PAGE`]).
-pub fn rejected(root: &Root) -> Vec<Summary> {
+pub fn rejected(app: &App) -> Vec<Summary> {
     let q = TaskQuery {
         state: Some("rejected".into()),
         sort: Some("-ended".into()),
         limit: Some(MAX_PAGE),
         ..TaskQuery::default()
     };
-    tasks(root, &q).map(|p| p.tasks).unwrap_or_default()
+    tasks(app, &q).map(|p| p.tasks).unwrap_or_default()
 }
 
 /// Runs blocking reads off the async threads.

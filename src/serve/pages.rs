@@ -90,7 +90,7 @@ pub fn task_link(id: &str) -> Markup {
 
 pub async fn overview(State(app): State<Arc<App>>) -> Result<Markup, Refusal> {
     let now = Utc::now();
-    let o = blocking(move || data::overview(&app.root, now)).await?;
+    let o = blocking(move || data::overview(&app, now)).await?;
     let s = &o.status;
     let body = html! {
         main #live {
@@ -230,7 +230,7 @@ pub async fn tasks(
 ) -> Result<Markup, Refusal> {
     let now = Utc::now();
     let q2 = q.clone();
-    let page = blocking(move || data::tasks(&app.root, &q2)).await??;
+    let page = blocking(move || data::tasks(&app, &q2)).await??;
     let body = html! {
         form.filters action="/tasks" method="get" {
             label { "state " select name="state" {
@@ -345,7 +345,7 @@ pub fn cut(s: &str, max: usize) -> String {
 
 pub async fn rejected(State(app): State<Arc<App>>) -> Result<Markup, Refusal> {
     let now = Utc::now();
-    let list = blocking(move || data::rejected(&app.root)).await?;
+    let list = blocking(move || data::rejected(&app)).await?;
     let body = html! {
         main #live {
             h1 { "Rejected " small { (list.len()) } }

@@ -29,6 +29,8 @@ pub struct App {
     /// The address listened on (its port, for the `Host` check).
     pub addr: SocketAddr,
     pub live: Arc<sse::Live>,
+    /// The records' summaries, kept while `done/` and `failed/` do not change.
+    pub records: super::data::RecordsCache,
 }
 
 /// The largest request body (an action's form).
@@ -58,14 +60,15 @@ pub fn run(root: Root, config: Config) -> Result<(), String> {
             action_token,
             addr,
             live,
+            records: Default::default(),
         });
         announce(&app);
-        axum::serve(listener, router(app))
-            .with_graceful_shutdown(async {
-                let _ = tokio::signal::ctrl_c().await;
-            })
-            .await
-            .map_err(|e| format!("the server stopped: {e}"))
+        // Ctrl-C ends at once: a graceful end would wait for every live
+        // stream (they never end by themselves).
+        tokio::select! {
+            r = axum::serve(listener, router(app)) => r.map_err(|e| format!("the server stopped: {e}")),
+            _ = tokio::signal::ctrl_c() => Ok(()),
+        }
     })
 }
 

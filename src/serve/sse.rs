@@ -14,6 +14,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::convert::Infallible;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use axum::extract::{Query, State};
@@ -43,6 +44,9 @@ pub struct Ev {
 /// The events' source: a numbered buffer and a broadcast channel.
 pub struct Live {
     nonce: String,
+    /// Bumped when `done/` or `failed/` changed (or events were lost):
+    /// the records' summaries a reader keeps are stale then.
+    records_gen: AtomicU64,
     tx: broadcast::Sender<Ev>,
     buf: Mutex<(u64, VecDeque<Ev>)>,
 }
@@ -54,10 +58,18 @@ impl Live {
     pub fn start(root: &Root) -> Result<Arc<Live>, String> {
         let (tx, rx) = std::sync::mpsc::channel::<Vec<PathBuf>>();
         let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-            // Reading is an event too; only changes count.
-            if let Ok(e) = res {
-                if !matches!(e.kind, notify::EventKind::Access(_)) {
+            // Reading is an event too; only changes count. A lost event
+            // (the kernel's queue overflowed) is an empty batch: a reset.
+            match res {
+                Ok(e) if e.need_rescan() => {
+                    let _ = tx.send(Vec::new());
+                }
+                Ok(e) if !matches!(e.kind, notify::EventKind::Access(_)) => {
                     let _ = tx.send(e.paths);
+                }
+                Ok(_) => {}
+                Err(_) => {
+                    let _ = tx.send(Vec::new());
                 }
             }
         })
@@ -85,6 +97,7 @@ impl Live {
         let (btx, _) = broadcast::channel(1024);
         let live = Arc::new(Live {
             nonce: format!("{started:x}"),
+            records_gen: AtomicU64::new(0),
             tx: btx,
             buf: Mutex::new((0, VecDeque::new())),
         });
@@ -107,8 +120,17 @@ impl Live {
         rx: &std::sync::mpsc::Receiver<Vec<PathBuf>>,
     ) {
         while let Ok(mut paths) = rx.recv() {
+            let mut lost = paths.is_empty();
             while let Ok(more) = rx.try_recv() {
+                lost |= more.is_empty();
                 paths.extend(more);
+            }
+            if lost {
+                self.records_gen.fetch_add(1, Ordering::SeqCst);
+                // Some changes went unreported: every log is read on, and
+                // the pages re-read what they show.
+                paths.extend(tails.keys().cloned());
+                self.push("reset", "events were lost".to_string());
             }
             let mut dirs: HashSet<String> = HashSet::new();
             let mut seen: HashSet<PathBuf> = HashSet::new();
@@ -130,12 +152,20 @@ impl Live {
                     dirs.insert(name.to_string_lossy().into_owned());
                 }
             }
+            if dirs.contains("done") || dirs.contains("failed") {
+                self.records_gen.fetch_add(1, Ordering::SeqCst);
+            }
             let mut dirs: Vec<String> = dirs.into_iter().collect();
             dirs.sort();
             for d in dirs {
                 self.push("change", serde_json::json!({ "dir": d }).to_string());
             }
         }
+    }
+
+    /// The records' generation (see [`Live::records_gen`]).
+    pub fn records_generation(&self) -> u64 {
+        self.records_gen.load(Ordering::SeqCst)
     }
 
     fn push_point(&self, line: &[u8]) {

@@ -24,6 +24,20 @@ pub struct Server {
     _out: BufReader<std::process::ChildStdout>,
 }
 
+impl Server {
+    /// Sends SIGINT (Ctrl-C) and waits for the exit; its status code.
+    pub fn interrupt(&mut self) -> Option<i32> {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+        let mut status = None;
+        wait_for("serve to exit on Ctrl-C", DEADLINE, || {
+            status = self.child.try_wait().ok().flatten();
+            status.is_some()
+        });
+        status.and_then(|s| s.code())
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -391,7 +405,17 @@ fn every_page_and_api_route_answers_with_the_clis_shapes() {
         request(&srv.addr, "DELETE", "/api/tasks/ok-1", &[], "").status,
         403
     );
+
+    // New records show: the summaries the server keeps follow done/.
     std::fs::write(t.join("gate"), "").unwrap();
+    wait_for("held and later-1 to complete", DEADLINE, || {
+        t.record("held").is_some() && t.record("later-1").is_some()
+    });
+    wait_for("the status to count them", DEADLINE, || {
+        get(&srv, "/api/status").json()["total"]["completed"] == 5
+    });
+    let tasks = get(&srv, "/api/tasks?state=completed&sort=id").json();
+    assert_eq!(tasks.as_array().unwrap().len(), 5);
 }
 
 #[test]
@@ -777,4 +801,7 @@ fn sse_sends_points_written_after_connecting_and_what_a_reconnect_missed() {
     // One from another start of the server: told to reload.
     let mut stale = open_events(&srv, Some("0-5"));
     read_events(&mut stale, |e| e.iter().any(|(ev, _, _)| ev == "reset"));
+    // Ctrl-C ends the server though streams are open.
+    let mut srv = srv;
+    assert_eq!(srv.interrupt(), Some(0));
 }
