@@ -103,6 +103,11 @@ impl RecordsCache {
         })
     }
 
+    /// Reads the records' summaries ahead of the first request.
+    pub fn warm(&self, root: &Root, live: &Live) {
+        let _ = self.records(root, live);
+    }
+
     /// Every task of the root, summarized (what `tasks::listing` gives).
     pub fn listing(&self, root: &Root, live: &Live, engine: Option<&EngineInfo>) -> Listing {
         let (summaries, unreadable) = self.records(root, live);

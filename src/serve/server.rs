@@ -63,6 +63,9 @@ pub fn run(root: Root, config: Config) -> Result<(), String> {
             records: Default::default(),
         });
         announce(&app);
+        // The records' summaries are read while the first page is awaited.
+        let warm = app.clone();
+        tokio::task::spawn_blocking(move || warm.records.warm(&warm.root, &warm.live));
         // Ctrl-C ends at once: a graceful end would wait for every live
         // stream (they never end by themselves).
         tokio::select! {
