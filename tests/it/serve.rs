@@ -352,7 +352,10 @@ fn every_page_and_api_route_answers_with_the_clis_shapes() {
     assert_eq!(rejected[0]["id"], "broken.json");
     assert!(rejected[0]["reason"].as_str().is_some());
     let overview = api("/api/overview").json();
-    assert_eq!(overview["last_hour"].as_array().unwrap().len(), 60);
+    let minutes = overview["last_hour"].as_array().unwrap();
+    assert_eq!(minutes.len(), 60);
+    let sum = |k: &str| minutes.iter().map(|m| m[k].as_u64().unwrap()).sum::<u64>();
+    assert_eq!((sum("completed"), sum("failed")), (3, 2), "the last hour");
     assert_eq!(overview["latest_failures"].as_array().unwrap().len(), 2);
 
     // The tasks page: its filters, its search, its pages.
