@@ -40,3 +40,5 @@ mod ops_read;
 // issue 12: the dashboard
 mod serve;
 mod serve_browser;
+mod serve_live;
+mod serve_support;
