@@ -12,7 +12,7 @@ use super::serve_support::*;
 use crate::common::*;
 
 #[test]
-fn every_page_and_api_route_answers_with_the_clis_shapes() {
+fn every_page_answers_and_shows_the_roots_tasks() {
     let (t, _engine) = fixture();
     let srv = serve(&t, &[]);
     for path in [
@@ -55,7 +55,57 @@ fn every_page_and_api_route_answers_with_the_clis_shapes() {
         "a latest failure links to its task"
     );
 
-    // /api gives what the CLI's --json gives.
+    pages_of_tasks(&srv);
+
+    // Unknown things: 404.
+    assert_eq!(get(&srv, "/tasks/no-such-task").status, 404);
+    assert_eq!(get(&srv, "/no/such/page").status, 404);
+    std::fs::write(t.join("gate"), "").unwrap();
+}
+
+/// The tasks page (filters, search, pages), task pages (state, timeline,
+/// stderr, a flow's tree) and the rejected files.
+fn pages_of_tasks(srv: &Server) {
+    let failed_page = get(srv, "/tasks?state=failed").body;
+    assert!(
+        failed_page.contains(r#"data-id="bad-1""#) && !failed_page.contains(r#"data-id="ok-1""#)
+    );
+    let search = get(srv, "/tasks?q=ok-").body;
+    assert!(search.contains(r#"data-id="ok-1""#) && search.contains(r#"data-id="ok-2""#));
+    assert!(!search.contains(r#"data-id="bad-1""#));
+    let page = get(srv, "/tasks?limit=2&sort=id").body;
+    assert!(page.contains(r#"rel="next""#), "{page}");
+
+    let bad = get(srv, "/tasks/bad-1").body;
+    assert!(bad.contains(r#"class="badge failed""#) && bad.contains(r#"id="timeline""#));
+    assert!(bad.contains(r#"id="stderr""#) && bad.contains("oops"));
+    let held = get(srv, "/tasks/held").body;
+    assert!(held.contains(r#"class="badge running""#), "{held}");
+    let flow = get(srv, "/tasks/flow-1").body;
+    for nid in ["0", "0_0", "0_1"] {
+        assert!(
+            flow.contains(&format!(r#"data-nid="{nid}""#)),
+            "{nid}: {flow}"
+        );
+    }
+    assert!(flow.contains(r#"data-nid="0_1" data-state="completed""#));
+    assert_eq!(
+        flow.matches(r#"class="row" data-outcome="completed""#)
+            .count(),
+        2,
+        "each task node's attempt is a bar that ended: {flow}"
+    );
+    let rej = get(srv, "/rejected").body;
+    assert!(
+        rej.contains("broken.json") && rej.contains("invalid JSON"),
+        "{rej}"
+    );
+}
+
+#[test]
+fn every_api_route_gives_the_clis_json_and_follows_new_records() {
+    let (t, _engine) = fixture();
+    let srv = serve(&t, &[]);
     let api = |p: &str| {
         let r = get(&srv, p);
         assert_eq!(r.status, 200, "{p}: {}", r.body);
@@ -115,52 +165,13 @@ fn every_page_and_api_route_answers_with_the_clis_shapes() {
     assert_eq!((sum("completed"), sum("failed")), (3, 2), "the last hour");
     assert_eq!(overview["latest_failures"].as_array().unwrap().len(), 2);
 
-    // The tasks page: its filters, its search, its pages.
-    let failed_page = get(&srv, "/tasks?state=failed").body;
-    assert!(
-        failed_page.contains(r#"data-id="bad-1""#) && !failed_page.contains(r#"data-id="ok-1""#)
-    );
-    let search = get(&srv, "/tasks?q=ok-").body;
-    assert!(search.contains(r#"data-id="ok-1""#) && search.contains(r#"data-id="ok-2""#));
-    assert!(!search.contains(r#"data-id="bad-1""#));
-    let page = get(&srv, "/tasks?limit=2&sort=id").body;
-    assert!(page.contains(r#"rel="next""#), "{page}");
-
-    // A task page: state, timeline, stderr; a flow's tree; rejected files.
-    let bad = get(&srv, "/tasks/bad-1").body;
-    assert!(bad.contains(r#"class="badge failed""#) && bad.contains(r#"id="timeline""#));
-    assert!(bad.contains(r#"id="stderr""#) && bad.contains("oops"));
-    let held = get(&srv, "/tasks/held").body;
-    assert!(held.contains(r#"class="badge running""#), "{held}");
-    let flow = get(&srv, "/tasks/flow-1").body;
-    for nid in ["0", "0_0", "0_1"] {
-        assert!(
-            flow.contains(&format!(r#"data-nid="{nid}""#)),
-            "{nid}: {flow}"
-        );
-    }
-    assert!(flow.contains(r#"data-nid="0_1" data-state="completed""#));
-    assert_eq!(
-        flow.matches(r#"class="row" data-outcome="completed""#)
-            .count(),
-        2,
-        "each task node's attempt is a bar that ended: {flow}"
-    );
-    let rej = get(&srv, "/rejected").body;
-    assert!(
-        rej.contains("broken.json") && rej.contains("invalid JSON"),
-        "{rej}"
-    );
-
-    // Unknown things: 404.
-    assert_eq!(get(&srv, "/tasks/no-such-task").status, 404);
     assert_eq!(get(&srv, "/api/tasks/no-such-task").status, 404);
+    assert_eq!(get(&srv, "/api/no-such-route").status, 404);
     assert_eq!(
         get(&srv, "/api/tasks/ok-1/flow").status,
         400,
         "a task, not a flow"
     );
-    assert_eq!(get(&srv, "/no/such/page").status, 404);
     assert_eq!(
         request(&srv.addr, "DELETE", "/api/tasks/ok-1", &[], "").status,
         403
