@@ -88,6 +88,18 @@ pub fn task_link(id: &str) -> Markup {
     html! { a.id href={ "/tasks/" (id) } { (id) } }
 }
 
+/// A rejected file's link: its page is `/tasks/<id>` for `<id>.json`;
+/// another name links to the rejected files.
+pub fn rejected_link(name: &str) -> Markup {
+    match name
+        .strip_suffix(".json")
+        .filter(|stem| stem.parse::<spoolflow::model::names::TaskId>().is_ok())
+    {
+        Some(stem) => html! { a.id href={ "/tasks/" (stem) } { (name) } },
+        None => html! { a.id href="/rejected" { (name) } },
+    }
+}
+
 pub async fn overview(State(app): State<Arc<App>>) -> Result<Markup, Refusal> {
     let now = Utc::now();
     let o = blocking(move || data::overview(&app, now)).await?;
@@ -271,13 +283,16 @@ pub fn task_table(tasks: &[Summary], now: DateTime<Utc>) -> Markup {
                 tbody {
                     @for t in tasks {
                         tr.task data-id=(t.id) data-state=(t.state) {
-                            td { (task_link(&t.id)) @if t.flow { " " span.flow { "flow" } } }
+                            td {
+                                @if t.state == ListState::Rejected { (rejected_link(&t.id)) } @else { (task_link(&t.id)) }
+                                @if t.flow { " " span.flow { "flow" } }
+                            }
                             td { (badge(t.state)) }
                             td { (t.domain) }
                             td { (t.taskee.as_deref().unwrap_or("-")) }
                             td.num { (t.attempts) }
                             td.num { (t.priority) }
-                            td { (age(t.created_at.as_deref(), now)) }
+                            td.when { (age(t.created_at.as_deref(), now)) }
                             td.num { (t.started_at.as_deref().and_then(|s| between(Some(s), t.ended_at.as_deref(), now)).map_or("-".to_string(), duration)) }
                             td.reason { (cut(&error_text(t), 120)) }
                         }
@@ -356,7 +371,7 @@ pub async fn rejected(State(app): State<Arc<App>>) -> Result<Markup, Refusal> {
                     tbody {
                         @for t in &list {
                             tr.task data-id=(t.id) {
-                                td { (t.id) }
+                                td { (rejected_link(&t.id)) }
                                 td { (age(t.ended_at.as_deref(), now)) }
                                 td.reason { (t.reason.as_deref().unwrap_or("(no reason recorded)")) }
                             }

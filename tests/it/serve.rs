@@ -100,6 +100,11 @@ fn pages_of_tasks(srv: &Server) {
         rej.contains("broken.json") && rej.contains("invalid JSON"),
         "{rej}"
     );
+    // A rejected file links to its page.
+    assert!(rej.contains(r#"href="/tasks/broken""#), "{rej}");
+    let page = get(srv, "/tasks/broken");
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains(r#"class="badge rejected""#) && page.body.contains("invalid JSON"));
 }
 
 #[test]
