@@ -29,12 +29,14 @@ pub struct Args {
 
 pub fn run(root: Option<PathBuf>, args: Args) -> Result<(), Failure> {
     let root = super::find_root(root)?;
-    crate::serve::safety_check(&args.listen, args.token.as_deref())
+    // An empty SPOOLFLOW_TOKEN is no token.
+    let token = args.token.filter(|t| !t.is_empty());
+    crate::serve::safety_check(&args.listen, token.as_deref())
         .map_err(|e| Failure::new(exit::USAGE, e))?;
     let config = crate::serve::Config {
         listen: args.listen,
         allow_actions: args.allow_actions,
-        token: args.token,
+        token,
     };
     crate::serve::run(root, config).map_err(|e| Failure::new(exit::FAILURE, e))
 }

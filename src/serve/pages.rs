@@ -133,27 +133,7 @@ pub async fn overview(State(app): State<Arc<App>>) -> Result<Markup, Refusal> {
                 h2 { "The last hour" }
                 (chart(&o.last_hour))
             }
-            section {
-                h2 { "Latest failures" }
-                @if o.latest_failures.is_empty() {
-                    p.empty { "none" }
-                } @else {
-                    table.failures {
-                        thead { tr { th { "id" } th { "state" } th { "taskee" } th { "ended" } th { "reason" } } }
-                        tbody {
-                            @for t in &o.latest_failures {
-                                tr {
-                                    td { (task_link(&t.id)) }
-                                    td { (badge(t.state)) }
-                                    td { (t.taskee.as_deref().unwrap_or("-")) }
-                                    td { (age(t.ended_at.as_deref(), now)) }
-                                    td.reason { (error_text(t)) }
-                                }
-                            }
-                        }
-                    }
-                }
-            }
+            (failures(&o.latest_failures, now))
             section.split {
                 (counts_table("domain", &s.domains))
                 (counts_table("taskee", &s.taskees))
@@ -171,6 +151,33 @@ pub async fn overview(State(app): State<Arc<App>>) -> Result<Markup, Refusal> {
         }
     };
     Ok(layout("Overview", "", body))
+}
+
+/// The latest failures with their reasons.
+fn failures(list: &[Summary], now: DateTime<Utc>) -> Markup {
+    html! {
+        section {
+            h2 { "Latest failures" }
+            @if list.is_empty() {
+                p.empty { "none" }
+            } @else {
+                table.failures {
+                    thead { tr { th { "id" } th { "state" } th { "taskee" } th { "ended" } th { "reason" } } }
+                    tbody {
+                        @for t in list {
+                            tr {
+                                td { (task_link(&t.id)) }
+                                td { (badge(t.state)) }
+                                td { (t.taskee.as_deref().unwrap_or("-")) }
+                                td { (age(t.ended_at.as_deref(), now)) }
+                                td.reason { (error_text(t)) }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// The last hour as bars (completed above, failed and aborted below).

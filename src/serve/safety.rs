@@ -111,6 +111,20 @@ pub fn query_value(query: &str, key: &str) -> Option<String> {
         .map(|(_, v)| percent_decode(v))
 }
 
+/// The address `path?query` without its `token` parameter.
+pub fn without_token(path: &str, query: Option<&str>) -> String {
+    let rest: Vec<&str> = query
+        .unwrap_or("")
+        .split('&')
+        .filter(|kv| !kv.is_empty() && kv.split('=').next() != Some("token"))
+        .collect();
+    if rest.is_empty() {
+        path.to_string()
+    } else {
+        format!("{path}?{}", rest.join("&"))
+    }
+}
+
 /// Decodes `%XX` and `+` (a form's space); invalid escapes stay as they are.
 fn percent_decode(s: &str) -> String {
     let b = s.as_bytes();
@@ -204,6 +218,11 @@ mod tests {
             Some(("zz".into(), false))
         );
         assert_eq!(presented_token(None, Some("a=1"), Some("b=2")), None);
+        assert_eq!(
+            without_token("/tasks", Some("token=x&state=failed")),
+            "/tasks?state=failed"
+        );
+        assert_eq!(without_token("/", Some("token=x")), "/");
         assert!(same_secret("abc", "abc"));
         assert!(!same_secret("abc", "abd") && !same_secret("ab", "abc"));
     }

@@ -150,7 +150,6 @@ async fn guard(State(app): State<Arc<App>>, req: Request, next: Next) -> Respons
             "this dashboard answers requests to its loopback address only",
         ));
     }
-    let mut set_cookie = None;
     if let Some(want) = &app.access {
         let given = safety::presented_token(
             text(header::AUTHORIZATION),
@@ -158,14 +157,21 @@ async fn guard(State(app): State<Arc<App>>, req: Request, next: Next) -> Respons
             req.uri().query(),
         );
         match given {
-            Some((t, from_url)) if safety::same_secret(&t, want) => {
-                if from_url {
-                    set_cookie = Some(format!(
-                        "{}={t}; HttpOnly; SameSite=Strict; Path=/",
-                        safety::TOKEN_COOKIE
-                    ));
+            Some((t, true)) if safety::same_secret(&t, want) && req.method() == Method::GET => {
+                // Kept in a cookie, and taken out of the address bar (and
+                // the browser's history).
+                let cookie = format!(
+                    "{}={t}; HttpOnly; SameSite=Strict; Path=/",
+                    safety::TOKEN_COOKIE
+                );
+                let to = safety::without_token(req.uri().path(), req.uri().query());
+                let mut resp = axum::response::Redirect::to(&to).into_response();
+                if let Ok(c) = HeaderValue::from_str(&cookie) {
+                    resp.headers_mut().insert(header::SET_COOKIE, c);
                 }
+                return with_headers(resp);
             }
+            Some((t, _)) if safety::same_secret(&t, want) => {}
             _ => return with_headers(refuse(
                 StatusCode::UNAUTHORIZED,
                 "this dashboard needs its access token (?token=… once, or Authorization: Bearer …)",
@@ -177,11 +183,7 @@ async fn guard(State(app): State<Arc<App>>, req: Request, next: Next) -> Respons
             return with_headers(r.into_json().into_response());
         }
     }
-    let mut resp = next.run(req).await;
-    if let Some(c) = set_cookie.and_then(|c| HeaderValue::from_str(&c).ok()) {
-        resp.headers_mut().insert(header::SET_COOKIE, c);
-    }
-    with_headers(resp)
+    with_headers(next.run(req).await)
 }
 
 /// The headers every answer carries.

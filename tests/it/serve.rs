@@ -330,8 +330,9 @@ fn a_loopback_server_answers_its_own_host_only_and_off_loopback_needs_a_token() 
         .status,
         401
     );
-    let r = get(&srv, &format!("/?token={token}"));
-    assert_eq!(r.status, 200);
+    let r = get(&srv, &format!("/tasks?token={token}&state=failed"));
+    assert_eq!(r.status, 303, "the token leaves the address bar");
+    assert_eq!(r.header("location"), Some("/tasks?state=failed"));
     let cookie = r
         .header("set-cookie")
         .expect("a cookie")
