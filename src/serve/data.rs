@@ -68,6 +68,9 @@ pub struct Page {
 #[derive(Default)]
 pub struct RecordsCache {
     kept: Mutex<Option<Kept>>,
+    /// Held while the records are read: requests that miss together
+    /// wait for one read instead of each making its own.
+    reading: Mutex<()>,
 }
 
 struct Kept {
@@ -83,12 +86,18 @@ impl RecordsCache {
         // The generation is read before the records: a change during the
         // read bumps it, and the next request reads again.
         let generation = live.records_generation();
-        let hit = self.kept.lock().ok().and_then(|k| {
-            k.as_ref()
-                .filter(|k| k.generation == generation)
-                .map(|k| (k.summaries.clone(), k.unreadable.clone()))
-        });
-        hit.unwrap_or_else(|| {
+        let hit = || {
+            self.kept.lock().ok().and_then(|k| {
+                k.as_ref()
+                    .filter(|k| k.generation == generation)
+                    .map(|k| (k.summaries.clone(), k.unreadable.clone()))
+            })
+        };
+        if let Some(h) = hit() {
+            return h;
+        }
+        let _reading = self.reading.lock();
+        hit().unwrap_or_else(|| {
             let r = index::records(root);
             let summaries = Arc::new(r.files.into_iter().map(|f| f.summary).collect::<Vec<_>>());
             let unreadable = Arc::new(r.unreadable);
