@@ -28,8 +28,11 @@ const PAYLOAD_SHOWN: usize = 64 * 1024;
 /// The most of the stderr log read, and the lines shown of it.
 const STDERR_TAIL: u64 = 64 * 1024;
 const STDERR_LINES: usize = 40;
-/// The latest points shown.
+/// The latest points shown, and the latest attempts drawn.
 const POINTS_SHOWN: usize = 200;
+const BARS_SHOWN: usize = 200;
+/// The most nodes of a flow's tree drawn.
+const NODES_SHOWN: usize = 1000;
 
 #[derive(serde::Deserialize, Default)]
 #[serde(default)]
@@ -236,6 +239,8 @@ fn timeline(points: &[Point], nodes: &[Value]) -> Markup {
     let now = Utc::now();
     let mut b: Vec<Bar> = bars(points);
     close_flow_nodes(&mut b, nodes, points);
+    let all = b.len();
+    b.drain(..all.saturating_sub(BARS_SHOWN));
     let Some((t0, t1)) = span(&b, now) else {
         return html! { p.empty { "no attempt started yet" } };
     };
@@ -256,7 +261,10 @@ fn timeline(points: &[Point], nodes: &[Value]) -> Markup {
                     span.outcome { (bar.outcome) " " (took) }
                 }
             }
-            p.axis { "0 — " (duration(total)) " (grey: offered, waiting to start)" }
+            p.axis {
+                "0 — " (duration(total)) " (grey: offered, waiting to start)"
+                @if all > b.len() { "; the last " (b.len()) " of " (all) " attempts" }
+            }
         }
     }
 }
@@ -264,8 +272,11 @@ fn timeline(points: &[Point], nodes: &[Value]) -> Markup {
 /// A flow's tree: one row per node, indented by the tree's lines.
 fn tree(rows: &[flow::Row]) -> Markup {
     html! {
+        @if rows.len() > NODES_SHOWN {
+            p.cut { "the first " (NODES_SHOWN) " of " (rows.len()) " nodes (all: /api/tasks/ID/flow)" }
+        }
         table.tree #flow-tree {
-            @for r in rows {
+            @for r in rows.iter().take(NODES_SHOWN) {
                 tr.node data-nid=(r.nid) data-state=(r.state) {
                     td.lead { (r.lead) span.nid { (r.nid) } " " (r.label) }
                     td { @if !r.state.is_empty() { (badge(&r.state)) } }
