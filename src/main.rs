@@ -4,6 +4,7 @@
 //! codes) lives here and in `cli/`, never in the library.
 
 mod cli;
+mod serve;
 
 fn main() -> std::process::ExitCode {
     cli::main()

@@ -24,9 +24,11 @@ pub(super) fn check_taskmaster(root: &Root, dir: &str, path: &Path) -> Vec<Probl
     let rel = root.relative(path).to_path_buf();
     let source = match userfile::read_string(path, userfile::CONFIG_LIMIT) {
         Ok(s) => s,
-        Err(e) => return vec![Problem::new(rel, format!("cannot read: {e}")).fix(
+        Err(e) => {
+            return vec![Problem::new(rel, format!("cannot read: {e}")).fix(
             "make it a readable script file (the engine fails every task of the domain until then)",
-        )],
+        )]
+        }
     };
     let ast = match sandbox_engine().compile(&source) {
         Ok(ast) => ast,

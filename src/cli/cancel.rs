@@ -20,26 +20,35 @@ pub fn run(root: Option<PathBuf>, args: Args) -> Result<(), Failure> {
     let root = super::find_root(root)?;
     root.ensure_exists()
         .map_err(|e| Failure::new(exit::USAGE, e))?;
-    let id = &args.id;
-    require_live(&root, id, || {
+    request(&root, &args.id, args.reason.as_deref())?;
+    println!("cancel requested for {}", args.id);
+    Ok(())
+}
+
+/// Writes the cancel request of a task that has not ended (the CLI's and
+/// the dashboard's).
+pub(crate) fn request(
+    root: &spoolflow::Root,
+    id: &TaskId,
+    reason: Option<&str>,
+) -> Result<PathBuf, Failure> {
+    require_live(root, id, || {
         Failure::new(exit::FAILURE, format!("task {id} has ended already"))
     })?;
     let mut request = serde_json::Map::new();
     request.insert("id".into(), id.as_str().into());
-    if let Some(r) = &args.reason {
-        request.insert("reason".into(), r.as_str().into());
+    if let Some(r) = reason {
+        request.insert("reason".into(), r.into());
     }
     let bytes = serde_json::to_vec(&request).expect("a JSON map serializes");
     spool::write_atomic(&root.cancel(), id.as_str(), &bytes, false, true)
-        .map_err(|e| Failure::new(exit::FAILURE, e))?;
-    println!("cancel requested for {id}");
-    Ok(())
+        .map_err(|e| Failure::new(exit::FAILURE, e))
 }
 
 /// A request (cancel, priority) names a task that has not ended: one in
 /// `run/`, or waiting in `in/` or `in/<domain>/`. An ended one fails with
 /// `ended()`, an unknown id with "not found".
-pub(super) fn require_live(
+pub(crate) fn require_live(
     root: &spoolflow::Root,
     id: &TaskId,
     ended: impl FnOnce() -> Failure,

@@ -30,9 +30,40 @@ type States = BTreeMap<String, (String, String)>;
 pub fn run(root: Option<PathBuf>, args: Args) -> Result<(), Failure> {
     let root = super::find_root(root)?;
     let id: TaskId = args.id.parse().map_err(|e| Failure::new(exit::USAGE, e))?;
-    let place = read::find(&root, &id).map_err(|e| Failure::new(exit::FAILURE, e))?;
+    let shown = load(&root, &id)?;
+    if args.json {
+        println!("{}", as_json(&id, &shown));
+        return Ok(());
+    }
+    println!("flow {id} ({})", shown.state);
+    for l in rows(&shown) {
+        let state = if l.state.is_empty() {
+            String::new()
+        } else {
+            format!("[{}] ", l.state)
+        };
+        println!(
+            "{}",
+            format!("{}{} {}  {state}{}", l.lead, l.nid, l.label, l.detail).trim_end()
+        );
+    }
+    Ok(())
+}
+
+/// A flow as `flow` reads it: its tree, what is known of each node, and
+/// the flow's state.
+pub(crate) struct Shown {
+    pub flow: Value,
+    pub tree: FlowNode,
+    states: States,
+    pub state: String,
+}
+
+/// Reads a flow from its `run/` file or its record.
+pub(crate) fn load(root: &Root, id: &TaskId) -> Result<Shown, Failure> {
+    let place = read::find(root, id).map_err(|e| Failure::new(exit::FAILURE, e))?;
     let (flow, states, state) = match place {
-        Some(Place::Run(path)) => from_run_file(&root, &id, &path)?,
+        Some(Place::Run(path)) => from_run_file(root, id, &path)?,
         Some(Place::Ended(record)) => {
             let flow = record
                 .flow
@@ -59,26 +90,51 @@ pub fn run(root: Option<PathBuf>, args: Args) -> Result<(), Failure> {
         None => return Err(Failure::new(exit::NOT_FOUND, format!("unknown id {id}"))),
     };
     let tree = tree::parse(&flow).map_err(|e| Failure::new(exit::FAILURE, e))?;
-    if args.json {
-        let nodes: BTreeMap<&String, Value> = states
-            .iter()
-            .map(|(k, (s, d))| (k, serde_json::json!({ "state": s, "detail": d })))
-            .collect();
-        let out =
-            serde_json::json!({ "id": id.as_str(), "state": state, "flow": flow, "nodes": nodes });
-        println!("{out}");
-        return Ok(());
-    }
-    println!("flow {id} ({state})");
+    Ok(Shown {
+        flow,
+        tree,
+        states,
+        state,
+    })
+}
+
+/// `flow --json`: `{ "id", "state", "flow", "nodes": { nid: { "state", "detail" } } }`.
+pub(crate) fn as_json(id: &TaskId, s: &Shown) -> Value {
+    let nodes: BTreeMap<&String, Value> = s
+        .states
+        .iter()
+        .map(|(k, (st, d))| (k, serde_json::json!({ "state": st, "detail": d })))
+        .collect();
+    serde_json::json!({ "id": id.as_str(), "state": s.state, "flow": s.flow, "nodes": nodes })
+}
+
+/// One node of the drawn tree.
+pub(crate) struct Row {
+    /// The tree's lines before the node (`│  ├─ `).
+    pub lead: String,
+    pub nid: String,
+    pub label: String,
+    /// The node's state (empty when unknown).
+    pub state: String,
+    /// Taskee, attempts, duration, a failure's reason.
+    pub detail: String,
+}
+
+/// The tree's rows, parents before their children.
+pub(crate) fn rows(s: &Shown) -> Vec<Row> {
     // A running flow's progress knows every node; a record only its task
     // nodes (the containers are left blank then).
-    let unknown = if state == "running" { "waiting" } else { "" };
-    let mut lines = Vec::new();
-    draw(&tree, &Nid::root(), ("", ""), unknown, &states, &mut lines);
-    for l in lines {
-        println!("{l}");
-    }
-    Ok(())
+    let unknown = if s.state == "running" { "waiting" } else { "" };
+    let mut out = Vec::new();
+    draw(
+        &s.tree,
+        &Nid::root(),
+        ("", ""),
+        unknown,
+        &s.states,
+        &mut out,
+    );
+    out
 }
 
 fn from_run_file(
@@ -189,22 +245,19 @@ fn draw(
     (lead, child_lead): (&str, &str),
     unknown: &str,
     states: &States,
-    out: &mut Vec<String>,
+    out: &mut Vec<Row>,
 ) {
     let (state, detail) = states
         .get(nid.as_str())
         .cloned()
         .unwrap_or_else(|| (unknown.to_string(), String::new()));
-    let state = if state.is_empty() {
-        String::new()
-    } else {
-        format!("[{state}] ")
-    };
-    out.push(
-        format!("{lead}{nid} {}  {state}{detail}", label(node))
-            .trim_end()
-            .to_string(),
-    );
+    out.push(Row {
+        lead: lead.to_string(),
+        nid: nid.to_string(),
+        label: label(node),
+        state,
+        detail,
+    });
     let children: Vec<(Nid, &FlowNode)> = match &node.kind {
         Kind::Sequence(c) | Kind::Concurrence { children: c, .. } => c
             .iter()

@@ -96,6 +96,16 @@ impl Tail {
         }
     }
 
+    /// A tail that starts reading at `offset` (what is before it is
+    /// taken as read).
+    pub fn at(path: PathBuf, offset: u64) -> Tail {
+        Tail {
+            path,
+            offset,
+            partial: Vec::new(),
+        }
+    }
+
     /// The whole lines appended since the last call.
     pub fn lines(&mut self) -> Vec<Vec<u8>> {
         let Ok(mut f) = File::open(&self.path) else {

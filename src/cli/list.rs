@@ -86,7 +86,7 @@ pub fn run(root: Option<PathBuf>, args: Args) -> Result<(), Failure> {
 }
 
 /// The query the flags describe.
-fn query(args: &Args, now: chrono::DateTime<Utc>) -> Result<Query, Failure> {
+pub(crate) fn query(args: &Args, now: chrono::DateTime<Utc>) -> Result<Query, Failure> {
     let usage = |m: String| Failure::new(exit::USAGE, m);
     let states = args
         .state
@@ -164,7 +164,7 @@ pub fn render(page: &[Summary], now: chrono::DateTime<Utc>, colour: bool) -> Str
 
 /// A task as `--json` gives it: its record once it ended, else its
 /// summary.
-fn as_json(root: &Root, t: &Summary) -> Value {
+pub(crate) fn as_json(root: &Root, t: &Summary) -> Value {
     let ended = matches!(
         t.state,
         ListState::Completed | ListState::Failed | ListState::Aborted

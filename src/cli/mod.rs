@@ -1,29 +1,31 @@
 //! The command line (SPEC section 11): clap definitions, dispatch to one
 //! file per command, and the mapping of errors to exit codes.
 
-mod cancel;
+pub(crate) mod cancel;
 mod check;
 mod completions;
-mod flow;
+pub(crate) mod flow;
 mod init;
 mod run;
 mod schema;
 mod submit;
 // lead (issue 9): the reading commands
 mod events;
-mod follow;
+pub(crate) mod follow;
 mod gc;
-mod list;
+pub(crate) mod list;
 mod logs;
-mod output;
+pub(crate) mod output;
 mod points;
-mod show;
+pub(crate) mod show;
 mod status;
 mod wait;
 // wt-engine
-mod priority;
+pub(crate) mod priority;
 mod progress;
-mod retry;
+pub(crate) mod retry;
+// issue 12: the dashboard
+mod serve;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -95,6 +97,8 @@ pub enum Command {
     Retry(retry::Args),
     /// Change the priority of a queued task.
     Priority(priority::Args),
+    /// Serve a web dashboard of the root (read-only unless --allow-actions).
+    Serve(serve::Args),
 }
 
 /// An error at the CLI edge: a message and an exit code.
@@ -134,6 +138,7 @@ pub fn main() -> ExitCode {
         Command::Gc(a) => gc::run(cli.root, a),
         Command::Retry(a) => retry::run(cli.root, a),
         Command::Priority(a) => priority::run(cli.root, a),
+        Command::Serve(a) => serve::run(cli.root, a),
     };
     match result {
         Ok(()) => ExitCode::from(exit::SUCCESS),

@@ -30,23 +30,14 @@ pub fn run(root: Option<PathBuf>, args: Args) -> Result<(), Failure> {
     root.ensure_exists()
         .map_err(|e| Failure::new(exit::USAGE, e))?;
     let id = &args.id;
-    super::cancel::require_live(&root, id, || {
-        Failure::new(
-            exit::USAGE,
-            format!("task {id} has ended already; only a queued task's priority can change"),
-        )
-    })?;
     let dir = root.priority_requests();
-    std::fs::create_dir_all(&dir).map_err(|e| Failure::new(exit::FAILURE, e))?;
-    let request = serde_json::json!({ "id": id.as_str(), "priority": args.priority });
-    let bytes = serde_json::to_vec(&request).expect("a JSON map serializes");
     // Watched before it is written, so that its removal is never missed.
     let (tx, rx) = std::sync::mpsc::channel();
+    std::fs::create_dir_all(&dir).map_err(|e| Failure::new(exit::FAILURE, e))?;
     let watcher = watch_dirs(&[&dir, &root.rejected()], tx);
     // File times are coarser than the clock: a second of slack.
     let started = std::time::SystemTime::now() - Duration::from_secs(1);
-    let path = spool::write_atomic(&dir, id.as_str(), &bytes, false, true)
-        .map_err(|e| Failure::new(exit::FAILURE, e))?;
+    let path = request(&root, id, args.priority)?;
     let deadline = Instant::now() + SETTLE;
     // Taken means applied (the request is removed once the `run/` file
     // holds the priority) or refused (moved to rejected/, then its reason
@@ -77,6 +68,27 @@ pub fn run(root: Option<PathBuf>, args: Args) -> Result<(), Failure> {
         exit::USAGE,
         format!("priority request for {id} refused: {reason}"),
     ))
+}
+
+/// Writes the priority request of a task that has not ended (the CLI's
+/// and the dashboard's).
+pub(crate) fn request(
+    root: &spoolflow::Root,
+    id: &TaskId,
+    priority: i32,
+) -> Result<PathBuf, Failure> {
+    super::cancel::require_live(root, id, || {
+        Failure::new(
+            exit::USAGE,
+            format!("task {id} has ended already; only a queued task's priority can change"),
+        )
+    })?;
+    let dir = root.priority_requests();
+    std::fs::create_dir_all(&dir).map_err(|e| Failure::new(exit::FAILURE, e))?;
+    let request = serde_json::json!({ "id": id.as_str(), "priority": priority });
+    let bytes = serde_json::to_vec(&request).expect("a JSON map serializes");
+    spool::write_atomic(&dir, id.as_str(), &bytes, false, true)
+        .map_err(|e| Failure::new(exit::FAILURE, e))
 }
 
 /// How long the command watches its request for a running engine to take it.

@@ -44,7 +44,7 @@ pub fn run(root: Option<PathBuf>, args: Args) -> Result<(), Failure> {
 }
 
 /// SPEC 11's exit code for a refusal.
-fn code_of(e: &RetryError) -> u8 {
+pub(crate) fn code_of(e: &RetryError) -> u8 {
     match e {
         RetryError::Unknown(_) | RetryError::NoRecord(_) => exit::NOT_FOUND,
         RetryError::Completed(_) | RetryError::NotEnded(_) | RetryError::BadRecord { .. } => {

@@ -29,8 +29,49 @@ pub struct Args {
 pub fn run(root: Option<PathBuf>, args: Args) -> Result<(), Failure> {
     let root = super::find_root(root)?;
     let id: TaskId = args.id.parse().map_err(|e| Failure::new(exit::USAGE, e))?;
-    let place = read::find(&root, &id).map_err(|e| Failure::new(exit::FAILURE, e))?;
-    let history: Vec<Record> = read::history(&root, &id);
+    let shown = load(&root, &id)?;
+    if args.json {
+        return print_json(&as_json(&shown));
+    }
+    let record = match &shown.place {
+        Place::Ended(r) => Some(r.as_ref()),
+        Place::Rejected { path, reason } => {
+            println!("task {id}: {}", paint_state(ListState::Rejected, colour()));
+            println!(
+                "  {:<12} {}",
+                "reason",
+                reason.as_deref().unwrap_or("(none recorded)")
+            );
+            println!("  {:<12} {}", "file", root.relative(path).display());
+            return Ok(());
+        }
+        _ => None,
+    };
+    let task = shown.task.as_ref();
+    print_human(&root, &id, record, task, shown.state, &shown.history);
+    let mut last_date = String::new();
+    println!("points:");
+    points::print_all(&shown.points, &mut last_date);
+    if record.is_some_and(|r| r.flow.is_some()) || task.is_some_and(|t| t.get("flow").is_some()) {
+        println!("(the flow's tree: spoolflow flow {id})");
+    }
+    Ok(())
+}
+
+/// What `show` reads of a task (and the dashboard's task page).
+pub(crate) struct Shown {
+    pub place: Place,
+    pub history: Vec<Record>,
+    pub points: Vec<spoolflow::model::point::Point>,
+    pub state: ListState,
+    /// The task file while the task has not ended.
+    pub task: Option<Value>,
+}
+
+/// Reads a task wherever it is, with its earlier attempts and points.
+pub(crate) fn load(root: &Root, id: &TaskId) -> Result<Shown, Failure> {
+    let place = read::find(root, id).map_err(|e| Failure::new(exit::FAILURE, e))?;
+    let history: Vec<Record> = read::history(root, id);
     let place = match place {
         Some(p) => p,
         None if !history.is_empty() => {
@@ -41,53 +82,45 @@ pub fn run(root: Option<PathBuf>, args: Args) -> Result<(), Failure> {
         }
         None => return Err(Failure::new(exit::NOT_FOUND, format!("unknown id {id}"))),
     };
-    let points = read::points(&root, &id).map_err(|e| Failure::new(exit::FAILURE, e))?;
-    let (record, task, state) = match &place {
-        Place::Ended(r) => (Some(r.as_ref()), None, state_of(r)),
+    let points = read::points(root, id).map_err(|e| Failure::new(exit::FAILURE, e))?;
+    let (task, state) = match &place {
+        Place::Ended(r) => (None, state_of(r)),
         Place::Run(path) => {
             let mut s = live_state(&points).state.unwrap_or(ListState::Queued);
-            if s == ListState::Running && engine::engine(&root).is_none() {
+            if s == ListState::Running && engine::engine(root).is_none() {
                 s = ListState::Queued;
             }
-            (None, task_file(path), s)
+            (task_file(path), s)
         }
-        Place::In(path) => (None, task_file(path), ListState::Queued),
-        Place::Rejected { path, reason } => {
-            if args.json {
-                return print_json(&json!({
-                    "record": null, "task": null, "state": ListState::Rejected,
-                    "reason": reason, "history": history, "points": points,
-                }));
-            }
-            println!("task {id}: {}", paint_state(ListState::Rejected, colour()));
-            println!(
-                "  {:<12} {}",
-                "reason",
-                reason.as_deref().unwrap_or("(none recorded)")
-            );
-            println!("  {:<12} {}", "file", root.relative(path).display());
-            return Ok(());
-        }
+        Place::In(path) => (task_file(path), ListState::Queued),
+        Place::Rejected { .. } => (None, ListState::Rejected),
     };
-    if args.json {
-        return print_json(&json!({
-            "record": record,
-            "task": task,
-            "state": state,
-            "history": history,
-            "points": points,
-        }));
+    Ok(Shown {
+        place,
+        history,
+        points,
+        state,
+        task,
+    })
+}
+
+/// `show --json`: `{ "record", "task", "state", "history", "points" }`
+/// (a rejected task: its `reason` instead of a task).
+pub(crate) fn as_json(s: &Shown) -> Value {
+    match &s.place {
+        Place::Rejected { reason, .. } => json!({
+            "record": null, "task": null, "state": ListState::Rejected,
+            "reason": reason, "history": s.history, "points": s.points,
+        }),
+        Place::Ended(r) => json!({
+            "record": r, "task": null, "state": s.state,
+            "history": s.history, "points": s.points,
+        }),
+        _ => json!({
+            "record": null, "task": s.task, "state": s.state,
+            "history": s.history, "points": s.points,
+        }),
     }
-    print_human(&root, &id, record, task.as_ref(), state, &history);
-    let mut last_date = String::new();
-    println!("points:");
-    points::print_all(&points, &mut last_date);
-    if record.is_some_and(|r| r.flow.is_some())
-        || task.as_ref().is_some_and(|t| t.get("flow").is_some())
-    {
-        println!("(the flow's tree: spoolflow flow {id})");
-    }
-    Ok(())
 }
 
 fn state_of(r: &Record) -> ListState {

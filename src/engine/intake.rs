@@ -343,12 +343,9 @@ impl Engine {
         match spool::rename_no_replace(path, &self.root.run_file(&task.id)) {
             Ok(()) => self.created(task, submitted),
             Err(SpoolError::Exists(_)) => self.reject(path, &format!("duplicate id {}", task.id)),
-            Err(e) => self.claim_failed(path, e),
             Err(e) if e.is_not_found() => {}
-            Err(e) if e.is_fatal() => {
-                tracing::error!("cannot claim {}: {e}", path.display());
-                self.note_fatal(e);
-            }
+            // Logged once, by the stop path.
+            Err(e) if e.is_fatal() => self.claim_failed(path, e),
             Err(e) => {
                 // This one file (someone else's in a sticky in/, say).
                 tracing::error!(

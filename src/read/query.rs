@@ -113,7 +113,7 @@ impl Query {
 
     /// The sort's order; tasks without the field's value go last either
     /// way, and the id breaks ties.
-    fn compare(&self, a: &Summary, b: &Summary) -> Ordering {
+    pub fn compare(&self, a: &Summary, b: &Summary) -> Ordering {
         let dir = |o: Ordering| if self.sort.descending { o.reverse() } else { o };
         let by_option = |x: Option<&str>, y: Option<&str>| match (x, y) {
             (Some(x), Some(y)) => dir(x.cmp(y)),

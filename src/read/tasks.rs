@@ -54,6 +54,18 @@ pub fn listing(root: &Root, engine: Option<&EngineInfo>) -> Listing {
         running_nodes: 0,
         unreadable: records.unreadable,
     };
+    let live = unended(root, engine);
+    out.tasks.extend(live.tasks);
+    out.running_nodes = live.running_nodes;
+    out.unreadable.extend(live.unreadable);
+    out
+}
+
+/// Every task but the records: those in `run/` and `in/`, and the
+/// rejected files (for a reader that keeps the records' summaries, such
+/// as the dashboard).
+pub fn unended(root: &Root, engine: Option<&EngineInfo>) -> Listing {
+    let mut out = Listing::default();
     live_tasks(root, engine.is_some(), &mut out);
     waiting_files(root, &mut out);
     rejected_files(root, &mut out);

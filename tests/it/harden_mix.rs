@@ -187,11 +187,15 @@ fn good_tasks_run_on_time_through_every_hostile_tasker_and_entry() {
 
     // Every hostile task ends with its reply or a reason.
     let hostile = hostile_taskers();
-    wait_for("every hostile task's record", Duration::from_secs(60), || {
-        hostile.iter().all(|h| t.record(h.0).is_some())
-            && t.record("tmdir").is_some()
-            && t.record("tm42").is_some()
-    });
+    wait_for(
+        "every hostile task's record",
+        Duration::from_secs(60),
+        || {
+            hostile.iter().all(|h| t.record(h.0).is_some())
+                && t.record("tmdir").is_some()
+                && t.record("tm42").is_some()
+        },
+    );
     for (name, _, state, said) in &hostile {
         let rec = t.must_record(name);
         assert_eq!(rec["state"], *state, "{name}: {rec:#}");

@@ -19,6 +19,7 @@ mod flows;
 mod flows_crash;
 mod flows_journal;
 mod friction;
+mod harden_mix;
 mod harden_taskmaster;
 // issue 15: A2, A3, A4 (stderr)
 mod harden_reply;
@@ -45,3 +46,8 @@ mod taskmasters;
 mod ops_read;
 // lock (issue 15: B, D)
 mod harden_lock;
+// issue 12: the dashboard
+mod serve;
+mod serve_browser;
+mod serve_live;
+mod serve_support;

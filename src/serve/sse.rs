@@ -1,0 +1,288 @@
+//! Live updates: a `notify` watcher on the spool's directories and the
+//! points logs feeds one thread, which turns what changed into events —
+//! `point` (a line appended to a points log, as it is) and `change` (a
+//! file came or went in `in/`, `run/`, `done/`, `failed/`, `rejected/`…)
+//! — numbered, kept in a bounded buffer and broadcast to every
+//! `/events` stream (Server-Sent Events). No loop polls: the thread
+//! sleeps until the kernel reports a change.
+//!
+//! Event ids are `<start>-<n>`. A browser that reconnects sends the last
+//! id it saw (`Last-Event-ID`) and gets the events after it from the
+//! buffer; when they are gone (the buffer moved on, or the server
+//! restarted) it gets a `reset` event instead and re-reads the page.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::convert::Infallible;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use axum::extract::{Query, State};
+use axum::http::HeaderMap;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use futures_util::stream::{self, Stream, StreamExt};
+use notify::{RecursiveMode, Watcher};
+use spoolflow::layout::Root;
+use tokio::sync::broadcast;
+
+use super::server::App;
+use crate::cli::follow::Tail;
+
+/// The events kept for reconnecting browsers.
+const BUFFER: usize = 10_000;
+/// A point line longer than this is announced without its text.
+const LINE_LIMIT: usize = 64 * 1024;
+
+/// One event.
+#[derive(Debug, Clone)]
+pub struct Ev {
+    pub n: u64,
+    pub kind: &'static str,
+    pub data: Arc<str>,
+}
+
+/// The events' source: a numbered buffer and a broadcast channel.
+pub struct Live {
+    nonce: String,
+    /// Bumped when `done/` or `failed/` changed (or events were lost):
+    /// the records' summaries a reader keeps are stale then.
+    records_gen: AtomicU64,
+    tx: broadcast::Sender<Ev>,
+    buf: Mutex<(u64, VecDeque<Ev>)>,
+}
+
+impl Live {
+    /// Starts watching the root; the logs' current ends are taken as read
+    /// before this returns, so that every point appended after it is an
+    /// event.
+    pub fn start(root: &Root) -> Result<Arc<Live>, String> {
+        let (tx, rx) = std::sync::mpsc::channel::<Vec<PathBuf>>();
+        let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+            // Reading is an event too; only changes count. A lost event
+            // (the kernel's queue overflowed) is an empty batch: a reset.
+            match res {
+                Ok(e) if e.need_rescan() => {
+                    let _ = tx.send(Vec::new());
+                }
+                Ok(e) if !matches!(e.kind, notify::EventKind::Access(_)) => {
+                    let _ = tx.send(e.paths);
+                }
+                Ok(_) => {}
+                Err(_) => {
+                    let _ = tx.send(Vec::new());
+                }
+            }
+        })
+        .map_err(|e| format!("cannot watch the spool: {e}"))?;
+        let logs = root.log_tsk();
+        watcher
+            .watch(&logs, RecursiveMode::NonRecursive)
+            .map_err(|e| format!("cannot watch {}: {e}", logs.display()))?;
+        for dir in [
+            root.spool_in(),
+            root.run(),
+            root.done(),
+            root.failed(),
+            root.rejected(),
+            root.cancel(),
+            root.priority_requests(),
+        ] {
+            // A directory missing (an old root) is not watched.
+            let _ = watcher.watch(&dir, RecursiveMode::NonRecursive);
+        }
+        let tails = snapshot(&logs);
+        let started = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        let (btx, _) = broadcast::channel(1024);
+        let live = Arc::new(Live {
+            nonce: format!("{started:x}"),
+            records_gen: AtomicU64::new(0),
+            tx: btx,
+            buf: Mutex::new((0, VecDeque::new())),
+        });
+        let feeder = live.clone();
+        std::thread::Builder::new()
+            .name("serve-watch".into())
+            .spawn(move || {
+                let _watcher = watcher;
+                feeder.feed(&logs, tails, &rx);
+            })
+            .map_err(|e| format!("cannot start the watcher thread: {e}"))?;
+        Ok(live)
+    }
+
+    /// The watcher's thread: wakes on each batch of changes.
+    fn feed(
+        &self,
+        logs: &Path,
+        mut tails: HashMap<PathBuf, Tail>,
+        rx: &std::sync::mpsc::Receiver<Vec<PathBuf>>,
+    ) {
+        while let Ok(mut paths) = rx.recv() {
+            let mut lost = paths.is_empty();
+            while let Ok(more) = rx.try_recv() {
+                lost |= more.is_empty();
+                paths.extend(more);
+            }
+            if lost {
+                self.records_gen.fetch_add(1, Ordering::SeqCst);
+                // Some changes went unreported: every log is read on, and
+                // the pages re-read what they show.
+                paths.extend(tails.keys().cloned());
+                self.push("reset", "events were lost".to_string());
+            }
+            let mut dirs: HashSet<String> = HashSet::new();
+            let mut seen: HashSet<PathBuf> = HashSet::new();
+            for p in paths {
+                if !seen.insert(p.clone()) {
+                    continue;
+                }
+                let parent = p.parent().unwrap_or(Path::new(""));
+                if parent == logs {
+                    if p.extension().is_some_and(|e| e == "log") {
+                        let tail = tails
+                            .entry(p.clone())
+                            .or_insert_with(|| Tail::new(p.clone()));
+                        for line in tail.lines() {
+                            self.push_point(&line);
+                        }
+                    }
+                } else if let Some(name) = parent.file_name() {
+                    dirs.insert(name.to_string_lossy().into_owned());
+                }
+            }
+            if dirs.contains("done") || dirs.contains("failed") {
+                self.records_gen.fetch_add(1, Ordering::SeqCst);
+            }
+            let mut dirs: Vec<String> = dirs.into_iter().collect();
+            dirs.sort();
+            for d in dirs {
+                self.push("change", serde_json::json!({ "dir": d }).to_string());
+            }
+        }
+    }
+
+    /// The records' generation (see [`Live::records_gen`]).
+    pub fn records_generation(&self) -> u64 {
+        self.records_gen.load(Ordering::SeqCst)
+    }
+
+    fn push_point(&self, line: &[u8]) {
+        let text = String::from_utf8_lossy(line).replace('\r', "");
+        if text.len() > LINE_LIMIT {
+            self.push("change", r#"{"dir":"log"}"#.to_string());
+        } else {
+            self.push("point", text);
+        }
+    }
+
+    fn push(&self, kind: &'static str, data: String) {
+        let Ok(mut buf) = self.buf.lock() else { return };
+        buf.0 += 1;
+        let ev = Ev {
+            n: buf.0,
+            kind,
+            data: data.into(),
+        };
+        buf.1.push_back(ev.clone());
+        if buf.1.len() > BUFFER {
+            buf.1.pop_front();
+        }
+        let _ = self.tx.send(ev);
+    }
+
+    /// What a browser that last saw `last` missed: the events after it
+    /// and the number of the newest, or `None` when they cannot be given
+    /// (a reset).
+    fn since(&self, last: &str) -> Option<(Vec<Ev>, u64)> {
+        let (nonce, n) = last.rsplit_once('-')?;
+        let n: u64 = n.parse().ok()?;
+        if nonce != self.nonce {
+            return None;
+        }
+        let buf = self.buf.lock().ok()?;
+        let oldest = buf.1.front().map_or(buf.0 + 1, |e| e.n);
+        if n + 1 < oldest || n > buf.0 {
+            return None;
+        }
+        Some((buf.1.iter().filter(|e| e.n > n).cloned().collect(), buf.0))
+    }
+
+    fn event(&self, ev: &Ev) -> Event {
+        Event::default()
+            .id(format!("{}-{}", self.nonce, ev.n))
+            .event(ev.kind)
+            .data(&*ev.data)
+    }
+}
+
+/// Every log's current end (read as read already).
+fn snapshot(logs: &Path) -> HashMap<PathBuf, Tail> {
+    std::fs::read_dir(logs)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let p = e.path();
+            let len = e.metadata().ok()?.len();
+            p.extension()
+                .is_some_and(|x| x == "log")
+                .then(|| (p.clone(), Tail::at(p, len)))
+        })
+        .collect()
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(default)]
+pub struct Resume {
+    /// The last event id seen (for clients that cannot send
+    /// `Last-Event-ID`).
+    last: Option<String>,
+}
+
+/// `/events`: the stream.
+pub async fn events(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Query(resume): Query<Resume>,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let live = app.live.clone();
+    let last = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .or(resume.last);
+    // The count read before subscribing, the buffer after: an event in
+    // between is sent once (the stream skips what was sent already).
+    let mut sent = live.buf.lock().map_or(0, |b| b.0);
+    let rx = live.tx.subscribe();
+    let mut first: Vec<Event> = vec![Event::default().event("hello").data(&live.nonce)];
+    if let Some(last) = last {
+        match live.since(&last) {
+            Some((missed, upto)) => {
+                sent = upto;
+                first.extend(missed.iter().map(|e| live.event(e)));
+            }
+            None => first.push(Event::default().event("reset").data("reload")),
+        }
+    }
+    let rest = stream::unfold((rx, sent, live), |(mut rx, sent, live)| async move {
+        loop {
+            match rx.recv().await {
+                Ok(ev) if ev.n <= sent => continue,
+                Ok(ev) => {
+                    let e = live.event(&ev);
+                    return Some((e, (rx, ev.n, live)));
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    let e = Event::default().event("reset").data("reload");
+                    return Some((e, (rx, sent, live)));
+                }
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    });
+    let all = stream::iter(first).chain(rest).map(Ok);
+    Sse::new(all).keep_alive(KeepAlive::default())
+}

@@ -1,0 +1,158 @@
+//! Issue 12, the dashboard in a real browser: headless Chromium (Debian's
+//! `chromium`; `.ci/run` installs it) loads the overview, the tasks page
+//! and a flow's page from a real `spoolflow serve`, with its script
+//! running, and the test reads the DOM it rendered (`--dump-dom`): the
+//! counts, a task row, the flow's tree. It also takes a screenshot of the
+//! overview and of a task page (into a temporary directory, or into
+//! `$SPOOLFLOW_SCREENSHOTS` when set: how docs/ gets its pictures).
+//!
+//! Without a `chromium` on the PATH the test says so and passes.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::serve_support::{fixture, serve};
+
+fn chromium() -> Option<PathBuf> {
+    ["chromium", "chromium-browser"].iter().find_map(|name| {
+        std::env::var_os("PATH").and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|d| d.join(name))
+                .find(|p| p.is_file())
+        })
+    })
+}
+
+/// Runs headless Chromium with `args` and the URL; its stdout. Killed
+/// past the deadline.
+fn run_chromium(bin: &Path, profile: &Path, args: &[String], url: &str) -> String {
+    let mut child = Command::new(bin)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--no-first-run",
+            "--hide-scrollbars",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .args(args)
+        .arg(url)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn chromium");
+    let mut out = child.stdout.take().expect("stdout");
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut out, &mut s);
+        s
+    });
+    let end = Instant::now() + Duration::from_secs(90);
+    loop {
+        if child.try_wait().ok().flatten().is_some() {
+            break;
+        }
+        if Instant::now() > end {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("chromium did not finish with {url} within 90 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    reader.join().unwrap_or_default()
+}
+
+#[test]
+fn chromium_renders_the_overview_the_tasks_and_a_flows_tree() {
+    let Some(bin) = chromium() else {
+        eprintln!("NOTICE: no chromium on the PATH: the browser test is skipped (apt-get install chromium)");
+        return;
+    };
+    let (t, _engine) = fixture();
+    let srv = serve(&t, &[]);
+    let base = format!("http://{}", srv.addr);
+    let profile = tempfile::tempdir().unwrap();
+
+    let home = run_chromium(
+        &bin,
+        profile.path(),
+        &["--dump-dom".into()],
+        &format!("{base}/"),
+    );
+    for (state, n) in [
+        ("completed", 3),
+        ("failed", 1),
+        ("aborted", 1),
+        ("running", 1),
+        ("queued", 1),
+        ("rejected", 1),
+    ] {
+        assert!(
+            home.contains(&format!(r#"id="count-{state}" data-count="{n}""#)),
+            "{state} {n}: {home}"
+        );
+    }
+    assert!(home.contains("engine running"), "{home}");
+    // The script ran: it connects (or connected) to the live stream.
+    assert!(
+        home.contains("○ connecting") || home.contains("● live"),
+        "the script ran: {home}"
+    );
+
+    let tasks = run_chromium(
+        &bin,
+        profile.path(),
+        &["--dump-dom".into()],
+        &format!("{base}/tasks?sort=id"),
+    );
+    assert!(
+        tasks.contains(r#"<tr class="task" data-id="bad-1" data-state="failed">"#),
+        "{tasks}"
+    );
+    assert!(tasks.contains(r#"href="/tasks/ok-1""#));
+
+    let flow = run_chromium(
+        &bin,
+        profile.path(),
+        &["--dump-dom".into()],
+        &format!("{base}/tasks/flow-1"),
+    );
+    for nid in ["0_0", "0_1"] {
+        assert!(
+            flow.contains(&format!(r#"data-nid="{nid}" data-state="completed""#)),
+            "{nid}: {flow}"
+        );
+    }
+    assert!(flow.contains(r#"id="flow-tree""#) && flow.contains(r#"id="timeline""#));
+
+    // Screenshots of the overview and of a task page.
+    let dir = std::env::var_os("SPOOLFLOW_SCREENSHOTS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| profile.path().to_path_buf());
+    for (name, path) in [
+        ("dashboard-overview.png", "/"),
+        ("dashboard-task.png", "/tasks/flow-1"),
+    ] {
+        let file = dir.join(name);
+        let _ = std::fs::remove_file(&file);
+        run_chromium(
+            &bin,
+            profile.path(),
+            &[
+                format!("--screenshot={}", file.display()),
+                "--window-size=1200,800".into(),
+            ],
+            &format!("{base}{path}"),
+        );
+        let png = std::fs::read(&file).unwrap_or_else(|e| panic!("no screenshot {name}: {e}"));
+        assert!(
+            png.starts_with(b"\x89PNG") && png.len() > 10_000,
+            "{name}: {} bytes",
+            png.len()
+        );
+    }
+    std::fs::write(t.join("gate"), "").unwrap();
+}
