@@ -185,6 +185,16 @@ impl Root {
         self.dir.join("var/run/replies.log")
     }
 
+    /// `var/slurm/`: the files of the taskers run as Slurm jobs.
+    pub fn slurm_dir(&self) -> PathBuf {
+        self.dir.join("var/slurm")
+    }
+    /// `var/slurm/<exid>.<nid>.<attempt>/`: one Slurm run's script,
+    /// stdin, stdout, stderr, points, exit status and job id.
+    pub fn slurm_job_dir(&self, exid: &Exid, nid: &Nid, attempt: u32) -> PathBuf {
+        self.slurm_dir().join(format!("{exid}.{nid}.{attempt}"))
+    }
+
     /// `var/run/points/`: where taskers append informative points
     /// (`$SPOOLFLOW_POINTS`); engine-owned and emptied at start-up.
     pub fn points_dir(&self) -> PathBuf {

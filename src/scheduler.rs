@@ -29,6 +29,8 @@ pub enum Limit {
     /// The turn of a domain's offers: one at a time goes to the taskmaster
     /// pool, so that equal priorities start in arrival order.
     Offer { domain: crate::model::names::Domain },
+    /// This engine's Slurm jobs pending or running (`--slurm-jobs`).
+    SlurmJobs,
     /// `{ "key": key, "limit": N }` of the tasker at this path, for the
     /// tasks whose value at `key` is `value` (as JSON).
     Key {
@@ -44,6 +46,7 @@ impl Limit {
         match self {
             Limit::MaxConcurrent { tasker } => format!("{tasker} is at its max_concurrent"),
             Limit::Offer { domain } => format!("waiting for the taskmaster of {domain}"),
+            Limit::SlurmJobs => "the engine has as many Slurm jobs as --slurm-jobs allows".into(),
             Limit::Key { tasker, key, value } => {
                 format!("{tasker} is at its concurrency limit for {key}={value}")
             }
@@ -194,10 +197,11 @@ impl<K: Clone, E, L: Clone + Eq + Hash> Scheduler<K, E, L> {
         self.running
     }
 
-    /// Takes a worker slot and one unit of each limit, if all allow it.
-    /// On refusal returns the first limit that is full, with its size (the
-    /// item should be [`park`](Self::park)ed on it).
-    pub fn try_start(&mut self, limits: &[(L, u32)]) -> Result<(), (L, u32)> {
+    /// Takes a worker slot (with `worker`: a run on this machine; a run
+    /// elsewhere, a Slurm job, holds none) and one unit of each limit, if
+    /// all allow it. On refusal returns the first limit that is full, with
+    /// its size (the item should be [`park`](Self::park)ed on it).
+    pub fn try_start(&mut self, limits: &[(L, u32)], worker: bool) -> Result<(), (L, u32)> {
         debug_assert!(self.has_free_worker(), "try_start without a free worker");
         for (key, limit) in limits {
             if self.in_use(key) >= *limit {
@@ -207,7 +211,9 @@ impl<K: Clone, E, L: Clone + Eq + Hash> Scheduler<K, E, L> {
         for (key, _) in limits {
             *self.in_use.entry(key.clone()).or_insert(0) += 1;
         }
-        self.running += 1;
+        if worker {
+            self.running += 1;
+        }
         Ok(())
     }
 
@@ -215,8 +221,10 @@ impl<K: Clone, E, L: Clone + Eq + Hash> Scheduler<K, E, L> {
     /// [`try_start`](Self::try_start); on each freed limit the first live
     /// waiter goes back to the ready queue (`is_live` tells the items the
     /// caller still wants from those it dropped while they waited).
-    pub fn finish(&mut self, limits: &[(L, u32)], mut is_live: impl FnMut(&K) -> bool) {
-        self.running = self.running.saturating_sub(1);
+    pub fn finish(&mut self, limits: &[(L, u32)], worker: bool, mut is_live: impl FnMut(&K) -> bool) {
+        if worker {
+            self.running = self.running.saturating_sub(1);
+        }
         for (key, _) in limits {
             self.give_back(key, &mut is_live);
         }
@@ -351,7 +359,7 @@ mod tests {
         let e = s.pop()?;
         let item = e.item;
         let woken = e.woken_by().cloned();
-        let started = match s.try_start(&limits_of(item)) {
+        let started = match s.try_start(&limits_of(item), true) {
             Ok(()) => true,
             Err((key, limit)) => {
                 s.park(e, key, limit);
@@ -382,13 +390,32 @@ mod tests {
             s.push(0, x);
         }
         assert_eq!(pop(&mut s), Some("a"));
-        s.try_start(&[]).unwrap();
+        s.try_start(&[], true).unwrap();
         assert_eq!(pop(&mut s), Some("b"));
-        s.try_start(&[]).unwrap();
+        s.try_start(&[], true).unwrap();
         assert!(!s.has_free_worker());
         assert_eq!(pop(&mut s), None);
-        s.finish(&[], |_| true);
+        s.finish(&[], true, |_| true);
         assert_eq!(pop(&mut s), Some("c"));
+    }
+
+    #[test]
+    fn runs_elsewhere_hold_no_worker_but_their_limit() {
+        let mut s: S = Scheduler::new(1);
+        for x in ["a", "b", "c"] {
+            s.push(0, x);
+        }
+        let jobs = lim(&["slurm"]);
+        let jobs = [(jobs[0].0.clone(), 2)];
+        assert_eq!(pop(&mut s), Some("a"));
+        s.try_start(&jobs, false).unwrap();
+        assert!(s.has_free_worker());
+        assert_eq!(pop(&mut s), Some("b"));
+        s.try_start(&jobs, false).unwrap();
+        assert_eq!(pop(&mut s), Some("c"));
+        assert!(s.try_start(&jobs, false).is_err(), "two jobs at most");
+        s.finish(&jobs, false, |_| true);
+        assert_eq!(s.running(), 0);
     }
 
     #[test]
@@ -411,7 +438,7 @@ mod tests {
         assert_eq!(pop(&mut s), None);
         assert_eq!(s.parked_len(), 1);
         assert_eq!(s.in_use("book=a"), 1);
-        s.finish(&lim(&["book=a"]), |_| true);
+        s.finish(&lim(&["book=a"]), true, |_| true);
         assert_eq!(s.in_use("book=a"), 0);
         assert_eq!(step(&mut s, books), Some(("a2", true)));
         assert_eq!(s.running(), 2);
@@ -420,7 +447,7 @@ mod tests {
     #[test]
     fn unparked_items_keep_their_arrival_place() {
         let mut s: S = Scheduler::new(10);
-        s.try_start(&lim(&["k"])).unwrap();
+        s.try_start(&lim(&["k"]), true).unwrap();
         s.push(0, "first");
         s.push(0, "second");
         let limits = |item: &str| {
@@ -433,23 +460,23 @@ mod tests {
         // "first" parks; "second" is held in the queue by not popping it yet.
         let e = s.pop().unwrap();
         assert_eq!(e.item, "first");
-        let (key, limit) = s.try_start(&limits("first")).unwrap_err();
+        let (key, limit) = s.try_start(&limits("first"), true).unwrap_err();
         s.park(e, key, limit);
-        s.finish(&lim(&["k"]), |_| true);
+        s.finish(&lim(&["k"]), true, |_| true);
         assert_eq!(drain(&mut s), ["first", "second"]);
     }
 
     #[test]
     fn dropped_parked_items_do_not_swallow_a_freed_unit() {
         let mut s: S = Scheduler::new(10);
-        s.try_start(&lim(&["k"])).unwrap();
+        s.try_start(&lim(&["k"]), true).unwrap();
         for item in ["cancelled", "alive"] {
             s.push(0, item);
             let e = s.pop().unwrap();
-            let (key, limit) = s.try_start(&lim(&["k"])).unwrap_err();
+            let (key, limit) = s.try_start(&lim(&["k"]), true).unwrap_err();
             s.park(e, key, limit);
         }
-        s.finish(&lim(&["k"]), |x| *x != "cancelled");
+        s.finish(&lim(&["k"]), true, |x| *x != "cancelled");
         assert_eq!(drain(&mut s), ["alive"]);
         assert_eq!(s.parked_len(), 0);
     }
@@ -463,13 +490,13 @@ mod tests {
             "y" => lim(&["k0"]),
             _ => lim(&["k1"]),
         };
-        s.try_start(&lim(&["k0"])).unwrap();
-        s.try_start(&lim(&["k1"])).unwrap();
+        s.try_start(&lim(&["k0"]), true).unwrap();
+        s.try_start(&lim(&["k1"]), true).unwrap();
         s.push(0, "x");
         s.push(0, "y");
         assert_eq!(step(&mut s, limits), Some(("x", false)));
         assert_eq!(step(&mut s, limits), Some(("y", false)));
-        s.finish(&lim(&["k0"]), |_| true);
+        s.finish(&lim(&["k0"]), true, |_| true);
         // x comes back, is refused on k1 and parks there; k0's unit goes to y.
         assert_eq!(step(&mut s, limits), Some(("x", false)));
         assert_eq!(step(&mut s, limits), Some(("y", true)));
@@ -479,12 +506,12 @@ mod tests {
     #[test]
     fn a_unit_is_passed_on_when_the_woken_item_was_dropped() {
         let mut s: S = Scheduler::new(10);
-        s.try_start(&lim(&["k"])).unwrap();
+        s.try_start(&lim(&["k"]), true).unwrap();
         for item in ["gone", "next"] {
             s.push(0, item);
             assert_eq!(step(&mut s, |_| lim(&["k"])), Some((item, false)));
         }
-        s.finish(&lim(&["k"]), |_| true);
+        s.finish(&lim(&["k"]), true, |_| true);
         // "gone" is popped but the caller dropped it meanwhile: it does not
         // start, and wake_if_free hands the unit to "next".
         let e = s.pop().unwrap();

@@ -1,4 +1,4 @@
-//! `spoolflow run [--workers N] [--drain] [--grace D]`: the engine in the
+//! `spoolflow run [--workers N] [--slurm-jobs N] [--slurm-poll D] [--drain] [--grace D]`: the engine in the
 //! foreground, logging to stderr and var/log/engine.log; SIGINT, SIGTERM,
 //! SIGHUP and SIGQUIT stop it gracefully. Colour on stderr only on a terminal and never with
 //! `NO_COLOR`; with `--drain` on a terminal, a progress line (see
@@ -20,6 +20,13 @@ pub struct Args {
     /// Taskers running at once (default: the number of CPUs).
     #[arg(long)]
     pub workers: Option<usize>,
+    /// Slurm jobs of this engine pending or running at once (taskers with
+    /// "executor": "slurm").
+    #[arg(long, default_value_t = 100)]
+    pub slurm_jobs: u32,
+    /// How often the engine asks Slurm about its jobs (one squeue for all).
+    #[arg(long, default_value = "1s")]
+    pub slurm_poll: Dur,
     /// Exit once in/ and run/ are empty.
     #[arg(long)]
     pub drain: bool,
@@ -126,6 +133,14 @@ pub fn run(root: Option<PathBuf>, args: Args) -> Result<(), Failure> {
         }
         options.workers = w;
     }
+    if args.slurm_jobs == 0 {
+        return Err(Failure::new(exit::USAGE, "--slurm-jobs must be at least 1"));
+    }
+    if args.slurm_poll.0 < std::time::Duration::from_millis(100) {
+        return Err(Failure::new(exit::USAGE, "--slurm-poll must be at least 0.1s"));
+    }
+    options.slurm_jobs = args.slurm_jobs;
+    options.slurm_poll = args.slurm_poll.0;
     options.drain = args.drain;
     options.grace = args.grace.0;
     options.rescan = args.rescan.0;

@@ -7,13 +7,11 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use tokio::sync::mpsc::UnboundedSender;
 use tokio::sync::oneshot;
 
 use super::body;
 use super::offers::{Answer, OfferInput, Offered};
 use super::policy::{self, Effective};
-use super::registry::RegistryWriter;
 use super::state::{Body, Item, Loaded, Node, NodeState, Offer, Process, Run};
 use super::tasker_points::PointsTail;
 use super::{env, Engine, TaskerMsg, Timer};
@@ -21,7 +19,10 @@ use crate::model::names::{Domain, Exid};
 use crate::model::point::{Kind, Point};
 use crate::model::task::{ErrorKind, Object, State, TaskError};
 use crate::scheduler::{Entry, Limit, NodeKey};
-use crate::tasker::{self, Input, Launch, Resolved, StopReason, TaskerConfig};
+use crate::tasker::{
+    self, ExecutorKind, Input, Launch, Placement, Report, Resolved, RunEvent, StopReason,
+    TaskerConfig,
+};
 use crate::taskmaster::Choice;
 
 /// Whether a queued or parked scheduler item is still wanted: its node
@@ -256,10 +257,15 @@ impl Engine {
     /// a worker slot and the limits (or park on the first full one), start.
     fn allocate(&mut self, key: &NodeKey, entry: Entry<Item>, resolved: Resolved) {
         let tasker_path = self.root.relative(&resolved.path).display().to_string();
+        let slurm_jobs = self.options.slurm_jobs;
         let Some(node) = self.node_mut(key) else {
             return;
         };
-        let limits = limits_for(&tasker_path, &resolved.config, node.task.loaded());
+        let mut limits = limits_for(&tasker_path, &resolved.config, node.task.loaded());
+        let local = resolved.config.executor == ExecutorKind::Local;
+        if !local {
+            limits.push((Limit::SlurmJobs, slurm_jobs));
+        }
         let effective = Effective::of(node.task.options(), &resolved.config);
         let past = node.past_mut();
         past.tasker_path = Some(tasker_path.clone());
@@ -268,7 +274,7 @@ impl Engine {
         if let Err(e) = self.watch_tasker_start_timeout(key, &resolved.config) {
             return self.fail(key, e);
         }
-        if let Err((full, limit)) = self.sched.try_start(&limits) {
+        if let Err((full, limit)) = self.sched.try_start(&limits, local) {
             let reason = full.describe();
             self.sched.park(entry, full, limit);
             let Some(node) = self.node_mut(key) else {
@@ -291,7 +297,7 @@ impl Engine {
             .with("attempt", attempt);
         // Written before the spawn, or no tasker runs (see log_required).
         if !self.log_required(p) {
-            return self.release(&limits);
+            return self.release(&limits, local);
         }
         self.start(key, resolved, limits);
     }
@@ -329,40 +335,27 @@ impl Engine {
         Ok(())
     }
 
-    /// Spawns the tasker off the loop; the node holds its worker slot and
-    /// limits from now on, and `started` is logged once the process exists.
+    /// Starts the tasker off the loop, through its executor; the node
+    /// holds its limits (and, run locally, a worker slot) from now on, and
+    /// `started` is logged once the process exists (or the job runs).
     fn start(&mut self, key: &NodeKey, resolved: Resolved, limits: Vec<(Limit, u32)>) {
-        let points_file = self.root.node_points_file(&key.exid, &key.nid);
-        let kill_grace = self.options.kill_grace;
-        let stderr_path = self.root.stderr_log(&key.exid);
-        let root_dir = self.root.dir().to_path_buf();
-        let registry = self.registry.writer();
-        let created_at = self.executions.get(&key.exid).map(|e| e.created_at);
-        let (Some(created_at), Some(node)) = (created_at, self.nodes.get_mut(key)) else {
-            // Allocated just now, so both exist; give the slot back if not.
-            return self.release(&limits);
+        let local = resolved.config.executor == ExecutorKind::Local;
+        let Some(attempt) = self.node(key).map(|n| n.attempt) else {
+            return self.release(&limits, local);
         };
-        let slot = self.registry.take_slot();
-        let stdin = stdin_of(node, &key.exid, created_at, resolved.config.input);
-        let launch = Launch {
-            env: env::tasker_env(
-                &root_dir,
-                node,
-                key,
-                &resolved.taskee,
-                &resolved.config,
-                &points_file,
-            ),
-            argv: resolved.argv,
-            dir: resolved.dir,
-            stdin,
-            stderr_path,
-            stderr_prefix: node.task.id.to_string(),
-            timeout: node.effective().timeout.map(|d| d.0),
-            kill_grace,
-            tracked: self
-                .contain
-                .track(slot, key.exid.as_str(), key.nid.as_str()),
+        let job = (!local).then(|| self.job_spec(key, attempt, &resolved));
+        let points_file = match &job {
+            Some(job) => job.dir.join(tasker::slurm::job::POINTS),
+            None => self.root.node_points_file(&key.exid, &key.nid),
+        };
+        let slot = local.then(|| self.registry.take_slot());
+        let launch = self.launch(key, &resolved, &points_file, slot);
+        let (Some(launch), Some(node)) = (launch, self.nodes.get_mut(key)) else {
+            // Allocated just now, so both exist; give all back if not.
+            if let Some(slot) = slot {
+                self.registry.give_slot(slot);
+            }
+            return self.release(&limits, local);
         };
         node.state = NodeState::Running(Box::new(Run {
             taskee: resolved.taskee.clone(),
@@ -378,23 +371,77 @@ impl Engine {
             tracing::warn!("{left}");
         }
         self.points_files.insert(points_file, key.clone());
+        let report = self.report_to_loop(key, gen, slot);
+        let executor = self.executor(local);
         // Spawning blocks until the child has exec'd (vfork): off the event
         // loop, so that other exits and starts go on meanwhile.
-        let tx = self.tasker_tx.clone();
-        let key = key.clone();
-        tokio::task::spawn_blocking(move || {
-            registry.spawning(slot);
-            spawn_tasker(launch, &registry, slot, tx, key, gen)
-        });
+        tokio::task::spawn_blocking(move || executor.start(launch, job, report));
     }
 
-    /// A tasker was spawned: log `started`, and pass on a stop asked for
-    /// while it was being spawned.
-    pub(super) fn on_started(
+    /// What the executor needs to run a node's tasker.
+    fn launch(
+        &mut self,
+        key: &NodeKey,
+        resolved: &Resolved,
+        points_file: &std::path::Path,
+        slot: Option<usize>,
+    ) -> Option<Launch> {
+        let created_at = self.executions.get(&key.exid)?.created_at;
+        let root_dir = self.root.dir().to_path_buf();
+        let stderr_path = self.root.stderr_log(&key.exid);
+        let kill_grace = self.options.kill_grace;
+        let node = self.nodes.get(key)?;
+        // A Slurm job's processes are the cluster's to track.
+        let tracked = match slot {
+            Some(slot) => self.contain.track(slot, key.exid.as_str(), key.nid.as_str()),
+            None => crate::tasker::Tracked::Groups,
+        };
+        Some(Launch {
+            env: env::tasker_env(&root_dir, node, key, &resolved.taskee, &resolved.config, points_file),
+            argv: resolved.argv.clone(),
+            dir: resolved.dir.clone(),
+            stdin: stdin_of(node, &key.exid, created_at, resolved.config.input),
+            stderr_path,
+            stderr_prefix: node.task.id.to_string(),
+            timeout: node.effective().timeout.map(|d| d.0),
+            kill_grace,
+            tracked,
+        })
+    }
+
+    /// Where a run's events go: to the loop, as messages of this node's
+    /// generation. A local process group is recorded in the taskers
+    /// registry first, on the spawning thread.
+    pub(super) fn report_to_loop(&self, key: &NodeKey, gen: u64, slot: Option<usize>) -> Report {
+        let tx = self.tasker_tx.clone();
+        let key = key.clone();
+        let registry = self.registry.writer();
+        if let Some(slot) = slot {
+            registry.spawning(slot);
+        }
+        Box::new(move |event| {
+            match (&event, slot) {
+                (RunEvent::Placed { at: Placement::Group(pgid), .. }, Some(slot)) => {
+                    registry.record(slot, *pgid)
+                }
+                (RunEvent::Exited(_), Some(slot)) => registry.clear(slot),
+                _ => {}
+            }
+            let _ = tx.send(TaskerMsg::Event {
+                key: key.clone(),
+                gen,
+                event,
+            });
+        })
+    }
+
+    /// A run was placed: a local process runs (`started`), or the cluster
+    /// accepted a job (`submitted`); a stop asked meanwhile is passed on.
+    pub(super) fn on_placed(
         &mut self,
         key: NodeKey,
         gen: u64,
-        pgid: i32,
+        at: Placement,
         stop: oneshot::Sender<StopReason>,
     ) {
         let Some(node) = self.node_mut(&key).filter(|n| n.gen == gen) else {
@@ -403,12 +450,29 @@ impl Engine {
         let NodeState::Running(run) = &mut node.state else {
             return;
         };
-        run.process = match std::mem::replace(&mut run.process, Process::Spawning) {
-            Process::SpawningToStop(why) => {
+        let asked = match std::mem::replace(&mut run.process, Process::Spawning) {
+            Process::SpawningToStop(why) => Some(why),
+            _ => None,
+        };
+        run.process = match (at, asked) {
+            (at, Some(why)) => {
                 let _ = stop.send(why.reason());
-                Process::Stopping { pgid, why }
+                Process::Stopping { at, why }
             }
-            _ => Process::Live { pgid, stop },
+            (Placement::Job(job), None) => Process::Pending { job, stop },
+            (at @ Placement::Group(_), None) => Process::Live { at, stop },
+        };
+        match at {
+            Placement::Group(pgid) => self.on_running(&key, vec![("pid", pgid.into())]),
+            Placement::Job(job) => self.on_submitted(&key, job),
+        }
+    }
+
+    /// The tasker runs: `started` is logged, the attempt begins, the
+    /// start timeout is over, and the points it wrote so far are copied.
+    pub(super) fn on_running(&mut self, key: &NodeKey, fields: Vec<(&str, serde_json::Value)>) {
+        let Some(node) = self.node_mut(key) else {
+            return;
         };
         node.starts += 1;
         let now = Utc::now();
@@ -416,57 +480,28 @@ impl Engine {
         node.begin_attempt(now);
         let timer = node.start_timer.take();
         let past = node.past();
-        let p = Point::new(Kind::Started, &node.task.id, &key.exid, &key.nid)
+        let mut p = Point::new(Kind::Started, &node.task.id, &key.exid, &key.nid)
             .with("taskee", past.taskee.as_ref().map_or("", |t| t.as_str()))
             .with("tasker", past.tasker_path.as_deref().unwrap_or_default())
-            .with("attempt", node.attempt)
-            .with("pid", pgid);
+            .with("attempt", node.attempt);
+        for (k, v) in fields {
+            p = p.with(k, v);
+        }
         if let Some(timer) = timer {
             self.sched.cancel(timer);
         }
         // Not written: the engine stops, killing this tasker.
         self.log_required(p);
         // Points the tasker wrote before this message arrived.
-        self.copy_points(&key);
+        self.copy_points(key);
     }
 
-    /// Gives back a worker slot and limits; a parked node the engine
-    /// dropped meanwhile (cancelled, timed out) is skipped.
-    pub(super) fn release(&mut self, limits: &[(Limit, u32)]) {
+    /// Gives back a worker slot (`worker`: the run was local) and limits;
+    /// a parked node the engine dropped meanwhile (cancelled, timed out)
+    /// is skipped.
+    pub(super) fn release(&mut self, limits: &[(Limit, u32)], worker: bool) {
         let nodes = &self.nodes;
-        self.sched.finish(limits, |item| is_live(nodes, item));
-    }
-}
-
-/// Spawns a tasker (on a blocking thread: `posix_spawn` returns once the
-/// child has exec'd), records its group, and drives it on the runtime;
-/// `Started` is sent before the driver exists, so it precedes `Exited`.
-fn spawn_tasker(
-    launch: Launch,
-    registry: &RegistryWriter,
-    slot: usize,
-    tx: UnboundedSender<TaskerMsg>,
-    key: NodeKey,
-    gen: u64,
-) {
-    match tasker::spawn(launch) {
-        Ok((handle, driver)) => {
-            registry.record(slot, handle.pgid);
-            let _ = tx.send(TaskerMsg::Started {
-                key: key.clone(),
-                gen,
-                pgid: handle.pgid,
-                stop: handle.stop,
-            });
-            tokio::spawn(async move {
-                let exit = driver.await;
-                let _ = tx.send(TaskerMsg::Exited { key, gen, exit });
-            });
-        }
-        Err(exit) => {
-            registry.clear(slot);
-            let _ = tx.send(TaskerMsg::Exited { key, gen, exit });
-        }
+        self.sched.finish(limits, worker, |item| is_live(nodes, item));
     }
 }
 

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use super::outcome::{outcome, Outcome};
 use super::policy::{self, AfterError};
-use super::state::{NodeState, Process, Stop};
+use super::state::{NodeState, Stop};
 use super::{Engine, Timer};
 use crate::model::names::Taskee;
 use crate::model::point::Kind;
@@ -40,11 +40,14 @@ impl Engine {
             payload,
             node.effective().timeout,
         );
-        self.release(&run.limits);
+        self.release(&run.limits, run.slot.is_some());
         // Emptied: a slot that names a group at the next start is a tasker
         // that ran when the engine died (see `recovery::kill_orphans`).
-        self.registry.writer().clear(run.slot);
-        self.registry.give_slot(run.slot);
+        if let Some(slot) = run.slot {
+            self.registry.writer().clear(slot);
+            self.registry.give_slot(slot);
+        }
+        self.slurm_running.remove(&key);
         self.points_files.remove(run.points.path());
         if let Some(left) = super::tasker_points::remove_entry(run.points.path()) {
             tracing::warn!("{left}");
@@ -242,15 +245,5 @@ impl Engine {
         }
         let err = policy::start_timed_out(node.effective().start_timeout);
         self.fail(key, err);
-    }
-}
-
-impl Process {
-    /// The process group, once the process exists.
-    pub fn pgid(&self) -> Option<i32> {
-        match self {
-            Process::Live { pgid, .. } | Process::Stopping { pgid, .. } => Some(*pgid),
-            _ => None,
-        }
     }
 }

@@ -34,6 +34,7 @@ pub mod outcome;
 pub mod policy;
 pub mod recovery;
 mod registry;
+mod remote;
 mod replies;
 mod report;
 mod requests;
@@ -46,7 +47,6 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
-use tokio::sync::oneshot;
 
 use crate::layout::{Root, RootError};
 use crate::model::names::{Exid, TaskId};
@@ -55,7 +55,7 @@ use crate::scheduler::{NodeKey, Scheduler};
 use crate::store::points::PointsLog;
 use crate::store::spool::SpoolError;
 use crate::store::writer::{Done, Probe, Writer};
-use crate::tasker::{Exit, StopReason};
+
 use crate::watch::{self, WatchEvent};
 use recovery::RecoveryError;
 pub use report::{outcome_line, Counts, Progress};
@@ -70,8 +70,12 @@ pub const SAFETY_RESCAN: Duration = Duration::from_secs(30);
 /// How to run the engine.
 #[derive(Debug, Clone)]
 pub struct Options {
-    /// Taskers running at once.
+    /// Taskers running at once on this machine.
     pub workers: usize,
+    /// This engine's Slurm jobs pending or running at once (SPEC 14).
+    pub slurm_jobs: u32,
+    /// How often the engine asks Slurm about its jobs.
+    pub slurm_poll: Duration,
     /// Exit once `in/` and `run/` are empty.
     pub drain: bool,
     /// On SIGINT/SIGTERM, how long running taskers may go on.
@@ -99,6 +103,8 @@ impl Default for Options {
             workers: std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(1),
+            slurm_jobs: 100,
+            slurm_poll: crate::tasker::slurm::POLL,
             drain: false,
             grace: Duration::from_secs(10),
             kill_grace: Duration::from_secs(5),
@@ -153,15 +159,12 @@ pub fn run_blocking(
 
 /// What the spawning threads and the taskers' drivers report.
 pub(crate) enum TaskerMsg {
-    /// The tasker runs (it was spawned off the event loop).
-    Started {
+    /// What happened to a node's run (see `tasker::executor`).
+    Event {
         key: NodeKey,
         gen: u64,
-        pgid: i32,
-        stop: oneshot::Sender<StopReason>,
+        event: crate::tasker::RunEvent,
     },
-    /// The tasker exited, or could not be spawned.
-    Exited { key: NodeKey, gen: u64, exit: Exit },
 }
 
 /// A timer event.
@@ -248,6 +251,11 @@ pub(crate) struct Engine {
     contain: crate::tasker::Contain,
     /// `var/run/engine.lock`, written again when it goes.
     pid_record: lock::PidRecord,
+    /// Where taskers run: this machine, or a Slurm cluster.
+    executors: remote::Executors,
+    /// Nodes running as Slurm jobs: their points files are read at each
+    /// tick (no file event crosses a cluster's shared filesystem).
+    slurm_running: HashSet<NodeKey>,
 }
 
 /// What comes before the engine's state: the root checked and its layout
@@ -337,6 +345,8 @@ pub async fn run(
         replies: replies::Replies::open(&root),
         contain,
         pid_record,
+        executors: remote::Executors::new(options.slurm_poll),
+        slurm_running: HashSet::new(),
         options,
         root,
     };
@@ -440,8 +450,7 @@ impl Engine {
             tokio::select! {
                 Some(batch) = inbox.written.recv() => self.on_written(batch)?,
                 Some(msg) = inbox.taskers.recv() => match msg {
-                    TaskerMsg::Started { key, gen, pgid, stop } => self.on_started(key, gen, pgid, stop),
-                    TaskerMsg::Exited { key, gen, exit } => self.on_exit(key, gen, exit),
+                    TaskerMsg::Event { key, gen, event } => self.on_run_event(key, gen, event),
                 },
                 Some((domain, offered)) = inbox.offers.recv() => self.on_pool_answer(domain, offered),
                 Some(ev) = inbox.watch.recv() => self.on_watch(ev),
@@ -454,7 +463,10 @@ impl Engine {
                 _ = sleep_until(grace_end), if grace_end.is_some() => self.end_grace(),
                 _ = sleep_until(drain_recheck), if drain_recheck.is_some() => drain_recheck = None,
                 _ = sleep_until(settle_at), if settle_at.is_some() => self.settled(),
-                _ = upkeep.tick() => self.keep_var_run(),
+                _ = upkeep.tick() => {
+                    self.keep_var_run();
+                    self.copy_slurm_points();
+                }
                 _ = safety.tick() => {
                     self.scan_in();
                     self.scan_cancel();

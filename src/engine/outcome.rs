@@ -56,6 +56,14 @@ pub fn outcome(
             };
             return Outcome::Error(TaskError::new(kind, message));
         }
+        // A stop the engine asked for wins: the cluster ended the job
+        // because the engine cancelled it.
+        Exit::Lost { kind, message } => {
+            return match asked {
+                Some(reason) => Outcome::Stopped(reason),
+                None => Outcome::Error(TaskError::new(kind, message)),
+            }
+        }
         Exit::Exited {
             status,
             stdout,

@@ -21,7 +21,7 @@ use super::policy::Effective;
 use crate::model::names::{Domain, Exid, Nid, TaskId, Taskee};
 use crate::model::task::{timestamp, AttemptLog, ErrorKind, Object, Refusal, Task, TaskOptions};
 use crate::scheduler::{Entry, Limit, NodeKey, TimerId};
-use crate::tasker::StopReason;
+use crate::tasker::{Placement, StopReason};
 
 /// A queued item of the scheduler: a node and the generation it was
 /// queued under (an item of an older generation is stale and dropped).
@@ -48,18 +48,25 @@ impl Stop {
 /// The process of a running node.
 #[derive(Debug)]
 pub enum Process {
-    /// Being spawned off the loop; `started` is not logged yet.
+    /// Being spawned (or submitted) off the loop; `started` is not logged
+    /// yet.
     Spawning,
     /// Being spawned, and already asked to stop: the stop is passed on once
     /// the process exists.
     SpawningToStop(Stop),
-    /// Runs (`started` logged); `stop` asks its driver to end it.
-    Live {
-        pgid: i32,
+    /// A Slurm job the cluster accepted, pending (`submitted` logged, not
+    /// `started`); `stop` asks its driver to end it.
+    Pending {
+        job: u64,
         stop: oneshot::Sender<StopReason>,
     },
-    /// Runs and was asked to stop; its exit is awaited.
-    Stopping { pgid: i32, why: Stop },
+    /// Runs (`started` logged); `stop` asks its driver to end it.
+    Live {
+        at: Placement,
+        stop: oneshot::Sender<StopReason>,
+    },
+    /// Runs (or is pending) and was asked to stop; its exit is awaited.
+    Stopping { at: Placement, why: Stop },
 }
 
 impl Process {
@@ -83,22 +90,44 @@ impl Process {
         let current = std::mem::replace(self, Process::Spawning);
         *self = match (current, why) {
             (Process::Spawning, why) => Process::SpawningToStop(why),
-            (Process::Live { pgid, stop }, why) => {
+            (Process::Live { at, stop }, why) => {
                 let _ = stop.send(why.reason());
-                Process::Stopping { pgid, why }
+                Process::Stopping { at, why }
+            }
+            (Process::Pending { job, stop }, why) => {
+                let _ = stop.send(why.reason());
+                Process::Stopping {
+                    at: Placement::Job(job),
+                    why,
+                }
             }
             (Process::SpawningToStop(Stop::Shutdown), cancel @ Stop::Cancel(_)) => {
                 Process::SpawningToStop(cancel)
             }
             (
                 Process::Stopping {
-                    pgid,
+                    at,
                     why: Stop::Shutdown,
                 },
                 cancel @ Stop::Cancel(_),
-            ) => Process::Stopping { pgid, why: cancel },
+            ) => Process::Stopping { at, why: cancel },
             (other, _) => other,
         };
+    }
+
+    /// The local process group, once the process exists.
+    pub fn group(&self) -> Option<i32> {
+        match self {
+            Process::Live {
+                at: Placement::Group(g),
+                ..
+            }
+            | Process::Stopping {
+                at: Placement::Group(g),
+                ..
+            } => Some(*g),
+            _ => None,
+        }
     }
 }
 
@@ -110,8 +139,9 @@ pub struct Run {
     pub process: Process,
     /// The worker slot's limits, given back at exit.
     pub limits: Vec<(Limit, u32)>,
-    /// Its slot in the taskers registry (see `registry`).
-    pub slot: usize,
+    /// Its slot in the taskers registry (see `registry`); a Slurm job
+    /// holds none (and no worker).
+    pub slot: Option<usize>,
     /// `$SPOOLFLOW_POINTS`, and how much of it was copied.
     pub points: super::tasker_points::PointsTail,
 }
@@ -249,6 +279,8 @@ impl Node {
             ended_at: None,
             outcome: None,
             kind: None,
+            job_id: None,
+            node: None,
         });
     }
 

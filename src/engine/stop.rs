@@ -3,7 +3,7 @@
 //! finish within the grace; then they are stopped and their tasks stay in
 //! `run/` too. A second signal ends the grace at once.
 
-use super::state::{Mode, NodeState, Process, Stop};
+use super::state::{Mode, NodeState, Stop};
 use super::{Engine, EngineError};
 use crate::scheduler::NodeKey;
 use crate::store::spool::SpoolError;
@@ -53,7 +53,8 @@ impl Engine {
         tracing::error!("{}", disk_failure_words(&e));
         for node in self.nodes.values() {
             if let NodeState::Running(run) = &node.state {
-                if let Process::Live { pgid, .. } | Process::Stopping { pgid, .. } = run.process {
+                // A Slurm job goes on; the next start re-attaches it.
+                if let Some(pgid) = run.process.group() {
                     let _ = nix::sys::signal::killpg(
                         nix::unistd::Pid::from_raw(pgid),
                         nix::sys::signal::Signal::SIGKILL,

@@ -16,6 +16,7 @@ pub enum Kind {
     Created,
     Offered,
     Allocated,
+    Submitted,
     Started,
     Suspended,
     Refused,
@@ -28,10 +29,11 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 12] = [
+    pub const ALL: [Kind; 13] = [
         Kind::Created,
         Kind::Offered,
         Kind::Allocated,
+        Kind::Submitted,
         Kind::Started,
         Kind::Suspended,
         Kind::Refused,
@@ -49,6 +51,7 @@ impl Kind {
             Kind::Created => "created",
             Kind::Offered => "offered",
             Kind::Allocated => "allocated",
+            Kind::Submitted => "submitted",
             Kind::Started => "started",
             Kind::Suspended => "suspended",
             Kind::Refused => "refused",

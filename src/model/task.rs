@@ -630,6 +630,12 @@ pub struct AttemptLog {
     /// The error kind of a failed or retried attempt.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kind: Option<ErrorKind>,
+    /// The Slurm job of an attempt run on a cluster (SPEC 14).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_id: Option<u64>,
+    /// The cluster node it ran on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 #[cfg(test)]

@@ -74,6 +74,57 @@ pub struct TaskerConfig {
     /// Environment variables added to the tasker's.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// Where the tasker runs: on the engine's machine (default) or as a
+    /// Slurm batch job (SPEC 14).
+    #[serde(default)]
+    pub executor: ExecutorKind,
+    /// The job's `sbatch` options, for `"executor": "slurm"`.
+    #[serde(default)]
+    pub slurm: Option<SlurmConfig>,
+}
+
+/// `executor` of a `tasker.json`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ExecutorKind {
+    /// A process group on the engine's machine.
+    #[default]
+    Local,
+    /// A batch job of a Slurm cluster.
+    Slurm,
+}
+
+/// `slurm` of a `tasker.json`: each key becomes an `sbatch` option.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SlurmConfig {
+    /// `--partition`.
+    #[serde(default)]
+    pub partition: Option<String>,
+    /// `--cpus-per-task`.
+    #[serde(default)]
+    #[schemars(range(min = 1))]
+    pub cpus: Option<u32>,
+    /// `--mem` (as Slurm writes it: `512M`, `8G`).
+    #[serde(default)]
+    pub mem: Option<String>,
+    /// `--gpus`.
+    #[serde(default)]
+    #[schemars(range(min = 1))]
+    pub gpus: Option<u32>,
+    /// `--time`: the job's time limit (default: `timeout` plus the kill
+    /// grace, when there is a `timeout`).
+    #[serde(default)]
+    pub time: Option<Dur>,
+    /// `--account`.
+    #[serde(default)]
+    pub account: Option<String>,
+    /// `--qos`.
+    #[serde(default)]
+    pub qos: Option<String>,
+    /// More `sbatch` arguments, passed as they are after the engine's own.
+    #[serde(default)]
+    pub args: Vec<String>,
 }
 
 /// The keys of a `tasker.json`.
@@ -87,6 +138,8 @@ const TASKER_KEYS: &[&str] = &[
     "max_concurrent",
     "concurrency",
     "env",
+    "executor",
+    "slurm",
 ];
 
 impl TaskerConfig {
@@ -131,6 +184,7 @@ impl TaskerConfig {
                 ));
             }
         }
+        check_slurm(&config)?;
         for k in config.env.keys() {
             if k.is_empty() || k.contains('=') || k.contains('\0') {
                 return Err(format!("invalid environment variable name {}", quoted(k)));
@@ -138,6 +192,43 @@ impl TaskerConfig {
         }
         Ok(config)
     }
+}
+
+/// The `slurm` keys: only with `"executor": "slurm"`, and no empty word
+/// where Slurm expects a name.
+fn check_slurm(config: &TaskerConfig) -> Result<(), String> {
+    let Some(s) = &config.slurm else {
+        return Ok(());
+    };
+    if config.executor != ExecutorKind::Slurm {
+        return Err("\"slurm\" options need \"executor\": \"slurm\"".into());
+    }
+    let words = [
+        ("partition", &s.partition),
+        ("mem", &s.mem),
+        ("account", &s.account),
+        ("qos", &s.qos),
+    ];
+    for (key, value) in words {
+        if let Some(v) = value {
+            if v.trim().is_empty() || v.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err(format!(
+                    "slurm.{key} must be one word, not {}",
+                    quoted(v)
+                ));
+            }
+        }
+    }
+    if s.cpus == Some(0) || s.gpus == Some(0) {
+        return Err("slurm.cpus and slurm.gpus must be at least 1".into());
+    }
+    if s.time.is_some_and(|t| t.0.is_zero()) {
+        return Err("slurm.time must be more than 0".into());
+    }
+    if let Some(a) = s.args.iter().find(|a| a.contains('\0')) {
+        return Err(format!("slurm.args holds a NUL byte: {}", quoted(a)));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -163,6 +254,17 @@ mod tests {
         let c = TaskerConfig::parse(br#"{"cmd":"echo hi"}"#).unwrap();
         assert_eq!(c.cmd, Some(Cmd::Shell("echo hi".into())));
         assert_eq!(c.input, Input::Payload);
+        assert_eq!(c.executor, ExecutorKind::Local);
+        let c = TaskerConfig::parse(
+            br#"{"cmd":"x","executor":"slurm","slurm":{"partition":"batch","cpus":4,
+                "mem":"8G","gpus":1,"time":"2h","account":"p42","qos":"normal",
+                "args":["--constraint=avx2"]}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.executor, ExecutorKind::Slurm);
+        let s = c.slurm.unwrap();
+        assert_eq!(s.time, Some(Dur(std::time::Duration::from_secs(7200))));
+        assert_eq!(s.args, ["--constraint=avx2"]);
         for bad in [
             &br#"{}"#[..],
             br#"{"cmd":[]}"#,
@@ -172,6 +274,13 @@ mod tests {
             br#"{"cmd":"x","concurrency":[{"key":"book","limit":1}]}"#,
             br#"{"cmd":"x","timeout":"soon"}"#,
             br#"{"cmd":"x","env":{"A=B":"c"}}"#,
+            br#"{"cmd":"x","executor":"k8s"}"#,
+            br#"{"cmd":"x","slurm":{"partition":"batch"}}"#,
+            br#"{"cmd":"x","executor":"slurm","slurm":{"partiton":"batch"}}"#,
+            br#"{"cmd":"x","executor":"slurm","slurm":{"cpus":"four"}}"#,
+            br#"{"cmd":"x","executor":"slurm","slurm":{"time":"soon"}}"#,
+            br#"{"cmd":"x","executor":"slurm","slurm":{"partition":"a b"}}"#,
+            br#"{"cmd":"x","executor":"slurm","slurm":{"args":"--x"}}"#,
         ] {
             assert!(
                 TaskerConfig::parse(bad).is_err(),

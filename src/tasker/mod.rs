@@ -1,17 +1,21 @@
 //! Taskers (SPEC section 6): `config` (`tasker.json`), `resolve` (a taskee
 //! to an executable under `tsk/`), `process` (spawning and driving one
-//! tasker process), `stderr` (its stderr lines) and `reply` (the reply
-//! table).
+//! tasker process), `stderr` (its stderr lines), `reply` (the reply
+//! table), and the executor seam (`executor`: `Local` process groups, and
+//! `slurm` batch jobs).
 
 pub mod config;
 pub mod contain;
+pub mod executor;
 pub mod process;
 pub mod reply;
 pub mod resolve;
+pub mod slurm;
 pub mod stderr;
 
-pub use config::{Cmd, ConcurrencyKey, Input, TaskerConfig};
+pub use config::{Cmd, ConcurrencyKey, ExecutorKind, Input, SlurmConfig, TaskerConfig};
 pub use contain::{Contain, Tracked};
+pub use executor::{Executor, JobSpec, Local, Placement, Report, RunEvent};
 pub use process::{close_inherited_descriptors, spawn, Exit, Handle, Launch, StopReason};
 pub use reply::{parse_reply, Reply, REPLY_LIMIT};
 pub use resolve::{Resolved, TaskerError, Taskers};

@@ -61,6 +61,12 @@ pub struct Launch {
 pub enum Exit {
     /// It could not be spawned; `transient` for resource shortages.
     SpawnFailed { message: String, transient: bool },
+    /// The cluster ended it without its exit status (a Slurm job lost
+    /// with its node, out of memory, past its Slurm time limit).
+    Lost {
+        kind: crate::model::task::ErrorKind,
+        message: String,
+    },
     /// It ran; `status` is its wait status.
     Exited {
         status: ExitStatus,

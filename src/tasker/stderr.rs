@@ -92,6 +92,25 @@ pub(super) async fn copy_stderr(
     }
 }
 
+/// Copies a finished run's stderr file (a Slurm job's, SPEC 14) into the
+/// `.err` file as a local tasker's pipe would be, within the same caps;
+/// returns its last lines. Read in chunks: the file may be of any size.
+pub(crate) fn copy_stderr_file(
+    from: &std::path::Path,
+    err_path: PathBuf,
+    prefix: String,
+) -> Vec<String> {
+    use std::io::Read;
+    let mut copy = StderrCopy::new(err_path, prefix);
+    if let Ok(mut f) = crate::userfile::open(from) {
+        let mut chunk = vec![0u8; 64 * 1024];
+        while let Ok(n @ 1..) = f.read(&mut chunk) {
+            copy.take(&chunk[..n], false);
+        }
+    }
+    copy.finish()
+}
+
 /// What of a run's stderr lines reaches the `.err` file: the first `head`
 /// bytes (whole lines) at once, the last `tail` bytes at the end, and the
 /// count of what was cut between them. Pure: bytes in, bytes out.

@@ -1,0 +1,149 @@
+//! The engine's side of the executor seam (SPEC 14): which executor runs
+//! a node, the events of a run (placed, submitted, running on a node,
+//! waiting for the cluster, exited) turned into points, and the points
+//! files of Slurm jobs read at each tick. The decisions on a run's end
+//! are `exits`', the same for both executors.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::Engine;
+use crate::model::point::Kind;
+use crate::scheduler::NodeKey;
+use crate::tasker::slurm::{job, Slurm};
+use crate::tasker::{Executor, JobSpec, Local, Resolved, RunEvent};
+
+use super::state::{NodeState, Process};
+use crate::tasker::Placement;
+
+/// The executors a node's tasker may run on.
+pub(super) struct Executors {
+    local: Arc<Local>,
+    /// Made at the first Slurm run (its poller runs from then on).
+    slurm: Option<Arc<Slurm>>,
+    poll: Duration,
+}
+
+impl Executors {
+    pub(super) fn new(poll: Duration) -> Executors {
+        Executors {
+            local: Arc::new(Local),
+            slurm: None,
+            poll,
+        }
+    }
+
+    pub(super) fn slurm(&mut self) -> Arc<Slurm> {
+        let poll = self.poll;
+        self.slurm
+            .get_or_insert_with(|| Arc::new(Slurm::new(poll)))
+            .clone()
+    }
+}
+
+impl Engine {
+    /// The executor of a run: local, or Slurm.
+    pub(super) fn executor(&mut self, local: bool) -> Arc<dyn Executor> {
+        if local {
+            self.executors.local.clone()
+        } else {
+            self.executors.slurm()
+        }
+    }
+
+    /// A Slurm run's directory and job name.
+    pub(super) fn job_spec(&self, key: &NodeKey, attempt: u32, resolved: &Resolved) -> JobSpec {
+        let dir = self.root.slurm_job_dir(&key.exid, &key.nid, attempt);
+        let name = dir
+            .file_name()
+            .map(|n| job::job_name(&n.to_string_lossy()))
+            .unwrap_or_default();
+        JobSpec {
+            dir,
+            name,
+            slurm: resolved.config.slurm.clone(),
+        }
+    }
+
+    /// One event of a node's run.
+    pub(super) fn on_run_event(&mut self, key: NodeKey, gen: u64, event: RunEvent) {
+        match event {
+            RunEvent::Placed { at, stop } => self.on_placed(key, gen, at, stop),
+            RunEvent::Running { job, node } => self.on_job_running(&key, gen, job, node),
+            RunEvent::Waiting(why) => self.on_waiting(&key, gen, why),
+            RunEvent::Exited(exit) => self.on_exit(key, gen, exit),
+        }
+    }
+
+    /// The cluster accepted the job (its id durable in its directory):
+    /// `submitted`, with the job id.
+    pub(super) fn on_submitted(&mut self, key: &NodeKey, job: u64) {
+        let Some(node) = self.node(key) else {
+            return;
+        };
+        let p = self
+            .point(key, Kind::Submitted)
+            .with("job_id", job)
+            .with("attempt", node.attempt);
+        self.log_required(p);
+        self.slurm_running.insert(key.clone());
+    }
+
+    /// The job runs on a node: `started`, with the job id and the node.
+    fn on_job_running(&mut self, key: &NodeKey, gen: u64, job: u64, on: String) {
+        let Some(node) = self.node_mut(key).filter(|n| n.gen == gen) else {
+            return;
+        };
+        let NodeState::Running(run) = &mut node.state else {
+            return;
+        };
+        match std::mem::replace(&mut run.process, Process::Spawning) {
+            Process::Pending { job, stop } => {
+                run.process = Process::Live {
+                    at: Placement::Job(job),
+                    stop,
+                }
+            }
+            // Asked to stop meanwhile, or re-attached running already.
+            other => {
+                let started = other.started();
+                run.process = other;
+                if started {
+                    return;
+                }
+            }
+        }
+        self.on_running(key, vec![("job_id", job.into()), ("node", on.clone().into())]);
+        if let Some(a) = self
+            .node_mut(key)
+            .and_then(|n| n.past_mut().attempts_log.last_mut())
+        {
+            a.job_id = Some(job);
+            a.node = Some(on);
+        }
+    }
+
+    /// The cluster cannot be reached (`Some`), or can be again: the node
+    /// waits, never failed for it; a `suspended` point says why.
+    fn on_waiting(&mut self, key: &NodeKey, gen: u64, why: Option<String>) {
+        if !self.node(key).is_some_and(|n| n.gen == gen) {
+            return;
+        }
+        match why {
+            Some(reason) => {
+                tracing::warn!("task {}: {reason}", key.exid);
+                let p = self.point(key, Kind::Suspended).with("reason", reason);
+                self.log(p);
+            }
+            None => tracing::info!("task {}: the Slurm controller answers again", key.exid),
+        }
+    }
+
+    /// Reads the points files of the nodes running as Slurm jobs.
+    pub(super) fn copy_slurm_points(&mut self) {
+        let keys: Vec<NodeKey> = self.slurm_running.iter().cloned().collect();
+        for key in keys {
+            self.copy_points(&key);
+        }
+    }
+}

@@ -1,0 +1,410 @@
+//! One tasker run as a Slurm job (SPEC 14): its files written under
+//! `var/slurm/<exid>.<nid>.<attempt>/`, `sbatch --parsable` (a refusal
+//! fails the task `config` with Slurm's message; an unreachable
+//! controller is waited for), the job id made durable before the engine
+//! hears of it, then the job followed through the poller: `Running` once
+//! it has a node, the run timeout counted from then, a stop or a timeout
+//! as `scancel --signal=TERM --full` then `scancel` after the kill grace,
+//! and at its end the reply, stderr and exit status read from its files.
+//! An engine that stops leaves its jobs running: the next start
+//! re-attaches them ([`Slurm::adopt`]).
+
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::ExitStatus;
+use std::time::Duration;
+
+use tokio::sync::{oneshot, watch};
+use tokio::time::Instant;
+
+use super::job::{self, parse_status};
+use super::poller::{Poller, Target, View};
+use super::squeue::{self, Phase};
+use crate::tasker::executor::{Executor, JobSpec, Placement, Report, RunEvent};
+use crate::tasker::process::{Exit, Launch, StopReason};
+use crate::tasker::REPLY_LIMIT;
+
+/// Taskers as Slurm jobs: the poller all runs share, and its interval.
+pub struct Slurm {
+    poller: Poller,
+    interval: Duration,
+}
+
+/// What a driver needs to follow a job and read its result.
+struct Follow {
+    dir: PathBuf,
+    timeout: Option<Duration>,
+    kill_grace: Duration,
+    stderr_path: PathBuf,
+    stderr_prefix: String,
+}
+
+/// A job of a dead engine, found at start-up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Adopt {
+    /// Its id is known (recorded, or found by name).
+    Job(u64),
+    /// The cluster no longer knows it, but it left its exit status.
+    Ended,
+}
+
+impl Slurm {
+    /// Starts the poller (on the runtime).
+    pub fn new(interval: Duration) -> Slurm {
+        Slurm {
+            poller: Poller::start(interval),
+            interval,
+        }
+    }
+
+    /// Re-attaches the run whose files are in `dir` (SPEC 14 recovery):
+    /// reported as for a new run, from `Placed` on.
+    pub fn adopt(&self, adopt: Adopt, launch: Launch, dir: PathBuf, report: Report) {
+        let f = follow_of(&launch, dir);
+        let poller = self.poller.clone();
+        tokio::spawn(async move {
+            let exit = match adopt {
+                Adopt::Job(id) => placed_then_follow(&poller, id, &f, &report).await,
+                Adopt::Ended => result(&f, None, None, false),
+            };
+            report(RunEvent::Exited(exit));
+        });
+    }
+}
+
+fn follow_of(launch: &Launch, dir: PathBuf) -> Follow {
+    Follow {
+        dir,
+        timeout: launch.timeout,
+        kill_grace: launch.kill_grace,
+        stderr_path: launch.stderr_path.clone(),
+        stderr_prefix: launch.stderr_prefix.clone(),
+    }
+}
+
+impl Executor for Slurm {
+    fn start(&self, launch: Launch, job: Option<JobSpec>, report: Report) {
+        let Some(job) = job else {
+            return report(RunEvent::Exited(Exit::SpawnFailed {
+                message: "a Slurm run needs its job files".into(),
+                transient: false,
+            }));
+        };
+        let f = follow_of(&launch, job.dir.clone());
+        let poller = self.poller.clone();
+        let interval = self.interval;
+        tokio::spawn(async move {
+            let exit = match submit(&launch, &job, interval, &report).await {
+                Ok(id) => placed_then_follow(&poller, id, &f, &report).await,
+                Err(exit) => exit,
+            };
+            report(RunEvent::Exited(exit));
+        });
+    }
+}
+
+async fn placed_then_follow(poller: &Poller, id: u64, f: &Follow, report: &Report) -> Exit {
+    let (stop_tx, stop_rx) = oneshot::channel();
+    report(RunEvent::Placed {
+        at: Placement::Job(id),
+        stop: stop_tx,
+    });
+    follow(id, poller.watch(Target::Id(id)), stop_rx, f, report).await
+}
+
+/// Writes the job's files and submits it; returns its id, durable in
+/// `job_id` already.
+async fn submit(launch: &Launch, job: &JobSpec, interval: Duration, report: &Report) -> Result<u64, Exit> {
+    let failed = |message: String, transient: bool| Exit::SpawnFailed { message, transient };
+    write_files(launch, job).map_err(|e| {
+        failed(format!("cannot write the job's files in {}: {e}", job.dir.display()), true)
+    })?;
+    let mut args = job::sbatch_args(&job.name, &job.dir, job.slurm.as_ref(), backstop(launch));
+    args.push(job.dir.join(job::SCRIPT).display().to_string());
+    let mut waiting = false;
+    let id = loop {
+        match sbatch(&args).await {
+            Ok(id) => break id,
+            Err(e) if squeue::unreachable(&e) => {
+                if !waiting {
+                    waiting = true;
+                    report(RunEvent::Waiting(Some(format!("cannot submit to Slurm: {e}"))));
+                }
+                tokio::time::sleep(interval).await;
+                // The failed sbatch may have reached the controller.
+                if let Ok(rows) = super::poller::query().await {
+                    if let Some(r) = rows.iter().find(|r| r.name == job.name) {
+                        break r.id;
+                    }
+                }
+            }
+            Err(e) => return Err(failed(format!("sbatch refused the job: {e}"), false)),
+        }
+    };
+    if waiting {
+        report(RunEvent::Waiting(None));
+    }
+    crash_point();
+    let written = crate::store::spool::write_atomic(&job.dir, job::JOB_ID, format!("{id}\n").as_bytes(), false, true);
+    if let Err(e) = written {
+        cancel(id, None).await;
+        return Err(failed(format!("cannot record the job id {id}: {e} (the job was cancelled)"), true));
+    }
+    Ok(id)
+}
+
+/// The Slurm time limit of a job with a run timeout: the timeout plus the
+/// kill grace, so that the engine's own timeout comes first.
+fn backstop(launch: &Launch) -> Option<Duration> {
+    launch.timeout.map(|t| t + launch.kill_grace + Duration::from_secs(60))
+}
+
+/// A test seam (debug builds only): `SPOOLFLOW_CRASH_AFTER_SBATCH=1` kills
+/// the engine between `sbatch` and the durable write of the job id.
+fn crash_point() {
+    #[cfg(debug_assertions)]
+    if std::env::var_os("SPOOLFLOW_CRASH_AFTER_SBATCH").is_some() {
+        std::process::abort();
+    }
+}
+
+fn write_files(launch: &Launch, job: &JobSpec) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    if job.dir.exists() {
+        std::fs::remove_dir_all(&job.dir)?;
+    }
+    std::fs::create_dir_all(&job.dir)?;
+    std::fs::write(job.dir.join(job::IN), &launch.stdin)?;
+    let argv: Vec<&std::ffi::OsStr> = launch.argv.iter().map(|a| a.as_os_str()).collect();
+    let env: Vec<(&str, &std::ffi::OsStr)> = launch.env.iter().map(|(k, v)| (k.as_str(), v.as_os_str())).collect();
+    let script = job::script(&job.dir, &launch.dir, &argv, &env);
+    let path = job.dir.join(job::SCRIPT);
+    std::fs::write(&path, script)?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
+}
+
+/// Runs `sbatch`; its id, or its message.
+async fn sbatch(args: &[String]) -> Result<u64, String> {
+    let out = tokio::process::Command::new("sbatch")
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let out = match tokio::time::timeout(Duration::from_secs(60), out).await {
+        Err(_) => return Err("sbatch did not answer within 60 s: Socket timed out".into()),
+        Ok(Err(e)) => return Err(format!("cannot run sbatch: {e}")),
+        Ok(Ok(out)) => out,
+    };
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if out.status.success() {
+        if let Some(id) = squeue::parse_job_id(&stdout) {
+            return Ok(id);
+        }
+    }
+    let err = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    Err(if err.is_empty() { format!("{} {}", out.status, stdout.trim()) } else { err })
+}
+
+/// `scancel` (`--signal=TERM --full` with a signal): best effort; what
+/// Slurm then says of the job is what counts.
+async fn cancel(id: u64, signal: Option<&str>) {
+    let mut cmd = tokio::process::Command::new("scancel");
+    if let Some(sig) = signal {
+        cmd.arg(format!("--signal={sig}")).arg("--full");
+    }
+    cmd.arg(id.to_string()).stdin(std::process::Stdio::null()).kill_on_drop(true);
+    match tokio::time::timeout(Duration::from_secs(30), cmd.output()).await {
+        Ok(Ok(out)) if !out.status.success() => tracing::warn!(
+            "scancel of job {id} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ),
+        Ok(Err(e)) => tracing::warn!("cannot run scancel for job {id}: {e}"),
+        _ => {}
+    }
+}
+
+/// The state of one followed job.
+#[derive(Default)]
+struct Seen {
+    /// The node, once the job was seen on one (`Running` reported).
+    node: Option<String>,
+    last_state: Option<String>,
+    waiting: bool,
+    stopped: Option<StopReason>,
+    timed_out: bool,
+}
+
+/// Follows a placed job to its end.
+async fn follow(
+    id: u64,
+    mut view: watch::Receiver<View>,
+    mut stop_rx: oneshot::Receiver<StopReason>,
+    f: &Follow,
+    report: &Report,
+) -> Exit {
+    let mut s = Seen::default();
+    let mut stop_open = true;
+    let mut deadline: Option<Instant> = None;
+    let mut kill_at: Option<Instant> = None;
+    let far = || Instant::now() + Duration::from_secs(365 * 24 * 3600);
+    loop {
+        tokio::select! {
+            changed = view.changed() => {
+                if changed.is_err() {
+                    return Exit::Lost { kind: crate::model::task::ErrorKind::Work, message: "the engine's Slurm poller stopped".into() };
+                }
+                let v = view.borrow_and_update().clone();
+                if let Some(ended) = on_view(id, v, &mut s, f, &mut deadline, report) {
+                    if ended {
+                        break;
+                    }
+                }
+            }
+            why = &mut stop_rx, if stop_open => {
+                stop_open = false;
+                match why {
+                    Ok(StopReason::Shutdown) => return detached(),
+                    Ok(StopReason::Cancel) => {
+                        s.stopped = Some(StopReason::Cancel);
+                        let running = s.node.is_some();
+                        cancel(id, running.then_some("TERM")).await;
+                        kill_at = running.then(|| Instant::now() + f.kill_grace);
+                    }
+                    Err(_) => {}
+                }
+            }
+            _ = tokio::time::sleep_until(deadline.unwrap_or_else(far)), if deadline.is_some() => {
+                deadline = None;
+                if s.stopped.is_none() {
+                    s.timed_out = true;
+                    cancel(id, Some("TERM")).await;
+                    kill_at = Some(Instant::now() + f.kill_grace);
+                }
+            }
+            _ = tokio::time::sleep_until(kill_at.unwrap_or_else(far)), if kill_at.is_some() => {
+                kill_at = None;
+                cancel(id, None).await;
+            }
+        }
+    }
+    result(f, s.last_state.as_deref(), s.stopped, s.timed_out)
+}
+
+/// Acts on one view of the job; `Some(true)` once it has ended.
+fn on_view(
+    id: u64,
+    v: View,
+    s: &mut Seen,
+    f: &Follow,
+    deadline: &mut Option<Instant>,
+    report: &Report,
+) -> Option<bool> {
+    let row = match v {
+        View::Unknown => return None,
+        View::Unreachable(why) => {
+            if !s.waiting {
+                s.waiting = true;
+                report(RunEvent::Waiting(Some(format!("the Slurm controller cannot be reached: {why}"))));
+            }
+            return None;
+        }
+        View::Gone => return Some(true),
+        View::Seen(row) => row,
+    };
+    if s.waiting {
+        s.waiting = false;
+        report(RunEvent::Waiting(None));
+    }
+    s.last_state = Some(row.state.clone());
+    let phase = squeue::phase(&row.state);
+    if phase != Phase::Pending && s.node.is_none() && !row.node.is_empty() && s.stopped.is_none() {
+        s.node = Some(row.node.clone());
+        report(RunEvent::Running { job: id, node: row.node.clone() });
+        *deadline = f.timeout.map(|t| Instant::now() + t);
+    }
+    match phase {
+        Phase::Ended => Some(true),
+        Phase::Completing => Some(f.dir.join(job::STATUS).exists()),
+        _ => Some(false),
+    }
+}
+
+/// The exit of an engine that stops: the job goes on; the next start
+/// re-attaches it.
+fn detached() -> Exit {
+    Exit::Exited {
+        status: ExitStatus::from_raw(0),
+        stdout: Vec::new(),
+        oversized: false,
+        stderr_tail: Vec::new(),
+        timed_out: false,
+        stopped: Some(StopReason::Shutdown),
+    }
+}
+
+/// What an ended job came to, from its last state and its files.
+fn result(f: &Follow, last_state: Option<&str>, stopped: Option<StopReason>, timed_out: bool) -> Exit {
+    let code = std::fs::read(f.dir.join(job::STATUS)).ok().and_then(|b| parse_status(&b));
+    if stopped.is_none() && !timed_out {
+        if let Some((kind, message)) = last_state.and_then(squeue::overriding_end) {
+            return Exit::Lost { kind, message };
+        }
+    }
+    let Some(code) = code else {
+        if stopped.is_some() || timed_out {
+            return Exit::Exited {
+                status: ExitStatus::from_raw(15),
+                stdout: Vec::new(),
+                oversized: false,
+                stderr_tail: Vec::new(),
+                timed_out,
+                stopped,
+            };
+        }
+        let (kind, message) = squeue::lost(last_state);
+        return Exit::Lost { kind, message: with_slurm_out(message, &f.dir) };
+    };
+    let stdout = read_reply(&f.dir.join(job::OUT));
+    let oversized = stdout.len() > REPLY_LIMIT;
+    let stderr_tail = crate::tasker::stderr::copy_stderr_file(
+        &f.dir.join(job::ERR),
+        f.stderr_path.clone(),
+        f.stderr_prefix.clone(),
+    );
+    Exit::Exited {
+        status: status_of(code),
+        stdout: if oversized { Vec::new() } else { stdout },
+        oversized,
+        stderr_tail,
+        timed_out,
+        stopped,
+    }
+}
+
+/// The reply file, read up to one byte over the limit.
+fn read_reply(path: &Path) -> Vec<u8> {
+    crate::userfile::read(path, REPLY_LIMIT as u64 + 1).unwrap_or_else(|e| {
+        if matches!(e, crate::userfile::UserFileError::TooLarge { .. }) {
+            vec![0; REPLY_LIMIT + 1]
+        } else {
+            Vec::new()
+        }
+    })
+}
+
+/// A shell's exit code as a wait status: 128 + n is signal n.
+fn status_of(code: i32) -> ExitStatus {
+    match code {
+        129..=159 => ExitStatus::from_raw(code - 128),
+        c => ExitStatus::from_raw((c & 0xff) << 8),
+    }
+}
+
+/// A lost job's reason, with the last line Slurm itself wrote for it.
+fn with_slurm_out(message: String, dir: &Path) -> String {
+    let text = crate::userfile::read_string(&dir.join(job::SLURM_OUT), 64 * 1024).unwrap_or_default();
+    match text.lines().rev().find(|l| !l.trim().is_empty()) {
+        Some(line) => format!("{message}: {}", line.trim()),
+        None => message,
+    }
+}

@@ -1,0 +1,17 @@
+//! Taskers as Slurm batch jobs (SPEC 14): `job` (the script and the
+//! `sbatch` arguments, pure), `squeue` (what Slurm says, pure), `poller`
+//! (one `squeue` per interval for all jobs) and `driver` (one run: submit,
+//! follow, signal, read its result).
+
+pub mod driver;
+pub mod job;
+pub mod poller;
+pub mod squeue;
+
+use std::time::Duration;
+
+pub use driver::{Adopt, Slurm};
+pub use poller::{Poller, Target, View};
+
+/// The default poll interval.
+pub const POLL: Duration = Duration::from_secs(1);

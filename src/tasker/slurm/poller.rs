@@ -1,0 +1,127 @@
+//! The one observer of the engine's Slurm jobs (SPEC 14): every poll
+//! interval, while any job is watched, one `squeue` for all of them
+//! (never a process per job), its rows handed to each job's driver
+//! through a `watch` channel. A controller that cannot be reached is
+//! told to every driver, which waits for it.
+
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+
+use super::squeue::{self, Row};
+
+/// What the poller last learnt of one job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum View {
+    /// Not polled yet.
+    Unknown,
+    /// `squeue` shows it.
+    Seen(Row),
+    /// `squeue` answered, without it: the cluster no longer knows it.
+    Gone,
+    /// `squeue` failed (the controller is down, or `squeue` cannot run).
+    Unreachable(String),
+}
+
+/// Which job a driver follows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    Id(u64),
+    /// By name: a job submitted just before a crash, its id not recorded.
+    Name(String),
+}
+
+struct Watched {
+    target: Target,
+    tx: watch::Sender<View>,
+}
+
+/// The handle drivers register with.
+#[derive(Clone)]
+pub struct Poller {
+    tx: mpsc::UnboundedSender<Watched>,
+}
+
+impl Poller {
+    /// Starts the poller on the runtime.
+    pub fn start(interval: Duration) -> Poller {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(run(rx, interval));
+        Poller { tx }
+    }
+
+    /// Follows a job: its view changes after every poll that sees it
+    /// change. Dropping the receiver ends the watch.
+    pub fn watch(&self, target: Target) -> watch::Receiver<View> {
+        let (tx, rx) = watch::channel(View::Unknown);
+        let _ = self.tx.send(Watched { target, tx });
+        rx
+    }
+}
+
+async fn run(mut rx: mpsc::UnboundedReceiver<Watched>, interval: Duration) {
+    let mut watched: Vec<Watched> = Vec::new();
+    loop {
+        if watched.is_empty() {
+            match rx.recv().await {
+                Some(w) => watched.push(w),
+                None => return,
+            }
+        }
+        tokio::time::sleep(interval).await;
+        while let Ok(w) = rx.try_recv() {
+            watched.push(w);
+        }
+        watched.retain(|w| !w.tx.is_closed());
+        if watched.is_empty() {
+            continue;
+        }
+        let answer = query().await;
+        for w in &watched {
+            let view = match &answer {
+                Err(reason) => View::Unreachable(reason.clone()),
+                Ok(rows) => find(rows, &w.target).map_or(View::Gone, |r| View::Seen(r.clone())),
+            };
+            w.tx.send_if_modified(|v| {
+                let changed = *v != view;
+                *v = view;
+                changed
+            });
+        }
+    }
+}
+
+fn find<'a>(rows: &'a [Row], target: &Target) -> Option<&'a Row> {
+    match target {
+        Target::Id(id) => rows.iter().find(|r| r.id == *id),
+        // The newest of that name, should there be more than one.
+        Target::Name(n) => rows.iter().filter(|r| &r.name == n).max_by_key(|r| r.id),
+    }
+}
+
+/// How long one `squeue` may take before it counts as unreachable.
+const QUERY_LIMIT: Duration = Duration::from_secs(30);
+
+/// One `squeue` for all of this user's jobs, in every state Slurm still
+/// keeps.
+pub async fn query() -> Result<Vec<Row>, String> {
+    let mut cmd = tokio::process::Command::new("squeue");
+    cmd.args(["-h", "--me", "--states=all", "-o", squeue::FORMAT])
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    let out = match tokio::time::timeout(QUERY_LIMIT, cmd.output()).await {
+        Err(_) => return Err(format!("squeue did not answer within {QUERY_LIMIT:?}")),
+        Ok(Err(e)) => return Err(format!("cannot run squeue: {e}")),
+        Ok(Ok(out)) => out,
+    };
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let err = err.trim();
+        return Err(if err.is_empty() {
+            format!("squeue failed ({})", out.status)
+        } else {
+            err.to_string()
+        });
+    }
+    Ok(squeue::parse(&String::from_utf8_lossy(&out.stdout)))
+}

@@ -1,0 +1,174 @@
+//! What Slurm says of the engine's jobs (SPEC 14), read from one
+//! `squeue` per poll for all of them, and what an ended job means for its
+//! task. Pure: the text in, the phases and errors out.
+
+use crate::model::task::ErrorKind;
+
+/// The `squeue` output format the poller asks for: id, name, state,
+/// nodes, reason, separated by `|` (none of them holds one).
+pub const FORMAT: &str = "%i|%j|%T|%N|%r";
+
+/// One job as `squeue` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Row {
+    pub id: u64,
+    pub name: String,
+    pub state: String,
+    pub node: String,
+    pub reason: String,
+}
+
+/// Where a job is in its life, as far as the engine cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Waiting for a node (or requeued, or held).
+    Pending,
+    /// On a node (running, suspended, being signalled).
+    Running,
+    /// Its script has ended; Slurm is cleaning up (`COMPLETING`).
+    Completing,
+    /// Ended, in a final state.
+    Ended,
+}
+
+/// Parses `squeue -h -o FORMAT`; lines that are not rows are skipped.
+pub fn parse(text: &str) -> Vec<Row> {
+    text.lines()
+        .filter_map(|line| {
+            let mut f = line.trim().splitn(5, '|');
+            let id = f.next()?.trim().parse().ok()?;
+            Some(Row {
+                id,
+                name: f.next()?.trim().to_string(),
+                state: f.next()?.trim().to_string(),
+                node: f.next().unwrap_or("").trim().to_string(),
+                reason: f.next().unwrap_or("").trim().to_string(),
+            })
+        })
+        .collect()
+}
+
+/// The phase of a Slurm job state (long form, as `%T` prints it).
+pub fn phase(state: &str) -> Phase {
+    match state {
+        "PENDING" | "CONFIGURING" | "REQUEUED" | "REQUEUE_HOLD" | "REQUEUE_FED"
+        | "RESV_DEL_HOLD" => Phase::Pending,
+        "COMPLETING" | "STAGE_OUT" => Phase::Completing,
+        "COMPLETED" | "FAILED" | "CANCELLED" | "TIMEOUT" | "NODE_FAIL" | "PREEMPTED"
+        | "BOOT_FAIL" | "DEADLINE" | "OUT_OF_MEMORY" | "SPECIAL_EXIT" | "REVOKED" => Phase::Ended,
+        // RUNNING, SUSPENDED, STOPPED, SIGNALING, RESIZING, and any state
+        // a later Slurm adds: the job holds a node until it says otherwise.
+        _ => Phase::Running,
+    }
+}
+
+/// What ended a job whose state decides the outcome whatever the tasker's
+/// status says: a Slurm time limit, a deadline, memory.
+pub fn overriding_end(state: &str) -> Option<(ErrorKind, String)> {
+    match state {
+        "TIMEOUT" => Some((
+            ErrorKind::Timeout,
+            "the job reached its Slurm time limit (TIMEOUT)".into(),
+        )),
+        "DEADLINE" => Some((
+            ErrorKind::Timeout,
+            "the job reached its Slurm deadline (DEADLINE)".into(),
+        )),
+        "OUT_OF_MEMORY" => Some((
+            ErrorKind::User,
+            "the job ran out of memory (OUT_OF_MEMORY)".into(),
+        )),
+        _ => None,
+    }
+}
+
+/// The error of a job that ended without the tasker's exit status (its
+/// script never ran, or ran on a node that failed): `state` is its last
+/// state, `None` when the cluster no longer knows the job.
+pub fn lost(state: Option<&str>) -> (ErrorKind, String) {
+    if let Some(end) = state.and_then(overriding_end) {
+        return end;
+    }
+    let msg = match state {
+        None => "the cluster no longer knows the job and it left no exit status".to_string(),
+        Some("CANCELLED") => "the job was cancelled outside the engine (CANCELLED)".to_string(),
+        Some(s @ ("NODE_FAIL" | "BOOT_FAIL" | "PREEMPTED" | "REVOKED")) => {
+            format!("the cluster ended the job ({s})")
+        }
+        Some(s) => format!("the job ended ({s}) without the tasker's exit status"),
+    };
+    (ErrorKind::Work, msg)
+}
+
+/// Whether `squeue`'s error means the controller cannot be reached (to be
+/// waited for) rather than a bad request.
+pub fn unreachable(stderr: &str) -> bool {
+    let s = stderr.to_ascii_lowercase();
+    [
+        "unable to contact slurm controller",
+        "socket timed out",
+        "connection refused",
+        "connection timed out",
+        "communication connection failure",
+        "slurm backup controller in standby mode",
+        "zero bytes were transmitted",
+    ]
+    .iter()
+    .any(|m| s.contains(m))
+}
+
+/// The job id `sbatch --parsable` printed (`123` or `123;cluster`).
+pub fn parse_job_id(stdout: &str) -> Option<u64> {
+    stdout.trim().split(';').next()?.trim().parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_are_parsed_and_noise_skipped() {
+        let rows = parse("17|spoolflow.a.0.1|RUNNING|vm|None\n  18|spoolflow.b.0.1|PENDING||Resources\nslurm_load_jobs error\n");
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0].id, 17);
+        assert_eq!(rows[0].node, "vm");
+        assert_eq!(rows[1].state, "PENDING");
+        assert_eq!(rows[1].reason, "Resources");
+    }
+
+    #[test]
+    fn states_map_to_phases() {
+        assert_eq!(phase("PENDING"), Phase::Pending);
+        assert_eq!(phase("RUNNING"), Phase::Running);
+        assert_eq!(phase("SUSPENDED"), Phase::Running);
+        assert_eq!(phase("COMPLETING"), Phase::Completing);
+        for s in ["COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY"] {
+            assert_eq!(phase(s), Phase::Ended, "{s}");
+        }
+    }
+
+    #[test]
+    fn jobs_ended_by_the_cluster_are_work_errors_and_limits_keep_their_kind() {
+        assert_eq!(lost(Some("NODE_FAIL")).0, ErrorKind::Work);
+        assert_eq!(lost(Some("PREEMPTED")).0, ErrorKind::Work);
+        assert_eq!(lost(Some("BOOT_FAIL")).0, ErrorKind::Work);
+        assert_eq!(lost(None).0, ErrorKind::Work);
+        assert_eq!(lost(Some("OUT_OF_MEMORY")).0, ErrorKind::User);
+        assert_eq!(lost(Some("TIMEOUT")).0, ErrorKind::Timeout);
+        assert!(lost(Some("NODE_FAIL")).1.contains("NODE_FAIL"));
+        assert_eq!(overriding_end("COMPLETED"), None);
+    }
+
+    #[test]
+    fn controller_outages_are_told_from_bad_requests() {
+        assert!(unreachable(
+            "squeue: error: Unable to contact slurm controller (connect failure)"
+        ));
+        assert!(!unreachable(
+            "sbatch: error: invalid partition specified: nope"
+        ));
+        assert_eq!(parse_job_id("42\n"), Some(42));
+        assert_eq!(parse_job_id("42;cl\n"), Some(42));
+        assert_eq!(parse_job_id("Submitted"), None);
+    }
+}
