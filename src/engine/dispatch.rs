@@ -450,17 +450,22 @@ impl Engine {
         let NodeState::Running(run) = &mut node.state else {
             return;
         };
-        let asked = match std::mem::replace(&mut run.process, Process::Spawning) {
-            Process::SpawningToStop(why) => Some(why),
-            _ => None,
-        };
-        run.process = match (at, asked) {
-            (at, Some(why)) => {
+        let was = std::mem::replace(&mut run.process, Process::Spawning);
+        if let Process::Adopting { started } = was {
+            // Re-attached: its points are in the log already.
+            run.process = match (at, started) {
+                (Placement::Job(job), false) => Process::Pending { job, stop },
+                (at, _) => Process::Live { at, stop },
+            };
+            return;
+        }
+        run.process = match (at, was) {
+            (at, Process::SpawningToStop(why)) => {
                 let _ = stop.send(why.reason());
                 Process::Stopping { at, why }
             }
-            (Placement::Job(job), None) => Process::Pending { job, stop },
-            (at @ Placement::Group(_), None) => Process::Live { at, stop },
+            (Placement::Job(job), _) => Process::Pending { job, stop },
+            (at @ Placement::Group(_), _) => Process::Live { at, stop },
         };
         match at {
             Placement::Group(pgid) => self.on_running(&key, vec![("pid", pgid.into())]),

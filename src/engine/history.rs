@@ -28,6 +28,11 @@ pub struct History {
     pub(super) submitted_at: Option<DateTime<Utc>>,
     /// The attempts that started in this life of the id.
     attempts_log: Vec<crate::model::task::AttemptLog>,
+    /// The last attempt was allocated and nothing ended it: it ran (or
+    /// was about to) when the engine stopped.
+    pub(super) open_run: bool,
+    /// The taskee and tasker of the last allocation.
+    allocated_to: Option<(crate::model::names::Taskee, String)>,
 }
 
 impl History {
@@ -44,6 +49,11 @@ impl History {
             let past = node.past_mut();
             past.refusals = self.refusals.clone();
             past.attempts_log = self.attempts_log.clone();
+        }
+        if let Some((taskee, tasker)) = self.allocated_to.as_ref().filter(|_| self.open_run) {
+            let past = node.past_mut();
+            past.taskee = Some(taskee.clone());
+            past.tasker_path = Some(tasker.clone());
         }
         // The attempt that ran when the engine died ended with it.
         node.end_attempt(Utc::now(), "interrupted", None);
@@ -85,6 +95,9 @@ fn history_in(points: &[point::Point], id: &TaskId, nid: &crate::model::names::N
         .iter()
         .filter(|p| &p.id == id && &p.nid == nid && !p.fields.contains_key("source"))
     {
+        if p.kind().is_some_and(Kind::ends_a_run) {
+            h.open_run = false;
+        }
         match p.kind() {
             Some(Kind::Created) => {
                 // A new life of the id (a task run again by `retry`): what
@@ -144,7 +157,14 @@ fn history_in(points: &[point::Point], id: &TaskId, nid: &crate::model::names::N
                 h.end_attempt(p, "interrupted");
                 h.note_attempt(p);
             }
-            Some(Kind::Allocated) => h.note_attempt(p),
+            Some(Kind::Allocated) => {
+                h.note_attempt(p);
+                h.open_run = true;
+                let field = |k: &str| p.fields.get(k).and_then(|v| v.as_str());
+                h.allocated_to = field("taskee")
+                    .and_then(|t| t.parse().ok())
+                    .map(|t| (t, field("tasker").unwrap_or_default().to_string()));
+            }
             _ => {}
         }
     }

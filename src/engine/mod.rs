@@ -33,6 +33,7 @@ mod offers;
 pub mod outcome;
 pub mod policy;
 pub mod recovery;
+mod reattach;
 mod registry;
 mod remote;
 mod replies;

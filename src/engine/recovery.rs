@@ -37,6 +37,8 @@ pub struct Recovered {
     pub submitted_at: Option<DateTime<Utc>>,
     /// The attempts that ran before (the last one may have been cut short).
     pub attempts: u32,
+    /// The last attempt ran (or was about to) when the engine stopped.
+    pub open_run: bool,
     pub task: RunTask,
 }
 
@@ -343,6 +345,7 @@ fn recovered(root: &Root, task: Task, progress: Option<Value>, names: &mut Names
         created_at: history.created_at,
         submitted_at: history.submitted_at,
         attempts: history.attempts,
+        open_run: history.open_run,
         task,
     }
 }
@@ -401,6 +404,8 @@ impl super::Engine {
         let limit = super::body::limit(self.options.input_limit);
         let found = scan_run(&self.root, limit, &mut self.names)?;
         let mut replied = super::replies::read(&self.root);
+        // What the cluster says of this user's jobs, asked once if needed.
+        let mut jobs = super::reattach::Jobs::default();
         for id in &found.finished {
             tracing::info!("run/{id}.json had a final record already; removed");
         }
@@ -424,11 +429,15 @@ impl super::Engine {
             let k = key(&node.task.id, &node.task.nid);
             let mut exec = Execution::standalone(created_at);
             exec.submitted_at = r.submitted_at;
-            match replied
+            let reply = replied
                 .remove(&(k.exid.clone(), k.nid.clone()))
-                .filter(|(attempt, _)| *attempt > 0 && *attempt == r.attempts)
-            {
+                .filter(|(attempt, _)| *attempt > 0 && *attempt == r.attempts);
+            match reply {
                 Some((_, payload)) => self.complete_replied(node, exec, payload),
+                None if r.open_run => match self.slurm_job_of(&k, r.attempts, &mut jobs) {
+                    Some(found) => self.reattach(node, exec, r.attempts, found),
+                    None => self.requeue(node, exec),
+                },
                 None => self.requeue(node, exec),
             }
         }

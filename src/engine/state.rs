@@ -54,6 +54,9 @@ pub enum Process {
     /// Being spawned, and already asked to stop: the stop is passed on once
     /// the process exists.
     SpawningToStop(Stop),
+    /// A Slurm job of a dead engine being re-attached; `started`: its
+    /// `started` point is in the log already.
+    Adopting { started: bool },
     /// A Slurm job the cluster accepted, pending (`submitted` logged, not
     /// `started`); `stop` asks its driver to end it.
     Pending {
@@ -89,7 +92,7 @@ impl Process {
     pub fn ask_stop(&mut self, why: Stop) {
         let current = std::mem::replace(self, Process::Spawning);
         *self = match (current, why) {
-            (Process::Spawning, why) => Process::SpawningToStop(why),
+            (Process::Spawning | Process::Adopting { .. }, why) => Process::SpawningToStop(why),
             (Process::Live { at, stop }, why) => {
                 let _ = stop.send(why.reason());
                 Process::Stopping { at, why }

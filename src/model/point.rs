@@ -45,6 +45,22 @@ impl Kind {
         Kind::Aborted,
     ];
 
+    /// Whether a point of this kind ends a run of a tasker (or the life
+    /// that a run belonged to).
+    pub fn ends_a_run(self) -> bool {
+        matches!(
+            self,
+            Kind::Created
+                | Kind::Refused
+                | Kind::Uncompleted
+                | Kind::Retried
+                | Kind::Recovered
+                | Kind::Completed
+                | Kind::Failed
+                | Kind::Aborted
+        )
+    }
+
     /// The name written in the log.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -1,0 +1,159 @@
+//! Re-attaching the Slurm jobs of an engine that died (SPEC 14): a job
+//! that still runs, or that ended while the engine was down, is followed
+//! again and its reply read (no `recovered`, no second run). Its job id is
+//! read from its directory, or, for a job submitted just before the crash
+//! and not yet recorded, found by its name in one `squeue`. Only a job
+//! the cluster no longer knows and that left no exit status runs again.
+
+use std::path::{Path, PathBuf};
+
+use super::state::{key, Execution, Node, NodeState, Process, Run};
+use super::tasker_points::PointsTail;
+use super::Engine;
+
+use crate::scheduler::{Limit, NodeKey};
+use crate::tasker::slurm::{job, squeue, Adopt};
+use crate::tasker::{Launch, Taskers, Tracked};
+
+/// This user's jobs as `squeue` showed them, asked at most once per start.
+#[derive(Default)]
+pub(super) struct Jobs(Option<Result<Vec<squeue::Row>, String>>);
+
+impl Jobs {
+    fn rows(&mut self) -> &Result<Vec<squeue::Row>, String> {
+        self.0.get_or_insert_with(query_blocking)
+    }
+}
+
+/// One `squeue` (start-up only: the engine's loop is not running yet).
+fn query_blocking() -> Result<Vec<squeue::Row>, String> {
+    let out = std::process::Command::new("squeue")
+        .args(["-h", "--me", "--states=all", "-o", squeue::FORMAT])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run squeue: {e}"))?;
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
+    }
+    Ok(squeue::parse(&String::from_utf8_lossy(&out.stdout)))
+}
+
+impl Engine {
+    /// The Slurm job a node's open attempt ran as, if it did and the job
+    /// can be followed or read.
+    pub(super) fn slurm_job_of(&self, k: &NodeKey, attempt: u32, jobs: &mut Jobs) -> Option<Adopt> {
+        let dir = self.root.slurm_job_dir(&k.exid, &k.nid, attempt);
+        if !dir.join(job::SCRIPT).exists() {
+            return None;
+        }
+        if let Some(id) = std::fs::read_to_string(dir.join(job::JOB_ID))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+        {
+            return Some(Adopt::Job(id));
+        }
+        let name = dir.file_name().map(|n| job::job_name(&n.to_string_lossy()))?;
+        match jobs.rows() {
+            Ok(rows) => {
+                if let Some(row) = rows.iter().filter(|r| r.name == name).max_by_key(|r| r.id) {
+                    let id = row.id;
+                    tracing::info!("task {}: found its Slurm job {id} by name ({name})", k.exid);
+                    record_job_id(&dir, id);
+                    return Some(Adopt::Job(id));
+                }
+            }
+            Err(e) => tracing::warn!(
+                "task {}: cannot ask Slurm whether its job {name} exists ({e}); it runs again",
+                k.exid
+            ),
+        }
+        dir.join(job::STATUS).exists().then_some(Adopt::Ended)
+    }
+
+    /// Follows a dead engine's job again: the node runs (it holds a unit
+    /// of `--slurm-jobs`), its attempt open as the log left it.
+    pub(super) fn reattach(&mut self, mut node: Box<Node>, exec: Execution, attempt: u32, found: Adopt) {
+        let k = key(&node.task.id, &node.task.nid);
+        let dir = self.root.slurm_job_dir(&k.exid, &k.nid, attempt);
+        let started = node
+            .past()
+            .attempts_log
+            .last()
+            .is_some_and(|a| a.attempt == attempt);
+        node.attempt = attempt;
+        node.starts = if started { attempt } else { attempt.saturating_sub(1) };
+        if let Some(a) = node.past_mut().attempts_log.last_mut().filter(|_| started) {
+            a.ended_at = None;
+            a.outcome = None;
+        }
+        let taskee = node.past().taskee.clone();
+        let timeout = self.reattached_timeout(&mut node);
+        let limits = vec![(Limit::SlurmJobs, self.options.slurm_jobs)];
+        // Counted, never refused: the job exists already.
+        let _ = self.sched.try_start(&limits, false);
+        let points = dir.join(job::POINTS);
+        node.gen = {
+            self.next_gen += 1;
+            self.next_gen
+        };
+        let gen = node.gen;
+        node.state = NodeState::Running(Box::new(Run {
+            taskee: taskee.unwrap_or_else(|| "unknown".parse().expect("a valid taskee")),
+            process: Process::Adopting { started },
+            limits,
+            slot: None,
+            points: PointsTail::new(points.clone()),
+        }));
+        let launch = self.adopt_launch(&k, &node, timeout);
+        self.executions.insert(k.exid.clone(), exec);
+        self.names.share(&mut node.task);
+        self.nodes.insert(k.clone(), node);
+        self.points_files.insert(points, k.clone());
+        self.slurm_running.insert(k.clone());
+        tracing::info!(
+            "task {}: re-attached to its Slurm job ({}), attempt {attempt}",
+            k.exid,
+            match found {
+                Adopt::Job(id) => format!("job {id}"),
+                Adopt::Ended => "ended, its result kept".into(),
+            }
+        );
+        let report = self.report_to_loop(&k, gen, None);
+        self.executors.slurm().adopt(found, launch, dir, report);
+    }
+
+    /// A re-attached node's run timeout: its tasker's `tasker.json`
+    /// resolved again (its effective options restored with it).
+    fn reattached_timeout(&self, node: &mut Node) -> Option<std::time::Duration> {
+        let taskee = node.past().taskee.clone()?;
+        let resolved = Taskers::new(self.root.tsk())
+            .resolve(&node.task.domain, &taskee)
+            .ok()?;
+        let effective = super::policy::Effective::of(node.task.options(), &resolved.config);
+        node.past_mut().effective = Some(effective);
+        node.effective().timeout.map(|d| d.0)
+    }
+
+    fn adopt_launch(&self, k: &NodeKey, node: &Node, timeout: Option<std::time::Duration>) -> Launch {
+        Launch {
+            argv: Vec::new(),
+            dir: PathBuf::new(),
+            env: Vec::new(),
+            stdin: Vec::new(),
+            stderr_path: self.root.stderr_log(&k.exid),
+            stderr_prefix: node.task.id.to_string(),
+            timeout,
+            kill_grace: self.options.kill_grace,
+            tracked: Tracked::Groups,
+        }
+    }
+}
+
+/// Records a job id found by name, as a submission would have.
+fn record_job_id(dir: &Path, id: u64) {
+    let bytes = format!("{id}\n");
+    if let Err(e) = crate::store::spool::write_atomic(dir, job::JOB_ID, bytes.as_bytes(), false, true) {
+        tracing::warn!("cannot record Slurm job {id} in {}: {e}", dir.display());
+    }
+}
+
