@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use spoolflow::{Options, Root};
 
+pub mod slurm;
+
 /// The deadline used by most waits: generous, since a loaded CI machine
 /// is slow, and a passing test never waits for it.
 pub const DEADLINE: Duration = Duration::from_secs(30);

@@ -51,3 +51,4 @@ mod serve;
 mod serve_browser;
 mod serve_live;
 mod serve_support;
+mod slurm_exec;

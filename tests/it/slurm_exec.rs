@@ -1,0 +1,385 @@
+//! SPEC 14: taskers run as jobs of a real Slurm cluster (the development
+//! cluster of `scripts/slurm-dev`). Each test skips, loudly, when no
+//! cluster answers (and fails in CI, see `common::slurm`). The engine is
+//! the built binary, the taskers small `sh` scripts run by `slurmd`.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::common::slurm::SlurmCluster;
+use crate::common::*;
+
+/// A tasker directory run on Slurm, with `extra` keys in its `tasker.json`.
+fn slurm_tasker(t: &TestRoot, name: &str, extra: &str, script: &str) {
+    let extra = if extra.is_empty() { String::new() } else { format!(",{extra}") };
+    t.tasker_dir(
+        "org.example",
+        name,
+        &format!(r#"{{"cmd":["./run"],"executor":"slurm"{extra}}}"#),
+        &[("run", script)],
+    );
+}
+
+/// `spoolflow run` against the cluster (a fast poll), with a secret in its
+/// environment that no tasker may see.
+fn engine(t: &TestRoot, c: &SlurmCluster, args: &[&str]) -> EngineProcess {
+    let child = t
+        .cmd()
+        .arg("run")
+        .args(["--workers", "2", "--slurm-poll", "0.2s"])
+        .args(args)
+        .envs(c.env())
+        .env("ENGINE_SECRET", "hunter2")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn spoolflow run");
+    EngineProcess { child }
+}
+
+fn task(t: &TestRoot, id: &str, tasker: &str, payload: &str) {
+    t.drop_task(
+        &format!("{id}.json"),
+        &format!(r#"{{"domain":"org.example","tasker":"{tasker}","payload":{payload}}}"#),
+    );
+}
+
+fn wait_records(t: &TestRoot, ids: &[String], deadline: Duration) {
+    wait_for("every record", deadline, || ids.iter().all(|id| t.record(id).is_some()));
+}
+
+/// The engine's jobs (named `spoolflow.<exid>.…`) of this root's tasks.
+fn jobs_of(c: &SlurmCluster, prefix: &str) -> Vec<(u64, String)> {
+    c.squeue_jobs(&format!("spoolflow.{prefix}"))
+}
+
+#[test]
+fn the_reply_table_points_and_environment_hold_on_slurm() {
+    let Some(c) = crate::common::slurm::cluster() else { return };
+    let t = TestRoot::new();
+    slurm_tasker(
+        &t,
+        "ok",
+        "",
+        "#!/bin/sh\nenv > \"$SPOOLFLOW_ROOT/env-$SPOOLFLOW_ID\"\n\
+         echo '{\"point\":\"progress\",\"done\":1}' >> \"$SPOOLFLOW_POINTS\"\n\
+         cat >/dev/null\necho '{\"book\":\"done\"}'\n",
+    );
+    slurm_tasker(&t, "fails", "", "#!/bin/sh\ncat >/dev/null\necho '{\"point\":\"failed\",\"reason\":\"no ink\"}'\n");
+    slurm_tasker(&t, "exits", "", "#!/bin/sh\ncat >/dev/null\necho 'the press jammed' >&2\nexit 3\n");
+    slurm_tasker(&t, "garbles", "", "#!/bin/sh\ncat >/dev/null\necho 'not json'\n");
+    task(&t, "s-ok", "ok", r#"{"book":"moby"}"#);
+    task(&t, "s-fails", "fails", "{}");
+    task(&t, "s-exits", "exits", "{}");
+    task(&t, "s-garbles", "garbles", "{}");
+    let e = engine(&t, &c, &["--drain"]);
+    let (code, err) = e.wait(Duration::from_secs(120));
+    assert_eq!(code, Some(0), "{err}");
+
+    let ok = t.must_record("s-ok");
+    assert_eq!(ok["state"], "completed", "{ok:#}");
+    assert_eq!(ok["payload"]["book"], "done");
+    let attempt = &ok["attempts_log"][0];
+    assert!(attempt["job_id"].as_u64().is_some(), "{ok:#}");
+    assert!(attempt["node"].as_str().is_some_and(|n| !n.is_empty()), "{ok:#}");
+    let names = t.point_names("s-ok");
+    let pos = |n: &str| names.iter().position(|x| x == n).unwrap_or_else(|| panic!("{n} in {names:?}"));
+    assert!(pos("allocated") < pos("submitted") && pos("submitted") < pos("started"), "{names:?}");
+    let submitted = &t.points_named("s-ok", "submitted")[0];
+    let started = &t.points_named("s-ok", "started")[0];
+    assert_eq!(submitted["job_id"], started["job_id"]);
+    assert!(started["node"].as_str().is_some_and(|n| !n.is_empty()));
+    let progress = t.points_named("s-ok", "progress");
+    assert_eq!(progress.len(), 1, "the job's own point is copied once");
+    assert_eq!(progress[0]["done"], 1);
+
+    let env = std::fs::read_to_string(t.join("env-s-ok")).expect("the tasker wrote its env");
+    assert!(env.contains("SPOOLFLOW_ID=s-ok"), "{env}");
+    assert!(env.contains("SPOOLFLOW_EXID=s-ok"), "{env}");
+    assert!(env.lines().any(|l| l.starts_with("SLURM_JOB_ID=")), "{env}");
+    assert!(!env.contains("hunter2"), "the engine's secret leaked: {env}");
+
+    let r = t.must_record("s-fails");
+    assert_eq!(r["state"], "failed");
+    assert_eq!(r["error"]["kind"], "user");
+    assert_eq!(r["reason"], "no ink");
+    let r = t.must_record("s-exits");
+    assert_eq!(r["error"]["kind"], "user");
+    let reason = r["reason"].as_str().unwrap();
+    assert!(reason.contains("exit status 3") && reason.contains("the press jammed"), "{reason}");
+    let err_log = std::fs::read_to_string(t.join("var/log/tsk/s-exits.err")).unwrap();
+    assert!(err_log.contains("the press jammed"), "{err_log}");
+    let r = t.must_record("s-garbles");
+    assert_eq!(r["error"]["kind"], "user");
+    assert!(r["reason"].as_str().unwrap().starts_with("reply is not JSON"), "{r:#}");
+}
+
+#[test]
+fn slurm_jobs_bounds_the_jobs_on_the_cluster() {
+    let Some(c) = crate::common::slurm::cluster() else { return };
+    let t = TestRoot::new();
+    slurm_tasker(&t, "nap", "", "#!/bin/sh\ncat >/dev/null\nsleep 0.3\n");
+    let prefix = format!("cap{}", std::process::id());
+    let ids: Vec<String> = (0..60).map(|i| format!("{prefix}-{i:02}")).collect();
+    for id in &ids {
+        task(&t, id, "nap", "{}");
+    }
+    let mut e = engine(&t, &c, &["--drain", "--slurm-jobs", "5"]);
+    let mut most = 0;
+    let mut samples = 0;
+    let end = Instant::now() + Duration::from_secs(300);
+    while !e.exited() {
+        assert!(Instant::now() < end, "60 tasks did not end within 300 s");
+        let live = jobs_of(&c, &prefix)
+            .into_iter()
+            .filter(|(_, state)| matches!(state.as_str(), "PENDING" | "RUNNING" | "CONFIGURING"))
+            .count();
+        most = most.max(live);
+        samples += 1;
+    }
+    assert!(samples > 10, "sampled squeue {samples} times");
+    assert!(most <= 5, "{most} jobs pending or running at once");
+    assert!(most >= 2, "the jobs ran side by side ({most} at most)");
+    for id in &ids {
+        assert_eq!(t.must_record(id)["state"], "completed", "{id}");
+    }
+}
+
+/// Waits for a task's `started` point; returns its job id.
+fn started_job(t: &TestRoot, id: &str) -> u64 {
+    wait_for(&format!("{id} started"), Duration::from_secs(60), || {
+        !t.points_named(id, "started").is_empty()
+    });
+    t.points_named(id, "started")[0]["job_id"].as_u64().expect("a job id")
+}
+
+fn job_gone(c: &SlurmCluster, prefix: &str, job: u64) -> bool {
+    jobs_of(c, prefix)
+        .iter()
+        .all(|(id, state)| *id != job || !matches!(state.as_str(), "PENDING" | "RUNNING" | "COMPLETING" | "CONFIGURING"))
+}
+
+/// Whether a process whose command line holds `marker` runs.
+fn marker_runs(marker: &str) -> bool {
+    std::fs::read_dir("/proc").into_iter().flatten().flatten().any(|e| {
+        std::fs::read(e.path().join("cmdline"))
+            .map(|c| String::from_utf8_lossy(&c).contains(marker))
+            .unwrap_or(false)
+    })
+}
+
+#[test]
+fn timeouts_and_cancels_end_the_jobs() {
+    let Some(c) = crate::common::slurm::cluster() else { return };
+    let t = TestRoot::new();
+    let prefix = format!("tc{}", std::process::id());
+    let m_timeout = format!("{prefix}timeoutmarker");
+    let m_cancel = format!("{prefix}cancelmarker");
+    slurm_tasker(&t, "slow", r#""timeout":"3s""#, &format!("#!/bin/sh\ncat >/dev/null\nexec sleep 300 {m_timeout}\n").replace(&format!("sleep 300 {m_timeout}"), &format!("sh -c 'sleep 300' {m_timeout}")));
+    slurm_tasker(&t, "long", "", &format!("#!/bin/sh\ncat >/dev/null\nexec sh -c 'sleep 300' {m_cancel}\n"));
+    slurm_tasker(&t, "held", r#""slurm":{"args":["--hold"]}"#, "#!/bin/sh\ncat >/dev/null\n");
+    let timed = format!("{prefix}-timeout");
+    let running = format!("{prefix}-running");
+    let pending = format!("{prefix}-pending");
+    task(&t, &timed, "slow", "{}");
+    task(&t, &running, "long", "{}");
+    task(&t, &pending, "held", "{}");
+    let e = engine(&t, &c, &[]);
+    let job_t = started_job(&t, &timed);
+    let job_r = started_job(&t, &running);
+    wait_for("the held job submitted", Duration::from_secs(60), || {
+        !t.points_named(&pending, "submitted").is_empty()
+    });
+    let job_p = t.points_named(&pending, "submitted")[0]["job_id"].as_u64().unwrap();
+    let out = t.cmd().args(["cancel", &running, &pending]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    wait_records(&t, &[timed.clone(), running.clone(), pending.clone()], Duration::from_secs(90));
+    let r = t.must_record(&timed);
+    assert_eq!(r["state"], "failed", "{r:#}");
+    assert_eq!(r["error"]["kind"], "timeout", "{r:#}");
+    assert_eq!(t.must_record(&running)["state"], "aborted");
+    assert_eq!(t.must_record(&pending)["state"], "aborted");
+    assert!(t.points_named(&pending, "started").is_empty(), "a pending job never started");
+    for job in [job_t, job_r, job_p] {
+        wait_for(&format!("job {job} gone"), Duration::from_secs(30), || job_gone(&c, &prefix, job));
+    }
+    wait_for("the taskers' processes gone", Duration::from_secs(30), || {
+        !marker_runs(&m_timeout) && !marker_runs(&m_cancel)
+    });
+    drop(e);
+}
+
+#[test]
+fn sbatch_refusals_fail_the_task_config_with_slurms_words() {
+    let Some(c) = crate::common::slurm::cluster() else { return };
+    let t = TestRoot::new();
+    slurm_tasker(&t, "lost", r#""slurm":{"partition":"nosuchpartition"}"#, "#!/bin/sh\ncat >/dev/null\n");
+    task(&t, "s-part", "lost", "{}");
+    let (code, err) = engine(&t, &c, &["--drain"]).wait(Duration::from_secs(60));
+    assert_eq!(code, Some(0), "{err}");
+    let r = t.must_record("s-part");
+    assert_eq!(r["state"], "failed");
+    assert_eq!(r["error"]["kind"], "config", "{r:#}");
+    let reason = r["reason"].as_str().unwrap();
+    assert!(reason.starts_with("sbatch refused the job: "), "{reason}");
+    assert!(reason.to_lowercase().contains("partition"), "{reason}");
+}
+
+/// Tasks whose tasker appends its id to a ledger once it has slept
+/// `secs` seconds.
+fn ledger_tasker(t: &TestRoot) {
+    slurm_tasker(
+        &t,
+        "ledger",
+        "",
+        "#!/bin/sh\nsecs=$(cat | sed -n 's/.*\"secs\":\\([0-9]*\\).*/\\1/p')\nsleep \"$secs\"\n\
+         echo \"$SPOOLFLOW_ID\" >> \"$SPOOLFLOW_ROOT/ledger\"\necho '{\"ran\":true}'\n",
+    );
+}
+
+fn ledger_counts(t: &TestRoot) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    for line in std::fs::read_to_string(t.join("ledger")).unwrap_or_default().lines() {
+        *counts.entry(line.to_string()).or_insert(0) += 1;
+    }
+    counts
+}
+
+#[test]
+fn a_killed_engine_reattaches_its_jobs_and_runs_none_twice() {
+    let Some(c) = crate::common::slurm::cluster() else { return };
+    let t = TestRoot::new();
+    ledger_tasker(&t);
+    let ids: Vec<String> = (0..10).map(|i| format!("k{}-{i}", std::process::id())).collect();
+    for (i, id) in ids.iter().enumerate() {
+        // Half end while the engine is down, half after it is back.
+        let secs = if i % 2 == 0 { 2 } else { 12 };
+        task(&t, id, "ledger", &format!(r#"{{"secs":{secs}}}"#));
+    }
+    let e = engine(&t, &c, &[]);
+    for id in &ids {
+        started_job(&t, id);
+    }
+    e.signal(nix::sys::signal::Signal::SIGKILL);
+    drop(e);
+    wait_for("the short jobs ended while the engine was down", Duration::from_secs(60), || {
+        ledger_counts(&t).len() >= 5
+    });
+    let e = engine(&t, &c, &["--drain"]);
+    let (code, err) = e.wait(Duration::from_secs(120));
+    assert_eq!(code, Some(0), "{err}");
+    let counts = ledger_counts(&t);
+    for id in &ids {
+        let r = t.must_record(id);
+        assert_eq!(r["state"], "completed", "{r:#}");
+        assert_eq!(r["payload"]["ran"], true);
+        assert_eq!(counts.get(id), Some(&1), "{id} ran {:?} times", counts.get(id));
+        assert!(t.points_named(id, "recovered").is_empty(), "{id} was recovered, not re-attached");
+        assert_eq!(t.points_named(id, "started").len(), 1, "{id}: one start");
+    }
+}
+
+#[test]
+fn a_job_submitted_just_before_a_crash_is_found_by_its_name() {
+    let Some(c) = crate::common::slurm::cluster() else { return };
+    let t = TestRoot::new();
+    ledger_tasker(&t);
+    let id = format!("crash{}", std::process::id());
+    task(&t, &id, "ledger", r#"{"secs":1}"#);
+    let crashing = t
+        .cmd()
+        .args(["run", "--workers", "2", "--slurm-poll", "0.2s"])
+        .envs(c.env())
+        .env("SPOOLFLOW_CRASH_AFTER_SBATCH", "1")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn spoolflow run");
+    let (code, _) = EngineProcess { child: crashing }.wait(Duration::from_secs(60));
+    assert_ne!(code, Some(0), "the engine died at the fault point");
+    assert_eq!(jobs_of(&c, &id).len(), 1, "sbatch ran once before the crash");
+    let (code, err) = engine(&t, &c, &["--drain"]).wait(Duration::from_secs(120));
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(t.must_record(&id)["state"], "completed");
+    assert_eq!(jobs_of(&c, &id).len(), 1, "not submitted twice");
+    assert_eq!(ledger_counts(&t).get(&id), Some(&1));
+    assert!(t.points_named(&id, "recovered").is_empty());
+}
+
+#[test]
+fn an_unreachable_controller_is_waited_for() {
+    let Some(c) = crate::common::slurm::cluster() else { return };
+    let t = TestRoot::new();
+    ledger_tasker(&t);
+    let ids: Vec<String> = (0..3).map(|i| format!("ctld{}-{i}", std::process::id())).collect();
+    for id in &ids {
+        task(&t, id, "ledger", r#"{"secs":8}"#);
+    }
+    let e = engine(&t, &c, &[]);
+    for id in &ids {
+        started_job(&t, id);
+    }
+    c.stop_ctld();
+    let down = Instant::now();
+    wait_for("a suspended point", Duration::from_secs(30), || {
+        ids.iter().any(|id| !t.points_named(id, "suspended").is_empty())
+    });
+    // Twenty seconds down in all, counted from the stop.
+    while down.elapsed() < Duration::from_secs(20) {
+        assert!(ids.iter().all(|id| t.record(id).is_none()), "a task ended while the controller was down");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    c.start_ctld();
+    wait_records(&t, &ids, Duration::from_secs(120));
+    for id in &ids {
+        assert_eq!(t.must_record(id)["state"], "completed", "{id}");
+        let s = t.points_named(id, "suspended");
+        if let Some(p) = s.first() {
+            assert!(p["reason"].as_str().unwrap().contains("controller"), "{p}");
+        }
+    }
+    drop(e);
+}
+
+#[test]
+fn a_concurrence_runs_local_and_slurm_nodes_side_by_side() {
+    let Some(c) = crate::common::slurm::cluster() else { return };
+    let t = TestRoot::new();
+    t.tasker("org.example", "here", "#!/bin/sh\ncat >/dev/null\necho '{\"here\":true}'\n");
+    slurm_tasker(&t, "there", "", "#!/bin/sh\ncat >/dev/null\necho \"{\\\"there_$SPOOLFLOW_NID\\\":\\\"$SLURM_JOB_ID\\\"}\"\n");
+    slurm_tasker(&t, "broken", "", "#!/bin/sh\ncat >/dev/null\nexit 2\n");
+    slurm_tasker(&t, "sleepy", "", "#!/bin/sh\ncat >/dev/null\nexec sh -c 'sleep 300' sleepymarker$PPID\n");
+    let flow = |id: &str, a: &str, b: &str, c2: &str| {
+        t.drop_task(
+            &format!("{id}.json"),
+            &format!(
+                r#"{{"domain":"org.example","payload":{{}},"flow":{{"concurrence":[{{"task":"{a}"}},{{"task":"{b}"}},{{"task":"{c2}"}}]}}}}"#
+            ),
+        );
+    };
+    flow("f-ok", "here", "there", "there");
+    flow("f-bad", "here", "broken", "sleepy");
+    let (code, err) = engine(&t, &c, &["--drain"]).wait(Duration::from_secs(120));
+    assert_eq!(code, Some(0), "{err}");
+    let ok = t.must_record("f-ok");
+    assert_eq!(ok["state"], "completed", "{ok:#}");
+    assert_eq!(ok["payload"]["here"], true);
+    let merged: Vec<&String> = ok["payload"].as_object().unwrap().keys().filter(|k| k.starts_with("there_")).collect();
+    assert_eq!(merged.len(), 2, "both Slurm nodes merged: {ok:#}");
+    let bad = t.must_record("f-bad");
+    assert_eq!(bad["state"], "failed", "{bad:#}");
+    let sleepy_jobs: Vec<u64> = t
+        .points_named("f-bad", "submitted")
+        .iter()
+        .filter_map(|p| p["job_id"].as_u64())
+        .collect();
+    assert!(!sleepy_jobs.is_empty());
+    for job in sleepy_jobs {
+        wait_for(&format!("job {job} gone"), Duration::from_secs(30), || job_gone(&c, "f-bad", job));
+    }
+    let _: Option<Value> = None;
+}
