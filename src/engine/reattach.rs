@@ -85,6 +85,15 @@ impl Engine {
         if let Some(a) = node.past_mut().attempts_log.last_mut().filter(|_| started) {
             a.ended_at = None;
             a.outcome = None;
+            let at = chrono::DateTime::parse_from_rfc3339(&a.started_at).ok();
+            node.past_mut().started_at = at.map(|t| t.with_timezone(&chrono::Utc));
+        }
+        // A running node holds its body (as an offered one does): its
+        // reply's record is built on it.
+        let limit = super::body::limit(self.options.input_limit);
+        match super::body::read(&self.root, &node.task.id, limit) {
+            Ok(b) => node.task.body = super::state::Body::Loaded(Box::new(b)),
+            Err(e) => tracing::warn!("task {}: {e}", node.task.id),
         }
         let taskee = node.past().taskee.clone();
         let timeout = self.reattached_timeout(&mut node);

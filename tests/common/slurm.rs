@@ -9,9 +9,14 @@ use std::process::Command;
 /// The script's default configuration file.
 const DEFAULT_CONF: &str = "/tmp/spoolflow-slurm/slurm.conf";
 
-/// A cluster that answered.
+/// One Slurm test at a time: they share the cluster (one stops its
+/// controller) and count its jobs.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// A cluster that answered, held by this test until it is dropped.
 pub struct SlurmCluster {
     conf: PathBuf,
+    _turn: std::sync::MutexGuard<'static, ()>,
 }
 
 /// The cluster, or `None` (after saying so) when none answers.
@@ -26,7 +31,8 @@ pub fn cluster() -> Option<SlurmCluster> {
             .output()
             .is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains("UP"));
     if answers {
-        return Some(SlurmCluster { conf });
+        let turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+        return Some(SlurmCluster { conf, _turn: turn });
     }
     let why = format!(
         "no Slurm cluster answers (SLURM_CONF={}): start the development cluster with \

@@ -194,8 +194,10 @@ fn timeouts_and_cancels_end_the_jobs() {
         !t.points_named(&pending, "submitted").is_empty()
     });
     let job_p = t.points_named(&pending, "submitted")[0]["job_id"].as_u64().unwrap();
-    let out = t.cmd().args(["cancel", &running, &pending]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for id in [&running, &pending] {
+        let out = t.cmd().args(["cancel", id]).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
     wait_records(&t, &[timed.clone(), running.clone(), pending.clone()], Duration::from_secs(90));
     let r = t.must_record(&timed);
     assert_eq!(r["state"], "failed", "{r:#}");
@@ -275,7 +277,7 @@ fn a_killed_engine_reattaches_its_jobs_and_runs_none_twice() {
     for id in &ids {
         let r = t.must_record(id);
         assert_eq!(r["state"], "completed", "{r:#}");
-        assert_eq!(r["payload"]["ran"], true);
+        assert_eq!(r["payload"]["ran"], true, "{r:#}\n{:#?}", t.points(id));
         assert_eq!(counts.get(id), Some(&1), "{id} ran {:?} times", counts.get(id));
         assert!(t.points_named(id, "recovered").is_empty(), "{id} was recovered, not re-attached");
         assert_eq!(t.points_named(id, "started").len(), 1, "{id}: one start");
