@@ -221,7 +221,12 @@ impl<K: Clone, E, L: Clone + Eq + Hash> Scheduler<K, E, L> {
     /// [`try_start`](Self::try_start); on each freed limit the first live
     /// waiter goes back to the ready queue (`is_live` tells the items the
     /// caller still wants from those it dropped while they waited).
-    pub fn finish(&mut self, limits: &[(L, u32)], worker: bool, mut is_live: impl FnMut(&K) -> bool) {
+    pub fn finish(
+        &mut self,
+        limits: &[(L, u32)],
+        worker: bool,
+        mut is_live: impl FnMut(&K) -> bool,
+    ) {
         if worker {
             self.running = self.running.saturating_sub(1);
         }

@@ -36,8 +36,9 @@ pub(super) fn check_deeper(root: &Root, entry: &Path) -> Vec<Problem> {
     let Ok(config) = TaskerConfig::parse(text.as_bytes()) else {
         return Vec::new();
     };
+    let mut problems = slurm_problems(root, &cfg, &text, &config);
     let Some(Cmd::Argv(argv)) = &config.cmd else {
-        return Vec::new();
+        return problems;
     };
     let cmd = CmdSite {
         root,
@@ -46,9 +47,30 @@ pub(super) fn check_deeper(root: &Root, entry: &Path) -> Vec<Problem> {
         here: root.relative(entry).display().to_string(),
         dir,
     };
-    let mut problems = cmd.program(&argv[0], &config);
+    problems.extend(cmd.program(&argv[0], &config));
     problems.extend(cmd.scripts(argv));
     problems
+}
+
+/// A tasker run on Slurm (SPEC 14): `sbatch`, `squeue` and `scancel` must
+/// be on the engine's `PATH`, and the root on a filesystem that the
+/// cluster's nodes see (said when it looks local).
+fn slurm_problems(root: &Root, cfg: &Path, text: &str, config: &TaskerConfig) -> Vec<Problem> {
+    if config.executor != crate::tasker::ExecutorKind::Slurm {
+        return Vec::new();
+    }
+    let path_var = std::env::var("PATH").unwrap_or_default();
+    let line = line_of(text, "\"executor\"");
+    let rel = root.relative(cfg).to_path_buf();
+    ["sbatch", "squeue", "scancel"]
+        .into_iter()
+        .filter(|p| find_on_path(p, &path_var, root.dir()).is_none())
+        .map(|p| {
+            Problem::new(&rel, format!("\"executor\": \"slurm\" needs {p}, which is not on the engine's PATH ({path_var})"))
+                .at(line)
+                .fix("install Slurm's client commands (Debian: slurm-client) where the engine runs")
+        })
+        .collect()
 }
 
 /// Where a `cmd` array is: its `tasker.json` (relative to the root) and

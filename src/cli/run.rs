@@ -137,7 +137,10 @@ pub fn run(root: Option<PathBuf>, args: Args) -> Result<(), Failure> {
         return Err(Failure::new(exit::USAGE, "--slurm-jobs must be at least 1"));
     }
     if args.slurm_poll.0 < std::time::Duration::from_millis(100) {
-        return Err(Failure::new(exit::USAGE, "--slurm-poll must be at least 0.1s"));
+        return Err(Failure::new(
+            exit::USAGE,
+            "--slurm-poll must be at least 0.1s",
+        ));
     }
     options.slurm_jobs = args.slurm_jobs;
     options.slurm_poll = args.slurm_poll.0;

@@ -393,11 +393,20 @@ impl Engine {
         let node = self.nodes.get(key)?;
         // A Slurm job's processes are the cluster's to track.
         let tracked = match slot {
-            Some(slot) => self.contain.track(slot, key.exid.as_str(), key.nid.as_str()),
+            Some(slot) => self
+                .contain
+                .track(slot, key.exid.as_str(), key.nid.as_str()),
             None => crate::tasker::Tracked::Groups,
         };
         Some(Launch {
-            env: env::tasker_env(&root_dir, node, key, &resolved.taskee, &resolved.config, points_file),
+            env: env::tasker_env(
+                &root_dir,
+                node,
+                key,
+                &resolved.taskee,
+                &resolved.config,
+                points_file,
+            ),
             argv: resolved.argv.clone(),
             dir: resolved.dir.clone(),
             stdin: stdin_of(node, &key.exid, created_at, resolved.config.input),
@@ -421,9 +430,13 @@ impl Engine {
         }
         Box::new(move |event| {
             match (&event, slot) {
-                (RunEvent::Placed { at: Placement::Group(pgid), .. }, Some(slot)) => {
-                    registry.record(slot, *pgid)
-                }
+                (
+                    RunEvent::Placed {
+                        at: Placement::Group(pgid),
+                        ..
+                    },
+                    Some(slot),
+                ) => registry.record(slot, *pgid),
                 (RunEvent::Exited(_), Some(slot)) => registry.clear(slot),
                 _ => {}
             }
@@ -506,7 +519,8 @@ impl Engine {
     /// is skipped.
     pub(super) fn release(&mut self, limits: &[(Limit, u32)], worker: bool) {
         let nodes = &self.nodes;
-        self.sched.finish(limits, worker, |item| is_live(nodes, item));
+        self.sched
+            .finish(limits, worker, |item| is_live(nodes, item));
     }
 }
 

@@ -125,7 +125,11 @@ fn history_in(points: &[point::Point], id: &TaskId, nid: &crate::model::names::N
                     outcome: None,
                     kind: None,
                     job_id: p.fields.get("job_id").and_then(|v| v.as_u64()),
-                    node: p.fields.get("node").and_then(|v| v.as_str()).map(String::from),
+                    node: p
+                        .fields
+                        .get("node")
+                        .and_then(|v| v.as_str())
+                        .map(String::from),
                 });
                 h.note_attempt(p);
             }

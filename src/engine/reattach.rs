@@ -52,7 +52,9 @@ impl Engine {
         {
             return Some(Adopt::Job(id));
         }
-        let name = dir.file_name().map(|n| job::job_name(&n.to_string_lossy()))?;
+        let name = dir
+            .file_name()
+            .map(|n| job::job_name(&n.to_string_lossy()))?;
         match jobs.rows() {
             Ok(rows) => {
                 if let Some(row) = rows.iter().filter(|r| r.name == name).max_by_key(|r| r.id) {
@@ -72,7 +74,13 @@ impl Engine {
 
     /// Follows a dead engine's job again: the node runs (it holds a unit
     /// of `--slurm-jobs`), its attempt open as the log left it.
-    pub(super) fn reattach(&mut self, mut node: Box<Node>, exec: Execution, attempt: u32, found: Adopt) {
+    pub(super) fn reattach(
+        &mut self,
+        mut node: Box<Node>,
+        exec: Execution,
+        attempt: u32,
+        found: Adopt,
+    ) {
         let k = key(&node.task.id, &node.task.nid);
         let dir = self.root.slurm_job_dir(&k.exid, &k.nid, attempt);
         let started = node
@@ -81,7 +89,11 @@ impl Engine {
             .last()
             .is_some_and(|a| a.attempt == attempt);
         node.attempt = attempt;
-        node.starts = if started { attempt } else { attempt.saturating_sub(1) };
+        node.starts = if started {
+            attempt
+        } else {
+            attempt.saturating_sub(1)
+        };
         if let Some(a) = node.past_mut().attempts_log.last_mut().filter(|_| started) {
             a.ended_at = None;
             a.outcome = None;
@@ -143,7 +155,12 @@ impl Engine {
         node.effective().timeout.map(|d| d.0)
     }
 
-    fn adopt_launch(&self, k: &NodeKey, node: &Node, timeout: Option<std::time::Duration>) -> Launch {
+    fn adopt_launch(
+        &self,
+        k: &NodeKey,
+        node: &Node,
+        timeout: Option<std::time::Duration>,
+    ) -> Launch {
         Launch {
             argv: Vec::new(),
             dir: PathBuf::new(),
@@ -161,8 +178,9 @@ impl Engine {
 /// Records a job id found by name, as a submission would have.
 fn record_job_id(dir: &Path, id: u64) {
     let bytes = format!("{id}\n");
-    if let Err(e) = crate::store::spool::write_atomic(dir, job::JOB_ID, bytes.as_bytes(), false, true) {
+    if let Err(e) =
+        crate::store::spool::write_atomic(dir, job::JOB_ID, bytes.as_bytes(), false, true)
+    {
         tracing::warn!("cannot record Slurm job {id} in {}: {e}", dir.display());
     }
 }
-

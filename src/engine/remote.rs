@@ -113,7 +113,10 @@ impl Engine {
                 }
             }
         }
-        self.on_running(key, vec![("job_id", job.into()), ("node", on.clone().into())]);
+        self.on_running(
+            key,
+            vec![("job_id", job.into()), ("node", on.clone().into())],
+        );
         if let Some(a) = self
             .node_mut(key)
             .and_then(|n| n.past_mut().attempts_log.last_mut())

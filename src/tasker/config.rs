@@ -212,10 +212,7 @@ fn check_slurm(config: &TaskerConfig) -> Result<(), String> {
     for (key, value) in words {
         if let Some(v) = value {
             if v.trim().is_empty() || v.chars().any(|c| c.is_whitespace() || c.is_control()) {
-                return Err(format!(
-                    "slurm.{key} must be one word, not {}",
-                    quoted(v)
-                ));
+                return Err(format!("slurm.{key} must be one word, not {}", quoted(v)));
             }
         }
     }

@@ -42,7 +42,11 @@ pub fn cluster() -> Option<SlurmCluster> {
     if std::env::var_os("CI").is_some() {
         panic!("CI runs the Slurm tests: {why}");
     }
-    eprintln!("\n{}\nSKIPPED: a SPEC 14 test needs Slurm; {why}\n{}\n", "!".repeat(72), "!".repeat(72));
+    eprintln!(
+        "\n{}\nSKIPPED: a SPEC 14 test needs Slurm; {why}\n{}\n",
+        "!".repeat(72),
+        "!".repeat(72)
+    );
     None
 }
 
@@ -89,13 +93,20 @@ impl SlurmCluster {
 
     /// Starts the controller again and waits until it answers.
     pub fn start_ctld(&self) {
-        let ok = self.command("slurmctld").status().is_ok_and(|s| s.success());
+        let ok = self
+            .command("slurmctld")
+            .status()
+            .is_ok_and(|s| s.success());
         assert!(ok, "slurmctld did not start");
-        crate::common::wait_for("slurmctld answers", std::time::Duration::from_secs(60), || {
-            self.command("scontrol")
-                .arg("ping")
-                .output()
-                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("UP"))
-        });
+        crate::common::wait_for(
+            "slurmctld answers",
+            std::time::Duration::from_secs(60),
+            || {
+                self.command("scontrol")
+                    .arg("ping")
+                    .output()
+                    .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("UP"))
+            },
+        );
     }
 }

@@ -13,7 +13,11 @@ use crate::common::*;
 
 /// A tasker directory run on Slurm, with `extra` keys in its `tasker.json`.
 fn slurm_tasker(t: &TestRoot, name: &str, extra: &str, script: &str) {
-    let extra = if extra.is_empty() { String::new() } else { format!(",{extra}") };
+    let extra = if extra.is_empty() {
+        String::new()
+    } else {
+        format!(",{extra}")
+    };
     t.tasker_dir(
         "org.example",
         name,
@@ -48,7 +52,9 @@ fn task(t: &TestRoot, id: &str, tasker: &str, payload: &str) {
 }
 
 fn wait_records(t: &TestRoot, ids: &[String], deadline: Duration) {
-    wait_for("every record", deadline, || ids.iter().all(|id| t.record(id).is_some()));
+    wait_for("every record", deadline, || {
+        ids.iter().all(|id| t.record(id).is_some())
+    });
 }
 
 /// The engine's jobs (named `spoolflow.<exid>.…`) of this root's tasks.
@@ -58,7 +64,9 @@ fn jobs_of(c: &SlurmCluster, prefix: &str) -> Vec<(u64, String)> {
 
 #[test]
 fn the_reply_table_points_and_environment_hold_on_slurm() {
-    let Some(c) = crate::common::slurm::cluster() else { return };
+    let Some(c) = crate::common::slurm::cluster() else {
+        return;
+    };
     let t = TestRoot::new();
     slurm_tasker(
         &t,
@@ -68,9 +76,24 @@ fn the_reply_table_points_and_environment_hold_on_slurm() {
          echo '{\"point\":\"progress\",\"done\":1}' >> \"$SPOOLFLOW_POINTS\"\n\
          cat >/dev/null\necho '{\"book\":\"done\"}'\n",
     );
-    slurm_tasker(&t, "fails", "", "#!/bin/sh\ncat >/dev/null\necho '{\"point\":\"failed\",\"reason\":\"no ink\"}'\n");
-    slurm_tasker(&t, "exits", "", "#!/bin/sh\ncat >/dev/null\necho 'the press jammed' >&2\nexit 3\n");
-    slurm_tasker(&t, "garbles", "", "#!/bin/sh\ncat >/dev/null\necho 'not json'\n");
+    slurm_tasker(
+        &t,
+        "fails",
+        "",
+        "#!/bin/sh\ncat >/dev/null\necho '{\"point\":\"failed\",\"reason\":\"no ink\"}'\n",
+    );
+    slurm_tasker(
+        &t,
+        "exits",
+        "",
+        "#!/bin/sh\ncat >/dev/null\necho 'the press jammed' >&2\nexit 3\n",
+    );
+    slurm_tasker(
+        &t,
+        "garbles",
+        "",
+        "#!/bin/sh\ncat >/dev/null\necho 'not json'\n",
+    );
     task(&t, "s-ok", "ok", r#"{"book":"moby"}"#);
     task(&t, "s-fails", "fails", "{}");
     task(&t, "s-exits", "exits", "{}");
@@ -84,10 +107,21 @@ fn the_reply_table_points_and_environment_hold_on_slurm() {
     assert_eq!(ok["payload"]["book"], "done");
     let attempt = &ok["attempts_log"][0];
     assert!(attempt["job_id"].as_u64().is_some(), "{ok:#}");
-    assert!(attempt["node"].as_str().is_some_and(|n| !n.is_empty()), "{ok:#}");
+    assert!(
+        attempt["node"].as_str().is_some_and(|n| !n.is_empty()),
+        "{ok:#}"
+    );
     let names = t.point_names("s-ok");
-    let pos = |n: &str| names.iter().position(|x| x == n).unwrap_or_else(|| panic!("{n} in {names:?}"));
-    assert!(pos("allocated") < pos("submitted") && pos("submitted") < pos("started"), "{names:?}");
+    let pos = |n: &str| {
+        names
+            .iter()
+            .position(|x| x == n)
+            .unwrap_or_else(|| panic!("{n} in {names:?}"))
+    };
+    assert!(
+        pos("allocated") < pos("submitted") && pos("submitted") < pos("started"),
+        "{names:?}"
+    );
     let submitted = &t.points_named("s-ok", "submitted")[0];
     let started = &t.points_named("s-ok", "started")[0];
     assert_eq!(submitted["job_id"], started["job_id"]);
@@ -100,7 +134,10 @@ fn the_reply_table_points_and_environment_hold_on_slurm() {
     assert!(env.contains("SPOOLFLOW_ID=s-ok"), "{env}");
     assert!(env.contains("SPOOLFLOW_EXID=s-ok"), "{env}");
     assert!(env.lines().any(|l| l.starts_with("SLURM_JOB_ID=")), "{env}");
-    assert!(!env.contains("hunter2"), "the engine's secret leaked: {env}");
+    assert!(
+        !env.contains("hunter2"),
+        "the engine's secret leaked: {env}"
+    );
 
     let r = t.must_record("s-fails");
     assert_eq!(r["state"], "failed");
@@ -109,17 +146,28 @@ fn the_reply_table_points_and_environment_hold_on_slurm() {
     let r = t.must_record("s-exits");
     assert_eq!(r["error"]["kind"], "user");
     let reason = r["reason"].as_str().unwrap();
-    assert!(reason.contains("exit status 3") && reason.contains("the press jammed"), "{reason}");
+    assert!(
+        reason.contains("exit status 3") && reason.contains("the press jammed"),
+        "{reason}"
+    );
     let err_log = std::fs::read_to_string(t.join("var/log/tsk/s-exits.err")).unwrap();
     assert!(err_log.contains("the press jammed"), "{err_log}");
     let r = t.must_record("s-garbles");
     assert_eq!(r["error"]["kind"], "user");
-    assert!(r["reason"].as_str().unwrap().starts_with("reply is not JSON"), "{r:#}");
+    assert!(
+        r["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("reply is not JSON"),
+        "{r:#}"
+    );
 }
 
 #[test]
 fn slurm_jobs_bounds_the_jobs_on_the_cluster() {
-    let Some(c) = crate::common::slurm::cluster() else { return };
+    let Some(c) = crate::common::slurm::cluster() else {
+        return;
+    };
     let t = TestRoot::new();
     slurm_tasker(&t, "nap", "", "#!/bin/sh\ncat >/dev/null\nsleep 0.3\n");
     let prefix = format!("cap{}", std::process::id());
@@ -153,34 +201,64 @@ fn started_job(t: &TestRoot, id: &str) -> u64 {
     wait_for(&format!("{id} started"), Duration::from_secs(60), || {
         !t.points_named(id, "started").is_empty()
     });
-    t.points_named(id, "started")[0]["job_id"].as_u64().expect("a job id")
+    t.points_named(id, "started")[0]["job_id"]
+        .as_u64()
+        .expect("a job id")
 }
 
 fn job_gone(c: &SlurmCluster, prefix: &str, job: u64) -> bool {
-    jobs_of(c, prefix)
-        .iter()
-        .all(|(id, state)| *id != job || !matches!(state.as_str(), "PENDING" | "RUNNING" | "COMPLETING" | "CONFIGURING"))
+    jobs_of(c, prefix).iter().all(|(id, state)| {
+        *id != job
+            || !matches!(
+                state.as_str(),
+                "PENDING" | "RUNNING" | "COMPLETING" | "CONFIGURING"
+            )
+    })
 }
 
 /// Whether a process whose command line holds `marker` runs.
 fn marker_runs(marker: &str) -> bool {
-    std::fs::read_dir("/proc").into_iter().flatten().flatten().any(|e| {
-        std::fs::read(e.path().join("cmdline"))
-            .map(|c| String::from_utf8_lossy(&c).contains(marker))
-            .unwrap_or(false)
-    })
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|e| {
+            std::fs::read(e.path().join("cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).contains(marker))
+                .unwrap_or(false)
+        })
 }
 
 #[test]
 fn timeouts_and_cancels_end_the_jobs() {
-    let Some(c) = crate::common::slurm::cluster() else { return };
+    let Some(c) = crate::common::slurm::cluster() else {
+        return;
+    };
     let t = TestRoot::new();
     let prefix = format!("tc{}", std::process::id());
     let m_timeout = format!("{prefix}timeoutmarker");
     let m_cancel = format!("{prefix}cancelmarker");
-    slurm_tasker(&t, "slow", r#""timeout":"3s""#, &format!("#!/bin/sh\ncat >/dev/null\nexec sleep 300 {m_timeout}\n").replace(&format!("sleep 300 {m_timeout}"), &format!("sh -c 'sleep 300' {m_timeout}")));
-    slurm_tasker(&t, "long", "", &format!("#!/bin/sh\ncat >/dev/null\nexec sh -c 'sleep 300' {m_cancel}\n"));
-    slurm_tasker(&t, "held", r#""slurm":{"args":["--hold"]}"#, "#!/bin/sh\ncat >/dev/null\n");
+    slurm_tasker(
+        &t,
+        "slow",
+        r#""timeout":"3s""#,
+        &format!("#!/bin/sh\ncat >/dev/null\nexec sleep 300 {m_timeout}\n").replace(
+            &format!("sleep 300 {m_timeout}"),
+            &format!("sh -c 'sleep 300' {m_timeout}"),
+        ),
+    );
+    slurm_tasker(
+        &t,
+        "long",
+        "",
+        &format!("#!/bin/sh\ncat >/dev/null\nexec sh -c 'sleep 300' {m_cancel}\n"),
+    );
+    slurm_tasker(
+        &t,
+        "held",
+        r#""slurm":{"args":["--hold"]}"#,
+        "#!/bin/sh\ncat >/dev/null\n",
+    );
     let timed = format!("{prefix}-timeout");
     let running = format!("{prefix}-running");
     let pending = format!("{prefix}-pending");
@@ -193,32 +271,56 @@ fn timeouts_and_cancels_end_the_jobs() {
     wait_for("the held job submitted", Duration::from_secs(60), || {
         !t.points_named(&pending, "submitted").is_empty()
     });
-    let job_p = t.points_named(&pending, "submitted")[0]["job_id"].as_u64().unwrap();
+    let job_p = t.points_named(&pending, "submitted")[0]["job_id"]
+        .as_u64()
+        .unwrap();
     for id in [&running, &pending] {
         let out = t.cmd().args(["cancel", id]).output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
-    wait_records(&t, &[timed.clone(), running.clone(), pending.clone()], Duration::from_secs(90));
+    wait_records(
+        &t,
+        &[timed.clone(), running.clone(), pending.clone()],
+        Duration::from_secs(90),
+    );
     let r = t.must_record(&timed);
     assert_eq!(r["state"], "failed", "{r:#}");
     assert_eq!(r["error"]["kind"], "timeout", "{r:#}");
     assert_eq!(t.must_record(&running)["state"], "aborted");
     assert_eq!(t.must_record(&pending)["state"], "aborted");
-    assert!(t.points_named(&pending, "started").is_empty(), "a pending job never started");
+    assert!(
+        t.points_named(&pending, "started").is_empty(),
+        "a pending job never started"
+    );
     for job in [job_t, job_r, job_p] {
-        wait_for(&format!("job {job} gone"), Duration::from_secs(30), || job_gone(&c, &prefix, job));
+        wait_for(&format!("job {job} gone"), Duration::from_secs(30), || {
+            job_gone(&c, &prefix, job)
+        });
     }
-    wait_for("the taskers' processes gone", Duration::from_secs(30), || {
-        !marker_runs(&m_timeout) && !marker_runs(&m_cancel)
-    });
+    wait_for(
+        "the taskers' processes gone",
+        Duration::from_secs(30),
+        || !marker_runs(&m_timeout) && !marker_runs(&m_cancel),
+    );
     drop(e);
 }
 
 #[test]
 fn sbatch_refusals_fail_the_task_config_with_slurms_words() {
-    let Some(c) = crate::common::slurm::cluster() else { return };
+    let Some(c) = crate::common::slurm::cluster() else {
+        return;
+    };
     let t = TestRoot::new();
-    slurm_tasker(&t, "lost", r#""slurm":{"partition":"nosuchpartition"}"#, "#!/bin/sh\ncat >/dev/null\n");
+    slurm_tasker(
+        &t,
+        "lost",
+        r#""slurm":{"partition":"nosuchpartition"}"#,
+        "#!/bin/sh\ncat >/dev/null\n",
+    );
     task(&t, "s-part", "lost", "{}");
     let (code, err) = engine(&t, &c, &["--drain"]).wait(Duration::from_secs(60));
     assert_eq!(code, Some(0), "{err}");
@@ -244,7 +346,10 @@ fn ledger_tasker(t: &TestRoot) {
 
 fn ledger_counts(t: &TestRoot) -> HashMap<String, usize> {
     let mut counts = HashMap::new();
-    for line in std::fs::read_to_string(t.join("ledger")).unwrap_or_default().lines() {
+    for line in std::fs::read_to_string(t.join("ledger"))
+        .unwrap_or_default()
+        .lines()
+    {
         *counts.entry(line.to_string()).or_insert(0) += 1;
     }
     counts
@@ -252,10 +357,14 @@ fn ledger_counts(t: &TestRoot) -> HashMap<String, usize> {
 
 #[test]
 fn a_killed_engine_reattaches_its_jobs_and_runs_none_twice() {
-    let Some(c) = crate::common::slurm::cluster() else { return };
+    let Some(c) = crate::common::slurm::cluster() else {
+        return;
+    };
     let t = TestRoot::new();
     ledger_tasker(&t);
-    let ids: Vec<String> = (0..10).map(|i| format!("k{}-{i}", std::process::id())).collect();
+    let ids: Vec<String> = (0..10)
+        .map(|i| format!("k{}-{i}", std::process::id()))
+        .collect();
     for (i, id) in ids.iter().enumerate() {
         // Half end while the engine is down, half after it is back.
         let secs = if i % 2 == 0 { 2 } else { 12 };
@@ -267,9 +376,11 @@ fn a_killed_engine_reattaches_its_jobs_and_runs_none_twice() {
     }
     e.signal(nix::sys::signal::Signal::SIGKILL);
     drop(e);
-    wait_for("the short jobs ended while the engine was down", Duration::from_secs(60), || {
-        ledger_counts(&t).len() >= 5
-    });
+    wait_for(
+        "the short jobs ended while the engine was down",
+        Duration::from_secs(60),
+        || ledger_counts(&t).len() >= 5,
+    );
     let e = engine(&t, &c, &["--drain"]);
     let (code, err) = e.wait(Duration::from_secs(120));
     assert_eq!(code, Some(0), "{err}");
@@ -278,15 +389,25 @@ fn a_killed_engine_reattaches_its_jobs_and_runs_none_twice() {
         let r = t.must_record(id);
         assert_eq!(r["state"], "completed", "{r:#}");
         assert_eq!(r["payload"]["ran"], true, "{r:#}\n{:#?}", t.points(id));
-        assert_eq!(counts.get(id), Some(&1), "{id} ran {:?} times", counts.get(id));
-        assert!(t.points_named(id, "recovered").is_empty(), "{id} was recovered, not re-attached");
+        assert_eq!(
+            counts.get(id),
+            Some(&1),
+            "{id} ran {:?} times",
+            counts.get(id)
+        );
+        assert!(
+            t.points_named(id, "recovered").is_empty(),
+            "{id} was recovered, not re-attached"
+        );
         assert_eq!(t.points_named(id, "started").len(), 1, "{id}: one start");
     }
 }
 
 #[test]
 fn a_job_submitted_just_before_a_crash_is_found_by_its_name() {
-    let Some(c) = crate::common::slurm::cluster() else { return };
+    let Some(c) = crate::common::slurm::cluster() else {
+        return;
+    };
     let t = TestRoot::new();
     ledger_tasker(&t);
     let id = format!("crash{}", std::process::id());
@@ -303,7 +424,11 @@ fn a_job_submitted_just_before_a_crash_is_found_by_its_name() {
         .expect("spawn spoolflow run");
     let (code, _) = EngineProcess { child: crashing }.wait(Duration::from_secs(60));
     assert_ne!(code, Some(0), "the engine died at the fault point");
-    assert_eq!(jobs_of(&c, &id).len(), 1, "sbatch ran once before the crash");
+    assert_eq!(
+        jobs_of(&c, &id).len(),
+        1,
+        "sbatch ran once before the crash"
+    );
     let (code, err) = engine(&t, &c, &["--drain"]).wait(Duration::from_secs(120));
     assert_eq!(code, Some(0), "{err}");
     assert_eq!(t.must_record(&id)["state"], "completed");
@@ -314,10 +439,14 @@ fn a_job_submitted_just_before_a_crash_is_found_by_its_name() {
 
 #[test]
 fn an_unreachable_controller_is_waited_for() {
-    let Some(c) = crate::common::slurm::cluster() else { return };
+    let Some(c) = crate::common::slurm::cluster() else {
+        return;
+    };
     let t = TestRoot::new();
     ledger_tasker(&t);
-    let ids: Vec<String> = (0..3).map(|i| format!("ctld{}-{i}", std::process::id())).collect();
+    let ids: Vec<String> = (0..3)
+        .map(|i| format!("ctld{}-{i}", std::process::id()))
+        .collect();
     for id in &ids {
         task(&t, id, "ledger", r#"{"secs":8}"#);
     }
@@ -328,11 +457,15 @@ fn an_unreachable_controller_is_waited_for() {
     c.stop_ctld();
     let down = Instant::now();
     wait_for("a suspended point", Duration::from_secs(30), || {
-        ids.iter().any(|id| !t.points_named(id, "suspended").is_empty())
+        ids.iter()
+            .any(|id| !t.points_named(id, "suspended").is_empty())
     });
     // Twenty seconds down in all, counted from the stop.
     while down.elapsed() < Duration::from_secs(20) {
-        assert!(ids.iter().all(|id| t.record(id).is_none()), "a task ended while the controller was down");
+        assert!(
+            ids.iter().all(|id| t.record(id).is_none()),
+            "a task ended while the controller was down"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     c.start_ctld();
@@ -349,12 +482,23 @@ fn an_unreachable_controller_is_waited_for() {
 
 #[test]
 fn a_concurrence_runs_local_and_slurm_nodes_side_by_side() {
-    let Some(c) = crate::common::slurm::cluster() else { return };
+    let Some(c) = crate::common::slurm::cluster() else {
+        return;
+    };
     let t = TestRoot::new();
-    t.tasker("org.example", "here", "#!/bin/sh\ncat >/dev/null\necho '{\"here\":true}'\n");
+    t.tasker(
+        "org.example",
+        "here",
+        "#!/bin/sh\ncat >/dev/null\necho '{\"here\":true}'\n",
+    );
     slurm_tasker(&t, "there", "", "#!/bin/sh\ncat >/dev/null\necho \"{\\\"there_$SPOOLFLOW_NID\\\":\\\"$SLURM_JOB_ID\\\"}\"\n");
     slurm_tasker(&t, "broken", "", "#!/bin/sh\ncat >/dev/null\nexit 2\n");
-    slurm_tasker(&t, "sleepy", "", "#!/bin/sh\ncat >/dev/null\nexec sh -c 'sleep 300' sleepymarker$PPID\n");
+    slurm_tasker(
+        &t,
+        "sleepy",
+        "",
+        "#!/bin/sh\ncat >/dev/null\nexec sh -c 'sleep 300' sleepymarker$PPID\n",
+    );
     let flow = |id: &str, a: &str, b: &str, c2: &str| {
         t.drop_task(
             &format!("{id}.json"),
@@ -370,7 +514,12 @@ fn a_concurrence_runs_local_and_slurm_nodes_side_by_side() {
     let ok = t.must_record("f-ok");
     assert_eq!(ok["state"], "completed", "{ok:#}");
     assert_eq!(ok["payload"]["here"], true);
-    let merged: Vec<&String> = ok["payload"].as_object().unwrap().keys().filter(|k| k.starts_with("there_")).collect();
+    let merged: Vec<&String> = ok["payload"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .filter(|k| k.starts_with("there_"))
+        .collect();
     assert_eq!(merged.len(), 2, "both Slurm nodes merged: {ok:#}");
     let bad = t.must_record("f-bad");
     assert_eq!(bad["state"], "failed", "{bad:#}");
@@ -381,7 +530,66 @@ fn a_concurrence_runs_local_and_slurm_nodes_side_by_side() {
         .collect();
     assert!(!sleepy_jobs.is_empty());
     for job in sleepy_jobs {
-        wait_for(&format!("job {job} gone"), Duration::from_secs(30), || job_gone(&c, "f-bad", job));
+        wait_for(&format!("job {job} gone"), Duration::from_secs(30), || {
+            job_gone(&c, "f-bad", job)
+        });
     }
     let _: Option<Value> = None;
+}
+
+#[test]
+fn check_validates_the_slurm_keys_and_looks_for_sbatch() {
+    // No cluster needed: `check` reads files and the PATH only.
+    let t = TestRoot::new();
+    slurm_tasker(
+        &t,
+        "typo",
+        r#""slurm":{"partiton":"batch"}"#,
+        "#!/bin/sh\ncat\n",
+    );
+    let out = t.cmd().arg("check").output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(text.contains("unknown field `partiton`"), "{text}");
+
+    let t = TestRoot::new();
+    slurm_tasker(
+        &t,
+        "fine",
+        r#""slurm":{"partition":"batch","time":"1h"}"#,
+        "#!/bin/sh\ncat\n",
+    );
+    let out = t
+        .cmd()
+        .arg("check")
+        .env("PATH", "/nonexistent")
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(
+        text.contains("needs sbatch, which is not on the engine's PATH"),
+        "{text}"
+    );
+
+    // A bad key fails the task `config` as well, with the same words.
+    let t = TestRoot::new();
+    slurm_tasker(&t, "typo", r#""slurm":{"cpus":"four"}"#, "#!/bin/sh\ncat\n");
+    task(&t, "s-typo", "typo", "{}");
+    t.run_drain(1);
+    let r = t.must_record("s-typo");
+    assert_eq!(r["error"]["kind"], "config", "{r:#}");
+    assert!(
+        r["reason"].as_str().unwrap().contains("cpus")
+            || r["reason"].as_str().unwrap().contains("invalid type"),
+        "{r:#}"
+    );
 }

@@ -114,10 +114,18 @@ async fn placed_then_follow(poller: &Poller, id: u64, f: &Follow, report: &Repor
 
 /// Writes the job's files and submits it; returns its id, durable in
 /// `job_id` already.
-async fn submit(launch: &Launch, job: &JobSpec, interval: Duration, report: &Report) -> Result<u64, Exit> {
+async fn submit(
+    launch: &Launch,
+    job: &JobSpec,
+    interval: Duration,
+    report: &Report,
+) -> Result<u64, Exit> {
     let failed = |message: String, transient: bool| Exit::SpawnFailed { message, transient };
     write_files(launch, job).map_err(|e| {
-        failed(format!("cannot write the job's files in {}: {e}", job.dir.display()), true)
+        failed(
+            format!("cannot write the job's files in {}: {e}", job.dir.display()),
+            true,
+        )
     })?;
     let mut args = job::sbatch_args(&job.name, &job.dir, job.slurm.as_ref(), backstop(launch));
     args.push(job.dir.join(job::SCRIPT).display().to_string());
@@ -128,7 +136,9 @@ async fn submit(launch: &Launch, job: &JobSpec, interval: Duration, report: &Rep
             Err(e) if squeue::unreachable(&e) => {
                 if !waiting {
                     waiting = true;
-                    report(RunEvent::Waiting(Some(format!("cannot submit to Slurm: {e}"))));
+                    report(RunEvent::Waiting(Some(format!(
+                        "cannot submit to Slurm: {e}"
+                    ))));
                 }
                 tokio::time::sleep(interval).await;
                 // The failed sbatch may have reached the controller.
@@ -145,10 +155,19 @@ async fn submit(launch: &Launch, job: &JobSpec, interval: Duration, report: &Rep
         report(RunEvent::Waiting(None));
     }
     crash_point();
-    let written = crate::store::spool::write_atomic(&job.dir, job::JOB_ID, format!("{id}\n").as_bytes(), false, true);
+    let written = crate::store::spool::write_atomic(
+        &job.dir,
+        job::JOB_ID,
+        format!("{id}\n").as_bytes(),
+        false,
+        true,
+    );
     if let Err(e) = written {
         cancel(id, None).await;
-        return Err(failed(format!("cannot record the job id {id}: {e} (the job was cancelled)"), true));
+        return Err(failed(
+            format!("cannot record the job id {id}: {e} (the job was cancelled)"),
+            true,
+        ));
     }
     Ok(id)
 }
@@ -156,7 +175,9 @@ async fn submit(launch: &Launch, job: &JobSpec, interval: Duration, report: &Rep
 /// The Slurm time limit of a job with a run timeout: the timeout plus the
 /// kill grace, so that the engine's own timeout comes first.
 fn backstop(launch: &Launch) -> Option<Duration> {
-    launch.timeout.map(|t| t + launch.kill_grace + Duration::from_secs(60))
+    launch
+        .timeout
+        .map(|t| t + launch.kill_grace + Duration::from_secs(60))
 }
 
 /// A test seam (debug builds only): `SPOOLFLOW_CRASH_AFTER_SBATCH=1` kills
@@ -176,7 +197,11 @@ fn write_files(launch: &Launch, job: &JobSpec) -> std::io::Result<()> {
     std::fs::create_dir_all(&job.dir)?;
     std::fs::write(job.dir.join(job::IN), &launch.stdin)?;
     let argv: Vec<&std::ffi::OsStr> = launch.argv.iter().map(|a| a.as_os_str()).collect();
-    let env: Vec<(&str, &std::ffi::OsStr)> = launch.env.iter().map(|(k, v)| (k.as_str(), v.as_os_str())).collect();
+    let env: Vec<(&str, &std::ffi::OsStr)> = launch
+        .env
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_os_str()))
+        .collect();
     let script = job::script(&job.dir, &launch.dir, &argv, &env);
     let path = job.dir.join(job::SCRIPT);
     std::fs::write(&path, script)?;
@@ -202,7 +227,11 @@ async fn sbatch(args: &[String]) -> Result<u64, String> {
         }
     }
     let err = String::from_utf8_lossy(&out.stderr).trim().to_string();
-    Err(if err.is_empty() { format!("{} {}", out.status, stdout.trim()) } else { err })
+    Err(if err.is_empty() {
+        format!("{} {}", out.status, stdout.trim())
+    } else {
+        err
+    })
 }
 
 /// `scancel` (`--signal=TERM --full` with a signal): best effort; what
@@ -212,7 +241,9 @@ async fn cancel(id: u64, signal: Option<&str>) {
     if let Some(sig) = signal {
         cmd.arg(format!("--signal={sig}")).arg("--full");
     }
-    cmd.arg(id.to_string()).stdin(std::process::Stdio::null()).kill_on_drop(true);
+    cmd.arg(id.to_string())
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
     match tokio::time::timeout(Duration::from_secs(30), cmd.output()).await {
         Ok(Ok(out)) if !out.status.success() => tracing::warn!(
             "scancel of job {id} failed: {}",
@@ -304,7 +335,9 @@ fn on_view(
         View::Unreachable(why) => {
             if !s.waiting {
                 s.waiting = true;
-                report(RunEvent::Waiting(Some(format!("the Slurm controller cannot be reached: {why}"))));
+                report(RunEvent::Waiting(Some(format!(
+                    "the Slurm controller cannot be reached: {why}"
+                ))));
             }
             return None;
         }
@@ -319,7 +352,10 @@ fn on_view(
     let phase = squeue::phase(&row.state);
     if phase != Phase::Pending && s.node.is_none() && !row.node.is_empty() && s.stopped.is_none() {
         s.node = Some(row.node.clone());
-        report(RunEvent::Running { job: id, node: row.node.clone() });
+        report(RunEvent::Running {
+            job: id,
+            node: row.node.clone(),
+        });
         *deadline = f.timeout.map(|t| Instant::now() + t);
     }
     match phase {
@@ -343,8 +379,15 @@ fn detached() -> Exit {
 }
 
 /// What an ended job came to, from its last state and its files.
-fn result(f: &Follow, last_state: Option<&str>, stopped: Option<StopReason>, timed_out: bool) -> Exit {
-    let code = std::fs::read(f.dir.join(job::STATUS)).ok().and_then(|b| parse_status(&b));
+fn result(
+    f: &Follow,
+    last_state: Option<&str>,
+    stopped: Option<StopReason>,
+    timed_out: bool,
+) -> Exit {
+    let code = std::fs::read(f.dir.join(job::STATUS))
+        .ok()
+        .and_then(|b| parse_status(&b));
     if stopped.is_none() && !timed_out {
         if let Some((kind, message)) = last_state.and_then(squeue::overriding_end) {
             return Exit::Lost { kind, message };
@@ -362,7 +405,10 @@ fn result(f: &Follow, last_state: Option<&str>, stopped: Option<StopReason>, tim
             };
         }
         let (kind, message) = squeue::lost(last_state);
-        return Exit::Lost { kind, message: with_slurm_out(message, &f.dir) };
+        return Exit::Lost {
+            kind,
+            message: with_slurm_out(message, &f.dir),
+        };
     };
     let stdout = read_reply(&f.dir.join(job::OUT));
     let oversized = stdout.len() > REPLY_LIMIT;
@@ -402,7 +448,8 @@ fn status_of(code: i32) -> ExitStatus {
 
 /// A lost job's reason, with the last line Slurm itself wrote for it.
 fn with_slurm_out(message: String, dir: &Path) -> String {
-    let text = crate::userfile::read_string(&dir.join(job::SLURM_OUT), 64 * 1024).unwrap_or_default();
+    let text =
+        crate::userfile::read_string(&dir.join(job::SLURM_OUT), 64 * 1024).unwrap_or_default();
     match text.lines().rev().find(|l| !l.trim().is_empty()) {
         Some(line) => format!("{message}: {}", line.trim()),
         None => message,

@@ -99,8 +99,12 @@ pub fn script(job_dir: &Path, dir: &Path, argv: &[&OsStr], env: &[(&str, &OsStr)
     s.extend_from_slice(b"trap 'stopped=1' TERM\n");
     s.extend_from_slice(b"J=");
     sh_quote(&mut s, job_dir.as_os_str().as_bytes());
-    s.extend_from_slice(b"\nfor v in $(env | sed -n 's/^\\([A-Za-z_][A-Za-z0-9_]*\\)=.*/\\1/p'); do\n");
-    s.extend_from_slice(b"  case $v in SLURM_*|SLURMD_*|J) ;; *) unset \"$v\" 2>/dev/null ;; esac\ndone\n");
+    s.extend_from_slice(
+        b"\nfor v in $(env | sed -n 's/^\\([A-Za-z_][A-Za-z0-9_]*\\)=.*/\\1/p'); do\n",
+    );
+    s.extend_from_slice(
+        b"  case $v in SLURM_*|SLURMD_*|J) ;; *) unset \"$v\" 2>/dev/null ;; esac\ndone\n",
+    );
     for (k, v) in env {
         s.extend_from_slice(b"export ");
         s.extend_from_slice(k.as_bytes());
@@ -117,7 +121,9 @@ pub fn script(job_dir: &Path, dir: &Path, argv: &[&OsStr], env: &[(&str, &OsStr)
     }
     s.extend_from_slice(b"<\"$J/in\" >\"$J/out\" 2>\"$J/err\"\n  code=$?\n");
     s.extend_from_slice(b"else\n  echo \"spoolflow: cannot enter the tasker's directory on $(hostname)\" >>\"$J/err\"\n  code=126\nfi\n");
-    s.extend_from_slice(b"printf '%s\\n' \"$code\" >\"$J/status.tmp\" && mv -f \"$J/status.tmp\" \"$J/status\"\n");
+    s.extend_from_slice(
+        b"printf '%s\\n' \"$code\" >\"$J/status.tmp\" && mv -f \"$J/status.tmp\" \"$J/status\"\n",
+    );
     s.extend_from_slice(b"exit 0\n");
     s
 }
@@ -172,7 +178,12 @@ mod tests {
             time: Some(crate::model::task::Dur(Duration::from_secs(3600))),
             ..SlurmConfig::default()
         };
-        let a = sbatch_args("n", Path::new("/j"), Some(&explicit), Some(Duration::from_secs(5)));
+        let a = sbatch_args(
+            "n",
+            Path::new("/j"),
+            Some(&explicit),
+            Some(Duration::from_secs(5)),
+        );
         assert!(a.contains(&"--time=0-01:00:00".to_string()), "{a:?}");
         let a = sbatch_args("n", Path::new("/j"), None, None);
         assert!(!a.iter().any(|x| x.starts_with("--time")), "{a:?}");
@@ -183,7 +194,12 @@ mod tests {
         let argv: Vec<OsString> = vec!["/t/it's".into(), "a b".into()];
         let argv: Vec<&OsStr> = argv.iter().map(|a| a.as_os_str()).collect();
         let v = OsString::from("x'y");
-        let s = script(Path::new("/r/j"), Path::new("/t"), &argv, &[("SPOOLFLOW_ID", &v)]);
+        let s = script(
+            Path::new("/r/j"),
+            Path::new("/t"),
+            &argv,
+            &[("SPOOLFLOW_ID", &v)],
+        );
         let s = String::from_utf8(s).unwrap();
         assert!(s.starts_with("#!/bin/sh\n"));
         assert!(s.contains("export SPOOLFLOW_ID='x'\\''y'\n"), "{s}");

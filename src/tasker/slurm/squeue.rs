@@ -142,7 +142,14 @@ mod tests {
         assert_eq!(phase("RUNNING"), Phase::Running);
         assert_eq!(phase("SUSPENDED"), Phase::Running);
         assert_eq!(phase("COMPLETING"), Phase::Completing);
-        for s in ["COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY"] {
+        for s in [
+            "COMPLETED",
+            "FAILED",
+            "CANCELLED",
+            "TIMEOUT",
+            "NODE_FAIL",
+            "OUT_OF_MEMORY",
+        ] {
             assert_eq!(phase(s), Phase::Ended, "{s}");
         }
     }
