@@ -544,7 +544,7 @@ impl Model {
                 }
                 let x = running[i.index(running.len())];
                 let limits = self.limits(x);
-                self.sched.finish(&limits, live(&self.items));
+                self.sched.finish(&limits, true, live(&self.items));
                 self.items[x as usize].state = St::Done;
                 for k in self.items[x as usize].keys.clone() {
                     self.in_use[k] -= 1;
@@ -662,7 +662,7 @@ impl Model {
                 .iter()
                 .copied()
                 .find(|k| self.in_use[*k] >= self.limit[*k]);
-            match (self.sched.try_start(&limits), full) {
+            match (self.sched.try_start(&limits, true), full) {
                 (Ok(()), None) => {
                     for k in self.items[x as usize].keys.clone() {
                         self.in_use[k] += 1;
@@ -831,7 +831,7 @@ fn an_item_parked_behind_a_multi_limit_item_is_not_stranded() {
     for (name, keys) in [("r0", &["k0"][..]), ("r1", &["k1"])] {
         s.push(0, name);
         assert_eq!(item(&mut s), Some(name));
-        s.try_start(&l(keys)).unwrap();
+        s.try_start(&l(keys), true).unwrap();
     }
     // x needs both limits, y only k0: both wait on k0.
     s.push(0, "x");
@@ -840,17 +840,17 @@ fn an_item_parked_behind_a_multi_limit_item_is_not_stranded() {
         let e = s.pop().unwrap();
         assert_eq!(e.item, name);
         assert_eq!(e.woken_by(), None);
-        let full = s.try_start(&l(if name == "x" { &["k0", "k1"] } else { &["k0"] }));
+        let full = s.try_start(&l(if name == "x" { &["k0", "k1"] } else { &["k0"] }), true);
         assert_eq!(full, Err(("k0".to_string(), 1)));
         s.park(e, "k0".into(), 1);
     }
     // r0 ends: k0 is free; x comes back, is refused on k1 and parks there.
-    s.finish(&l(&["k0"]), |_| true);
+    s.finish(&l(&["k0"]), true, |_| true);
     let e = s.pop().unwrap();
     assert_eq!(e.item, "x");
     let woken = e.woken_by().cloned();
     assert_eq!(woken.as_deref(), Some("k0"));
-    let (key, limit) = s.try_start(&l(&["k0", "k1"])).unwrap_err();
+    let (key, limit) = s.try_start(&l(&["k0", "k1"]), true).unwrap_err();
     assert_eq!((key.as_str(), limit), ("k1", 1));
     s.park(e, key, limit);
     // x did not take k0's unit: it passes on to y.
@@ -866,7 +866,7 @@ fn an_item_parked_behind_a_multi_limit_item_is_not_stranded() {
     );
     let e = e.unwrap();
     assert_eq!(e.woken_by().map(String::as_str), Some("k0"));
-    s.try_start(&l(&["k0"])).unwrap();
+    s.try_start(&l(&["k0"]), true).unwrap();
     s.wake_if_free(&"k0".to_string(), |_| true);
     assert_eq!(s.in_use("k0"), 1);
     assert_eq!(s.parked_len(), 1, "x waits on k1");
@@ -883,27 +883,27 @@ fn an_unparked_item_keeps_its_arrival_place() {
     let mut s: Scheduler<&str, (), String> = Scheduler::new(2);
     s.push(0, "r");
     assert_eq!(item(&mut s), Some("r"));
-    s.try_start(&k0).unwrap();
+    s.try_start(&k0, true).unwrap();
     s.push(0, "a");
     s.push(0, "b");
     s.push(0, "c");
     let e = s.pop().unwrap();
     assert_eq!(e.item, "a");
-    let (key, limit) = s.try_start(&k0).unwrap_err();
+    let (key, limit) = s.try_start(&k0, true).unwrap_err();
     assert_eq!((key.as_str(), limit), ("k0", 1));
     s.park(e, key, limit);
     assert_eq!(item(&mut s), Some("b"));
-    s.try_start(&[]).unwrap();
+    s.try_start(&[], true).unwrap();
     assert_eq!(item(&mut s), None, "both workers are busy");
     // r ends: a worker and k0 free together; a arrived before c.
-    s.finish(&k0, |_| true);
+    s.finish(&k0, true, |_| true);
     let e = s.pop().unwrap();
     assert_eq!(e.item, "a", "c, which arrived after a, starts first");
     assert_eq!(e.woken_by().map(String::as_str), Some("k0"));
-    s.try_start(&k0).unwrap();
+    s.try_start(&k0, true).unwrap();
     s.wake_if_free(&"k0".to_string(), |_| true);
     assert_eq!(item(&mut s), None, "both workers are busy");
     // b ends: c is next.
-    s.finish(&[], |_| true);
+    s.finish(&[], true, |_| true);
     assert_eq!(item(&mut s), Some("c"));
 }

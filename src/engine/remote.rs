@@ -129,7 +129,7 @@ impl Engine {
     /// The cluster cannot be reached (`Some`), or can be again: the node
     /// waits, never failed for it; a `suspended` point says why.
     fn on_waiting(&mut self, key: &NodeKey, gen: u64, why: Option<String>) {
-        if !self.node(key).is_some_and(|n| n.gen == gen) {
+        if self.node(key).is_none_or(|n| n.gen != gen) {
             return;
         }
         match why {

@@ -6,8 +6,6 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
-
 use crate::common::slurm::SlurmCluster;
 use crate::common::*;
 
@@ -336,7 +334,7 @@ fn sbatch_refusals_fail_the_task_config_with_slurms_words() {
 /// `secs` seconds.
 fn ledger_tasker(t: &TestRoot) {
     slurm_tasker(
-        &t,
+        t,
         "ledger",
         "",
         "#!/bin/sh\nsecs=$(cat | sed -n 's/.*\"secs\":\\([0-9]*\\).*/\\1/p')\nsleep \"$secs\"\n\
@@ -534,7 +532,6 @@ fn a_concurrence_runs_local_and_slurm_nodes_side_by_side() {
             job_gone(&c, "f-bad", job)
         });
     }
-    let _: Option<Value> = None;
 }
 
 #[test]
