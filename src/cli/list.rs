@@ -145,7 +145,7 @@ pub fn render(page: &[Summary], now: chrono::DateTime<Utc>, colour: bool) -> Str
                 format!("{}{}", t.id, if t.flow { " (flow)" } else { "" }),
                 paint_state(t.state, colour),
                 t.domain.clone(),
-                t.taskee.clone().unwrap_or_else(|| "-".into()),
+                taskee_cell(t),
                 t.attempts.to_string(),
                 age(t.created_at.as_deref(), now),
                 took,
@@ -160,6 +160,16 @@ pub fn render(page: &[Summary], now: chrono::DateTime<Utc>, colour: bool) -> Str
         rows,
         &[4],
     )
+}
+
+/// The TASKEE cell: the taskee, and where a Slurm node of it runs.
+fn taskee_cell(t: &Summary) -> String {
+    let taskee = t.taskee.clone().unwrap_or_else(|| "-".into());
+    match t.slurm.as_slice() {
+        [] => taskee,
+        [one] => format!("{taskee} ({one})"),
+        many => format!("{taskee} ({} Slurm jobs)", many.len()),
+    }
 }
 
 /// A task as `--json` gives it: its record once it ended, else its

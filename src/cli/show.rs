@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use spoolflow::layout::Root;
 use spoolflow::model::names::TaskId;
 use spoolflow::model::task::Record;
-use spoolflow::read::summary::{first_line, live_state, ListState};
+use spoolflow::read::summary::{first_line, live_state, ListState, SlurmJob};
 use spoolflow::read::{self, engine, Place};
 use spoolflow::store::spool;
 
@@ -48,7 +48,12 @@ pub fn run(root: Option<PathBuf>, args: Args) -> Result<(), Failure> {
         _ => None,
     };
     let task = shown.task.as_ref();
-    print_human(&root, &id, record, task, shown.state, &shown.history);
+    let jobs = if shown.state == ListState::Running {
+        live_state(&shown.points).jobs
+    } else {
+        Vec::new()
+    };
+    print_human(&root, &id, record, task, shown.state, &shown.history, &jobs);
     let mut last_date = String::new();
     println!("points:");
     points::print_all(&shown.points, &mut last_date);
@@ -119,6 +124,7 @@ pub(crate) fn as_json(s: &Shown) -> Value {
         _ => json!({
             "record": null, "task": s.task, "state": s.state,
             "history": s.history, "points": s.points,
+            "slurm": live_state(&s.points).jobs,
         }),
     }
 }
@@ -140,6 +146,7 @@ fn print_human(
     task: Option<&Value>,
     state: ListState,
     history: &[Record],
+    slurm_jobs: &[SlurmJob],
 ) {
     println!("task {id}: {}", paint_state(state, colour()));
     if let Some(r) = record {
@@ -156,6 +163,9 @@ fn print_human(
             "payload",
             cut(&t.get("payload").map(Value::to_string).unwrap_or_default()),
         );
+        for job in slurm_jobs {
+            field(&format!("slurm {}", job.nid), job.to_string());
+        }
     }
     print_history(history);
 }

@@ -59,6 +59,16 @@ pub fn render(s: &Status) -> String {
         )),
         None => out.push_str("engine: not running\n"),
     }
+    if let Some(e) = s
+        .engine
+        .as_ref()
+        .filter(|e| e.slurm_pending + e.slurm_running > 0)
+    {
+        out.push_str(&format!(
+            "slurm: {} pending, {} running\n",
+            e.slurm_pending, e.slurm_running
+        ));
+    }
     let mut headers = vec![""];
     headers.extend(ListState::ALL.iter().map(|s| s.as_str()));
     headers.push("total");

@@ -149,6 +149,7 @@ mod tests {
             error_kind: None,
             reason: None,
             flow: false,
+            slurm: Vec::new(),
         }
     }
 

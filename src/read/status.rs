@@ -47,6 +47,9 @@ pub struct EngineStatus {
     pub uptime_secs: u64,
     pub workers: Option<usize>,
     pub workers_busy: usize,
+    /// This engine's Slurm jobs pending and running (SPEC 14).
+    pub slurm_pending: usize,
+    pub slurm_running: usize,
 }
 
 /// What `status` shows (and `--json` prints).
@@ -72,7 +75,14 @@ pub fn status(listing: &Listing, engine: Option<&EngineInfo>, now: DateTime<Utc>
         Some(c) => c.add(state),
         None => map.entry(key.to_string()).or_default().add(state),
     };
+    let (mut slurm_pending, mut slurm_running) = (0, 0);
     for t in &listing.tasks {
+        for j in &t.slurm {
+            match j.state.as_str() {
+                "PENDING" => slurm_pending += 1,
+                _ => slurm_running += 1,
+            }
+        }
         total.add(t.state);
         count(&mut domains, &t.domain, t.state);
         if let Some(taskee) = &t.taskee {
@@ -85,7 +95,12 @@ pub fn status(listing: &Listing, engine: Option<&EngineInfo>, now: DateTime<Utc>
             started_at: timestamp(e.started_at),
             uptime_secs: (now - e.started_at).num_seconds().max(0) as u64,
             workers: e.workers,
-            workers_busy: listing.running_nodes,
+            // A Slurm job holds no worker.
+            workers_busy: listing
+                .running_nodes
+                .saturating_sub(slurm_pending + slurm_running),
+            slurm_pending,
+            slurm_running,
         }),
         total,
         domains,
@@ -113,6 +128,7 @@ mod tests {
             error_kind: None,
             reason: None,
             flow: false,
+            slurm: Vec::new(),
         }
     }
 

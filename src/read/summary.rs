@@ -94,6 +94,30 @@ pub struct Summary {
     /// Whether the task is a flow.
     #[serde(default)]
     pub flow: bool,
+    /// The Slurm jobs its nodes run as now (SPEC 14).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub slurm: Vec<SlurmJob>,
+}
+
+/// A Slurm job a live node runs as, from its points (SPEC 14): `PENDING`
+/// once `submitted`, `RUNNING` (on `node`) once `started`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlurmJob {
+    pub nid: String,
+    pub job_id: u64,
+    pub state: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+}
+
+impl std::fmt::Display for SlurmJob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "job {} {}", self.job_id, self.state)?;
+        if let Some(n) = &self.node {
+            write!(f, " on {n}")?;
+        }
+        Ok(())
+    }
 }
 
 /// The first line of a text, for one-line tables.
@@ -130,6 +154,7 @@ impl Summary {
             error_kind: r.error.as_ref().map(|e| kind_name(e.kind)),
             reason,
             flow: r.flow.is_some(),
+            slurm: Vec::new(),
         }
     }
 
@@ -157,6 +182,8 @@ pub struct Live {
     pub started_at: Option<String>,
     /// Task nodes running now.
     pub running: usize,
+    /// The Slurm jobs of its live nodes, by node id.
+    pub jobs: Vec<SlurmJob>,
 }
 
 /// The state of a live execution from its points: the engine's last point
@@ -166,6 +193,7 @@ pub struct Live {
 /// not count.
 pub fn live_state(points: &[Point]) -> Live {
     let mut last: HashMap<&str, Kind> = HashMap::new();
+    let mut jobs: HashMap<&str, SlurmJob> = HashMap::new();
     let mut live = Live::default();
     for p in points {
         if p.fields.get("source").and_then(|v| v.as_str()) == Some("tasker") {
@@ -173,6 +201,7 @@ pub fn live_state(points: &[Point]) -> Live {
         }
         let Some(kind) = p.kind() else { continue };
         last.insert(p.nid.as_str(), kind);
+        note_job(&mut jobs, p, kind);
         match kind {
             Kind::Created if live.created_at.is_none() => live.created_at = Some(p.ts.clone()),
             Kind::Started => {
@@ -185,8 +214,10 @@ pub fn live_state(points: &[Point]) -> Live {
             _ => {}
         }
     }
+    live.jobs = jobs.into_values().collect();
+    live.jobs.sort_by(|a, b| a.nid.cmp(&b.nid));
     let node_state = |k: Kind| match k {
-        Kind::Allocated | Kind::Started => Some(ListState::Running),
+        Kind::Allocated | Kind::Submitted | Kind::Started => Some(ListState::Running),
         Kind::Suspended | Kind::Retried => Some(ListState::Delayed),
         k if k.is_final() => None,
         _ => Some(ListState::Queued),
@@ -198,6 +229,50 @@ pub fn live_state(points: &[Point]) -> Live {
         .find(|s| states.contains(s))
         .or(Some(ListState::Queued));
     live
+}
+
+/// Follows one node's Slurm job through its points: set by `submitted`
+/// and a `started` that names a job, gone with a new allocation or the
+/// end of the run.
+fn note_job<'a>(jobs: &mut HashMap<&'a str, SlurmJob>, p: &'a Point, kind: Kind) {
+    let nid = p.nid.as_str();
+    let job_id = p.fields.get("job_id").and_then(|v| v.as_u64());
+    match (kind, job_id) {
+        (Kind::Submitted, Some(job_id)) => {
+            jobs.insert(
+                nid,
+                SlurmJob {
+                    nid: nid.to_string(),
+                    job_id,
+                    state: "PENDING".into(),
+                    node: None,
+                },
+            );
+        }
+        (Kind::Started, Some(job_id)) => {
+            let node = p
+                .fields
+                .get("node")
+                .and_then(|v| v.as_str())
+                .map(String::from);
+            jobs.insert(
+                nid,
+                SlurmJob {
+                    nid: nid.to_string(),
+                    job_id,
+                    state: "RUNNING".into(),
+                    node,
+                },
+            );
+        }
+        (Kind::Allocated, _) => {
+            jobs.remove(nid);
+        }
+        (k, _) if k.ends_a_run() => {
+            jobs.remove(nid);
+        }
+        _ => {}
+    }
 }
 
 #[cfg(test)]
@@ -250,6 +325,22 @@ mod tests {
         assert_eq!(live.state, Some(ListState::Running));
         assert_eq!(live.running, 1);
         assert_eq!(live.attempts, 2);
+    }
+
+    #[test]
+    fn slurm_jobs_are_followed_from_submitted_to_started_to_the_end() {
+        let submitted = point("0", Kind::Submitted).with("job_id", 12);
+        let started = point("0", Kind::Started)
+            .with("job_id", 12)
+            .with("node", "n1");
+        let live = live_state(&[point("0", Kind::Allocated), submitted.clone()]);
+        assert_eq!(live.state, Some(ListState::Running));
+        assert_eq!(live.jobs.len(), 1);
+        assert_eq!(live.jobs[0].to_string(), "job 12 PENDING");
+        let live = live_state(&[submitted.clone(), started.clone()]);
+        assert_eq!(live.jobs[0].to_string(), "job 12 RUNNING on n1");
+        let live = live_state(&[submitted, started, point("0", Kind::Retried)]);
+        assert!(live.jobs.is_empty());
     }
 
     #[test]

@@ -118,6 +118,11 @@ fn live_tasks(root: &Root, engine_runs: bool, out: &mut Listing) {
             error_kind: None,
             reason: None,
             flow: head.flow.is_some(),
+            slurm: if state == ListState::Running {
+                live.jobs
+            } else {
+                Vec::new()
+            },
         });
     }
 }
@@ -165,6 +170,7 @@ fn waiting_files(root: &Root, out: &mut Listing) {
             error_kind: None,
             reason: None,
             flow,
+            slurm: Vec::new(),
         });
     }
 }
@@ -203,6 +209,7 @@ fn rejected_files(root: &Root, out: &mut Listing) {
             error_kind: None,
             reason,
             flow: false,
+            slurm: Vec::new(),
         });
     }
 }

@@ -272,6 +272,7 @@ fn timeouts_and_cancels_end_the_jobs() {
     let job_p = t.points_named(&pending, "submitted")[0]["job_id"]
         .as_u64()
         .unwrap();
+    operators_see_the_jobs(&t, &running, job_r, &pending, job_p);
     for id in [&running, &pending] {
         let out = t.cmd().args(["cancel", id]).output().unwrap();
         assert!(
@@ -328,6 +329,35 @@ fn sbatch_refusals_fail_the_task_config_with_slurms_words() {
     let reason = r["reason"].as_str().unwrap();
     assert!(reason.starts_with("sbatch refused the job: "), "{reason}");
     assert!(reason.to_lowercase().contains("partition"), "{reason}");
+}
+
+/// `show`, `list` and `status` name each running node's job, its Slurm
+/// state and its node.
+fn operators_see_the_jobs(t: &TestRoot, running: &str, job_r: u64, pending: &str, job_p: u64) {
+    let text = |args: &[&str]| {
+        let out = t.cmd().args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let show = text(&["show", running]);
+    assert!(show.contains(&format!("job {job_r} RUNNING on ")), "{show}");
+    let show = text(&["show", pending]);
+    assert!(show.contains(&format!("job {job_p} PENDING")), "{show}");
+    let list = text(&["list"]);
+    assert!(
+        list.contains(&format!("(job {job_r} RUNNING on ")),
+        "{list}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&text(&["show", running, "--json"])).unwrap();
+    assert_eq!(json["slurm"][0]["job_id"], job_r, "{json:#}");
+    assert_eq!(json["slurm"][0]["state"], "RUNNING");
+    let status = text(&["status"]);
+    assert!(status.contains("slurm: 1 pending, "), "{status}");
 }
 
 /// Tasks whose tasker appends its id to a ledger once it has slept
