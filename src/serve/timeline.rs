@@ -281,6 +281,7 @@ mod tests {
             error_kind: None,
             reason: None,
             flow: false,
+            slurm: Vec::new(),
         };
         let tasks = [
             t(ListState::Completed, "2026-01-01T00:59:30Z"),
