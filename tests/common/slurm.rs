@@ -81,6 +81,25 @@ impl SlurmCluster {
             .collect()
     }
 
+    /// Runs `scontrol` with these arguments; panics when it fails.
+    pub fn scontrol(&self, args: &[&str]) {
+        let out = self
+            .command("scontrol")
+            .args(args)
+            .output()
+            .expect("run scontrol");
+        assert!(
+            out.status.success(),
+            "scontrol {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Runs `scontrol`, whatever it answers.
+    pub fn scontrol_lenient(&self, args: &[&str]) {
+        let _ = self.command("scontrol").args(args).output();
+    }
+
     /// Stops the controller (running jobs go on).
     pub fn stop_ctld(&self) {
         let ok = self

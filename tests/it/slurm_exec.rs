@@ -620,3 +620,65 @@ fn check_validates_the_slurm_keys_and_looks_for_sbatch() {
         "{r:#}"
     );
 }
+
+/// Sets the cluster's node back to service when dropped.
+struct NodeDown<'a>(&'a SlurmCluster, String);
+
+impl Drop for NodeDown<'_> {
+    fn drop(&mut self) {
+        // Refused when the node came back by itself (ReturnToService).
+        self.0
+            .scontrol_lenient(&["update", &format!("nodename={}", self.1), "state=resume"]);
+    }
+}
+
+#[test]
+fn a_job_lost_with_its_node_is_a_work_error_and_retried() {
+    let Some(c) = crate::common::slurm::cluster() else {
+        return;
+    };
+    let t = TestRoot::new();
+    let marker = format!("nodefail{}", std::process::id());
+    slurm_tasker(
+        &t,
+        "fragile",
+        r#""retries":1"#,
+        &format!(
+            "#!/bin/sh\ncat >/dev/null\nif [ \"$SPOOLFLOW_ATTEMPT\" = 1 ]; then sh -c 'sleep 300' {marker}; fi\n\
+             echo \"$SPOOLFLOW_ATTEMPT\" >> \"$SPOOLFLOW_ROOT/ledger\"\necho '{{\"survived\":true}}'\n"
+        ),
+    );
+    let id = format!("{marker}-t");
+    task(&t, &id, "fragile", "{}");
+    let e = engine(&t, &c, &[]);
+    started_job(&t, &id);
+    let node = t.points_named(&id, "started")[0]["node"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    {
+        let _down = NodeDown(&c, node.clone());
+        c.scontrol(&[
+            "update",
+            &format!("nodename={node}"),
+            "state=down",
+            "reason=spoolflow-test",
+        ]);
+        wait_for("the lost attempt retried", Duration::from_secs(60), || {
+            !t.points_named(&id, "retried").is_empty()
+        });
+    }
+    wait_records(&t, std::slice::from_ref(&id), Duration::from_secs(120));
+    let r = t.must_record(&id);
+    assert_eq!(r["state"], "completed", "{r:#}");
+    assert_eq!(r["payload"]["survived"], true);
+    let retried = &t.points_named(&id, "retried")[0];
+    assert_eq!(retried["kind"], "work", "{retried}");
+    assert!(
+        retried["reason"].as_str().unwrap().contains("NODE_FAIL"),
+        "{retried}"
+    );
+    let ledger = std::fs::read_to_string(t.join("ledger")).unwrap();
+    assert_eq!(ledger.trim(), "2", "only the second attempt ran to its end");
+    drop(e);
+}

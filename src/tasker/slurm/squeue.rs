@@ -63,9 +63,15 @@ pub fn phase(state: &str) -> Phase {
 }
 
 /// What ended a job whose state decides the outcome whatever the tasker's
-/// status says: a Slurm time limit, a deadline, memory.
+/// status says: a Slurm time limit, a deadline, memory, the cluster itself
+/// (a lost node, a preemption: the tasker was killed, its status says
+/// nothing of its work).
 pub fn overriding_end(state: &str) -> Option<(ErrorKind, String)> {
     match state {
+        "NODE_FAIL" | "BOOT_FAIL" | "PREEMPTED" | "REVOKED" => Some((
+            ErrorKind::Work,
+            format!("the cluster ended the job ({state})"),
+        )),
         "TIMEOUT" => Some((
             ErrorKind::Timeout,
             "the job reached its Slurm time limit (TIMEOUT)".into(),
@@ -92,9 +98,6 @@ pub fn lost(state: Option<&str>) -> (ErrorKind, String) {
     let msg = match state {
         None => "the cluster no longer knows the job and it left no exit status".to_string(),
         Some("CANCELLED") => "the job was cancelled outside the engine (CANCELLED)".to_string(),
-        Some(s @ ("NODE_FAIL" | "BOOT_FAIL" | "PREEMPTED" | "REVOKED")) => {
-            format!("the cluster ended the job ({s})")
-        }
         Some(s) => format!("the job ended ({s}) without the tasker's exit status"),
     };
     (ErrorKind::Work, msg)
