@@ -252,16 +252,25 @@ impl Engine {
         let mut flow = Flow::new(tree);
         flow.progress = progress;
         let step = flow.resume();
-        // The task nodes that were running are new attempts (SPEC 10).
+        // The task nodes that were running are new attempts (SPEC 10),
+        // but for Slurm jobs that can be followed again (SPEC 14).
         let points = super::history::histories(&self.root, &exid);
         let mut pasts = Vec::new();
+        let mut jobs = super::reattach::Jobs::default();
         for action in &step.actions {
             if let Action::Task { nid, .. } = action {
                 let history = super::history::node_history(&points, &task.id, nid);
-                let p = Point::new(Kind::Recovered, &task.id, &task.exid, nid)
-                    .with("attempt", history.next_attempt());
-                self.log_idle(p);
-                pasts.push((key(&exid, nid), history));
+                let k = key(&exid, nid);
+                let job = history
+                    .open_run
+                    .then(|| self.slurm_job_of(&k, history.attempts, &mut jobs))
+                    .flatten();
+                if job.is_none() {
+                    let p = Point::new(Kind::Recovered, &task.id, &task.exid, nid)
+                        .with("attempt", history.next_attempt());
+                    self.log_idle(p);
+                }
+                pasts.push((k, history, job));
             }
         }
         let fx = FlowExec {
@@ -277,9 +286,12 @@ impl Engine {
         };
         self.insert_flow(exid.clone(), fx, created_at);
         self.act(&exid, step);
-        for (k, history) in pasts {
+        for (k, history, job) in pasts {
             if let Some(node) = self.nodes.get_mut(&k) {
                 history.restore(node);
+            }
+            if let Some(found) = job {
+                self.adopt_node(&k, history.attempts, found);
             }
         }
         self.maybe_end_flow(&exid);

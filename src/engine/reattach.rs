@@ -72,8 +72,8 @@ impl Engine {
         dir.join(job::STATUS).exists().then_some(Adopt::Ended)
     }
 
-    /// Follows a dead engine's job again: the node runs (it holds a unit
-    /// of `--slurm-jobs`), its attempt open as the log left it.
+    /// A standalone task whose job is followed again: its execution is
+    /// inserted, its node runs.
     pub(super) fn reattach(
         &mut self,
         mut node: Box<Node>,
@@ -82,24 +82,6 @@ impl Engine {
         found: Adopt,
     ) {
         let k = key(&node.task.id, &node.task.nid);
-        let dir = self.root.slurm_job_dir(&k.exid, &k.nid, attempt);
-        let started = node
-            .past()
-            .attempts_log
-            .last()
-            .is_some_and(|a| a.attempt == attempt);
-        node.attempt = attempt;
-        node.starts = if started {
-            attempt
-        } else {
-            attempt.saturating_sub(1)
-        };
-        if let Some(a) = node.past_mut().attempts_log.last_mut().filter(|_| started) {
-            a.ended_at = None;
-            a.outcome = None;
-            let at = chrono::DateTime::parse_from_rfc3339(&a.started_at).ok();
-            node.past_mut().started_at = at.map(|t| t.with_timezone(&chrono::Utc));
-        }
         // A running node holds its body (as an offered one does): its
         // reply's record is built on it.
         let limit = super::body::limit(self.options.input_limit);
@@ -107,28 +89,44 @@ impl Engine {
             Ok(b) => node.task.body = super::state::Body::Loaded(Box::new(b)),
             Err(e) => tracing::warn!("task {}: {e}", node.task.id),
         }
-        let taskee = node.past().taskee.clone();
-        let timeout = self.reattached_timeout(&mut node);
-        let limits = vec![(Limit::SlurmJobs, self.options.slurm_jobs)];
-        // Counted, never refused: the job exists already.
-        let _ = self.sched.try_start(&limits, false);
-        let points = dir.join(job::POINTS);
-        node.gen = {
-            self.next_gen += 1;
-            self.next_gen
-        };
-        let gen = node.gen;
-        node.state = NodeState::Running(Box::new(Run {
-            taskee: taskee.unwrap_or_else(|| "unknown".parse().expect("a valid taskee")),
-            process: Process::Adopting { started },
-            limits,
-            slot: None,
-            points: PointsTail::new(points.clone()),
-        }));
-        let launch = self.adopt_launch(&k, &node, timeout);
         self.executions.insert(k.exid.clone(), exec);
         self.names.share(&mut node.task);
         self.nodes.insert(k.clone(), node);
+        self.adopt_node(&k, attempt, found);
+    }
+
+    /// Follows a dead engine's job again: the node (standalone, or a
+    /// flow's, queued by the flow's resumption) runs, holding a unit of
+    /// `--slurm-jobs`, its attempt open as the log left it. A scheduler
+    /// entry it had is left stale (its generation changes).
+    pub(super) fn adopt_node(&mut self, k: &NodeKey, attempt: u32, found: Adopt) {
+        self.build_flow_payload(k);
+        let dir = self.root.slurm_job_dir(&k.exid, &k.nid, attempt);
+        self.next_gen += 1;
+        let gen = self.next_gen;
+        let limits = vec![(Limit::SlurmJobs, self.options.slurm_jobs)];
+        let points = dir.join(job::POINTS);
+        let Some(mut node) = self.nodes.remove(k) else {
+            return;
+        };
+        let started = reopen_attempt(&mut node, attempt);
+        let timeout = self.reattached_timeout(&mut node);
+        node.gen = gen;
+        node.state = NodeState::Running(Box::new(Run {
+            taskee: node
+                .past()
+                .taskee
+                .clone()
+                .unwrap_or_else(|| "unknown".parse().expect("a valid taskee")),
+            process: Process::Adopting { started },
+            limits: limits.clone(),
+            slot: None,
+            points: PointsTail::new(points.clone()),
+        }));
+        let launch = self.adopt_launch(k, &node, timeout);
+        self.nodes.insert(k.clone(), node);
+        // Counted, never refused: the job exists already.
+        let _ = self.sched.try_start(&limits, false);
         self.points_files.insert(points, k.clone());
         self.slurm_running.insert(k.clone());
         tracing::info!(
@@ -139,7 +137,7 @@ impl Engine {
                 Adopt::Ended => "ended, its result kept".into(),
             }
         );
-        let report = self.report_to_loop(&k, gen, None);
+        let report = self.report_to_loop(k, gen, None);
         self.executors.slurm().adopt(found, launch, dir, report);
     }
 
@@ -173,6 +171,29 @@ impl Engine {
             tracked: Tracked::Groups,
         }
     }
+}
+
+/// Opens again the attempt the log left open (the restore of the node's
+/// past closed it as interrupted); whether it had `started`.
+fn reopen_attempt(node: &mut Node, attempt: u32) -> bool {
+    let started = node
+        .past()
+        .attempts_log
+        .last()
+        .is_some_and(|a| a.attempt == attempt);
+    node.attempt = attempt;
+    node.starts = if started {
+        attempt
+    } else {
+        attempt.saturating_sub(1)
+    };
+    if let Some(a) = node.past_mut().attempts_log.last_mut().filter(|_| started) {
+        a.ended_at = None;
+        a.outcome = None;
+        let at = chrono::DateTime::parse_from_rfc3339(&a.started_at).ok();
+        node.past_mut().started_at = at.map(|t| t.with_timezone(&chrono::Utc));
+    }
+    started
 }
 
 /// Records a job id found by name, as a submission would have.

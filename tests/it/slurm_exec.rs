@@ -398,10 +398,19 @@ fn a_killed_engine_reattaches_its_jobs_and_runs_none_twice() {
         let secs = if i % 2 == 0 { 2 } else { 12 };
         task(&t, id, "ledger", &format!(r#"{{"secs":{secs}}}"#));
     }
+    // A flow's Slurm node is re-attached too.
+    let flow = format!("kf{}", std::process::id());
+    t.drop_task(
+        &format!("{flow}.json"),
+        &format!(
+            r#"{{"id":"{flow}","domain":"org.example","payload":{{"secs":4}},"flow":{{"sequence":[{{"task":"ledger"}}]}}}}"#
+        ),
+    );
     let e = engine(&t, &c, &[]);
     for id in &ids {
         started_job(&t, id);
     }
+    started_job(&t, &flow);
     e.signal(nix::sys::signal::Signal::SIGKILL);
     drop(e);
     wait_for(
@@ -429,6 +438,15 @@ fn a_killed_engine_reattaches_its_jobs_and_runs_none_twice() {
         );
         assert_eq!(t.points_named(id, "started").len(), 1, "{id}: one start");
     }
+    let f = t.must_record(&flow);
+    assert_eq!(f["state"], "completed", "{f:#}");
+    assert_eq!(f["payload"]["ran"], true, "{f:#}");
+    assert!(
+        t.points_named(&flow, "recovered").is_empty(),
+        "the flow's node was re-attached"
+    );
+    let runs = std::fs::read_to_string(t.join("ledger")).unwrap();
+    assert_eq!(runs.lines().filter(|l| *l == flow).count(), 1, "{runs}");
 }
 
 #[test]
