@@ -700,3 +700,53 @@ fn a_job_lost_with_its_node_is_a_work_error_and_retried() {
     assert_eq!(ledger.trim(), "2", "only the second attempt ran to its end");
     drop(e);
 }
+
+#[test]
+fn cancelling_a_flow_cancels_its_slurm_jobs() {
+    let Some(c) = crate::common::slurm::cluster() else {
+        return;
+    };
+    let t = TestRoot::new();
+    let marker = format!("flowcancel{}", std::process::id());
+    slurm_tasker(
+        &t,
+        "sleepy",
+        "",
+        &format!("#!/bin/sh\ncat >/dev/null\nexec sh -c 'sleep 300' {marker}\n"),
+    );
+    let id = format!("{marker}-f");
+    t.drop_task(
+        &format!("{id}.json"),
+        &format!(
+            r#"{{"id":"{id}","domain":"org.example","payload":{{}},"flow":{{"concurrence":[{{"task":"sleepy"}},{{"task":"sleepy"}}]}}}}"#
+        ),
+    );
+    let e = engine(&t, &c, &[]);
+    wait_for("both nodes started", Duration::from_secs(60), || {
+        t.points_named(&id, "started").len() == 2
+    });
+    let jobs: Vec<u64> = t
+        .points_named(&id, "started")
+        .iter()
+        .filter_map(|p| p["job_id"].as_u64())
+        .collect();
+    let out = t.cmd().args(["cancel", &id]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_records(&t, std::slice::from_ref(&id), Duration::from_secs(60));
+    assert_eq!(t.must_record(&id)["state"], "aborted");
+    for job in jobs {
+        wait_for(&format!("job {job} gone"), Duration::from_secs(30), || {
+            job_gone(&c, &id, job)
+        });
+    }
+    wait_for(
+        "the taskers' processes gone",
+        Duration::from_secs(30),
+        || !marker_runs(&marker),
+    );
+    drop(e);
+}
