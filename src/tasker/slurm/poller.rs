@@ -1,8 +1,9 @@
 //! The one observer of the engine's Slurm jobs (SPEC 14): every poll
 //! interval, while any job is watched, one `squeue` for all of them
-//! (never a process per job), its rows handed to each job's driver
-//! through a `watch` channel. A controller that cannot be reached is
-//! told to every driver, which waits for it.
+//! (never a process per job), and, for jobs it no longer shows, one
+//! `sacct` when the cluster keeps accounting; the rows are handed to each
+//! job's driver through a `watch` channel. A controller that cannot be
+//! reached is told to every driver, which waits for it.
 
 use std::time::Duration;
 
@@ -61,6 +62,9 @@ impl Poller {
 
 async fn run(mut rx: mpsc::UnboundedReceiver<Watched>, interval: Duration) {
     let mut watched: Vec<Watched> = Vec::new();
+    // `sacct` is asked about jobs `squeue` forgot until it says the
+    // cluster keeps no accounting.
+    let mut accounting = true;
     loop {
         if watched.is_empty() {
             match rx.recv().await {
@@ -76,7 +80,23 @@ async fn run(mut rx: mpsc::UnboundedReceiver<Watched>, interval: Duration) {
         if watched.is_empty() {
             continue;
         }
-        let answer = query().await;
+        let mut answer = query().await;
+        if let (Ok(rows), true) = (&mut answer, accounting) {
+            let forgotten: Vec<u64> = watched
+                .iter()
+                .filter_map(|w| match &w.target {
+                    Target::Id(id) if !rows.iter().any(|r| r.id == *id) => Some(*id),
+                    _ => None,
+                })
+                .collect();
+            if !forgotten.is_empty() {
+                match query_sacct(&forgotten).await {
+                    Ok(more) => rows.extend(more),
+                    Err(e) if squeue::accounting_off(&e) => accounting = false,
+                    Err(e) => tracing::debug!("sacct: {e}"),
+                }
+            }
+        }
         for w in &watched {
             let view = match &answer {
                 Err(reason) => View::Unreachable(reason.clone()),
@@ -97,6 +117,33 @@ fn find<'a>(rows: &'a [Row], target: &Target) -> Option<&'a Row> {
         // The newest of that name, should there be more than one.
         Target::Name(n) => rows.iter().filter(|r| &r.name == n).max_by_key(|r| r.id),
     }
+}
+
+/// One `sacct` for the jobs `squeue` no longer shows (ended longer ago
+/// than the controller keeps them).
+async fn query_sacct(ids: &[u64]) -> Result<Vec<Row>, String> {
+    let ids: Vec<String> = ids.iter().map(u64::to_string).collect();
+    let mut cmd = tokio::process::Command::new("sacct");
+    cmd.args([
+        "-n",
+        "-P",
+        "-X",
+        "-o",
+        squeue::SACCT_FORMAT,
+        "-j",
+        &ids.join(","),
+    ])
+    .stdin(std::process::Stdio::null())
+    .kill_on_drop(true);
+    let out = match tokio::time::timeout(QUERY_LIMIT, cmd.output()).await {
+        Err(_) => return Err(format!("sacct did not answer within {QUERY_LIMIT:?}")),
+        Ok(Err(e)) => return Err(format!("cannot run sacct: {e}")),
+        Ok(Ok(out)) => out,
+    };
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
+    }
+    Ok(squeue::parse_sacct(&String::from_utf8_lossy(&out.stdout)))
 }
 
 /// How long one `squeue` may take before it counts as unreachable.

@@ -18,6 +18,43 @@ pub struct Row {
     pub reason: String,
 }
 
+/// The `sacct` output format asked for jobs `squeue` no longer shows:
+/// `sacct -n -P -X -o SACCT_FORMAT` (`|`-separated, allocations only).
+pub const SACCT_FORMAT: &str = "JobID,JobName,State,NodeList";
+
+/// Parses `sacct -n -P -X -o SACCT_FORMAT` as rows; a state such as
+/// `CANCELLED by 0` keeps its first word.
+pub fn parse_sacct(text: &str) -> Vec<Row> {
+    text.lines()
+        .filter_map(|line| {
+            let mut f = line.trim().splitn(4, '|');
+            let id = f.next()?.trim().parse().ok()?;
+            let name = f.next()?.trim().to_string();
+            let state = f.next()?.split_whitespace().next()?.to_string();
+            let node = f.next().unwrap_or("").trim();
+            Some(Row {
+                id,
+                name,
+                state,
+                node: if node == "None assigned" {
+                    String::new()
+                } else {
+                    node.to_string()
+                },
+                reason: String::new(),
+            })
+        })
+        .collect()
+}
+
+/// Whether `sacct` failed because the cluster keeps no accounting (then
+/// it is not asked again).
+pub fn accounting_off(stderr: &str) -> bool {
+    stderr
+        .to_ascii_lowercase()
+        .contains("accounting storage is disabled")
+}
+
 /// Where a job is in its life, as far as the engine cares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
@@ -137,6 +174,21 @@ mod tests {
         assert_eq!(rows[0].node, "vm");
         assert_eq!(rows[1].state, "PENDING");
         assert_eq!(rows[1].reason, "Resources");
+    }
+
+    #[test]
+    fn sacct_rows_are_parsed() {
+        let rows = parse_sacct(
+            "17|spoolflow.a.0.1|COMPLETED|vm\n18|spoolflow.b.0.1|CANCELLED by 0|None assigned\n",
+        );
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0].state, "COMPLETED");
+        assert_eq!(rows[1].state, "CANCELLED");
+        assert_eq!(rows[1].node, "");
+        assert!(accounting_off("Slurm accounting storage is disabled"));
+        assert!(!accounting_off(
+            "sacct: error: Problem talking to the database"
+        ));
     }
 
     #[test]
