@@ -12,7 +12,7 @@ use super::tasker_points::PointsTail;
 use super::Engine;
 
 use crate::scheduler::{Limit, NodeKey};
-use crate::tasker::slurm::{job, squeue, Adopt};
+use crate::tasker::slurm::{command, job, squeue, Adopt};
 use crate::tasker::{Launch, Taskers, Tracked};
 
 /// This user's jobs as `squeue` showed them, asked at most once per start.
@@ -27,15 +27,8 @@ impl Jobs {
 
 /// One `squeue` (start-up only: the engine's loop is not running yet).
 fn query_blocking() -> Result<Vec<squeue::Row>, String> {
-    let out = std::process::Command::new("squeue")
-        .args(["-h", "--me", "--states=all", "-o", squeue::FORMAT])
-        .stdin(std::process::Stdio::null())
-        .output()
-        .map_err(|e| format!("cannot run squeue: {e}"))?;
-    if !out.status.success() {
-        return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
-    }
-    Ok(squeue::parse(&String::from_utf8_lossy(&out.stdout)))
+    let out = command::run_blocking("squeue", &command::squeue_args())?;
+    Ok(squeue::parse(&out))
 }
 
 impl Engine {

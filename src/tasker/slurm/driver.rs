@@ -17,6 +17,7 @@ use std::time::Duration;
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
+use super::command;
 use super::job::{self, parse_status};
 use super::poller::{Poller, Target, View};
 use super::squeue::{self, Phase};
@@ -210,47 +211,21 @@ fn write_files(launch: &Launch, job: &JobSpec) -> std::io::Result<()> {
 
 /// Runs `sbatch`; its id, or its message.
 async fn sbatch(args: &[String]) -> Result<u64, String> {
-    let out = tokio::process::Command::new("sbatch")
-        .args(args)
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .output();
-    let out = match tokio::time::timeout(Duration::from_secs(60), out).await {
-        Err(_) => return Err("sbatch did not answer within 60 s: Socket timed out".into()),
-        Ok(Err(e)) => return Err(format!("cannot run sbatch: {e}")),
-        Ok(Ok(out)) => out,
-    };
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    if out.status.success() {
-        if let Some(id) = squeue::parse_job_id(&stdout) {
-            return Ok(id);
-        }
-    }
-    let err = String::from_utf8_lossy(&out.stderr).trim().to_string();
-    Err(if err.is_empty() {
-        format!("{} {}", out.status, stdout.trim())
-    } else {
-        err
-    })
+    let out = command::run("sbatch", args).await?;
+    squeue::parse_job_id(&out).ok_or_else(|| format!("sbatch printed no job id: {}", out.trim()))
 }
 
 /// `scancel` (`--signal=TERM --full` with a signal): best effort; what
 /// Slurm then says of the job is what counts.
 async fn cancel(id: u64, signal: Option<&str>) {
-    let mut cmd = tokio::process::Command::new("scancel");
+    let mut args = Vec::new();
     if let Some(sig) = signal {
-        cmd.arg(format!("--signal={sig}")).arg("--full");
+        args.push(format!("--signal={sig}"));
+        args.push("--full".into());
     }
-    cmd.arg(id.to_string())
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true);
-    match tokio::time::timeout(Duration::from_secs(30), cmd.output()).await {
-        Ok(Ok(out)) if !out.status.success() => tracing::warn!(
-            "scancel of job {id} failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ),
-        Ok(Err(e)) => tracing::warn!("cannot run scancel for job {id}: {e}"),
-        _ => {}
+    args.push(id.to_string());
+    if let Err(e) = command::run("scancel", &args).await {
+        tracing::warn!("scancel of job {id} failed: {e}");
     }
 }
 

@@ -1,8 +1,10 @@
 //! Taskers as Slurm batch jobs (SPEC 14): `job` (the script and the
-//! `sbatch` arguments, pure), `squeue` (what Slurm says, pure), `poller`
-//! (one `squeue` per interval for all jobs) and `driver` (one run: submit,
-//! follow, signal, read its result).
+//! `sbatch` arguments, pure), `squeue` (what Slurm says, pure), `command`
+//! (running Slurm's commands with a time bound), `poller` (one `squeue`
+//! per interval for all jobs) and `driver` (one run: submit, follow,
+//! signal, read its result).
 
+pub mod command;
 pub mod driver;
 pub mod job;
 pub mod poller;

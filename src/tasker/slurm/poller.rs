@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 
+use super::command;
 use super::squeue::{self, Row};
 
 /// What the poller last learnt of one job.
@@ -123,8 +124,7 @@ fn find<'a>(rows: &'a [Row], target: &Target) -> Option<&'a Row> {
 /// than the controller keeps them).
 async fn query_sacct(ids: &[u64]) -> Result<Vec<Row>, String> {
     let ids: Vec<String> = ids.iter().map(u64::to_string).collect();
-    let mut cmd = tokio::process::Command::new("sacct");
-    cmd.args([
+    let args = [
         "-n",
         "-P",
         "-X",
@@ -132,43 +132,15 @@ async fn query_sacct(ids: &[u64]) -> Result<Vec<Row>, String> {
         squeue::SACCT_FORMAT,
         "-j",
         &ids.join(","),
-    ])
-    .stdin(std::process::Stdio::null())
-    .kill_on_drop(true);
-    let out = match tokio::time::timeout(QUERY_LIMIT, cmd.output()).await {
-        Err(_) => return Err(format!("sacct did not answer within {QUERY_LIMIT:?}")),
-        Ok(Err(e)) => return Err(format!("cannot run sacct: {e}")),
-        Ok(Ok(out)) => out,
-    };
-    if !out.status.success() {
-        return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
-    }
-    Ok(squeue::parse_sacct(&String::from_utf8_lossy(&out.stdout)))
+    ]
+    .map(String::from);
+    let out = command::run("sacct", &args).await?;
+    Ok(squeue::parse_sacct(&out))
 }
-
-/// How long one `squeue` may take before it counts as unreachable.
-const QUERY_LIMIT: Duration = Duration::from_secs(30);
 
 /// One `squeue` for all of this user's jobs, in every state Slurm still
 /// keeps.
 pub async fn query() -> Result<Vec<Row>, String> {
-    let mut cmd = tokio::process::Command::new("squeue");
-    cmd.args(["-h", "--me", "--states=all", "-o", squeue::FORMAT])
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true);
-    let out = match tokio::time::timeout(QUERY_LIMIT, cmd.output()).await {
-        Err(_) => return Err(format!("squeue did not answer within {QUERY_LIMIT:?}")),
-        Ok(Err(e)) => return Err(format!("cannot run squeue: {e}")),
-        Ok(Ok(out)) => out,
-    };
-    if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
-        let err = err.trim();
-        return Err(if err.is_empty() {
-            format!("squeue failed ({})", out.status)
-        } else {
-            err.to_string()
-        });
-    }
-    Ok(squeue::parse(&String::from_utf8_lossy(&out.stdout)))
+    let out = command::run("squeue", &command::squeue_args()).await?;
+    Ok(squeue::parse(&out))
 }
