@@ -51,4 +51,6 @@ mod serve;
 mod serve_browser;
 mod serve_live;
 mod serve_support;
+// issue 14: the Slurm development cluster (scripts/slurm-dev), and taskers on it
+mod slurm_cluster;
 mod slurm_exec;

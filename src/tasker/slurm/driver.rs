@@ -34,6 +34,8 @@ pub struct Slurm {
 /// What a driver needs to follow a job and read its result.
 struct Follow {
     dir: PathBuf,
+    /// The job's name (its directory's, see [`job::job_name`]).
+    name: String,
     timeout: Option<Duration>,
     kill_grace: Duration,
     stderr_path: PathBuf,
@@ -74,8 +76,13 @@ impl Slurm {
 }
 
 fn follow_of(launch: &Launch, dir: PathBuf) -> Follow {
+    let name = dir
+        .file_name()
+        .map(|n| job::job_name(&n.to_string_lossy()))
+        .unwrap_or_default();
     Follow {
         dir,
+        name,
         timeout: launch.timeout,
         kill_grace: launch.kill_grace,
         stderr_path: launch.stderr_path.clone(),
@@ -110,7 +117,11 @@ async fn placed_then_follow(poller: &Poller, id: u64, f: &Follow, report: &Repor
         at: Placement::Job(id),
         stop: stop_tx,
     });
-    follow(id, poller.watch(Target::Id(id)), stop_rx, f, report).await
+    let target = Target::Job {
+        id,
+        name: f.name.clone(),
+    };
+    follow(id, poller.watch(target), stop_rx, f, report).await
 }
 
 /// Writes the job's files and submits it; returns its id, durable in

@@ -112,6 +112,9 @@ pub fn script(job_dir: &Path, dir: &Path, argv: &[&OsStr], env: &[(&str, &OsStr)
         sh_quote(&mut s, v.as_bytes());
         s.push(b'\n');
     }
+    // Once only: a controller that lost its state may launch a job again
+    // despite --no-requeue; the second launch leaves the first's result.
+    s.extend_from_slice(b"mkdir \"$J/launched\" 2>/dev/null || { echo 'spoolflow: this job was launched before; not running the tasker again' >>\"$J/slurm.out\"; exit 0; }\n");
     s.extend_from_slice(b"if cd ");
     sh_quote(&mut s, dir.as_os_str().as_bytes());
     s.extend_from_slice(b"; then\n  ");
@@ -205,6 +208,57 @@ mod tests {
         assert!(s.contains("export SPOOLFLOW_ID='x'\\''y'\n"), "{s}");
         assert!(s.contains("'/t/it'\\''s' 'a b' <\"$J/in\""), "{s}");
         assert!(s.contains("mv -f \"$J/status.tmp\" \"$J/status\""), "{s}");
+        let once = s.find("mkdir \"$J/launched\"").expect("launched once");
+        assert!(
+            s.find("export SPOOLFLOW_ID").unwrap() < once,
+            "after the PATH is set"
+        );
+    }
+
+    #[test]
+    fn the_script_runs_the_tasker_once_with_only_its_environment() {
+        let tmp = tempfile::tempdir().unwrap();
+        let j = tmp.path().join("job");
+        std::fs::create_dir(&j).unwrap();
+        std::fs::write(j.join(IN), "in-bytes").unwrap();
+        let argv: Vec<OsString> = vec![
+            "/bin/sh".into(),
+            "-c".into(),
+            "cat; echo; env; exit 3".into(),
+        ];
+        let argv: Vec<&OsStr> = argv.iter().map(|a| a.as_os_str()).collect();
+        let path = OsString::from("/usr/bin:/bin");
+        let id = OsString::from("t1");
+        let text = script(
+            &j,
+            tmp.path(),
+            &argv,
+            &[("PATH", &path), ("SPOOLFLOW_ID", &id)],
+        );
+        std::fs::write(j.join(SCRIPT), text).unwrap();
+        let run = || {
+            std::process::Command::new("/bin/sh")
+                .arg(j.join(SCRIPT))
+                .env("SECRET", "hunter2")
+                .env("SLURM_JOB_ID", "7")
+                .status()
+                .unwrap()
+        };
+        assert!(run().success());
+        assert_eq!(
+            parse_status(&std::fs::read(j.join(STATUS)).unwrap()),
+            Some(3)
+        );
+        let out = std::fs::read_to_string(j.join(OUT)).unwrap();
+        assert!(out.starts_with("in-bytes\n"), "{out}");
+        assert!(
+            out.contains("SPOOLFLOW_ID=t1") && out.contains("SLURM_JOB_ID=7"),
+            "{out}"
+        );
+        assert!(!out.contains("hunter2"), "{out}");
+        std::fs::remove_file(j.join(OUT)).unwrap();
+        assert!(run().success());
+        assert!(!j.join(OUT).exists(), "a second launch runs nothing");
     }
 
     #[test]

@@ -28,7 +28,9 @@ pub enum View {
 /// Which job a driver follows.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
-    Id(u64),
+    /// By id, checked against its name: a controller that lost its last
+    /// seconds of state may give a forgotten job's id to another job.
+    Job { id: u64, name: String },
     /// By name: a job submitted just before a crash, its id not recorded.
     Name(String),
 }
@@ -86,7 +88,7 @@ async fn run(mut rx: mpsc::UnboundedReceiver<Watched>, interval: Duration) {
             let forgotten: Vec<u64> = watched
                 .iter()
                 .filter_map(|w| match &w.target {
-                    Target::Id(id) if !rows.iter().any(|r| r.id == *id) => Some(*id),
+                    Target::Job { id, .. } if !rows.iter().any(|r| r.id == *id) => Some(*id),
                     _ => None,
                 })
                 .collect();
@@ -114,7 +116,7 @@ async fn run(mut rx: mpsc::UnboundedReceiver<Watched>, interval: Duration) {
 
 fn find<'a>(rows: &'a [Row], target: &Target) -> Option<&'a Row> {
     match target {
-        Target::Id(id) => rows.iter().find(|r| r.id == *id),
+        Target::Job { id, name } => rows.iter().find(|r| r.id == *id && &r.name == name),
         // The newest of that name, should there be more than one.
         Target::Name(n) => rows.iter().filter(|r| &r.name == n).max_by_key(|r| r.id),
     }
