@@ -2,6 +2,7 @@
 //! ended longer ago than D — records (by `ended_at`), earlier attempts in
 //! `history/`, rejected files with their reasons, and points and stderr
 //! logs (by modification time) of executions no longer queued or running,
+//! the job directories of their Slurm runs (`var/slurm/`, SPEC 14),
 //! and what an interrupted `submit --batch` left in `in/` (files never
 //! submitted, staged in a `.spoolflow-batch-*` directory) — and prints what
 //! it removed (or, with `--dry-run`, would remove).
@@ -47,7 +48,16 @@ pub fn run(root: Option<PathBuf>, args: Args) -> Result<(), Failure> {
             .is_ok_and(|id| root.run_file(&id).exists())
     };
     doomed.extend(old_files(&root, &root.log_tsk(), &before, |p| !live(p)));
+    let job_dirs = old_job_dirs(&root, &before);
     let mut removed = Vec::new();
+    for dir in &job_dirs {
+        let ok = args.dry_run || std::fs::remove_dir_all(dir).is_ok();
+        if ok {
+            removed.push(format!("{}/", root.relative(dir).display()));
+        } else {
+            eprintln!("spoolflow: cannot remove {}", dir.display());
+        }
+    }
     for path in &doomed {
         let ok = args.dry_run || std::fs::remove_file(path).is_ok();
         if ok {
@@ -72,7 +82,7 @@ pub fn run(root: Option<PathBuf>, args: Args) -> Result<(), Failure> {
         println!("{verb} {r}");
     }
     println!("{verb} {}", plural(removed.len(), "file", "files"));
-    if removed.len() < doomed.len() {
+    if removed.len() < doomed.len() + job_dirs.len() {
         return Err(Failure::new(
             exit::FAILURE,
             "some files could not be removed",
@@ -114,6 +124,32 @@ fn old_files(
         })
         .map(|e| e.path())
         .filter(|p| keep_if(p))
+        .collect()
+}
+
+/// The directories of Slurm runs (`var/slurm/<exid>.<nid>.<attempt>/`)
+/// of executions no longer in `run/`, unchanged since `before`.
+fn old_job_dirs(root: &Root, before: &str) -> Vec<PathBuf> {
+    let ended = |name: &str| {
+        let exid = name.rsplitn(3, '.').nth(2).unwrap_or("");
+        exid.parse::<TaskId>()
+            .is_ok_and(|id| !root.run_file(&id).exists())
+    };
+    std::fs::read_dir(root.slurm_dir())
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| ended(&e.file_name().to_string_lossy()))
+        .filter(|e| {
+            e.metadata()
+                .ok()
+                .filter(|m| m.is_dir())
+                .and_then(|m| m.modified().ok())
+                .is_some_and(|t| {
+                    spoolflow::model::task::timestamp(DateTime::<Utc>::from(t)).as_str() < before
+                })
+        })
+        .map(|e| e.path())
         .collect()
 }
 
