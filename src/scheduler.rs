@@ -217,6 +217,18 @@ impl<K: Clone, E, L: Clone + Eq + Hash> Scheduler<K, E, L> {
         Ok(())
     }
 
+    /// Takes one unit of each limit whatever they hold (a run that exists
+    /// already: a Slurm job re-attached after a crash), and a worker slot
+    /// with `worker`. Given back by [`finish`](Self::finish) as any other.
+    pub fn start_anyway(&mut self, limits: &[(L, u32)], worker: bool) {
+        for (key, _) in limits {
+            *self.in_use.entry(key.clone()).or_insert(0) += 1;
+        }
+        if worker {
+            self.running += 1;
+        }
+    }
+
     /// Gives back a worker slot and the limits taken by
     /// [`try_start`](Self::try_start); on each freed limit the first live
     /// waiter goes back to the ready queue (`is_live` tells the items the
@@ -419,6 +431,8 @@ mod tests {
         s.try_start(&jobs, false).unwrap();
         assert_eq!(pop(&mut s), Some("c"));
         assert!(s.try_start(&jobs, false).is_err(), "two jobs at most");
+        s.start_anyway(&jobs, false);
+        assert_eq!(s.in_use(&jobs[0].0), 3, "a run that exists is counted");
         s.finish(&jobs, false, |_| true);
         assert_eq!(s.running(), 0);
     }

@@ -544,7 +544,11 @@ fn stdin_of(node: &Node, exid: &Exid, created_at: DateTime<Utc>, input: Input) -
 
 /// The limits a start takes: the tasker's `max_concurrent` and one per
 /// `concurrency` key whose path the task has.
-fn limits_for(tasker_path: &str, cfg: &TaskerConfig, body: Option<&Loaded>) -> Vec<(Limit, u32)> {
+pub(super) fn limits_for(
+    tasker_path: &str,
+    cfg: &TaskerConfig,
+    body: Option<&Loaded>,
+) -> Vec<(Limit, u32)> {
     let mut limits = Vec::new();
     if let Some(n) = cfg.max_concurrent {
         limits.push((

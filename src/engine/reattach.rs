@@ -97,13 +97,13 @@ impl Engine {
         let dir = self.root.slurm_job_dir(&k.exid, &k.nid, attempt);
         self.next_gen += 1;
         let gen = self.next_gen;
-        let limits = vec![(Limit::SlurmJobs, self.options.slurm_jobs)];
         let points = dir.join(job::POINTS);
         let Some(mut node) = self.nodes.remove(k) else {
             return;
         };
         let started = reopen_attempt(&mut node, attempt);
-        let timeout = self.reattached_timeout(&mut node);
+        let (timeout, mut limits) = self.reattached_options(&mut node);
+        limits.push((Limit::SlurmJobs, self.options.slurm_jobs));
         node.gen = gen;
         node.state = NodeState::Running(Box::new(Run {
             taskee: node
@@ -119,7 +119,7 @@ impl Engine {
         let launch = self.adopt_launch(k, &node, timeout);
         self.nodes.insert(k.clone(), node);
         // Counted, never refused: the job exists already.
-        let _ = self.sched.try_start(&limits, false);
+        self.sched.start_anyway(&limits, false);
         self.points_files.insert(points, k.clone());
         self.slurm_running.insert(k.clone());
         tracing::info!(
@@ -134,16 +134,26 @@ impl Engine {
         self.executors.slurm().adopt(found, launch, dir, report);
     }
 
-    /// A re-attached node's run timeout: its tasker's `tasker.json`
-    /// resolved again (its effective options restored with it).
-    fn reattached_timeout(&self, node: &mut Node) -> Option<std::time::Duration> {
-        let taskee = node.past().taskee.clone()?;
-        let resolved = Taskers::new(self.root.tsk())
-            .resolve(&node.task.domain, &taskee)
-            .ok()?;
+    /// A re-attached node's run timeout and the limits its run holds
+    /// (its tasker's `max_concurrent` and concurrency keys): its tasker's
+    /// `tasker.json` resolved again (its effective options restored with
+    /// it).
+    fn reattached_options(
+        &self,
+        node: &mut Node,
+    ) -> (Option<std::time::Duration>, Vec<(Limit, u32)>) {
+        let Some(taskee) = node.past().taskee.clone() else {
+            return (None, Vec::new());
+        };
+        let Ok(resolved) = Taskers::new(self.root.tsk()).resolve(&node.task.domain, &taskee) else {
+            return (None, Vec::new());
+        };
+        let tasker_path = self.root.relative(&resolved.path).display().to_string();
+        let limits =
+            super::dispatch::limits_for(&tasker_path, &resolved.config, node.task.loaded());
         let effective = super::policy::Effective::of(node.task.options(), &resolved.config);
         node.past_mut().effective = Some(effective);
-        node.effective().timeout.map(|d| d.0)
+        (node.effective().timeout.map(|d| d.0), limits)
     }
 
     fn adopt_launch(
