@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use super::state::{key, Execution, Node, NodeState, Process, Run};
 use super::tasker_points::PointsTail;
 use super::Engine;
+use crate::model::point::Kind;
 
 use crate::scheduler::{Limit, NodeKey};
 use crate::tasker::slurm::{command, job, squeue, Adopt};
@@ -114,7 +115,7 @@ impl Engine {
             process: Process::Adopting { started },
             limits: limits.clone(),
             slot: None,
-            points: PointsTail::new(points.clone()),
+            points: PointsTail::resuming(points.clone(), self.points_copied(k)),
         }));
         let launch = self.adopt_launch(k, &node, timeout);
         self.nodes.insert(k.clone(), node);
@@ -154,6 +155,23 @@ impl Engine {
         let effective = super::policy::Effective::of(node.task.options(), &resolved.config);
         node.past_mut().effective = Some(effective);
         (node.effective().timeout.map(|d| d.0), limits)
+    }
+
+    /// How many of a node's own points its last run had copied before the
+    /// engine died: those after the run's last engine point of its start.
+    fn points_copied(&self, k: &NodeKey) -> u32 {
+        let points = super::history::histories(&self.root, &k.exid);
+        let mine = points.iter().filter(|p| p.nid == k.nid);
+        let mut copied = 0u32;
+        for p in mine {
+            match p.fields.get("source").and_then(|v| v.as_str()) {
+                Some("tasker") => copied = copied.saturating_add(1),
+                Some(_) => {}
+                None if matches!(p.kind(), Some(Kind::Allocated)) => copied = 0,
+                None => {}
+            }
+        }
+        copied
     }
 
     fn adopt_launch(

@@ -79,6 +79,9 @@ pub struct PointsTail {
     refused: bool,
     /// A cap was reached: nothing more is read.
     capped: bool,
+    /// Points a dead engine copied already (a re-attached Slurm job's):
+    /// the first this many are counted, not copied again.
+    copied_before: u32,
 }
 
 /// Why a line is no point.
@@ -195,6 +198,16 @@ impl PointsTail {
             first_drop: None,
             refused: false,
             capped: false,
+            copied_before: 0,
+        }
+    }
+
+    /// Follows a file whose first `copied` points were copied already (by
+    /// an engine that died while its Slurm job ran).
+    pub fn resuming(path: PathBuf, copied: u32) -> PointsTail {
+        PointsTail {
+            copied_before: copied,
+            ..PointsTail::new(path)
         }
     }
 
@@ -321,6 +334,10 @@ impl PointsTail {
             return;
         }
         match classify(line, ids) {
+            Ok(_) if self.copied_before > 0 => {
+                self.copied_before -= 1;
+                self.copied += 1;
+            }
             Ok(p) if self.copied < POINTS_CAP => {
                 self.copied += 1;
                 out.points.push(p);

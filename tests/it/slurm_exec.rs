@@ -375,7 +375,8 @@ fn ledger_tasker(t: &TestRoot) {
         t,
         "ledger",
         "",
-        "#!/bin/sh\nsecs=$(cat | sed -n 's/.*\"secs\":\\([0-9]*\\).*/\\1/p')\nsleep \"$secs\"\n\
+        "#!/bin/sh\nsecs=$(cat | sed -n 's/.*\"secs\":\\([0-9]*\\).*/\\1/p')\n\
+         echo '{\"point\":\"sleeping\"}' >> \"$SPOOLFLOW_POINTS\"\nsleep \"$secs\"\n\
          echo \"$SPOOLFLOW_ID\" >> \"$SPOOLFLOW_ROOT/ledger\"\necho '{\"ran\":true}'\n",
     );
 }
@@ -419,6 +420,10 @@ fn a_killed_engine_reattaches_its_jobs_and_runs_none_twice() {
         started_job(&t, id);
     }
     started_job(&t, &flow);
+    // Each job's own point is copied before the crash (and not again after).
+    wait_for("the jobs' own points copied", Duration::from_secs(30), || {
+        ids.iter().all(|id| !t.points_named(id, "sleeping").is_empty())
+    });
     e.signal(nix::sys::signal::Signal::SIGKILL);
     drop(e);
     wait_for(
@@ -445,6 +450,7 @@ fn a_killed_engine_reattaches_its_jobs_and_runs_none_twice() {
             "{id} was recovered, not re-attached"
         );
         assert_eq!(t.points_named(id, "started").len(), 1, "{id}: one start");
+        assert_eq!(t.points_named(id, "sleeping").len(), 1, "{id}: its point once");
     }
     let f = t.must_record(&flow);
     assert_eq!(f["state"], "completed", "{f:#}");
