@@ -164,10 +164,19 @@ fn fields(id: &spoolflow::model::names::TaskId, s: &show::Shown) -> Markup {
                     v.as_str().map_or(v.to_string(), str::to_string)
                 })
             };
+            // Where its Slurm nodes run (SPEC 14).
+            let jobs = if s.state == spoolflow::read::summary::ListState::Running {
+                spoolflow::read::summary::live_state(&s.points).jobs
+            } else {
+                Vec::new()
+            };
             html! {
                 table.fields {
                     tr { th { "domain" } td { (get("domain")) } }
                     tr { th { "priority" } td #priority { (get("priority")) } }
+                    @for j in &jobs {
+                        tr.slurm { th { "slurm " (j.nid) } td { (j.to_string()) } }
+                    }
                     tr { th { "file" } td { a href=(raw) { "raw file" } } }
                 }
                 (payload("payload", t.get("payload").unwrap_or(&Value::Null), &raw))

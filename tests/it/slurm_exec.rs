@@ -366,6 +366,12 @@ fn operators_see_the_jobs(t: &TestRoot, running: &str, job_r: u64, pending: &str
     assert_eq!(json["slurm"][0]["state"], "RUNNING");
     let status = text(&["status"]);
     assert!(status.contains("slurm: 1 pending, "), "{status}");
+    // The dashboard's task page and its API say the same.
+    let srv = crate::serve_support::serve(t, &[]);
+    let page = crate::serve_support::get(&srv, &format!("/tasks/{running}"));
+    assert!(page.body.contains(&format!("job {job_r} RUNNING on ")), "{}", page.body);
+    let api = crate::serve_support::get(&srv, &format!("/api/tasks/{pending}")).json();
+    assert_eq!(api["slurm"][0]["state"], "PENDING", "{api:#}");
 }
 
 /// Tasks whose tasker appends its id to a ledger once it has slept
