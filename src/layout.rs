@@ -189,10 +189,11 @@ impl Root {
     pub fn slurm_dir(&self) -> PathBuf {
         self.dir.join("var/slurm")
     }
-    /// `var/slurm/<exid>.<nid>.<attempt>/`: one Slurm run's script,
-    /// stdin, stdout, stderr, points, exit status and job id.
-    pub fn slurm_job_dir(&self, exid: &Exid, nid: &Nid, attempt: u32) -> PathBuf {
-        self.slurm_dir().join(format!("{exid}.{nid}.{attempt}"))
+    /// `var/slurm/<exid>.<nid>.<offer>/`: one Slurm run's script, stdin,
+    /// stdout, stderr, points, exit status and job id (a run is named
+    /// after the offer that led to it: each run has its own).
+    pub fn slurm_job_dir(&self, exid: &Exid, nid: &Nid, offer: u32) -> PathBuf {
+        self.slurm_dir().join(format!("{exid}.{nid}.{offer}"))
     }
 
     /// `var/run/points/`: where taskers append informative points

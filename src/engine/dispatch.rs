@@ -340,10 +340,10 @@ impl Engine {
     /// `started` is logged once the process exists (or the job runs).
     fn start(&mut self, key: &NodeKey, resolved: Resolved, limits: Vec<(Limit, u32)>) {
         let local = resolved.config.executor == ExecutorKind::Local;
-        let Some(attempt) = self.node(key).map(|n| n.attempt) else {
+        let Some(offer) = self.node(key).map(|n| n.offers) else {
             return self.release(&limits, local);
         };
-        let job = (!local).then(|| self.job_spec(key, attempt, &resolved));
+        let job = (!local).then(|| self.job_spec(key, offer, &resolved));
         let points_file = match &job {
             Some(job) => job.dir.join(tasker::slurm::job::POINTS),
             None => self.root.node_points_file(&key.exid, &key.nid),
@@ -482,6 +482,9 @@ impl Engine {
         };
         match at {
             Placement::Group(pgid) => self.on_running(&key, vec![("pid", pgid.into())]),
+            // A re-attached job (stopped while being adopted) was
+            // submitted before.
+            Placement::Job(_) if self.slurm_running.contains(&key) => {}
             Placement::Job(job) => self.on_submitted(&key, job),
         }
     }

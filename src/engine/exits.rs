@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use super::outcome::{outcome, Outcome};
 use super::policy::{self, AfterError};
-use super::state::{NodeState, Stop};
+use super::state::{NodeState, Process, Stop};
 use super::{Engine, Timer};
 use crate::model::names::Taskee;
 use crate::model::point::Kind;
@@ -85,6 +85,7 @@ impl Engine {
                 let err = TaskError::new(ErrorKind::Aborted, reason);
                 self.finish(key, State::Aborted, Some(err));
             }
+            Some(Stop::Fail(err)) => self.fail(key, err),
             // Stopped by the shutdown (or by a stop the driver saw first).
             _ => self.let_go(key),
         }
@@ -233,6 +234,16 @@ impl Engine {
             return;
         };
         node.start_timer = None;
+        // A Slurm job still pending on the cluster: its start timeout
+        // covers that wait too (SPEC 14); the job is cancelled first.
+        let err = policy::start_timed_out(node.effective().start_timeout);
+        let first = node.starts == 0;
+        if let NodeState::Running(run) = &mut node.state {
+            if first && matches!(run.process, Process::Pending { .. }) {
+                run.process.ask_stop(Stop::Fail(err));
+            }
+            return;
+        }
         let waiting = matches!(
             node.state,
             NodeState::Queued { .. }

@@ -262,9 +262,8 @@ impl Engine {
                 let history = super::history::node_history(&points, &task.id, nid);
                 let k = key(&exid, nid);
                 let job = history
-                    .open_run
-                    .then(|| self.slurm_job_of(&k, history.attempts, &mut jobs))
-                    .flatten();
+                    .open_run()
+                    .and_then(|o| Some((o, self.slurm_job_of(&k, o, &mut jobs)?)));
                 if job.is_none() {
                     let p = Point::new(Kind::Recovered, &task.id, &task.exid, nid)
                         .with("attempt", history.next_attempt());
@@ -290,8 +289,8 @@ impl Engine {
             if let Some(node) = self.nodes.get_mut(&k) {
                 history.restore(node);
             }
-            if let Some(found) = job {
-                self.adopt_node(&k, history.attempts, found);
+            if let Some((open, found)) = job {
+                self.adopt_node(&k, open, found);
             }
         }
         self.maybe_end_flow(&exid);

@@ -30,9 +30,19 @@ pub struct History {
     attempts_log: Vec<crate::model::task::AttemptLog>,
     /// The last attempt was allocated and nothing ended it: it ran (or
     /// was about to) when the engine stopped.
-    pub(super) open_run: bool,
+    open_run: bool,
+    /// The open run logged `started`.
+    open_started: bool,
     /// The taskee and tasker of the last allocation.
     allocated_to: Option<(crate::model::names::Taskee, String)>,
+}
+
+/// See [`History::open_run`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct OpenRun {
+    pub attempt: u32,
+    pub offer: u32,
+    pub started: bool,
 }
 
 impl History {
@@ -57,6 +67,17 @@ impl History {
         }
         // The attempt that ran when the engine died ended with it.
         node.end_attempt(Utc::now(), "interrupted", None);
+    }
+
+    /// The run the engine was in when it stopped: its attempt, its offer
+    /// (a run's own number: refusals and `uncompleted` replies run an
+    /// attempt again) and whether it had started.
+    pub(super) fn open_run(&self) -> Option<OpenRun> {
+        self.open_run.then_some(OpenRun {
+            attempt: self.attempts,
+            offer: self.offers,
+            started: self.open_started,
+        })
     }
 
     /// The attempt the node is queued again as.
@@ -117,6 +138,7 @@ fn history_in(points: &[point::Point], id: &TaskId, nid: &crate::model::names::N
             }
             Some(Kind::Offered) => h.offers += 1,
             Some(Kind::Started) => {
+                h.open_started = h.open_run;
                 let attempt = p.fields.get("attempt").and_then(|a| a.as_u64());
                 h.attempts_log.push(crate::model::task::AttemptLog {
                     attempt: attempt.and_then(|a| u32::try_from(a).ok()).unwrap_or(0),
@@ -164,6 +186,7 @@ fn history_in(points: &[point::Point], id: &TaskId, nid: &crate::model::names::N
             Some(Kind::Allocated) => {
                 h.note_attempt(p);
                 h.open_run = true;
+                h.open_started = false;
                 let field = |k: &str| p.fields.get(k).and_then(|v| v.as_str());
                 h.allocated_to = field("taskee")
                     .and_then(|t| t.parse().ok())

@@ -7,6 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
+use super::history::OpenRun;
 use super::state::{key, Execution, Node, NodeState, Process, Run};
 use super::tasker_points::PointsTail;
 use super::Engine;
@@ -35,8 +36,13 @@ fn query_blocking() -> Result<Vec<squeue::Row>, String> {
 impl Engine {
     /// The Slurm job a node's open attempt ran as, if it did and the job
     /// can be followed or read.
-    pub(super) fn slurm_job_of(&self, k: &NodeKey, attempt: u32, jobs: &mut Jobs) -> Option<Adopt> {
-        let dir = self.root.slurm_job_dir(&k.exid, &k.nid, attempt);
+    pub(super) fn slurm_job_of(
+        &self,
+        k: &NodeKey,
+        open: OpenRun,
+        jobs: &mut Jobs,
+    ) -> Option<Adopt> {
+        let dir = self.root.slurm_job_dir(&k.exid, &k.nid, open.offer);
         if !dir.join(job::SCRIPT).exists() {
             return None;
         }
@@ -72,7 +78,7 @@ impl Engine {
         &mut self,
         mut node: Box<Node>,
         exec: Execution,
-        attempt: u32,
+        open: OpenRun,
         found: Adopt,
     ) {
         let k = key(&node.task.id, &node.task.nid);
@@ -86,23 +92,24 @@ impl Engine {
         self.executions.insert(k.exid.clone(), exec);
         self.names.share(&mut node.task);
         self.nodes.insert(k.clone(), node);
-        self.adopt_node(&k, attempt, found);
+        self.adopt_node(&k, open, found);
     }
 
     /// Follows a dead engine's job again: the node (standalone, or a
     /// flow's, queued by the flow's resumption) runs, holding a unit of
     /// `--slurm-jobs`, its attempt open as the log left it. A scheduler
     /// entry it had is left stale (its generation changes).
-    pub(super) fn adopt_node(&mut self, k: &NodeKey, attempt: u32, found: Adopt) {
+    pub(super) fn adopt_node(&mut self, k: &NodeKey, open: OpenRun, found: Adopt) {
         self.build_flow_payload(k);
-        let dir = self.root.slurm_job_dir(&k.exid, &k.nid, attempt);
+        let attempt = open.attempt;
+        let dir = self.root.slurm_job_dir(&k.exid, &k.nid, open.offer);
         self.next_gen += 1;
         let gen = self.next_gen;
         let points = dir.join(job::POINTS);
         let Some(mut node) = self.nodes.remove(k) else {
             return;
         };
-        let started = reopen_attempt(&mut node, attempt);
+        let started = reopen_attempt(&mut node, open);
         let (timeout, mut limits) = self.reattached_options(&mut node);
         limits.push((Limit::SlurmJobs, self.options.slurm_jobs));
         node.gen = gen;
@@ -196,13 +203,10 @@ impl Engine {
 
 /// Opens again the attempt the log left open (the restore of the node's
 /// past closed it as interrupted); whether it had `started`.
-fn reopen_attempt(node: &mut Node, attempt: u32) -> bool {
-    let started = node
-        .past()
-        .attempts_log
-        .last()
-        .is_some_and(|a| a.attempt == attempt);
+fn reopen_attempt(node: &mut Node, open: OpenRun) -> bool {
+    let (attempt, started) = (open.attempt, open.started);
     node.attempt = attempt;
+    node.offers = open.offer;
     node.starts = if started {
         attempt
     } else {

@@ -37,8 +37,8 @@ pub struct Recovered {
     pub submitted_at: Option<DateTime<Utc>>,
     /// The attempts that ran before (the last one may have been cut short).
     pub attempts: u32,
-    /// The last attempt ran (or was about to) when the engine stopped.
-    pub open_run: bool,
+    /// The run under way (or about to be) when the engine stopped.
+    pub(super) open_run: Option<super::history::OpenRun>,
     pub task: RunTask,
 }
 
@@ -345,7 +345,7 @@ fn recovered(root: &Root, task: Task, progress: Option<Value>, names: &mut Names
         created_at: history.created_at,
         submitted_at: history.submitted_at,
         attempts: history.attempts,
-        open_run: history.open_run,
+        open_run: history.open_run(),
         task,
     }
 }
@@ -434,11 +434,13 @@ impl super::Engine {
                 .filter(|(attempt, _)| *attempt > 0 && *attempt == r.attempts);
             match reply {
                 Some((_, payload)) => self.complete_replied(node, exec, payload),
-                None if r.open_run => match self.slurm_job_of(&k, r.attempts, &mut jobs) {
-                    Some(found) => self.reattach(node, exec, r.attempts, found),
+                None => match r
+                    .open_run
+                    .and_then(|o| Some((o, self.slurm_job_of(&k, o, &mut jobs)?)))
+                {
+                    Some((open, found)) => self.reattach(node, exec, open, found),
                     None => self.requeue(node, exec),
                 },
-                None => self.requeue(node, exec),
             }
         }
         Ok(())

@@ -51,16 +51,14 @@ impl Engine {
         }
     }
 
-    /// A Slurm run's directory and job name.
-    pub(super) fn job_spec(&self, key: &NodeKey, attempt: u32, resolved: &Resolved) -> JobSpec {
-        let dir = self.root.slurm_job_dir(&key.exid, &key.nid, attempt);
-        let name = dir
-            .file_name()
-            .map(|n| job::job_name(&n.to_string_lossy()))
-            .unwrap_or_default();
+    /// A Slurm run's directory and job name: named after its offer, a
+    /// run's own number (a refusal or an `uncompleted` reply runs an
+    /// attempt again).
+    pub(super) fn job_spec(&self, key: &NodeKey, offer: u32, resolved: &Resolved) -> JobSpec {
+        let dir = self.root.slurm_job_dir(&key.exid, &key.nid, offer);
         JobSpec {
+            name: job::name_of(&dir),
             dir,
-            name,
             slurm: resolved.config.slurm.clone(),
         }
     }

@@ -32,6 +32,9 @@ pub type Item = (NodeKey, u64);
 pub enum Stop {
     /// A cancel request, with its reason (SPEC 8).
     Cancel(String),
+    /// The engine ends the run and fails the attempt with this error (a
+    /// Slurm job still pending at its `start_timeout`).
+    Fail(crate::model::task::TaskError),
     /// The engine stops; the task stays in `run/` for the next start.
     Shutdown,
 }
@@ -39,7 +42,7 @@ pub enum Stop {
 impl Stop {
     pub fn reason(&self) -> StopReason {
         match self {
-            Stop::Cancel(_) => StopReason::Cancel,
+            Stop::Cancel(_) | Stop::Fail(_) => StopReason::Cancel,
             Stop::Shutdown => StopReason::Shutdown,
         }
     }
@@ -75,7 +78,10 @@ pub enum Process {
 impl Process {
     /// Whether `started` is logged (the tasker's own points may follow).
     pub fn started(&self) -> bool {
-        matches!(self, Process::Live { .. } | Process::Stopping { .. })
+        matches!(
+            self,
+            Process::Live { .. } | Process::Stopping { .. } | Process::Adopting { started: true }
+        )
     }
 
     /// The stop asked for, if any.

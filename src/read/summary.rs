@@ -214,6 +214,13 @@ pub fn live_state(points: &[Point]) -> Live {
             _ => {}
         }
     }
+    // A node waiting for an unreachable Slurm controller while its job
+    // runs is still running.
+    for nid in jobs.keys() {
+        if last.get(nid) == Some(&Kind::Suspended) {
+            last.insert(nid, Kind::Started);
+        }
+    }
     live.jobs = jobs.into_values().collect();
     live.jobs.sort_by(|a, b| a.nid.cmp(&b.nid));
     let node_state = |k: Kind| match k {
@@ -339,6 +346,9 @@ mod tests {
         assert_eq!(live.jobs[0].to_string(), "job 12 PENDING");
         let live = live_state(&[submitted.clone(), started.clone()]);
         assert_eq!(live.jobs[0].to_string(), "job 12 RUNNING on n1");
+        let outage = point("0", Kind::Suspended).with("reason", "controller down");
+        let live = live_state(&[submitted.clone(), started.clone(), outage]);
+        assert_eq!(live.state, Some(ListState::Running), "its job runs on");
         let live = live_state(&[submitted, started, point("0", Kind::Retried)]);
         assert!(live.jobs.is_empty());
     }

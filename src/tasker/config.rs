@@ -225,7 +225,42 @@ fn check_slurm(config: &TaskerConfig) -> Result<(), String> {
     if let Some(a) = s.args.iter().find(|a| a.contains('\0')) {
         return Err(format!("slurm.args holds a NUL byte: {}", quoted(a)));
     }
+    if let Some(a) = s.args.iter().find(|a| engine_owned(a)) {
+        return Err(format!(
+            "slurm.args must not set {}: the engine names, places, requeues and follows the job itself",
+            quoted(a)
+        ));
+    }
     Ok(())
+}
+
+/// `sbatch` options the engine sets itself and relies on (the job's name,
+/// files, environment, no requeue, no waiting, no array). `--nodes` and
+/// `--ntasks` may be given: a job of many tasks runs them with `srun`.
+fn engine_owned(arg: &str) -> bool {
+    const LONG: &[&str] = &[
+        "--job-name",
+        "--output",
+        "--error",
+        "--input",
+        "--chdir",
+        "--export",
+        "--parsable",
+        "--requeue",
+        "--no-requeue",
+        "--wait",
+        "--array",
+        "--ntasks",
+        "--nodes",
+        "--wrap",
+        "--open-mode",
+    ];
+    const SHORT: &[&str] = &["-J", "-o", "-e", "-i", "-D", "-W", "-a"];
+    let flag = arg.split('=').next().unwrap_or(arg);
+    LONG.contains(&flag)
+        || SHORT
+            .iter()
+            .any(|s| arg == *s || (arg.starts_with(s) && arg.len() > 2 && !arg.starts_with("--")))
 }
 
 #[cfg(test)]
@@ -278,6 +313,9 @@ mod tests {
             br#"{"cmd":"x","executor":"slurm","slurm":{"time":"soon"}}"#,
             br#"{"cmd":"x","executor":"slurm","slurm":{"partition":"a b"}}"#,
             br#"{"cmd":"x","executor":"slurm","slurm":{"args":"--x"}}"#,
+            br#"{"cmd":"x","executor":"slurm","slurm":{"args":["--job-name=x"]}}"#,
+            br#"{"cmd":"x","executor":"slurm","slurm":{"args":["--requeue"]}}"#,
+            br#"{"cmd":"x","executor":"slurm","slurm":{"args":["-o","/tmp/x"]}}"#,
         ] {
             assert!(
                 TaskerConfig::parse(bad).is_err(),

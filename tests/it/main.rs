@@ -54,3 +54,4 @@ mod serve_support;
 // issue 14: the Slurm development cluster (scripts/slurm-dev), and taskers on it
 mod slurm_cluster;
 mod slurm_exec;
+mod slurm_recovery;

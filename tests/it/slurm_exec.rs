@@ -1,16 +1,17 @@
 //! SPEC 14: taskers run as jobs of a real Slurm cluster (the development
-//! cluster of `scripts/slurm-dev`). Each test skips, loudly, when no
+//! cluster of `scripts/slurm-dev`): the reply table, capacity, timeouts,
+//! cancels, refusals, flows, what operators see (crashes, outages and
+//! lost nodes are in `slurm_recovery`). Each test skips, loudly, when no
 //! cluster answers (and fails in CI, see `common::slurm`). The engine is
 //! the built binary, the taskers small `sh` scripts run by `slurmd`.
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use crate::common::slurm::SlurmCluster;
 use crate::common::*;
 
 /// A tasker directory run on Slurm, with `extra` keys in its `tasker.json`.
-fn slurm_tasker(t: &TestRoot, name: &str, extra: &str, script: &str) {
+pub(crate) fn slurm_tasker(t: &TestRoot, name: &str, extra: &str, script: &str) {
     let extra = if extra.is_empty() {
         String::new()
     } else {
@@ -26,7 +27,7 @@ fn slurm_tasker(t: &TestRoot, name: &str, extra: &str, script: &str) {
 
 /// `spoolflow run` against the cluster (a fast poll), with a secret in its
 /// environment that no tasker may see.
-fn engine(t: &TestRoot, c: &SlurmCluster, args: &[&str]) -> EngineProcess {
+pub(crate) fn engine(t: &TestRoot, c: &SlurmCluster, args: &[&str]) -> EngineProcess {
     let child = t
         .cmd()
         .arg("run")
@@ -42,21 +43,21 @@ fn engine(t: &TestRoot, c: &SlurmCluster, args: &[&str]) -> EngineProcess {
     EngineProcess { child }
 }
 
-fn task(t: &TestRoot, id: &str, tasker: &str, payload: &str) {
+pub(crate) fn task(t: &TestRoot, id: &str, tasker: &str, payload: &str) {
     t.drop_task(
         &format!("{id}.json"),
         &format!(r#"{{"domain":"org.example","tasker":"{tasker}","payload":{payload}}}"#),
     );
 }
 
-fn wait_records(t: &TestRoot, ids: &[String], deadline: Duration) {
+pub(crate) fn wait_records(t: &TestRoot, ids: &[String], deadline: Duration) {
     wait_for("every record", deadline, || {
         ids.iter().all(|id| t.record(id).is_some())
     });
 }
 
 /// The engine's jobs (named `spoolflow.<exid>.…`) of this root's tasks.
-fn jobs_of(c: &SlurmCluster, prefix: &str) -> Vec<(u64, String)> {
+pub(crate) fn jobs_of(c: &SlurmCluster, prefix: &str) -> Vec<(u64, String)> {
     c.squeue_jobs(&format!("spoolflow.{prefix}"))
 }
 
@@ -203,7 +204,7 @@ fn slurm_jobs_bounds_the_jobs_on_the_cluster() {
 }
 
 /// Waits for a task's `started` point; returns its job id.
-fn started_job(t: &TestRoot, id: &str) -> u64 {
+pub(crate) fn started_job(t: &TestRoot, id: &str) -> u64 {
     wait_for(&format!("{id} started"), Duration::from_secs(60), || {
         !t.points_named(id, "started").is_empty()
     });
@@ -212,7 +213,7 @@ fn started_job(t: &TestRoot, id: &str) -> u64 {
         .expect("a job id")
 }
 
-fn job_gone(c: &SlurmCluster, prefix: &str, job: u64) -> bool {
+pub(crate) fn job_gone(c: &SlurmCluster, prefix: &str, job: u64) -> bool {
     jobs_of(c, prefix).iter().all(|(id, state)| {
         *id != job
             || !matches!(
@@ -223,7 +224,7 @@ fn job_gone(c: &SlurmCluster, prefix: &str, job: u64) -> bool {
 }
 
 /// Whether a process whose command line holds `marker` runs.
-fn marker_runs(marker: &str) -> bool {
+pub(crate) fn marker_runs(marker: &str) -> bool {
     std::fs::read_dir("/proc")
         .into_iter()
         .flatten()
@@ -369,181 +370,13 @@ fn operators_see_the_jobs(t: &TestRoot, running: &str, job_r: u64, pending: &str
     // The dashboard's task page and its API say the same.
     let srv = crate::serve_support::serve(t, &[]);
     let page = crate::serve_support::get(&srv, &format!("/tasks/{running}"));
-    assert!(page.body.contains(&format!("job {job_r} RUNNING on ")), "{}", page.body);
+    assert!(
+        page.body.contains(&format!("job {job_r} RUNNING on ")),
+        "{}",
+        page.body
+    );
     let api = crate::serve_support::get(&srv, &format!("/api/tasks/{pending}")).json();
     assert_eq!(api["slurm"][0]["state"], "PENDING", "{api:#}");
-}
-
-/// Tasks whose tasker appends its id to a ledger once it has slept
-/// `secs` seconds.
-fn ledger_tasker(t: &TestRoot) {
-    slurm_tasker(
-        t,
-        "ledger",
-        "",
-        "#!/bin/sh\nsecs=$(cat | sed -n 's/.*\"secs\":\\([0-9]*\\).*/\\1/p')\n\
-         echo '{\"point\":\"sleeping\"}' >> \"$SPOOLFLOW_POINTS\"\nsleep \"$secs\"\n\
-         echo \"$SPOOLFLOW_ID\" >> \"$SPOOLFLOW_ROOT/ledger\"\necho '{\"ran\":true}'\n",
-    );
-}
-
-fn ledger_counts(t: &TestRoot) -> HashMap<String, usize> {
-    let mut counts = HashMap::new();
-    for line in std::fs::read_to_string(t.join("ledger"))
-        .unwrap_or_default()
-        .lines()
-    {
-        *counts.entry(line.to_string()).or_insert(0) += 1;
-    }
-    counts
-}
-
-#[test]
-fn a_killed_engine_reattaches_its_jobs_and_runs_none_twice() {
-    let Some(c) = crate::common::slurm::cluster() else {
-        return;
-    };
-    let t = TestRoot::new();
-    ledger_tasker(&t);
-    let ids: Vec<String> = (0..10)
-        .map(|i| format!("k{}-{i}", std::process::id()))
-        .collect();
-    for (i, id) in ids.iter().enumerate() {
-        // Half end while the engine is down, half after it is back.
-        let secs = if i % 2 == 0 { 2 } else { 12 };
-        task(&t, id, "ledger", &format!(r#"{{"secs":{secs}}}"#));
-    }
-    // A flow's Slurm node is re-attached too.
-    let flow = format!("kf{}", std::process::id());
-    t.drop_task(
-        &format!("{flow}.json"),
-        &format!(
-            r#"{{"id":"{flow}","domain":"org.example","payload":{{"secs":4}},"flow":{{"sequence":[{{"task":"ledger"}}]}}}}"#
-        ),
-    );
-    let e = engine(&t, &c, &[]);
-    for id in &ids {
-        started_job(&t, id);
-    }
-    started_job(&t, &flow);
-    // Each job's own point is copied before the crash (and not again after).
-    wait_for("the jobs' own points copied", Duration::from_secs(30), || {
-        ids.iter().all(|id| !t.points_named(id, "sleeping").is_empty())
-    });
-    e.signal(nix::sys::signal::Signal::SIGKILL);
-    drop(e);
-    wait_for(
-        "the short jobs ended while the engine was down",
-        Duration::from_secs(60),
-        || ledger_counts(&t).len() >= 5,
-    );
-    let e = engine(&t, &c, &["--drain"]);
-    let (code, err) = e.wait(Duration::from_secs(120));
-    assert_eq!(code, Some(0), "{err}");
-    let counts = ledger_counts(&t);
-    for id in &ids {
-        let r = t.must_record(id);
-        assert_eq!(r["state"], "completed", "{r:#}");
-        assert_eq!(r["payload"]["ran"], true, "{r:#}\n{:#?}", t.points(id));
-        assert_eq!(
-            counts.get(id),
-            Some(&1),
-            "{id} ran {:?} times",
-            counts.get(id)
-        );
-        assert!(
-            t.points_named(id, "recovered").is_empty(),
-            "{id} was recovered, not re-attached"
-        );
-        assert_eq!(t.points_named(id, "started").len(), 1, "{id}: one start");
-        assert_eq!(t.points_named(id, "sleeping").len(), 1, "{id}: its point once");
-    }
-    let f = t.must_record(&flow);
-    assert_eq!(f["state"], "completed", "{f:#}");
-    assert_eq!(f["payload"]["ran"], true, "{f:#}");
-    assert!(
-        t.points_named(&flow, "recovered").is_empty(),
-        "the flow's node was re-attached"
-    );
-    let runs = std::fs::read_to_string(t.join("ledger")).unwrap();
-    assert_eq!(runs.lines().filter(|l| *l == flow).count(), 1, "{runs}");
-}
-
-#[test]
-fn a_job_submitted_just_before_a_crash_is_found_by_its_name() {
-    let Some(c) = crate::common::slurm::cluster() else {
-        return;
-    };
-    let t = TestRoot::new();
-    ledger_tasker(&t);
-    let id = format!("crash{}", std::process::id());
-    task(&t, &id, "ledger", r#"{"secs":1}"#);
-    let crashing = t
-        .cmd()
-        .args(["run", "--workers", "2", "--slurm-poll", "0.2s"])
-        .envs(c.env())
-        .env("SPOOLFLOW_CRASH_AFTER_SBATCH", "1")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn spoolflow run");
-    let (code, _) = EngineProcess { child: crashing }.wait(Duration::from_secs(60));
-    assert_ne!(code, Some(0), "the engine died at the fault point");
-    assert_eq!(
-        jobs_of(&c, &id).len(),
-        1,
-        "sbatch ran once before the crash"
-    );
-    let (code, err) = engine(&t, &c, &["--drain"]).wait(Duration::from_secs(120));
-    assert_eq!(code, Some(0), "{err}");
-    assert_eq!(t.must_record(&id)["state"], "completed");
-    assert_eq!(jobs_of(&c, &id).len(), 1, "not submitted twice");
-    assert_eq!(ledger_counts(&t).get(&id), Some(&1));
-    assert!(t.points_named(&id, "recovered").is_empty());
-}
-
-#[test]
-fn an_unreachable_controller_is_waited_for() {
-    let Some(c) = crate::common::slurm::cluster() else {
-        return;
-    };
-    let t = TestRoot::new();
-    ledger_tasker(&t);
-    let ids: Vec<String> = (0..3)
-        .map(|i| format!("ctld{}-{i}", std::process::id()))
-        .collect();
-    for id in &ids {
-        task(&t, id, "ledger", r#"{"secs":8}"#);
-    }
-    let e = engine(&t, &c, &[]);
-    for id in &ids {
-        started_job(&t, id);
-    }
-    c.stop_ctld();
-    let down = Instant::now();
-    wait_for("a suspended point", Duration::from_secs(30), || {
-        ids.iter()
-            .any(|id| !t.points_named(id, "suspended").is_empty())
-    });
-    // Twenty seconds down in all, counted from the stop.
-    while down.elapsed() < Duration::from_secs(20) {
-        assert!(
-            ids.iter().all(|id| t.record(id).is_none()),
-            "a task ended while the controller was down"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    c.start_ctld();
-    wait_records(&t, &ids, Duration::from_secs(120));
-    for id in &ids {
-        assert_eq!(t.must_record(id)["state"], "completed", "{id}");
-        let s = t.points_named(id, "suspended");
-        if let Some(p) = s.first() {
-            assert!(p["reason"].as_str().unwrap().contains("controller"), "{p}");
-        }
-    }
-    drop(e);
 }
 
 #[test]
@@ -659,68 +492,6 @@ fn check_validates_the_slurm_keys_and_looks_for_sbatch() {
     );
 }
 
-/// Sets the cluster's node back to service when dropped.
-struct NodeDown<'a>(&'a SlurmCluster, String);
-
-impl Drop for NodeDown<'_> {
-    fn drop(&mut self) {
-        // Refused when the node came back by itself (ReturnToService).
-        self.0
-            .scontrol_lenient(&["update", &format!("nodename={}", self.1), "state=resume"]);
-    }
-}
-
-#[test]
-fn a_job_lost_with_its_node_is_a_work_error_and_retried() {
-    let Some(c) = crate::common::slurm::cluster() else {
-        return;
-    };
-    let t = TestRoot::new();
-    let marker = format!("nodefail{}", std::process::id());
-    slurm_tasker(
-        &t,
-        "fragile",
-        r#""retries":1"#,
-        &format!(
-            "#!/bin/sh\ncat >/dev/null\nif [ \"$SPOOLFLOW_ATTEMPT\" = 1 ]; then sh -c 'sleep 300' {marker}; fi\n\
-             echo \"$SPOOLFLOW_ATTEMPT\" >> \"$SPOOLFLOW_ROOT/ledger\"\necho '{{\"survived\":true}}'\n"
-        ),
-    );
-    let id = format!("{marker}-t");
-    task(&t, &id, "fragile", "{}");
-    let e = engine(&t, &c, &[]);
-    started_job(&t, &id);
-    let node = t.points_named(&id, "started")[0]["node"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    {
-        let _down = NodeDown(&c, node.clone());
-        c.scontrol(&[
-            "update",
-            &format!("nodename={node}"),
-            "state=down",
-            "reason=spoolflow-test",
-        ]);
-        wait_for("the lost attempt retried", Duration::from_secs(60), || {
-            !t.points_named(&id, "retried").is_empty()
-        });
-    }
-    wait_records(&t, std::slice::from_ref(&id), Duration::from_secs(120));
-    let r = t.must_record(&id);
-    assert_eq!(r["state"], "completed", "{r:#}");
-    assert_eq!(r["payload"]["survived"], true);
-    let retried = &t.points_named(&id, "retried")[0];
-    assert_eq!(retried["kind"], "work", "{retried}");
-    assert!(
-        retried["reason"].as_str().unwrap().contains("NODE_FAIL"),
-        "{retried}"
-    );
-    let ledger = std::fs::read_to_string(t.join("ledger")).unwrap();
-    assert_eq!(ledger.trim(), "2", "only the second attempt ran to its end");
-    drop(e);
-}
-
 #[test]
 fn cancelling_a_flow_cancels_its_slurm_jobs() {
     let Some(c) = crate::common::slurm::cluster() else {
@@ -768,5 +539,35 @@ fn cancelling_a_flow_cancels_its_slurm_jobs() {
         Duration::from_secs(30),
         || !marker_runs(&marker),
     );
+    drop(e);
+}
+
+#[test]
+fn start_timeout_covers_the_time_pending_on_the_cluster() {
+    let Some(c) = crate::common::slurm::cluster() else {
+        return;
+    };
+    let t = TestRoot::new();
+    // Held: the job pends until its start timeout.
+    slurm_tasker(
+        &t,
+        "held",
+        r#""start_timeout":"3s","slurm":{"args":["--hold"]}"#,
+        "#!/bin/sh\ncat >/dev/null\n",
+    );
+    let id = format!("pend{}", std::process::id());
+    task(&t, &id, "held", "{}");
+    let e = engine(&t, &c, &[]);
+    wait_records(&t, std::slice::from_ref(&id), Duration::from_secs(60));
+    let r = t.must_record(&id);
+    assert_eq!(r["state"], "failed", "{r:#}");
+    assert_eq!(r["error"]["kind"], "timeout", "{r:#}");
+    assert!(t.points_named(&id, "started").is_empty());
+    let job = t.points_named(&id, "submitted")[0]["job_id"]
+        .as_u64()
+        .unwrap();
+    wait_for("the pending job cancelled", Duration::from_secs(30), || {
+        job_gone(&c, &id, job)
+    });
     drop(e);
 }

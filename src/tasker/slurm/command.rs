@@ -33,14 +33,35 @@ pub async fn run(program: &str, args: &[String]) -> Result<String, String> {
     }
 }
 
-/// [`run`] without the runtime (start-up, before the loop runs).
+/// [`run`] without the runtime (start-up, before the loop runs), within
+/// the same bound.
 pub fn run_blocking(program: &str, args: &[String]) -> Result<String, String> {
-    std::process::Command::new(program)
+    let child = std::process::Command::new(program)
         .args(args)
         .stdin(std::process::Stdio::null())
-        .output()
-        .map_err(|e| format!("cannot run {program}: {e}"))
-        .and_then(answer)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run {program}: {e}"))?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let pid = child.id();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(LIMIT) {
+        Ok(Ok(out)) => answer(out),
+        Ok(Err(e)) => Err(format!("cannot run {program}: {e}")),
+        Err(_) => {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            Err(format!(
+                "{program} did not answer within {} s: Socket timed out",
+                LIMIT.as_secs()
+            ))
+        }
+    }
 }
 
 fn answer(out: std::process::Output) -> Result<String, String> {

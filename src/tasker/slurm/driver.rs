@@ -76,10 +76,7 @@ impl Slurm {
 }
 
 fn follow_of(launch: &Launch, dir: PathBuf) -> Follow {
-    let name = dir
-        .file_name()
-        .map(|n| job::job_name(&n.to_string_lossy()))
-        .unwrap_or_default();
+    let name = job::name_of(&dir);
     Follow {
         dir,
         name,
@@ -152,14 +149,11 @@ async fn submit(
                         "cannot submit to Slurm: {e}"
                     ))));
                 }
-                tokio::time::sleep(interval).await;
-                // The failed sbatch may have reached the controller.
-                if let Ok(rows) = super::poller::query().await {
-                    if let Some(r) = rows.iter().find(|r| r.name == job.name) {
-                        break r.id;
-                    }
+                if let Some(id) = submitted_meanwhile(&job.name, interval).await {
+                    break id;
                 }
             }
+            Err(e) if e.starts_with("cannot run") => return Err(failed(e, false)),
             Err(e) => return Err(failed(format!("sbatch refused the job: {e}"), false)),
         }
     };
@@ -182,6 +176,18 @@ async fn submit(
         ));
     }
     Ok(id)
+}
+
+/// Whether a failed `sbatch` reached the controller after all: waits
+/// until a `squeue` answers, and returns the id of the job of that name it
+/// shows (none: submit again).
+async fn submitted_meanwhile(name: &str, interval: Duration) -> Option<u64> {
+    loop {
+        tokio::time::sleep(interval).await;
+        if let Ok(rows) = super::poller::query().await {
+            return rows.iter().filter(|r| r.name == name).map(|r| r.id).max();
+        }
+    }
 }
 
 /// The Slurm time limit of a job with a run timeout: the timeout plus the
@@ -304,7 +310,23 @@ async fn follow(
             }
         }
     }
+    if s.stopped.is_none() && !s.timed_out {
+        status_settles(&f.dir).await;
+    }
     result(f, s.last_state.as_deref(), s.stopped, s.timed_out)
+}
+
+/// How long an ended job's exit status may take to show on a shared
+/// filesystem (NFS caches attributes for a few seconds).
+const STATUS_SETTLE: Duration = Duration::from_secs(5);
+
+/// Waits, boundedly, for the exit status of a job that ended: a file the
+/// node wrote may not show at once on the engine's machine.
+async fn status_settles(dir: &Path) {
+    let until = Instant::now() + STATUS_SETTLE;
+    while !dir.join(job::STATUS).exists() && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 /// Acts on one view of the job; `Some(true)` once it has ended.

@@ -21,11 +21,20 @@ pub const POINTS: &str = "points.jsonl";
 /// What Slurm itself writes (its own messages, before the script runs).
 pub const SLURM_OUT: &str = "slurm.out";
 
-/// The job name: the run's directory name (`<exid>.<nid>.<attempt>`)
+/// The job name: the run's directory name (`<exid>.<nid>.<offer>`)
 /// behind a fixed prefix, so that a job submitted just before a crash is
 /// found by its name.
 pub fn job_name(dir_name: &str) -> String {
     format!("spoolflow.{dir_name}")
+}
+
+/// The job name of the run whose files are in `dir`.
+pub fn name_of(dir: &Path) -> String {
+    job_name(
+        &dir.file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default(),
+    )
 }
 
 /// The `sbatch` arguments (without the script): the engine's own first,

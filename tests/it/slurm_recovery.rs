@@ -1,0 +1,282 @@
+//! SPEC 14 recovery on a real Slurm cluster: an engine killed while its
+//! jobs run re-attaches them, a job submitted just before a crash is found
+//! by its name, an unreachable controller is waited for, a job lost with
+//! its node is retried. Skipped, loudly, without a cluster (see
+//! `common::slurm`).
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use crate::common::slurm::SlurmCluster;
+use crate::common::*;
+use crate::slurm_exec::{engine, jobs_of, slurm_tasker, started_job, task, wait_records};
+
+/// Tasks whose tasker appends its id to a ledger once it has slept
+/// `secs` seconds.
+fn ledger_tasker(t: &TestRoot) {
+    slurm_tasker(
+        t,
+        "ledger",
+        "",
+        "#!/bin/sh\nsecs=$(cat | sed -n 's/.*\"secs\":\\([0-9]*\\).*/\\1/p')\n\
+         echo '{\"point\":\"sleeping\"}' >> \"$SPOOLFLOW_POINTS\"\nsleep \"$secs\"\n\
+         echo \"$SPOOLFLOW_ID\" >> \"$SPOOLFLOW_ROOT/ledger\"\necho '{\"ran\":true}'\n",
+    );
+}
+
+fn ledger_counts(t: &TestRoot) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    for line in std::fs::read_to_string(t.join("ledger"))
+        .unwrap_or_default()
+        .lines()
+    {
+        *counts.entry(line.to_string()).or_insert(0) += 1;
+    }
+    counts
+}
+
+#[test]
+fn a_killed_engine_reattaches_its_jobs_and_runs_none_twice() {
+    let Some(c) = crate::common::slurm::cluster() else {
+        return;
+    };
+    let t = TestRoot::new();
+    ledger_tasker(&t);
+    let ids: Vec<String> = (0..10)
+        .map(|i| format!("k{}-{i}", std::process::id()))
+        .collect();
+    for (i, id) in ids.iter().enumerate() {
+        // Half end while the engine is down, half after it is back.
+        let secs = if i % 2 == 0 { 4 } else { 14 };
+        task(&t, id, "ledger", &format!(r#"{{"secs":{secs}}}"#));
+    }
+    // A flow's Slurm node is re-attached too.
+    let flow = format!("kf{}", std::process::id());
+    t.drop_task(
+        &format!("{flow}.json"),
+        &format!(
+            r#"{{"id":"{flow}","domain":"org.example","payload":{{"secs":4}},"flow":{{"sequence":[{{"task":"ledger"}}]}}}}"#
+        ),
+    );
+    let e = engine(&t, &c, &[]);
+    for id in &ids {
+        started_job(&t, id);
+    }
+    started_job(&t, &flow);
+    // Each job's own point is copied before the crash (and not again after).
+    wait_for(
+        "the jobs' own points copied",
+        Duration::from_secs(30),
+        || {
+            ids.iter()
+                .all(|id| !t.points_named(id, "sleeping").is_empty())
+        },
+    );
+    e.signal(nix::sys::signal::Signal::SIGKILL);
+    drop(e);
+    // None had ended: the short ones end while the engine is down.
+    assert!(
+        ids.iter().all(|id| t.record(id).is_none()),
+        "a job ended before the crash"
+    );
+    wait_for(
+        "the short jobs ended while the engine was down",
+        Duration::from_secs(60),
+        || ledger_counts(&t).len() >= 5,
+    );
+    let e = engine(&t, &c, &["--drain"]);
+    let (code, err) = e.wait(Duration::from_secs(120));
+    assert_eq!(code, Some(0), "{err}");
+    let counts = ledger_counts(&t);
+    for id in &ids {
+        let r = t.must_record(id);
+        assert_eq!(r["state"], "completed", "{r:#}");
+        assert_eq!(r["payload"]["ran"], true, "{r:#}\n{:#?}", t.points(id));
+        assert_eq!(
+            counts.get(id),
+            Some(&1),
+            "{id} ran {:?} times",
+            counts.get(id)
+        );
+        assert!(
+            t.points_named(id, "recovered").is_empty(),
+            "{id} was recovered, not re-attached"
+        );
+        assert_eq!(t.points_named(id, "started").len(), 1, "{id}: one start");
+        assert_eq!(
+            t.points_named(id, "sleeping").len(),
+            1,
+            "{id}: its point once"
+        );
+    }
+    let f = t.must_record(&flow);
+    assert_eq!(f["state"], "completed", "{f:#}");
+    assert_eq!(f["payload"]["ran"], true, "{f:#}");
+    assert!(
+        t.points_named(&flow, "recovered").is_empty(),
+        "the flow's node was re-attached"
+    );
+    let runs = std::fs::read_to_string(t.join("ledger")).unwrap();
+    assert_eq!(runs.lines().filter(|l| *l == flow).count(), 1, "{runs}");
+}
+
+#[test]
+fn a_job_submitted_just_before_a_crash_is_found_by_its_name() {
+    let Some(c) = crate::common::slurm::cluster() else {
+        return;
+    };
+    let t = TestRoot::new();
+    ledger_tasker(&t);
+    let id = format!("crash{}", std::process::id());
+    // Still running at the restart: only its name finds it.
+    task(&t, &id, "ledger", r#"{"secs":6}"#);
+    let crashing = t
+        .cmd()
+        .args(["run", "--workers", "2", "--slurm-poll", "0.2s"])
+        .envs(c.env())
+        .env("SPOOLFLOW_CRASH_AFTER_SBATCH", "1")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn spoolflow run");
+    let (code, _) = EngineProcess { child: crashing }.wait(Duration::from_secs(60));
+    assert_ne!(code, Some(0), "the engine died at the fault point");
+    let jobs = jobs_of(&c, &id);
+    assert_eq!(jobs.len(), 1, "sbatch ran once before the crash");
+    let job_dir = t.join(&format!("var/slurm/{id}.0.1"));
+    assert!(
+        !job_dir.join("job_id").exists(),
+        "the crash came before the id was recorded"
+    );
+    let (code, err) = engine(&t, &c, &["--drain"]).wait(Duration::from_secs(120));
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(t.must_record(&id)["state"], "completed");
+    assert_eq!(jobs_of(&c, &id).len(), 1, "not submitted twice");
+    let recorded = std::fs::read_to_string(job_dir.join("job_id")).unwrap();
+    assert_eq!(recorded.trim(), jobs[0].0.to_string(), "found by its name");
+    assert_eq!(t.points_named(&id, "started")[0]["job_id"], jobs[0].0);
+    assert_eq!(ledger_counts(&t).get(&id), Some(&1));
+    assert!(t.points_named(&id, "recovered").is_empty());
+}
+
+#[test]
+fn an_unreachable_controller_is_waited_for() {
+    let Some(c) = crate::common::slurm::cluster() else {
+        return;
+    };
+    let t = TestRoot::new();
+    ledger_tasker(&t);
+    let ids: Vec<String> = (0..3)
+        .map(|i| format!("ctld{}-{i}", std::process::id()))
+        .collect();
+    for id in &ids {
+        // Still running when the controller is back.
+        task(&t, id, "ledger", r#"{"secs":24}"#);
+    }
+    let e = engine(&t, &c, &[]);
+    for id in &ids {
+        started_job(&t, id);
+    }
+    c.stop_ctld();
+    // A task that arrives meanwhile is submitted once the controller is back.
+    let late = format!("ctld{}-late", std::process::id());
+    task(&t, &late, "ledger", r#"{"secs":1}"#);
+    let down = Instant::now();
+    wait_for("a suspended point", Duration::from_secs(30), || {
+        ids.iter()
+            .any(|id| !t.points_named(id, "suspended").is_empty())
+    });
+    // Twenty seconds down in all, counted from the stop.
+    while down.elapsed() < Duration::from_secs(20) {
+        assert!(
+            ids.iter().all(|id| t.record(id).is_none()),
+            "a task ended while the controller was down"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(t.record(&late).is_none());
+    c.start_ctld();
+    let mut all = ids.clone();
+    all.push(late.clone());
+    wait_records(&t, &all, Duration::from_secs(120));
+    for id in &all {
+        assert_eq!(t.must_record(id)["state"], "completed", "{id}");
+        assert_eq!(ledger_counts(&t).get(id), Some(&1), "{id} ran once");
+    }
+    let reasons: Vec<String> = all
+        .iter()
+        .flat_map(|id| t.points_named(id, "suspended"))
+        .filter_map(|p| p["reason"].as_str().map(String::from))
+        .collect();
+    assert!(!reasons.is_empty(), "no suspended point");
+    assert!(
+        reasons
+            .iter()
+            .all(|r| r.contains("Unable to contact slurm controller")),
+        "{reasons:?}"
+    );
+    drop(e);
+}
+
+/// Sets the cluster's node back to service when dropped.
+struct NodeDown<'a>(&'a SlurmCluster, String);
+
+impl Drop for NodeDown<'_> {
+    fn drop(&mut self) {
+        // Refused when the node came back by itself (ReturnToService).
+        self.0
+            .scontrol_lenient(&["update", &format!("nodename={}", self.1), "state=resume"]);
+    }
+}
+
+#[test]
+fn a_job_lost_with_its_node_is_a_work_error_and_retried() {
+    let Some(c) = crate::common::slurm::cluster() else {
+        return;
+    };
+    let t = TestRoot::new();
+    let marker = format!("nodefail{}", std::process::id());
+    slurm_tasker(
+        &t,
+        "fragile",
+        r#""retries":1"#,
+        &format!(
+            "#!/bin/sh\ncat >/dev/null\nif [ \"$SPOOLFLOW_ATTEMPT\" = 1 ]; then sh -c 'sleep 300' {marker}; fi\n\
+             echo \"$SPOOLFLOW_ATTEMPT\" >> \"$SPOOLFLOW_ROOT/ledger\"\necho '{{\"survived\":true}}'\n"
+        ),
+    );
+    let id = format!("{marker}-t");
+    task(&t, &id, "fragile", "{}");
+    let e = engine(&t, &c, &[]);
+    started_job(&t, &id);
+    let node = t.points_named(&id, "started")[0]["node"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    {
+        let _down = NodeDown(&c, node.clone());
+        c.scontrol(&[
+            "update",
+            &format!("nodename={node}"),
+            "state=down",
+            "reason=spoolflow-test",
+        ]);
+        wait_for("the lost attempt retried", Duration::from_secs(60), || {
+            !t.points_named(&id, "retried").is_empty()
+        });
+    }
+    wait_records(&t, std::slice::from_ref(&id), Duration::from_secs(120));
+    let r = t.must_record(&id);
+    assert_eq!(r["state"], "completed", "{r:#}");
+    assert_eq!(r["payload"]["survived"], true);
+    let retried = &t.points_named(&id, "retried")[0];
+    assert_eq!(retried["kind"], "work", "{retried}");
+    assert!(
+        retried["reason"].as_str().unwrap().contains("NODE_FAIL"),
+        "{retried}"
+    );
+    let ledger = std::fs::read_to_string(t.join("ledger")).unwrap();
+    assert_eq!(ledger.trim(), "2", "only the second attempt ran to its end");
+    drop(e);
+}
