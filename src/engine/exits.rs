@@ -77,6 +77,11 @@ impl Engine {
         }
     }
 
+    /// A run that ended as the engine asked (see [`Self::stopped`]).
+    pub(super) fn on_stopped_run(&mut self, key: &NodeKey, why: Stop) {
+        self.stopped(key, Some(why));
+    }
+
     /// The engine stopped the tasker: a cancel aborts the task; a shutdown
     /// leaves it in `run/` for the next start.
     fn stopped(&mut self, key: &NodeKey, asked: Option<Stop>) {

@@ -52,9 +52,7 @@ impl Engine {
         {
             return Some(Adopt::Job(id));
         }
-        let name = dir
-            .file_name()
-            .map(|n| job::job_name(&n.to_string_lossy()))?;
+        let name = job::name_of(&dir);
         match jobs.rows() {
             Ok(rows) => {
                 if let Some(row) = rows.iter().filter(|r| r.name == name).max_by_key(|r| r.id) {
@@ -64,10 +62,15 @@ impl Engine {
                     return Some(Adopt::Job(id));
                 }
             }
-            Err(e) => tracing::warn!(
-                "task {}: cannot ask Slurm whether its job {name} exists ({e}); it runs again",
-                k.exid
-            ),
+            // Never submitted again while it may exist: looked up by name
+            // once the controller answers.
+            Err(e) => {
+                tracing::warn!(
+                    "task {}: cannot ask Slurm whether its job {name} exists ({e}); it will be looked up when the controller answers",
+                    k.exid
+                );
+                return Some(Adopt::Name);
+            }
         }
         dir.join(job::STATUS).exists().then_some(Adopt::Ended)
     }
@@ -136,6 +139,7 @@ impl Engine {
             match found {
                 Adopt::Job(id) => format!("job {id}"),
                 Adopt::Ended => "ended, its result kept".into(),
+                Adopt::Name => "not known yet: looked up by name".into(),
             }
         );
         let report = self.report_to_loop(k, gen, None);
@@ -219,6 +223,42 @@ fn reopen_attempt(node: &mut Node, open: OpenRun) -> bool {
         node.past_mut().started_at = at.map(|t| t.with_timezone(&chrono::Utc));
     }
     started
+}
+
+impl Engine {
+    /// The cluster no longer knows a node's job and the job left no result
+    /// (SPEC 14: "only a job the cluster no longer knows and that left no
+    /// result is run again"): the node is queued again as a new attempt,
+    /// logged `recovered`, as after a crash.
+    pub(super) fn on_vanished(&mut self, key: NodeKey, gen: u64) {
+        let Some(node) = self.nodes.get_mut(&key).filter(|n| n.gen == gen) else {
+            return;
+        };
+        let run = match std::mem::replace(&mut node.state, NodeState::Queued { waited: false }) {
+            NodeState::Running(run) => run,
+            other => {
+                node.state = other;
+                return;
+            }
+        };
+        node.end_attempt(chrono::Utc::now(), "interrupted", None);
+        node.attempt += 1;
+        let attempt = node.attempt;
+        self.release(&run.limits, false);
+        self.slurm_running.remove(&key);
+        self.points_files.remove(run.points.path());
+        if let Some(why) = run.process.stop_asked().cloned() {
+            // Asked to stop meanwhile: it is stopped.
+            return self.on_stopped_run(&key, why);
+        }
+        tracing::warn!(
+            "task {}: the Slurm cluster no longer knows its job and it left no result; it runs again (attempt {attempt})",
+            key.exid
+        );
+        let p = self.point(&key, Kind::Recovered).with("attempt", attempt);
+        self.log_idle(p);
+        self.enqueue(&key);
+    }
 }
 
 /// Records a job id found by name, as a submission would have.

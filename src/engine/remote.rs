@@ -70,6 +70,7 @@ impl Engine {
             RunEvent::Running { job, node } => self.on_job_running(&key, gen, job, node),
             RunEvent::Waiting(why) => self.on_waiting(&key, gen, why),
             RunEvent::Exited(exit) => self.on_exit(key, gen, exit),
+            RunEvent::Vanished => self.on_vanished(key, gen),
         }
     }
 

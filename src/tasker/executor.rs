@@ -23,7 +23,8 @@ pub enum Placement {
 }
 
 /// What happens to a run, in order: `Placed` once, then (Slurm) `Running`
-/// and `Waiting` as the cluster tells, then `Exited` once.
+/// and `Waiting` as the cluster tells, then `Exited` (or, a Slurm job the
+/// cluster forgot, `Vanished`) once.
 #[derive(Debug)]
 pub enum RunEvent {
     /// The process exists (local: it runs) or the cluster accepted the
@@ -38,6 +39,9 @@ pub enum RunEvent {
     Waiting(Option<String>),
     /// The run ended.
     Exited(Exit),
+    /// The cluster no longer knows the job and it left no result: it
+    /// never ran, or ran where nothing of it is left (it runs again).
+    Vanished,
 }
 
 /// Where a run's events go (called from any thread).

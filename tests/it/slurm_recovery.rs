@@ -280,3 +280,44 @@ fn a_job_lost_with_its_node_is_a_work_error_and_retried() {
     assert_eq!(ledger.trim(), "2", "only the second attempt ran to its end");
     drop(e);
 }
+
+#[test]
+fn a_job_the_cluster_forgot_without_a_result_runs_again_as_recovered() {
+    let Some(c) = crate::common::slurm::cluster() else {
+        return;
+    };
+    let t = TestRoot::new();
+    ledger_tasker(&t);
+    let id = format!("forgot{}", std::process::id());
+    task(&t, &id, "ledger", r#"{"secs":2}"#);
+    let e = engine(&t, &c, &[]);
+    let job = started_job(&t, &id);
+    e.signal(nix::sys::signal::Signal::SIGKILL);
+    drop(e);
+    // While the engine is down the job goes, leaving nothing, and its id
+    // names a job the cluster never had (as after a controller lost its
+    // state).
+    let out = c.command("scancel").arg(job.to_string()).output().unwrap();
+    assert!(out.status.success());
+    wait_for("the job ended", Duration::from_secs(30), || {
+        jobs_of(&c, &id)
+            .iter()
+            .all(|(_, st)| st != "RUNNING" && st != "COMPLETING")
+    });
+    let dir = t.join(&format!("var/slurm/{id}.0.1"));
+    let _ = std::fs::remove_file(dir.join("status"));
+    std::fs::write(dir.join("job_id"), "987654321\n").unwrap();
+    let (code, err) = engine(&t, &c, &["--drain"]).wait(Duration::from_secs(120));
+    assert_eq!(code, Some(0), "{err}");
+    let r = t.must_record(&id);
+    assert_eq!(r["state"], "completed", "{r:#}");
+    assert_eq!(r["attempts"], 2, "{r:#}");
+    let recovered = t.points_named(&id, "recovered");
+    assert_eq!(recovered.len(), 1, "run again as recovered");
+    assert_eq!(recovered[0]["attempt"], 2);
+    assert_eq!(
+        ledger_counts(&t).get(&id),
+        Some(&1),
+        "the second run only reached its end"
+    );
+}

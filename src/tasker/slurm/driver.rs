@@ -49,6 +49,25 @@ pub enum Adopt {
     Job(u64),
     /// The cluster no longer knows it, but it left its exit status.
     Ended,
+    /// Not known yet (the controller did not answer at start-up): looked
+    /// up by name once it does.
+    Name,
+}
+
+/// How a followed job ended: with an exit, or gone from the cluster
+/// without any result (to run again).
+enum End {
+    Exit(Exit),
+    Vanished,
+}
+
+impl End {
+    fn report(self, report: &Report) {
+        report(match self {
+            End::Exit(exit) => RunEvent::Exited(exit),
+            End::Vanished => RunEvent::Vanished,
+        });
+    }
 }
 
 impl Slurm {
@@ -66,11 +85,21 @@ impl Slurm {
         let f = follow_of(&launch, dir);
         let poller = self.poller.clone();
         tokio::spawn(async move {
-            let exit = match adopt {
+            let end = match adopt {
                 Adopt::Job(id) => placed_then_follow(&poller, id, &f, &report).await,
-                Adopt::Ended => result(&f, None, None, false),
+                Adopt::Ended => End::Exit(result(&f, None, None, false)),
+                Adopt::Name => match find_by_name(&poller, &f, &report).await {
+                    Some(id) => {
+                        record_id(&f.dir, id).await;
+                        placed_then_follow(&poller, id, &f, &report).await
+                    }
+                    None if f.dir.join(job::STATUS).exists() => {
+                        End::Exit(result(&f, None, None, false))
+                    }
+                    None => End::Vanished,
+                },
             };
-            report(RunEvent::Exited(exit));
+            end.report(&report);
         });
     }
 }
@@ -99,16 +128,56 @@ impl Executor for Slurm {
         let poller = self.poller.clone();
         let interval = self.interval;
         tokio::spawn(async move {
-            let exit = match submit(&launch, &job, interval, &report).await {
+            let end = match submit(&launch, &job, interval, &report).await {
                 Ok(id) => placed_then_follow(&poller, id, &f, &report).await,
-                Err(exit) => exit,
+                Err(exit) => End::Exit(exit),
             };
-            report(RunEvent::Exited(exit));
+            end.report(&report);
         });
     }
 }
 
-async fn placed_then_follow(poller: &Poller, id: u64, f: &Follow, report: &Report) -> Exit {
+/// The id of the job of this run's name, once the controller answers
+/// (`None`: it knows none).
+async fn find_by_name(poller: &Poller, f: &Follow, report: &Report) -> Option<u64> {
+    let mut view = poller.watch(Target::Name(f.name.clone()));
+    let mut waiting = false;
+    while view.changed().await.is_ok() {
+        let v = view.borrow_and_update().clone();
+        match v {
+            View::Seen(row) => return Some(row.id),
+            View::Gone => return None,
+            View::Unreachable(why) if !waiting => {
+                waiting = true;
+                report(RunEvent::Waiting(Some(format!(
+                    "the Slurm controller cannot be reached: {why}"
+                ))));
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+/// Records a job id found by name, as a submission would have.
+async fn record_id(dir: &Path, id: u64) {
+    let dir = dir.to_path_buf();
+    let written = tokio::task::spawn_blocking(move || {
+        crate::store::spool::write_atomic(
+            &dir,
+            job::JOB_ID,
+            format!("{id}\n").as_bytes(),
+            false,
+            true,
+        )
+    })
+    .await;
+    if let Ok(Err(e)) = written {
+        tracing::warn!("cannot record Slurm job {id}: {e}");
+    }
+}
+
+async fn placed_then_follow(poller: &Poller, id: u64, f: &Follow, report: &Report) -> End {
     let (stop_tx, stop_rx) = oneshot::channel();
     report(RunEvent::Placed {
         at: Placement::Job(id),
@@ -255,6 +324,8 @@ struct Seen {
     waiting: bool,
     stopped: Option<StopReason>,
     timed_out: bool,
+    /// The cluster no longer knows the job.
+    gone: bool,
 }
 
 /// Follows a placed job to its end.
@@ -264,7 +335,7 @@ async fn follow(
     mut stop_rx: oneshot::Receiver<StopReason>,
     f: &Follow,
     report: &Report,
-) -> Exit {
+) -> End {
     let mut s = Seen::default();
     let mut stop_open = true;
     let mut deadline: Option<Instant> = None;
@@ -274,7 +345,7 @@ async fn follow(
         tokio::select! {
             changed = view.changed() => {
                 if changed.is_err() {
-                    return Exit::Lost { kind: crate::model::task::ErrorKind::Work, message: "the engine's Slurm poller stopped".into() };
+                    return End::Exit(Exit::Lost { kind: crate::model::task::ErrorKind::Work, message: "the engine's Slurm poller stopped".into() });
                 }
                 let v = view.borrow_and_update().clone();
                 if let Some(ended) = on_view(id, v, &mut s, f, &mut deadline, report) {
@@ -286,7 +357,7 @@ async fn follow(
             why = &mut stop_rx, if stop_open => {
                 stop_open = false;
                 match why {
-                    Ok(StopReason::Shutdown) => return detached(),
+                    Ok(StopReason::Shutdown) => return End::Exit(detached()),
                     Ok(StopReason::Cancel) => {
                         s.stopped = Some(StopReason::Cancel);
                         let running = s.node.is_some();
@@ -312,8 +383,12 @@ async fn follow(
     }
     if s.stopped.is_none() && !s.timed_out {
         status_settles(&f.dir).await;
+        // Forgotten by the cluster, and no result: it runs again.
+        if s.gone && !f.dir.join(job::STATUS).exists() {
+            return End::Vanished;
+        }
     }
-    result(f, s.last_state.as_deref(), s.stopped, s.timed_out)
+    End::Exit(result(f, s.last_state.as_deref(), s.stopped, s.timed_out))
 }
 
 /// How long an ended job's exit status may take to show on a shared
@@ -349,7 +424,10 @@ fn on_view(
             }
             return None;
         }
-        View::Gone => return Some(true),
+        View::Gone => {
+            s.gone = true;
+            return Some(true);
+        }
         View::Seen(row) => row,
     };
     if s.waiting {
