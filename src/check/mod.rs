@@ -71,6 +71,9 @@ impl std::fmt::Display for Problem {
 pub struct Checked {
     /// None: all good.
     pub problems: Vec<Problem>,
+    /// What is worth knowing but wrong only on some machines (said, not
+    /// counted as problems).
+    pub notes: Vec<String>,
     pub taskmasters: usize,
     pub taskers: usize,
     pub flows: usize,
@@ -81,6 +84,7 @@ pub fn check(root: &Root) -> Checked {
     let (problems, taskmasters, taskers, flows) = check_tsk(root);
     Checked {
         problems,
+        notes: taskers::shared_root_note(root).into_iter().collect(),
         taskmasters,
         taskers,
         flows,

@@ -268,3 +268,42 @@ mod tests {
         assert_eq!(line_of("{\n  \"cmd\": []\n}", "\"cmd\""), Some(2));
     }
 }
+
+/// Whether any tasker of `tsk/` runs on Slurm.
+fn uses_slurm(root: &Root) -> bool {
+    walkdir::WalkDir::new(root.tsk())
+        .min_depth(3)
+        .max_depth(3)
+        .into_iter()
+        .flatten()
+        .filter(|e| e.file_name() == "tasker.json")
+        .any(|e| {
+            crate::userfile::read(e.path(), crate::userfile::CONFIG_LIMIT)
+                .ok()
+                .and_then(|b| TaskerConfig::parse(&b).ok())
+                .is_some_and(|c| c.executor == crate::tasker::ExecutorKind::Slurm)
+        })
+}
+
+/// SPEC 14: the root must be on a filesystem the cluster's nodes mount at
+/// the same path. Said when a tasker runs on Slurm and the root looks
+/// local (right only for a cluster of this one machine).
+pub(super) fn shared_root_note(root: &Root) -> Option<String> {
+    use nix::sys::statfs::{self, statfs};
+    if !uses_slurm(root) {
+        return None;
+    }
+    let kind = statfs(root.dir()).ok()?.filesystem_type();
+    let local = [
+        (statfs::EXT4_SUPER_MAGIC, "ext4"),
+        (statfs::XFS_SUPER_MAGIC, "xfs"),
+        (statfs::BTRFS_SUPER_MAGIC, "btrfs"),
+        (statfs::TMPFS_MAGIC, "tmpfs"),
+        (statfs::OVERLAYFS_SUPER_MAGIC, "overlayfs"),
+    ];
+    let name = local.iter().find(|(m, _)| *m == kind).map(|(_, n)| *n)?;
+    Some(format!(
+        "note: taskers run on Slurm and the root {} is on a local filesystem ({name}): the cluster's nodes must see it at the same path (NFS, CephFS, Lustre, GPFS); right as it is only for a cluster of this machine",
+        root.dir().display()
+    ))
+}

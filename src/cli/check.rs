@@ -15,6 +15,9 @@ pub fn run(root: Option<PathBuf>, _args: Args) -> Result<(), Failure> {
     for p in &checked.problems {
         println!("{p}");
     }
+    for n in &checked.notes {
+        println!("{n}");
+    }
     if checked.problems.is_empty() {
         println!(
             "ok: {}, {}, {}",

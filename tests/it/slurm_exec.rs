@@ -473,6 +473,23 @@ fn check_validates_the_slurm_keys_and_looks_for_sbatch() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(out.status.code(), Some(2), "{text}");
+    // On a local filesystem (this machine's /tmp), the root is said not to
+    // be shared.
+    let fs = nix::sys::statfs::statfs(t.path())
+        .unwrap()
+        .filesystem_type();
+    let local = [
+        nix::sys::statfs::EXT4_SUPER_MAGIC,
+        nix::sys::statfs::TMPFS_MAGIC,
+        nix::sys::statfs::XFS_SUPER_MAGIC,
+        nix::sys::statfs::OVERLAYFS_SUPER_MAGIC,
+        nix::sys::statfs::BTRFS_SUPER_MAGIC,
+    ];
+    assert_eq!(
+        text.contains("the cluster's nodes must see it at the same path"),
+        local.contains(&fs),
+        "{text}"
+    );
     assert!(
         text.contains("needs sbatch, which is not on the engine's PATH"),
         "{text}"
