@@ -238,37 +238,6 @@ fn line_of(text: &str, needle: &str) -> Option<usize> {
         .map(|i| text[..i].matches('\n').count() + 1)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn script_arguments_are_told_from_other_arguments() {
-        for yes in ["count.py", "./run", "../lib/x", "main.JS", "run.sh"] {
-            assert!(looks_like_script(yes), "{yes}");
-        }
-        for no in ["-c", "--file=x.py", "print(1)", "s/a/b/", "payload", "1.5"] {
-            assert!(!looks_like_script(no), "{no}");
-        }
-    }
-
-    #[test]
-    fn programs_are_searched_on_the_path_as_execvp_does() {
-        let tmp = tempfile::tempdir().unwrap();
-        let bin = tmp.path().join("bin");
-        std::fs::create_dir(&bin).unwrap();
-        let prog = bin.join("tool");
-        std::fs::write(&prog, "#!/bin/sh\n").unwrap();
-        std::fs::set_permissions(&prog, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let path = format!("/nonexistent:{}", bin.display());
-        assert_eq!(find_on_path("tool", &path, tmp.path()), Some(prog));
-        assert_eq!(find_on_path("tool", "/nonexistent", tmp.path()), None);
-        // A relative entry is from the tasker's directory.
-        assert!(find_on_path("tool", "bin", tmp.path()).is_some());
-        assert_eq!(line_of("{\n  \"cmd\": []\n}", "\"cmd\""), Some(2));
-    }
-}
-
 /// Whether any tasker of `tsk/` runs on Slurm.
 fn uses_slurm(root: &Root) -> bool {
     walkdir::WalkDir::new(root.tsk())
@@ -306,4 +275,35 @@ pub(super) fn shared_root_note(root: &Root) -> Option<String> {
         "note: taskers run on Slurm and the root {} is on a local filesystem ({name}): the cluster's nodes must see it at the same path (NFS, CephFS, Lustre, GPFS); right as it is only for a cluster of this machine",
         root.dir().display()
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn script_arguments_are_told_from_other_arguments() {
+        for yes in ["count.py", "./run", "../lib/x", "main.JS", "run.sh"] {
+            assert!(looks_like_script(yes), "{yes}");
+        }
+        for no in ["-c", "--file=x.py", "print(1)", "s/a/b/", "payload", "1.5"] {
+            assert!(!looks_like_script(no), "{no}");
+        }
+    }
+
+    #[test]
+    fn programs_are_searched_on_the_path_as_execvp_does() {
+        let tmp = tempfile::tempdir().unwrap();
+        let bin = tmp.path().join("bin");
+        std::fs::create_dir(&bin).unwrap();
+        let prog = bin.join("tool");
+        std::fs::write(&prog, "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(&prog, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let path = format!("/nonexistent:{}", bin.display());
+        assert_eq!(find_on_path("tool", &path, tmp.path()), Some(prog));
+        assert_eq!(find_on_path("tool", "/nonexistent", tmp.path()), None);
+        // A relative entry is from the tasker's directory.
+        assert!(find_on_path("tool", "bin", tmp.path()).is_some());
+        assert_eq!(line_of("{\n  \"cmd\": []\n}", "\"cmd\""), Some(2));
+    }
 }

@@ -165,7 +165,14 @@ impl Engine {
             super::dispatch::limits_for(&tasker_path, &resolved.config, node.task.loaded());
         let effective = super::policy::Effective::of(node.task.options(), &resolved.config);
         node.past_mut().effective = Some(effective);
-        (node.effective().timeout.map(|d| d.0), limits)
+        // The run timeout counts from the job's start, crash or not.
+        let ran = node
+            .past()
+            .started_at
+            .and_then(|t| (chrono::Utc::now() - t).to_std().ok())
+            .unwrap_or_default();
+        let left = node.effective().timeout.map(|d| d.0.saturating_sub(ran));
+        (left, limits)
     }
 
     /// How many of a node's own points its last run had copied before the

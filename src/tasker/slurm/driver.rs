@@ -32,6 +32,7 @@ pub struct Slurm {
 }
 
 /// What a driver needs to follow a job and read its result.
+#[derive(Clone)]
 struct Follow {
     dir: PathBuf,
     /// The job's name (its directory's, see [`job::job_name`]).
@@ -87,14 +88,14 @@ impl Slurm {
         tokio::spawn(async move {
             let end = match adopt {
                 Adopt::Job(id) => placed_then_follow(&poller, id, &f, &report).await,
-                Adopt::Ended => End::Exit(result(&f, None, None, false)),
+                Adopt::Ended => End::Exit(read_result(&f, None, None, false).await),
                 Adopt::Name => match find_by_name(&poller, &f, &report).await {
                     Some(id) => {
                         record_id(&f.dir, id).await;
                         placed_then_follow(&poller, id, &f, &report).await
                     }
                     None if f.dir.join(job::STATUS).exists() => {
-                        End::Exit(result(&f, None, None, false))
+                        End::Exit(read_result(&f, None, None, false).await)
                     }
                     None => End::Vanished,
                 },
@@ -161,18 +162,7 @@ async fn find_by_name(poller: &Poller, f: &Follow, report: &Report) -> Option<u6
 
 /// Records a job id found by name, as a submission would have.
 async fn record_id(dir: &Path, id: u64) {
-    let dir = dir.to_path_buf();
-    let written = tokio::task::spawn_blocking(move || {
-        crate::store::spool::write_atomic(
-            &dir,
-            job::JOB_ID,
-            format!("{id}\n").as_bytes(),
-            false,
-            true,
-        )
-    })
-    .await;
-    if let Ok(Err(e)) = written {
+    if let Err(e) = write_job_id(dir, id).await {
         tracing::warn!("cannot record Slurm job {id}: {e}");
     }
 }
@@ -199,7 +189,7 @@ async fn submit(
     report: &Report,
 ) -> Result<u64, Exit> {
     let failed = |message: String, transient: bool| Exit::SpawnFailed { message, transient };
-    write_files(launch, job).map_err(|e| {
+    write_files(launch, job).await.map_err(|e| {
         failed(
             format!("cannot write the job's files in {}: {e}", job.dir.display()),
             true,
@@ -230,14 +220,7 @@ async fn submit(
         report(RunEvent::Waiting(None));
     }
     crash_point();
-    let written = crate::store::spool::write_atomic(
-        &job.dir,
-        job::JOB_ID,
-        format!("{id}\n").as_bytes(),
-        false,
-        true,
-    );
-    if let Err(e) = written {
+    if let Err(e) = write_job_id(&job.dir, id).await {
         cancel(id, None).await;
         return Err(failed(
             format!("cannot record the job id {id}: {e} (the job was cancelled)"),
@@ -251,13 +234,18 @@ async fn submit(
 /// until a `squeue` answers, and returns the id of the job of that name it
 /// shows (none: submit again).
 async fn submitted_meanwhile(name: &str, interval: Duration) -> Option<u64> {
+    // Every waiting submission asks on its own: not more than once in
+    // OUTAGE_RETRY, so that an outage costs few processes.
     loop {
-        tokio::time::sleep(interval).await;
+        tokio::time::sleep(interval.max(OUTAGE_RETRY)).await;
         if let Ok(rows) = super::poller::query().await {
             return rows.iter().filter(|r| r.name == name).map(|r| r.id).max();
         }
     }
 }
+
+/// How often a submission waiting for the controller tries again.
+const OUTAGE_RETRY: Duration = Duration::from_secs(5);
 
 /// The Slurm time limit of a job with a run timeout: the timeout plus the
 /// kill grace, so that the engine's own timeout comes first.
@@ -276,13 +264,10 @@ fn crash_point() {
     }
 }
 
-fn write_files(launch: &Launch, job: &JobSpec) -> std::io::Result<()> {
+/// Writes the job's directory (off the loop: on a shared filesystem a
+/// write may wait on the network): its stdin and its script.
+async fn write_files(launch: &Launch, job: &JobSpec) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
-    if job.dir.exists() {
-        std::fs::remove_dir_all(&job.dir)?;
-    }
-    std::fs::create_dir_all(&job.dir)?;
-    std::fs::write(job.dir.join(job::IN), &launch.stdin)?;
     let argv: Vec<&std::ffi::OsStr> = launch.argv.iter().map(|a| a.as_os_str()).collect();
     let env: Vec<(&str, &std::ffi::OsStr)> = launch
         .env
@@ -290,9 +275,44 @@ fn write_files(launch: &Launch, job: &JobSpec) -> std::io::Result<()> {
         .map(|(k, v)| (k.as_str(), v.as_os_str()))
         .collect();
     let script = job::script(&job.dir, &launch.dir, &argv, &env);
-    let path = job.dir.join(job::SCRIPT);
-    std::fs::write(&path, script)?;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
+    let (dir, stdin) = (job.dir.clone(), launch.stdin.clone());
+    off_loop(move || {
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir)?;
+        }
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(dir.join(job::IN), stdin)?;
+        let path = dir.join(job::SCRIPT);
+        std::fs::write(&path, script)?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
+    })
+    .await
+}
+
+/// Runs blocking file work on the runtime's blocking threads.
+async fn off_loop<T: Send + 'static>(
+    work: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> std::io::Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())))
+}
+
+/// Makes a job id durable in the job's directory (`job_id`).
+async fn write_job_id(dir: &Path, id: u64) -> std::io::Result<()> {
+    let dir = dir.to_path_buf();
+    off_loop(move || {
+        crate::store::spool::write_atomic(
+            &dir,
+            job::JOB_ID,
+            format!("{id}\n").as_bytes(),
+            false,
+            true,
+        )
+        .map(|_| ())
+        .map_err(|e| std::io::Error::other(e.to_string()))
+    })
+    .await
 }
 
 /// Runs `sbatch`; its id, or its message.
@@ -388,7 +408,7 @@ async fn follow(
             return End::Vanished;
         }
     }
-    End::Exit(result(f, s.last_state.as_deref(), s.stopped, s.timed_out))
+    End::Exit(read_result(f, s.last_state, s.stopped, s.timed_out).await)
 }
 
 /// How long an ended job's exit status may take to show on a shared
@@ -462,6 +482,22 @@ fn detached() -> Exit {
         timed_out: false,
         stopped: Some(StopReason::Shutdown),
     }
+}
+
+/// [`result`], its files read off the loop.
+async fn read_result(
+    f: &Follow,
+    last_state: Option<String>,
+    stopped: Option<StopReason>,
+    timed_out: bool,
+) -> Exit {
+    let f = f.clone();
+    tokio::task::spawn_blocking(move || result(&f, last_state.as_deref(), stopped, timed_out))
+        .await
+        .unwrap_or_else(|e| Exit::Lost {
+            kind: crate::model::task::ErrorKind::Work,
+            message: format!("cannot read the job's result: {e}"),
+        })
 }
 
 /// What an ended job came to, from its last state and its files.
