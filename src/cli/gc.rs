@@ -127,7 +127,7 @@ fn old_files(
         .collect()
 }
 
-/// The directories of Slurm runs (`var/slurm/<exid>.<nid>.<attempt>/`)
+/// The directories of Slurm runs (`var/slurm/<exid>.<nid>.<offer>/`)
 /// of executions no longer in `run/`, unchanged since `before`.
 fn old_job_dirs(root: &Root, before: &str) -> Vec<PathBuf> {
     let ended = |name: &str| {

@@ -50,7 +50,7 @@ pub type Report = Box<dyn Fn(RunEvent) + Send + Sync>;
 /// What a Slurm run needs beyond a local one.
 #[derive(Debug, Clone)]
 pub struct JobSpec {
-    /// `var/slurm/<exid>.<nid>.<attempt>/`: the run's files.
+    /// `var/slurm/<exid>.<nid>.<offer>/`: the run's files.
     pub dir: PathBuf,
     /// The job's name (found by it after a crash).
     pub name: String,

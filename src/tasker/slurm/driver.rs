@@ -1,5 +1,5 @@
 //! One tasker run as a Slurm job (SPEC 14): its files written under
-//! `var/slurm/<exid>.<nid>.<attempt>/`, `sbatch --parsable` (a refusal
+//! `var/slurm/<exid>.<nid>.<offer>/`, `sbatch --parsable` (a refusal
 //! fails the task `config` with Slurm's message; an unreachable
 //! controller is waited for), the job id made durable before the engine
 //! hears of it, then the job followed through the poller: `Running` once
