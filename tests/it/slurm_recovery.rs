@@ -47,7 +47,7 @@ fn a_killed_engine_reattaches_its_jobs_and_runs_none_twice() {
         .collect();
     for (i, id) in ids.iter().enumerate() {
         // Half end while the engine is down, half after it is back.
-        let secs = if i % 2 == 0 { 4 } else { 14 };
+        let secs = if i % 2 == 0 { 8 } else { 18 };
         task(&t, id, "ledger", &format!(r#"{{"secs":{secs}}}"#));
     }
     // A flow's Slurm node is re-attached too.
@@ -287,9 +287,16 @@ fn a_job_the_cluster_forgot_without_a_result_runs_again_as_recovered() {
         return;
     };
     let t = TestRoot::new();
-    ledger_tasker(&t);
+    // Its first run never ends by itself; its second ends at once.
+    slurm_tasker(
+        &t,
+        "once",
+        "",
+        "#!/bin/sh\ncat >/dev/null\nif [ \"$SPOOLFLOW_ATTEMPT\" = 1 ]; then sleep 300; fi\n\
+         echo \"$SPOOLFLOW_ID\" >> \"$SPOOLFLOW_ROOT/ledger\"\n",
+    );
     let id = format!("forgot{}", std::process::id());
-    task(&t, &id, "ledger", r#"{"secs":2}"#);
+    task(&t, &id, "once", "{}");
     let e = engine(&t, &c, &[]);
     let job = started_job(&t, &id);
     e.signal(nix::sys::signal::Signal::SIGKILL);
