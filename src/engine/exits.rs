@@ -19,16 +19,11 @@ impl Engine {
     pub(super) fn on_exit(&mut self, key: NodeKey, gen: u64, exit: Exit) {
         // Points the tasker wrote last are copied while it is still running.
         self.finish_points(&key, gen);
-        let Some(node) = self.nodes.get_mut(&key).filter(|n| n.gen == gen) else {
+        let Some(run) = self.take_run(&key, gen) else {
             return;
         };
-        let run = match std::mem::replace(&mut node.state, NodeState::Queued { waited: false }) {
-            NodeState::Running(run) => run,
-            other => {
-                // Not this node's run (a stale message): nothing changes.
-                node.state = other;
-                return;
-            }
+        let Some(node) = self.nodes.get_mut(&key) else {
+            return;
         };
         let asked = run.process.stop_asked().cloned();
         // A running node's body is in memory (it was offered).
@@ -73,6 +68,20 @@ impl Engine {
             Outcome::Refused(reason) => self.refused(&key, run.taskee, reason),
             Outcome::Uncompleted { payload, after } => {
                 self.uncompleted(&key, &run.taskee, payload, after)
+            }
+        }
+    }
+
+    /// The run of a node of generation `gen`, taken out of its state (the
+    /// node is left queued, for what follows to decide); `None` for a
+    /// stale message (not this node's run: nothing changes).
+    pub(super) fn take_run(&mut self, key: &NodeKey, gen: u64) -> Option<Box<super::state::Run>> {
+        let node = self.nodes.get_mut(key).filter(|n| n.gen == gen)?;
+        match std::mem::replace(&mut node.state, NodeState::Queued { waited: false }) {
+            NodeState::Running(run) => Some(run),
+            other => {
+                node.state = other;
+                None
             }
         }
     }

@@ -137,24 +137,7 @@ fn history_in(points: &[point::Point], id: &TaskId, nid: &crate::model::names::N
                 h.attempts_log.clear();
             }
             Some(Kind::Offered) => h.offers += 1,
-            Some(Kind::Started) => {
-                h.open_started = h.open_run;
-                let attempt = p.fields.get("attempt").and_then(|a| a.as_u64());
-                h.attempts_log.push(crate::model::task::AttemptLog {
-                    attempt: attempt.and_then(|a| u32::try_from(a).ok()).unwrap_or(0),
-                    started_at: p.ts.clone(),
-                    ended_at: None,
-                    outcome: None,
-                    kind: None,
-                    job_id: p.fields.get("job_id").and_then(|v| v.as_u64()),
-                    node: p
-                        .fields
-                        .get("node")
-                        .and_then(|v| v.as_str())
-                        .map(String::from),
-                });
-                h.note_attempt(p);
-            }
+            Some(Kind::Started) => h.note_start(p),
             Some(Kind::Refused) => {
                 // A refusal breaks a row of `uncompleted` replies.
                 h.uncompleted = 0;
@@ -183,15 +166,7 @@ fn history_in(points: &[point::Point], id: &TaskId, nid: &crate::model::names::N
                 h.end_attempt(p, "interrupted");
                 h.note_attempt(p);
             }
-            Some(Kind::Allocated) => {
-                h.note_attempt(p);
-                h.open_run = true;
-                h.open_started = false;
-                let field = |k: &str| p.fields.get(k).and_then(|v| v.as_str());
-                h.allocated_to = field("taskee")
-                    .and_then(|t| t.parse().ok())
-                    .map(|t| (t, field("tasker").unwrap_or_default().to_string()));
-            }
+            Some(Kind::Allocated) => h.note_allocation(p),
             _ => {}
         }
     }
@@ -205,6 +180,35 @@ fn parse_ts(s: &str) -> Option<DateTime<Utc>> {
 }
 
 impl History {
+    /// A `started` point: an attempt that started (with its Slurm job and
+    /// node, when it ran on a cluster).
+    fn note_start(&mut self, p: &point::Point) {
+        self.open_started = self.open_run;
+        let attempt = p.fields.get("attempt").and_then(|a| a.as_u64());
+        let text = |k: &str| p.fields.get(k).and_then(|v| v.as_str()).map(String::from);
+        self.attempts_log.push(crate::model::task::AttemptLog {
+            attempt: attempt.and_then(|a| u32::try_from(a).ok()).unwrap_or(0),
+            started_at: p.ts.clone(),
+            ended_at: None,
+            outcome: None,
+            kind: None,
+            job_id: p.fields.get("job_id").and_then(|v| v.as_u64()),
+            node: text("node"),
+        });
+        self.note_attempt(p);
+    }
+
+    /// An `allocated` point: a run begins (open until a point ends it).
+    fn note_allocation(&mut self, p: &point::Point) {
+        self.note_attempt(p);
+        self.open_run = true;
+        self.open_started = false;
+        let field = |k: &str| p.fields.get(k).and_then(|v| v.as_str());
+        self.allocated_to = field("taskee")
+            .and_then(|t| t.parse().ok())
+            .map(|t| (t, field("tasker").unwrap_or_default().to_string()));
+    }
+
     /// The attempt an `allocated`, `started` or `recovered` point names:
     /// `allocated` and `started` name an attempt that may have run (the
     /// engine can die between the spawn and the `started` point);

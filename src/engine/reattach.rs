@@ -238,15 +238,11 @@ impl Engine {
     /// result is run again"): the node is queued again as a new attempt,
     /// logged `recovered`, as after a crash.
     pub(super) fn on_vanished(&mut self, key: NodeKey, gen: u64) {
-        let Some(node) = self.nodes.get_mut(&key).filter(|n| n.gen == gen) else {
+        let Some(run) = self.take_run(&key, gen) else {
             return;
         };
-        let run = match std::mem::replace(&mut node.state, NodeState::Queued { waited: false }) {
-            NodeState::Running(run) => run,
-            other => {
-                node.state = other;
-                return;
-            }
+        let Some(node) = self.nodes.get_mut(&key) else {
+            return;
         };
         node.end_attempt(chrono::Utc::now(), "interrupted", None);
         node.attempt += 1;
