@@ -157,18 +157,32 @@ impl TestRoot {
         c
     }
 
-    /// Starts `spoolflow run` (the binary) with extra arguments.
-    pub fn spawn_engine(&self, args: &[&str]) -> EngineProcess {
-        let child = self
-            .cmd()
-            .arg("run")
+    /// `spoolflow run ARGS` ready to spawn: stdin and stdout closed,
+    /// stderr kept (see [`EngineProcess::wait`]); more may be set on it.
+    pub fn run_command(&self, args: &[&str]) -> Command {
+        let mut c = self.cmd();
+        c.arg("run")
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn spoolflow run");
-        EngineProcess { child }
+            .stderr(Stdio::piped());
+        c
+    }
+
+    /// Starts `spoolflow run` (the binary) with extra arguments.
+    pub fn spawn_engine(&self, args: &[&str]) -> EngineProcess {
+        EngineProcess::spawn(&mut self.run_command(args))
+    }
+
+    /// Starts `spoolflow run` without colour, with `SPOOLFLOW_FAULT` set
+    /// to `fault` (`None`: unset).
+    pub fn spawn_engine_with_fault(&self, fault: Option<&str>, args: &[&str]) -> EngineProcess {
+        let mut cmd = self.run_command(args);
+        match fault {
+            Some(f) => cmd.env("SPOOLFLOW_FAULT", f),
+            None => cmd.env_remove("SPOOLFLOW_FAULT"),
+        };
+        EngineProcess::spawn(cmd.env("NO_COLOR", "1"))
     }
 
     /// The final record of `id` (from `done/` or `failed/`), if written.
@@ -336,6 +350,12 @@ pub struct EngineProcess {
 }
 
 impl EngineProcess {
+    /// Spawns `cmd` (see [`TestRoot::run_command`]).
+    pub fn spawn(cmd: &mut Command) -> EngineProcess {
+        let child = cmd.spawn().expect("spawn spoolflow run");
+        EngineProcess { child }
+    }
+
     pub fn pid(&self) -> i32 {
         self.child.id() as i32
     }

@@ -9,7 +9,6 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
 use crate::common::*;
@@ -47,20 +46,7 @@ fn task(id: &str) -> String {
 
 /// `spoolflow run` with `SPOOLFLOW_FAULT` set to `fault` (`None`: unset).
 fn engine(t: &TestRoot, fault: Option<&str>, args: &[&str]) -> EngineProcess {
-    let mut cmd = t.cmd();
-    cmd.arg("run").args(args);
-    match fault {
-        Some(f) => cmd.env("SPOOLFLOW_FAULT", f),
-        None => cmd.env_remove("SPOOLFLOW_FAULT"),
-    };
-    let child = cmd
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn spoolflow run");
-    EngineProcess { child }
+    t.spawn_engine_with_fault(fault, args)
 }
 
 /// Waits for `engine` to stop on the disk failure: exit status 1, and

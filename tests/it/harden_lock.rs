@@ -7,7 +7,6 @@
 //! taskers, real signals and the `SPOOLFLOW_FAULT` seam of `store::spool`.
 
 use std::fs;
-use std::process::Stdio;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
@@ -50,20 +49,7 @@ fn runs(t: &TestRoot, id: &str) -> usize {
 /// `spoolflow run` with stderr kept and `NO_COLOR`, with `SPOOLFLOW_FAULT`
 /// set to `fault` (or unset).
 fn engine(t: &TestRoot, fault: Option<&str>, args: &[&str]) -> EngineProcess {
-    let mut cmd = t.cmd();
-    cmd.arg("run").args(args);
-    match fault {
-        Some(f) => cmd.env("SPOOLFLOW_FAULT", f),
-        None => cmd.env_remove("SPOOLFLOW_FAULT"),
-    };
-    let child = cmd
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn spoolflow run");
-    EngineProcess { child }
+    t.spawn_engine_with_fault(fault, args)
 }
 
 /// The pid the tasker of `id` wrote (once whole).

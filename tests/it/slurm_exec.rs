@@ -28,19 +28,18 @@ pub(crate) fn slurm_tasker(t: &TestRoot, name: &str, extra: &str, script: &str) 
 /// `spoolflow run` against the cluster (a fast poll), with a secret in its
 /// environment that no tasker may see.
 pub(crate) fn engine(t: &TestRoot, c: &SlurmCluster, args: &[&str]) -> EngineProcess {
-    let child = t
-        .cmd()
-        .arg("run")
-        .args(["--workers", "2", "--slurm-poll", "0.2s"])
-        .args(args)
-        .envs(c.env())
-        .env("ENGINE_SECRET", "hunter2")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn spoolflow run");
-    EngineProcess { child }
+    EngineProcess::spawn(&mut engine_command(t, c, args))
+}
+
+/// The command of [`engine`], to set more on.
+pub(crate) fn engine_command(
+    t: &TestRoot,
+    c: &SlurmCluster,
+    args: &[&str],
+) -> std::process::Command {
+    let mut cmd = t.run_command(&["--workers", "2", "--slurm-poll", "0.2s"]);
+    cmd.args(args).envs(c.env()).env("ENGINE_SECRET", "hunter2");
+    cmd
 }
 
 pub(crate) fn task(t: &TestRoot, id: &str, tasker: &str, payload: &str) {

@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use crate::common::slurm::SlurmCluster;
 use crate::common::*;
-use crate::slurm_exec::{engine, jobs_of, slurm_tasker, started_job, task, wait_records};
+use crate::slurm_exec::{
+    engine, engine_command, jobs_of, slurm_tasker, started_job, task, wait_records,
+};
 
 /// Tasks whose tasker appends its id to a ledger once it has slept
 /// `secs` seconds.
@@ -130,17 +132,9 @@ fn a_job_submitted_just_before_a_crash_is_found_by_its_name() {
     let id = format!("crash{}", std::process::id());
     // Still running at the restart: only its name finds it.
     task(&t, &id, "ledger", r#"{"secs":6}"#);
-    let crashing = t
-        .cmd()
-        .args(["run", "--workers", "2", "--slurm-poll", "0.2s"])
-        .envs(c.env())
-        .env("SPOOLFLOW_CRASH_AFTER_SBATCH", "1")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn spoolflow run");
-    let (code, _) = EngineProcess { child: crashing }.wait(Duration::from_secs(60));
+    let mut crashing = engine_command(&t, &c, &[]);
+    crashing.env("SPOOLFLOW_CRASH_AFTER_SBATCH", "1");
+    let (code, _) = EngineProcess::spawn(&mut crashing).wait(Duration::from_secs(60));
     assert_ne!(code, Some(0), "the engine died at the fault point");
     let jobs = jobs_of(&c, &id);
     assert_eq!(jobs.len(), 1, "sbatch ran once before the crash");
