@@ -116,7 +116,7 @@ impl Engine {
 
     /// A watcher overflow or error: events were lost. Every domain's
     /// directory is watched again (one made meanwhile may have lost the
-    /// event on which `notify` watches it) and `in/` is scanned now.
+    /// event on which the watcher watches it) and `in/` is scanned now.
     pub(super) fn rescan_in(&mut self) {
         if self.mode.is_stopping() {
             return;
@@ -135,7 +135,7 @@ impl Engine {
             .map(|e| e.path())
             .collect();
         for dir in dirs {
-            crate::watch::watch_dir(&mut self.watcher, &dir);
+            self.watcher.watch_dir(&dir);
         }
         self.scan_in();
     }
@@ -158,7 +158,14 @@ impl Engine {
             return;
         }
         let spool_in = dir == self.root.spool_in();
-        if !crate::watch::rewatch(&mut self.watcher, dir, spool_in) {
+        let role = if spool_in {
+            crate::watch::Role::In
+        } else if dir == self.root.cancel() {
+            crate::watch::Role::Cancel
+        } else {
+            crate::watch::Role::Priority
+        };
+        if !self.watcher.rewatch(dir, role) {
             return;
         }
         if self.settling.lost.remove(dir) {
@@ -196,7 +203,7 @@ impl Engine {
                 // A directory that appeared (created, or renamed in with
                 // its files): watched first, then listed, so that every
                 // entry is either listed or announced by its own event.
-                crate::watch::watch_dir(&mut self.watcher, &dir);
+                self.watcher.watch_dir(&dir);
                 if let Err(e) = std::fs::read_dir(&dir) {
                     return self.unreadable_dir(&dir, &e);
                 }

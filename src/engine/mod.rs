@@ -240,7 +240,7 @@ pub(crate) struct Engine {
     tsk_watch: watch::TskWatch,
     /// The watcher of the spool (new directories of `in/` are watched
     /// before they are listed).
-    watcher: notify::RecommendedWatcher,
+    watcher: watch::SpoolWatcher,
     /// An fsync failed: the page cache can no longer be trusted, so the
     /// engine stops (at the top of its loop).
     fatal: Option<SpoolError>,
@@ -296,7 +296,7 @@ pub async fn run(
 ) -> Result<(), EngineError> {
     let (_lock, pid_record, contain) = start_up(&root, options.workers).await?;
     let (watch_tx, watch_rx) = mpsc::unbounded_channel();
-    let watcher = watch::start(
+    let watcher = watch::SpoolWatcher::start(
         &root,
         &root.points_dir(),
         watch_tx,
