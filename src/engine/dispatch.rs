@@ -514,7 +514,7 @@ impl Engine {
         // Not written: the engine stops, killing this tasker.
         self.log_required(p);
         // Points the tasker wrote before this message arrived.
-        self.copy_points(key);
+        self.on_started_points(key);
     }
 
     /// Gives back a worker slot (`worker`: the run was local) and limits;

@@ -213,7 +213,8 @@ impl Engine {
                 path,
                 task,
                 self_contained,
-            } => self.claim(&path, *task, self_contained),
+                submitted,
+            } => self.claim(&path, *task, self_contained, submitted),
         }
     }
 
@@ -306,12 +307,15 @@ impl Engine {
             || self.root.failed_file(id).exists()
     }
 
-    fn claim(&mut self, path: &Path, task: Task, self_contained: bool) {
+    fn claim(
+        &mut self,
+        path: &Path,
+        task: Task,
+        self_contained: bool,
+        submitted: Option<std::time::SystemTime>,
+    ) {
         // When the file was written: the record's `created_at`.
-        let submitted = std::fs::symlink_metadata(path)
-            .and_then(|m| m.modified())
-            .ok()
-            .map(chrono::DateTime::<Utc>::from);
+        let submitted = submitted.map(chrono::DateTime::<Utc>::from);
         if self.is_known(&task.id) {
             return self.reject(path, &format!("duplicate id {}", task.id));
         }

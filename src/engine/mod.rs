@@ -503,7 +503,7 @@ impl Engine {
             WatchEvent::Priority(p) => self.take_priority(&p),
             WatchEvent::Points(p) => {
                 if let Some(key) = self.points_files.get(&p).cloned() {
-                    self.copy_points(&key);
+                    self.points_announced(&key);
                 }
             }
             WatchEvent::Rescan => {

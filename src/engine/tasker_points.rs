@@ -82,6 +82,9 @@ pub struct PointsTail {
     /// Points a dead engine copied already (a re-attached Slurm job's):
     /// the first this many are counted, not copied again.
     copied_before: u32,
+    /// The watcher announced a write to the path (or the run was followed
+    /// before this engine started): worth a look once `started` is logged.
+    announced: bool,
 }
 
 /// Why a line is no point.
@@ -199,6 +202,7 @@ impl PointsTail {
             refused: false,
             capped: false,
             copied_before: 0,
+            announced: false,
         }
     }
 
@@ -207,8 +211,14 @@ impl PointsTail {
     pub fn resuming(path: PathBuf, copied: u32) -> PointsTail {
         PointsTail {
             copied_before: copied,
+            announced: true,
             ..PointsTail::new(path)
         }
+    }
+
+    /// Whether the watcher announced a write since the run began.
+    pub fn announced(&self) -> bool {
+        self.announced
     }
 
     /// The path followed (`$SPOOLFLOW_POINTS`).
@@ -387,6 +397,31 @@ impl Engine {
     /// last look (bounded, never blocking).
     pub(super) fn copy_points(&mut self, key: &NodeKey) {
         self.look_at_points(key, None);
+    }
+
+    /// The watcher saw a write to a run's points file: copied now if the
+    /// run's `started` is logged, else once it is ([`Self::on_started_points`]).
+    pub(super) fn points_announced(&mut self, key: &NodeKey) {
+        if let Some(NodeState::Running(run)) = self.nodes.get_mut(key).map(|n| &mut n.state) {
+            run.points.announced = true;
+        }
+        self.copy_points(key);
+    }
+
+    /// `started` was just logged: the points the tasker wrote before are
+    /// copied. A local tasker's file is read only if the watcher announced
+    /// a write (the kernel queues the event when the write happens; one
+    /// that comes after this is copied when it comes, and the last look at
+    /// the exit reads what is left in any case); a Slurm job's file, which
+    /// no watch covers, is always read.
+    pub(super) fn on_started_points(&mut self, key: &NodeKey) {
+        let look = match self.nodes.get(key).map(|n| &n.state) {
+            Some(NodeState::Running(run)) => run.points.announced || run.slot.is_none(),
+            _ => false,
+        };
+        if look {
+            self.copy_points(key);
+        }
     }
 
     /// The last look at a run's points file, once its tasker exited

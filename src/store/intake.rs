@@ -32,6 +32,8 @@ pub enum Intake {
         path: PathBuf,
         task: Box<Task>,
         self_contained: bool,
+        /// When the file was last written (the record's `created_at`).
+        submitted: Option<std::time::SystemTime>,
     },
 }
 
@@ -384,6 +386,7 @@ fn accept(
             path: path.to_path_buf(),
             task: Box::new(task),
             self_contained,
+            submitted: meta.modified().ok(),
         },
         Err(e) => reject(path, e.to_string()),
     }

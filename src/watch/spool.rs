@@ -142,7 +142,10 @@ impl SpoolWatcher {
             .name("spoolflow-watch".into())
             .spawn(move || reader.run())
             .map_err(|source| WatchError::new(&root.spool(), source))?;
-        Ok(SpoolWatcher { table, _stop: stop_w })
+        Ok(SpoolWatcher {
+            table,
+            _stop: stop_w,
+        })
     }
 
     fn table(&self) -> MutexGuard<'_, Table> {

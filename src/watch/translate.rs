@@ -233,12 +233,18 @@ mod tests {
         let gone = |p: &str| tell(WatchEvent::DirGone(p.into()));
         let back = |p: &str| tell(WatchEvent::DirBack(p.into()));
         let d = EventMask::ISDIR;
-        assert_eq!(at(Role::Spool, "/r", "in", EventMask::DELETE | d), gone("/r/in"));
+        assert_eq!(
+            at(Role::Spool, "/r", "in", EventMask::DELETE | d),
+            gone("/r/in")
+        );
         assert_eq!(
             at(Role::Spool, "/r", "cancel", EventMask::MOVED_FROM | d),
             gone("/r/cancel")
         );
-        assert_eq!(at(Role::Spool, "/r", "in", EventMask::CREATE | d), back("/r/in"));
+        assert_eq!(
+            at(Role::Spool, "/r", "in", EventMask::CREATE | d),
+            back("/r/in")
+        );
         assert_eq!(
             at(Role::Spool, "/r", "priority", EventMask::MOVED_TO | d),
             back("/r/priority")
@@ -277,6 +283,8 @@ mod tests {
                     | WatchMask::ATTRIB
             ));
         }
-        assert!(!Role::Spool.mask().intersects(WatchMask::OPEN | WatchMask::CLOSE_NOWRITE));
+        assert!(!Role::Spool
+            .mask()
+            .intersects(WatchMask::OPEN | WatchMask::CLOSE_NOWRITE));
     }
 }
