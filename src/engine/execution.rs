@@ -112,7 +112,6 @@ impl Engine {
             name: format!("{id}.json"),
             bytes,
             points_log: self.root.points_log(&k.exid),
-            points_handle: self.points.take(&k.exid),
             final_point: Point::final_of(&record).to_line(),
             run_file: self.root.run_file(&id),
             journal: None,

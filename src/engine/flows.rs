@@ -571,7 +571,6 @@ impl Engine {
             name: format!("{id}.json"),
             bytes,
             points_log: self.root.points_log(exid),
-            points_handle: self.points.take(exid),
             final_point: Point::final_of(&record).to_line(),
             run_file: self.root.run_file(&id),
             journal: Some(self.root.journal_file(&id)),

@@ -46,12 +46,6 @@ impl PointsLog {
         file.write_all(&line)
     }
 
-    /// Hands over the open handle of an execution's log, if there is one
-    /// (the durable writer appends the final point with it).
-    pub fn take(&mut self, exid: &Exid) -> Option<File> {
-        self.open.remove(exid)
-    }
-
     /// Closes the handle of an execution that ended.
     pub fn close(&mut self, exid: &Exid) {
         self.open.remove(exid);
@@ -61,15 +55,6 @@ impl PointsLog {
 /// Appends one complete line to a points log in one write (`O_APPEND`).
 pub fn append_line(path: &Path, line: &[u8]) -> io::Result<()> {
     open_append(path)?.write_all(line)
-}
-
-/// Appends one complete line to a points log through `handle` if one is
-/// given (opened by [`PointsLog`], `O_APPEND`), else by its path.
-pub fn append_line_with(handle: Option<File>, path: &Path, line: &[u8]) -> io::Result<()> {
-    match handle {
-        Some(mut f) => f.write_all(line),
-        None => append_line(path, line),
-    }
 }
 
 /// Reads the points of a log, skipping a torn (unterminated or unparsable)

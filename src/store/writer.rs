@@ -125,8 +125,6 @@ pub struct RecordJob {
     /// once the record is durable (before the `run/` file goes, so that a
     /// start-up that finds the `run/` file can add a point that is missing).
     pub points_log: PathBuf,
-    /// The log's handle the engine had open, if any (saves an open).
-    pub points_handle: Option<std::fs::File>,
     pub final_point: Vec<u8>,
     /// The `run/` file to remove once the record is durable.
     pub run_file: PathBuf,
@@ -550,14 +548,11 @@ impl Batch {
         let mut run_dirs = BTreeSet::new();
         for w in written {
             out.push(match w {
-                Written::Record { mut job, already } => {
+                Written::Record { job, already } => {
                     if !already {
-                        let handle = job.points_handle.take();
-                        if let Err(e) = crate::store::points::append_line_with(
-                            handle,
-                            &job.points_log,
-                            &job.final_point,
-                        ) {
+                        if let Err(e) =
+                            crate::store::points::append_line(&job.points_log, &job.final_point)
+                        {
                             tracing::error!("cannot append to {}: {e}", job.points_log.display());
                         }
                     }
