@@ -267,3 +267,94 @@ impl Reader {
         let _ = self.tx.send(WatchEvent::Error(e.to_string()));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+    use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
+
+    fn root() -> (tempfile::TempDir, Root) {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = Root::new(tmp.path()).unwrap();
+        root.init().unwrap();
+        std::fs::create_dir_all(root.points_dir()).unwrap();
+        (tmp, root)
+    }
+
+    /// The next event within a second, if any.
+    fn next(rx: &mut UnboundedReceiver<WatchEvent>) -> Option<WatchEvent> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(1);
+        loop {
+            if let Ok(ev) = rx.try_recv() {
+                return Some(ev);
+            }
+            if std::time::Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn the_engines_own_reads_and_moves_tell_nothing_and_arrivals_are_told() {
+        let (_tmp, root) = root();
+        let (tx, mut rx) = unbounded_channel();
+        let _w = SpoolWatcher::start(&root, &root.points_dir(), tx, None).unwrap();
+        // What a submitter does: write aside, rename in.
+        let aside = root.spool().join("a.tmp");
+        std::fs::write(&aside, "{}").unwrap();
+        let file = root.spool_in().join("a.json");
+        std::fs::rename(&aside, &file).unwrap();
+        assert_eq!(next(&mut rx), Some(WatchEvent::Input(file.clone())));
+        // What the engine does with it: read it, move it to run/, fsync
+        // the directories; then a marker arrival shows nothing came before.
+        std::fs::read(&file).unwrap();
+        std::fs::rename(&file, root.run().join("a.json")).unwrap();
+        for dir in [root.spool_in(), root.done(), root.run()] {
+            std::fs::File::open(&dir).unwrap().sync_all().unwrap();
+        }
+        let marker = root.cancel().join("t1");
+        std::fs::write(&marker, "").unwrap();
+        assert_eq!(next(&mut rx), Some(WatchEvent::Cancel(marker)));
+    }
+
+    #[test]
+    fn directories_made_under_in_are_watched_to_any_depth() {
+        let (_tmp, root) = root();
+        let (tx, mut rx) = unbounded_channel();
+        let _w = SpoolWatcher::start(&root, &root.points_dir(), tx, None).unwrap();
+        let domain = root.spool_in().join("org.example");
+        std::fs::create_dir(&domain).unwrap();
+        assert_eq!(next(&mut rx), Some(WatchEvent::Input(domain.clone())));
+        let deep = domain.join("sub");
+        std::fs::create_dir(&deep).unwrap();
+        assert_eq!(next(&mut rx), Some(WatchEvent::Input(deep.clone())));
+        let file = deep.join("x.json");
+        std::fs::write(&file, "{}").unwrap();
+        assert_eq!(next(&mut rx), Some(WatchEvent::Input(file)));
+        // in/ removed and made again: gone, then back, and watched anew
+        // once the engine asks.
+        std::fs::remove_dir_all(root.spool_in()).unwrap();
+        assert_eq!(next(&mut rx), Some(WatchEvent::DirGone(root.spool_in())));
+        std::fs::create_dir(root.spool_in()).unwrap();
+        assert_eq!(next(&mut rx), Some(WatchEvent::DirBack(root.spool_in())));
+    }
+
+    #[test]
+    fn the_reading_thread_ends_with_the_watcher() {
+        let (_tmp, root) = root();
+        let (tx, mut rx) = unbounded_channel();
+        let w = SpoolWatcher::start(&root, &root.points_dir(), tx, None).unwrap();
+        drop(w);
+        // The thread held the only sender: the channel closes when it ends.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            match rx.try_recv() {
+                Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => break,
+                _ if std::time::Instant::now() > deadline => panic!("the thread still runs"),
+                _ => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
+    }
+}
