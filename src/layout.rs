@@ -275,6 +275,16 @@ pub fn search_up(start: &Path) -> Option<PathBuf> {
         .map(Path::to_path_buf)
 }
 
+/// A fresh root with its layout in a temporary directory, for unit tests
+/// (the directory goes when the first value drops).
+#[cfg(test)]
+pub(crate) fn temp_root() -> (tempfile::TempDir, Root) {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = Root::new(tmp.path()).unwrap();
+    root.init().unwrap();
+    (tmp, root)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -310,12 +310,7 @@ impl super::Engine {
 mod tests {
     use super::*;
 
-    fn root() -> (tempfile::TempDir, Root) {
-        let tmp = tempfile::tempdir().unwrap();
-        let root = Root::new(tmp.path()).unwrap();
-        root.init().unwrap();
-        (tmp, root)
-    }
+    use crate::layout::temp_root as root;
 
     fn rt() -> tokio::runtime::Runtime {
         tokio::runtime::Builder::new_current_thread()

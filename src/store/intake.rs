@@ -397,12 +397,7 @@ mod tests {
     use super::*;
     use std::fs;
 
-    fn root() -> (tempfile::TempDir, Root) {
-        let tmp = tempfile::tempdir().unwrap();
-        let root = Root::new(tmp.path()).unwrap();
-        root.init().unwrap();
-        (tmp, root)
-    }
+    use crate::layout::temp_root as root;
 
     fn reason(i: Intake) -> String {
         match i {

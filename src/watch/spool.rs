@@ -275,9 +275,7 @@ mod tests {
     use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
     fn root() -> (tempfile::TempDir, Root) {
-        let tmp = tempfile::tempdir().unwrap();
-        let root = Root::new(tmp.path()).unwrap();
-        root.init().unwrap();
+        let (tmp, root) = crate::layout::temp_root();
         std::fs::create_dir_all(root.points_dir()).unwrap();
         (tmp, root)
     }
