@@ -29,7 +29,9 @@
 //!    `/proc/self/stat`) over the run, divided by N: the bench thread is
 //!    blocked while the engine runs, and the taskers' time is counted apart
 //!    (children's time). Peak memory is `VmHWM`, reset through
-//!    `/proc/self/clear_refs` before each run. Every task must have a record
+//!    `/proc/self/clear_refs` before each run, after `malloc_trim` gives
+//!    back the heap earlier runs freed (else a run's peak would start from
+//!    the largest run before it in this process). Every task must have a record
 //!    in `done/`, else the bench fails. Floor and engine runs alternate for
 //!    R rounds (default 3) and the best of each is reported: this machine is
 //!    shared, and other load only ever slows a run down.

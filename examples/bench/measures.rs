@@ -64,8 +64,15 @@ pub fn my_tid() -> u32 {
         .expect("/proc/thread-self names this thread")
 }
 
-/// Resets the peak RSS (`VmHWM`) of the process.
+/// Resets the peak RSS (`VmHWM`) of the process, after giving back to the
+/// kernel the heap that earlier runs freed (glibc keeps it otherwise, and
+/// each run's peak would start from the largest run before it).
+#[allow(unsafe_code)]
 pub fn reset_peak() {
+    // SAFETY: malloc_trim only releases free memory of glibc's arenas.
+    unsafe {
+        libc::malloc_trim(0);
+    }
     let _ = fs::write("/proc/self/clear_refs", "5");
 }
 
