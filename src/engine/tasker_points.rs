@@ -216,11 +216,6 @@ impl PointsTail {
         }
     }
 
-    /// Whether the watcher announced a write since the run began.
-    pub fn announced(&self) -> bool {
-        self.announced
-    }
-
     /// The path followed (`$SPOOLFLOW_POINTS`).
     pub fn path(&self) -> &Path {
         &self.path

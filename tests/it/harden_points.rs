@@ -336,3 +336,37 @@ echo '{"from":"reply"}'
         "the engine log says why the final point is not there: {log}"
     );
 }
+
+/// A point the tasker writes as it starts is copied while the tasker
+/// still runs, not only at its exit: the tasker waits on a gate the test
+/// opens only once the point is in the points log. (Whether the write's
+/// event reaches the engine before or after it logs `started` is not
+/// controlled here: on this path the event usually comes after; when it
+/// comes before, the announcement is kept and the file read at `started`.)
+#[test]
+fn a_point_written_as_the_tasker_starts_is_copied_while_it_runs() {
+    let t = TestRoot::new();
+    let gate = t.path().join("gate");
+    t.tasker(
+        "org.example",
+        "early",
+        &format!(
+            "#!/bin/sh\ncat >/dev/null\necho '{{\"point\":\"progress\",\"step\":1}}' >> \"$SPOOLFLOW_POINTS\"\n\
+             while [ ! -e '{}' ]; do sleep 0.05; done\necho '{{\"from\":\"reply\"}}'\n",
+            gate.display()
+        ),
+    );
+    let engine = t.spawn_engine(&["--workers", "2", "--rescan", "1h"]);
+    t.drop_task("early.json", &task("early", "early"));
+    wait_for("the early point in the points log", DEADLINE, || {
+        !t.points_named("early", "progress").is_empty()
+    });
+    assert!(t.record("early").is_none(), "copied while the tasker runs");
+    fs::write(&gate, "").unwrap();
+    wait_for("early's record", DEADLINE, || t.record("early").is_some());
+    assert_eq!(t.must_record("early")["state"], "completed");
+    let copied = t.points_named("early", "progress");
+    assert_eq!(copied.len(), 1, "copied once: {copied:?}");
+    assert_eq!(copied[0]["step"], 1);
+    sigterm_stops(engine);
+}
