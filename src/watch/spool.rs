@@ -218,7 +218,8 @@ impl Reader {
         }
     }
 
-    /// Reads what is queued and tells the engine; false once it is gone.
+    /// Reads what is queued and tells the engine (nothing once the engine
+    /// is gone); an error is a failed read.
     fn read_once(&mut self, buffer: &mut [u8]) -> std::io::Result<()> {
         let events = match self.inotify.read_events(buffer) {
             Ok(events) => events,
@@ -271,34 +272,48 @@ impl Reader {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
+    use std::time::{Duration, Instant};
+    use tokio::sync::mpsc::error::TryRecvError;
     use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
-    fn root() -> (tempfile::TempDir, Root) {
+    /// A root with its layout and a watcher on it, and where its events go.
+    fn watching() -> (
+        tempfile::TempDir,
+        Root,
+        SpoolWatcher,
+        UnboundedReceiver<WatchEvent>,
+    ) {
         let (tmp, root) = crate::layout::temp_root();
         std::fs::create_dir_all(root.points_dir()).unwrap();
-        (tmp, root)
+        let (tx, rx) = unbounded_channel();
+        let w = SpoolWatcher::start(&root, &root.points_dir(), tx, None).unwrap();
+        (tmp, root, w, rx)
+    }
+
+    /// What `rx` says first within `within`: an event, or that it closed.
+    fn first(
+        rx: &mut UnboundedReceiver<WatchEvent>,
+        within: Duration,
+    ) -> Result<WatchEvent, TryRecvError> {
+        let deadline = Instant::now() + within;
+        loop {
+            match rx.try_recv() {
+                Err(TryRecvError::Empty) if Instant::now() <= deadline => {
+                    std::thread::sleep(Duration::from_millis(5))
+                }
+                got => return got,
+            }
+        }
     }
 
     /// The next event within a second, if any.
     fn next(rx: &mut UnboundedReceiver<WatchEvent>) -> Option<WatchEvent> {
-        let deadline = std::time::Instant::now() + Duration::from_secs(1);
-        loop {
-            if let Ok(ev) = rx.try_recv() {
-                return Some(ev);
-            }
-            if std::time::Instant::now() > deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        first(rx, Duration::from_secs(1)).ok()
     }
 
     #[test]
     fn the_engines_own_reads_and_moves_tell_nothing_and_arrivals_are_told() {
-        let (_tmp, root) = root();
-        let (tx, mut rx) = unbounded_channel();
-        let _w = SpoolWatcher::start(&root, &root.points_dir(), tx, None).unwrap();
+        let (_tmp, root, _w, mut rx) = watching();
         // What a submitter does: write aside, rename in.
         let aside = root.spool().join("a.tmp");
         std::fs::write(&aside, "{}").unwrap();
@@ -319,9 +334,7 @@ mod tests {
 
     #[test]
     fn directories_made_under_in_are_watched_to_any_depth() {
-        let (_tmp, root) = root();
-        let (tx, mut rx) = unbounded_channel();
-        let _w = SpoolWatcher::start(&root, &root.points_dir(), tx, None).unwrap();
+        let (_tmp, root, _w, mut rx) = watching();
         let domain = root.spool_in().join("org.example");
         std::fs::create_dir(&domain).unwrap();
         assert_eq!(next(&mut rx), Some(WatchEvent::Input(domain.clone())));
@@ -341,18 +354,13 @@ mod tests {
 
     #[test]
     fn the_reading_thread_ends_with_the_watcher() {
-        let (_tmp, root) = root();
-        let (tx, mut rx) = unbounded_channel();
-        let w = SpoolWatcher::start(&root, &root.points_dir(), tx, None).unwrap();
+        let (_tmp, _root, w, mut rx) = watching();
         drop(w);
         // The thread held the only sender: the channel closes when it ends.
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        loop {
-            match rx.try_recv() {
-                Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => break,
-                _ if std::time::Instant::now() > deadline => panic!("the thread still runs"),
-                _ => std::thread::sleep(Duration::from_millis(5)),
-            }
-        }
+        assert_eq!(
+            first(&mut rx, Duration::from_secs(5)),
+            Err(TryRecvError::Disconnected),
+            "the thread still runs"
+        );
     }
 }
