@@ -373,9 +373,15 @@ impl Engine {
         self.points_files.insert(points_file, key.clone());
         let report = self.report_to_loop(key, gen, slot);
         let executor = self.executor(local);
-        // Spawning blocks until the child has exec'd (vfork): off the event
-        // loop, so that other exits and starts go on meanwhile.
-        tokio::task::spawn_blocking(move || executor.start(launch, job, report));
+        // A local spawn (`posix_spawn`: the loop waits only until the
+        // child has exec'd) runs on the loop: handing it to a blocking
+        // thread cost more (two wake-ups per task) than the wait. A
+        // Slurm submission waits for `sbatch`: off the loop.
+        if local {
+            executor.start(launch, job, report);
+        } else {
+            tokio::task::spawn_blocking(move || executor.start(launch, job, report));
+        }
     }
 
     /// What the executor needs to run a node's tasker.

@@ -6,7 +6,8 @@
 //!
 //! - `intake`: scans of `in/`, claims, rejections, cancel requests;
 //! - `dispatch`: offers (taskmaster, off the loop in `offers`), starts
-//!   (spawn, off the loop), the tasker's own points;
+//!   (a local spawn on the loop, a Slurm submission off it), the
+//!   tasker's own points;
 //! - `exits`: a tasker's exit through `outcome` (pure) and `policy` (pure);
 //! - `execution`: an execution's end — its record, through the durable
 //!   writer — and cancels;
@@ -158,7 +159,7 @@ pub fn run_blocking(
     rt.block_on(run(root, options, stop))
 }
 
-/// What the spawning threads and the taskers' drivers report.
+/// What executors and the taskers' drivers report.
 pub(crate) enum TaskerMsg {
     /// What happened to a node's run (see `tasker::executor`).
     Event {

@@ -24,12 +24,13 @@
 //! `SPOOLFLOW_CONTAIN=subreaper` (in the engine's environment) skips the
 //! cgroups; `auto` (or unset) tries them first.
 
+use std::collections::HashSet;
 use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -46,7 +47,10 @@ pub enum Contain {
     Cgroup(Arc<Cgroups>),
     /// The engine is a child subreaper; `SPOOLFLOW_ROOT=<root>` is what
     /// marks its taskers' environment.
-    Subreaper(Arc<Vec<u8>>),
+    Subreaper {
+        root: Arc<Vec<u8>>,
+        leaders: Leaders,
+    },
     /// Neither is available: process groups only.
     #[default]
     Groups,
@@ -114,7 +118,10 @@ impl Contain {
                 tracing::info!(
                     "taskers are contained by the engine as child subreaper (no cgroup: {cgroup_error})"
                 );
-                Contain::Subreaper(Arc::new(root_var(root.dir())))
+                Contain::Subreaper {
+                    root: Arc::new(root_var(root.dir())),
+                    leaders: Leaders::default(),
+                }
             }
             Err(e) => {
                 tracing::warn!(
@@ -133,8 +140,9 @@ impl Contain {
                 dir: c.dir.join(slot.to_string()),
                 kill_file: c.kill_file,
             },
-            Contain::Subreaper(root) => Tracked::Subreaper {
+            Contain::Subreaper { root, leaders } => Tracked::Subreaper {
                 root: root.clone(),
+                leaders: leaders.clone(),
                 exid: format!("SPOOLFLOW_EXID={exid}").into_bytes(),
                 nid: format!("SPOOLFLOW_NID={nid}").into_bytes(),
             },
@@ -284,6 +292,7 @@ pub enum Tracked {
         root: Arc<Vec<u8>>,
         exid: Vec<u8>,
         nid: Vec<u8>,
+        leaders: Leaders,
     },
     /// Its process group only.
     Groups,
@@ -321,8 +330,13 @@ impl Tracked {
     pub fn end(&self, pgid: i32) {
         match self {
             Tracked::Cgroup { dir, kill_file } => kill_cgroup(dir, *kill_file),
-            Tracked::Subreaper { root, exid, nid } => {
-                let killed = sweep(&[root, exid, nid], pgid);
+            Tracked::Subreaper {
+                root,
+                exid,
+                nid,
+                leaders,
+            } => {
+                let killed = sweep(&[root, exid, nid], pgid, leaders);
                 if killed > 0 {
                     tracing::info!(
                         "killed {} left by the tasker of {}",
@@ -337,6 +351,21 @@ impl Tracked {
         }
     }
 
+    /// The tasker's leader `pid` was spawned: until it is reaped it is a
+    /// child of the engine that no task's sweep needs to look at.
+    pub fn spawned(&self, pid: i32) {
+        if let Tracked::Subreaper { leaders, .. } = self {
+            leaders.insert(pid);
+        }
+    }
+
+    /// The leader `pid` was reaped (its number may be used again).
+    pub fn reaped(&self, pid: i32) {
+        if let Tracked::Subreaper { leaders, .. } = self {
+            leaders.remove(pid);
+        }
+    }
+
     /// Whether [`Tracked::end`] blocks (and so belongs on a blocking thread).
     pub fn end_blocks(&self) -> bool {
         matches!(self, Tracked::Subreaper { .. })
@@ -348,9 +377,14 @@ impl Tracked {
     /// end, a tasker that left nothing behind, needs no blocking thread.
     pub fn nothing_left(&self, pgid: i32) -> bool {
         match self {
-            Tracked::Subreaper { root, exid, nid } => {
+            Tracked::Subreaper {
+                root,
+                exid,
+                nid,
+                leaders,
+            } => {
                 let me = std::process::id() as i32;
-                !children(me, pgid)
+                !children(me, pgid, leaders)
                     .iter()
                     .any(|child| is_ours(child, &[root, exid, nid], pgid))
             }
@@ -478,12 +512,12 @@ pub fn env_has_all(env: &[u8], vars: &[&[u8]]) -> bool {
 /// children that carry the task's variables, and the zombies of the
 /// tasker's group re-parented to it; then again, as the children of the
 /// killed are re-parented in turn. Returns how many were killed.
-fn sweep(vars: &[&[u8]], pgid: i32) -> usize {
+fn sweep(vars: &[&[u8]], pgid: i32, leaders: &Leaders) -> usize {
     let me = std::process::id() as i32;
     let mut killed = 0;
     for _ in 0..64 {
         let mut victims = Vec::new();
-        for child in children(me, pgid) {
+        for child in children(me, pgid, leaders) {
             if is_ours(&child, vars, pgid) {
                 victims.push(child);
             }
@@ -526,12 +560,40 @@ struct Child {
     pgrp: i32,
 }
 
-/// The engine's children that may descend from the tasker `leader`: from
+/// The leaders of the taskers the engine runs, from their spawn until
+/// their driver reaps them. Each is a child of the engine and never what
+/// a task left behind (a number is reused only once its process was
+/// reaped, and it leaves the set as it is): the sweep at each task's end
+/// skips them without reading their `/proc` entries, so that its cost
+/// does not grow with the number of taskers running beside it.
+#[derive(Debug, Clone, Default)]
+pub struct Leaders(Arc<Mutex<HashSet<i32>>>);
+
+impl Leaders {
+    fn insert(&self, pid: i32) {
+        if let Ok(mut set) = self.0.lock() {
+            set.insert(pid);
+        }
+    }
+
+    fn remove(&self, pid: i32) {
+        if let Ok(mut set) = self.0.lock() {
+            set.remove(&pid);
+        }
+    }
+
+    fn contains(&self, pid: i32) -> bool {
+        self.0.lock().is_ok_and(|set| set.contains(&pid))
+    }
+}
+
+/// The engine's children that may descend from the tasker `leader`
+/// (running taskers' leaders left out): from
 /// `/proc/<pid>/task/<pid>/children` (the main thread adopts the
 /// re-parented ones) when the kernel has it, otherwise by reading the
 /// parent of the processes started after the leader (pids grow; all of
 /// them once pids wrapped around).
-fn children(me: i32, leader: i32) -> Vec<Child> {
+fn children(me: i32, leader: i32, leaders: &Leaders) -> Vec<Child> {
     let listed = std::fs::read_to_string(format!("/proc/{me}/task/{me}/children"));
     let pids: Vec<i32> = match listed {
         Ok(text) => text
@@ -555,6 +617,7 @@ fn children(me: i32, leader: i32) -> Vec<Child> {
         }
     };
     pids.into_iter()
+        .filter(|pid| !leaders.contains(*pid))
         .filter_map(|pid| {
             let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
             // `pid (comm) state ppid pgrp ...`; comm may hold anything.

@@ -57,7 +57,8 @@ pub struct JobSpec {
     pub slurm: Option<SlurmConfig>,
 }
 
-/// Starts taskers. `start` is called on a blocking thread; it returns
+/// Starts taskers. `start` is called on the event loop (local) or a
+/// blocking thread (Slurm, which waits for `sbatch`); it returns
 /// once the run is placed or has failed to be, and the rest of the run is
 /// driven on the runtime.
 pub trait Executor: Send + Sync {

@@ -158,6 +158,9 @@ pub fn spawn(launch: Launch) -> Result<(Handle, impl std::future::Future<Output 
         }
     };
     let pid = child.id().map(|p| p as i32).unwrap_or(0);
+    if pid > 0 {
+        launch.tracked.spawned(pid);
+    }
     let (stop_tx, stop_rx) = oneshot::channel();
     let fut = drive(child_io(&mut child), child, pid, launch, stop_rx);
     Ok((
@@ -380,6 +383,7 @@ impl Run {
 
     /// The leader exited: its pipes get [`LINGER`] to close.
     fn exited(&mut self, status: std::io::Result<ExitStatus>) {
+        self.tracked.reaped(self.pgid);
         self.status = Some(status);
         self.linger = Some(tokio::time::Instant::now() + LINGER);
     }
