@@ -44,8 +44,11 @@ impl Engine {
         }
         self.slurm_running.remove(&key);
         self.points_files.remove(run.points.path());
-        if let Some(left) = super::tasker_points::remove_entry(run.points.path()) {
-            tracing::warn!("{left}");
+        // Most taskers write no point: the last look found no file.
+        if !run.points.gone() {
+            if let Some(left) = super::tasker_points::remove_entry(run.points.path()) {
+                tracing::warn!("{left}");
+            }
         }
         match result {
             Outcome::Stopped(_) => self.stopped(&key, asked),

@@ -85,6 +85,8 @@ pub struct PointsTail {
     /// The watcher announced a write to the path (or the run was followed
     /// before this engine started): worth a look once `started` is logged.
     announced: bool,
+    /// The latest look found nothing at the path.
+    gone: bool,
 }
 
 /// Why a line is no point.
@@ -203,6 +205,7 @@ impl PointsTail {
             capped: false,
             copied_before: 0,
             announced: false,
+            gone: false,
         }
     }
 
@@ -219,6 +222,12 @@ impl PointsTail {
     /// The path followed (`$SPOOLFLOW_POINTS`).
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Whether the latest look found nothing at the path (the last look
+    /// at the exit: nothing is left to remove).
+    pub fn gone(&self) -> bool {
+        self.gone
     }
 
     /// Reads what was appended since the last look (at most
@@ -269,7 +278,9 @@ impl PointsTail {
             return false;
         }
         let max = READ_CHUNK.min(BYTES_CAP.saturating_sub(self.read));
-        let (buf, len) = match read_regular(&self.path, self.offset, max) {
+        let got = read_regular(&self.path, self.offset, max);
+        self.gone = matches!(got, Got::Missing);
+        let (buf, len) = match got {
             Got::Missing => return false,
             Got::Refused(why) => {
                 if !self.refused {

@@ -45,39 +45,47 @@ struct Spares {
     dir: PathBuf,
     free: Vec<PathBuf>,
     next: u64,
+    /// The engine's user (a spare is a file it owns) and pid (names of
+    /// spares), asked once.
+    uid: u32,
+    pid: u32,
 }
 
 impl Spares {
     fn new(dir: PathBuf) -> Spares {
         let _ = std::fs::create_dir_all(&dir);
+        let uid = nix::unistd::geteuid().as_raw();
         let mut free = Vec::new();
         if let Ok(entries) = std::fs::read_dir(&dir) {
             for e in entries.flatten() {
-                if free.len() < MAX_SPARES && Self::reusable(&e.path()) {
+                if free.len() < MAX_SPARES && Self::reusable(&e.path(), uid) {
                     free.push(e.path());
                 } else {
                     let _ = std::fs::remove_file(e.path());
                 }
             }
         }
-        Spares { dir, free, next: 0 }
+        Spares {
+            dir,
+            free,
+            next: 0,
+            uid,
+            pid: std::process::id(),
+        }
     }
 
-    fn reusable(path: &std::path::Path) -> bool {
+    fn reusable(path: &std::path::Path, uid: u32) -> bool {
         use std::os::unix::fs::MetadataExt;
-        std::fs::symlink_metadata(path).is_ok_and(|m| {
-            m.is_file() && m.nlink() == 1 && m.uid() == nix::unistd::geteuid().as_raw()
-        })
+        std::fs::symlink_metadata(path)
+            .is_ok_and(|m| m.is_file() && m.nlink() == 1 && m.uid() == uid)
     }
 
     /// Takes the `run/` file of an ended task: kept as a spare, or removed.
     fn give(&mut self, run_file: &std::path::Path) {
-        if self.free.len() < MAX_SPARES && Self::reusable(run_file) {
+        if self.free.len() < MAX_SPARES && Self::reusable(run_file, self.uid) {
             loop {
                 self.next += 1;
-                let spare = self
-                    .dir
-                    .join(format!("{}-{}", std::process::id(), self.next));
+                let spare = self.dir.join(format!("{}-{}", self.pid, self.next));
                 match spool::rename_no_replace(run_file, &spare) {
                     Ok(()) => return self.free.push(spare),
                     Err(SpoolError::Exists(_)) => continue,

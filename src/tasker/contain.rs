@@ -18,23 +18,23 @@
 //!   `SPOOLFLOW_ROOT`, `SPOOLFLOW_EXID` and `SPOOLFLOW_NID` are killed and
 //!   reaped (only those: the taskers tokio waits for are never reaped
 //!   here), round after round, as their own children are re-parented in
-//!   turn. The next start after a `kill -9` finds them by their
+//!   turn (`sweep`). The next start after a `kill -9` finds them by their
 //!   environment (`recovery::scan_for_orphans`).
 //!
 //! `SPOOLFLOW_CONTAIN=subreaper` (in the engine's environment) skips the
 //! cgroups; `auto` (or unset) tries them first.
 
-use std::collections::HashSet;
 use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
+use super::sweep::{children, is_ours, sweep, Leaders};
 use crate::layout::Root;
 
 /// The variable that chooses the mechanism (`auto`, `cgroup`, `subreaper`).
@@ -502,135 +502,6 @@ pub fn root_var(root: &Path) -> Vec<u8> {
     want
 }
 
-/// Whether a process environment holds every one of `vars` (`NAME=value`).
-pub fn env_has_all(env: &[u8], vars: &[&[u8]]) -> bool {
-    vars.iter()
-        .all(|want| env.split(|b| *b == 0).any(|var| var == *want))
-}
-
-/// The subreaper's sweep when a task ends: kills and reaps the engine's
-/// children that carry the task's variables, and the zombies of the
-/// tasker's group re-parented to it; then again, as the children of the
-/// killed are re-parented in turn. Returns how many were killed.
-fn sweep(vars: &[&[u8]], pgid: i32, leaders: &Leaders) -> usize {
-    let me = std::process::id() as i32;
-    let mut killed = 0;
-    for _ in 0..64 {
-        let mut victims = Vec::new();
-        for child in children(me, pgid, leaders) {
-            if is_ours(&child, vars, pgid) {
-                victims.push(child);
-            }
-        }
-        if victims.is_empty() {
-            break;
-        }
-        for v in &victims {
-            if v.state != 'Z' && kill(Pid::from_raw(v.pid), Signal::SIGKILL).is_ok() {
-                killed += 1;
-            }
-        }
-        // Each is the engine's child: waiting for it reaps it, and its
-        // own children are re-parented to the engine before it is seen.
-        for v in &victims {
-            let _ = nix::sys::wait::waitpid(Pid::from_raw(v.pid), None);
-        }
-    }
-    killed
-}
-
-/// Whether a child of the engine descends from the tasker of group
-/// `pgid`, whose environment held `vars`.
-fn is_ours(child: &Child, vars: &[&[u8]], pgid: i32) -> bool {
-    match child.state {
-        // A zombie shows no environment: only its group tells. Not the
-        // group's leader: the tasker was reaped by its own driver before
-        // the sweep, so a zombie with its pid is a newer tasker that reuses
-        // the number, whose exit its own driver is still to read.
-        'Z' => child.pgrp == pgid && pgid > 1 && child.pid != pgid,
-        _ => std::fs::read(format!("/proc/{}/environ", child.pid))
-            .is_ok_and(|env| env_has_all(&env, vars)),
-    }
-}
-
-/// A child of the engine.
-struct Child {
-    pid: i32,
-    state: char,
-    pgrp: i32,
-}
-
-/// The leaders of the taskers the engine runs, from their spawn until
-/// their driver reaps them. Each is a child of the engine and never what
-/// a task left behind (a number is reused only once its process was
-/// reaped, and it leaves the set as it is): the sweep at each task's end
-/// skips them without reading their `/proc` entries, so that its cost
-/// does not grow with the number of taskers running beside it.
-#[derive(Debug, Clone, Default)]
-pub struct Leaders(Arc<Mutex<HashSet<i32>>>);
-
-impl Leaders {
-    fn insert(&self, pid: i32) {
-        if let Ok(mut set) = self.0.lock() {
-            set.insert(pid);
-        }
-    }
-
-    fn remove(&self, pid: i32) {
-        if let Ok(mut set) = self.0.lock() {
-            set.remove(&pid);
-        }
-    }
-
-    fn contains(&self, pid: i32) -> bool {
-        self.0.lock().is_ok_and(|set| set.contains(&pid))
-    }
-}
-
-/// The engine's children that may descend from the tasker `leader`
-/// (running taskers' leaders left out): from
-/// `/proc/<pid>/task/<pid>/children` (the main thread adopts the
-/// re-parented ones) when the kernel has it, otherwise by reading the
-/// parent of the processes started after the leader (pids grow; all of
-/// them once pids wrapped around).
-fn children(me: i32, leader: i32, leaders: &Leaders) -> Vec<Child> {
-    let listed = std::fs::read_to_string(format!("/proc/{me}/task/{me}/children"));
-    let pids: Vec<i32> = match listed {
-        Ok(text) => text
-            .split_whitespace()
-            .filter_map(|p| p.parse().ok())
-            .collect(),
-        Err(_) => {
-            let last: i32 = std::fs::read_to_string("/proc/sys/kernel/ns_last_pid")
-                .ok()
-                .and_then(|l| l.trim().parse().ok())
-                .unwrap_or(0);
-            let since = if last > leader { leader } else { 0 };
-            std::fs::read_dir("/proc")
-                .map(|d| {
-                    d.flatten()
-                        .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse().ok()))
-                        .filter(|pid| *pid > since)
-                        .collect()
-                })
-                .unwrap_or_default()
-        }
-    };
-    pids.into_iter()
-        .filter(|pid| !leaders.contains(*pid))
-        .filter_map(|pid| {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-            // `pid (comm) state ppid pgrp ...`; comm may hold anything.
-            let rest = &stat[stat.rfind(')')? + 1..];
-            let mut f = rest.split_whitespace();
-            let state = f.next()?.chars().next()?;
-            let ppid: i32 = f.next()?.parse().ok()?;
-            let pgrp: i32 = f.next()?.parse().ok()?;
-            (ppid == me).then_some(Child { pid, state, pgrp })
-        })
-        .collect()
-}
-
 /// Makes the child write itself into its cgroup before it execs: all it
 /// starts is born there. The only `unsafe` of the crate: `pre_exec`
 /// runs between fork and exec, where only async-signal-safe calls are
@@ -675,37 +546,9 @@ mod tests {
     }
 
     #[test]
-    fn a_zombie_is_the_tasks_only_when_it_is_not_its_groups_leader() {
-        let zombie = |pid, pgrp| Child {
-            pid,
-            state: 'Z',
-            pgrp,
-        };
-        let vars: [&[u8]; 1] = [b"SPOOLFLOW_EXID=x"];
-        assert!(is_ours(&zombie(101, 100), &vars, 100));
-        assert!(!is_ours(&zombie(101, 200), &vars, 100));
-        // A new tasker that got the pid of the task's reaped leader.
-        assert!(!is_ours(&zombie(100, 100), &vars, 100));
-        assert!(!is_ours(&zombie(2, 1), &vars, 1));
-    }
-
-    #[test]
     fn mountinfo_escapes_are_undone() {
         assert_eq!(unescape(r"/sys/fs/cgroup"), "/sys/fs/cgroup");
         assert_eq!(unescape(r"/a\040b"), "/a b");
         assert_eq!(unescape(r"/a\"), r"/a\");
-    }
-
-    #[test]
-    fn an_environment_matches_only_with_every_variable() {
-        let env = b"PATH=/bin\0SPOOLFLOW_ROOT=/r\0SPOOLFLOW_EXID=x\0SPOOLFLOW_NID=0\0";
-        let (r, x, n): (&[u8], &[u8], &[u8]) = (
-            b"SPOOLFLOW_ROOT=/r",
-            b"SPOOLFLOW_EXID=x",
-            b"SPOOLFLOW_NID=0",
-        );
-        assert!(env_has_all(env, &[r, x, n]));
-        assert!(!env_has_all(env, &[r, b"SPOOLFLOW_EXID=xy", n]));
-        assert!(!env_has_all(env, &[b"SPOOLFLOW_ROOT=/", x]));
     }
 }

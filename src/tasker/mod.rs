@@ -1,6 +1,7 @@
 //! Taskers (SPEC section 6): `config` (`tasker.json`), `resolve` (a taskee
 //! to an executable under `tsk/`), `process` (spawning and driving one
-//! tasker process), `stderr` (its stderr lines), `reply` (the reply
+//! tasker process), `contain` and `sweep` (nothing a tasker starts
+//! outlives its task), `stderr` (its stderr lines), `reply` (the reply
 //! table), and the executor seam (`executor`: `Local` process groups, and
 //! `slurm` batch jobs).
 
@@ -12,6 +13,7 @@ pub mod reply;
 pub mod resolve;
 pub mod slurm;
 pub mod stderr;
+mod sweep;
 
 pub use config::{Cmd, ConcurrencyKey, ExecutorKind, Input, SlurmConfig, TaskerConfig};
 pub use contain::{Contain, Tracked};

@@ -1,5 +1,6 @@
 //! Running one tasker process: a new process group, a clean environment,
-//! stdin written while stdout is read (up to the reply limit), stderr
+//! stdin put in its pipe before the spawn as far as the pipe holds it
+//! (the rest written while stdout is read, up to the reply limit), stderr
 //! copied line by line, a run timeout, and stop requests ending in SIGTERM
 //! then SIGKILL of the group. When the task ends, whatever the tasker
 //! started is killed: its group, and what left the group (see `contain`).
@@ -114,13 +115,24 @@ pub fn close_inherited_descriptors() {
 /// Spawns the tasker. On success returns its handle and a future that
 /// drives its I/O and resolves to its [`Exit`]; the caller spawns that
 /// future on the runtime.
-pub fn spawn(launch: Launch) -> Result<(Handle, impl std::future::Future<Output = Exit>), Exit> {
+pub fn spawn(
+    mut launch: Launch,
+) -> Result<(Handle, impl std::future::Future<Output = Exit>), Exit> {
+    let (stdin, stdin_rest) = match stdin_pipe(&mut launch.stdin) {
+        Ok(pipe) => pipe,
+        Err(e) => {
+            return Err(Exit::SpawnFailed {
+                message: format!("cannot make the tasker's stdin: {e}"),
+                transient: true,
+            })
+        }
+    };
     let mut cmd = tokio::process::Command::new(&launch.argv[0]);
     cmd.args(&launch.argv[1..])
         .current_dir(&launch.dir)
         .env_clear()
         .envs(launch.env.iter().map(|(k, v)| (k, v)))
-        .stdin(Stdio::piped())
+        .stdin(Stdio::from(stdin))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)
@@ -141,6 +153,8 @@ pub fn spawn(launch: Launch) -> Result<(Handle, impl std::future::Future<Output 
     }
     let spawned = cmd.spawn();
     drop(procs);
+    // The child has its copy of the pipe's read end: the engine's goes.
+    drop(cmd);
     let mut child = match spawned {
         Ok(c) => c,
         Err(e) => {
@@ -162,7 +176,13 @@ pub fn spawn(launch: Launch) -> Result<(Handle, impl std::future::Future<Output 
         launch.tracked.spawned(pid);
     }
     let (stop_tx, stop_rx) = oneshot::channel();
-    let fut = drive(child_io(&mut child), child, pid, launch, stop_rx);
+    let fut = drive(
+        child_io(&mut child, stdin_rest),
+        child,
+        pid,
+        launch,
+        stop_rx,
+    );
     Ok((
         Handle {
             pgid: pid,
@@ -173,14 +193,15 @@ pub fn spawn(launch: Launch) -> Result<(Handle, impl std::future::Future<Output 
 }
 
 struct ChildIo {
-    stdin: Option<tokio::process::ChildStdin>,
+    /// The write end of stdin, when the payload did not fit in the pipe.
+    stdin: Option<std::os::fd::OwnedFd>,
     stdout: Option<tokio::process::ChildStdout>,
     stderr: Option<tokio::process::ChildStderr>,
 }
 
-fn child_io(child: &mut tokio::process::Child) -> ChildIo {
+fn child_io(child: &mut tokio::process::Child, stdin: Option<std::os::fd::OwnedFd>) -> ChildIo {
     ChildIo {
-        stdin: child.stdin.take(),
+        stdin,
         stdout: child.stdout.take(),
         stderr: child.stderr.take(),
     }
@@ -289,12 +310,42 @@ async fn pump(
     );
 }
 
-/// stdin: written concurrently; a tasker that exits without reading is
-/// not an error (EPIPE is ignored).
-async fn write_stdin(stdin: Option<tokio::process::ChildStdin>, input: Vec<u8>) {
-    if let Some(mut stdin) = stdin {
-        let _ = stdin.write_all(&input).await;
-        let _ = stdin.shutdown().await;
+/// The tasker's stdin: a pipe the payload is written into before the
+/// spawn, as far as the pipe holds it (64 KiB unless the user's pipes are
+/// short of pages), so that most taskers find all of it there and end of
+/// file after it, and nothing of stdin is left for the engine to watch.
+/// Returns the read end (the child's) and, when some of the payload did
+/// not fit, the write end; `input` keeps what is still to write.
+fn stdin_pipe(
+    input: &mut Vec<u8>,
+) -> std::io::Result<(std::os::fd::OwnedFd, Option<std::os::fd::OwnedFd>)> {
+    use nix::errno::Errno;
+    use nix::fcntl::{fcntl, FcntlArg, OFlag};
+    use std::os::fd::AsRawFd;
+    let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
+    fcntl(write.as_raw_fd(), FcntlArg::F_SETFL(OFlag::O_NONBLOCK))?;
+    let mut written = 0;
+    while written < input.len() {
+        match nix::unistd::write(&write, &input[written..]) {
+            Ok(n) => written += n,
+            Err(Errno::EINTR) => {}
+            Err(Errno::EAGAIN) => break,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    input.drain(..written);
+    Ok((read, (!input.is_empty()).then_some(write)))
+}
+
+/// stdin: what did not fit in the pipe before the spawn, written
+/// concurrently; a tasker that exits without reading is not an error
+/// (EPIPE is ignored).
+async fn write_stdin(stdin: Option<std::os::fd::OwnedFd>, rest: Vec<u8>) {
+    let Some(fd) = stdin else {
+        return;
+    };
+    if let Ok(mut pipe) = tokio::net::unix::pipe::Sender::from_owned_fd(fd) {
+        let _ = pipe.write_all(&rest).await;
     }
 }
 
@@ -462,5 +513,47 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    fn read_all(fd: std::os::fd::OwnedFd) -> Vec<u8> {
+        let mut out = Vec::new();
+        std::fs::File::from(fd).read_to_end(&mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn a_payload_that_fits_is_all_in_the_pipe_before_the_spawn() {
+        let mut input = br#"{"i":1}"#.to_vec();
+        let (read, rest) = stdin_pipe(&mut input).unwrap();
+        assert!(rest.is_none() && input.is_empty());
+        // The write end is closed: the reader gets the payload, then EOF.
+        assert_eq!(read_all(read), br#"{"i":1}"#);
+    }
+
+    #[test]
+    fn what_does_not_fit_is_kept_with_the_write_end() {
+        let payload: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
+        let mut input = payload.clone();
+        let (read, rest) = stdin_pipe(&mut input).unwrap();
+        let rest_fd = rest.expect("a megabyte does not fit in a pipe");
+        assert!(!input.is_empty() && input.len() < payload.len());
+        let tail = input.clone();
+        // The rest written as the engine would, while the reader reads.
+        let writer = std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(write_stdin(Some(rest_fd), tail));
+        });
+        let got = read_all(read);
+        writer.join().unwrap();
+        assert_eq!(got, payload);
     }
 }

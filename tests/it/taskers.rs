@@ -342,6 +342,18 @@ fn a_tasker_that_does_not_read_a_big_payload_completes() {
     assert_eq!(rec["payload"]["big"].as_str().unwrap().len(), 1 << 20);
 }
 
+#[test]
+fn a_payload_larger_than_a_pipe_reaches_the_tasker_whole() {
+    // The first 64 KiB are in the pipe before the spawn; the rest is
+    // written while the tasker reads.
+    let t = TestRoot::new();
+    t.tasker("org.example", "t", "#!/bin/sh\ncat\n");
+    let big = "0123456789".repeat(100_000);
+    let rec = run_one(&t, "a", &format!(r#""payload":{{"big":"{big}"}}"#));
+    assert_eq!(rec["state"], "completed", "{}", rec["reason"]);
+    assert_eq!(rec["payload"]["big"].as_str(), Some(big.as_str()));
+}
+
 // ------------------------------------------------------------------ environment
 
 /// The environment a tasker was exec'd with, read from
