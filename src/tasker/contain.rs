@@ -383,7 +383,7 @@ impl Tracked {
                 nid,
                 leaders,
             } => {
-                let me = std::process::id() as i32;
+                let me = super::sweep::engine_pid();
                 !children(me, pgid, leaders)
                     .iter()
                     .any(|child| is_ours(child, &[root, exid, nid], pgid))

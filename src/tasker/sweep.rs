@@ -24,7 +24,7 @@ pub fn env_has_all(env: &[u8], vars: &[&[u8]]) -> bool {
 /// tasker's group re-parented to it; then again, as the children of the
 /// killed are re-parented in turn. Returns how many were killed.
 pub(super) fn sweep(vars: &[&[u8]], pgid: i32, leaders: &Leaders) -> usize {
-    let me = std::process::id() as i32;
+    let me = engine_pid();
     let mut killed = 0;
     for _ in 0..64 {
         let mut victims = Vec::new();
@@ -145,6 +145,13 @@ fn children_among(pids: Vec<i32>, me: i32, leaders: &Leaders) -> Vec<Child> {
             (ppid == me).then_some(Child { pid, state, pgrp })
         })
         .collect()
+}
+
+/// The engine's pid, asked of the kernel once (it is asked at every
+/// task's end).
+pub(super) fn engine_pid() -> i32 {
+    static PID: std::sync::OnceLock<i32> = std::sync::OnceLock::new();
+    *PID.get_or_init(|| std::process::id() as i32)
 }
 
 /// The main thread's `children` file, read from its start each time
