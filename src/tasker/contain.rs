@@ -140,12 +140,12 @@ impl Contain {
                 dir: c.dir.join(slot.to_string()),
                 kill_file: c.kill_file,
             },
-            Contain::Subreaper { root, leaders } => Tracked::Subreaper {
+            Contain::Subreaper { root, leaders } => Tracked::Subreaper(Marks {
                 root: root.clone(),
                 leaders: leaders.clone(),
                 exid: format!("SPOOLFLOW_EXID={exid}").into_bytes(),
                 nid: format!("SPOOLFLOW_NID={nid}").into_bytes(),
-            },
+            }),
             Contain::Groups => Tracked::Groups,
         }
     }
@@ -288,14 +288,25 @@ pub enum Tracked {
     /// Its slot's cgroup.
     Cgroup { dir: PathBuf, kill_file: bool },
     /// Its task's variables, as its descendants inherit them.
-    Subreaper {
-        root: Arc<Vec<u8>>,
-        exid: Vec<u8>,
-        nid: Vec<u8>,
-        leaders: Leaders,
-    },
+    Subreaper(Marks),
     /// Its process group only.
     Groups,
+}
+
+/// What marks a task's processes for the subreaper: its variables
+/// (`NAME=value`), and the leaders of the taskers running beside it.
+#[derive(Debug, Clone)]
+pub struct Marks {
+    root: Arc<Vec<u8>>,
+    exid: Vec<u8>,
+    nid: Vec<u8>,
+    leaders: Leaders,
+}
+
+impl Marks {
+    fn vars(&self) -> [&[u8]; 3] {
+        [&self.root, &self.exid, &self.nid]
+    }
 }
 
 impl Tracked {
@@ -330,13 +341,9 @@ impl Tracked {
     pub fn end(&self, pgid: i32) {
         match self {
             Tracked::Cgroup { dir, kill_file } => kill_cgroup(dir, *kill_file),
-            Tracked::Subreaper {
-                root,
-                exid,
-                nid,
-                leaders,
-            } => {
-                let killed = sweep(&[root, exid, nid], pgid, leaders);
+            Tracked::Subreaper(marks) => {
+                let killed = sweep(&marks.vars(), pgid, &marks.leaders);
+                let exid = &marks.exid;
                 if killed > 0 {
                     tracing::info!(
                         "killed {} left by the tasker of {}",
@@ -354,21 +361,21 @@ impl Tracked {
     /// The tasker's leader `pid` was spawned: until it is reaped it is a
     /// child of the engine that no task's sweep needs to look at.
     pub fn spawned(&self, pid: i32) {
-        if let Tracked::Subreaper { leaders, .. } = self {
-            leaders.insert(pid);
+        if let Tracked::Subreaper(marks) = self {
+            marks.leaders.insert(pid);
         }
     }
 
     /// The leader `pid` was reaped (its number may be used again).
     pub fn reaped(&self, pid: i32) {
-        if let Tracked::Subreaper { leaders, .. } = self {
-            leaders.remove(pid);
+        if let Tracked::Subreaper(marks) = self {
+            marks.leaders.remove(pid);
         }
     }
 
     /// Whether [`Tracked::end`] blocks (and so belongs on a blocking thread).
     pub fn end_blocks(&self) -> bool {
-        matches!(self, Tracked::Subreaper { .. })
+        matches!(self, Tracked::Subreaper(_))
     }
 
     /// Whether the subreaper's [`Tracked::end`] has nothing to do: none of
@@ -377,16 +384,11 @@ impl Tracked {
     /// end, a tasker that left nothing behind, needs no blocking thread.
     pub fn nothing_left(&self, pgid: i32) -> bool {
         match self {
-            Tracked::Subreaper {
-                root,
-                exid,
-                nid,
-                leaders,
-            } => {
+            Tracked::Subreaper(marks) => {
                 let me = super::sweep::engine_pid();
-                !children(me, pgid, leaders)
+                !children(me, pgid, &marks.leaders)
                     .iter()
-                    .any(|child| is_ours(child, &[root, exid, nid], pgid))
+                    .any(|child| is_ours(child, &marks.vars(), pgid))
             }
             // A cgroup is killed whole, without a look.
             Tracked::Cgroup { .. } => false,
