@@ -384,16 +384,41 @@ pub fn read_capped(path: &Path, limit: u64) -> Result<Vec<u8>, SpoolError> {
             limit,
         });
     }
-    let mut buf = Vec::with_capacity(meta.len() as usize);
-    file.take(limit + 1)
-        .read_to_end(&mut buf)
-        .map_err(read_err)?;
+    let buf = read_to_len(file.take(limit + 1), meta.len()).map_err(read_err)?;
     if buf.len() as u64 > limit {
         return Err(SpoolError::TooLarge {
             path: path.to_path_buf(),
             limit,
         });
     }
+    Ok(buf)
+}
+
+/// Reads a regular file whose `stat` gave `len`: done once `len` bytes are
+/// in and a read comes up short (the end of the file as it was when
+/// stat'ed; no read more to see a zero), or at the end of the file
+/// (shorter than `len`: truncated meanwhile). A file that grew since is
+/// read on.
+fn read_to_len(mut file: impl Read, len: u64) -> io::Result<Vec<u8>> {
+    let len = usize::try_from(len).unwrap_or(usize::MAX - 1);
+    let mut buf = vec![0; len.saturating_add(1).min(1 << 20).max(64)];
+    let mut filled = 0;
+    loop {
+        if filled == buf.len() {
+            buf.resize(2 * buf.len(), 0);
+        }
+        let want = buf.len() - filled;
+        let n = match file.read(&mut buf[filled..]) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        filled += n;
+        if n == 0 || (filled >= len && n < want) {
+            break;
+        }
+    }
+    buf.truncate(filled);
     Ok(buf)
 }
 
@@ -462,6 +487,62 @@ pub fn reject(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A reader over bytes that gives at most `chunk` per read and counts
+    /// its reads.
+    struct Chunked<'a> {
+        bytes: &'a [u8],
+        chunk: usize,
+        reads: usize,
+    }
+
+    impl Read for Chunked<'_> {
+        fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+            self.reads += 1;
+            let n = out.len().min(self.chunk).min(self.bytes.len());
+            out[..n].copy_from_slice(&self.bytes[..n]);
+            self.bytes = &self.bytes[n..];
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn a_file_of_its_stated_length_is_read_in_one_read() {
+        let data = vec![7u8; 5000];
+        let mut r = Chunked {
+            bytes: &data,
+            chunk: usize::MAX,
+            reads: 0,
+        };
+        assert_eq!(read_to_len(&mut r, 5000).unwrap(), data);
+        assert_eq!(r.reads, 1, "no read more to see the end");
+    }
+
+    #[test]
+    fn short_reads_grown_and_truncated_files_are_read_whole() {
+        let data: Vec<u8> = (0..100_000u32).map(|i| i as u8).collect();
+        // Short reads before the stated length (a FUSE file system, say).
+        let mut r = Chunked {
+            bytes: &data,
+            chunk: 1000,
+            reads: 0,
+        };
+        assert_eq!(read_to_len(&mut r, 100_000).unwrap(), data);
+        // Grown since its stat.
+        let mut r = Chunked {
+            bytes: &data,
+            chunk: usize::MAX,
+            reads: 0,
+        };
+        assert_eq!(read_to_len(&mut r, 10).unwrap(), data);
+        // Truncated since its stat.
+        let mut r = Chunked {
+            bytes: &data[..50],
+            chunk: usize::MAX,
+            reads: 0,
+        };
+        assert_eq!(read_to_len(&mut r, 100_000).unwrap(), &data[..50]);
+    }
 
     #[test]
     fn write_atomic_writes_and_never_replaces_when_asked() {
