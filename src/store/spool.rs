@@ -401,7 +401,7 @@ pub fn read_capped(path: &Path, limit: u64) -> Result<Vec<u8>, SpoolError> {
 /// read on.
 fn read_to_len(mut file: impl Read, len: u64) -> io::Result<Vec<u8>> {
     let len = usize::try_from(len).unwrap_or(usize::MAX - 1);
-    let mut buf = vec![0; len.saturating_add(1).min(1 << 20).max(64)];
+    let mut buf = vec![0; len.saturating_add(1).clamp(64, 1 << 20)];
     let mut filled = 0;
     loop {
         if filled == buf.len() {
