@@ -4,7 +4,8 @@
 //! name their domain, rewrites of `run/` files (after `uncompleted`), and
 //! rejections.
 //!
-//! For each batch of jobs that arrived together it writes every file
+//! For each batch of jobs that arrived together (final records wait up
+//! to [`LINGER`] for others) it writes every file
 //! (temporary, fsync, rename), fsyncs each directory touched once, then
 //! does what may follow only once the writes are durable (append the final
 //! points, move the ended tasks' `run/` files out of the way — recycled, see
@@ -28,6 +29,11 @@ use crate::model::names::Exid;
 use crate::scheduler::NodeKey;
 use crate::store::spool::{self, SpoolError};
 
+/// How long a batch of final records waits for more to commit with it
+/// (their directories' fsyncs are then shared). Only records wait: a
+/// claim, a flow's progress, a rewrite or a rejection ends the wait at
+/// once (something waits on it), and so does a full batch.
+const LINGER: std::time::Duration = std::time::Duration::from_millis(1);
 /// The most records committed in one batch.
 const MAX_BATCH: usize = 1024;
 /// The most spare files kept for reuse.
@@ -313,13 +319,7 @@ fn run(
     probe: Option<Probe>,
 ) {
     while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
-            }
-        }
+        let batch = gather(&rx, first, LINGER);
         let out = Batch::default().commit(batch, &mut spares, probe.as_ref());
         let fatal = out.iter().any(|c| matches!(c, Done::Fatal(_)));
         let _ = results.send(out);
@@ -327,6 +327,29 @@ fn run(
             return;
         }
     }
+}
+
+/// A batch: `first` and what arrives after it, up to [`MAX_BATCH`]: what
+/// is there already, and while the batch holds only final records, what
+/// arrives within `linger` of the first.
+fn gather(rx: &mpsc::Receiver<Job>, first: Job, linger: std::time::Duration) -> Vec<Job> {
+    let until = std::time::Instant::now() + linger;
+    let mut lingers = matches!(first, Job::Record(_));
+    let mut batch = vec![first];
+    while batch.len() < MAX_BATCH {
+        let next = if lingers {
+            rx.recv_timeout(until.saturating_duration_since(std::time::Instant::now()))
+                .ok()
+        } else {
+            rx.try_recv().ok()
+        };
+        let Some(job) = next else {
+            break;
+        };
+        lingers &= matches!(job, Job::Record(_));
+        batch.push(job);
+    }
+    batch
 }
 
 /// A job whose first write is done, waiting for its directory's fsync.
@@ -638,3 +661,7 @@ impl Written {
         Some(Durable { kind, path })
     }
 }
+
+#[cfg(test)]
+#[path = "writer_tests.rs"]
+mod writer_tests;
