@@ -4,8 +4,8 @@
 //! name their domain, rewrites of `run/` files (after `uncompleted`), and
 //! rejections.
 //!
-//! For each batch of jobs that arrived together (final records wait up
-//! to [`LINGER`] for others) it writes every file
+//! For each batch of jobs that arrived together (one that begins with a
+//! final record waits [`LINGER`] for others) it writes every file
 //! (temporary, fsync, rename), fsyncs each directory touched once, then
 //! does what may follow only once the writes are durable (append the final
 //! points, move the ended tasks' `run/` files out of the way — recycled, see
@@ -29,10 +29,13 @@ use crate::model::names::Exid;
 use crate::scheduler::NodeKey;
 use crate::store::spool::{self, SpoolError};
 
-/// How long a batch of final records waits for more to commit with it
-/// (their directories' fsyncs are then shared). Only records wait: a
-/// claim, a flow's progress, a rewrite or a rejection ends the wait at
-/// once (something waits on it), and so does a full batch.
+/// How long a batch that begins with a final record waits for more to
+/// commit with it (their directories' fsyncs are then shared). The writer
+/// sleeps through it: jobs sent meanwhile do not wake it, one by one. A
+/// batch that begins with anything else (a claim, a flow's progress, a
+/// rewrite, a rejection: something waits on it) does not wait; one of
+/// those sent during a record's wait waits out the rest of it (at most
+/// this long).
 const LINGER: std::time::Duration = std::time::Duration::from_millis(1);
 /// The most records committed in one batch.
 const MAX_BATCH: usize = 1024;
@@ -329,24 +332,18 @@ fn run(
     }
 }
 
-/// A batch: `first` and what arrives after it, up to [`MAX_BATCH`]: what
-/// is there already, and while the batch holds only final records, what
-/// arrives within `linger` of the first.
+/// A batch: `first` and what is there after it, up to [`MAX_BATCH`].
+/// When `first` is a final record, what is there is looked at once
+/// `linger` has passed.
 fn gather(rx: &mpsc::Receiver<Job>, first: Job, linger: std::time::Duration) -> Vec<Job> {
-    let until = std::time::Instant::now() + linger;
-    let mut lingers = matches!(first, Job::Record(_));
+    if matches!(first, Job::Record(_)) {
+        std::thread::sleep(linger);
+    }
     let mut batch = vec![first];
     while batch.len() < MAX_BATCH {
-        let next = if lingers {
-            rx.recv_timeout(until.saturating_duration_since(std::time::Instant::now()))
-                .ok()
-        } else {
-            rx.try_recv().ok()
-        };
-        let Some(job) = next else {
+        let Ok(job) = rx.try_recv() else {
             break;
         };
-        lingers &= matches!(job, Job::Record(_));
         batch.push(job);
     }
     batch

@@ -52,35 +52,43 @@ fn a_lone_record_waits_the_linger_for_company() {
 }
 
 #[test]
-fn records_already_there_join_and_a_closed_channel_ends_the_wait() {
+fn what_is_there_after_the_linger_joins_the_batch() {
     let (tx, rx) = mpsc::channel();
     for n in 2..5 {
         tx.send(record(n)).unwrap();
     }
     drop(tx);
-    // An hour of linger, ended by the channel closing (the engine
-    // stopping) once the three records are taken.
     let began = Instant::now();
-    let batch = gather(&rx, record(1), Duration::from_secs(60 * 60));
+    let batch = gather(&rx, record(1), Duration::from_millis(50));
+    assert!(began.elapsed() >= Duration::from_millis(50));
     assert_eq!(kinds(&batch), ["record"; 4]);
+}
+
+#[test]
+fn a_claim_behind_a_record_waits_out_its_linger_but_one_first_never_waits() {
+    let (tx, rx) = mpsc::channel();
+    tx.send(reject()).unwrap();
+    tx.send(record(2)).unwrap();
+    let began = Instant::now();
+    let batch = gather(&rx, record(1), Duration::from_millis(50));
+    assert!(began.elapsed() >= Duration::from_millis(50));
+    assert_eq!(kinds(&batch), ["record", "other", "record"]);
+    // A batch that starts with anything but a record does not wait: an
+    // hour of linger, and what is queued behind it comes along at once.
+    tx.send(record(3)).unwrap();
+    let began = Instant::now();
+    let batch = gather(&rx, reject(), Duration::from_secs(60 * 60));
+    assert_eq!(kinds(&batch), ["other", "record"]);
     assert!(began.elapsed() < Duration::from_secs(60));
 }
 
 #[test]
-fn anything_but_a_record_ends_the_wait_at_once() {
+fn a_batch_holds_at_most_max_batch_jobs() {
     let (tx, rx) = mpsc::channel();
-    // An hour of linger: only the claim-like job can end this wait.
-    tx.send(record(2)).unwrap();
-    tx.send(reject()).unwrap();
-    tx.send(record(3)).unwrap();
-    let began = Instant::now();
-    let batch = gather(&rx, record(1), Duration::from_secs(60 * 60));
-    assert_eq!(kinds(&batch), ["record", "record", "other", "record"]);
-    assert!(began.elapsed() < Duration::from_secs(60));
-    // A batch that starts with such a job does not wait either.
-    let began = Instant::now();
-    let batch = gather(&rx, reject(), Duration::from_secs(60 * 60));
-    assert_eq!(kinds(&batch), ["other"]);
-    assert!(began.elapsed() < Duration::from_secs(60));
-    drop(tx);
+    for n in 0..(MAX_BATCH as u32 + 10) {
+        tx.send(record(n)).unwrap();
+    }
+    let batch = gather(&rx, reject(), Duration::ZERO);
+    assert_eq!(batch.len(), MAX_BATCH);
+    assert_eq!(rx.try_iter().count(), 11);
 }
