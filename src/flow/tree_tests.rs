@@ -120,16 +120,20 @@ fn a_name_at_the_root_is_a_stored_flow() {
     assert!(err(json!({"flow": "a.b"})).starts_with("invalid stored flow name"));
 }
 
+/// Each case's refusal, word for word (the node's address first).
+fn assert_refusals(cases: &[(Value, &str)]) {
+    for (v, want) in cases {
+        assert_eq!(err(v.clone()), *want, "{v}");
+    }
+}
+
+/// A node that is not one node of one kind, or has keys of another kind.
 #[test]
-fn refusals_name_the_node() {
+fn refusals_of_a_nodes_shape_name_the_node() {
     let cases = [
         (
             json!({"sequence": [{"task": "a"}, {"tsak": "b"}]}),
             "node 0_1: unknown key \"tsak\"",
-        ),
-        (
-            json!({"sequence": [{"task": "a"}, {"task": "b"}, {"if": 3, "then": {"task": "c"}}]}),
-            "node 0_2: `if` must be a string",
         ),
         (
             json!({"task": "a", "sequence": []}),
@@ -153,6 +157,22 @@ fn refusals_name_the_node() {
             "node 0: \"merge\" belongs on concurrence nodes, not on task nodes",
         ),
         (
+            json!({"flow": {"task": "a"}}),
+            "node 0: `flow` must be the name of a stored flow (a string)",
+        ),
+    ];
+    assert_refusals(&cases);
+}
+
+/// The keys of `sequence`, `concurrence`, `if`, `set`, `each` and `sleep`.
+#[test]
+fn refusals_of_a_kinds_own_keys_name_the_node() {
+    let cases = [
+        (
+            json!({"sequence": [{"task": "a"}, {"task": "b"}, {"if": 3, "then": {"task": "c"}}]}),
+            "node 0_2: `if` must be a string",
+        ),
+        (
             json!({"sequence": {}}),
             "node 0: `sequence` must be an array of nodes",
         ),
@@ -165,7 +185,10 @@ fn refusals_name_the_node() {
             json!({"if": "x", "then": {"task": "a"}, "else": {"task": "b", "x": 1}}),
             "node 0_1: unknown key \"x\"",
         ),
-        (json!({"set": [1]}), "node 0: `set` must be an object of payload keys and values"),
+        (
+            json!({"set": [1]}),
+            "node 0: `set` must be an object of payload keys and values",
+        ),
         (json!({"each": "k"}), "node 0: `each` needs `do`"),
         (
             json!({"each": "", "do": {"task": "a"}}),
@@ -187,7 +210,19 @@ fn refusals_name_the_node() {
             json!({"each": "k", "do": {"sequence": [{"tasc": 1}]}}),
             "node 0_*_0: unknown key \"tasc\"",
         ),
-        (json!({"task": 7}), "node 0: `task` must be a taskee (a string)"),
+    ];
+    assert_refusals(&cases);
+    assert!(err(json!({"sleep": "5x"})).starts_with("node 0: invalid duration for `sleep`"));
+}
+
+/// A task node's taskee and options.
+#[test]
+fn refusals_of_a_task_nodes_options_name_the_node() {
+    let cases = [
+        (
+            json!({"task": 7}),
+            "node 0: `task` must be a taskee (a string)",
+        ),
         (
             json!({"task": "a", "retries": -1}),
             "node 0: `retries` must be a non-negative integer",
@@ -208,16 +243,9 @@ fn refusals_name_the_node() {
             json!({"task": "a", "on_error": "ignore"}),
             "node 0: `on_error` must be \"fail\" or \"continue\"",
         ),
-        (
-            json!({"flow": {"task": "a"}}),
-            "node 0: `flow` must be the name of a stored flow (a string)",
-        ),
     ];
-    for (v, want) in cases {
-        assert_eq!(err(v.clone()), want, "{v}");
-    }
+    assert_refusals(&cases);
     assert!(err(json!({"task": "../bin/sh"})).starts_with("node 0: invalid taskee"));
-    assert!(err(json!({"sleep": "5x"})).starts_with("node 0: invalid duration for `sleep`"));
     assert!(err(json!({"task": "a", "timeout": -1}))
         .starts_with("node 0: invalid duration for `timeout`"));
 }
