@@ -20,7 +20,8 @@
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 
 use tokio::sync::mpsc::UnboundedSender;
@@ -31,11 +32,10 @@ use crate::store::spool::{self, SpoolError};
 
 /// How long a batch that begins with a final record waits for more to
 /// commit with it (their directories' fsyncs are then shared). The writer
-/// sleeps through it: jobs sent meanwhile do not wake it, one by one. A
-/// batch that begins with anything else (a claim, a flow's progress, a
-/// rewrite, a rejection: something waits on it) does not wait; one of
-/// those sent during a record's wait waits out the rest of it (at most
-/// this long).
+/// sleeps through it: records sent meanwhile do not wake it, one by one.
+/// Anything else (a claim, a flow's progress, a rewrite, a rejection:
+/// something waits on it) ends the wait at once, and a batch that begins
+/// with one does not wait.
 const LINGER: std::time::Duration = std::time::Duration::from_millis(1);
 /// The most records committed in one batch.
 const MAX_BATCH: usize = 1024;
@@ -266,6 +266,8 @@ pub enum Done {
 pub struct Writer {
     tx: Option<mpsc::Sender<Job>>,
     thread: Option<JoinHandle<()>>,
+    /// Set with a job that ends a record's wait (see [`LINGER`]).
+    urgent: Arc<AtomicBool>,
 }
 
 impl Writer {
@@ -276,23 +278,47 @@ impl Writer {
         spare_dir: PathBuf,
         probe: Option<Probe>,
     ) -> std::io::Result<Writer> {
+        Self::start_with(results, spare_dir, probe, LINGER)
+    }
+
+    fn start_with(
+        results: UnboundedSender<Vec<Done>>,
+        spare_dir: PathBuf,
+        probe: Option<Probe>,
+        linger: std::time::Duration,
+    ) -> std::io::Result<Writer> {
         spool::fault::check()
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
         let (tx, rx) = mpsc::channel::<Job>();
+        let urgent = Arc::new(AtomicBool::new(false));
+        let woken = Arc::clone(&urgent);
         let thread = std::thread::Builder::new()
             .name("spoolflow-writer".into())
-            .spawn(move || run(rx, results, Spares::new(spare_dir), probe))?;
+            .spawn(move || run(rx, results, Spares::new(spare_dir), probe, linger, &woken))?;
         Ok(Writer {
             tx: Some(tx),
             thread: Some(thread),
+            urgent,
         })
     }
 
-    /// Queues a job.
+    /// Queues a job. Anything but a final record wakes the thread from a
+    /// record's wait.
     pub fn send(&self, job: Job) {
+        let record = matches!(job, Job::Record(_));
         if let Some(tx) = &self.tx {
             // The thread only ends when this sender is dropped.
             let _ = tx.send(job);
+        }
+        if !record {
+            self.wake();
+        }
+    }
+
+    fn wake(&self) {
+        self.urgent.store(true, Ordering::Release);
+        if let Some(t) = &self.thread {
+            t.thread().unpark();
         }
     }
 
@@ -303,6 +329,8 @@ impl Writer {
 
     fn stop(&mut self) {
         self.tx.take();
+        // A record's wait ends: nothing more comes.
+        self.wake();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -320,9 +348,11 @@ fn run(
     results: UnboundedSender<Vec<Done>>,
     mut spares: Spares,
     probe: Option<Probe>,
+    linger: std::time::Duration,
+    urgent: &AtomicBool,
 ) {
     while let Ok(first) = rx.recv() {
-        let batch = gather(&rx, first, LINGER);
+        let batch = gather(&rx, first, linger, urgent);
         let out = Batch::default().commit(batch, &mut spares, probe.as_ref());
         let fatal = out.iter().any(|c| matches!(c, Done::Fatal(_)));
         let _ = results.send(out);
@@ -334,10 +364,15 @@ fn run(
 
 /// A batch: `first` and what is there after it, up to [`MAX_BATCH`].
 /// When `first` is a final record, what is there is looked at once
-/// `linger` has passed.
-fn gather(rx: &mpsc::Receiver<Job>, first: Job, linger: std::time::Duration) -> Vec<Job> {
+/// `linger` has passed or `urgent` is set (see [`Writer::send`]).
+fn gather(
+    rx: &mpsc::Receiver<Job>,
+    first: Job,
+    linger: std::time::Duration,
+    urgent: &AtomicBool,
+) -> Vec<Job> {
     if matches!(first, Job::Record(_)) {
-        std::thread::sleep(linger);
+        nap(linger, urgent);
     }
     let mut batch = vec![first];
     while batch.len() < MAX_BATCH {
@@ -347,6 +382,20 @@ fn gather(rx: &mpsc::Receiver<Job>, first: Job, linger: std::time::Duration) -> 
         batch.push(job);
     }
     batch
+}
+
+/// Sleeps `linger`, or less once `urgent` is set (which it clears). A
+/// flag left from a job already taken ends one wait early: that batch
+/// only shares less.
+fn nap(linger: std::time::Duration, urgent: &AtomicBool) {
+    let until = std::time::Instant::now() + linger;
+    while !urgent.swap(false, Ordering::AcqRel) {
+        let left = until.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        std::thread::park_timeout(left);
+    }
 }
 
 /// A job whose first write is done, waiting for its directory's fsync.

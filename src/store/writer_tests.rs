@@ -1,6 +1,7 @@
 //! The writer's batches: who waits for more, and how long.
 
 use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -42,11 +43,16 @@ fn kinds(batch: &[Job]) -> Vec<&'static str> {
         .collect()
 }
 
+/// The flag a writer sets with a job that ends a record's wait.
+fn calm() -> AtomicBool {
+    AtomicBool::new(false)
+}
+
 #[test]
 fn a_lone_record_waits_the_linger_for_company() {
     let (_tx, rx) = mpsc::channel::<Job>();
     let began = Instant::now();
-    let batch = gather(&rx, record(1), Duration::from_millis(50));
+    let batch = gather(&rx, record(1), Duration::from_millis(50), &calm());
     assert_eq!(kinds(&batch), ["record"]);
     assert!(began.elapsed() >= Duration::from_millis(50));
 }
@@ -59,25 +65,47 @@ fn what_is_there_after_the_linger_joins_the_batch() {
     }
     drop(tx);
     let began = Instant::now();
-    let batch = gather(&rx, record(1), Duration::from_millis(50));
+    let batch = gather(&rx, record(1), Duration::from_millis(50), &calm());
     assert!(began.elapsed() >= Duration::from_millis(50));
     assert_eq!(kinds(&batch), ["record"; 4]);
 }
 
 #[test]
-fn a_claim_behind_a_record_waits_out_its_linger_but_one_first_never_waits() {
+fn anything_but_a_record_ends_the_wait_at_once() {
     let (tx, rx) = mpsc::channel();
-    tx.send(reject()).unwrap();
+    // Queued before the wait, flagged as `Writer::send` flags it: an hour
+    // of linger ends at once, and the jobs behind come along.
     tx.send(record(2)).unwrap();
-    let began = Instant::now();
-    let batch = gather(&rx, record(1), Duration::from_millis(50));
-    assert!(began.elapsed() >= Duration::from_millis(50));
-    assert_eq!(kinds(&batch), ["record", "other", "record"]);
-    // A batch that starts with anything but a record does not wait: an
-    // hour of linger, and what is queued behind it comes along at once.
+    tx.send(reject()).unwrap();
     tx.send(record(3)).unwrap();
+    let urgent = AtomicBool::new(true);
     let began = Instant::now();
-    let batch = gather(&rx, reject(), Duration::from_secs(60 * 60));
+    let batch = gather(&rx, record(1), Duration::from_secs(60 * 60), &urgent);
+    assert_eq!(kinds(&batch), ["record", "record", "other", "record"]);
+    assert!(began.elapsed() < Duration::from_secs(60));
+    // Sent from another thread while this one waits (or before it
+    // begins to: either way the flag ends the wait).
+    let waiting = std::thread::current();
+    let sender = std::thread::spawn({
+        let urgent = std::sync::Arc::new(AtomicBool::new(false));
+        let flag = std::sync::Arc::clone(&urgent);
+        let tx = tx.clone();
+        move || {
+            tx.send(reject()).unwrap();
+            flag.store(true, std::sync::atomic::Ordering::Release);
+            waiting.unpark();
+            urgent
+        }
+    });
+    let urgent = sender.join().unwrap();
+    let began = Instant::now();
+    let batch = gather(&rx, record(4), Duration::from_secs(60 * 60), &urgent);
+    assert_eq!(kinds(&batch), ["record", "other"]);
+    assert!(began.elapsed() < Duration::from_secs(60));
+    // A batch that starts with such a job does not wait.
+    tx.send(record(5)).unwrap();
+    let began = Instant::now();
+    let batch = gather(&rx, reject(), Duration::from_secs(60 * 60), &calm());
     assert_eq!(kinds(&batch), ["other", "record"]);
     assert!(began.elapsed() < Duration::from_secs(60));
 }
@@ -88,7 +116,86 @@ fn a_batch_holds_at_most_max_batch_jobs() {
     for n in 0..(MAX_BATCH as u32 + 10) {
         tx.send(record(n)).unwrap();
     }
-    let batch = gather(&rx, reject(), Duration::ZERO);
+    let batch = gather(&rx, reject(), Duration::ZERO, &calm());
     assert_eq!(batch.len(), MAX_BATCH);
     assert_eq!(rx.try_iter().count(), 11);
+}
+
+/// A root's directories for a writer of its own, and a record job in it.
+fn record_in(dir: &std::path::Path, n: u32) -> Job {
+    let Job::Record(mut job) = record(n) else {
+        unreachable!("record() makes records")
+    };
+    job.dir = dir.join("done");
+    job.bytes = b"{}".to_vec();
+    job.points_log = dir.join("log").join(format!("{n}.log"));
+    job.final_point = b"{}\n".to_vec();
+    job.run_file = dir.join("run").join(format!("{n}.json"));
+    Job::Record(job)
+}
+
+fn writer_root() -> (
+    tempfile::TempDir,
+    tokio::sync::mpsc::UnboundedReceiver<Vec<Done>>,
+    Writer,
+) {
+    let tmp = tempfile::tempdir().expect("a temporary directory");
+    for d in ["done", "run", "log", "spares"] {
+        std::fs::create_dir(tmp.path().join(d)).expect("a directory");
+    }
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let writer = Writer::start_with(
+        tx,
+        tmp.path().join("spares"),
+        None,
+        Duration::from_secs(60 * 60),
+    )
+    .expect("the writer thread");
+    (tmp, rx, writer)
+}
+
+#[test]
+fn a_job_sent_during_a_records_hour_of_wait_is_done_at_once() {
+    let (tmp, mut done, writer) = writer_root();
+    writer.send(record_in(tmp.path(), 1));
+    writer.send(Job::Rewrite {
+        key: NodeKey {
+            exid: "t0661d50653b2a5-00000002".parse().expect("an execution id"),
+            nid: "0".parse().expect("a node id"),
+        },
+        dir: tmp.path().join("run"),
+        name: "2.json".into(),
+        bytes: b"{}".to_vec(),
+    });
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("a runtime");
+    let mut jobs = 0;
+    while jobs < 2 {
+        let batch = rt
+            .block_on(async { tokio::time::timeout(Duration::from_secs(60), done.recv()).await })
+            .expect("the rewrite ends the record's hour of wait")
+            .expect("the writer is running");
+        jobs += batch.len();
+    }
+    assert!(tmp.path().join("done/1.json").is_file());
+    assert!(tmp.path().join("run/2.json").is_file());
+    drop(writer);
+}
+
+#[test]
+fn finishing_ends_a_records_wait() {
+    let (tmp, _done, writer) = writer_root();
+    writer.send(record_in(tmp.path(), 1));
+    let (finished_tx, finished) = mpsc::channel();
+    std::thread::spawn(move || {
+        writer.finish();
+        let _ = finished_tx.send(());
+    });
+    finished
+        .recv_timeout(Duration::from_secs(60))
+        .expect("finish() returns without waiting out the hour");
+    // The record it was waiting with is written.
+    assert!(tmp.path().join("done/1.json").is_file());
 }
