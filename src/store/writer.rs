@@ -30,6 +30,10 @@ use crate::model::names::Exid;
 use crate::scheduler::NodeKey;
 use crate::store::spool::{self, SpoolError};
 
+#[path = "writer_spares.rs"]
+mod spares;
+use spares::Spares;
+
 /// How long a batch that begins with a final record waits for more to
 /// commit with it (their directories' fsyncs are then shared). The writer
 /// sleeps through it: records sent meanwhile do not wake it, one by one.
@@ -617,10 +621,6 @@ impl Written {
         Some(Durable { kind, path })
     }
 }
-
-#[path = "writer_spares.rs"]
-mod spares;
-use spares::Spares;
 
 #[cfg(test)]
 #[path = "writer_tests.rs"]
