@@ -423,7 +423,7 @@ impl State {
     }
 }
 
-/// The kind of a task's error (SPEC 9), which decides retries (SPEC 7).
+/// The kind of a task's error, which decides retries (see docs/records.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ErrorKind {
@@ -588,7 +588,7 @@ pub struct Record {
     pub started_at: Option<String>,
     pub ended_at: Option<String>,
     pub payload: Object,
-    /// A flow's tree (SPEC 12).
+    /// A flow's tree (see docs/flows.md).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub flow: Option<Value>,
     /// A flow's `on_error: "continue"` errors: `{ nid, kind, message }`.
@@ -630,7 +630,7 @@ pub struct AttemptLog {
     /// The error kind of a failed or retried attempt.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kind: Option<ErrorKind>,
-    /// The Slurm job of an attempt run on a cluster (SPEC 14).
+    /// The Slurm job of an attempt run on a cluster (see docs/slurm.md).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub job_id: Option<u64>,
     /// The cluster node it ran on.

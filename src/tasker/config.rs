@@ -75,7 +75,7 @@ pub struct TaskerConfig {
     #[serde(default)]
     pub env: BTreeMap<String, String>,
     /// Where the tasker runs: on the engine's machine (default) or as a
-    /// Slurm batch job (SPEC 14).
+    /// Slurm batch job (see docs/slurm.md).
     #[serde(default)]
     pub executor: ExecutorKind,
     /// The job's `sbatch` options, for `"executor": "slurm"`.
