@@ -1,0 +1,130 @@
+//! A model of the engine's start path, to tell how much of the gap to the
+//! fork floor comes from where the engine's work runs rather than from how
+//! much of it there is. Each task costs `work_us` of CPU (a spin standing
+//! for the engine's own work per task: its outcome, record, points and
+//! next offer) and one run of the tasker (stdin written, stdout read, the
+//! exit waited for), two slots at a time, in one of two shapes:
+//!
+//! - `slot`: each slot has its own thread, which does the work and then
+//!   forks and waits on its own tasker (the shape of the bench's floor);
+//! - `loop`: one thread serves both slots, as the engine's event loop
+//!   does: it takes the exits in turn, and each exit's work and the next
+//!   spawn wait for the thread.
+//!
+//! ```sh
+//! cargo run --release --example slot_model -- loop /path/to/tasker 3000 270
+//! ```
+//!
+//! The README's Speed section has its figures on this machine.
+
+use std::io::{Read, Write};
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use nix::sys::wait::{waitid, Id, WaitPidFlag};
+
+/// `work_us` of CPU on this thread.
+fn work(work_us: u64) {
+    let end = Instant::now() + Duration::from_micros(work_us);
+    let mut x = 0u64;
+    while Instant::now() < end {
+        x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+    }
+}
+
+/// Starts the tasker in its own group, its payload on stdin.
+fn start(tasker: &str, i: usize) -> std::io::Result<Child> {
+    let mut child = Command::new(tasker)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(format!("{{\"i\":{i}}}").as_bytes())?;
+    }
+    Ok(child)
+}
+
+/// Reads the tasker's reply and reaps it.
+fn finish(mut child: Child) -> std::io::Result<()> {
+    let mut reply = Vec::new();
+    if let Some(mut stdout) = child.stdout.take() {
+        stdout.read_to_end(&mut reply)?;
+    }
+    child.wait()?;
+    Ok(())
+}
+
+/// Each slot's own thread does its work, forks, and waits.
+fn per_slot(tasker: &str, n: usize, work_us: u64) -> std::io::Result<()> {
+    let next = AtomicUsize::new(0);
+    std::thread::scope(|s| {
+        let slots: Vec<_> = (0..2)
+            .map(|_| {
+                s.spawn(|| loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= n {
+                        return Ok(());
+                    }
+                    work(work_us);
+                    finish(start(tasker, i)?)?;
+                })
+            })
+            .collect();
+        slots
+            .into_iter()
+            .try_for_each(|t| t.join().expect("a slot thread panicked"))
+    })
+}
+
+/// One thread serves both slots: it waits for whichever tasker exits
+/// first, then does that exit's work and the slot's next spawn.
+fn one_loop(tasker: &str, n: usize, work_us: u64) -> std::io::Result<()> {
+    let mut running: Vec<Child> = Vec::new();
+    let mut started = 0;
+    while started < n.min(2) {
+        work(work_us);
+        running.push(start(tasker, started)?);
+        started += 1;
+    }
+    while !running.is_empty() {
+        // The exit is seen without reaping it (`finish` reaps).
+        let status = waitid(Id::All, WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT)?;
+        let pid = status.pid().map_or(0, |p| p.as_raw() as u32);
+        let Some(k) = running.iter().position(|c| c.id() == pid) else {
+            continue;
+        };
+        finish(running.swap_remove(k))?;
+        if started < n {
+            work(work_us);
+            running.push(start(tasker, started)?);
+            started += 1;
+        }
+    }
+    Ok(())
+}
+
+fn main() -> std::io::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let [shape, tasker, n, work_us] = args.as_slice() else {
+        eprintln!("usage: slot_model slot|loop TASKER N WORK_US");
+        std::process::exit(2);
+    };
+    let n: usize = n.parse().map_err(std::io::Error::other)?;
+    let work_us: u64 = work_us.parse().map_err(std::io::Error::other)?;
+    let t0 = Instant::now();
+    match shape.as_str() {
+        "slot" => per_slot(tasker, n, work_us)?,
+        "loop" => one_loop(tasker, n, work_us)?,
+        other => {
+            eprintln!("unknown shape {other:?}: slot or loop");
+            std::process::exit(2);
+        }
+    }
+    let rate = n as f64 / t0.elapsed().as_secs_f64();
+    println!("{shape}, {work_us} µs of work per task: {rate:.0} tasks/s");
+    Ok(())
+}
