@@ -9,7 +9,13 @@
 //!   forks and waits on its own tasker (the shape of the bench's floor);
 //! - `loop`: one thread serves both slots, as the engine's event loop
 //!   does: it takes the exits in turn, and each exit's work and the next
-//!   spawn wait for the thread.
+//!   spawn wait for the thread;
+//! - `hand`: each slot's thread forks and waits on its tasker, and tells
+//!   one work thread of the exit; the work thread does the work and sends
+//!   the slot its next task (spawns leave the loop, the work does not);
+//! - `ahead`: as `hand`, but the work thread keeps one task prepared ahead
+//!   for each slot, so that a slot starts its next tasker as soon as the
+//!   last one exits, and the work for the one after runs meanwhile.
 //!
 //! ```sh
 //! cargo run --release --example slot_model -- loop /path/to/tasker 3000 270
@@ -107,10 +113,54 @@ fn one_loop(tasker: &str, n: usize, work_us: u64) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Slot threads fork and wait; one work thread does each task's work and
+/// sends the slot its next task, `ahead` tasks ahead (0 or 1).
+fn handed(tasker: &str, n: usize, work_us: u64, ahead: usize) -> std::io::Result<()> {
+    use std::sync::mpsc;
+    let (exit_tx, exit_rx) = mpsc::channel::<std::io::Result<usize>>();
+    std::thread::scope(|s| {
+        let mut orders = Vec::new();
+        for slot in 0..2 {
+            let (order_tx, order_rx) = mpsc::channel::<usize>();
+            orders.push(order_tx);
+            let exit_tx = exit_tx.clone();
+            s.spawn(move || {
+                // Ends when the work thread drops the slot's sender.
+                while let Ok(i) = order_rx.recv() {
+                    let ran = start(tasker, i).and_then(finish).map(|()| slot);
+                    if exit_tx.send(ran).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        drop(exit_tx);
+        let mut started = 0;
+        let order = |slot: usize, started: &mut usize| {
+            if *started < n {
+                work(work_us);
+                // A slot thread that is gone has reported why.
+                let _ = orders[slot].send(*started);
+                *started += 1;
+            }
+        };
+        for _ in 0..=ahead {
+            for slot in 0..2 {
+                order(slot, &mut started);
+            }
+        }
+        for _ in 0..n {
+            let slot = exit_rx.recv().map_err(std::io::Error::other)??;
+            order(slot, &mut started);
+        }
+        Ok(())
+    })
+}
+
 fn main() -> std::io::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let [shape, tasker, n, work_us] = args.as_slice() else {
-        eprintln!("usage: slot_model slot|loop TASKER N WORK_US");
+        eprintln!("usage: slot_model slot|loop|hand|ahead TASKER N WORK_US");
         std::process::exit(2);
     };
     let n: usize = n.parse().map_err(std::io::Error::other)?;
@@ -119,8 +169,10 @@ fn main() -> std::io::Result<()> {
     match shape.as_str() {
         "slot" => per_slot(tasker, n, work_us)?,
         "loop" => one_loop(tasker, n, work_us)?,
+        "hand" => handed(tasker, n, work_us, 0)?,
+        "ahead" => handed(tasker, n, work_us, 1)?,
         other => {
-            eprintln!("unknown shape {other:?}: slot or loop");
+            eprintln!("unknown shape {other:?}: slot, loop, hand or ahead");
             std::process::exit(2);
         }
     }
