@@ -29,7 +29,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use nix::sys::wait::{waitid, Id, WaitPidFlag};
+use nix::sys::wait::{waitid, waitpid, Id, WaitPidFlag};
+
+/// Taskers at a time, as in the bench (W=2).
+const SLOTS: usize = 2;
 
 /// `work_us` of CPU on this thread.
 fn work(work_us: u64) {
@@ -68,7 +71,7 @@ fn finish(mut child: Child) -> std::io::Result<()> {
 fn per_slot(tasker: &str, n: usize, work_us: u64) -> std::io::Result<()> {
     let next = AtomicUsize::new(0);
     std::thread::scope(|s| {
-        let slots: Vec<_> = (0..2)
+        let slots: Vec<_> = (0..SLOTS)
             .map(|_| {
                 s.spawn(|| loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
@@ -91,7 +94,7 @@ fn per_slot(tasker: &str, n: usize, work_us: u64) -> std::io::Result<()> {
 fn one_loop(tasker: &str, n: usize, work_us: u64) -> std::io::Result<()> {
     let mut running: Vec<Child> = Vec::new();
     let mut started = 0;
-    while started < n.min(2) {
+    while started < n.min(SLOTS) {
         work(work_us);
         running.push(start(tasker, started)?);
         started += 1;
@@ -99,8 +102,12 @@ fn one_loop(tasker: &str, n: usize, work_us: u64) -> std::io::Result<()> {
     while !running.is_empty() {
         // The exit is seen without reaping it (`finish` reaps).
         let status = waitid(Id::All, WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT)?;
-        let pid = status.pid().map_or(0, |p| p.as_raw() as u32);
-        let Some(k) = running.iter().position(|c| c.id() == pid) else {
+        let Some(pid) = status.pid() else {
+            continue;
+        };
+        let Some(k) = running.iter().position(|c| c.id() == pid.as_raw() as u32) else {
+            // Not a tasker of ours: reaped, or `waitid` would see it again.
+            waitpid(pid, None)?;
             continue;
         };
         finish(running.swap_remove(k))?;
@@ -120,7 +127,7 @@ fn handed(tasker: &str, n: usize, work_us: u64, ahead: usize) -> std::io::Result
     let (exit_tx, exit_rx) = mpsc::channel::<std::io::Result<usize>>();
     std::thread::scope(|s| {
         let mut orders = Vec::new();
-        for slot in 0..2 {
+        for slot in 0..SLOTS {
             let (order_tx, order_rx) = mpsc::channel::<usize>();
             orders.push(order_tx);
             let exit_tx = exit_tx.clone();
@@ -145,7 +152,7 @@ fn handed(tasker: &str, n: usize, work_us: u64, ahead: usize) -> std::io::Result
             }
         };
         for _ in 0..=ahead {
-            for slot in 0..2 {
+            for slot in 0..SLOTS {
                 order(slot, &mut started);
             }
         }
