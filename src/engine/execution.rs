@@ -192,12 +192,18 @@ impl Engine {
 
     /// Cancels an execution (SPEC 8): its running taskers are stopped (and
     /// their nodes aborted when they exit), its waiting nodes aborted now.
+    /// One that has ended already (its record being written, or a flow
+    /// that failed or completed and waits for its last taskers to stop)
+    /// keeps its end: the request goes to `rejected/`.
     pub(super) fn cancel(
         &mut self,
         exid: &crate::model::names::Exid,
         reason: &str,
         request: &std::path::Path,
     ) {
+        if self.has_ended(exid) {
+            return self.reject(request, &format!("task {exid} has ended already"));
+        }
         let Some(exec) = self.executions.get(exid) else {
             return;
         };
@@ -225,6 +231,25 @@ impl Engine {
         for k in waiting {
             let err = TaskError::new(ErrorKind::Aborted, reason);
             self.finish(&k, State::Aborted, Some(err));
+        }
+    }
+}
+
+impl Engine {
+    /// Whether an execution's end is decided (SPEC 8: too late to cancel):
+    /// a flow that completed, failed or is being recorded; a standalone
+    /// task whose record is being committed.
+    fn has_ended(&self, exid: &Exid) -> bool {
+        let Some(exec) = self.executions.get(exid) else {
+            return false;
+        };
+        match exec.flow.as_ref() {
+            Some(fx) => fx.life.has_ended(),
+            None => exec.nids.to_vec().iter().all(|nid| {
+                self.nodes
+                    .get(&key(exid, nid))
+                    .is_some_and(|n| matches!(n.state, NodeState::Committing))
+            }),
         }
     }
 }
@@ -267,9 +292,6 @@ pub(super) fn record_of(
         nodes: None,
         first_started_at: past.attempts_log.first().map(|a| a.started_at.clone()),
         attempts_log: past.attempts_log.clone(),
-        options: match serde_json::to_value(node.task.options()) {
-            Ok(serde_json::Value::Object(o)) if !o.is_empty() => Some(o),
-            _ => None,
-        },
+        options: node.task.options().to_record(),
     }
 }

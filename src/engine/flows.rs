@@ -89,6 +89,16 @@ pub enum FlowLife {
     Recording,
 }
 
+impl FlowLife {
+    /// Whether the flow's end is decided: it completed or failed (and may
+    /// wait for its last taskers to stop), or its record is being written.
+    /// A cancel then comes too late (SPEC 8). A flow being cancelled has
+    /// not ended: a second cancel changes nothing.
+    pub fn has_ended(&self) -> bool {
+        matches!(self, FlowLife::Ending(_) | FlowLife::Recording)
+    }
+}
+
 /// The compiled `if` expressions of one flow, run in the taskmaster's
 /// sandbox (same bounds, same deadline); each compiled once.
 pub struct Conds {
@@ -434,7 +444,6 @@ impl Engine {
             flow: None,
         };
         exec.nids.push(nid.clone());
-        let created_at = exec.created_at;
         let k = key(exid, &nid);
         let mut node = Node::new(NodeTask::in_memory(task));
         match payload {
@@ -442,7 +451,11 @@ impl Engine {
             None => node.payload_from_flow = true,
         }
         self.nodes.insert(k.clone(), Box::new(node));
-        self.watch_node_start_timeout(&k, created_at);
+        // A task node is created when the flow reaches it: its
+        // `start_timeout` counts from now, not from the flow's claim (a
+        // later stage may wait on earlier ones far longer). A node queued
+        // again after a crash counts from its new queueing too.
+        self.watch_node_start_timeout(&k, Utc::now());
         self.enqueue(&k);
     }
 
@@ -551,6 +564,9 @@ impl Engine {
             FlowLife::Running | FlowLife::Recording => return,
         };
         let mut record = flow_record(fx, exec.created_at, state, error, payload);
+        // Each life of the flow (a `retry`) is one attempt of it; its
+        // nodes count their own.
+        record.attempts = crate::store::history::attempts_before(&self.root, &fx.task.id) + 1;
         if let Some(t) = exec.submitted_at {
             record.created_at = Some(timestamp(t));
         }
@@ -658,6 +674,7 @@ fn flow_record(
         state,
         reason: error.as_ref().map(|e| e.message.clone()),
         error,
+        // One life of the flow; see maybe_end_flow.
         attempts: 1,
         offers: 0,
         priority: t.priority,
@@ -671,6 +688,7 @@ fn flow_record(
         nodes: Some(nodes),
         first_started_at: None,
         attempts_log: Vec::new(),
-        options: None,
+        // Its nodes' defaults: `retry` queues the flow with them again.
+        options: t.options.to_record(),
     }
 }

@@ -111,11 +111,21 @@ pub(super) fn history_of(log: &Path, task: &Task) -> History {
 /// A node's history, from the points of its execution's log.
 fn history_in(points: &[point::Point], id: &TaskId, nid: &crate::model::names::Nid) -> History {
     let mut h = History::default();
+    let root = crate::model::names::Nid::root();
     // A tasker's informative points change nothing (SPEC 6).
     for p in points
         .iter()
-        .filter(|p| &p.id == id && &p.nid == nid && !p.fields.contains_key("source"))
+        .filter(|p| &p.id == id && !p.fields.contains_key("source"))
     {
+        if &p.nid != nid {
+            // A flow's `created` is logged at its root only: a new life
+            // of the flow (`retry`) starts each of its task nodes over,
+            // their attempts too (as when the flow first reached them).
+            if p.nid == root && p.kind() == Some(Kind::Created) {
+                h = History::default();
+            }
+            continue;
+        }
         if p.kind().is_some_and(Kind::ends_a_run) {
             h.open_run = false;
         }

@@ -65,3 +65,51 @@ fn attempts_are_rebuilt_from_the_log_and_a_new_life_starts_over() {
         Some("interrupted")
     );
 }
+
+#[test]
+fn a_flow_run_again_starts_its_task_nodes_over() {
+    let line = |ts: u32, nid: &str, point: &str, extra: &str| {
+        format!(
+            r#"{{"ts":"2026-01-01T00:00:0{ts}.000000Z","id":"f","exid":"f","nid":"{nid}","point":"{point}"{extra}}}"#
+        )
+    };
+    let text = [
+        // A first life: node 0_0 offered twice, retried once, failed.
+        line(0, "0", "created", ""),
+        line(0, "0_0", "offered", r#","taskee":"t","offer":1"#),
+        line(0, "0_0", "allocated", r#","attempt":1,"taskee":"t""#),
+        line(0, "0_0", "started", r#","attempt":1"#),
+        line(
+            1,
+            "0_0",
+            "retried",
+            r#","attempt":2,"kind":"work","delay":"1s""#,
+        ),
+        line(2, "0_0", "offered", r#","taskee":"t","offer":2"#),
+        line(2, "0_0", "allocated", r#","attempt":2,"taskee":"t""#),
+        line(2, "0_0", "started", r#","attempt":2"#),
+        line(3, "0_0", "failed", r#","attempt":2"#),
+        line(3, "0", "failed", ""),
+        // Run again by `retry`: the flow's `created` is at its root only.
+        line(4, "0", "created", ""),
+        line(5, "0_0", "offered", r#","taskee":"t","offer":1"#),
+        line(5, "0_0", "allocated", r#","attempt":1,"taskee":"t""#),
+        line(5, "0_0", "started", r#","attempt":1"#),
+    ]
+    .join("\n")
+        + "\n";
+    let tmp = tempfile::tempdir().unwrap();
+    let log = tmp.path().join("f.log");
+    std::fs::write(&log, text).unwrap();
+    let points = crate::store::points::read_points(&log).unwrap();
+    let id: TaskId = "f".parse().unwrap();
+    let h = node_history(&points, &id, &"0_0".parse().unwrap());
+    assert_eq!((h.attempts, h.offers, h.retries), (1, 1, 0));
+    assert_eq!(h.next_attempt(), 2);
+    assert_eq!(
+        h.open_run().map(|o| (o.attempt, o.started)),
+        Some((1, true))
+    );
+    let log: Vec<_> = h.attempts_log.iter().map(|a| a.attempt).collect();
+    assert_eq!(log, [1]);
+}

@@ -508,8 +508,9 @@ impl Nids {
 /// (a map per execution would cost a table per task); `nids` names the
 /// live ones.
 pub struct Execution {
-    /// When the engine took the task (its `created` point; what
-    /// `start_timeout` counts from).
+    /// When the engine took the task (its `created` point; what a
+    /// standalone task's `start_timeout` counts from; a flow's task nodes
+    /// count from when each is queued).
     pub created_at: DateTime<Utc>,
     /// When the task file was written into `in/` (its modification time),
     /// the record's `created_at`; `None`: unknown, `created_at` stands.

@@ -181,6 +181,17 @@ pub struct TaskOptions {
     pub retry_on_timeout: Option<bool>,
 }
 
+impl TaskOptions {
+    /// The options a task set, as its record's `options` (`None` when it
+    /// set none), so that `spoolflow retry` queues it with them again.
+    pub fn to_record(&self) -> Option<Object> {
+        match serde_json::to_value(self) {
+            Ok(Value::Object(o)) if !o.is_empty() => Some(o),
+            _ => None,
+        }
+    }
+}
+
 /// A task file as dropped into `var/spool/in/`, parsed and checked key by
 /// key so that every refusal has a precise reason.
 #[derive(Debug, Clone, PartialEq)]

@@ -18,6 +18,7 @@ mod escapes;
 mod flows;
 mod flows_crash;
 mod flows_journal;
+mod flows_lives;
 mod friction;
 mod harden_mix;
 mod harden_taskmaster;
