@@ -1,4 +1,4 @@
-//! `spoolflow run [--workers N] [--slurm-jobs N] [--slurm-poll D] [--drain] [--grace D]`: the engine in the
+//! `spoolflow run [--workers N] [--slurm-jobs N] [--slurm-poll D] [--drain] [--grace D] [--kill-grace D]`: the engine in the
 //! foreground, logging to stderr and var/log/engine.log; SIGINT, SIGTERM,
 //! SIGHUP and SIGQUIT stop it gracefully. Colour on stderr only on a terminal and never with
 //! `NO_COLOR`; with `--drain` on a terminal, a progress line (see
@@ -33,6 +33,10 @@ pub struct Args {
     /// On SIGINT/SIGTERM, how long running taskers may finish (e.g. 10s).
     #[arg(long, default_value = "10s")]
     pub grace: Dur,
+    /// After SIGTERM to a tasker's process group (a timeout, a cancel, a
+    /// stop), how long before SIGKILL.
+    #[arg(long, default_value = "5s")]
+    pub kill_grace: Dur,
     /// The period of the safety-net rescan of in/ (a test seam: tests set
     /// it far longer than themselves).
     #[arg(long, default_value = "30s", hide = true)]
@@ -146,6 +150,7 @@ pub fn run(root: Option<PathBuf>, args: Args) -> Result<(), Failure> {
     options.slurm_poll = args.slurm_poll.0;
     options.drain = args.drain;
     options.grace = args.grace.0;
+    options.kill_grace = args.kill_grace.0;
     options.rescan = args.rescan.0;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -154,6 +154,31 @@ impl Engine {
         if exec.nids.is_empty() {
             self.executions.remove(&k.exid);
             self.points.close(&k.exid);
+            self.release_cancels(&k.exid);
+        }
+    }
+
+    /// An execution's record is durable: the cancel requests applied to it
+    /// have done their work and go. (A crash before leaves them in
+    /// `cancel/`: the next start applies them again, or rejects them as
+    /// too late once the record is there.)
+    fn release_cancels(&mut self, exid: &Exid) {
+        if self.held_cancels.is_empty() {
+            return;
+        }
+        let done: Vec<std::path::PathBuf> = self
+            .held_cancels
+            .iter()
+            .filter(|(_, e)| *e == exid)
+            .map(|(p, _)| p.clone())
+            .collect();
+        for path in done {
+            self.held_cancels.remove(&path);
+            if let Err(e) = std::fs::remove_file(&path) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    tracing::warn!("cannot remove the cancel request {}: {e}", path.display());
+                }
+            }
         }
     }
 
@@ -207,7 +232,9 @@ impl Engine {
         let Some(exec) = self.executions.get(exid) else {
             return;
         };
-        let _ = std::fs::remove_file(request);
+        // Kept until the record is durable (see release_cancels).
+        self.held_cancels
+            .insert(request.to_path_buf(), exid.clone());
         if exec.flow.is_some() {
             return self.cancel_flow(exid, reason);
         }

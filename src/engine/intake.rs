@@ -459,7 +459,10 @@ impl Engine {
     }
 
     pub(super) fn take_cancel(&mut self, path: &Path) {
-        if self.in_flight.contains(path) || self.is_stuck(path) {
+        if self.in_flight.contains(path)
+            || self.held_cancels.contains_key(path)
+            || self.is_stuck(path)
+        {
             return;
         }
         let name = match request_entry(path) {

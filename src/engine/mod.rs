@@ -231,6 +231,10 @@ pub(crate) struct Engine {
     /// Cancel requests for ids not seen yet: id → (request path, reason);
     /// settled once the scan they asked for is over.
     pending_cancels: HashMap<TaskId, (PathBuf, String)>,
+    /// Cancel requests applied to a live execution: request path → its
+    /// exid. Each is removed once that execution's record is durable, so
+    /// that a crash before re-applies it at the next start.
+    held_cancels: HashMap<PathBuf, Exid>,
     /// Priority requests for ids not seen yet: id → (request path,
     /// priority); settled with the cancel requests (see `requests`).
     pending_priorities: HashMap<TaskId, (PathBuf, i32)>,
@@ -338,6 +342,7 @@ pub async fn run(
         scan: VecDeque::new(),
         settling: intake::Settling::default(),
         pending_cancels: HashMap::new(),
+        held_cancels: HashMap::new(),
         pending_priorities: HashMap::new(),
         priority_saving: HashMap::new(),
         tsk_watch,

@@ -9,6 +9,7 @@ mod bodies;
 mod cli;
 mod core;
 mod crash;
+mod crash_cancel;
 // wt-disk (issue 10, item 2)
 mod disk_faults;
 mod docs;
