@@ -262,7 +262,15 @@ impl Taskmasters {
         let file = userfile::open(path).map_err(|e| read_err(&e))?;
         let stamp = Stamp::of(&file.metadata().map_err(|e| read_err(&e))?);
         let mut source = String::new();
-        if let Err(e) = file.take(CONFIG_LIMIT).read_to_string(&mut source) {
+        if let Err(e) = file.take(CONFIG_LIMIT + 1).read_to_string(&mut source) {
+            return Ok((stamp, Err(read_err(&e))));
+        }
+        // A longer script is refused whole: running the first 4 MiB of
+        // it would run another script.
+        if source.len() as u64 > CONFIG_LIMIT {
+            let e = userfile::UserFileError::TooLarge {
+                limit: CONFIG_LIMIT,
+            };
             return Ok((stamp, Err(read_err(&e))));
         }
         let compiled = engine

@@ -298,7 +298,9 @@ fn check_keys(obj: &Object) -> Result<(), InputError> {
     if let Some(k) = obj.keys().find(|k| !TASK_KEYS.contains(&k.as_str())) {
         return Err(InputError::UnknownKey(k.clone()));
     }
-    if obj.contains_key("flow") && obj.contains_key("tasker") {
+    // `null` counts as a missing key.
+    let set = |k: &str| obj.get(k).is_some_and(|v| !v.is_null());
+    if set("flow") && set("tasker") {
         return Err(InputError::TaskerAndFlow);
     }
     Ok(())

@@ -208,3 +208,15 @@ fn a_file_cut_short_is_told_from_a_malformed_one() {
     assert!(!eof(br#"{"domain":"org",}"#));
     assert!(!eof(br#"{"domain" 1}"#));
 }
+
+#[test]
+fn a_null_flow_or_tasker_counts_as_missing_beside_the_other() {
+    let f = TaskFile::parse(br#"{"domain":"d","tasker":"t","flow":null}"#).unwrap();
+    assert_eq!(f.tasker.as_ref().map(|t| t.as_str()), Some("t"));
+    assert!(f.flow.is_none());
+    let f = TaskFile::parse(br#"{"domain":"d","tasker":null,"flow":{"task":"t"}}"#).unwrap();
+    assert!(f.tasker.is_none() && f.flow.is_some());
+    assert!(TaskFile::parse(br#"{"domain":"d","tasker":null,"flow":null}"#).is_ok());
+    let both = reason(br#"{"domain":"d","tasker":"t","flow":{"task":"t"}}"#);
+    assert!(both.contains("not both"), "{both}");
+}

@@ -340,3 +340,26 @@ fn a_changed_script_is_recompiled_by_a_running_engine() {
     assert_eq!(t.must_record("b")["taskee"], "beta");
     engine.stop();
 }
+
+/// A script past the 4 MiB bound is refused whole (`config`), as `check`
+/// says: never its first 4 MiB run as if they were the script.
+#[test]
+fn a_taskmaster_over_four_mib_fails_its_tasks_rather_than_run_cut_short() {
+    let t = TestRoot::new();
+    let filler = format!("// {}\n", "c".repeat(97)).repeat(44_000);
+    t.taskmaster(
+        "org",
+        &format!("let r = 1;\n{filler}reject(\"the end says no\");\n\"stamp\""),
+    );
+    t.tasker("org", "stamp", &named("stamp"));
+    t.drop_task("big.json", r#"{"domain":"org"}"#);
+    t.run_drain(1);
+    let rec = t.must_record("big");
+    assert_eq!(rec["state"], "failed", "{rec:#}");
+    assert_eq!(rec["error"]["kind"], "config", "{rec:#}");
+    let message = rec["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("is larger than 4194304 bytes"),
+        "{message}"
+    );
+}
