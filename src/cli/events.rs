@@ -43,7 +43,7 @@ impl Offsets {
 }
 
 pub fn run(root: Option<PathBuf>, args: Args) -> Result<(), Failure> {
-    let root = super::find_root(root)?;
+    let root = super::existing_root(root)?;
     let since = match &args.since {
         Some(s) => Some(cutoff(parse_duration("--since", s)?, Utc::now())),
         None => None,

@@ -32,7 +32,7 @@ pub struct Args {
 }
 
 pub fn run(root: Option<PathBuf>, args: Args) -> Result<(), Failure> {
-    let root = super::find_root(root)?;
+    let root = super::existing_root(root)?;
     let now = Utc::now();
     let older = parse_duration("--older-than", &args.older_than)?;
     let before = cutoff(older, now);

@@ -57,7 +57,7 @@ pub struct Args {
 }
 
 pub fn run(root: Option<PathBuf>, args: Args) -> Result<(), Failure> {
-    let root = super::find_root(root)?;
+    let root = super::existing_root(root)?;
     let now = Utc::now();
     let query = query(&args, now)?;
     let engine = engine::engine(&root);

@@ -30,7 +30,7 @@ pub struct Args {
 }
 
 pub fn run(root: Option<PathBuf>, args: Args) -> Result<(), Failure> {
-    let root = super::find_root(root)?;
+    let root = super::existing_root(root)?;
     let exid: TaskId = args
         .exid
         .parse()

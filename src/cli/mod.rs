@@ -158,3 +158,12 @@ pub fn main() -> ExitCode {
 fn find_root(flag: Option<PathBuf>) -> Result<spoolflow::Root, Failure> {
     spoolflow::Root::find(flag.as_deref()).map_err(|e| Failure::new(exit::USAGE, e))
 }
+
+/// [`find_root`], for a command that only reads: a root that does not
+/// exist is bad usage (exit 2), not an empty one.
+fn existing_root(flag: Option<PathBuf>) -> Result<spoolflow::Root, Failure> {
+    let root = find_root(flag)?;
+    root.ensure_exists()
+        .map_err(|e| Failure::new(exit::USAGE, e))?;
+    Ok(root)
+}

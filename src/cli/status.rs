@@ -23,7 +23,7 @@ pub struct Args {
 }
 
 pub fn run(root: Option<PathBuf>, args: Args) -> Result<(), Failure> {
-    let root = super::find_root(root)?;
+    let root = super::existing_root(root)?;
     let read = || {
         let engine = engine::engine(&root);
         let listing = tasks::listing(&root, engine.as_ref());

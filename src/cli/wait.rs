@@ -41,7 +41,7 @@ enum End {
 }
 
 pub fn run(root: Option<PathBuf>, args: Args) -> Result<(), Failure> {
-    let root = super::find_root(root)?;
+    let root = super::existing_root(root)?;
     let deadline = match &args.timeout {
         Some(t) => Some(Instant::now() + parse_duration("--timeout", t)?),
         None => None,

@@ -596,3 +596,29 @@ fn an_unknown_command_or_flag_exits_2() {
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("--wrokers"), "{}", stderr(&o));
 }
+
+/// SPEC 11: a root that does not exist is bad usage (exit 2) for the
+/// commands that only read, as for those that write, never an empty
+/// answer that looks like an idle root.
+#[test]
+fn reading_commands_refuse_a_root_that_does_not_exist() {
+    let tmp = tempfile::tempdir().unwrap();
+    let missing = tmp.path().join("nowhere");
+    for args in [
+        &["status"][..],
+        &["list"],
+        &["events"],
+        &["gc", "--older-than", "1d"],
+        &["show", "x"],
+        &["logs", "x"],
+        &["wait", "x"],
+    ] {
+        let o = run(bare().arg("--root").arg(&missing).args(args));
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {o:?}");
+        assert!(
+            stderr(&o).contains("is not a spoolflow root"),
+            "{args:?}: {}",
+            stderr(&o)
+        );
+    }
+}
