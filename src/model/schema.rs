@@ -77,7 +77,10 @@ impl Format {
 // with `TaskFile::parse`, key by key, for precise reasons.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-#[schemars(extend("not" = { "required": ["tasker", "flow"] }))]
+#[schemars(extend("not" = {
+    "required": ["tasker", "flow"],
+    "properties": { "tasker": { "type": "string" }, "flow": { "not": { "type": "null" } } }
+}))]
 pub struct TaskFileSchema {
     /// The task's domain, e.g. `org.example.sales`.
     pub domain: Option<Domain>,
@@ -132,7 +135,8 @@ mod tests {
         let Ok(Value::Object(obj)) = serde_json::from_slice::<Value>(bytes) else {
             return false;
         };
-        !(obj.contains_key("tasker") && obj.contains_key("flow"))
+        let set = |k: &str| obj.get(k).is_some_and(|v| !v.is_null());
+        !(set("tasker") && set("flow"))
             && serde_json::from_value::<TaskFileSchema>(Value::Object(obj)).is_ok()
     }
 
