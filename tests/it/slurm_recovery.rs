@@ -236,7 +236,7 @@ fn a_job_lost_with_its_node_is_a_work_error_and_retried() {
         "fragile",
         r#""retries":1"#,
         &format!(
-            "#!/bin/sh\ncat >/dev/null\nif [ \"$SPOOLFLOW_ATTEMPT\" = 1 ]; then sh -c 'sleep 300' {marker}; fi\n\
+            "#!/bin/sh\ncat >/dev/null\nif [ \"$SPOOLFLOW_ATTEMPT\" = 1 ]; then sh -c 'sleep 300' {marker}; exit 1; fi\n\
              echo \"$SPOOLFLOW_ATTEMPT\" >> \"$SPOOLFLOW_ROOT/ledger\"\necho '{{\"survived\":true}}'\n"
         ),
     );
