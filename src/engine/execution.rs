@@ -260,9 +260,7 @@ impl Engine {
             self.finish(&k, State::Aborted, Some(err));
         }
     }
-}
 
-impl Engine {
     /// Whether an execution's end is decided (SPEC 8: too late to cancel):
     /// a flow that completed, failed or is being recorded; a standalone
     /// task whose record is being committed.
