@@ -9,7 +9,7 @@
 //! O(log n) in the number of queued entries.
 
 use std::cmp::Ordering;
-use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::hash::Hash;
 use std::time::Instant;
 
@@ -106,10 +106,11 @@ impl<K, L> Ord for Ready<K, L> {
     }
 }
 
-/// The items waiting for a unit of one limit.
+/// The items waiting for a unit of one limit, in the ready queue's order:
+/// a freed unit goes to the highest priority, then the earliest arrival.
 struct Parked<K, L> {
     limit: u32,
-    queue: VecDeque<Entry<K, L>>,
+    queue: BinaryHeap<Ready<K, L>>,
 }
 
 /// A timer set with [`Scheduler::at`], to [`cancel`](Scheduler::cancel) it.
@@ -270,15 +271,16 @@ impl<K: Clone, E, L: Clone + Eq + Hash> Scheduler<K, E, L> {
         self.wake_if_free(key, &mut is_live);
     }
 
-    /// If `key` has a free unit, sends its first live waiter back to the
-    /// ready queue, in its original place.
+    /// If `key` has a free unit, sends its first live waiter (highest
+    /// priority, then earliest arrival) back to the ready queue, in its
+    /// original place.
     pub fn wake_if_free(&mut self, key: &L, mut is_live: impl FnMut(&K) -> bool) {
         let in_use = self.in_use(key);
         let Some(parked) = self.parked.get_mut(key) else {
             return;
         };
         if in_use < parked.limit {
-            while let Some(mut entry) = parked.queue.pop_front() {
+            while let Some(Ready(mut entry)) = parked.queue.pop() {
                 if is_live(&entry.item) {
                     entry.woken_by = Some(Box::new(key.clone()));
                     self.ready.push(Ready(entry));
@@ -291,15 +293,16 @@ impl<K: Clone, E, L: Clone + Eq + Hash> Scheduler<K, E, L> {
         }
     }
 
-    /// Holds an item back until `key` (of size `limit`) frees a unit.
+    /// Holds an item back until `key` (of size `limit`) frees a unit and it
+    /// is the first waiter by priority, then arrival.
     pub fn park(&mut self, mut entry: Entry<K, L>, key: L, limit: u32) {
         entry.woken_by = None;
         let parked = self.parked.entry(key).or_insert_with(|| Parked {
             limit,
-            queue: VecDeque::new(),
+            queue: BinaryHeap::new(),
         });
         parked.limit = limit;
-        parked.queue.push_back(entry);
+        parked.queue.push(Ready(entry));
     }
 
     /// How many units of a limit are in use.
@@ -483,6 +486,34 @@ mod tests {
         s.park(e, key, limit);
         s.finish(&lim(&["k"]), true, |_| true);
         assert_eq!(drain(&mut s), ["first", "second"]);
+    }
+
+    #[test]
+    fn parked_items_wake_by_priority_then_arrival() {
+        let mut s: S = Scheduler::new(10);
+        s.try_start(&lim(&["k"]), true).unwrap();
+        // They park in this order, the urgent ones last.
+        for (item, priority) in [
+            ("low1", 0),
+            ("low2", 0),
+            ("high", 5),
+            ("mid", 3),
+            ("high2", 5),
+        ] {
+            s.push(priority, item);
+            let e = s.pop().unwrap();
+            let (key, limit) = s.try_start(&lim(&["k"]), true).unwrap_err();
+            s.park(e, key, limit);
+        }
+        let mut order = Vec::new();
+        for _ in 0..5 {
+            s.finish(&lim(&["k"]), true, |_| true);
+            let (item, started) = step(&mut s, |_| lim(&["k"])).expect("a waiter wakes");
+            assert!(started, "{item}");
+            order.push(item);
+        }
+        assert_eq!(order, ["high", "high2", "mid", "low1", "low2"]);
+        assert_eq!(s.parked_len(), 0);
     }
 
     #[test]

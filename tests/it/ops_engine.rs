@@ -323,6 +323,58 @@ fn priority_reorders_queued_tasks_and_is_kept_in_run() {
     assert_eq!(t.must_record("a")["priority"], 0);
 }
 
+/// Tasks held back by `max_concurrent` start by priority, then arrival,
+/// when a unit frees; a priority request moves a held-back task too.
+#[test]
+fn tasks_waiting_on_a_limit_start_by_priority() {
+    let t = TestRoot::new();
+    t.tasker_dir(
+        "org",
+        "one",
+        r#"{"cmd":["./run.sh"],"max_concurrent":1}"#,
+        &[(
+            "run.sh",
+            &format!(
+                "#!/bin/sh\necho \"$SPOOLFLOW_ID\" >> \"$SPOOLFLOW_ROOT/order\"\n\
+                 if [ \"$SPOOLFLOW_ID\" = g ]; then {}; fi\necho '{{}}'\n",
+                wait_file("open")
+            ),
+        )],
+    );
+    let submit = |id: &str, priority: i32| {
+        t.drop_task(
+            &format!("{id}.json"),
+            &format!(r#"{{"domain":"org","tasker":"one","priority":{priority}}}"#),
+        );
+    };
+    let engine = t.spawn_engine(&["--workers", "4"]);
+    submit("g", 0);
+    wait_point(&t, "g", "started");
+    // They wait on max_concurrent in this order, the urgent one last.
+    for (id, priority) in [("a", 0), ("b", 0), ("c", 5)] {
+        submit(id, priority);
+        wait_point(&t, id, "suspended");
+    }
+    let (code, _, err) = cli(&t, &["priority", "b", "3"]);
+    assert_eq!(code, 0, "{err}");
+    wait_for("the request applied", DEADLINE, || {
+        t.list("var/spool/priority").is_empty()
+    });
+    // d comes after b's request, and offers of a domain take turns: once
+    // d waits on the limit, b waits there again under its new priority.
+    submit("d", 0);
+    wait_point(&t, "d", "suspended");
+    fs::write(t.join("open"), "").unwrap();
+    wait_for("all done", DEADLINE, || {
+        ["g", "a", "b", "c", "d"]
+            .iter()
+            .all(|id| t.record(id).is_some())
+    });
+    drop(engine);
+    assert_eq!(order(&t), ["g", "c", "b", "a", "d"]);
+    assert_eq!(t.points_named("b", "suspended").len(), 1, "said once");
+}
+
 #[test]
 fn priority_of_a_running_ended_or_unknown_task_is_refused() {
     let t = TestRoot::new();
