@@ -53,8 +53,13 @@ pub fn run(root: Option<PathBuf>, args: Args) -> Result<(), Failure> {
         }
     }
     if path.exists() {
+        let when = if engine_runs(&root) {
+            "the engine applies it when it takes the task (its file may still be being written)"
+        } else {
+            "no engine runs: it applies when one starts"
+        };
         println!(
-            "priority {} requested for {id}; no engine took the request yet: it applies when one starts",
+            "priority {} requested for {id}; not applied yet: {when}",
             args.priority
         );
         return Ok(());

@@ -499,11 +499,20 @@ impl Engine {
         }
     }
 
+    /// Whether requests naming no known task may be rejected now: not
+    /// while the engine stops (they apply at the next start), nor while a
+    /// file of `in/` is put off (still being written, its id unknown until
+    /// it is read). Each put-off file comes back at its deadline, and the
+    /// scan that takes it settles the requests again.
+    pub(super) fn may_settle_requests(&self) -> bool {
+        !self.mode.is_stopping() && !self.settling.has_pending()
+    }
+
     /// Rejects the cancel requests whose task a complete scan of `in/` did
     /// not find (a claim still being made durable keeps its request).
     fn settle_cancels(&mut self) {
         self.settle_priorities();
-        if self.pending_cancels.is_empty() || self.mode.is_stopping() {
+        if self.pending_cancels.is_empty() || !self.may_settle_requests() {
             return;
         }
         let unknown: Vec<TaskId> = self

@@ -123,6 +123,12 @@ impl Settling {
         self.pending.remove(path);
     }
 
+    /// Whether an entry of `in/` is put off: one whose task id is not
+    /// known yet (a request naming an unknown id waits for it).
+    pub(in crate::engine) fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
     /// The earliest deadline armed.
     pub(in crate::engine) fn next_due(&self) -> Option<tokio::time::Instant> {
         self.order.peek().map(|r| r.0 .0)

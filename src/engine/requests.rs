@@ -95,7 +95,7 @@ impl Engine {
     /// Rejects the priority requests whose task a complete scan of `in/`
     /// did not find (a claim being made durable keeps its request).
     pub(super) fn settle_priorities(&mut self) {
-        if self.pending_priorities.is_empty() || self.mode.is_stopping() {
+        if self.pending_priorities.is_empty() || !self.may_settle_requests() {
             return;
         }
         let unknown: Vec<TaskId> = self

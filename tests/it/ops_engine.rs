@@ -375,6 +375,50 @@ fn tasks_waiting_on_a_limit_start_by_priority() {
     assert_eq!(t.points_named("b", "suspended").len(), 1, "said once");
 }
 
+/// A cancel or priority request for a task whose file is still being
+/// written in `in/` waits for it (its id is not known until it is read),
+/// rather than being rejected as unknown while the task then runs.
+#[test]
+fn requests_for_a_task_still_being_written_wait_for_it() {
+    use std::io::Write;
+    let t = TestRoot::new();
+    gate_tasker(&t);
+    let engine = t.spawn_engine(&["--workers", "2"]);
+    let open = |id: &str| {
+        let mut f = fs::File::create(t.join(&format!("var/spool/in/{id}.json"))).unwrap();
+        f.write_all(br#"{"domain":"org","#).unwrap();
+        f
+    };
+    let (mut w1, mut w2) = (open("w1"), open("w2"));
+    let (code, _, err) = cli(&t, &["cancel", "w1", "--reason", "not wanted"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = cli(&t, &["priority", "w2", "7"]);
+    assert_eq!(code, 0, "{err}");
+    // A task dropped after the requests: once it is done, the engine has
+    // looked at them (events come in order).
+    task(&t, "m");
+    wait_for("m done", DEADLINE, || t.record("m").is_some());
+    assert!(t.join("var/spool/cancel/w1").exists(), "the cancel waits");
+    assert!(
+        t.join("var/spool/priority/w2").exists(),
+        "the priority waits"
+    );
+    assert!(t.list("var/spool/rejected").is_empty());
+    for f in [&mut w1, &mut w2] {
+        f.write_all(br#""tasker":"t"}"#).unwrap();
+    }
+    drop((w1, w2));
+    wait_for("w1 and w2 ended", DEADLINE, || {
+        t.record("w1").is_some() && t.record("w2").is_some()
+    });
+    drop(engine);
+    let w1 = t.must_record("w1");
+    assert_eq!(w1["state"], "aborted", "{w1:#}");
+    assert!(!order(&t).contains(&"w1".to_string()), "w1 never ran");
+    assert_eq!(t.must_record("w2")["priority"], 7);
+    assert!(t.list("var/spool/rejected").is_empty());
+}
+
 #[test]
 fn priority_of_a_running_ended_or_unknown_task_is_refused() {
     let t = TestRoot::new();
