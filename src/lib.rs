@@ -12,6 +12,7 @@
 pub mod check;
 pub mod engine;
 pub mod flow;
+pub mod heap;
 pub mod layout;
 pub mod lookup;
 pub mod model;

@@ -1,9 +1,10 @@
-//! The Rhai sandbox shared by taskmasters and (next) flow `if`
-//! expressions: one engine with every bound set, no `eval`, no modules, and
-//! a per-thread wall-clock deadline ([`with_deadline`]), so that a script
-//! that loops or allocates without end fails its own task and nothing else.
+//! The Rhai sandbox shared by taskmasters and flow `if` expressions: one
+//! engine with every bound set, no `eval`, no modules, and per run a
+//! wall-clock deadline and a memory budget ([`with_deadline`]), so that a
+//! script that loops or allocates without end fails its own task and
+//! nothing else.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::time::{Duration, Instant};
 
 use rhai::{Dynamic, Engine, EvalAltResult, Position};
@@ -20,6 +21,11 @@ pub const MAX_STRING_SIZE: usize = 1 << 20;
 pub const MAX_ARRAY_SIZE: usize = 10_000;
 /// Entries in one object map.
 pub const MAX_MAP_SIZE: usize = 10_000;
+/// Heap one script run may hold at once (what its thread allocated less
+/// what it freed since the run began; see [`crate::heap`]). Rhai's own
+/// bounds are per string, array and map; this one bounds how many a
+/// script keeps (a map grown one key at a time, many large strings).
+pub const MAX_RUN_MEMORY: i64 = 256 << 20;
 /// Wall-clock time one script run may take.
 pub const RUN_DEADLINE: Duration = Duration::from_secs(1);
 /// Lines of `print`/`debug` output logged per run; the rest are dropped.
@@ -41,26 +47,37 @@ thread_local! {
     static RUN: RefCell<RunState> = const {
         RefCell::new(RunState { deadline: None, label: String::new(), log_lines: 0 })
     };
+    /// The thread's heap count above which the run in progress has gone
+    /// over [`MAX_RUN_MEMORY`] (`i64::MAX`: no run in progress). Apart
+    /// from [`RUN`]: it is looked at on every operation.
+    static HEAP_CEILING: Cell<i64> = const { Cell::new(i64::MAX) };
 }
 
 /// The token a script is terminated with when its deadline passes.
 #[derive(Debug, Clone, Copy)]
 struct DeadlinePassed(Duration);
 
-/// Restores the previous [`RunState`] when a run ends (even by a panic).
-struct RunGuard(Option<RunState>);
+/// The token a script is terminated with when it holds too much memory.
+#[derive(Debug, Clone, Copy)]
+struct MemoryExceeded;
+
+/// Restores the previous [`RunState`] and heap ceiling when a run ends
+/// (even by a panic).
+struct RunGuard(Option<RunState>, i64);
 
 impl Drop for RunGuard {
     fn drop(&mut self) {
         if let Some(prev) = self.0.take() {
             RUN.with(|r| *r.borrow_mut() = prev);
         }
+        HEAP_CEILING.with(|c| c.set(self.1));
     }
 }
 
 /// Runs `f`, which runs scripts on a [`sandbox_engine`] on this thread, with
-/// a wall-clock deadline of `limit`: a script still running then is
-/// terminated (an `ErrorTerminated`). `label` (the script's path) prefixes
+/// a wall-clock deadline of `limit` and a budget of [`MAX_RUN_MEMORY`]: a
+/// script still running then, or holding more, is terminated (an
+/// `ErrorTerminated`). `label` (the script's path) prefixes
 /// the script's `print` and `debug` output in the log, of which only the
 /// first lines of each run are kept.
 pub fn with_deadline<R>(label: &str, limit: Duration, f: impl FnOnce() -> R) -> R {
@@ -69,7 +86,11 @@ pub fn with_deadline<R>(label: &str, limit: Duration, f: impl FnOnce() -> R) -> 
         label: label.to_string(),
         log_lines: 0,
     };
-    let _guard = RunGuard(Some(RUN.with(|r| r.replace(state))));
+    let ceiling = crate::heap::thread_net_bytes().saturating_add(MAX_RUN_MEMORY);
+    let _guard = RunGuard(
+        Some(RUN.with(|r| r.replace(state))),
+        HEAP_CEILING.with(|c| c.replace(ceiling)),
+    );
     f()
 }
 
@@ -125,6 +146,10 @@ pub fn sandbox_engine() -> Engine {
     // a syntax error.
     engine.disable_symbol("eval");
     engine.on_progress(|ops| {
+        // Every operation: one may allocate up to a whole string's bound.
+        if crate::heap::thread_net_bytes() > HEAP_CEILING.with(Cell::get) {
+            return Some(Dynamic::from(MemoryExceeded));
+        }
         if ops % DEADLINE_CHECK_EVERY != 0 {
             return None;
         }
@@ -161,6 +186,9 @@ pub fn lowercase_first(s: &str) -> String {
 /// to recognise first.
 pub fn limit_exceeded(err: &EvalAltResult) -> Option<String> {
     Some(match err.unwrap_inner() {
+        EvalAltResult::ErrorTerminated(token, _) if token.is::<MemoryExceeded>() => {
+            format!("memory limit ({} MiB held by one run)", MAX_RUN_MEMORY >> 20)
+        }
         EvalAltResult::ErrorTerminated(token, _) => match token.clone().try_cast::<DeadlinePassed>() {
             Some(DeadlinePassed(d)) => format!("time limit ({} ms)", d.as_millis()),
             None => "time limit".to_string(),

@@ -344,6 +344,13 @@ fn hostile_taskmasters_fail_their_own_task_only() {
             "let m = #{}; let i = 0; loop { m[`k${i}`] = i; i += 1; }",
             &["size limit", "time limit", "operation limit"],
         ),
+        (
+            // Each string and the map stay within their own bounds; what
+            // they hold together does not.
+            "hog-memory",
+            r#"let m = #{}; let s = ""; s.pad(1000000, "y"); let i = 0; loop { m[`k${i}`] = s + i; i += 1; }"#,
+            &["memory limit"],
+        ),
         ("deep", "fn f(n) { f(n + 1) } f(0)", &["call depth limit"]),
         ("importer", "import \"x\" as y;\n\"echo\"", &["import"]),
         ("evaluator", "eval(\"1\")", &["eval"]),
