@@ -422,6 +422,30 @@ fn read_to_len(mut file: impl Read, len: u64) -> io::Result<Vec<u8>> {
     Ok(buf)
 }
 
+/// The longest file name, in bytes, of the filesystems spoolflow runs on.
+const NAME_MAX: usize = 255;
+const REASON_SUFFIX: &str = ".reason";
+
+/// The name an input named `name` takes in `rejected/` at its `n`th try
+/// (`name`, then `name.1`, …), cut short (and marked with a `~`) where
+/// needed so that its `.reason` beside it is a valid name too.
+fn rejected_name(name: &str, n: u32) -> String {
+    let tail = if n == 0 {
+        String::new()
+    } else {
+        format!(".{n}")
+    };
+    let room = NAME_MAX - REASON_SUFFIX.len() - tail.len();
+    if name.len() <= room {
+        return format!("{name}{tail}");
+    }
+    let mut cut = room - 1;
+    while !name.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}~{tail}", &name[..cut])
+}
+
 /// Moves `path` (a file, a directory, or a symlink — moved as the link,
 /// never followed) into `rejected_dir` under its own name, or `name.N` when
 /// that is taken, beside `<that name>.reason` holding `reason` on one line.
@@ -444,24 +468,25 @@ pub fn reject(
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "unnamed".to_string());
-    let line: String = reason
+    let mut line: String = reason
         .chars()
         .map(|c| if c == '\n' || c == '\r' { ' ' } else { c })
         .collect();
+    if rejected_name(&name, 0) != name {
+        line.push_str(&format!(
+            " (its name was too long to keep beside its .reason: {name})"
+        ));
+    }
     let line = format!("{line}\n");
     let mut n = 0u32;
     let target = loop {
-        let candidate = if n == 0 {
-            name.clone()
-        } else {
-            format!("{name}.{n}")
-        };
+        let candidate = rejected_name(&name, n);
         n += 1;
         let target = rejected_dir.join(&candidate);
         if fs::symlink_metadata(&target).is_ok() {
             continue;
         }
-        let reason_name = format!("{candidate}.reason");
+        let reason_name = format!("{candidate}{REASON_SUFFIX}");
         match write_atomic(rejected_dir, &reason_name, line.as_bytes(), true, false) {
             Ok(_) => {}
             Err(SpoolError::Exists(_)) => continue,
@@ -487,6 +512,48 @@ pub fn reject(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rejected_names_leave_room_for_their_reason() {
+        assert_eq!(rejected_name("a.json", 0), "a.json");
+        assert_eq!(rejected_name("a.json", 2), "a.json.2");
+        let long = "x".repeat(255);
+        for n in [0, 1, 12] {
+            let r = rejected_name(&long, n);
+            assert!(
+                r.len() + REASON_SUFFIX.len() <= NAME_MAX,
+                "{n}: {}",
+                r.len()
+            );
+            assert!(r.starts_with("xxx") && r.contains('~'), "{r}");
+        }
+        assert_ne!(rejected_name(&long, 1), rejected_name(&long, 2));
+        // Cut on a character, never inside one.
+        let wide = "é".repeat(200);
+        let r = rejected_name(&wide, 0);
+        assert!(r.len() + REASON_SUFFIX.len() <= NAME_MAX);
+        assert!(r.ends_with("é~"), "{r}");
+    }
+
+    #[test]
+    fn an_input_with_a_name_too_long_for_its_reason_is_rejected() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (spool_in, rejected) = (tmp.path().join("in"), tmp.path().join("rejected"));
+        fs::create_dir_all(&spool_in).unwrap();
+        fs::create_dir_all(&rejected).unwrap();
+        let name = format!("{}.json", "n".repeat(250));
+        let input = spool_in.join(&name);
+        fs::write(&input, "{").unwrap();
+        let moved = reject(&input, &rejected, "not JSON", true).unwrap();
+        assert!(!input.exists());
+        assert_eq!(fs::read(&moved).unwrap(), b"{");
+        let reason = fs::read_to_string(format!("{}{REASON_SUFFIX}", moved.display())).unwrap();
+        assert!(
+            reason.starts_with("not JSON (its name was too long"),
+            "{reason}"
+        );
+        assert!(reason.trim_end().ends_with(&format!("{name})")), "{reason}");
+    }
 
     /// A reader over bytes that gives at most `chunk` per read and counts
     /// its reads.

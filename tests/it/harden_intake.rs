@@ -152,6 +152,47 @@ fn a_name_that_is_not_utf8_in_in_is_rejected_and_drain_ends() {
     assert!(t.list("var/spool/done") == ["zz-good.json"]);
 }
 
+/// A bad file whose name leaves no room for `.reason` beside it (249
+/// bytes or more; a name that is not UTF-8 grows when shown) is rejected
+/// under a shortened name, its whole name in the reason, and the run
+/// drains; it used to stay in `in/`.
+#[test]
+fn a_bad_file_with_a_very_long_name_is_rejected_under_a_shorter_one() {
+    let t = TestRoot::new();
+    cat_tasker(&t);
+    let inn = t.root.spool_in();
+    let long = format!("{}.json", "n".repeat(250));
+    drop_named(&inn, long.as_bytes(), b"{ not json");
+    let wide: Vec<u8> = [b"w".repeat(100), vec![0xff; 150]].concat();
+    drop_named(&inn, &wide, GOOD.as_bytes());
+    t.drop_task("zz-good.json", GOOD);
+    let (code, err) = t
+        .spawn_engine(&["--drain", "--workers", "1"])
+        .wait(DEADLINE);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(t.list("var/spool/in").is_empty());
+    assert_eq!(t.must_record("zz-good")["state"], "completed");
+    let rejected = t.list("var/spool/rejected");
+    assert_eq!(rejected.len(), 4, "{rejected:?}");
+    let short = rejected
+        .iter()
+        .find(|n| n.starts_with("nnn") && !n.ends_with(".reason"))
+        .expect("the long name's input");
+    assert!(short.ends_with('~') && short.len() <= 248, "{short}");
+    assert_eq!(
+        fs::read(t.join(&format!("var/spool/rejected/{short}"))).unwrap(),
+        b"{ not json"
+    );
+    let r = t.reason(short);
+    assert!(r.contains("too long") && r.contains(&long), "{r}");
+    let w = rejected
+        .iter()
+        .find(|n| n.starts_with("www") && n.ends_with(".reason"))
+        .expect("the reason of the name that is not UTF-8");
+    let r = fs::read_to_string(t.join(&format!("var/spool/rejected/{w}"))).unwrap();
+    assert!(r.starts_with("name is not valid UTF-8"), "{r}");
+}
+
 /// Entries of `cancel/` and `priority/` that are no request (a name that
 /// is not UTF-8, a directory, a FIFO, a socket, a symlink) are rejected
 /// with a reason on their event, never left for ever nor opened.
