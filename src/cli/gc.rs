@@ -1,7 +1,8 @@
 //! `spoolflow gc --older-than D [--dry-run] [--json]`: removes what has
 //! ended longer ago than D — records (by `ended_at`), earlier attempts in
 //! `history/`, rejected files with their reasons, and points and stderr
-//! logs (by modification time) of executions no longer queued or running,
+//! logs (by modification time) of executions no longer queued, running or
+//! waiting in `in/` to run again,
 //! the job directories of their Slurm runs (`var/slurm/`, SPEC 14),
 //! and what an interrupted `submit --batch` left in `in/` (files never
 //! submitted, staged in a `.spoolflow-batch-*` directory) — and prints what
@@ -36,18 +37,23 @@ pub fn run(root: Option<PathBuf>, args: Args) -> Result<(), Failure> {
     let now = Utc::now();
     let older = parse_duration("--older-than", &args.older_than)?;
     let before = cutoff(older, now);
+    let waiting = waiting_in(&root);
+    // An execution still in `run/`, or waiting in `in/` (run again by
+    // `retry`), keeps its history and logs, however old: the engine counts
+    // its attempts from the one and appends to the other.
+    let live = |stem: &str| {
+        stem.parse::<TaskId>()
+            .is_ok_and(|id| waiting.contains(stem) || root.run_file(&id).exists())
+    };
     let mut doomed = old_records(&root, &before);
     doomed.extend(old_files(&root, &root.rejected(), &before, |_| true));
-    doomed.extend(old_history(&root, &before));
+    doomed.extend(old_history(&root, &before, &live));
     let batches = old_batch_dirs(&root, &before);
     doomed.extend(batch_files(&batches));
-    let live = |p: &Path| {
-        // A log of an execution still in `run/` stays, however old.
-        let stem = p.file_stem().and_then(|s| s.to_str()).unwrap_or("");
-        stem.parse::<TaskId>()
-            .is_ok_and(|id| root.run_file(&id).exists())
-    };
-    doomed.extend(old_files(&root, &root.log_tsk(), &before, |p| !live(p)));
+    let log_of_live = |p: &Path| live(p.file_stem().and_then(|s| s.to_str()).unwrap_or(""));
+    doomed.extend(old_files(&root, &root.log_tsk(), &before, |p| {
+        !log_of_live(p)
+    }));
     let job_dirs = old_job_dirs(&root, &before);
     let mut removed = Vec::new();
     for dir in &job_dirs {
@@ -153,13 +159,26 @@ fn old_job_dirs(root: &Root, before: &str) -> Vec<PathBuf> {
         .collect()
 }
 
-/// Earlier attempts in `history/<id>/` older than `before`.
-fn old_history(root: &Root, before: &str) -> Vec<PathBuf> {
+/// Earlier attempts in `history/<id>/` older than `before`, of tasks
+/// that are not `live`.
+fn old_history(root: &Root, before: &str, live: &dyn Fn(&str) -> bool) -> Vec<PathBuf> {
     std::fs::read_dir(root.history())
         .into_iter()
         .flatten()
         .flatten()
+        .filter(|e| !live(&e.file_name().to_string_lossy()))
         .flat_map(|e| old_files(root, &e.path(), before, |_| true))
+        .collect()
+}
+
+/// The ids of the task files waiting in `in/` and its domains'
+/// directories, by their names (`<id>.json`, as `retry` writes them).
+fn waiting_in(root: &Root) -> std::collections::HashSet<String> {
+    spoolflow::store::intake::counted_entries(root)
+        .filter_map(|p| {
+            let name = p.file_name()?.to_str()?;
+            Some(name.strip_suffix(".json")?.to_string())
+        })
         .collect()
 }
 

@@ -487,6 +487,49 @@ fn gc_removes_only_what_is_old_enough_and_dry_run_nothing() {
     assert!(err.contains("--older-than"), "{err}");
 }
 
+/// A task run again by `retry` and waiting in `in/` (no engine running)
+/// keeps its history and points log through a `gc`, however old: its
+/// next run counts its attempts on and appends to that log.
+#[test]
+fn gc_keeps_the_history_and_log_of_a_retried_task_waiting_in_in() {
+    let t = TestRoot::new();
+    t.tasker(
+        "org",
+        "fixable",
+        "#!/bin/sh
+[ -e \"$SPOOLFLOW_ROOT/fixed\" ] || exit 1
+cat
+",
+    );
+    t.drop_task("r.json", r#"{"domain":"org","tasker":"fixable"}"#);
+    t.run_drain(1);
+    assert_eq!(t.must_record("r")["state"], "failed");
+    let (code, _, err) = sf(&t, &["retry", "r"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(t.list("var/spool/in"), ["r.json"]);
+    let old = ["var/spool/history/r/0.json", "var/log/tsk/r.log"];
+    for f in old {
+        let ok = std::process::Command::new("touch")
+            .args(["-d", "2020-01-01"])
+            .arg(t.join(f))
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+    let g = json_of(&t, &["gc", "--older-than", "1d", "--json"]);
+    assert_eq!(g["removed"], serde_json::json!([]), "{g}");
+    for f in old {
+        assert!(t.join(f).exists(), "{f}");
+    }
+    fs::write(t.join("fixed"), "").unwrap();
+    t.run_drain(1);
+    let rec = t.must_record("r");
+    assert_eq!(rec["state"], "completed", "{rec:#}");
+    assert_eq!(rec["attempts"], 2, "{rec:#}");
+    let created = t.points_named("r", "created");
+    assert_eq!(created.len(), 2, "both lives in one log");
+}
+
 #[test]
 fn status_watch_redraws_on_a_terminal_and_refuses_a_pipe() {
     let t = fixture();
