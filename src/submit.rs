@@ -158,13 +158,43 @@ pub fn parse_payload(text: &str) -> Result<Object, SubmitError> {
     }
 }
 
-/// Whether a task with this id is already in `in/` (by file name),
-/// `run/`, `done/` or `failed/`.
-fn in_spool(root: &Root, id: &TaskId) -> bool {
-    root.spool_in().join(format!("{id}.json")).exists()
-        || root.run_file(id).exists()
-        || root.done_file(id).exists()
-        || root.failed_file(id).exists()
+/// Where a task id may be taken already: `in/` and its domains'
+/// directories (listed once, for a whole batch), `run/`, `done/` and
+/// `failed/`.
+pub(crate) struct TakenIds {
+    in_dirs: Vec<std::path::PathBuf>,
+}
+
+impl TakenIds {
+    pub(crate) fn new(root: &Root) -> TakenIds {
+        let mut in_dirs = vec![root.spool_in()];
+        in_dirs.extend(
+            std::fs::read_dir(root.spool_in())
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                .filter(|e| {
+                    e.file_name()
+                        .to_str()
+                        .is_some_and(|n| n.parse::<Domain>().is_ok())
+                })
+                .map(|e| e.path()),
+        );
+        TakenIds { in_dirs }
+    }
+
+    /// Whether a task with this id is waiting in `in/` or a domain's
+    /// directory there (by file name: one naming it only inside is
+    /// rejected as a duplicate by the engine), or is in `run/`, `done/` or
+    /// `failed/`.
+    pub(crate) fn contains(&self, root: &Root, id: &TaskId) -> bool {
+        let name = format!("{id}.json");
+        self.in_dirs.iter().any(|d| d.join(&name).exists())
+            || root.run_file(id).exists()
+            || root.done_file(id).exists()
+            || root.failed_file(id).exists()
+    }
 }
 
 /// Writes the task file and returns its id.
@@ -172,7 +202,7 @@ pub fn submit(root: &Root, s: Submission) -> Result<TaskId, SubmitError> {
     root.ensure_exists()?;
     let id = s.id.unwrap_or_else(TaskId::generate);
     let name = format!("{id}.json");
-    if in_spool(root, &id) {
+    if TakenIds::new(root).contains(root, &id) {
         return Err(SubmitError::Duplicate(id));
     }
     let mut obj = Object::new();

@@ -181,13 +181,14 @@ pub fn check_batch(
     let mut faults = Vec::new();
     let mut prepared = Vec::with_capacity(files.len());
     let mut given: HashMap<TaskId, usize> = HashMap::new();
+    let taken = super::TakenIds::new(root);
     // Domain -> (first line, later lines).
     let mut domains: BTreeMap<Domain, (usize, usize)> = BTreeMap::new();
     for (line, file) in files {
         let named = file.id.is_some();
         let checked = check_task(root, file).and_then(|task| {
             if named {
-                check_id(root, &task.id, line, &mut given)?;
+                check_id(root, &taken, &task.id, line, &mut given)?;
             }
             Ok(task)
         });
@@ -235,6 +236,7 @@ fn check_task(root: &Root, file: TaskFile) -> Result<Task, LineError> {
 /// A given id must be new to the batch and to the spool.
 fn check_id(
     root: &Root,
+    taken: &super::TakenIds,
     id: &TaskId,
     line: usize,
     given: &mut HashMap<TaskId, usize>,
@@ -246,7 +248,7 @@ fn check_id(
         });
     }
     given.insert(id.clone(), line);
-    if super::in_spool(root, id) {
+    if taken.contains(root, id) {
         return Err(LineError::Duplicate(id.clone()));
     }
     Ok(())

@@ -313,6 +313,20 @@ fn submit_refuses_a_duplicate_id() {
     assert_eq!(task["payload"]["n"], 1);
 }
 
+/// An id waiting in a domain's directory of `in/` is taken too.
+#[test]
+fn submit_refuses_an_id_waiting_in_a_domain_directory() {
+    let t = TestRoot::new();
+    t.tasker("org", "stamp", "#!/bin/sh\ncat\n");
+    t.drop_task_in("org.x", "held.json", r#"{"payload":{"n":1}}"#);
+    let o = run(t
+        .cmd()
+        .args(["submit", "--domain", "org", "--id", "held", r#"{"n":2}"#]));
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("duplicate"), "{}", stderr(&o));
+    assert_eq!(t.list("var/spool/in"), ["org.x"]);
+}
+
 // ---- run ----------------------------------------------------------------
 
 #[test]

@@ -192,6 +192,7 @@ fn one_bad_line_refuses_the_whole_batch_and_names_every_bad_line() {
 #[test]
 fn duplicate_ids_in_the_batch_or_the_spool_refuse_it() {
     let t = served();
+    t.drop_task_in("org.x", "held.json", r#"{"payload":{}}"#);
     let o = t
         .cmd()
         .args(["submit", "--domain", "org", "--id", "taken"])
@@ -201,7 +202,7 @@ fn duplicate_ids_in_the_batch_or_the_spool_refuse_it() {
     let o = batch(
         &t,
         &["--domain", "org"],
-        "{\"id\":\"a\"}\n{\"id\":\"b\"}\n{\"id\":\"a\"}\n{\"id\":\"taken\"}\n",
+        "{\"id\":\"a\"}\n{\"id\":\"b\"}\n{\"id\":\"a\"}\n{\"id\":\"taken\"}\n{\"id\":\"held\"}\n",
     );
     assert_eq!(o.status.code(), Some(2));
     let err = stderr(&o);
@@ -210,7 +211,8 @@ fn duplicate_ids_in_the_batch_or_the_spool_refuse_it() {
         "{err}"
     );
     assert!(err.contains("line 4: duplicate id taken"), "{err}");
-    assert_eq!(everything_in(&t), ["taken.json"]);
+    assert!(err.contains("line 5: duplicate id held"), "{err}");
+    assert_eq!(everything_in(&t), ["org.x", "taken.json"]);
 }
 
 #[test]
