@@ -2,7 +2,8 @@
 //! points, one readable line each (`--json`: the log's JSON lines as they
 //! are), and with `--stderr` what its taskers wrote on stderr. `--follow`
 //! prints what is appended as it is appended (woken by the filesystem
-//! watcher) and exits by itself once the execution has ended.
+//! watcher) and exits by itself once the execution has ended, or with
+//! exit 1 once its task file was rejected at intake.
 
 use std::path::{Path, PathBuf};
 
@@ -38,7 +39,12 @@ pub fn run(root: Option<PathBuf>, args: Args) -> Result<(), Failure> {
     let log = root.points_log(&exid);
     // Watch before the first read: nothing appended in between is missed.
     let follow = if args.follow {
-        Some(Follow::new(&[root.log_tsk(), root.done(), root.failed()])?)
+        Some(Follow::new(&[
+            root.log_tsk(),
+            root.done(),
+            root.failed(),
+            root.rejected(),
+        ])?)
     } else {
         None
     };
@@ -72,6 +78,12 @@ pub fn run(root: Option<PathBuf>, args: Args) -> Result<(), Failure> {
         {
             break;
         }
+        if let Some(reason) = rejected(&root, &exid) {
+            return Err(Failure::new(
+                exit::FAILURE,
+                format!("task {exid} was rejected at intake: {reason}"),
+            ));
+        }
         if follow.next(None).is_none() {
             return Err(Failure::new(
                 exit::FAILURE,
@@ -103,6 +115,23 @@ fn print_stderr(tail: &mut Tail, json: bool) {
         } else {
             println!("  stderr| {text}");
         }
+    }
+}
+
+/// Why the task was rejected at intake, if it was: its file is in
+/// `rejected/` and it is neither waiting, queued, running nor ended (an
+/// older duplicate of a live task may lie there too). A stat while the task
+/// lives; `in/` is looked at only once such a file is there.
+fn rejected(root: &spoolflow::Root, exid: &TaskId) -> Option<String> {
+    let file = root.rejected().join(format!("{exid}.json"));
+    if file.symlink_metadata().is_err() || root.run_file(exid).exists() || ended(root, exid) {
+        return None;
+    }
+    match read::find(root, exid).ok().flatten()? {
+        read::Place::Rejected { reason, .. } => {
+            Some(reason.unwrap_or_else(|| "(no reason recorded)".into()))
+        }
+        _ => None,
     }
 }
 

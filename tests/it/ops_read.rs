@@ -313,6 +313,31 @@ fn logs_follow_sees_new_points_and_exits_when_the_task_ends() {
     assert!(rest.lines().any(|l| l.contains("\"completed\"")), "{rest}");
 }
 
+/// A task whose file the engine rejects at intake has no record: `logs
+/// --follow` says so and exits 1 rather than wait for ever.
+#[test]
+fn logs_follow_exits_when_the_task_is_rejected_at_intake() {
+    let t = TestRoot::new();
+    t.drop_task("x.json", r#"{"domain":"org", "tasker": 7}"#);
+    let follow = t
+        .cmd()
+        .args(["logs", "x", "--follow"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut follow = EngineProcess { child: follow };
+    let (code, err) = t
+        .spawn_engine(&["--drain", "--workers", "1"])
+        .wait(DEADLINE);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(t.rejected_reason("x.json").is_some());
+    wait_for("logs --follow to exit", DEADLINE, || follow.exited());
+    let (code, err) = follow.wait(DEADLINE);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("task x was rejected at intake: "), "{err}");
+}
+
 #[test]
 fn wait_exits_0_1_3_and_4() {
     let t = gated_root();
