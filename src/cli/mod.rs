@@ -120,6 +120,9 @@ impl Failure {
 /// Parses the command line and runs the command.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Run(_) | Command::Serve(_)) {
+        die_of_sigpipe();
+    }
     let result = match cli.command {
         Command::Init(a) => init::run(cli.root, a),
         Command::Run(a) => run::run(cli.root, a),
@@ -152,6 +155,20 @@ pub fn main() -> ExitCode {
             ExitCode::from(f.code)
         }
     }
+}
+
+/// A command that prints ends quietly, as `cat` does, when what reads its
+/// output goes away (`spoolflow show x | head -1`): SIGPIPE is set back
+/// to its default action, which Rust's runtime ignores (every write would
+/// then fail with EPIPE, and `println!` panic on it). Not for `run` and
+/// `serve`: a tasker that exits before reading its stdin, or a browser
+/// that leaves, must be an error the engine handles, not its death.
+fn die_of_sigpipe() {
+    use nix::sys::signal::{signal, SigHandler, Signal};
+    // SAFETY: SIG_DFL installs no handler, so no code runs in signal
+    // context; this runs first thing in `main`, before any thread starts.
+    #[allow(unsafe_code)]
+    let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
 }
 
 /// The root from `--root`/`$SPOOLFLOW_ROOT`/the current directory.

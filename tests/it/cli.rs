@@ -636,3 +636,33 @@ fn reading_commands_refuse_a_root_that_does_not_exist() {
         );
     }
 }
+
+/// A reading command whose reader goes away (`show x | head -1`) ends
+/// quietly, killed by SIGPIPE as `cat` would be, instead of panicking on
+/// the failed write. Its output (200 KB) is more than a pipe holds, so it
+/// meets the closed pipe whenever the reader closes it.
+#[test]
+fn a_closed_pipe_ends_a_reading_command_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let t = TestRoot::new();
+    t.tasker("org", "echo", "#!/bin/sh\ncat\n");
+    let big = "x".repeat(200_000);
+    t.drop_task(
+        "big.json",
+        &format!(r#"{{"domain":"org","tasker":"echo","payload":{{"big":"{big}"}}}}"#),
+    );
+    t.run_drain(1);
+    assert_eq!(t.must_record("big")["state"], "completed");
+    let mut show = t
+        .cmd()
+        .args(["show", "big", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(show.stdout.take());
+    let out = show.wait_with_output().unwrap();
+    let err = stderr(&out);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(out.status.signal(), Some(Signal::SIGPIPE as i32), "{err}");
+}
