@@ -233,9 +233,9 @@ impl Engine {
             }
             Err(e) => return self.fail(key, TaskError::new(ErrorKind::Config, e.to_string())),
         };
-        if let Err(e) = policy::check_offer(&taskee, &node.past().refusals) {
-            return self.fail(key, e);
-        }
+        // Offered, even to a taskee that refused it already: the offer
+        // is made (and counted), then fails the task.
+        let refused_before = policy::check_offer(&taskee, &node.past().refusals);
         let offers = node.offers;
         node.past_mut().taskee = Some(taskee.clone());
         let p = self
@@ -243,6 +243,9 @@ impl Engine {
             .with("taskee", taskee.as_str())
             .with("offer", offers);
         self.log(p);
+        if let Err(e) = refused_before {
+            return self.fail(key, e);
+        }
         match answer.resolved {
             Some(Ok(resolved)) => self.allocate(key, entry, resolved),
             Some(Err(e)) => self.fail(key, TaskError::new(ErrorKind::Config, e.to_string())),

@@ -83,7 +83,7 @@ impl Engine {
             Ok(m) if m.is_file() => m,
             // Gone, or not a file: looked at as it is.
             _ => {
-                self.settling.forget(path);
+                let _ = self.settling.forget(path);
                 return false;
             }
         };
@@ -97,7 +97,7 @@ impl Engine {
         let writing = intake::open_for_writing(path);
         match settle(now, stamp, before, writing) {
             Settle::Take => {
-                self.settling.forget(path);
+                let _ = self.settling.forget(path);
                 false
             }
             Settle::Wait(wait) => {
@@ -187,7 +187,14 @@ impl Engine {
     /// closed it, or it was renamed or made there) and claims, rejects or
     /// ignores it.
     pub(super) fn take(&mut self, path: &Path) {
+        // A file put off is looked at now, on its event (its writer closed
+        // it): it no longer holds back requests for unknown ids, which
+        // are settled once it is claimed or rejected, not at its deadline.
+        let was_put_off = self.settling.forget(path);
         self.take_found(path, Found::Event);
+        if was_put_off && self.scan.is_empty() {
+            self.settle_cancels();
+        }
     }
 
     /// Looks at one path under `in/`, found by an event or by a scan.

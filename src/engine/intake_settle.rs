@@ -119,8 +119,9 @@ impl Settling {
         self.order.push(std::cmp::Reverse((at, path.to_path_buf())));
     }
 
-    pub(super) fn forget(&mut self, path: &Path) {
-        self.pending.remove(path);
+    /// Forgets a put-off entry; whether it was one.
+    pub(super) fn forget(&mut self, path: &Path) -> bool {
+        self.pending.remove(path).is_some()
     }
 
     /// Whether an entry of `in/` is put off: one whose task id is not

@@ -307,9 +307,16 @@ impl Node {
     }
 
     /// The attempts a record counts: the one under way counts once a
-    /// tasker started for it.
+    /// tasker started for it (its entry opens the attempts log). One queued
+    /// again for a retry, or after a crash, and never started again counts
+    /// the attempts before it only, as its attempts log does.
     pub fn attempts(&self) -> u32 {
-        if self.starts > 0 {
+        let started = self
+            .past
+            .as_deref()
+            .and_then(|p| p.attempts_log.last())
+            .is_some_and(|a| a.attempt == self.attempt);
+        if started {
             self.attempt
         } else {
             self.attempt.saturating_sub(1)

@@ -331,16 +331,17 @@ fn a_file_written_in_place_is_not_rejected_while_its_writer_pauses() {
         unchanged_for(&path) > Duration::from_secs(3)
     });
 
-    // A cancel request for an unknown id makes the engine scan in/; its
-    // rejection says the scan is over.
+    // A cancel request for an unknown id makes the engine scan in/; a
+    // task dropped after it says, once done, that the scan is over. The
+    // request waits for the file put off (its id is not known yet).
     let cancel = t.join("var/spool/cancel");
     fs::write(cancel.join(".nosuch.tmp"), "").unwrap();
     fs::rename(cancel.join(".nosuch.tmp"), cancel.join("nosuch")).unwrap();
-    wait_for("the cancel request's rejection", DEADLINE, || {
-        t.rejected_reason("nosuch").is_some()
-    });
+    t.drop_task("marker.json", GOOD);
+    wait_for("marker's record", DEADLINE, || t.record("marker").is_some());
     assert!(path.exists(), "the half-written file is still in in/");
-    assert_eq!(t.list("var/spool/rejected"), ["nosuch", "nosuch.reason"]);
+    assert!(t.list("var/spool/rejected").is_empty());
+    assert!(cancel.join("nosuch").exists(), "the request waits");
 
     f.write_all(rest).unwrap();
     drop(f);
@@ -348,6 +349,10 @@ fn a_file_written_in_place_is_not_rejected_while_its_writer_pauses() {
     let rec = t.must_record("x");
     assert_eq!(rec["state"], "completed");
     assert_eq!(rec["payload"], json!({"written":"in place"}));
+    // Taken on its close event, x holds the request back no longer.
+    wait_for("the cancel request's rejection", DEADLINE, || {
+        t.rejected_reason("nosuch").is_some()
+    });
     assert_eq!(t.list("var/spool/rejected"), ["nosuch", "nosuch.reason"]);
     drop(engine);
 }

@@ -398,15 +398,18 @@ fn a_file_written_in_place_is_taken_only_once_closed() {
     assert!(t.points("x").is_empty());
 
     // A cancel request for an unknown id makes the engine scan in/: the
-    // half-written file is still left alone.
+    // half-written file is still left alone, and the request waits for it
+    // (the file's id is not known until it is read).
     let cancel = t.join("var/spool/cancel");
     fs::write(cancel.join(".nosuch.tmp"), "").unwrap();
     fs::rename(cancel.join(".nosuch.tmp"), cancel.join("nosuch")).unwrap();
-    wait_for("the cancel request's rejection", DEADLINE, || {
-        t.rejected_reason("nosuch").is_some()
+    t.drop_task("marker2.json", r#"{"domain":"org","tasker":"echo"}"#);
+    wait_for("marker2's record", DEADLINE, || {
+        t.record("marker2").is_some()
     });
     assert!(path.exists(), "the half-written file is still in in/");
-    assert_eq!(t.list("var/spool/rejected"), ["nosuch", "nosuch.reason"]);
+    assert!(cancel.join("nosuch").exists(), "the request waits");
+    assert!(t.list("var/spool/rejected").is_empty());
 
     f.write_all(rest).unwrap();
     drop(f);
@@ -415,6 +418,10 @@ fn a_file_written_in_place_is_taken_only_once_closed() {
     assert_eq!(rec["state"], "completed");
     assert_eq!(rec["payload"], json!({"written":"in place"}));
     assert!(!path.exists());
+    // x was not nosuch: once it is taken, the request is rejected.
+    wait_for("the cancel request's rejection", DEADLINE, || {
+        t.rejected_reason("nosuch").is_some()
+    });
     assert_eq!(t.list("var/spool/rejected"), ["nosuch", "nosuch.reason"]);
     drop(engine);
 }

@@ -453,6 +453,50 @@ echo "{\"attempt\":$SPOOLFLOW_ATTEMPT}""#,
     }
 }
 
+/// A task cancelled while its next attempt waits (here parked on
+/// `max_concurrent` after its backoff) counts only the attempt that ran:
+/// its record's `attempts` and its `aborted` point agree with its
+/// attempts log.
+#[test]
+fn a_task_cancelled_before_its_next_attempt_counts_the_attempts_that_ran() {
+    let t = TestRoot::new();
+    t.tasker_dir(
+        "org",
+        "one",
+        r#"{"cmd":["./run.sh"],"max_concurrent":1}"#,
+        &[(
+            "run.sh",
+            &format!(
+                "#!/bin/sh\n[ \"$SPOOLFLOW_ID\" = r ] && exit 75\n{}\necho '{{}}'\n",
+                wait_file("open")
+            ),
+        )],
+    );
+    let engine = t.start_in_process(Options {
+        drain: false,
+        ..drain_opts(2)
+    });
+    t.drop_task("r.json", r#"{"domain":"org","tasker":"one"}"#);
+    wait_for("r retried", DEADLINE, || {
+        !t.points_named("r", "retried").is_empty()
+    });
+    // g holds the tasker's one unit: r's second attempt waits for it.
+    t.drop_task("g.json", r#"{"domain":"org","tasker":"one"}"#);
+    wait_for("r waiting on the limit", DEADLINE, || {
+        !t.points_named("r", "suspended").is_empty()
+    });
+    fs::write(t.join("var/spool/cancel/r"), "not now").unwrap();
+    wait_for("r aborted", DEADLINE, || t.record("r").is_some());
+    fs::write(t.join("open"), "").unwrap();
+    wait_for("g done", DEADLINE, || t.record("g").is_some());
+    engine.stop();
+    let rec = t.must_record("r");
+    assert_eq!(rec["state"], "aborted", "{rec:#}");
+    assert_eq!(rec["attempts"], 1, "{rec:#}");
+    assert_eq!(rec["attempts_log"].as_array().map(Vec::len), Some(1));
+    assert_eq!(t.points_named("r", "aborted")[0]["attempt"], 1);
+}
+
 #[test]
 fn exit_1_is_not_retried() {
     let t = TestRoot::new();
@@ -541,6 +585,13 @@ fn offering_again_to_a_taskee_that_refused_fails_refused() {
     assert_eq!(t.points_named("a", "refused")[0]["reason"], "not today");
     assert_eq!(t.points_named("a", "started").len(), 1);
     assert_eq!(rec["offers"], 2, "{rec:#}");
+    // Both offers are logged, the second one just before the end.
+    let offered = t.points_named("a", "offered");
+    assert_eq!(offered.len(), 2, "{:#?}", t.points("a"));
+    assert_eq!(offered[1]["taskee"], "grumpy");
+    assert_eq!(offered[1]["offer"], 2);
+    let names = t.point_names("a");
+    assert_eq!(names[names.len() - 2..], ["offered", "failed"], "{names:?}");
 }
 
 #[test]
