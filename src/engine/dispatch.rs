@@ -547,7 +547,9 @@ fn stdin_of(node: &Node, exid: &Exid, created_at: DateTime<Utc>, input: Input) -
         },
         Input::Task => {
             let body = body.cloned().unwrap_or_default();
-            let rec = super::execution::record_of(node, exid, created_at, State::Running, body);
+            let mut rec = super::execution::record_of(node, exid, created_at, State::Running, body);
+            // Its reader is the attempt under way, about to start: it counts.
+            rec.attempts = node.attempt;
             serde_json::to_vec(&rec)
         }
     };

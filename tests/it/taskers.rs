@@ -310,7 +310,11 @@ fn in_task_gives_the_running_record_on_stdin() {
         "org.example",
         "t",
         r#"{"cmd":["./run.sh"],"in":"task"}"#,
-        &[("run.sh", "#!/bin/sh\ncat > \"$SPOOLFLOW_ROOT/stdin\"\n")],
+        // The first attempt asks for a retry; the second keeps its stdin.
+        &[(
+            "run.sh",
+            "#!/bin/sh\ncat > \"$SPOOLFLOW_ROOT/stdin\"\n[ \"$SPOOLFLOW_ATTEMPT\" = 1 ] && exit 75\nexit 0\n",
+        )],
     );
     run_one(
         &t,
@@ -319,6 +323,8 @@ fn in_task_gives_the_running_record_on_stdin() {
     );
     let rec: Value = serde_json::from_str(&out(&t, "stdin")).expect("stdin is JSON");
     assert_eq!(rec["state"], "running", "{rec:#}");
+    // The attempt reading it counts.
+    assert_eq!(rec["attempts"], 2, "{rec:#}");
     assert_eq!(rec["id"], "a");
     assert_eq!(rec["exid"], "a");
     assert_eq!(rec["nid"], "0");
