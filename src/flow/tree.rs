@@ -444,9 +444,8 @@ fn parse_task(v: &Value, obj: &Object, path: &str) -> Result<Kind, FlowError> {
         start_timeout: dur("start_timeout")?,
         retries: opt(obj, "retries")
             .map(|v| {
-                v.as_u64()
-                    .and_then(|n| u32::try_from(n).ok())
-                    .ok_or_else(|| bad(path, "retries", "a non-negative integer"))
+                crate::model::json_count(v)
+                    .ok_or_else(|| bad(path, "retries", crate::model::COUNT_EXPECTED))
             })
             .transpose()?,
         retry_on_timeout: opt(obj, "retry_on_timeout")
@@ -458,7 +457,7 @@ fn parse_task(v: &Value, obj: &Object, path: &str) -> Result<Kind, FlowError> {
     };
     let priority = opt(obj, "priority")
         .map(|v| {
-            v.as_i64()
+            crate::model::json_int(v)
                 .and_then(|n| i32::try_from(n).ok())
                 .ok_or_else(|| bad(path, "priority", "an integer (i32)"))
         })

@@ -225,7 +225,7 @@ fn refusals_of_a_task_nodes_options_name_the_node() {
         ),
         (
             json!({"task": "a", "retries": -1}),
-            "node 0: `retries` must be a non-negative integer",
+            "node 0: `retries` must be a non-negative integer (at most 4294967295)",
         ),
         (
             json!({"task": "a", "retry_on_timeout": "yes"}),

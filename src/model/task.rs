@@ -345,8 +345,7 @@ fn duration(obj: &mut Object, key: &'static str) -> Result<Option<Dur>, InputErr
 fn priority(obj: &mut Object) -> Result<i32, InputError> {
     match obj.remove("priority") {
         None | Some(Value::Null) => Ok(0),
-        Some(v) => v
-            .as_i64()
+        Some(v) => super::json_int(&v)
             .and_then(|n| i32::try_from(n).ok())
             .ok_or(InputError::BadValue {
                 key: "priority",
@@ -372,13 +371,11 @@ fn options(obj: &mut Object) -> Result<TaskOptions, InputError> {
 fn retries(obj: &mut Object) -> Result<Option<u32>, InputError> {
     match obj.remove("retries") {
         None | Some(Value::Null) => Ok(None),
-        Some(v) => v
-            .as_u64()
-            .and_then(|n| u32::try_from(n).ok())
+        Some(v) => super::json_count(&v)
             .map(Some)
             .ok_or(InputError::BadValue {
                 key: "retries",
-                expected: "a non-negative integer",
+                expected: super::COUNT_EXPECTED,
             }),
     }
 }

@@ -65,6 +65,13 @@ fn defaults() {
     assert_eq!(f.options, TaskOptions::default());
 }
 
+#[test]
+fn minus_zero_is_an_integer() {
+    let f = TaskFile::parse(br#"{"domain":"org","priority":-0,"retries":-0}"#).unwrap();
+    assert_eq!(f.priority, 0);
+    assert_eq!(f.options.retries, Some(0));
+}
+
 fn reason(bytes: &[u8]) -> String {
     TaskFile::parse(bytes).unwrap_err().to_string()
 }
@@ -101,7 +108,7 @@ fn refusals_have_clear_reasons() {
     );
     assert_eq!(
         reason(br#"{"retries":-1}"#),
-        "\"retries\" must be a non-negative integer"
+        "\"retries\" must be a non-negative integer (at most 4294967295)"
     );
     assert!(reason(br#"{"domain":"../x"}"#).starts_with("invalid domain"));
     assert!(reason(br#"{"domain":"any"}"#).contains("reserved"));
