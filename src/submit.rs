@@ -17,8 +17,10 @@ use crate::store::spool::{self, SpoolError};
 /// Why a submission was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum SubmitError {
-    #[error("the payload is not valid JSON: {0}")]
-    PayloadJson(serde_json::Error),
+    /// Not JSON, or JSON with a key twice in an object (refused as the
+    /// engine refuses it in a task file).
+    #[error("the payload is not valid: {0}")]
+    PayloadJson(crate::model::task::InputError),
     #[error("the payload must be a JSON object")]
     PayloadNotObject,
     #[error("duplicate id {0}: a task with this id is already in the spool")]
@@ -152,10 +154,11 @@ pub fn parse_payload(text: &str) -> Result<Object, SubmitError> {
     if text.trim().is_empty() {
         return Ok(Object::new());
     }
-    match serde_json::from_str(text).map_err(SubmitError::PayloadJson)? {
-        Value::Object(o) => Ok(o),
-        _ => Err(SubmitError::PayloadNotObject),
-    }
+    use crate::model::task::{parse_object, InputError};
+    parse_object(text.as_bytes()).map_err(|e| match e {
+        InputError::NotObject(_) => SubmitError::PayloadNotObject,
+        e => SubmitError::PayloadJson(e),
+    })
 }
 
 /// Where a task id may be taken already: `in/` and its domains'

@@ -371,12 +371,10 @@ fn options(obj: &mut Object) -> Result<TaskOptions, InputError> {
 fn retries(obj: &mut Object) -> Result<Option<u32>, InputError> {
     match obj.remove("retries") {
         None | Some(Value::Null) => Ok(None),
-        Some(v) => super::json_count(&v)
-            .map(Some)
-            .ok_or(InputError::BadValue {
-                key: "retries",
-                expected: super::COUNT_EXPECTED,
-            }),
+        Some(v) => super::json_count(&v).map(Some).ok_or(InputError::BadValue {
+            key: "retries",
+            expected: super::COUNT_EXPECTED,
+        }),
     }
 }
 

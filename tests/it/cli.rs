@@ -313,6 +313,31 @@ fn submit_refuses_a_duplicate_id() {
     assert_eq!(task["payload"]["n"], 1);
 }
 
+/// A payload with a key twice is refused, as the engine refuses it in a
+/// task file, rather than one of the two being dropped silently.
+#[test]
+fn submit_refuses_a_payload_with_a_key_twice() {
+    let t = TestRoot::new();
+    t.tasker("org", "stamp", "#!/bin/sh\ncat\n");
+    let o = run(t
+        .cmd()
+        .args(["submit", "--domain", "org", r#"{"qty":1,"qty":2}"#]));
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("duplicate key \"qty\""),
+        "{}",
+        stderr(&o)
+    );
+    assert!(t.list("var/spool/in").is_empty());
+    let o = run(t.cmd().args(["submit", "--domain", "org", "[1]"]));
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("must be a JSON object"),
+        "{}",
+        stderr(&o)
+    );
+}
+
 /// An id waiting in a domain's directory of `in/` is taken too.
 #[test]
 fn submit_refuses_an_id_waiting_in_a_domain_directory() {
