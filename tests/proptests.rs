@@ -491,12 +491,19 @@ impl Model {
     }
 
     /// The model's side of `wake_if_free(k)`: if `k` has a free unit, its
-    /// first live waiter goes back to the ready queue; cancelled waiters
-    /// before it leave the scheduler.
+    /// first live waiter by priority, then arrival, goes back to the ready
+    /// queue; cancelled waiters before it leave the scheduler.
     fn model_wake(&mut self, k: usize) {
         if self.in_use[k] >= self.limit[k] {
             return;
         }
+        let items = &self.items;
+        self.parked[k].make_contiguous().sort_by_key(|y| {
+            (
+                std::cmp::Reverse(items[*y as usize].priority),
+                items[*y as usize].arrival,
+            )
+        });
         while let Some(y) = self.parked[k].pop_front() {
             let item = &mut self.items[y as usize];
             if item.cancelled {
