@@ -443,6 +443,18 @@ fn events_gives_every_point_in_time_order_and_follows() {
     follow.wait().unwrap();
 }
 
+/// Sets the modification time of files under the root to 2020.
+fn age(t: &TestRoot, files: &[&str]) {
+    for f in files {
+        let ok = std::process::Command::new("touch")
+            .args(["-d", "2020-01-01"])
+            .arg(t.join(f))
+            .status()
+            .unwrap();
+        assert!(ok.success(), "touch {f}");
+    }
+}
+
 #[test]
 fn gc_removes_only_what_is_old_enough_and_dry_run_nothing() {
     let t = fixture();
@@ -472,18 +484,14 @@ fn gc_removes_only_what_is_old_enough_and_dry_run_nothing() {
     r["ended_at"] = "2020-01-01T00:00:00.000000Z".into();
     fs::write(t.join("var/spool/done/.ok-1.tmp"), r.to_string()).unwrap();
     fs::rename(t.join("var/spool/done/.ok-1.tmp"), &rec).unwrap();
-    for f in [
-        "var/spool/rejected/broken.json",
-        "var/spool/rejected/broken.json.reason",
-        "var/log/tsk/ok-1.log",
-    ] {
-        let ok = std::process::Command::new("touch")
-            .args(["-d", "2020-01-01"])
-            .arg(t.join(f))
-            .status()
-            .unwrap();
-        assert!(ok.success());
-    }
+    age(
+        &t,
+        &[
+            "var/spool/rejected/broken.json",
+            "var/spool/rejected/broken.json.reason",
+            "var/log/tsk/ok-1.log",
+        ],
+    );
     let dry = json_of(&t, &["gc", "--older-than", "1d", "--dry-run", "--json"]);
     let mut would: Vec<String> = dry["removed"]
         .as_array()
@@ -533,14 +541,7 @@ cat
     assert_eq!(code, 0, "{err}");
     assert_eq!(t.list("var/spool/in"), ["r.json"]);
     let old = ["var/spool/history/r/0.json", "var/log/tsk/r.log"];
-    for f in old {
-        let ok = std::process::Command::new("touch")
-            .args(["-d", "2020-01-01"])
-            .arg(t.join(f))
-            .status()
-            .unwrap();
-        assert!(ok.success());
-    }
+    age(&t, &old);
     let g = json_of(&t, &["gc", "--older-than", "1d", "--json"]);
     assert_eq!(g["removed"], serde_json::json!([]), "{g}");
     for f in old {
