@@ -79,6 +79,14 @@ impl Engine {
     /// is looked at again then, alone (never a rescan, never the safety
     /// net).
     fn put_off(&mut self, path: &Path, now: std::time::SystemTime) -> bool {
+        // A writer's temporary or a dotfile never becomes a task: never
+        // put off (it would hold back requests for unknown ids).
+        if path
+            .file_name()
+            .is_some_and(|n| intake::is_ignored_bytes(n.as_encoded_bytes()))
+        {
+            return false;
+        }
         let meta = match std::fs::symlink_metadata(path) {
             Ok(m) if m.is_file() => m,
             // Gone, or not a file: looked at as it is.

@@ -204,7 +204,7 @@ impl Engine {
 /// bare integer.
 fn parse_priority(name: &str, bytes: &[u8]) -> Result<(String, i32), String> {
     let stem = name.strip_suffix(".json").unwrap_or(name);
-    let as_i32 = |v: &Value| v.as_i64().and_then(|n| i32::try_from(n).ok());
+    let as_i32 = |v: &Value| crate::model::json_int(v).and_then(|n| i32::try_from(n).ok());
     let bad = || "expected an integer (i32), or {\"id\": …, \"priority\": …}".to_string();
     match serde_json::from_slice::<Value>(bytes) {
         Ok(Value::Object(o)) => {
@@ -233,6 +233,7 @@ mod tests {
             parse_priority("x.json", br#"{"priority":7}"#),
             Ok(("x".into(), 7))
         );
+        assert_eq!(parse_priority("a1", b"-0"), Ok(("a1".into(), 0)));
         for bad in [&b""[..], b"high", b"1.5", b"3000000000", br#"{"id":"a"}"#] {
             assert!(parse_priority("a1", bad).is_err(), "{bad:?}");
         }

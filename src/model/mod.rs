@@ -6,14 +6,15 @@ pub mod point;
 pub mod schema;
 pub mod task;
 
-/// A JSON number as an integer, if it is one: `-0` (which serde_json
-/// reads as the float −0.0, as it does `-0.0`) counts as 0; `1.0` and
-/// `1e3` do not count.
+/// A JSON number as an integer, if it is one: a number with no fractional
+/// part, as JSON Schema's `integer` says (`5`, `5.0`, `5e0`, and `-0`,
+/// which serde_json reads as the float −0.0); `1.5` and strings are not.
 pub fn json_int(v: &serde_json::Value) -> Option<i64> {
     v.as_i64().or_else(|| {
-        v.as_f64()
-            .is_some_and(|f| f == 0.0 && f.is_sign_negative())
-            .then_some(0)
+        let f = v.as_f64()?;
+        // i64's range as floats: −2^63 is exact, 2^63 is one past the end.
+        (f.fract() == 0.0 && f >= -9.223_372_036_854_775_808e18 && f < 9.223_372_036_854_775_808e18)
+            .then_some(f as i64)
     })
 }
 
@@ -31,12 +32,17 @@ mod tests {
     use serde_json::json;
 
     #[test]
-    fn integers_include_minus_zero_but_no_float() {
+    fn integers_are_numbers_without_a_fractional_part() {
         let parse = |s: &str| serde_json::from_str::<serde_json::Value>(s).unwrap();
         assert_eq!(json_int(&parse("-0")), Some(0));
+        assert_eq!(json_int(&parse("-0.0")), Some(0));
+        assert_eq!(json_int(&parse("0.0")), Some(0));
         assert_eq!(json_int(&parse("-7")), Some(-7));
-        assert_eq!(json_int(&parse("0.0")), None);
+        assert_eq!(json_int(&parse("5.0")), Some(5));
+        assert_eq!(json_int(&parse("1e3")), Some(1000));
         assert_eq!(json_int(&parse("1.5")), None);
+        assert_eq!(json_int(&parse("1e300")), None);
+        assert_eq!(json_int(&parse("-9223372036854775808.0")), Some(i64::MIN));
         assert_eq!(json_int(&json!("3")), None);
         assert_eq!(json_count(&parse("-0")), Some(0));
         assert_eq!(json_count(&parse("4294967295")), Some(u32::MAX));

@@ -419,6 +419,32 @@ fn requests_for_a_task_still_being_written_wait_for_it() {
     assert!(t.list("var/spool/rejected").is_empty());
 }
 
+/// A writer's temporary or an editor's dotfile held open in `in/` never
+/// becomes a task: it does not hold back a request for an unknown id.
+#[test]
+fn temporaries_held_open_in_in_do_not_hold_back_requests() {
+    use std::io::Write;
+    let t = TestRoot::new();
+    gate_tasker(&t);
+    let engine = t.spawn_engine(&["--workers", "1"]);
+    let mut held = Vec::new();
+    for name in ["x.json.tmp", ".x.json.swp"] {
+        let mut f = fs::File::create(t.join(&format!("var/spool/in/{name}"))).unwrap();
+        f.write_all(b"{").unwrap();
+        held.push(f);
+    }
+    fs::write(t.join("var/spool/cancel/nosuch"), "").unwrap();
+    wait_for("the request's rejection", DEADLINE, || {
+        t.rejected_reason("nosuch").is_some()
+    });
+    assert!(t
+        .rejected_reason("nosuch")
+        .unwrap()
+        .contains("unknown task id nosuch"));
+    drop(held);
+    drop(engine);
+}
+
 #[test]
 fn priority_of_a_running_ended_or_unknown_task_is_refused() {
     let t = TestRoot::new();
