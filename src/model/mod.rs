@@ -13,8 +13,8 @@ pub fn json_int(v: &serde_json::Value) -> Option<i64> {
     v.as_i64().or_else(|| {
         let f = v.as_f64()?;
         // i64's range as floats: −2^63 is exact, 2^63 is one past the end.
-        (f.fract() == 0.0 && f >= -9.223_372_036_854_775_808e18 && f < 9.223_372_036_854_775_808e18)
-            .then_some(f as i64)
+        let bound = (1u64 << 63) as f64;
+        (f.fract() == 0.0 && (-bound..bound).contains(&f)).then_some(f as i64)
     })
 }
 
