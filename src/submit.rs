@@ -169,10 +169,19 @@ pub(crate) struct TakenIds {
 }
 
 impl TakenIds {
+    /// Lists the domains' directories of `in/` — unless `in/` has no
+    /// subdirectory, which its link count tells at once where the
+    /// filesystem keeps one (2: itself and its entry in its parent), so a
+    /// submit does not read a long backlog of files for nothing.
     pub(crate) fn new(root: &Root) -> TakenIds {
-        let mut in_dirs = vec![root.spool_in()];
+        use std::os::unix::fs::MetadataExt;
+        let spool_in = root.spool_in();
+        let mut in_dirs = vec![spool_in.clone()];
+        if std::fs::metadata(&spool_in).is_ok_and(|m| m.nlink() == 2) {
+            return TakenIds { in_dirs };
+        }
         in_dirs.extend(
-            std::fs::read_dir(root.spool_in())
+            std::fs::read_dir(&spool_in)
                 .into_iter()
                 .flatten()
                 .flatten()
@@ -203,11 +212,14 @@ impl TakenIds {
 /// Writes the task file and returns its id.
 pub fn submit(root: &Root, s: Submission) -> Result<TaskId, SubmitError> {
     root.ensure_exists()?;
+    // A generated id is new by construction: only one given is looked for.
+    if let Some(id) = &s.id {
+        if TakenIds::new(root).contains(root, id) {
+            return Err(SubmitError::Duplicate(id.clone()));
+        }
+    }
     let id = s.id.unwrap_or_else(TaskId::generate);
     let name = format!("{id}.json");
-    if TakenIds::new(root).contains(root, &id) {
-        return Err(SubmitError::Duplicate(id));
-    }
     let mut obj = Object::new();
     obj.insert("id".into(), id.as_str().into());
     obj.insert("domain".into(), s.domain.as_str().into());
