@@ -6,6 +6,7 @@
 //! exit 1 once its task file was rejected at intake.
 
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
 use serde_json::json;
 use spoolflow::model::names::TaskId;
@@ -48,11 +49,23 @@ pub fn run(root: Option<PathBuf>, args: Args) -> Result<(), Failure> {
     } else {
         None
     };
-    if !log.exists() && read::find(&root, &exid).ok().flatten().is_none() {
-        return Err(Failure::new(
-            exit::NOT_FOUND,
-            format!("unknown exid {exid}"),
-        ));
+    // File times are coarser than the clock: a second of slack.
+    let since = SystemTime::now() - Duration::from_secs(1);
+    let mut rejection = Rejection::default();
+    if !log.exists() {
+        match read::find(&root, &exid).ok().flatten() {
+            None => {
+                return Err(Failure::new(
+                    exit::NOT_FOUND,
+                    format!("unknown exid {exid}"),
+                ))
+            }
+            Some(read::Place::In(path)) => rejection.waiting = Some(path),
+            Some(read::Place::Rejected { reason, .. }) => {
+                rejection.already = Some(reason.unwrap_or_else(|| NO_REASON.into()))
+            }
+            Some(_) => {}
+        }
     }
     let mut points = Tail::new(log);
     let mut stderr = Tail::new(root.stderr_log(&exid));
@@ -78,7 +91,7 @@ pub fn run(root: Option<PathBuf>, args: Args) -> Result<(), Failure> {
         {
             break;
         }
-        if let Some(reason) = rejected(&root, &exid) {
+        if let Some(reason) = rejection.look(&root, &exid, since) {
             return Err(Failure::new(
                 exit::FAILURE,
                 format!("task {exid} was rejected at intake: {reason}"),
@@ -118,21 +131,64 @@ fn print_stderr(tail: &mut Tail, json: bool) {
     }
 }
 
-/// Why the task was rejected at intake, if it was: its file is in
-/// `rejected/` and it is neither waiting, queued, running nor ended (an
-/// older duplicate of a live task may lie there too). A stat while the task
-/// lives; `in/` is looked at only once such a file is there.
-fn rejected(root: &spoolflow::Root, exid: &TaskId) -> Option<String> {
-    let file = root.rejected().join(format!("{exid}.json"));
-    if file.symlink_metadata().is_err() || root.run_file(exid).exists() || ended(root, exid) {
-        return None;
-    }
-    match read::find(root, exid).ok().flatten()? {
-        read::Place::Rejected { reason, .. } => {
-            Some(reason.unwrap_or_else(|| "(no reason recorded)".into()))
+const NO_REASON: &str = "(no reason recorded)";
+
+/// What tells that a task `logs --follow` waits for was rejected at intake
+/// (it then never has a record).
+#[derive(Default)]
+struct Rejection {
+    /// Its file in `in/` when the command started, by any name.
+    waiting: Option<PathBuf>,
+    /// It was rejected already then: the reason.
+    already: Option<String>,
+}
+
+impl Rejection {
+    /// The reason, once the task was rejected: its file left `in/` for
+    /// `rejected/` (under its own name or `<id>.json`, or a `.N` variant
+    /// of either when the name was taken there) since `since`, and it is
+    /// neither queued, running nor ended. A few stats while the task lives.
+    fn look(&self, root: &spoolflow::Root, exid: &TaskId, since: SystemTime) -> Option<String> {
+        if let Some(reason) = &self.already {
+            return Some(reason.clone());
         }
-        _ => None,
+        if root.run_file(exid).exists() || ended(root, exid) {
+            return None;
+        }
+        let waiting = self.waiting.as_ref()?;
+        if waiting.symlink_metadata().is_ok() {
+            return None;
+        }
+        let own = format!("{exid}.json");
+        let name = waiting.file_name().and_then(|n| n.to_str()).unwrap_or(&own);
+        let rejected = root.rejected();
+        let reason = [name, own.as_str()]
+            .into_iter()
+            .find_map(|name| newest_reason(&rejected, name, since));
+        reason
     }
+}
+
+/// The reason of the rejection of `name` (or `name.N`) made since `since`.
+fn newest_reason(rejected: &Path, name: &str, since: SystemTime) -> Option<String> {
+    (0..)
+        .map(|n| match n {
+            0 => name.to_string(),
+            n => format!("{name}.{n}"),
+        })
+        .take_while(|candidate| rejected.join(candidate).symlink_metadata().is_ok())
+        .find_map(|candidate| {
+            let reason = rejected.join(format!("{candidate}.reason"));
+            let fresh = reason
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t >= since);
+            fresh.then(|| {
+                std::fs::read_to_string(&reason)
+                    .map(|r| r.trim_end().to_string())
+                    .unwrap_or_else(|_| NO_REASON.into())
+            })
+        })
 }
 
 fn ended(root: &spoolflow::Root, exid: &TaskId) -> bool {

@@ -314,28 +314,63 @@ fn logs_follow_sees_new_points_and_exits_when_the_task_ends() {
 }
 
 /// A task whose file the engine rejects at intake has no record: `logs
-/// --follow` says so and exits 1 rather than wait for ever.
+/// --follow` says so and exits 1 rather than wait for ever — whatever the
+/// file's name, and with this rejection's reason, not an older one's.
 #[test]
 fn logs_follow_exits_when_the_task_is_rejected_at_intake() {
     let t = TestRoot::new();
     t.drop_task("x.json", r#"{"domain":"org", "tasker": 7}"#);
-    let follow = t
-        .cmd()
-        .args(["logs", "x", "--follow"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut follow = EngineProcess { child: follow };
+    // Named otherwise, in a domain's directory it does not belong to.
+    t.drop_task_in(
+        "org",
+        "foo.json",
+        r#"{"id":"x1","domain":"other","tasker":"t"}"#,
+    );
+    // x2 was rejected once before, for another reason.
+    fs::write(t.join("var/spool/rejected/x2.json"), "old").unwrap();
+    fs::write(
+        t.join("var/spool/rejected/x2.json.reason"),
+        "an old reason\n",
+    )
+    .unwrap();
+    age(&t, &["var/spool/rejected/x2.json.reason"]);
+    t.drop_task("x2.json", r#"{"domain":"org","tasker":{}}"#);
+    let follow = |id: &str| EngineProcess {
+        child: t
+            .cmd()
+            .args(["logs", id, "--follow"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    };
+    let mut follows: Vec<(&str, EngineProcess)> = ["x", "x1", "x2"]
+        .into_iter()
+        .map(|id| (id, follow(id)))
+        .collect();
     let (code, err) = t
         .spawn_engine(&["--drain", "--workers", "1"])
         .wait(DEADLINE);
     assert_eq!(code, Some(0), "{err}");
     assert!(t.rejected_reason("x.json").is_some());
-    wait_for("logs --follow to exit", DEADLINE, || follow.exited());
-    let (code, err) = follow.wait(DEADLINE);
-    assert_eq!(code, Some(1), "{err}");
-    assert!(err.contains("task x was rejected at intake: "), "{err}");
+    assert!(t.rejected_reason("foo.json").is_some());
+    assert!(t.list("var/spool/in/org").is_empty());
+    assert!(t.rejected_reason("x2.json.1").is_some());
+    for (id, f) in &mut follows {
+        wait_for(&format!("logs --follow {id} to exit"), DEADLINE, || {
+            f.exited()
+        });
+    }
+    for (id, f) in follows {
+        let (code, err) = f.wait(DEADLINE);
+        assert_eq!(code, Some(1), "{id}: {err}");
+        assert!(
+            err.contains(&format!("task {id} was rejected at intake: ")),
+            "{id}: {err}"
+        );
+        let why = if id == "x1" { "outside" } else { "\"tasker\"" };
+        assert!(err.contains(why), "{id}: {err}");
+    }
 }
 
 #[test]
