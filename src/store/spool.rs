@@ -446,6 +446,25 @@ fn rejected_name(name: &str, n: u32) -> String {
     format!("{}~{tail}", &name[..cut])
 }
 
+/// The `.reason` file's one line: the reason, and the input's whole name
+/// when it is kept under a shortened one (control characters escaped).
+fn reason_line(reason: &str, name: &str, kept_as: &str) -> String {
+    if kept_as.starts_with(name) {
+        return format!("{reason}\n");
+    }
+    let shown: String = name
+        .chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect();
+    format!("{reason} (its name was too long to keep beside its .reason: {shown})\n")
+}
+
 /// Moves `path` (a file, a directory, or a symlink — moved as the link,
 /// never followed) into `rejected_dir` under its own name, or `name.N` when
 /// that is taken, beside `<that name>.reason` holding `reason` on one line.
@@ -468,20 +487,15 @@ pub fn reject(
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "unnamed".to_string());
-    let mut line: String = reason
+    let reason: String = reason
         .chars()
         .map(|c| if c == '\n' || c == '\r' { ' ' } else { c })
         .collect();
-    if rejected_name(&name, 0) != name {
-        line.push_str(&format!(
-            " (its name was too long to keep beside its .reason: {name})"
-        ));
-    }
-    let line = format!("{line}\n");
     let mut n = 0u32;
     let target = loop {
         let candidate = rejected_name(&name, n);
         n += 1;
+        let line = reason_line(&reason, &name, &candidate);
         let target = rejected_dir.join(&candidate);
         if fs::symlink_metadata(&target).is_ok() {
             continue;
@@ -553,6 +567,19 @@ mod tests {
             "{reason}"
         );
         assert!(reason.trim_end().ends_with(&format!("{name})")), "{reason}");
+    }
+
+    #[test]
+    fn a_shortened_name_is_given_whole_on_the_reasons_one_line() {
+        let short = reason_line("bad", "a.json", "a.json.1");
+        assert_eq!(short, "bad\n");
+        // Cut at its second try only: still named.
+        let long = format!("{}\n.json", "m".repeat(246));
+        let kept = rejected_name(&long, 1);
+        assert!(!kept.starts_with(&long));
+        let line = reason_line("bad", &long, &kept);
+        assert_eq!(line.lines().count(), 1, "{line:?}");
+        assert!(line.contains("m\\n.json)"), "{line:?}");
     }
 
     /// A reader over bytes that gives at most `chunk` per read and counts
