@@ -385,8 +385,10 @@ fn sandbox_limits() {
         ("let a = [1]; loop { a += a; }", &["size limit"]),
         ("let a = []; loop { a.push(1); }", &slow),
         (
+            // Rhai does not count a map's keys on `m[k] = v`: what stops it
+            // is how fast the build runs.
             "let m = #{}; let i = 0; loop { m[`k${i}`] = i; i += 1; }",
-            &slow,
+            &["time limit", "operation limit", "memory limit"],
         ),
         ("fn f(n) { f(n + 1) } f(0)", &["call depth limit"]),
         ("loop { print(\"spam\"); }", &spam),
