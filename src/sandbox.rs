@@ -208,3 +208,37 @@ pub fn limit_exceeded(err: &EvalAltResult) -> Option<String> {
         _ => return None,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each string and the map stay within their own bounds; together
+    /// they do not. A deadline far away: the memory bound is what stops
+    /// the run, however loaded the machine (the engine's runs have 1 s).
+    #[test]
+    fn a_run_holding_too_much_memory_is_stopped_and_gives_it_back() {
+        let engine = sandbox_engine();
+        // 600 MB at most, should the bound ever fail to stop it.
+        let script = r#"let m = #{}; let s = ""; s.pad(1000000, "y");
+            for i in 0..600 { m[`k${i}`] = s + i; }"#;
+        let before = crate::heap::thread_net_bytes();
+        let err = with_deadline("hog", Duration::from_secs(300), || {
+            engine.eval::<Dynamic>(script)
+        })
+        .unwrap_err();
+        assert_eq!(
+            limit_exceeded(&err).as_deref(),
+            Some("memory limit (256 MiB held by one run)"),
+            "{err}"
+        );
+        drop(err);
+        let held = crate::heap::thread_net_bytes() - before;
+        assert!(held < 1 << 20, "{held} bytes still held");
+        // The next run has its whole budget again.
+        let ok = with_deadline("small", Duration::from_secs(300), || {
+            engine.eval::<i64>(r#"let s = ""; s.pad(1000000, "y"); s.len"#)
+        });
+        assert_eq!(ok.unwrap(), 1_000_000);
+    }
+}
