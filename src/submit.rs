@@ -185,12 +185,7 @@ impl TakenIds {
                 .into_iter()
                 .flatten()
                 .flatten()
-                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-                .filter(|e| {
-                    e.file_name()
-                        .to_str()
-                        .is_some_and(|n| n.parse::<Domain>().is_ok())
-                })
+                .filter(crate::store::intake::is_domain_dir)
                 .map(|e| e.path()),
         );
         TakenIds { in_dirs }

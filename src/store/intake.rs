@@ -72,15 +72,20 @@ pub fn counted_entries(root: &Root) -> impl Iterator<Item = PathBuf> {
             .filter(|e| !is_ignored_name(&e.file_name().to_string_lossy()))
     };
     listing(&root.spool_in()).flat_map(move |e| {
-        let domain_dir = e.file_type().is_ok_and(|t| t.is_dir())
-            && e.file_name().to_string_lossy().parse::<Domain>().is_ok();
-        let inner: Vec<PathBuf> = if domain_dir {
+        let inner: Vec<PathBuf> = if is_domain_dir(&e) {
             listing(&e.path()).map(|f| f.path()).collect()
         } else {
             vec![e.path()]
         };
         inner
     })
+}
+
+/// Whether an entry of `in/` is a domain's directory (by its type as
+/// listed, and its name).
+pub fn is_domain_dir(e: &std::fs::DirEntry) -> bool {
+    e.file_type().is_ok_and(|t| t.is_dir())
+        && e.file_name().to_string_lossy().parse::<Domain>().is_ok()
 }
 
 /// The entries of `dir` (`in/`, or a domain's `in/<domain>/`) in
