@@ -517,8 +517,8 @@ impl Engine {
     /// Whether requests naming no known task may be rejected now: not
     /// while the engine stops (they apply at the next start), nor while a
     /// file of `in/` is put off (still being written, its id unknown until
-    /// it is read). Each put-off file comes back at its deadline, and the
-    /// scan that takes it settles the requests again.
+    /// it is read). A put-off file is looked at again on its close event
+    /// or at its deadline, and either look settles the requests again.
     pub(super) fn may_settle_requests(&self) -> bool {
         !self.mode.is_stopping() && !self.settling.has_pending()
     }
