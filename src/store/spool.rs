@@ -218,14 +218,19 @@ fn fill(file: &mut File, target: &Path, bytes: &[u8], fsync: bool) -> Result<(),
             source,
         })?;
     if fsync {
-        fault::inject(Op::Fsync, target, None)
-            .and_then(|()| file.sync_all())
-            .map_err(|source| SpoolError::Fsync {
-                path: target.to_path_buf(),
-                source,
-            })?;
+        sync_file(file, target)?;
     }
     Ok(())
+}
+
+/// Fsyncs `file`, which becomes `target` (with its fault injection).
+fn sync_file(file: &File, target: &Path) -> Result<(), SpoolError> {
+    fault::inject(Op::Fsync, target, None)
+        .and_then(|()| file.sync_all())
+        .map_err(|source| SpoolError::Fsync {
+            path: target.to_path_buf(),
+            source,
+        })
 }
 
 /// Appends `bytes` to the file at `path` (created if missing) in one
@@ -304,17 +309,21 @@ pub fn write_atomic(
 }
 
 /// Writes `bytes` durably to `dir/name` through `spare`, an existing file
-/// of this engine's (a recycled `run/` file kept in `var/spool/.spare/`, see `commit`): truncate, write
-/// all, fsync, no-replace rename into place. It allocates no inode, which on
-/// ext4 is the largest cost of writing a record. On [`SpoolError::Exists`]
-/// the spare is still there; on another error it may be gone.
+/// of this engine's (a recycled `run/` file kept in `var/spool/.spare/`,
+/// see `commit`): write all over it from its start, cut what is left of
+/// its old bytes, fsync, no-replace rename into place. It allocates no
+/// inode, which on ext4 is the largest cost of writing a record, and
+/// writes over the blocks the file has instead of freeing them (a
+/// truncation to zero frees them, and on a disk mounted with `discard`
+/// each free is a discard request). On [`SpoolError::Exists`] the spare is
+/// still there; on another error it may be gone.
 pub fn write_recycled(
     spare: &Path,
     dir: &Path,
     name: &str,
     bytes: &[u8],
 ) -> Result<PathBuf, SpoolError> {
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
     let target = dir.join(name);
     let write_err = |source| SpoolError::Write {
         path: target.clone(),
@@ -322,13 +331,20 @@ pub fn write_recycled(
     };
     let mut file = fs::OpenOptions::new()
         .write(true)
-        .truncate(true)
         .custom_flags(nix::libc::O_NOFOLLOW)
         .open(spare)
         .map_err(write_err)?;
-    file.set_permissions(fs::Permissions::from_mode(0o600))
-        .map_err(write_err)?;
-    fill(&mut file, &target, bytes, true)?;
+    let meta = file.metadata().map_err(write_err)?;
+    if meta.mode() & 0o7777 != 0o600 {
+        use std::os::unix::fs::PermissionsExt;
+        file.set_permissions(fs::Permissions::from_mode(0o600))
+            .map_err(write_err)?;
+    }
+    fill(&mut file, &target, bytes, false)?;
+    if meta.len() > bytes.len() as u64 {
+        file.set_len(bytes.len() as u64).map_err(write_err)?;
+    }
+    sync_file(&file, &target)?;
     rename_no_replace(spare, &target)?;
     Ok(target)
 }
@@ -526,6 +542,33 @@ pub fn reject(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_recycled_file_holds_exactly_the_new_bytes_whatever_it_held() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("done");
+        fs::create_dir(&dir).unwrap();
+        let record = br#"{"id":"t1","state":"completed"}"#;
+        // Longer than the record (its tail must go), shorter, and one of
+        // several blocks; each with another mode than a record's.
+        for (n, old) in [vec![b'x'; 100], vec![b'y'; 3], vec![b'z'; 20_000]]
+            .into_iter()
+            .enumerate()
+        {
+            let spare = tmp.path().join(format!("spare{n}"));
+            fs::write(&spare, &old).unwrap();
+            fs::set_permissions(&spare, fs::Permissions::from_mode(0o644)).unwrap();
+            let ino = fs::metadata(&spare).unwrap().ino();
+            let name = format!("t{n}.json");
+            let to = write_recycled(&spare, &dir, &name, record).unwrap();
+            assert_eq!(to, dir.join(&name));
+            assert_eq!(fs::read(&to).unwrap(), record, "over {} bytes", old.len());
+            let meta = fs::metadata(&to).unwrap();
+            assert_eq!((meta.ino(), meta.mode() & 0o7777), (ino, 0o600));
+            assert!(!spare.exists());
+        }
+    }
 
     #[test]
     fn rejected_names_leave_room_for_their_reason() {
