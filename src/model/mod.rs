@@ -26,6 +26,47 @@ pub fn json_count(v: &serde_json::Value) -> Option<u32> {
 /// What a count must be, in the messages that refuse one.
 pub const COUNT_EXPECTED: &str = "a non-negative integer (at most 4294967295)";
 
+/// Serde readers of counts in files read with serde (`tasker.json`): any
+/// JSON Schema integer, as [`json_count`] reads it (`5`, `5.0`), so that a
+/// number the task file takes is taken there too.
+pub mod count {
+    use serde::de::{Deserialize, Deserializer, Error, Unexpected};
+    use serde_json::Value;
+
+    /// A count (`u32`).
+    pub fn de<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+        let v = Value::deserialize(d)?;
+        super::json_count(&v).ok_or_else(|| refuse(&v))
+    }
+
+    /// An optional count (`null` is none).
+    pub fn de_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+        match Option::<Value>::deserialize(d)? {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => super::json_count(&v).map(Some).ok_or_else(|| refuse(&v)),
+        }
+    }
+
+    fn refuse<E: Error>(v: &Value) -> E {
+        let unexpected = match v {
+            Value::Null => Unexpected::Unit,
+            Value::Bool(b) => Unexpected::Bool(*b),
+            Value::Number(n) => match (n.as_i64(), n.as_u64(), n.as_f64()) {
+                (Some(i), _, _) => Unexpected::Signed(i),
+                (_, Some(u), _) => Unexpected::Unsigned(u),
+                (_, _, f) => Unexpected::Float(f.unwrap_or(f64::NAN)),
+            },
+            Value::String(s) => Unexpected::Str(s),
+            Value::Array(_) => Unexpected::Seq,
+            Value::Object(_) => Unexpected::Map,
+        };
+        match v {
+            Value::Number(_) => E::invalid_value(unexpected, &super::COUNT_EXPECTED),
+            _ => E::invalid_type(unexpected, &super::COUNT_EXPECTED),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::{json_count, json_int};

@@ -36,6 +36,7 @@ pub struct ConcurrencyKey {
     #[schemars(regex(pattern = r"^(payload|headers)\..*[^.]$"))]
     pub key: String,
     /// At most this many running tasks of the tasker share one value.
+    #[serde(deserialize_with = "crate::model::count::de")]
     #[schemars(range(min = 1))]
     pub limit: u32,
 }
@@ -59,13 +60,13 @@ pub struct TaskerConfig {
     #[serde(default)]
     pub start_timeout: Option<Dur>,
     /// Retries of `work` errors (default 3).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::model::count::de_opt")]
     pub retries: Option<u32>,
     /// Whether a timed-out run is retried too (default false).
     #[serde(default)]
     pub retry_on_timeout: Option<bool>,
     /// At most this many runs of this tasker at once.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::model::count::de_opt")]
     #[schemars(range(min = 1))]
     pub max_concurrent: Option<u32>,
     /// Limits per value of a path into the task.
@@ -102,14 +103,14 @@ pub struct SlurmConfig {
     #[serde(default)]
     pub partition: Option<String>,
     /// `--cpus-per-task`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::model::count::de_opt")]
     #[schemars(range(min = 1))]
     pub cpus: Option<u32>,
     /// `--mem` (as Slurm writes it: `512M`, `8G`).
     #[serde(default)]
     pub mem: Option<String>,
     /// `--gpus`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::model::count::de_opt")]
     #[schemars(range(min = 1))]
     pub gpus: Option<u32>,
     /// `--time`: the job's time limit (default: `timeout` plus the kill
@@ -266,6 +267,35 @@ fn engine_owned(arg: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn counts_are_json_schema_integers_as_in_task_files() {
+        let c = TaskerConfig::parse(
+            br#"{"cmd":"x","retries":5.0,"max_concurrent":2e0,"executor":"slurm",
+                "concurrency":[{"key":"payload.a","limit":1.0}],"slurm":{"cpus":4.0,"gpus":null}}"#,
+        )
+        .unwrap();
+        assert_eq!((c.retries, c.max_concurrent), (Some(5), Some(2)));
+        assert_eq!(c.concurrency[0].limit, 1);
+        let slurm = c.slurm.unwrap();
+        assert_eq!((slurm.cpus, slurm.gpus), (Some(4), None));
+        for (bad, words) in [
+            (r#""retries":1.5"#, "invalid value: floating point `1.5`"),
+            (r#""retries":-1"#, "invalid value: integer `-1`"),
+            (
+                r#""retries":4294967296"#,
+                "invalid value: integer `4294967296`",
+            ),
+            (r#""max_concurrent":"4""#, "invalid type: string \"4\""),
+            (r#""retries":true"#, "invalid type: boolean `true`"),
+        ] {
+            let e = TaskerConfig::parse(format!(r#"{{"cmd":"x",{bad}}}"#).as_bytes()).unwrap_err();
+            assert!(
+                e.contains(words) && e.contains(crate::model::COUNT_EXPECTED),
+                "{bad}: {e}"
+            );
+        }
+    }
 
     #[test]
     fn tasker_json_is_validated() {
