@@ -5,7 +5,6 @@
 //! few seconds with no event is only a safety net against a lost event.
 //! [`Tail`] reads what was appended to a file since the last look.
 
-use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::PathBuf;
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
@@ -81,19 +80,20 @@ impl Follow {
 }
 
 /// A file read from where the last read stopped, whole lines at a time.
+/// It is opened as every file under `var/` is (no link followed, no FIFO
+/// waited on); a file replaced at the path (removed by `gc`, made again
+/// by a task of the same id) or cut shorter is read again from its start.
 pub struct Tail {
     path: PathBuf,
     offset: u64,
     partial: Vec<u8>,
+    /// The file read last (device and inode).
+    file: Option<(u64, u64)>,
 }
 
 impl Tail {
     pub fn new(path: PathBuf) -> Tail {
-        Tail {
-            path,
-            offset: 0,
-            partial: Vec::new(),
-        }
+        Tail::at(path, 0)
     }
 
     /// A tail that starts reading at `offset` (what is before it is
@@ -103,14 +103,26 @@ impl Tail {
             path,
             offset,
             partial: Vec::new(),
+            file: None,
         }
     }
 
     /// The whole lines appended since the last call.
     pub fn lines(&mut self) -> Vec<Vec<u8>> {
-        let Ok(mut f) = File::open(&self.path) else {
+        use std::os::unix::fs::MetadataExt;
+        let Ok(mut f) = spoolflow::store::points::open_to_read(&self.path) else {
             return Vec::new();
         };
+        let Ok(meta) = f.metadata() else {
+            return Vec::new();
+        };
+        let file = (meta.dev(), meta.ino());
+        let replaced = self.file.is_some_and(|was| was != file);
+        if replaced || meta.len() < self.offset {
+            self.offset = 0;
+            self.partial.clear();
+        }
+        self.file = Some(file);
         let mut bytes = Vec::new();
         if f.seek(SeekFrom::Start(self.offset)).is_err() || f.read_to_end(&mut bytes).is_err() {
             return Vec::new();

@@ -184,9 +184,9 @@ fn newest_reason(rejected: &Path, name: &str, since: SystemTime) -> Option<Strin
                 .and_then(|m| m.modified())
                 .is_ok_and(|t| t >= since);
             fresh.then(|| {
-                std::fs::read_to_string(&reason)
+                spoolflow::read::find::read_reason(&reason)
                     .map(|r| r.trim_end().to_string())
-                    .unwrap_or_else(|_| NO_REASON.into())
+                    .unwrap_or_else(|| NO_REASON.into())
             })
         })
 }

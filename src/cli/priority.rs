@@ -126,7 +126,9 @@ fn watch_dirs(
 fn applied(root: &spoolflow::Root, id: &TaskId, priority: i32) -> bool {
     [root.run_file(id), root.done_file(id), root.failed_file(id)]
         .iter()
-        .filter_map(|p| std::fs::read(p).ok())
+        .filter_map(|p| {
+            spoolflow::store::spool::read_capped(p, spoolflow::read::find::READ_LIMIT).ok()
+        })
         .filter_map(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
         .any(|v| v["priority"] == priority)
 }
@@ -151,6 +153,6 @@ fn refusal(root: &spoolflow::Root, id: &TaskId, since: std::time::SystemTime) ->
         .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
         .filter(|(t, _)| *t >= since)
         .max()
-        .and_then(|(_, p)| std::fs::read_to_string(p).ok())
+        .and_then(|(_, p)| spoolflow::read::find::read_reason(&p))
         .map(|r| r.trim().to_string())
 }

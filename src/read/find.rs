@@ -12,7 +12,7 @@ use crate::store::intake::counted_entries;
 use crate::store::spool;
 
 /// The largest record or task file read.
-const READ_LIMIT: u64 = 16 * 1024 * 1024;
+pub const READ_LIMIT: u64 = 16 * 1024 * 1024;
 
 /// Why something could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -61,8 +61,7 @@ pub fn find(root: &Root, id: &TaskId) -> Result<Option<Place>, ReadError> {
     }
     let rejected = root.rejected().join(format!("{id}.json"));
     if rejected.symlink_metadata().is_ok() {
-        let reason = std::fs::read_to_string(root.rejected().join(format!("{id}.json.reason")))
-            .ok()
+        let reason = read_reason(&root.rejected().join(format!("{id}.json.reason")))
             .map(|r| r.trim_end().to_string());
         return Ok(Some(Place::Rejected {
             path: rejected,
@@ -153,11 +152,18 @@ pub fn find_in(root: &Root, id: &TaskId) -> Option<PathBuf> {
     })
 }
 
+/// The reason beside a rejected file (at most 64 KiB of it), read as
+/// every file under `var/` is (no link followed, no FIFO waited on).
+pub fn read_reason(path: &Path) -> Option<String> {
+    let bytes = crate::store::spool::read_capped(path, 64 << 10).ok()?;
+    Some(String::from_utf8_lossy(&bytes).into_owned())
+}
+
 /// The last `limit` bytes of a file, from the first whole line in them
 /// (the whole file when it is smaller).
 pub fn read_tail(path: &Path, limit: u64) -> io::Result<Vec<u8>> {
     use std::io::{Read, Seek, SeekFrom};
-    let mut file = std::fs::File::open(path)?;
+    let mut file = crate::store::points::open_to_read(path)?;
     let len = file.metadata()?.len();
     if len <= limit {
         let mut bytes = Vec::with_capacity(len as usize);

@@ -192,8 +192,7 @@ fn rejected_files(root: &Root, out: &mut Listing) {
             continue;
         }
         let path = dir.join(name);
-        let reason = std::fs::read_to_string(dir.join(format!("{name}.reason")))
-            .ok()
+        let reason = crate::read::find::read_reason(&dir.join(format!("{name}.reason")))
             .map(|r| first_line(&r));
         let at = modified(&path);
         out.tasks.push(Summary {

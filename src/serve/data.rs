@@ -162,7 +162,7 @@ pub fn tasks(app: &App, q: &TaskQuery) -> Result<Page, Refusal> {
         .filter(|t| query.keeps(t) && text.is_none_or(|x| t.id.contains(x)))
         .collect();
     let total = kept.len();
-    let end = (query.skip + q.limit()).min(total);
+    let end = query.skip.saturating_add(q.limit()).min(total);
     if end > 0 && end < total {
         // Only the first `end` need sorting.
         kept.select_nth_unstable_by(end - 1, |a, b| query.compare(a, b));

@@ -321,8 +321,8 @@ fn pager(q: &TaskQuery, total: usize) -> Markup {
     html! {
         p.pager {
             @if skip > 0 { a rel="prev" href=(at(skip.saturating_sub(limit))) { "← newer" } " " }
-            (skip.min(total)) "–" ((skip + limit).min(total)) " of " (total)
-            @if skip + limit < total { " " a rel="next" href=(at(skip + limit)) { "older →" } }
+            (skip.min(total)) "–" (skip.saturating_add(limit).min(total)) " of " (total)
+            @if skip.saturating_add(limit) < total { " " a rel="next" href=(at(skip + limit)) { "older →" } }
         }
     }
 }

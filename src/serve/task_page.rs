@@ -91,7 +91,7 @@ pub async fn task(
                 p.notice { (d) " requested." }
             }
             (fields(&id, s))
-            @if app.allow_actions { (actions(&app.action_token, &id, s)) }
+            @if app.allow_actions { (actions(&app.action_token, &id, s, r.flow.is_some())) }
             section {
                 h2 { "Attempts" }
                 (timeline(&s.points, flow_nodes(s)))
@@ -204,9 +204,17 @@ fn payload(title: &str, v: &Value, raw: &str) -> Markup {
     }
 }
 
-/// The forms of the actions this task allows.
-fn actions(token: &str, id: &spoolflow::model::names::TaskId, s: &show::Shown) -> Markup {
+/// The forms of the actions this task allows: cancel while it has not
+/// ended, a new priority while it waits (the engine refuses one for a
+/// running task or a flow), retry once it failed or was aborted.
+fn actions(
+    token: &str,
+    id: &spoolflow::model::names::TaskId,
+    s: &show::Shown,
+    is_flow: bool,
+) -> Markup {
     let live = !s.state.is_final();
+    let waiting = matches!(s.state, ListState::Queued | ListState::Delayed) && !is_flow;
     let retry = matches!(s.state, ListState::Failed | ListState::Aborted);
     html! {
         section.actions {
@@ -217,6 +225,8 @@ fn actions(token: &str, id: &spoolflow::model::names::TaskId, s: &show::Shown) -
                     input name="reason" placeholder="reason (optional)" size="20";
                     button.danger type="submit" { "Cancel" }
                 }
+            }
+            @if waiting {
                 form method="post" action={ "/api/tasks/" (id) "/priority" } {
                     input type="hidden" name="token" value=(token);
                     input type="hidden" name="back" value="1";

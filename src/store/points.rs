@@ -66,6 +66,13 @@ pub fn read_points(path: &Path) -> io::Result<Vec<Point>> {
     Ok(parse_points(&bytes))
 }
 
+/// Opens a file under `var/` to read it (a points or stderr log, a
+/// rejection's reason), as [`regular`] does: never through a link, never
+/// waiting on a FIFO, only a regular file.
+pub fn open_to_read(path: &Path) -> io::Result<File> {
+    regular(OpenOptions::new().read(true), path)
+}
+
 /// Opens a points log to append to it, creating it if needed.
 fn open_append(path: &Path) -> io::Result<File> {
     regular(OpenOptions::new().create(true).append(true), path)

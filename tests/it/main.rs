@@ -51,6 +51,8 @@ mod harden_lock;
 // issue 12: the dashboard
 mod serve;
 mod serve_browser;
+// the dashboard and reading commands against FIFOs and links in var/
+mod serve_hostile;
 mod serve_live;
 mod serve_support;
 // issue 14: the Slurm development cluster (scripts/slurm-dev), and taskers on it

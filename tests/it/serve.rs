@@ -468,3 +468,37 @@ fn actions_need_allow_actions_and_the_token_and_write_the_clis_requests() {
     );
     assert_eq!(r.status, 400);
 }
+
+#[test]
+fn each_task_page_offers_the_actions_the_engine_takes_for_it() {
+    let (t, _engine) = fixture();
+    let srv = serve(&t, &["--allow-actions"]);
+    let forms = |id: &str| {
+        let page = get(&srv, &format!("/tasks/{id}")).body;
+        ["cancel", "priority", "retry"]
+            .into_iter()
+            .filter(|a| page.contains(&format!("/api/tasks/{id}/{a}")))
+            .collect::<Vec<_>>()
+    };
+    // A new priority only while the task waits (the engine refuses one
+    // for a running task), cancel until it ends, retry after a failure.
+    assert_eq!(forms("later-1"), ["cancel", "priority"]);
+    assert_eq!(forms("held"), ["cancel"], "running: no new priority");
+    assert_eq!(forms("bad-1"), ["retry"]);
+    assert!(forms("ok-1").is_empty());
+    assert!(forms("flow-1").is_empty());
+}
+
+#[test]
+fn a_skip_past_the_end_shows_an_empty_page_whatever_its_size() {
+    let t = action_root();
+    let srv = serve(&t, &[]);
+    for skip in ["5", "18446744073709551615"] {
+        let r = get(&srv, &format!("/tasks?skip={skip}"));
+        assert_eq!(r.status, 200, "skip={skip}: {}", r.body);
+        assert!(r.body.contains("2–2 of 2"), "skip={skip}: {}", r.body);
+        assert!(!r.body.contains(r#"rel="next""#), "skip={skip}");
+        let api = get(&srv, &format!("/api/tasks?skip={skip}"));
+        assert_eq!(api.status, 200, "skip={skip}: {}", api.body);
+    }
+}

@@ -1,0 +1,140 @@
+//! The dashboard and the reading commands against what a tasker (or
+//! anyone able to write under the root) may leave in `var/`: a FIFO or a
+//! symbolic link in place of a task's stderr log, points log or a
+//! rejection's reason never hangs a page, a command or the live feed, and
+//! a link is never followed out of the root.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use super::serve_support::*;
+use crate::common::*;
+
+/// A root with tasks `fifo`, `sneaky` and `plain` ended, then the stderr
+/// log of `fifo` replaced by a FIFO and that of `sneaky` by a link to a
+/// file outside the root.
+fn hostile_root() -> (TestRoot, tempfile::TempDir) {
+    let t = TestRoot::new();
+    t.tasker("d", "echo", "#!/bin/sh\necho to-stderr >&2\ncat\n");
+    for id in ["fifo", "sneaky", "plain"] {
+        t.drop_task(
+            &format!("{id}.json"),
+            &format!(r#"{{"id":"{id}","domain":"d","tasker":"echo","payload":{{}}}}"#),
+        );
+    }
+    t.run_drain(2);
+    let outside = tempfile::tempdir().unwrap();
+    let secret = outside.path().join("secret");
+    std::fs::write(&secret, "SECRET-OUTSIDE-THE-ROOT\n").unwrap();
+    let logs = t.join("var/log/tsk");
+    std::fs::remove_file(logs.join("fifo.err")).unwrap();
+    nix::unistd::mkfifo(
+        &logs.join("fifo.err"),
+        nix::sys::stat::Mode::from_bits_truncate(0o644),
+    )
+    .unwrap();
+    std::fs::remove_file(logs.join("sneaky.err")).unwrap();
+    std::os::unix::fs::symlink(&secret, logs.join("sneaky.err")).unwrap();
+    (t, outside)
+}
+
+#[test]
+fn a_fifo_or_a_link_as_a_stderr_log_neither_hangs_nor_leaks_a_page() {
+    let (t, _outside) = hostile_root();
+    let srv = serve(&t, &[]);
+    // More requests than the server has blocking threads (8): each
+    // answers (the client gives up at its deadline otherwise).
+    for _ in 0..10 {
+        let page = get(&srv, "/tasks/fifo");
+        assert_eq!(page.status, 200, "{}", page.body);
+    }
+    for path in ["/tasks/fifo", "/api/tasks/fifo/logs", "/", "/tasks/plain"] {
+        assert_eq!(get(&srv, path).status, 200, "{path}");
+    }
+    assert!(get(&srv, "/api/tasks/plain/logs")
+        .body
+        .contains("to-stderr"));
+    for path in ["/tasks/sneaky", "/api/tasks/sneaky/logs"] {
+        let r = get(&srv, path);
+        assert_eq!(r.status, 200, "{path}");
+        assert!(!r.body.contains("SECRET-OUTSIDE"), "{path}: {}", r.body);
+    }
+}
+
+#[test]
+fn a_fifo_or_a_link_as_a_stderr_log_neither_hangs_nor_leaks_logs() {
+    let (t, _outside) = hostile_root();
+    for id in ["fifo", "sneaky"] {
+        let child = t
+            .cmd()
+            .args(["logs", "--stderr", id])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let out = wait_output(child, DEADLINE);
+        assert!(out.contains("completed"), "{id}: {out}");
+        assert!(!out.contains("SECRET-OUTSIDE"), "{id}: {out}");
+    }
+}
+
+#[test]
+fn a_fifo_or_a_link_as_a_rejection_reason_is_no_reason() {
+    let t = TestRoot::new();
+    let rejected = t.join("var/spool/rejected");
+    std::fs::write(rejected.join("r1.json"), "{").unwrap();
+    nix::unistd::mkfifo(
+        &rejected.join("r1.json.reason"),
+        nix::sys::stat::Mode::from_bits_truncate(0o644),
+    )
+    .unwrap();
+    std::fs::write(rejected.join("r2.json"), "{").unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(outside.path().join("secret"), "SECRET-OUTSIDE\n").unwrap();
+    std::os::unix::fs::symlink(
+        outside.path().join("secret"),
+        rejected.join("r2.json.reason"),
+    )
+    .unwrap();
+    let srv = serve(&t, &[]);
+    for path in ["/", "/tasks?state=rejected", "/tasks/r1", "/tasks/r2"] {
+        let r = get(&srv, path);
+        assert!(r.status < 500, "{path}: {}", r.status);
+        assert!(!r.body.contains("SECRET-OUTSIDE"), "{path}: {}", r.body);
+    }
+    for id in ["r1", "r2"] {
+        let child = t
+            .cmd()
+            .args(["show", id])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let out = wait_output(child, DEADLINE);
+        assert!(
+            out.contains(id) && !out.contains("SECRET-OUTSIDE"),
+            "{id}: {out}"
+        );
+    }
+}
+
+/// Waits for a command to exit within `deadline` (killed and failed
+/// otherwise); its stdout and stderr.
+fn wait_output(mut child: std::process::Child, deadline: Duration) -> String {
+    let mut status = None;
+    let end = std::time::Instant::now() + deadline;
+    while status.is_none() {
+        status = child.try_wait().unwrap();
+        if status.is_none() && std::time::Instant::now() > end {
+            let _ = child.kill();
+            panic!("the command did not exit within {deadline:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let out = child.wait_with_output().unwrap();
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
