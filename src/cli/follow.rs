@@ -141,3 +141,38 @@ impl Tail {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Tail;
+
+    #[test]
+    fn a_tail_reads_a_replaced_or_shortened_file_from_its_start() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("t1.log");
+        std::fs::write(&path, "one\ntwo\npart").unwrap();
+        let mut tail = Tail::new(path.clone());
+        assert_eq!(tail.lines(), [b"one".to_vec(), b"two".to_vec()]);
+        // Removed (gc) and made again by a task of the same id: shorter.
+        std::fs::remove_file(&path).unwrap();
+        std::fs::write(&path, "new\n").unwrap();
+        assert_eq!(tail.lines(), [b"new".to_vec()]);
+        // Replaced by a longer file (another inode): read whole, too.
+        let other = tmp.path().join("other");
+        std::fs::write(&other, "a\nb\nc\nd\ne\n").unwrap();
+        std::fs::rename(&other, &path).unwrap();
+        assert_eq!(tail.lines().len(), 5);
+        // Cut shorter in place.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
+        std::fs::write(&path, "x\n").unwrap();
+        assert_eq!(tail.lines(), [b"x".to_vec()]);
+        // A FIFO or a link at the path: nothing, at once.
+        std::fs::remove_file(&path).unwrap();
+        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        assert!(tail.lines().is_empty());
+    }
+}
