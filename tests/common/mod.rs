@@ -41,7 +41,16 @@ pub struct TestRoot {
 
 impl TestRoot {
     pub fn new() -> TestRoot {
-        let tmp = tempfile::tempdir().expect("tempdir");
+        TestRoot::named("")
+    }
+
+    /// A root whose directory's name begins with `prefix` (a space, a
+    /// `%`: what a path may hold).
+    pub fn named(prefix: &str) -> TestRoot {
+        let tmp = tempfile::Builder::new()
+            .prefix(prefix)
+            .tempdir()
+            .expect("tempdir");
         let root = Root::new(tmp.path()).expect("root");
         root.init().expect("init");
         TestRoot { tmp, root }

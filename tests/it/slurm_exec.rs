@@ -587,3 +587,33 @@ fn start_timeout_covers_the_time_pending_on_the_cluster() {
     });
     drop(e);
 }
+
+#[test]
+fn a_root_with_a_percent_in_its_path_and_srun_steps_keep_their_environment() {
+    let Some(c) = crate::common::slurm::cluster() else {
+        return;
+    };
+    // Slurm expands `%j` in a file name given to sbatch.
+    let t = TestRoot::named("r 3%j ");
+    slurm_tasker(
+        &t,
+        "steps",
+        "",
+        "#!/bin/sh\ncat >/dev/null\n\
+         srun --ntasks=1 /usr/bin/env > \"$SPOOLFLOW_ROOT/step-env\" || exit 3\n\
+         echo '{}'\n",
+    );
+    task(&t, "pct", "steps", "{}");
+    let (code, err) = engine(&t, &c, &["--drain"]).wait(Duration::from_secs(120));
+    assert_eq!(code, Some(0), "{err}");
+    let r = t.must_record("pct");
+    assert_eq!(r["state"], "completed", "{r:#}");
+    // An `srun` step of the tasker sees the tasker's environment (SPEC 6).
+    let env = std::fs::read_to_string(t.join("step-env")).unwrap();
+    assert!(env.contains("SPOOLFLOW_ID=pct\n"), "{env}");
+    assert!(env.lines().any(|l| l.starts_with("PATH=")), "{env}");
+    assert!(
+        !env.contains("hunter2"),
+        "the engine's own environment: {env}"
+    );
+}

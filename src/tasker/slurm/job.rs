@@ -52,7 +52,15 @@ pub fn sbatch_args(
         "--export=NONE".into(),
         "--nodes=1".into(),
         "--ntasks=1".into(),
-        format!("--output={}", job_dir.join(SLURM_OUT).display()),
+        // Slurm expands `%j` and the like in a file name: `%%` is a `%`.
+        format!(
+            "--output={}",
+            job_dir
+                .join(SLURM_OUT)
+                .display()
+                .to_string()
+                .replace('%', "%%")
+        ),
         format!("--chdir={}", job_dir.display()),
     ];
     let none = SlurmConfig::default();
@@ -116,6 +124,9 @@ pub fn script(job_dir: &Path, dir: &Path, argv: &[&OsStr], env: &[(&str, &OsStr)
     s.extend_from_slice(
         b"  case $v in SLURM_*|SLURMD_*|J) ;; *) unset \"$v\" 2>/dev/null ;; esac\ndone\n",
     );
+    // `srun` steps of the tasker take the job's environment as it is
+    // then (the job itself was submitted with `--export=NONE`).
+    s.extend_from_slice(b"export SLURM_EXPORT_ENV=ALL\n");
     for (k, v) in env {
         s.extend_from_slice(b"export ");
         s.extend_from_slice(k.as_bytes());
@@ -188,6 +199,13 @@ mod tests {
         assert!(a.contains(&"--cpus-per-task=4".to_string()));
         assert!(a.contains(&"--time=0-00:02:00".to_string()));
         assert_eq!(a.last().map(String::as_str), Some("--constraint=avx2"));
+        // A `%` of the path is no Slurm pattern; `--chdir` takes it as is.
+        let a = sbatch_args("n", Path::new("/r 3%j/j"), None, None);
+        assert!(
+            a.contains(&"--output=/r 3%%j/j/slurm.out".to_string()),
+            "{a:?}"
+        );
+        assert!(a.contains(&"--chdir=/r 3%j/j".to_string()), "{a:?}");
         let explicit = SlurmConfig {
             time: Some(crate::model::task::Dur(Duration::from_secs(3600))),
             ..SlurmConfig::default()
