@@ -189,11 +189,14 @@ impl Root {
     pub fn slurm_dir(&self) -> PathBuf {
         self.dir.join("var/slurm")
     }
-    /// `var/slurm/<exid>.<nid>.<offer>/`: one Slurm run's script, stdin,
-    /// stdout, stderr, points, exit status and job id (a run is named
-    /// after the offer that led to it: each run has its own).
-    pub fn slurm_job_dir(&self, exid: &Exid, nid: &Nid, offer: u32) -> PathBuf {
-        self.slurm_dir().join(format!("{exid}.{nid}.{offer}"))
+    /// `var/slurm/<exid>.<nid>.<attempt>.<offer>/`: one Slurm run's
+    /// script, stdin, stdout, stderr, points, exit status and job id (a
+    /// run is named after its attempt and the offer that led to it: each
+    /// run has its own, a run after `retry` too, whose offers count from 1
+    /// again).
+    pub fn slurm_job_dir(&self, exid: &Exid, nid: &Nid, attempt: u32, offer: u32) -> PathBuf {
+        self.slurm_dir()
+            .join(format!("{exid}.{nid}.{attempt}.{offer}"))
     }
 
     /// `var/run/points/`: where taskers append informative points

@@ -343,10 +343,10 @@ impl Engine {
     /// `started` is logged once the process exists (or the job runs).
     fn start(&mut self, key: &NodeKey, resolved: Resolved, limits: Vec<(Limit, u32)>) {
         let local = resolved.config.executor == ExecutorKind::Local;
-        let Some(offer) = self.node(key).map(|n| n.offers) else {
+        let Some(run) = self.node(key).map(|n| (n.attempt, n.offers)) else {
             return self.release(&limits, local);
         };
-        let job = (!local).then(|| self.job_spec(key, offer, &resolved));
+        let job = (!local).then(|| self.job_spec(key, run, &resolved));
         let points_file = match &job {
             Some(job) => job.dir.join(tasker::slurm::job::POINTS),
             None => self.root.node_points_file(&key.exid, &key.nid),

@@ -42,7 +42,9 @@ impl Engine {
         open: OpenRun,
         jobs: &mut Jobs,
     ) -> Option<Adopt> {
-        let dir = self.root.slurm_job_dir(&k.exid, &k.nid, open.offer);
+        let dir = self
+            .root
+            .slurm_job_dir(&k.exid, &k.nid, open.attempt, open.offer);
         if !dir.join(job::SCRIPT).exists() {
             return None;
         }
@@ -105,7 +107,9 @@ impl Engine {
     pub(super) fn adopt_node(&mut self, k: &NodeKey, open: OpenRun, found: Adopt) {
         self.build_flow_payload(k);
         let attempt = open.attempt;
-        let dir = self.root.slurm_job_dir(&k.exid, &k.nid, open.offer);
+        let dir = self
+            .root
+            .slurm_job_dir(&k.exid, &k.nid, open.attempt, open.offer);
         self.next_gen += 1;
         let gen = self.next_gen;
         let points = dir.join(job::POINTS);

@@ -51,11 +51,16 @@ impl Engine {
         }
     }
 
-    /// A Slurm run's directory and job name: named after its offer, a
-    /// run's own number (a refusal or an `uncompleted` reply runs an
-    /// attempt again).
-    pub(super) fn job_spec(&self, key: &NodeKey, offer: u32, resolved: &Resolved) -> JobSpec {
-        let dir = self.root.slurm_job_dir(&key.exid, &key.nid, offer);
+    /// A Slurm run's directory and job name: named after its attempt and
+    /// its offer (a refusal or an `uncompleted` reply runs an attempt
+    /// again; a `retry` counts offers from 1 again, in a new attempt).
+    pub(super) fn job_spec(
+        &self,
+        key: &NodeKey,
+        (attempt, offer): (u32, u32),
+        resolved: &Resolved,
+    ) -> JobSpec {
+        let dir = self.root.slurm_job_dir(&key.exid, &key.nid, attempt, offer);
         JobSpec {
             name: job::name_of(&dir),
             dir,

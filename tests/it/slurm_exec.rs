@@ -161,11 +161,11 @@ fn the_reply_table_points_and_environment_hold_on_slurm() {
     );
 
     // The jobs' directories go with `gc`, once their tasks have ended.
-    assert!(t.join("var/slurm/s-ok.0.1/status").exists());
+    assert!(t.join("var/slurm/s-ok.0.1.1/status").exists());
     let out = t.cmd().args(["gc", "--older-than", "0s"]).output().unwrap();
     let said = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(out.status.success(), "{said}");
-    assert!(said.contains("var/slurm/s-ok.0.1/"), "{said}");
+    assert!(said.contains("var/slurm/s-ok.0.1.1/"), "{said}");
     assert_eq!(t.list("var/slurm"), Vec::<String>::new());
 }
 

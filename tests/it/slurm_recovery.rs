@@ -138,7 +138,7 @@ fn a_job_submitted_just_before_a_crash_is_found_by_its_name() {
     assert_ne!(code, Some(0), "the engine died at the fault point");
     let jobs = jobs_of(&c, &id);
     assert_eq!(jobs.len(), 1, "sbatch ran once before the crash");
-    let job_dir = t.join(&format!("var/slurm/{id}.0.1"));
+    let job_dir = t.join(&format!("var/slurm/{id}.0.1.1"));
     assert!(
         !job_dir.join("job_id").exists(),
         "the crash came before the id was recorded"
@@ -305,7 +305,7 @@ fn a_job_the_cluster_forgot_without_a_result_runs_again_as_recovered() {
             .iter()
             .all(|(_, st)| st != "RUNNING" && st != "COMPLETING")
     });
-    let dir = t.join(&format!("var/slurm/{id}.0.1"));
+    let dir = t.join(&format!("var/slurm/{id}.0.1.1"));
     let _ = std::fs::remove_file(dir.join("status"));
     std::fs::write(dir.join("job_id"), "987654321\n").unwrap();
     let (code, err) = engine(&t, &c, &["--drain"]).wait(Duration::from_secs(120));
@@ -321,4 +321,61 @@ fn a_job_the_cluster_forgot_without_a_result_runs_again_as_recovered() {
         Some(&1),
         "the second run only reached its end"
     );
+}
+
+#[test]
+fn a_retried_task_runs_as_a_new_job_even_when_submitted_during_an_outage() {
+    let Some(c) = crate::common::slurm::cluster() else {
+        return;
+    };
+    let t = TestRoot::new();
+    // Fails its first run, completes its second.
+    slurm_tasker(
+        &t,
+        "second-time",
+        r#""retries":0"#,
+        "#!/bin/sh\ncat >/dev/null\n\
+         if [ -e \"$SPOOLFLOW_ROOT/ran-once\" ]; then echo '{\"ok\":2}'; exit 0; fi\n\
+         touch \"$SPOOLFLOW_ROOT/ran-once\"\nexit 1\n",
+    );
+    let id = format!("rt{}", std::process::id());
+    task(&t, &id, "second-time", "{}");
+    let e = engine(&t, &c, &[]);
+    wait_records(&t, std::slice::from_ref(&id), Duration::from_secs(60));
+    let first = t.must_record(&id);
+    assert_eq!(first["state"], "failed", "{first:#}");
+    // Retried while the controller is down: the submission waits, and
+    // once it answers the engine must not take the first run's job (same
+    // task, same node, same first offer) for the new run.
+    c.stop_ctld();
+    let out = t.cmd().args(["retry", &id]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_for(
+        "the new attempt to wait for the controller",
+        DEADLINE,
+        || {
+            t.points(&id).iter().any(|p| {
+                p["point"] == "suspended" && p["reason"].as_str().unwrap_or("").contains("submit")
+            })
+        },
+    );
+    c.start_ctld();
+    wait_for("the retried run's record", Duration::from_secs(90), || {
+        t.record(&id).is_some_and(|r| r["state"] != "failed")
+    });
+    drop(e);
+    let r = t.must_record(&id);
+    assert_eq!(r["state"], "completed", "{r:#}");
+    assert_eq!(r["payload"]["ok"], 2, "{r:#}");
+    let started: Vec<_> = t.points_named(&id, "started");
+    assert_eq!(started.len(), 2, "{started:?}");
+    assert_ne!(started[0]["job_id"], started[1]["job_id"], "a new job");
+    // Each run keeps its own files.
+    for dir in [format!("{id}.0.1.1"), format!("{id}.0.2.1")] {
+        assert!(t.join(&format!("var/slurm/{dir}/status")).exists(), "{dir}");
+    }
 }
