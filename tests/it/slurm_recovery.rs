@@ -379,3 +379,52 @@ fn a_retried_task_runs_as_a_new_job_even_when_submitted_during_an_outage() {
         assert!(t.join(&format!("var/slurm/{dir}/status")).exists(), "{dir}");
     }
 }
+
+#[test]
+fn a_cancel_during_an_outage_ends_the_job_once_the_controller_answers() {
+    let Some(c) = crate::common::slurm::cluster() else {
+        return;
+    };
+    let t = TestRoot::new();
+    slurm_tasker(
+        &t,
+        "long",
+        "",
+        "#!/bin/sh\ncat >/dev/null\nsleep 120\ntouch \"$SPOOLFLOW_ROOT/finished\"\necho '{}'\n",
+    );
+    let id = format!("oc{}", std::process::id());
+    task(&t, &id, "long", "{}");
+    let e = engine(&t, &c, &["--kill-grace", "1s"]);
+    let job = started_job(&t, &id);
+    c.stop_ctld();
+    let out = t.cmd().args(["cancel", &id]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Both the TERM and the kill after the grace fail while the
+    // controller is down.
+    let refused = format!("scancel of job {job} failed");
+    wait_for("the scancels to fail", Duration::from_secs(90), || {
+        std::fs::read_to_string(t.join("var/log/engine.log"))
+            .unwrap_or_default()
+            .matches(&refused)
+            .count()
+            >= 2
+    });
+    c.start_ctld();
+    // Ended by the engine once Slurm answers, long before its 120 s.
+    wait_for("the job to be cancelled", Duration::from_secs(60), || {
+        crate::slurm_exec::job_gone(&c, &id, job)
+    });
+    wait_records(&t, std::slice::from_ref(&id), Duration::from_secs(60));
+    drop(e);
+    assert_eq!(t.must_record(&id)["state"], "aborted");
+    let state = jobs_of(&c, &id)
+        .into_iter()
+        .find(|(j, _)| *j == job)
+        .map(|(_, s)| s);
+    assert_eq!(state.as_deref(), Some("CANCELLED"), "job {job}");
+    assert!(!t.join("finished").exists(), "the tasker ran to its end");
+}

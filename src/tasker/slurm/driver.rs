@@ -321,17 +321,58 @@ async fn sbatch(args: &[String]) -> Result<u64, String> {
     squeue::parse_job_id(&out).ok_or_else(|| format!("sbatch printed no job id: {}", out.trim()))
 }
 
-/// `scancel` (`--signal=TERM --full` with a signal): best effort; what
-/// Slurm then says of the job is what counts.
-async fn cancel(id: u64, signal: Option<&str>) {
+/// How soon a `scancel` that failed (the controller unreachable, say) is
+/// tried again.
+const CANCEL_AGAIN: Duration = Duration::from_secs(5);
+
+/// `scancel` (`--signal=TERM --full` with a signal); whether Slurm took
+/// it. What Slurm then says of the job is what counts.
+async fn cancel(id: u64, signal: Option<&'static str>) -> bool {
     let mut args = Vec::new();
     if let Some(sig) = signal {
         args.push(format!("--signal={sig}"));
         args.push("--full".into());
     }
     args.push(id.to_string());
-    if let Err(e) = command::run("scancel", &args).await {
-        tracing::warn!("scancel of job {id} failed: {e}");
+    match command::run("scancel", &args).await {
+        Ok(_) => true,
+        Err(e) => {
+            tracing::warn!(
+                "scancel of job {id} failed: {e}; tried again every {}s until Slurm takes it",
+                CANCEL_AGAIN.as_secs()
+            );
+            false
+        }
+    }
+}
+
+/// A `scancel` not yet taken by Slurm, tried again until it is (a cancel
+/// or a timeout during a controller outage must still end the job).
+#[derive(Default)]
+struct Undelivered {
+    /// The signal of the `scancel` to send again (`None` inside: a kill).
+    signal: Option<Option<&'static str>>,
+    again_at: Option<Instant>,
+}
+
+impl Undelivered {
+    /// Sends `signal` now; remembers it when Slurm did not take it. A
+    /// later `scancel` replaces one still to send (a kill after a TERM).
+    async fn send(&mut self, id: u64, signal: Option<&'static str>) {
+        if cancel(id, signal).await {
+            *self = Undelivered::default();
+        } else {
+            self.signal = Some(signal);
+            self.again_at = Some(Instant::now() + CANCEL_AGAIN);
+        }
+    }
+
+    /// Sends again what Slurm did not take.
+    async fn again(&mut self, id: u64) {
+        self.again_at = None;
+        if let Some(signal) = self.signal.take() {
+            self.send(id, signal).await;
+        }
     }
 }
 
@@ -360,6 +401,7 @@ async fn follow(
     let mut stop_open = true;
     let mut deadline: Option<Instant> = None;
     let mut kill_at: Option<Instant> = None;
+    let mut undelivered = Undelivered::default();
     let far = || Instant::now() + Duration::from_secs(365 * 24 * 3600);
     loop {
         tokio::select! {
@@ -381,7 +423,7 @@ async fn follow(
                     Ok(StopReason::Cancel) => {
                         s.stopped = Some(StopReason::Cancel);
                         let running = s.node.is_some();
-                        cancel(id, running.then_some("TERM")).await;
+                        undelivered.send(id, running.then_some("TERM")).await;
                         kill_at = running.then(|| Instant::now() + f.kill_grace);
                     }
                     Err(_) => {}
@@ -391,13 +433,16 @@ async fn follow(
                 deadline = None;
                 if s.stopped.is_none() {
                     s.timed_out = true;
-                    cancel(id, Some("TERM")).await;
+                    undelivered.send(id, Some("TERM")).await;
                     kill_at = Some(Instant::now() + f.kill_grace);
                 }
             }
             _ = tokio::time::sleep_until(kill_at.unwrap_or_else(far)), if kill_at.is_some() => {
                 kill_at = None;
-                cancel(id, None).await;
+                undelivered.send(id, None).await;
+            }
+            _ = tokio::time::sleep_until(undelivered.again_at.unwrap_or_else(far)), if undelivered.again_at.is_some() => {
+                undelivered.again(id).await;
             }
         }
     }
