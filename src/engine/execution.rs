@@ -37,9 +37,43 @@ impl Engine {
         let Some(st) = self.node(k).and_then(|n| n.task.options().start_timeout) else {
             return;
         };
+        self.arm_start_timeout(k, st, created_at, std::time::Duration::ZERO);
+    }
+
+    /// Sets the `start_timeout` timer (the task's, else its tasker's) of a
+    /// re-attached Slurm job that had not started: the engine's restart
+    /// does not stop the clock, which runs from `created`. It fires no
+    /// sooner than two polls of Slurm from now, so that a job that started
+    /// while the engine was down is seen running first.
+    pub(super) fn watch_adopted_start_timeout(&mut self, k: &NodeKey) {
+        let Some(created_at) = self.executions.get(&k.exid).map(|e| e.created_at) else {
+            return;
+        };
+        let Some(node) = self.node(k) else {
+            return;
+        };
+        if node.starts != 0 || node.start_timer.is_some() {
+            return;
+        }
+        if let Some(st) = node.effective().start_timeout {
+            let polls = self.options.slurm_poll.saturating_mul(2);
+            self.arm_start_timeout(k, st, created_at, polls);
+        }
+    }
+
+    fn arm_start_timeout(
+        &mut self,
+        k: &NodeKey,
+        st: crate::model::task::Dur,
+        created_at: DateTime<Utc>,
+        at_least: std::time::Duration,
+    ) {
         let elapsed = (Utc::now() - created_at).to_std().unwrap_or_default();
-        // Passed already: the timer fires at once and fails the node.
-        let left = super::policy::start_time_left(st, elapsed).unwrap_or_default();
+        // Passed already: the timer fires at once (or `at_least` from
+        // now) and fails the node.
+        let left = super::policy::start_time_left(st, elapsed)
+            .unwrap_or_default()
+            .max(at_least);
         let timer = self.sched.at(
             std::time::Instant::now() + left,
             super::Timer::StartTimeout(k.clone()),

@@ -251,12 +251,21 @@ impl Engine {
             return;
         };
         node.start_timer = None;
-        // A Slurm job still pending on the cluster: its start timeout
-        // covers that wait too (SPEC 14); the job is cancelled first.
+        // A Slurm job still pending on the cluster, still being submitted
+        // (`sbatch` waiting for the controller) or re-attached before it
+        // started: its start timeout covers that wait too (SPEC 14); the
+        // job is cancelled first, once it exists. A local spawn under way
+        // is let start.
         let err = policy::start_timed_out(node.effective().start_timeout);
         let first = node.starts == 0;
         if let NodeState::Running(run) = &mut node.state {
-            if first && matches!(run.process, Process::Pending { .. }) {
+            let remote = run.slot.is_none();
+            let not_started = match run.process {
+                Process::Pending { .. } => true,
+                Process::Spawning | Process::Adopting { started: false } => remote,
+                _ => false,
+            };
+            if first && not_started {
                 run.process.ask_stop(Stop::Fail(err));
             }
             return;

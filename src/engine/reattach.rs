@@ -133,6 +133,10 @@ impl Engine {
         }));
         let launch = self.adopt_launch(k, &node, timeout);
         self.nodes.insert(k.clone(), node);
+        // A job that ended while the engine was down has its result.
+        if !started && !matches!(found, Adopt::Ended) {
+            self.watch_adopted_start_timeout(k);
+        }
         // Counted, never refused: the job exists already.
         self.sched.start_anyway(&limits, false);
         self.points_files.insert(points, k.clone());

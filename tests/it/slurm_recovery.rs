@@ -428,3 +428,66 @@ fn a_cancel_during_an_outage_ends_the_job_once_the_controller_answers() {
     assert_eq!(state.as_deref(), Some("CANCELLED"), "job {job}");
     assert!(!t.join("finished").exists(), "the tasker ran to its end");
 }
+
+/// A tasker whose jobs stay pending (held), with a start timeout.
+fn held_tasker(t: &TestRoot) {
+    slurm_tasker(
+        t,
+        "held",
+        r#""start_timeout":"5s","slurm":{"args":["--hold"]}"#,
+        "#!/bin/sh\ncat >/dev/null\necho '{}'\n",
+    );
+}
+
+/// The task failed `timeout` and its job is gone from the cluster.
+fn timed_out_at_start(t: &TestRoot, c: &SlurmCluster, id: &str) {
+    wait_records(t, &[id.to_string()], Duration::from_secs(90));
+    let r = t.must_record(id);
+    assert_eq!(r["state"], "failed", "{r:#}");
+    assert_eq!(r["error"]["kind"], "timeout", "{r:#}");
+    let job = t.points_named(id, "submitted")[0]["job_id"].as_u64().unwrap();
+    wait_for("the held job cancelled", Duration::from_secs(30), || {
+        crate::slurm_exec::job_gone(c, id, job)
+    });
+}
+
+#[test]
+fn start_timeout_holds_for_a_job_re_attached_after_a_crash() {
+    let Some(c) = crate::common::slurm::cluster() else {
+        return;
+    };
+    let t = TestRoot::new();
+    held_tasker(&t);
+    let id = format!("st{}", std::process::id());
+    task(&t, &id, "held", "{}");
+    let e = engine(&t, &c, &[]);
+    wait_for("the job submitted", Duration::from_secs(60), || {
+        !t.points_named(&id, "submitted").is_empty()
+    });
+    drop(e); // SIGKILL: a crash while the job is pending
+    let _e = engine(&t, &c, &[]);
+    timed_out_at_start(&t, &c, &id);
+}
+
+#[test]
+fn start_timeout_holds_while_sbatch_waits_for_the_controller() {
+    let Some(c) = crate::common::slurm::cluster() else {
+        return;
+    };
+    let t = TestRoot::new();
+    held_tasker(&t);
+    let id = format!("sw{}", std::process::id());
+    let _e = engine(&t, &c, &[]);
+    c.stop_ctld();
+    task(&t, &id, "held", "{}");
+    wait_for("the submission to wait for the controller", DEADLINE, || {
+        !t.points_named(&id, "suspended").is_empty()
+    });
+    // The start timeout (5 s from `created`) passes during the outage.
+    let created = Instant::now();
+    wait_for("the start timeout to pass", Duration::from_secs(30), || {
+        created.elapsed() > Duration::from_secs(6)
+    });
+    c.start_ctld();
+    timed_out_at_start(&t, &c, &id);
+}
