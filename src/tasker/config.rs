@@ -251,22 +251,48 @@ fn engine_owned(arg: &str) -> bool {
         "--no-requeue",
         "--wait",
         "--array",
-        "--ntasks",
-        "--nodes",
         "--wrap",
         "--open-mode",
     ];
     const SHORT: &[&str] = &["-J", "-o", "-e", "-i", "-D", "-W", "-a"];
     let flag = arg.split('=').next().unwrap_or(arg);
-    LONG.contains(&flag)
-        || SHORT
-            .iter()
-            .any(|s| arg == *s || (arg.starts_with(s) && arg.len() > 2 && !arg.starts_with("--")))
+    // sbatch takes any unambiguous start of a long option (`--outp`).
+    let long = flag.len() > 2 && flag.starts_with("--") && LONG.iter().any(|l| l.starts_with(flag));
+    long || SHORT
+        .iter()
+        .any(|s| arg == *s || (arg.starts_with(s) && arg.len() > 2 && !arg.starts_with("--")))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn slurm_args_may_not_set_what_the_engine_relies_on_even_abbreviated() {
+        for owned in [
+            "--output=x",
+            "--outp=x",
+            "--arr=0-2",
+            "--exp=ALL",
+            "--job-name=j",
+            "-J",
+            "-ox",
+            "--wait",
+        ] {
+            assert!(engine_owned(owned), "{owned}");
+        }
+        for free in [
+            "--ntasks=2",
+            "--nodes=2",
+            "-n2",
+            "--exclusive",
+            "--wait-all-nodes=1",
+            "--constraint=avx2",
+            "--mem-per-cpu=1G",
+        ] {
+            assert!(!engine_owned(free), "{free}");
+        }
+    }
 
     #[test]
     fn counts_are_json_schema_integers_as_in_task_files() {

@@ -617,3 +617,34 @@ fn a_root_with_a_percent_in_its_path_and_srun_steps_keep_their_environment() {
         "the engine's own environment: {env}"
     );
 }
+
+#[test]
+fn a_reply_lost_with_its_file_is_a_work_error_not_an_empty_reply() {
+    let Some(c) = crate::common::slurm::cluster() else {
+        return;
+    };
+    let t = TestRoot::new();
+    // Replies `failed`, but its reply file (in the job's directory, beside
+    // `$SPOOLFLOW_POINTS`) is gone before the engine reads it.
+    slurm_tasker(
+        &t,
+        "lost",
+        r#""retries":0"#,
+        "#!/bin/sh\ncat >/dev/null\nrm -f \"$(dirname \"$SPOOLFLOW_POINTS\")/out\"\n\
+         echo '{\"point\":\"failed\",\"reason\":\"no\"}'\n",
+    );
+    let id = format!("gn{}", std::process::id());
+    task(&t, &id, "lost", r#"{"keep":1}"#);
+    let (code, err) = engine(&t, &c, &["--drain"]).wait(Duration::from_secs(120));
+    assert_eq!(code, Some(0), "{err}");
+    let r = t.must_record(&id);
+    assert_eq!(r["state"], "failed", "{r:#}");
+    assert_eq!(r["error"]["kind"], "work", "{r:#}");
+    assert!(
+        r["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("cannot be read"),
+        "{r:#}"
+    );
+}

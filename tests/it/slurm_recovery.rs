@@ -445,7 +445,9 @@ fn timed_out_at_start(t: &TestRoot, c: &SlurmCluster, id: &str) {
     let r = t.must_record(id);
     assert_eq!(r["state"], "failed", "{r:#}");
     assert_eq!(r["error"]["kind"], "timeout", "{r:#}");
-    let job = t.points_named(id, "submitted")[0]["job_id"].as_u64().unwrap();
+    let job = t.points_named(id, "submitted")[0]["job_id"]
+        .as_u64()
+        .unwrap();
     wait_for("the held job cancelled", Duration::from_secs(30), || {
         crate::slurm_exec::job_gone(c, id, job)
     });
@@ -480,9 +482,11 @@ fn start_timeout_holds_while_sbatch_waits_for_the_controller() {
     let _e = engine(&t, &c, &[]);
     c.stop_ctld();
     task(&t, &id, "held", "{}");
-    wait_for("the submission to wait for the controller", DEADLINE, || {
-        !t.points_named(&id, "suspended").is_empty()
-    });
+    wait_for(
+        "the submission to wait for the controller",
+        DEADLINE,
+        || !t.points_named(&id, "suspended").is_empty(),
+    );
     // The start timeout (5 s from `created`) passes during the outage.
     let created = Instant::now();
     wait_for("the start timeout to pass", Duration::from_secs(30), || {

@@ -248,7 +248,9 @@ async fn submitted_meanwhile(name: &str, interval: Duration) -> Option<u64> {
 const OUTAGE_RETRY: Duration = Duration::from_secs(5);
 
 /// The Slurm time limit of a job with a run timeout: the timeout plus the
-/// kill grace, so that the engine's own timeout comes first.
+/// kill grace plus a minute, so that the engine's own timeout comes first
+/// (it sees the job's start up to a poll late, and its `scancel` may wait
+/// on the controller).
 fn backstop(launch: &Launch) -> Option<Duration> {
     launch
         .timeout
@@ -577,7 +579,19 @@ fn result(
             message: with_slurm_out(message, &f.dir),
         };
     };
-    let stdout = read_reply(&f.dir.join(job::OUT));
+    let stdout = match read_reply(&f.dir.join(job::OUT)) {
+        Ok(stdout) => stdout,
+        // Stopped: the reply does not count.
+        Err(_) if stopped.is_some() || timed_out => Vec::new(),
+        // The tasker ran, but what it replied is lost: not an empty reply
+        // (which would complete the task), a `work` error, retried.
+        Err(e) => {
+            return Exit::Lost {
+                kind: crate::model::task::ErrorKind::Work,
+                message: format!("the job's reply {} cannot be read: {e}", job::OUT),
+            }
+        }
+    };
     let oversized = stdout.len() > REPLY_LIMIT;
     let stderr_tail = crate::tasker::stderr::copy_stderr_file(
         &f.dir.join(job::ERR),
@@ -594,15 +608,13 @@ fn result(
     }
 }
 
-/// The reply file, read up to one byte over the limit.
-fn read_reply(path: &Path) -> Vec<u8> {
-    crate::userfile::read(path, REPLY_LIMIT as u64 + 1).unwrap_or_else(|e| {
-        if matches!(e, crate::userfile::UserFileError::TooLarge { .. }) {
-            vec![0; REPLY_LIMIT + 1]
-        } else {
-            Vec::new()
-        }
-    })
+/// The reply file, read up to one byte over the limit (a larger one reads
+/// as one byte too many); why it cannot be read.
+fn read_reply(path: &Path) -> Result<Vec<u8>, crate::userfile::UserFileError> {
+    match crate::userfile::read(path, REPLY_LIMIT as u64 + 1) {
+        Err(crate::userfile::UserFileError::TooLarge { .. }) => Ok(vec![0; REPLY_LIMIT + 1]),
+        read => read,
+    }
 }
 
 /// A shell's exit code as a wait status: 128 + n is signal n.
