@@ -75,6 +75,16 @@ pub(crate) struct Shown {
 
 /// Reads a task wherever it is, with its earlier attempts and points.
 pub(crate) fn load(root: &Root, id: &TaskId) -> Result<Shown, Failure> {
+    load_points(root, id, None)
+}
+
+/// As [`load`], with only the points in the last `bytes` of the log (the
+/// dashboard's: a log may hold millions of points, a page shows the last).
+pub(crate) fn load_recent(root: &Root, id: &TaskId, bytes: u64) -> Result<Shown, Failure> {
+    load_points(root, id, Some(bytes))
+}
+
+fn load_points(root: &Root, id: &TaskId, last: Option<u64>) -> Result<Shown, Failure> {
     let place = read::find(root, id).map_err(|e| Failure::new(exit::FAILURE, e))?;
     let history: Vec<Record> = read::history(root, id);
     let place = match place {
@@ -87,7 +97,14 @@ pub(crate) fn load(root: &Root, id: &TaskId) -> Result<Shown, Failure> {
         }
         None => return Err(Failure::new(exit::NOT_FOUND, format!("unknown id {id}"))),
     };
-    let points = read::points(root, id).map_err(|e| Failure::new(exit::FAILURE, e))?;
+    let points = match last {
+        None => read::points(root, id).map_err(|e| Failure::new(exit::FAILURE, e))?,
+        Some(bytes) => match read::find::read_tail(&root.points_log(id), bytes) {
+            Ok(tail) => spoolflow::model::point::parse_points(&tail),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(Failure::new(exit::FAILURE, e)),
+        },
+    };
     let (task, state) = match &place {
         Place::Ended(r) => (None, state_of(r)),
         Place::Run(path) => {

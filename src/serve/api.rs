@@ -28,6 +28,9 @@ use crate::cli::{flow, list, show};
 const RAW_LIMIT: u64 = 64 * 1024 * 1024;
 /// The most of a points log and of a stderr log `/api/tasks/ID/logs` gives.
 const LOG_LIMIT: u64 = 16 * 1024 * 1024;
+/// How much of the end of a points log a task's page and `/api/tasks/ID`
+/// read (a log may hold millions of points; the page shows the last).
+pub(super) const POINTS_READ: u64 = 4 * 1024 * 1024;
 const STDERR_LIMIT: u64 = 1024 * 1024;
 
 pub async fn status(State(app): State<Arc<App>>) -> Result<Json<Value>, Refusal> {
@@ -85,7 +88,7 @@ pub async fn task(
     Path(raw): Path<String>,
 ) -> Result<Json<Value>, Refusal> {
     let id = safety::task_id(&raw).map_err(|e| Refusal::bad_request(e).into_json())?;
-    blocking(move || show::load(&app.root, &id).map(|s| show::as_json(&s)))
+    blocking(move || show::load_recent(&app.root, &id, POINTS_READ).map(|s| show::as_json(&s)))
         .await
         .and_then(|r| r.map_err(Refusal::from_cli))
         .map(Json)

@@ -57,7 +57,8 @@ pub async fn task(
     let id2 = id.clone();
     let r = blocking(move || {
         let root = &app2.root;
-        let shown = show::load(root, &id2).map_err(Refusal::from_cli)?;
+        let shown =
+            show::load_recent(root, &id2, super::api::POINTS_READ).map_err(Refusal::from_cli)?;
         let is_flow = match &shown.place {
             Place::Ended(r) => r.flow.is_some(),
             _ => shown.task.as_ref().is_some_and(|t| t.get("flow").is_some()),

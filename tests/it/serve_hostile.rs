@@ -138,3 +138,39 @@ fn wait_output(mut child: std::process::Child, deadline: Duration) -> String {
         String::from_utf8_lossy(&out.stderr)
     )
 }
+
+#[test]
+fn a_huge_points_log_gives_a_bounded_page_and_answer() {
+    use std::io::Write;
+    let t = TestRoot::new();
+    t.tasker("d", "echo", "#!/bin/sh\ncat\n");
+    t.drop_task("big.json", r#"{"id":"big","domain":"d","tasker":"echo","payload":{}}"#);
+    t.run_drain(1);
+    // A tasker may copy 10 000 points per run, a flow has many runs: 24 MB.
+    let mut log = std::fs::OpenOptions::new()
+        .append(true)
+        .open(t.join("var/log/tsk/big.log"))
+        .unwrap();
+    let line = format!(
+        "{{\"ts\":\"2026-12-05T10:00:00.000000Z\",\"id\":\"big\",\"exid\":\"big\",\"nid\":\"0\",\"point\":\"progress\",\"source\":\"tasker\",\"note\":\"{}\"}}\n",
+        "x".repeat(140)
+    );
+    let mut chunk = String::new();
+    for _ in 0..1000 {
+        chunk.push_str(&line);
+    }
+    for _ in 0..100 {
+        log.write_all(chunk.as_bytes()).unwrap();
+    }
+    drop(log);
+    let srv = serve(&t, &[]);
+    let page = get(&srv, "/tasks/big");
+    assert_eq!(page.status, 200);
+    let api = get(&srv, "/api/tasks/big");
+    assert_eq!(api.status, 200);
+    assert!(api.body.len() < 8 << 20, "{} bytes", api.body.len());
+    let v = api.json();
+    let points = v["points"].as_array().unwrap();
+    assert!(!points.is_empty() && points.len() < 100_000, "{}", points.len());
+    assert_eq!(points.last().unwrap()["point"], "progress");
+}
