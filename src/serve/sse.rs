@@ -75,10 +75,8 @@ impl Live {
         })
         .map_err(|e| format!("cannot watch the spool: {e}"))?;
         let logs = root.log_tsk();
-        watcher
-            .watch(&logs, RecursiveMode::NonRecursive)
-            .map_err(|e| format!("cannot watch {}: {e}", logs.display()))?;
-        for dir in [
+        let watched = vec![
+            logs.clone(),
             root.spool_in(),
             root.run(),
             root.done(),
@@ -86,9 +84,17 @@ impl Live {
             root.rejected(),
             root.cancel(),
             root.priority_requests(),
-        ] {
-            // A directory missing (an old root) is not watched.
-            let _ = watcher.watch(&dir, RecursiveMode::NonRecursive);
+        ];
+        for dir in &watched {
+            // A directory missing (an old root, a log directory removed)
+            // is watched once it is made again (its parent is watched).
+            let _ = watcher.watch(dir, RecursiveMode::NonRecursive);
+        }
+        // Their parents, to see one of them removed, replaced or made.
+        for parent in [root.spool(), root.dir().join("var/log")] {
+            watcher
+                .watch(&parent, RecursiveMode::NonRecursive)
+                .map_err(|e| format!("cannot watch {}: {e}", parent.display()))?;
         }
         let tails = snapshot(&logs);
         let started = std::time::SystemTime::now()
@@ -105,19 +111,23 @@ impl Live {
         std::thread::Builder::new()
             .name("serve-watch".into())
             .spawn(move || {
-                let _watcher = watcher;
-                feeder.feed(&logs, tails, &rx);
+                let mut watcher = watcher;
+                feeder.feed(&logs, tails, &rx, &mut watcher, &watched);
             })
             .map_err(|e| format!("cannot start the watcher thread: {e}"))?;
         Ok(live)
     }
 
-    /// The watcher's thread: wakes on each batch of changes.
+    /// The watcher's thread: wakes on each batch of changes. A watched
+    /// directory removed, replaced or made again (an operator archiving
+    /// `done/`) is watched afresh, and every page reads again.
     fn feed(
         &self,
         logs: &Path,
         mut tails: HashMap<PathBuf, Tail>,
         rx: &std::sync::mpsc::Receiver<Vec<PathBuf>>,
+        watcher: &mut notify::RecommendedWatcher,
+        watched: &[PathBuf],
     ) {
         while let Ok(mut paths) = rx.recv() {
             let mut lost = paths.is_empty();
@@ -134,8 +144,20 @@ impl Live {
             }
             let mut dirs: HashSet<String> = HashSet::new();
             let mut seen: HashSet<PathBuf> = HashSet::new();
+            let mut replaced = false;
             for p in paths {
                 if !seen.insert(p.clone()) {
+                    continue;
+                }
+                if watched.contains(&p) {
+                    let _ = watcher.unwatch(&p);
+                    let _ = watcher.watch(&p, RecursiveMode::NonRecursive);
+                    replaced = true;
+                    continue;
+                }
+                // Anything else in `var/spool/` or `var/log/` itself (the
+                // engine's log) is no change to show.
+                if p.parent().and_then(Path::parent) == logs.parent().and_then(Path::parent) {
                     continue;
                 }
                 let parent = p.parent().unwrap_or(Path::new(""));
@@ -151,6 +173,12 @@ impl Live {
                 } else if let Some(name) = parent.file_name() {
                     dirs.insert(name.to_string_lossy().into_owned());
                 }
+            }
+            if replaced {
+                // Bumped once the new directory is watched: what was
+                // written into it before is read by the next request.
+                self.records_gen.fetch_add(1, Ordering::SeqCst);
+                self.push("reset", "a directory of the root was replaced".to_string());
             }
             if dirs.contains("done") || dirs.contains("failed") {
                 self.records_gen.fetch_add(1, Ordering::SeqCst);

@@ -144,7 +144,10 @@ fn a_huge_points_log_gives_a_bounded_page_and_answer() {
     use std::io::Write;
     let t = TestRoot::new();
     t.tasker("d", "echo", "#!/bin/sh\ncat\n");
-    t.drop_task("big.json", r#"{"id":"big","domain":"d","tasker":"echo","payload":{}}"#);
+    t.drop_task(
+        "big.json",
+        r#"{"id":"big","domain":"d","tasker":"echo","payload":{}}"#,
+    );
     t.run_drain(1);
     // A tasker may copy 10 000 points per run, a flow has many runs: 24 MB.
     let mut log = std::fs::OpenOptions::new()
@@ -171,6 +174,47 @@ fn a_huge_points_log_gives_a_bounded_page_and_answer() {
     assert!(api.body.len() < 8 << 20, "{} bytes", api.body.len());
     let v = api.json();
     let points = v["points"].as_array().unwrap();
-    assert!(!points.is_empty() && points.len() < 100_000, "{}", points.len());
+    assert!(
+        !points.is_empty() && points.len() < 100_000,
+        "{}",
+        points.len()
+    );
     assert_eq!(points.last().unwrap()["point"], "progress");
+}
+
+#[test]
+fn records_moved_away_and_a_new_done_directory_are_seen() {
+    let t = TestRoot::new();
+    t.tasker("d", "echo", "#!/bin/sh\ncat\n");
+    t.drop_task(
+        "a1.json",
+        r#"{"id":"a1","domain":"d","tasker":"echo","payload":{}}"#,
+    );
+    t.run_drain(1);
+    let srv = serve(&t, &[]);
+    let status = |srv: &Server| get(srv, "/api/status").json();
+    assert_eq!(status(&srv), cli_json(&t, &["status", "--json"]));
+    // An operator archives done/ and makes it again; a task runs.
+    let archive = tempfile::tempdir().unwrap();
+    std::fs::rename(t.join("var/spool/done"), archive.path().join("done")).unwrap();
+    std::fs::create_dir(t.join("var/spool/done")).unwrap();
+    t.drop_task(
+        "a2.json",
+        r#"{"id":"a2","domain":"d","tasker":"echo","payload":{}}"#,
+    );
+    t.run_drain(1);
+    let cli = cli_json(&t, &["status", "--json"]);
+    wait_for(
+        "the dashboard to count what done/ holds now",
+        DEADLINE,
+        || status(&srv) == cli,
+    );
+    wait_for("the dashboard to list the new record", DEADLINE, || {
+        get(&srv, "/api/tasks?q=a2").json().as_array().map(Vec::len) == Some(1)
+    });
+    assert!(get(&srv, "/api/tasks?q=a1")
+        .json()
+        .as_array()
+        .unwrap()
+        .is_empty());
 }
