@@ -10,19 +10,25 @@ use std::time::Duration;
 use super::serve_support::*;
 use crate::common::*;
 
-/// A root with tasks `fifo`, `sneaky` and `plain` ended, then the stderr
-/// log of `fifo` replaced by a FIFO and that of `sneaky` by a link to a
-/// file outside the root.
-fn hostile_root() -> (TestRoot, tempfile::TempDir) {
-    let t = TestRoot::new();
+/// Runs tasks `ids` to their end (their tasker writes a line on stderr
+/// and replies its payload).
+fn run_tasks(t: &TestRoot, ids: &[&str]) {
     t.tasker("d", "echo", "#!/bin/sh\necho to-stderr >&2\ncat\n");
-    for id in ["fifo", "sneaky", "plain"] {
+    for id in ids {
         t.drop_task(
             &format!("{id}.json"),
             &format!(r#"{{"id":"{id}","domain":"d","tasker":"echo","payload":{{}}}}"#),
         );
     }
     t.run_drain(2);
+}
+
+/// A root with tasks `fifo`, `sneaky` and `plain` ended, then the stderr
+/// log of `fifo` replaced by a FIFO and that of `sneaky` by a link to a
+/// file outside the root.
+fn hostile_root() -> (TestRoot, tempfile::TempDir) {
+    let t = TestRoot::new();
+    run_tasks(&t, &["fifo", "sneaky", "plain"]);
     let outside = tempfile::tempdir().unwrap();
     let secret = outside.path().join("secret");
     std::fs::write(&secret, "SECRET-OUTSIDE-THE-ROOT\n").unwrap();
@@ -143,12 +149,7 @@ fn wait_output(mut child: std::process::Child, deadline: Duration) -> String {
 fn a_huge_points_log_gives_a_bounded_page_and_answer() {
     use std::io::Write;
     let t = TestRoot::new();
-    t.tasker("d", "echo", "#!/bin/sh\ncat\n");
-    t.drop_task(
-        "big.json",
-        r#"{"id":"big","domain":"d","tasker":"echo","payload":{}}"#,
-    );
-    t.run_drain(1);
+    run_tasks(&t, &["big"]);
     // A tasker may copy 10 000 points per run, a flow has many runs: 24 MB.
     let mut log = std::fs::OpenOptions::new()
         .append(true)
@@ -185,12 +186,7 @@ fn a_huge_points_log_gives_a_bounded_page_and_answer() {
 #[test]
 fn records_moved_away_and_a_new_done_directory_are_seen() {
     let t = TestRoot::new();
-    t.tasker("d", "echo", "#!/bin/sh\ncat\n");
-    t.drop_task(
-        "a1.json",
-        r#"{"id":"a1","domain":"d","tasker":"echo","payload":{}}"#,
-    );
-    t.run_drain(1);
+    run_tasks(&t, &["a1"]);
     let srv = serve(&t, &[]);
     let status = |srv: &Server| get(srv, "/api/status").json();
     assert_eq!(status(&srv), cli_json(&t, &["status", "--json"]));
@@ -198,11 +194,7 @@ fn records_moved_away_and_a_new_done_directory_are_seen() {
     let archive = tempfile::tempdir().unwrap();
     std::fs::rename(t.join("var/spool/done"), archive.path().join("done")).unwrap();
     std::fs::create_dir(t.join("var/spool/done")).unwrap();
-    t.drop_task(
-        "a2.json",
-        r#"{"id":"a2","domain":"d","tasker":"echo","payload":{}}"#,
-    );
-    t.run_drain(1);
+    run_tasks(&t, &["a2"]);
     let cli = cli_json(&t, &["status", "--json"]);
     wait_for(
         "the dashboard to count what done/ holds now",
