@@ -157,7 +157,8 @@ impl Live {
                 }
                 // Anything else in `var/spool/` or `var/log/` itself (the
                 // engine's log) is no change to show.
-                if p.parent().and_then(Path::parent) == logs.parent().and_then(Path::parent) {
+                let var = logs.parent().and_then(Path::parent);
+                if p.parent().and_then(Path::parent) == var {
                     continue;
                 }
                 let parent = p.parent().unwrap_or(Path::new(""));
