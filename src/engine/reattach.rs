@@ -57,7 +57,7 @@ impl Engine {
         let name = job::name_of(&dir);
         match jobs.rows() {
             Ok(rows) => {
-                if let Some(row) = rows.iter().filter(|r| r.name == name).max_by_key(|r| r.id) {
+                if let Some(row) = squeue::newest_run(rows, &name, &job::work_dir(&dir)) {
                     let id = row.id;
                     tracing::info!("task {}: found its Slurm job {id} by name ({name})", k.exid);
                     record_job_id(&dir, id);

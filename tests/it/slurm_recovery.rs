@@ -155,6 +155,47 @@ fn a_job_submitted_just_before_a_crash_is_found_by_its_name() {
 }
 
 #[test]
+fn a_job_of_another_root_with_the_same_name_is_not_adopted() {
+    let Some(c) = crate::common::slurm::cluster() else {
+        return;
+    };
+    // Two roots, each with a task of the same id: their jobs share a name.
+    let id = format!("twin{}", std::process::id());
+    let (mine, other) = (TestRoot::new(), TestRoot::new());
+    ledger_tasker(&mine);
+    ledger_tasker(&other);
+    task(&mine, &id, "ledger", r#"{"secs":0}"#);
+    let mut crashing = engine_command(&mine, &c, &[]);
+    crashing.env("SPOOLFLOW_CRASH_AFTER_SBATCH", "1");
+    let (code, _) = EngineProcess::spawn(&mut crashing).wait(Duration::from_secs(60));
+    assert_ne!(code, Some(0), "the engine died at the fault point");
+    let jobs = jobs_of(&c, &id);
+    assert_eq!(jobs.len(), 1, "{jobs:?}");
+    let my_job = jobs[0].0;
+    wait_for("its job ended", Duration::from_secs(60), || {
+        jobs_of(&c, &id)
+            .iter()
+            .any(|(j, s)| *j == my_job && s == "COMPLETED")
+    });
+    // The other root's job of that name is newer and still runs.
+    task(&other, &id, "ledger", r#"{"secs":60}"#);
+    let other_engine = engine(&other, &c, &[]);
+    let other_job = started_job(&other, &id);
+    assert!(other_job > my_job);
+
+    let (code, err) = engine(&mine, &c, &["--drain"]).wait(Duration::from_secs(120));
+    assert_eq!(code, Some(0), "{err}");
+    let record = mine.must_record(&id);
+    assert_eq!(record["state"], "completed", "{record:#}");
+    assert_eq!(mine.points_named(&id, "started")[0]["job_id"], my_job);
+    let recorded = std::fs::read_to_string(mine.join(&format!("var/slurm/{id}.0.1.1/job_id")));
+    assert_eq!(recorded.unwrap().trim(), my_job.to_string());
+    assert!(mine.points_named(&id, "recovered").is_empty());
+    drop(other_engine);
+    let _ = c.command("scancel").arg(other_job.to_string()).output();
+}
+
+#[test]
 fn an_unreachable_controller_is_waited_for() {
     let Some(c) = crate::common::slurm::cluster() else {
         return;

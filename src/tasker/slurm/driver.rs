@@ -141,7 +141,10 @@ impl Executor for Slurm {
 /// The id of the job of this run's name, once the controller answers
 /// (`None`: it knows none).
 async fn find_by_name(poller: &Poller, f: &Follow, report: &Report) -> Option<u64> {
-    let mut view = poller.watch(Target::Name(f.name.clone()));
+    let mut view = poller.watch(Target::Name {
+        name: f.name.clone(),
+        dir: job::work_dir(&f.dir),
+    });
     let mut waiting = false;
     while view.changed().await.is_ok() {
         let v = view.borrow_and_update().clone();
@@ -176,6 +179,7 @@ async fn placed_then_follow(poller: &Poller, id: u64, f: &Follow, report: &Repor
     let target = Target::Job {
         id,
         name: f.name.clone(),
+        dir: job::work_dir(&f.dir),
     };
     follow(id, poller.watch(target), stop_rx, f, report).await
 }
@@ -208,7 +212,7 @@ async fn submit(
                         "cannot submit to Slurm: {e}"
                     ))));
                 }
-                if let Some(id) = submitted_meanwhile(&job.name, interval).await {
+                if let Some(id) = submitted_meanwhile(job, interval).await {
                     break id;
                 }
             }
@@ -231,15 +235,16 @@ async fn submit(
 }
 
 /// Whether a failed `sbatch` reached the controller after all: waits
-/// until a `squeue` answers, and returns the id of the job of that name it
+/// until a `squeue` answers, and returns the id of the job of this run it
 /// shows (none: submit again).
-async fn submitted_meanwhile(name: &str, interval: Duration) -> Option<u64> {
+async fn submitted_meanwhile(job: &JobSpec, interval: Duration) -> Option<u64> {
+    let dir = job::work_dir(&job.dir);
     // Every waiting submission asks on its own: not more than once in
     // OUTAGE_RETRY, so that an outage costs few processes.
     loop {
         tokio::time::sleep(interval.max(OUTAGE_RETRY)).await;
         if let Ok(rows) = super::poller::query().await {
-            return rows.iter().filter(|r| r.name == name).map(|r| r.id).max();
+            return squeue::newest_run(&rows, &job.name, &dir).map(|r| r.id);
         }
     }
 }

@@ -37,6 +37,12 @@ pub fn name_of(dir: &Path) -> String {
     )
 }
 
+/// The working directory a run's job is given (`--chdir`), as `squeue`
+/// shows it back: with its name, what finds the job again.
+pub fn work_dir(job_dir: &Path) -> String {
+    job_dir.display().to_string()
+}
+
 /// The `sbatch` arguments (without the script): the engine's own first,
 /// then the tasker's `slurm` keys, then its `args` as they are.
 pub fn sbatch_args(
@@ -61,7 +67,7 @@ pub fn sbatch_args(
                 .to_string()
                 .replace('%', "%%")
         ),
-        format!("--chdir={}", job_dir.display()),
+        format!("--chdir={}", work_dir(job_dir)),
     ];
     let none = SlurmConfig::default();
     let s = slurm.unwrap_or(&none);

@@ -28,11 +28,13 @@ pub enum View {
 /// Which job a driver follows.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
-    /// By id, checked against its name: a controller that lost its last
-    /// seconds of state may give a forgotten job's id to another job.
-    Job { id: u64, name: String },
-    /// By name: a job submitted just before a crash, its id not recorded.
-    Name(String),
+    /// By id, checked against its name and directory: a controller that
+    /// lost its last seconds of state may give a forgotten job's id to
+    /// another job.
+    Job { id: u64, name: String, dir: String },
+    /// By name and directory: a job submitted just before a crash, its id
+    /// not recorded.
+    Name { name: String, dir: String },
 }
 
 struct Watched {
@@ -116,9 +118,8 @@ async fn run(mut rx: mpsc::UnboundedReceiver<Watched>, interval: Duration) {
 
 fn find<'a>(rows: &'a [Row], target: &Target) -> Option<&'a Row> {
     match target {
-        Target::Job { id, name } => rows.iter().find(|r| r.id == *id && &r.name == name),
-        // The newest of that name, should there be more than one.
-        Target::Name(n) => rows.iter().filter(|r| &r.name == n).max_by_key(|r| r.id),
+        Target::Job { id, name, dir } => rows.iter().find(|r| r.id == *id && r.is_run(name, dir)),
+        Target::Name { name, dir } => squeue::newest_run(rows, name, dir),
     }
 }
 

@@ -5,8 +5,9 @@
 use crate::model::task::ErrorKind;
 
 /// The `squeue` output format the poller asks for: id, name, state,
-/// nodes, reason, separated by `|` (none of them holds one).
-pub const FORMAT: &str = "%i|%j|%T|%N|%r";
+/// nodes, reason, separated by `|` (none of them holds one), then the
+/// working directory (last: a path may hold a `|`).
+pub const FORMAT: &str = "%i|%j|%T|%N|%r|%Z";
 
 /// One job as `squeue` shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -16,22 +17,48 @@ pub struct Row {
     pub state: String,
     pub node: String,
     pub reason: String,
+    /// Its working directory: the engine's jobs run in their own job
+    /// directory (`--chdir`), which tells one root's job from another's
+    /// of the same name (two roots may hold tasks of the same id).
+    pub dir: String,
+}
+
+impl Row {
+    /// Whether this is the job of the run whose files are in `dir`, named
+    /// `name`. A row without a directory (an older `sacct`) is judged by
+    /// its name alone.
+    pub fn is_run(&self, name: &str, dir: &str) -> bool {
+        self.name == name && (self.dir.is_empty() || same_dir(&self.dir, dir))
+    }
+}
+
+fn same_dir(a: &str, b: &str) -> bool {
+    a.trim_end_matches('/') == b.trim_end_matches('/')
+}
+
+/// The newest job of a run, by its name and directory (there is one,
+/// unless a controller that lost its state took a submission twice).
+pub fn newest_run<'a>(rows: &'a [Row], name: &str, dir: &str) -> Option<&'a Row> {
+    rows.iter()
+        .filter(|r| r.name == name && same_dir(&r.dir, dir))
+        .max_by_key(|r| r.id)
 }
 
 /// The `sacct` output format asked for jobs `squeue` no longer shows:
 /// `sacct -n -P -X -o SACCT_FORMAT` (`|`-separated, allocations only).
-pub const SACCT_FORMAT: &str = "JobID,JobName,State,NodeList";
+pub const SACCT_FORMAT: &str = "JobID,JobName,State,NodeList,WorkDir";
 
 /// Parses `sacct -n -P -X -o SACCT_FORMAT` as rows; a state such as
 /// `CANCELLED by 0` keeps its first word.
 pub fn parse_sacct(text: &str) -> Vec<Row> {
     text.lines()
         .filter_map(|line| {
-            let mut f = line.trim().splitn(4, '|');
+            let mut f = line.trim_start().splitn(5, '|');
             let id = f.next()?.trim().parse().ok()?;
             let name = f.next()?.trim().to_string();
             let state = f.next()?.split_whitespace().next()?.to_string();
             let node = f.next().unwrap_or("").trim();
+            let dir = f.next().unwrap_or("").to_string();
             Some(Row {
                 id,
                 name,
@@ -42,6 +69,7 @@ pub fn parse_sacct(text: &str) -> Vec<Row> {
                     node.to_string()
                 },
                 reason: String::new(),
+                dir,
             })
         })
         .collect()
@@ -72,7 +100,7 @@ pub enum Phase {
 pub fn parse(text: &str) -> Vec<Row> {
     text.lines()
         .filter_map(|line| {
-            let mut f = line.trim().splitn(5, '|');
+            let mut f = line.trim_start().splitn(6, '|');
             let id = f.next()?.trim().parse().ok()?;
             Some(Row {
                 id,
@@ -80,6 +108,7 @@ pub fn parse(text: &str) -> Vec<Row> {
                 state: f.next()?.trim().to_string(),
                 node: f.next().unwrap_or("").trim().to_string(),
                 reason: f.next().unwrap_or("").trim().to_string(),
+                dir: f.next().unwrap_or("").to_string(),
             })
         })
         .collect()
@@ -177,11 +206,34 @@ mod tests {
     }
 
     #[test]
+    fn a_run_is_found_by_its_name_and_directory_not_by_its_name_alone() {
+        // Two roots with a task of the same id: the same job name; the
+        // other root's job is newer.
+        let rows = parse(
+            "40|spoolflow.t.0.1.1|COMPLETED|vm|None|/srv/a|b/var/slurm/t.0.1.1\n\
+             41|spoolflow.t.0.1.1|RUNNING|vm|None|/srv/other/var/slurm/t.0.1.1\n",
+        );
+        assert_eq!(
+            rows[0].dir, "/srv/a|b/var/slurm/t.0.1.1",
+            "a path with a `|`"
+        );
+        let mine = newest_run(&rows, "spoolflow.t.0.1.1", "/srv/a|b/var/slurm/t.0.1.1");
+        assert_eq!(mine.map(|r| r.id), Some(40));
+        assert!(newest_run(&rows, "spoolflow.t.0.1.1", "/srv/b/var/slurm/t.0.1.1").is_none());
+        assert!(rows[1].is_run("spoolflow.t.0.1.1", "/srv/other/var/slurm/t.0.1.1/"));
+        assert!(!rows[1].is_run("spoolflow.t.0.1.1", "/srv/a|b/var/slurm/t.0.1.1"));
+        // An accounting row without its directory is judged by its name.
+        let old = parse_sacct("41|spoolflow.t.0.1.1|COMPLETED|vm\n");
+        assert!(old[0].is_run("spoolflow.t.0.1.1", "/anywhere"));
+    }
+
+    #[test]
     fn sacct_rows_are_parsed() {
         let rows = parse_sacct(
-            "17|spoolflow.a.0.1|COMPLETED|vm\n18|spoolflow.b.0.1|CANCELLED by 0|None assigned\n",
+            "17|spoolflow.a.0.1|COMPLETED|vm|/r/var/slurm/a.0.1\n18|spoolflow.b.0.1|CANCELLED by 0|None assigned|/r\n",
         );
         assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0].dir, "/r/var/slurm/a.0.1");
         assert_eq!(rows[0].state, "COMPLETED");
         assert_eq!(rows[1].state, "CANCELLED");
         assert_eq!(rows[1].node, "");
