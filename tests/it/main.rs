@@ -51,6 +51,8 @@ mod harden_lock;
 // issue 12: the dashboard
 mod serve;
 mod serve_browser;
+// Chromium over the DevTools protocol, for the dashboard's typing test
+mod cdp;
 // the dashboard and reading commands against FIFOs and links in var/
 mod serve_hostile;
 mod serve_live;

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use super::cdp::Browser;
 use super::serve_support::{fixture, serve};
 
 fn chromium() -> Option<PathBuf> {
@@ -154,5 +155,53 @@ fn chromium_renders_the_overview_the_tasks_and_a_flows_tree() {
             png.len()
         );
     }
+    std::fs::write(t.join("gate"), "").unwrap();
+}
+
+#[test]
+fn what_a_user_types_into_a_form_survives_the_live_refresh() {
+    let Some(bin) = chromium() else {
+        eprintln!("NOTICE: no chromium on the PATH: the browser test is skipped (apt-get install chromium)");
+        return;
+    };
+    let (t, _engine) = fixture();
+    let srv = serve(&t, &["--allow-actions"]);
+    // A waiting task: its page offers a reason to cancel and a priority.
+    let mut b = Browser::open(&bin, &format!("http://{}/tasks/later-1", srv.addr));
+    let long = Duration::from_secs(60);
+    b.wait_until(
+        "the live stream connected",
+        r#"document.getElementById("live-state") !== null && document.getElementById("live-state").textContent === "● live""#,
+        long,
+    );
+    let reason = r#"document.querySelector('form[action$="/cancel"] input[name=reason]')"#;
+    let priority = r#"document.querySelector('form[action$="/priority"] input[name=priority]')"#;
+    b.eval(&format!("{reason}.focus()"));
+    b.type_text("asked by ops");
+    b.eval(&format!("{priority}.focus()"));
+    b.type_text("9");
+    // Marks the part of the page a refresh replaces, then makes a change.
+    b.eval(r#"document.getElementById("live").dataset.before = "1""#);
+    t.drop_task(
+        "poke-1.json",
+        r#"{"domain":"org.example","payload":{"who":"ok"}}"#,
+    );
+    b.wait_until(
+        "the page refreshed",
+        r#"document.getElementById("live") !== null && !document.getElementById("live").dataset.before"#,
+        long,
+    );
+    let after = b.eval(&format!(
+        "JSON.stringify([{reason}.value, {priority}.value, document.activeElement.name || ''])"
+    ));
+    let after: Vec<String> = serde_json::from_str(after.as_str().unwrap()).unwrap();
+    assert_eq!(
+        after,
+        ["asked by ops", "9", "priority"],
+        "typed values and focus kept"
+    );
+    // Typing goes on where it was.
+    b.type_text("5");
+    assert_eq!(b.eval(&format!("{priority}.value")), "95");
     std::fs::write(t.join("gate"), "").unwrap();
 }

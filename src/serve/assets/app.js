@@ -2,7 +2,9 @@
 // (`point`, `change`, `reset`) when the spool changes; this script then
 // re-reads the page it shows and swaps its <main id="live">, at most
 // twice a second. The browser reconnects by itself and sends the last
-// event id it saw, so that nothing in between is missed.
+// event id it saw, so that nothing in between is missed. What the user
+// is typing into a form of the page (a reason, a priority) survives the
+// swap, with the focus and the caret.
 "use strict";
 (function () {
   var exid = document.body.getAttribute("data-exid") || "";
@@ -21,10 +23,53 @@
         var doc = new DOMParser().parseFromString(html, "text/html");
         var fresh = doc.getElementById("live");
         var old = document.getElementById("live");
-        if (fresh && old) old.replaceWith(document.importNode(fresh, true));
+        if (!fresh || !old) return;
+        var typed = typedIn(old);
+        fresh = document.importNode(fresh, true);
+        old.replaceWith(fresh);
+        putBack(fresh, typed);
       })
       .catch(function () {})
       .then(function () { running = false; });
+  }
+
+  // A form field, named by its form's action and its own name.
+  function fieldKey(f) {
+    return (f.form ? f.form.getAttribute("action") : "") + "\n" + f.name;
+  }
+
+  // The fields of `root` the user changed or is in.
+  function typedIn(root) {
+    var typed = [];
+    var fields = root.querySelectorAll("input, textarea");
+    for (var i = 0; i < fields.length; i++) {
+      var f = fields[i];
+      if (f.type === "hidden") continue;
+      var focused = f === document.activeElement;
+      if (!focused && f.value === f.defaultValue) continue;
+      var caret = null;
+      try { caret = [f.selectionStart, f.selectionEnd]; } catch (e) {}
+      typed.push({ key: fieldKey(f), value: f.value, focused: focused, caret: caret });
+    }
+    return typed;
+  }
+
+  // Puts typed values back into the same fields of the fresh page (a
+  // form the page no longer offers takes its input with it).
+  function putBack(root, typed) {
+    var fields = root.querySelectorAll("input, textarea");
+    typed.forEach(function (t) {
+      for (var i = 0; i < fields.length; i++) {
+        var f = fields[i];
+        if (f.type === "hidden" || fieldKey(f) !== t.key) continue;
+        f.value = t.value;
+        if (t.focused) {
+          f.focus();
+          try { if (t.caret && t.caret[0] !== null) f.setSelectionRange(t.caret[0], t.caret[1]); } catch (e) {}
+        }
+        return;
+      }
+    });
   }
 
   function schedule() {
