@@ -12,7 +12,10 @@
 //! them (one JSON file each in `done/` and `failed/`, ended over the last
 //! hour, one in ten failed). Figures: the server's start (until it prints
 //! its address), the first overview (the records index is built then),
-//! and the best of 5 for each page afterwards (the usual case).
+//! and the best of 5 for each page afterwards (the usual case); then, as
+//! while an engine finishes tasks, the overview's JSON right after each of
+//! 5 new records (the first answer that counts it: the server brings its
+//! records up to date then).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -49,9 +52,9 @@ fn main() {
     eprintln!("writing {records} records and their points logs…");
     write_records(root, records);
 
-    let (started, first, best) = measure(&bin, root);
+    let (started, first, best, fresh) = measure(&bin, root);
     // Again, as after a restart: the records index exists now.
-    let (_, first_indexed, _) = measure(&bin, root);
+    let (_, first_indexed, _, _) = measure(&bin, root);
 
     println!("### The dashboard over {records} records (ms)");
     println!();
@@ -70,6 +73,12 @@ fn main() {
     for (p, (d, n)) in PAGES.iter().zip(best) {
         println!("| `{p}` | {} | {n} |", ms(d));
     }
+    let shown: Vec<String> = fresh.iter().map(|d| ms(*d)).collect();
+    println!();
+    println!(
+        "`/api/status` after each of 5 new records: {} (ms)",
+        shown.join(", ")
+    );
 }
 
 const PAGES: [&str; 5] = [
@@ -80,9 +89,17 @@ const PAGES: [&str; 5] = [
     "/tasks?state=failed&sort=-ended",
 ];
 
-/// Starts the server; gives the time until it listens, the first
-/// overview, and the best of 5 for each page.
-fn measure(bin: &Path, root: &Path) -> (Duration, (Duration, usize), Vec<(Duration, usize)>) {
+/// What [`measure`] gives: the time until the server listens, the first
+/// overview, the best of 5 for each page, the status after each new record.
+type Measures = (
+    Duration,
+    (Duration, usize),
+    Vec<(Duration, usize)>,
+    Vec<Duration>,
+);
+
+/// Starts the server and measures it (see [`Measures`]).
+fn measure(bin: &Path, root: &Path) -> Measures {
     let start = Instant::now();
     let mut child = Command::new(bin)
         .arg("--root")
@@ -110,9 +127,37 @@ fn measure(bin: &Path, root: &Path) -> (Duration, (Duration, usize), Vec<(Durati
         .iter()
         .map(|p| (0..5).map(|_| get(&addr, p)).min().unwrap_or_default())
         .collect();
+    let fresh = (0..5).map(|_| after_a_record(&addr, root)).collect();
     let _ = child.kill();
     let _ = child.wait();
-    (started, first, best)
+    (started, first, best, fresh)
+}
+
+/// Writes one more record (as the engine does: aside, then renamed in)
+/// and asks `/api/status` until it counts it; the time of that answer.
+fn after_a_record(addr: &str, root: &Path) -> Duration {
+    let completed = |body: &[u8]| -> u64 {
+        let at = body.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or(0);
+        let v: serde_json::Value = serde_json::from_slice(&body[at..]).unwrap_or_default();
+        v["total"]["completed"].as_u64().unwrap_or(0)
+    };
+    let before = completed(&get_body(addr, "/api/status").1);
+    let id = format!("new-{}", before);
+    let record = json!({"id": id, "exid": id, "nid": "0", "domain": "org.example",
+        "tasker": null, "taskee": "t0", "tasker_path": null, "state": "completed",
+        "reason": null, "error": null, "attempts": 1, "offers": 1, "priority": 0,
+        "headers": {}, "created_at": null, "started_at": null, "ended_at": null, "payload": {}});
+    let aside = root.join("var/spool/done/.new");
+    std::fs::write(&aside, record.to_string()).expect("write a record");
+    std::fs::rename(&aside, root.join(format!("var/spool/done/{id}.json"))).expect("rename");
+    let end = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (took, body) = get_body(addr, "/api/status");
+        if completed(&body) > before {
+            return took;
+        }
+        assert!(Instant::now() < end, "the new record was never counted");
+    }
 }
 
 fn ms(d: Duration) -> String {
@@ -121,6 +166,12 @@ fn ms(d: Duration) -> String {
 
 /// One GET, timed to the last byte of the answer.
 fn get(addr: &str, path: &str) -> (Duration, usize) {
+    let (took, body) = get_body(addr, path);
+    (took, body.len())
+}
+
+/// One GET: its time and the whole answer (headers and body).
+fn get_body(addr: &str, path: &str) -> (Duration, Vec<u8>) {
     let start = Instant::now();
     let mut s = TcpStream::connect(addr).expect("connect");
     write!(
@@ -136,7 +187,7 @@ fn get(addr: &str, path: &str) -> (Duration, usize) {
         "{path}: {}",
         String::from_utf8_lossy(&body[..body.len().min(200)])
     );
-    (took, body.len())
+    (took, body)
 }
 
 /// Builds the release binary and gives its path.

@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::io::{BufWriter, Write};
 use std::os::unix::fs::DirEntryExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -57,39 +58,157 @@ pub struct Records {
 
 /// Every record's summary, through the index (updated when it is stale).
 pub fn records(root: &Root) -> Records {
-    let index_path = root.records_index();
-    let mut cached = load(&index_path);
-    let mut out = Records::default();
-    let mut keys: Vec<(&'static str, String, u64)> = Vec::new();
-    let mut changed = false;
-    for (dir_name, dir) in [("done", root.done()), ("failed", root.failed())] {
-        for (name, ino) in listing(&dir) {
-            let path = dir.join(&name);
-            let hit = cached
-                .remove(&name)
-                .filter(|(d, i, _)| d == dir_name && *i == ino);
-            let summary = match hit {
-                Some((_, _, s)) => s,
-                None => match read_record(&path) {
-                    Ok(r) => {
-                        changed = true;
-                        Summary::of_record(&r)
-                    }
-                    Err(e) => {
-                        out.unreadable.push(e.to_string());
-                        continue;
-                    }
-                },
-            };
-            keys.push((dir_name, name, ino));
-            out.files.push(RecordFile { path, summary });
-        }
-    }
-    if changed || !cached.is_empty() {
+    let mut index = Index::load(root);
+    let (changed, unreadable) = index.refresh(root);
+    if changed {
         // Best effort: a cache that cannot be saved is rebuilt next time.
-        let _ = save(&index_path, &keys, &out.files);
+        let _ = index.save(root);
     }
-    out
+    Records {
+        files: index.into_files(root),
+        unreadable,
+    }
+}
+
+/// The two directories of records, as the index names them.
+const DIRS: [&str; 2] = ["done", "failed"];
+
+/// The records index in memory: loaded from its file by each command, or
+/// kept between changes by a long-lived reader (the dashboard), which then
+/// reads only the records that are new and copies none of the others.
+#[derive(Debug, Default)]
+pub struct Index {
+    /// One map per directory of [`DIRS`], by file name.
+    dirs: [HashMap<String, Entry>; 2],
+    /// The number of the latest [`Index::refresh`].
+    pass: u64,
+}
+
+/// One record file of the index.
+#[derive(Debug)]
+struct Entry {
+    ino: u64,
+    summary: Arc<Summary>,
+    /// The refresh that last saw the file.
+    seen: u64,
+}
+
+impl Index {
+    /// The index as its file holds it (empty when the file is missing, of
+    /// another version, or torn: a line that does not parse is dropped,
+    /// its record is read again).
+    pub fn load(root: &Root) -> Index {
+        let mut index = Index::default();
+        let Ok(bytes) = std::fs::read(root.records_index()) else {
+            return index;
+        };
+        let mut lines = bytes.split(|b| *b == b'\n');
+        let header = format!("spoolflow records index {VERSION}");
+        if lines.next() != Some(header.as_bytes()) {
+            return index;
+        }
+        for l in lines {
+            let Ok(l) = serde_json::from_slice::<LineIn>(l) else {
+                continue;
+            };
+            let Some(d) = DIRS.iter().position(|d| *d == l.dir) else {
+                continue;
+            };
+            let entry = Entry {
+                ino: l.ino,
+                summary: Arc::new(l.summary),
+                seen: 0,
+            };
+            index.dirs[d].insert(l.name, entry);
+        }
+        index
+    }
+
+    /// Brings the index up to `done/` and `failed/` as they are listed
+    /// now: keeps the summaries whose file (name and inode) is still
+    /// there, reads the records that are new, drops the rest. Gives
+    /// whether the index changed, and the record files that could not be
+    /// read (named, not skipped silently).
+    pub fn refresh(&mut self, root: &Root) -> (bool, Vec<String>) {
+        self.pass += 1;
+        let pass = self.pass;
+        let mut changed = false;
+        let mut unreadable = Vec::new();
+        for (d, dir) in [root.done(), root.failed()].iter().enumerate() {
+            let map = &mut self.dirs[d];
+            for (name, ino) in listing(dir) {
+                match map.get_mut(name.as_str()) {
+                    Some(e) if e.ino == ino => e.seen = pass,
+                    _ => match read_record(&dir.join(&name)) {
+                        Ok(r) => {
+                            changed = true;
+                            let summary = Arc::new(Summary::of_record(&r));
+                            map.insert(
+                                name,
+                                Entry {
+                                    ino,
+                                    summary,
+                                    seen: pass,
+                                },
+                            );
+                        }
+                        Err(e) => unreadable.push(e.to_string()),
+                    },
+                }
+            }
+            let before = map.len();
+            map.retain(|_, e| e.seen == pass);
+            changed |= map.len() != before;
+        }
+        (changed, unreadable)
+    }
+
+    /// Every record's summary, shared.
+    pub fn summaries(&self) -> impl Iterator<Item = &Arc<Summary>> {
+        self.dirs
+            .iter()
+            .flat_map(|m| m.values().map(|e| &e.summary))
+    }
+
+    /// The record files with their summaries.
+    fn into_files(self, root: &Root) -> Vec<RecordFile> {
+        let [done, failed] = self.dirs;
+        let files = |map: HashMap<String, Entry>, dir: PathBuf| {
+            map.into_iter().map(move |(name, e)| RecordFile {
+                path: dir.join(name),
+                summary: Arc::unwrap_or_clone(e.summary),
+            })
+        };
+        files(done, root.done())
+            .chain(files(failed, root.failed()))
+            .collect()
+    }
+
+    /// Writes the index whole (temp file, rename; no fsync: it is a cache).
+    pub fn save(&self, root: &Root) -> std::io::Result<()> {
+        let path = root.records_index();
+        let dir = path.parent().unwrap_or(Path::new("."));
+        std::fs::create_dir_all(dir)?;
+        let tmp = tempfile::NamedTempFile::new_in(dir)?;
+        let mut w = BufWriter::new(tmp.as_file());
+        writeln!(w, "spoolflow records index {VERSION}")?;
+        for (dir, map) in DIRS.iter().zip(&self.dirs) {
+            for (name, e) in map {
+                let line = LineOut {
+                    dir,
+                    name,
+                    ino: e.ino,
+                    summary: &e.summary,
+                };
+                serde_json::to_writer(&mut w, &line)?;
+                w.write_all(b"\n")?;
+            }
+        }
+        w.flush()?;
+        drop(w);
+        tmp.persist(&path).map_err(|e| e.error)?;
+        Ok(())
+    }
 }
 
 /// The record files of a directory: (name, inode), from the listing alone.
@@ -103,53 +222,6 @@ fn listing(dir: &Path) -> Vec<(String, u64)> {
             (name.ends_with(".json") && !name.starts_with('.')).then(|| (name, e.ino()))
         })
         .collect()
-}
-
-/// The cached summaries by record file name: (directory, inode, summary).
-type Cached = HashMap<String, (String, u64, Summary)>;
-
-/// The cached lines, or nothing when the file is missing, of another
-/// version, or torn (a line that does not parse is dropped: its record is
-/// read again).
-fn load(path: &Path) -> Cached {
-    let Ok(bytes) = std::fs::read(path) else {
-        return Cached::new();
-    };
-    let mut lines = bytes.split(|b| *b == b'\n');
-    let header = format!("spoolflow records index {VERSION}");
-    if lines.next() != Some(header.as_bytes()) {
-        return Cached::new();
-    }
-    let mut cached = Cached::with_capacity(bytes.len() / 256);
-    for l in lines {
-        if let Ok(l) = serde_json::from_slice::<LineIn>(l) {
-            cached.insert(l.name, (l.dir, l.ino, l.summary));
-        }
-    }
-    cached
-}
-
-/// Writes the index whole (temp file, rename; no fsync: it is a cache).
-fn save(path: &Path, keys: &[(&str, String, u64)], files: &[RecordFile]) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    let tmp = tempfile::NamedTempFile::new_in(dir)?;
-    let mut w = BufWriter::new(tmp.as_file());
-    writeln!(w, "spoolflow records index {VERSION}")?;
-    for ((dir, name, ino), file) in keys.iter().zip(files) {
-        let line = LineOut {
-            dir,
-            name,
-            ino: *ino,
-            summary: &file.summary,
-        };
-        serde_json::to_writer(&mut w, &line)?;
-        w.write_all(b"\n")?;
-    }
-    w.flush()?;
-    drop(w);
-    tmp.persist(path).map_err(|e| e.error)?;
-    Ok(())
 }
 
 #[cfg(test)]
@@ -204,5 +276,31 @@ mod tests {
         // A torn or foreign index is rebuilt from the records.
         std::fs::write(root.records_index(), "garbage\n{").unwrap();
         assert_eq!(records(&root).files.len(), 2);
+    }
+
+    #[test]
+    fn a_kept_index_reads_only_the_records_that_are_new() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = Root::new(tmp.path()).unwrap();
+        root.init().unwrap();
+        std::fs::write(root.done().join("a.json"), record("a", "completed")).unwrap();
+        let mut index = Index::load(&root);
+        assert_eq!(index.refresh(&root), (true, vec![]));
+        // Nothing new: nothing read (a record garbled in place, the same
+        // inode, is not read again) and nothing changed.
+        std::fs::write(root.done().join("a.json"), "garbled").unwrap();
+        assert_eq!(index.refresh(&root), (false, vec![]));
+        std::fs::write(root.failed().join("b.json"), record("b", "failed")).unwrap();
+        assert_eq!(index.refresh(&root), (true, vec![]));
+        let mut ids: Vec<String> = index.summaries().map(|s| s.id.clone()).collect();
+        ids.sort();
+        assert_eq!(ids, ["a", "b"]);
+        // A record gone is dropped; the saved index is what a command loads.
+        std::fs::remove_file(root.done().join("a.json")).unwrap();
+        assert_eq!(index.refresh(&root), (true, vec![]));
+        index.save(&root).unwrap();
+        let loaded = Index::load(&root);
+        let ids: Vec<&str> = loaded.summaries().map(|s| s.id.as_str()).collect();
+        assert_eq!(ids, ["b"]);
     }
 }

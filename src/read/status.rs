@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::model::task::timestamp;
 use crate::read::engine::EngineInfo;
-use crate::read::summary::ListState;
+use crate::read::summary::{ListState, Summary};
 use crate::read::tasks::Listing;
 
 /// Counts by state; every state is present (0 when none), plus `total`.
@@ -67,6 +67,25 @@ pub struct Status {
 
 /// Counts a listing.
 pub fn status(listing: &Listing, engine: Option<&EngineInfo>, now: DateTime<Utc>) -> Status {
+    status_of(
+        &listing.tasks,
+        listing.running_nodes,
+        listing.unreadable.clone(),
+        engine,
+        now,
+    )
+}
+
+/// Counts tasks (a reader that keeps the records' summaries passes them
+/// by reference): `running_nodes` occupy the workers, `unreadable` are
+/// the files that could not be read.
+pub fn status_of<'a>(
+    tasks: impl IntoIterator<Item = &'a Summary>,
+    running_nodes: usize,
+    unreadable: Vec<String>,
+    engine: Option<&EngineInfo>,
+    now: DateTime<Utc>,
+) -> Status {
     let mut total = Counts::default();
     let mut domains: BTreeMap<String, Counts> = BTreeMap::new();
     let mut taskees: BTreeMap<String, Counts> = BTreeMap::new();
@@ -76,7 +95,7 @@ pub fn status(listing: &Listing, engine: Option<&EngineInfo>, now: DateTime<Utc>
         None => map.entry(key.to_string()).or_default().add(state),
     };
     let (mut slurm_pending, mut slurm_running) = (0, 0);
-    for t in &listing.tasks {
+    for t in tasks {
         for j in &t.slurm {
             match j.state.as_str() {
                 "PENDING" => slurm_pending += 1,
@@ -96,23 +115,20 @@ pub fn status(listing: &Listing, engine: Option<&EngineInfo>, now: DateTime<Utc>
             uptime_secs: (now - e.started_at).num_seconds().max(0) as u64,
             workers: e.workers,
             // A Slurm job holds no worker.
-            workers_busy: listing
-                .running_nodes
-                .saturating_sub(slurm_pending + slurm_running),
+            workers_busy: running_nodes.saturating_sub(slurm_pending + slurm_running),
             slurm_pending,
             slurm_running,
         }),
         total,
         domains,
         taskees,
-        unreadable: listing.unreadable.clone(),
+        unreadable,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::read::summary::Summary;
 
     fn task(state: ListState, domain: &str, taskee: Option<&str>) -> Summary {
         Summary {

@@ -6,12 +6,11 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use spoolflow::layout::Root;
-use spoolflow::read::engine::EngineInfo;
-use spoolflow::read::status::{status, Status};
+use spoolflow::read::status::{status_of, Status};
 use spoolflow::read::summary::{ListState, Summary};
-use spoolflow::read::tasks::Listing;
 use spoolflow::read::{engine, index, tasks};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use super::server::App;
 use super::sse::Live;
@@ -62,27 +61,65 @@ pub struct Page {
 }
 
 /// The records' summaries kept between requests, with the watcher's
-/// generation they were read at: read again (through the records index)
-/// only once `done/` or `failed/` changed. The tasks not ended yet are
-/// read at each request (they are few, and change all the time).
+/// generation they were read at: brought up to date only once `done/` or
+/// `failed/` changed, through the records index kept in memory (a change
+/// lists the two directories and reads only the new records; the index
+/// file is saved at most once per [`SAVE_EVERY`]). The tasks not ended
+/// yet are read at each request (they are few, and change all the time).
 #[derive(Default)]
 pub struct RecordsCache {
     kept: Mutex<Option<Kept>>,
     /// Held while the records are read: requests that miss together
     /// wait for one read instead of each making its own.
-    reading: Mutex<()>,
+    reading: Mutex<Reading>,
 }
+
+/// What the reader keeps: the index (loaded from its file at the first
+/// read) and when it was last saved.
+#[derive(Default)]
+struct Reading {
+    index: Option<index::Index>,
+    saved: Option<Instant>,
+}
+
+/// How often, at most, the dashboard saves the records index for the
+/// commands (they bring a stale one up to date themselves).
+const SAVE_EVERY: Duration = Duration::from_secs(60);
 
 struct Kept {
     generation: u64,
-    summaries: Arc<Vec<Summary>>,
+    summaries: Summaries,
     unreadable: Arc<Vec<String>>,
 }
+
+impl Reading {
+    /// Every record's summary (shared with the index, not copied), the
+    /// index brought up to date and saved when it changed and was not
+    /// saved lately; and the record files that could not be read.
+    fn refresh(&mut self, root: &Root) -> (Vec<Arc<Summary>>, Vec<String>) {
+        let index = self.index.get_or_insert_with(|| index::Index::load(root));
+        let (changed, unreadable) = index.refresh(root);
+        let due = self.saved.is_none_or(|at| at.elapsed() >= SAVE_EVERY);
+        if changed && due {
+            // Best effort: a cache that cannot be saved is rebuilt.
+            let _ = index.save(root);
+            self.saved = Some(Instant::now());
+        }
+        let mut summaries: Vec<Arc<Summary>> = index.summaries().cloned().collect();
+        // In memory order: each request walks them all, and walking them
+        // in the index's hash order misses the cache at every step.
+        summaries.sort_unstable_by_key(|s| Arc::as_ptr(s) as usize);
+        (summaries, unreadable)
+    }
+}
+
+/// The records' summaries, shared.
+pub type Summaries = Arc<Vec<Arc<Summary>>>;
 
 impl RecordsCache {
     /// The records' summaries (kept or read now) and the files that
     /// could not be read.
-    fn records(&self, root: &Root, live: &Live) -> (Arc<Vec<Summary>>, Arc<Vec<String>>) {
+    fn records(&self, root: &Root, live: &Live) -> (Summaries, Arc<Vec<String>>) {
         // The generation is read before the records: a change during the
         // read bumps it, and the next request reads again.
         let generation = live.records_generation();
@@ -96,11 +133,10 @@ impl RecordsCache {
         if let Some(h) = hit() {
             return h;
         }
-        let _reading = self.reading.lock();
+        let mut reading = self.reading.lock().unwrap_or_else(|e| e.into_inner());
         hit().unwrap_or_else(|| {
-            let r = index::records(root);
-            let summaries = Arc::new(r.files.into_iter().map(|f| f.summary).collect::<Vec<_>>());
-            let unreadable = Arc::new(r.unreadable);
+            let (summaries, unreadable) = reading.refresh(root);
+            let (summaries, unreadable) = (Arc::new(summaries), Arc::new(unreadable));
             if let Ok(mut k) = self.kept.lock() {
                 *k = Some(Kept {
                     generation,
@@ -115,22 +151,6 @@ impl RecordsCache {
     /// Reads the records' summaries ahead of the first request.
     pub fn warm(&self, root: &Root, live: &Live) {
         let _ = self.records(root, live);
-    }
-
-    /// Every task of the root, summarized (what `tasks::listing` gives).
-    pub fn listing(&self, root: &Root, live: &Live, engine: Option<&EngineInfo>) -> Listing {
-        let (summaries, unreadable) = self.records(root, live);
-        let unended = tasks::unended(root, engine);
-        let mut all = Vec::with_capacity(summaries.len() + unended.tasks.len());
-        all.extend(summaries.iter().cloned());
-        all.extend(unended.tasks);
-        let mut unreadable_all = unreadable.to_vec();
-        unreadable_all.extend(unended.unreadable);
-        Listing {
-            tasks: all,
-            running_nodes: unended.running_nodes,
-            unreadable: unreadable_all,
-        }
     }
 }
 
@@ -158,6 +178,7 @@ pub fn tasks(app: &App, q: &TaskQuery) -> Result<Page, Refusal> {
     // Filtered by reference, and only the page cloned.
     let mut kept: Vec<&Summary> = records
         .iter()
+        .map(|s| s.as_ref())
         .chain(unended.tasks.iter())
         .filter(|t| query.keeps(t) && text.is_none_or(|x| t.id.contains(x)))
         .collect();
@@ -190,15 +211,29 @@ pub struct MinuteJson {
     pub failed: usize,
 }
 
-/// Reads the overview.
+/// Reads the overview (the records by reference: none is copied).
 pub fn overview(app: &App, now: DateTime<Utc>) -> Overview {
-    let engine = engine::engine(&app.root);
-    let listing = app.records.listing(&app.root, &app.live, engine.as_ref());
-    let st = status(&listing, engine.as_ref(), now);
-    let minutes: Vec<Minute> = last_hour(&listing.tasks, now);
-    let mut failures: Vec<&Summary> = listing
-        .tasks
-        .iter()
+    let root = &app.root;
+    let engine = engine::engine(root);
+    let (records, unreadable) = app.records.records(root, &app.live);
+    let unended = tasks::unended(root, engine.as_ref());
+    let all = || {
+        records
+            .iter()
+            .map(|s| s.as_ref())
+            .chain(unended.tasks.iter())
+    };
+    let mut unreadable = unreadable.to_vec();
+    unreadable.extend(unended.unreadable.iter().cloned());
+    let st = status_of(
+        all(),
+        unended.running_nodes,
+        unreadable,
+        engine.as_ref(),
+        now,
+    );
+    let minutes: Vec<Minute> = last_hour(all(), now);
+    let mut failures: Vec<&Summary> = all()
         .filter(|t| matches!(t.state, ListState::Failed | ListState::Aborted))
         .collect();
     failures.sort_by(|a, b| b.ended_at.cmp(&a.ended_at).then_with(|| a.id.cmp(&b.id)));
