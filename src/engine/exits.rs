@@ -262,7 +262,9 @@ impl Engine {
             let remote = run.slot.is_none();
             let not_started = match run.process {
                 Process::Pending { .. } => true,
-                Process::Spawning | Process::Adopting { started: false } => remote,
+                Process::Spawning | Process::Held { .. } | Process::Adopting { started: false } => {
+                    remote
+                }
                 _ => false,
             };
             if first && not_started {

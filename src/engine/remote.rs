@@ -7,14 +7,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::oneshot;
+
+use super::state::{NodeState, Process};
 use super::Engine;
 use crate::model::point::Kind;
 use crate::scheduler::NodeKey;
 use crate::tasker::slurm::{job, Slurm};
-use crate::tasker::{Executor, JobSpec, Local, Resolved, RunEvent};
-
-use super::state::{NodeState, Process};
 use crate::tasker::Placement;
+use crate::tasker::{Executor, JobSpec, Local, Resolved, RunEvent, StopReason};
 
 /// The executors a node's tasker may run on.
 pub(super) struct Executors {
@@ -72,6 +73,7 @@ impl Engine {
     pub(super) fn on_run_event(&mut self, key: NodeKey, gen: u64, event: RunEvent) {
         match event {
             RunEvent::Placed { at, stop } => self.on_placed(key, gen, at, stop),
+            RunEvent::Held { stop } => self.on_held(&key, gen, stop),
             RunEvent::Running { job, node } => self.on_job_running(&key, gen, job, node),
             RunEvent::Waiting(why) => self.on_waiting(&key, gen, why),
             RunEvent::Exited(exit) => self.on_exit(key, gen, exit),
@@ -143,6 +145,24 @@ impl Engine {
                 self.log(p);
             }
             None => tracing::info!("task {}: the Slurm controller answers again", key.exid),
+        }
+    }
+
+    /// A submission waits for the cluster to take more jobs: its stop
+    /// handle is kept, or used at once if a stop was asked meanwhile.
+    fn on_held(&mut self, key: &NodeKey, gen: u64, stop: oneshot::Sender<StopReason>) {
+        let Some(node) = self.node_mut(key).filter(|n| n.gen == gen) else {
+            return;
+        };
+        let NodeState::Running(run) = &mut node.state else {
+            return;
+        };
+        match &run.process {
+            Process::Spawning => run.process = Process::Held { stop },
+            Process::SpawningToStop(why) => {
+                let _ = stop.send(why.reason());
+            }
+            _ => {}
         }
     }
 

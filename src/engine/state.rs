@@ -57,6 +57,10 @@ pub enum Process {
     /// Being spawned, and already asked to stop: the stop is passed on once
     /// the process exists.
     SpawningToStop(Stop),
+    /// A Slurm submission the cluster refused for now (at its submit
+    /// limit), tried again until it is taken; `stop` ends it (nothing
+    /// exists on the cluster yet).
+    Held { stop: oneshot::Sender<StopReason> },
     /// A Slurm job of a dead engine being re-attached; `started`: its
     /// `started` point is in the log already.
     Adopting { started: bool },
@@ -99,6 +103,10 @@ impl Process {
         let current = std::mem::replace(self, Process::Spawning);
         *self = match (current, why) {
             (Process::Spawning | Process::Adopting { .. }, why) => Process::SpawningToStop(why),
+            (Process::Held { stop }, why) => {
+                let _ = stop.send(why.reason());
+                Process::SpawningToStop(why)
+            }
             (Process::Live { at, stop }, why) => {
                 let _ = stop.send(why.reason());
                 Process::Stopping { at, why }

@@ -33,6 +33,9 @@ pub enum RunEvent {
         at: Placement,
         stop: oneshot::Sender<StopReason>,
     },
+    /// A Slurm submission waits for the cluster to take more jobs
+    /// (nothing is submitted yet); `stop` ends it.
+    Held { stop: oneshot::Sender<StopReason> },
     /// A Slurm job runs on `node`.
     Running { job: u64, node: String },
     /// The cluster cannot be reached (`Some(why)`), or can be again.

@@ -254,6 +254,69 @@ fn an_unreachable_controller_is_waited_for() {
     drop(e);
 }
 
+#[test]
+fn a_cluster_at_its_submit_limit_is_waited_for_and_a_cancel_ends_the_wait() {
+    let Some(c) = crate::common::slurm::cluster() else {
+        return;
+    };
+    let t = TestRoot::new();
+    // The development cluster refuses these jobs, as a cluster at its
+    // submit limit does, until the file `accepting` exists.
+    let gate = t.join("accepting");
+    slurm_tasker(
+        &t,
+        "limited",
+        &format!(
+            r#""slurm":{{"args":["--comment=refuse-until:{}"]}}"#,
+            gate.display()
+        ),
+        "#!/bin/sh\ncat\n",
+    );
+    let waits = format!("lim{}-waits", std::process::id());
+    let cancelled = format!("lim{}-cancelled", std::process::id());
+    task(&t, &waits, "limited", r#"{"n":1}"#);
+    task(&t, &cancelled, "limited", "{}");
+    let e = engine(&t, &c, &[]);
+    for id in [&waits, &cancelled] {
+        wait_for("a suspended point", Duration::from_secs(60), || {
+            t.points_named(id, "suspended").iter().any(|p| {
+                p["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("QOSMaxSubmitJobPerUserLimit"))
+            })
+        });
+    }
+    // Tried again every 5 s, never failed: after two more tries, both wait.
+    let tries = Instant::now();
+    while tries.elapsed() < Duration::from_secs(11) {
+        assert!(t.record(&waits).is_none() && t.record(&cancelled).is_none());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // A cancel ends the wait at once: nothing was submitted.
+    let out = t.cmd().args(["cancel", &cancelled]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_records(
+        &t,
+        std::slice::from_ref(&cancelled),
+        Duration::from_secs(30),
+    );
+    assert_eq!(t.must_record(&cancelled)["state"], "aborted");
+    assert!(t.points_named(&cancelled, "submitted").is_empty());
+    // Once the cluster takes jobs again, the other runs once.
+    std::fs::write(&gate, "").unwrap();
+    wait_records(&t, std::slice::from_ref(&waits), Duration::from_secs(60));
+    let r = t.must_record(&waits);
+    assert_eq!(r["state"], "completed", "{r:#}");
+    assert_eq!(r["payload"]["n"], 1);
+    assert_eq!(jobs_of(&c, &waits).len(), 1);
+    assert!(jobs_of(&c, &cancelled).is_empty());
+    drop(e);
+}
+
 /// Sets the cluster's node back to service when dropped.
 struct NodeDown<'a>(&'a SlurmCluster, String);
 

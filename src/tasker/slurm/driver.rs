@@ -1,7 +1,7 @@
 //! One tasker run as a Slurm job (SPEC 14): its files written under
-//! `var/slurm/<exid>.<nid>.<offer>/`, `sbatch --parsable` (a refusal
-//! fails the task `config` with Slurm's message; an unreachable
-//! controller is waited for), the job id made durable before the engine
+//! `var/slurm/<exid>.<nid>.<attempt>.<offer>/`, `sbatch --parsable` (a
+//! refusal fails the task `config` with Slurm's message; an unreachable
+//! controller, or a cluster at its submit limit, is waited for), the job id made durable before the engine
 //! hears of it, then the job followed through the poller: `Running` once
 //! it has a node, the run timeout counted from then, a stop or a timeout
 //! as `scancel --signal=TERM --full` then `scancel` after the kill grace,
@@ -202,6 +202,7 @@ async fn submit(
     let mut args = job::sbatch_args(&job.name, &job.dir, job.slurm.as_ref(), backstop(launch));
     args.push(job.dir.join(job::SCRIPT).display().to_string());
     let mut waiting = false;
+    let mut held = Held::new();
     let id = loop {
         match sbatch(&args).await {
             Ok(id) => break id,
@@ -215,6 +216,16 @@ async fn submit(
                 if let Some(id) = submitted_meanwhile(job, interval).await {
                     break id;
                 }
+            }
+            Err(e) if squeue::submit_limited(&e) => {
+                if !waiting {
+                    waiting = true;
+                    held.announce(report);
+                    report(RunEvent::Waiting(Some(format!(
+                        "Slurm takes no more jobs for now: {e}"
+                    ))));
+                }
+                held.wait(interval.max(OUTAGE_RETRY)).await?;
             }
             Err(e) if e.starts_with("cannot run") => return Err(failed(e, false)),
             Err(e) => return Err(failed(format!("sbatch refused the job: {e}"), false)),
@@ -249,8 +260,59 @@ async fn submitted_meanwhile(job: &JobSpec, interval: Duration) -> Option<u64> {
     }
 }
 
-/// How often a submission waiting for the controller tries again.
+/// How often a submission waiting for the controller, or for the
+/// cluster to take more jobs, tries again.
 const OUTAGE_RETRY: Duration = Duration::from_secs(5);
+
+/// A submission the cluster refused for now (at its submit limit):
+/// nothing of it exists on the cluster, so a stop ends the wait at once
+/// (the engine gets the handle with [`RunEvent::Held`]). A submission
+/// waiting for an unreachable controller has no such handle: its job may
+/// exist, which only the controller can tell.
+struct Held {
+    tx: Option<oneshot::Sender<StopReason>>,
+    rx: Option<oneshot::Receiver<StopReason>>,
+}
+
+impl Held {
+    fn new() -> Held {
+        let (tx, rx) = oneshot::channel();
+        Held {
+            tx: Some(tx),
+            rx: Some(rx),
+        }
+    }
+
+    /// Hands the engine its handle, once.
+    fn announce(&mut self, report: &Report) {
+        if let Some(stop) = self.tx.take() {
+            report(RunEvent::Held { stop });
+        }
+    }
+
+    /// Waits `pause`; a stop asked meanwhile ends the submission.
+    async fn wait(&mut self, pause: Duration) -> Result<(), Exit> {
+        let Some(rx) = self.rx.as_mut() else {
+            tokio::time::sleep(pause).await;
+            return Ok(());
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => Ok(()),
+            asked = rx => match asked {
+                Ok(_) => Err(Exit::Lost {
+                    kind: crate::model::task::ErrorKind::Aborted,
+                    message: "stopped before Slurm took the job".into(),
+                }),
+                // The engine let go of the handle (it placed nothing):
+                // no stop can come.
+                Err(_) => {
+                    self.rx = None;
+                    Ok(())
+                }
+            },
+        }
+    }
+}
 
 /// The Slurm time limit of a job with a run timeout: the timeout plus the
 /// kill grace plus a minute, so that the engine's own timeout comes first

@@ -186,6 +186,22 @@ pub fn unreachable(stderr: &str) -> bool {
     .any(|m| s.contains(m))
 }
 
+/// Whether `sbatch`'s refusal means the cluster takes no more jobs of
+/// this user for now: a submit limit of the QOS or the association
+/// (`QOSMaxSubmitJobPerUserLimit`, `AssocGrpSubmitJobsLimit`, …), or a
+/// full job table. Such a submission waits and is tried again; any other
+/// refusal fails the task `config`.
+pub fn submit_limited(stderr: &str) -> bool {
+    let s = stderr.to_ascii_lowercase();
+    [
+        "maxsubmitjob",
+        "grpsubmitjob",
+        "temporarily unable to accept job",
+    ]
+    .iter()
+    .any(|m| s.contains(m))
+}
+
 /// The job id `sbatch --parsable` printed (`123` or `123;cluster`).
 pub fn parse_job_id(stdout: &str) -> Option<u64> {
     stdout.trim().split(';').next()?.trim().parse().ok()
@@ -225,6 +241,25 @@ mod tests {
         // An accounting row without its directory is judged by its name.
         let old = parse_sacct("41|spoolflow.t.0.1.1|COMPLETED|vm\n");
         assert!(old[0].is_run("spoolflow.t.0.1.1", "/anywhere"));
+    }
+
+    #[test]
+    fn a_submit_limit_is_waited_for_and_other_refusals_are_not() {
+        for limited in [
+            "sbatch: error: QOSMaxSubmitJobPerUserLimit\nsbatch: error: Batch job submission failed: Job violates accounting/QOS policy (job submit limit, user's size and/or time limits)",
+            "sbatch: error: AssocGrpSubmitJobsLimit",
+            "sbatch: error: AssocMaxSubmitJobLimit",
+            "sbatch: error: Slurm temporarily unable to accept job, sleeping and retrying",
+        ] {
+            assert!(submit_limited(limited), "{limited}");
+        }
+        for refused in [
+            "sbatch: error: Batch job submission failed: Invalid partition name specified",
+            "sbatch: error: Batch job submission failed: Job violates accounting/QOS policy (job submit limit, user's size and/or time limits)",
+            "sbatch: error: QOSMaxWallDurationPerJobLimit",
+        ] {
+            assert!(!submit_limited(refused), "{refused}");
+        }
     }
 
     #[test]
