@@ -99,12 +99,15 @@ pub fn run(root: Option<PathBuf>, args: Args) -> Result<(), Failure> {
 
 /// Records that ended before `before` (through the records index).
 fn old_records(root: &Root, before: &str) -> Vec<PathBuf> {
-    index::records(root)
+    let mut old: Vec<PathBuf> = index::records(root)
         .files
         .into_iter()
         .filter(|f| f.summary.ended_at.as_deref().is_some_and(|e| e < before))
         .map(|f| f.path)
-        .collect()
+        .collect();
+    // Removed, and listed, in a stable order.
+    old.sort();
+    old
 }
 
 /// Files of `dir` last modified before `before` that `keep_if` accepts.

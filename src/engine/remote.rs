@@ -144,7 +144,7 @@ impl Engine {
                 let p = self.point(key, Kind::Suspended).with("reason", reason);
                 self.log(p);
             }
-            None => tracing::info!("task {}: the Slurm controller answers again", key.exid),
+            None => tracing::info!("task {}: Slurm answers again", key.exid),
         }
     }
 

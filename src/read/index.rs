@@ -136,7 +136,17 @@ impl Index {
         let mut unreadable = Vec::new();
         for (d, dir) in [root.done(), root.failed()].iter().enumerate() {
             let map = &mut self.dirs[d];
-            for (name, ino) in listing(dir) {
+            let names = match listing(dir) {
+                Ok(names) => names,
+                // Not listed is not empty: its summaries are kept as they
+                // were, and the next refresh lists it again.
+                Err(e) => {
+                    unreadable.push(format!("cannot list {}: {e}", dir.display()));
+                    map.values_mut().for_each(|e| e.seen = pass);
+                    continue;
+                }
+            };
+            for (name, ino) in names {
                 match map.get_mut(name.as_str()) {
                     Some(e) if e.ino == ino => e.seen = pass,
                     _ => match read_record(&dir.join(&name)) {
@@ -211,17 +221,24 @@ impl Index {
     }
 }
 
-/// The record files of a directory: (name, inode), from the listing alone.
-fn listing(dir: &Path) -> Vec<(String, u64)> {
-    std::fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| {
-            let name = e.file_name().into_string().ok()?;
-            (name.ends_with(".json") && !name.starts_with('.')).then(|| (name, e.ino()))
-        })
-        .collect()
+/// The record files of a directory: (name, inode), from the listing
+/// alone. A directory that is not there holds none.
+fn listing(dir: &Path) -> std::io::Result<Vec<(String, u64)>> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut names = Vec::new();
+    for e in entries {
+        let e = e?;
+        if let Ok(name) = e.file_name().into_string() {
+            if name.ends_with(".json") && !name.starts_with('.') {
+                names.push((name, e.ino()));
+            }
+        }
+    }
+    Ok(names)
 }
 
 #[cfg(test)]
@@ -295,6 +312,15 @@ mod tests {
         let mut ids: Vec<String> = index.summaries().map(|s| s.id.clone()).collect();
         ids.sort();
         assert_eq!(ids, ["a", "b"]);
+        // A directory that cannot be listed is not taken as empty.
+        let away = tmp.path().join("done.away");
+        std::fs::rename(root.done(), &away).unwrap();
+        std::fs::write(root.done(), "not a directory").unwrap();
+        let (changed, unreadable) = index.refresh(&root);
+        assert!(!changed && unreadable.len() == 1, "{unreadable:?}");
+        assert_eq!(index.summaries().count(), 2);
+        std::fs::remove_file(root.done()).unwrap();
+        std::fs::rename(&away, root.done()).unwrap();
         // A record gone is dropped; the saved index is what a command loads.
         std::fs::remove_file(root.done().join("a.json")).unwrap();
         assert_eq!(index.refresh(&root), (true, vec![]));

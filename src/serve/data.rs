@@ -138,6 +138,10 @@ impl RecordsCache {
             let (summaries, unreadable) = reading.refresh(root);
             let (summaries, unreadable) = (Arc::new(summaries), Arc::new(unreadable));
             if let Ok(mut k) = self.kept.lock() {
+                // A newer read kept meanwhile stays.
+                if k.as_ref().is_some_and(|k| k.generation > generation) {
+                    return (summaries, unreadable);
+                }
                 *k = Some(Kept {
                     generation,
                     summaries: summaries.clone(),

@@ -138,6 +138,10 @@ fn page_socket(addr: &str) -> WebSocket<MaybeTlsStream<TcpStream>> {
         std::thread::sleep(Duration::from_millis(100));
     };
     let (socket, _) = tungstenite::connect(url.as_str()).expect("connect to the page");
+    // A browser that hangs fails the test instead of holding it.
+    if let MaybeTlsStream::Plain(s) = socket.get_ref() {
+        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    }
     socket
 }
 

@@ -261,7 +261,8 @@ fn a_cluster_at_its_submit_limit_is_waited_for_and_a_cancel_ends_the_wait() {
     };
     let t = TestRoot::new();
     // The development cluster refuses these jobs, as a cluster at its
-    // submit limit does, until the file `accepting` exists.
+    // submit limit does, until the file `accepting` exists, and counts
+    // its refusals in `accepting.refused`.
     let gate = t.join("accepting");
     slurm_tasker(
         &t,
@@ -272,12 +273,16 @@ fn a_cluster_at_its_submit_limit_is_waited_for_and_a_cancel_ends_the_wait() {
         ),
         "#!/bin/sh\ncat\n",
     );
-    let waits = format!("lim{}-waits", std::process::id());
+    let waits: Vec<String> = (0..3)
+        .map(|i| format!("lim{}-waits{i}", std::process::id()))
+        .collect();
     let cancelled = format!("lim{}-cancelled", std::process::id());
-    task(&t, &waits, "limited", r#"{"n":1}"#);
+    for (i, id) in waits.iter().enumerate() {
+        task(&t, id, "limited", &format!(r#"{{"n":{i}}}"#));
+    }
     task(&t, &cancelled, "limited", "{}");
     let e = engine(&t, &c, &[]);
-    for id in [&waits, &cancelled] {
+    for id in waits.iter().chain([&cancelled]) {
         wait_for("a suspended point", Duration::from_secs(60), || {
             t.points_named(id, "suspended").iter().any(|p| {
                 p["reason"]
@@ -286,12 +291,25 @@ fn a_cluster_at_its_submit_limit_is_waited_for_and_a_cancel_ends_the_wait() {
             })
         });
     }
-    // Tried again every 5 s, never failed: after two more tries, both wait.
-    let tries = Instant::now();
+    // Never failed, and tried again by one submission at a time, 5 s
+    // after the last refusal: at most 3 tries in 11 s, where four
+    // submissions each trying every 5 s would make 8.
+    let refusals = || {
+        std::fs::read_to_string(t.join("accepting.refused"))
+            .unwrap_or_default()
+            .lines()
+            .count()
+    };
+    let (tries, before) = (Instant::now(), refusals());
     while tries.elapsed() < Duration::from_secs(11) {
-        assert!(t.record(&waits).is_none() && t.record(&cancelled).is_none());
+        assert!(waits
+            .iter()
+            .chain([&cancelled])
+            .all(|id| t.record(id).is_none()));
         std::thread::sleep(Duration::from_millis(200));
     }
+    let retried = refusals() - before;
+    assert!(retried <= 3, "{retried} refused tries in 11 s");
     // A cancel ends the wait at once: nothing was submitted.
     let out = t.cmd().args(["cancel", &cancelled]).output().unwrap();
     assert!(
@@ -306,13 +324,15 @@ fn a_cluster_at_its_submit_limit_is_waited_for_and_a_cancel_ends_the_wait() {
     );
     assert_eq!(t.must_record(&cancelled)["state"], "aborted");
     assert!(t.points_named(&cancelled, "submitted").is_empty());
-    // Once the cluster takes jobs again, the other runs once.
+    // Once the cluster takes jobs again, the others run, each once.
     std::fs::write(&gate, "").unwrap();
-    wait_records(&t, std::slice::from_ref(&waits), Duration::from_secs(60));
-    let r = t.must_record(&waits);
-    assert_eq!(r["state"], "completed", "{r:#}");
-    assert_eq!(r["payload"]["n"], 1);
-    assert_eq!(jobs_of(&c, &waits).len(), 1);
+    wait_records(&t, &waits, Duration::from_secs(60));
+    for (i, id) in waits.iter().enumerate() {
+        let r = t.must_record(id);
+        assert_eq!(r["state"], "completed", "{r:#}");
+        assert_eq!(r["payload"]["n"], i);
+        assert_eq!(jobs_of(&c, id).len(), 1);
+    }
     assert!(jobs_of(&c, &cancelled).is_empty());
     drop(e);
 }

@@ -24,10 +24,10 @@
         var fresh = doc.getElementById("live");
         var old = document.getElementById("live");
         if (!fresh || !old) return;
-        var typed = typedIn(old);
         fresh = document.importNode(fresh, true);
+        var focus = putBack(fresh, typedIn(old));
         old.replaceWith(fresh);
-        putBack(fresh, typed);
+        if (focus) focus.focus({ preventScroll: true });
       })
       .catch(function () {})
       .then(function () { running = false; });
@@ -38,38 +38,39 @@
     return (f.form ? f.form.getAttribute("action") : "") + "\n" + f.name;
   }
 
-  // The fields of `root` the user changed or is in.
+  // The fields of `root` the user changed or is in (and a button the
+  // focus is on).
   function typedIn(root) {
     var typed = [];
-    var fields = root.querySelectorAll("input, textarea");
-    for (var i = 0; i < fields.length; i++) {
-      var f = fields[i];
+    var els = root.querySelectorAll("input, textarea, button");
+    for (var i = 0; i < els.length; i++) {
+      var f = els[i];
       if (f.type === "hidden") continue;
       var focused = f === document.activeElement;
-      if (!focused && f.value === f.defaultValue) continue;
-      var caret = null;
-      try { caret = [f.selectionStart, f.selectionEnd]; } catch (e) {}
-      typed.push({ key: fieldKey(f), value: f.value, focused: focused, caret: caret });
+      var changed = f.tagName !== "BUTTON" &&
+        (f.value !== f.defaultValue || (f.validity && f.validity.badInput));
+      if (focused || changed) typed.push({ key: fieldKey(f), el: f, focused: focused });
     }
     return typed;
   }
 
-  // Puts typed values back into the same fields of the fresh page (a
-  // form the page no longer offers takes its input with it).
+  // Puts those very elements in place of their fresh copies: what they
+  // hold (a number half typed, such as "-"), the caret and the undo
+  // history go with them. A form the page no longer offers takes its
+  // input with it.
   function putBack(root, typed) {
-    var fields = root.querySelectorAll("input, textarea");
+    var focus = null;
+    var els = root.querySelectorAll("input, textarea, button");
     typed.forEach(function (t) {
-      for (var i = 0; i < fields.length; i++) {
-        var f = fields[i];
+      for (var i = 0; i < els.length; i++) {
+        var f = els[i];
         if (f.type === "hidden" || fieldKey(f) !== t.key) continue;
-        f.value = t.value;
-        if (t.focused) {
-          f.focus();
-          try { if (t.caret && t.caret[0] !== null) f.setSelectionRange(t.caret[0], t.caret[1]); } catch (e) {}
-        }
+        f.replaceWith(t.el);
+        if (t.focused) focus = t.el;
         return;
       }
     });
+    return focus;
   }
 
   function schedule() {

@@ -1,17 +1,15 @@
-//! One tasker run as a Slurm job (SPEC 14): its files written under
-//! `var/slurm/<exid>.<nid>.<attempt>.<offer>/`, `sbatch --parsable` (a
-//! refusal fails the task `config` with Slurm's message; an unreachable
-//! controller, or a cluster at its submit limit, is waited for), the job id made durable before the engine
-//! hears of it, then the job followed through the poller: `Running` once
-//! it has a node, the run timeout counted from then, a stop or a timeout
-//! as `scancel --signal=TERM --full` then `scancel` after the kill grace,
-//! and at its end the reply, stderr and exit status read from its files.
-//! An engine that stops leaves its jobs running: the next start
-//! re-attaches them ([`Slurm::adopt`]).
+//! One tasker run as a Slurm job (SPEC 14): submitted (`submit`), then
+//! followed through the poller: `Running` once it has a node, the run
+//! timeout counted from then, a stop or a timeout as `scancel
+//! --signal=TERM --full` then `scancel` after the kill grace, and at its
+//! end the reply, stderr and exit status read from its files. An engine
+//! that stops leaves its jobs running: the next start re-attaches them
+//! ([`Slurm::adopt`]).
 
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{oneshot, watch};
@@ -21,6 +19,7 @@ use super::command;
 use super::job::{self, parse_status};
 use super::poller::{Poller, Target, View};
 use super::squeue::{self, Phase};
+use super::submit::{submit, write_job_id, LimitGate};
 use crate::tasker::executor::{Executor, JobSpec, Placement, Report, RunEvent};
 use crate::tasker::process::{Exit, Launch, StopReason};
 use crate::tasker::REPLY_LIMIT;
@@ -28,7 +27,8 @@ use crate::tasker::REPLY_LIMIT;
 /// Taskers as Slurm jobs: the poller all runs share, and its interval.
 pub struct Slurm {
     poller: Poller,
-    interval: Duration,
+    /// The cluster's submit limit, shared by every submission.
+    gate: Arc<LimitGate>,
 }
 
 /// What a driver needs to follow a job and read its result.
@@ -76,7 +76,7 @@ impl Slurm {
     pub fn new(interval: Duration) -> Slurm {
         Slurm {
             poller: Poller::start(interval),
-            interval,
+            gate: Arc::new(LimitGate::default()),
         }
     }
 
@@ -126,10 +126,9 @@ impl Executor for Slurm {
             }));
         };
         let f = follow_of(&launch, job.dir.clone());
-        let poller = self.poller.clone();
-        let interval = self.interval;
+        let (poller, gate) = (self.poller.clone(), self.gate.clone());
         tokio::spawn(async move {
-            let end = match submit(&launch, &job, interval, &report).await {
+            let end = match submit(&launch, &job, (&poller, &gate), &report).await {
                 Ok(id) => placed_then_follow(&poller, id, &f, &report).await,
                 Err(exit) => End::Exit(exit),
             };
@@ -184,219 +183,13 @@ async fn placed_then_follow(poller: &Poller, id: u64, f: &Follow, report: &Repor
     follow(id, poller.watch(target), stop_rx, f, report).await
 }
 
-/// Writes the job's files and submits it; returns its id, durable in
-/// `job_id` already.
-async fn submit(
-    launch: &Launch,
-    job: &JobSpec,
-    interval: Duration,
-    report: &Report,
-) -> Result<u64, Exit> {
-    let failed = |message: String, transient: bool| Exit::SpawnFailed { message, transient };
-    write_files(launch, job).await.map_err(|e| {
-        failed(
-            format!("cannot write the job's files in {}: {e}", job.dir.display()),
-            true,
-        )
-    })?;
-    let mut args = job::sbatch_args(&job.name, &job.dir, job.slurm.as_ref(), backstop(launch));
-    args.push(job.dir.join(job::SCRIPT).display().to_string());
-    let mut waiting = false;
-    let mut held = Held::new();
-    let id = loop {
-        match sbatch(&args).await {
-            Ok(id) => break id,
-            Err(e) if squeue::unreachable(&e) => {
-                if !waiting {
-                    waiting = true;
-                    report(RunEvent::Waiting(Some(format!(
-                        "cannot submit to Slurm: {e}"
-                    ))));
-                }
-                if let Some(id) = submitted_meanwhile(job, interval).await {
-                    break id;
-                }
-            }
-            Err(e) if squeue::submit_limited(&e) => {
-                if !waiting {
-                    waiting = true;
-                    held.announce(report);
-                    report(RunEvent::Waiting(Some(format!(
-                        "Slurm takes no more jobs for now: {e}"
-                    ))));
-                }
-                held.wait(interval.max(OUTAGE_RETRY)).await?;
-            }
-            Err(e) if e.starts_with("cannot run") => return Err(failed(e, false)),
-            Err(e) => return Err(failed(format!("sbatch refused the job: {e}"), false)),
-        }
-    };
-    if waiting {
-        report(RunEvent::Waiting(None));
-    }
-    crash_point();
-    if let Err(e) = write_job_id(&job.dir, id).await {
-        cancel(id, None).await;
-        return Err(failed(
-            format!("cannot record the job id {id}: {e} (the job was cancelled)"),
-            true,
-        ));
-    }
-    Ok(id)
-}
-
-/// Whether a failed `sbatch` reached the controller after all: waits
-/// until a `squeue` answers, and returns the id of the job of this run it
-/// shows (none: submit again).
-async fn submitted_meanwhile(job: &JobSpec, interval: Duration) -> Option<u64> {
-    let dir = job::work_dir(&job.dir);
-    // Every waiting submission asks on its own: not more than once in
-    // OUTAGE_RETRY, so that an outage costs few processes.
-    loop {
-        tokio::time::sleep(interval.max(OUTAGE_RETRY)).await;
-        if let Ok(rows) = super::poller::query().await {
-            return squeue::newest_run(&rows, &job.name, &dir).map(|r| r.id);
-        }
-    }
-}
-
-/// How often a submission waiting for the controller, or for the
-/// cluster to take more jobs, tries again.
-const OUTAGE_RETRY: Duration = Duration::from_secs(5);
-
-/// A submission the cluster refused for now (at its submit limit):
-/// nothing of it exists on the cluster, so a stop ends the wait at once
-/// (the engine gets the handle with [`RunEvent::Held`]). A submission
-/// waiting for an unreachable controller has no such handle: its job may
-/// exist, which only the controller can tell.
-struct Held {
-    tx: Option<oneshot::Sender<StopReason>>,
-    rx: Option<oneshot::Receiver<StopReason>>,
-}
-
-impl Held {
-    fn new() -> Held {
-        let (tx, rx) = oneshot::channel();
-        Held {
-            tx: Some(tx),
-            rx: Some(rx),
-        }
-    }
-
-    /// Hands the engine its handle, once.
-    fn announce(&mut self, report: &Report) {
-        if let Some(stop) = self.tx.take() {
-            report(RunEvent::Held { stop });
-        }
-    }
-
-    /// Waits `pause`; a stop asked meanwhile ends the submission.
-    async fn wait(&mut self, pause: Duration) -> Result<(), Exit> {
-        let Some(rx) = self.rx.as_mut() else {
-            tokio::time::sleep(pause).await;
-            return Ok(());
-        };
-        tokio::select! {
-            _ = tokio::time::sleep(pause) => Ok(()),
-            asked = rx => match asked {
-                Ok(_) => Err(Exit::Lost {
-                    kind: crate::model::task::ErrorKind::Aborted,
-                    message: "stopped before Slurm took the job".into(),
-                }),
-                // The engine let go of the handle (it placed nothing):
-                // no stop can come.
-                Err(_) => {
-                    self.rx = None;
-                    Ok(())
-                }
-            },
-        }
-    }
-}
-
-/// The Slurm time limit of a job with a run timeout: the timeout plus the
-/// kill grace plus a minute, so that the engine's own timeout comes first
-/// (it sees the job's start up to a poll late, and its `scancel` may wait
-/// on the controller).
-fn backstop(launch: &Launch) -> Option<Duration> {
-    launch
-        .timeout
-        .map(|t| t + launch.kill_grace + Duration::from_secs(60))
-}
-
-/// A test seam (debug builds only): `SPOOLFLOW_CRASH_AFTER_SBATCH=1` kills
-/// the engine between `sbatch` and the durable write of the job id.
-fn crash_point() {
-    #[cfg(debug_assertions)]
-    if std::env::var_os("SPOOLFLOW_CRASH_AFTER_SBATCH").is_some() {
-        std::process::abort();
-    }
-}
-
-/// Writes the job's directory (off the loop: on a shared filesystem a
-/// write may wait on the network): its stdin and its script.
-async fn write_files(launch: &Launch, job: &JobSpec) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    let argv: Vec<&std::ffi::OsStr> = launch.argv.iter().map(|a| a.as_os_str()).collect();
-    let env: Vec<(&str, &std::ffi::OsStr)> = launch
-        .env
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_os_str()))
-        .collect();
-    let script = job::script(&job.dir, &launch.dir, &argv, &env);
-    let (dir, stdin) = (job.dir.clone(), launch.stdin.clone());
-    off_loop(move || {
-        if dir.exists() {
-            std::fs::remove_dir_all(&dir)?;
-        }
-        std::fs::create_dir_all(&dir)?;
-        std::fs::write(dir.join(job::IN), stdin)?;
-        let path = dir.join(job::SCRIPT);
-        std::fs::write(&path, script)?;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
-    })
-    .await
-}
-
-/// Runs blocking file work on the runtime's blocking threads.
-async fn off_loop<T: Send + 'static>(
-    work: impl FnOnce() -> std::io::Result<T> + Send + 'static,
-) -> std::io::Result<T> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())))
-}
-
-/// Makes a job id durable in the job's directory (`job_id`).
-async fn write_job_id(dir: &Path, id: u64) -> std::io::Result<()> {
-    let dir = dir.to_path_buf();
-    off_loop(move || {
-        crate::store::spool::write_atomic(
-            &dir,
-            job::JOB_ID,
-            format!("{id}\n").as_bytes(),
-            false,
-            true,
-        )
-        .map(|_| ())
-        .map_err(|e| std::io::Error::other(e.to_string()))
-    })
-    .await
-}
-
-/// Runs `sbatch`; its id, or its message.
-async fn sbatch(args: &[String]) -> Result<u64, String> {
-    let out = command::run("sbatch", args).await?;
-    squeue::parse_job_id(&out).ok_or_else(|| format!("sbatch printed no job id: {}", out.trim()))
-}
-
 /// How soon a `scancel` that failed (the controller unreachable, say) is
 /// tried again.
 const CANCEL_AGAIN: Duration = Duration::from_secs(5);
 
 /// `scancel` (`--signal=TERM --full` with a signal); whether Slurm took
 /// it. What Slurm then says of the job is what counts.
-async fn cancel(id: u64, signal: Option<&'static str>) -> bool {
+pub(super) async fn cancel(id: u64, signal: Option<&'static str>) -> bool {
     let mut args = Vec::new();
     if let Some(sig) = signal {
         args.push(format!("--signal={sig}"));

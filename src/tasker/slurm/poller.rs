@@ -70,6 +70,8 @@ async fn run(mut rx: mpsc::UnboundedReceiver<Watched>, interval: Duration) {
     // `sacct` is asked about jobs `squeue` forgot until it says the
     // cluster keeps no accounting.
     let mut accounting = true;
+    // An `sacct` older than the `WorkDir` field is asked without it.
+    let mut sacct_format = squeue::SACCT_FORMAT;
     loop {
         if watched.is_empty() {
             match rx.recv().await {
@@ -86,6 +88,9 @@ async fn run(mut rx: mpsc::UnboundedReceiver<Watched>, interval: Duration) {
             continue;
         }
         let mut answer = query().await;
+        // Why `sacct` could not tell of the jobs `squeue` forgot: they are
+        // waited for, not taken as gone (gone, a job runs again).
+        let mut sacct_failed = None;
         if let (Ok(rows), true) = (&mut answer, accounting) {
             let forgotten: Vec<u64> = watched
                 .iter()
@@ -95,17 +100,29 @@ async fn run(mut rx: mpsc::UnboundedReceiver<Watched>, interval: Duration) {
                 })
                 .collect();
             if !forgotten.is_empty() {
-                match query_sacct(&forgotten).await {
+                let mut asked = query_sacct(&forgotten, sacct_format).await;
+                if matches!(&asked, Err(e) if squeue::unknown_field(e)) {
+                    sacct_format = squeue::SACCT_FORMAT_OLD;
+                    asked = query_sacct(&forgotten, sacct_format).await;
+                }
+                match asked {
                     Ok(more) => rows.extend(more),
                     Err(e) if squeue::accounting_off(&e) => accounting = false,
-                    Err(e) => tracing::debug!("sacct: {e}"),
+                    Err(e) => {
+                        tracing::warn!("sacct cannot tell of ended Slurm jobs: {e}");
+                        sacct_failed = Some(format!("sacct: {e}"));
+                    }
                 }
             }
         }
         for w in &watched {
             let view = match &answer {
                 Err(reason) => View::Unreachable(reason.clone()),
-                Ok(rows) => find(rows, &w.target).map_or(View::Gone, |r| View::Seen(r.clone())),
+                Ok(rows) => match (find(rows, &w.target), &w.target, &sacct_failed) {
+                    (Some(r), _, _) => View::Seen(r.clone()),
+                    (None, Target::Job { .. }, Some(why)) => View::Unreachable(why.clone()),
+                    (None, _, _) => View::Gone,
+                },
             };
             w.tx.send_if_modified(|v| {
                 let changed = *v != view;
@@ -125,18 +142,9 @@ fn find<'a>(rows: &'a [Row], target: &Target) -> Option<&'a Row> {
 
 /// One `sacct` for the jobs `squeue` no longer shows (ended longer ago
 /// than the controller keeps them).
-async fn query_sacct(ids: &[u64]) -> Result<Vec<Row>, String> {
+async fn query_sacct(ids: &[u64], format: &str) -> Result<Vec<Row>, String> {
     let ids: Vec<String> = ids.iter().map(u64::to_string).collect();
-    let args = [
-        "-n",
-        "-P",
-        "-X",
-        "-o",
-        squeue::SACCT_FORMAT,
-        "-j",
-        &ids.join(","),
-    ]
-    .map(String::from);
+    let args = ["-n", "-P", "-X", "-o", format, "-j", &ids.join(",")].map(String::from);
     let out = command::run("sacct", &args).await?;
     Ok(squeue::parse_sacct(&out))
 }

@@ -48,6 +48,15 @@ pub fn newest_run<'a>(rows: &'a [Row], name: &str, dir: &str) -> Option<&'a Row>
 /// `sacct -n -P -X -o SACCT_FORMAT` (`|`-separated, allocations only).
 pub const SACCT_FORMAT: &str = "JobID,JobName,State,NodeList,WorkDir";
 
+/// [`SACCT_FORMAT`] for an `sacct` that does not know `WorkDir` (its rows
+/// are judged by their name alone).
+pub const SACCT_FORMAT_OLD: &str = "JobID,JobName,State,NodeList";
+
+/// Whether `sacct` refused a field it does not know.
+pub fn unknown_field(stderr: &str) -> bool {
+    stderr.to_ascii_lowercase().contains("invalid field")
+}
+
 /// Parses `sacct -n -P -X -o SACCT_FORMAT` as rows; a state such as
 /// `CANCELLED by 0` keeps its first word.
 pub fn parse_sacct(text: &str) -> Vec<Row> {
@@ -273,6 +282,12 @@ mod tests {
         assert_eq!(rows[1].state, "CANCELLED");
         assert_eq!(rows[1].node, "");
         assert!(accounting_off("Slurm accounting storage is disabled"));
+        assert!(unknown_field(
+            "sacct: fatal: Invalid field requested: \"WorkDir\""
+        ));
+        assert!(!unknown_field(
+            "sacct: error: Problem talking to the database"
+        ));
         assert!(!accounting_off(
             "sacct: error: Problem talking to the database"
         ));
