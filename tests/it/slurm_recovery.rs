@@ -514,7 +514,10 @@ fn a_cancel_during_an_outage_ends_the_job_once_the_controller_answers() {
         &t,
         "long",
         "",
-        "#!/bin/sh\ncat >/dev/null\nsleep 120\ntouch \"$SPOOLFLOW_ROOT/finished\"\necho '{}'\n",
+        // Longer than every wait of this test together (up to 90 + 60 +
+        // 60 s and a restart of the controller on a loaded machine): only
+        // the engine's cancel can end it first.
+        "#!/bin/sh\ncat >/dev/null\nsleep 900\ntouch \"$SPOOLFLOW_ROOT/finished\"\necho '{}'\n",
     );
     let id = format!("oc{}", std::process::id());
     task(&t, &id, "long", "{}");
@@ -538,7 +541,7 @@ fn a_cancel_during_an_outage_ends_the_job_once_the_controller_answers() {
             >= 2
     });
     c.start_ctld();
-    // Ended by the engine once Slurm answers, long before its 120 s.
+    // Ended by the engine once Slurm answers, long before its 900 s.
     wait_for("the job to be cancelled", Duration::from_secs(60), || {
         crate::slurm_exec::job_gone(&c, &id, job)
     });
