@@ -150,19 +150,30 @@ impl Engine {
 
     /// A submission waits for the cluster to take more jobs: its stop
     /// handle is kept, or used at once if a stop was asked meanwhile.
+    /// A submission no node waits for any more ends (never left to
+    /// submit a job nobody follows).
     fn on_held(&mut self, key: &NodeKey, gen: u64, stop: oneshot::Sender<StopReason>) {
-        let Some(node) = self.node_mut(key).filter(|n| n.gen == gen) else {
-            return;
-        };
-        let NodeState::Running(run) = &mut node.state else {
-            return;
-        };
-        match &run.process {
-            Process::Spawning => run.process = Process::Held { stop },
-            Process::SpawningToStop(why) => {
-                let _ = stop.send(why.reason());
+        let run = self
+            .node_mut(key)
+            .filter(|n| n.gen == gen)
+            .and_then(|n| match &mut n.state {
+                NodeState::Running(run) => Some(run),
+                _ => None,
+            });
+        match run {
+            Some(run) if matches!(run.process, Process::Spawning) => {
+                run.process = Process::Held { stop }
             }
-            _ => {}
+            Some(run) => {
+                let why = run
+                    .process
+                    .stop_asked()
+                    .map_or(StopReason::Cancel, |w| w.reason());
+                let _ = stop.send(why);
+            }
+            None => {
+                let _ = stop.send(StopReason::Cancel);
+            }
         }
     }
 

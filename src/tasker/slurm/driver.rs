@@ -156,7 +156,7 @@ async fn find_by_name(poller: &Poller, f: &Follow, report: &Report) -> Option<u6
                     "the Slurm controller cannot be reached: {why}"
                 ))));
             }
-            _ => {}
+            View::Unknown | View::Unreachable(_) | View::Unaccounted(_) => {}
         }
     }
     None
@@ -198,6 +198,8 @@ pub(super) async fn cancel(id: u64, signal: Option<&'static str>) -> bool {
     args.push(id.to_string());
     match command::run("scancel", &args).await {
         Ok(_) => true,
+        // Over already: nothing is left to end.
+        Err(e) if e.contains("Invalid job id") => true,
         Err(e) => {
             tracing::warn!(
                 "scancel of job {id} failed: {e}; tried again every {}s until Slurm takes it",
@@ -307,6 +309,11 @@ async fn follow(
                 undelivered.again(id).await;
             }
         }
+        // Stopped or timed out while its end could not be told: it is over.
+        if (s.stopped.is_some() || s.timed_out) && matches!(*view.borrow(), View::Unaccounted(_)) {
+            s.gone = true;
+            break;
+        }
     }
     if s.stopped.is_none() && !s.timed_out {
         status_settles(&f.dir).await;
@@ -354,6 +361,23 @@ fn on_view(
         View::Gone => {
             s.gone = true;
             return Some(true);
+        }
+        // Its end is known without Slurm's word: its exit status is
+        // there, or the engine ended it.
+        View::Unaccounted(_)
+            if s.stopped.is_some() || s.timed_out || f.dir.join(job::STATUS).exists() =>
+        {
+            s.gone = true;
+            return Some(true);
+        }
+        View::Unaccounted(why) => {
+            if !s.waiting {
+                s.waiting = true;
+                report(RunEvent::Waiting(Some(format!(
+                    "Slurm cannot tell yet how job {id} ended: {why}"
+                ))));
+            }
+            return None;
         }
         View::Seen(row) => row,
     };
@@ -492,5 +516,64 @@ fn with_slurm_out(message: String, dir: &Path) -> String {
     match text.lines().rev().find(|l| !l.trim().is_empty()) {
         Some(line) => format!("{message}: {}", line.trim()),
         None => message,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    fn follow_in(dir: &Path) -> Follow {
+        Follow {
+            dir: dir.to_path_buf(),
+            name: "spoolflow.t.0.1.1".into(),
+            timeout: None,
+            kill_grace: Duration::from_secs(1),
+            stderr_path: dir.join("err"),
+            stderr_prefix: "t".into(),
+        }
+    }
+
+    #[test]
+    fn a_job_accounting_cannot_tell_of_is_waited_for_unless_its_end_is_known() {
+        let tmp = tempfile::tempdir().unwrap();
+        let f = follow_in(tmp.path());
+        let told = Arc::new(Mutex::new(Vec::new()));
+        let sink = told.clone();
+        let report: Report = Box::new(move |e| {
+            if let RunEvent::Waiting(w) = e {
+                sink.lock().unwrap().push(w);
+            }
+        });
+        let unaccounted = || View::Unaccounted("sacct: slurmdbd down".into());
+        let mut deadline = None;
+        // Not known: waited for (told once), never taken as gone.
+        let mut s = Seen::default();
+        for _ in 0..2 {
+            assert_eq!(
+                on_view(7, unaccounted(), &mut s, &f, &mut deadline, &report),
+                None
+            );
+        }
+        assert!(!s.gone);
+        assert_eq!(told.lock().unwrap().len(), 1, "{:?}", told.lock().unwrap());
+        // Stopped by the engine: over.
+        let mut s = Seen {
+            stopped: Some(StopReason::Cancel),
+            ..Seen::default()
+        };
+        assert_eq!(
+            on_view(7, unaccounted(), &mut s, &f, &mut deadline, &report),
+            Some(true)
+        );
+        // Its exit status is there: over, and read from it.
+        std::fs::write(tmp.path().join(job::STATUS), "0\n").unwrap();
+        let mut s = Seen::default();
+        assert_eq!(
+            on_view(7, unaccounted(), &mut s, &f, &mut deadline, &report),
+            Some(true)
+        );
+        assert!(s.gone);
     }
 }

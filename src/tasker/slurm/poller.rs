@@ -23,6 +23,9 @@ pub enum View {
     Gone,
     /// `squeue` failed (the controller is down, or `squeue` cannot run).
     Unreachable(String),
+    /// `squeue` no longer shows the job and `sacct` failed (the
+    /// accounting daemon down): how it ended cannot be told yet.
+    Unaccounted(String),
 }
 
 /// Which job a driver follows.
@@ -120,7 +123,7 @@ async fn run(mut rx: mpsc::UnboundedReceiver<Watched>, interval: Duration) {
                 Err(reason) => View::Unreachable(reason.clone()),
                 Ok(rows) => match (find(rows, &w.target), &w.target, &sacct_failed) {
                     (Some(r), _, _) => View::Seen(r.clone()),
-                    (None, Target::Job { .. }, Some(why)) => View::Unreachable(why.clone()),
+                    (None, Target::Job { .. }, Some(why)) => View::Unaccounted(why.clone()),
                     (None, _, _) => View::Gone,
                 },
             };

@@ -28,6 +28,10 @@ use crate::tasker::process::{Exit, Launch, StopReason};
 /// cluster to take more jobs, tries again.
 const RETRY: Duration = Duration::from_secs(5);
 
+/// How long a submit-limit refusal holds the next submissions back when
+/// no waiting submission tries again.
+const STALE: Duration = Duration::from_secs(60);
+
 /// Writes the job's files and submits it; returns its id, durable in
 /// `job_id` already.
 pub(super) async fn submit(
@@ -47,6 +51,10 @@ pub(super) async fn submit(
     args.push(job.dir.join(job::SCRIPT).display().to_string());
     let mut wait = Wait::new(report);
     let id = loop {
+        // A stop asked since the last pass (which left no job behind).
+        if wait.stop_asked() {
+            return Err(stopped_before_submission());
+        }
         // While the cluster refuses for its limit, submissions take turns.
         let turn = match gate.refusal() {
             Some(words) => {
@@ -98,10 +106,26 @@ async fn submitted_meanwhile(poller: &Poller, job: &JobSpec) -> Option<u64> {
         match &*view.borrow_and_update() {
             View::Seen(row) => return Some(row.id),
             View::Gone => return None,
-            View::Unknown | View::Unreachable(_) => {}
+            View::Unknown | View::Unreachable(_) | View::Unaccounted(_) => {}
         }
     }
-    None
+    // The poller stopped (it never does while the engine runs): asked
+    // here, not taken as "not submitted".
+    loop {
+        if let Ok(rows) = super::poller::query().await {
+            let dir = job::work_dir(&job.dir);
+            return squeue::newest_run(&rows, &job.name, &dir).map(|r| r.id);
+        }
+        tokio::time::sleep(RETRY).await;
+    }
+}
+
+/// The end of a submission stopped before Slurm took its job.
+fn stopped_before_submission() -> Exit {
+    Exit::Lost {
+        kind: crate::model::task::ErrorKind::Aborted,
+        message: "stopped before Slurm took the job".into(),
+    }
 }
 
 /// The cluster's submit limit as this engine last met it, shared by all
@@ -118,9 +142,15 @@ pub(super) struct LimitGate {
 }
 
 impl LimitGate {
+    /// The words of the last refusal, while it is recent: a submission
+    /// waiting for the limit refreshes it every 5 s; one older than
+    /// [`STALE`] is nobody's (those waiting were cancelled), and the next
+    /// submission tries at once.
     fn refusal(&self) -> Option<String> {
         let r = self.refused.lock().unwrap_or_else(|e| e.into_inner());
-        r.as_ref().map(|(_, words)| words.clone())
+        r.as_ref()
+            .filter(|(at, _)| at.elapsed() < STALE)
+            .map(|(_, words)| words.clone())
     }
 
     fn refused(&self, words: &str) {
@@ -203,18 +233,31 @@ impl<'a> Wait<'a> {
         tokio::pin!(work);
         if let (Some(asked), None) = (self.asked.as_mut(), &self.stop) {
             tokio::select! {
-                out = &mut work => return Ok(out),
+                biased;
                 asked = asked => match asked {
-                    Ok(_) => return Err(Exit::Lost {
-                        kind: crate::model::task::ErrorKind::Aborted,
-                        message: "stopped before Slurm took the job".into(),
-                    }),
+                    Ok(_) => return Err(stopped_before_submission()),
                     // The engine let go of the handle: no stop can come.
                     Err(_) => self.asked = None,
                 },
+                out = &mut work => return Ok(out),
             }
         }
         Ok(work.await)
+    }
+
+    /// Whether the engine asked, through the handle it holds, for a stop.
+    fn stop_asked(&mut self) -> bool {
+        if self.stop.is_some() {
+            return false;
+        }
+        match self.asked.as_mut().map(|rx| rx.try_recv()) {
+            Some(Ok(_)) => true,
+            Some(Err(oneshot::error::TryRecvError::Closed)) => {
+                self.asked = None;
+                false
+            }
+            _ => false,
+        }
     }
 
     /// The wait is over (the job is submitted).
