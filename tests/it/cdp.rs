@@ -11,6 +11,21 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use tungstenite::{stream::MaybeTlsStream, Message, WebSocket};
 
+/// Headless Chromium with its own profile (in `profile`), as the tests
+/// run it (as root, in a container: no sandbox, no GPU, no `/dev/shm`).
+pub fn headless(bin: &Path, profile: &Path) -> Command {
+    let mut c = Command::new(bin);
+    c.args([
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--no-first-run",
+    ])
+    .arg(format!("--user-data-dir={}", profile.display()));
+    c
+}
+
 /// A Chromium showing one page; killed when dropped.
 pub struct Browser {
     child: Child,
@@ -23,17 +38,8 @@ impl Browser {
     /// Starts `bin` headless on `url` and connects to its page.
     pub fn open(bin: &Path, url: &str) -> Browser {
         let profile = tempfile::tempdir().unwrap();
-        let mut child = Command::new(bin)
-            .args([
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-dev-shm-usage",
-                "--no-first-run",
-                "--remote-debugging-port=0",
-                "--remote-allow-origins=*",
-            ])
-            .arg(format!("--user-data-dir={}", profile.path().display()))
+        let mut child = headless(bin, profile.path())
+            .args(["--remote-debugging-port=0", "--remote-allow-origins=*"])
             .arg(url)
             .stdin(Stdio::null())
             .stdout(Stdio::null())

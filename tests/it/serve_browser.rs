@@ -9,10 +9,10 @@
 //! Without a `chromium` on the PATH the test says so and passes.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use super::cdp::Browser;
+use super::cdp::{headless, Browser};
 use super::serve_support::{fixture, serve};
 
 fn chromium() -> Option<PathBuf> {
@@ -28,16 +28,8 @@ fn chromium() -> Option<PathBuf> {
 /// Runs headless Chromium with `args` and the URL; its stdout. Killed
 /// past the deadline.
 fn run_chromium(bin: &Path, profile: &Path, args: &[String], url: &str) -> String {
-    let mut child = Command::new(bin)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-dev-shm-usage",
-            "--no-first-run",
-            "--hide-scrollbars",
-        ])
-        .arg(format!("--user-data-dir={}", profile.display()))
+    let mut child = headless(bin, profile)
+        .arg("--hide-scrollbars")
         .args(args)
         .arg(url)
         .stdin(Stdio::null())

@@ -49,6 +49,16 @@ pub(crate) fn task(t: &TestRoot, id: &str, tasker: &str, payload: &str) {
     );
 }
 
+/// `spoolflow cancel ID`, which must succeed.
+pub(crate) fn cancel_task(t: &TestRoot, id: &str) {
+    let out = t.cmd().args(["cancel", id]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 pub(crate) fn wait_records(t: &TestRoot, ids: &[String], deadline: Duration) {
     wait_for("every record", deadline, || {
         ids.iter().all(|id| t.record(id).is_some())
@@ -282,12 +292,7 @@ fn timeouts_and_cancels_end_the_jobs() {
         .unwrap();
     operators_see_the_jobs(&t, &running, job_r, &pending, job_p);
     for id in [&running, &pending] {
-        let out = t.cmd().args(["cancel", id]).output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        cancel_task(&t, id);
     }
     wait_records(
         &t,
@@ -537,12 +542,7 @@ fn cancelling_a_flow_cancels_its_slurm_jobs() {
         .iter()
         .filter_map(|p| p["job_id"].as_u64())
         .collect();
-    let out = t.cmd().args(["cancel", &id]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    cancel_task(&t, &id);
     wait_records(&t, std::slice::from_ref(&id), Duration::from_secs(60));
     assert_eq!(t.must_record(&id)["state"], "aborted");
     for job in jobs {

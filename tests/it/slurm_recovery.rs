@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use crate::common::slurm::SlurmCluster;
 use crate::common::*;
 use crate::slurm_exec::{
-    engine, engine_command, jobs_of, slurm_tasker, started_job, task, wait_records,
+    cancel_task, engine, engine_command, jobs_of, slurm_tasker, started_job, task, wait_records,
 };
 
 /// Tasks whose tasker appends its id to a ledger once it has slept
@@ -311,12 +311,7 @@ fn a_cluster_at_its_submit_limit_is_waited_for_and_a_cancel_ends_the_wait() {
     let retried = refusals() - before;
     assert!(retried <= 3, "{retried} refused tries in 11 s");
     // A cancel ends the wait at once: nothing was submitted.
-    let out = t.cmd().args(["cancel", &cancelled]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    cancel_task(&t, &cancelled);
     wait_records(
         &t,
         std::slice::from_ref(&cancelled),
@@ -524,12 +519,7 @@ fn a_cancel_during_an_outage_ends_the_job_once_the_controller_answers() {
     let e = engine(&t, &c, &["--kill-grace", "1s"]);
     let job = started_job(&t, &id);
     c.stop_ctld();
-    let out = t.cmd().args(["cancel", &id]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    cancel_task(&t, &id);
     // Both the TERM and the kill after the grace fail while the
     // controller is down.
     let refused = format!("scancel of job {job} failed");
