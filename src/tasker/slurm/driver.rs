@@ -253,6 +253,17 @@ struct Seen {
     gone: bool,
 }
 
+impl Seen {
+    /// Tells the engine the job is waited for (a `suspended` point), once
+    /// until Slurm shows the job again.
+    fn wait(&mut self, report: &Report, why: impl FnOnce() -> String) {
+        if !self.waiting {
+            self.waiting = true;
+            report(RunEvent::Waiting(Some(why())));
+        }
+    }
+}
+
 /// Follows a placed job to its end.
 async fn follow(
     id: u64,
@@ -350,12 +361,9 @@ fn on_view(
     let row = match v {
         View::Unknown => return None,
         View::Unreachable(why) => {
-            if !s.waiting {
-                s.waiting = true;
-                report(RunEvent::Waiting(Some(format!(
-                    "the Slurm controller cannot be reached: {why}"
-                ))));
-            }
+            s.wait(report, || {
+                format!("the Slurm controller cannot be reached: {why}")
+            });
             return None;
         }
         View::Gone => {
@@ -371,12 +379,9 @@ fn on_view(
             return Some(true);
         }
         View::Unaccounted(why) => {
-            if !s.waiting {
-                s.waiting = true;
-                report(RunEvent::Waiting(Some(format!(
-                    "Slurm cannot tell yet how job {id} ended: {why}"
-                ))));
-            }
+            s.wait(report, || {
+                format!("Slurm cannot tell yet how job {id} ended: {why}")
+            });
             return None;
         }
         View::Seen(row) => row,
