@@ -122,6 +122,18 @@ fn a_killed_engine_reattaches_its_jobs_and_runs_none_twice() {
     assert_eq!(runs.lines().filter(|l| *l == flow).count(), 1, "{runs}");
 }
 
+/// Runs an engine that dies between `sbatch` and the durable write of
+/// the job id (the debug build's fault point); the jobs of `id` then, one.
+fn crash_after_sbatch(t: &TestRoot, c: &SlurmCluster, id: &str) -> Vec<(u64, String)> {
+    let mut crashing = engine_command(t, c, &[]);
+    crashing.env("SPOOLFLOW_CRASH_AFTER_SBATCH", "1");
+    let (code, _) = EngineProcess::spawn(&mut crashing).wait(Duration::from_secs(60));
+    assert_ne!(code, Some(0), "the engine died at the fault point");
+    let jobs = jobs_of(c, id);
+    assert_eq!(jobs.len(), 1, "sbatch ran once before the crash: {jobs:?}");
+    jobs
+}
+
 #[test]
 fn a_job_submitted_just_before_a_crash_is_found_by_its_name() {
     let Some(c) = crate::common::slurm::cluster() else {
@@ -132,12 +144,7 @@ fn a_job_submitted_just_before_a_crash_is_found_by_its_name() {
     let id = format!("crash{}", std::process::id());
     // Still running at the restart: only its name finds it.
     task(&t, &id, "ledger", r#"{"secs":6}"#);
-    let mut crashing = engine_command(&t, &c, &[]);
-    crashing.env("SPOOLFLOW_CRASH_AFTER_SBATCH", "1");
-    let (code, _) = EngineProcess::spawn(&mut crashing).wait(Duration::from_secs(60));
-    assert_ne!(code, Some(0), "the engine died at the fault point");
-    let jobs = jobs_of(&c, &id);
-    assert_eq!(jobs.len(), 1, "sbatch ran once before the crash");
+    let jobs = crash_after_sbatch(&t, &c, &id);
     let job_dir = t.join(&format!("var/slurm/{id}.0.1.1"));
     assert!(
         !job_dir.join("job_id").exists(),
@@ -165,12 +172,7 @@ fn a_job_of_another_root_with_the_same_name_is_not_adopted() {
     ledger_tasker(&mine);
     ledger_tasker(&other);
     task(&mine, &id, "ledger", r#"{"secs":0}"#);
-    let mut crashing = engine_command(&mine, &c, &[]);
-    crashing.env("SPOOLFLOW_CRASH_AFTER_SBATCH", "1");
-    let (code, _) = EngineProcess::spawn(&mut crashing).wait(Duration::from_secs(60));
-    assert_ne!(code, Some(0), "the engine died at the fault point");
-    let jobs = jobs_of(&c, &id);
-    assert_eq!(jobs.len(), 1, "{jobs:?}");
+    let jobs = crash_after_sbatch(&mine, &c, &id);
     let my_job = jobs[0].0;
     wait_for("its job ended", Duration::from_secs(60), || {
         jobs_of(&c, &id)
