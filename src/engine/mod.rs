@@ -508,6 +508,7 @@ impl Engine {
             WatchEvent::Cancel(p) => self.take_cancel(&p),
             WatchEvent::Priority(p) => self.take_priority(&p),
             WatchEvent::Points(p) => {
+                self.watcher.points_taken(&p);
                 if let Some(key) = self.points_files.get(&p).cloned() {
                     self.points_announced(&key);
                 }

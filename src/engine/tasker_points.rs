@@ -4,8 +4,9 @@
 //!
 //! The path is the tasker's to write, so nothing done to it may block or
 //! slow the engine: it is opened without following a link and without
-//! blocking, only a regular file is read, each look reads at most
-//! [`READ_CHUNK`], a line longer than [`LINE_MAX`] is skipped (the lines
+//! blocking, only a regular file is read, a look while the tasker runs
+//! reads at most [`LIVE_CHUNK`] (the rest at a later turn of the loop)
+//! and the last one at most [`READ_CHUNK`] at a time, a line longer than [`LINE_MAX`] is skipped (the lines
 //! after it are read), and one run of a tasker is followed for at most
 //! [`POINTS_CAP`] points or [`BYTES_CAP`] bytes. What is not copied is
 //! said once per run, as an engine point (`"source": "engine"`) in the
@@ -39,9 +40,14 @@ pub const POINTS_CAP: u32 = 10_000;
 pub const BYTES_CAP: u64 = 8 << 20;
 /// The longest line taken as a point; a longer one is dropped.
 pub const LINE_MAX: usize = 64 << 10;
-/// The most bytes read in one look (the rest comes with the next event;
-/// at the end of a run, looks follow one another up to the caps).
+/// The most bytes read in one look at the end of a run (looks follow one
+/// another up to the caps).
 pub const READ_CHUNK: u64 = 1 << 20;
+/// The most bytes read in one look while the tasker runs (a few thousand
+/// short lines): a tasker that writes fast costs the loop short turns,
+/// between which other work goes on; the rest is read at the next turn
+/// ([`Look::more`]).
+pub const LIVE_CHUNK: u64 = 64 << 10;
 
 /// The ids a tasker's points are tagged with.
 pub struct Ids<'a> {
@@ -56,6 +62,9 @@ pub struct Ids<'a> {
 pub struct Look {
     pub points: Vec<Point>,
     pub warnings: Vec<String>,
+    /// A look while the tasker runs stopped at [`LIVE_CHUNK`] with more
+    /// to read.
+    pub more: bool,
 }
 
 /// How far a tasker's points file was followed in one run.
@@ -231,10 +240,10 @@ impl PointsTail {
     }
 
     /// Reads what was appended since the last look (at most
-    /// [`READ_CHUNK`]) and turns its complete lines into points.
+    /// [`LIVE_CHUNK`]) and turns its complete lines into points.
     pub fn look(&mut self, ids: &Ids<'_>) -> Look {
         let mut out = Look::default();
-        self.look_once(ids, &mut out);
+        out.more = self.look_once(ids, &mut out, LIVE_CHUNK);
         out
     }
 
@@ -247,7 +256,7 @@ impl PointsTail {
         // and over by an escaped writer cannot keep the engine here.
         let most = 2 * BYTES_CAP.div_ceil(READ_CHUNK) + 2;
         for _ in 0..most {
-            if !self.look_once(ids, &mut out) {
+            if !self.look_once(ids, &mut out, READ_CHUNK) {
                 break;
             }
         }
@@ -272,12 +281,12 @@ impl PointsTail {
         out
     }
 
-    /// One bounded read; whether more may follow at once.
-    fn look_once(&mut self, ids: &Ids<'_>, out: &mut Look) -> bool {
+    /// One read of at most `chunk` bytes; whether more may follow at once.
+    fn look_once(&mut self, ids: &Ids<'_>, out: &mut Look, chunk: u64) -> bool {
         if self.capped {
             return false;
         }
-        let max = READ_CHUNK.min(BYTES_CAP.saturating_sub(self.read));
+        let max = chunk.min(BYTES_CAP.saturating_sub(self.read));
         let got = read_regular(&self.path, self.offset, max);
         self.gone = matches!(got, Got::Missing);
         let (buf, len) = match got {
@@ -459,6 +468,10 @@ impl Engine {
             Some(_) => run.points.finish(&ids),
             None => run.points.look(&ids),
         };
+        if look.more {
+            // The rest at a later turn, after what else is waiting.
+            self.watcher.points_again(run.points.path());
+        }
         for w in look.warnings {
             tracing::warn!("{w}");
         }
@@ -584,6 +597,33 @@ mod tests {
         assert_eq!(look.points.len(), POINTS_CAP as usize + 1);
         assert_eq!(look.points[POINTS_CAP as usize].point, "points-capped");
         assert_eq!(look.warnings.len(), 1);
+    }
+
+    #[test]
+    fn a_look_while_the_tasker_runs_reads_one_chunk_and_says_more_is_left() {
+        let (id, nid) = names();
+        let ids = ids(&id, &nid);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.jsonl");
+        let line = b"{\"point\":\"p\",\"pad\":\"0123456789012345678\"}\n";
+        let n = 3 * LIVE_CHUNK as usize / line.len();
+        append(&path, &line.repeat(n));
+        let mut tail = PointsTail::new(path.clone());
+        let mut copied = 0;
+        let mut looks = 0;
+        loop {
+            let look = tail.look(&ids);
+            looks += 1;
+            copied += look.points.len();
+            // (a line begun in the chunk before is ended in this one)
+            assert!(look.points.len() * line.len() <= LIVE_CHUNK as usize + line.len());
+            if !look.more {
+                break;
+            }
+        }
+        assert_eq!((copied, looks), (n, 3));
+        // Nothing new: nothing more.
+        assert!(!tail.look(&ids).more);
     }
 
     fn tail_finish(path: &Path, ids: &Ids<'_>) -> Look {

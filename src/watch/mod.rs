@@ -89,6 +89,37 @@ impl WatchError {
     }
 }
 
+/// The points files announced to the engine and not looked at yet: a
+/// tasker that appends without end (a line per `write`, thousands a
+/// second) then costs the engine one look per turn of its loop, however
+/// many writes it makes, instead of one event per write queued ahead of
+/// everything else. The watcher tells a path only when it enters the set;
+/// the engine takes it out *before* it reads the file, so that a write
+/// after that read is told again.
+#[derive(Clone, Default)]
+pub struct PointsPending {
+    paths: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<PathBuf>>>,
+}
+
+impl PointsPending {
+    fn set(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<PathBuf>> {
+        // A panic while holding the lock leaves a set still usable.
+        self.paths.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The watcher saw a write to `path`: whether to tell the engine (it
+    /// was not told already).
+    fn announce(&self, path: &Path) -> bool {
+        let mut set = self.set();
+        !set.contains(path) && set.insert(path.to_path_buf())
+    }
+
+    /// The engine is about to read `path`: a later write is told again.
+    pub fn taken(&self, path: &Path) {
+        self.set().remove(path);
+    }
+}
+
 /// A test seam on the watcher of the spool: it can lose the events of
 /// `in/` (as the kernel does when its queue overflows) and tell the engine
 /// what the kernel says on an overflow.

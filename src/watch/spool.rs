@@ -18,7 +18,7 @@ use inotify::{Inotify, WatchDescriptor, Watches};
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::translate::{translate, Action, Role, SpoolDirs};
-use super::{Seam, WatchError, WatchEvent};
+use super::{PointsPending, Seam, WatchError, WatchEvent};
 use crate::layout::Root;
 
 /// A watched directory: where it is and what it is to the engine.
@@ -89,6 +89,9 @@ impl Table {
 /// The spool's watcher; the reading thread ends when it is dropped.
 pub struct SpoolWatcher {
     table: Arc<Mutex<Table>>,
+    points: PointsPending,
+    /// The engine's channel, for [`Self::points_again`].
+    tx: UnboundedSender<WatchEvent>,
     /// Dropping the write end of this pipe wakes the thread to end.
     _stop: OwnedFd,
 }
@@ -123,10 +126,13 @@ impl SpoolWatcher {
         let (stop_r, stop_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
             .map_err(|e| WatchError::new(&root.spool(), e.into()))?;
         let table = Arc::new(Mutex::new(table));
+        let points = PointsPending::default();
+        let events = tx.clone();
         let reader = Reader {
             inotify,
             stop: stop_r,
             table: table.clone(),
+            points: points.clone(),
             spool: SpoolDirs {
                 spool_in: root.spool_in(),
                 cancel: root.cancel(),
@@ -144,8 +150,24 @@ impl SpoolWatcher {
             .map_err(|source| WatchError::new(&root.spool(), source))?;
         Ok(SpoolWatcher {
             table,
+            points,
+            tx: events,
             _stop: stop_w,
         })
+    }
+
+    /// The engine read part of what a points file holds: the rest is
+    /// told as a write would be, after what is queued already.
+    pub fn points_again(&self, path: &Path) {
+        if self.points.announce(path) {
+            let _ = self.tx.send(WatchEvent::Points(path.to_path_buf()));
+        }
+    }
+
+    /// The engine is about to read the points file at `path`: a write
+    /// after that read is told again (see [`PointsPending`]).
+    pub fn points_taken(&self, path: &Path) {
+        self.points.taken(path);
     }
 
     fn table(&self) -> MutexGuard<'_, Table> {
@@ -190,6 +212,7 @@ struct Reader {
     inotify: Inotify,
     stop: OwnedFd,
     table: Arc<Mutex<Table>>,
+    points: PointsPending,
     spool: SpoolDirs,
     tx: UnboundedSender<WatchEvent>,
     seam: Option<Seam>,
@@ -253,6 +276,9 @@ impl Reader {
                     WatchEvent::Input(path)
                 }
             };
+            if matches!(&event, WatchEvent::Points(p) if !self.points.announce(p)) {
+                continue; // told already, not looked at yet
+            }
             let losing = self.seam.as_ref().is_some_and(Seam::losing);
             if matches!(event, WatchEvent::Input(_)) && losing {
                 continue;
@@ -330,6 +356,53 @@ mod tests {
         let marker = root.cancel().join("t1");
         std::fs::write(&marker, "").unwrap();
         assert_eq!(next(&mut rx), Some(WatchEvent::Cancel(marker)));
+    }
+
+    /// The events up to `marker`'s (a cancel request made as a marker).
+    fn told_until(rx: &mut UnboundedReceiver<WatchEvent>, marker: &Path) -> Vec<WatchEvent> {
+        let mut told = Vec::new();
+        loop {
+            match next(rx) {
+                Some(WatchEvent::Cancel(p)) if p == marker => return told,
+                Some(ev) => told.push(ev),
+                None => panic!("no event for {}; told {told:?}", marker.display()),
+            }
+        }
+    }
+
+    #[test]
+    fn a_points_file_written_line_by_line_is_told_once_until_the_engine_reads_it() {
+        use std::io::Write;
+        let (_tmp, root, w, mut rx) = watching();
+        let points = root.points_dir().join("e1-0");
+        let mut f = std::fs::File::create(&points).unwrap();
+        for _ in 0..1000 {
+            f.write_all(b"{\"point\":\"tick\"}\n").unwrap();
+        }
+        let marker = root.cancel().join("m1");
+        std::fs::write(&marker, "").unwrap();
+        let once = vec![WatchEvent::Points(points.clone())];
+        assert_eq!(told_until(&mut rx, &marker), once);
+        // Not read yet: more writes tell nothing more.
+        f.write_all(b"{\"point\":\"tick\"}\n").unwrap();
+        let marker = root.cancel().join("m2");
+        std::fs::write(&marker, "").unwrap();
+        assert_eq!(told_until(&mut rx, &marker), vec![]);
+        // Read: the next write is told again, once.
+        w.points_taken(&points);
+        for _ in 0..100 {
+            f.write_all(b"{\"point\":\"tick\"}\n").unwrap();
+        }
+        let marker = root.cancel().join("m3");
+        std::fs::write(&marker, "").unwrap();
+        assert_eq!(told_until(&mut rx, &marker), once);
+        // What the engine left to read is told as a write is, once.
+        w.points_taken(&points);
+        w.points_again(&points);
+        w.points_again(&points);
+        let marker = root.cancel().join("m4");
+        std::fs::write(&marker, "").unwrap();
+        assert_eq!(told_until(&mut rx, &marker), once);
     }
 
     #[test]

@@ -177,6 +177,45 @@ fn a_file_that_never_stops_growing_is_followed_up_to_the_cap() {
     assert_eq!(log.matches(expected).count(), 1, "{log}");
 }
 
+#[test]
+fn points_written_in_one_go_are_copied_in_turns_while_the_tasker_runs() {
+    let t = TestRoot::new();
+    // 4 000 points (about 200 KiB, several of the engine's live looks)
+    // moved into place at once: one event; then the tasker waits far
+    // longer than the test does, so only the engine's own turns copy them.
+    let n = 4_000;
+    t.tasker(
+        "org.example",
+        "burst",
+        &format!(
+            "#!/bin/sh
+cat >/dev/null
+             awk 'BEGIN {{ for (i = 0; i < {n}; i++) printf \"{{\\\"point\\\":\\\"burst\\\",\\\"n\\\":%d,\\\"pad\\\":\\\"0123456789012345678901234567890123\\\"}}\\n\", i }}' > \"$SPOOLFLOW_ROOT/burst\"
+             mv \"$SPOOLFLOW_ROOT/burst\" \"$SPOOLFLOW_POINTS\"
+             i=0; while [ ! -e \"$SPOOLFLOW_ROOT/go\" ] && [ $i -lt 3000 ]; do sleep 0.05; i=$((i+1)); done
+             echo '{{\"from\":\"reply\"}}'
+"
+        ),
+    );
+    let engine = t.spawn_engine(&["--workers", "2", "--rescan", "1h"]);
+    t.drop_task("live.json", &task("live", "burst"));
+    // Read as text while the engine writes: a line may be half there.
+    wait_for("every point copied while the tasker runs", DEADLINE, || {
+        fs::read_to_string(t.join("var/log/tsk/live.log"))
+            .is_ok_and(|l| l.matches(r#""point":"burst""#).count() == n)
+    });
+    assert!(t.record("live").is_none(), "the tasker still runs");
+    fs::write(t.join("go"), "").unwrap();
+    wait_for("the task's record", DEADLINE, || t.record("live").is_some());
+    assert_eq!(t.must_record("live")["state"], "completed");
+    let burst = t.points_named("live", "burst");
+    assert_eq!(burst.len(), n);
+    for (i, p) in burst.iter().enumerate() {
+        assert_eq!(p["n"], i, "in order");
+    }
+    sigterm_stops(engine);
+}
+
 /// Runs one task of a tasker whose script writes to its points file, in
 /// a draining in-process engine.
 fn run_writer(t: &TestRoot, id: &str, script: &str) -> Value {
