@@ -196,11 +196,15 @@ impl Engine {
         let Some(node) = self.node_mut(&key).filter(|n| n.gen == gen) else {
             return;
         };
-        let NodeState::Offering(offer) =
-            std::mem::replace(&mut node.state, NodeState::Queued { waited: false })
-        else {
-            // Cancelled or let go while offered: its slot went back then.
-            return;
+        let offer = match std::mem::replace(&mut node.state, NodeState::Queued { waited: false }) {
+            NodeState::Offering(offer) => offer,
+            other => {
+                // Cancelled, timed out or let go while offered (its slot
+                // went back then): its state stays what it is, a record
+                // being written included.
+                node.state = other;
+                return;
+            }
         };
         let Offer { entry, waited } = *offer;
         node.state = NodeState::Queued { waited };
@@ -312,9 +316,8 @@ impl Engine {
         key: &NodeKey,
         config: &TaskerConfig,
     ) -> Result<(), TaskError> {
-        let created_at = match self.executions.get(&key.exid) {
-            Some(e) => e.created_at,
-            None => return Ok(()),
+        let Some(created_at) = self.start_clock(key) else {
+            return Ok(());
         };
         let Some(node) = self.node(key) else {
             return Ok(());

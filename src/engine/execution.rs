@@ -40,13 +40,20 @@ impl Engine {
         self.arm_start_timeout(k, st, created_at, std::time::Duration::ZERO);
     }
 
+    /// When a node's `start_timeout` started counting: when its flow
+    /// reached it, else its execution's creation.
+    pub(super) fn start_clock(&self, k: &NodeKey) -> Option<DateTime<Utc>> {
+        let exec = self.executions.get(&k.exid)?;
+        Some(self.node(k)?.reached_at.unwrap_or(exec.created_at))
+    }
+
     /// Sets the `start_timeout` timer (the task's, else its tasker's) of a
     /// re-attached Slurm job that had not started: the engine's restart
     /// does not stop the clock, which runs from `created`. It fires no
     /// sooner than two polls of Slurm from now, so that a job that started
     /// while the engine was down is seen running first.
     pub(super) fn watch_adopted_start_timeout(&mut self, k: &NodeKey) {
-        let Some(created_at) = self.executions.get(&k.exid).map(|e| e.created_at) else {
+        let Some(created_at) = self.start_clock(k) else {
             return;
         };
         let Some(node) = self.node(k) else {

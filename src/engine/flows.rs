@@ -446,6 +446,8 @@ impl Engine {
         exec.nids.push(nid.clone());
         let k = key(exid, &nid);
         let mut node = Node::new(NodeTask::in_memory(task));
+        let now = Utc::now();
+        node.reached_at = Some(now);
         match payload {
             Some(p) => node.task.set_payload(p),
             None => node.payload_from_flow = true,
@@ -455,7 +457,7 @@ impl Engine {
         // `start_timeout` counts from now, not from the flow's claim (a
         // later stage may wait on earlier ones far longer). A node queued
         // again after a crash counts from its new queueing too.
-        self.watch_node_start_timeout(&k, Utc::now());
+        self.watch_node_start_timeout(&k, now);
         self.enqueue(&k);
     }
 

@@ -36,9 +36,10 @@ pub enum Outcome {
 /// empty reply). `timeout`: the effective run timeout, for the message
 /// "run timed out after {t}".
 ///
-/// The rules apply in this order: a spawn failure (a stop asked meanwhile
-/// does not change it), a stop, the run timeout, an oversized reply, the
-/// exit status, and last the reply.
+/// The rules apply in this order: a stop asked while the tasker was being
+/// spawned, if the spawn failed (nothing ran: a cancel accepted then still
+/// aborts the task, SPEC 8), a spawn failure, a stop, the run timeout, an
+/// oversized reply, the exit status, and last the reply.
 pub fn outcome(
     exit: Exit,
     asked: Option<StopReason>,
@@ -47,6 +48,9 @@ pub fn outcome(
 ) -> Outcome {
     let (status, stdout, oversized, stderr_tail, timed_out, stopped) = match exit {
         Exit::SpawnFailed { message, transient } => {
+            if let Some(reason) = asked {
+                return Outcome::Stopped(reason);
+            }
             // A resource shortage is worth a retry; a missing or
             // non-executable program is not.
             let kind = if transient {
@@ -383,17 +387,23 @@ mod tests {
     }
 
     #[test]
-    fn spawn_failure_comes_before_a_stop_asked() {
-        // Today's order: a stop asked while the spawn failed does not make
-        // the failure a stop.
-        let exit = Exit::SpawnFailed {
-            message: "cannot spawn".into(),
-            transient: true,
-        };
-        assert_eq!(
-            outcome(exit, Some(StopReason::Cancel), &input(), None),
-            error(ErrorKind::Work, "cannot spawn")
-        );
+    fn a_stop_asked_while_spawning_wins_over_the_spawn_failing() {
+        // A cancel accepted while the spawn was under way aborts the task
+        // (SPEC 8) instead of retrying it (transient) or failing it.
+        for (transient, reason) in [
+            (true, StopReason::Cancel),
+            (false, StopReason::Cancel),
+            (true, StopReason::Shutdown),
+        ] {
+            let exit = Exit::SpawnFailed {
+                message: "cannot spawn".into(),
+                transient,
+            };
+            assert_eq!(
+                outcome(exit, Some(reason), &input(), None),
+                Outcome::Stopped(reason)
+            );
+        }
     }
 
     // ---------------------------------------------------- stops

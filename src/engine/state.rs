@@ -219,6 +219,10 @@ pub struct Node {
     /// A flow node whose payload is built from its flow when it is first
     /// offered (its payload is empty until then).
     pub payload_from_flow: bool,
+    /// A flow's task node: when the flow reached it, which its
+    /// `start_timeout` counts from (a standalone node's counts from its
+    /// execution's creation).
+    pub reached_at: Option<DateTime<Utc>>,
     past: Option<Box<Past>>,
 }
 
@@ -264,6 +268,7 @@ impl Node {
             retries_done: 0,
             starts: 0,
             payload_from_flow: false,
+            reached_at: None,
             past: None,
         }
     }

@@ -275,3 +275,29 @@ fn a_retried_flow_recovered_after_a_crash_counts_this_life_only() {
         "the first life's record"
     );
 }
+
+/// The same for a `start_timeout` that only the node's `tasker.json`
+/// sets: it too counts from when the flow reaches the node, so a node
+/// reached 3 s after the claim, with a free worker and a 2 s bound, runs.
+#[test]
+fn a_tasker_json_start_timeout_of_a_later_node_counts_from_when_the_flow_reaches_it() {
+    let t = TestRoot::new();
+    quick_and_slow(&t);
+    t.tasker_dir(
+        "org",
+        "bounded",
+        r#"{"cmd":"cat >/dev/null; echo '{\"bounded\":true}'","start_timeout":"2s"}"#,
+        &[],
+    );
+    drop_flow(
+        &t,
+        "later",
+        json!({"payload": {}, "flow": {"sequence": [
+            {"task": "slow"}, {"task": "bounded"}
+        ]}}),
+    );
+    t.run_drain(2);
+    let rec = t.must_record("later");
+    assert_eq!(rec["state"], "completed", "{rec:#}");
+    assert_eq!(rec["payload"]["bounded"], true, "{rec:#}");
+}
