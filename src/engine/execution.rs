@@ -310,7 +310,7 @@ impl Engine {
             return false;
         };
         match exec.flow.as_ref() {
-            Some(fx) => fx.life.has_ended(),
+            Some(fx) => fx.has_ended(),
             None => exec.nids.to_vec().iter().all(|nid| {
                 self.nodes
                     .get(&key(exid, nid))

@@ -27,6 +27,10 @@ use crate::scheduler::NodeKey;
 use crate::store::writer::{Job, RecordJob};
 use crate::text::quoted;
 
+#[path = "flow_life.rs"]
+mod life;
+pub use life::FlowLife;
+
 #[path = "flows_recovery.rs"]
 mod recovery;
 
@@ -74,28 +78,11 @@ impl ProgressDisk {
     }
 }
 
-/// Where a flow is in its own life.
-#[derive(Debug, Clone, PartialEq)]
-pub enum FlowLife {
-    /// Its nodes run.
-    Running,
-    /// It ended (completed or failed); its record is written once no
-    /// tasker of it runs any more.
-    Ending(End),
-    /// Cancelled: its record (`aborted`) is written once no tasker of it
-    /// runs any more.
-    Aborting(String),
-    /// Its record is being committed.
-    Recording,
-}
-
-impl FlowLife {
-    /// Whether the flow's end is decided: it completed or failed (and may
-    /// wait for its last taskers to stop), or its record is being written.
-    /// A cancel then comes too late (SPEC 8). A flow being cancelled has
-    /// not ended: a second cancel changes nothing.
+impl FlowExec {
+    /// Whether the flow's end is decided (SPEC 8: too late to cancel); see
+    /// [`FlowLife::too_late_to_cancel`].
     pub fn has_ended(&self) -> bool {
-        matches!(self, FlowLife::Ending(_) | FlowLife::Recording)
+        self.life.too_late_to_cancel(self.flow.is_ended())
     }
 }
 

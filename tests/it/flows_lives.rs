@@ -301,3 +301,52 @@ fn a_tasker_json_start_timeout_of_a_later_node_counts_from_when_the_flow_reaches
     assert_eq!(rec["state"], "completed", "{rec:#}");
     assert_eq!(rec["payload"]["bounded"], true, "{rec:#}");
 }
+
+/// SPEC 8 again, in the narrowest window: the flow's last node completed
+/// and the progress that says so is being saved (a 15 MiB input makes
+/// that write long enough to aim at) when a cancel comes. Whatever the
+/// moment the cancel lands, the record agrees with its nodes: a flow all
+/// of whose nodes completed is `completed` and the cancel is rejected; an
+/// `aborted` flow has a node that did not complete.
+#[test]
+fn a_cancel_while_the_flows_end_is_being_saved_keeps_that_end() {
+    let t = TestRoot::new();
+    t.tasker("org", "cat", "#!/bin/sh\nexec cat\n");
+    let blob = "y".repeat(15 << 20);
+    drop_flow(
+        &t,
+        "f2",
+        json!({"payload": {"blob": blob}, "flow": {"task": "cat"}}),
+    );
+    let engine = t.spawn_engine(&["--workers", "1"]);
+    wait_for("the flow's claim", DEADLINE, || {
+        t.join("var/spool/run/f2.json").exists()
+    });
+    // A progress write under way: the cancel is dropped then.
+    wait_for("a progress write, or the record", DEADLINE, || {
+        t.list("var/spool/run").iter().any(|n| n.ends_with(".tmp")) || t.record("f2").is_some()
+    });
+    let dir = t.join("var/spool/cancel");
+    fs::write(dir.join(".f2.tmp"), "late cancel").unwrap();
+    fs::rename(dir.join(".f2.tmp"), dir.join("f2")).unwrap();
+    wait_for("the record, and the cancel taken", DEADLINE, || {
+        t.record("f2").is_some() && t.list("var/spool/cancel").is_empty()
+    });
+    engine.signal(Signal::SIGTERM);
+    let (code, err) = engine.wait(DEADLINE);
+    assert_eq!(code, Some(0), "{err}");
+    let rec = t.must_record("f2");
+    let nodes = rec["nodes"].as_array().cloned().unwrap_or_default();
+    let all_completed = !nodes.is_empty() && nodes.iter().all(|n| n["state"] == "completed");
+    if all_completed {
+        assert_eq!(rec["state"], "completed", "{}", rec["error"]);
+        assert_eq!(
+            rec["payload"]["blob"].as_str().map(str::len),
+            Some(15 << 20)
+        );
+        let reason = t.rejected_reason("f2").unwrap_or_default();
+        assert!(!reason.is_empty(), "the cancel is rejected");
+    } else {
+        assert_eq!(rec["state"], "aborted", "{}", rec["nodes"]);
+    }
+}
