@@ -376,10 +376,38 @@ fn add_missing_final_point(root: &Root, record_path: &Path) {
 
 /// A task in `run/`, and a flow's progress (the `progress` key the engine
 /// adds to a flow's file).
+/// The largest `run/` file of a flow read back at a start. A flow's file
+/// holds its progress, with the input of each node that runs or waits,
+/// so it can outgrow the largest input many times over; the engine that
+/// wrote it held all of it in memory. The bound keeps a foreign file put
+/// there from taking more than that.
+pub const FLOW_RUN_FILE_LIMIT: u64 = 1 << 30;
+
+/// Reads a task back from `run/` with its progress if it is a flow: at
+/// most `limit` bytes, or [`FLOW_RUN_FILE_LIMIT`] for a flow.
 fn read_task(path: &Path, id: &TaskId, limit: u64) -> Result<(Task, Option<Value>), String> {
-    let bytes = crate::store::spool::read_capped(path, limit).map_err(|e| e.to_string())?;
+    use crate::store::spool::{read_capped, SpoolError};
+    let (bytes, oversized) = match read_capped(path, limit) {
+        Ok(bytes) => (bytes, None),
+        Err(e @ SpoolError::TooLarge { .. }) => {
+            let most = FLOW_RUN_FILE_LIMIT.max(limit);
+            let bytes = read_capped(path, most).map_err(|e| e.to_string())?;
+            (bytes, Some(e.to_string()))
+        }
+        Err(e) => return Err(e.to_string()),
+    };
+    let (task, progress) = parse_task(&bytes, id)?;
+    match oversized {
+        // Only a flow's file may outgrow the largest input.
+        Some(too_large) if task.flow.is_none() => Err(too_large),
+        _ => Ok((task, progress)),
+    }
+}
+
+/// A `run/` file's task, and its progress if it has one.
+fn parse_task(bytes: &[u8], id: &TaskId) -> Result<(Task, Option<Value>), String> {
     let invalid = |e: String| format!("task in run/ is invalid: {e}");
-    let mut obj = match serde_json::from_slice::<Value>(&bytes) {
+    let mut obj = match serde_json::from_slice::<Value>(bytes) {
         Ok(Value::Object(obj)) => obj,
         Ok(_) => return Err(invalid("not a JSON object".into())),
         Err(e) => return Err(invalid(e.to_string())),

@@ -350,3 +350,45 @@ fn a_cancel_while_the_flows_end_is_being_saved_keeps_that_end() {
         assert_eq!(rec["state"], "aborted", "{}", rec["nodes"]);
     }
 }
+
+/// SPEC 12 and 10: a flow whose progress outgrew the largest input (each
+/// waiting run of an `each` keeps its input, here 40 × 1 MiB) is read back
+/// after `kill -9` and goes on; it was moved to `rejected/` as too large.
+#[test]
+fn a_flow_whose_progress_outgrew_the_largest_input_survives_kill_9() {
+    let t = TestRoot::new();
+    t.tasker("org", "cat", "#!/bin/sh\nexec cat\n");
+    t.tasker(
+        "org",
+        "hold",
+        &format!(
+            "#!/bin/sh\ncat >/dev/null\n{}\necho '{{}}'\n",
+            wait_file("go")
+        ),
+    );
+    let items: Vec<u32> = (0..40).collect();
+    drop_flow(
+        &t,
+        "big",
+        json!({"payload": {"items": items, "blob": "x".repeat(1 << 20)},
+               "flow": {"each": "items", "do": {"sequence": [{"task": "cat"}, {"task": "hold"}]}}}),
+    );
+    // The largest input (16 MiB), a reply (16 MiB) and 64 KiB.
+    let input_cap = (32 << 20) + (64 << 10);
+    let run_file = t.join("var/spool/run/big.json");
+    let engine = t.spawn_engine(&["--workers", "2"]);
+    wait_for("the flow's run/ file past the input cap", DEADLINE, || {
+        fs::metadata(&run_file).is_ok_and(|m| m.len() > input_cap)
+    });
+    engine.signal(Signal::SIGKILL);
+    let _ = engine.wait(DEADLINE);
+    fs::write(t.join("go"), "").unwrap();
+    let engine = t.spawn_engine(&["--workers", "2", "--drain"]);
+    let (code, err) = engine.wait(Duration::from_secs(120));
+    assert_eq!(code, Some(0), "{err}");
+    assert!(t.list("var/spool/rejected").is_empty(), "{err}");
+    let rec = t.must_record("big");
+    assert_eq!(rec["state"], "completed", "{}", rec["error"]);
+    let nodes = rec["nodes"].as_array().map_or(0, Vec::len);
+    assert!(nodes >= 80, "{nodes} nodes in the record");
+}
