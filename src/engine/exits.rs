@@ -55,11 +55,12 @@ impl Engine {
             Outcome::Completed(payload) => {
                 // Kept where a crash of the engine cannot lose it, until
                 // the record is durable (a flow's progress has its own).
-                if !self.is_flow(&key.exid) {
-                    if let Some(node) = self.nodes.get(&key) {
-                        self.replies
-                            .append(&key.exid, &key.nid, node.attempt, &payload);
-                    }
+                let created = self.executions.get(&key.exid).map(|e| e.created_at);
+                if let (false, Some(node), Some(created)) =
+                    (self.is_flow(&key.exid), self.nodes.get(&key), created)
+                {
+                    let life = (node.attempt, crate::model::task::timestamp(created));
+                    self.replies.append(&key.exid, &key.nid, life, &payload);
                 }
                 if let Some(node) = self.node_mut(&key) {
                     node.uncompleted = 0;

@@ -423,10 +423,15 @@ impl Engine {
     /// goes on counting its attempts from its history.
     fn created(&mut self, task: Task, submitted: Option<chrono::DateTime<Utc>>) {
         let k = key(&task.exid, &task.nid);
+        // One instant for the point and the execution: the replies
+        // journal names a task's life by it, and a restart reads it back
+        // from the point.
+        let created_at = Utc::now();
         let mut p = self
             .point(&k, Kind::Created)
             .with("domain", task.domain.as_str())
             .with("priority", task.priority);
+        p.ts = crate::model::task::timestamp(created_at);
         if let Some(t) = submitted {
             p = p.with("submitted_at", crate::model::task::timestamp(t));
         }
@@ -438,7 +443,7 @@ impl Engine {
         let exid = task.exid.clone();
         if let Some(flow) = task.flow.clone() {
             match self.prepare_flow(&flow) {
-                Ok((tree, conds)) => self.start_flow(task, tree, conds, Utc::now()),
+                Ok((tree, conds)) => self.start_flow(task, tree, conds, created_at),
                 // Checked before the claim: not expected; the flow fails.
                 Err(reason) => self.fail_flow_at_start(task, reason),
             }
@@ -446,7 +451,7 @@ impl Engine {
             let before = crate::store::history::attempts_before(&self.root, &task.id);
             // Its payload and headers are in run/ now: read back when
             // offered.
-            let exec = Execution::standalone(Utc::now());
+            let exec = Execution::standalone(created_at);
             let mut node = Node::new(NodeTask::on_disk(task));
             node.attempt = before + 1;
             self.insert_execution(exid.clone(), exec, Box::new(node));

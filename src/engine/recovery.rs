@@ -457,11 +457,12 @@ impl super::Engine {
             let k = key(&node.task.id, &node.task.nid);
             let mut exec = Execution::standalone(created_at);
             exec.submitted_at = r.submitted_at;
+            let life = crate::model::task::timestamp(created_at);
             let reply = replied
                 .remove(&(k.exid.clone(), k.nid.clone()))
-                .filter(|(attempt, _)| *attempt > 0 && *attempt == r.attempts);
+                .filter(|replied| replied.ended(r.attempts, &life));
             match reply {
-                Some((_, payload)) => self.complete_replied(node, exec, payload),
+                Some(replied) => self.complete_replied(node, exec, replied.payload),
                 None => match r
                     .open_run
                     .and_then(|o| Some((o, self.slurm_job_of(&k, o, &mut jobs)?)))

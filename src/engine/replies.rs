@@ -8,8 +8,12 @@
 //! (A machine crash can lose the line; the task then runs again — at least
 //! once, as always.)
 //!
-//! The journal is emptied whenever no record is waiting for the writer:
-//! every line it holds is then in a durable record.
+//! Once it holds more than [`SETTLE_BYTES`], the journal is emptied when
+//! no record is waiting for the writer: every line it holds is then in a
+//! durable record. Until then old lines stay, so each line names the life
+//! of its task (the execution's `created` time): an id used again after
+//! `gc` removed its record starts its attempts at 1 again, and must not be
+//! completed by the reply of the life before.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -30,7 +34,30 @@ struct Line {
     exid: Exid,
     nid: Nid,
     attempt: u32,
+    /// The execution's `created` time (`timestamp`), as its `created`
+    /// point has it; absent in lines of older versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    created: Option<String>,
     payload: Object,
+}
+
+/// A journaled reply: which life and attempt of its node it ended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Replied {
+    pub attempt: u32,
+    pub created: Option<String>,
+    pub payload: Object,
+}
+
+impl Replied {
+    /// Whether this reply ended `attempt` of the life created at
+    /// `created` (a line without its life, from an older version, is
+    /// taken by its attempt alone).
+    pub fn ended(&self, attempt: u32, created: &str) -> bool {
+        self.attempt > 0
+            && self.attempt == attempt
+            && self.created.as_deref().is_none_or(|c| c == created)
+    }
 }
 
 /// The journal, open for appending.
@@ -63,8 +90,15 @@ impl Replies {
         }
     }
 
-    /// Appends a completing reply (one write of one line).
-    pub fn append(&mut self, exid: &Exid, nid: &Nid, attempt: u32, payload: &Object) {
+    /// Appends a completing reply of `attempt` of the life created at
+    /// `created` (one write of one line).
+    pub fn append(
+        &mut self,
+        exid: &Exid,
+        nid: &Nid,
+        (attempt, created): (u32, String),
+        payload: &Object,
+    ) {
         let Some(file) = self.file.as_mut() else {
             return;
         };
@@ -72,6 +106,7 @@ impl Replies {
             exid: exid.clone(),
             nid: nid.clone(),
             attempt,
+            created: Some(created),
             payload: payload.clone(),
         };
         let Ok(mut bytes) = serde_json::to_vec(&line) else {
@@ -127,15 +162,22 @@ impl Replies {
 }
 
 /// The replies the journal holds: the last one of each node, with its
-/// attempt (a torn last line is skipped).
-pub fn read(root: &Root) -> HashMap<(Exid, Nid), (u32, Object)> {
+/// attempt and life (a torn last line is skipped).
+pub fn read(root: &Root) -> HashMap<(Exid, Nid), Replied> {
     let Ok(bytes) = std::fs::read(root.replies_journal()) else {
         return HashMap::new();
     };
     bytes
         .split(|b| *b == b'\n')
         .filter_map(|l| serde_json::from_slice::<Line>(l).ok())
-        .map(|l| ((l.exid, l.nid), (l.attempt, l.payload)))
+        .map(|l| {
+            let replied = Replied {
+                attempt: l.attempt,
+                created: l.created,
+                payload: l.payload,
+            };
+            ((l.exid, l.nid), replied)
+        })
         .collect()
 }
 
@@ -155,8 +197,9 @@ mod tests {
             o.insert("v".into(), v.into());
             o
         };
-        r.append(&a, &n, 1, &p(1));
-        r.append(&a, &n, 2, &p(2));
+        let life = || "2026-12-06T02:00:00.000001Z".to_string();
+        r.append(&a, &n, (1, life()), &p(1));
+        r.append(&a, &n, (2, life()), &p(2));
         drop(r);
         let mut f = OpenOptions::new()
             .append(true)
@@ -165,7 +208,12 @@ mod tests {
         f.write_all(b"{\"exid\":\"b\",\"ni").unwrap();
         let got = read(&root);
         assert_eq!(got.len(), 1);
-        assert_eq!(got[&(a.clone(), n.clone())], (2, p(2)));
+        let last = Replied {
+            attempt: 2,
+            created: Some(life()),
+            payload: p(2),
+        };
+        assert_eq!(got[&(a.clone(), n.clone())], last);
 
         // Emptied only past its threshold, and kept otherwise.
         let mut r = Replies::open(&root);
@@ -174,7 +222,28 @@ mod tests {
         r.len = SETTLE_BYTES;
         r.settle();
         assert!(read(&root).is_empty());
-        r.append(&a, &n, 3, &p(3));
-        assert_eq!(read(&root)[&(a, n)].0, 3, "appends go on after emptying");
+        r.append(&a, &n, (3, life()), &p(3));
+        assert_eq!(
+            read(&root)[&(a, n)].attempt,
+            3,
+            "appends go on after emptying"
+        );
+    }
+
+    #[test]
+    fn a_reply_ends_only_its_own_life_and_attempt() {
+        let life = "2026-12-06T02:00:00.000001Z";
+        let replied = |attempt, created: Option<&str>| Replied {
+            attempt,
+            created: created.map(str::to_string),
+            payload: Object::new(),
+        };
+        assert!(replied(1, Some(life)).ended(1, life));
+        assert!(!replied(2, Some(life)).ended(1, life));
+        // The same id used again after gc: attempt 1 again, another life.
+        assert!(!replied(1, Some(life)).ended(1, "2026-12-06T03:00:00.000001Z"));
+        // A line of an older version names no life.
+        assert!(replied(1, None).ended(1, life));
+        assert!(!replied(0, None).ended(0, life));
     }
 }

@@ -462,6 +462,49 @@ fn one_execution(id: &str) -> String {
 /// no final point. The next start, which finds the record beside the
 /// `run/` file, completes the log (so `logs`, `events` and `show` see the
 /// end of the task).
+/// SPEC 10: a task id used again once `gc` removed its record starts its
+/// attempts at 1 again; cut short by `kill -9`, it runs again at the next
+/// start (`recovered`), and is not completed with the reply the id's
+/// earlier life left in the replies journal.
+#[test]
+fn an_id_used_again_after_its_record_went_is_not_completed_by_its_old_reply() {
+    let t = TestRoot::new();
+    t.tasker(
+        "org",
+        "work",
+        &format!(
+            "#!/bin/sh\ncase \"$(cat)\" in\n\
+             *slow*) : > \"$SPOOLFLOW_ROOT/slow-runs\"; {}; echo '{{\"result\":\"new\"}}';;\n\
+             *) echo '{{\"result\":\"old\"}}';;\nesac\n",
+            wait_file("go")
+        ),
+    );
+    let task = |k: &str| {
+        format!(r#"{{"domain":"org","tasker":"work","id":"job1","payload":{{"k":"{k}"}}}}"#)
+    };
+    t.drop_task("job1.json", &task("fast"));
+    t.run_drain(1);
+    assert_eq!(t.must_record("job1")["payload"]["result"], "old");
+    // What `gc` does to an old record and its log.
+    fs::remove_file(t.join("var/spool/done/job1.json")).unwrap();
+    fs::remove_file(t.join("var/log/tsk/job1.log")).unwrap();
+    t.drop_task("job1.json", &task("slow"));
+    let engine = t.spawn_engine(&["--workers", "1"]);
+    wait_for("the second life's tasker to run", DEADLINE, || {
+        t.join("slow-runs").exists()
+    });
+    engine.signal(Signal::SIGKILL);
+    let _ = engine.wait(DEADLINE);
+    fs::write(t.join("go"), "").unwrap();
+    let (code, err) = t
+        .spawn_engine(&["--drain", "--workers", "1"])
+        .wait(DEADLINE);
+    assert_eq!(code, Some(0), "stderr: {err}");
+    let rec = t.must_record("job1");
+    assert_eq!(rec["payload"]["result"], "new", "{rec:#}");
+    assert_eq!(t.points_named("job1", "recovered").len(), 1);
+}
+
 #[test]
 fn a_record_found_at_start_up_gets_its_final_point() {
     let t = TestRoot::new();
