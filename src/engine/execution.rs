@@ -240,9 +240,9 @@ impl Engine {
                     self.path_done(&from);
                 }
                 Done::ClaimTaken { exid, from } => self.on_claim_taken(&exid, &from),
-                Done::Rewritten(key) => {
-                    self.priority_saved(&key);
-                    self.on_rewritten(&key);
+                Done::Rewritten(key, seq) => {
+                    self.priority_saved(&key, seq);
+                    self.on_rewritten(&key, seq);
                 }
                 Done::Progress { exid } => self.on_progress_saved(&exid),
                 Done::Rejected { path, retake: true } => self.path_done(&path),

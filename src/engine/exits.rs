@@ -163,9 +163,7 @@ impl Engine {
         let Some(node) = self.node_mut(key) else {
             return;
         };
-        node.state = NodeState::Saving {
-            after: after.map(|a| a.0).unwrap_or_default(),
-        };
+        let after = after.map(|a| a.0).unwrap_or_default();
         let Some(body) = node.task.loaded() else {
             // Not expected: a node that ran was offered, with its body.
             let err = TaskError::new(ErrorKind::Work, "its payload was lost before it was saved");
@@ -173,21 +171,37 @@ impl Engine {
         };
         let bytes = node.task.to_file_json(body).to_string().into_bytes();
         let name = format!("{}.json", node.task.id);
+        let seq = self.rewrite(key, name, bytes);
+        if let Some(node) = self.node_mut(key) {
+            node.state = NodeState::Saving { after, seq };
+        }
+    }
+
+    /// Sends a node's new `run/<name>` to the writer; returns the
+    /// rewrite's number.
+    pub(super) fn rewrite(&mut self, key: &NodeKey, name: String, bytes: Vec<u8>) -> u64 {
+        self.rewrites += 1;
         self.writer.send(Job::Rewrite {
             key: key.clone(),
+            seq: self.rewrites,
             dir: self.root.run(),
             name,
             bytes,
         });
+        self.rewrites
     }
 
-    /// A node's `run/` file was rewritten: queue it again.
-    pub(super) fn on_rewritten(&mut self, key: &NodeKey) {
+    /// Rewrite `seq` of a node's `run/` file is durable: a node saving its
+    /// `uncompleted` payload by that rewrite or an earlier one is queued
+    /// again (not on an earlier rewrite's end: a priority change's, say).
+    pub(super) fn on_rewritten(&mut self, key: &NodeKey, seq: u64) {
         let Some(node) = self.node_mut(key) else {
             return;
         };
-        if let NodeState::Saving { after } = node.state {
-            self.enqueue_after(key, after);
+        if let NodeState::Saving { after, seq: saving } = node.state {
+            if saving <= seq {
+                self.enqueue_after(key, after);
+            }
         }
     }
 

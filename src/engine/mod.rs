@@ -240,7 +240,11 @@ pub(crate) struct Engine {
     pending_priorities: HashMap<TaskId, (PathBuf, i32)>,
     /// Priority requests applied, removed once the rewritten `run/` file
     /// is durable (a crash before re-applies them at the next start).
-    priority_saving: HashMap<NodeKey, (PathBuf, i32)>,
+    /// (request path, priority, the rewrite carrying it).
+    priority_saving: HashMap<NodeKey, (PathBuf, i32, u64)>,
+    /// The number of the latest rewrite of a `run/` file sent to the
+    /// writer (see [`Done::Rewritten`](crate::store::writer::Done)).
+    rewrites: u64,
     /// Changes under `tsk/`, which spoil cached lookups.
     tsk_watch: watch::TskWatch,
     /// The watcher of the spool (new directories of `in/` are watched
@@ -345,6 +349,7 @@ pub async fn run(
         held_cancels: HashMap::new(),
         pending_priorities: HashMap::new(),
         priority_saving: HashMap::new(),
+        rewrites: 0,
         tsk_watch,
         watcher,
         fatal: None,

@@ -23,7 +23,6 @@ use super::Engine;
 use crate::model::names::{Nid, TaskId};
 use crate::scheduler::NodeKey;
 use crate::store::spool;
-use crate::store::writer::Job;
 
 /// The longest priority request read.
 const REQUEST_LIMIT: u64 = 4096;
@@ -45,7 +44,7 @@ impl Engine {
     pub(super) fn take_priority(&mut self, path: &Path) {
         if self.in_flight.contains(path)
             || self.is_stuck(path)
-            || self.priority_saving.values().any(|(p, _)| p == path)
+            || self.priority_saving.values().any(|(p, _, _)| p == path)
         {
             return;
         }
@@ -165,22 +164,26 @@ impl Engine {
             self.enqueue(&k);
         }
         tracing::info!("priority of task {id}: {old} -> {priority}");
+        let seq = self.rewrite(&k, format!("{id}.json"), bytes);
         self.priority_saving
-            .insert(k.clone(), (request.to_path_buf(), priority));
-        self.writer.send(Job::Rewrite {
-            key: k,
-            dir: self.root.run(),
-            name: format!("{id}.json"),
-            bytes,
-        });
+            .insert(k, (request.to_path_buf(), priority, seq));
     }
 
     /// A `run/` file was rewritten: a priority request it carried is done
     /// and removed — unless a newer request replaced it meanwhile (its
     /// events were passed over while the first was being saved): that one
     /// is looked at now.
-    pub(super) fn priority_saved(&mut self, k: &NodeKey) {
-        let Some((path, applied)) = self.priority_saving.remove(k) else {
+    /// Only the rewrite that carried the request, or a later one, says
+    /// so (`seq`): an earlier rewrite (an `uncompleted` payload's) does not.
+    pub(super) fn priority_saved(&mut self, k: &NodeKey, seq: u64) {
+        if self
+            .priority_saving
+            .get(k)
+            .is_none_or(|(_, _, by)| *by > seq)
+        {
+            return;
+        }
+        let Some((path, applied, _)) = self.priority_saving.remove(k) else {
             return;
         };
         let name = path

@@ -180,9 +180,13 @@ pub enum NodeState {
     Queued { waited: bool },
     /// Waiting for a timer (backoff, `uncompleted` with `after`).
     Delayed,
-    /// Its `run/` file is being rewritten (after `uncompleted`); queued
-    /// again, after `after`, once that is durable.
-    Saving { after: std::time::Duration },
+    /// Its `run/` file is being rewritten (after `uncompleted`) by the
+    /// rewrite numbered `seq`; queued again, after `after`, once that is
+    /// durable.
+    Saving {
+        after: std::time::Duration,
+        seq: u64,
+    },
     /// Its taskmaster runs off the loop; the node holds a worker slot.
     Offering(Box<Offer>),
     /// A tasker runs it.

@@ -9,7 +9,8 @@
 //! disk, the next attempt may succeed, which must never be taken to mean
 //! that the data of the failed one is safe. For example
 //! `SPOOLFLOW_FAULT=fsync:1@/spool/done/` fails the first fsync of a
-//! record.
+//! record. The KIND `slow` fails nothing: it holds that operation for
+//! [`SLOW`], then lets it be done, to widen a race's window in a test.
 
 #[cfg(debug_assertions)]
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,6 +24,9 @@ use std::path::Path;
 /// The environment variable read.
 pub const VAR: &str = "SPOOLFLOW_FAULT";
 
+/// How long the KIND `slow` holds its operation.
+pub const SLOW: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// An unreadable `SPOOLFLOW_FAULT`.
 #[derive(Debug, thiserror::Error)]
 #[error("{VAR}: {rule:?} is not OP:N[:KIND][@TEXT] (OP write, fsync or rename; N from 1; KIND eio, enospc, erofs or edquot)")]
@@ -35,6 +39,7 @@ pub struct BadRule {
 pub struct Rule {
     pub op: Op,
     pub nth: u64,
+    /// The error to fail with; 0 for `slow` (held, then done).
     pub errno: i32,
     pub within: Option<String>,
 }
@@ -71,6 +76,7 @@ fn parse_rule(rule: &str) -> Option<Rule> {
         Some("enospc") => nix::libc::ENOSPC,
         Some("erofs") => nix::libc::EROFS,
         Some("edquot") => nix::libc::EDQUOT,
+        Some("slow") => 0,
         Some(_) => return None,
     };
     if parts.next().is_some() {
@@ -119,7 +125,7 @@ pub fn check() -> Result<(), BadRule> {
         parse(&spec)?;
         for a in armed() {
             tracing::warn!(
-                "{VAR}: the {:?} #{} {}will fail with {}",
+                "{VAR}: the {:?} #{} {}will {}",
                 a.rule.op,
                 a.rule.nth,
                 a.rule
@@ -127,7 +133,10 @@ pub fn check() -> Result<(), BadRule> {
                     .as_ref()
                     .map(|w| format!("on a path containing {w:?} "))
                     .unwrap_or_default(),
-                io::Error::from_raw_os_error(a.rule.errno)
+                match a.rule.errno {
+                    0 => format!("be held {SLOW:?}"),
+                    errno => format!("fail with {}", io::Error::from_raw_os_error(errno)),
+                }
             );
         }
     }
@@ -148,6 +157,11 @@ pub fn inject(op: Op, path: &Path, other: Option<&Path>) -> io::Result<()> {
             }
         }
         if a.seen.fetch_add(1, Ordering::SeqCst) + 1 == a.rule.nth {
+            if a.rule.errno == 0 {
+                tracing::warn!("{VAR}: holding {op:?} of {} {SLOW:?}", path.display());
+                std::thread::sleep(SLOW);
+                continue;
+            }
             let e = io::Error::from_raw_os_error(a.rule.errno);
             tracing::warn!("{VAR}: injecting {e} into {op:?} of {}", path.display());
             return Err(e);

@@ -718,6 +718,8 @@ mod tests {
             ]
         );
         assert!(fault::parse("").unwrap().is_empty());
+        // `slow` fails nothing: errno 0 holds the operation.
+        assert_eq!(fault::parse("rename:2:slow").unwrap()[0].errno, 0);
         for bad in [
             "fsync",
             "fsync:0",

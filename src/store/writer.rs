@@ -81,9 +81,11 @@ pub enum Job {
         name: String,
         bytes: Vec<u8>,
     },
-    /// A `run/` file rewritten in place (atomically) with `bytes`.
+    /// A `run/` file rewritten in place (atomically) with `bytes`; `seq`
+    /// numbers the engine's rewrites (see [`Done::Rewritten`]).
     Rewrite {
         key: NodeKey,
+        seq: u64,
         dir: PathBuf,
         name: String,
         bytes: Vec<u8>,
@@ -162,8 +164,9 @@ pub enum Done {
     /// `run/<name>` existed already: nothing was written and the original
     /// is still in `in/` (the engine rejects it as a duplicate).
     ClaimTaken { exid: Exid, from: PathBuf },
-    /// The rewritten `run/` file is durable.
-    Rewritten(NodeKey),
+    /// The rewrite numbered `seq` of a node's `run/` file is durable, and
+    /// so is every rewrite sent before it (jobs are done in order).
+    Rewritten(NodeKey, u64),
     /// A flow's progress is durable in its `run/` file or journal.
     Progress { exid: Exid },
     /// The input is in `rejected/`, or was gone or replaced already
@@ -330,6 +333,7 @@ enum Written {
     },
     Rewrite {
         key: NodeKey,
+        seq: u64,
         to: Option<PathBuf>,
     },
     Progress {
@@ -408,6 +412,7 @@ impl Batch {
             },
             Job::Rewrite {
                 key,
+                seq,
                 dir,
                 name,
                 bytes,
@@ -417,7 +422,11 @@ impl Batch {
                 // last durable payload, and the next start goes on from it.
                 let to = spool::write_atomic(&dir, &name, &bytes, false, false)?;
                 self.dirs.insert(dir);
-                Written::Rewrite { key, to: Some(to) }
+                Written::Rewrite {
+                    key,
+                    seq,
+                    to: Some(to),
+                }
             }
             Job::Progress {
                 exid,
@@ -573,7 +582,7 @@ impl Batch {
                     Done::Claimed { exid, from }
                 }
                 Written::ClaimTaken { exid, from } => Done::ClaimTaken { exid, from },
-                Written::Rewrite { key, .. } => Done::Rewritten(key),
+                Written::Rewrite { key, seq, .. } => Done::Rewritten(key, seq),
                 Written::Progress { exid, journal, .. } => {
                     // The snapshot holds the journal's deltas; should the
                     // removal not be durable at a crash, the next start

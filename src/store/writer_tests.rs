@@ -154,6 +154,7 @@ fn a_job_sent_during_a_records_hour_of_wait_is_done_at_once() {
             exid: "t0661d50653b2a5-00000002".parse().expect("an execution id"),
             nid: "0".parse().expect("a node id"),
         },
+        seq: 1,
         dir: tmp.path().join("run"),
         name: "2.json".into(),
         bytes: b"{}".to_vec(),

@@ -38,6 +38,7 @@ mod path_safety;
 mod points_records;
 mod reliability;
 mod resources;
+mod rewrites;
 mod scheduling;
 mod schema;
 // wt-batch

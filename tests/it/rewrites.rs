@@ -1,0 +1,138 @@
+//! SPEC 10 (durability) through the built binary: two rewrites of one
+//! task's `run/` file in the writer at once (a priority change's and an
+//! `uncompleted` payload's) are told apart. The task goes on only once
+//! the rewrite that holds its new payload is durable, never on the end of
+//! the one before it. The debug build's `SPOOLFLOW_FAULT` KIND `slow`
+//! holds each rewrite for 2 s, which makes that window one a test can
+//! hit.
+
+use std::fs;
+
+use nix::sys::signal::Signal;
+
+use crate::common::*;
+
+#[test]
+fn a_task_goes_on_from_its_new_payload_not_from_an_earlier_rewrite() {
+    let t = TestRoot::new();
+    t.tasker(
+        "org",
+        "block",
+        &format!(
+            "#!/bin/sh\ncat >/dev/null\n: > \"$SPOOLFLOW_ROOT/blocking\"\n{}\necho '{{}}'\n",
+            wait_file("go")
+        ),
+    );
+    // Notes each payload it is given; `uncompleted` once, then done.
+    t.tasker(
+        "org",
+        "step",
+        r#"#!/bin/sh
+n=$(sed -n 's/.*"n":\([0-9]*\).*/\1/p')
+echo "$n" >> "$SPOOLFLOW_ROOT/seen"
+if [ "$n" -lt 1 ]; then
+  echo "{\"point\":\"uncompleted\",\"payload\":{\"n\":$((n+1))}}"
+else
+  echo "{\"n\":$n,\"done\":true}"
+fi
+"#,
+    );
+    t.drop_task(
+        "a.json",
+        r#"{"id":"blk","domain":"org","tasker":"block","priority":10}"#,
+    );
+    t.drop_task(
+        "b.json",
+        r#"{"id":"s1","domain":"org","tasker":"step","payload":{"n":0}}"#,
+    );
+    // The renames into run/s1.json: the claim, then the priority
+    // change's rewrite and the `uncompleted` payload's, each held 2 s.
+    let fault = "rename:2:slow@/spool/run/s1.json,rename:3:slow@/spool/run/s1.json";
+    let engine = t.spawn_engine_with_fault(Some(fault), &["--workers", "1"]);
+    wait_for("the blocker to run", DEADLINE, || {
+        t.join("blocking").exists()
+    });
+    let dir = t.join("var/spool/priority");
+    fs::write(dir.join(".s1.tmp"), "5").unwrap();
+    fs::rename(dir.join(".s1.tmp"), dir.join("s1")).unwrap();
+    // The priority change's rewrite is held: its temporary is in run/.
+    wait_for("the priority rewrite to be under way", DEADLINE, || {
+        t.list("var/spool/run").iter().any(|n| n.ends_with(".tmp"))
+    });
+    // s1 runs now, replies `uncompleted` while that rewrite is held, and
+    // its payload's rewrite queues behind it.
+    fs::write(t.join("go"), "").unwrap();
+    wait_for("s1's record", DEADLINE, || t.record("s1").is_some());
+    engine.signal(Signal::SIGTERM);
+    let (code, err) = engine.wait(DEADLINE);
+    assert_eq!(code, Some(0), "{err}");
+    let rec = t.must_record("s1");
+    assert_eq!(rec["state"], "completed", "{rec:#}");
+    assert_eq!(rec["priority"], 5, "{rec:#}");
+    let seen = fs::read_to_string(t.join("seen")).unwrap_or_default();
+    assert_eq!(seen, "0\n1\n", "the payloads the tasker was given\n{err}");
+    assert!(t.list("var/spool/priority").is_empty());
+}
+
+/// A priority request applied while an `uncompleted` payload's rewrite is
+/// held stays in `priority/` until its own rewrite is durable, not only
+/// the earlier one: a crash in between applies it again at the next start.
+#[test]
+fn a_priority_request_stays_until_its_own_rewrite_is_durable() {
+    let t = TestRoot::new();
+    t.tasker(
+        "org",
+        "step",
+        r#"#!/bin/sh
+n=$(sed -n 's/.*"n":\([0-9]*\).*/\1/p')
+if [ "$n" -lt 1 ]; then
+  echo "{\"point\":\"uncompleted\",\"payload\":{\"n\":$((n+1))}}"
+else
+  echo "{\"n\":$n,\"done\":true}"
+fi
+"#,
+    );
+    t.drop_task(
+        "b.json",
+        r#"{"id":"s1","domain":"org","tasker":"step","payload":{"n":0}}"#,
+    );
+    // The claim, then the `uncompleted` payload's rewrite and the
+    // priority change's, each held 2 s.
+    let fault = "rename:2:slow@/spool/run/s1.json,rename:3:slow@/spool/run/s1.json";
+    let engine = t.spawn_engine_with_fault(Some(fault), &["--workers", "1"]);
+    let temps = || -> Vec<String> {
+        t.list("var/spool/run")
+            .into_iter()
+            .filter(|n| n.ends_with(".tmp"))
+            .collect()
+    };
+    wait_for("the payload's rewrite to be under way", DEADLINE, || {
+        !temps().is_empty()
+    });
+    let first = temps();
+    let request = t.join("var/spool/priority/s1");
+    let dir = t.join("var/spool/priority");
+    fs::write(dir.join(".s1.tmp"), "5").unwrap();
+    fs::rename(dir.join(".s1.tmp"), &request).unwrap();
+    // Once the first rewrite is done, the second (the priority's) is held
+    // in its turn: its request must still be there all that time.
+    wait_for("the priority's rewrite to be under way", DEADLINE, || {
+        let now = temps();
+        !now.is_empty() && now != first
+    });
+    while temps().iter().any(|n| !first.contains(n)) {
+        assert!(
+            request.exists(),
+            "the request went before its rewrite was durable"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    wait_for("s1's record", DEADLINE, || t.record("s1").is_some());
+    engine.signal(Signal::SIGTERM);
+    let (code, err) = engine.wait(DEADLINE);
+    assert_eq!(code, Some(0), "{err}");
+    let rec = t.must_record("s1");
+    assert_eq!(rec["state"], "completed", "{rec:#}");
+    assert_eq!(rec["priority"], 5, "{rec:#}");
+    assert!(t.list("var/spool/priority").is_empty());
+}
