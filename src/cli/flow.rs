@@ -28,7 +28,7 @@ pub struct Args {
 type States = BTreeMap<String, (String, String)>;
 
 pub fn run(root: Option<PathBuf>, args: Args) -> Result<(), Failure> {
-    let root = super::find_root(root)?;
+    let root = super::existing_root(root)?;
     let id: TaskId = args.id.parse().map_err(|e| Failure::new(exit::USAGE, e))?;
     let shown = load(&root, &id)?;
     if args.json {

@@ -46,7 +46,8 @@ pub fn run(root: Option<PathBuf>, args: Args) -> Result<(), Failure> {
             .is_ok_and(|id| waiting.contains(stem) || root.run_file(&id).exists())
     };
     let mut doomed = old_records(&root, &before);
-    doomed.extend(old_files(&root, &root.rejected(), &before, |_| true));
+    let (rejected, rejected_dirs) = old_rejected(&root, &before);
+    doomed.extend(rejected);
     doomed.extend(old_history(&root, &before, &live));
     let batches = old_batch_dirs(&root, &before);
     doomed.extend(batch_files(&batches));
@@ -54,7 +55,8 @@ pub fn run(root: Option<PathBuf>, args: Args) -> Result<(), Failure> {
     doomed.extend(old_files(&root, &root.log_tsk(), &before, |p| {
         !log_of_live(p)
     }));
-    let job_dirs = old_job_dirs(&root, &before);
+    let mut job_dirs = old_job_dirs(&root, &before);
+    job_dirs.extend(rejected_dirs);
     let mut removed = Vec::new();
     for dir in &job_dirs {
         let ok = args.dry_run || std::fs::remove_dir_all(dir).is_ok();
@@ -108,6 +110,62 @@ fn old_records(root: &Root, before: &str) -> Vec<PathBuf> {
     // Removed, and listed, in a stable order.
     old.sort();
     old
+}
+
+/// When a file was last modified, as a record's timestamps are written.
+fn modified(m: &std::fs::Metadata) -> Option<String> {
+    let t = m.modified().ok()?;
+    Some(spoolflow::model::task::timestamp(DateTime::<Utc>::from(t)))
+}
+
+/// What of `rejected/` was rejected before `before`: files (with their
+/// reasons), and directories (moved there whole from `in/`). An entry is
+/// aged by its `.reason`, written when it was rejected: the entry itself
+/// keeps the date it had in `in/`, which may be long before. A reason
+/// whose entry is gone is aged by its own date.
+fn old_rejected(root: &Root, before: &str) -> (Vec<PathBuf>, Vec<PathBuf>) {
+    let dir = root.rejected();
+    let mut files = Vec::new();
+    let mut dirs = Vec::new();
+    let entries = std::fs::read_dir(&dir).into_iter().flatten().flatten();
+    for e in entries.filter(|e| !e.file_name().to_string_lossy().starts_with('.')) {
+        let path = e.path();
+        let name = e.file_name();
+        let reason_of = |p: &Path| {
+            let mut r = p.as_os_str().to_os_string();
+            r.push(".reason");
+            PathBuf::from(r)
+        };
+        if let Some(subject) = name.to_str().and_then(|n| n.strip_suffix(".reason")) {
+            let has_subject = std::fs::symlink_metadata(dir.join(subject)).is_ok();
+            let old = e
+                .metadata()
+                .ok()
+                .and_then(|m| modified(&m))
+                .is_some_and(|t| t.as_str() < before);
+            if !has_subject && old {
+                files.push(path);
+            }
+            continue;
+        }
+        let reason = reason_of(&path);
+        let aged_by = std::fs::symlink_metadata(&reason).or_else(|_| e.metadata());
+        let at = aged_by.ok().and_then(|m| modified(&m));
+        if at.is_none_or(|t| t.as_str() >= before) {
+            continue;
+        }
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            dirs.push(path);
+        } else {
+            files.push(path);
+        }
+        if std::fs::symlink_metadata(&reason).is_ok() {
+            files.push(reason);
+        }
+    }
+    files.sort();
+    dirs.sort();
+    (files, dirs)
 }
 
 /// Files of `dir` last modified before `before` that `keep_if` accepts.

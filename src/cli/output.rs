@@ -106,12 +106,9 @@ pub fn parse_ts(s: &str) -> Option<DateTime<Utc>> {
         .map(|t| t.with_timezone(&Utc))
 }
 
-/// A duration given on the command line (`30s`, `5m`, `2h`, `7d`).
+/// A duration given on the command line (`30s`, `5m`, `2h`, `7d`), at
+/// most 100 years, as in task files.
 pub fn parse_duration(flag: &str, s: &str) -> Result<std::time::Duration, Failure> {
-    let day = s.strip_suffix('d').and_then(|n| n.parse::<u64>().ok());
-    if let Some(days) = day {
-        return Ok(std::time::Duration::from_secs(days * 86_400));
-    }
     Dur::from_json(&serde_json::Value::String(s.to_string()))
         .map(|d| d.0)
         .map_err(|e| Failure::new(exit::USAGE, format!("{flag} {s}: {e}")))
@@ -158,6 +155,16 @@ mod tests {
         assert_eq!(cutoff(d, now), "2026-12-04T08:00:00.000000Z");
         assert_eq!(parse_duration("--since", "7d").unwrap().as_secs(), 604_800);
         assert!(parse_duration("--since", "soon").is_err());
+        // Days are bounded as every duration is (they wrapped, or made
+        // `wait --timeout` panic).
+        assert_eq!(
+            parse_duration("--since", "36500d").unwrap().as_secs(),
+            3_153_600_000
+        );
+        for huge in ["36501d", "200000000000000d", "213503982334602d"] {
+            let e = parse_duration("--timeout", huge).unwrap_err();
+            assert_eq!(e.code, exit::USAGE, "{huge}");
+        }
     }
 
     #[test]

@@ -11,6 +11,7 @@ use serde::Deserialize;
 
 use crate::layout::Root;
 use crate::model::names::{Domain, TaskId};
+use crate::model::point::Point;
 use crate::model::task::timestamp;
 use crate::read::engine::EngineInfo;
 use crate::read::index;
@@ -20,8 +21,10 @@ use crate::store::spool;
 
 /// The largest task file read for its summary.
 const TASK_LIMIT: u64 = 16 * 1024 * 1024;
-/// The most of a points log read for a live task's state.
+/// The most of a points log read at first for a live task's state.
 const POINTS_TAIL: u64 = 1024 * 1024;
+/// The most read when a tasker's own points fill that tail.
+const POINTS_MOST: u64 = 64 * 1024 * 1024;
 
 /// Everything the spool holds, summarized.
 #[derive(Debug, Default)]
@@ -89,6 +92,11 @@ fn live_tasks(root: &Root, engine_runs: bool, out: &mut Listing) {
         let Ok(id) = stem.parse::<TaskId>() else {
             continue;
         };
+        // Its record is durable and its run/ file not yet removed (or a
+        // crash came in between): the record is the task (SPEC 4).
+        if root.done_file(&id).exists() || root.failed_file(&id).exists() {
+            continue;
+        }
         let head = match read_head(&entry.path()) {
             Ok(h) => h,
             Err(e) => {
@@ -96,9 +104,7 @@ fn live_tasks(root: &Root, engine_runs: bool, out: &mut Listing) {
                 continue;
             }
         };
-        let log =
-            crate::read::find::read_tail(&root.points_log(&id), POINTS_TAIL).unwrap_or_default();
-        let live = live_state(&crate::model::point::parse_points(&log));
+        let live = live_state(&state_points(&root.points_log(&id)));
         let mut state = live.state.unwrap_or(ListState::Queued);
         if state == ListState::Running && !engine_runs {
             state = ListState::Queued;
@@ -124,6 +130,26 @@ fn live_tasks(root: &Root, engine_runs: bool, out: &mut Listing) {
                 Vec::new()
             },
         });
+    }
+}
+
+/// A live task's points, for its state: the last [`POINTS_TAIL`] of its
+/// log, or more, up to [`POINTS_MOST`], while what was read holds only
+/// its tasker's own points (a tasker that reports progress often pushes
+/// the engine's `started` out of the tail).
+fn state_points(path: &Path) -> Vec<Point> {
+    let whole = std::fs::metadata(path).map_or(0, |m| m.len());
+    let mut tail = POINTS_TAIL;
+    loop {
+        let log = crate::read::find::read_tail(path, tail).unwrap_or_default();
+        let points = crate::model::point::parse_points(&log);
+        let engine_said = points
+            .iter()
+            .any(|p| p.fields.get("source").and_then(|v| v.as_str()) != Some("tasker"));
+        if engine_said || tail >= whole || tail >= POINTS_MOST {
+            return points;
+        }
+        tail = tail.saturating_mul(8);
     }
 }
 
@@ -185,9 +211,10 @@ fn rejected_files(root: &Root, out: &mut Listing) {
         .map(|e| e.file_name().to_string_lossy().to_string())
         .collect();
     for name in &names {
-        let is_reason = name
-            .strip_suffix(".reason")
-            .is_some_and(|n| names.contains(n));
+        // A reason, whether its file is there or not (a reason whose file
+        // went is no rejected task); a rejected file named `*.reason` has
+        // its own reason beside it.
+        let is_reason = name.ends_with(".reason") && !names.contains(&format!("{name}.reason"));
         if is_reason || name.starts_with('.') {
             continue;
         }

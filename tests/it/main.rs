@@ -33,6 +33,7 @@ mod hostile;
 mod intake;
 mod intake_burst;
 // wt-engine
+mod ops_edges;
 mod ops_engine;
 mod path_safety;
 mod points_records;

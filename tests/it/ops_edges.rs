@@ -1,0 +1,163 @@
+//! SPEC 4, 9 and 11 at the edges, through the built binary: `gc` ages a
+//! rejected entry by its reason (the entry keeps the date it had in
+//! `in/`) and removes a rejected directory whole; `status` and `list` do
+//! not take a lone reason for a task, count a task once when its record
+//! and its `run/` file are both there, and see a running task whose
+//! tasker's own points fill the end of its log; `flow` on a root that does
+//! not exist exits 2.
+
+use std::fs;
+use std::time::{Duration, SystemTime};
+
+use nix::sys::signal::Signal;
+use serde_json::Value;
+
+use crate::common::*;
+
+/// Runs the binary; gives (exit code, stdout, stderr).
+fn sf(t: &TestRoot, args: &[&str]) -> (i32, String, String) {
+    let out = t
+        .cmd()
+        .args(args)
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("run spoolflow");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn json_of(t: &TestRoot, args: &[&str]) -> Value {
+    let (code, out, err) = sf(t, args);
+    assert_eq!(code, 0, "{args:?}: {err}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?} printed no JSON ({e}): {out}"))
+}
+
+/// Sets a path's modification time `days` ago (symlinks not followed).
+fn age(path: &std::path::Path, days: u64) {
+    let t = SystemTime::now() - Duration::from_secs(days * 86_400);
+    let f = fs::File::options()
+        .write(true)
+        .open(path)
+        .or_else(|_| fs::File::open(path));
+    f.and_then(|f| f.set_modified(t)).unwrap();
+}
+
+fn ids(listing: &Value) -> Vec<String> {
+    let mut ids: Vec<String> = listing
+        .as_array()
+        .unwrap_or(&Vec::new())
+        .iter()
+        .filter_map(|t| t["id"].as_str().map(str::to_string))
+        .collect();
+    ids.sort();
+    ids
+}
+
+#[test]
+fn gc_ages_a_rejected_entry_by_its_reason_and_removes_a_rejected_directory_whole() {
+    let t = TestRoot::new();
+    t.tasker("org", "ok", "#!/bin/sh\ncat\n");
+    // A file written ten days ago, rejected now (an unknown key).
+    let old = t.join("o2.json");
+    fs::write(&old, r#"{"domain":"org","tasker":"ok","prioity":1}"#).unwrap();
+    age(&old, 10);
+    fs::rename(&old, t.join("var/spool/in/o2.json")).unwrap();
+    // A directory of in/ that is no domain, rejected whole.
+    fs::create_dir(t.join("var/spool/in/Bad_Dir")).unwrap();
+    fs::write(t.join("var/spool/in/Bad_Dir/a.json"), "{}").unwrap();
+    t.run_drain(1);
+    let rejected = t.list("var/spool/rejected");
+    assert_eq!(
+        rejected,
+        ["Bad_Dir", "Bad_Dir.reason", "o2.json", "o2.json.reason"]
+    );
+
+    // Rejected just now: kept, whatever the file's own date.
+    let (code, out, err) = sf(&t, &["gc", "--older-than", "1d"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(t.list("var/spool/rejected"), rejected, "{out}");
+    let listed = json_of(&t, &["list", "--state", "rejected", "--json"]);
+    assert_eq!(ids(&listed), ["Bad_Dir", "o2.json"]);
+
+    // Rejected three days ago: both go, the directory whole.
+    for name in ["Bad_Dir.reason", "o2.json.reason"] {
+        age(&t.join(&format!("var/spool/rejected/{name}")), 3);
+    }
+    let (code, out, err) = sf(&t, &["gc", "--older-than", "1d"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(t.list("var/spool/rejected").is_empty(), "{out}");
+    assert!(out.contains("var/spool/rejected/Bad_Dir/"), "{out}");
+
+    // A reason whose file went is no task.
+    fs::write(t.join("var/spool/rejected/lone.json.reason"), "why\n").unwrap();
+    let listed = json_of(&t, &["list", "--state", "rejected", "--json"]);
+    assert_eq!(ids(&listed), Vec::<String>::new());
+}
+
+#[test]
+fn a_task_whose_record_and_run_file_are_both_there_is_counted_once() {
+    let t = TestRoot::new();
+    t.tasker("org", "ok", "#!/bin/sh\ncat\n");
+    let task = r#"{"id":"twice","domain":"org","tasker":"ok"}"#;
+    t.drop_task("twice.json", task);
+    t.run_drain(1);
+    // What a crash leaves between the record and the run/ file's removal.
+    fs::write(t.join("var/spool/run/twice.json"), task).unwrap();
+    let listed = json_of(&t, &["list", "--json"]);
+    assert_eq!(ids(&listed), ["twice"]);
+    assert_eq!(listed[0]["state"], "completed");
+    let status = json_of(&t, &["status", "--json"]);
+    assert_eq!(status["total"]["total"], 1, "{status:#}");
+    assert_eq!(status["total"]["queued"], 0, "{status:#}");
+}
+
+#[test]
+fn a_running_task_whose_tasker_filled_its_log_with_points_is_running() {
+    let t = TestRoot::new();
+    // 9 000 points of about 200 bytes (1.7 MiB), then it waits.
+    t.tasker(
+        "org",
+        "chatty",
+        &format!(
+            "#!/bin/sh\ncat >/dev/null\n\
+             awk 'BEGIN {{ for (i = 0; i < 9000; i++) printf \"{{\\\"point\\\":\\\"progress\\\",\\\"i\\\":%d,\\\"pad\\\":\\\"%0180d\\\"}}\\n\", i, 0 }}' >> \"$SPOOLFLOW_POINTS\"\n\
+             {}\necho '{{}}'\n",
+            wait_file("go")
+        ),
+    );
+    t.drop_task(
+        "long.json",
+        r#"{"id":"long","domain":"org","tasker":"chatty"}"#,
+    );
+    let engine = t.spawn_engine(&["--workers", "2"]);
+    wait_for("the tasker's points copied", DEADLINE, || {
+        fs::read_to_string(t.join("var/log/tsk/long.log"))
+            .is_ok_and(|l| l.matches(r#""point":"progress""#).count() == 9000)
+    });
+    let log = fs::metadata(t.join("var/log/tsk/long.log")).unwrap().len();
+    assert!(log > 1 << 20, "the log is {log} bytes");
+    let listed = json_of(&t, &["list", "--state", "running", "--json"]);
+    assert_eq!(ids(&listed), ["long"]);
+    let status = json_of(&t, &["status", "--json"]);
+    assert_eq!(status["engine"]["workers_busy"], 1, "{status:#}");
+    assert_eq!(status["total"]["running"], 1, "{status:#}");
+    fs::write(t.join("go"), "").unwrap();
+    wait_for("the record", DEADLINE, || t.record("long").is_some());
+    engine.signal(Signal::SIGTERM);
+    let (code, err) = engine.wait(DEADLINE);
+    assert_eq!(code, Some(0), "{err}");
+}
+
+#[test]
+fn flow_on_a_root_that_does_not_exist_is_bad_usage() {
+    let t = TestRoot::new();
+    let missing = t.join("no-such-root");
+    let missing = missing.to_str().unwrap();
+    let (code, _, err) = sf(&t, &["flow", "x", "--root", missing]);
+    assert_eq!(code, 2, "{err}");
+    let (code, _, _) = sf(&t, &["show", "x", "--root", missing]);
+    assert_eq!(code, 2);
+}
