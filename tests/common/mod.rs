@@ -406,3 +406,25 @@ impl Drop for EngineProcess {
         let _ = self.child.wait();
     }
 }
+
+/// Runs the binary; gives (exit code, stdout, stderr).
+pub fn sf(t: &TestRoot, args: &[&str]) -> (i32, String, String) {
+    let out = t
+        .cmd()
+        .args(args)
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("run spoolflow");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Runs the binary and parses what it printed as JSON (it must exit 0).
+pub fn json_of(t: &TestRoot, args: &[&str]) -> Value {
+    let (code, out, err) = sf(t, args);
+    assert_eq!(code, 0, "{args:?}: {err}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?} printed no JSON ({e}): {out}"))
+}

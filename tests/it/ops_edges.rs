@@ -14,27 +14,6 @@ use serde_json::Value;
 
 use crate::common::*;
 
-/// Runs the binary; gives (exit code, stdout, stderr).
-fn sf(t: &TestRoot, args: &[&str]) -> (i32, String, String) {
-    let out = t
-        .cmd()
-        .args(args)
-        .env("NO_COLOR", "1")
-        .output()
-        .expect("run spoolflow");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-fn json_of(t: &TestRoot, args: &[&str]) -> Value {
-    let (code, out, err) = sf(t, args);
-    assert_eq!(code, 0, "{args:?}: {err}");
-    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?} printed no JSON ({e}): {out}"))
-}
-
 /// Sets a path's modification time `days` ago (symlinks not followed).
 fn age(path: &std::path::Path, days: u64) {
     let t = SystemTime::now() - Duration::from_secs(days * 86_400);

@@ -12,6 +12,18 @@ use nix::sys::signal::Signal;
 
 use crate::common::*;
 
+/// Notes each payload it is given (in `seen`); replies `uncompleted` with
+/// the next `n` once, then done.
+const STEP: &str = r#"#!/bin/sh
+n=$(sed -n 's/.*"n":\([0-9]*\).*/\1/p')
+echo "$n" >> "$SPOOLFLOW_ROOT/seen"
+if [ "$n" -lt 1 ]; then
+  echo "{\"point\":\"uncompleted\",\"payload\":{\"n\":$((n+1))}}"
+else
+  echo "{\"n\":$n,\"done\":true}"
+fi
+"#;
+
 #[test]
 fn a_task_goes_on_from_its_new_payload_not_from_an_earlier_rewrite() {
     let t = TestRoot::new();
@@ -23,20 +35,7 @@ fn a_task_goes_on_from_its_new_payload_not_from_an_earlier_rewrite() {
             wait_file("go")
         ),
     );
-    // Notes each payload it is given; `uncompleted` once, then done.
-    t.tasker(
-        "org",
-        "step",
-        r#"#!/bin/sh
-n=$(sed -n 's/.*"n":\([0-9]*\).*/\1/p')
-echo "$n" >> "$SPOOLFLOW_ROOT/seen"
-if [ "$n" -lt 1 ]; then
-  echo "{\"point\":\"uncompleted\",\"payload\":{\"n\":$((n+1))}}"
-else
-  echo "{\"n\":$n,\"done\":true}"
-fi
-"#,
-    );
+    t.tasker("org", "step", STEP);
     t.drop_task(
         "a.json",
         r#"{"id":"blk","domain":"org","tasker":"block","priority":10}"#,
@@ -80,18 +79,7 @@ fi
 #[test]
 fn a_priority_request_stays_until_its_own_rewrite_is_durable() {
     let t = TestRoot::new();
-    t.tasker(
-        "org",
-        "step",
-        r#"#!/bin/sh
-n=$(sed -n 's/.*"n":\([0-9]*\).*/\1/p')
-if [ "$n" -lt 1 ]; then
-  echo "{\"point\":\"uncompleted\",\"payload\":{\"n\":$((n+1))}}"
-else
-  echo "{\"n\":$n,\"done\":true}"
-fi
-"#,
-    );
+    t.tasker("org", "step", STEP);
     t.drop_task(
         "b.json",
         r#"{"id":"s1","domain":"org","tasker":"step","payload":{"n":0}}"#,
