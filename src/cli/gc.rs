@@ -46,8 +46,7 @@ pub fn run(root: Option<PathBuf>, args: Args) -> Result<(), Failure> {
             .is_ok_and(|id| waiting.contains(stem) || root.run_file(&id).exists())
     };
     let mut doomed = old_records(&root, &before);
-    let (rejected, rejected_dirs) = old_rejected(&root, &before);
-    doomed.extend(rejected);
+    let rejected = old_rejected(&root, &before);
     doomed.extend(old_history(&root, &before, &live));
     let batches = old_batch_dirs(&root, &before);
     doomed.extend(batch_files(&batches));
@@ -55,25 +54,30 @@ pub fn run(root: Option<PathBuf>, args: Args) -> Result<(), Failure> {
     doomed.extend(old_files(&root, &root.log_tsk(), &before, |p| {
         !log_of_live(p)
     }));
-    let mut job_dirs = old_job_dirs(&root, &before);
-    job_dirs.extend(rejected_dirs);
-    let mut removed = Vec::new();
+    let job_dirs = old_job_dirs(&root, &before);
+    let mut gone = Removal {
+        root: &root,
+        dry_run: args.dry_run,
+        removed: Vec::new(),
+        failed: 0,
+    };
     for dir in &job_dirs {
-        let ok = args.dry_run || std::fs::remove_dir_all(dir).is_ok();
-        if ok {
-            removed.push(format!("{}/", root.relative(dir).display()));
-        } else {
-            eprintln!("spoolflow: cannot remove {}", dir.display());
+        gone.remove(dir, true);
+    }
+    for r in &rejected {
+        // A reason outlives an entry that could not be removed.
+        if gone.remove(&r.entry, r.dir) {
+            if let Some(reason) = &r.reason {
+                gone.remove(reason, false);
+            }
         }
     }
     for path in &doomed {
-        let ok = args.dry_run || std::fs::remove_file(path).is_ok();
-        if ok {
-            removed.push(root.relative(path).display().to_string());
-        } else {
-            eprintln!("spoolflow: cannot remove {}", path.display());
-        }
+        gone.remove(path, false);
     }
+    let Removal {
+        removed, failed, ..
+    } = gone;
     if !args.dry_run {
         remove_empty_history(&root);
         remove_empty_batches(&batches);
@@ -90,13 +94,45 @@ pub fn run(root: Option<PathBuf>, args: Args) -> Result<(), Failure> {
         println!("{verb} {r}");
     }
     println!("{verb} {}", plural(removed.len(), "file", "files"));
-    if removed.len() < doomed.len() + job_dirs.len() {
+    if failed > 0 {
         return Err(Failure::new(
             exit::FAILURE,
             "some files could not be removed",
         ));
     }
     Ok(())
+}
+
+/// What `gc` removed (or, with `--dry-run`, would remove), and how many
+/// it could not.
+struct Removal<'a> {
+    root: &'a Root,
+    dry_run: bool,
+    removed: Vec<String>,
+    failed: usize,
+}
+
+impl Removal<'_> {
+    /// Removes a file (a link, never followed) or a directory with what it
+    /// holds; whether it is gone (or would be).
+    fn remove(&mut self, path: &Path, dir: bool) -> bool {
+        let ok = self.dry_run
+            || if dir {
+                std::fs::remove_dir_all(path).is_ok()
+            } else {
+                std::fs::remove_file(path).is_ok()
+            };
+        let shown = self.root.relative(path).display().to_string();
+        if !ok {
+            eprintln!("spoolflow: cannot remove {}", path.display());
+            self.failed += 1;
+        } else if dir {
+            self.removed.push(format!("{shown}/"));
+        } else {
+            self.removed.push(shown);
+        }
+        ok
+    }
 }
 
 /// Records that ended before `before` (through the records index).
@@ -118,54 +154,64 @@ fn modified(m: &std::fs::Metadata) -> Option<String> {
     Some(spoolflow::model::task::timestamp(DateTime::<Utc>::from(t)))
 }
 
-/// What of `rejected/` was rejected before `before`: files (with their
-/// reasons), and directories (moved there whole from `in/`). An entry is
-/// aged by its `.reason`, written when it was rejected: the entry itself
-/// keeps the date it had in `in/`, which may be long before. A reason
-/// whose entry is gone is aged by its own date.
-fn old_rejected(root: &Root, before: &str) -> (Vec<PathBuf>, Vec<PathBuf>) {
+/// An entry of `rejected/` to remove: the file or directory (moved there
+/// whole from `in/`), then its reason (only once the entry is gone).
+struct Rejected {
+    entry: PathBuf,
+    dir: bool,
+    reason: Option<PathBuf>,
+}
+
+/// What of `rejected/` was rejected before `before`. An entry is aged by
+/// its `.reason`, written when it was rejected: the entry itself keeps the
+/// date it had in `in/`, which may be long before. A reason whose entry is
+/// gone is aged by its own date. As `list` reads them, `X.reason` is a
+/// reason unless `X.reason.reason` is there (a rejected file so named).
+fn old_rejected(root: &Root, before: &str) -> Vec<Rejected> {
     let dir = root.rejected();
-    let mut files = Vec::new();
-    let mut dirs = Vec::new();
-    let entries = std::fs::read_dir(&dir).into_iter().flatten().flatten();
-    for e in entries.filter(|e| !e.file_name().to_string_lossy().starts_with('.')) {
-        let path = e.path();
-        let name = e.file_name();
-        let reason_of = |p: &Path| {
-            let mut r = p.as_os_str().to_os_string();
-            r.push(".reason");
-            PathBuf::from(r)
-        };
-        if let Some(subject) = name.to_str().and_then(|n| n.strip_suffix(".reason")) {
-            let has_subject = std::fs::symlink_metadata(dir.join(subject)).is_ok();
-            let old = e
-                .metadata()
-                .ok()
-                .and_then(|m| modified(&m))
-                .is_some_and(|t| t.as_str() < before);
-            if !has_subject && old {
-                files.push(path);
+    let names: std::collections::BTreeSet<std::ffi::OsString> = std::fs::read_dir(&dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name())
+        .filter(|n| !n.to_string_lossy().starts_with('.'))
+        .collect();
+    let reason_of = |n: &std::ffi::OsStr| {
+        let mut r = n.to_os_string();
+        r.push(".reason");
+        r
+    };
+    let old = |p: &Path| {
+        let at = std::fs::symlink_metadata(p).ok().and_then(|m| modified(&m));
+        at.is_some_and(|t| t.as_str() < before)
+    };
+    let mut out = Vec::new();
+    for name in &names {
+        let path = dir.join(name);
+        let subject = name.to_str().and_then(|n| n.strip_suffix(".reason"));
+        if let Some(subject) = subject.filter(|_| !names.contains(&reason_of(name))) {
+            if !names.contains(std::ffi::OsStr::new(subject)) && old(&path) {
+                let lone = Rejected {
+                    entry: path,
+                    dir: false,
+                    reason: None,
+                };
+                out.push(lone);
             }
             continue;
         }
-        let reason = reason_of(&path);
-        let aged_by = std::fs::symlink_metadata(&reason).or_else(|_| e.metadata());
-        let at = aged_by.ok().and_then(|m| modified(&m));
-        if at.is_none_or(|t| t.as_str() >= before) {
+        let reason = names.get(&reason_of(name)).map(|r| dir.join(r));
+        if !old(reason.as_deref().unwrap_or(&path)) {
             continue;
         }
-        if e.file_type().is_ok_and(|t| t.is_dir()) {
-            dirs.push(path);
-        } else {
-            files.push(path);
-        }
-        if std::fs::symlink_metadata(&reason).is_ok() {
-            files.push(reason);
-        }
+        let is_dir = std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir());
+        out.push(Rejected {
+            entry: path,
+            dir: is_dir,
+            reason,
+        });
     }
-    files.sort();
-    dirs.sort();
-    (files, dirs)
+    out
 }
 
 /// Files of `dir` last modified before `before` that `keep_if` accepts.

@@ -49,7 +49,9 @@ impl Engine {
 
     /// Sets the `start_timeout` timer (the task's, else its tasker's) of a
     /// re-attached Slurm job that had not started: the engine's restart
-    /// does not stop the clock, which runs from `created`. It fires no
+    /// does not stop the clock, which runs from `created` (a flow's node:
+    /// from when the restart reached it again, as for a node queued again
+    /// after a crash, since its progress keeps no time for it). It fires no
     /// sooner than two polls of Slurm from now, so that a job that started
     /// while the engine was down is seen running first.
     pub(super) fn watch_adopted_start_timeout(&mut self, k: &NodeKey) {

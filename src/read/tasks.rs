@@ -97,7 +97,7 @@ fn live_tasks(root: &Root, engine_runs: bool, out: &mut Listing) {
         if root.done_file(&id).exists() || root.failed_file(&id).exists() {
             continue;
         }
-        let head = match read_head(&entry.path()) {
+        let head = match read_run_head(&entry.path()) {
             Ok(h) => h,
             Err(e) => {
                 out.unreadable.push(e);
@@ -143,9 +143,11 @@ fn state_points(path: &Path) -> Vec<Point> {
     loop {
         let log = crate::read::find::read_tail(path, tail).unwrap_or_default();
         let points = crate::model::point::parse_points(&log);
-        let engine_said = points
-            .iter()
-            .any(|p| p.fields.get("source").and_then(|v| v.as_str()) != Some("tasker"));
+        // A point of the engine's that decides a state (not one of its
+        // notes, such as `points-capped`, which follows a tasker's points).
+        let engine_said = points.iter().any(|p| {
+            p.kind().is_some() && p.fields.get("source").and_then(|v| v.as_str()) != Some("tasker")
+        });
         if engine_said || tail >= whole || tail >= POINTS_MOST {
             return points;
         }
@@ -238,6 +240,19 @@ fn rejected_files(root: &Root, out: &mut Listing) {
             slurm: Vec::new(),
         });
     }
+}
+
+/// The head of a `run/` file, read as it streams by: a flow's file holds
+/// its progress too, and may be far larger than any task file (up to what
+/// the engine reads back at a restart).
+fn read_run_head(path: &Path) -> Result<TaskHead, String> {
+    use std::io::Read;
+    let most = crate::engine::recovery::FLOW_RUN_FILE_LIMIT;
+    let file = crate::store::points::open_to_read(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let reader = std::io::BufReader::new(file.take(most));
+    serde_json::from_reader(reader)
+        .map_err(|e| format!("{} is not a task file: {e}", path.display()))
 }
 
 fn read_head(path: &Path) -> Result<TaskHead, String> {

@@ -382,6 +382,10 @@ fn a_flow_whose_progress_outgrew_the_largest_input_survives_kill_9() {
     });
     engine.signal(Signal::SIGKILL);
     let _ = engine.wait(DEADLINE);
+    // `list` reads such a file too (as it streams by).
+    let listed = json_of(&t, &["list", "--json"]);
+    assert_eq!(listed[0]["id"], "big", "{listed:#}");
+    assert_eq!(listed[0]["state"], "queued", "{listed:#}");
     fs::write(t.join("go"), "").unwrap();
     let engine = t.spawn_engine(&["--workers", "2", "--drain"]);
     let (code, err) = engine.wait(Duration::from_secs(120));

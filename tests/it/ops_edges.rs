@@ -44,25 +44,35 @@ fn gc_ages_a_rejected_entry_by_its_reason_and_removes_a_rejected_directory_whole
     fs::write(&old, r#"{"domain":"org","tasker":"ok","prioity":1}"#).unwrap();
     age(&old, 10);
     fs::rename(&old, t.join("var/spool/in/o2.json")).unwrap();
+    // The same for a file named like a reason.
+    let notes = t.join("notes.reason");
+    fs::write(&notes, "not a task").unwrap();
+    age(&notes, 10);
+    fs::rename(&notes, t.join("var/spool/in/notes.reason")).unwrap();
     // A directory of in/ that is no domain, rejected whole.
     fs::create_dir(t.join("var/spool/in/Bad_Dir")).unwrap();
     fs::write(t.join("var/spool/in/Bad_Dir/a.json"), "{}").unwrap();
     t.run_drain(1);
     let rejected = t.list("var/spool/rejected");
-    assert_eq!(
-        rejected,
-        ["Bad_Dir", "Bad_Dir.reason", "o2.json", "o2.json.reason"]
-    );
+    let all = [
+        "Bad_Dir",
+        "Bad_Dir.reason",
+        "notes.reason",
+        "notes.reason.reason",
+        "o2.json",
+        "o2.json.reason",
+    ];
+    assert_eq!(rejected, all);
 
     // Rejected just now: kept, whatever the file's own date.
     let (code, out, err) = sf(&t, &["gc", "--older-than", "1d"]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(t.list("var/spool/rejected"), rejected, "{out}");
     let listed = json_of(&t, &["list", "--state", "rejected", "--json"]);
-    assert_eq!(ids(&listed), ["Bad_Dir", "o2.json"]);
+    assert_eq!(ids(&listed), ["Bad_Dir", "notes.reason", "o2.json"]);
 
-    // Rejected three days ago: both go, the directory whole.
-    for name in ["Bad_Dir.reason", "o2.json.reason"] {
+    // Rejected three days ago: all go, the directory whole.
+    for name in ["Bad_Dir.reason", "notes.reason.reason", "o2.json.reason"] {
         age(&t.join(&format!("var/spool/rejected/{name}")), 3);
     }
     let (code, out, err) = sf(&t, &["gc", "--older-than", "1d"]);
@@ -96,13 +106,14 @@ fn a_task_whose_record_and_run_file_are_both_there_is_counted_once() {
 #[test]
 fn a_running_task_whose_tasker_filled_its_log_with_points_is_running() {
     let t = TestRoot::new();
-    // 9 000 points of about 200 bytes (1.7 MiB), then it waits.
+    // 10 500 points of about 200 bytes (2 MiB; the engine copies 10 000
+    // and notes the cap after them), then it waits.
     t.tasker(
         "org",
         "chatty",
         &format!(
             "#!/bin/sh\ncat >/dev/null\n\
-             awk 'BEGIN {{ for (i = 0; i < 9000; i++) printf \"{{\\\"point\\\":\\\"progress\\\",\\\"i\\\":%d,\\\"pad\\\":\\\"%0180d\\\"}}\\n\", i, 0 }}' >> \"$SPOOLFLOW_POINTS\"\n\
+             awk 'BEGIN {{ for (i = 0; i < 10500; i++) printf \"{{\\\"point\\\":\\\"progress\\\",\\\"i\\\":%d,\\\"pad\\\":\\\"%0180d\\\"}}\\n\", i, 0 }}' >> \"$SPOOLFLOW_POINTS\"\n\
              {}\necho '{{}}'\n",
             wait_file("go")
         ),
@@ -112,10 +123,14 @@ fn a_running_task_whose_tasker_filled_its_log_with_points_is_running() {
         r#"{"id":"long","domain":"org","tasker":"chatty"}"#,
     );
     let engine = t.spawn_engine(&["--workers", "2"]);
-    wait_for("the tasker's points copied", DEADLINE, || {
-        fs::read_to_string(t.join("var/log/tsk/long.log"))
-            .is_ok_and(|l| l.matches(r#""point":"progress""#).count() == 9000)
-    });
+    wait_for(
+        "the tasker's points copied, and the cap noted",
+        DEADLINE,
+        || {
+            fs::read_to_string(t.join("var/log/tsk/long.log"))
+                .is_ok_and(|l| l.contains(r#""point":"points-capped""#))
+        },
+    );
     let log = fs::metadata(t.join("var/log/tsk/long.log")).unwrap().len();
     assert!(log > 1 << 20, "the log is {log} bytes");
     let listed = json_of(&t, &["list", "--state", "running", "--json"]);
