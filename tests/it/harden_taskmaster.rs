@@ -112,6 +112,38 @@ fn a_taskmaster_evaluating_to_a_number_an_array_or_a_map_fails_the_task() {
     }
 }
 
+/// SPEC 5's bounds hold across runs too: a closure that captured a
+/// variable could hold a map that refers to itself, which no run's end
+/// frees (the engine's memory grew by each run's). Closures capture
+/// nothing in the sandbox: such a script fails `config` by its words, and
+/// one whose closure takes its values as parameters still runs.
+#[test]
+fn a_closure_cannot_capture_so_a_taskmaster_cannot_leak_a_cycle() {
+    let t = TestRoot::new();
+    let cycle = "let m = #{n: 1}; let f = || m.n; m.f = f; if f.call() == 1 { \"marking\" }";
+    t.taskmaster("cycle", cycle);
+    t.tasker("cycle", "marking", MARKING);
+    let plain = "let pick = |names| names[0]; pick.call([\"marking\"])";
+    t.taskmaster("plain", plain);
+    t.tasker("plain", "marking", MARKING);
+    for domain in ["cycle", "plain"] {
+        t.drop_task(
+            &format!("{domain}.json"),
+            &format!(r#"{{"domain":"{domain}","tasker":"marking"}}"#),
+        );
+    }
+    t.run_drain(2);
+    let reason = config_reason(&t.must_record("cycle"));
+    assert!(
+        reason.starts_with("tsk/cycle/taskmaster.rhai: "),
+        "{reason}"
+    );
+    assert!(reason.contains('m'), "{reason}");
+    assert!(!t.join("ran-cycle").exists(), "the cycle ran");
+    let plain = t.must_record("plain");
+    assert_eq!(plain["state"], "completed", "{plain:#}");
+}
+
 #[test]
 fn check_does_not_block_on_fifos_under_tsk_and_names_them() {
     let t = TestRoot::new();
