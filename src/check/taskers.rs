@@ -192,13 +192,26 @@ pub fn find_on_path(prog: &str, path_var: &str, dir: &Path) -> Option<PathBuf> {
 
 /// A problem with the `#!` line `path` starts with, if any: it ends in
 /// CRLF, names no interpreter, or names one that is not an executable
-/// file.
+/// file; or there is none and the file is no program the kernel runs
+/// either (an ELF binary): a script without `#!` fails with "Exec format
+/// error" when the engine runs it, as it is run directly, not by a shell.
 fn shebang(root: &Root, path: &Path) -> Option<Problem> {
     let head = crate::userfile::head(path, 4096).ok()?;
     let line = head.split(|b| *b == b'\n').next()?;
-    let rest = line.strip_prefix(b"#!")?;
     let rel = root.relative(path);
     let problem = |what: String| Problem::new(rel, what).at(Some(1));
+    let Some(rest) = line.strip_prefix(b"#!") else {
+        if head.starts_with(b"\x7fELF") {
+            return None;
+        }
+        return Some(
+            problem(
+                "it has no #! line and is no binary: the system cannot run it (Exec format error)"
+                    .into(),
+            )
+            .fix("start it with the interpreter to run it, e.g. #!/bin/sh"),
+        );
+    };
     if line.ends_with(b"\r") && line.len() < head.len() {
         let interpreter = String::from_utf8_lossy(rest).trim().to_string();
         return Some(problem(format!(

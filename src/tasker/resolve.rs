@@ -13,9 +13,6 @@ use super::config::{Cmd, TaskerConfig};
 use crate::lookup::Lookups;
 use crate::model::names::{Domain, Taskee};
 
-/// The largest `tasker.json`.
-const CONFIG_LIMIT: u64 = 1024 * 1024;
-
 /// Why a taskee could not be resolved or configured (the task fails
 /// `config`).
 #[derive(Debug, thiserror::Error)]
@@ -206,11 +203,12 @@ impl Taskers {
                 return Ok(c.clone());
             }
         }
-        let bytes = crate::store::spool::read_capped(path, CONFIG_LIMIT).map_err(|e| {
-            TaskerError::Config {
-                path: path.to_path_buf(),
-                message: e.to_string(),
-            }
+        // Read as `check` reads it: through a link (`tsk/` is the
+        // operator's), only a regular file, never waiting on a FIFO.
+        let limit = crate::userfile::CONFIG_LIMIT;
+        let bytes = crate::userfile::read(path, limit).map_err(|e| TaskerError::Config {
+            path: path.to_path_buf(),
+            message: e.to_string(),
         })?;
         let config =
             Arc::new(

@@ -187,6 +187,9 @@ fn check_names_a_shebang_without_an_interpreter_or_with_a_missing_one() {
     t.tasker("org", "typo", "#!/usr/bin/no-such-interpreter-xyz\ncat\n");
     t.tasker("org", "good", "#!/bin/sh\ncat\n");
     t.tasker("org", "env", "#!/usr/bin/env sh\ncat\n");
+    t.tasker("org", "plain", "echo '{}'\n");
+    // An ELF binary needs no #! line.
+    std::fs::copy("/bin/true", t.join("tsk/org/binary")).unwrap();
     let o = output_within(t.cmd_check(), Duration::from_secs(20));
     let text = String::from_utf8_lossy(&o.stdout).to_string();
     assert_eq!(o.status.code(), Some(2), "{text}");
@@ -197,6 +200,10 @@ fn check_names_a_shebang_without_an_interpreter_or_with_a_missing_one() {
             "tsk/org/typo",
             "line 1: the #! line names the interpreter \"/usr/bin/no-such-interpreter-xyz\", which is not an executable file",
         ),
+        (
+            "tsk/org/plain",
+            "line 1: it has no #! line and is no binary: the system cannot run it",
+        ),
     ] {
         assert!(
             text.lines()
@@ -204,7 +211,32 @@ fn check_names_a_shebang_without_an_interpreter_or_with_a_missing_one() {
             "no finding on {path} saying {said:?} in:\n{text}"
         );
     }
-    assert_eq!(text.lines().count(), 3, "{text}");
+    assert_eq!(text.lines().count(), 4, "{text}");
+}
+
+/// `check` and the engine read a `tasker.json` alike: through a link (as
+/// the tasker's entry and the taskmaster may be links), so one `check`
+/// passes runs its tasks.
+#[test]
+fn a_linked_tasker_json_passes_check_and_runs() {
+    let t = TestRoot::new();
+    t.tasker_dir(
+        "org",
+        "stamp",
+        r#"{"cmd":"cat >/dev/null; echo '{\"linked\":true}'"}"#,
+        &[],
+    );
+    let dir = t.join("tsk/org/stamp");
+    std::fs::rename(dir.join("tasker.json"), t.join("tsk/org/shared.json")).unwrap();
+    std::os::unix::fs::symlink("../shared.json", dir.join("tasker.json")).unwrap();
+    let o = output_within(t.cmd_check(), Duration::from_secs(20));
+    let text = String::from_utf8_lossy(&o.stdout).to_string();
+    assert_eq!(o.status.code(), Some(0), "{text}");
+    t.drop_task("s.json", r#"{"id":"s","domain":"org","tasker":"stamp"}"#);
+    t.run_drain(1);
+    let rec = t.must_record("s");
+    assert_eq!(rec["state"], "completed", "{rec:#}");
+    assert_eq!(rec["payload"]["linked"], true, "{rec:#}");
 }
 
 impl TestRoot {
