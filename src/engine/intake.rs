@@ -229,7 +229,8 @@ impl Engine {
                 task,
                 self_contained,
                 submitted,
-            } => self.claim(&path, *task, self_contained, submitted),
+                ident,
+            } => self.claim(&path, *task, (self_contained, ident), submitted),
         }
     }
 
@@ -322,11 +323,14 @@ impl Engine {
             || self.root.failed_file(id).exists()
     }
 
+    /// Claims the task read from `path` (the file `ident`): moved to
+    /// `run/` when it names its domain (`self_contained`), else written
+    /// there complete by the writer.
     fn claim(
         &mut self,
         path: &Path,
         task: Task,
-        self_contained: bool,
+        (self_contained, ident): (bool, crate::store::writer::Ident),
         submitted: Option<std::time::SystemTime>,
     ) {
         // When the file was written: the record's `created_at`.
@@ -347,7 +351,7 @@ impl Engine {
             self.writer.send(Job::Claim {
                 exid: task.exid.clone(),
                 from: path.to_path_buf(),
-                ident: ident_of(path),
+                ident: Some(ident),
                 dir: self.root.run(),
                 name: format!("{}.json", task.id),
                 bytes,
@@ -366,7 +370,14 @@ impl Engine {
             self.claiming.insert(task.exid.clone(), (task, submitted));
             return;
         }
-        match spool::rename_no_replace(path, &self.root.run_file(&task.id)) {
+        let run_file = self.root.run_file(&task.id);
+        match spool::rename_no_replace(path, &run_file) {
+            // Another file was renamed over the one read, in the moment
+            // before the move: what is in run/ now was never examined.
+            Ok(()) if ident_of(&run_file) != Some(ident) => {
+                let reason = "it replaced the file the engine had read while the engine took it; submit it again";
+                self.reject(&run_file, reason);
+            }
             Ok(()) => self.created(task, submitted),
             Err(SpoolError::Exists(_)) => self.reject(path, &format!("duplicate id {}", task.id)),
             Err(e) if e.is_not_found() => {}

@@ -34,6 +34,8 @@ pub enum Intake {
         self_contained: bool,
         /// When the file was last written (the record's `created_at`).
         submitted: Option<std::time::SystemTime>,
+        /// The file read (device, inode): the claim moves only that one.
+        ident: (u64, u64),
     },
 }
 
@@ -210,12 +212,23 @@ fn examine_steps(root: &Root, path: &Path, limit: u64) -> Step<Intake> {
     let dir_domain = dir_domain(&parts)?;
     check_type(path, &parts, dir_domain.is_some(), meta.file_type())?;
     let mut file = read_task_file(path, name, limit)?;
+    // What was read is the file stat'ed above (not one renamed over it
+    // meanwhile, which its own event brings).
+    if crate::store::writer::ident_of(path) != Some(ident(&meta)) {
+        return Err(Intake::Ignore);
+    }
     let domain = file.domain.clone().or_else(|| dir_domain.clone());
     if let (Some(flow), Some(domain)) = (file.flow.take(), domain) {
         let resolved = prepare_flow(root, &domain, flow).map_err(|e| reject(path, e))?;
         file.flow = Some(resolved);
     }
     Ok(accept(path, file, name, &meta, dir_domain))
+}
+
+/// A file's device and inode.
+fn ident(meta: &std::fs::Metadata) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    (meta.dev(), meta.ino())
 }
 
 /// A flow's tree checked and made whole (SPEC 12): a stored flow's name or
@@ -392,6 +405,7 @@ fn accept(
             task: Box::new(task),
             self_contained,
             submitted: meta.modified().ok(),
+            ident: ident(meta),
         },
         Err(e) => reject(path, e.to_string()),
     }

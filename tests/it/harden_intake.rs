@@ -499,3 +499,55 @@ fn duplicate_keys_and_a_byte_order_mark_are_rejected_with_reasons_that_name_them
     }
     assert_eq!(t.must_record("zz-good")["state"], "completed");
 }
+
+/// SPEC 3: the file the claim moves to `run/` is the one the engine read.
+/// A file renamed over it in the moment before the move (held 2 s here by
+/// the debug build's `SPOOLFLOW_FAULT` KIND `slow`) is never run under the
+/// checks of the file it replaced: it is rejected with the reason.
+#[test]
+fn a_file_renamed_over_one_being_claimed_is_not_run_in_its_place() {
+    use std::os::unix::fs::MetadataExt;
+    let t = TestRoot::new();
+    t.tasker("org.x", "echo", "#!/bin/sh\ncat\n");
+    t.tasker("org.other", "echo", "#!/bin/sh\ncat\n");
+    let dir = t.join("var/spool/in/org.x");
+    fs::create_dir_all(&dir).unwrap();
+    let engine = t.spawn_engine_with_fault(
+        Some("rename:1:slow@/spool/in/org.x/r.json"),
+        &["--workers", "1"],
+    );
+    let stage = |name: &str, body: &str| {
+        let p = t.join(name);
+        fs::write(&p, body).unwrap();
+        p
+    };
+    let a = stage(
+        "a.json",
+        r#"{"domain":"org.x","id":"r1","tasker":"echo","payload":{"v":"A"}}"#,
+    );
+    let b = stage(
+        "b.json",
+        r#"{"domain":"org.other","id":"r1","tasker":"echo","payload":{"v":"B"}}"#,
+    );
+    let path = dir.join("r.json");
+    fs::rename(&a, &path).unwrap();
+    // The engine read it (its access time moved): its claim is held now.
+    wait_for("the engine to read the file", DEADLINE, || {
+        fs::metadata(&path).is_ok_and(|m| (m.atime(), m.atime_nsec()) > (m.mtime(), m.mtime_nsec()))
+    });
+    fs::rename(&b, &path).unwrap();
+    wait_for("what was renamed in to end somewhere", DEADLINE, || {
+        t.record("r1").is_some() || t.rejected_reason("r1.json").is_some()
+    });
+    engine.signal(nix::sys::signal::Signal::SIGTERM);
+    let (code, err) = engine.wait(DEADLINE);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(t.record("r1").is_none(), "B ran: {:#}", t.must_record("r1"));
+    let reason = t.rejected_reason("r1.json").unwrap_or_default();
+    assert!(
+        reason.contains("replaced the file the engine had read"),
+        "{reason}"
+    );
+    let kept = fs::read_to_string(t.join("var/spool/rejected/r1.json")).unwrap();
+    assert!(kept.contains("org.other"), "{kept}");
+}
