@@ -25,6 +25,9 @@ pub enum SubmitError {
     PayloadNotObject,
     #[error("duplicate id {0}: a task with this id is already in the spool")]
     Duplicate(TaskId),
+    /// The engine would reject it (as `submit --batch` refuses it).
+    #[error("the task file would be {size} bytes, more than the engine takes ({limit})")]
+    TooLarge { size: usize, limit: u64 },
     #[error(transparent)]
     Spool(#[from] SpoolError),
     #[error(transparent)]
@@ -227,6 +230,11 @@ pub fn submit(root: &Root, s: Submission) -> Result<TaskId, SubmitError> {
     obj.insert("payload".into(), Value::Object(s.payload));
     let mut bytes = serde_json::to_vec_pretty(&Value::Object(obj)).expect("a JSON map serializes");
     bytes.push(b'\n');
+    let limit = crate::engine::INPUT_LIMIT;
+    if bytes.len() as u64 > limit {
+        let size = bytes.len();
+        return Err(SubmitError::TooLarge { size, limit });
+    }
     match spool::write_atomic(&root.spool_in(), &name, &bytes, true, true) {
         Ok(_) => Ok(id),
         Err(SpoolError::Exists(_)) => Err(SubmitError::Duplicate(id)),
@@ -237,6 +245,26 @@ pub fn submit(root: &Root, s: Submission) -> Result<TaskId, SubmitError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_task_larger_than_the_engine_takes_is_refused_and_not_written() {
+        let (_tmp, root) = crate::layout::temp_root();
+        let mut payload = Object::new();
+        let big = "x".repeat(crate::engine::INPUT_LIMIT as usize);
+        payload.insert("blob".into(), big.into());
+        let s = Submission {
+            domain: "org".parse().unwrap(),
+            tasker: None,
+            id: None,
+            priority: 0,
+            payload,
+        };
+        let e = submit(&root, s).unwrap_err();
+        assert!(matches!(e, SubmitError::TooLarge { .. }), "{e}");
+        assert!(e.to_string().contains("more than the engine takes"), "{e}");
+        let left = std::fs::read_dir(root.spool_in()).unwrap().count();
+        assert_eq!(left, 0);
+    }
 
     #[test]
     fn the_closest_served_domain_is_suggested() {

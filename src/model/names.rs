@@ -182,7 +182,13 @@ impl TaskId {
         let micros = (meta.mtime() as u64)
             .saturating_mul(1_000_000)
             .saturating_add(meta.mtime_nsec() as u64 / 1000);
-        let salt = (meta.ino() ^ (meta.ctime_nsec() as u64).rotate_left(32)) & 0xffff_ffff;
+        // Both halves of the inode and of the ctime folded into 32 bits (a
+        // rotation by 32 put the nanoseconds where the mask dropped them).
+        let ctime = (meta.ctime() as u64)
+            .wrapping_mul(1_000_000_007)
+            .wrapping_add(meta.ctime_nsec() as u64);
+        let mixed = meta.ino() ^ ctime.rotate_left(17);
+        let salt = (mixed ^ (mixed >> 32)) & 0xffff_ffff;
         TaskId(format!("t{micros:014x}-{salt:08x}").into())
     }
 }
@@ -301,6 +307,37 @@ name_schema!(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_files_id_changes_with_its_ctime_not_only_its_inode() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("no name.json");
+        std::fs::write(&p, "{}").unwrap();
+        let before = std::fs::metadata(&p).unwrap();
+        assert_eq!(
+            TaskId::for_file(&before),
+            TaskId::for_file(&std::fs::metadata(&p).unwrap())
+        );
+        // A new ctime (the same inode and mtime): another file's look.
+        use std::os::unix::fs::MetadataExt;
+        let start = std::time::Instant::now();
+        let changed = loop {
+            // ctime moves with the kernel's clock tick: changed until it does.
+            for mode in [0o600, 0o644] {
+                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+            }
+            let m = std::fs::metadata(&p).unwrap();
+            if (m.ctime(), m.ctime_nsec()) != (before.ctime(), before.ctime_nsec()) {
+                break m;
+            }
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(5),
+                "ctime never moved"
+            );
+        };
+        assert_ne!(TaskId::for_file(&before), TaskId::for_file(&changed));
+    }
 
     #[test]
     fn domains() {
