@@ -142,7 +142,11 @@ fn from_run_file(
     id: &TaskId,
     path: &std::path::Path,
 ) -> Result<(Value, States, String), Failure> {
-    let bytes = std::fs::read(path).map_err(|e| Failure::new(exit::FAILURE, e))?;
+    // Never through a link, never waiting on a FIFO, bounded as the
+    // engine bounds it.
+    let most = spoolflow::engine::recovery::FLOW_RUN_FILE_LIMIT;
+    let bytes = spoolflow::store::spool::read_capped(path, most)
+        .map_err(|e| Failure::new(exit::FAILURE, e))?;
     let v: Value = serde_json::from_slice(&bytes).map_err(|e| Failure::new(exit::FAILURE, e))?;
     let flow = v
         .get("flow")

@@ -72,9 +72,12 @@ pub fn load_progress(
         .transpose()
         .map_err(|e| format!("progress unreadable: {e}"))?;
     let path = root.journal_file(id);
-    let bytes = match std::fs::read(&path) {
+    // Never through a link, never waiting on a FIFO; no larger than the
+    // run/ file it follows may be.
+    let most = crate::engine::recovery::FLOW_RUN_FILE_LIMIT;
+    let bytes = match crate::store::spool::read_capped(&path, most) {
         Ok(bytes) => bytes,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(progress),
+        Err(e) if e.is_not_found() => return Ok(progress),
         Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
     };
     let had_snapshot = progress.is_some();

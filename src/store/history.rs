@@ -85,7 +85,9 @@ pub fn earlier_records(root: &Root, id: &TaskId) -> Vec<(PathBuf, Record)> {
     found
         .into_iter()
         .filter_map(|(_, p)| {
-            let bytes = std::fs::read(&p).ok()?;
+            // Never through a link, never waiting on a FIFO, bounded.
+            let most = crate::engine::recovery::FLOW_RUN_FILE_LIMIT;
+            let bytes = crate::store::spool::read_capped(&p, most).ok()?;
             let record = serde_json::from_slice(&bytes).ok()?;
             Some((p, record))
         })

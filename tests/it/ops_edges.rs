@@ -4,7 +4,8 @@
 //! not take a lone reason for a task, count a task once when its record
 //! and its `run/` file are both there, and see a running task whose
 //! tasker's own points fill the end of its log; `flow` on a root that does
-//! not exist exits 2.
+//! not exist exits 2; `show` and `flow` never wait on a FIFO nor follow a
+//! link out of the root.
 
 use std::fs;
 use std::time::{Duration, SystemTime};
@@ -154,4 +155,55 @@ fn flow_on_a_root_that_does_not_exist_is_bad_usage() {
     assert_eq!(code, 2, "{err}");
     let (code, _, _) = sf(&t, &["show", "x", "--root", missing]);
     assert_eq!(code, 2);
+}
+
+/// Runs the binary, failing the test if it does not end within 20 s.
+fn sf_within(t: &TestRoot, args: &[&str]) -> (i32, String) {
+    use std::process::Stdio;
+    let mut child = t
+        .cmd()
+        .args(args)
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run spoolflow");
+    let start = std::time::Instant::now();
+    while child.try_wait().expect("wait").is_none() {
+        if start.elapsed() > Duration::from_secs(20) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("spoolflow {args:?} did not end within 20 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().expect("output");
+    let code = out.status.code().unwrap_or(-1);
+    (code, String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// What `show` and `flow` (and the dashboard, through the same loaders)
+/// read of `history/` and `run/` is never a FIFO waited on nor a link
+/// followed out of the root.
+#[test]
+fn show_and_flow_never_wait_on_a_fifo_nor_follow_a_link_out_of_the_root() {
+    let t = TestRoot::new();
+    let history = t.join("var/spool/history/t1");
+    fs::create_dir_all(&history).unwrap();
+    nix::unistd::mkfifo(&history.join("1.json"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+    let (code, _) = sf_within(&t, &["show", "t1"]);
+    assert_eq!(code, 3, "t1 is unknown");
+    nix::unistd::mkfifo(
+        &t.join("var/spool/run/f1.json"),
+        nix::sys::stat::Mode::S_IRWXU,
+    )
+    .unwrap();
+    let (code, _) = sf_within(&t, &["flow", "f1"]);
+    assert_ne!(code, 0);
+    let outside = t.join("outside-secret.json");
+    fs::write(&outside, r#"{"flow":{"set":{"db_password":"hunter2"}}}"#).unwrap();
+    std::os::unix::fs::symlink(&outside, t.join("var/spool/run/f2.json")).unwrap();
+    let (code, out) = sf_within(&t, &["flow", "f2", "--json"]);
+    assert_ne!(code, 0, "{out}");
+    assert!(!out.contains("hunter2"), "{out}");
 }
