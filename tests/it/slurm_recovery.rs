@@ -513,8 +513,11 @@ fn a_cancel_during_an_outage_ends_the_job_once_the_controller_answers() {
         "",
         // Longer than every wait of this test together (up to 90 + 60 +
         // 60 s and a restart of the controller on a loaded machine): only
-        // the engine's cancel can end it first.
-        "#!/bin/sh\ncat >/dev/null\nsleep 900\ntouch \"$SPOOLFLOW_ROOT/finished\"\necho '{}'\n",
+        // the engine's cancel can end it first. `finished` only if the
+        // sleep ran out: Slurm signals the job's processes one by one, so
+        // the shell may outlive a killed `sleep` long enough for one more
+        // command.
+        "#!/bin/sh\ncat >/dev/null\nsleep 900 && touch \"$SPOOLFLOW_ROOT/finished\"\necho '{}'\n",
     );
     let id = format!("oc{}", std::process::id());
     task(&t, &id, "long", "{}");
