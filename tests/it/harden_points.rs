@@ -391,7 +391,7 @@ fn a_point_written_as_the_tasker_starts_is_copied_while_it_runs() {
         "early",
         &format!(
             "#!/bin/sh\ncat >/dev/null\necho '{{\"point\":\"progress\",\"step\":1}}' >> \"$SPOOLFLOW_POINTS\"\n\
-             while [ ! -e '{}' ]; do sleep 0.05; done\necho '{{\"from\":\"reply\"}}'\n",
+             i=0; while [ ! -e '{}' ] && [ $i -lt 400 ]; do sleep 0.05; i=$((i+1)); done\necho '{{\"from\":\"reply\"}}'\n",
             gate.display()
         ),
     );

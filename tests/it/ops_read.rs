@@ -103,7 +103,7 @@ fn status_names_the_running_engine_and_its_busy_workers() {
     t.tasker(
         "org.example",
         "gated",
-        "#!/bin/sh\ncat\nwhile [ ! -e \"$SPOOLFLOW_ROOT/gate\" ]; do sleep 0.01; done\n",
+        &format!("#!/bin/sh\ncat\n{}\n", wait_file("gate")),
     );
     t.taskmaster("org.example", "\"gated\"");
     let engine = t.spawn_engine(&["--workers", "3"]);
@@ -252,7 +252,7 @@ fn gated_root() -> TestRoot {
     t.tasker(
         "org.example",
         "gated",
-        "#!/bin/sh\np=$(cat)\nwhile [ ! -e \"$SPOOLFLOW_ROOT/gate-$SPOOLFLOW_ID\" ]; do sleep 0.01; done\nif [ \"$SPOOLFLOW_ID\" = fail ]; then echo '{\"point\":\"failed\",\"reason\":\"asked to\"}'; else echo \"$p\"; fi\n",
+        "#!/bin/sh\np=$(cat)\ni=0; while [ ! -e \"$SPOOLFLOW_ROOT/gate-$SPOOLFLOW_ID\" ] && [ $i -lt 2000 ]; do sleep 0.01; i=$((i+1)); done\nif [ \"$SPOOLFLOW_ID\" = fail ]; then echo '{\"point\":\"failed\",\"reason\":\"asked to\"}'; else echo \"$p\"; fi\n",
     );
     t.taskmaster("org.example", "\"gated\"");
     t

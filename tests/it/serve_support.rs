@@ -201,7 +201,9 @@ pub fn fixture() -> (TestRoot, EngineProcess) {
     t.tasker(
         "org.example",
         "gated",
-        "#!/bin/sh\ncat\nwhile [ ! -e \"$SPOOLFLOW_ROOT/gate\" ]; do sleep 0.01; done\n",
+        // Bounded (wait_file): the fixture's engine is dropped with this
+        // tasker still waiting, and the root goes with it.
+        &format!("#!/bin/sh\ncat\n{}\n", wait_file("gate")),
     );
     t.taskmaster("org.example", "payload.who");
     let script = r#""<script>alert(1)</script>""#;
