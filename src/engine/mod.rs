@@ -362,11 +362,7 @@ pub async fn run(
         options,
         root,
     };
-    engine.recover()?;
-    engine.scan_in();
-    engine.take_scan(usize::MAX);
-    engine.scan_cancel();
-    engine.scan_priority();
+    engine.first_look()?;
     engine.mode = if drain { Mode::Draining } else { Mode::Running };
     let inbox = Inbox {
         watch: watch_rx,
@@ -381,6 +377,17 @@ pub async fn run(
 }
 
 impl Engine {
+    /// What the engine finds at its start: `run/` recovered, then what
+    /// waits in `in/`, `cancel/` and `priority/`.
+    fn first_look(&mut self) -> Result<(), EngineError> {
+        self.recover()?;
+        self.scan_in();
+        self.take_scan(usize::MAX);
+        self.scan_cancel();
+        self.scan_priority();
+        Ok(())
+    }
+
     /// Ends what runs beside the loop: the offer pool, the writer (its
     /// queue written out), and the containment of taskers.
     fn finish_threads(self) {

@@ -420,8 +420,7 @@ impl Batch {
                 // Going on from the payload in memory would let a restart
                 // resume from the one before: stop; the run/ file holds the
                 // last durable payload, and the next start goes on from it.
-                let to = spool::write_atomic(&dir, &name, &bytes, false, false)?;
-                self.dirs.insert(dir);
+                let to = self.replace(dir, &name, &bytes)?;
                 Written::Rewrite {
                     key,
                     seq,
@@ -438,8 +437,7 @@ impl Batch {
                 // Like a rewrite: the flow's progress on disk stays the last
                 // durable one (snapshot and journal), and the next start
                 // goes on from it.
-                let to = spool::write_atomic(&dir, &name, &bytes, false, false)?;
-                self.dirs.insert(dir);
+                let to = self.replace(dir, &name, &bytes)?;
                 Written::Progress {
                     exid,
                     to: Some(to),
@@ -466,6 +464,14 @@ impl Batch {
                 reason,
             } => self.write_reject(path, ident, rejected, reason)?,
         })
+    }
+
+    /// Replaces `dir/name` with `bytes` atomically (its directory synced
+    /// with the batch).
+    fn replace(&mut self, dir: PathBuf, name: &str, bytes: &[u8]) -> Result<PathBuf, SpoolError> {
+        let to = spool::write_atomic(&dir, name, bytes, false, false)?;
+        self.dirs.insert(dir);
+        Ok(to)
     }
 
     /// A final record, into a spare when there is one; a record already

@@ -61,13 +61,7 @@ fn a_task_goes_on_from_its_new_payload_not_from_an_earlier_rewrite() {
     // s1 runs now, replies `uncompleted` while that rewrite is held, and
     // its payload's rewrite queues behind it.
     fs::write(t.join("go"), "").unwrap();
-    wait_for("s1's record", DEADLINE, || t.record("s1").is_some());
-    engine.signal(Signal::SIGTERM);
-    let (code, err) = engine.wait(DEADLINE);
-    assert_eq!(code, Some(0), "{err}");
-    let rec = t.must_record("s1");
-    assert_eq!(rec["state"], "completed", "{rec:#}");
-    assert_eq!(rec["priority"], 5, "{rec:#}");
+    let err = s1_completes_at_priority_5(&t, engine);
     let seen = fs::read_to_string(t.join("seen")).unwrap_or_default();
     assert_eq!(seen, "0\n1\n", "the payloads the tasker was given\n{err}");
     assert!(t.list("var/spool/priority").is_empty());
@@ -115,6 +109,13 @@ fn a_priority_request_stays_until_its_own_rewrite_is_durable() {
         );
         std::thread::sleep(std::time::Duration::from_millis(2));
     }
+    s1_completes_at_priority_5(&t, engine);
+    assert!(t.list("var/spool/priority").is_empty());
+}
+
+/// Waits for s1's record, stops the engine, and checks that s1 completed
+/// at its new priority; gives the engine's log.
+fn s1_completes_at_priority_5(t: &TestRoot, engine: EngineProcess) -> String {
     wait_for("s1's record", DEADLINE, || t.record("s1").is_some());
     engine.signal(Signal::SIGTERM);
     let (code, err) = engine.wait(DEADLINE);
@@ -122,5 +123,5 @@ fn a_priority_request_stays_until_its_own_rewrite_is_durable() {
     let rec = t.must_record("s1");
     assert_eq!(rec["state"], "completed", "{rec:#}");
     assert_eq!(rec["priority"], 5, "{rec:#}");
-    assert!(t.list("var/spool/priority").is_empty());
+    err
 }
