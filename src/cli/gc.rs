@@ -148,12 +148,6 @@ fn old_records(root: &Root, before: &str) -> Vec<PathBuf> {
     old
 }
 
-/// When a file was last modified, as a record's timestamps are written.
-fn modified(m: &std::fs::Metadata) -> Option<String> {
-    let t = m.modified().ok()?;
-    Some(spoolflow::model::task::timestamp(DateTime::<Utc>::from(t)))
-}
-
 /// An entry of `rejected/` to remove: the file or directory (moved there
 /// whole from `in/`), then its reason (only once the entry is gone).
 struct Rejected {
@@ -182,7 +176,7 @@ fn old_rejected(root: &Root, before: &str) -> Vec<Rejected> {
         r
     };
     let old = |p: &Path| {
-        let at = std::fs::symlink_metadata(p).ok().and_then(|m| modified(&m));
+        let at = spoolflow::read::tasks::modified(p);
         at.is_some_and(|t| t.as_str() < before)
     };
     let mut out = Vec::new();

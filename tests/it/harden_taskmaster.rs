@@ -5,8 +5,8 @@
 //! `spoolflow check` never blocks on a FIFO under `tsk/` and names a `#!`
 //! line without an interpreter.
 
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -19,26 +19,6 @@ fn config_reason(rec: &Value) -> String {
     assert_eq!(rec["state"], "failed", "{rec:#}");
     assert_eq!(rec["error"]["kind"], "config", "{rec:#}");
     rec["reason"].as_str().unwrap_or_default().to_string()
-}
-
-/// Runs a command to its end, failing the test if it takes longer than
-/// `deadline` (it is killed then).
-fn output_within(mut c: Command, deadline: Duration) -> Output {
-    let mut child = c
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn spoolflow");
-    let start = Instant::now();
-    while child.try_wait().expect("wait").is_none() {
-        if start.elapsed() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{c:?} did not end within {deadline:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.wait_with_output().expect("output")
 }
 
 #[test]

@@ -159,25 +159,9 @@ fn flow_on_a_root_that_does_not_exist_is_bad_usage() {
 
 /// Runs the binary, failing the test if it does not end within 20 s.
 fn sf_within(t: &TestRoot, args: &[&str]) -> (i32, String) {
-    use std::process::Stdio;
-    let mut child = t
-        .cmd()
-        .args(args)
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("run spoolflow");
-    let start = std::time::Instant::now();
-    while child.try_wait().expect("wait").is_none() {
-        if start.elapsed() > Duration::from_secs(20) {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("spoolflow {args:?} did not end within 20 s");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let out = child.wait_with_output().expect("output");
+    let mut c = t.cmd();
+    c.args(args).env("NO_COLOR", "1");
+    let out = output_within(c, Duration::from_secs(20));
     let code = out.status.code().unwrap_or(-1);
     (code, String::from_utf8_lossy(&out.stdout).into_owned())
 }
