@@ -205,6 +205,38 @@ impl Engine {
         }
     }
 
+    /// A regular file made in `in/`, `cancel/` or `priority/` and not
+    /// closed yet as far as the watcher knows: a file published whole by
+    /// a hard link (no other event tells it), or a write in place
+    /// beginning (its close event follows). Taken now only if nobody has
+    /// it open for writing: a task file is looked at as a scan finds one
+    /// (see [`Engine::put_off`]); a request the engine cannot tell about
+    /// is left to its close event, or to a scan.
+    pub(super) fn made(&mut self, role: crate::watch::Role, path: &Path) {
+        use crate::watch::Role;
+        match role {
+            Role::In => {
+                if self.mode.is_stopping() {
+                    return;
+                }
+                if !self.put_off(path, std::time::SystemTime::now()) {
+                    self.take_found(path, Found::Scan);
+                }
+            }
+            Role::Cancel | Role::Priority => {
+                if intake::open_for_writing(path) != Some(false) {
+                    return;
+                }
+                if role == Role::Cancel {
+                    self.take_cancel(path);
+                } else {
+                    self.take_priority(path);
+                }
+            }
+            Role::Points | Role::Spool => {}
+        }
+    }
+
     /// Looks at one path under `in/`, found by an event or by a scan.
     fn take_found(&mut self, path: &Path, found: Found) {
         if self.mode.is_stopping() || self.in_flight.contains(path) || self.is_stuck(path) {

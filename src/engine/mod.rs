@@ -519,6 +519,7 @@ impl Engine {
             WatchEvent::Input(p) => self.take(&p),
             WatchEvent::Cancel(p) => self.take_cancel(&p),
             WatchEvent::Priority(p) => self.take_priority(&p),
+            WatchEvent::Made(role, p) => self.made(role, &p),
             WatchEvent::Points(p) => {
                 self.watcher.points_taken(&p);
                 if let Some(key) = self.points_files.get(&p).cloned() {

@@ -10,8 +10,11 @@
 //!
 //! A file written in place is reported once its writer closed it
 //! (`IN_CLOSE_WRITE`); a renamed-in file when the rename lands; a symlink,
-//! FIFO or directory as soon as it is created (they have no close). An
-//! overflow becomes [`WatchEvent::Rescan`].
+//! FIFO or directory as soon as it is created (they have no close). A
+//! regular file's creation is told too ([`WatchEvent::Made`]): a file
+//! published whole by a hard link has no other event, and the engine
+//! takes it only once nobody has it open for writing. An overflow becomes
+//! [`WatchEvent::Rescan`].
 //!
 //! `var/spool/` itself is watched too (its own entries only), so that a
 //! watched directory deleted or moved away ([`WatchEvent::DirGone`]) and
@@ -43,6 +46,12 @@ pub enum WatchEvent {
     Priority(PathBuf),
     /// A tasker appended to its points file.
     Points(PathBuf),
+    /// A regular file was made in `in/` (or below), `cancel/` or
+    /// `priority/` (the role): the start of a write in place, whose close
+    /// is told later, or a file published whole by a hard link (`link(2)`
+    /// as maildir writers do, `linkat` of an `O_TMPFILE`), which no other
+    /// event tells.
+    Made(Role, PathBuf),
     /// Events were lost: rescan the spool.
     Rescan,
     /// A watched directory of the spool (`in/`, `cancel/`, `priority/`)

@@ -280,7 +280,7 @@ impl Reader {
                 continue; // told already, not looked at yet
             }
             let losing = self.seam.as_ref().is_some_and(Seam::losing);
-            if matches!(event, WatchEvent::Input(_)) && losing {
+            if matches!(event, WatchEvent::Input(_) | WatchEvent::Made(Role::In, _)) && losing {
                 continue;
             }
             if self.tx.send(event).is_err() {
@@ -355,6 +355,8 @@ mod tests {
         }
         let marker = root.cancel().join("t1");
         std::fs::write(&marker, "").unwrap();
+        let made = WatchEvent::Made(Role::Cancel, marker.clone());
+        assert_eq!(next(&mut rx), Some(made));
         assert_eq!(next(&mut rx), Some(WatchEvent::Cancel(marker)));
     }
 
@@ -364,6 +366,7 @@ mod tests {
         loop {
             match next(rx) {
                 Some(WatchEvent::Cancel(p)) if p == marker => return told,
+                Some(WatchEvent::Made(Role::Cancel, p)) if p == marker => {}
                 Some(ev) => told.push(ev),
                 None => panic!("no event for {}; told {told:?}", marker.display()),
             }
@@ -416,6 +419,8 @@ mod tests {
         assert_eq!(next(&mut rx), Some(WatchEvent::Input(deep.clone())));
         let file = deep.join("x.json");
         std::fs::write(&file, "{}").unwrap();
+        let made = WatchEvent::Made(Role::In, file.clone());
+        assert_eq!(next(&mut rx), Some(made));
         assert_eq!(next(&mut rx), Some(WatchEvent::Input(file)));
         // in/ removed and made again: gone, then back, and watched anew
         // once the engine asks.

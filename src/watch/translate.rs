@@ -116,6 +116,13 @@ pub fn translate(
     if mask.contains(EventMask::CREATE) && (is_dir || !is_regular(&path)) {
         return tell(path);
     }
+    // A regular file made: a write in place begins (its close is told
+    // above), or a file was published by a hard link, which has no other
+    // event. A writer's temporary or a dotfile is never a task or request.
+    let ignored = crate::store::intake::is_ignored_bytes(name.as_encoded_bytes());
+    if mask.contains(EventMask::CREATE) && role != Role::Points && !ignored {
+        return Action::Tell(WatchEvent::Made(role, path));
+    }
     Action::Nothing
 }
 
@@ -185,11 +192,12 @@ mod tests {
             at(Role::In, "/r/in/org.x", "b.json", EventMask::MOVED_TO),
             input("/r/in/org.x/b.json")
         );
-        // A regular file just made waits for its writer's close; a FIFO
-        // (or a symlink) never sees one.
+        // A regular file just made is told as made (it may be a write in
+        // place beginning, or a file published by a hard link); a FIFO (or
+        // a symlink) never sees a close and is told as an entry at once.
         assert_eq!(
             at(Role::In, "/r/in", "c.json", EventMask::CREATE),
-            Action::Nothing
+            tell(WatchEvent::Made(Role::In, "/r/in/c.json".into()))
         );
         assert_eq!(
             at(Role::In, "/r/in", "fifo", EventMask::CREATE),
@@ -205,6 +213,27 @@ mod tests {
         assert_eq!(
             at(Role::In, "/r/in", "org.z", moved),
             Action::WatchAndTell("/r/in/org.z".into())
+        );
+    }
+
+    #[test]
+    fn a_regular_file_made_is_told_unless_a_temporary_or_a_points_file() {
+        for (role, dir) in [
+            (Role::In, "/r/in/org.x"),
+            (Role::Cancel, "/r/cancel"),
+            (Role::Priority, "/r/priority"),
+        ] {
+            assert_eq!(
+                at(role, dir, "t1", EventMask::CREATE),
+                tell(WatchEvent::Made(role, format!("{dir}/t1").into()))
+            );
+            for temporary in [".t1", "t1.tmp"] {
+                assert_eq!(at(role, dir, temporary, EventMask::CREATE), Action::Nothing);
+            }
+        }
+        assert_eq!(
+            at(Role::Points, "/r/points", "p", EventMask::CREATE),
+            Action::Nothing
         );
     }
 

@@ -4,7 +4,9 @@
 
 use std::fs;
 use std::io::Write;
+use std::path::Path;
 use std::process::Stdio;
+use std::time::Duration;
 
 use serde_json::{json, Value};
 
@@ -464,4 +466,113 @@ fn a_domain_directory_renamed_in_whole_is_taken_without_the_safety_rescan() {
     for i in 0..20 {
         assert_eq!(t.must_record(&format!("m{i:02}"))["state"], "completed");
     }
+}
+
+/// The engine with the safety rescan out of reach, once it watches `in/`
+/// (a first task has its record).
+fn engine_without_rescan(t: &TestRoot) -> InProcessEngine {
+    let engine = t.start_in_process(spoolflow::Options {
+        workers: 2,
+        rescan: std::time::Duration::from_secs(3600),
+        ..spoolflow::Options::default()
+    });
+    t.drop_task("warm.json", r#"{"domain":"org","tasker":"cat"}"#);
+    wait_for("warm's record", DEADLINE, || t.record("warm").is_some());
+    engine
+}
+
+/// A task file and a cancel request published by a hard link (`link(2)`,
+/// as maildir writers do: written whole elsewhere, then linked in) have
+/// only a creation event, no close: both are taken at once, nobody having
+/// them open for writing, not at the safety rescan (out of reach here).
+#[test]
+fn a_task_and_a_cancel_published_by_a_hard_link_are_taken_without_the_safety_rescan() {
+    let t = TestRoot::new();
+    cat_tasker(&t, "org", "cat");
+    let gate = t.join("gate");
+    t.tasker(
+        "org",
+        "held",
+        &format!(
+            "#!/bin/sh\ni=0\nwhile [ ! -e {} ] && [ $i -lt 6000 ]; do sleep 0.01; i=$((i+1)); done\ncat\n",
+            gate.display()
+        ),
+    );
+    let engine = engine_without_rescan(&t);
+    let staging = t.join("staging");
+    fs::create_dir_all(&staging).unwrap();
+
+    fs::write(
+        staging.join("linked.json"),
+        r#"{"domain":"org","tasker":"cat","payload":{"linked":true}}"#,
+    )
+    .unwrap();
+    fs::hard_link(
+        staging.join("linked.json"),
+        t.join("var/spool/in/linked.json"),
+    )
+    .unwrap();
+    wait_for("the linked task's record", Duration::from_secs(10), || {
+        t.record("linked").is_some()
+    });
+    let rec = t.must_record("linked");
+    assert_eq!(rec["state"], "completed");
+    assert_eq!(rec["payload"], json!({"linked": true}));
+
+    t.drop_task("held.json", r#"{"domain":"org","tasker":"held"}"#);
+    wait_for("held's start", DEADLINE, || {
+        t.point_names("held").iter().any(|n| n == "started")
+    });
+    fs::write(staging.join("held"), "linked cancel").unwrap();
+    fs::hard_link(staging.join("held"), t.join("var/spool/cancel/held")).unwrap();
+    wait_for("held's record", Duration::from_secs(10), || {
+        t.record("held").is_some()
+    });
+    let rec = t.must_record("held");
+    assert_eq!(rec["state"], "aborted", "{rec}");
+    assert!(!gate.exists());
+    engine.stop();
+}
+
+/// A file made with `O_TMPFILE`, linked into `in/` with `linkat` while
+/// its writer still has it open, then closed: left alone while open (it
+/// might not be whole), taken once closed, without the safety rescan.
+#[test]
+fn a_file_linked_in_while_still_open_is_taken_once_closed() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    let t = TestRoot::new();
+    cat_tasker(&t, "org", "cat");
+    let engine = engine_without_rescan(&t);
+    let in_dir = t.join("var/spool/in");
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_TMPFILE)
+        .mode(0o644)
+        .open(&in_dir)
+        .unwrap();
+    f.write_all(br#"{"domain":"org","tasker":"cat","payload":{"tmpfile":1}}"#)
+        .unwrap();
+    nix::unistd::linkat(
+        None,
+        Path::new(&format!("/proc/self/fd/{}", f.as_raw_fd())),
+        None,
+        &in_dir.join("tmpfile.json"),
+        nix::fcntl::AtFlags::AT_SYMLINK_FOLLOW,
+    )
+    .expect("linkat");
+
+    // A task dropped after the link: once it is done, the engine has seen
+    // the link's event, and left the open file alone.
+    t.drop_task("marker.json", r#"{"domain":"org","tasker":"cat"}"#);
+    wait_for("marker's record", DEADLINE, || t.record("marker").is_some());
+    assert!(t.record("tmpfile").is_none());
+    assert!(in_dir.join("tmpfile.json").exists());
+
+    drop(f);
+    wait_for("the linked file's record", Duration::from_secs(10), || {
+        t.record("tmpfile").is_some()
+    });
+    assert_eq!(t.must_record("tmpfile")["payload"], json!({"tmpfile": 1}));
+    engine.stop();
 }
