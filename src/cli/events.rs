@@ -35,10 +35,15 @@ struct Offsets(HashMap<PathBuf, Tail>);
 impl Offsets {
     /// The whole lines appended to `path` since the last read.
     fn read(&mut self, path: &Path) -> Vec<Vec<u8>> {
-        self.0
+        let tail = self
+            .0
             .entry(path.to_path_buf())
-            .or_insert_with(|| Tail::new(path.to_path_buf()))
-            .lines()
+            .or_insert_with(|| Tail::new(path.to_path_buf()));
+        let mut lines = tail.lines();
+        while tail.more() {
+            lines.extend(tail.lines());
+        }
+        lines
     }
 }
 

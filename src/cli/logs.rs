@@ -76,8 +76,13 @@ pub fn run(root: Option<PathBuf>, args: Args) -> Result<(), Failure> {
     let mut finals = 0;
     let mut last_date = String::new();
     loop {
-        for l in points.lines() {
-            finals += print_point(&l, args.json, &mut last_date);
+        loop {
+            for l in points.lines() {
+                finals += print_point(&l, args.json, &mut last_date);
+            }
+            if !points.more() {
+                break;
+            }
         }
         if args.stderr {
             print_stderr(&mut stderr, args.json);
@@ -121,12 +126,17 @@ fn print_point(line: &[u8], json: bool, last_date: &mut String) -> usize {
 }
 
 fn print_stderr(tail: &mut Tail, json: bool) {
-    for l in tail.lines() {
-        let text = String::from_utf8_lossy(&l);
-        if json {
-            println!("{}", json!({ "stderr": text }));
-        } else {
-            println!("  stderr| {text}");
+    loop {
+        for l in tail.lines() {
+            let text = String::from_utf8_lossy(&l);
+            if json {
+                println!("{}", json!({ "stderr": text }));
+            } else {
+                println!("  stderr| {text}");
+            }
+        }
+        if !tail.more() {
+            break;
         }
     }
 }

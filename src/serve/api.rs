@@ -15,6 +15,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::Utc;
 use serde_json::Value;
+use spoolflow::read::summary::Summary;
 use spoolflow::read::{self, Place};
 
 use super::data::{self, blocking, TaskQuery};
@@ -32,6 +33,36 @@ const LOG_LIMIT: u64 = 16 * 1024 * 1024;
 /// read (a log may hold millions of points; the page shows the last).
 pub(super) const POINTS_READ: u64 = 4 * 1024 * 1024;
 const STDERR_LIMIT: u64 = 1024 * 1024;
+/// How many bytes of records one page of `/api/tasks` gives whole (a
+/// record may be tens of MiB, a page 1 000 tasks); past it, an ended
+/// task is given as its summary with `record` naming where to read it.
+const PAGE_RECORDS: u64 = 32 * 1024 * 1024;
+
+/// One task of a `/api/tasks` page: what `list --json` gives (an ended
+/// task's whole record), while the page's `budget` of record bytes lasts.
+fn page_entry(root: &spoolflow::layout::Root, t: &Summary, budget: &mut u64) -> Value {
+    use spoolflow::read::summary::ListState;
+    let ended = matches!(
+        t.state,
+        ListState::Completed | ListState::Failed | ListState::Aborted
+    );
+    let size = match t.id.parse::<spoolflow::model::names::TaskId>() {
+        Ok(id) if ended => [root.done_file(&id), root.failed_file(&id)]
+            .iter()
+            .find_map(|p| std::fs::symlink_metadata(p).ok())
+            .map_or(0, |m| m.len()),
+        _ => 0,
+    };
+    if size <= *budget {
+        *budget -= size;
+        return list::as_json(root, t);
+    }
+    let mut v = serde_json::to_value(t).unwrap_or(Value::Null);
+    if let Value::Object(o) = &mut v {
+        o.insert("record".into(), format!("/api/tasks/{}", t.id).into());
+    }
+    v
+}
 
 pub async fn status(State(app): State<Arc<App>>) -> Result<Json<Value>, Refusal> {
     let o = blocking(move || data::overview(&app, Utc::now()))
@@ -53,10 +84,11 @@ pub async fn tasks(
 ) -> Result<Response, Refusal> {
     let (out, total) = blocking(move || {
         let page = data::tasks(&app, &q)?;
+        let mut budget = PAGE_RECORDS;
         let out: Vec<Value> = page
             .tasks
             .iter()
-            .map(|t| list::as_json(&app.root, t))
+            .map(|t| page_entry(&app.root, t, &mut budget))
             .collect();
         Ok::<_, Refusal>((out, page.total))
     })

@@ -28,8 +28,11 @@ use tokio::sync::broadcast;
 use super::server::App;
 use crate::cli::follow::Tail;
 
-/// The events kept for reconnecting browsers.
+/// The events kept for reconnecting browsers: at most this many…
 const BUFFER: usize = 10_000;
+/// …and at most this many bytes of their text (a burst of long points
+/// would otherwise keep up to `BUFFER` × [`LINE_LIMIT`], 640 MiB).
+const BUFFER_BYTES: usize = 16 << 20;
 /// A point line longer than this is announced without its text.
 const LINE_LIMIT: usize = 64 * 1024;
 
@@ -48,7 +51,7 @@ pub struct Live {
     /// the records' summaries a reader keeps are stale then.
     records_gen: AtomicU64,
     tx: broadcast::Sender<Ev>,
-    buf: Mutex<(u64, VecDeque<Ev>)>,
+    buf: Mutex<Kept>,
 }
 
 impl Live {
@@ -105,7 +108,7 @@ impl Live {
             nonce: format!("{started:x}"),
             records_gen: AtomicU64::new(0),
             tx: btx,
-            buf: Mutex::new((0, VecDeque::new())),
+            buf: Mutex::new(Kept::default()),
         });
         let feeder = live.clone();
         std::thread::Builder::new()
@@ -167,8 +170,13 @@ impl Live {
                         let tail = tails
                             .entry(p.clone())
                             .or_insert_with(|| Tail::new(p.clone()));
-                        for line in tail.lines() {
-                            self.push_point(&line);
+                        loop {
+                            for line in tail.lines() {
+                                self.push_point(&line);
+                            }
+                            if !tail.more() {
+                                break;
+                            }
                         }
                     }
                 } else if let Some(name) = parent.file_name() {
@@ -208,16 +216,7 @@ impl Live {
 
     fn push(&self, kind: &'static str, data: String) {
         let Ok(mut buf) = self.buf.lock() else { return };
-        buf.0 += 1;
-        let ev = Ev {
-            n: buf.0,
-            kind,
-            data: data.into(),
-        };
-        buf.1.push_back(ev.clone());
-        if buf.1.len() > BUFFER {
-            buf.1.pop_front();
-        }
+        let ev = buf.push(kind, data.into(), BUFFER, BUFFER_BYTES);
         let _ = self.tx.send(ev);
     }
 
@@ -230,12 +229,7 @@ impl Live {
         if nonce != self.nonce {
             return None;
         }
-        let buf = self.buf.lock().ok()?;
-        let oldest = buf.1.front().map_or(buf.0 + 1, |e| e.n);
-        if n + 1 < oldest || n > buf.0 {
-            return None;
-        }
-        Some((buf.1.iter().filter(|e| e.n > n).cloned().collect(), buf.0))
+        self.buf.lock().ok()?.since(n)
     }
 
     fn event(&self, ev: &Ev) -> Event {
@@ -243,6 +237,49 @@ impl Live {
             .id(format!("{}-{}", self.nonce, ev.n))
             .event(ev.kind)
             .data(&*ev.data)
+    }
+}
+
+/// The numbered events kept for reconnecting browsers, bounded in number
+/// and in bytes (the oldest go first).
+#[derive(Debug, Default)]
+struct Kept {
+    /// The number of the newest event (0: none yet).
+    last: u64,
+    events: VecDeque<Ev>,
+    /// The bytes of the kept events' text.
+    bytes: usize,
+}
+
+impl Kept {
+    /// Numbers and keeps an event, dropping the oldest beyond `count`
+    /// events or `bytes` bytes (the newest is always kept).
+    fn push(&mut self, kind: &'static str, data: Arc<str>, count: usize, bytes: usize) -> Ev {
+        self.last += 1;
+        let ev = Ev {
+            n: self.last,
+            kind,
+            data,
+        };
+        self.bytes += ev.data.len();
+        self.events.push_back(ev.clone());
+        while self.events.len() > 1 && (self.events.len() > count || self.bytes > bytes) {
+            if let Some(old) = self.events.pop_front() {
+                self.bytes -= old.data.len();
+            }
+        }
+        ev
+    }
+
+    /// The events after number `n` and the newest's number, or `None`
+    /// when some of them are no longer kept (or `n` is unknown).
+    fn since(&self, n: u64) -> Option<(Vec<Ev>, u64)> {
+        let oldest = self.events.front().map_or(self.last + 1, |e| e.n);
+        if n + 1 < oldest || n > self.last {
+            return None;
+        }
+        let missed = self.events.iter().filter(|e| e.n > n).cloned().collect();
+        Some((missed, self.last))
     }
 }
 
@@ -284,7 +321,7 @@ pub async fn events(
         .or(resume.last);
     // The count read before subscribing, the buffer after: an event in
     // between is sent once (the stream skips what was sent already).
-    let mut sent = live.buf.lock().map_or(0, |b| b.0);
+    let mut sent = live.buf.lock().map_or(0, |b| b.last);
     let rx = live.tx.subscribe();
     let mut first: Vec<Event> = vec![Event::default().event("hello").data(&live.nonce)];
     if let Some(last) = last {
@@ -314,4 +351,36 @@ pub async fn events(
     });
     let all = stream::iter(first).chain(rest).map(Ok);
     Sse::new(all).keep_alive(KeepAlive::default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Kept;
+
+    #[test]
+    fn the_kept_events_are_bounded_in_number_and_in_bytes() {
+        let mut kept = Kept::default();
+        for _ in 0..10 {
+            kept.push("point", "x".repeat(100).into(), 5, 1_000_000);
+        }
+        assert_eq!(kept.events.len(), 5);
+        assert_eq!(
+            kept.since(5).map(|(m, last)| (m.len(), last)),
+            Some((5, 10))
+        );
+        assert!(kept.since(4).is_none(), "event 5 is gone: a reset");
+
+        let mut kept = Kept::default();
+        for _ in 0..100 {
+            kept.push("point", "y".repeat(1000).into(), 10_000, 10_500);
+        }
+        assert_eq!(kept.events.len(), 10);
+        assert!(kept.bytes <= 10_500);
+        assert_eq!(kept.since(100).map(|(m, _)| m.len()), Some(0));
+        assert!(kept.since(89).is_none());
+        // One event larger than the bound is kept alone.
+        kept.push("point", "z".repeat(20_000).into(), 10_000, 10_500);
+        assert_eq!(kept.events.len(), 1);
+        assert_eq!(kept.since(100).map(|(m, _)| m.len()), Some(1));
+    }
 }

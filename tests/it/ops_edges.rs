@@ -191,3 +191,33 @@ fn show_and_flow_never_wait_on_a_fifo_nor_follow_a_link_out_of_the_root() {
     assert_ne!(code, 0, "{out}");
     assert!(!out.contains("hunter2"), "{out}");
 }
+
+/// A log larger than what `logs` reads at a time (4 MiB) is printed
+/// whole, by `logs` and by `events`.
+#[test]
+fn logs_and_events_print_a_log_larger_than_one_read_whole() {
+    let t = TestRoot::new();
+    // 9 000 points of about 700 bytes: a log of about 6 MiB.
+    t.tasker(
+        "org",
+        "chatty",
+        "#!/bin/sh\ncat >/dev/null\n\
+         awk 'BEGIN { for (i = 0; i < 9000; i++) printf \"{\\\"point\\\":\\\"progress\\\",\\\"i\\\":%d,\\\"pad\\\":\\\"%0680d\\\"}\\n\", i, 0 }' >> \"$SPOOLFLOW_POINTS\"\n\
+         echo '{}'\n",
+    );
+    t.drop_task(
+        "big.json",
+        r#"{"id":"big","domain":"org","tasker":"chatty"}"#,
+    );
+    t.run_drain(1);
+    assert_eq!(t.must_record("big")["state"], "completed");
+    let log = fs::metadata(t.join("var/log/tsk/big.log")).unwrap().len();
+    assert!(log > 6 << 20, "the log is {log} bytes");
+    let progress = |out: &str| out.lines().filter(|l| l.contains("progress")).count();
+    let (code, out, err) = sf(&t, &["logs", "big", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(progress(&out), 9000);
+    let (code, out, err) = sf(&t, &["events"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(progress(&out), 9000);
+}

@@ -284,6 +284,48 @@ fn a_large_payload_is_shown_cut_with_a_link_to_the_raw_file() {
         .starts_with("text/plain"));
 }
 
+/// `/api/tasks` gives ended tasks' whole records up to 32 MiB a page;
+/// past it, their summaries and where to read each record.
+#[test]
+fn a_page_of_large_records_is_bounded_and_names_where_the_rest_are() {
+    let t = TestRoot::new();
+    t.tasker("org", "cat", "#!/bin/sh\ncat\n");
+    let big = "x".repeat(14 * 1024 * 1024);
+    for i in 0..3 {
+        t.drop_task(
+            &format!("big-{i}.json"),
+            &format!(r#"{{"domain":"org","tasker":"cat","payload":{{"blob":"{big}"}}}}"#),
+        );
+    }
+    t.run_drain(1);
+    let srv = serve(&t, &[]);
+    let r = get(&srv, "/api/tasks");
+    assert_eq!(r.status, 200);
+    assert!(r.body.len() < 34 * 1024 * 1024, "{} bytes", r.body.len());
+    let page = r.json();
+    let page = page.as_array().unwrap();
+    assert_eq!(page.len(), 3);
+    let whole: Vec<&Value> = page.iter().filter(|e| e.get("payload").is_some()).collect();
+    let named: Vec<&Value> = page.iter().filter(|e| e.get("record").is_some()).collect();
+    assert_eq!((whole.len(), named.len()), (2, 1), "{}", r.body.len());
+    for e in whole {
+        assert_eq!(e["payload"]["blob"].as_str().map(str::len), Some(big.len()));
+    }
+    let id = named[0]["id"].as_str().unwrap();
+    assert_eq!(named[0]["state"], "completed");
+    assert_eq!(named[0]["record"], format!("/api/tasks/{id}"));
+    let one = get(&srv, &format!("/api/tasks/{id}"));
+    assert_eq!(one.status, 200);
+    assert_eq!(
+        one.json()["record"]["payload"]["blob"]
+            .as_str()
+            .map(str::len),
+        Some(big.len()),
+        "{}",
+        &one.body[..200.min(one.body.len())]
+    );
+}
+
 #[test]
 fn a_loopback_server_answers_its_own_host_only_and_off_loopback_needs_a_token() {
     let t = TestRoot::new();
