@@ -97,7 +97,7 @@ fn load_points(root: &Root, id: &TaskId, last: Option<u64>) -> Result<Shown, Fai
         }
         None => return Err(Failure::new(exit::NOT_FOUND, format!("unknown id {id}"))),
     };
-    let points = match last {
+    let mut points = match last {
         None => read::points(root, id).map_err(|e| Failure::new(exit::FAILURE, e))?,
         Some(bytes) => match read::find::read_tail(&root.points_log(id), bytes) {
             Ok(tail) => spoolflow::model::point::parse_points(&tail),
@@ -108,6 +108,12 @@ fn load_points(root: &Root, id: &TaskId, last: Option<u64>) -> Result<Shown, Fai
     let (task, state) = match &place {
         Place::Ended(r) => (None, state_of(r)),
         Place::Run(path) => {
+            // A tail whose points are all its tasker's says nothing of
+            // the state: read further back, as `list` does, and show
+            // those points (the engine's `started` among them).
+            if last.is_some() && !read::tasks::engine_said(&points) {
+                points = read::tasks::state_points(&root.points_log(id));
+            }
             let mut s = live_state(&points).state.unwrap_or(ListState::Queued);
             if s == ListState::Running && engine::engine(root).is_none() {
                 s = ListState::Queued;

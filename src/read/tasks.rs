@@ -133,22 +133,26 @@ fn live_tasks(root: &Root, engine_runs: bool, out: &mut Listing) {
     }
 }
 
+/// Whether `points` hold one of the engine's that decides a state (not
+/// one of its notes, such as `points-capped`, which follows a tasker's
+/// points).
+pub fn engine_said(points: &[Point]) -> bool {
+    points.iter().any(|p| {
+        p.kind().is_some() && p.fields.get("source").and_then(|v| v.as_str()) != Some("tasker")
+    })
+}
+
 /// A live task's points, for its state: the last [`POINTS_TAIL`] of its
 /// log, or more, up to [`POINTS_MOST`], while what was read holds only
 /// its tasker's own points (a tasker that reports progress often pushes
 /// the engine's `started` out of the tail).
-fn state_points(path: &Path) -> Vec<Point> {
+pub fn state_points(path: &Path) -> Vec<Point> {
     let whole = std::fs::metadata(path).map_or(0, |m| m.len());
     let mut tail = POINTS_TAIL;
     loop {
         let log = crate::read::find::read_tail(path, tail).unwrap_or_default();
         let points = crate::model::point::parse_points(&log);
-        // A point of the engine's that decides a state (not one of its
-        // notes, such as `points-capped`, which follows a tasker's points).
-        let engine_said = points.iter().any(|p| {
-            p.kind().is_some() && p.fields.get("source").and_then(|v| v.as_str()) != Some("tasker")
-        });
-        if engine_said || tail >= whole || tail >= POINTS_MOST {
+        if engine_said(&points) || tail >= whole || tail >= POINTS_MOST {
             return points;
         }
         tail = tail.saturating_mul(8);

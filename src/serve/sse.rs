@@ -275,7 +275,7 @@ impl Kept {
     /// when some of them are no longer kept (or `n` is unknown).
     fn since(&self, n: u64) -> Option<(Vec<Ev>, u64)> {
         let oldest = self.events.front().map_or(self.last + 1, |e| e.n);
-        if n + 1 < oldest || n > self.last {
+        if n > self.last || n + 1 < oldest {
             return None;
         }
         let missed = self.events.iter().filter(|e| e.n > n).cloned().collect();
@@ -369,6 +369,8 @@ mod tests {
             Some((5, 10))
         );
         assert!(kept.since(4).is_none(), "event 5 is gone: a reset");
+        assert!(kept.since(11).is_none(), "not yet given: a reset");
+        assert!(kept.since(u64::MAX).is_none());
 
         let mut kept = Kept::default();
         for _ in 0..100 {

@@ -40,9 +40,22 @@ pub struct Done {
     done: Option<String>,
 }
 
+/// The notice of an action the page's form asked for (`?done=`); only
+/// the dashboard's own actions: a link cannot put its text on the page.
+fn action_done(done: &str) -> Option<&'static str> {
+    match done {
+        "cancel" => Some("Cancel requested."),
+        "retry" => Some("Retry requested."),
+        "priority" => Some("Priority change requested."),
+        _ => None,
+    }
+}
+
 /// What the page reads, off the async threads.
 struct Read {
     shown: show::Shown,
+    /// The attempts drawn, and how many there are.
+    bars: (Vec<Bar>, usize),
     flow: Option<(Vec<flow::Row>, String)>,
     stderr: Vec<String>,
 }
@@ -77,8 +90,10 @@ pub async fn task(
             .iter()
             .map(|l| l.to_string())
             .collect();
+        let bars = attempts(&shown.points, flow_nodes(&shown));
         Ok::<_, Refusal>(Read {
             shown,
+            bars,
             flow,
             stderr,
         })
@@ -88,14 +103,14 @@ pub async fn task(
     let body = html! {
         main #live {
             h1 { "Task " span.id #task-id { (id) } " " span #task-state { (badge(s.state)) } }
-            @if let Some(d) = &done.done {
-                p.notice { (d) " requested." }
+            @if let Some(d) = done.done.as_deref().and_then(action_done) {
+                p.notice { (d) }
             }
             (fields(&id, s))
             @if app.allow_actions { (actions(&app.action_token, &id, s, r.flow.is_some())) }
             section {
                 h2 { "Attempts" }
-                (timeline(&s.points, flow_nodes(s)))
+                (timeline(&r.bars.0, r.bars.1))
             }
             @if let Some((rows, state)) = &r.flow {
                 section {
@@ -254,20 +269,25 @@ fn flow_nodes(s: &show::Shown) -> &[Value] {
     }
 }
 
-/// The attempts as bars on one time axis.
-fn timeline(points: &[Point], nodes: &[Value]) -> Markup {
-    let now = Utc::now();
+/// The attempts drawn (the last [`BARS_SHOWN`]) and how many there are.
+fn attempts(points: &[Point], nodes: &[Value]) -> (Vec<Bar>, usize) {
     let mut b: Vec<Bar> = bars(points);
     close_flow_nodes(&mut b, nodes, points);
     let all = b.len();
     b.drain(..all.saturating_sub(BARS_SHOWN));
-    let Some((t0, t1)) = span(&b, now) else {
+    (b, all)
+}
+
+/// The attempts as bars on one time axis.
+fn timeline(b: &[Bar], all: usize) -> Markup {
+    let now = Utc::now();
+    let Some((t0, t1)) = span(b, now) else {
         return html! { p.empty { "no attempt started yet" } };
     };
     let total = (t1 - t0).num_milliseconds() as f64 / 1000.0;
     html! {
         div.timeline #timeline {
-            @for bar in &b {
+            @for bar in b {
                 @let (left, wait, run) = placement(bar, t0, t1, now);
                 @let took = between(Some(&bar.started), bar.ended.as_deref(), now).map_or("-".into(), duration);
                 div.row data-outcome=(bar.outcome) {

@@ -26,8 +26,12 @@ pub struct Bar {
 /// at the node's next engine point after `started` that is not
 /// informative (`allocated`, `offered`, `created` do not end it).
 pub fn bars(points: &[Point]) -> Vec<Bar> {
+    use std::collections::HashMap;
     let mut bars: Vec<Bar> = Vec::new();
-    let mut offered: std::collections::HashMap<&str, &str> = Default::default();
+    let mut offered: HashMap<&str, &str> = HashMap::new();
+    // Per node: its bars so far, and its open bar's index.
+    let mut counted: HashMap<&str, u32> = HashMap::new();
+    let mut open: HashMap<&str, usize> = HashMap::new();
     for p in points {
         if p.fields.get("source").and_then(|v| v.as_str()) == Some("tasker") {
             continue;
@@ -39,14 +43,14 @@ pub fn bars(points: &[Point]) -> Vec<Bar> {
                 offered.insert(nid, p.ts.as_str());
             }
             Kind::Started => {
+                let count = counted.entry(nid).or_insert(0);
+                *count += 1;
                 let attempt = p
                     .fields
                     .get("attempt")
                     .and_then(|v| v.as_u64())
-                    .map_or_else(
-                        || bars.iter().filter(|b| b.nid == nid).count() as u32 + 1,
-                        |a| a as u32,
-                    );
+                    .map_or(*count, |a| a as u32);
+                open.insert(nid, bars.len());
                 bars.push(Bar {
                     nid: nid.to_string(),
                     attempt,
@@ -63,11 +67,7 @@ pub fn bars(points: &[Point]) -> Vec<Bar> {
             }
             Kind::Created | Kind::Allocated => {}
             _ => {
-                if let Some(b) = bars
-                    .iter_mut()
-                    .rev()
-                    .find(|b| b.nid == nid && b.ended.is_none())
-                {
+                if let Some(b) = open.remove(nid).and_then(|i| bars.get_mut(i)) {
                     b.ended = Some(p.ts.clone());
                     b.outcome = kind.as_str().to_string();
                 }
@@ -81,11 +81,12 @@ pub fn bars(points: &[Point]) -> Vec<Bar> {
 /// the flow's record, `nodes`, not in its points), then, once the
 /// execution ended, any left open at its final point.
 pub fn close_flow_nodes(bars: &mut [Bar], nodes: &[serde_json::Value], points: &[Point]) {
+    let by_nid: std::collections::HashMap<&str, &serde_json::Value> = nodes
+        .iter()
+        .filter_map(|n| Some((n.get("nid")?.as_str()?, n)))
+        .collect();
     for b in bars.iter_mut().filter(|b| b.ended.is_none()) {
-        let node = nodes
-            .iter()
-            .find(|n| n.get("nid").and_then(|v| v.as_str()) == Some(b.nid.as_str()));
-        if let Some(n) = node {
+        if let Some(n) = by_nid.get(b.nid.as_str()) {
             let field = |k: &str| n.get(k).and_then(|v| v.as_str()).map(str::to_string);
             if let Some(ended) = field("ended_at") {
                 b.ended = Some(ended);

@@ -326,6 +326,56 @@ fn a_page_of_large_records_is_bounded_and_names_where_the_rest_are() {
     );
 }
 
+/// A running task whose tasker's own points fill the last 4 MiB of its
+/// log (what a task's page reads) is shown running, with its attempt, as
+/// `list` and `show` show it.
+#[test]
+fn a_running_task_whose_points_fill_the_pages_tail_is_shown_running() {
+    let t = TestRoot::new();
+    // 9 000 points of about 700 bytes (6 MiB), then it waits.
+    t.tasker(
+        "org",
+        "chatty",
+        &format!(
+            "#!/bin/sh\ncat >/dev/null\n\
+             awk 'BEGIN {{ for (i = 0; i < 9000; i++) printf \"{{\\\"point\\\":\\\"progress\\\",\\\"i\\\":%d,\\\"pad\\\":\\\"%0680d\\\"}}\\n\", i, 0 }}' >> \"$SPOOLFLOW_POINTS\"\n\
+             {}\necho '{{}}'\n",
+            wait_file("go")
+        ),
+    );
+    t.drop_task("busy.json", r#"{"id":"busy","domain":"org","tasker":"chatty"}"#);
+    let engine = t.spawn_engine(&["--workers", "1"]);
+    wait_for("the tasker's points copied", DEADLINE, || {
+        std::fs::read_to_string(t.join("var/log/tsk/busy.log"))
+            .is_ok_and(|l| l.contains(r#""i":8999"#))
+    });
+    let srv = serve(&t, &["--allow-actions"]);
+    let api = get(&srv, "/api/tasks/busy").json();
+    assert_eq!(api["state"], "running", "{}", api["state"]);
+    let page = get(&srv, "/tasks/busy").body;
+    assert!(page.contains(r#"class="badge running""#));
+    assert!(!page.contains("no attempt started yet"));
+    assert!(!page.contains("/tasks/busy/priority"), "no priority form for a running task");
+    std::fs::write(t.join("go"), "").unwrap();
+    wait_for("the record", DEADLINE, || t.record("busy").is_some());
+    drop(engine);
+}
+
+/// `?done=` shows only the notice of one of the dashboard's own actions:
+/// a link cannot put its own text on a task's page.
+#[test]
+fn a_links_done_text_is_not_shown_on_a_task_page() {
+    let t = TestRoot::new();
+    t.tasker("org", "cat", "#!/bin/sh\ncat\n");
+    t.drop_task("t1.json", r#"{"domain":"org","tasker":"cat"}"#);
+    t.run_drain(1);
+    let srv = serve(&t, &[]);
+    let page = get(&srv, "/tasks/t1?done=Dashboard%20moved%2C%20log%20in%20at%20evil.example%3B").body;
+    assert!(!page.contains("evil.example"));
+    let page = get(&srv, "/tasks/t1?done=cancel").body;
+    assert!(page.contains("Cancel requested."));
+}
+
 #[test]
 fn a_loopback_server_answers_its_own_host_only_and_off_loopback_needs_a_token() {
     let t = TestRoot::new();
