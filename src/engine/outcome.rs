@@ -31,8 +31,10 @@ pub enum Outcome {
 /// The outcome of one run.
 ///
 /// `exit`: how the process ended. `asked`: a stop the engine asked for
-/// (possibly before the process handle existed; the `stopped` of
-/// [`Exit::Exited`] wins over it). `payload`: the input payload (kept by an
+/// (possibly before the process handle existed). For a tasker that
+/// exited, only the `stopped` of [`Exit::Exited`] counts: its driver tells
+/// whether the stop reached the tasker before its exit; one that came
+/// later (the tasker exited first, on its own) changes nothing. `payload`: the input payload (kept by an
 /// empty reply). `timeout`: the effective run timeout, for the message
 /// "run timed out after {t}".
 ///
@@ -77,7 +79,10 @@ pub fn outcome(
             stopped,
         } => (status, stdout, oversized, stderr_tail, timed_out, stopped),
     };
-    if let Some(reason) = stopped.or(asked) {
+    // The driver tells whether the stop reached the tasker before it
+    // exited: one asked after its exit (while its pipes lingered, or on
+    // the way) changes nothing, and the tasker is judged by its exit.
+    if let Some(reason) = stopped {
         return Outcome::Stopped(reason);
     }
     if timed_out {
@@ -432,15 +437,21 @@ mod tests {
     }
 
     #[test]
-    fn stop_asked_before_the_handle_existed_is_a_stop() {
+    fn a_stop_that_reached_the_tasker_only_after_its_exit_changes_nothing() {
         for reason in [StopReason::Cancel, StopReason::Shutdown] {
-            assert_eq!(
-                outcome(stopped_exit(None), Some(reason), &input(), secs(1)),
-                Outcome::Stopped(reason)
-            );
-            // Even when the tasker exited 0 with a reply.
+            // The driver saw the exit first (it did not pass the stop on):
+            // the tasker is judged by its exit and reply.
             assert_eq!(
                 outcome(exited(0, b"", &[]), Some(reason), &input(), None),
+                Outcome::Completed(input())
+            );
+            assert!(matches!(
+                outcome(exited(3, b"", &[]), Some(reason), &input(), None),
+                Outcome::Error(_)
+            ));
+            // The stop reached it: a stop, whatever its exit.
+            assert_eq!(
+                outcome(stopped_exit(Some(reason)), Some(reason), &input(), secs(1)),
                 Outcome::Stopped(reason)
             );
         }

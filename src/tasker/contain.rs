@@ -388,7 +388,7 @@ impl Tracked {
                 let me = super::sweep::engine_pid();
                 !children(me, pgid, &marks.leaders)
                     .iter()
-                    .any(|child| is_ours(child, &marks.vars(), pgid))
+                    .any(|child| is_ours(child, &marks.vars(), pgid, &marks.leaders))
             }
             // A cgroup is killed whole, without a look.
             Tracked::Cgroup { .. } => false,

@@ -160,7 +160,15 @@ pub fn spawn(
         Err(e) => {
             let transient = matches!(
                 e.raw_os_error(),
-                Some(nix::libc::EAGAIN | nix::libc::ENOMEM | nix::libc::EMFILE | nix::libc::ENFILE)
+                Some(
+                    nix::libc::EAGAIN
+                        | nix::libc::ENOMEM
+                        | nix::libc::EMFILE
+                        | nix::libc::ENFILE
+                        // The tasker's file is being written (an update in
+                        // place): it will be runnable once closed.
+                        | nix::libc::ETXTBSY
+                )
             );
             return Err(Exit::SpawnFailed {
                 message: format!(
@@ -235,8 +243,9 @@ async fn drive(
     let mut stdout = Stdout::default();
     let mut stderr = StderrCopy::new(stderr_path, stderr_prefix);
     let mut run = Run::new(pgid, timeout, kill_grace, tracked);
+    let oversized = tokio::sync::Notify::new();
     {
-        let io_done = pump(io, input, pgid, &mut stdout, &mut stderr);
+        let io_done = pump(io, input, pgid, (&mut stdout, &oversized), &mut stderr);
         tokio::pin!(io_done);
         let mut io_over = false;
         while run.status.is_none() || !io_over {
@@ -255,6 +264,9 @@ async fn drive(
                     }
                 }
                 reason = &mut stop_rx, if run.stop_open => run.stop_requested(reason),
+                // The group got SIGKILL from the reader: the leader too,
+                // should it have left its group.
+                () = oversized.notified(), if !run.killed && run.status.is_none() => run.kill(),
                 _ = sleep_until(kill_at), if kill_at.is_some() && !run.killed => run.kill(),
                 _ = sleep_until(run.linger), if run.linger.is_some() => {
                     if run.linger_over() {
@@ -300,7 +312,7 @@ async fn pump(
     io: ChildIo,
     input: Vec<u8>,
     pgid: i32,
-    stdout: &mut Stdout,
+    stdout: (&mut Stdout, &tokio::sync::Notify),
     stderr: &mut StderrCopy,
 ) {
     tokio::join!(
@@ -359,8 +371,13 @@ struct Stdout {
 }
 
 /// stdout: read up to the reply limit, as it comes. A tasker that writes
-/// more has its group killed and its reply dropped.
-async fn read_reply(stdout: Option<tokio::process::ChildStdout>, pgid: i32, into: &mut Stdout) {
+/// more has its group killed and its reply dropped (and `oversized` told:
+/// the driver kills the leader too, which may have left its group).
+async fn read_reply(
+    stdout: Option<tokio::process::ChildStdout>,
+    pgid: i32,
+    (into, oversized): (&mut Stdout, &tokio::sync::Notify),
+) {
     let Some(mut stdout) = stdout else {
         return;
     };
@@ -374,6 +391,7 @@ async fn read_reply(stdout: Option<tokio::process::ChildStdout>, pgid: i32, into
                 into.oversized = true;
                 into.bytes = Vec::new();
                 signal_group(pgid, Signal::SIGKILL);
+                oversized.notify_one();
                 break;
             }
             Ok(_) => {}
@@ -457,11 +475,13 @@ impl Run {
     }
 
     /// A stop request (or the engine dropping the sender, which is none).
+    /// Once the leader has exited, the tasker is judged by its exit: a stop
+    /// that comes while its pipes linger changes nothing.
     fn stop_requested(&mut self, reason: Result<StopReason, oneshot::error::RecvError>) {
         self.stop_open = false;
-        if let Ok(reason) = reason {
+        if let (Ok(reason), None) = (reason, &self.status) {
             self.stopped = Some(reason);
-            if self.term_sent_at.is_none() && self.status.is_none() {
+            if self.term_sent_at.is_none() {
                 self.terminate();
             }
         }
@@ -469,14 +489,24 @@ impl Run {
 
     /// SIGTERM to the group, starting the kill grace.
     fn terminate(&mut self) {
-        signal_group(self.pgid, Signal::SIGTERM);
+        self.signal(Signal::SIGTERM);
         self.term_sent_at = Some(tokio::time::Instant::now());
     }
 
     fn kill(&mut self) {
-        signal_group(self.pgid, Signal::SIGKILL);
+        self.signal(Signal::SIGKILL);
         self.tracked.kill();
         self.killed = true;
+    }
+
+    /// A signal to the tasker's group, and to its leader while it is not
+    /// reaped (its number cannot be another process's then): a leader
+    /// that moved itself into another group (`setpgid`) is not spared.
+    fn signal(&self, sig: Signal) {
+        signal_group(self.pgid, sig);
+        if self.status.is_none() && self.pgid > 0 {
+            let _ = nix::sys::signal::kill(Pid::from_raw(self.pgid), sig);
+        }
     }
 
     /// Nothing of the tasker's group outlives its task (its leader has

@@ -29,7 +29,7 @@ pub(super) fn sweep(vars: &[&[u8]], pgid: i32, leaders: &Leaders) -> usize {
     for _ in 0..64 {
         let mut victims = Vec::new();
         for child in children(me, pgid, leaders) {
-            if is_ours(&child, vars, pgid) {
+            if is_ours(&child, vars, pgid, leaders) {
                 victims.push(child);
             }
         }
@@ -51,17 +51,22 @@ pub(super) fn sweep(vars: &[&[u8]], pgid: i32, leaders: &Leaders) -> usize {
 }
 
 /// Whether a child of the engine descends from the tasker of group
-/// `pgid`, whose environment held `vars`.
-pub(super) fn is_ours(child: &Child, vars: &[&[u8]], pgid: i32) -> bool {
-    match child.state {
-        // A zombie shows no environment: only its group tells. Not the
-        // group's leader: the tasker was reaped by its own driver before
-        // the sweep, so a zombie with its pid is a newer tasker that reuses
-        // the number, whose exit its own driver is still to read.
-        'Z' => child.pgrp == pgid && pgid > 1 && child.pid != pgid,
-        _ => std::fs::read(format!("/proc/{}/environ", child.pid))
-            .is_ok_and(|env| env_has_all(&env, vars)),
+/// `pgid`, whose environment held `vars`. A member of the tasker's group
+/// is the task's in any state: one dying of the group's `SIGKILL` shows
+/// an empty environment and is not a zombie yet. Not the group's leader:
+/// the tasker was reaped by its own driver before the sweep, so a process
+/// with its pid is a newer tasker that reuses the number. And not while
+/// a running tasker's leader has that number (the group's number was
+/// free again, so the group is another tasker's): then only the
+/// environment tells, as for a process that left the group.
+pub(super) fn is_ours(child: &Child, vars: &[&[u8]], pgid: i32, leaders: &Leaders) -> bool {
+    if child.pgrp == pgid && pgid > 1 && child.pid != pgid && !leaders.contains(pgid) {
+        return true;
     }
+    // A zombie shows no environment.
+    child.state != 'Z'
+        && std::fs::read(format!("/proc/{}/environ", child.pid))
+            .is_ok_and(|env| env_has_all(&env, vars))
 }
 
 /// A child of the engine.
@@ -169,17 +174,21 @@ fn listed_children(me: i32) -> io::Result<String> {
 }
 
 /// All of a file read from offset 0, without moving its offset.
+/// A `seq_file` read returns at most a page, and may return less than
+/// that with more to come: read until it gives nothing.
 fn read_from_start(file: &File) -> io::Result<String> {
     use std::os::unix::fs::FileExt;
     let mut bytes = vec![0; 4096];
     let mut len = 0;
     loop {
+        if len == bytes.len() {
+            bytes.resize(2 * bytes.len(), 0);
+        }
         let n = file.read_at(&mut bytes[len..], len as u64)?;
-        len += n;
-        if len < bytes.len() {
+        if n == 0 {
             break;
         }
-        bytes.resize(2 * bytes.len(), 0);
+        len += n;
     }
     bytes.truncate(len);
     String::from_utf8(bytes).map_err(|_| io::ErrorKind::InvalidData.into())
@@ -190,18 +199,64 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_zombie_is_the_tasks_only_when_it_is_not_its_groups_leader() {
-        let zombie = |pid, pgrp| Child {
-            pid,
-            state: 'Z',
-            pgrp,
-        };
+    fn a_member_of_the_group_is_the_tasks_only_when_it_is_not_its_groups_leader() {
+        let none = Leaders::default();
         let vars: [&[u8]; 1] = [b"SPOOLFLOW_EXID=x"];
-        assert!(is_ours(&zombie(101, 100), &vars, 100));
-        assert!(!is_ours(&zombie(101, 200), &vars, 100));
-        // A new tasker that got the pid of the task's reaped leader.
-        assert!(!is_ours(&zombie(100, 100), &vars, 100));
-        assert!(!is_ours(&zombie(2, 1), &vars, 1));
+        // pids far above any real one: their environ cannot be read.
+        for state in ['Z', 'R', 'S', 'X'] {
+            let child = |pid, pgrp| Child { pid, state, pgrp };
+            assert!(is_ours(
+                &child(4_000_101, 4_000_100),
+                &vars,
+                4_000_100,
+                &none
+            ));
+            assert!(!is_ours(&child(4_000_101, 200), &vars, 4_000_100, &none));
+            // A new tasker that got the pid of the task's reaped leader.
+            assert!(!is_ours(
+                &child(4_000_100, 4_000_100),
+                &vars,
+                4_000_100,
+                &none
+            ));
+            assert!(!is_ours(&child(2, 1), &vars, 1, &none));
+            // The group's number is a running tasker's now.
+            let running = Leaders::default();
+            running.insert(4_000_100);
+            assert!(!is_ours(
+                &child(4_000_101, 4_000_100),
+                &vars,
+                4_000_100,
+                &running
+            ));
+        }
+    }
+
+    #[test]
+    fn a_children_file_longer_than_a_page_is_read_whole() {
+        let tid = nix::unistd::gettid();
+        let file = File::open(format!("/proc/self/task/{tid}/children")).unwrap();
+        // 1 200 children: about 8 KiB of pids, where a read gives at most
+        // a page and may stop short of it.
+        let mut kids: Vec<std::process::Child> = (0..1200)
+            .map(|_| {
+                std::process::Command::new("sleep")
+                    .arg("30")
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        let listed: Vec<u32> = read_from_start(&file)
+            .unwrap()
+            .split_whitespace()
+            .map(|p| p.parse().unwrap())
+            .collect();
+        let all = kids.iter().all(|k| listed.contains(&k.id()));
+        for k in &mut kids {
+            let _ = k.kill();
+            let _ = k.wait();
+        }
+        assert!(all, "{} listed of 1 200", listed.len());
     }
 
     #[test]

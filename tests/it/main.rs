@@ -23,6 +23,8 @@ mod flows_lives;
 mod friction;
 mod harden_mix;
 mod harden_taskmaster;
+// a tasker against the engine's hold on it (group, stop, spawn, zombies)
+mod harden_tasker;
 // issue 15: A2, A3, A4 (stderr)
 mod harden_reply;
 // wt-points (issue 15: A1, A4 points, E dropped lines)

@@ -343,7 +343,10 @@ fn a_running_task_whose_points_fill_the_pages_tail_is_shown_running() {
             wait_file("go")
         ),
     );
-    t.drop_task("busy.json", r#"{"id":"busy","domain":"org","tasker":"chatty"}"#);
+    t.drop_task(
+        "busy.json",
+        r#"{"id":"busy","domain":"org","tasker":"chatty"}"#,
+    );
     let engine = t.spawn_engine(&["--workers", "1"]);
     wait_for("the tasker's points copied", DEADLINE, || {
         std::fs::read_to_string(t.join("var/log/tsk/busy.log"))
@@ -355,7 +358,10 @@ fn a_running_task_whose_points_fill_the_pages_tail_is_shown_running() {
     let page = get(&srv, "/tasks/busy").body;
     assert!(page.contains(r#"class="badge running""#));
     assert!(!page.contains("no attempt started yet"));
-    assert!(!page.contains("/tasks/busy/priority"), "no priority form for a running task");
+    assert!(
+        !page.contains("/tasks/busy/priority"),
+        "no priority form for a running task"
+    );
     std::fs::write(t.join("go"), "").unwrap();
     wait_for("the record", DEADLINE, || t.record("busy").is_some());
     drop(engine);
@@ -370,7 +376,11 @@ fn a_links_done_text_is_not_shown_on_a_task_page() {
     t.drop_task("t1.json", r#"{"domain":"org","tasker":"cat"}"#);
     t.run_drain(1);
     let srv = serve(&t, &[]);
-    let page = get(&srv, "/tasks/t1?done=Dashboard%20moved%2C%20log%20in%20at%20evil.example%3B").body;
+    let page = get(
+        &srv,
+        "/tasks/t1?done=Dashboard%20moved%2C%20log%20in%20at%20evil.example%3B",
+    )
+    .body;
     assert!(!page.contains("evil.example"));
     let page = get(&srv, "/tasks/t1?done=cancel").body;
     assert!(page.contains("Cancel requested."));
