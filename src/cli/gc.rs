@@ -81,6 +81,10 @@ pub fn run(root: Option<PathBuf>, args: Args) -> Result<(), Failure> {
     if !args.dry_run {
         remove_empty_history(&root);
         remove_empty_batches(&batches);
+        // The records index forgets the records removed now, before a
+        // new record of the same id may get a freed inode number (the
+        // index knows a record by its name and inode).
+        let _ = index::records(&root);
     }
     if args.json {
         return print_json(&json!({ "dry_run": args.dry_run, "removed": removed }));

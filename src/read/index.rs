@@ -173,6 +173,21 @@ impl Index {
         (changed, unreadable)
     }
 
+    /// Forgets what the index holds of the record file at `path` (in
+    /// `done/` or `failed/`): the next [`Index::refresh`] reads it again
+    /// if it is there. For a reader told that the file changed: its inode
+    /// alone cannot tell a new record that got a freed number.
+    pub fn forget(&mut self, path: &Path) {
+        let dir = path
+            .parent()
+            .and_then(Path::file_name)
+            .and_then(|d| DIRS.iter().position(|x| std::ffi::OsStr::new(x) == d));
+        let name = path.file_name().and_then(|n| n.to_str());
+        if let (Some(d), Some(name)) = (dir, name) {
+            self.dirs[d].remove(name);
+        }
+    }
+
     /// Every record's summary, shared.
     pub fn summaries(&self) -> impl Iterator<Item = &Arc<Summary>> {
         self.dirs
@@ -293,6 +308,36 @@ mod tests {
         // A torn or foreign index is rebuilt from the records.
         std::fs::write(root.records_index(), "garbage\n{").unwrap();
         assert_eq!(records(&root).files.len(), 2);
+    }
+
+    #[test]
+    fn a_record_forgotten_is_read_again_whatever_its_inode() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = Root::new(tmp.path()).unwrap();
+        root.init().unwrap();
+        let path = root.done().join("a.json");
+        std::fs::write(&path, record("a", "completed")).unwrap();
+        let mut index = Index::load(&root);
+        index.refresh(&root);
+        // What `gc` and a new record of the same id that got the freed
+        // inode look like to the listing: the same name and number.
+        std::fs::write(&path, record("a", "aborted")).unwrap();
+        index.refresh(&root);
+        let state = |i: &Index| {
+            i.summaries()
+                .map(|s| s.state.to_string())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            state(&index),
+            ["completed"],
+            "the listing alone cannot tell"
+        );
+        index.forget(&path);
+        index.forget(&root.failed().join("nosuch.json"));
+        index.forget(Path::new("/elsewhere/a.json"));
+        assert_eq!(index.refresh(&root), (true, vec![]));
+        assert_eq!(state(&index), ["aborted"]);
     }
 
     #[test]

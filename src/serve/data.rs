@@ -96,8 +96,11 @@ impl Reading {
     /// Every record's summary (shared with the index, not copied), the
     /// index brought up to date and saved when it changed and was not
     /// saved lately; and the record files that could not be read.
-    fn refresh(&mut self, root: &Root) -> (Vec<Arc<Summary>>, Vec<String>) {
+    fn refresh(&mut self, root: &Root, live: &Live) -> (Vec<Arc<Summary>>, Vec<String>) {
         let index = self.index.get_or_insert_with(|| index::Index::load(root));
+        for path in live.take_touched() {
+            index.forget(&path);
+        }
         let (changed, unreadable) = index.refresh(root);
         let due = self.saved.is_none_or(|at| at.elapsed() >= SAVE_EVERY);
         if changed && due {
@@ -135,7 +138,7 @@ impl RecordsCache {
         }
         let mut reading = self.reading.lock().unwrap_or_else(|e| e.into_inner());
         hit().unwrap_or_else(|| {
-            let (summaries, unreadable) = reading.refresh(root);
+            let (summaries, unreadable) = reading.refresh(root, live);
             let (summaries, unreadable) = (Arc::new(summaries), Arc::new(unreadable));
             if let Ok(mut k) = self.kept.lock() {
                 // A newer read kept meanwhile stays.

@@ -50,6 +50,11 @@ pub struct Live {
     /// Bumped when `done/` or `failed/` changed (or events were lost):
     /// the records' summaries a reader keeps are stale then.
     records_gen: AtomicU64,
+    /// The entries of `done/` and `failed/` changed (made, removed,
+    /// written) since a reader last took them: their summaries are read
+    /// again, whatever their inode (a number freed by `gc` may come back
+    /// as the same id's new record).
+    touched: Mutex<Vec<PathBuf>>,
     tx: broadcast::Sender<Ev>,
     buf: Mutex<Kept>,
 }
@@ -107,6 +112,7 @@ impl Live {
         let live = Arc::new(Live {
             nonce: format!("{started:x}"),
             records_gen: AtomicU64::new(0),
+            touched: Mutex::new(Vec::new()),
             tx: btx,
             buf: Mutex::new(Kept::default()),
         });
@@ -146,6 +152,7 @@ impl Live {
                 self.push("reset", "events were lost".to_string());
             }
             let mut dirs: HashSet<String> = HashSet::new();
+            let mut touched: Vec<PathBuf> = Vec::new();
             let mut seen: HashSet<PathBuf> = HashSet::new();
             let mut replaced = false;
             for p in paths {
@@ -180,7 +187,11 @@ impl Live {
                         }
                     }
                 } else if let Some(name) = parent.file_name() {
-                    dirs.insert(name.to_string_lossy().into_owned());
+                    let name = name.to_string_lossy().into_owned();
+                    if name == "done" || name == "failed" {
+                        touched.push(p.clone());
+                    }
+                    dirs.insert(name);
                 }
             }
             if replaced {
@@ -190,6 +201,11 @@ impl Live {
                 self.push("reset", "a directory of the root was replaced".to_string());
             }
             if dirs.contains("done") || dirs.contains("failed") {
+                // Told before the bump: a reader that sees the new
+                // generation reads these again.
+                if let Ok(mut t) = self.touched.lock() {
+                    t.extend(touched);
+                }
                 self.records_gen.fetch_add(1, Ordering::SeqCst);
             }
             let mut dirs: Vec<String> = dirs.into_iter().collect();
@@ -198,6 +214,14 @@ impl Live {
                 self.push("change", serde_json::json!({ "dir": d }).to_string());
             }
         }
+    }
+
+    /// The records changed since the last call (see [`Live::touched`]).
+    pub fn take_touched(&self) -> Vec<PathBuf> {
+        self.touched
+            .lock()
+            .map(|mut t| std::mem::take(&mut *t))
+            .unwrap_or_default()
     }
 
     /// The records' generation (see [`Live::records_gen`]).

@@ -367,6 +367,40 @@ fn a_running_task_whose_points_fill_the_pages_tail_is_shown_running() {
     drop(engine);
 }
 
+/// A record whose file changed in place keeps its name and inode (what a
+/// record removed by `gc` and the same id's new record that got the freed
+/// number look like to a listing): the dashboard reads it again, told by
+/// the change, not by the inode.
+#[test]
+fn a_record_changed_under_the_same_inode_is_read_again() {
+    let t = TestRoot::new();
+    t.tasker("org", "cat", "#!/bin/sh\ncat\n");
+    t.drop_task("r1.json", r#"{"domain":"org","tasker":"cat"}"#);
+    t.run_drain(1);
+    let srv = serve(&t, &[]);
+    // The state as the summaries tell it (a filter, the counts), not as
+    // the record read for the answer tells it.
+    let state = || {
+        ["completed", "aborted"]
+            .into_iter()
+            .find(|s| {
+                get(&srv, &format!("/api/tasks?state={s}"))
+                    .json()
+                    .as_array()
+                    .is_some_and(|a| a.len() == 1)
+            })
+            .unwrap_or_default()
+    };
+    assert_eq!(state(), "completed");
+    let path = t.join("var/spool/done/r1.json");
+    let mut rec = t.must_record("r1");
+    rec["state"] = "aborted".into();
+    rec["error"] = serde_json::json!({"kind": "aborted", "message": "again"});
+    // Written in place: the same inode.
+    std::fs::write(&path, rec.to_string()).unwrap();
+    wait_for("the new state", DEADLINE, || state() == "aborted");
+}
+
 /// `?done=` shows only the notice of one of the dashboard's own actions:
 /// a link cannot put its own text on a task's page.
 #[test]
