@@ -16,6 +16,7 @@
 mod actions;
 mod api;
 mod data;
+mod engine_watch;
 mod pages;
 mod safety;
 mod server;

@@ -55,6 +55,8 @@ pub struct Live {
     /// again, whatever their inode (a number freed by `gc` may come back
     /// as the same id's new record).
     touched: Mutex<Vec<PathBuf>>,
+    /// Told when the engine's pid record changed (see `engine_watch`).
+    engine: std::sync::OnceLock<super::engine_watch::Nudge>,
     tx: broadcast::Sender<Ev>,
     buf: Mutex<Kept>,
 }
@@ -104,6 +106,8 @@ impl Live {
                 .watch(&parent, RecursiveMode::NonRecursive)
                 .map_err(|e| format!("cannot watch {}: {e}", parent.display()))?;
         }
+        // The engine's pid record, written as an engine starts.
+        let _ = watcher.watch(&root.dir().join("var/run"), RecursiveMode::NonRecursive);
         let tails = snapshot(&logs);
         let started = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -113,9 +117,12 @@ impl Live {
             nonce: format!("{started:x}"),
             records_gen: AtomicU64::new(0),
             touched: Mutex::new(Vec::new()),
+            engine: std::sync::OnceLock::new(),
             tx: btx,
             buf: Mutex::new(Kept::default()),
         });
+        let nudge = super::engine_watch::start(root.clone(), live.clone())?;
+        let _ = live.engine.set(nudge);
         let feeder = live.clone();
         std::thread::Builder::new()
             .name("serve-watch".into())
@@ -165,9 +172,15 @@ impl Live {
                     replaced = true;
                     continue;
                 }
-                // Anything else in `var/spool/` or `var/log/` itself (the
-                // engine's log) is no change to show.
                 let var = logs.parent().and_then(Path::parent);
+                if var.is_some_and(|v| p == v.join("run/engine.lock")) {
+                    if let Some(nudge) = self.engine.get() {
+                        nudge.poke();
+                    }
+                    continue;
+                }
+                // Anything else in `var/spool/`, `var/log/` or `var/run/`
+                // itself (the engine's log) is no change to show.
                 if p.parent().and_then(Path::parent) == var {
                     continue;
                 }
@@ -236,6 +249,11 @@ impl Live {
         } else {
             self.push("point", text);
         }
+    }
+
+    /// A `change` event: what `dir` names changed, pages read again.
+    pub fn push_change(&self, dir: &str) {
+        self.push("change", serde_json::json!({ "dir": dir }).to_string());
     }
 
     fn push(&self, kind: &'static str, data: String) {

@@ -18,7 +18,14 @@ fn read_events(
     let mut events = Vec::new();
     let (mut ev, mut id, mut data) = (String::new(), String::new(), String::new());
     let mut line = String::new();
+    // The server's keep-alive comments come every 15 s: the socket's
+    // read timeout alone would never fire.
+    let give_up = std::time::Instant::now() + DEADLINE;
     loop {
+        assert!(
+            std::time::Instant::now() < give_up,
+            "no awaited event within {DEADLINE:?}: {events:?}"
+        );
         line.clear();
         let n = s
             .read_line(&mut line)
@@ -121,4 +128,28 @@ fn sse_sends_points_written_after_connecting_and_what_a_reconnect_missed() {
     // Ctrl-C ends the server though streams are open.
     let mut srv = srv;
     assert_eq!(srv.interrupt(), Some(0));
+}
+
+/// An open page learns that an engine started and that it stopped
+/// (killed, even: nothing on disk changes then): a `change` event names
+/// the engine each time, and `/api/status` says so.
+#[test]
+fn an_engines_start_and_its_death_are_events() {
+    let t = TestRoot::new();
+    let srv = serve(&t, &[]);
+    let mut events = open_events(&srv, None);
+    read_events(&mut events, |e| e.iter().any(|(ev, _, _)| ev == "hello"));
+    let engine_change = |e: &[(String, String, String)]| {
+        e.iter()
+            .any(|(ev, _, data)| ev == "change" && data.contains("engine"))
+    };
+    let engine = t.spawn_engine(&["--workers", "1"]);
+    read_events(&mut events, engine_change);
+    wait_for("the engine in the status", DEADLINE, || {
+        !get(&srv, "/api/status").json()["engine"].is_null()
+    });
+    engine.signal(nix::sys::signal::Signal::SIGKILL);
+    read_events(&mut events, engine_change);
+    assert!(get(&srv, "/api/status").json()["engine"].is_null());
+    drop(engine);
 }
