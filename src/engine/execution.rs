@@ -225,6 +225,22 @@ impl Engine {
         }
     }
 
+    /// A task completed before the cancel accepted for it reached its
+    /// tasker: the requests go to `rejected/` with why, not silently.
+    pub(super) fn too_late_to_cancel(&mut self, exid: &Exid) {
+        let held: Vec<std::path::PathBuf> = self
+            .held_cancels
+            .iter()
+            .filter(|(_, e)| *e == exid)
+            .map(|(p, _)| p.clone())
+            .collect();
+        for path in held {
+            self.held_cancels.remove(&path);
+            let why = format!("task {exid} completed before the cancel reached its tasker");
+            self.reject(&path, &why);
+        }
+    }
+
     /// What the durable writer finished.
     pub(super) fn on_written(&mut self, batch: Vec<Done>) -> Result<(), EngineError> {
         for done in batch {

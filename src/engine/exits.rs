@@ -66,6 +66,9 @@ impl Engine {
                     node.uncompleted = 0;
                     node.task.set_payload(payload);
                 }
+                if matches!(asked, Some(Stop::Cancel(_))) && !self.is_flow(&key.exid) {
+                    self.too_late_to_cancel(&key.exid);
+                }
                 self.finish(&key, State::Completed, None);
             }
             Outcome::Error(err) => self.error(&key, err),

@@ -80,11 +80,38 @@ pub fn outcome(
         } => (status, stdout, oversized, stderr_tail, timed_out, stopped),
     };
     // The driver tells whether the stop reached the tasker before it
-    // exited: one asked after its exit (while its pipes lingered, or on
-    // the way) changes nothing, and the tasker is judged by its exit.
+    // exited. One asked after its exit (while its pipes lingered, or on
+    // the way) keeps a completed reply; any other end (a failure, a
+    // refusal, `uncompleted`, each of which would run it again) yields to
+    // the stop, as a cancel accepted for a running task must end it.
     if let Some(reason) = stopped {
         return Outcome::Stopped(reason);
     }
+    match judged(
+        status,
+        &stdout,
+        oversized,
+        &stderr_tail,
+        timed_out,
+        payload,
+        timeout,
+    ) {
+        Outcome::Completed(payload) => Outcome::Completed(payload),
+        other => asked.map_or(other, Outcome::Stopped),
+    }
+}
+
+/// How a tasker that exited on its own ended: its timeout, an oversized
+/// reply, its exit status, and last its reply.
+fn judged(
+    status: ExitStatus,
+    stdout: &[u8],
+    oversized: bool,
+    stderr_tail: &[String],
+    timed_out: bool,
+    payload: &Object,
+    timeout: Option<Dur>,
+) -> Outcome {
     if timed_out {
         let t = timeout.map(|d| d.to_string()).unwrap_or_default();
         return Outcome::Error(TaskError::new(
@@ -98,10 +125,10 @@ pub fn outcome(
             format!("reply larger than {REPLY_LIMIT} bytes"),
         ));
     }
-    if let Some(err) = status_error(status, &stderr_tail) {
+    if let Some(err) = status_error(status, stderr_tail) {
         return Outcome::Error(err);
     }
-    match parse_reply(&stdout, payload) {
+    match parse_reply(stdout, payload) {
         Reply::Completed(payload) => Outcome::Completed(payload),
         Reply::Failed(reason) | Reply::Invalid(reason) => {
             Outcome::Error(TaskError::new(ErrorKind::User, reason))
@@ -440,13 +467,29 @@ mod tests {
     fn a_stop_that_reached_the_tasker_only_after_its_exit_changes_nothing() {
         for reason in [StopReason::Cancel, StopReason::Shutdown] {
             // The driver saw the exit first (it did not pass the stop on):
-            // the tasker is judged by its exit and reply.
+            // a completed reply stands; any other end yields to the stop
+            // (it would run the task again).
             assert_eq!(
                 outcome(exited(0, b"", &[]), Some(reason), &input(), None),
                 Outcome::Completed(input())
             );
+            for other in [
+                exited(3, b"", &[]),
+                exited(75, b"", &[]),
+                exited(0, br#"{"point":"refused","reason":"busy"}"#, &[]),
+                exited(
+                    0,
+                    br#"{"point":"uncompleted","payload":{},"after":"1s"}"#,
+                    &[],
+                ),
+            ] {
+                assert_eq!(
+                    outcome(other, Some(reason), &input(), None),
+                    Outcome::Stopped(reason)
+                );
+            }
             assert!(matches!(
-                outcome(exited(3, b"", &[]), Some(reason), &input(), None),
+                outcome(exited(3, b"", &[]), None, &input(), None),
                 Outcome::Error(_)
             ));
             // The stop reached it: a stop, whatever its exit.

@@ -1,6 +1,8 @@
 //! A tasker against the engine's hold on it (SPEC 6, 8, 10): one that
 //! moves itself out of its process group is still ended by its timeout;
-//! a stop that reaches a tasker only after it exited keeps its reply; a
+//! a stop that reaches a tasker only after it exited keeps its completed
+//! reply (and the request is rejected, saying so), but still ends a task
+//! whose reply would run it again; a
 //! tasker file open for writing at the spawn is a `work` error, retried;
 //! what a tasker's group leaves dying at its end is reaped, never left a
 //! zombie of the engine.
@@ -98,6 +100,45 @@ fn a_cancel_after_the_tasker_exited_keeps_its_reply() {
     assert_eq!(rec["state"], "completed", "{rec}");
     assert_eq!(rec["payload"]["charged"], true, "{rec}");
     assert_eq!(fs::read_to_string(t.join("effects")).unwrap(), "effect\n");
+    // The request is not dropped silently.
+    wait_for("the request's rejection", DEADLINE, || {
+        t.rejected_reason("c").is_some()
+    });
+    let why = t.rejected_reason("c").unwrap();
+    assert!(why.contains("completed before the cancel"), "{why}");
+    engine.signal(Signal::SIGTERM);
+    let (code, err) = engine.wait(DEADLINE);
+    assert_eq!(code, Some(0), "{err}");
+}
+
+/// The same late cancel, but the tasker's reply would run it again
+/// (`uncompleted`): the cancel ends the task, which runs no more.
+#[test]
+fn a_cancel_after_the_tasker_exited_still_ends_a_task_that_would_run_again() {
+    let t = TestRoot::new();
+    t.tasker(
+        "org",
+        "again",
+        "#!/bin/sh\ncat >/dev/null\n\
+         echo run >> \"$SPOOLFLOW_ROOT/runs\"\n\
+         sleep 30 &\n\
+         echo '{\"point\":\"uncompleted\",\"payload\":{},\"after\":\"1s\"}'\n\
+         echo $$ > \"$SPOOLFLOW_ROOT/leader\"\n",
+    );
+    let engine = t.spawn_engine(&["--workers", "1"]);
+    t.drop_task("u.json", r#"{"id":"u","domain":"org","tasker":"again"}"#);
+    wait_for("the tasker's pid", DEADLINE, || {
+        pids(&t, "leader").len() == 1
+    });
+    let leader = pids(&t, "leader")[0];
+    wait_for("the leader reaped", DEADLINE, || {
+        !std::path::Path::new(&format!("/proc/{leader}")).exists()
+    });
+    fs::write(t.join("var/spool/cancel/u"), "stop it").unwrap();
+    wait_for("u's record", DEADLINE, || t.record("u").is_some());
+    let rec = t.must_record("u");
+    assert_eq!(rec["state"], "aborted", "{rec}");
+    assert_eq!(fs::read_to_string(t.join("runs")).unwrap(), "run\n");
     engine.signal(Signal::SIGTERM);
     let (code, err) = engine.wait(DEADLINE);
     assert_eq!(code, Some(0), "{err}");
