@@ -109,10 +109,19 @@ fn load_points(root: &Root, id: &TaskId, last: Option<u64>) -> Result<Shown, Fai
         Place::Ended(r) => (None, state_of(r)),
         Place::Run(path) => {
             // A tail whose points are all its tasker's says nothing of
-            // the state: read further back, as `list` does, and show
-            // those points (the engine's `started` among them).
+            // the state: read further back, as `list` does, and show the
+            // engine's points found there (its `started` among them)
+            // before the tail; the tasker's further back are not kept.
             if last.is_some() && !read::tasks::engine_said(&points) {
-                points = read::tasks::state_points(&root.points_log(id));
+                let mut engine: Vec<_> = read::tasks::state_points(&root.points_log(id))
+                    .into_iter()
+                    .filter(|p| {
+                        p.kind().is_some()
+                            && p.fields.get("source").and_then(|v| v.as_str()) != Some("tasker")
+                    })
+                    .collect();
+                engine.append(&mut points);
+                points = engine;
             }
             let mut s = live_state(&points).state.unwrap_or(ListState::Queued);
             if s == ListState::Running && engine::engine(root).is_none() {

@@ -214,6 +214,12 @@ impl Engine {
     /// is left to its close event, or to a scan.
     pub(super) fn made(&mut self, role: crate::watch::Role, path: &Path) {
         use crate::watch::Role;
+        // Empty: a file just made in place, whose writer may not have it
+        // open yet (the creation is told a moment before the open); its
+        // close will tell it. A file published whole is not empty.
+        if std::fs::symlink_metadata(path).is_ok_and(|m| m.len() == 0) {
+            return;
+        }
         match role {
             Role::In => {
                 if self.mode.is_stopping() {
@@ -224,7 +230,11 @@ impl Engine {
                 }
             }
             Role::Cancel | Role::Priority => {
-                if intake::open_for_writing(path) != Some(false) {
+                // Waiting for its task already (it was closed before this
+                // event was looked at, and its close event came first).
+                let pending = self.pending_cancels.values().any(|(p, _)| p == path)
+                    || self.pending_priorities.values().any(|(p, _)| p == path);
+                if pending || intake::open_for_writing(path) != Some(false) {
                     return;
                 }
                 if role == Role::Cancel {

@@ -97,9 +97,14 @@ impl Reading {
     /// index brought up to date and saved when it changed and was not
     /// saved lately; and the record files that could not be read.
     fn refresh(&mut self, root: &Root, live: &Live) -> (Vec<Arc<Summary>>, Vec<String>) {
+        let touched = live.take_touched();
+        if touched.too_many {
+            // Too many changes went by to name: every record read again.
+            self.index = Some(index::Index::default());
+        }
         let index = self.index.get_or_insert_with(|| index::Index::load(root));
-        for path in live.take_touched() {
-            index.forget(&path);
+        for path in &touched.paths {
+            index.forget(path);
         }
         let (changed, unreadable) = index.refresh(root);
         let due = self.saved.is_none_or(|at| at.elapsed() >= SAVE_EVERY);

@@ -54,7 +54,7 @@ pub struct Live {
     /// written) since a reader last took them: their summaries are read
     /// again, whatever their inode (a number freed by `gc` may come back
     /// as the same id's new record).
-    touched: Mutex<Vec<PathBuf>>,
+    touched: Mutex<Touched>,
     /// Told when the engine's pid record changed (see `engine_watch`).
     engine: std::sync::OnceLock<super::engine_watch::Nudge>,
     tx: broadcast::Sender<Ev>,
@@ -116,7 +116,7 @@ impl Live {
         let live = Arc::new(Live {
             nonce: format!("{started:x}"),
             records_gen: AtomicU64::new(0),
-            touched: Mutex::new(Vec::new()),
+            touched: Mutex::new(Touched::default()),
             engine: std::sync::OnceLock::new(),
             tx: btx,
             buf: Mutex::new(Kept::default()),
@@ -201,7 +201,10 @@ impl Live {
                     }
                 } else if let Some(name) = parent.file_name() {
                     let name = name.to_string_lossy().into_owned();
-                    if name == "done" || name == "failed" {
+                    let ignored = p.file_name().is_some_and(|n| {
+                        spoolflow::store::intake::is_ignored_bytes(n.as_encoded_bytes())
+                    });
+                    if (name == "done" || name == "failed") && !ignored {
                         touched.push(p.clone());
                     }
                     dirs.insert(name);
@@ -217,7 +220,7 @@ impl Live {
                 // Told before the bump: a reader that sees the new
                 // generation reads these again.
                 if let Ok(mut t) = self.touched.lock() {
-                    t.extend(touched);
+                    t.add(touched);
                 }
                 self.records_gen.fetch_add(1, Ordering::SeqCst);
             }
@@ -230,7 +233,7 @@ impl Live {
     }
 
     /// The records changed since the last call (see [`Live::touched`]).
-    pub fn take_touched(&self) -> Vec<PathBuf> {
+    pub fn take_touched(&self) -> Touched {
         self.touched
             .lock()
             .map(|mut t| std::mem::take(&mut *t))
@@ -279,6 +282,31 @@ impl Live {
             .id(format!("{}-{}", self.nonce, ev.n))
             .event(ev.kind)
             .data(&*ev.data)
+    }
+}
+
+/// The record files changed since a reader last looked, bounded: past
+/// [`Touched::MOST`] (a dashboard nobody reads while a million tasks end)
+/// only that there were too many is kept, and the reader reads every
+/// record again.
+#[derive(Debug, Default)]
+pub struct Touched {
+    pub paths: HashSet<PathBuf>,
+    pub too_many: bool,
+}
+
+impl Touched {
+    const MOST: usize = 100_000;
+
+    fn add(&mut self, paths: Vec<PathBuf>) {
+        if self.too_many {
+            return;
+        }
+        self.paths.extend(paths);
+        if self.paths.len() > Self::MOST {
+            self.paths = HashSet::new();
+            self.too_many = true;
+        }
     }
 }
 
@@ -397,7 +425,23 @@ pub async fn events(
 
 #[cfg(test)]
 mod tests {
-    use super::Kept;
+    use super::{Kept, Touched};
+    use std::path::PathBuf;
+
+    #[test]
+    fn the_files_told_changed_are_kept_up_to_a_bound() {
+        let mut t = Touched::default();
+        t.add(vec![PathBuf::from("/r/done/a.json"); 3]);
+        assert_eq!((t.paths.len(), t.too_many), (1, false));
+        t.add(
+            (0..Touched::MOST)
+                .map(|i| PathBuf::from(format!("/r/done/{i}.json")))
+                .collect(),
+        );
+        assert!(t.too_many && t.paths.is_empty());
+        t.add(vec![PathBuf::from("/r/done/b.json")]);
+        assert!(t.paths.is_empty());
+    }
 
     #[test]
     fn the_kept_events_are_bounded_in_number_and_in_bytes() {
