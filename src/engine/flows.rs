@@ -150,7 +150,8 @@ impl Engine {
     /// compiled: what a flow needs to run (an error rejects its file).
     pub(super) fn prepare_flow(&self, flow: &Value) -> Result<(FlowNode, Conds), String> {
         let tree = tree::parse(flow).map_err(|e| format!("flow: {e}"))?;
-        let conds = Conds::compile(self.conditions.clone(), &tree)?;
+        let conds =
+            Conds::compile(self.conditions.clone(), &tree).map_err(|e| format!("flow: {e}"))?;
         Ok((tree, conds))
     }
 

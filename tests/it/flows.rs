@@ -1780,3 +1780,21 @@ fn the_flow_command_draws_a_running_and_an_ended_flow() {
     let missing = t.cmd().args(["flow", "nope"]).output().unwrap();
     assert_eq!(missing.status.code(), Some(3));
 }
+
+/// A flow whose `if` does not compile is rejected with a reason that says
+/// it is the flow's, as every flow rejection does.
+#[test]
+fn an_if_that_does_not_compile_is_rejected_as_the_flows() {
+    let t = TestRoot::new();
+    taskers::common(&t);
+    drop_flow(
+        &t,
+        "badif",
+        json!({"if": "payload.x >", "then": {"task": "mark"}}),
+        json!({}),
+    );
+    t.run_drain(1);
+    let why = t.rejected_reason("badif.json").expect("rejected");
+    assert!(why.starts_with("flow: "), "{why}");
+    assert!(why.contains("does not compile"), "{why}");
+}
