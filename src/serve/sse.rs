@@ -190,44 +190,53 @@ impl Live {
                         let tail = tails
                             .entry(p.clone())
                             .or_insert_with(|| Tail::new(p.clone()));
-                        loop {
-                            for line in tail.lines() {
-                                self.push_point(&line);
-                            }
-                            if !tail.more() {
-                                break;
-                            }
-                        }
+                        self.read_on(tail);
                     }
                 } else if let Some(name) = parent.file_name() {
                     let name = name.to_string_lossy().into_owned();
-                    let ignored = p.file_name().is_some_and(|n| {
-                        spoolflow::store::intake::is_ignored_bytes(n.as_encoded_bytes())
-                    });
-                    if (name == "done" || name == "failed") && !ignored {
+                    if is_record(&p, &name) {
                         touched.push(p.clone());
                     }
                     dirs.insert(name);
                 }
             }
-            if replaced {
-                // Bumped once the new directory is watched: what was
-                // written into it before is read by the next request.
-                self.records_gen.fetch_add(1, Ordering::SeqCst);
-                self.push("reset", "a directory of the root was replaced".to_string());
+            self.tell(replaced, dirs, touched);
+        }
+    }
+
+    /// What one batch of changes tells the pages: a directory replaced
+    /// (every page reads again), the records changed, each directory that
+    /// changed.
+    fn tell(&self, replaced: bool, dirs: HashSet<String>, touched: Vec<PathBuf>) {
+        if replaced {
+            // Bumped once the new directory is watched: what was
+            // written into it before is read by the next request.
+            self.records_gen.fetch_add(1, Ordering::SeqCst);
+            self.push("reset", "a directory of the root was replaced".to_string());
+        }
+        if dirs.contains("done") || dirs.contains("failed") {
+            // Told before the bump: a reader that sees the new
+            // generation reads these again.
+            if let Ok(mut t) = self.touched.lock() {
+                t.add(touched);
             }
-            if dirs.contains("done") || dirs.contains("failed") {
-                // Told before the bump: a reader that sees the new
-                // generation reads these again.
-                if let Ok(mut t) = self.touched.lock() {
-                    t.add(touched);
-                }
-                self.records_gen.fetch_add(1, Ordering::SeqCst);
+            self.records_gen.fetch_add(1, Ordering::SeqCst);
+        }
+        let mut dirs: Vec<String> = dirs.into_iter().collect();
+        dirs.sort();
+        for d in dirs {
+            self.push_change(&d);
+        }
+    }
+
+    /// Every whole line appended to a log, as `point` events.
+    fn read_on(&self, tail: &mut Tail) {
+        loop {
+            for line in tail.lines() {
+                self.push_point(&line);
             }
-            let mut dirs: Vec<String> = dirs.into_iter().collect();
-            dirs.sort();
-            for d in dirs {
-                self.push("change", serde_json::json!({ "dir": d }).to_string());
+            if !tail.more() {
+                break;
             }
         }
     }
@@ -283,6 +292,15 @@ impl Live {
             .event(ev.kind)
             .data(&*ev.data)
     }
+}
+
+/// Whether `path`, an entry of the directory `dir` of the spool, is a
+/// record file (not a writer's temporary).
+fn is_record(path: &Path, dir: &str) -> bool {
+    let ignored = path
+        .file_name()
+        .is_some_and(|n| spoolflow::store::intake::is_ignored_bytes(n.as_encoded_bytes()));
+    (dir == "done" || dir == "failed") && !ignored
 }
 
 /// The record files changed since a reader last looked, bounded: past

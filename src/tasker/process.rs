@@ -158,18 +158,7 @@ pub fn spawn(
     let mut child = match spawned {
         Ok(c) => c,
         Err(e) => {
-            let transient = matches!(
-                e.raw_os_error(),
-                Some(
-                    nix::libc::EAGAIN
-                        | nix::libc::ENOMEM
-                        | nix::libc::EMFILE
-                        | nix::libc::ENFILE
-                        // The tasker's file is being written (an update in
-                        // place): it will be runnable once closed.
-                        | nix::libc::ETXTBSY
-                )
-            );
+            let transient = is_transient(&e);
             return Err(Exit::SpawnFailed {
                 message: format!(
                     "cannot spawn {}: {e}",
@@ -198,6 +187,17 @@ pub fn spawn(
         },
         fut,
     ))
+}
+
+/// Whether a spawn failure may pass: a shortage of processes, memory or
+/// descriptors, or the tasker's file being written (an update in place:
+/// it is runnable once closed).
+fn is_transient(e: &std::io::Error) -> bool {
+    use nix::libc::{EAGAIN, EMFILE, ENFILE, ENOMEM, ETXTBSY};
+    matches!(
+        e.raw_os_error(),
+        Some(EAGAIN | ENOMEM | EMFILE | ENFILE | ETXTBSY)
+    )
 }
 
 struct ChildIo {
