@@ -209,14 +209,7 @@ impl Engine {
         if self.held_cancels.is_empty() {
             return;
         }
-        let done: Vec<std::path::PathBuf> = self
-            .held_cancels
-            .iter()
-            .filter(|(_, e)| *e == exid)
-            .map(|(p, _)| p.clone())
-            .collect();
-        for path in done {
-            self.held_cancels.remove(&path);
+        for path in self.take_held_cancels(exid) {
             if let Err(e) = std::fs::remove_file(&path) {
                 if e.kind() != std::io::ErrorKind::NotFound {
                     tracing::warn!("cannot remove the cancel request {}: {e}", path.display());
@@ -228,17 +221,24 @@ impl Engine {
     /// A task completed before the cancel accepted for it reached its
     /// tasker: the requests go to `rejected/` with why, not silently.
     pub(super) fn too_late_to_cancel(&mut self, exid: &Exid) {
+        for path in self.take_held_cancels(exid) {
+            let why = format!("task {exid} completed before the cancel reached its tasker");
+            self.reject(&path, &why);
+        }
+    }
+
+    /// The cancel requests held for `exid`, no longer held.
+    fn take_held_cancels(&mut self, exid: &Exid) -> Vec<std::path::PathBuf> {
         let held: Vec<std::path::PathBuf> = self
             .held_cancels
             .iter()
             .filter(|(_, e)| *e == exid)
             .map(|(p, _)| p.clone())
             .collect();
-        for path in held {
-            self.held_cancels.remove(&path);
-            let why = format!("task {exid} completed before the cancel reached its tasker");
-            self.reject(&path, &why);
+        for path in &held {
+            self.held_cancels.remove(path);
         }
+        held
     }
 
     /// What the durable writer finished.

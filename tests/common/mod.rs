@@ -320,6 +320,17 @@ pub fn process_gone(pid: i32) -> bool {
     matches!(state, Some('Z') | Some('X') | None)
 }
 
+/// A tasker script that appends `count` `progress` points of about
+/// `pad` + 40 bytes to `$SPOOLFLOW_POINTS`, runs the shell fragment
+/// `then`, and replies `{}`.
+pub fn chatty_script(count: usize, pad: usize, then: &str) -> String {
+    format!(
+        "#!/bin/sh\ncat >/dev/null\n\
+         awk 'BEGIN {{ for (i = 0; i < {count}; i++) printf \"{{\\\"point\\\":\\\"progress\\\",\\\"i\\\":%d,\\\"pad\\\":\\\"%0{pad}d\\\"}}\\n\", i, 0 }}' >> \"$SPOOLFLOW_POINTS\"\n\
+         {then}\necho '{{}}'\n"
+    )
+}
+
 /// A shell fragment that waits (at most ~20 s) until
 /// `$SPOOLFLOW_ROOT/<rel>` exists, so that a test that fails early never
 /// leaves a tasker behind for long.

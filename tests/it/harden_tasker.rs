@@ -68,39 +68,51 @@ fn a_tasker_that_leaves_its_group_is_still_ended_by_its_timeout() {
     }
 }
 
-/// A cancel that comes once the tasker has exited 0 (its pipes still held
-/// by a background child, so its end is not written yet) changes nothing:
-/// the task completes with its reply, and its effect happened once.
-#[test]
-fn a_cancel_after_the_tasker_exited_keeps_its_reply() {
-    let t = TestRoot::new();
+/// Runs task `id` with a tasker that counts its runs in `runs`, leaves a
+/// background child holding stdout (so its run's end waits 2 s after its
+/// exit), replies `reply` and exits; once its driver has reaped it (the
+/// engine has seen its exit), cancels it. Gives the engine and the record.
+fn cancel_after_exit(t: &TestRoot, id: &str, reply: &str) -> (EngineProcess, serde_json::Value) {
     t.tasker(
         "org",
-        "quick",
-        "#!/bin/sh\ncat >/dev/null\n\
-         echo effect >> \"$SPOOLFLOW_ROOT/effects\"\n\
-         sleep 30 &\n\
-         echo '{\"point\":\"completed\",\"payload\":{\"charged\":true}}'\n\
-         echo $$ > \"$SPOOLFLOW_ROOT/leader\"\n",
+        "late",
+        &format!(
+            "#!/bin/sh\ncat >/dev/null\n\
+             echo run >> \"$SPOOLFLOW_ROOT/runs\"\n\
+             sleep 30 &\n\
+             echo '{reply}'\n\
+             echo $$ > \"$SPOOLFLOW_ROOT/leader\"\n"
+        ),
     );
     let engine = t.spawn_engine(&["--workers", "1"]);
-    t.drop_task("c.json", r#"{"id":"c","domain":"org","tasker":"quick"}"#);
+    t.drop_task(
+        &format!("{id}.json"),
+        &format!(r#"{{"id":"{id}","domain":"org","tasker":"late"}}"#),
+    );
     wait_for("the tasker's pid", DEADLINE, || {
-        pids(&t, "leader").len() == 1
+        pids(t, "leader").len() == 1
     });
-    let leader = pids(&t, "leader")[0];
-    // Reaped by its driver: the engine has seen its exit (its background
-    // sleep holds stdout, so the run's end waits 2 s more).
+    let leader = pids(t, "leader")[0];
     wait_for("the leader reaped", DEADLINE, || {
         !std::path::Path::new(&format!("/proc/{leader}")).exists()
     });
-    fs::write(t.join("var/spool/cancel/c"), "too late").unwrap();
-    wait_for("c's record", DEADLINE, || t.record("c").is_some());
-    let rec = t.must_record("c");
+    fs::write(t.join(&format!("var/spool/cancel/{id}")), "too late").unwrap();
+    wait_for("the record", DEADLINE, || t.record(id).is_some());
+    let rec = t.must_record(id);
+    (engine, rec)
+}
+
+/// A cancel that comes once the tasker has exited 0 changes nothing: the
+/// task completes with its reply, it ran once, and the request goes to
+/// `rejected/` saying why.
+#[test]
+fn a_cancel_after_the_tasker_exited_keeps_its_reply() {
+    let t = TestRoot::new();
+    let reply = r#"{"point":"completed","payload":{"charged":true}}"#;
+    let (engine, rec) = cancel_after_exit(&t, "c", reply);
     assert_eq!(rec["state"], "completed", "{rec}");
     assert_eq!(rec["payload"]["charged"], true, "{rec}");
-    assert_eq!(fs::read_to_string(t.join("effects")).unwrap(), "effect\n");
-    // The request is not dropped silently.
+    assert_eq!(fs::read_to_string(t.join("runs")).unwrap(), "run\n");
     wait_for("the request's rejection", DEADLINE, || {
         t.rejected_reason("c").is_some()
     });
@@ -116,27 +128,8 @@ fn a_cancel_after_the_tasker_exited_keeps_its_reply() {
 #[test]
 fn a_cancel_after_the_tasker_exited_still_ends_a_task_that_would_run_again() {
     let t = TestRoot::new();
-    t.tasker(
-        "org",
-        "again",
-        "#!/bin/sh\ncat >/dev/null\n\
-         echo run >> \"$SPOOLFLOW_ROOT/runs\"\n\
-         sleep 30 &\n\
-         echo '{\"point\":\"uncompleted\",\"payload\":{},\"after\":\"1s\"}'\n\
-         echo $$ > \"$SPOOLFLOW_ROOT/leader\"\n",
-    );
-    let engine = t.spawn_engine(&["--workers", "1"]);
-    t.drop_task("u.json", r#"{"id":"u","domain":"org","tasker":"again"}"#);
-    wait_for("the tasker's pid", DEADLINE, || {
-        pids(&t, "leader").len() == 1
-    });
-    let leader = pids(&t, "leader")[0];
-    wait_for("the leader reaped", DEADLINE, || {
-        !std::path::Path::new(&format!("/proc/{leader}")).exists()
-    });
-    fs::write(t.join("var/spool/cancel/u"), "stop it").unwrap();
-    wait_for("u's record", DEADLINE, || t.record("u").is_some());
-    let rec = t.must_record("u");
+    let reply = r#"{"point":"uncompleted","payload":{},"after":"1s"}"#;
+    let (engine, rec) = cancel_after_exit(&t, "u", reply);
     assert_eq!(rec["state"], "aborted", "{rec}");
     assert_eq!(fs::read_to_string(t.join("runs")).unwrap(), "run\n");
     engine.signal(Signal::SIGTERM);

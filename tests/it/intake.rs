@@ -437,13 +437,7 @@ fn a_file_written_in_place_is_taken_only_once_closed() {
 fn a_domain_directory_renamed_in_whole_is_taken_without_the_safety_rescan() {
     let t = TestRoot::new();
     cat_tasker(&t, "org", "cat");
-    let engine = t.start_in_process(spoolflow::Options {
-        workers: 2,
-        rescan: std::time::Duration::from_secs(3600),
-        ..spoolflow::Options::default()
-    });
-    t.drop_task("warm.json", r#"{"domain":"org","tasker":"cat"}"#);
-    wait_for("warm's record", DEADLINE, || t.record("warm").is_some());
+    let engine = engine_without_rescan(&t);
     let staging = t.join("staging/org.example");
     fs::create_dir_all(&staging).unwrap();
     for i in 0..20 {

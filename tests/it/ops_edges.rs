@@ -112,12 +112,7 @@ fn a_running_task_whose_tasker_filled_its_log_with_points_is_running() {
     t.tasker(
         "org",
         "chatty",
-        &format!(
-            "#!/bin/sh\ncat >/dev/null\n\
-             awk 'BEGIN {{ for (i = 0; i < 10500; i++) printf \"{{\\\"point\\\":\\\"progress\\\",\\\"i\\\":%d,\\\"pad\\\":\\\"%0180d\\\"}}\\n\", i, 0 }}' >> \"$SPOOLFLOW_POINTS\"\n\
-             {}\necho '{{}}'\n",
-            wait_file("go")
-        ),
+        &chatty_script(10500, 180, &wait_file("go")),
     );
     t.drop_task(
         "long.json",
@@ -198,13 +193,7 @@ fn show_and_flow_never_wait_on_a_fifo_nor_follow_a_link_out_of_the_root() {
 fn logs_and_events_print_a_log_larger_than_one_read_whole() {
     let t = TestRoot::new();
     // 9 000 points of about 700 bytes: a log of about 6 MiB.
-    t.tasker(
-        "org",
-        "chatty",
-        "#!/bin/sh\ncat >/dev/null\n\
-         awk 'BEGIN { for (i = 0; i < 9000; i++) printf \"{\\\"point\\\":\\\"progress\\\",\\\"i\\\":%d,\\\"pad\\\":\\\"%0680d\\\"}\\n\", i, 0 }' >> \"$SPOOLFLOW_POINTS\"\n\
-         echo '{}'\n",
-    );
+    t.tasker("org", "chatty", &chatty_script(9000, 680, ""));
     t.drop_task(
         "big.json",
         r#"{"id":"big","domain":"org","tasker":"chatty"}"#,

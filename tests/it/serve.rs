@@ -333,16 +333,7 @@ fn a_page_of_large_records_is_bounded_and_names_where_the_rest_are() {
 fn a_running_task_whose_points_fill_the_pages_tail_is_shown_running() {
     let t = TestRoot::new();
     // 9 000 points of about 700 bytes (6 MiB), then it waits.
-    t.tasker(
-        "org",
-        "chatty",
-        &format!(
-            "#!/bin/sh\ncat >/dev/null\n\
-             awk 'BEGIN {{ for (i = 0; i < 9000; i++) printf \"{{\\\"point\\\":\\\"progress\\\",\\\"i\\\":%d,\\\"pad\\\":\\\"%0680d\\\"}}\\n\", i, 0 }}' >> \"$SPOOLFLOW_POINTS\"\n\
-             {}\necho '{{}}'\n",
-            wait_file("go")
-        ),
-    );
+    t.tasker("org", "chatty", &chatty_script(9000, 680, &wait_file("go")));
     t.drop_task(
         "busy.json",
         r#"{"id":"busy","domain":"org","tasker":"chatty"}"#,
