@@ -125,3 +125,52 @@ fn s1_completes_at_priority_5(t: &TestRoot, engine: EngineProcess) -> String {
     assert_eq!(rec["priority"], 5, "{rec:#}");
     err
 }
+
+/// A cancel of a task whose taskmaster is still choosing: the aborted
+/// record is being written (held 2 s) when the taskmaster's answer lands.
+/// The answer is dropped: no offer is made and no tasker runs after the
+/// cancel. (That the node keeps its state meanwhile, rather than being
+/// marked queued, shows only through a second request in that window;
+/// this test does not reach it.)
+#[test]
+fn a_taskmasters_answer_after_a_cancel_offers_nothing() {
+    let t = TestRoot::new();
+    t.tasker(
+        "org",
+        "mark",
+        "#!/bin/sh\ncat\n: > \"$SPOOLFLOW_ROOT/ran\"\n",
+    );
+    // Busy for a while (the cancel lands meanwhile), then chooses `mark`.
+    t.taskmaster("org", "let s = 0; for i in 0..150000 { s += i; } \"mark\"");
+    let fault = "rename:1:slow@/spool/failed/";
+    let engine = t.spawn_engine_with_fault(Some(fault), &["--workers", "1"]);
+    t.drop_task("t1.json", r#"{"id":"t1","domain":"org"}"#);
+    wait_for("t1 taken", DEADLINE, || {
+        t.point_names("t1").iter().any(|n| n == "created")
+    });
+    let cancelled_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    fs::write(t.join("var/spool/cancel/t1"), "changed my mind").unwrap();
+    wait_for("t1's record", DEADLINE, || t.record("t1").is_some());
+    assert_eq!(t.must_record("t1")["state"], "aborted");
+    wait_for("the final point", DEADLINE, || {
+        t.point_names("t1").iter().any(|n| n == "aborted")
+    });
+    let late: Vec<String> = t
+        .points("t1")
+        .iter()
+        .filter(|p| ["offered", "started"].contains(&p["point"].as_str().unwrap_or("")))
+        .filter(|p| {
+            p["ts"]
+                .as_str()
+                .is_some_and(|ts| ts > cancelled_at.as_str())
+        })
+        .map(|p| p.to_string())
+        .collect();
+    assert!(
+        late.is_empty(),
+        "offered or started after the cancel: {late:?}"
+    );
+    engine.signal(Signal::SIGTERM);
+    let (code, err) = engine.wait(DEADLINE);
+    assert_eq!(code, Some(0), "{err}");
+}
