@@ -4,7 +4,8 @@
 //! the rewrite that holds its new payload is durable, never on the end of
 //! the one before it. The debug build's `SPOOLFLOW_FAULT` KIND `slow`
 //! holds each rewrite for 2 s, which makes that window one a test can
-//! hit.
+//! hit. The same hold on a cancelled task's record shows that a
+//! taskmaster's answer landing then offers nothing.
 
 use std::fs;
 
