@@ -114,6 +114,11 @@ impl Engine {
         let Some(node) = self.node(key) else {
             return self.pass_on(entry.woken_by());
         };
+        if self.flow_is_over(&key.exid) {
+            // Its flow's end is decided, or it is being cancelled: the
+            // node ends with the flow's next step, never offered.
+            return self.pass_on(entry.woken_by());
+        }
         let turn = Limit::Offer {
             domain: node.task.domain.clone(),
         };
@@ -210,6 +215,10 @@ impl Engine {
         node.state = NodeState::Queued { waited };
         self.sched.unreserve();
         let woken_by = entry.woken_by().cloned();
+        if self.flow_is_over(&key.exid) {
+            // Its flow ended while the taskmaster chose: nothing starts.
+            return self.pass_on(woken_by.as_ref());
+        }
         match answer {
             Ok(mut answer) => {
                 if let (Some(b), Some(node)) = (answer.body.take(), self.node_mut(&key)) {

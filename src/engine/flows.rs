@@ -274,6 +274,16 @@ impl Engine {
         self.maybe_end_flow(&k.exid);
     }
 
+    /// Whether `exid` is a flow that starts no more taskers: its end is
+    /// decided (a failure, say, whose progress is still being saved) or
+    /// it is being cancelled. Its waiting nodes end with its next step.
+    pub(super) fn flow_is_over(&self, exid: &Exid) -> bool {
+        self.executions
+            .get(exid)
+            .and_then(|e| e.flow.as_ref())
+            .is_some_and(|fx| fx.life != FlowLife::Running || fx.flow.is_ended())
+    }
+
     /// A sleeping node's deadline came.
     pub(super) fn flow_woke(&mut self, exid: &Exid, nid: &Nid) {
         let Some(fx) = self.executions.get_mut(exid).and_then(|e| e.flow.as_mut()) else {

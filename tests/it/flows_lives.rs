@@ -351,6 +351,46 @@ fn a_cancel_while_the_flows_end_is_being_saved_keeps_that_end() {
     }
 }
 
+/// A node fails in a `concurrence` with one worker: the worker it frees
+/// goes to no sibling while the failure's progress is being saved (held
+/// 2 s here): the flow has failed, and its waiting nodes end unrun.
+#[test]
+fn a_failed_flows_waiting_nodes_never_start() {
+    let t = TestRoot::new();
+    t.tasker(
+        "org",
+        "boom",
+        "#!/bin/sh\ncat >/dev/null\necho boom >> \"$SPOOLFLOW_ROOT/effects\"\nexit 3\n",
+    );
+    t.tasker(
+        "org",
+        "fx",
+        "#!/bin/sh\ncat\necho fx >> \"$SPOOLFLOW_ROOT/effects\"\n",
+    );
+    drop_flow(
+        &t,
+        "cf",
+        json!({"flow": {"concurrence": [{"task": "boom"}, {"task": "fx"}, {"task": "fx"}]}}),
+    );
+    // The first append to the flow's journal: the failure of `boom`.
+    let fault = "write:1:slow@/spool/run/cf.journal";
+    let engine = t.spawn_engine_with_fault(Some(fault), &["--workers", "1"]);
+    wait_for("the flow's record", DEADLINE, || t.record("cf").is_some());
+    engine.signal(Signal::SIGTERM);
+    let (code, err) = engine.wait(DEADLINE);
+    assert_eq!(code, Some(0), "{err}");
+    let rec = t.must_record("cf");
+    assert_eq!(rec["state"], "failed", "{rec}");
+    assert_eq!(fs::read_to_string(t.join("effects")).unwrap(), "boom\n");
+    let points = t.points("cf");
+    let started: Vec<&str> = points
+        .iter()
+        .filter(|p| p["point"] == "started")
+        .filter_map(|p| p["nid"].as_str())
+        .collect();
+    assert_eq!(started, ["0_0"], "only the failing node started");
+}
+
 /// SPEC 12 and 10: a flow whose progress outgrew the largest input (each
 /// waiting run of an `each` keeps its input, here 40 × 1 MiB) is read back
 /// after `kill -9` and goes on; it was moved to `rejected/` as too large.
