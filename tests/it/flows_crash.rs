@@ -711,3 +711,70 @@ fn a_flow_killed_before_its_first_progress_recovers_its_running_node() {
         .clone();
     assert_eq!(node["attempts"], 2, "{node}; 0_0's points: {seen}");
 }
+
+/// A flow file in `in/<domain>/` is copied into `run/` (it does not name
+/// its domain) and removed from `in/` once the copy is durable. The
+/// engine dies in between (a failed fsync of `run/` stops it): the next
+/// start runs the flow once from `run/`, and takes the copy left in `in/`
+/// for what it is, the claim's own original, not a duplicate.
+#[test]
+fn a_claim_cut_short_leaves_no_duplicate_behind() {
+    let t = TestRoot::new();
+    t.tasker(
+        "org",
+        "fx",
+        "#!/bin/sh\ncat\necho ran >> \"$SPOOLFLOW_ROOT/effects\"\n",
+    );
+    t.drop_task_in("org", "cut.json", r#"{"id":"cut","flow":{"task":"fx"}}"#);
+    // The claim's temporary's fsync, then the fsync of run/ itself.
+    let engine = t.spawn_engine_with_fault(Some("fsync:2:eio@/spool/run"), &["--drain"]);
+    let (code, err) = engine.wait(DEADLINE);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(t.join("var/spool/run/cut.json").exists(), "{err}");
+    assert!(t.join("var/spool/in/org/cut.json").exists(), "{err}");
+    t.run_drain(1);
+    assert_eq!(t.must_record("cut")["state"], "completed");
+    assert_eq!(fs::read_to_string(t.join("effects")).unwrap(), "ran\n");
+    assert!(
+        t.list("var/spool/rejected").is_empty(),
+        "{:?}",
+        t.list("var/spool/rejected")
+    );
+    assert!(!t.join("var/spool/in/org/cut.json").exists());
+}
+
+/// The same file dropped again while its task waits in `run/` (claimed
+/// from `in/<domain>/`, the engine stopped) is a duplicate at the next
+/// start, rejected: it is newer than the claim's copy.
+#[test]
+fn the_same_file_dropped_again_while_its_task_waits_is_a_duplicate() {
+    let t = TestRoot::new();
+    t.tasker(
+        "org",
+        "held",
+        &format!("#!/bin/sh\ncat\n{}\n", wait_file("go")),
+    );
+    let body = r#"{"id":"second","tasker":"held"}"#;
+    t.drop_task_in("org", "first.json", r#"{"id":"first","tasker":"held"}"#);
+    let engine = t.spawn_engine(&["--workers", "1", "--grace", "0s"]);
+    wait_for("first to start", DEADLINE, || {
+        t.point_names("first").iter().any(|n| n == "started")
+    });
+    t.drop_task_in("org", "second.json", body);
+    wait_for("second claimed", DEADLINE, || {
+        t.join("var/spool/run/second.json").exists()
+            && !t.join("var/spool/in/org/second.json").exists()
+    });
+    engine.signal(Signal::SIGTERM);
+    let (code, err) = engine.wait(DEADLINE);
+    assert_eq!(code, Some(0), "{err}");
+    // Dropped again, identical, while the engine is down.
+    t.drop_task_in("org", "second.json", body);
+    fs::write(t.join("go"), "").unwrap();
+    t.run_drain(1);
+    assert_eq!(t.must_record("second")["state"], "completed");
+    let why = t
+        .rejected_reason("second.json")
+        .expect("the second drop rejected");
+    assert!(why.contains("duplicate id"), "{why}");
+}
