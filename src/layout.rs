@@ -185,6 +185,12 @@ impl Root {
         self.dir.join("var/run/replies.log")
     }
 
+    /// `var/run/replies.old.log`: the replies journal's previous file,
+    /// kept while a reply it holds is not yet in a durable home.
+    pub fn replies_journal_old(&self) -> PathBuf {
+        self.dir.join("var/run/replies.old.log")
+    }
+
     /// `var/slurm/`: the files of the taskers run as Slurm jobs.
     pub fn slurm_dir(&self) -> PathBuf {
         self.dir.join("var/slurm")

@@ -248,10 +248,8 @@ impl Engine {
                 Done::Record { key, .. } => {
                     // The writer logged the final point.
                     self.committing = self.committing.saturating_sub(1);
+                    self.replies.forget(&key.exid);
                     self.remove_node(&key);
-                    if self.committing == 0 {
-                        self.replies.settle();
-                    }
                 }
                 Done::Claimed { exid, from } => {
                     self.on_claimed(&exid);

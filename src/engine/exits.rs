@@ -54,11 +54,9 @@ impl Engine {
             Outcome::Stopped(_) => self.stopped(&key, asked),
             Outcome::Completed(payload) => {
                 // Kept where a crash of the engine cannot lose it, until
-                // the record is durable (a flow's progress has its own).
+                // its record (or its flow's progress) is durable.
                 let created = self.executions.get(&key.exid).map(|e| e.created_at);
-                if let (false, Some(node), Some(created)) =
-                    (self.is_flow(&key.exid), self.nodes.get(&key), created)
-                {
+                if let (Some(node), Some(created)) = (self.nodes.get(&key), created) {
                     let life = (node.attempt, crate::model::task::timestamp(created));
                     self.replies.append(&key.exid, &key.nid, life, &payload);
                 }

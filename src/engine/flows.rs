@@ -321,6 +321,8 @@ impl Engine {
             return;
         };
         fx.saving = 1;
+        // The replies of its nodes that ended so far are in this write.
+        self.replies.writing(exid);
         let disk = &mut fx.disk;
         let journal = self.root.journal_file(&fx.task.id);
         if disk.snapshot_next || should_snapshot(disk.journal_bytes, disk.snapshot_bytes) {
@@ -352,6 +354,7 @@ impl Engine {
     /// A progress write is durable: the steps it covers go on, and those
     /// that came meanwhile get the next write.
     pub(super) fn on_progress_saved(&mut self, exid: &Exid) {
+        self.replies.written(exid);
         let Some(fx) = self.executions.get_mut(exid).and_then(|e| e.flow.as_mut()) else {
             return;
         };

@@ -2,25 +2,32 @@
 //! read back and resumed; its task nodes that were running queued again
 //! as `recovered`, or, run as Slurm jobs that can be followed, re-attached.
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
+use super::super::replies::Replied;
 use super::super::state::key;
 use super::super::Engine;
 use super::{run_file_head, FlowExec, FlowLife, ProgressDisk};
 use crate::flow::run::{Action, Flow};
+use crate::model::names::{Exid, Nid};
 use crate::model::point::{Kind, Point};
-use crate::model::task::Task;
+use crate::model::task::{Object, State, Task};
+use crate::scheduler::NodeKey;
 
 impl Engine {
     /// A flow found in `run/` at start-up: its progress read back, the task
-    /// nodes that were running `recovered` and queued again, the sleeps'
-    /// deadlines kept.
+    /// nodes that were running `recovered` and queued again (but those
+    /// whose tasker had replied, as the replies journal tells, which are
+    /// completed with that reply), the sleeps' deadlines kept.
     pub(in crate::engine) fn recover_flow(
         &mut self,
         task: Task,
         progress: Option<Value>,
         created_at: DateTime<Utc>,
+        replied: &mut HashMap<(Exid, Nid), Replied>,
     ) {
         let Some(flow) = task.flow.clone() else {
             return;
@@ -46,10 +53,21 @@ impl Engine {
         let points = super::super::history::histories(&self.root, &exid);
         let mut pasts = Vec::new();
         let mut jobs = super::super::reattach::Jobs::default();
+        let mut completed = Vec::new();
+        let life = crate::model::task::timestamp(created_at);
         for action in &step.actions {
             if let Action::Task { nid, .. } = action {
                 let history = super::super::history::node_history(&points, &task.id, nid);
                 let k = key(&exid, nid);
+                let reply = replied
+                    .remove(&(exid.clone(), nid.clone()))
+                    .filter(|r| r.ended(history.attempts, &life));
+                if let Some(reply) = reply {
+                    self.replies.hold(&exid, reply.gen);
+                    completed.push((k.clone(), reply.payload));
+                    pasts.push((k, history, None));
+                    continue;
+                }
                 let job = history
                     .open_run()
                     .and_then(|o| Some((o, self.slurm_job_of(&k, o, &mut jobs)?)));
@@ -82,6 +100,32 @@ impl Engine {
                 self.adopt_node(&k, open, found);
             }
         }
+        for (k, payload) in completed {
+            self.complete_replied_node(&k, payload);
+        }
         self.maybe_end_flow(&exid);
+    }
+
+    /// A node of a recovered flow whose tasker had replied before the
+    /// engine stopped (the replies journal says so) but whose end was not
+    /// yet in the flow's durable progress: completed with that reply, not
+    /// run again.
+    fn complete_replied_node(&mut self, k: &NodeKey, payload: Object) {
+        tracing::info!(
+            "flow {}: node {}'s tasker had replied before the engine stopped; completed from the replies journal",
+            k.exid,
+            k.nid
+        );
+        let Some(node) = self.nodes.get_mut(k) else {
+            return;
+        };
+        // The attempt that replied is the last one, and it completed.
+        node.attempt = node.starts;
+        if let Some(a) = node.past_mut().attempts_log.last_mut() {
+            a.ended_at = None;
+            a.outcome = None;
+        }
+        node.task.set_payload(payload);
+        self.finish(k, State::Completed, None);
     }
 }

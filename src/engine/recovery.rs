@@ -447,7 +447,7 @@ impl super::Engine {
                 RunTask::Flow(flow) => {
                     let (task, progress) = *flow;
                     let exid = task.exid.clone();
-                    self.recover_flow(task, progress, created_at);
+                    self.recover_flow(task, progress, created_at, &mut replied);
                     if let Some(exec) = self.executions.get_mut(&exid) {
                         exec.submitted_at = r.submitted_at;
                     }
@@ -462,7 +462,10 @@ impl super::Engine {
                 .remove(&(k.exid.clone(), k.nid.clone()))
                 .filter(|replied| replied.ended(r.attempts, &life));
             match reply {
-                Some(replied) => self.complete_replied(node, exec, replied.payload),
+                Some(replied) => {
+                    self.replies.hold(&k.exid, replied.gen);
+                    self.complete_replied(node, exec, replied.payload)
+                }
                 None => match r
                     .open_run
                     .and_then(|o| Some((o, self.slurm_job_of(&k, o, &mut jobs)?)))
@@ -472,6 +475,8 @@ impl super::Engine {
                 },
             }
         }
+        // An old journal file none of whose replies completed a task goes.
+        self.replies.tidy();
         Ok(())
     }
 

@@ -778,3 +778,67 @@ fn the_same_file_dropped_again_while_its_task_waits_is_a_duplicate() {
         .expect("the second drop rejected");
     assert!(why.contains("duplicate id"), "{why}");
 }
+
+/// A flow node whose tasker replied, but whose end was not yet in the
+/// flow's durable progress when the engine was killed (the progress write
+/// held by the debug fault), is completed at the next start from the
+/// reply the engine had journaled: its tasker does not run again, and the
+/// flow goes on from its reply.
+#[test]
+fn a_flow_node_that_replied_before_a_kill_9_does_not_run_again() {
+    let t = TestRoot::new();
+    t.tasker(
+        "org",
+        "step",
+        &format!(
+            "#!/bin/sh\nin=$(tr -d ' \\n')\n{STEP}\necho \"$SPOOLFLOW_NID $SPOOLFLOW_ATTEMPT\" >> \"$SPOOLFLOW_ROOT/runs\"\necho \"$out\"\n"
+        ),
+    );
+    t.drop_task(
+        "r1.json",
+        &json!({"domain": "org", "id": "r1",
+            "flow": {"sequence": [{"task": "step"}, {"task": "step"}]},
+            "payload": {"trail": "r1"}})
+        .to_string(),
+    );
+    let runs = || fs::read_to_string(t.join("runs")).unwrap_or_default();
+    // The flow's start is its journal's first write, 0_0's end the second.
+    let engine = t.spawn_engine_with_fault(
+        Some("write:2:slow@/spool/run/r1.journal"),
+        &["--workers", "1"],
+    );
+    wait_for("0_0's reply to be journaled", DEADLINE, || {
+        fs::read_to_string(t.join("var/run/replies.log"))
+            .is_ok_and(|j| j.contains("\"exid\":\"r1\"") && j.contains("\"nid\":\"0_0\""))
+    });
+    engine.signal(Signal::SIGKILL);
+    let (code, _) = engine.wait(DEADLINE);
+    assert_eq!(code, None, "the engine was killed by a signal");
+    // The scenario: 0_0 ran and replied, its end is not in the progress.
+    assert_eq!(runs(), "0_0 1\n");
+    let progress = t.flow_progress("r1").expect("r1's progress");
+    assert_eq!(progress["nodes"]["0_0"]["state"], "running", "{progress:#}");
+
+    t.run_drain(1);
+    let rec = t.must_record("r1");
+    assert_eq!(rec["state"], "completed", "{rec:#}");
+    assert_eq!(rec["payload"], json!({"trail": "r1/0_0/0_1"}), "{rec:#}");
+    assert_eq!(runs(), "0_0 1\n0_1 1\n", "0_0 ran once, 0_1 after it");
+    let points = t.points("r1");
+    assert_eq!(
+        recovered_of(&points, "0_0"),
+        0,
+        "0_0 had replied: it is not recovered; its points: {}",
+        node_points(&points, "0_0")
+    );
+    let node = rec["nodes"]
+        .as_array()
+        .and_then(|ns| ns.iter().find(|n| n["nid"] == "0_0"))
+        .expect("node 0_0 in the record")
+        .clone();
+    assert_eq!(node["attempts"], 1, "{node}");
+    assert!(
+        !t.join("var/run/replies.old.log").exists(),
+        "no old journal file is left"
+    );
+}
