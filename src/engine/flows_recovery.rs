@@ -1,8 +1,11 @@
 //! A flow found in `run/` at start-up (SPEC 10, 12, 14): its progress
 //! read back and resumed; its task nodes that were running queued again
-//! as `recovered`, or, run as Slurm jobs that can be followed, re-attached.
+//! as `recovered`, or, run as Slurm jobs that can be followed, re-attached;
+//! those whose tasker had replied completed from the replies journal; and
+//! those a failure stopped, whose end the engine never saw, kept in the
+//! record as `aborted`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
@@ -10,11 +13,11 @@ use serde_json::Value;
 use super::super::replies::Replied;
 use super::super::state::key;
 use super::super::Engine;
-use super::{run_file_head, FlowExec, FlowLife, ProgressDisk};
-use crate::flow::run::{Action, Flow};
-use crate::model::names::{Exid, Nid};
+use super::{run_file_head, Conds, FlowExec, FlowLife, ProgressDisk};
+use crate::flow::run::{Action, Flow, NodeProgress};
+use crate::model::names::{Exid, Nid, TaskId};
 use crate::model::point::{Kind, Point};
-use crate::model::task::{Object, State, Task};
+use crate::model::task::{ErrorKind, Object, State, Task};
 use crate::scheduler::NodeKey;
 
 impl Engine {
@@ -47,10 +50,12 @@ impl Engine {
         };
         let mut flow = Flow::new(tree);
         flow.progress = progress;
+        let mut conds = conds;
+        let points = super::super::history::histories(&self.root, &exid);
+        keep_stopped_runs(&mut flow, &mut conds, &points, &task.id);
         let step = flow.resume();
         // The task nodes that were running are new attempts (SPEC 10),
         // but for Slurm jobs that can be followed again (SPEC 14).
-        let points = super::super::history::histories(&self.root, &exid);
         let mut pasts = Vec::new();
         let mut jobs = super::super::reattach::Jobs::default();
         let mut completed = Vec::new();
@@ -127,5 +132,44 @@ impl Engine {
         }
         node.task.set_payload(payload);
         self.finish(k, State::Completed, None);
+    }
+}
+
+/// The task nodes a flow's failure or cancel stopped while their tasker
+/// ran, whose end the engine did not see (it died first): their progress
+/// says `aborted` without a run. Their run, from the points log, goes to
+/// the flow's record's `nodes`, as when the engine sees them end.
+fn keep_stopped_runs(flow: &mut Flow, conds: &mut Conds, points: &[Point], id: &TaskId) {
+    let stopped: Vec<Nid> = flow
+        .progress
+        .nodes
+        .iter()
+        .filter(|(_, p)| {
+            matches!(
+                p,
+                NodeProgress::Failed {
+                    kind: ErrorKind::Aborted,
+                    task: None,
+                    ..
+                }
+            )
+        })
+        .filter_map(|(nid, _)| nid.parse().ok())
+        .collect();
+    if stopped.is_empty() {
+        return;
+    }
+    // Only those that started (one pass over the points, not one per node).
+    let started: HashSet<&Nid> = points
+        .iter()
+        .filter(|p| p.kind() == Some(Kind::Started))
+        .map(|p| &p.nid)
+        .collect();
+    for nid in stopped.iter().filter(|n| started.contains(n)) {
+        let history = super::super::history::node_history(points, id, nid);
+        if let Some(run) = history.last_run() {
+            let now = super::now_ms();
+            flow.task_failed(nid, ErrorKind::Aborted, "aborted".into(), run, now, conds);
+        }
     }
 }

@@ -84,6 +84,19 @@ impl History {
     pub(super) fn next_attempt(&self) -> u32 {
         self.attempts + 1
     }
+
+    /// The node's run as a flow's record lists it, if its last attempt
+    /// started in this life: for a node whose end the engine never saw
+    /// (it died first), ended now.
+    pub(super) fn last_run(&self) -> Option<crate::flow::run::TaskRun> {
+        let last = self.attempts_log.last()?;
+        Some(crate::flow::run::TaskRun {
+            taskee: self.allocated_to.as_ref().map(|(t, _)| t.to_string()),
+            attempts: self.attempts,
+            started_at: Some(last.started_at.clone()),
+            ended_at: Some(crate::model::task::timestamp(Utc::now())),
+        })
+    }
 }
 
 /// The history of each node of an execution, from its points log.

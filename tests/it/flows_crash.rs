@@ -842,3 +842,61 @@ fn a_flow_node_that_replied_before_a_kill_9_does_not_run_again() {
         "no old journal file is left"
     );
 }
+
+/// A node fails in a `concurrence` while its sibling runs: the sibling is
+/// asked to stop, and the engine is killed (`kill -9`) before the sibling
+/// has ended. At the next start the flow's record lists the sibling
+/// `aborted`, with the attempt it ran, as it does after a graceful stop.
+#[test]
+fn a_sibling_stopped_by_a_failure_is_in_the_record_after_a_kill_9() {
+    let t = TestRoot::new();
+    t.tasker(
+        "org",
+        "stay",
+        "#!/bin/sh\ncat >/dev/null\ntrap 'echo term > \"$SPOOLFLOW_ROOT/term\"' TERM\necho up > \"$SPOOLFLOW_ROOT/up\"\nwhile :; do sleep 0.05; done\n",
+    );
+    t.tasker(
+        "org",
+        "boom",
+        &format!("#!/bin/sh\ncat >/dev/null\n{}\nexit 3\n", wait_file("up")),
+    );
+    t.drop_task(
+        "sib.json",
+        &json!({"domain": "org", "id": "sib",
+            "flow": {"concurrence": [{"task": "stay"}, {"task": "boom"}]}})
+        .to_string(),
+    );
+    let engine = t.spawn_engine(&["--workers", "2"]);
+    wait_for("the sibling to be asked to stop", DEADLINE, || {
+        t.join("term").exists()
+    });
+    engine.signal(Signal::SIGKILL);
+    let (code, _) = engine.wait(DEADLINE);
+    assert_eq!(code, None, "the engine was killed by a signal");
+    // The scenario: the failure is durable, the sibling's end is not (its
+    // progress says it was stopped, not how it ran).
+    let progress = t.flow_progress("sib").expect("sib's progress");
+    assert_eq!(progress["nodes"]["0_1"]["state"], "failed", "{progress:#}");
+    assert_eq!(progress["nodes"]["0_0"]["kind"], "aborted", "{progress:#}");
+    assert!(progress["nodes"]["0_0"]["task"].is_null(), "{progress:#}");
+
+    t.run_drain(1);
+    let rec = t.must_record("sib");
+    assert_eq!(rec["state"], "failed", "{rec:#}");
+    let states: BTreeMap<String, (String, u64)> = rec["nodes"]
+        .as_array()
+        .expect("the record's nodes")
+        .iter()
+        .map(|n| {
+            let nid = n["nid"].as_str().unwrap_or("?").to_string();
+            let st = n["state"].as_str().unwrap_or("?").to_string();
+            (nid, (st, n["attempts"].as_u64().unwrap_or(0)))
+        })
+        .collect();
+    assert_eq!(
+        states.get("0_0"),
+        Some(&("aborted".to_string(), 1)),
+        "the stopped sibling ran once; nodes: {states:?}"
+    );
+    assert_eq!(states.get("0_1"), Some(&("failed".to_string(), 1)));
+}
