@@ -35,6 +35,8 @@ pub struct History {
     open_started: bool,
     /// The taskee and tasker of the last allocation.
     allocated_to: Option<(crate::model::names::Taskee, String)>,
+    /// When the last allocation was made.
+    allocated_at: Option<String>,
 }
 
 /// See [`History::open_run`].
@@ -139,6 +141,9 @@ fn history_in(points: &[point::Point], id: &TaskId, nid: &crate::model::names::N
             }
             continue;
         }
+        if p.kind() == Some(Kind::Recovered) {
+            h.note_unstarted();
+        }
         if p.kind().is_some_and(Kind::ends_a_run) {
             h.open_run = false;
         }
@@ -193,6 +198,7 @@ fn history_in(points: &[point::Point], id: &TaskId, nid: &crate::model::names::N
             _ => {}
         }
     }
+    h.note_unstarted();
     h
 }
 
@@ -226,6 +232,7 @@ impl History {
         self.note_attempt(p);
         self.open_run = true;
         self.open_started = false;
+        self.allocated_at = Some(p.ts.clone());
         let field = |k: &str| p.fields.get(k).and_then(|v| v.as_str());
         self.allocated_to = field("taskee")
             .and_then(|t| t.parse().ok())
@@ -246,6 +253,29 @@ impl History {
             };
             self.attempts = self.attempts.max(ran);
         }
+    }
+
+    /// The engine died between an allocation and its `started` point (the
+    /// run is open, or a `recovered` point closes it): its tasker may have
+    /// run, so the attempt, which `attempts` counts, is in the attempts
+    /// log too, from the allocation's time.
+    fn note_unstarted(&mut self) {
+        if !self.open_run || self.open_started {
+            return;
+        }
+        // Once per allocation.
+        let Some(started_at) = self.allocated_at.take() else {
+            return;
+        };
+        self.attempts_log.push(crate::model::task::AttemptLog {
+            attempt: self.attempts,
+            started_at,
+            ended_at: None,
+            outcome: None,
+            kind: None,
+            job_id: None,
+            node: None,
+        });
     }
 
     /// The open attempt of the log ended at the point's time.

@@ -113,3 +113,54 @@ fn a_flow_run_again_starts_its_task_nodes_over() {
     let log: Vec<_> = h.attempts_log.iter().map(|a| a.attempt).collect();
     assert_eq!(log, [1]);
 }
+
+#[test]
+fn an_attempt_allocated_when_the_engine_died_is_in_the_attempts_log() {
+    let line = |ts: u32, point: &str, extra: &str| {
+        format!(
+            r#"{{"ts":"2026-01-01T00:00:0{ts}.000000Z","id":"x","exid":"x","nid":"0","point":"{point}"{extra}}}"#
+        )
+    };
+    let alloc = r#","taskee":"t","tasker":"tsk/t","attempt":1"#;
+    let text = [
+        line(0, "created", ""),
+        line(1, "offered", r#","taskee":"t","offer":1"#),
+        // The engine died after the spawn, before `started`.
+        line(2, "allocated", alloc),
+        line(3, "recovered", r#","attempt":2"#),
+        line(4, "offered", r#","taskee":"t","offer":2"#),
+        // And again.
+        line(
+            5,
+            "allocated",
+            &alloc.replace("\"attempt\":1", "\"attempt\":2"),
+        ),
+    ]
+    .join("\n")
+        + "\n";
+    let tmp = tempfile::tempdir().unwrap();
+    let log = tmp.path().join("x.log");
+    std::fs::write(&log, text).unwrap();
+    let task = Task::from_file(
+        TaskFile::parse(br#"{"domain":"org"}"#).unwrap(),
+        Some("x"),
+        None,
+    )
+    .unwrap();
+    let h = history_of(&log, &task);
+    assert_eq!(h.attempts, 2);
+    let log: Vec<_> = h
+        .attempts_log
+        .iter()
+        .map(|a| (a.attempt, a.started_at.as_str(), a.outcome.as_deref()))
+        .collect();
+    assert_eq!(
+        log,
+        [
+            (1, "2026-01-01T00:00:02.000000Z", Some("interrupted")),
+            (2, "2026-01-01T00:00:05.000000Z", None),
+        ]
+    );
+    let open = h.open_run().expect("the last run is open");
+    assert!(!open.started, "it never logged `started`");
+}
