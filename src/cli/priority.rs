@@ -154,5 +154,9 @@ fn refusal(root: &spoolflow::Root, id: &TaskId, since: std::time::SystemTime) ->
         .filter(|(t, _)| *t >= since)
         .max()
         .and_then(|(_, p)| spoolflow::read::find::read_reason(&p))
-        .map(|r| r.trim().to_string())
+        .map(|r| {
+            let r = r.trim();
+            let prefix = spoolflow::read::tasks::PRIORITY_REQUEST;
+            r.strip_prefix(prefix).unwrap_or(r).to_string()
+        })
 }

@@ -373,13 +373,24 @@ impl Engine {
     }
 
     /// Moves input to `rejected/` with the reason (through the writer).
+    /// A request's reason says which kind of request it was (see
+    /// [`crate::read::tasks::request_kind`]): its file is named after the
+    /// task it was for, and must not be read as a rejected task.
     pub(super) fn reject(&mut self, path: &Path, reason: &str) {
+        let dir = path.parent();
+        let reason = if dir == Some(self.root.cancel().as_path()) {
+            format!("{}{reason}", crate::read::tasks::CANCEL_REQUEST)
+        } else if dir == Some(self.root.priority_requests().as_path()) {
+            format!("{}{reason}", crate::read::tasks::PRIORITY_REQUEST)
+        } else {
+            reason.to_string()
+        };
         self.in_flight.insert(path.to_path_buf());
         self.writer.send(Job::Reject {
             path: path.to_path_buf(),
             ident: ident_of(path),
             rejected: self.root.rejected(),
-            reason: reason.to_string(),
+            reason,
         });
     }
 
@@ -571,17 +582,17 @@ impl Engine {
         let name = match request_entry(path) {
             Ok(Some(name)) => name,
             Ok(None) => return,
-            Err(e) => return self.reject(path, &format!("cancel request: {e}")),
+            Err(e) => return self.reject(path, &e.to_string()),
         };
         let bytes = match spool::read_capped(path, CANCEL_LIMIT) {
             Ok(b) => b,
             Err(e) if e.is_not_found() => return,
-            Err(e) => return self.reject(path, &format!("cancel request: {e}")),
+            Err(e) => return self.reject(path, &e.to_string()),
         };
         let (id, reason) = parse_cancel(&name, &bytes);
         let id: TaskId = match id.parse() {
             Ok(id) => id,
-            Err(e) => return self.reject(path, &format!("cancel request: {e}")),
+            Err(e) => return self.reject(path, &e.to_string()),
         };
         if self.executions.contains_key(&id) {
             self.cancel(&id, &reason, path);

@@ -51,20 +51,20 @@ impl Engine {
         let name = match super::intake::request_entry(path) {
             Ok(Some(name)) => name,
             Ok(None) => return,
-            Err(e) => return self.reject(path, &format!("priority request: {e}")),
+            Err(e) => return self.reject(path, &e.to_string()),
         };
         let bytes = match spool::read_capped(path, REQUEST_LIMIT) {
             Ok(b) => b,
             Err(e) if e.is_not_found() => return,
-            Err(e) => return self.reject(path, &format!("priority request: {e}")),
+            Err(e) => return self.reject(path, &e.to_string()),
         };
         let (id, priority) = match parse_priority(&name, &bytes) {
             Ok(r) => r,
-            Err(e) => return self.reject(path, &format!("priority request: {e}")),
+            Err(e) => return self.reject(path, &e.to_string()),
         };
         let id: TaskId = match id.parse() {
             Ok(id) => id,
-            Err(e) => return self.reject(path, &format!("priority request: {e}")),
+            Err(e) => return self.reject(path, &e.to_string()),
         };
         if self.executions.contains_key(&id) {
             self.reprioritize(&id, priority, path);

@@ -157,6 +157,7 @@ mod tests {
                 task(ListState::Queued, "b", None),
                 task(ListState::Running, "b", Some("t2")),
             ],
+            requests: vec![],
             running_nodes: 1,
             unreadable: vec![],
         };

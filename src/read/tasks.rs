@@ -30,6 +30,9 @@ const POINTS_MOST: u64 = 64 * 1024 * 1024;
 #[derive(Debug, Default)]
 pub struct Listing {
     pub tasks: Vec<Summary>,
+    /// Rejected cancel and priority requests (not tasks: each file is
+    /// named after the task it was for).
+    pub requests: Vec<Summary>,
     /// Task nodes running now (what occupies the workers).
     pub running_nodes: usize,
     /// Files that could not be read, with why.
@@ -54,11 +57,13 @@ pub fn listing(root: &Root, engine: Option<&EngineInfo>) -> Listing {
     let records = index::records(root);
     let mut out = Listing {
         tasks: records.files.into_iter().map(|f| f.summary).collect(),
+        requests: Vec::new(),
         running_nodes: 0,
         unreadable: records.unreadable,
     };
     let live = unended(root, engine);
     out.tasks.extend(live.tasks);
+    out.requests = live.requests;
     out.running_nodes = live.running_nodes;
     out.unreadable.extend(live.unreadable);
     out
@@ -207,7 +212,25 @@ fn waiting_files(root: &Root, out: &mut Listing) {
     }
 }
 
-/// The files in `rejected/`, each with its reason.
+/// How the engine's reason for a rejected cancel request begins.
+pub const CANCEL_REQUEST: &str = "cancel request: ";
+/// How the engine's reason for a rejected priority request begins.
+pub const PRIORITY_REQUEST: &str = "priority request: ";
+
+/// Whether a rejected file's reason is a request's (`cancel` or
+/// `priority`), and which.
+pub fn request_kind(reason: &str) -> Option<&'static str> {
+    if reason.starts_with(CANCEL_REQUEST) {
+        Some("cancel")
+    } else if reason.starts_with(PRIORITY_REQUEST) {
+        Some("priority")
+    } else {
+        None
+    }
+}
+
+/// The files in `rejected/`, each with its reason: rejected task files in
+/// `tasks`, rejected requests in `requests`.
 fn rejected_files(root: &Root, out: &mut Listing) {
     let dir = root.rejected();
     let names: std::collections::HashSet<String> = std::fs::read_dir(&dir)
@@ -228,7 +251,13 @@ fn rejected_files(root: &Root, out: &mut Listing) {
         let reason = crate::read::find::read_reason(&dir.join(format!("{name}.reason")))
             .map(|r| first_line(&r));
         let at = modified(&path);
-        out.tasks.push(Summary {
+        let is_request = reason.as_deref().and_then(request_kind).is_some();
+        let list = if is_request {
+            &mut out.requests
+        } else {
+            &mut out.tasks
+        };
+        list.push(Summary {
             id: name.clone(),
             state: ListState::Rejected,
             domain: "-".into(),

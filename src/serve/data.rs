@@ -263,15 +263,20 @@ pub fn overview(app: &App, now: DateTime<Utc>) -> Overview {
     }
 }
 
-/// The rejected files, newest first (capped at [`MAX_PAGE`]).
+/// The rejected files, task files and requests alike, newest first
+/// (capped at [`MAX_PAGE`]).
 pub fn rejected(app: &App) -> Vec<Summary> {
-    let q = TaskQuery {
-        state: Some("rejected".into()),
-        sort: Some("-ended".into()),
-        limit: Some(MAX_PAGE),
-        ..TaskQuery::default()
-    };
-    tasks(app, &q).map(|p| p.tasks).unwrap_or_default()
+    let engine = engine::engine(&app.root);
+    let unended = tasks::unended(&app.root, engine.as_ref());
+    let mut files: Vec<Summary> = unended
+        .tasks
+        .into_iter()
+        .filter(|t| t.state == ListState::Rejected)
+        .chain(unended.requests)
+        .collect();
+    files.sort_by(|a, b| b.ended_at.cmp(&a.ended_at).then_with(|| a.id.cmp(&b.id)));
+    files.truncate(MAX_PAGE);
+    files
 }
 
 /// Runs blocking reads off the async threads.

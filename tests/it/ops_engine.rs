@@ -474,7 +474,7 @@ fn priority_of_a_running_ended_or_unknown_task_is_refused() {
     wait_for("ghost rejected", DEADLINE, || {
         t.rejected_reason("ghost").is_some()
     });
-    assert_eq!(t.reason("ghost"), "unknown task id ghost");
+    assert_eq!(t.reason("ghost"), "priority request: unknown task id ghost");
     fs::write(t.join("open1"), "").unwrap();
     wait_for("g done", DEADLINE, || t.record("g").is_some());
     drop(engine);

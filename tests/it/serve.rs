@@ -633,3 +633,76 @@ fn a_skip_past_the_end_shows_an_empty_page_whatever_its_size() {
         assert_eq!(api.status, 200, "skip={skip}: {}", api.body);
     }
 }
+
+/// A cancel or priority request for a task that has ended is rejected
+/// with a reason that says it was a request: `list` and `status` do not
+/// count it as a rejected task (its file is named after the completed
+/// task), and the dashboard's rejected files include it.
+#[test]
+fn a_rejected_request_is_not_listed_as_a_rejected_task() {
+    let t = TestRoot::new();
+    t.tasker("org", "ok", "#!/bin/sh\ncat\n");
+    t.drop_task("fin.json", r#"{"id":"fin","domain":"org","tasker":"ok"}"#);
+    t.run_drain(1);
+    std::fs::write(t.join("var/spool/cancel/fin"), "").unwrap();
+    std::fs::write(t.join("var/spool/priority/fin"), "5").unwrap();
+    t.drop_task("broken.json", "{");
+    t.run_drain(1);
+    let reason = |name: &str| {
+        t.rejected_reason(name)
+            .unwrap_or_else(|| {
+                panic!(
+                    "{name} rejected; rejected/: {:?}",
+                    t.list("var/spool/rejected")
+                )
+            })
+            .trim_end()
+            .to_string()
+    };
+    // The two requests are both named `fin` (one gets a `.1`).
+    let mut reasons = [reason("fin"), reason("fin.1")];
+    reasons.sort();
+    assert_eq!(
+        reasons,
+        [
+            "cancel request: task fin has ended already",
+            "priority request: task fin has ended already"
+        ]
+    );
+
+    let listed = cli_json(&t, &["list", "--json"]);
+    let mut states: Vec<(String, String)> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["id"].as_str().unwrap().into(),
+                s["state"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    states.sort();
+    assert_eq!(
+        states,
+        [
+            ("broken.json".to_string(), "rejected".to_string()),
+            ("fin".to_string(), "completed".to_string())
+        ],
+        "{listed:#}"
+    );
+    let status = cli_json(&t, &["status", "--json"]);
+    assert_eq!(status["total"]["rejected"], 1, "{status:#}");
+    assert_eq!(status["total"]["total"], 2, "{status:#}");
+
+    let srv = serve(&t, &[]);
+    let rejected = get(&srv, "/api/rejected").json();
+    let mut names: Vec<&str> = rejected
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["broken.json", "fin", "fin.1"], "{rejected:#}");
+}
