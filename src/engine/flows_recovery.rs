@@ -68,8 +68,7 @@ impl Engine {
                     .remove(&(exid.clone(), nid.clone()))
                     .filter(|r| r.ended(history.attempts, &life));
                 if let Some(reply) = reply {
-                    self.replies.hold(&exid, reply.gen);
-                    completed.push((k.clone(), reply.payload));
+                    completed.push((k.clone(), reply));
                     pasts.push((k, history, None));
                     continue;
                 }
@@ -105,8 +104,12 @@ impl Engine {
                 self.adopt_node(&k, open, found);
             }
         }
-        for (k, payload) in completed {
-            self.complete_replied_node(&k, payload);
+        // Each reply waits for the progress write that holds its node's
+        // end: held only as that end is applied, or an earlier write
+        // (for another node's end) would be taken to cover it.
+        for (k, reply) in completed {
+            self.replies.hold(&k.exid, reply.gen);
+            self.complete_replied_node(&k, reply.payload);
         }
         self.maybe_end_flow(&exid);
     }
@@ -126,9 +129,13 @@ impl Engine {
         };
         // The attempt that replied is the last one, and it completed.
         node.attempt = node.starts;
-        if let Some(a) = node.past_mut().attempts_log.last_mut() {
+        let past = node.past_mut();
+        if let Some(a) = past.attempts_log.last_mut() {
             a.ended_at = None;
             a.outcome = None;
+            past.started_at = chrono::DateTime::parse_from_rfc3339(&a.started_at)
+                .ok()
+                .map(|t| t.with_timezone(&Utc));
         }
         node.task.set_payload(payload);
         self.finish(k, State::Completed, None);

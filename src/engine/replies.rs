@@ -297,7 +297,11 @@ impl Replies {
         bytes.push(b'\n');
         match file.write_all(&bytes) {
             Ok(()) => self.ledger.appended(exid, bytes.len() as u64),
-            Err(e) => tracing::warn!("cannot append to the replies journal: {e}"),
+            Err(e) => {
+                tracing::warn!("cannot append to the replies journal: {e}");
+                // A torn line would swallow the next one.
+                let _ = file.set_len(self.ledger.len);
+            }
         }
         self.tidy();
     }
@@ -329,6 +333,9 @@ impl Replies {
     /// over the journal. A step that fails is left for a later call (the
     /// journal then only grows).
     pub fn tidy(&mut self) {
+        if self.file.is_none() {
+            return;
+        }
         while let Some(tidy) = self.ledger.next() {
             let done = match tidy {
                 Tidy::RemoveOld => match std::fs::remove_file(&self.old) {
@@ -365,8 +372,16 @@ impl Replies {
                 Ok(())
             }
             Err(e) => {
-                // Appends go on to the file as it was.
-                let _ = std::fs::rename(&self.old, &self.journal);
+                // Appends go on to the file as it was; if it cannot be
+                // put back, they stop (replies cut short by a crash then
+                // run again), rather than go to a file the ledger takes
+                // for the old one.
+                if std::fs::rename(&self.old, &self.journal).is_err() {
+                    tracing::warn!(
+                        "the replies journal is no longer kept: tasks cut short by a crash will run again"
+                    );
+                    self.file = None;
+                }
                 Err(e)
             }
         }

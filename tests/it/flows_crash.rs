@@ -900,3 +900,91 @@ fn a_sibling_stopped_by_a_failure_is_in_the_record_after_a_kill_9() {
     );
     assert_eq!(states.get("0_1"), Some(&("failed".to_string(), 1)));
 }
+
+/// Two nodes of a flow replied before a `kill -9`, their ends not yet in
+/// the progress; one reply is in the journal's old file (the journal had
+/// just turned over). The next start completes both from the journal,
+/// each reply kept until the progress write holding its own node's end
+/// is durable: killed again once the old file is gone, the flow runs
+/// neither node again.
+#[test]
+fn replies_completed_at_a_start_are_kept_until_their_own_end_is_durable() {
+    let t = TestRoot::new();
+    t.tasker(
+        "org",
+        "step",
+        &format!(
+            "#!/bin/sh\nin=$(tr -d ' \\n')\n{BRANCH}\n[ \"$SPOOLFLOW_NID\" = 0_0 ] && {}\necho \"$SPOOLFLOW_NID $SPOOLFLOW_ATTEMPT\" >> \"$SPOOLFLOW_ROOT/runs\"\necho \"$out\"\n",
+            wait_file("go")
+        ),
+    );
+    // Earlier replies (their records long durable) fill the journal to
+    // just under its 256 KiB: r1's first reply turns it over.
+    let mut pad = String::new();
+    let mut i = 0;
+    while pad.len() < 256 * 1024 - 300 {
+        pad.push_str(&format!(
+            "{{\"exid\":\"old{i}\",\"nid\":\"0\",\"attempt\":1,\"created\":\"2026-01-01T00:00:00.000001Z\",\"payload\":{{}}}}\n"
+        ));
+        i += 1;
+    }
+    while pad.len() < 256 * 1024 - 50 {
+        pad.push('\n');
+    }
+    fs::write(t.join("var/run/replies.log"), pad).unwrap();
+    t.drop_task(
+        "r1.json",
+        &json!({"domain": "org", "id": "r1",
+            "flow": {"concurrence": [{"task": "step"}, {"task": "step"}]},
+            "payload": {}})
+        .to_string(),
+    );
+    let runs = || fs::read_to_string(t.join("runs")).unwrap_or_default();
+    let journaled = |nid: &str| {
+        ["var/run/replies.log", "var/run/replies.old.log"]
+            .iter()
+            .any(|f| {
+                fs::read_to_string(t.join(f)).is_ok_and(|j| {
+                    j.contains("\"exid\":\"r1\"") && j.contains(&format!("\"nid\":\"{nid}\""))
+                })
+            })
+    };
+    // The flow's start is its journal's first write; the second (0_1's
+    // end) is held while 0_0 replies too.
+    let engine = t.spawn_engine_with_fault(
+        Some("write:2:slow@/spool/run/r1.journal"),
+        &["--workers", "2"],
+    );
+    wait_for("0_1's reply journaled", DEADLINE, || journaled("0_1"));
+    fs::write(t.join("go"), "").unwrap();
+    wait_for("0_0's reply journaled", DEADLINE, || journaled("0_0"));
+    engine.signal(Signal::SIGKILL);
+    let (code, _) = engine.wait(DEADLINE);
+    assert_eq!(code, None, "the engine was killed by a signal");
+    let progress = t.flow_progress("r1").expect("r1's progress");
+    assert_eq!(progress["nodes"]["0_0"]["state"], "running", "{progress:#}");
+    assert_eq!(progress["nodes"]["0_1"]["state"], "running", "{progress:#}");
+    assert!(
+        t.join("var/run/replies.old.log").exists(),
+        "the journal turned over"
+    );
+
+    // Both completed from the journal; the write covering the second
+    // node's end is held, and the engine killed once the old file goes.
+    let engine = t.spawn_engine_with_fault(
+        Some("write:1:slow@/spool/run/r1.journal"),
+        &["--workers", "2"],
+    );
+    wait_for("the old file's removal", DEADLINE, || {
+        !t.join("var/run/replies.old.log").exists()
+    });
+    engine.signal(Signal::SIGKILL);
+    let (code, _) = engine.wait(DEADLINE);
+    assert_eq!(code, None, "the engine was killed by a signal");
+
+    t.run_drain(2);
+    let rec = t.must_record("r1");
+    assert_eq!(rec["state"], "completed", "{rec:#}");
+    let r = runs();
+    assert_eq!(r.lines().count(), 2, "each node ran once; runs: {r:?}");
+}
