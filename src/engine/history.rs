@@ -112,19 +112,36 @@ pub(super) fn node_history(
     id: &TaskId,
     nid: &crate::model::names::Nid,
 ) -> History {
-    history_in(points, id, nid)
+    history_in(points, id, nid, Life::OfItsFlow)
 }
 
 /// A task's history, from its execution's points log.
 pub(super) fn history_of(log: &Path, task: &Task) -> History {
     match crate::store::points::read_points(log) {
-        Ok(points) => history_in(&points, &task.id, &task.nid),
+        Ok(points) => history_in(&points, &task.id, &task.nid, Life::Own),
         Err(_) => History::default(),
     }
 }
 
 /// A node's history, from the points of its execution's log.
-fn history_in(points: &[point::Point], id: &TaskId, nid: &crate::model::names::Nid) -> History {
+/// Whose lives a node's attempts count across.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Life {
+    /// A standalone task: its attempts go on counting across its lives
+    /// (`retry`).
+    Own,
+    /// A flow's task node: each life of the flow starts its attempts over
+    /// (its root's `created` point starts a life, even when the root is
+    /// the task node itself).
+    OfItsFlow,
+}
+
+fn history_in(
+    points: &[point::Point],
+    id: &TaskId,
+    nid: &crate::model::names::Nid,
+    life: Life,
+) -> History {
     let mut h = History::default();
     let root = crate::model::names::Nid::root();
     // A tasker's informative points change nothing (SPEC 6).
@@ -132,11 +149,12 @@ fn history_in(points: &[point::Point], id: &TaskId, nid: &crate::model::names::N
         .iter()
         .filter(|p| &p.id == id && !p.fields.contains_key("source"))
     {
-        if &p.nid != nid {
+        let is_created_at_root = p.nid == root && p.kind() == Some(Kind::Created);
+        if &p.nid != nid || (life == Life::OfItsFlow && is_created_at_root) {
             // A flow's `created` is logged at its root only: a new life
             // of the flow (`retry`) starts each of its task nodes over,
             // their attempts too (as when the flow first reached them).
-            if p.nid == root && p.kind() == Some(Kind::Created) {
+            if is_created_at_root {
                 h = History::default();
             }
             continue;

@@ -164,3 +164,34 @@ fn an_attempt_allocated_when_the_engine_died_is_in_the_attempts_log() {
     let open = h.open_run().expect("the last run is open");
     assert!(!open.started, "it never logged `started`");
 }
+
+#[test]
+fn a_flow_whose_root_is_its_task_node_starts_its_attempts_over_in_each_life() {
+    let line = |ts: u32, point: &str, extra: &str| {
+        format!(
+            r#"{{"ts":"2026-01-01T00:00:0{ts}.000000Z","id":"f","exid":"f","nid":"0","point":"{point}"{extra}}}"#
+        )
+    };
+    let points: Vec<point::Point> = [
+        line(0, "created", ""),
+        line(1, "started", r#","attempt":1"#),
+        line(1, "retried", r#","attempt":2,"kind":"work","delay":"1s""#),
+        line(1, "started", r#","attempt":2"#),
+        line(2, "failed", r#","attempt":2"#),
+        // `retry`: the flow's second life.
+        line(3, "created", ""),
+        line(
+            4,
+            "allocated",
+            r#","taskee":"t","tasker":"tsk/t","attempt":1"#,
+        ),
+        line(5, "started", r#","attempt":1"#),
+    ]
+    .iter()
+    .map(|l| serde_json::from_str(l).unwrap())
+    .collect();
+    let (id, nid) = ("f".parse().unwrap(), crate::model::names::Nid::root());
+    let h = node_history(&points, &id, &nid);
+    assert_eq!(h.attempts, 1, "the flow's second life ran its node once");
+    assert_eq!(h.attempts_log.len(), 1);
+}
