@@ -166,10 +166,11 @@ fn keep_stopped_runs(flow: &mut Flow, conds: &mut Conds, points: &[Point], id: &
     if stopped.is_empty() {
         return;
     }
-    // Only those that started (one pass over the points, not one per node).
+    // Only those a tasker was given to (one pass over the points, not one
+    // per node); the history says whether it ran in this life.
     let started: HashSet<&Nid> = points
         .iter()
-        .filter(|p| p.kind() == Some(Kind::Started))
+        .filter(|p| matches!(p.kind(), Some(Kind::Started | Kind::Allocated)))
         .map(|p| &p.nid)
         .collect();
     for nid in stopped.iter().filter(|n| started.contains(n)) {

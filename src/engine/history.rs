@@ -96,7 +96,11 @@ impl History {
             taskee: self.allocated_to.as_ref().map(|(t, _)| t.to_string()),
             attempts: self.attempts,
             started_at: Some(last.started_at.clone()),
-            ended_at: Some(crate::model::task::timestamp(Utc::now())),
+            ended_at: Some(
+                last.ended_at
+                    .clone()
+                    .unwrap_or_else(|| crate::model::task::timestamp(Utc::now())),
+            ),
         })
     }
 }

@@ -231,13 +231,26 @@ fn reopen_attempt(node: &mut Node, open: OpenRun) -> bool {
     } else {
         attempt.saturating_sub(1)
     };
-    if let Some(a) = node.past_mut().attempts_log.last_mut().filter(|_| started) {
+    let log = &mut node.past_mut().attempts_log;
+    if !started {
+        // The entry the log's history gave an attempt cut short before
+        // `started` (its tasker may have run): this one is a job still
+        // followed, whose start opens its entry.
+        if log
+            .last()
+            .is_some_and(|a| a.attempt == attempt && a.job_id.is_none())
+        {
+            log.pop();
+        }
+        return false;
+    }
+    if let Some(a) = log.last_mut() {
         a.ended_at = None;
         a.outcome = None;
         let at = chrono::DateTime::parse_from_rfc3339(&a.started_at).ok();
         node.past_mut().started_at = at.map(|t| t.with_timezone(&chrono::Utc));
     }
-    started
+    true
 }
 
 impl Engine {
@@ -279,5 +292,56 @@ fn record_job_id(dir: &Path, id: u64) {
         crate::store::spool::write_atomic(dir, job::JOB_ID, bytes.as_bytes(), false, true)
     {
         tracing::warn!("cannot record Slurm job {id} in {}: {e}", dir.display());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::task::{Task, TaskFile};
+
+    /// A Slurm job still pending when the engine died (`allocated` and
+    /// `submitted`, no `started`), re-attached: the history's entry for an
+    /// attempt cut short before `started` is not kept, so the job's own
+    /// start opens the attempt's only entry.
+    #[test]
+    fn a_pending_job_re_attached_has_one_entry_once_it_starts() {
+        let line = |ts: u32, point: &str, extra: &str| {
+            format!(
+                r#"{{"ts":"2026-01-01T00:00:0{ts}.000000Z","id":"x","exid":"x","nid":"0","point":"{point}"{extra}}}"#
+            )
+        };
+        let tmp = tempfile::tempdir().unwrap();
+        let log = tmp.path().join("x.log");
+        let text = [
+            line(0, "created", ""),
+            line(1, "offered", r#","taskee":"t","offer":1"#),
+            line(
+                2,
+                "allocated",
+                r#","taskee":"t","tasker":"tsk/t","attempt":1"#,
+            ),
+            line(3, "submitted", r#","attempt":1,"job_id":5"#),
+        ];
+        std::fs::write(&log, text.join("\n") + "\n").unwrap();
+        let file = TaskFile::parse(br#"{"domain":"org"}"#).unwrap();
+        let task = Task::from_file(file, Some("x"), None).unwrap();
+        let h = super::super::history::history_of(&log, &task);
+        let open = h.open_run().expect("an open run");
+        let mut node = Node::new(super::super::state::NodeTask::on_disk(task));
+        h.restore(&mut node);
+        assert!(!reopen_attempt(&mut node, open), "it had not started");
+        assert!(node.past().attempts_log.is_empty());
+        // The job starts (as `on_running` does), then completes.
+        node.starts += 1;
+        node.begin_attempt(chrono::Utc::now());
+        node.end_attempt(chrono::Utc::now(), "completed", None);
+        let log: Vec<_> = node
+            .past()
+            .attempts_log
+            .iter()
+            .map(|a| (a.attempt, a.outcome.clone()))
+            .collect();
+        assert_eq!(log, [(1, Some("completed".to_string()))]);
     }
 }

@@ -63,10 +63,17 @@ pub fn find(root: &Root, id: &TaskId) -> Result<Option<Place>, ReadError> {
     if rejected.symlink_metadata().is_ok() {
         let reason = read_reason(&root.rejected().join(format!("{id}.json.reason")))
             .map(|r| r.trim_end().to_string());
-        return Ok(Some(Place::Rejected {
-            path: rejected,
-            reason,
-        }));
+        // A cancel or priority request named `<id>.json` is no task.
+        if reason
+            .as_deref()
+            .and_then(crate::read::tasks::request_kind)
+            .is_none()
+        {
+            return Ok(Some(Place::Rejected {
+                path: rejected,
+                reason,
+            }));
+        }
     }
     Ok(None)
 }

@@ -646,8 +646,13 @@ fn a_rejected_request_is_not_listed_as_a_rejected_task() {
     t.run_drain(1);
     std::fs::write(t.join("var/spool/cancel/fin"), "").unwrap();
     std::fs::write(t.join("var/spool/priority/fin"), "5").unwrap();
+    // A request named like a task file, for a task nobody knows.
+    std::fs::write(t.join("var/spool/cancel/ghost.json"), "").unwrap();
     t.drop_task("broken.json", "{");
     t.run_drain(1);
+    assert!(t.rejected_reason("ghost.json").is_some());
+    let (code, out, err) = sf(&t, &["show", "ghost"]);
+    assert_eq!(code, 3, "ghost is no task, rejected or not: {out}{err}");
     let reason = |name: &str| {
         t.rejected_reason(name)
             .unwrap_or_else(|| {
@@ -704,5 +709,9 @@ fn a_rejected_request_is_not_listed_as_a_rejected_task() {
         .map(|r| r["id"].as_str().unwrap())
         .collect();
     names.sort();
-    assert_eq!(names, ["broken.json", "fin", "fin.1"], "{rejected:#}");
+    assert_eq!(
+        names,
+        ["broken.json", "fin", "fin.1", "ghost.json"],
+        "{rejected:#}"
+    );
 }
