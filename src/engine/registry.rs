@@ -159,6 +159,9 @@ impl RegistryWriter {
         if slots.lines.len() <= slot {
             slots.lines.resize(slot + 1, [b' '; SLOT]);
         }
+        if slots.lines[slot] == line {
+            return;
+        }
         slots.lines[slot] = line;
         if let Some(f) = &slots.file {
             let _ = f.write_all_at(&line, (slot * SLOT) as u64);
