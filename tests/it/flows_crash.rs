@@ -244,7 +244,29 @@ struct Kill {
     done: BTreeSet<Key>,
     /// Task nodes queued or running (to be run again).
     running: BTreeSet<Key>,
+    /// Task nodes whose completing reply the engine had journaled
+    /// (`var/run/replies.log` and its old file): never run again.
+    replied: BTreeSet<Key>,
     records: usize,
+}
+
+/// The task nodes the replies journal names (its complete lines).
+fn journaled_replies(t: &TestRoot) -> BTreeSet<Key> {
+    ["var/run/replies.old.log", "var/run/replies.log"]
+        .iter()
+        .flat_map(|f| {
+            let text = fs::read_to_string(t.join(f)).unwrap_or_default();
+            text.lines()
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                .filter_map(|v| {
+                    Some((
+                        v["exid"].as_str()?.to_string(),
+                        v["nid"].as_str()?.to_string(),
+                    ))
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect()
 }
 
 /// The durable state of every flow, read from `done/` and `run/` while no
@@ -287,6 +309,7 @@ fn durable_state(t: &TestRoot, flows: &[FlowCase]) -> Kill {
         ledger_len: 0,
         done,
         running,
+        replied: journaled_replies(t),
         records,
     }
 }
@@ -593,6 +616,14 @@ fn flows_survive_repeated_kill_9_and_finished_nodes_never_run_again() {
                     problems.push(format!("finished before a kill, ran again: {who}"));
                 }
             }
+            // A node whose reply was journaled at a kill never runs after
+            // it (the next start completes it from the journal).
+            let replied_at = kills.iter().position(|k| k.replied.contains(&key));
+            if let Some(j) = replied_at {
+                if ran.iter().any(|(line, _)| *line >= kills[j].ledger_len) {
+                    problems.push(format!("replied before kill {j}, ran again: {who}"));
+                }
+            }
             // Each run after a crash is a new attempt; the record's is the
             // last.
             let distinct: BTreeSet<u32> = ran.iter().map(|r| r.1).collect();
@@ -617,11 +648,16 @@ fn flows_survive_repeated_kill_9_and_finished_nodes_never_run_again() {
 
     let lines = runs.len();
     let nodes_running_at_kills: usize = kills.iter().map(|k| k.running.len()).sum();
+    let replied_not_durable: usize = kills
+        .iter()
+        .map(|k| k.replied.intersection(&k.running).count())
+        .sum();
     eprintln!(
         "flows crash test: {FLOWS} flows, {total} task nodes, {} kill -9 ({live_kills} with \
          flows running), {lines} ledger lines: duplicate rate {:.3} ({} extra runs of \
          {rerun_nodes} nodes; {} task nodes were queued or running across the kills); \
-         {silent_reruns} extra runs without a `recovered` point",
+         {silent_reruns} extra runs without a `recovered` point; {replied_not_durable} \
+         running nodes had replied at a kill",
         kills.len(),
         lines as f64 / total as f64,
         lines - total,
