@@ -193,11 +193,16 @@ fn newest_reason(rejected: &Path, name: &str, since: SystemTime) -> Option<Strin
                 .metadata()
                 .and_then(|m| m.modified())
                 .is_ok_and(|t| t >= since);
-            fresh.then(|| {
+            let reason = fresh.then(|| {
                 spoolflow::read::find::read_reason(&reason)
                     .map(|r| r.trim_end().to_string())
                     .unwrap_or_else(|| NO_REASON.into())
-            })
+            })?;
+            // A cancel or priority request named like the task is no
+            // rejection of the task.
+            spoolflow::read::tasks::request_kind(&reason)
+                .is_none()
+                .then_some(reason)
         })
 }
 

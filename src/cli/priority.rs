@@ -154,6 +154,9 @@ fn refusal(root: &spoolflow::Root, id: &TaskId, since: std::time::SystemTime) ->
         .filter(|(t, _)| *t >= since)
         .max()
         .and_then(|(_, p)| spoolflow::read::find::read_reason(&p))
+        // A cancel request for the same id, rejected meanwhile, is not
+        // this request's refusal.
+        .filter(|r| spoolflow::read::tasks::request_kind(r) != Some("cancel"))
         .map(|r| {
             let r = r.trim();
             let prefix = spoolflow::read::tasks::PRIORITY_REQUEST;

@@ -14,11 +14,19 @@ use super::super::replies::Replied;
 use super::super::state::key;
 use super::super::Engine;
 use super::{run_file_head, Conds, FlowExec, FlowLife, ProgressDisk};
-use crate::flow::run::{Action, Flow, NodeProgress};
+use crate::flow::run::{Action, Flow, NodeProgress, Step};
 use crate::model::names::{Exid, Nid, TaskId};
 use crate::model::point::{Kind, Point};
 use crate::model::task::{ErrorKind, Object, State, Task};
 use crate::scheduler::NodeKey;
+
+/// A running node of a recovered flow, its past read from the points
+/// log, and the Slurm job it is re-attached to, if any.
+type NodePast = (
+    NodeKey,
+    super::super::history::History,
+    Option<(super::super::history::OpenRun, crate::tasker::slurm::Adopt)>,
+);
 
 impl Engine {
     /// A flow found in `run/` at start-up: its progress read back, the task
@@ -54,35 +62,8 @@ impl Engine {
         let points = super::super::history::histories(&self.root, &exid);
         keep_stopped_runs(&mut flow, &mut conds, &points, &task.id);
         let step = flow.resume();
-        // The task nodes that were running are new attempts (SPEC 10),
-        // but for Slurm jobs that can be followed again (SPEC 14).
-        let mut pasts = Vec::new();
-        let mut jobs = super::super::reattach::Jobs::default();
-        let mut completed = Vec::new();
         let life = crate::model::task::timestamp(created_at);
-        for action in &step.actions {
-            if let Action::Task { nid, .. } = action {
-                let history = super::super::history::node_history(&points, &task.id, nid);
-                let k = key(&exid, nid);
-                let reply = replied
-                    .remove(&(exid.clone(), nid.clone()))
-                    .filter(|r| r.ended(history.attempts, &life));
-                if let Some(reply) = reply {
-                    completed.push((k.clone(), reply));
-                    pasts.push((k, history, None));
-                    continue;
-                }
-                let job = history
-                    .open_run()
-                    .and_then(|o| Some((o, self.slurm_job_of(&k, o, &mut jobs)?)));
-                if job.is_none() {
-                    let p = Point::new(Kind::Recovered, &task.id, &task.exid, nid)
-                        .with("attempt", history.next_attempt());
-                    self.log_idle(p);
-                }
-                pasts.push((k, history, job));
-            }
-        }
+        let (pasts, completed) = self.running_pasts(&task, &step, &points, (&life, replied));
         let fx = FlowExec {
             head: run_file_head(&task),
             task,
@@ -114,6 +95,48 @@ impl Engine {
         self.maybe_end_flow(&exid);
     }
 
+    /// The task nodes of a recovered flow that were running, each with
+    /// its past: those whose tasker had replied (the journal holds its
+    /// reply for this life and attempt) apart, to complete; the others are
+    /// new attempts, logged `recovered` (SPEC 10), but for Slurm jobs that
+    /// can be followed again (SPEC 14).
+    fn running_pasts(
+        &mut self,
+        task: &Task,
+        step: &Step,
+        points: &[Point],
+        (life, replied): (&str, &mut HashMap<(Exid, Nid), Replied>),
+    ) -> (Vec<NodePast>, Vec<(NodeKey, Replied)>) {
+        let mut pasts = Vec::new();
+        let mut jobs = super::super::reattach::Jobs::default();
+        let mut completed = Vec::new();
+        for action in &step.actions {
+            let Action::Task { nid, .. } = action else {
+                continue;
+            };
+            let history = super::super::history::node_history(points, &task.id, nid);
+            let k = key(&task.exid, nid);
+            let reply = replied
+                .remove(&(task.exid.clone(), nid.clone()))
+                .filter(|r| r.ended(history.attempts, life));
+            if let Some(reply) = reply {
+                completed.push((k.clone(), reply));
+                pasts.push((k, history, None));
+                continue;
+            }
+            let job = history
+                .open_run()
+                .and_then(|o| Some((o, self.slurm_job_of(&k, o, &mut jobs)?)));
+            if job.is_none() {
+                let p = Point::new(Kind::Recovered, &task.id, &task.exid, nid)
+                    .with("attempt", history.next_attempt());
+                self.log_idle(p);
+            }
+            pasts.push((k, history, job));
+        }
+        (pasts, completed)
+    }
+
     /// A node of a recovered flow whose tasker had replied before the
     /// engine stopped (the replies journal says so) but whose end was not
     /// yet in the flow's durable progress: completed with that reply, not
@@ -129,14 +152,7 @@ impl Engine {
         };
         // The attempt that replied is the last one, and it completed.
         node.attempt = node.starts;
-        let past = node.past_mut();
-        if let Some(a) = past.attempts_log.last_mut() {
-            a.ended_at = None;
-            a.outcome = None;
-            past.started_at = chrono::DateTime::parse_from_rfc3339(&a.started_at)
-                .ok()
-                .map(|t| t.with_timezone(&Utc));
-        }
+        node.reopen_last_attempt();
         node.task.set_payload(payload);
         self.finish(k, State::Completed, None);
     }

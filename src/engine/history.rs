@@ -87,9 +87,10 @@ impl History {
         self.attempts + 1
     }
 
-    /// The node's run as a flow's record lists it, if its last attempt
-    /// started in this life: for a node whose end the engine never saw
-    /// (it died first), ended now.
+    /// The node's run as a flow's record lists it, if an attempt of it
+    /// started in this life (its last one is the run): for a node whose
+    /// end the engine never saw (it died first), ended now unless the log
+    /// ended it.
     pub(super) fn last_run(&self) -> Option<crate::flow::run::TaskRun> {
         let last = self.attempts_log.last()?;
         Some(crate::flow::run::TaskRun {

@@ -231,8 +231,8 @@ fn reopen_attempt(node: &mut Node, open: OpenRun) -> bool {
     } else {
         attempt.saturating_sub(1)
     };
-    let log = &mut node.past_mut().attempts_log;
     if !started {
+        let log = &mut node.past_mut().attempts_log;
         // The entry the log's history gave an attempt cut short before
         // `started` (its tasker may have run): this one is a job still
         // followed, whose start opens its entry.
@@ -244,12 +244,7 @@ fn reopen_attempt(node: &mut Node, open: OpenRun) -> bool {
         }
         return false;
     }
-    if let Some(a) = log.last_mut() {
-        a.ended_at = None;
-        a.outcome = None;
-        let at = chrono::DateTime::parse_from_rfc3339(&a.started_at).ok();
-        node.past_mut().started_at = at.map(|t| t.with_timezone(&chrono::Utc));
-    }
+    node.reopen_last_attempt();
     true
 }
 

@@ -520,10 +520,7 @@ impl super::Engine {
         };
         // The attempt that replied is the last one, and it completed.
         node.attempt = node.starts;
-        if let Some(a) = node.past_mut().attempts_log.last_mut() {
-            a.ended_at = None;
-            a.outcome = None;
-        }
+        node.reopen_last_attempt();
         self.insert_execution(k.exid.clone(), exec, node);
         // Set once queued (queueing leaves a body to run/).
         if let Some(node) = self.node_mut(&k) {

@@ -42,8 +42,18 @@ pub type Gen = u64;
 const OLD_AT_START: Gen = 0;
 const CURRENT_AT_START: Gen = 1;
 
-/// One completing reply.
-#[derive(Debug, Serialize, Deserialize)]
+/// One completing reply, as written (borrowing what it says).
+#[derive(Serialize)]
+struct LineOut<'a> {
+    exid: &'a Exid,
+    nid: &'a Nid,
+    attempt: u32,
+    created: &'a str,
+    payload: &'a Object,
+}
+
+/// One completing reply, as read back.
+#[derive(Debug, Deserialize)]
 struct Line {
     exid: Exid,
     nid: Nid,
@@ -284,12 +294,12 @@ impl Replies {
         let Some(file) = self.file.as_mut() else {
             return;
         };
-        let line = Line {
-            exid: exid.clone(),
-            nid: nid.clone(),
+        let line = LineOut {
+            exid,
+            nid,
             attempt,
-            created: Some(created),
-            payload: payload.clone(),
+            created: &created,
+            payload,
         };
         let Ok(mut bytes) = serde_json::to_vec(&line) else {
             return;
@@ -416,11 +426,21 @@ impl Replies {
     }
 }
 
-/// Opens (or creates) a journal file for appending, with its length.
+/// Opens (or creates) a journal file for appending, with its length. A
+/// file a crash left ending in a torn line is ended with a newline, so
+/// the next line is not appended onto it.
 fn open_journal(path: &std::path::Path) -> Option<(File, u64)> {
-    match OpenOptions::new().create(true).append(true).open(path) {
-        Ok(file) => {
-            let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    match OpenOptions::new()
+        .create(true)
+        .read(true)
+        .append(true)
+        .open(path)
+    {
+        Ok(mut file) => {
+            let mut len = file.metadata().map(|m| m.len()).unwrap_or(0);
+            if len > 0 && !ends_a_line(&file, len) && file.write_all(b"\n").is_ok() {
+                len += 1;
+            }
             Some((file, len))
         }
         Err(e) => {
@@ -431,6 +451,13 @@ fn open_journal(path: &std::path::Path) -> Option<(File, u64)> {
             None
         }
     }
+}
+
+/// Whether the file's last byte (of `len`) ends a line.
+fn ends_a_line(file: &File, len: u64) -> bool {
+    use std::os::unix::fs::FileExt;
+    let mut last = [0u8; 1];
+    file.read_exact_at(&mut last, len - 1).is_ok() && last[0] == b'\n'
 }
 
 /// The replies the journal holds (its old file's, then its own): the last
@@ -632,5 +659,23 @@ mod tests {
         r.written(&f);
         assert!(!root.replies_journal_old().exists(), "its reply is saved");
         assert_eq!(read(&root).len(), 2);
+    }
+
+    #[test]
+    fn a_torn_line_left_by_a_crash_does_not_swallow_the_next_reply() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = Root::new(tmp.path()).unwrap();
+        root.init().unwrap();
+        std::fs::write(root.replies_journal(), b"{\"exid\":\"a\",\"ni").unwrap();
+        let (b, n) = (ex("b"), Nid::root());
+        let mut r = Replies::open(&root);
+        r.append(&b, &n, (1, life()), &obj(1));
+        let got = read(&root);
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert_eq!(got[&(b, n)].payload, obj(1));
+        assert_eq!(
+            r.ledger.len,
+            std::fs::metadata(root.replies_journal()).unwrap().len()
+        );
     }
 }

@@ -310,6 +310,21 @@ impl Node {
         });
     }
 
+    /// Opens the attempts log's last attempt again (a restore after a
+    /// crash ended it `interrupted`): its run goes on (a Slurm job
+    /// followed again), or its reply, kept through the crash, completes
+    /// it. Its start is the node's `started_at` again.
+    pub fn reopen_last_attempt(&mut self) {
+        let past = self.past_mut();
+        if let Some(a) = past.attempts_log.last_mut() {
+            a.ended_at = None;
+            a.outcome = None;
+            past.started_at = chrono::DateTime::parse_from_rfc3339(&a.started_at)
+                .ok()
+                .map(|t| t.with_timezone(&Utc));
+        }
+    }
+
     /// The attempt under way, if one started and is still open, ended
     /// (at `at`) with `outcome`.
     pub fn end_attempt(&mut self, at: DateTime<Utc>, outcome: &str, kind: Option<ErrorKind>) {

@@ -236,5 +236,6 @@ fn a_reply_journaled_before_a_crash_completes_its_task_with_its_payload_and_head
     assert_eq!(rec["payload"], json!({"done": 1}), "the journaled reply's");
     assert_eq!(rec["headers"], json!({"h": "v"}), "the run/ file's");
     assert_eq!(rec["attempts"], 1);
+    assert_eq!(rec["started_at"], "2026-01-01T00:00:02.000000Z", "{rec:#}");
     assert!(!t.join("ran").exists(), "its tasker did not run again");
 }
