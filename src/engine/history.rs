@@ -164,62 +164,7 @@ fn history_in(
             }
             continue;
         }
-        if p.kind() == Some(Kind::Recovered) {
-            h.note_unstarted();
-        }
-        if p.kind().is_some_and(Kind::ends_a_run) {
-            h.open_run = false;
-        }
-        match p.kind() {
-            Some(Kind::Created) => {
-                // A new life of the id (a task run again by `retry`): what
-                // SPEC 7 counts and what its record shows start over; its
-                // attempts go on counting.
-                h.created_at = parse_ts(&p.ts);
-                h.submitted_at = p
-                    .fields
-                    .get("submitted_at")
-                    .and_then(|v| v.as_str())
-                    .and_then(parse_ts);
-                h.refusals.clear();
-                h.uncompleted = 0;
-                h.offers = 0;
-                h.retries = 0;
-                h.attempts_log.clear();
-            }
-            Some(Kind::Offered) => h.offers += 1,
-            Some(Kind::Started) => h.note_start(p),
-            Some(Kind::Refused) => {
-                // A refusal breaks a row of `uncompleted` replies.
-                h.uncompleted = 0;
-                let field = |k: &str| p.fields.get(k).and_then(|v| v.as_str());
-                h.end_attempt(p, "refused");
-                if let Some(taskee) = field("taskee").and_then(|t| t.parse().ok()) {
-                    let reason = field("reason").unwrap_or("no reason given").to_string();
-                    h.refusals.push(Refusal { taskee, reason });
-                }
-            }
-            Some(Kind::Uncompleted) => {
-                h.uncompleted = h.uncompleted.saturating_add(1);
-                h.end_attempt(p, "uncompleted");
-            }
-            Some(Kind::Retried) => {
-                // A failed attempt breaks a row of `uncompleted` replies.
-                h.uncompleted = 0;
-                h.retries += 1;
-                h.end_attempt(p, "retried");
-                if let Some(a) = p.fields.get("attempt").and_then(|a| a.as_u64()) {
-                    let a = u32::try_from(a).unwrap_or(u32::MAX);
-                    h.attempts = h.attempts.max(a.saturating_sub(1));
-                }
-            }
-            Some(Kind::Recovered) => {
-                h.end_attempt(p, "interrupted");
-                h.note_attempt(p);
-            }
-            Some(Kind::Allocated) => h.note_allocation(p),
-            _ => {}
-        }
+        h.note(p);
     }
     h.note_unstarted();
     h
@@ -232,6 +177,68 @@ fn parse_ts(s: &str) -> Option<DateTime<Utc>> {
 }
 
 impl History {
+    /// One point of the node's own, in log order.
+    fn note(&mut self, p: &point::Point) {
+        if p.kind() == Some(Kind::Recovered) {
+            self.note_unstarted();
+        }
+        if p.kind().is_some_and(Kind::ends_a_run) {
+            self.open_run = false;
+        }
+        match p.kind() {
+            Some(Kind::Created) => self.new_life(p),
+            Some(Kind::Offered) => self.offers += 1,
+            Some(Kind::Started) => self.note_start(p),
+            Some(Kind::Refused) => {
+                // A refusal breaks a row of `uncompleted` replies.
+                self.uncompleted = 0;
+                let field = |k: &str| p.fields.get(k).and_then(|v| v.as_str());
+                self.end_attempt(p, "refused");
+                if let Some(taskee) = field("taskee").and_then(|t| t.parse().ok()) {
+                    let reason = field("reason").unwrap_or("no reason given").to_string();
+                    self.refusals.push(Refusal { taskee, reason });
+                }
+            }
+            Some(Kind::Uncompleted) => {
+                self.uncompleted = self.uncompleted.saturating_add(1);
+                self.end_attempt(p, "uncompleted");
+            }
+            Some(Kind::Retried) => {
+                // A failed attempt breaks a row of `uncompleted` replies.
+                self.uncompleted = 0;
+                self.retries += 1;
+                self.end_attempt(p, "retried");
+                if let Some(a) = p.fields.get("attempt").and_then(|a| a.as_u64()) {
+                    let a = u32::try_from(a).unwrap_or(u32::MAX);
+                    self.attempts = self.attempts.max(a.saturating_sub(1));
+                }
+            }
+            Some(Kind::Recovered) => {
+                self.end_attempt(p, "interrupted");
+                self.note_attempt(p);
+            }
+            Some(Kind::Allocated) => self.note_allocation(p),
+            _ => {}
+        }
+    }
+
+    /// A `created` point: a new life of the id (a task run again by
+    /// `retry`): what SPEC 7 counts and what its record shows start over;
+    /// its attempts go on counting.
+    fn new_life(&mut self, p: &point::Point) {
+        self.created_at = parse_ts(&p.ts);
+        self.submitted_at = p
+            .fields
+            .get("submitted_at")
+            .and_then(|v| v.as_str())
+            .and_then(parse_ts);
+        self.refusals.clear();
+        self.uncompleted = 0;
+        self.offers = 0;
+        self.retries = 0;
+        self.attempts_log.clear();
+    }
+
     /// A `started` point: an attempt that started (with its Slurm job and
     /// node, when it ran on a cluster).
     fn note_start(&mut self, p: &point::Point) {
@@ -317,40 +324,3 @@ impl History {
 #[cfg(test)]
 #[path = "history_tests.rs"]
 mod history_tests;
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::model::task::TaskFile;
-
-    #[test]
-    fn a_taskers_own_points_never_count_in_recovery() {
-        let tmp = tempfile::tempdir().unwrap();
-        let log = tmp.path().join("x.log");
-        let line = |point: &str, extra: &str| {
-            format!(
-                r#"{{"ts":"2026-01-01T00:00:00.000001Z","id":"x","exid":"x","nid":"0","point":"{point}"{extra}}}"#
-            )
-        };
-        let text = [
-            line("created", ""),
-            line("offered", r#","taskee":"t","offer":1"#),
-            line("allocated", r#","attempt":1"#),
-            line("started", r#","attempt":1,"pid":1"#),
-            line("retried", r#","attempt":7,"source":"tasker""#),
-            line("started", r#","attempt":9,"source":"tasker""#),
-            line("offered", r#","source":"tasker""#),
-        ]
-        .join("\n")
-            + "\n";
-        std::fs::write(&log, text).unwrap();
-        let task = Task::from_file(
-            TaskFile::parse(br#"{"domain":"org"}"#).unwrap(),
-            Some("x"),
-            None,
-        )
-        .unwrap();
-        let h = history_of(&log, &task);
-        assert_eq!((h.attempts, h.offers, h.retries), (1, 1, 0));
-    }
-}

@@ -5,6 +5,21 @@
 use super::*;
 use crate::model::task::TaskFile;
 
+/// The history of task `x` (domain `org`) read from a points log holding
+/// `text`, and the task.
+fn history_of_text(text: &str) -> (History, Task) {
+    let tmp = tempfile::tempdir().unwrap();
+    let log = tmp.path().join("x.log");
+    std::fs::write(&log, text).unwrap();
+    let task = Task::from_file(
+        TaskFile::parse(br#"{"domain":"org"}"#).unwrap(),
+        Some("x"),
+        None,
+    )
+    .unwrap();
+    (history_of(&log, &task), task)
+}
+
 #[test]
 fn attempts_are_rebuilt_from_the_log_and_a_new_life_starts_over() {
     let line = |ts: u32, point: &str, extra: &str| {
@@ -30,16 +45,7 @@ fn attempts_are_rebuilt_from_the_log_and_a_new_life_starts_over() {
     ]
     .join("\n")
         + "\n";
-    let tmp = tempfile::tempdir().unwrap();
-    let log = tmp.path().join("x.log");
-    std::fs::write(&log, text).unwrap();
-    let task = Task::from_file(
-        TaskFile::parse(br#"{"domain":"org"}"#).unwrap(),
-        Some("x"),
-        None,
-    )
-    .unwrap();
-    let h = history_of(&log, &task);
+    let (h, task) = history_of_text(&text);
     assert_eq!((h.attempts, h.offers, h.retries), (3, 1, 1));
     assert_eq!(h.next_attempt(), 4);
     assert_eq!(
@@ -138,16 +144,7 @@ fn an_attempt_allocated_when_the_engine_died_is_in_the_attempts_log() {
     ]
     .join("\n")
         + "\n";
-    let tmp = tempfile::tempdir().unwrap();
-    let log = tmp.path().join("x.log");
-    std::fs::write(&log, text).unwrap();
-    let task = Task::from_file(
-        TaskFile::parse(br#"{"domain":"org"}"#).unwrap(),
-        Some("x"),
-        None,
-    )
-    .unwrap();
-    let h = history_of(&log, &task);
+    let (h, _) = history_of_text(&text);
     assert_eq!(h.attempts, 2);
     let log: Vec<_> = h
         .attempts_log
@@ -194,4 +191,26 @@ fn a_flow_whose_root_is_its_task_node_starts_its_attempts_over_in_each_life() {
     let h = node_history(&points, &id, &nid);
     assert_eq!(h.attempts, 1, "the flow's second life ran its node once");
     assert_eq!(h.attempts_log.len(), 1);
+}
+
+#[test]
+fn a_taskers_own_points_never_count_in_recovery() {
+    let line = |point: &str, extra: &str| {
+        format!(
+            r#"{{"ts":"2026-01-01T00:00:00.000001Z","id":"x","exid":"x","nid":"0","point":"{point}"{extra}}}"#
+        )
+    };
+    let text = [
+        line("created", ""),
+        line("offered", r#","taskee":"t","offer":1"#),
+        line("allocated", r#","attempt":1"#),
+        line("started", r#","attempt":1,"pid":1"#),
+        line("retried", r#","attempt":7,"source":"tasker""#),
+        line("started", r#","attempt":9,"source":"tasker""#),
+        line("offered", r#","source":"tasker""#),
+    ]
+    .join("\n")
+        + "\n";
+    let (h, _) = history_of_text(&text);
+    assert_eq!((h.attempts, h.offers, h.retries), (1, 1, 0));
 }
