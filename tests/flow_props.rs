@@ -453,7 +453,10 @@ fn run_info() -> TaskRun {
 
 fn action_nid(a: &Action) -> &Nid {
     match a {
-        Action::Task { nid, .. } | Action::Sleep { nid, .. } | Action::Cancel { nid } => nid,
+        Action::Task { nid, .. }
+        | Action::Sleep { nid, .. }
+        | Action::Cancel { nid }
+        | Action::Again { nid, .. } => nid,
     }
 }
 
@@ -652,6 +655,7 @@ fn drive(
                 }
             }
             Action::Cancel { .. } => unreachable!("cancels are never outstanding"),
+            Action::Again { .. } => unreachable!("no tasker here replies uncompleted"),
         };
         end = absorb(step, &mut outstanding)?;
         disk.save(&mut flow.progress, &mut seed);

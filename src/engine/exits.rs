@@ -153,10 +153,10 @@ impl Engine {
             return self.fail(key, err);
         }
         if self.is_flow(&key.exid) {
-            // A flow's run/ file is the flow's: the node goes on from its
-            // payload in memory (a restart runs it again from its input).
+            // A flow's run/ file is the flow's: the new payload goes to its
+            // progress, and the node runs again once that is durable.
             let after = after.map(|a| a.0).unwrap_or_default();
-            return self.enqueue_after(key, after);
+            return self.flow_node_uncompleted(key, after);
         }
         // The new payload is made durable in run/ before the node runs
         // again, so that a restart resumes from it (and so that the node

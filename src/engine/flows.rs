@@ -18,11 +18,11 @@ use serde_json::Value;
 use super::state::{key, Execution, Nids, Node, NodeState, NodeTask, Stop};
 use super::{Engine, Timer};
 use crate::flow::journal::should_snapshot;
-use crate::flow::run::{Action, Conditions, End, Flow, NodeProgress, Progress, Step, TaskRun};
+use crate::flow::run::{Action, Conditions, End, Flow, Progress, Step, TaskRun};
 use crate::flow::tree::{self, FlowNode};
 use crate::model::names::{Exid, Nid};
 use crate::model::point::Point;
-use crate::model::task::{timestamp, ErrorKind, Object, Record, State, Task, TaskError};
+use crate::model::task::{timestamp, ErrorKind, Object, State, Task, TaskError};
 use crate::scheduler::NodeKey;
 use crate::store::writer::{Job, RecordJob};
 use crate::text::quoted;
@@ -31,8 +31,11 @@ use crate::text::quoted;
 mod life;
 pub use life::FlowLife;
 
+#[path = "flows_record.rs"]
+mod record;
 #[path = "flows_recovery.rs"]
 mod recovery;
+use record::flow_record;
 
 /// A flow being run: its task file, its tree and progress, its compiled
 /// `if` expressions, and where it is in its own life.
@@ -274,6 +277,38 @@ impl Engine {
         self.maybe_end_flow(&k.exid);
     }
 
+    /// A task node of a flow replied `uncompleted` (its payload is the
+    /// reply's): the flow keeps the payload in its progress, and the node
+    /// is queued again, after `after`, once that is durable. In a flow
+    /// that is over it is queued again at once: such a flow starts nothing,
+    /// and its end stops the node.
+    pub(super) fn flow_node_uncompleted(&mut self, k: &NodeKey, after: Duration) {
+        let payload = self
+            .nodes
+            .get(k)
+            .and_then(|n| n.task.loaded())
+            .map(|b| b.payload.clone());
+        let Some(fx) = self
+            .executions
+            .get_mut(&k.exid)
+            .and_then(|e| e.flow.as_mut())
+        else {
+            return;
+        };
+        let after_ms = u64::try_from(after.as_millis()).unwrap_or(u64::MAX);
+        let step = match (&fx.life, payload) {
+            (FlowLife::Running, Some(p)) => fx.flow.task_uncompleted(&k.nid, p, after_ms),
+            _ => Step::default(),
+        };
+        if step.actions.is_empty() {
+            return self.enqueue_after(k, after);
+        }
+        if let Some(node) = self.nodes.get_mut(k) {
+            node.state = NodeState::Delayed;
+        }
+        self.save_progress(&k.exid, step);
+    }
+
     /// Whether `exid` is a flow that starts no more taskers: its end is
     /// decided (a failure, say, whose progress is still being saved) or
     /// it is being cancelled. Its waiting nodes end with its next step.
@@ -390,6 +425,9 @@ impl Engine {
                 Action::Cancel { nid } => {
                     let k = key(exid, &nid);
                     self.stop_flow_node(&k, "a sibling node failed");
+                }
+                Action::Again { nid, after_ms } => {
+                    self.enqueue_after(&key(exid, &nid), Duration::from_millis(after_ms))
                 }
             }
         }
@@ -619,79 +657,4 @@ fn run_file_head(task: &Task) -> String {
     let mut head = task.to_file_json().to_string();
     head.pop();
     head
-}
-
-/// A flow's record (SPEC 12): the record of SPEC 9 with `tasker` and
-/// `taskee` null, the tree that ran, `errors` and one `nodes` entry per
-/// task node that ran.
-fn flow_record(
-    fx: &FlowExec,
-    created_at: DateTime<Utc>,
-    state: State,
-    error: Option<TaskError>,
-    payload: Object,
-) -> Record {
-    let nodes: Vec<Value> = fx
-        .flow
-        .progress
-        .nodes
-        .iter()
-        .filter_map(|(nid, p)| {
-            let (st, run) = match p {
-                NodeProgress::Done {
-                    task: Some(run), ..
-                } => ("completed", run),
-                NodeProgress::Failed {
-                    task: Some(run),
-                    kind,
-                    ..
-                } => (
-                    if *kind == ErrorKind::Aborted {
-                        "aborted"
-                    } else {
-                        "failed"
-                    },
-                    run,
-                ),
-                _ => return None,
-            };
-            // Only task nodes whose tasker ran.
-            if run.started_at.is_none() && run.attempts == 0 {
-                return None;
-            }
-            Some(serde_json::json!({
-                "nid": nid, "taskee": run.taskee, "state": st, "attempts": run.attempts,
-                "started_at": run.started_at, "ended_at": run.ended_at,
-            }))
-        })
-        .collect();
-    let t = &fx.task;
-    Record {
-        id: t.id.clone(),
-        exid: t.exid.clone(),
-        nid: Nid::root(),
-        domain: t.domain.clone(),
-        tasker: None,
-        taskee: None,
-        tasker_path: None,
-        state,
-        reason: error.as_ref().map(|e| e.message.clone()),
-        error,
-        // One life of the flow; see maybe_end_flow.
-        attempts: 1,
-        offers: 0,
-        priority: t.priority,
-        headers: t.headers.clone(),
-        created_at: Some(timestamp(created_at)),
-        started_at: Some(timestamp(created_at)),
-        ended_at: Some(timestamp(Utc::now())),
-        payload,
-        flow: Some(tree::to_json(&fx.flow.tree)),
-        errors: Some(serde_json::to_value(&fx.flow.progress.errors).unwrap_or_default()),
-        nodes: Some(nodes),
-        first_started_at: None,
-        attempts_log: Vec::new(),
-        // Its nodes' defaults: `retry` queues the flow with them again.
-        options: t.options.to_record(),
-    }
 }

@@ -18,7 +18,7 @@ use crate::model::task::{ErrorKind, Object};
 /// with `item` and `index` set, rebuilt here when it is needed.
 pub(super) fn input_of(tree: &FlowNode, progress: &Progress, nid: &Nid) -> Object {
     let stored = match progress.nodes.get(nid.as_str()) {
-        Some(NodeProgress::Running { input }) => input,
+        Some(NodeProgress::Running { input, .. }) => input,
         _ => return Object::new(),
     };
     if !stored.is_empty() {
@@ -142,7 +142,7 @@ impl<'a> Machine<'a> {
                 self.step
                     .actions
                     .extend(task_action(nid, node, Some(input.clone())));
-                self.set(nid, NodeProgress::Running { input });
+                self.set(nid, NodeProgress::Running { input, again: None });
                 return None;
             }
             Kind::Sleep(d) => {
@@ -535,7 +535,7 @@ impl<'a> Machine<'a> {
             match self.enter(&run, each.body, run_input) {
                 None => {
                     // Running: its input is rebuilt from the `each`'s.
-                    if let Some(NodeProgress::Running { input }) =
+                    if let Some(NodeProgress::Running { input, .. }) =
                         self.progress.nodes.get_mut(run.as_str())
                     {
                         *input = Object::new();
@@ -633,6 +633,7 @@ impl<'a> Machine<'a> {
 fn running(input: &Object) -> NodeProgress {
     NodeProgress::Running {
         input: input.clone(),
+        again: None,
     }
 }
 

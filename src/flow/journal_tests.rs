@@ -10,7 +10,7 @@ use crate::model::task::{ErrorKind, Object};
 fn running(n: i64) -> NodeProgress {
     let mut input = Object::new();
     input.insert("n".into(), json!(n));
-    NodeProgress::Running { input }
+    NodeProgress::Running { input, again: None }
 }
 
 fn line(d: &Delta) -> Vec<u8> {
@@ -43,7 +43,7 @@ fn a_delta_holds_what_changed_since_the_last_one() {
     assert_eq!((d2.seq, d2.nodes.len(), d2.cursors.len()), (2, 0, 0));
 
     // A change through get_mut, a removal, an error.
-    if let Some(NodeProgress::Running { input }) = p.nodes.get_mut("0_0") {
+    if let Some(NodeProgress::Running { input, .. }) = p.nodes.get_mut("0_0") {
         input.insert("m".into(), json!(2));
     }
     p.cursors.remove("0");

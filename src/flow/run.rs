@@ -115,7 +115,13 @@ pub struct Cursor {
 #[serde(tag = "state", rename_all = "lowercase")]
 pub enum NodeProgress {
     /// Entered (a container), or its task queued or running (a task node).
-    Running { input: Object },
+    Running {
+        input: Object,
+        /// The payload a task node's `uncompleted` reply gave it, to run
+        /// with again (its `input` stays what the flow gave it).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        again: Option<Object>,
+    },
     /// A `sleep` waiting for its deadline (ms since the epoch).
     Sleeping { input: Object, until_ms: i64 },
     Done {
@@ -184,6 +190,9 @@ pub enum Action {
     /// Stop task node `nid` (a sibling failed, or the flow is cancelled);
     /// what it reports afterwards is ignored.
     Cancel { nid: Nid },
+    /// Queue task node `nid` again, `after_ms` from now, with the payload
+    /// of its `uncompleted` reply (see [`Flow::task_uncompleted`]).
+    Again { nid: Nid, after_ms: u64 },
 }
 
 /// How a flow ended.
@@ -263,6 +272,29 @@ impl Flow {
         cond: &mut dyn Conditions,
     ) -> Step {
         self.task_ended(nid, Ok(output), run, now_ms, cond)
+    }
+
+    /// Task node `nid` replied `uncompleted` with `payload`: it runs again
+    /// with it, `after_ms` from now. The payload is kept in the progress
+    /// (so that a restart runs the node from it, not from its input), and
+    /// the step queues the node again once that is durable. Ignored (an
+    /// empty step) unless the node is a running task node of a flow that
+    /// has not ended.
+    pub fn task_uncompleted(&mut self, nid: &Nid, payload: Object, after_ms: u64) -> Step {
+        if self.is_ended() || !is_task(&self.tree, nid) {
+            return Step::default();
+        }
+        match self.progress.nodes.get_mut(nid.as_str()) {
+            Some(NodeProgress::Running { again, .. }) => *again = Some(payload),
+            _ => return Step::default(),
+        }
+        Step {
+            actions: vec![Action::Again {
+                nid: nid.clone(),
+                after_ms,
+            }],
+            end: None,
+        }
     }
 
     /// Task node `nid` failed for good (retries are the engine's). Ignored
@@ -358,11 +390,14 @@ impl Flow {
                 continue;
             };
             match p {
-                NodeProgress::Running { input } => {
+                NodeProgress::Running { input, again } => {
                     if let Some(node) = tree::at(&self.tree, &nid) {
                         // A run of an `each` stores no input: it is derived.
                         let derived = input.is_empty() && is_each_run(&self.tree, &nid);
-                        let payload = (!derived).then(|| input.clone());
+                        let payload = match again {
+                            Some(again) => Some(again.clone()),
+                            None => (!derived).then(|| input.clone()),
+                        };
                         if let Some(a) = task_action(&nid, node, payload) {
                             actions.push(a);
                         }

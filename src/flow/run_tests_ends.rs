@@ -243,6 +243,7 @@ fn progress_json_shape() {
                 "0".to_string(),
                 NodeProgress::Running {
                     input: obj(json!({"a": 1})),
+                    again: None,
                 },
             ),
             (
@@ -390,4 +391,47 @@ fn a_root_that_continues_completes_with_its_input() {
     assert_eq!(f.resume().end, s.end);
     assert_eq!(f.progress.errors.len(), 1);
     assert_eq!(f.progress.errors[0].nid, "0");
+}
+
+#[test]
+fn an_uncompleted_payload_is_kept_for_the_next_run_and_after_a_crash() {
+    let mut f = flow(json!({ "sequence": [
+        { "task": "a", "on_error": "continue" },
+        { "task": "b" }
+    ]}));
+    start(&mut f, json!({"x": 0}));
+    let step = f.task_uncompleted(&nid("0_0"), obj(json!({"n": 1})), 250);
+    let again = Action::Again {
+        nid: nid("0_0"),
+        after_ms: 250,
+    };
+    assert_eq!(step.actions, [again]);
+    assert_eq!(step.end, None);
+    // After a crash the node runs again from that payload.
+    let resumed = Flow {
+        tree: f.tree.clone(),
+        progress: serde_json::from_value(serde_json::to_value(&f.progress).unwrap()).unwrap(),
+    };
+    let step = resumed.resume();
+    assert_eq!(
+        tasks(&resumed, &step),
+        [("0_0".into(), "a".into(), json!({"n": 1}))]
+    );
+    // Its input stays the flow's (what `on_error: continue` passes on).
+    let step = fail(&mut f, "0_0", "gave up");
+    assert_eq!(
+        tasks(&f, &step),
+        [("0_1".into(), "b".into(), json!({"x": 0}))]
+    );
+    // Nothing for a node that does not run, nor once the flow has ended.
+    assert!(f
+        .task_uncompleted(&nid("0_0"), Object::new(), 0)
+        .actions
+        .is_empty());
+    done(&mut f, "0_1", json!({}));
+    assert!(f.is_ended());
+    assert!(f
+        .task_uncompleted(&nid("0_1"), Object::new(), 0)
+        .actions
+        .is_empty());
 }

@@ -1024,3 +1024,63 @@ fn replies_completed_at_a_start_are_kept_until_their_own_end_is_durable() {
     let r = runs();
     assert_eq!(r.lines().count(), 2, "each node ran once; runs: {r:?}");
 }
+
+/// A flow's task node replies `uncompleted` with a new payload: the flow
+/// keeps it in its progress before the node runs again, so that after a
+/// `kill -9` the node runs from that payload, not from its input again.
+#[test]
+fn an_uncompleted_flow_node_goes_on_from_its_payload_after_a_kill_9() {
+    let t = TestRoot::new();
+    t.tasker(
+        "org",
+        "again",
+        &format!(
+            "#!/bin/sh\nin=$(tr -d ' \\n')\necho \"$in\" >> \"$SPOOLFLOW_ROOT/inputs\"\ncase \"$in\" in\n*'\"n\":1'*) {} ; echo '{{\"done\":1}}' ;;\n*) echo '{{\"point\":\"uncompleted\",\"payload\":{{\"n\":1}}}}' ;;\nesac\n",
+            wait_file("go")
+        ),
+    );
+    t.drop_task(
+        "u1.json",
+        &json!({"domain": "org", "id": "u1",
+            "flow": {"sequence": [{"task": "again"}]},
+            "payload": {"x": 0}})
+        .to_string(),
+    );
+    let inputs = || -> Vec<String> {
+        fs::read_to_string(t.join("inputs"))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    };
+    let engine = t.spawn_engine(&["--workers", "1"]);
+    wait_for("the run after `uncompleted`", DEADLINE, || {
+        inputs().len() == 2
+    });
+    engine.signal(Signal::SIGKILL);
+    let (code, _) = engine.wait(DEADLINE);
+    assert_eq!(code, None, "the engine was killed by a signal");
+    let progress = t.flow_progress("u1").expect("u1's progress");
+    assert_eq!(
+        progress["nodes"]["0_0"]["again"],
+        json!({"n": 1}),
+        "{progress:#}"
+    );
+
+    let engine = t.spawn_engine(&["--drain", "--workers", "1"]);
+    wait_for("the run after the restart", DEADLINE, || {
+        inputs().len() == 3
+    });
+    fs::write(t.join("go"), "").unwrap();
+    let (code, err) = engine.wait(DEADLINE);
+    assert_eq!(code, Some(0), "{err}");
+    let seen = inputs();
+    assert!(!seen[0].contains("\"n\":1"), "{seen:?}");
+    assert!(
+        seen[1..].iter().all(|i| i.contains("\"n\":1")),
+        "after the restart the node went on from its uncompleted payload: {seen:?}"
+    );
+    let rec = t.must_record("u1");
+    assert_eq!(rec["state"], "completed", "{rec:#}");
+    assert_eq!(rec["payload"], json!({"done": 1}), "{rec:#}");
+}
