@@ -296,6 +296,14 @@ impl Engine {
             return;
         };
         let after_ms = u64::try_from(after.as_millis()).unwrap_or(u64::MAX);
+        if payload.is_none() {
+            // Not expected: a node that ran was offered, with its payload.
+            tracing::warn!(
+                "flow {}: node {}'s uncompleted payload was lost; it runs again from its input",
+                k.exid,
+                k.nid
+            );
+        }
         let step = match (&fx.life, payload) {
             (FlowLife::Running, Some(p)) => fx.flow.task_uncompleted(&k.nid, p, after_ms),
             _ => Step::default(),
