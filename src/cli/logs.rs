@@ -200,7 +200,7 @@ fn newest_reason(rejected: &Path, name: &str, since: SystemTime) -> Option<Strin
             })?;
             // A cancel or priority request named like the task is no
             // rejection of the task.
-            spoolflow::read::tasks::request_kind(&reason)
+            spoolflow::read::tasks::Request::of_reason(&reason)
                 .is_none()
                 .then_some(reason)
         })

@@ -136,6 +136,7 @@ fn applied(root: &spoolflow::Root, id: &TaskId, priority: i32) -> bool {
 /// The reason of the newest rejected request for `id` written since
 /// `since` (`rejected/<id>.reason` or `rejected/<id>.N.reason`).
 fn refusal(root: &spoolflow::Root, id: &TaskId, since: std::time::SystemTime) -> Option<String> {
+    use spoolflow::read::tasks::Request;
     let entries = std::fs::read_dir(root.rejected()).ok()?;
     entries
         .flatten()
@@ -156,10 +157,10 @@ fn refusal(root: &spoolflow::Root, id: &TaskId, since: std::time::SystemTime) ->
         .and_then(|(_, p)| spoolflow::read::find::read_reason(&p))
         // A cancel request for the same id, rejected meanwhile, is not
         // this request's refusal.
-        .filter(|r| spoolflow::read::tasks::request_kind(r) != Some("cancel"))
+        .filter(|r| Request::of_reason(r) != Some(Request::Cancel))
         .map(|r| {
             let r = r.trim();
-            let prefix = spoolflow::read::tasks::PRIORITY_REQUEST;
+            let prefix = Request::Priority.prefix();
             r.strip_prefix(prefix).unwrap_or(r).to_string()
         })
 }

@@ -374,16 +374,21 @@ impl Engine {
 
     /// Moves input to `rejected/` with the reason (through the writer).
     /// A request's reason says which kind of request it was (see
-    /// [`crate::read::tasks::request_kind`]): its file is named after the
-    /// task it was for, and must not be read as a rejected task.
+    /// [`crate::read::tasks::Request`]): its file is named after the task
+    /// it was for, and must not be read as a rejected task.
     pub(super) fn reject(&mut self, path: &Path, reason: &str) {
+        use crate::read::tasks::Request;
         let dir = path.parent();
-        let reason = if dir == Some(self.root.cancel().as_path()) {
-            format!("{}{reason}", crate::read::tasks::CANCEL_REQUEST)
+        let request = if dir == Some(self.root.cancel().as_path()) {
+            Some(Request::Cancel)
         } else if dir == Some(self.root.priority_requests().as_path()) {
-            format!("{}{reason}", crate::read::tasks::PRIORITY_REQUEST)
+            Some(Request::Priority)
         } else {
-            reason.to_string()
+            None
+        };
+        let reason = match request {
+            Some(r) => format!("{}{reason}", r.prefix()),
+            None => reason.to_string(),
         };
         self.in_flight.insert(path.to_path_buf());
         self.writer.send(Job::Reject {

@@ -66,7 +66,7 @@ pub fn find(root: &Root, id: &TaskId) -> Result<Option<Place>, ReadError> {
         // A cancel or priority request named `<id>.json` is no task.
         if reason
             .as_deref()
-            .and_then(crate::read::tasks::request_kind)
+            .and_then(crate::read::tasks::Request::of_reason)
             .is_none()
         {
             return Ok(Some(Place::Rejected {

@@ -212,20 +212,29 @@ fn waiting_files(root: &Root, out: &mut Listing) {
     }
 }
 
-/// How the engine's reason for a rejected cancel request begins.
-pub const CANCEL_REQUEST: &str = "cancel request: ";
-/// How the engine's reason for a rejected priority request begins.
-pub const PRIORITY_REQUEST: &str = "priority request: ";
+/// A request to the engine about a task (`cancel/`, `priority/`): when
+/// rejected, its reason begins with [`Request::prefix`], for its file is
+/// named after the task it was for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Request {
+    Cancel,
+    Priority,
+}
 
-/// Whether a rejected file's reason is a request's (`cancel` or
-/// `priority`), and which.
-pub fn request_kind(reason: &str) -> Option<&'static str> {
-    if reason.starts_with(CANCEL_REQUEST) {
-        Some("cancel")
-    } else if reason.starts_with(PRIORITY_REQUEST) {
-        Some("priority")
-    } else {
-        None
+impl Request {
+    /// How the engine's reason for a rejected request of this kind begins.
+    pub fn prefix(self) -> &'static str {
+        match self {
+            Request::Cancel => "cancel request: ",
+            Request::Priority => "priority request: ",
+        }
+    }
+
+    /// The kind of request a rejected file's reason is for, if any.
+    pub fn of_reason(reason: &str) -> Option<Request> {
+        [Request::Cancel, Request::Priority]
+            .into_iter()
+            .find(|r| reason.starts_with(r.prefix()))
     }
 }
 
@@ -251,7 +260,7 @@ fn rejected_files(root: &Root, out: &mut Listing) {
         let reason = crate::read::find::read_reason(&dir.join(format!("{name}.reason")))
             .map(|r| first_line(&r));
         let at = modified(&path);
-        let is_request = reason.as_deref().and_then(request_kind).is_some();
+        let is_request = reason.as_deref().and_then(Request::of_reason).is_some();
         let list = if is_request {
             &mut out.requests
         } else {
