@@ -388,7 +388,7 @@ impl Engine {
         self.points_files.insert(points_file, key.clone());
         let report = self.report_to_loop(key, gen, slot);
         let executor = self.executor(local);
-        // A local spawn (`posix_spawn`: the loop waits only until the
+        // A local spawn (`tasker::vfork`: the loop waits only until the
         // child has exec'd) runs on the loop: handing it to a blocking
         // thread cost more (two wake-ups per task) than the wait. A
         // Slurm submission waits for `sbatch`: off the loop.

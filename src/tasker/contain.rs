@@ -5,8 +5,8 @@
 //! - **cgroup v2**, where the engine can create cgroups below its own (a
 //!   delegated subtree: `Delegate=yes` under systemd, or root): a parent
 //!   `spoolflow-<pid>-<n>` below the engine's cgroup, and one child per
-//!   worker slot. A tasker enters its slot's cgroup before it execs (a
-//!   `pre_exec` hook writes `0` to the slot's `cgroup.procs`), so that all
+//!   worker slot. A tasker enters its slot's cgroup before it execs (the
+//!   child writes `0` to the slot's `cgroup.procs`, see `vfork`), so that all
 //!   it ever starts is in it; when its task ends the cgroup is killed
 //!   (`cgroup.kill`, or SIGKILL to every pid of `cgroup.procs` until it is
 //!   empty on kernels before 5.14). The parent's path is kept in
@@ -26,7 +26,6 @@
 
 use std::fs::File;
 use std::io::{self, Write};
-use std::os::fd::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -89,10 +88,10 @@ static SEQ: AtomicU32 = AtomicU32::new(0);
 impl Contain {
     /// Chooses the mechanism at start-up, and says which.
     pub fn detect(root: &Root) -> Contain {
-        // Cgroups cost a full fork per spawn (the hook that joins the
-        // cgroup rules out posix_spawn) and the kernel's migration: twice
-        // the engine's CPU per task in the benchmark. They are asked for,
-        // not the default.
+        // Cgroups cost the kernel's migration of each tasker (and, until
+        // spawns became our own, a full fork per spawn): twice the
+        // engine's CPU per task in the benchmark. They are asked for, not
+        // the default.
         let wanted = std::env::var(CONTAIN_VAR).unwrap_or_default();
         let cgroup_error = if wanted != "cgroup" {
             format!("not asked for ({CONTAIN_VAR}=cgroup asks)")
@@ -502,28 +501,6 @@ pub fn root_var(root: &Path) -> Vec<u8> {
     let mut want = b"SPOOLFLOW_ROOT=".to_vec();
     want.extend_from_slice(root.as_os_str().as_encoded_bytes());
     want
-}
-
-/// Makes the child write itself into its cgroup before it execs: all it
-/// starts is born there. The only `unsafe` of the crate: `pre_exec`
-/// runs between fork and exec, where only async-signal-safe calls are
-/// allowed; the hook makes one `write(2)` on a descriptor opened before
-/// the fork and allocates nothing.
-#[allow(unsafe_code)]
-pub fn enter_at_exec(cmd: &mut tokio::process::Command, procs: &File) {
-    let fd: RawFd = procs.as_raw_fd();
-    // SAFETY: see above; `procs` outlives the spawn (the caller holds it
-    // until `spawn` returns), and is close-on-exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            let n = nix::libc::write(fd, b"0".as_ptr().cast(), 1);
-            if n == 1 {
-                Ok(())
-            } else {
-                Err(io::Error::last_os_error())
-            }
-        });
-    }
 }
 
 #[cfg(test)]

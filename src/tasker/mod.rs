@@ -1,6 +1,6 @@
 //! Taskers (SPEC section 6): `config` (`tasker.json`), `resolve` (a taskee
 //! to an executable under `tsk/`), `process` (spawning and driving one
-//! tasker process), `contain` and `sweep` (nothing a tasker starts
+//! tasker process; `vfork` starts it), `contain` and `sweep` (nothing a tasker starts
 //! outlives its task), `stderr` (its stderr lines), `reply` (the reply
 //! table), and the executor seam (`executor`: `Local` process groups, and
 //! `slurm` batch jobs).
@@ -14,6 +14,7 @@ pub mod resolve;
 pub mod slurm;
 pub mod stderr;
 mod sweep;
+mod vfork;
 
 pub use config::{Cmd, ConcurrencyKey, ExecutorKind, Input, SlurmConfig, TaskerConfig};
 pub use contain::{Contain, Tracked};

@@ -14,18 +14,21 @@
 //! whether the tasker has exited.
 
 use std::ffi::OsString;
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
-use std::process::{ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::time::Duration;
 
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::unix::pipe::Receiver;
 use tokio::sync::oneshot;
 
-use super::contain::{enter_at_exec, Tracked};
+use super::contain::Tracked;
 use super::reply::REPLY_LIMIT;
 use super::stderr::{copy_stderr, StderrCopy};
+use super::vfork;
 
 /// How long a tasker's pipes may outlive it before its group is killed.
 const LINGER: Duration = Duration::from_secs(2);
@@ -92,8 +95,8 @@ pub struct Handle {
 /// Marks every descriptor above 2 close-on-exec, so that taskers inherit
 /// none of what the engine's parent left open (SPEC 6). Called once at
 /// start-up: the engine's own descriptors are opened close-on-exec by Rust
-/// already, and spawning keeps using `posix_spawn` (a `pre_exec` hook that
-/// closed descriptors would force a full fork of the engine per task).
+/// already; closing them in each child instead, between its clone and its
+/// exec (`vfork`), would cost a pass over the descriptor table per task.
 pub fn close_inherited_descriptors() {
     use nix::fcntl::{fcntl, FcntlArg, FdFlag};
     let Ok(entries) = std::fs::read_dir("/proc/self/fd") else {
@@ -127,18 +130,17 @@ pub fn spawn(
             })
         }
     };
-    let mut cmd = tokio::process::Command::new(&launch.argv[0]);
-    cmd.args(&launch.argv[1..])
-        .current_dir(&launch.dir)
-        .env_clear()
-        .envs(launch.env.iter().map(|(k, v)| (k, v)))
-        .stdin(Stdio::from(stdin))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(false);
-    // With cgroups the child enters its cgroup before it execs (which
-    // makes the spawn a fork rather than a `posix_spawn`).
+    let pipes = match (pipe(), pipe()) {
+        (Ok(stdout), Ok(stderr)) => (stdout, stderr),
+        (Err(e), _) | (_, Err(e)) => {
+            return Err(Exit::SpawnFailed {
+                message: format!("cannot make the tasker's pipes: {e}"),
+                transient: true,
+            })
+        }
+    };
+    let ((stdout_read, stdout_write), (stderr_read, stderr_write)) = pipes;
+    // With cgroups the child enters its cgroup before it execs.
     let procs = match launch.tracked.cgroup_procs() {
         Ok(procs) => procs,
         Err(e) => {
@@ -148,14 +150,17 @@ pub fn spawn(
             })
         }
     };
-    if let Some(procs) = &procs {
-        enter_at_exec(&mut cmd, procs);
-    }
-    let spawned = cmd.spawn();
+    // The child's ends (its stdin's read end included) are closed once it
+    // has exec'd: the engine keeps only its own.
+    let spawned = vfork::spawn(vfork::Command {
+        argv: &launch.argv,
+        env: &launch.env,
+        dir: &launch.dir,
+        stdio: [stdin, stdout_write, stderr_write],
+        cgroup_procs: procs.as_ref().map(std::os::fd::AsRawFd::as_raw_fd),
+    });
     drop(procs);
-    // The child has its copy of the pipe's read end: the engine's goes.
-    drop(cmd);
-    let mut child = match spawned {
+    let child = match spawned {
         Ok(c) => c,
         Err(e) => {
             let transient = is_transient(&e);
@@ -168,13 +173,17 @@ pub fn spawn(
             });
         }
     };
-    let pid = child.id().map(|p| p as i32).unwrap_or(0);
+    let pid = child.id();
     if pid > 0 {
         launch.tracked.spawned(pid);
     }
     let (stop_tx, stop_rx) = oneshot::channel();
     let fut = drive(
-        child_io(&mut child, stdin_rest),
+        ChildIo {
+            stdin: stdin_rest,
+            stdout: receiver(stdout_read),
+            stderr: receiver(stderr_read),
+        },
         child,
         pid,
         launch,
@@ -203,16 +212,20 @@ fn is_transient(e: &std::io::Error) -> bool {
 struct ChildIo {
     /// The write end of stdin, when the payload did not fit in the pipe.
     stdin: Option<std::os::fd::OwnedFd>,
-    stdout: Option<tokio::process::ChildStdout>,
-    stderr: Option<tokio::process::ChildStderr>,
+    stdout: Option<Receiver>,
+    stderr: Option<Receiver>,
 }
 
-fn child_io(child: &mut tokio::process::Child, stdin: Option<std::os::fd::OwnedFd>) -> ChildIo {
-    ChildIo {
-        stdin,
-        stdout: child.stdout.take(),
-        stderr: child.stderr.take(),
-    }
+/// A close-on-exec pipe: (read end, write end).
+fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    Ok(nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?)
+}
+
+/// The engine's end of a tasker's output pipe, on the runtime (none if it
+/// cannot be registered: the tasker then writes into a pipe nobody
+/// reads, and its end is told by its exit).
+fn receiver(fd: OwnedFd) -> Option<Receiver> {
+    Receiver::from_owned_fd(fd).ok()
 }
 
 fn signal_group(pgid: i32, sig: Signal) {
@@ -226,7 +239,7 @@ fn signal_group(pgid: i32, sig: Signal) {
 /// timers and stop request, all in one task so that no state is shared.
 async fn drive(
     io: ChildIo,
-    mut child: tokio::process::Child,
+    mut child: vfork::Child,
     pgid: i32,
     launch: Launch,
     mut stop_rx: oneshot::Receiver<StopReason>,
@@ -374,7 +387,7 @@ struct Stdout {
 /// more has its group killed and its reply dropped (and `oversized` told:
 /// the driver kills the leader too, which may have left its group).
 async fn read_reply(
-    stdout: Option<tokio::process::ChildStdout>,
+    stdout: Option<Receiver>,
     pgid: i32,
     (into, oversized): (&mut Stdout, &tokio::sync::Notify),
 ) {

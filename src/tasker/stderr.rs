@@ -77,7 +77,7 @@ impl StderrCopy {
 /// Copies stderr into `copy` until its end (or until the caller stops
 /// polling: what was read is in `copy` already).
 pub(super) async fn copy_stderr(
-    stderr: Option<tokio::process::ChildStderr>,
+    stderr: Option<tokio::net::unix::pipe::Receiver>,
     copy: &mut StderrCopy,
 ) {
     let Some(mut stderr) = stderr else {
