@@ -128,6 +128,9 @@ fn log_script_output(debug: bool, text: &str, pos: Option<Position>) {
     });
 }
 
+/// Why a script cannot call `sleep`.
+const NO_SLEEP: &str = "sleep() is not available in the sandbox (a script must not hold the engine; a flow waits with a `sleep` node)";
+
 /// The sandboxed engine: no file, process or network access (Rhai has none
 /// built in and no module can be loaded), no `eval`, bounds on operations,
 /// call and expression depth, and string, array and map sizes, and a
@@ -145,6 +148,17 @@ pub fn sandbox_engine() -> Engine {
     // `set_max_modules(0)` does not exist with `no_module`: `import` is then
     // a syntax error.
     engine.disable_symbol("eval");
+    // Rhai's `sleep` is one operation, however long: the deadline, checked
+    // between operations, would not see it, and a script runs on the
+    // engine's loop (an `if`) or holds a taskmaster worker. Registered on
+    // the engine itself, these win over the package's.
+    engine.register_fn("sleep", |_: rhai::INT| -> Result<(), Box<EvalAltResult>> {
+        Err(NO_SLEEP.into())
+    });
+    engine.register_fn(
+        "sleep",
+        |_: rhai::FLOAT| -> Result<(), Box<EvalAltResult>> { Err(NO_SLEEP.into()) },
+    );
     engine.on_progress(|ops| {
         // Every operation: one may allocate up to a whole string's bound.
         if crate::heap::thread_net_bytes() > HEAP_CEILING.with(Cell::get) {
@@ -212,6 +226,25 @@ pub fn limit_exceeded(err: &EvalAltResult) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `sleep` would stop the whole engine for as long as it asks, the
+    /// deadline unseen (it is one operation): it fails at once instead.
+    #[test]
+    fn sleep_fails_at_once_instead_of_holding_the_engine() {
+        let engine = sandbox_engine();
+        for script in ["sleep(5); 1", "sleep(2.5); 1"] {
+            let started = Instant::now();
+            let err = with_deadline("sleepy", Duration::from_secs(1), || {
+                engine.eval::<i64>(script)
+            })
+            .unwrap_err();
+            assert!(started.elapsed() < Duration::from_secs(1), "{script}");
+            assert!(
+                err.to_string().contains("sleep() is not available"),
+                "{err}"
+            );
+        }
+    }
 
     /// Each string and the map stay within their own bounds; together
     /// they do not. A deadline far away: the memory bound is what stops

@@ -2,6 +2,7 @@
 //! the tasker processes a dead engine left behind, leftover temporaries, and
 //! the tasks found in `run/`, rebuilt from their files and points logs.
 
+use std::collections::BTreeSet;
 use std::io;
 use std::path::{Path, PathBuf};
 
@@ -26,6 +27,9 @@ pub enum RecoveryError {
     Lock { path: PathBuf, source: io::Error },
     #[error("cannot read {path}: {source}")]
     Read { path: PathBuf, source: io::Error },
+    /// Finishing what a record found at start left (see `scan_run`).
+    #[error("the disk failed: {0}")]
+    Disk(#[from] crate::store::spool::SpoolError),
 }
 
 /// A task found in `run/`, to queue again.
@@ -269,6 +273,7 @@ pub(super) fn scan_run(
 ) -> Result<Found, RecoveryError> {
     let run = root.run();
     let mut found = Found::default();
+    let mut record_dirs = BTreeSet::new();
     let entries = std::fs::read_dir(&run).map_err(|source| RecoveryError::Read {
         path: run.clone(),
         source,
@@ -304,11 +309,13 @@ pub(super) fn scan_run(
             .into_iter()
             .find(|p| p.exists());
         if let Some(record_path) = record_path {
-            // The engine died after the record was durable: add the final
-            // point if it did not make it to the log, and finish the job.
+            // The engine died once the record was written: add the final
+            // point if it did not make it to the log; the run/ file goes
+            // once the record's directory is durable (below).
             add_missing_final_point(root, &record_path);
-            let _ = std::fs::remove_file(&path);
-            let _ = std::fs::remove_file(root.journal_file(&id));
+            if let Some(dir) = record_path.parent() {
+                record_dirs.insert(dir.to_path_buf());
+            }
             found.finished.push(id);
             continue;
         }
@@ -323,10 +330,30 @@ pub(super) fn scan_run(
         .sort_by(|a, b| (a.created_at, a.id()).cmp(&(b.created_at, b.id())));
     found.bad.sort();
     found.finished.sort();
-    if !found.finished.is_empty() {
-        let _ = crate::store::spool::fsync_dir(&run);
-    }
+    finish_recorded(root, &found.finished, &record_dirs)?;
     Ok(found)
+}
+
+/// Removes the `run/` files (and flow journals) of tasks whose record was
+/// found, once the records' directories are durable: a record seen in the
+/// page cache may be one the engine died before making durable, and a
+/// power loss must not keep the removal and lose the record.
+fn finish_recorded(
+    root: &Root,
+    finished: &[TaskId],
+    record_dirs: &BTreeSet<PathBuf>,
+) -> Result<(), RecoveryError> {
+    for dir in record_dirs {
+        crate::store::spool::fsync_dir(dir)?;
+    }
+    for id in finished {
+        let _ = std::fs::remove_file(root.run_file(id));
+        let _ = std::fs::remove_file(root.journal_file(id));
+    }
+    if !finished.is_empty() {
+        crate::store::spool::fsync_dir(&root.run())?;
+    }
+    Ok(())
 }
 
 /// A task read from `run/`, with its past from its points log: a flow

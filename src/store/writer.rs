@@ -490,6 +490,10 @@ impl Batch {
                     "{} exists already; a final record is never overwritten",
                     path.display()
                 );
+                // That record may not be durable yet (written by an engine
+                // that died): its directory is fsynced with the batch,
+                // before the run/ file goes.
+                self.dirs.insert(job.dir.clone());
                 Ok(Written::Record { job, already: true })
             }
             Err(e) => Err(e),

@@ -436,3 +436,33 @@ fn a_read_only_done_directory_stops_the_engine_and_loses_nothing() {
     drop(guard);
     restart_completes(&t, &["r1"]);
 }
+
+/// A record found at start beside its `run/` file (the engine died between
+/// writing the record and removing the file): the file goes only once the
+/// record's directory is durable. A record seen at start may be one the
+/// dead engine never made durable; removing `run/` first would let a power
+/// loss keep the removal and lose the record.
+#[test]
+fn a_run_file_beside_its_record_stays_until_the_records_directory_is_durable() {
+    let t = root_with_echo();
+    t.drop_task("r1.json", &task("r1"));
+    let (code, err) = engine(&t, None, &["--drain"]).wait(EXIT_DEADLINE);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(t.must_record("r1")["state"], "completed");
+    // As the dead engine would have left it: the record, and run/ too.
+    fs::write(t.join("var/spool/run/r1.json"), task("r1")).unwrap();
+    // The first fsync of done/ at this start is recovery's: it fails.
+    let (code, err) = engine(&t, Some("fsync:1@/var/spool/done"), &["--drain"]).wait(EXIT_DEADLINE);
+    assert_eq!(code, Some(1), "the start fails on the disk failure:\n{err}");
+    assert!(
+        err.contains("the disk failed") && err.contains("/var/spool/done"),
+        "the message names done/:\n{err}"
+    );
+    assert!(
+        t.join("var/spool/run/r1.json").exists(),
+        "run/r1.json stays while done/ is not known to be durable"
+    );
+    // A start without the fault finishes it: one record, run/ empty, the
+    // task not run again.
+    restart_completes(&t, &["r1"]);
+}
