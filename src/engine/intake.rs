@@ -318,6 +318,13 @@ impl Engine {
         if !older || !spool::read_capped(&run_file, limit).is_ok_and(|copy| copy == written) {
             return false;
         }
+        // The copy may be one the dead engine never made durable: run/ is
+        // fsynced before the original goes (a failure stops the engine,
+        // the original kept).
+        if let Err(e) = spool::fsync_dir(&self.root.run()) {
+            self.note_fatal(e);
+            return true;
+        }
         tracing::info!(
             "{}: its claim into run/ was cut short by the engine's end; removed (the task is in run/)",
             path.display()

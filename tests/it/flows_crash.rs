@@ -779,6 +779,36 @@ fn a_claim_cut_short_leaves_no_duplicate_behind() {
     assert!(!t.join("var/spool/in/org/cut.json").exists());
 }
 
+/// Finishing such a claim at the next start removes the original only
+/// once `run/` is durable (the copy may be one the dead engine never made
+/// durable): a failed fsync of `run/` then stops the start, the original
+/// kept in `in/`.
+#[test]
+fn a_claim_cut_short_is_finished_only_once_run_is_durable() {
+    let t = TestRoot::new();
+    t.tasker("org", "fx", "#!/bin/sh\ncat\n");
+    // A standalone task (a flow's recovery writes its progress into run/
+    // at the start, which the fault below would count too).
+    t.drop_task_in("org", "cut.json", r#"{"id":"cut","tasker":"fx"}"#);
+    let engine = t.spawn_engine_with_fault(Some("fsync:2:eio@/spool/run"), &["--drain"]);
+    let (code, err) = engine.wait(DEADLINE);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(t.join("var/spool/run/cut.json").exists(), "{err}");
+    // The next start's first fsync of run/ is the one before the original
+    // goes: it fails.
+    let engine = t.spawn_engine_with_fault(Some("fsync:1:eio@/var/spool/run"), &["--drain"]);
+    let (code, err) = engine.wait(DEADLINE);
+    assert_eq!(code, Some(1), "the start stops on the failed fsync:\n{err}");
+    assert!(
+        t.join("var/spool/in/org/cut.json").exists(),
+        "the original stays while run/ is not known durable:\n{err}"
+    );
+    t.run_drain(1);
+    assert_eq!(t.must_record("cut")["state"], "completed");
+    assert!(!t.join("var/spool/in/org/cut.json").exists());
+    assert!(t.list("var/spool/rejected").is_empty());
+}
+
 /// The same file dropped again while its task waits in `run/` (claimed
 /// from `in/<domain>/`, the engine stopped) is a duplicate at the next
 /// start, rejected: it is newer than the claim's copy.
