@@ -560,10 +560,13 @@ impl Batch {
             out.push(match w {
                 Written::Record { job, already } => {
                     if !already {
-                        if let Err(e) =
-                            crate::store::points::append_line(&job.points_log, &job.final_point)
-                        {
-                            tracing::error!("cannot append to {}: {e}", job.points_log.display());
+                        if let Err(e) = append_final_point(&job) {
+                            if e.is_fatal() {
+                                // The run/ file stays: the next start adds
+                                // the final point the record has.
+                                return vec![Done::Fatal(e)];
+                            }
+                            tracing::error!("{e}");
                         }
                     }
                     spares.give(&job.run_file);
@@ -612,6 +615,18 @@ impl Batch {
         }
         out
     }
+}
+
+/// Appends a record's final point to its points log. A disk failure
+/// (`SpoolError::is_fatal`) stops the engine; anything else (a log an
+/// operator or a tasker replaced) is logged, the record standing.
+fn append_final_point(job: &RecordJob) -> Result<(), SpoolError> {
+    spool::fault::inject(spool::Op::Write, &job.points_log, None)
+        .and_then(|()| crate::store::points::append_line(&job.points_log, &job.final_point))
+        .map_err(|source| SpoolError::Write {
+            path: job.points_log.clone(),
+            source,
+        })
 }
 
 /// Removes a file; one already gone is fine.

@@ -466,3 +466,24 @@ fn a_run_file_beside_its_record_stays_until_the_records_directory_is_durable() {
     // task not run again.
     restart_completes(&t, &["r1"]);
 }
+
+/// The final point is appended once the record is durable. When that
+/// append fails on the disk (full here), the engine stops (exit 1) and the
+/// task's `run/` file stays, so that the next start adds the point the
+/// record has: the record and the points log never disagree for good.
+#[test]
+fn a_final_point_that_cannot_be_appended_stops_the_engine_and_is_added_at_the_next_start() {
+    let t = root_with_echo();
+    t.drop_task("p1.json", &task("p1"));
+    // The loop's own injected appends to the log come first (`allocated`,
+    // `started`): the third is the writer's final point.
+    let e = engine(&t, Some("write:3:enospc@/var/log/tsk/p1.log"), &[]);
+    stops_on_the_failure(e, "/var/log/tsk/p1.log", "No space left on device");
+    assert_eq!(t.must_record("p1")["state"], "completed");
+    assert!(
+        t.join("var/spool/run/p1.json").exists(),
+        "the run/ file stays for the next start"
+    );
+    assert!(t.points_named("p1", "completed").is_empty());
+    restart_completes(&t, &["p1"]);
+}
