@@ -37,15 +37,18 @@ pub fn run(root: Option<PathBuf>, args: Args) -> Result<(), Failure> {
     let watcher = watch_dirs(&[&dir, &root.rejected()], tx);
     // File times are coarser than the clock: a second of slack.
     let started = std::time::SystemTime::now() - Duration::from_secs(1);
+    // A task that holds the priority already tells nothing by its file:
+    // the request's fate does (moved to rejected/, or removed).
+    let already = applied(&root, id, args.priority);
     let path = request(&root, id, args.priority)?;
     let deadline = Instant::now() + SETTLE;
     // Taken means applied (the request is removed once the `run/` file
     // holds the priority) or refused (moved to rejected/, then its reason
     // written).
-    let decided = || {
-        !path.exists()
-            && (applied(&root, id, args.priority) || refusal(&root, id, started).is_some())
-    };
+    let refused = || refusal(&root, id, started).is_some();
+    let taken =
+        || applied(&root, id, args.priority) && !(already && moved_to_rejected(&root, id, started));
+    let decided = || !path.exists() && (refused() || taken());
     while !decided() && watcher.is_some() && engine_runs(&root) {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() || rx.recv_timeout(left).is_err() {
@@ -64,7 +67,7 @@ pub fn run(root: Option<PathBuf>, args: Args) -> Result<(), Failure> {
         );
         return Ok(());
     }
-    if applied(&root, id, args.priority) {
+    if !refused() && taken() {
         println!("priority of {id} is now {}", args.priority);
         return Ok(());
     }
@@ -131,6 +134,29 @@ fn applied(root: &spoolflow::Root, id: &TaskId, priority: i32) -> bool {
         })
         .filter_map(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
         .any(|v| v["priority"] == priority)
+}
+
+/// Whether a request for `id` written since `since` is in `rejected/`
+/// (`<id>` or `<id>.N`: moved there by the engine in one rename, the
+/// moment it left `priority/`; its reason follows).
+fn moved_to_rejected(root: &spoolflow::Root, id: &TaskId, since: std::time::SystemTime) -> bool {
+    let Ok(entries) = std::fs::read_dir(root.rejected()) else {
+        return false;
+    };
+    entries.flatten().any(|e| {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        let ours = name.strip_prefix(id.as_str()).is_some_and(|rest| {
+            rest.is_empty()
+                || rest
+                    .strip_prefix('.')
+                    .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        });
+        ours && e
+            .metadata()
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t >= since)
+    })
 }
 
 /// The reason of the newest rejected request for `id` written since

@@ -459,7 +459,7 @@ fn priority_of_a_running_ended_or_unknown_task_is_refused() {
     assert!(err.contains("unknown task id nope"), "{err}");
 
     let engine = t.spawn_engine(&["--workers", "1"]);
-    task(&t, "g");
+    t.drop_task("g.json", r#"{"domain":"org","tasker":"t","priority":2}"#);
     wait_point(&t, "g", "started");
     let (code, _, err) = cli(&t, &["priority", "g", "7"]);
     assert_eq!(code, 2, "{err}");
@@ -469,6 +469,11 @@ fn priority_of_a_running_ended_or_unknown_task_is_refused() {
     );
     let reason = t.reason("g");
     assert!(reason.contains("task g is running"), "{reason}");
+    // The priority it has already: refused all the same (its run/ file
+    // holding 2 does not mean the request was applied).
+    let (code, out, err) = cli(&t, &["priority", "g", "2"]);
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(err.contains("task g is running"), "{err}");
     // A request dropped by hand for a task nobody knows.
     fs::write(t.join("var/spool/priority/ghost"), "4").unwrap();
     wait_for("ghost rejected", DEADLINE, || {
@@ -478,7 +483,7 @@ fn priority_of_a_running_ended_or_unknown_task_is_refused() {
     fs::write(t.join("open1"), "").unwrap();
     wait_for("g done", DEADLINE, || t.record("g").is_some());
     drop(engine);
-    assert_eq!(t.must_record("g")["priority"], 0);
+    assert_eq!(t.must_record("g")["priority"], 2);
 }
 
 #[test]
