@@ -89,14 +89,14 @@ fn try_lock(root: &Root) -> Result<EngineLock, RecoveryError> {
         .custom_flags(nix::libc::O_DIRECTORY)
         .open(&dir)
         .map_err(lock_err)?;
-    let ino = file.metadata().map_err(lock_err)?.ino();
+    let id = crate::read::engine::FileId::of(&file.metadata().map_err(lock_err)?);
     match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
         Ok(lock) => Ok(EngineLock {
             lock,
             on_record: false,
         }),
         Err((_, nix::errno::Errno::EWOULDBLOCK)) => Err(RecoveryError::Locked {
-            pid: holder(root, ino).unwrap_or_else(|| "unknown".into()),
+            pid: holder(root, id).unwrap_or_else(|| "unknown".into()),
             path: root.lock(),
         }),
         Err((_, e)) => {
@@ -143,18 +143,17 @@ fn try_lock_record(root: &Root) -> Result<EngineLock, RecoveryError> {
     }
 }
 
-/// The pid of the engine holding the lock on the root (inode `ino`): as
+/// The pid of the engine holding the lock on the root (`dir`): as
 /// `/proc/locks` names it, else as the pid record says.
-fn holder(root: &Root, ino: u64) -> Option<String> {
-    let from_locks = std::fs::read_to_string("/proc/locks")
+fn holder(root: &Root, dir: crate::read::engine::FileId) -> Option<String> {
+    let recorded = read_small(&root.lock())
+        .and_then(|text| crate::read::engine::parse_lock(&text))
+        .map(|(pid, _)| pid);
+    std::fs::read_to_string("/proc/locks")
         .ok()
-        .and_then(|locks| crate::read::engine::flock_holder(&locks, ino));
-    match from_locks {
-        Some(pid) => Some(pid.to_string()),
-        None => read_small(&root.lock())
-            .and_then(|text| crate::read::engine::parse_lock(&text))
-            .map(|(pid, _)| pid.to_string()),
-    }
+        .and_then(|locks| crate::read::engine::flock_holder(&locks, dir, recorded))
+        .or(recorded)
+        .map(|pid| pid.to_string())
 }
 
 /// The text of a small regular file, read without following a link and

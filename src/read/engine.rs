@@ -24,17 +24,17 @@ pub struct EngineInfo {
 /// The engine running on `root`, if one does: the root directory's lock is
 /// held.
 pub fn engine(root: &Root) -> Option<EngineInfo> {
-    use std::os::unix::fs::MetadataExt;
-    let ino = std::fs::metadata(root.dir()).ok()?.ino();
+    let dir = FileId::of(&std::fs::metadata(root.dir()).ok()?);
     let record = std::fs::read_to_string(root.lock())
         .ok()
         .and_then(|text| parse_lock(&text));
+    let recorded = record.map(|(pid, _)| pid);
     let pid = match std::fs::read_to_string("/proc/locks") {
         // On the root, or on the record itself where the root cannot be
         // locked (see `engine::lock`).
-        Ok(locks) => flock_holder(&locks, ino).or_else(|| {
-            let record_ino = std::fs::metadata(root.lock()).ok()?.ino();
-            flock_holder(&locks, record_ino)
+        Ok(locks) => flock_holder(&locks, dir, recorded).or_else(|| {
+            let file = FileId::of(&std::fs::metadata(root.lock()).ok()?);
+            flock_holder(&locks, file, recorded)
         })?,
         // No /proc: the recorded pid's process existing is the best sign
         // left.
@@ -66,20 +66,59 @@ pub fn engine(root: &Root) -> Option<EngineInfo> {
     })
 }
 
-/// The pid holding an exclusive `flock` on inode `ino`, as `/proc/locks`
-/// lists it (lines like `1: FLOCK  ADVISORY  WRITE 4242 08:01:1234567 0
-/// EOF`); `None` when no such lock is held.
-pub(crate) fn flock_holder(locks: &str, ino: u64) -> Option<i32> {
-    locks.lines().find_map(|l| {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        let on_ino = f
-            .get(5)
-            .and_then(|dev_ino| dev_ino.rsplit(':').next())
-            .and_then(|i| i.parse::<u64>().ok())
-            == Some(ino);
-        (f.get(1) == Some(&"FLOCK") && f.get(3) == Some(&"WRITE") && on_ino)
-            .then(|| f.get(4).and_then(|p| p.parse::<i32>().ok()).unwrap_or(-1))
-    })
+/// A file as `/proc/locks` names it: its device's major and minor numbers
+/// and its inode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct FileId {
+    pub major: u64,
+    pub minor: u64,
+    pub ino: u64,
+}
+
+impl FileId {
+    pub(crate) fn of(meta: &std::fs::Metadata) -> FileId {
+        use std::os::unix::fs::MetadataExt;
+        FileId {
+            major: nix::sys::stat::major(meta.dev()),
+            minor: nix::sys::stat::minor(meta.dev()),
+            ino: meta.ino(),
+        }
+    }
+
+    /// `MAJ:MIN:INODE` of a `/proc/locks` line (the numbers of the device
+    /// in hexadecimal).
+    fn parse(text: &str) -> Option<FileId> {
+        let mut parts = text.split(':');
+        let major = u64::from_str_radix(parts.next()?, 16).ok()?;
+        let minor = u64::from_str_radix(parts.next()?, 16).ok()?;
+        let ino = parts.next()?.parse().ok()?;
+        Some(FileId { major, minor, ino })
+    }
+}
+
+/// The pid holding an exclusive `flock` on `file`, as `/proc/locks` lists
+/// it (lines like `1: FLOCK  ADVISORY  WRITE 4242 08:01:1234567 0 EOF`);
+/// `None` when no such lock is held. A lock on the same inode of another
+/// device is not the file's, unless its holder is `recorded` (the pid the
+/// engine wrote: some filesystems, btrfs subvolumes, give `stat` a device
+/// other than the one `/proc/locks` shows).
+pub(crate) fn flock_holder(locks: &str, file: FileId, recorded: Option<i32>) -> Option<i32> {
+    let held: Vec<(FileId, i32)> = locks
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            if f.get(1) != Some(&"FLOCK") || f.get(3) != Some(&"WRITE") {
+                return None;
+            }
+            let on = FileId::parse(f.get(5)?)?;
+            let pid = f.get(4).and_then(|p| p.parse::<i32>().ok()).unwrap_or(-1);
+            (on.ino == file.ino).then_some((on, pid))
+        })
+        .collect();
+    held.iter()
+        .find(|(on, _)| *on == file)
+        .or_else(|| held.iter().find(|(_, pid)| Some(*pid) == recorded))
+        .map(|(_, pid)| *pid)
 }
 
 /// The pid and workers of a lock file's text.
@@ -114,19 +153,55 @@ mod tests {
     fn proc_locks_lines_parse() {
         let locks = "1: FLOCK  ADVISORY  WRITE 4242 08:01:1234567 0 EOF\n\
                      2: POSIX  ADVISORY  WRITE 7 08:01:99 0 EOF\n\
-                     3: FLOCK  ADVISORY  READ 8 08:01:55 0 EOF\n";
-        assert_eq!(flock_holder(locks, 1234567), Some(4242));
+                     3: FLOCK  ADVISORY  READ 8 08:01:55 0 EOF\n\
+                     4: FLOCK  ADVISORY  WRITE 77 00:1a:3129345 0 EOF\n";
+        let on = |ino| FileId {
+            major: 8,
+            minor: 1,
+            ino,
+        };
+        assert_eq!(flock_holder(locks, on(1234567), None), Some(4242));
         assert_eq!(
-            flock_holder(locks, 99),
+            flock_holder(locks, on(99), None),
             None,
             "a POSIX lock is not the engine's"
         );
         assert_eq!(
-            flock_holder(locks, 55),
+            flock_holder(locks, on(55), None),
             None,
             "a shared flock is not the engine's"
         );
-        assert_eq!(flock_holder(locks, 1), None);
+        assert_eq!(flock_holder(locks, on(1), None), None);
+        // The same inode number on another filesystem (device 0x00:0x1a):
+        // a stranger's lock, unless its holder is the recorded engine.
+        assert_eq!(flock_holder(locks, on(3129345), None), None);
+        assert_eq!(flock_holder(locks, on(3129345), Some(5)), None);
+        assert_eq!(flock_holder(locks, on(3129345), Some(77)), Some(77));
+        let tmpfs = FileId {
+            major: 0,
+            minor: 0x1a,
+            ino: 3129345,
+        };
+        assert_eq!(flock_holder(locks, tmpfs, None), Some(77));
+    }
+
+    /// `stat`'s device of a locked file is the one `/proc/locks` shows.
+    #[test]
+    fn a_lock_taken_here_is_found_by_its_device_and_inode() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = std::fs::File::open(tmp.path()).unwrap();
+        nix::fcntl::flock(
+            std::os::fd::AsRawFd::as_raw_fd(&file),
+            nix::fcntl::FlockArg::LockExclusiveNonblock,
+        )
+        .unwrap();
+        let id = FileId::of(&std::fs::metadata(tmp.path()).unwrap());
+        let locks = std::fs::read_to_string("/proc/locks").unwrap();
+        assert_eq!(
+            flock_holder(&locks, id, None),
+            Some(std::process::id() as i32),
+            "{id:?} in\n{locks}"
+        );
     }
 
     #[test]
