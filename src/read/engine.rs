@@ -190,11 +190,8 @@ mod tests {
     fn a_lock_taken_here_is_found_by_its_device_and_inode() {
         let tmp = tempfile::tempdir().unwrap();
         let file = std::fs::File::open(tmp.path()).unwrap();
-        nix::fcntl::flock(
-            std::os::fd::AsRawFd::as_raw_fd(&file),
-            nix::fcntl::FlockArg::LockExclusiveNonblock,
-        )
-        .unwrap();
+        let _held =
+            nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).unwrap();
         let id = FileId::of(&std::fs::metadata(tmp.path()).unwrap());
         let locks = std::fs::read_to_string("/proc/locks").unwrap();
         assert_eq!(
