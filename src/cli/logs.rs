@@ -75,7 +75,7 @@ pub fn run(root: Option<PathBuf>, args: Args) -> Result<(), Failure> {
     let finals_wanted = read::history(&root, &exid).len() + 1;
     let mut finals = 0;
     let mut last_date = String::new();
-    loop {
+    let mut print_new = |points: &mut Tail, stderr: &mut Tail| {
         loop {
             for l in points.lines() {
                 finals += print_point(&l, args.json, &mut last_date);
@@ -85,15 +85,24 @@ pub fn run(root: Option<PathBuf>, args: Args) -> Result<(), Failure> {
             }
         }
         if args.stderr {
-            print_stderr(&mut stderr, args.json);
+            print_stderr(stderr, args.json);
         }
+        finals
+    };
+    loop {
+        let finals = print_new(&mut points, &mut stderr);
         let Some(follow) = &follow else { break };
         // Ended: its record is there, and its final point too — or no
         // engine runs to append it (a crash between the two; the next
         // start writes it).
-        if ended(&root, &exid)
-            && (finals >= finals_wanted || spoolflow::read::engine::engine(&root).is_none())
-        {
+        if ended(&root, &exid) && finals >= finals_wanted {
+            break;
+        }
+        if ended(&root, &exid) && spoolflow::read::engine::engine(&root).is_none() {
+            // The engine may have appended the final point after the
+            // read above, and ended since: what the log holds now is
+            // printed before the command ends.
+            print_new(&mut points, &mut stderr);
             break;
         }
         if let Some(reason) = rejection.look(&root, &exid, since) {

@@ -292,6 +292,46 @@ fn logs_follow_sees_new_points_and_exits_when_the_task_ends() {
     assert!(rest.lines().any(|l| l.contains("\"completed\"")), "{rest}");
 }
 
+/// The engine appends a task's final point and, with `--drain`, exits at
+/// once: `logs --follow` that read the log just before the point came,
+/// and finds no engine when it looks next, still prints the point before
+/// it exits. Repeated, as the timing varies: without the last read the
+/// point was missed in the first or second run of every try here.
+#[test]
+fn logs_follow_prints_the_final_point_of_an_engine_that_ended_just_after_it() {
+    let t = gated_root();
+    for i in 0..15 {
+        let id = format!("d{i}");
+        t.drop_task(&format!("{id}.json"), r#"{"domain":"org.example"}"#);
+        let engine = t.spawn_engine(&["--drain", "--workers", "1"]);
+        wait_for(&format!("{id} to start"), DEADLINE, || {
+            t.point_names(&id).iter().any(|p| p == "started")
+        });
+        let mut follow = t
+            .cmd()
+            .args(["logs", &id, "--follow", "--json"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = BufReader::new(follow.stdout.take().unwrap());
+        let mut line = String::new();
+        while !line.contains("\"started\"") {
+            line.clear();
+            assert!(out.read_line(&mut line).unwrap() > 0, "logs ended early");
+        }
+        fs::write(t.join(&format!("gate-{id}")), "").unwrap();
+        let mut rest = String::new();
+        std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
+        assert!(follow.wait().unwrap().success());
+        let (code, err) = engine.wait(DEADLINE);
+        assert_eq!(code, Some(0), "{err}");
+        assert!(
+            rest.lines().any(|l| l.contains("\"completed\"")),
+            "run {i}: no final point printed: {rest}"
+        );
+    }
+}
+
 /// A task whose file the engine rejects at intake has no record: `logs
 /// --follow` says so and exits 1 rather than wait for ever — whatever the
 /// file's name, and with this rejection's reason, not an older one's.
