@@ -257,9 +257,12 @@ fn rejected_files(root: &Root, out: &mut Listing) {
             continue;
         }
         let path = dir.join(name);
-        let reason = crate::read::find::read_reason(&dir.join(format!("{name}.reason")))
-            .map(|r| first_line(&r));
-        let at = modified(&path);
+        let reason_path = dir.join(format!("{name}.reason"));
+        let reason = crate::read::find::read_reason(&reason_path).map(|r| first_line(&r));
+        // Created when it was written (the file keeps the date it had in
+        // in/); ended when it was rejected, which its reason's date tells.
+        let created = modified(&path);
+        let rejected_at = modified(&reason_path).or_else(|| created.clone());
         let is_request = reason.as_deref().and_then(Request::of_reason).is_some();
         let list = if is_request {
             &mut out.requests
@@ -273,9 +276,9 @@ fn rejected_files(root: &Root, out: &mut Listing) {
             taskee: None,
             attempts: 0,
             priority: 0,
-            created_at: at.clone(),
+            created_at: created,
             started_at: None,
-            ended_at: at,
+            ended_at: rejected_at,
             error_kind: None,
             reason,
             flow: false,

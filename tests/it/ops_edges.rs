@@ -1,6 +1,6 @@
-//! SPEC 4, 9 and 11 at the edges, through the built binary: `gc` ages a
-//! rejected entry by its reason (the entry keeps the date it had in
-//! `in/`) and removes a rejected directory whole; `status` and `list` do
+//! SPEC 4, 9 and 11 at the edges, through the built binary: `gc` and
+//! `list` age a rejected entry by its reason (the entry keeps the date it
+//! had in `in/`) and `gc` removes a rejected directory whole; `status` and `list` do
 //! not take a lone reason for a task, count a task once when its record
 //! and its `run/` file are both there, and see a running task whose
 //! tasker's own points fill the end of its log; `flow` on a root that does
@@ -71,6 +71,21 @@ fn gc_ages_a_rejected_entry_by_its_reason_and_removes_a_rejected_directory_whole
     assert_eq!(t.list("var/spool/rejected"), rejected, "{out}");
     let listed = json_of(&t, &["list", "--state", "rejected", "--json"]);
     assert_eq!(ids(&listed), ["Bad_Dir", "notes.reason", "o2.json"]);
+    // `list` dates the end by the reason too: ended just now, created
+    // when the file was written, ten days ago.
+    let recent = json_of(
+        &t,
+        &["list", "--state", "rejected", "--since", "1h", "--json"],
+    );
+    assert_eq!(ids(&recent), ["Bad_Dir", "notes.reason", "o2.json"]);
+    let o2 = listed
+        .as_array()
+        .and_then(|a| a.iter().find(|t| t["id"] == "o2.json"))
+        .unwrap();
+    assert!(
+        o2["created_at"].as_str() < o2["ended_at"].as_str(),
+        "created before it ended: {o2}"
+    );
 
     // Rejected three days ago: all go, the directory whole.
     for name in ["Bad_Dir.reason", "notes.reason.reason", "o2.json.reason"] {
