@@ -309,7 +309,12 @@ impl Engine {
     /// the original is older than the copy (the same file dropped again
     /// later is a duplicate, rejected). The original is removed, the claim
     /// finished.
-    fn claim_cut_short(&mut self, path: &Path, task: &Task) -> bool {
+    fn claim_cut_short(
+        &mut self,
+        path: &Path,
+        task: &Task,
+        ident: crate::store::writer::Ident,
+    ) -> bool {
         let written = task.to_file_json().to_string().into_bytes();
         let run_file = self.root.run_file(&task.id);
         let modified = |p: &Path| std::fs::symlink_metadata(p).and_then(|m| m.modified()).ok();
@@ -329,7 +334,8 @@ impl Engine {
             "{}: its claim into run/ was cut short by the engine's end; removed (the task is in run/)",
             path.display()
         );
-        if let Err(e) = std::fs::remove_file(path) {
+        // Removed only if still the file examined (a drop meanwhile stays).
+        if let Err(e) = spool::remove_if_same(path, Some(ident), || {}) {
             tracing::warn!("cannot remove {}: {e}", path.display());
         }
         true
@@ -428,7 +434,7 @@ impl Engine {
         // When the file was written: the record's `created_at`.
         let submitted = submitted.map(chrono::DateTime::<Utc>::from);
         if self.is_known(&task.id) {
-            if self.mode == Mode::Starting && self.claim_cut_short(path, &task) {
+            if self.mode == Mode::Starting && self.claim_cut_short(path, &task, ident) {
                 return;
             }
             return self.reject(path, &format!("duplicate id {}", task.id));

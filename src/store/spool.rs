@@ -366,6 +366,41 @@ pub fn rename_no_replace(from: &Path, to: &Path) -> Result<(), SpoolError> {
     }
 }
 
+/// Removes the file at `path` only if it is the file `ident` (device and
+/// inode; any file without one): it is first moved aside, in one rename,
+/// to a dotfile of its directory (which intake ignores), and removed only
+/// once the moved file is seen to be `ident`. A new file a writer renamed
+/// to `path` meanwhile is put back, not removed (checking, then removing
+/// by name, would lose it). `between` runs just after the move (a test's
+/// seam; `|| {}` otherwise).
+pub fn remove_if_same(
+    path: &Path,
+    ident: Option<(u64, u64)>,
+    between: impl FnOnce(),
+) -> io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    static ASIDE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = ASIDE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let aside = path.with_file_name(format!(".spoolflow-removing-{}-{n}", std::process::id()));
+    match fs::rename(path, &aside) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+        Ok(()) => {}
+    }
+    between();
+    let moved = fs::symlink_metadata(&aside).map(|m| (m.dev(), m.ino()))?;
+    if ident.is_none_or(|i| i == moved) {
+        return fs::remove_file(&aside);
+    }
+    renameat2(None, &aside, None, path, RenameFlags::RENAME_NOREPLACE).map_err(|e| {
+        io::Error::other(format!(
+            "a new file at {} was moved aside to {} and cannot be put back: {e}",
+            path.display(),
+            aside.display()
+        ))
+    })
+}
+
 /// Renames `from` to `to` (a claim: `in/x.json` → `run/<id>.json`).
 pub fn rename(from: &Path, to: &Path) -> Result<(), SpoolError> {
     fault::inject(Op::Rename, from, Some(to))
@@ -542,6 +577,61 @@ pub fn reject(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn ident(path: &Path) -> Option<(u64, u64)> {
+        use std::os::unix::fs::MetadataExt;
+        fs::symlink_metadata(path).ok().map(|m| (m.dev(), m.ino()))
+    }
+
+    /// Files of `dir`, names sorted.
+    fn names(dir: &Path) -> Vec<String> {
+        let mut n: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        n.sort();
+        n
+    }
+
+    /// A file is removed only if it is the one examined, whatever lands at
+    /// its path before or while it is removed: a new file is kept.
+    #[test]
+    fn remove_if_same_never_removes_a_file_put_there_since() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.json");
+        let drop_new = |body: &str| {
+            let tmp = dir.path().join(".tmp");
+            fs::write(&tmp, body).unwrap();
+            fs::rename(&tmp, &path).unwrap();
+        };
+        // The examined file: removed, nothing left aside.
+        drop_new("old");
+        remove_if_same(&path, ident(&path), || {}).unwrap();
+        assert!(names(dir.path()).is_empty());
+        // Replaced before the removal: the new file stays.
+        drop_new("old");
+        let old = ident(&path);
+        drop_new("new");
+        remove_if_same(&path, old, || {}).unwrap();
+        assert_eq!(fs::read_to_string(&path).unwrap(), "new");
+        assert_eq!(names(dir.path()), ["t.json"]);
+        // Dropped while the examined file is being removed: it stays.
+        let old = ident(&path);
+        remove_if_same(&path, old, || drop_new("newer")).unwrap();
+        assert_eq!(fs::read_to_string(&path).unwrap(), "newer");
+        assert_eq!(names(dir.path()), ["t.json"]);
+        // Replaced, and again while the replacement is put back: nothing
+        // is removed, the error names where the one moved aside is.
+        drop_new("x");
+        let gone = (0, 0);
+        let e = remove_if_same(&path, Some(gone), || drop_new("y")).unwrap_err();
+        assert!(e.to_string().contains(".spoolflow-removing-"), "{e}");
+        assert_eq!(fs::read_to_string(&path).unwrap(), "y");
+        assert_eq!(names(dir.path()).len(), 2);
+        // Gone already: nothing to do.
+        let other = dir.path().join("none.json");
+        remove_if_same(&other, Some(gone), || {}).unwrap();
+    }
 
     #[test]
     fn a_recycled_file_holds_exactly_the_new_bytes_whatever_it_held() {

@@ -585,12 +585,8 @@ impl Batch {
                     exid, from, ident, ..
                 } => {
                     // A new file put at that path since is not this task's.
-                    if still(&from, ident) {
-                        if let Err(e) = std::fs::remove_file(&from) {
-                            if e.kind() != std::io::ErrorKind::NotFound {
-                                tracing::error!("cannot remove {}: {e}", from.display());
-                            }
-                        }
+                    if let Err(e) = spool::remove_if_same(&from, ident, || {}) {
+                        tracing::error!("cannot remove {}: {e}", from.display());
                     }
                     Done::Claimed { exid, from }
                 }
