@@ -5,7 +5,7 @@
 //! watcher) and exits by itself once the execution has ended, or with
 //! exit 1 once its task file was rejected at intake.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 use serde_json::json;
@@ -14,6 +14,7 @@ use spoolflow::model::point::{Kind, Point};
 use spoolflow::read;
 
 use super::follow::{Follow, Tail};
+use super::rejection::{ended, Rejection, NO_REASON};
 use super::{exit, points, Failure};
 
 #[derive(Debug, clap::Args)]
@@ -148,74 +149,4 @@ fn print_stderr(tail: &mut Tail, json: bool) {
             break;
         }
     }
-}
-
-const NO_REASON: &str = "(no reason recorded)";
-
-/// What tells that a task `logs --follow` waits for was rejected at intake
-/// (it then never has a record).
-#[derive(Default)]
-struct Rejection {
-    /// Its file in `in/` when the command started, by any name.
-    waiting: Option<PathBuf>,
-    /// It was rejected already then: the reason.
-    already: Option<String>,
-}
-
-impl Rejection {
-    /// The reason, once the task was rejected: its file left `in/` for
-    /// `rejected/` (under its own name or `<id>.json`, or a `.N` variant
-    /// of either when the name was taken there) since `since`, and it is
-    /// neither queued, running nor ended. A few stats while the task lives.
-    fn look(&self, root: &spoolflow::Root, exid: &TaskId, since: SystemTime) -> Option<String> {
-        if let Some(reason) = &self.already {
-            return Some(reason.clone());
-        }
-        if root.run_file(exid).exists() || ended(root, exid) {
-            return None;
-        }
-        let waiting = self.waiting.as_ref()?;
-        if waiting.symlink_metadata().is_ok() {
-            return None;
-        }
-        let own = format!("{exid}.json");
-        let name = waiting.file_name().and_then(|n| n.to_str()).unwrap_or(&own);
-        let rejected = root.rejected();
-        let reason = [name, own.as_str()]
-            .into_iter()
-            .find_map(|name| newest_reason(&rejected, name, since));
-        reason
-    }
-}
-
-/// The reason of the rejection of `name` (or `name.N`) made since `since`.
-fn newest_reason(rejected: &Path, name: &str, since: SystemTime) -> Option<String> {
-    (0..)
-        .map(|n| match n {
-            0 => name.to_string(),
-            n => format!("{name}.{n}"),
-        })
-        .take_while(|candidate| rejected.join(candidate).symlink_metadata().is_ok())
-        .find_map(|candidate| {
-            let reason = rejected.join(format!("{candidate}.reason"));
-            let fresh = reason
-                .metadata()
-                .and_then(|m| m.modified())
-                .is_ok_and(|t| t >= since);
-            let reason = fresh.then(|| {
-                spoolflow::read::find::read_reason(&reason)
-                    .map(|r| r.trim_end().to_string())
-                    .unwrap_or_else(|| NO_REASON.into())
-            })?;
-            // A cancel or priority request named like the task is no
-            // rejection of the task.
-            spoolflow::read::tasks::Request::of_reason(&reason)
-                .is_none()
-                .then_some(reason)
-        })
-}
-
-fn ended(root: &spoolflow::Root, exid: &TaskId) -> bool {
-    let exists = |p: &Path| p.exists();
-    exists(&root.done_file(exid)) || exists(&root.failed_file(exid))
 }

@@ -23,6 +23,7 @@ mod wait;
 // wt-engine
 pub(crate) mod priority;
 mod progress;
+mod rejection;
 pub(crate) mod retry;
 // issue 12: the dashboard
 mod serve;

@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use spoolflow::layout::Root;
 use spoolflow::model::names::TaskId;
@@ -16,6 +16,7 @@ use spoolflow::read::{self, Place};
 
 use super::follow::Follow;
 use super::output::{parse_duration, print_json};
+use super::rejection::Rejection;
 use super::{exit, Failure};
 
 #[derive(Debug, clap::Args)]
@@ -56,17 +57,21 @@ pub fn run(root: Option<PathBuf>, args: Args) -> Result<(), Failure> {
         .collect::<Result<Vec<_>, _>>()?;
     // Watch first, then look: an end between the two still wakes us.
     let follow = Follow::new(&[root.done(), root.failed(), root.run(), root.rejected()])?;
+    // File times are coarser than the clock: a second of slack.
+    let since = SystemTime::now() - Duration::from_secs(1);
+    let mut rejections = Vec::with_capacity(ids.len());
     for id in &ids {
-        if read::find(&root, id).ok().flatten().is_none() {
+        let Some(place) = read::find(&root, id).ok().flatten() else {
             return Err(Failure::new(exit::NOT_FOUND, format!("unknown id {id}")));
-        }
+        };
+        rejections.push(Rejection::of(Some(&place)));
     }
     let mut ends: Vec<Option<End>> = ids.iter().map(|_| None).collect();
     let mut unexplained = HashMap::new();
     loop {
-        for (id, end) in ids.iter().zip(ends.iter_mut()) {
+        for ((id, end), rejection) in ids.iter().zip(ends.iter_mut()).zip(&rejections) {
             if end.is_none() {
-                *end = look(&root, id, &mut unexplained);
+                *end = look(&root, id, (rejection, since), &mut unexplained);
             }
         }
         if ends.iter().all(Option::is_some) {
@@ -95,13 +100,31 @@ pub fn run(root: Option<PathBuf>, args: Args) -> Result<(), Failure> {
 const REASON_GRACE: Duration = Duration::from_secs(2);
 
 /// Whether a task has ended, and how. `unexplained` remembers when a
-/// rejected file was first seen without its reason.
-fn look(root: &Root, id: &TaskId, unexplained: &mut HashMap<TaskId, Instant>) -> Option<End> {
+/// rejected file was first seen without its reason. A task whose file in
+/// `in/` was not named `<id>.json` is found in `rejected/` by that name
+/// (see [`Rejection`]).
+fn look(
+    root: &Root,
+    id: &TaskId,
+    (rejection, since): (&Rejection, SystemTime),
+    unexplained: &mut HashMap<TaskId, Instant>,
+) -> Option<End> {
     if let Ok(Some(r)) = read::record(root, id) {
         return Some(End::Record(Box::new(r)));
     }
     match read::find(root, id) {
-        Ok(None) => Some(End::Gone),
+        Ok(None) => {
+            if let Some(reason) = rejection.look(root, id, since) {
+                return Some(End::Rejected(reason));
+            }
+            if rejection.waiting.is_none() {
+                return Some(End::Gone);
+            }
+            // Moved to rejected/ under its own name, the reason a moment
+            // behind it.
+            let first = *unexplained.entry(id.clone()).or_insert_with(Instant::now);
+            (first.elapsed() >= REASON_GRACE).then_some(End::Gone)
+        }
         Ok(Some(Place::Rejected {
             reason: Some(reason),
             ..

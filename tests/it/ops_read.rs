@@ -332,6 +332,45 @@ fn logs_follow_prints_the_final_point_of_an_engine_that_ended_just_after_it() {
     }
 }
 
+/// `wait` for a task whose file in `in/` is not named after its id, and
+/// which the engine rejects at intake: it ends with exit 1 and the
+/// rejection's reason, as for a file named `<id>.json`.
+#[test]
+fn wait_gives_the_reason_of_a_task_rejected_under_another_name() {
+    let t = TestRoot::new();
+    t.drop_task_in(
+        "org",
+        "foo.json",
+        r#"{"id":"bar","domain":"other","tasker":"t"}"#,
+    );
+    let waiter = EngineProcess {
+        child: t
+            .cmd()
+            .args(["wait", "bar"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    };
+    // The rejection's move is held (the debug build's fault seam) while
+    // `wait` starts and finds the task in in/.
+    let (code, err) = t
+        .spawn_engine_with_fault(
+            Some("rename:1:slow@/spool/rejected"),
+            &["--drain", "--workers", "1"],
+        )
+        .wait(DEADLINE);
+    assert_eq!(code, Some(0), "{err}");
+    let reason = t.rejected_reason("foo.json").expect("foo.json rejected");
+    let (code, err) = waiter.wait(DEADLINE);
+    assert_eq!(code, Some(1), "{err}");
+    let first = reason.lines().next().unwrap_or_default();
+    assert!(
+        err.contains("bar rejected: ") && err.contains(first),
+        "the reason {first:?} in:\n{err}"
+    );
+}
+
 /// A task whose file the engine rejects at intake has no record: `logs
 /// --follow` says so and exits 1 rather than wait for ever — whatever the
 /// file's name, and with this rejection's reason, not an older one's.
