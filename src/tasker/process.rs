@@ -130,7 +130,7 @@ pub fn spawn(
             })
         }
     };
-    let pipes = match (pipe(), pipe()) {
+    let pipes = match (output_pipe(), output_pipe()) {
         (Ok(stdout), Ok(stderr)) => (stdout, stderr),
         (Err(e), _) | (_, Err(e)) => {
             return Err(Exit::SpawnFailed {
@@ -216,16 +216,22 @@ struct ChildIo {
     stderr: Option<Receiver>,
 }
 
-/// A close-on-exec pipe: (read end, write end).
-fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
-    Ok(nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?)
+/// A close-on-exec pipe for a tasker's output: (read end, the engine's,
+/// which does not block; write end, the tasker's, which does).
+fn output_pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    use nix::fcntl::{fcntl, FcntlArg, OFlag};
+    use std::os::fd::AsRawFd;
+    let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
+    fcntl(read.as_raw_fd(), FcntlArg::F_SETFL(OFlag::O_NONBLOCK))?;
+    Ok((read, write))
 }
 
-/// The engine's end of a tasker's output pipe, on the runtime (none if it
-/// cannot be registered: the tasker then writes into a pipe nobody
-/// reads, and its end is told by its exit).
+/// The engine's end of a tasker's output pipe (from [`output_pipe`]: a
+/// pipe's read end, non-blocking, which tokio's checks would ask again),
+/// on the runtime; none if it cannot be registered: the tasker then
+/// writes into a pipe nobody reads, and its end is told by its exit.
 fn receiver(fd: OwnedFd) -> Option<Receiver> {
-    Receiver::from_owned_fd(fd).ok()
+    Receiver::from_owned_fd_unchecked(fd).ok()
 }
 
 fn signal_group(pgid: i32, sig: Signal) {

@@ -382,10 +382,12 @@ impl Child {
         reaped(self.pid, &mut self.status)
     }
 
-    /// Waits for it to exit, and reaps it.
+    /// Waits for it to exit, and reaps it. With a pidfd, nothing is asked
+    /// before it is readable (an exit before its registration makes it
+    /// readable at once).
     pub async fn wait(&mut self) -> io::Result<ExitStatus> {
         loop {
-            if let Some(status) = reaped(self.pid, &mut self.status)? {
+            if let Some(status) = self.status {
                 return Ok(status);
             }
             match &mut self.exit {
@@ -397,6 +399,9 @@ impl Child {
                     ready.clear_ready();
                 }
                 ExitWatch::Sigchld(sigchld) => {
+                    if let Some(status) = reaped(self.pid, &mut self.status)? {
+                        return Ok(status);
+                    }
                     sigchld.recv().await;
                 }
             }
