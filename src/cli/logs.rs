@@ -14,7 +14,7 @@ use spoolflow::model::point::{Kind, Point};
 use spoolflow::read;
 
 use super::follow::{Follow, Tail};
-use super::rejection::{ended, Rejection, NO_REASON};
+use super::rejection::{ended, Rejection};
 use super::{exit, points, Failure};
 
 #[derive(Debug, clap::Args)]
@@ -52,46 +52,31 @@ pub fn run(root: Option<PathBuf>, args: Args) -> Result<(), Failure> {
     };
     // File times are coarser than the clock: a second of slack.
     let since = SystemTime::now() - Duration::from_secs(1);
-    let mut rejection = Rejection::default();
-    if !log.exists() {
-        match read::find(&root, &exid).ok().flatten() {
-            None => {
-                return Err(Failure::new(
-                    exit::NOT_FOUND,
-                    format!("unknown exid {exid}"),
-                ))
-            }
-            Some(read::Place::In(path)) => rejection.waiting = Some(path),
-            Some(read::Place::Rejected { reason, .. }) => {
-                rejection.already = Some(reason.unwrap_or_else(|| NO_REASON.into()))
-            }
-            Some(_) => {}
-        }
-    }
-    let mut points = Tail::new(log);
-    let mut stderr = Tail::new(root.stderr_log(&exid));
+    let rejection = if log.exists() {
+        Rejection::default()
+    } else {
+        let Some(place) = read::find(&root, &exid).ok().flatten() else {
+            return Err(Failure::new(
+                exit::NOT_FOUND,
+                format!("unknown exid {exid}"),
+            ));
+        };
+        Rejection::of(Some(&place))
+    };
+    let mut printer = Printer {
+        points: Tail::new(log),
+        stderr: Tail::new(root.stderr_log(&exid)),
+        finals: 0,
+        last_date: String::new(),
+        json: args.json,
+        with_stderr: args.stderr,
+    };
     // The execution has ended once its record exists and the log holds
     // its final point — one more than it held for each earlier attempt
     // (`retry` keeps the log).
     let finals_wanted = read::history(&root, &exid).len() + 1;
-    let mut finals = 0;
-    let mut last_date = String::new();
-    let mut print_new = |points: &mut Tail, stderr: &mut Tail| {
-        loop {
-            for l in points.lines() {
-                finals += print_point(&l, args.json, &mut last_date);
-            }
-            if !points.more() {
-                break;
-            }
-        }
-        if args.stderr {
-            print_stderr(stderr, args.json);
-        }
-        finals
-    };
     loop {
-        let finals = print_new(&mut points, &mut stderr);
+        let finals = printer.print_new();
         let Some(follow) = &follow else { break };
         // Ended: its record is there, and its final point too — or no
         // engine runs to append it (a crash between the two; the next
@@ -103,7 +88,7 @@ pub fn run(root: Option<PathBuf>, args: Args) -> Result<(), Failure> {
             // The engine may have appended the final point after the
             // read above, and ended since: what the log holds now is
             // printed before the command ends.
-            print_new(&mut points, &mut stderr);
+            printer.print_new();
             break;
         }
         if let Some(reason) = rejection.look(&root, &exid, since) {
@@ -120,6 +105,36 @@ pub fn run(root: Option<PathBuf>, args: Args) -> Result<(), Failure> {
         }
     }
     Ok(())
+}
+
+/// What `logs` printed of an execution's logs so far.
+struct Printer {
+    points: Tail,
+    stderr: Tail,
+    /// The execution's final points printed.
+    finals: usize,
+    last_date: String,
+    json: bool,
+    with_stderr: bool,
+}
+
+impl Printer {
+    /// Prints what the logs hold beyond what was printed; returns the
+    /// final points printed in all.
+    fn print_new(&mut self) -> usize {
+        loop {
+            for l in self.points.lines() {
+                self.finals += print_point(&l, self.json, &mut self.last_date);
+            }
+            if !self.points.more() {
+                break;
+            }
+        }
+        if self.with_stderr {
+            print_stderr(&mut self.stderr, self.json);
+        }
+        self.finals
+    }
 }
 
 /// Prints one line of the log; 1 when it is the execution's final point.

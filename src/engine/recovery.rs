@@ -555,4 +555,46 @@ impl super::Engine {
         }
         self.finish(&k, crate::model::task::State::Completed, None);
     }
+
+    /// Whether `path`, found at start-up with the id of a task in `run/`,
+    /// is that task's own original: a claim that writes the task into
+    /// `run/` removes the original once the copy is durable, and the
+    /// engine died in between. The copy then holds exactly what the claim
+    /// wrote (a later rewrite or progress comes after the removal), and
+    /// the original is older than the copy (the same file dropped again
+    /// later is a duplicate, rejected). The original is removed, the claim
+    /// finished.
+    pub(super) fn claim_cut_short(
+        &mut self,
+        path: &Path,
+        task: &Task,
+        ident: crate::store::writer::Ident,
+    ) -> bool {
+        let written = task.to_file_json().to_string().into_bytes();
+        let run_file = self.root.run_file(&task.id);
+        let modified = |p: &Path| std::fs::symlink_metadata(p).and_then(|m| m.modified()).ok();
+        let older = matches!((modified(path), modified(&run_file)), (Some(a), Some(b)) if a <= b);
+        let limit = written.len() as u64 + 1;
+        if !older
+            || !crate::store::spool::read_capped(&run_file, limit).is_ok_and(|copy| copy == written)
+        {
+            return false;
+        }
+        // The copy may be one the dead engine never made durable: run/ is
+        // fsynced before the original goes (a failure stops the engine,
+        // the original kept).
+        if let Err(e) = crate::store::spool::fsync_dir(&self.root.run()) {
+            self.note_fatal(e);
+            return true;
+        }
+        tracing::info!(
+            "{}: its claim into run/ was cut short by the engine's end; removed (the task is in run/)",
+            path.display()
+        );
+        // Removed only if still the file examined (a drop meanwhile stays).
+        if let Err(e) = crate::store::spool::remove_if_same(path, Some(ident), || {}) {
+            tracing::warn!("cannot remove {}: {e}", path.display());
+        }
+        true
+    }
 }
