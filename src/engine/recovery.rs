@@ -312,7 +312,7 @@ pub(super) fn scan_run(
             // The engine died once the record was written: add the final
             // point if it did not make it to the log; the run/ file goes
             // once the record's directory is durable (below).
-            add_missing_final_point(root, &record_path);
+            add_missing_final_point(root, &record_path)?;
             if let Some(dir) = record_path.parent() {
                 record_dirs.insert(dir.to_path_buf());
             }
@@ -379,12 +379,16 @@ fn recovered(root: &Root, task: Task, progress: Option<Value>, names: &mut Names
 
 /// Appends a task's final point, built from its record, unless its log
 /// already ends the task.
-fn add_missing_final_point(root: &Root, record_path: &Path) {
+fn add_missing_final_point(
+    root: &Root,
+    record_path: &Path,
+) -> Result<(), crate::store::spool::SpoolError> {
+    use crate::store::spool::{fault, Op, SpoolError};
     let Ok(bytes) = std::fs::read(record_path) else {
-        return;
+        return Ok(());
     };
     let Ok(record) = serde_json::from_slice::<crate::model::task::Record>(&bytes) else {
-        return;
+        return Ok(());
     };
     let log = root.points_log(&record.exid);
     let points = crate::store::points::read_points(&log).unwrap_or_default();
@@ -393,11 +397,21 @@ fn add_missing_final_point(root: &Root, record_path: &Path) {
         .rev()
         .find(|p| p.id == record.id && p.nid == record.nid);
     if last.is_some_and(|p| Kind::is_final_name(&p.point)) {
-        return;
+        return Ok(());
     }
     let line = point::Point::final_of(&record).to_line();
-    if let Err(e) = crate::store::points::append_line(&log, &line) {
-        tracing::error!("cannot append to {}: {e}", log.display());
+    let appended = fault::inject(Op::Write, &log, None)
+        .and_then(|()| crate::store::points::append_line(&log, &line))
+        .map_err(|source| SpoolError::Write { path: log, source });
+    match appended {
+        // The disk failed: the start stops, the run/ file kept for the
+        // next one to append the point.
+        Err(e) if e.is_fatal() => Err(e),
+        Err(e) => {
+            tracing::error!("{e}");
+            Ok(())
+        }
+        Ok(()) => Ok(()),
     }
 }
 

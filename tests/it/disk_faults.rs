@@ -485,5 +485,12 @@ fn a_final_point_that_cannot_be_appended_stops_the_engine_and_is_added_at_the_ne
         "the run/ file stays for the next start"
     );
     assert!(t.points_named("p1", "completed").is_empty());
+    // The next start's append fails the same way: it stops too, the run/
+    // file still kept.
+    let e = engine(&t, Some("write:1:enospc@/var/log/tsk/p1.log"), &["--drain"]);
+    let (code, err) = e.wait(EXIT_DEADLINE);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("No space left on device"), "{err}");
+    assert!(t.join("var/spool/run/p1.json").exists(), "{err}");
     restart_completes(&t, &["p1"]);
 }
