@@ -228,8 +228,8 @@ fn output_pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
 
 /// The engine's end of a tasker's output pipe (from [`output_pipe`]: a
 /// pipe's read end, non-blocking, which tokio's checks would ask again),
-/// on the runtime; none if it cannot be registered: the tasker then
-/// writes into a pipe nobody reads, and its end is told by its exit.
+/// on the runtime; none if it cannot be registered (the descriptor is then
+/// closed: the tasker's first write to it gets `SIGPIPE`).
 fn receiver(fd: OwnedFd) -> Option<Receiver> {
     Receiver::from_owned_fd_unchecked(fd).ok()
 }

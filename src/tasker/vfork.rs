@@ -67,6 +67,9 @@ struct ChildArgs {
     argv: *const *const libc::c_char,
     envp: *const *const libc::c_char,
     dir: *const libc::c_char,
+    /// `/bin/sh program args…`, for a program found in `PATH` that cannot
+    /// be exec'd as it is (null otherwise).
+    sh_argv: *const *const libc::c_char,
     stdio: [RawFd; 3],
     cgroup_procs: RawFd,
     error: libc::c_int,
@@ -80,7 +83,8 @@ struct Stack {
 
 impl Stack {
     fn new() -> io::Result<Stack> {
-        let page = 4096;
+        // SAFETY: sysconf reads a constant of the system.
+        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
         let len = STACK_SIZE + page;
         // SAFETY: an anonymous private mapping; its result is checked.
         let base = unsafe {
@@ -128,25 +132,7 @@ thread_local! {
 /// Starts `cmd` in a new process group. The parent's ends of the pipes
 /// stay the caller's; the child's ends in `cmd.stdio` are closed here.
 pub fn spawn(cmd: Command) -> io::Result<Child> {
-    let program = cstring(find_program(cmd.argv, cmd.env)?.as_os_str())?;
-    let argv: Vec<CString> = cmd
-        .argv
-        .iter()
-        .map(|a| cstring(a))
-        .collect::<io::Result<_>>()?;
-    let env: Vec<CString> = cmd
-        .env
-        .iter()
-        .map(|(k, v)| {
-            let mut kv = OsString::from(k);
-            kv.push("=");
-            kv.push(v);
-            cstring(&kv)
-        })
-        .collect::<io::Result<_>>()?;
-    let dir = cstring(cmd.dir.as_os_str())?;
-    let argv_ptrs = null_ended(&argv);
-    let env_ptrs = null_ended(&env);
+    let strings = Strings::of(&cmd)?;
     // Each of the child's ends above 2, so that putting one on 0, 1 or 2
     // never overwrites another before it is placed.
     let [stdin, stdout, stderr] = cmd.stdio;
@@ -156,10 +142,15 @@ pub fn spawn(cmd: Command) -> io::Result<Child> {
         above_stdio(stderr)?,
     ];
     let mut args = ChildArgs {
-        program: program.as_ptr(),
-        argv: argv_ptrs.as_ptr(),
-        envp: env_ptrs.as_ptr(),
-        dir: dir.as_ptr(),
+        program: strings.program.as_ptr(),
+        argv: strings.argv_ptrs.as_ptr(),
+        envp: strings.env_ptrs.as_ptr(),
+        dir: strings.dir.as_ptr(),
+        sh_argv: if strings.sh_argv.is_empty() {
+            std::ptr::null()
+        } else {
+            strings.sh_argv_ptrs.as_ptr()
+        },
         stdio: [
             stdio[0].as_raw_fd(),
             stdio[1].as_raw_fd(),
@@ -187,11 +178,78 @@ pub fn spawn(cmd: Command) -> io::Result<Child> {
         reap(pid);
         return Err(io::Error::from_raw_os_error(error));
     }
+    let exit = match watch_exit(pid) {
+        Ok(exit) => exit,
+        Err(e) => {
+            // It runs, but its end could not be watched: it goes.
+            // SAFETY: a signal to our own child, not reaped yet.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            reap(pid);
+            return Err(e);
+        }
+    };
     Ok(Child {
         pid,
-        exit: watch_exit(pid)?,
+        exit,
         status: None,
     })
+}
+
+/// The child's strings, made before the clone (the child allocates
+/// nothing), and the null-ended arrays of pointers into them.
+struct Strings {
+    program: CString,
+    dir: CString,
+    argv_ptrs: Vec<*const libc::c_char>,
+    env_ptrs: Vec<*const libc::c_char>,
+    sh_argv: Vec<CString>,
+    sh_argv_ptrs: Vec<*const libc::c_char>,
+    // What the pointers point into (moving a `CString` does not move its
+    // bytes).
+    _argv: Vec<CString>,
+    _env: Vec<CString>,
+}
+
+impl Strings {
+    fn of(cmd: &Command) -> io::Result<Strings> {
+        let found = find_program(cmd.argv, cmd.env, cmd.dir)?;
+        let (Found::Path(program) | Found::Searched(program)) = &found;
+        let program = cstring(program.as_os_str())?;
+        let argv: Vec<CString> = cmd
+            .argv
+            .iter()
+            .map(|a| cstring(a))
+            .collect::<io::Result<_>>()?;
+        let env: Vec<CString> = last_of_each(cmd.env)
+            .into_iter()
+            .map(|(k, v)| {
+                let mut kv = OsString::from(k);
+                kv.push("=");
+                kv.push(v);
+                cstring(&kv)
+            })
+            .collect::<io::Result<_>>()?;
+        // A program found in `PATH` that turns out not to be executable as
+        // it is (no `#!`) is run as `/bin/sh program args…`, as `execvp`
+        // runs it.
+        let sh_argv: Vec<CString> = match found {
+            Found::Searched(_) => [CString::from(c"/bin/sh"), program.clone()]
+                .into_iter()
+                .chain(argv.iter().skip(1).cloned())
+                .collect(),
+            Found::Path(_) => Vec::new(),
+        };
+        Ok(Strings {
+            dir: cstring(cmd.dir.as_os_str())?,
+            argv_ptrs: null_ended(&argv),
+            env_ptrs: null_ended(&env),
+            sh_argv_ptrs: null_ended(&sh_argv),
+            sh_argv,
+            program,
+            _argv: argv,
+            _env: env,
+        })
+    }
 }
 
 /// Clones the child with every signal blocked (its handlers are the
@@ -252,6 +310,9 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
         libc::sigemptyset(&mut none);
         libc::pthread_sigmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
         libc::execve((*args).program, (*args).argv, (*args).envp);
+        if *libc::__errno_location() == libc::ENOEXEC && !(*args).sh_argv.is_null() {
+            libc::execve(c"/bin/sh".as_ptr(), (*args).sh_argv, (*args).envp);
+        }
         fail(args)
     }
 }
@@ -289,6 +350,23 @@ unsafe fn reset_signals() {
     }
 }
 
+/// The environment with each name once, at its last value (as a map
+/// built from it would hold it), in the order of the names' first places.
+fn last_of_each(env: &[(String, OsString)]) -> Vec<(&String, &OsString)> {
+    let mut at: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    let mut out: Vec<(&String, &OsString)> = Vec::with_capacity(env.len());
+    for (k, v) in env {
+        match at.get(k.as_str()) {
+            Some(&i) => out[i].1 = v,
+            None => {
+                at.insert(k, out.len());
+                out.push((k, v));
+            }
+        }
+    }
+    out
+}
+
 fn cstring(s: &OsStr) -> io::Result<CString> {
     CString::new(s.as_bytes()).map_err(|_| {
         io::Error::new(
@@ -320,31 +398,44 @@ fn above_stdio(fd: OwnedFd) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(copy) })
 }
 
-/// The program to exec: `argv[0]` if it holds a slash, else the first
-/// executable of that name in the `PATH` of the child's environment (the
-/// engine's if it has none), as `execvp` would look.
-fn find_program(argv: &[OsString], env: &[(String, OsString)]) -> io::Result<PathBuf> {
+/// How the program was found.
+enum Found {
+    /// `argv[0]` held a slash: exec'd as it is.
+    Path(PathBuf),
+    /// Looked up in `PATH`, as `execvp` does after the child's `chdir`:
+    /// a file it cannot exec (no `#!`) is then run by `/bin/sh`.
+    Searched(PathBuf),
+}
+
+/// The program to exec: `argv[0]` if it holds a slash, else the first file
+/// of that name this process may execute in the `PATH` of the child's
+/// environment (the engine's if it has none), a relative entry (or an
+/// empty one, `.`) taken from the child's directory `dir`.
+fn find_program(argv: &[OsString], env: &[(String, OsString)], dir: &Path) -> io::Result<Found> {
     let Some(name) = argv.first() else {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, "no program"));
     };
     if name.as_bytes().contains(&b'/') {
-        return Ok(PathBuf::from(name));
+        return Ok(Found::Path(PathBuf::from(name)));
     }
     let path = env
         .iter()
+        .rev()
         .find(|(k, _)| k == "PATH")
         .map(|(_, v)| v.clone())
         .or_else(|| std::env::var_os("PATH"))
         .unwrap_or_else(|| OsString::from("/usr/local/bin:/usr/bin:/bin"));
     std::env::split_paths(&path)
-        .map(|dir| dir.join(name))
+        .map(|entry| dir.join(entry).join(name))
         .find(|candidate| is_executable(candidate))
+        .map(Found::Searched)
         .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT))
 }
 
+/// A regular file this process may execute.
 fn is_executable(path: &Path) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    std::fs::metadata(path).is_ok_and(|m| m.is_file())
+        && nix::unistd::access(path, nix::unistd::AccessFlags::X_OK).is_ok()
 }
 
 /// Reaps a child that failed before its exec.
@@ -405,6 +496,19 @@ impl Child {
                     sigchld.recv().await;
                 }
             }
+        }
+    }
+}
+
+impl Drop for Child {
+    /// A child dropped before it was reaped (its driver ended early) is
+    /// reaped by a thread of its own once it exits, never left a zombie.
+    fn drop(&mut self) {
+        if matches!(reaped(self.pid, &mut self.status), Ok(None)) {
+            let pid = self.pid;
+            let _ = std::thread::Builder::new()
+                .name("reap".into())
+                .spawn(move || reap(pid));
         }
     }
 }
@@ -562,6 +666,72 @@ mod tests {
         assert_eq!(denied.unwrap_err().kind(), io::ErrorKind::PermissionDenied);
         let gone = run(&["/bin/true"], &[], &dir.path().join("no-such-dir"));
         assert_eq!(gone.unwrap_err().kind(), io::ErrorKind::NotFound);
+    }
+
+    #[test]
+    fn a_name_given_twice_in_the_environment_is_passed_once_at_its_last_value() {
+        let dir = tempfile::tempdir().unwrap();
+        let (status, out, _) = run(
+            &["/bin/sh", "-c", "echo \"$X\"; env | grep -c '^X='"],
+            &[("X", "first"), ("X", "second")],
+            dir.path(),
+        )
+        .unwrap();
+        assert!(status.success());
+        assert_eq!(out, "second\n1\n");
+    }
+
+    /// As `execvp` after the child's `chdir`: a relative `PATH` entry is
+    /// the tasker's directory's, and a found file without `#!` runs under
+    /// `/bin/sh`.
+    #[test]
+    fn a_searched_program_is_found_and_run_as_execvp_would() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("bin")).unwrap();
+        let tool = dir.path().join("bin/tool");
+        std::fs::write(&tool, "echo \"ran $1\"\n").unwrap();
+        std::fs::set_permissions(&tool, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let (status, out, err) = run(
+            &["tool", "here"],
+            &[("PATH", "/nonexistent:bin")],
+            dir.path(),
+        )
+        .unwrap();
+        assert!(status.success(), "{err}");
+        assert_eq!(out, "ran here\n");
+        // Not executable by this process: passed over, as execvp does.
+        std::fs::set_permissions(&tool, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let none = run(&["tool"], &[("PATH", "bin")], dir.path());
+        assert_eq!(none.unwrap_err().kind(), io::ErrorKind::NotFound);
+    }
+
+    /// A child dropped before its exit is reaped all the same: it never
+    /// stays a zombie.
+    #[test]
+    fn a_child_dropped_before_it_exits_is_reaped() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let pid = rt.block_on(async {
+            let null = || std::fs::File::open("/dev/null").unwrap().into();
+            let child = spawn(Command {
+                argv: &["/bin/sleep".into(), "0.2".into()],
+                env: &[],
+                dir: dir.path(),
+                stdio: [null(), null(), null()],
+                cgroup_procs: None,
+            })
+            .unwrap();
+            child.id()
+        });
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            assert!(std::time::Instant::now() < deadline, "{pid} never reaped");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
     }
 
     #[test]
