@@ -244,7 +244,8 @@ pub fn scan_for_orphans(root: &Root) -> usize {
 }
 
 /// Removes the temporaries a crash may leave (`.*.tmp` in spool
-/// directories) and the taskers' points files.
+/// directories) and the taskers' points files, and puts back what a claim
+/// had moved aside in `in/`.
 pub fn clean_temporaries(root: &Root) {
     for dir in [root.run(), root.done(), root.failed(), root.rejected()] {
         let Ok(entries) = std::fs::read_dir(&dir) else {
@@ -256,6 +257,15 @@ pub fn clean_temporaries(root: &Root) {
             if name.starts_with('.') && name.ends_with(".tmp") {
                 let _ = std::fs::remove_file(e.path());
             }
+        }
+    }
+    // What a claim's removal of its original moved aside, should the
+    // engine have died in between (see `spool::remove_if_same`).
+    let spool_in = root.spool_in();
+    crate::store::spool::put_back_asides(&spool_in);
+    for e in std::fs::read_dir(&spool_in).into_iter().flatten().flatten() {
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            crate::store::spool::put_back_asides(&e.path());
         }
     }
     let points = root.points_dir();

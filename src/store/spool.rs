@@ -4,6 +4,7 @@
 
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use nix::fcntl::{renameat2, RenameFlags};
@@ -381,7 +382,13 @@ pub fn remove_if_same(
     use std::os::unix::fs::MetadataExt;
     static ASIDE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = ASIDE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let aside = path.with_file_name(format!(".spoolflow-removing-{}-{n}", std::process::id()));
+    let Some(name) = path.file_name() else {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "no file name"));
+    };
+    let mut aside_name =
+        std::ffi::OsString::from(format!("{ASIDE_PREFIX}{}.{n}.", std::process::id()));
+    aside_name.push(name);
+    let aside = path.with_file_name(aside_name);
     match fs::rename(path, &aside) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(e),
@@ -399,6 +406,44 @@ pub fn remove_if_same(
             aside.display()
         ))
     })
+}
+
+/// How a file [`remove_if_same`] moved aside begins: `<prefix><pid>.<n>.`
+/// then its own name, so that a start after a crash in between puts it
+/// back ([`put_back_asides`]).
+const ASIDE_PREFIX: &str = ".spoolflow-aside.";
+
+/// Puts back, under their own names, the files of `dir` that
+/// [`remove_if_same`] moved aside when the process died before it removed
+/// or restored them: each may be a file dropped meanwhile (a task file
+/// the engine never examined). One whose name is taken again stays, with
+/// an error logged naming it.
+pub fn put_back_asides(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let aside = e.file_name();
+        let Some(rest) = aside
+            .as_encoded_bytes()
+            .strip_prefix(ASIDE_PREFIX.as_bytes())
+        else {
+            continue;
+        };
+        // `<pid>.<n>.<name>`
+        let mut parts = rest.splitn(3, |b| *b == b'.');
+        let (Some(_), Some(_), Some(name)) = (parts.next(), parts.next(), parts.next()) else {
+            continue;
+        };
+        let to = dir.join(std::ffi::OsStr::from_bytes(name));
+        if let Err(err) = renameat2(None, &e.path(), None, &to, RenameFlags::RENAME_NOREPLACE) {
+            tracing::error!(
+                "{} was moved aside by an engine that died; it cannot go back to {}: {err}",
+                e.path().display(),
+                to.display()
+            );
+        }
+    }
 }
 
 /// Renames `from` to `to` (a claim: `in/x.json` → `run/<id>.json`).
@@ -625,9 +670,17 @@ mod tests {
         drop_new("x");
         let gone = (0, 0);
         let e = remove_if_same(&path, Some(gone), || drop_new("y")).unwrap_err();
-        assert!(e.to_string().contains(".spoolflow-removing-"), "{e}");
+        assert!(e.to_string().contains(".spoolflow-aside."), "{e}");
         assert_eq!(fs::read_to_string(&path).unwrap(), "y");
         assert_eq!(names(dir.path()).len(), 2);
+        // As a start after a crash finds it: put back once its name is
+        // free, with what it held.
+        put_back_asides(dir.path());
+        assert_eq!(names(dir.path()).len(), 2, "its name is taken: it stays");
+        fs::remove_file(&path).unwrap();
+        put_back_asides(dir.path());
+        assert_eq!(names(dir.path()), ["t.json"]);
+        assert_eq!(fs::read_to_string(&path).unwrap(), "x");
         // Gone already: nothing to do.
         let other = dir.path().join("none.json");
         remove_if_same(&other, Some(gone), || {}).unwrap();
