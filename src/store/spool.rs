@@ -385,11 +385,18 @@ pub fn remove_if_same(
     let Some(name) = path.file_name() else {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, "no file name"));
     };
-    let mut aside_name =
-        std::ffi::OsString::from(format!("{ASIDE_PREFIX}{}.{n}.", std::process::id()));
+    let short = format!("{ASIDE_PREFIX}{}.{n}", std::process::id());
+    let mut aside_name = std::ffi::OsString::from(format!("{short}."));
     aside_name.push(name);
-    let aside = path.with_file_name(aside_name);
-    match fs::rename(path, &aside) {
+    let mut aside = path.with_file_name(aside_name);
+    let mut moved = fs::rename(path, &aside);
+    if matches!(&moved, Err(e) if e.raw_os_error() == Some(libc::ENAMETOOLONG)) {
+        // A name too long to carry: aside under a short one (which a start
+        // after a crash cannot put back).
+        aside = path.with_file_name(short);
+        moved = fs::rename(path, &aside);
+    }
+    match moved {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(e),
         Ok(()) => {}
@@ -684,6 +691,13 @@ mod tests {
         // Gone already: nothing to do.
         let other = dir.path().join("none.json");
         remove_if_same(&other, Some(gone), || {}).unwrap();
+        // A name too long to be carried by the aside name: removed all
+        // the same.
+        let long = dir.path().join(format!("{}.json", "l".repeat(245)));
+        fs::write(&long, "long").unwrap();
+        remove_if_same(&long, ident(&long), || {}).unwrap();
+        assert!(!long.exists());
+        assert_eq!(names(dir.path()), ["t.json"]);
     }
 
     #[test]

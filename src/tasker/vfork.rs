@@ -298,8 +298,8 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
             fail(args);
         }
         let stdio = (*args).stdio;
-        for (target, fd) in stdio.into_iter().zip(0..) {
-            if libc::dup2(target, fd) < 0 {
+        for (from, to) in stdio.into_iter().zip(0..) {
+            if libc::dup2(from, to) < 0 {
                 fail(args);
             }
         }
