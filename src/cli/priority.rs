@@ -136,49 +136,51 @@ fn applied(root: &spoolflow::Root, id: &TaskId, priority: i32) -> bool {
         .any(|v| v["priority"] == priority)
 }
 
-/// Whether a request for `id` written since `since` is in `rejected/`
-/// (`<id>` or `<id>.N`: moved there by the engine in one rename, the
-/// moment it left `priority/`; its reason follows).
-fn moved_to_rejected(root: &spoolflow::Root, id: &TaskId, since: std::time::SystemTime) -> bool {
+/// The entries of `rejected/` named `<id>` or `<id>.N` (the engine's
+/// names for a rejected request), then `suffix`, modified since `since`,
+/// with their times.
+fn rejected_since(
+    root: &spoolflow::Root,
+    id: &TaskId,
+    suffix: &str,
+    since: std::time::SystemTime,
+) -> Vec<(std::time::SystemTime, PathBuf)> {
     let Ok(entries) = std::fs::read_dir(root.rejected()) else {
-        return false;
+        return Vec::new();
     };
-    entries.flatten().any(|e| {
-        let name = e.file_name();
-        let name = name.to_string_lossy();
-        let ours = name.strip_prefix(id.as_str()).is_some_and(|rest| {
-            rest.is_empty()
-                || rest
-                    .strip_prefix('.')
-                    .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
-        });
-        ours && e
-            .metadata()
-            .and_then(|m| m.modified())
-            .is_ok_and(|t| t >= since)
-    })
+    entries
+        .flatten()
+        .filter(|e| {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            let rest = name
+                .strip_prefix(id.as_str())
+                .and_then(|r| r.strip_suffix(suffix));
+            rest.is_some_and(|rest| {
+                rest.is_empty()
+                    || rest
+                        .strip_prefix('.')
+                        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+            })
+        })
+        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+        .filter(|(t, _)| *t >= since)
+        .collect()
+}
+
+/// Whether a request for `id` written since `since` is in `rejected/`
+/// (moved there by the engine in one rename, the moment it left
+/// `priority/`; its reason follows).
+fn moved_to_rejected(root: &spoolflow::Root, id: &TaskId, since: std::time::SystemTime) -> bool {
+    !rejected_since(root, id, "", since).is_empty()
 }
 
 /// The reason of the newest rejected request for `id` written since
 /// `since` (`rejected/<id>.reason` or `rejected/<id>.N.reason`).
 fn refusal(root: &spoolflow::Root, id: &TaskId, since: std::time::SystemTime) -> Option<String> {
     use spoolflow::read::tasks::Request;
-    let entries = std::fs::read_dir(root.rejected()).ok()?;
-    entries
-        .flatten()
-        .filter(|e| {
-            let name = e.file_name();
-            let name = name.to_string_lossy();
-            name.strip_prefix(id.as_str()).is_some_and(|rest| {
-                rest == ".reason"
-                    || rest
-                        .strip_prefix('.')
-                        .and_then(|r| r.strip_suffix(".reason"))
-                        .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
-            })
-        })
-        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
-        .filter(|(t, _)| *t >= since)
+    rejected_since(root, id, ".reason", since)
+        .into_iter()
         .max()
         .and_then(|(_, p)| spoolflow::read::find::read_reason(&p))
         // A cancel request for the same id, rejected meanwhile, is not
