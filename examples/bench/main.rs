@@ -50,17 +50,20 @@
 //!      exits, leaving Q − W tasks queued in `run/`. Wall and process CPU
 //!      of the whole run divided by Q give the intake cost per task (start,
 //!      stop and the W completions are included, a fixed few ms).
-//!    - *steady state*: the engine starts again on that root (recovering
-//!      the Q − W queued tasks from `run/`) and runs in a background thread.
-//!      The bench polls the number of records in `done/` every 20 ms; at
-//!      two polls (after a warm-up of 100 records, and K records later, with
-//!      K = min(N, Q / 2)) it samples the wall clock and the CPU time of
-//!      every thread of the process except its own (`/proc/self/task/*/
+//!    - *steady state*, R rounds (`--rounds`), the queue sizes alternated
+//!      within each round: the queue is topped up to Q − W (new files in
+//!      `in/`, claimed at start-up), the engine starts again on that root
+//!      (recovering the queued tasks from `run/`) and runs in a background
+//!      thread. The bench follows the number of records in `done/` through
+//!      inotify (`record_count.rs`); as the 100th record lands, and K more
+//!      (K = min(2 000, Q / 2)), it samples the wall clock and the CPU time
+//!      of every thread of the process except its own (`/proc/self/task/*/
 //!      schedstat`, in ns). Records between the two samples divided by the
 //!      elapsed wall time and CPU give tasks/s and CPU per task while the
 //!      queue still holds between Q − W − 100 and about Q / 2 tasks. Then a
-//!      `Graceful` stop. The restart time (engine start to the first
-//!      record, 20 ms resolution) shows the O(Q) recovery scan.
+//!      `Graceful` stop. The best round of each size is reported, as for
+//!      the throughput runs. The first restart's time (engine start to the
+//!      first record) shows the O(Q) recovery scan.
 //!
 //!    So the whole queue is never run for large Q (100 000 taskers would
 //!    take ~100 s alone); intake is measured over all Q tasks, execution
@@ -92,6 +95,7 @@
 mod flows;
 mod measures;
 mod queues;
+mod record_count;
 mod report;
 mod roots;
 mod runs;
@@ -113,6 +117,7 @@ use spoolflow::{Options, Root, StopRequest};
 
 use measures::*;
 use queues::*;
+use record_count::RecordCount;
 use roots::*;
 use runs::*;
 
@@ -124,7 +129,8 @@ const WARM: usize = 100;
 /// Records in the steady-state window of a queue-size run (fewer when
 /// the queue is under twice as deep).
 const STEADY_WINDOW: usize = 2000;
-/// How often the bench looks at `done/` while an engine runs.
+/// The longest a steady window waits for the next record before it looks
+/// at the engine again.
 const POLL: Duration = Duration::from_millis(20);
 
 type BenchResult<T> = Result<T, String>;
@@ -281,11 +287,7 @@ fn measure_fs(
     );
     let lat = latency(n_lat, args.rate, workers, keep)?;
 
-    let mut qrows = Vec::new();
-    for &q in queues {
-        eprintln!("queue: {q} tasks queued…");
-        qrows.push(queue(q, STEADY_WINDOW, workers, keep)?);
-    }
+    let qrows = queues::queues(queues, workers, args.rounds, keep)?;
 
     let mut frows = Vec::new();
     if args.flow_sequence > 0 {

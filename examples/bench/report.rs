@@ -251,9 +251,18 @@ fn queues_table(rows: &[QueueRow], workers: usize) {
     println!(
         "Intake: Q files in `in/` before start and a stop queued before start: the engine \
          claims all Q, runs {workers}, exits; wall and process CPU ÷ Q. Restart: the engine \
-         started again on the Q − {workers} queued tasks in `run/`, time to the first record \
-         (20 ms resolution). Steady: tasks/s and CPU of all engine threads (schedstat) from \
-         the {WARM}th record to K = min({STEADY_WINDOW}, Q/2) records later, the queue still \
-         deep; the rest stays queued. Other load: CPU used by other processes during the window."
+         started again on the Q − {workers} queued tasks in `run/`, time to the first record. \
+         Steady: tasks/s and CPU of all engine threads (schedstat) from the {WARM}th record to \
+         K = min({STEADY_WINDOW}, Q/2) records later, the queue still deep (topped up to \
+         Q − {workers} before each round); the best of the rounds, alternated across queue \
+         sizes. Other load: CPU used by other processes during that window."
     );
+    for r in rows {
+        let each: Vec<String> = r.rounds.iter().map(|t| format!("{t:.0}")).collect();
+        println!(
+            "- {} queued: steady tasks/s per round {}",
+            r.q,
+            each.join(", ")
+        );
+    }
 }
