@@ -52,8 +52,10 @@ pub mod exit {
 #[derive(Debug, Parser)]
 #[command(name = "spoolflow", version, about, propagate_version = true)]
 pub struct Cli {
-    /// The root directory (default: $SPOOLFLOW_ROOT, else the current directory).
-    #[arg(long, global = true, value_name = "DIR", env = "SPOOLFLOW_ROOT")]
+    /// The root directory (default: $SPOOLFLOW_ROOT when set and not empty,
+    /// else the nearest root at or above the current directory).
+    // Not clap's `env`: it takes an empty value as a missing `--root DIR`.
+    #[arg(long, global = true, value_name = "DIR")]
     pub root: Option<PathBuf>,
 
     #[command(subcommand)]
@@ -124,25 +126,26 @@ pub fn main() -> ExitCode {
     if !matches!(cli.command, Command::Run(_) | Command::Serve(_)) {
         die_of_sigpipe();
     }
+    let root = cli.root.or_else(root_from_env);
     let result = match cli.command {
-        Command::Init(a) => init::run(cli.root, a),
-        Command::Run(a) => run::run(cli.root, a),
-        Command::Submit(a) => submit::run(cli.root, a),
-        Command::Check(a) => check::run(cli.root, a),
-        Command::Schema(a) => schema::run(cli.root, a),
-        Command::Completions(a) => completions::run(cli.root, a),
-        Command::Cancel(a) => cancel::run(cli.root, a),
-        Command::Flow(a) => flow::run(cli.root, a),
-        Command::Status(a) => status::run(cli.root, a),
-        Command::List(a) => list::run(cli.root, a),
-        Command::Show(a) => show::run(cli.root, a),
-        Command::Logs(a) => logs::run(cli.root, a),
-        Command::Wait(a) => wait::run(cli.root, a),
-        Command::Events(a) => events::run(cli.root, a),
-        Command::Gc(a) => gc::run(cli.root, a),
-        Command::Retry(a) => retry::run(cli.root, a),
-        Command::Priority(a) => priority::run(cli.root, a),
-        Command::Serve(a) => serve::run(cli.root, a),
+        Command::Init(a) => init::run(root, a),
+        Command::Run(a) => run::run(root, a),
+        Command::Submit(a) => submit::run(root, a),
+        Command::Check(a) => check::run(root, a),
+        Command::Schema(a) => schema::run(root, a),
+        Command::Completions(a) => completions::run(root, a),
+        Command::Cancel(a) => cancel::run(root, a),
+        Command::Flow(a) => flow::run(root, a),
+        Command::Status(a) => status::run(root, a),
+        Command::List(a) => list::run(root, a),
+        Command::Show(a) => show::run(root, a),
+        Command::Logs(a) => logs::run(root, a),
+        Command::Wait(a) => wait::run(root, a),
+        Command::Events(a) => events::run(root, a),
+        Command::Gc(a) => gc::run(root, a),
+        Command::Retry(a) => retry::run(root, a),
+        Command::Priority(a) => priority::run(root, a),
+        Command::Serve(a) => serve::run(root, a),
     };
     match result {
         Ok(()) => ExitCode::from(exit::SUCCESS),
@@ -170,6 +173,13 @@ fn die_of_sigpipe() {
     // context; this runs first thing in `main`, before any thread starts.
     #[allow(unsafe_code)]
     let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
+}
+
+/// `$SPOOLFLOW_ROOT`, unless unset or empty.
+fn root_from_env() -> Option<PathBuf> {
+    std::env::var_os("SPOOLFLOW_ROOT")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
 }
 
 /// The root from `--root`/`$SPOOLFLOW_ROOT`/the current directory.

@@ -129,7 +129,7 @@ fn load_points(root: &Root, id: &TaskId, last: Option<u64>) -> Result<Shown, Fai
             }
             (task_file(path), s)
         }
-        Place::In(path) => (task_file(path), ListState::Queued),
+        Place::In(path) => (waiting_file(root, path), ListState::Queued),
         Place::Rejected { .. } => (None, ListState::Rejected),
     };
     Ok(Shown {
@@ -169,6 +169,20 @@ fn state_of(r: &Record) -> ListState {
 fn task_file(path: &std::path::Path) -> Option<Value> {
     let bytes = spool::read_capped(path, 16 * 1024 * 1024).ok()?;
     serde_json::from_slice(&bytes).ok()
+}
+
+/// A file waiting in `in/`, as the engine will take it: one in
+/// `in/<domain>/` that names no domain has that directory's (SPEC 3).
+fn waiting_file(root: &Root, path: &std::path::Path) -> Option<Value> {
+    let mut task = task_file(path)?;
+    let dir = path.parent().filter(|d| *d != root.spool_in());
+    let domain = dir.and_then(|d| d.file_name()).and_then(|n| n.to_str());
+    if let (Some(domain), Some(fields)) = (domain, task.as_object_mut()) {
+        fields
+            .entry("domain")
+            .or_insert_with(|| Value::from(domain));
+    }
+    Some(task)
 }
 
 fn print_human(

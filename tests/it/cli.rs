@@ -186,9 +186,25 @@ fn the_root_comes_from_flag_then_env_then_cwd() {
     // The current directory last.
     assert_eq!(ok(submit("by-cwd").current_dir(c.path())).trim(), "by-cwd");
 
+    // An empty $SPOOLFLOW_ROOT is as good as unset (as a shell's
+    // `SPOOLFLOW_ROOT= spoolflow …` means), for `init` too.
+    assert_eq!(
+        ok(submit("empty-env")
+            .env("SPOOLFLOW_ROOT", "")
+            .current_dir(c.path()))
+        .trim(),
+        "empty-env"
+    );
+    let fresh = tempfile::tempdir().unwrap();
+    ok(bare()
+        .arg("init")
+        .env("SPOOLFLOW_ROOT", "")
+        .current_dir(fresh.path()));
+    assert!(fresh.path().join("var/spool/in").is_dir());
+
     assert_eq!(in_files(a.path()), ["flag-after.json", "flag-before.json"]);
     assert_eq!(in_files(b.path()), ["by-env.json"]);
-    assert_eq!(in_files(c.path()), ["by-cwd.json"]);
+    assert_eq!(in_files(c.path()), ["by-cwd.json", "empty-env.json"]);
 }
 
 #[test]

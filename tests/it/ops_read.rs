@@ -227,6 +227,37 @@ fn show_gives_the_record_and_points_or_the_current_state() {
 }
 
 #[test]
+fn show_of_a_file_waiting_in_a_domain_directory_gives_that_domain() {
+    // SPEC 3: a file in `in/<domain>/` may leave its domain out.
+    let t = TestRoot::new();
+    t.drop_bytes("org.example", "indir-1.json", br#"{"payload":{"n":1}}"#);
+    t.drop_bytes(
+        "org.example",
+        "indir-2.json",
+        br#"{"domain":"org.example.sales","payload":{"n":2}}"#,
+    );
+    let s = json_of(&t, &["show", "indir-1", "--json"]);
+    assert_eq!(s["state"], "queued");
+    assert_eq!(s["task"]["domain"], "org.example", "{s}");
+    assert_eq!(s["task"]["payload"]["n"], 1);
+    let (code, out, _) = sf(&t, &["show", "indir-1"]);
+    assert_eq!(code, 0);
+    let domain_line = |out: &str| {
+        out.lines()
+            .find(|l| l.trim_start().starts_with("domain "))
+            .map(|l| l.split_whitespace().nth(1).unwrap_or("").to_string())
+    };
+    assert_eq!(domain_line(&out).as_deref(), Some("org.example"), "{out}");
+    // A domain the file names is the one shown.
+    let (_, out, _) = sf(&t, &["show", "indir-2"]);
+    assert_eq!(
+        domain_line(&out).as_deref(),
+        Some("org.example.sales"),
+        "{out}"
+    );
+}
+
+#[test]
 fn logs_prints_points_and_stderr() {
     let t = fixture();
     let (code, out, _) = sf(&t, &["logs", "bad-1", "--json"]);
@@ -369,6 +400,20 @@ fn wait_gives_the_reason_of_a_task_rejected_under_another_name() {
         err.contains("bar rejected: ") && err.contains(first),
         "the reason {first:?} in:\n{err}"
     );
+
+    // Rejected before the command started: found by the id inside the
+    // rejected file, with the same reason (was "unknown id").
+    for args in [&["wait", "bar"][..], &["logs", "bar", "--follow"][..]] {
+        let (code, _, err) = sf(&t, args);
+        assert_eq!(code, 1, "{args:?}: {err}");
+        assert!(
+            err.contains("rejected") && err.contains(first),
+            "{args:?}: the reason {first:?} in:\n{err}"
+        );
+    }
+    let (code, out, _) = sf(&t, &["show", "bar"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("rejected") && out.contains(first), "{out}");
 }
 
 /// A task whose file the engine rejects at intake has no record: `logs
