@@ -13,6 +13,8 @@ pub struct QueueRow {
     pub restart: Duration,
     pub steady_tasks_per_s: f64,
     pub steady_cpu_us: f64,
+    /// The taskers' CPU per task in that window (reaped children).
+    pub taskers_cpu_us: f64,
     pub window: usize,
     pub depth_from: usize,
     pub depth_to: usize,
@@ -27,6 +29,7 @@ pub struct Window {
     pub restart: Duration,
     pub tasks_per_s: f64,
     pub cpu_us: f64,
+    pub taskers_cpu_us: f64,
     pub tasks: usize,
     pub depth_from: usize,
     pub depth_to: usize,
@@ -94,6 +97,7 @@ pub fn queues(
             restart,
             steady_tasks_per_s: w.tasks_per_s,
             steady_cpu_us: w.cpu_us,
+            taskers_cpu_us: w.taskers_cpu_us,
             window: w.tasks,
             depth_from: w.depth_from,
             depth_to: w.depth_to,
@@ -242,6 +246,9 @@ pub fn steady_window(
                     restart: restart.unwrap_or_default(),
                     tasks_per_s: n / (b.t - a.t).as_secs_f64(),
                     cpu_us: cpu2.saturating_sub(*cpu1).as_secs_f64() * 1e6 / n,
+                    taskers_cpu_us: b.cpu.children.saturating_sub(a.cpu.children).as_secs_f64()
+                        * 1e6
+                        / n,
                     tasks: c - c1,
                     depth_from: queued.saturating_sub(c1 - done0),
                     depth_to: queued.saturating_sub(c - done0),

@@ -228,11 +228,11 @@ fn queues_table(rows: &[QueueRow], workers: usize) {
     println!();
     println!("### Per-task cost by queue size ({workers} workers)");
     println!();
-    println!("| queued | intake µs/task (wall) | intake CPU µs/task | restart ms (µs/queued task) | steady tasks/s | steady CPU µs/task | window: tasks (queue depth) | peak RSS MiB | other load CPUs |");
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("| queued | intake µs/task (wall) | intake CPU µs/task | restart ms (µs/queued task) | steady tasks/s | steady CPU µs/task | taskers' CPU µs/task | window: tasks (queue depth) | peak RSS MiB | other load CPUs |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in rows {
         println!(
-            "| {} | {:.0} | {:.0} | {:.0} ({:.0}) | {:.0} | {:.0} | {} ({}→{}) | {:.1} | {:.2} |",
+            "| {} | {:.0} | {:.0} | {:.0} ({:.0}) | {:.0} | {:.0} | {:.0} | {} ({}→{}) | {:.1} | {:.2} |",
             r.q,
             r.intake_wall_us,
             r.intake_cpu_us,
@@ -240,6 +240,7 @@ fn queues_table(rows: &[QueueRow], workers: usize) {
             r.restart.as_secs_f64() * 1e6 / r.requeued.max(1) as f64,
             r.steady_tasks_per_s,
             r.steady_cpu_us,
+            r.taskers_cpu_us,
             r.window,
             r.depth_from,
             r.depth_to,
@@ -255,7 +256,8 @@ fn queues_table(rows: &[QueueRow], workers: usize) {
          Steady: tasks/s and CPU of all engine threads (schedstat) from the {WARM}th record to \
          K = min({STEADY_WINDOW}, Q/2) records later, the queue still deep (topped up to \
          Q − {workers} before each round); the best of the rounds, alternated across queue \
-         sizes. Other load: CPU used by other processes during that window."
+         sizes. Taskers' CPU: the reaped children's in that window (10 ms ticks). Other load: \
+         CPU used by other processes during that window."
     );
     for r in rows {
         let each: Vec<String> = r.rounds.iter().map(|t| format!("{t:.0}")).collect();
