@@ -51,7 +51,7 @@
 //!      of the whole run divided by Q give the intake cost per task (start,
 //!      stop and the W completions are included, a fixed few ms).
 //!    - *steady state*, R rounds (`--rounds`), the queue sizes alternated
-//!      within each round: the queue is topped up to Q − W (new files in
+//!      within each round: the queue is topped up to the depth intake left (new files in
 //!      `in/`, claimed at start-up), the engine starts again on that root
 //!      (recovering the queued tasks from `run/`) and runs in a background
 //!      thread. The bench follows the number of records in `done/` through

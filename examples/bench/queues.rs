@@ -42,6 +42,8 @@ struct Deep {
     q: usize,
     /// Task files dropped into it so far (the next task's number).
     dropped: usize,
+    /// Tasks the intake run left queued (it may run none of them).
+    requeued: usize,
     intake_wall_us: f64,
     intake_cpu_us: f64,
     peak_mib: f64,
@@ -93,7 +95,7 @@ pub fn queues(
             q: d.q,
             intake_wall_us: d.intake_wall_us,
             intake_cpu_us: d.intake_cpu_us,
-            requeued: d.q - workers.min(d.q),
+            requeued: d.requeued,
             restart,
             steady_tasks_per_s: w.tasks_per_s,
             steady_cpu_us: w.cpu_us,
@@ -145,6 +147,7 @@ fn intake(q: usize, workers: usize) -> BenchResult<Deep> {
         br,
         q,
         dropped: q,
+        requeued: run,
         intake_wall_us: (b.t - a.t).as_secs_f64() * 1e6 / q as f64,
         intake_cpu_us: b.cpu.own.saturating_sub(a.cpu.own).as_secs_f64() * 1e6 / q as f64,
         peak_mib: peak_mib(),
@@ -157,7 +160,9 @@ fn intake(q: usize, workers: usize) -> BenchResult<Deep> {
 /// with `peak`, the run's peak memory counts for the queue size.
 fn steady(d: &mut Deep, workers: usize, peak: bool) -> BenchResult<Window> {
     let q = d.q;
-    let target = q - workers.min(q);
+    // Round 1 restarts on what intake left; later rounds are topped up
+    // to that depth.
+    let target = d.requeued;
     let queued = d.br.count(&d.br.root.run());
     for _ in queued..target {
         d.br.drop_task(d.dropped)?;

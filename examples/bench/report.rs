@@ -255,7 +255,7 @@ fn queues_table(rows: &[QueueRow], workers: usize) {
          started again on the Q − {workers} queued tasks in `run/`, time to the first record. \
          Steady: tasks/s and CPU of all engine threads (schedstat) from the {WARM}th record to \
          K = min({STEADY_WINDOW}, Q/2) records later, the queue still deep (topped up to \
-         Q − {workers} before each round); the best of the rounds, alternated across queue \
+         what intake left queued before each round); the best of the rounds, alternated across queue \
          sizes. Taskers' CPU: the reaped children's in that window (10 ms ticks). Other load: \
          CPU used by other processes during that window."
     );

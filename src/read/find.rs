@@ -46,8 +46,7 @@ pub enum Place {
 /// that a task moving while it is looked for is still found; the record
 /// wins over a `run/` file left beside it (the record is authoritative
 /// once written). A rejected file is found by its name: `<id>.json`, or
-/// `<id>` itself, the name `list` gives a file not named `<id>.json`;
-/// else by the id inside it.
+/// `<id>` itself, the name `list` gives a file not named `<id>.json`.
 pub fn find(root: &Root, id: &TaskId) -> Result<Option<Place>, ReadError> {
     let waiting = find_in(root, id);
     let run = root.run_file(id);
@@ -63,7 +62,16 @@ pub fn find(root: &Root, id: &TaskId) -> Result<Option<Place>, ReadError> {
     }
     // A rejected file under `<id>.json`, else under the name `list`
     // shows for it (a file not named `<id>.json`: `x.txt`, `x.json.bak`).
-    let by_name = (!id.as_str().ends_with(".reason")).then(|| id.as_str().to_string());
+    // `list`'s rule: a `*.reason` name is a reason, unless it has a
+    // reason of its own beside it.
+    let own_reason = |n: &str| {
+        root.rejected()
+            .join(format!("{n}.reason"))
+            .symlink_metadata()
+            .is_ok()
+    };
+    let by_name = (!id.as_str().ends_with(".reason") || own_reason(id.as_str()))
+        .then(|| id.as_str().to_string());
     for name in std::iter::once(format!("{id}.json")).chain(by_name) {
         let rejected = root.rejected().join(&name);
         if rejected.symlink_metadata().is_err() {
@@ -83,54 +91,7 @@ pub fn find(root: &Root, id: &TaskId) -> Result<Option<Place>, ReadError> {
             }));
         }
     }
-    Ok(rejected_inside(root, id))
-}
-
-/// The largest rejected file read for the id inside it: a task file that
-/// large was refused for its size, before any id in it counted.
-const REJECTED_INSIDE_LIMIT: u64 = 1 << 20;
-
-/// A rejected file under another name whose JSON names `id` inside (read
-/// only when no name matches, as [`find_in`] does for `in/`); the most
-/// recently rejected when there are several.
-fn rejected_inside(root: &Root, id: &TaskId) -> Option<Place> {
-    let dir = root.rejected();
-    let mut found: Option<(std::time::SystemTime, Place)> = None;
-    for entry in std::fs::read_dir(&dir).ok()?.flatten() {
-        let name = entry.file_name();
-        let Some(name) = name.to_str() else { continue };
-        let small_file = entry
-            .metadata()
-            .is_ok_and(|m| m.is_file() && m.len() <= REJECTED_INSIDE_LIMIT);
-        if name.starts_with('.') || name.ends_with(".reason") || !small_file {
-            continue;
-        }
-        let path = entry.path();
-        let named = spool::read_capped(&path, REJECTED_INSIDE_LIMIT)
-            .ok()
-            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-            .and_then(|v| v.get("id")?.as_str().map(str::to_string));
-        if named.as_deref() != Some(id.as_str()) {
-            continue;
-        }
-        let reason_path = dir.join(format!("{name}.reason"));
-        let reason = read_reason(&reason_path).map(|r| r.trim_end().to_string());
-        if reason
-            .as_deref()
-            .and_then(crate::read::tasks::Request::of_reason)
-            .is_some()
-        {
-            continue;
-        }
-        let at = std::fs::metadata(&reason_path)
-            .or_else(|_| entry.metadata())
-            .and_then(|m| m.modified())
-            .unwrap_or(std::time::UNIX_EPOCH);
-        if found.as_ref().is_none_or(|(newest, _)| at >= *newest) {
-            found = Some((at, Place::Rejected { path, reason }));
-        }
-    }
-    found.map(|(_, place)| place)
+    Ok(None)
 }
 
 /// The final record of a task, if it has one.
@@ -328,18 +289,8 @@ mod tests {
         assert!(find(&root, &id("notes.txt.reason")).unwrap().is_none());
         assert!(find(&root, &id("notes")).unwrap().is_none());
 
-        // Under another name, found by the id inside.
-        std::fs::write(
-            root.rejected().join("foo.json"),
-            r#"{"id":"bar","priority":"x"}"#,
-        )
-        .unwrap();
-        std::fs::write(root.rejected().join("foo.json.reason"), "bad priority\n").unwrap();
-        assert_eq!(reason_of("bar").as_deref(), Some("bad priority"));
-        // Not a request's file, though.
-        std::fs::write(root.rejected().join("req.json"), r#"{"id":"baz"}"#).unwrap();
-        let request = format!("{}x\n", crate::read::tasks::Request::Cancel.prefix());
-        std::fs::write(root.rejected().join("req.json.reason"), request).unwrap();
-        assert!(find(&root, &id("baz")).unwrap().is_none());
+        // A rejected file named `*.reason`, with its own reason beside it.
+        rejected("x.reason", "a reason-like name\n");
+        assert_eq!(reason_of("x.reason").as_deref(), Some("a reason-like name"));
     }
 }

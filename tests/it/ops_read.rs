@@ -400,20 +400,6 @@ fn wait_gives_the_reason_of_a_task_rejected_under_another_name() {
         err.contains("bar rejected: ") && err.contains(first),
         "the reason {first:?} in:\n{err}"
     );
-
-    // Rejected before the command started: found by the id inside the
-    // rejected file, with the same reason (was "unknown id").
-    for args in [&["wait", "bar"][..], &["logs", "bar", "--follow"][..]] {
-        let (code, _, err) = sf(&t, args);
-        assert_eq!(code, 1, "{args:?}: {err}");
-        assert!(
-            err.contains("rejected") && err.contains(first),
-            "{args:?}: the reason {first:?} in:\n{err}"
-        );
-    }
-    let (code, out, _) = sf(&t, &["show", "bar"]);
-    assert_eq!(code, 0);
-    assert!(out.contains("rejected") && out.contains(first), "{out}");
 }
 
 /// A task whose file the engine rejects at intake has no record: `logs
