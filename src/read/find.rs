@@ -62,16 +62,14 @@ pub fn find(root: &Root, id: &TaskId) -> Result<Option<Place>, ReadError> {
     }
     // A rejected file under `<id>.json`, else under the name `list`
     // shows for it (a file not named `<id>.json`: `x.txt`, `x.json.bak`).
-    // `list`'s rule: a `*.reason` name is a reason, unless it has a
-    // reason of its own beside it.
     let own_reason = |n: &str| {
         root.rejected()
             .join(format!("{n}.reason"))
             .symlink_metadata()
             .is_ok()
     };
-    let by_name = (!id.as_str().ends_with(".reason") || own_reason(id.as_str()))
-        .then(|| id.as_str().to_string());
+    let is_reason = crate::read::tasks::is_reason_name(id.as_str(), own_reason);
+    let by_name = (!is_reason).then(|| id.as_str().to_string());
     for name in std::iter::once(format!("{id}.json")).chain(by_name) {
         let rejected = root.rejected().join(&name);
         if rejected.symlink_metadata().is_err() {

@@ -238,6 +238,12 @@ impl Request {
     }
 }
 
+/// Whether a name in `rejected/` is a reason: `*.reason`, unless it has a
+/// reason of its own beside it (a rejected file that was named so).
+pub(crate) fn is_reason_name(name: &str, has_own_reason: impl Fn(&str) -> bool) -> bool {
+    name.ends_with(".reason") && !has_own_reason(name)
+}
+
 /// The files in `rejected/`, each with its reason: rejected task files in
 /// `tasks`, rejected requests in `requests`.
 fn rejected_files(root: &Root, out: &mut Listing) {
@@ -252,7 +258,7 @@ fn rejected_files(root: &Root, out: &mut Listing) {
         // A reason, whether its file is there or not (a reason whose file
         // went is no rejected task); a rejected file named `*.reason` has
         // its own reason beside it.
-        let is_reason = name.ends_with(".reason") && !names.contains(&format!("{name}.reason"));
+        let is_reason = is_reason_name(name, |n| names.contains(&format!("{n}.reason")));
         if is_reason || name.starts_with('.') {
             continue;
         }
