@@ -70,10 +70,7 @@ pub async fn lock(root: &Root) -> Result<EngineLock, RecoveryError> {
 /// Whether the process named by a lock exists.
 pub(super) fn pid_alive(pid: &str) -> bool {
     match pid.parse::<i32>() {
-        Ok(p) if p > 0 => {
-            nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), None)
-                != Err(nix::errno::Errno::ESRCH)
-        }
+        Ok(p) if p > 0 => crate::read::engine::process_exists(p),
         _ => true,
     }
 }

@@ -38,13 +38,15 @@ pub fn engine(root: &Root) -> Option<EngineInfo> {
         })?,
         // No /proc: the recorded pid's process existing is the best sign
         // left.
-        Err(_) => {
-            let (pid, _) = record?;
-            let alive = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None)
-                != Err(nix::errno::Errno::ESRCH);
-            alive.then_some(pid)?
-        }
+        Err(_) => record?.0,
     };
+    // A lock whose taker is dead is held by a child the engine was
+    // spawning when it died (the descriptor closes as that child execs):
+    // no engine runs. (Pid 0 is a taker outside this pid namespace, which
+    // cannot be checked.)
+    if pid > 0 && !process_exists(pid) {
+        return None;
+    }
     // The record is this engine's only when it names the holder (it may
     // be gone for a moment, or be a dead engine's).
     let workers = record.filter(|(p, _)| *p == pid).and_then(|(_, w)| w);
@@ -64,6 +66,14 @@ pub fn engine(root: &Root) -> Option<EngineInfo> {
         started_at,
         workers,
     })
+}
+
+/// Whether a process of that pid exists (a zombie counts: it has not been
+/// reaped yet).
+pub(crate) fn process_exists(pid: i32) -> bool {
+    pid > 0
+        && nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None)
+            != Err(nix::errno::Errno::ESRCH)
 }
 
 /// A file as `/proc/locks` names it: its device's major and minor numbers

@@ -391,3 +391,50 @@ fn a_removed_run_directory_is_named_with_what_happens_next() {
     assert_eq!(code, Some(0), "{err}");
     assert!(t.join("var/spool/run").is_dir());
 }
+
+/// The root's lock left to a child of a dead engine (one caught between
+/// its fork and its exec when the engine was killed keeps the descriptor
+/// until it execs) is no running engine: `status` names none, and `list`
+/// says the dead engine's task is queued, as it will be run again. Here
+/// `flock(1)`, killed, leaves the lock to its child.
+#[test]
+fn a_lock_held_after_its_taker_died_is_no_running_engine() {
+    let t = held_root(&["k"]);
+    let mut e = engine(&t, None, &["--workers", "1"]);
+    wait_running(&t, &mut e, &["k"]);
+    e.signal(Signal::SIGKILL);
+    let (code, _) = e.wait(EXIT_DEADLINE);
+    assert_eq!(code, None, "killed by a signal");
+    let holder_file = t.join("holder");
+    let mut taker = std::process::Command::new("flock")
+        .arg("--nonblock")
+        .arg(t.path())
+        .args([
+            "sh",
+            "-c",
+            "echo $$ > \"$0.tmp\" && mv \"$0.tmp\" \"$0\" && exec sleep 60",
+        ])
+        .arg(&holder_file)
+        .spawn()
+        .expect("flock(1) from util-linux");
+    wait_for("flock's child", DEADLINE, || holder_file.exists());
+    let holder: i32 = fs::read_to_string(&holder_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    taker.kill().unwrap();
+    taker.wait().unwrap();
+    let locks = fs::read_to_string("/proc/locks").unwrap();
+    assert!(
+        locks.contains(&format!(" {} ", taker.id())),
+        "the dead taker's lock is still listed:\n{locks}"
+    );
+    let status = json_of(&t, &["status", "--json"]);
+    assert!(status["engine"].is_null(), "{status:#}");
+    let listed = json_of(&t, &["list", "--json"]);
+    assert_eq!(listed[0]["id"], "k", "{listed:#}");
+    assert_eq!(listed[0]["state"], "queued", "{listed:#}");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(holder), Signal::SIGKILL).unwrap();
+    wait_for("the lock's release", DEADLINE, || process_gone(holder));
+}
