@@ -584,6 +584,27 @@ fn a_tasker_leads_its_own_process_group() {
     assert_eq!(started["pid"], v["pid"]);
 }
 
+/// The engine holds its spawning thread on one CPU for the moment of a
+/// spawn (the child starts there); the tasker runs on every CPU the
+/// engine may use.
+#[test]
+fn a_tasker_may_run_on_every_cpu_the_engine_may() {
+    let t = TestRoot::new();
+    t.tasker(
+        "org.example",
+        "t",
+        "#!/bin/sh\ngrep '^Cpus_allowed_list' /proc/self/status > \"$SPOOLFLOW_ROOT/cpus\"\n",
+    );
+    run_one(&t, "a", "");
+    // The in-process engine's threads take this thread's set.
+    let own = fs::read_to_string("/proc/thread-self/status").unwrap();
+    let own = own
+        .lines()
+        .find(|l| l.starts_with("Cpus_allowed_list"))
+        .unwrap();
+    assert_eq!(out(&t, "cpus").trim_end(), own);
+}
+
 // ------------------------------------------------------------------ stderr
 
 #[test]
