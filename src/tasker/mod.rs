@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod contain;
+pub mod cpu;
 pub mod executor;
 pub mod process;
 pub mod reply;

@@ -8,7 +8,7 @@
 //! engine handles, enters its own process group (and its cgroup, if
 //! any), puts its pipes on 0, 1 and 2, changes directory, takes back the
 //! CPUs its parent may use (the clone holds the parent on one, see
-//! `OnThisCpu`), unblocks every signal and execs. A failure is left in
+//! `cpu::OnThisCpu`), unblocks every signal and execs. A failure is left in
 //! memory both see, and the child exits; the parent, resumed once the
 //! child has exec'd or exited, reaps such a child and returns the error.
 //!
@@ -32,6 +32,8 @@ use std::path::Path;
 pub use child::Child;
 use child::{reap, watch_exit};
 use strings::Strings;
+
+use super::cpu;
 
 /// The child's stack: the child runs a few system calls on it before it
 /// execs (the kernel's exec itself does not use it).
@@ -66,7 +68,8 @@ struct ChildArgs {
     stdio: [RawFd; 3],
     cgroup_procs: RawFd,
     /// The CPUs the child may run on once it execs (the spawning
-    /// thread's own set; see [`OnThisCpu`]); `None` leaves its set alone.
+    /// thread's own set; see [`cpu::OnThisCpu`]); `None` leaves its set
+    /// alone.
     cpus: Option<libc::cpu_set_t>,
     error: libc::c_int,
 }
@@ -162,7 +165,7 @@ pub fn spawn(cmd: Command) -> io::Result<Child> {
             *stack = Some(Stack::new()?);
         }
         let top = stack.as_ref().map_or(std::ptr::null_mut(), Stack::top);
-        let pinned = OnThisCpu::pin();
+        let pinned = cpu::OnThisCpu::pin();
         args.cpus = pinned.as_ref().map(|p| p.all);
         let pid = clone_child(top, &mut args);
         drop(pinned);
@@ -194,49 +197,6 @@ pub fn spawn(cmd: Command) -> io::Result<Child> {
         exit,
         status: None,
     })
-}
-
-/// The spawning thread held on the CPU it runs on, for the clone: the
-/// child inherits that one CPU, so it starts where its parent, which waits
-/// for its exec (`CLONE_VFORK`), leaves a CPU free. Left to itself, the
-/// kernel often queues the new child behind a running tasker on another
-/// CPU while this one idles (measured: 0.5–1 ms per spawn). The child
-/// takes back the thread's whole set before it execs; dropping this
-/// gives it back to the thread.
-struct OnThisCpu {
-    all: libc::cpu_set_t,
-}
-
-impl OnThisCpu {
-    /// `None` when the thread's set cannot be read or changed (it is then
-    /// left as it was).
-    fn pin() -> Option<OnThisCpu> {
-        // SAFETY: cpu_set_t is plain data; the calls fill or read the
-        // sets given, of the size given, for this thread only.
-        unsafe {
-            let size = std::mem::size_of::<libc::cpu_set_t>();
-            let mut all: libc::cpu_set_t = std::mem::zeroed();
-            if libc::sched_getaffinity(0, size, &mut all) != 0 {
-                return None;
-            }
-            let cpu = libc::sched_getcpu();
-            if cpu < 0 || libc::CPU_COUNT(&all) < 2 {
-                return None;
-            }
-            let mut one: libc::cpu_set_t = std::mem::zeroed();
-            libc::CPU_SET(usize::try_from(cpu).ok()?, &mut one);
-            (libc::sched_setaffinity(0, size, &one) == 0).then_some(OnThisCpu { all })
-        }
-    }
-}
-
-impl Drop for OnThisCpu {
-    fn drop(&mut self) {
-        // SAFETY: this thread's set, back to what `pin` read.
-        unsafe {
-            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &self.all);
-        }
-    }
 }
 
 /// Clones the child with every signal blocked (its handlers are the
