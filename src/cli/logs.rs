@@ -55,7 +55,13 @@ pub fn run(root: Option<PathBuf>, args: Args) -> Result<(), Failure> {
     let rejection = if log.exists() {
         Rejection::default()
     } else {
-        let Some(place) = read::find(&root, &exid).ok().flatten() else {
+        let place = read::find(&root, &exid).ok().flatten().or_else(|| {
+            // Rejected under another name while this command started.
+            args.follow
+                .then(|| read::find::find_recently_rejected(&root, &exid, SystemTime::now()))
+                .flatten()
+        });
+        let Some(place) = place else {
             return Err(Failure::new(
                 exit::NOT_FOUND,
                 format!("unknown exid {exid}"),

@@ -61,7 +61,11 @@ pub fn run(root: Option<PathBuf>, args: Args) -> Result<(), Failure> {
     let since = SystemTime::now() - Duration::from_secs(1);
     let mut rejections = Vec::with_capacity(ids.len());
     for id in &ids {
-        let Some(place) = read::find(&root, id).ok().flatten() else {
+        let place = read::find(&root, id)
+            .ok()
+            .flatten()
+            .or_else(|| read::find::find_recently_rejected(&root, id, SystemTime::now()));
+        let Some(place) = place else {
             return Err(Failure::new(exit::NOT_FOUND, format!("unknown id {id}")));
         };
         rejections.push(Rejection::of(Some(&place)));

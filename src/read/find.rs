@@ -173,6 +173,59 @@ pub fn find_in(root: &Root, id: &TaskId) -> Option<PathBuf> {
     })
 }
 
+/// How far back [`find_recently_rejected`] looks, and how many rejected
+/// files at most it reads.
+pub const RECENT_REJECTIONS: std::time::Duration = std::time::Duration::from_secs(60);
+pub const RECENT_REJECTIONS_READ: usize = 256;
+
+/// A task rejected at intake under a name other than its id's (`foo.json`
+/// holding `"id": "x1"`) in the last [`RECENT_REJECTIONS`] before `now`:
+/// the newest rejected file naming `id` inside, among the
+/// [`RECENT_REJECTIONS_READ`] newest rejections of that time. For a
+/// command that looks for a task the engine may be rejecting at that
+/// moment (`wait`, `logs --follow`), when [`find`] finds nothing: a
+/// rejection by name costs no read, this one reads files, so it is
+/// bounded, and not for every lookup. A rejection for a duplicate id is
+/// another task's file, and a rejected request no task: neither is it.
+pub fn find_recently_rejected(
+    root: &Root,
+    id: &TaskId,
+    now: std::time::SystemTime,
+) -> Option<Place> {
+    let rejected = root.rejected();
+    let since = now.checked_sub(RECENT_REJECTIONS)?;
+    let mut recent: Vec<(std::time::SystemTime, String)> = std::fs::read_dir(&rejected)
+        .ok()?
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            let file = name.strip_suffix(crate::store::spool::REASON_SUFFIX)?;
+            let at = e.metadata().ok()?.modified().ok()?;
+            (at >= since && !file.starts_with('.')).then(|| (at, file.to_string()))
+        })
+        .collect();
+    recent.sort_unstable_by_key(|r| std::cmp::Reverse(r.0));
+    recent
+        .into_iter()
+        .take(RECENT_REJECTIONS_READ)
+        .find_map(|(_, name)| {
+            let reason = read_reason(&rejected.join(format!("{name}.reason")))?;
+            let reason = reason.trim_end().to_string();
+            if reason.starts_with("duplicate id ")
+                || crate::read::tasks::Request::of_reason(&reason).is_some()
+            {
+                return None;
+            }
+            let path = rejected.join(&name);
+            let bytes = spool::read_capped(&path, READ_LIMIT).ok()?;
+            let file: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+            (file.get("id")?.as_str()? == id.as_str()).then_some(Place::Rejected {
+                path,
+                reason: Some(reason),
+            })
+        })
+}
+
 /// The reason beside a rejected file (at most 64 KiB of it), read as
 /// every file under `var/` is (no link followed, no FIFO waited on).
 pub fn read_reason(path: &Path) -> Option<String> {
@@ -260,6 +313,48 @@ mod tests {
             Err(ReadError::Record { .. })
         ));
         assert!(points(&root, &id("d")).unwrap().is_empty());
+    }
+
+    /// A task rejected under another name is found by the id inside, if
+    /// its rejection is recent; a duplicate-id rejection or a request is
+    /// not the task.
+    #[test]
+    fn a_task_rejected_under_another_name_is_found_while_its_rejection_is_recent() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = Root::new(tmp.path()).unwrap();
+        root.init().unwrap();
+        let rejected = |name: &str, body: &str, reason: &str| {
+            std::fs::write(root.rejected().join(name), body).unwrap();
+            std::fs::write(root.rejected().join(format!("{name}.reason")), reason).unwrap();
+        };
+        rejected(
+            "foo.json",
+            r#"{"id":"x1","domain":"other"}"#,
+            "domain other is outside in/org\n",
+        );
+        rejected("dup.json", r#"{"id":"x2"}"#, "duplicate id x2\n");
+        rejected(
+            "bad.json",
+            r#"{"id":"x3""#,
+            "invalid JSON at line 1 column 11\n",
+        );
+        let now = std::time::SystemTime::now();
+        let id = |s: &str| s.parse::<TaskId>().unwrap();
+        match find_recently_rejected(&root, &id("x1"), now) {
+            Some(Place::Rejected { path, reason }) => {
+                assert_eq!(path, root.rejected().join("foo.json"));
+                assert_eq!(reason.as_deref(), Some("domain other is outside in/org"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(find_recently_rejected(&root, &id("x2"), now).is_none());
+        assert!(find_recently_rejected(&root, &id("x3"), now).is_none());
+        assert!(find_recently_rejected(&root, &id("x4"), now).is_none());
+        // Long after.
+        let later = now + RECENT_REJECTIONS + std::time::Duration::from_secs(5);
+        assert!(find_recently_rejected(&root, &id("x1"), later).is_none());
+        // `find` itself reads no file for it.
+        assert!(find(&root, &id("x1")).unwrap().is_none());
     }
 
     #[test]

@@ -527,7 +527,8 @@ fn read_to_len(mut file: impl Read, len: u64) -> io::Result<Vec<u8>> {
 
 /// The longest file name, in bytes, of the filesystems spoolflow runs on.
 const NAME_MAX: usize = 255;
-const REASON_SUFFIX: &str = ".reason";
+/// What `rejected/<name>` adds to its name for its reason's.
+pub const REASON_SUFFIX: &str = ".reason";
 
 /// The name an input named `name` takes in `rejected/` at its `n`th try
 /// (`name`, then `name.1`, …), cut short (and marked with a `~`) where

@@ -462,6 +462,42 @@ fn logs_follow_exits_when_the_task_is_rejected_at_intake() {
     }
 }
 
+/// A task rejected under another name (`foo.json` holding `"id":"x1"`)
+/// just before `wait` or `logs --follow` looks for it, as when the engine
+/// takes it while the command starts: both say it was rejected, with its
+/// reason, rather than that the id is unknown.
+#[test]
+fn wait_and_logs_follow_find_a_task_rejected_under_another_name_just_before() {
+    let t = TestRoot::new();
+    t.drop_task_in(
+        "org",
+        "foo.json",
+        r#"{"id":"x1","domain":"other","tasker":"t"}"#,
+    );
+    let (code, err) = t
+        .spawn_engine(&["--drain", "--workers", "1"])
+        .wait(DEADLINE);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(t.rejected_reason("foo.json").is_some());
+    let out = t.cmd().args(["wait", "x1"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("x1 rejected: ") && err.contains("outside"),
+        "{err}"
+    );
+    let out = t.cmd().args(["logs", "x1", "--follow"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("task x1 was rejected at intake: ") && err.contains("outside"),
+        "{err}"
+    );
+    // An id that was never there is still unknown.
+    let out = t.cmd().args(["wait", "x9"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(3));
+}
+
 #[test]
 fn wait_exits_0_1_3_and_4() {
     let t = gated_root();
