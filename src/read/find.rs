@@ -71,25 +71,46 @@ pub fn find(root: &Root, id: &TaskId) -> Result<Option<Place>, ReadError> {
     let is_reason = crate::read::tasks::is_reason_name(id.as_str(), own_reason);
     let by_name = (!is_reason).then(|| id.as_str().to_string());
     for name in std::iter::once(format!("{id}.json")).chain(by_name) {
-        let rejected = root.rejected().join(&name);
-        if rejected.symlink_metadata().is_err() {
-            continue;
-        }
-        let reason = read_reason(&root.rejected().join(format!("{name}.reason")))
-            .map(|r| r.trim_end().to_string());
-        // A cancel or priority request named `<id>.json` is no task.
-        if reason
-            .as_deref()
-            .and_then(crate::read::tasks::Request::of_reason)
-            .is_none()
-        {
-            return Ok(Some(Place::Rejected {
-                path: rejected,
-                reason,
-            }));
+        if let Some(place) = newest_rejection(root, &name) {
+            return Ok(Some(place));
         }
     }
     Ok(None)
+}
+
+/// The newest rejection of a file named `name`: `rejected/<name>` or one
+/// of its `.N` variants (a file of that name rejected again), the one
+/// whose reason was written last. A cancel or priority request named so
+/// is no task.
+fn newest_rejection(root: &Root, name: &str) -> Option<Place> {
+    let rejected = root.rejected();
+    let variants = std::iter::once(name.to_string()).chain(
+        (1..)
+            .map(|n| format!("{name}.{n}"))
+            .take_while(|variant| rejected.join(variant).symlink_metadata().is_ok()),
+    );
+    variants
+        .filter_map(|variant| {
+            let path = rejected.join(&variant);
+            let at = path.symlink_metadata().ok()?;
+            let reason_path = rejected.join(format!("{variant}.reason"));
+            let written = reason_path
+                .metadata()
+                .and_then(|m| m.modified())
+                .or_else(|_| at.modified())
+                .ok();
+            let reason = read_reason(&reason_path).map(|r| r.trim_end().to_string());
+            if reason
+                .as_deref()
+                .and_then(crate::read::tasks::Request::of_reason)
+                .is_some()
+            {
+                return None;
+            }
+            Some((written, Place::Rejected { path, reason }))
+        })
+        .max_by_key(|(written, _)| *written)
+        .map(|(_, place)| place)
 }
 
 /// The final record of a task, if it has one.
@@ -313,6 +334,38 @@ mod tests {
             Err(ReadError::Record { .. })
         ));
         assert!(points(&root, &id("d")).unwrap().is_empty());
+    }
+
+    /// A file rejected again under its name (`x2.json.1` beside an older
+    /// `x2.json`) is found as its newest rejection.
+    #[test]
+    fn a_task_rejected_again_is_found_as_its_newest_rejection() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = Root::new(tmp.path()).unwrap();
+        root.init().unwrap();
+        let rejected = |name: &str, reason: &str, age: u64| {
+            std::fs::write(root.rejected().join(name), "{").unwrap();
+            let reason_path = root.rejected().join(format!("{name}.reason"));
+            std::fs::write(&reason_path, reason).unwrap();
+            let at = std::time::SystemTime::now() - std::time::Duration::from_secs(age);
+            std::fs::File::options()
+                .write(true)
+                .open(&reason_path)
+                .unwrap()
+                .set_modified(at)
+                .unwrap();
+        };
+        rejected("x2.json", "an old reason\n", 3600);
+        rejected("x2.json.1", "the new reason\n", 0);
+        rejected("x2.json.2", "a middle reason\n", 60);
+        let id: TaskId = "x2".parse().unwrap();
+        match find(&root, &id).unwrap() {
+            Some(Place::Rejected { path, reason }) => {
+                assert_eq!(path, root.rejected().join("x2.json.1"));
+                assert_eq!(reason.as_deref(), Some("the new reason"));
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     /// A task rejected under another name is found by the id inside, if
