@@ -53,12 +53,9 @@ impl Rejection {
 
 /// The reason of the rejection of `name` (or `name.N`) made since `since`.
 fn newest_reason(rejected: &Path, name: &str, since: SystemTime) -> Option<String> {
-    (0..)
-        .map(|n| match n {
-            0 => name.to_string(),
-            n => format!("{name}.{n}"),
-        })
-        .take_while(|candidate| rejected.join(candidate).symlink_metadata().is_ok())
+    spoolflow::read::find::rejected_names(rejected, name)
+        .into_iter()
+        .filter(|candidate| rejected.join(candidate).symlink_metadata().is_ok())
         .find_map(|candidate| {
             let reason = rejected.join(format!("{candidate}.reason"));
             let fresh = reason

@@ -42,8 +42,9 @@ pub fn engine(root: &Root) -> Option<EngineInfo> {
     };
     // A lock whose taker is dead is held by a child the engine was
     // spawning when it died (the descriptor closes as that child execs):
-    // no engine runs. (Pid 0 is a taker outside this pid namespace, which
-    // cannot be checked.)
+    // no engine runs. (In a pid namespace other than the first, the
+    // kernel lists no lock whose taker it cannot name there; a pid of 0
+    // is not checked.)
     if pid > 0 && !process_exists(pid) {
         return None;
     }

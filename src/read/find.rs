@@ -78,39 +78,59 @@ pub fn find(root: &Root, id: &TaskId) -> Result<Option<Place>, ReadError> {
     Ok(None)
 }
 
-/// The newest rejection of a file named `name`: `rejected/<name>` or one
-/// of its `.N` variants (a file of that name rejected again), the one
-/// whose reason was written last. A cancel or priority request named so
-/// is no task.
+/// The names a file named `name` may have in `rejected/`: `name`, then
+/// `name.1`, `name.2`, … (a file of that name rejected again) as long as
+/// each exists or has its reason (a crash between the two writes leaves a
+/// reason alone, and the next rejection takes the number after it).
+pub fn rejected_names(rejected: &Path, name: &str) -> Vec<String> {
+    let taken = |n: &str| {
+        rejected.join(n).symlink_metadata().is_ok()
+            || rejected
+                .join(format!("{n}.reason"))
+                .symlink_metadata()
+                .is_ok()
+    };
+    std::iter::once(name.to_string())
+        .chain(
+            (1..)
+                .map(|n| format!("{name}.{n}"))
+                .take_while(|variant| taken(variant)),
+        )
+        .collect()
+}
+
+/// The newest rejection of a file named `name` (see [`rejected_names`]):
+/// the one whose reason was written last (its own time without one). A
+/// cancel or priority request named so is no task. Only the reasons of
+/// the newest are read.
 fn newest_rejection(root: &Root, name: &str) -> Option<Place> {
     let rejected = root.rejected();
-    let variants = std::iter::once(name.to_string()).chain(
-        (1..)
-            .map(|n| format!("{name}.{n}"))
-            .take_while(|variant| rejected.join(variant).symlink_metadata().is_ok()),
-    );
-    variants
-        .filter_map(|variant| {
-            let path = rejected.join(&variant);
-            let at = path.symlink_metadata().ok()?;
-            let reason_path = rejected.join(format!("{variant}.reason"));
-            let written = reason_path
-                .metadata()
-                .and_then(|m| m.modified())
-                .or_else(|_| at.modified())
-                .ok();
-            let reason = read_reason(&reason_path).map(|r| r.trim_end().to_string());
-            if reason
-                .as_deref()
-                .and_then(crate::read::tasks::Request::of_reason)
-                .is_some()
-            {
-                return None;
-            }
-            Some((written, Place::Rejected { path, reason }))
-        })
-        .max_by_key(|(written, _)| *written)
-        .map(|(_, place)| place)
+    let mut found: Vec<(Option<std::time::SystemTime>, usize, PathBuf, PathBuf)> =
+        rejected_names(&rejected, name)
+            .into_iter()
+            .enumerate()
+            .filter_map(|(n, variant)| {
+                let path = rejected.join(&variant);
+                let at = path.symlink_metadata().ok()?;
+                let reason_path = rejected.join(format!("{variant}.reason"));
+                let written = reason_path
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .or_else(|_| at.modified())
+                    .ok();
+                Some((written, n, path, reason_path))
+            })
+            .collect();
+    // Newest first; of equal times, the later name.
+    found.sort_unstable_by_key(|(written, n, ..)| std::cmp::Reverse((*written, *n)));
+    found.into_iter().find_map(|(_, _, path, reason_path)| {
+        let reason = read_reason(&reason_path).map(|r| r.trim_end().to_string());
+        let request = reason
+            .as_deref()
+            .and_then(crate::read::tasks::Request::of_reason)
+            .is_some();
+        (!request).then_some(Place::Rejected { path, reason })
+    })
 }
 
 /// The final record of a task, if it has one.
@@ -195,7 +215,7 @@ pub fn find_in(root: &Root, id: &TaskId) -> Option<PathBuf> {
 }
 
 /// How far back [`find_recently_rejected`] looks, and how many rejected
-/// files at most it reads.
+/// files at most it reads (and [`RECENT_REJECTIONS_BYTES`] at most).
 pub const RECENT_REJECTIONS: std::time::Duration = std::time::Duration::from_secs(60);
 pub const RECENT_REJECTIONS_READ: usize = 256;
 
@@ -226,25 +246,49 @@ pub fn find_recently_rejected(
         })
         .collect();
     recent.sort_unstable_by_key(|r| std::cmp::Reverse(r.0));
-    recent
-        .into_iter()
-        .take(RECENT_REJECTIONS_READ)
-        .find_map(|(_, name)| {
-            let reason = read_reason(&rejected.join(format!("{name}.reason")))?;
-            let reason = reason.trim_end().to_string();
-            if reason.starts_with("duplicate id ")
-                || crate::read::tasks::Request::of_reason(&reason).is_some()
-            {
-                return None;
-            }
-            let path = rejected.join(&name);
-            let bytes = spool::read_capped(&path, READ_LIMIT).ok()?;
-            let file: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
-            (file.get("id")?.as_str()? == id.as_str()).then_some(Place::Rejected {
+    let mut budget = RECENT_REJECTIONS_BYTES;
+    for (_, name) in recent.into_iter().take(RECENT_REJECTIONS_READ) {
+        let Some(reason) = read_reason(&rejected.join(format!("{name}.reason"))) else {
+            continue;
+        };
+        let reason = reason.trim_end().to_string();
+        if reason.starts_with("duplicate id ")
+            || reason.starts_with("invalid JSON")
+            || crate::read::tasks::Request::of_reason(&reason).is_some()
+        {
+            continue;
+        }
+        let path = rejected.join(&name);
+        let Some(meta) = path.symlink_metadata().ok().filter(|m| m.is_file()) else {
+            continue;
+        };
+        if meta.len() > budget {
+            return None;
+        }
+        budget -= meta.len();
+        let named = spool::read_capped(&path, READ_LIMIT)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice::<IdOnly>(&bytes).ok())
+            .and_then(|file| file.id)
+            .is_some_and(|found| found.as_str() == Some(id.as_str()));
+        if named {
+            return Some(Place::Rejected {
                 path,
                 reason: Some(reason),
-            })
-        })
+            });
+        }
+    }
+    None
+}
+
+/// The bytes of rejected files [`find_recently_rejected`] reads at most.
+pub const RECENT_REJECTIONS_BYTES: u64 = 64 << 20;
+
+/// A task file's `id`, the rest skipped unread into values.
+#[derive(serde::Deserialize)]
+struct IdOnly {
+    #[serde(default)]
+    id: Option<serde_json::Value>,
 }
 
 /// The reason beside a rejected file (at most 64 KiB of it), read as
@@ -359,13 +403,20 @@ mod tests {
         rejected("x2.json.1", "the new reason\n", 0);
         rejected("x2.json.2", "a middle reason\n", 60);
         let id: TaskId = "x2".parse().unwrap();
-        match find(&root, &id).unwrap() {
-            Some(Place::Rejected { path, reason }) => {
-                assert_eq!(path, root.rejected().join("x2.json.1"));
-                assert_eq!(reason.as_deref(), Some("the new reason"));
-            }
+        let found = || match find(&root, &id).unwrap() {
+            Some(Place::Rejected { path, reason }) => (path, reason),
             other => panic!("{other:?}"),
-        }
+        };
+        let (path, reason) = found();
+        assert_eq!(path, root.rejected().join("x2.json.1"));
+        assert_eq!(reason.as_deref(), Some("the new reason"));
+        // A reason left alone by a crash (its file never moved) does not
+        // hide the names after it.
+        std::fs::remove_file(root.rejected().join("x2.json.1")).unwrap();
+        rejected("x2.json.3", "the newest reason\n", 0);
+        let (path, reason) = found();
+        assert_eq!(path, root.rejected().join("x2.json.3"));
+        assert_eq!(reason.as_deref(), Some("the newest reason"));
     }
 
     /// A task rejected under another name is found by the id inside, if
