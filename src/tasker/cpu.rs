@@ -56,8 +56,8 @@ impl OnThisCpu {
     }
 }
 
-/// The online CPUs when the first spawn looked (a CPU added since only
-/// makes the engine's set look narrower: no hold, as for a restricted
+/// The online CPUs when the first spawn looked (a CPU taken offline since
+/// makes every set look narrower than that: no hold, as for a restricted
 /// engine).
 static ONLINE: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
 

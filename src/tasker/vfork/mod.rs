@@ -67,9 +67,8 @@ struct ChildArgs {
     sh_argv: *const *const libc::c_char,
     stdio: [RawFd; 3],
     cgroup_procs: RawFd,
-    /// The CPUs the child may run on once it execs (the spawning
-    /// thread's own set; see [`cpu::OnThisCpu`]); `None` leaves its set
-    /// alone.
+    /// The CPUs the child may run on once it execs (every CPU, see
+    /// [`cpu::OnThisCpu`]); `None` leaves its set alone.
     cpus: Option<libc::cpu_set_t>,
     error: libc::c_int,
 }
