@@ -78,22 +78,23 @@ pub fn find(root: &Root, id: &TaskId) -> Result<Option<Place>, ReadError> {
     Ok(None)
 }
 
-/// The names a file named `name` may have in `rejected/`: `name`, then
-/// `name.1`, `name.2`, … (a file of that name rejected again) as long as
-/// each exists or has its reason (a crash between the two writes leaves a
-/// reason alone, and the next rejection takes the number after it).
+/// The names a file named `name` may have in `rejected/`, as
+/// [`spool::rejected_name`] gives them: `name`, then `name.1`, `name.2`,
+/// … (a file of that name rejected again) as long as each exists or has
+/// its reason (a crash between the two writes leaves a reason alone, and
+/// the next rejection takes the number after it).
 pub fn rejected_names(rejected: &Path, name: &str) -> Vec<String> {
     let taken = |n: &str| {
         rejected.join(n).symlink_metadata().is_ok()
             || rejected
-                .join(format!("{n}.reason"))
+                .join(format!("{n}{}", spool::REASON_SUFFIX))
                 .symlink_metadata()
                 .is_ok()
     };
-    std::iter::once(name.to_string())
+    std::iter::once(spool::rejected_name(name, 0))
         .chain(
             (1..)
-                .map(|n| format!("{name}.{n}"))
+                .map(|n| spool::rejected_name(name, n))
                 .take_while(|variant| taken(variant)),
         )
         .collect()

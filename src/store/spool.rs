@@ -533,7 +533,7 @@ pub const REASON_SUFFIX: &str = ".reason";
 /// The name an input named `name` takes in `rejected/` at its `n`th try
 /// (`name`, then `name.1`, …), cut short (and marked with a `~`) where
 /// needed so that its `.reason` beside it is a valid name too.
-fn rejected_name(name: &str, n: u32) -> String {
+pub fn rejected_name(name: &str, n: u32) -> String {
     let tail = if n == 0 {
         String::new()
     } else {
