@@ -320,6 +320,46 @@ pub fn process_gone(pid: i32) -> bool {
     matches!(state, Some('Z') | Some('X') | None)
 }
 
+/// Pids of live (not zombie) processes whose environment carries
+/// `SPOOLFLOW_ROOT=<root>`: taskers of that root and what they started.
+pub fn processes_of(root: &Path) -> Vec<i32> {
+    let mut want = b"SPOOLFLOW_ROOT=".to_vec();
+    want.extend_from_slice(root.as_os_str().as_encoded_bytes());
+    let mut pids = Vec::new();
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return pids;
+    };
+    for e in entries.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(env) = fs::read(e.path().join("environ")) else {
+            continue;
+        };
+        if env.split(|b| *b == 0).any(|v| v == want.as_slice()) && !process_gone(pid) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// Every tasker of the engines killed on `root` is gone (an engine's
+/// start kills a dead engine's taskers), within 5 s.
+pub fn assert_taskers_gone(root: &Path) {
+    let end = Instant::now() + Duration::from_secs(5);
+    loop {
+        let left = processes_of(root);
+        if left.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < end,
+            "tasker processes of killed engines still run: {left:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// A tasker script that appends `count` `progress` points of about
 /// `pad` + 40 bytes to `$SPOOLFLOW_POINTS`, runs the shell fragment
 /// `then`, and replies `{}`.

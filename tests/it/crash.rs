@@ -12,29 +12,6 @@ use nix::sys::signal::Signal;
 
 use crate::common::*;
 
-/// Pids of live (not zombie) processes whose environment carries
-/// `SPOOLFLOW_ROOT=<root>`: taskers of that root and what they started.
-fn processes_of(root: &Path) -> Vec<i32> {
-    let mut want = b"SPOOLFLOW_ROOT=".to_vec();
-    want.extend_from_slice(root.as_os_str().as_encoded_bytes());
-    let mut pids = Vec::new();
-    let Ok(entries) = fs::read_dir("/proc") else {
-        return pids;
-    };
-    for e in entries.flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
-            continue;
-        };
-        let Ok(env) = fs::read(e.path().join("environ")) else {
-            continue;
-        };
-        if env.split(|b| *b == 0).any(|v| v == want.as_slice()) && !process_gone(pid) {
-            pids.push(pid);
-        }
-    }
-    pids
-}
-
 fn read_pid(path: &Path) -> Option<i32> {
     fs::read_to_string(path).ok()?.trim().parse().ok()
 }
@@ -66,6 +43,20 @@ sleep 0.0$(( $$ % 4 ))
 echo "{\"done\":\"$SPOOLFLOW_ID\"}"
 "#;
 
+/// When the engines are killed: at rising counts of records, and twice
+/// as soon as an engine holds the lock.
+const PLAN: [Moment; 9] = [
+    Moment::Done(1),
+    Moment::Done(30),
+    Moment::Locked,
+    Moment::Done(80),
+    Moment::Done(140),
+    Moment::Locked,
+    Moment::Done(200),
+    Moment::Done(260),
+    Moment::Done(330),
+];
+
 #[test]
 fn repeated_kill_9_loses_nothing_and_never_completes_twice() {
     let t = TestRoot::new();
@@ -78,106 +69,22 @@ fn repeated_kill_9_loses_nothing_and_never_completes_twice() {
         );
     }
 
-    let plan = [
-        Moment::Done(1),
-        Moment::Done(30),
-        Moment::Locked,
-        Moment::Done(80),
-        Moment::Done(140),
-        Moment::Locked,
-        Moment::Done(200),
-        Moment::Done(260),
-        Moment::Done(330),
-    ];
-    let lock = t.join("var/run/engine.lock");
     let started = Instant::now();
-    let mut kills = 0;
-    // Executions per id in the ledger at the last kill, and the sum of
-    // the executions each kill cut short.
-    let mut ran_before: BTreeMap<String, usize> = BTreeMap::new();
-    let mut floor = 0;
-    let mut cut_short = 0;
-    for moment in plan {
-        let mut engine = t.spawn_engine(&["--workers", "4"]);
-        let pid = engine.pid().to_string();
-        match moment {
-            Moment::Locked => wait_for("the new engine to hold the lock", DEADLINE, || {
-                engine.exited()
-                    || fs::read_to_string(&lock)
-                        .is_ok_and(|s| s.lines().next() == Some(pid.as_str()))
-            }),
-            Moment::Done(n) => wait_for(&format!("{n} records in done/"), DEADLINE, || {
-                engine.exited() || records(&t) >= n
-            }),
-        }
-        if engine.exited() {
-            let (code, err) = engine.wait(DEADLINE);
-            panic!("the engine exited on its own ({code:?}): {err}");
-        }
-        // Frozen first: what runs now is what the kill cuts short (no
-        // tasker starts, and no reply reaches the engine, in between).
-        engine.signal(Signal::SIGSTOP);
-        let running = children_of(engine.pid());
-        let done_at_kill = records(&t);
-        let run_at_kill = t.list("var/spool/run").len();
-        engine.signal(Signal::SIGKILL);
-        let (code, _) = engine.wait(DEADLINE);
-        assert_eq!(code, None, "the engine was killed by a signal");
-        kills += 1;
-        // The floor: executions of this engine that never became a record
-        // (their taskers were running, or had replied to an engine that
-        // died before writing the record). The orphans finish on their own
-        // (a few ms) before the ledger is read.
-        wait_for("the killed engine's taskers to end", DEADLINE, || {
-            processes_of(t.path()).is_empty()
-        });
-        let unfinished = unfinished_runs(&t, &mut ran_before);
-        floor += running;
-        cut_short += unfinished;
-        eprintln!(
-            "kill -9 #{kills} at {moment:?}: done/ {done_at_kill}, run/ {run_at_kill}, \
-             {running} taskers running, {unfinished} executions without a record"
-        );
-        if done_at_kill >= TASKS {
-            break;
-        }
-    }
-    assert!(
-        kills >= 5,
-        "only {kills} kills happened before the tasks ran out"
-    );
-
+    let kills = kill_at_moments(&t);
     let (code, err) = t
         .spawn_engine(&["--drain", "--workers", "4"])
         .wait(Duration::from_secs(60));
     assert_eq!(code, Some(0), "the draining engine failed: {err}");
     eprintln!("all crashes and the drain took {:?}", started.elapsed());
-
-    // Every tasker of every killed engine is gone: start-up killed them.
-    let end = Instant::now() + Duration::from_secs(5);
-    loop {
-        let left = processes_of(t.path());
-        if left.is_empty() {
-            break;
-        }
-        assert!(
-            Instant::now() < end,
-            "tasker processes of killed engines still run: {left:?}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    assert_taskers_gone(t.path());
 
     // Every task is in done/, and nowhere else.
     let expected: Vec<String> = ids.iter().map(|id| format!("{id}.json")).collect();
     assert_eq!(t.list("var/spool/done"), expected);
-    assert!(t.list("var/spool/failed").is_empty());
-    assert!(
-        t.list("var/spool/rejected").is_empty(),
-        "{:?}",
-        t.list("var/spool/rejected")
-    );
-    assert!(t.list("var/spool/run").is_empty());
-    assert!(t.list("var/spool/in").is_empty());
+    for dir in ["failed", "rejected", "run", "in"] {
+        let left = t.list(&format!("var/spool/{dir}"));
+        assert!(left.is_empty(), "{dir}/: {left:?}");
+    }
 
     // The ledger: what the taskers actually did, one line per execution.
     let ledger = fs::read_to_string(t.join("ledger")).unwrap();
@@ -193,15 +100,135 @@ fn repeated_kill_9_loses_nothing_and_never_completes_twice() {
         runs.entry(id).or_default().push(attempt);
         lines += 1;
     }
-
-    let mut recovered = 0;
-    let mut recovered_after_start = 0;
-    let mut no_final_point = Vec::new();
-    let mut same_attempt_twice = 0;
+    let mut check = TaskCheck::default();
     for id in &ids {
+        let ran = runs
+            .get(id.as_str())
+            .unwrap_or_else(|| panic!("{id} is not in the ledger"));
+        check.task(&t, id, ran);
+    }
+    assert_eq!(runs.len(), TASKS, "the ledger names unknown ids");
+    check.report(&kills, lines);
+    let Kills {
+        kills,
+        floor,
+        cut_short,
+    } = kills;
+    // At the at-least-once floor: only the taskers running at a kill ran
+    // again; a reply that had reached the engine's loop was not lost with
+    // it (the replies journal), even when its record was not yet durable.
+    assert!(
+        lines - TASKS <= cut_short,
+        "an execution ran again after its record"
+    );
+    // The one window left: a tasker whose exit the engine's runtime had
+    // reaped but its loop had not yet handled (within a turn of the loop)
+    // when the engine was frozen; it is not its child any more, and its
+    // reply is not journaled yet. Seen 0–2 times per 9 kills.
+    assert!(
+        lines - TASKS <= floor + kills,
+        "extra executions ({}) far above the floor ({floor})",
+        lines - TASKS
+    );
+    assert_eq!(check.same_attempt_twice, 0, "an attempt number ran twice");
+    assert!(
+        check.no_final_point.is_empty(),
+        "tasks without a final point: {:?}",
+        check.no_final_point
+    );
+}
+
+/// What the kills of [`kill_at_moments`] cut short.
+struct Kills {
+    kills: usize,
+    /// Taskers running at the kills (the at-least-once floor).
+    floor: usize,
+    /// Executions without a durable record at the kills.
+    cut_short: usize,
+}
+
+/// Starts an engine for each moment of [`PLAN`], freezes it at that
+/// moment, counts what runs, and kills it with SIGKILL (stopping early
+/// once every task has its record).
+fn kill_at_moments(t: &TestRoot) -> Kills {
+    let lock = t.join("var/run/engine.lock");
+    let mut out = Kills {
+        kills: 0,
+        floor: 0,
+        cut_short: 0,
+    };
+    // Executions per id in the ledger at the last kill.
+    let mut ran_before: BTreeMap<String, usize> = BTreeMap::new();
+    for moment in PLAN {
+        let mut engine = t.spawn_engine(&["--workers", "4"]);
+        let pid = engine.pid().to_string();
+        match moment {
+            Moment::Locked => wait_for("the new engine to hold the lock", DEADLINE, || {
+                engine.exited()
+                    || fs::read_to_string(&lock)
+                        .is_ok_and(|s| s.lines().next() == Some(pid.as_str()))
+            }),
+            Moment::Done(n) => wait_for(&format!("{n} records in done/"), DEADLINE, || {
+                engine.exited() || records(t) >= n
+            }),
+        }
+        if engine.exited() {
+            let (code, err) = engine.wait(DEADLINE);
+            panic!("the engine exited on its own ({code:?}): {err}");
+        }
+        // Frozen first: what runs now is what the kill cuts short (no
+        // tasker starts, and no reply reaches the engine, in between).
+        engine.signal(Signal::SIGSTOP);
+        let running = children_of(engine.pid());
+        let done_at_kill = records(t);
+        let run_at_kill = t.list("var/spool/run").len();
+        engine.signal(Signal::SIGKILL);
+        let (code, _) = engine.wait(DEADLINE);
+        assert_eq!(code, None, "the engine was killed by a signal");
+        out.kills += 1;
+        // The floor: executions of this engine that never became a record
+        // (their taskers were running, or had replied to an engine that
+        // died before writing the record). The orphans finish on their own
+        // (a few ms) before the ledger is read.
+        wait_for("the killed engine's taskers to end", DEADLINE, || {
+            processes_of(t.path()).is_empty()
+        });
+        let unfinished = unfinished_runs(t, &mut ran_before);
+        out.floor += running;
+        out.cut_short += unfinished;
+        eprintln!(
+            "kill -9 #{} at {moment:?}: done/ {done_at_kill}, run/ {run_at_kill}, \
+             {running} taskers running, {unfinished} executions without a record",
+            out.kills
+        );
+        if done_at_kill >= TASKS {
+            break;
+        }
+    }
+    assert!(
+        out.kills >= 5,
+        "only {} kills happened before the tasks ran out",
+        out.kills
+    );
+    out
+}
+
+/// The checks of every task's record, points and ledger lines, with the
+/// counts the test reports.
+#[derive(Default)]
+struct TaskCheck {
+    recovered: usize,
+    recovered_after_start: usize,
+    no_final_point: Vec<String>,
+    same_attempt_twice: usize,
+}
+
+impl TaskCheck {
+    /// Task `id`, whose executions wrote the ledger's attempts `ran`.
+    fn task(&mut self, t: &TestRoot, id: &str, ran: &[u32]) {
         let rec = t.must_record(id);
         assert_eq!(rec["state"], "completed", "{id}: {rec}");
-        assert_eq!(rec["id"], id.as_str());
+        assert_eq!(rec["id"], id);
         assert_eq!(rec["payload"], serde_json::json!({"done": id}), "{id}");
         let attempts = rec["attempts"].as_u64().expect("attempts") as u32;
         let ended_at = rec["ended_at"].as_str().expect("ended_at").to_string();
@@ -213,7 +240,7 @@ fn repeated_kill_9_loses_nothing_and_never_completes_twice() {
         assert!(count("completed") <= 1, "{id} completed twice: {names:?}");
         assert_eq!(count("failed") + count("aborted"), 0, "{id}: {names:?}");
         if count("completed") == 0 {
-            no_final_point.push(id.clone());
+            self.no_final_point.push(id.to_string());
         }
 
         // The record is that of the last execution: no execution started
@@ -240,9 +267,9 @@ fn repeated_kill_9_loses_nothing_and_never_completes_twice() {
 
         // Recovered after a start: the next execution is a new attempt.
         if let Some(r) = names.iter().rposition(|n| *n == "recovered") {
-            recovered += 1;
+            self.recovered += 1;
             if names[..r].contains(&"started") {
-                recovered_after_start += 1;
+                self.recovered_after_start += 1;
                 assert!(attempts >= 2, "{id}: attempts {attempts}: {names:?}");
                 assert!(
                     names[r..].contains(&"started"),
@@ -252,9 +279,6 @@ fn repeated_kill_9_loses_nothing_and_never_completes_twice() {
         }
 
         // The ledger holds the completing execution, and nothing later.
-        let ran = runs
-            .get(id.as_str())
-            .unwrap_or_else(|| panic!("{id} is not in the ledger"));
         assert!(
             ran.contains(&attempts),
             "{id}: ledger {ran:?} lacks attempt {attempts}"
@@ -267,46 +291,31 @@ fn repeated_kill_9_loses_nothing_and_never_completes_twice() {
         if ran.len() != distinct.len() {
             // Each execution after a crash is a new attempt (SPEC 10), even
             // when the engine died between the spawn and `started`.
-            same_attempt_twice += ran.len() - distinct.len();
+            self.same_attempt_twice += ran.len() - distinct.len();
             eprintln!("{id}: ledger attempts {ran:?}, points {names:?}");
         }
     }
-    assert_eq!(runs.len(), TASKS, "the ledger names unknown ids");
 
-    eprintln!(
-        "crash test: {TASKS} tasks, {kills} kill -9, {lines} executions in the ledger: \
-         duplicate-execution rate {:.3} ({} extra executions; the floor, taskers running \
-         at the kills: {floor}; executions without a durable record at the kills: \
-         {cut_short}); \
-         {recovered} tasks recovered, \
-         {recovered_after_start} of them after a start; {same_attempt_twice} attempt numbers \
-         ran twice; {} tasks without a final point ({:?})",
-        lines as f64 / TASKS as f64,
-        lines - TASKS,
-        no_final_point.len(),
-        no_final_point
-    );
-    // At the at-least-once floor: only the taskers running at a kill ran
-    // again; a reply that had reached the engine's loop was not lost with
-    // it (the replies journal), even when its record was not yet durable.
-    assert!(
-        lines - TASKS <= cut_short,
-        "an execution ran again after its record"
-    );
-    // The one window left: a tasker whose exit the engine's runtime had
-    // reaped but its loop had not yet handled (within a turn of the loop)
-    // when the engine was frozen; it is not its child any more, and its
-    // reply is not journaled yet. Seen 0–2 times per 9 kills.
-    assert!(
-        lines - TASKS <= floor + kills,
-        "extra executions ({}) far above the floor ({floor})",
-        lines - TASKS
-    );
-    assert_eq!(same_attempt_twice, 0, "an attempt number ran twice");
-    assert!(
-        no_final_point.is_empty(),
-        "tasks without a final point: {no_final_point:?}"
-    );
+    /// The test's figures, on stderr.
+    fn report(&self, kills: &Kills, lines: usize) {
+        eprintln!(
+            "crash test: {TASKS} tasks, {} kill -9, {lines} executions in the ledger: \
+             duplicate-execution rate {:.3} ({} extra executions; the floor, taskers running \
+             at the kills: {}; executions without a durable record at the kills: {}); \
+             {} tasks recovered, {} of them after a start; {} attempt numbers ran twice; \
+             {} tasks without a final point ({:?})",
+            kills.kills,
+            lines as f64 / TASKS as f64,
+            lines - TASKS,
+            kills.floor,
+            kills.cut_short,
+            self.recovered,
+            self.recovered_after_start,
+            self.same_attempt_twice,
+            self.no_final_point.len(),
+            self.no_final_point
+        );
+    }
 }
 
 /// The child processes of `pid` (a frozen engine's taskers): running,

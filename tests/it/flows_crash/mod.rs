@@ -16,7 +16,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
@@ -26,29 +25,6 @@ use crate::common::*;
 
 mod edges;
 mod repeated;
-
-/// Pids of live (not zombie) processes whose environment carries
-/// `SPOOLFLOW_ROOT=<root>`: taskers of that root and what they started.
-fn processes_of(root: &Path) -> Vec<i32> {
-    let mut want = b"SPOOLFLOW_ROOT=".to_vec();
-    want.extend_from_slice(root.as_os_str().as_encoded_bytes());
-    let mut pids = Vec::new();
-    let Ok(entries) = fs::read_dir("/proc") else {
-        return pids;
-    };
-    for e in entries.flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
-            continue;
-        };
-        let Ok(env) = fs::read(e.path().join("environ")) else {
-            continue;
-        };
-        if env.split(|b| *b == 0).any(|v| v == want.as_slice()) && !process_gone(pid) {
-            pids.push(pid);
-        }
-    }
-    pids
-}
 
 // ------------------------------------------------------------------ taskers
 
