@@ -8,7 +8,7 @@ use super::*;
 struct Figure {
     name: String,
     target: String,
-    cells: Vec<(String, Option<bool>)>,
+    cells: Vec<Cell>,
 }
 
 /// The best run of alternated rounds.
@@ -53,116 +53,149 @@ pub fn summary(reports: &[FsReport], tasks: usize, workers: usize) {
 }
 
 fn figures(reports: &[FsReport], tasks: usize, workers: usize) -> Vec<Figure> {
-    let cell = |f: &dyn Fn(&FsReport) -> (String, Option<bool>)| -> Vec<(String, Option<bool>)> {
-        reports.iter().map(f).collect()
+    let figure = |name: String, target: &str, cell: fn(&FsReport) -> Cell| Figure {
+        name,
+        target: target.into(),
+        cells: reports.iter().map(cell).collect(),
     };
-    let none = || ("—".to_string(), None);
     vec![
-        Figure {
-            name: format!("throughput, engine ÷ floor ({tasks} tasks, {workers} at a time)"),
-            target: "≥ 0.80×".into(),
-            cells: cell(&|r| {
-                let (f, e) = (best(&r.floors), best(&r.engines));
-                let ratio = e.tasks_per_s / f.tasks_per_s;
-                (
-                    format!(
-                        "{ratio:.2}× ({:.0} ÷ {:.0}/s)",
-                        e.tasks_per_s, f.tasks_per_s
-                    ),
-                    Some(ratio >= 0.8),
-                )
-            }),
-        },
-        Figure {
-            name: "engine CPU per task".into(),
-            target: "< 300 µs tmpfs, < 500 µs disk".into(),
-            cells: cell(&|r| {
-                let us = best(&r.engines).own_cpu_us;
-                let limit = if r.fs == "tmpfs" { 300.0 } else { 500.0 };
-                (format!("{us:.0} µs"), Some(us < limit))
-            }),
-        },
-        Figure {
-            name: "drop → started, p50 / p99 (idle engine)".into(),
-            target: "< 2 / < 20 ms".into(),
-            cells: cell(&|r| {
-                (
-                    format!("{:.2} / {:.2} ms", r.lat.p50_ms, r.lat.p99_ms),
-                    Some(r.lat.p50_ms < 2.0 && r.lat.p99_ms < 20.0),
-                )
-            }),
-        },
-        Figure {
-            name: "flat: steady tasks/s, deepest ÷ shallowest queue".into(),
-            target: "≥ 0.90".into(),
-            cells: cell(&|r| match (r.qrows.first(), r.qrows.last()) {
-                (Some(lo), Some(hi)) if hi.q > lo.q => {
-                    let ratio = hi.steady_tasks_per_s / lo.steady_tasks_per_s;
-                    (
-                        format!(
-                            "{ratio:.2} ({:.0}/s at {} ÷ {:.0}/s at {})",
-                            hi.steady_tasks_per_s, hi.q, lo.steady_tasks_per_s, lo.q
-                        ),
-                        Some(ratio >= 0.9),
-                    )
-                }
-                _ => none(),
-            }),
-        },
-        Figure {
-            name: "peak RSS, deepest queue".into(),
-            target: "< 150 MB at 100 000".into(),
-            cells: cell(&|r| match r.qrows.last() {
-                Some(hi) => {
-                    let mb = hi.peak_mib * 1.048_576;
-                    let met = (hi.q >= 100_000).then_some(mb < 150.0);
-                    (format!("{mb:.0} MB at {}", hi.q), met)
-                }
-                None => none(),
-            }),
-        },
-        Figure {
-            name: "memory per queued task (peak RSS slope)".into(),
-            target: "≤ 1 KB".into(),
-            cells: cell(&|r| match (r.qrows.first(), r.qrows.last()) {
-                (Some(lo), Some(hi)) if hi.q > lo.q => {
-                    let bytes = (hi.peak_mib - lo.peak_mib) * 1_048_576.0 / (hi.q - lo.q) as f64;
-                    (format!("{bytes:.0} B"), Some(bytes <= 1024.0))
-                }
-                _ => none(),
-            }),
-        },
-        Figure {
-            name: "`submit --batch`, durable files/s".into(),
-            target: "≥ 20 000".into(),
-            cells: cell(&|r| match r.submit_per_s {
-                Some(v) => (format!("{v:.0}"), Some(v >= 20_000.0)),
-                None => none(),
-            }),
-        },
-        Figure {
-            name: "flow task nodes ÷ standalone tasks".into(),
-            target: "≥ 0.80×".into(),
-            cells: cell(&|r| {
-                if r.frows.is_empty() {
-                    return none();
-                }
-                let ratios: Vec<f64> = r
-                    .frows
-                    .iter()
-                    .map(|f| f.flow.tasks_per_s / f.standalone.tasks_per_s)
-                    .collect();
-                let text = r
-                    .frows
-                    .iter()
-                    .zip(&ratios)
-                    .map(|(f, x)| format!("{x:.2}× {}", f.what))
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                (text, Some(ratios.iter().all(|x| *x >= 0.8)))
-            }),
-        },
+        figure(
+            format!("throughput, engine ÷ floor ({tasks} tasks, {workers} at a time)"),
+            "≥ 0.80×",
+            throughput,
+        ),
+        figure(
+            "engine CPU per task".into(),
+            "< 300 µs tmpfs, < 500 µs disk",
+            engine_cpu,
+        ),
+        figure(
+            "drop → started, p50 / p99 (idle engine)".into(),
+            "< 2 / < 20 ms",
+            latency,
+        ),
+        figure(
+            "flat: steady tasks/s, deepest ÷ shallowest queue".into(),
+            "≥ 0.90",
+            flatness,
+        ),
+        figure(
+            "peak RSS, deepest queue".into(),
+            "< 150 MB at 100 000",
+            peak_rss,
+        ),
+        figure(
+            "memory per queued task (peak RSS slope)".into(),
+            "≤ 1 KB",
+            memory_per_task,
+        ),
+        figure(
+            "`submit --batch`, durable files/s".into(),
+            "≥ 20 000",
+            submit_rate,
+        ),
+        figure(
+            "flow task nodes ÷ standalone tasks".into(),
+            "≥ 0.80×",
+            flows_ratio,
+        ),
     ]
+}
+
+/// One figure of one filesystem: its text, and whether it meets its
+/// target (`None`: not measured, or not at the size the target names).
+type Cell = (String, Option<bool>);
+
+fn not_measured() -> Cell {
+    ("—".to_string(), None)
+}
+
+fn throughput(r: &FsReport) -> Cell {
+    let (f, e) = (best(&r.floors), best(&r.engines));
+    let ratio = e.tasks_per_s / f.tasks_per_s;
+    (
+        format!(
+            "{ratio:.2}× ({:.0} ÷ {:.0}/s)",
+            e.tasks_per_s, f.tasks_per_s
+        ),
+        Some(ratio >= 0.8),
+    )
+}
+
+fn engine_cpu(r: &FsReport) -> Cell {
+    let us = best(&r.engines).own_cpu_us;
+    let limit = if r.fs == "tmpfs" { 300.0 } else { 500.0 };
+    (format!("{us:.0} µs"), Some(us < limit))
+}
+
+fn latency(r: &FsReport) -> Cell {
+    (
+        format!("{:.2} / {:.2} ms", r.lat.p50_ms, r.lat.p99_ms),
+        Some(r.lat.p50_ms < 2.0 && r.lat.p99_ms < 20.0),
+    )
+}
+
+fn flatness(r: &FsReport) -> Cell {
+    match (r.qrows.first(), r.qrows.last()) {
+        (Some(lo), Some(hi)) if hi.q > lo.q => {
+            let ratio = hi.steady_tasks_per_s / lo.steady_tasks_per_s;
+            (
+                format!(
+                    "{ratio:.2} ({:.0}/s at {} ÷ {:.0}/s at {})",
+                    hi.steady_tasks_per_s, hi.q, lo.steady_tasks_per_s, lo.q
+                ),
+                Some(ratio >= 0.9),
+            )
+        }
+        _ => not_measured(),
+    }
+}
+
+fn peak_rss(r: &FsReport) -> Cell {
+    match r.qrows.last() {
+        Some(hi) => {
+            let mb = hi.peak_mib * 1.048_576;
+            let met = (hi.q >= 100_000).then_some(mb < 150.0);
+            (format!("{mb:.0} MB at {}", hi.q), met)
+        }
+        None => not_measured(),
+    }
+}
+
+fn memory_per_task(r: &FsReport) -> Cell {
+    match (r.qrows.first(), r.qrows.last()) {
+        (Some(lo), Some(hi)) if hi.q > lo.q => {
+            let bytes = (hi.peak_mib - lo.peak_mib) * 1_048_576.0 / (hi.q - lo.q) as f64;
+            (format!("{bytes:.0} B"), Some(bytes <= 1024.0))
+        }
+        _ => not_measured(),
+    }
+}
+
+fn submit_rate(r: &FsReport) -> Cell {
+    match r.submit_per_s {
+        Some(v) => (format!("{v:.0}"), Some(v >= 20_000.0)),
+        None => not_measured(),
+    }
+}
+
+fn flows_ratio(r: &FsReport) -> Cell {
+    if r.frows.is_empty() {
+        return not_measured();
+    }
+    let ratios: Vec<f64> = r
+        .frows
+        .iter()
+        .map(|f| f.flow.tasks_per_s / f.standalone.tasks_per_s)
+        .collect();
+    let text = r
+        .frows
+        .iter()
+        .zip(&ratios)
+        .map(|(f, x)| format!("{x:.2}× {}", f.what))
+        .collect::<Vec<_>>()
+        .join(", ");
+    (text, Some(ratios.iter().all(|x| *x >= 0.8)))
 }
 
 /// One filesystem's detailed tables.
