@@ -1,14 +1,16 @@
 //! Taskers (SPEC section 6): `config` (`tasker.json`), `resolve` (a taskee
 //! to an executable under `tsk/`), `process` (spawning and driving one
-//! tasker process; `vfork` starts it), `contain` and `sweep` (nothing a tasker starts
-//! outlives its task), `stderr` (its stderr lines), `reply` (the reply
-//! table), and the executor seam (`executor`: `Local` process groups, and
-//! `slurm` batch jobs).
+//! tasker process; `vfork` starts it, `pipes` reads its output),
+//! `contain` and `sweep` (nothing a tasker starts outlives its task),
+//! `stderr` (its stderr lines), `reply` (the reply table), and the
+//! executor seam (`executor`: `Local` process groups, and `slurm` batch
+//! jobs).
 
 pub mod config;
 pub mod contain;
 pub mod cpu;
 pub mod executor;
+mod pipes;
 pub mod process;
 pub mod reply;
 pub mod resolve;

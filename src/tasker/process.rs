@@ -6,7 +6,8 @@
 //! started is killed: its group, and what left the group (see `contain`).
 //!
 //! The reply is what the tasker wrote on stdout before it exited: stdout is
-//! read while it runs, into a buffer the driver owns, so that a pipe held
+//! read (see `pipes`: at once after a quick exit, else as it comes) into a
+//! buffer the driver owns, so that a pipe held
 //! open by something the tasker left behind costs the reply nothing (what
 //! was read is used once the pipes' linger is over). A tasker that exited
 //! before its run timeout is judged by its exit, however late the engine
@@ -14,20 +15,17 @@
 //! whether the tasker has exited.
 
 use std::ffi::OsString;
-use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::process::ExitStatus;
 use std::time::Duration;
 
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::unix::pipe::Receiver;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, Notify};
 
 use super::contain::Tracked;
-use super::reply::REPLY_LIMIT;
-use super::stderr::{copy_stderr, StderrCopy};
+use super::pipes::{output_pipe, read_output, stdin_pipe, ChildIo, Sinks, Stdout};
+use super::stderr::StderrCopy;
 use super::vfork;
 
 /// How long a tasker's pipes may outlive it before its group is killed.
@@ -181,8 +179,8 @@ pub fn spawn(
     let fut = drive(
         ChildIo {
             stdin: stdin_rest,
-            stdout: receiver(stdout_read),
-            stderr: receiver(stderr_read),
+            stdout: Some(stdout_read),
+            stderr: Some(stderr_read),
         },
         child,
         pid,
@@ -209,32 +207,7 @@ fn is_transient(e: &std::io::Error) -> bool {
     )
 }
 
-struct ChildIo {
-    /// The write end of stdin, when the payload did not fit in the pipe.
-    stdin: Option<std::os::fd::OwnedFd>,
-    stdout: Option<Receiver>,
-    stderr: Option<Receiver>,
-}
-
-/// A close-on-exec pipe for a tasker's output: (read end, the engine's,
-/// which does not block; write end, the tasker's, which does).
-fn output_pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
-    use nix::fcntl::{fcntl, FcntlArg, OFlag};
-    use std::os::fd::AsRawFd;
-    let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
-    fcntl(read.as_raw_fd(), FcntlArg::F_SETFL(OFlag::O_NONBLOCK))?;
-    Ok((read, write))
-}
-
-/// The engine's end of a tasker's output pipe (from [`output_pipe`]: a
-/// pipe's read end, non-blocking, which tokio's checks would ask again),
-/// on the runtime; none if it cannot be registered (the descriptor is then
-/// closed: the tasker's first write to it gets `SIGPIPE`).
-fn receiver(fd: OwnedFd) -> Option<Receiver> {
-    Receiver::from_owned_fd_unchecked(fd).ok()
-}
-
-fn signal_group(pgid: i32, sig: Signal) {
+pub(super) fn signal_group(pgid: i32, sig: Signal) {
     if pgid > 0 {
         // ESRCH (the group is gone) is fine.
         let _ = killpg(Pid::from_raw(pgid), sig);
@@ -262,11 +235,17 @@ async fn drive(
     let mut stdout = Stdout::default();
     let mut stderr = StderrCopy::new(stderr_path, stderr_prefix);
     let mut run = Run::new(pgid, timeout, kill_grace, tracked);
-    let oversized = tokio::sync::Notify::new();
+    let (oversized, exited) = (Notify::new(), Notify::new());
     {
-        let io_done = pump(io, input, pgid, (&mut stdout, &oversized), &mut stderr);
+        let sinks = Sinks {
+            stdout: &mut stdout,
+            stderr: &mut stderr,
+            oversized: &oversized,
+            exited: &exited,
+        };
+        let io_done = read_output(io, input, pgid, sinks);
         tokio::pin!(io_done);
-        let mut io_over = false;
+        let (mut io_over, mut exit_told) = (false, false);
         while run.status.is_none() || !io_over {
             let kill_at = run.kill_at();
             tokio::select! {
@@ -292,6 +271,11 @@ async fn drive(
                         break;
                     }
                 }
+            }
+            if run.status.is_some() && !exit_told {
+                // The output is read at once now (see `pipes`).
+                exited.notify_one();
+                exit_told = true;
             }
         }
         if !io_over {
@@ -321,100 +305,6 @@ async fn end_all(run: &Run, pgid: i32) {
         let _ = tokio::task::spawn_blocking(move || tracked.end(pgid)).await;
     } else {
         run.tracked.end(pgid);
-    }
-}
-
-/// All of the tasker's I/O at once: stdin written while stdout is read and
-/// stderr copied, so that a tasker blocked on one pipe never stalls the
-/// others. What is read lands in `stdout` and `stderr` as it comes.
-async fn pump(
-    io: ChildIo,
-    input: Vec<u8>,
-    pgid: i32,
-    stdout: (&mut Stdout, &tokio::sync::Notify),
-    stderr: &mut StderrCopy,
-) {
-    tokio::join!(
-        write_stdin(io.stdin, input),
-        read_reply(io.stdout, pgid, stdout),
-        copy_stderr(io.stderr, stderr)
-    );
-}
-
-/// The tasker's stdin: a pipe the payload is written into before the
-/// spawn, as far as the pipe holds it (64 KiB unless the user's pipes are
-/// short of pages), so that most taskers find all of it there and end of
-/// file after it, and nothing of stdin is left for the engine to watch.
-/// Returns the read end (the child's) and, when some of the payload did
-/// not fit, the write end; `input` keeps what is still to write.
-fn stdin_pipe(
-    input: &mut Vec<u8>,
-) -> std::io::Result<(std::os::fd::OwnedFd, Option<std::os::fd::OwnedFd>)> {
-    use nix::errno::Errno;
-    use nix::fcntl::{fcntl, FcntlArg, OFlag};
-    use std::os::fd::AsRawFd;
-    let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
-    fcntl(write.as_raw_fd(), FcntlArg::F_SETFL(OFlag::O_NONBLOCK))?;
-    let mut written = 0;
-    while written < input.len() {
-        match nix::unistd::write(&write, &input[written..]) {
-            Ok(n) => written += n,
-            Err(Errno::EINTR) => {}
-            Err(Errno::EAGAIN) => break,
-            Err(e) => return Err(e.into()),
-        }
-    }
-    input.drain(..written);
-    Ok((read, (!input.is_empty()).then_some(write)))
-}
-
-/// stdin: what did not fit in the pipe before the spawn, written
-/// concurrently; a tasker that exits without reading is not an error
-/// (EPIPE is ignored).
-async fn write_stdin(stdin: Option<std::os::fd::OwnedFd>, rest: Vec<u8>) {
-    let Some(fd) = stdin else {
-        return;
-    };
-    if let Ok(mut pipe) = tokio::net::unix::pipe::Sender::from_owned_fd(fd) {
-        let _ = pipe.write_all(&rest).await;
-    }
-}
-
-/// What a tasker wrote on stdout, so far.
-#[derive(Default)]
-struct Stdout {
-    bytes: Vec<u8>,
-    /// It went over [`REPLY_LIMIT`] (the group was killed, the bytes
-    /// dropped).
-    oversized: bool,
-}
-
-/// stdout: read up to the reply limit, as it comes. A tasker that writes
-/// more has its group killed and its reply dropped (and `oversized` told:
-/// the driver kills the leader too, which may have left its group).
-async fn read_reply(
-    stdout: Option<Receiver>,
-    pgid: i32,
-    (into, oversized): (&mut Stdout, &tokio::sync::Notify),
-) {
-    let Some(mut stdout) = stdout else {
-        return;
-    };
-    loop {
-        if into.bytes.capacity() - into.bytes.len() < 8 * 1024 {
-            into.bytes.reserve(8 * 1024);
-        }
-        match stdout.read_buf(&mut into.bytes).await {
-            Ok(0) | Err(_) => break,
-            Ok(_) if into.bytes.len() > REPLY_LIMIT => {
-                into.oversized = true;
-                into.bytes = Vec::new();
-                signal_group(pgid, Signal::SIGKILL);
-                oversized.notify_one();
-                break;
-            }
-            Ok(_) => {}
-        }
     }
 }
 
@@ -562,47 +452,5 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::io::Read;
-
-    fn read_all(fd: std::os::fd::OwnedFd) -> Vec<u8> {
-        let mut out = Vec::new();
-        std::fs::File::from(fd).read_to_end(&mut out).unwrap();
-        out
-    }
-
-    #[test]
-    fn a_payload_that_fits_is_all_in_the_pipe_before_the_spawn() {
-        let mut input = br#"{"i":1}"#.to_vec();
-        let (read, rest) = stdin_pipe(&mut input).unwrap();
-        assert!(rest.is_none() && input.is_empty());
-        // The write end is closed: the reader gets the payload, then EOF.
-        assert_eq!(read_all(read), br#"{"i":1}"#);
-    }
-
-    #[test]
-    fn what_does_not_fit_is_kept_with_the_write_end() {
-        let payload: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
-        let mut input = payload.clone();
-        let (read, rest) = stdin_pipe(&mut input).unwrap();
-        let rest_fd = rest.expect("a megabyte does not fit in a pipe");
-        assert!(!input.is_empty() && input.len() < payload.len());
-        let tail = input.clone();
-        // The rest written as the engine would, while the reader reads.
-        let writer = std::thread::spawn(move || {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap()
-                .block_on(write_stdin(Some(rest_fd), tail));
-        });
-        let got = read_all(read);
-        writer.join().unwrap();
-        assert_eq!(got, payload);
     }
 }

@@ -53,6 +53,11 @@ impl StderrCopy {
         self.write(head);
     }
 
+    /// A chunk read.
+    pub(super) fn take_chunk(&mut self, bytes: &[u8]) {
+        self.take(bytes, false);
+    }
+
     fn write(&mut self, bytes: &[u8]) {
         use std::io::Write;
         if bytes.is_empty() {
