@@ -25,9 +25,16 @@ use super::stderr::{copy_stderr, StderrCopy};
 
 /// How long a running tasker's output may wait in its pipes before they
 /// are watched: a tasker that writes more than a pipe holds (64 KiB)
-/// waits at most this long once, and its stderr lines reach the `.err`
-/// file at most this late.
+/// waits about this long once (more when the engine is busy), and its
+/// stderr lines reach the `.err` file about this late.
 pub(super) const UNWATCHED: Duration = Duration::from_millis(10);
+
+/// The most read from one pipe at once after the exit: more than a pipe
+/// holds, so that the output of a tasker that exited is read to its end,
+/// but a bound, since the read runs on the engine's only thread and
+/// something the tasker left behind may keep writing (that pipe is then
+/// watched, and its writer ended by the pipes' linger, see `process`).
+const READ_AT_ONCE: usize = 256 * 1024;
 
 /// The engine's ends of a tasker's pipes.
 pub(super) struct ChildIo {
@@ -122,20 +129,24 @@ fn read_now(io: &mut ChildIo, pgid: i32, stdout: &mut Stdout, stderr: &mut Stder
     }
 }
 
-/// Reads a non-blocking pipe until it would block (`false`) or its end
-/// (`true`; also on an error, or when `take` wants no more: nothing more
-/// will be read from it).
+/// Reads a non-blocking pipe until it would block or [`READ_AT_ONCE`]
+/// bytes were read (`false`: more may come), or its end (`true`; also on
+/// an error, or when `take` wants no more: nothing more will be read from
+/// it).
 fn read_available(fd: &OwnedFd, mut take: impl FnMut(&[u8]) -> bool) -> bool {
     let mut chunk = [0u8; 16 * 1024];
-    loop {
+    let mut read = 0;
+    while read < READ_AT_ONCE {
         match nix::unistd::read(fd.as_raw_fd(), &mut chunk) {
             Ok(0) => return true,
             Ok(n) if !take(&chunk[..n]) => return true,
-            Ok(_) | Err(Errno::EINTR) => {}
+            Ok(n) => read += n,
+            Err(Errno::EINTR) => {}
             Err(Errno::EAGAIN) => return false,
             Err(_) => return true,
         }
     }
+    false
 }
 
 /// A close-on-exec pipe for a tasker's output: (read end, the engine's,
@@ -274,6 +285,27 @@ mod tests {
             true
         }));
         assert_eq!(got, b"{\"a\":1} more");
+    }
+
+    /// A pipe that never runs dry (a writer left behind) is read only up
+    /// to the bound, and left to be watched.
+    #[test]
+    fn a_pipe_that_keeps_filling_is_read_only_up_to_a_bound() {
+        let (read, write) = output_pipe().unwrap();
+        let mut w = std::fs::File::from(write);
+        w.write_all(&[b'x'; 16 * 1024]).unwrap();
+        let mut got = 0;
+        // Refilled as it is read: it would never say "would block".
+        let done = read_available(&read, |b| {
+            got += b.len();
+            w.write_all(&vec![b'x'; b.len()]).unwrap();
+            true
+        });
+        assert!(!done);
+        assert!(
+            (READ_AT_ONCE..READ_AT_ONCE + 16 * 1024).contains(&got),
+            "{got}"
+        );
     }
 
     /// Over the reply limit, the bytes are dropped and the reading stops.

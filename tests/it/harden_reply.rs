@@ -84,6 +84,21 @@ fn a_completed_reply_keeps_its_payload_when_a_detached_child_holds_stdout() {
     assert_quick(took);
 }
 
+/// A detached child that keeps writing to the stderr it was left, as fast
+/// as it can: the engine never stalls on the flood, and ends the task by
+/// its reply. (Whether the flood is under way when the engine first reads
+/// after the exit is left to timing; the bound on that read is shown by
+/// `tasker::pipes::tests::a_pipe_that_keeps_filling_is_read_only_up_to_a_bound`.)
+#[test]
+fn a_reply_stands_when_a_detached_child_floods_stderr() {
+    let (rec, took) = run_detaching(
+        "echo '{\"point\":\"completed\",\"payload\":{\"out\":2}}'\nsetsid yes flood >&2 &",
+    );
+    assert_eq!(rec["state"], "completed", "{rec:#}");
+    assert_eq!(rec["payload"], json!({"out": 2}), "{rec:#}");
+    assert_quick(took);
+}
+
 // ------------------------------------------------------------------ A3
 
 #[test]
