@@ -7,9 +7,9 @@
 //!
 //! The reply is what the tasker wrote on stdout before it exited: stdout is
 //! read (see `pipes`: at once after a quick exit, else as it comes) into a
-//! buffer the driver owns, so that a pipe held
-//! open by something the tasker left behind costs the reply nothing (what
-//! was read is used once the pipes' linger is over). A tasker that exited
+//! buffer the driver owns, so that a pipe held open by something the
+//! tasker left behind costs the reply nothing (what was read is used once
+//! the pipes' linger is over). A tasker that exited
 //! before its run timeout is judged by its exit, however late the engine
 //! gets to look (a stopped or busy engine): the timeout first checks
 //! whether the tasker has exited.
@@ -207,6 +207,7 @@ fn is_transient(e: &std::io::Error) -> bool {
     )
 }
 
+/// A signal to the tasker's process group (none for a pid not yet known).
 pub(super) fn signal_group(pgid: i32, sig: Signal) {
     if pgid > 0 {
         // ESRCH (the group is gone) is fine.
