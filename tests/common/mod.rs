@@ -64,6 +64,15 @@ impl TestRoot {
         self.root.dir().join(rel)
     }
 
+    /// The lines of a file under the root (none when it is absent).
+    pub fn lines_of(&self, rel: &str) -> Vec<String> {
+        fs::read_to_string(self.join(rel))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
     /// Writes an executable file at `tsk/<domain>/<name>`.
     pub fn tasker(&self, domain: &str, name: &str, script: &str) -> PathBuf {
         let dir = self.root.tsk().join(domain);

@@ -35,15 +35,6 @@ fn assert_failed(rec: &Value, kind: &str) -> String {
         .to_string()
 }
 
-/// Lines of a file the taskers append to (empty when absent).
-fn lines_of(t: &TestRoot, name: &str) -> Vec<String> {
-    fs::read_to_string(t.join(name))
-        .unwrap_or_default()
-        .lines()
-        .map(str::to_string)
-        .collect()
-}
-
 /// Waits until the engine process holds the root's lock (so its signal
 /// handlers are in place), or panics if it exits first.
 fn wait_for_lock(t: &TestRoot, engine: &mut EngineProcess) {
@@ -374,13 +365,13 @@ fn a_refusal_survives_kill_9() {
 
     let engine = t.spawn_engine(&["--workers", "2"]);
     wait_for("the gated taskee to run r1", DEADLINE, || {
-        lines_of(&t, "gated-runs").len() == 1
+        t.lines_of("gated-runs").len() == 1
             && t.points_named("r1", "started")
                 .iter()
                 .any(|p| p["taskee"] == "gated")
     });
     kill_9(engine);
-    assert_eq!(lines_of(&t, "picky-runs"), ["1"], "picky ran once");
+    assert_eq!(t.lines_of("picky-runs"), ["1"], "picky ran once");
     assert_eq!(t.points_named("r1", "refused").len(), 1);
     assert!(t.list("var/spool/run").contains(&"r1.json".to_string()));
 
@@ -394,7 +385,7 @@ fn a_refusal_survives_kill_9() {
     let rec = t.must_record("r1");
     let names = t.point_names("r1");
     assert_eq!(
-        lines_of(&t, "picky-runs"),
+        t.lines_of("picky-runs"),
         ["1"],
         "picky, which refused r1 before the crash, was offered it again and ran; \
          record: {rec:#}; points: {names:?}"
@@ -405,7 +396,7 @@ fn a_refusal_survives_kill_9() {
         "{reason}"
     );
     assert_eq!(t.points_named("r1", "refused").len(), 1, "{names:?}");
-    assert_eq!(lines_of(&t, "gated-runs"), ["1"]);
+    assert_eq!(t.lines_of("gated-runs"), ["1"]);
     assert!(names.contains(&"recovered".to_string()), "{names:?}");
     assert!(t.list("var/spool/run").is_empty());
 }

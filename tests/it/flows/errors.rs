@@ -165,23 +165,11 @@ sys.exit(1)
         set_of(&["0_0_0", "0_0_1_0", "0_0_2"]),
         "the node after the concurrence never ran"
     );
-    for gc in lines_of(&t, "grandchildren") {
-        let pid: i32 = gc.parse().unwrap();
-        wait_for(&format!("grandchild {pid} to be gone"), DEADLINE, || {
-            process_gone(pid)
-        });
-    }
+    wait_grandchildren_gone(&t);
     assert_points_tagged(&t, "x2", &["0_0_0", "0_0_1_0", "0_0_2"], "failed");
     assert_eq!(node(&rec, "0_0_2")["state"], "failed");
     // The stopped siblings ran: they have their entries, not completed.
-    for nid in ["0_0_0", "0_0_1_0"] {
-        assert_eq!(
-            node(&rec, nid)["state"],
-            "aborted",
-            "{nid}: {:#}",
-            rec["nodes"]
-        );
-    }
+    assert_aborted(&rec, &["0_0_0", "0_0_1_0"]);
 }
 
 /// Task nodes retry and time out as standalone tasks do, with options of
@@ -267,7 +255,7 @@ fn cancelling_a_flow_stops_every_running_branch() {
     let hung = ["0_0_0", "0_0_1_0", "0_0_2_0", "0_0_2_1"];
     while_draining(&t, 4, || {
         wait_for("the four branches to run", DEADLINE, || {
-            lines_of(&t, "hung-k1").len() == 4
+            t.lines_of("hung-k1").len() == 4
         });
         let runs = runs_of(&t, "k1");
         assert_eq!(runs.len(), 4, "{runs:?}");
@@ -305,24 +293,12 @@ fn cancelling_a_flow_stops_every_running_branch() {
         set_of(&hung),
         "the node after the concurrence never ran"
     );
-    for gc in lines_of(&t, "grandchildren") {
-        let pid: i32 = gc.parse().unwrap();
-        wait_for(&format!("grandchild {pid} to be gone"), DEADLINE, || {
-            process_gone(pid)
-        });
-    }
+    wait_grandchildren_gone(&t);
     assert_points_tagged(&t, "k1", &hung, "aborted");
     assert!(t.list("var/spool/cancel").is_empty());
     assert!(t.list("var/spool/rejected").is_empty());
     // The stopped nodes ran: each has its entry, aborted.
-    for nid in hung {
-        assert_eq!(
-            node(&rec, nid)["state"],
-            "aborted",
-            "{nid}: {:#}",
-            rec["nodes"]
-        );
-    }
+    assert_aborted(&rec, &hung);
 }
 
 /// A sleeping flow is cancelled at once.

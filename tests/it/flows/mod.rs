@@ -219,15 +219,6 @@ fn nids_run(t: &TestRoot, id: &str) -> Vec<String> {
     runs_of(t, id).into_iter().map(|r| r.nid).collect()
 }
 
-/// Lines of a file under the root (empty when absent).
-fn lines_of(t: &TestRoot, name: &str) -> Vec<String> {
-    fs::read_to_string(t.join(name))
-        .unwrap_or_default()
-        .lines()
-        .map(str::to_string)
-        .collect()
-}
-
 /// The task file of a flow of domain `org`.
 fn flow_file(id: &str, flow: Value, payload: Value) -> String {
     json!({"domain": "org", "id": id, "flow": flow, "payload": payload}).to_string()
@@ -383,6 +374,28 @@ fn node<'a>(rec: &'a Value, nid: &str) -> &'a Value {
         .as_array()
         .and_then(|ns| ns.iter().find(|n| n["nid"] == nid))
         .unwrap_or_else(|| panic!("no node {nid} in {:#}", rec["nodes"]))
+}
+
+/// Each of `nids` has its `nodes` entry, `aborted` (a stopped node).
+fn assert_aborted(rec: &Value, nids: &[&str]) {
+    for nid in nids {
+        assert_eq!(
+            node(rec, nid)["state"],
+            "aborted",
+            "{nid}: {:#}",
+            rec["nodes"]
+        );
+    }
+}
+
+/// The grandchildren the taskers listed in `grandchildren` are gone.
+fn wait_grandchildren_gone(t: &TestRoot) {
+    for gc in t.lines_of("grandchildren") {
+        let pid: i32 = gc.parse().unwrap();
+        wait_for(&format!("grandchild {pid} to be gone"), DEADLINE, || {
+            process_gone(pid)
+        });
+    }
 }
 
 /// The nids of the record's `nodes` entries.

@@ -37,7 +37,7 @@ fn flow_nodes_and_standalone_tasks_share_the_workers() {
         assert_eq!(r["payload"], json!({"busy": "0"}));
     }
     // Replay the ledger: "start|end <ns> <id> <nid>" lines.
-    let log = lines_of(&t, "workers");
+    let log = t.lines_of("workers");
     let mut open: BTreeMap<(String, String), i64> = BTreeMap::new();
     let mut intervals = Vec::new();
     for line in &log {
@@ -253,7 +253,7 @@ fn the_flow_command_draws_a_running_and_an_ended_flow() {
     wait_for("the held node to run", DEADLINE, || {
         t.flow_progress("seen")
             .is_some_and(|p| p["nodes"]["0_0"]["state"] == "done")
-            && lines_of(&t, "ledger").iter().any(|l| l.contains(" 0_1 "))
+            && t.lines_of("ledger").iter().any(|l| l.contains(" 0_1 "))
     });
     let draw = |t: &TestRoot| {
         let out = t.cmd().args(["flow", "seen"]).output().unwrap();
