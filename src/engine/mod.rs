@@ -315,8 +315,12 @@ pub async fn run(
     let (tasker_tx, tasker_rx) = mpsc::unbounded_channel();
     let (written_tx, written_rx) = mpsc::unbounded_channel();
     let (offered_tx, offered_rx) = mpsc::unbounded_channel();
-    let writer = Writer::start(written_tx, root.spares(), options.writer_probe.clone())
-        .map_err(EngineError::Runtime)?;
+    let writer = Writer::start(
+        written_tx,
+        (root.spares(), root.run()),
+        options.writer_probe.clone(),
+    )
+    .map_err(EngineError::Runtime)?;
     let drain = options.drain;
 
     let mut engine = Engine {

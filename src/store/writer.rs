@@ -9,8 +9,9 @@
 //! (temporary, fsync, rename), fsyncs each directory touched once, then
 //! does what may follow only once the writes are durable (append the final
 //! points, move the ended tasks' `run/` files out of the way — recycled, see
-//! [`Spares`] —, remove claimed originals), fsyncs `run/` once, and reports
-//! back to the engine.
+//! [`Spares`] —, remove claimed originals), and reports back to the engine.
+//! `run/` is fsynced once for many ended tasks (see [`Spares`]), or when the
+//! writer has been idle for [`SETTLE_IDLE`].
 //!
 //! A record is durable before its final point is logged and its `run/` file
 //! goes, so a crash between them leaves a duplicate that start-up resolves
@@ -43,6 +44,9 @@ use spares::Spares;
 const LINGER: std::time::Duration = std::time::Duration::from_millis(1);
 /// The most records committed in one batch.
 const MAX_BATCH: usize = 1024;
+/// How long the writer waits for a job before it makes the removals from
+/// `run/` done so far durable (see [`Spares`]).
+const SETTLE_IDLE: std::time::Duration = std::time::Duration::from_millis(100);
 /// One final record to commit.
 #[derive(Debug)]
 pub struct RecordJob {
@@ -189,20 +193,23 @@ pub struct Writer {
 
 impl Writer {
     /// Starts the thread; results go to `results`. `spare_dir` (on the
-    /// spool's filesystem) keeps files for reuse.
+    /// spool's filesystem) keeps files for reuse, which come from
+    /// `run_dir`.
     pub fn start(
         results: UnboundedSender<Vec<Done>>,
-        spare_dir: PathBuf,
+        (spare_dir, run_dir): (PathBuf, PathBuf),
         probe: Option<Probe>,
     ) -> std::io::Result<Writer> {
-        Self::start_with(results, spare_dir, probe, LINGER)
+        Self::start_with(results, (spare_dir, run_dir), probe, (LINGER, SETTLE_IDLE))
     }
 
+    /// [`Writer::start`] with its waits: a record's [`LINGER`] and the
+    /// [`SETTLE_IDLE`] before an idle writer fsyncs `run/`.
     fn start_with(
         results: UnboundedSender<Vec<Done>>,
-        spare_dir: PathBuf,
+        (spare_dir, run_dir): (PathBuf, PathBuf),
         probe: Option<Probe>,
-        linger: std::time::Duration,
+        waits: (std::time::Duration, std::time::Duration),
     ) -> std::io::Result<Writer> {
         spool::fault::check()
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
@@ -211,7 +218,10 @@ impl Writer {
         let woken = Arc::clone(&urgent);
         let thread = std::thread::Builder::new()
             .name("spoolflow-writer".into())
-            .spawn(move || run(rx, results, Spares::new(spare_dir), probe, linger, &woken))?;
+            .spawn(move || {
+                let spares = Spares::new(spare_dir, run_dir);
+                run(rx, results, spares, probe, waits, &woken)
+            })?;
         Ok(Writer {
             tx: Some(tx),
             thread: Some(thread),
@@ -265,16 +275,50 @@ fn run(
     results: UnboundedSender<Vec<Done>>,
     mut spares: Spares,
     probe: Option<Probe>,
-    linger: std::time::Duration,
+    (linger, settle_idle): (std::time::Duration, std::time::Duration),
     urgent: &AtomicBool,
 ) {
-    while let Ok(first) = rx.recv() {
+    loop {
+        let first = match next_job(&rx, &mut spares, settle_idle) {
+            Ok(Some(job)) => job,
+            Ok(None) => break,
+            Err(e) => {
+                let _ = results.send(vec![Done::Fatal(e)]);
+                return;
+            }
+        };
         let batch = gather(&rx, first, linger, urgent);
         let out = Batch::default().commit(batch, &mut spares, probe.as_ref());
         let fatal = out.iter().any(|c| matches!(c, Done::Fatal(_)));
         let _ = results.send(out);
         if fatal {
             return;
+        }
+    }
+    // The engine stops: what left run/ is made durable before it exits (a
+    // crash first would leave run/ files beside their records, which the
+    // next start removes).
+    if let Err(e) = spares.settle() {
+        tracing::error!("{e}");
+    }
+}
+
+/// The next job, or `None` once the engine dropped its sender. While
+/// removals from `run/` wait for their fsync, a writer idle for
+/// `settle_idle` makes them durable first.
+fn next_job(
+    rx: &mpsc::Receiver<Job>,
+    spares: &mut Spares,
+    settle_idle: std::time::Duration,
+) -> Result<Option<Job>, SpoolError> {
+    loop {
+        if spares.is_settled() {
+            return Ok(rx.recv().ok());
+        }
+        match rx.recv_timeout(settle_idle) {
+            Ok(job) => return Ok(Some(job)),
+            Err(mpsc::RecvTimeoutError::Timeout) => spares.settle()?,
+            Err(mpsc::RecvTimeoutError::Disconnected) => return Ok(None),
         }
     }
 }
@@ -555,7 +599,9 @@ impl Batch {
     /// What follows once the writes are durable.
     fn follow_up(self, written: Vec<Written>, spares: &mut Spares) -> Vec<Done> {
         let mut out = Vec::with_capacity(written.len());
-        let mut run_dirs = BTreeSet::new();
+        // A flow's journal leaves run/ durably with its run/ file, as it
+        // always did: fsynced in this batch.
+        let mut settle_now = false;
         for w in written {
             out.push(match w {
                 Written::Record { job, already } => {
@@ -572,9 +618,7 @@ impl Batch {
                     spares.give(&job.run_file);
                     if let Some(journal) = &job.journal {
                         remove_if_there(journal);
-                    }
-                    if let Some(parent) = job.run_file.parent() {
-                        run_dirs.insert(parent.to_path_buf());
+                        settle_now = true;
                     }
                     Done::Record {
                         key: job.key,
@@ -604,8 +648,8 @@ impl Batch {
                 Written::Reject { from, retake, .. } => Done::Rejected { path: from, retake },
             });
         }
-        for dir in &run_dirs {
-            if let Err(e) = spool::fsync_dir(dir) {
+        if settle_now || spares.must_settle() {
+            if let Err(e) = spares.settle() {
                 return vec![Done::Fatal(e)];
             }
         }

@@ -1,7 +1,9 @@
 //! The writer's recycled files: ended tasks' `run/` files kept in
-//! `var/spool/.spare/` and written over by the next records.
+//! `var/spool/.spare/` and written over by the next records, once their
+//! removal from `run/` is durable.
 
-use std::path::PathBuf;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
 
 use super::RecordJob;
 use crate::store::spool::{self, SpoolError};
@@ -9,17 +11,34 @@ use crate::store::spool::{self, SpoolError};
 /// The most spare files kept for reuse.
 const MAX_SPARES: usize = 1024;
 
+/// How many files may leave `run/` before the writer fsyncs it. Until
+/// then they are not written over; a record that finds no settled spare
+/// is written into a new file, so the pool grows to about twice this.
+pub(super) const SETTLE_AT: usize = 32;
+
 /// Recycled files. A task's `run/` file is not unlinked when its record is
-/// durable: it is moved into `var/spool/.spare/`, and the next record is written
-/// into it (truncated, rewritten, fsynced, renamed into `done/` or
-/// `failed/`). On ext4 allocating an inode — worse, right after others were
-/// freed — is the largest cost of a record; recycling allocates and frees
-/// none. A file is recycled only when this engine's user owns it and it has
-/// no other link (a user who dropped a task file and kept a hard link to it
+/// durable: it is moved into `var/spool/.spare/`, and a later record is
+/// written into it (rewritten, fsynced, renamed into `done/` or `failed/`).
+/// On ext4 allocating an inode — worse, right after others were freed — is
+/// the largest cost of a record; recycling allocates and frees none. A
+/// file is recycled only when this engine's user owns it and it has no
+/// other link (a user who dropped a task file and kept a hard link to it
 /// must not be able to read or change a later record through it).
+///
+/// A spare is written over only once its move out of `run/` is durable
+/// (*settled*): were the machine to die first, `run/` could name a file
+/// that holds another task's record. The moves are made durable together,
+/// one fsync of `run/` for [`SETTLE_AT`] of them (or when the writer has
+/// nothing else to do), instead of one per batch: SPEC 4 lets a `run/` file
+/// outlive its durable record, and start-up removes it.
 pub(super) struct Spares {
     dir: PathBuf,
+    /// Settled: free to be written over.
     free: Vec<PathBuf>,
+    /// Moved here since `run/` was last fsynced.
+    unsettled: Vec<PathBuf>,
+    /// The directories whose removals are not durable yet.
+    dirty: BTreeSet<PathBuf>,
     next: u64,
     /// The engine's user (a spare is a file it owns) and pid (names of
     /// spares), asked once.
@@ -28,42 +47,57 @@ pub(super) struct Spares {
 }
 
 impl Spares {
-    pub(super) fn new(dir: PathBuf) -> Spares {
+    /// The spares in `dir`, found from an earlier run, are settled only
+    /// after `origin` (the directory they came from) is fsynced: that run
+    /// may have been killed before it did.
+    pub(super) fn new(dir: PathBuf, origin: PathBuf) -> Spares {
         let _ = std::fs::create_dir_all(&dir);
         let uid = nix::unistd::geteuid().as_raw();
-        let mut free = Vec::new();
+        let mut unsettled = Vec::new();
         if let Ok(entries) = std::fs::read_dir(&dir) {
             for e in entries.flatten() {
-                if free.len() < MAX_SPARES && Self::reusable(&e.path(), uid) {
-                    free.push(e.path());
+                if unsettled.len() < MAX_SPARES && Self::reusable(&e.path(), uid) {
+                    unsettled.push(e.path());
                 } else {
                     let _ = std::fs::remove_file(e.path());
                 }
             }
         }
+        let dirty = if unsettled.is_empty() {
+            BTreeSet::new()
+        } else {
+            BTreeSet::from([origin])
+        };
         Spares {
             dir,
-            free,
+            free: Vec::new(),
+            unsettled,
+            dirty,
             next: 0,
             uid,
             pid: std::process::id(),
         }
     }
 
-    fn reusable(path: &std::path::Path, uid: u32) -> bool {
+    fn reusable(path: &Path, uid: u32) -> bool {
         use std::os::unix::fs::MetadataExt;
         std::fs::symlink_metadata(path)
             .is_ok_and(|m| m.is_file() && m.nlink() == 1 && m.uid() == uid)
     }
 
     /// Takes the `run/` file of an ended task: kept as a spare, or removed.
-    pub(super) fn give(&mut self, run_file: &std::path::Path) {
-        if self.free.len() < MAX_SPARES && Self::reusable(run_file, self.uid) {
+    /// Either way its directory is fsynced by a later [`Spares::settle`].
+    pub(super) fn give(&mut self, run_file: &Path) {
+        if let Some(parent) = run_file.parent() {
+            self.dirty.insert(parent.to_path_buf());
+        }
+        let kept = self.free.len() + self.unsettled.len();
+        if kept < MAX_SPARES && Self::reusable(run_file, self.uid) {
             loop {
                 self.next += 1;
                 let spare = self.dir.join(format!("{}-{}", self.pid, self.next));
                 match spool::rename_no_replace(run_file, &spare) {
-                    Ok(()) => return self.free.push(spare),
+                    Ok(()) => return self.unsettled.push(spare),
                     Err(SpoolError::Exists(_)) => continue,
                     Err(_) => break,
                 }
@@ -76,7 +110,28 @@ impl Spares {
         }
     }
 
-    /// Writes a record, into a spare when there is one.
+    /// Whether enough files left `run/` since its last fsync to fsync it now.
+    pub(super) fn must_settle(&self) -> bool {
+        self.unsettled.len() >= SETTLE_AT
+    }
+
+    /// Whether every removal given so far is durable.
+    pub(super) fn is_settled(&self) -> bool {
+        self.dirty.is_empty()
+    }
+
+    /// Makes the removals given so far durable (one fsync per directory);
+    /// their files may then be written over.
+    pub(super) fn settle(&mut self) -> Result<(), SpoolError> {
+        while let Some(dir) = self.dirty.first() {
+            spool::fsync_dir(dir)?;
+            self.dirty.pop_first();
+        }
+        self.free.append(&mut self.unsettled);
+        Ok(())
+    }
+
+    /// Writes a record, into a settled spare when there is one.
     pub(super) fn write(&mut self, job: &RecordJob) -> Result<PathBuf, SpoolError> {
         if let Some(spare) = self.free.pop() {
             match spool::write_recycled(&spare, &job.dir, &job.name, &job.bytes) {

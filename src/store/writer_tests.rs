@@ -1,10 +1,13 @@
-//! The writer's batches: who waits for more, and how long.
+//! The writer's batches (who waits for more, and how long) and its
+//! recycled files (written over only once their move out of `run/` is
+//! durable).
 
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use super::spares::SETTLE_AT;
 use super::*;
 
 fn record(n: u32) -> Job {
@@ -125,11 +128,18 @@ fn record_in(dir: &std::path::Path, n: u32) -> Job {
     Job::Record(job)
 }
 
-fn writer_root() -> (
+type WriterRoot = (
     tempfile::TempDir,
     tokio::sync::mpsc::UnboundedReceiver<Vec<Done>>,
     Writer,
-) {
+);
+
+/// A writer whose records wait an hour for company.
+fn writer_root() -> WriterRoot {
+    writer_root_with(Duration::from_secs(60 * 60))
+}
+
+fn writer_root_with(linger: Duration) -> WriterRoot {
     let tmp = tempfile::tempdir().expect("a temporary directory");
     for d in ["done", "run", "log", "spares"] {
         std::fs::create_dir(tmp.path().join(d)).expect("a directory");
@@ -137,9 +147,10 @@ fn writer_root() -> (
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let writer = Writer::start_with(
         tx,
-        tmp.path().join("spares"),
+        (tmp.path().join("spares"), tmp.path().join("run")),
         None,
-        Duration::from_secs(60 * 60),
+        // Never idle long enough to fsync run/ by itself.
+        (linger, Duration::from_secs(60 * 60)),
     )
     .expect("the writer thread");
     (tmp, rx, writer)
@@ -190,4 +201,135 @@ fn finishing_ends_a_records_wait() {
         .expect("finish() returns without waiting out the hour");
     // The record it was waiting with is written.
     assert!(tmp.path().join("done/1.json").is_file());
+}
+
+/// A root with the directories a [`Spares`] works in.
+fn spares_root() -> tempfile::TempDir {
+    let tmp = tempfile::tempdir().expect("a temporary directory");
+    for d in ["done", "run", "log", "spares"] {
+        std::fs::create_dir(tmp.path().join(d)).expect("a directory");
+    }
+    tmp
+}
+
+/// Makes the task file `run/<n>.json` and returns its inode.
+fn run_file(tmp: &tempfile::TempDir, n: u32) -> (PathBuf, u64) {
+    use std::os::unix::fs::MetadataExt;
+    let path = tmp.path().join("run").join(format!("{n}.json"));
+    std::fs::write(&path, format!("{{\"n\":{n}}}")).expect("a run/ file");
+    let ino = std::fs::metadata(&path).expect("its metadata").ino();
+    (path, ino)
+}
+
+fn inode(path: &std::path::Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).expect("the file is there").ino()
+}
+
+fn record_job(tmp: &tempfile::TempDir, n: u32) -> RecordJob {
+    let Job::Record(job) = record_in(tmp.path(), n) else {
+        unreachable!("record_in() makes records")
+    };
+    job
+}
+
+#[test]
+fn a_file_that_left_run_is_written_over_only_once_run_is_fsynced() {
+    let tmp = spares_root();
+    let mut spares = Spares::new(tmp.path().join("spares"), tmp.path().join("run"));
+    assert!(spares.is_settled());
+    let (path, ino) = run_file(&tmp, 1);
+    spares.give(&path);
+    assert!(!path.exists(), "the run/ file left run/");
+    assert!(!spares.is_settled());
+    let first = spares.write(&record_job(&tmp, 1)).expect("a record");
+    assert_ne!(inode(&first), ino, "written over before run/ was fsynced");
+    spares.settle().expect("run/ fsynced");
+    assert!(spares.is_settled());
+    let second = spares.write(&record_job(&tmp, 2)).expect("a record");
+    assert_eq!(inode(&second), ino, "a settled spare is written over");
+    assert_eq!(std::fs::read(&second).expect("the record"), b"{}");
+}
+
+#[test]
+fn run_is_fsynced_once_for_settle_at_files() {
+    let tmp = spares_root();
+    let mut spares = Spares::new(tmp.path().join("spares"), tmp.path().join("run"));
+    let mut given = std::collections::BTreeSet::new();
+    for n in 0..SETTLE_AT as u32 {
+        assert!(!spares.must_settle(), "{n} files given");
+        let (path, ino) = run_file(&tmp, n);
+        spares.give(&path);
+        given.insert(ino);
+    }
+    assert!(spares.must_settle());
+    spares.settle().expect("run/ fsynced");
+    assert!(!spares.must_settle() && spares.is_settled());
+    let reused: std::collections::BTreeSet<u64> = (0..SETTLE_AT as u32)
+        .map(|n| inode(&spares.write(&record_job(&tmp, n)).expect("a record")))
+        .collect();
+    assert_eq!(reused, given, "every settled spare is written over once");
+}
+
+#[test]
+fn spares_left_by_an_earlier_run_wait_for_run_to_be_fsynced() {
+    let tmp = spares_root();
+    let left = tmp.path().join("spares").join("1-1");
+    std::fs::write(&left, b"an earlier task").expect("a spare");
+    let ino = inode(&left);
+    let mut spares = Spares::new(tmp.path().join("spares"), tmp.path().join("run"));
+    assert!(
+        !spares.is_settled(),
+        "that run may have died before its fsync"
+    );
+    let first = spares.write(&record_job(&tmp, 1)).expect("a record");
+    assert_ne!(inode(&first), ino);
+    spares.settle().expect("run/ fsynced");
+    let second = spares.write(&record_job(&tmp, 2)).expect("a record");
+    assert_eq!(inode(&second), ino);
+}
+
+#[test]
+fn a_run_file_removed_rather_than_kept_is_also_made_durable() {
+    let tmp = spares_root();
+    let mut spares = Spares::new(tmp.path().join("spares"), tmp.path().join("run"));
+    let (path, _) = run_file(&tmp, 1);
+    // A second link: never recycled, removed.
+    std::fs::hard_link(&path, tmp.path().join("kept")).expect("a hard link");
+    spares.give(&path);
+    assert!(!path.exists());
+    assert!(!spares.is_settled(), "the removal waits for run/'s fsync");
+    spares.settle().expect("run/ fsynced");
+    assert!(spares.is_settled());
+}
+
+/// Records sent one at a time, each after the one before is done: the
+/// first [`SETTLE_AT`] are new files (their predecessors' `run/` files are
+/// not written over while `run/` is not fsynced), and the next one reuses
+/// one of theirs.
+#[test]
+fn the_writer_reuses_a_run_file_only_after_settle_at_records() {
+    let (tmp, mut done, writer) = writer_root_with(Duration::ZERO);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("a runtime");
+    let mut run_inodes = std::collections::BTreeSet::new();
+    for n in 0..=SETTLE_AT as u32 {
+        let (_, ino) = run_file(&tmp, n);
+        writer.send(record_in(tmp.path(), n));
+        let batch = rt
+            .block_on(async { tokio::time::timeout(Duration::from_secs(60), done.recv()).await })
+            .expect("the record is written")
+            .expect("the writer is running");
+        assert!(
+            matches!(batch.as_slice(), [Done::Record { .. }]),
+            "{batch:?}"
+        );
+        let record = inode(&tmp.path().join("done").join(format!("{n}.json")));
+        let reused = run_inodes.contains(&record);
+        assert_eq!(reused, n == SETTLE_AT as u32, "record {n}");
+        run_inodes.insert(ino);
+    }
+    drop(writer);
 }

@@ -202,6 +202,19 @@ fn a_directory_fsync_that_fails_after_a_record_stops_the_engine() {
 }
 
 #[test]
+fn a_run_fsync_that_fails_once_the_engine_is_idle_stops_it_and_the_record_stands() {
+    let t = root_with_echo();
+    t.drop_task("s1.json", &task("s1"));
+    // An ended task's run/ file leaves run/ once its record is durable;
+    // run/ is fsynced for many of them together, or once the writer has
+    // had nothing to do for a moment: that fsync, the first of run/, fails.
+    let e = engine(&t, Some("fsync:1@/var/spool/run"), &[]);
+    stops_on_the_failure(e, "/var/spool/run:", "Input/output error");
+    assert_eq!(whereabouts(&t, "s1"), "done");
+    restart_completes(&t, &["s1"]);
+}
+
+#[test]
 fn a_claim_rename_that_fails_stops_the_engine_and_the_task_stays_in_in() {
     let t = root_with_echo();
     t.drop_task("c1.json", &task("c1"));
