@@ -45,6 +45,14 @@ pub fn run(root: Option<PathBuf>, args: Args) -> Result<(), Failure> {
         stem.parse::<TaskId>()
             .is_ok_and(|id| waiting.contains(stem) || root.run_file(&id).exists())
     };
+    if !args.dry_run {
+        // The engine makes ended tasks' moves out of run/ durable together,
+        // a moment after their records: made durable before any record
+        // goes, so that a crash cannot bring back the run/ file of a task
+        // whose record is gone.
+        spoolflow::store::spool::fsync_dir(&root.run())
+            .map_err(|e| Failure::new(exit::FAILURE, e))?;
+    }
     let mut doomed = old_records(&root, &before);
     let rejected = old_rejected(&root, &before);
     doomed.extend(old_history(&root, &before, &live));

@@ -317,7 +317,10 @@ pub async fn run(
     let (offered_tx, offered_rx) = mpsc::unbounded_channel();
     let writer = Writer::start(
         written_tx,
-        (root.spares(), root.run()),
+        crate::store::writer::SpareDirs {
+            spares: root.spares(),
+            run: root.run(),
+        },
         options.writer_probe.clone(),
     )
     .map_err(EngineError::Runtime)?;
@@ -376,8 +379,10 @@ pub async fn run(
         stop,
     };
     let result = engine.event_loop(inbox).await;
-    engine.finish_threads();
-    result
+    let finished = engine.finish_threads();
+    // A failure of the last fsync of run/ (the writer's end) is the
+    // exit's, unless the engine stopped on one already.
+    result.and_then(|()| finished.map_err(stop::stopped_at_the_end))
 }
 
 impl Engine {
@@ -393,8 +398,8 @@ impl Engine {
     }
 
     /// Ends what runs beside the loop: the offer pool, the writer (its
-    /// queue written out), and the containment of taskers.
-    fn finish_threads(self) {
+    /// queue written out, `run/` fsynced), and the containment of taskers.
+    fn finish_threads(self) -> Result<(), SpoolError> {
         let Engine {
             writer,
             offers,
@@ -403,8 +408,9 @@ impl Engine {
             ..
         } = self;
         offers.finish();
-        writer.finish();
+        let written = writer.finish();
         contain.finish(&root);
+        written
     }
 }
 

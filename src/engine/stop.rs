@@ -66,6 +66,13 @@ impl Engine {
     }
 }
 
+/// The writer's last fsync of `run/`, as the engine ends, failed: logged
+/// as any failed write is; nothing runs any more.
+pub(super) fn stopped_at_the_end(e: SpoolError) -> EngineError {
+    tracing::error!("{}", disk_failure_words(&e));
+    EngineError::Stopped { at: e.paths() }
+}
+
 /// The one log line of a stop on a failed write: what failed, and what
 /// happens next.
 pub(super) fn disk_failure_words(e: &SpoolError) -> String {

@@ -164,6 +164,11 @@ pub fn retry(root: &Root, id: &TaskId) -> Result<Retried, RetryError> {
     if root.run_file(id).exists() || queued.exists() {
         return Err(RetryError::NotEnded(id.clone()));
     }
+    // The engine makes ended tasks' moves out of run/ durable together, a
+    // moment after their records: made durable here before the record
+    // moves, so that a crash cannot bring back the run/ file of a task
+    // whose record is gone.
+    spool::fsync_dir(&root.run())?;
     let dir = root.history_dir(id);
     let failed = root.failed_file(id);
     let (record, history, resumed) = if failed.exists() {

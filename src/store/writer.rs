@@ -10,8 +10,8 @@
 //! does what may follow only once the writes are durable (append the final
 //! points, move the ended tasks' `run/` files out of the way — recycled, see
 //! [`Spares`] —, remove claimed originals), and reports back to the engine.
-//! `run/` is fsynced once for many ended tasks (see [`Spares`]), or when the
-//! writer has been idle for [`SETTLE_IDLE`].
+//! `run/` is fsynced once for many ended tasks (see [`Spares`]), sooner when
+//! the writer has been idle for [`SETTLE_IDLE`], and when it ends.
 //!
 //! A record is durable before its final point is logged and its `run/` file
 //! goes, so a crash between them leaves a duplicate that start-up resolves
@@ -19,7 +19,6 @@
 //! file), never a loss. A claimed copy is durable in `run/` before its
 //! original leaves `in/`.
 
-use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
@@ -31,8 +30,11 @@ use crate::model::names::Exid;
 use crate::scheduler::NodeKey;
 use crate::store::spool::{self, SpoolError};
 
+#[path = "writer_batch.rs"]
+mod batch;
 #[path = "writer_spares.rs"]
 mod spares;
+use batch::Batch;
 use spares::Spares;
 
 /// How long a batch that begins with a final record waits for more to
@@ -47,6 +49,21 @@ const MAX_BATCH: usize = 1024;
 /// How long the writer waits for a job before it makes the removals from
 /// `run/` done so far durable (see [`Spares`]).
 const SETTLE_IDLE: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// The writer's recycled files: where they are kept (`.spare/`) and the
+/// directory they come from (`run/`).
+pub struct SpareDirs {
+    pub spares: PathBuf,
+    pub run: PathBuf,
+}
+
+/// How long the writer waits: a record for company ([`LINGER`]), and an
+/// idle writer before it fsyncs `run/` ([`SETTLE_IDLE`]).
+#[derive(Debug, Clone, Copy)]
+struct Waits {
+    linger: std::time::Duration,
+    settle_idle: std::time::Duration,
+}
 /// One final record to commit.
 #[derive(Debug)]
 pub struct RecordJob {
@@ -161,7 +178,8 @@ pub type Probe = mpsc::Sender<Durable>;
 #[derive(Debug)]
 pub enum Done {
     /// The record is durable (`already`: one was there before and is never
-    /// overwritten) and the `run/` file gone.
+    /// overwritten) and the `run/` file gone (durably so a moment later, see
+    /// [`Spares`]).
     Record { key: NodeKey, already: bool },
     /// The claimed task is durable in `run/`, its original `from` removed.
     Claimed { exid: Exid, from: PathBuf },
@@ -186,30 +204,32 @@ pub enum Done {
 /// the jobs already sent, then end.
 pub struct Writer {
     tx: Option<mpsc::Sender<Job>>,
-    thread: Option<JoinHandle<()>>,
+    /// Ends with the last fsync of `run/` (see [`Writer::finish`]).
+    thread: Option<JoinHandle<Result<(), SpoolError>>>,
     /// Set with a job that ends a record's wait (see [`LINGER`]).
     urgent: Arc<AtomicBool>,
 }
 
 impl Writer {
-    /// Starts the thread; results go to `results`. `spare_dir` (on the
-    /// spool's filesystem) keeps files for reuse, which come from
-    /// `run_dir`.
+    /// Starts the thread; results go to `results`. `dirs.spares` (on the
+    /// spool's filesystem) keeps files for reuse.
     pub fn start(
         results: UnboundedSender<Vec<Done>>,
-        (spare_dir, run_dir): (PathBuf, PathBuf),
+        dirs: SpareDirs,
         probe: Option<Probe>,
     ) -> std::io::Result<Writer> {
-        Self::start_with(results, (spare_dir, run_dir), probe, (LINGER, SETTLE_IDLE))
+        let waits = Waits {
+            linger: LINGER,
+            settle_idle: SETTLE_IDLE,
+        };
+        Self::start_with(results, dirs, probe, waits)
     }
 
-    /// [`Writer::start`] with its waits: a record's [`LINGER`] and the
-    /// [`SETTLE_IDLE`] before an idle writer fsyncs `run/`.
     fn start_with(
         results: UnboundedSender<Vec<Done>>,
-        (spare_dir, run_dir): (PathBuf, PathBuf),
+        dirs: SpareDirs,
         probe: Option<Probe>,
-        waits: (std::time::Duration, std::time::Duration),
+        waits: Waits,
     ) -> std::io::Result<Writer> {
         spool::fault::check()
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
@@ -219,7 +239,7 @@ impl Writer {
         let thread = std::thread::Builder::new()
             .name("spoolflow-writer".into())
             .spawn(move || {
-                let spares = Spares::new(spare_dir, run_dir);
+                let spares = Spares::new(dirs.spares, dirs.run);
                 run(rx, results, spares, probe, waits, &woken)
             })?;
         Ok(Writer {
@@ -249,24 +269,27 @@ impl Writer {
         }
     }
 
-    /// Waits for the jobs sent so far to be done.
-    pub fn finish(mut self) {
-        self.stop();
+    /// Waits for the jobs sent so far to be done; the error is that of
+    /// the last fsync of `run/`, made as the writer ends.
+    pub fn finish(mut self) -> Result<(), SpoolError> {
+        self.stop()
     }
 
-    fn stop(&mut self) {
+    fn stop(&mut self) -> Result<(), SpoolError> {
         self.tx.take();
         // A record's wait ends: nothing more comes.
         self.wake();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+        match self.thread.take().map(JoinHandle::join) {
+            Some(Ok(ended)) => ended,
+            // A panic of the thread was reported by the panic hook.
+            Some(Err(_)) | None => Ok(()),
         }
     }
 }
 
 impl Drop for Writer {
     fn drop(&mut self) {
-        self.stop();
+        let _ = self.stop();
     }
 }
 
@@ -275,47 +298,46 @@ fn run(
     results: UnboundedSender<Vec<Done>>,
     mut spares: Spares,
     probe: Option<Probe>,
-    (linger, settle_idle): (std::time::Duration, std::time::Duration),
+    waits: Waits,
     urgent: &AtomicBool,
-) {
+) -> Result<(), SpoolError> {
     loop {
-        let first = match next_job(&rx, &mut spares, settle_idle) {
+        let first = match next_job(&rx, &mut spares, waits.settle_idle) {
             Ok(Some(job)) => job,
             Ok(None) => break,
             Err(e) => {
                 let _ = results.send(vec![Done::Fatal(e)]);
-                return;
+                return Ok(());
             }
         };
-        let batch = gather(&rx, first, linger, urgent);
+        let batch = gather(&rx, first, waits.linger, urgent);
         let out = Batch::default().commit(batch, &mut spares, probe.as_ref());
         let fatal = out.iter().any(|c| matches!(c, Done::Fatal(_)));
         let _ = results.send(out);
         if fatal {
-            return;
+            return Ok(());
         }
     }
-    // The engine stops: what left run/ is made durable before it exits (a
-    // crash first would leave run/ files beside their records, which the
-    // next start removes).
-    if let Err(e) = spares.settle() {
-        tracing::error!("{e}");
-    }
+    // The engine stops: what left run/ is made durable before it exits,
+    // and a failure is its exit's (a crash first would leave run/ files
+    // beside their records, which the next start removes).
+    spares.settle()
 }
 
 /// The next job, or `None` once the engine dropped its sender. While
 /// removals from `run/` wait for their fsync, a writer idle for
-/// `settle_idle` makes them durable first.
+/// `settle_idle` (or until they are due) makes them durable first.
 fn next_job(
     rx: &mpsc::Receiver<Job>,
     spares: &mut Spares,
     settle_idle: std::time::Duration,
 ) -> Result<Option<Job>, SpoolError> {
     loop {
-        if spares.is_settled() {
+        let Some(due) = spares.due() else {
             return Ok(rx.recv().ok());
-        }
-        match rx.recv_timeout(settle_idle) {
+        };
+        let wait = settle_idle.min(due.saturating_duration_since(std::time::Instant::now()));
+        match rx.recv_timeout(wait) {
             Ok(job) => return Ok(Some(job)),
             Err(mpsc::RecvTimeoutError::Timeout) => spares.settle()?,
             Err(mpsc::RecvTimeoutError::Disconnected) => return Ok(None),
@@ -356,343 +378,6 @@ fn nap(linger: std::time::Duration, urgent: &AtomicBool) {
             return;
         }
         std::thread::park_timeout(left);
-    }
-}
-
-/// A job whose first write is done, waiting for its directory's fsync.
-enum Written {
-    Record {
-        job: RecordJob,
-        already: bool,
-    },
-    Claim {
-        exid: Exid,
-        from: PathBuf,
-        ident: Option<Ident>,
-        to: PathBuf,
-    },
-    ClaimTaken {
-        exid: Exid,
-        from: PathBuf,
-    },
-    Rewrite {
-        key: NodeKey,
-        seq: u64,
-        to: Option<PathBuf>,
-    },
-    Progress {
-        exid: Exid,
-        to: Option<PathBuf>,
-        /// The journal to remove (after a snapshot).
-        journal: Option<PathBuf>,
-    },
-    Reject {
-        from: PathBuf,
-        to: Option<PathBuf>,
-        /// Whatever is at `from` now deserves a look (this job's file is
-        /// gone from there); false when the rejection failed.
-        retake: bool,
-    },
-}
-
-/// One batch: the directories to fsync before anything may follow.
-#[derive(Default)]
-struct Batch {
-    dirs: BTreeSet<PathBuf>,
-}
-
-impl Batch {
-    fn commit(mut self, jobs: Vec<Job>, spares: &mut Spares, probe: Option<&Probe>) -> Vec<Done> {
-        let mut written = Vec::with_capacity(jobs.len());
-        for job in jobs {
-            match self.write(job, spares) {
-                Ok(w) => written.push(w),
-                // An fsync failed, or the disk is full or a directory
-                // unwritable: what was not done stays where it is (in in/
-                // or run/) for the next start. The engine logs it.
-                Err(e) => return vec![Done::Fatal(e)],
-            }
-        }
-        for dir in &self.dirs {
-            if let Err(e) = spool::fsync_dir(dir) {
-                return vec![Done::Fatal(e)];
-            }
-        }
-        if let Some(probe) = probe {
-            for w in &written {
-                if let Some(d) = w.durable() {
-                    let _ = probe.send(d);
-                }
-            }
-        }
-        self.follow_up(written, spares)
-    }
-
-    /// The first, durable part of a job (its directory is fsynced later).
-    fn write(&mut self, job: Job, spares: &mut Spares) -> Result<Written, SpoolError> {
-        Ok(match job {
-            Job::Record(job) => self.write_record(job, spares)?,
-            Job::Claim {
-                exid,
-                from,
-                ident,
-                dir,
-                name,
-                bytes,
-            } => match spool::write_atomic(&dir, &name, &bytes, true, false) {
-                Ok(to) => {
-                    self.dirs.insert(dir);
-                    Written::Claim {
-                        exid,
-                        from,
-                        ident,
-                        to,
-                    }
-                }
-                Err(SpoolError::Exists(_)) => Written::ClaimTaken { exid, from },
-                // run/ is the engine's: failing to write there is the disk
-                // failing. The original stays in in/ for the next start.
-                Err(e) => return Err(e),
-            },
-            Job::Rewrite {
-                key,
-                seq,
-                dir,
-                name,
-                bytes,
-            } => {
-                // Going on from the payload in memory would let a restart
-                // resume from the one before: stop; the run/ file holds the
-                // last durable payload, and the next start goes on from it.
-                let to = self.replace(dir, &name, &bytes)?;
-                Written::Rewrite {
-                    key,
-                    seq,
-                    to: Some(to),
-                }
-            }
-            Job::Progress {
-                exid,
-                dir,
-                name,
-                bytes,
-                journal,
-            } => {
-                // Like a rewrite: the flow's progress on disk stays the last
-                // durable one (snapshot and journal), and the next start
-                // goes on from it.
-                let to = self.replace(dir, &name, &bytes)?;
-                Written::Progress {
-                    exid,
-                    to: Some(to),
-                    journal: Some(journal),
-                }
-            }
-            Job::Journal { exid, path, bytes } => {
-                // A failed append may leave a torn last line, which the next
-                // start skips (see `flow::journal`).
-                let created = spool::append_durable(&path, &bytes)?;
-                if let (true, Some(dir)) = (created, path.parent()) {
-                    self.dirs.insert(dir.to_path_buf());
-                }
-                Written::Progress {
-                    exid,
-                    to: Some(path),
-                    journal: None,
-                }
-            }
-            Job::Reject {
-                path,
-                ident,
-                rejected,
-                reason,
-            } => self.write_reject(path, ident, rejected, reason)?,
-        })
-    }
-
-    /// Replaces `dir/name` with `bytes` atomically (its directory synced
-    /// with the batch).
-    fn replace(&mut self, dir: PathBuf, name: &str, bytes: &[u8]) -> Result<PathBuf, SpoolError> {
-        let to = spool::write_atomic(&dir, name, bytes, false, false)?;
-        self.dirs.insert(dir);
-        Ok(to)
-    }
-
-    /// A final record, into a spare when there is one; a record already
-    /// there is never overwritten.
-    fn write_record(&mut self, job: RecordJob, spares: &mut Spares) -> Result<Written, SpoolError> {
-        match spares.write(&job) {
-            Ok(_) => {
-                self.dirs.insert(job.dir.clone());
-                Ok(Written::Record {
-                    job,
-                    already: false,
-                })
-            }
-            Err(SpoolError::Exists(path)) => {
-                tracing::warn!(
-                    "{} exists already; a final record is never overwritten",
-                    path.display()
-                );
-                // That record may not be durable yet (written by an engine
-                // that died): its directory is fsynced with the batch,
-                // before the run/ file goes.
-                self.dirs.insert(job.dir.clone());
-                Ok(Written::Record { job, already: true })
-            }
-            Err(e) => Err(e),
-        }
-    }
-
-    /// Moves a bad input into `rejected/` with its reason, unless it
-    /// changed since it was read.
-    fn write_reject(
-        &mut self,
-        path: PathBuf,
-        ident: Option<Ident>,
-        rejected: PathBuf,
-        reason: String,
-    ) -> Result<Written, SpoolError> {
-        if !still(&path, ident) {
-            return Ok(Written::Reject {
-                from: path,
-                to: None,
-                retake: true,
-            });
-        }
-        Ok(match spool::reject(&path, &rejected, &reason, false) {
-            Ok(to) => {
-                tracing::info!("rejected {}: {reason}", path.display());
-                self.dirs.insert(rejected);
-                Written::Reject {
-                    from: path,
-                    to: Some(to),
-                    retake: true,
-                }
-            }
-            // Gone meanwhile (taken by its writer, or rejected by an
-            // earlier job): nothing to do.
-            Err(e) if e.is_not_found() => Written::Reject {
-                from: path,
-                to: None,
-                retake: true,
-            },
-            // The disk failed, or the reason could not be written into
-            // rejected/ (the engine's own directory): stop, logged once
-            // then. The input is still in in/ (the reason is written
-            // before the input is moved).
-            Err(e) if e.is_fatal() || matches!(e, SpoolError::Write { .. }) => return Err(e),
-            // Moving this one entry was refused (an input someone else
-            // owns in a sticky in/, say): it stays (its reason was taken
-            // back), and the engine goes on. Said once, here.
-            Err(e) => {
-                tracing::error!("cannot reject {}: {e}", path.display());
-                Written::Reject {
-                    from: path,
-                    to: None,
-                    retake: false,
-                }
-            }
-        })
-    }
-
-    /// What follows once the writes are durable.
-    fn follow_up(self, written: Vec<Written>, spares: &mut Spares) -> Vec<Done> {
-        let mut out = Vec::with_capacity(written.len());
-        // A flow's journal leaves run/ durably with its run/ file, as it
-        // always did: fsynced in this batch.
-        let mut settle_now = false;
-        for w in written {
-            out.push(match w {
-                Written::Record { job, already } => {
-                    if !already {
-                        if let Err(e) = append_final_point(&job) {
-                            if e.is_fatal() {
-                                // The run/ file stays: the next start adds
-                                // the final point the record has.
-                                return vec![Done::Fatal(e)];
-                            }
-                            tracing::error!("{e}");
-                        }
-                    }
-                    spares.give(&job.run_file);
-                    if let Some(journal) = &job.journal {
-                        remove_if_there(journal);
-                        settle_now = true;
-                    }
-                    Done::Record {
-                        key: job.key,
-                        already,
-                    }
-                }
-                Written::Claim {
-                    exid, from, ident, ..
-                } => {
-                    // A new file put at that path since is not this task's.
-                    if let Err(e) = spool::remove_if_same(&from, ident, || {}) {
-                        tracing::error!("cannot remove {}: {e}", from.display());
-                    }
-                    Done::Claimed { exid, from }
-                }
-                Written::ClaimTaken { exid, from } => Done::ClaimTaken { exid, from },
-                Written::Rewrite { key, seq, .. } => Done::Rewritten(key, seq),
-                Written::Progress { exid, journal, .. } => {
-                    // The snapshot holds the journal's deltas; should the
-                    // removal not be durable at a crash, the next start
-                    // skips them by their sequence numbers.
-                    if let Some(journal) = journal {
-                        remove_if_there(&journal);
-                    }
-                    Done::Progress { exid }
-                }
-                Written::Reject { from, retake, .. } => Done::Rejected { path: from, retake },
-            });
-        }
-        if settle_now || spares.must_settle() {
-            if let Err(e) = spares.settle() {
-                return vec![Done::Fatal(e)];
-            }
-        }
-        out
-    }
-}
-
-/// Appends a record's final point to its points log. A disk failure
-/// (`SpoolError::is_fatal`) stops the engine; anything else (a log an
-/// operator or a tasker replaced) is logged, the record standing.
-fn append_final_point(job: &RecordJob) -> Result<(), SpoolError> {
-    spool::fault::inject(spool::Op::Write, &job.points_log, None)
-        .and_then(|()| crate::store::points::append_line(&job.points_log, &job.final_point))
-        .map_err(|source| SpoolError::Write {
-            path: job.points_log.clone(),
-            source,
-        })
-}
-
-/// Removes a file; one already gone is fine.
-fn remove_if_there(path: &std::path::Path) {
-    if let Err(e) = std::fs::remove_file(path) {
-        if e.kind() != std::io::ErrorKind::NotFound {
-            tracing::error!("cannot remove {}: {e}", path.display());
-        }
-    }
-}
-
-impl Written {
-    fn durable(&self) -> Option<Durable> {
-        let (kind, path) = match self {
-            Written::Record {
-                job,
-                already: false,
-            } => (JobKind::Record, job.dir.join(&job.name)),
-            Written::Claim { to, .. } => (JobKind::Claim, to.clone()),
-            Written::Rewrite { to: Some(to), .. } | Written::Progress { to: Some(to), .. } => {
-                (JobKind::Rewrite, to.clone())
-            }
-            Written::Reject { to: Some(to), .. } => (JobKind::Reject, to.clone()),
-            _ => return None,
-        };
-        Some(Durable { kind, path })
     }
 }
 

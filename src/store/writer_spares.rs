@@ -4,6 +4,7 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use super::RecordJob;
 use crate::store::spool::{self, SpoolError};
@@ -11,10 +12,14 @@ use crate::store::spool::{self, SpoolError};
 /// The most spare files kept for reuse.
 const MAX_SPARES: usize = 1024;
 
-/// How many files may leave `run/` before the writer fsyncs it. Until
-/// then they are not written over; a record that finds no settled spare
-/// is written into a new file, so the pool grows to about twice this.
+/// How many files may leave `run/` (kept or removed) before the writer
+/// fsyncs it. Until then they are not written over; a record that finds
+/// no settled spare is written into a new file, so the pool grows to about
+/// twice this.
 pub(super) const SETTLE_AT: usize = 32;
+/// How long the first of them may wait for that fsync, however busy the
+/// writer (see also the writer's idle wait).
+pub(super) const SETTLE_WITHIN: Duration = Duration::from_secs(1);
 
 /// Recycled files. A task's `run/` file is not unlinked when its record is
 /// durable: it is moved into `var/spool/.spare/`, and a later record is
@@ -28,9 +33,11 @@ pub(super) const SETTLE_AT: usize = 32;
 /// A spare is written over only once its move out of `run/` is durable
 /// (*settled*): were the machine to die first, `run/` could name a file
 /// that holds another task's record. The moves are made durable together,
-/// one fsync of `run/` for [`SETTLE_AT`] of them (or when the writer has
-/// nothing else to do), instead of one per batch: SPEC 4 lets a `run/` file
-/// outlive its durable record, and start-up removes it.
+/// one fsync of `run/` for [`SETTLE_AT`] of them, within [`SETTLE_WITHIN`]
+/// of the first (sooner when the writer has nothing else to do), instead of
+/// one per batch: SPEC 4 lets a `run/` file outlive its durable record, and
+/// start-up removes it. (`retry` and `gc`, which take a task missing from
+/// `run/` for ended, fsync `run/` themselves first.)
 pub(super) struct Spares {
     dir: PathBuf,
     /// Settled: free to be written over.
@@ -39,6 +46,10 @@ pub(super) struct Spares {
     unsettled: Vec<PathBuf>,
     /// The directories whose removals are not durable yet.
     dirty: BTreeSet<PathBuf>,
+    /// Files that left `run/` since its last fsync (kept or removed), and
+    /// when the first of them must be durable.
+    given: usize,
+    due: Option<Instant>,
     next: u64,
     /// The engine's user (a spare is a file it owns) and pid (names of
     /// spares), asked once.
@@ -63,16 +74,18 @@ impl Spares {
                 }
             }
         }
-        let dirty = if unsettled.is_empty() {
-            BTreeSet::new()
+        let (dirty, due) = if unsettled.is_empty() {
+            (BTreeSet::new(), None)
         } else {
-            BTreeSet::from([origin])
+            (BTreeSet::from([origin]), Some(Instant::now()))
         };
         Spares {
             dir,
             free: Vec::new(),
+            given: unsettled.len(),
             unsettled,
             dirty,
+            due,
             next: 0,
             uid,
             pid: std::process::id(),
@@ -91,6 +104,9 @@ impl Spares {
         if let Some(parent) = run_file.parent() {
             self.dirty.insert(parent.to_path_buf());
         }
+        self.given += 1;
+        self.due
+            .get_or_insert_with(|| Instant::now() + SETTLE_WITHIN);
         let kept = self.free.len() + self.unsettled.len();
         if kept < MAX_SPARES && Self::reusable(run_file, self.uid) {
             loop {
@@ -110,14 +126,15 @@ impl Spares {
         }
     }
 
-    /// Whether enough files left `run/` since its last fsync to fsync it now.
-    pub(super) fn must_settle(&self) -> bool {
-        self.unsettled.len() >= SETTLE_AT
+    /// Whether `run/` is to be fsynced now: enough files left it since its
+    /// last fsync, or the first of them has waited long enough.
+    pub(super) fn must_settle(&self, now: Instant) -> bool {
+        self.given >= SETTLE_AT || self.due.is_some_and(|due| due <= now)
     }
 
-    /// Whether every removal given so far is durable.
-    pub(super) fn is_settled(&self) -> bool {
-        self.dirty.is_empty()
+    /// When `run/` is to be fsynced at the latest, if anything waits for it.
+    pub(super) fn due(&self) -> Option<Instant> {
+        self.due
     }
 
     /// Makes the removals given so far durable (one fsync per directory);
@@ -128,6 +145,8 @@ impl Spares {
             self.dirty.pop_first();
         }
         self.free.append(&mut self.unsettled);
+        self.given = 0;
+        self.due = None;
         Ok(())
     }
 

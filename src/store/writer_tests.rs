@@ -7,7 +7,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use super::spares::SETTLE_AT;
+use super::spares::{SETTLE_AT, SETTLE_WITHIN};
 use super::*;
 
 fn record(n: u32) -> Job {
@@ -140,17 +140,20 @@ fn writer_root() -> WriterRoot {
 }
 
 fn writer_root_with(linger: Duration) -> WriterRoot {
-    let tmp = tempfile::tempdir().expect("a temporary directory");
-    for d in ["done", "run", "log", "spares"] {
-        std::fs::create_dir(tmp.path().join(d)).expect("a directory");
-    }
+    let tmp = spares_root();
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let writer = Writer::start_with(
         tx,
-        (tmp.path().join("spares"), tmp.path().join("run")),
+        SpareDirs {
+            spares: tmp.path().join("spares"),
+            run: tmp.path().join("run"),
+        },
         None,
-        // Never idle long enough to fsync run/ by itself.
-        (linger, Duration::from_secs(60 * 60)),
+        Waits {
+            linger,
+            // Never idle long enough to fsync run/ by itself.
+            settle_idle: Duration::from_secs(60 * 60),
+        },
     )
     .expect("the writer thread");
     (tmp, rx, writer)
@@ -193,7 +196,7 @@ fn finishing_ends_a_records_wait() {
     writer.send(record_in(tmp.path(), 1));
     let (finished_tx, finished) = mpsc::channel();
     std::thread::spawn(move || {
-        writer.finish();
+        writer.finish().expect("run/ fsynced");
         let _ = finished_tx.send(());
     });
     finished
@@ -203,7 +206,7 @@ fn finishing_ends_a_records_wait() {
     assert!(tmp.path().join("done/1.json").is_file());
 }
 
-/// A root with the directories a [`Spares`] works in.
+/// A root with the directories a writer and its [`Spares`] work in.
 fn spares_root() -> tempfile::TempDir {
     let tmp = tempfile::tempdir().expect("a temporary directory");
     for d in ["done", "run", "log", "spares"] {
@@ -237,15 +240,15 @@ fn record_job(tmp: &tempfile::TempDir, n: u32) -> RecordJob {
 fn a_file_that_left_run_is_written_over_only_once_run_is_fsynced() {
     let tmp = spares_root();
     let mut spares = Spares::new(tmp.path().join("spares"), tmp.path().join("run"));
-    assert!(spares.is_settled());
+    assert!(spares.due().is_none());
     let (path, ino) = run_file(&tmp, 1);
     spares.give(&path);
     assert!(!path.exists(), "the run/ file left run/");
-    assert!(!spares.is_settled());
+    assert!(spares.due().is_some());
     let first = spares.write(&record_job(&tmp, 1)).expect("a record");
     assert_ne!(inode(&first), ino, "written over before run/ was fsynced");
     spares.settle().expect("run/ fsynced");
-    assert!(spares.is_settled());
+    assert!(spares.due().is_none());
     let second = spares.write(&record_job(&tmp, 2)).expect("a record");
     assert_eq!(inode(&second), ino, "a settled spare is written over");
     assert_eq!(std::fs::read(&second).expect("the record"), b"{}");
@@ -256,15 +259,16 @@ fn run_is_fsynced_once_for_settle_at_files() {
     let tmp = spares_root();
     let mut spares = Spares::new(tmp.path().join("spares"), tmp.path().join("run"));
     let mut given = std::collections::BTreeSet::new();
+    let now = Instant::now();
     for n in 0..SETTLE_AT as u32 {
-        assert!(!spares.must_settle(), "{n} files given");
+        assert!(!spares.must_settle(now), "{n} files given");
         let (path, ino) = run_file(&tmp, n);
         spares.give(&path);
         given.insert(ino);
     }
-    assert!(spares.must_settle());
+    assert!(spares.must_settle(now));
     spares.settle().expect("run/ fsynced");
-    assert!(!spares.must_settle() && spares.is_settled());
+    assert!(!spares.must_settle(now) && spares.due().is_none());
     let reused: std::collections::BTreeSet<u64> = (0..SETTLE_AT as u32)
         .map(|n| inode(&spares.write(&record_job(&tmp, n)).expect("a record")))
         .collect();
@@ -279,7 +283,7 @@ fn spares_left_by_an_earlier_run_wait_for_run_to_be_fsynced() {
     let ino = inode(&left);
     let mut spares = Spares::new(tmp.path().join("spares"), tmp.path().join("run"));
     assert!(
-        !spares.is_settled(),
+        spares.due().is_some(),
         "that run may have died before its fsync"
     );
     let first = spares.write(&record_job(&tmp, 1)).expect("a record");
@@ -298,9 +302,63 @@ fn a_run_file_removed_rather_than_kept_is_also_made_durable() {
     std::fs::hard_link(&path, tmp.path().join("kept")).expect("a hard link");
     spares.give(&path);
     assert!(!path.exists());
-    assert!(!spares.is_settled(), "the removal waits for run/'s fsync");
+    assert!(spares.due().is_some(), "the removal waits for run/'s fsync");
     spares.settle().expect("run/ fsynced");
-    assert!(spares.is_settled());
+    assert!(spares.due().is_none());
+}
+
+#[test]
+fn files_removed_rather_than_kept_count_towards_the_fsync_of_run() {
+    let tmp = spares_root();
+    let mut spares = Spares::new(tmp.path().join("spares"), tmp.path().join("run"));
+    let now = Instant::now();
+    for n in 0..SETTLE_AT as u32 {
+        assert!(!spares.must_settle(now), "{n} files given");
+        let (path, _) = run_file(&tmp, n);
+        std::fs::hard_link(&path, tmp.path().join(format!("kept-{n}"))).expect("a hard link");
+        spares.give(&path);
+    }
+    assert!(spares.must_settle(now), "{SETTLE_AT} files left run/");
+}
+
+#[test]
+fn the_first_file_to_leave_run_waits_at_most_settle_within() {
+    let tmp = spares_root();
+    let mut spares = Spares::new(tmp.path().join("spares"), tmp.path().join("run"));
+    assert_eq!(spares.due(), None, "nothing waits");
+    let before = Instant::now();
+    let (path, _) = run_file(&tmp, 1);
+    spares.give(&path);
+    let due = spares.due().expect("the removal waits for an fsync");
+    assert!(due >= before + SETTLE_WITHIN && due <= Instant::now() + SETTLE_WITHIN);
+    assert!(!spares.must_settle(due - Duration::from_millis(1)));
+    assert!(spares.must_settle(due));
+    // A second file does not push the deadline back.
+    let (path, _) = run_file(&tmp, 2);
+    spares.give(&path);
+    assert_eq!(spares.due(), Some(due));
+    spares.settle().expect("run/ fsynced");
+    assert_eq!(spares.due(), None);
+}
+
+#[test]
+fn finishing_reports_a_failed_last_fsync_of_run() {
+    let (tmp, mut done, writer) = writer_root_with(Duration::ZERO);
+    run_file(&tmp, 1);
+    writer.send(record_in(tmp.path(), 1));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("a runtime");
+    rt.block_on(async { tokio::time::timeout(Duration::from_secs(60), done.recv()).await })
+        .expect("the record is written")
+        .expect("the writer is running");
+    // run/ cannot be fsynced any more: it is gone.
+    std::fs::remove_dir_all(tmp.path().join("run")).expect("run/ removed");
+    match writer.finish() {
+        Err(SpoolError::Missing { dir }) => assert!(dir.ends_with("run"), "{dir:?}"),
+        other => panic!("the last fsync of run/ failed, not {other:?}"),
+    }
 }
 
 /// Records sent one at a time, each after the one before is done: the

@@ -214,6 +214,40 @@ fn a_run_fsync_that_fails_once_the_engine_is_idle_stops_it_and_the_record_stands
     restart_completes(&t, &["s1"]);
 }
 
+/// `retry` and `gc` take a task missing from `run/` for ended, and the
+/// engine makes those moves durable a moment after the records: both
+/// fsync `run/` first, and a failure of that fsync stops them before they
+/// move or remove anything.
+#[test]
+fn retry_and_gc_fsync_run_before_they_touch_an_ended_task() {
+    let t = TestRoot::new();
+    t.tasker("org", "bad", "#!/bin/sh\ncat >/dev/null\nexit 1\n");
+    t.drop_task("r1.json", r#"{"domain":"org","tasker":"bad","retries":0}"#);
+    let (code, err) = engine(&t, None, &["--drain"]).wait(EXIT_DEADLINE);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(whereabouts(&t, "r1"), "failed");
+    for args in [&["retry", "r1"][..], &["gc", "--older-than", "0s"]] {
+        let mut cmd = t.cmd();
+        cmd.env("SPOOLFLOW_FAULT", "fsync:1@/var/spool/run")
+            .args(args);
+        let o = output_within(cmd, EXIT_DEADLINE);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
+        assert!(
+            err.contains("/var/spool/run") && err.contains("Input/output error"),
+            "{args:?} names the failed fsync: {err}"
+        );
+        assert_eq!(whereabouts(&t, "r1"), "failed", "{args:?} changed nothing");
+        assert!(!t.join("var/spool/history/r1").exists(), "{args:?}");
+    }
+    // Without the fault, retry moves the record into history/.
+    let mut retry = t.cmd();
+    retry.args(["retry", "r1"]);
+    let o = output_within(retry, EXIT_DEADLINE);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(t.join("var/spool/history/r1").is_dir());
+}
+
 #[test]
 fn a_claim_rename_that_fails_stops_the_engine_and_the_task_stays_in_in() {
     let t = root_with_echo();
