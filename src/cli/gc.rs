@@ -49,9 +49,12 @@ pub fn run(root: Option<PathBuf>, args: Args) -> Result<(), Failure> {
         // The engine makes ended tasks' moves out of run/ durable together,
         // a moment after their records: made durable before any record
         // goes, so that a crash cannot bring back the run/ file of a task
-        // whose record is gone.
-        spoolflow::store::spool::fsync_dir(&root.run())
-            .map_err(|e| Failure::new(exit::FAILURE, e))?;
+        // whose record is gone. (No run/ at all: nothing to make durable.)
+        use spoolflow::store::spool::{fsync_dir, SpoolError};
+        match fsync_dir(&root.run()) {
+            Ok(()) | Err(SpoolError::Missing { .. }) => {}
+            Err(e) => return Err(Failure::new(exit::FAILURE, e)),
+        }
     }
     let mut doomed = old_records(&root, &before);
     let rejected = old_rejected(&root, &before);

@@ -56,7 +56,7 @@ use crate::model::point::Point;
 use crate::scheduler::{NodeKey, Scheduler};
 use crate::store::points::PointsLog;
 use crate::store::spool::SpoolError;
-use crate::store::writer::{Done, Probe, Writer};
+use crate::store::writer::{Done, Probe, Writer, WriterEnd};
 
 use crate::watch::{self, WatchEvent};
 use recovery::RecoveryError;
@@ -135,6 +135,8 @@ pub enum EngineError {
     Stopped { at: String },
     #[error("cannot start the runtime or its threads: {0}")]
     Runtime(std::io::Error),
+    #[error("the durable writer's thread panicked; what it had not made durable stays in in/ or run/ for the next start")]
+    WriterPanicked,
 }
 
 /// Why the running engine should stop (sent by the CLI's signal handler
@@ -371,18 +373,21 @@ pub async fn run(
     };
     engine.first_look()?;
     engine.mode = if drain { Mode::Draining } else { Mode::Running };
-    let inbox = Inbox {
+    let mut inbox = Inbox {
         watch: watch_rx,
         taskers: tasker_rx,
         offers: offered_rx,
         written: written_rx,
         stop,
     };
-    let result = engine.event_loop(inbox).await;
+    let result = engine.event_loop(&mut inbox).await;
     let finished = engine.finish_threads();
-    // A failure of the last fsync of run/ (the writer's end) is the
-    // exit's, unless the engine stopped on one already.
-    result.and_then(|()| finished.map_err(stop::stopped_at_the_end))
+    // A disk failure the writer met after the loop's last look (an fsync
+    // of run/ while the engine was ending, or its last one) is the exit's,
+    // unless the engine stopped on one already.
+    result
+        .and(finished)
+        .and_then(|()| late_failure(&mut inbox.written))
 }
 
 impl Engine {
@@ -399,7 +404,7 @@ impl Engine {
 
     /// Ends what runs beside the loop: the offer pool, the writer (its
     /// queue written out, `run/` fsynced), and the containment of taskers.
-    fn finish_threads(self) -> Result<(), SpoolError> {
+    fn finish_threads(self) -> Result<(), EngineError> {
         let Engine {
             writer,
             offers,
@@ -410,8 +415,23 @@ impl Engine {
         offers.finish();
         let written = writer.finish();
         contain.finish(&root);
-        written
+        written.map_err(|e| match e {
+            WriterEnd::Disk(e) => stop::disk_failure(&e),
+            WriterEnd::Panicked => EngineError::WriterPanicked,
+        })
     }
+}
+
+/// A disk failure the writer reported once the loop had stopped looking.
+fn late_failure(written: &mut UnboundedReceiver<Vec<Done>>) -> Result<(), EngineError> {
+    while let Ok(batch) = written.try_recv() {
+        for done in batch {
+            if let Done::Fatal(e) = done {
+                return Err(stop::disk_failure(&e));
+            }
+        }
+    }
+    Ok(())
 }
 
 async fn sleep_until(t: Option<tokio::time::Instant>) {
@@ -436,7 +456,7 @@ impl Engine {
     /// The loop. Every branch handles one message (or one bounded chunk of
     /// a scan) per turn, and `select!` picks among the ready branches at
     /// random: no source can starve another.
-    async fn event_loop(&mut self, mut inbox: Inbox) -> Result<(), EngineError> {
+    async fn event_loop(&mut self, inbox: &mut Inbox) -> Result<(), EngineError> {
         let mut safety = tokio::time::interval(self.options.rescan.max(Duration::from_secs(1)));
         safety.tick().await;
         let mut upkeep = tokio::time::interval(lock::UPKEEP);

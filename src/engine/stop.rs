@@ -66,10 +66,10 @@ impl Engine {
     }
 }
 
-/// The writer's last fsync of `run/`, as the engine ends, failed: logged
-/// as any failed write is; nothing runs any more.
-pub(super) fn stopped_at_the_end(e: SpoolError) -> EngineError {
-    tracing::error!("{}", disk_failure_words(&e));
+/// A write failed as the engine was ending (the writer's fsync of `run/`):
+/// logged as any failed write is; nothing runs any more.
+pub(super) fn disk_failure(e: &SpoolError) -> EngineError {
+    tracing::error!("{}", disk_failure_words(e));
     EngineError::Stopped { at: e.paths() }
 }
 

@@ -167,8 +167,11 @@ pub fn retry(root: &Root, id: &TaskId) -> Result<Retried, RetryError> {
     // The engine makes ended tasks' moves out of run/ durable together, a
     // moment after their records: made durable here before the record
     // moves, so that a crash cannot bring back the run/ file of a task
-    // whose record is gone.
-    spool::fsync_dir(&root.run())?;
+    // whose record is gone. (No run/ at all: nothing to make durable.)
+    match spool::fsync_dir(&root.run()) {
+        Ok(()) | Err(SpoolError::Missing { .. }) => {}
+        Err(e) => return Err(e.into()),
+    }
     let dir = root.history_dir(id);
     let failed = root.failed_file(id);
     let (record, history, resumed) = if failed.exists() {

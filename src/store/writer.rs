@@ -57,12 +57,25 @@ pub struct SpareDirs {
     pub run: PathBuf,
 }
 
-/// How long the writer waits: a record for company ([`LINGER`]), and an
-/// idle writer before it fsyncs `run/` ([`SETTLE_IDLE`]).
+/// How long the writer waits: a record for company ([`LINGER`]), an idle
+/// writer before it fsyncs `run/` ([`SETTLE_IDLE`]), and the first file to
+/// leave `run/` for that fsync at most ([`spares::SETTLE_WITHIN`]).
 #[derive(Debug, Clone, Copy)]
 struct Waits {
     linger: std::time::Duration,
     settle_idle: std::time::Duration,
+    settle_within: std::time::Duration,
+}
+
+/// Why the writer's end was not clean.
+#[derive(Debug, thiserror::Error)]
+pub enum WriterEnd {
+    /// Its last fsync of `run/` failed.
+    #[error(transparent)]
+    Disk(#[from] SpoolError),
+    /// Its thread panicked (the panic was printed).
+    #[error("the durable writer's thread panicked")]
+    Panicked,
 }
 /// One final record to commit.
 #[derive(Debug)]
@@ -221,6 +234,7 @@ impl Writer {
         let waits = Waits {
             linger: LINGER,
             settle_idle: SETTLE_IDLE,
+            settle_within: spares::SETTLE_WITHIN,
         };
         Self::start_with(results, dirs, probe, waits)
     }
@@ -239,7 +253,7 @@ impl Writer {
         let thread = std::thread::Builder::new()
             .name("spoolflow-writer".into())
             .spawn(move || {
-                let spares = Spares::new(dirs.spares, dirs.run);
+                let spares = Spares::new(dirs.spares, dirs.run, waits.settle_within);
                 run(rx, results, spares, probe, waits, &woken)
             })?;
         Ok(Writer {
@@ -269,20 +283,20 @@ impl Writer {
         }
     }
 
-    /// Waits for the jobs sent so far to be done; the error is that of
-    /// the last fsync of `run/`, made as the writer ends.
-    pub fn finish(mut self) -> Result<(), SpoolError> {
+    /// Waits for the jobs sent so far to be done; an error is that of the
+    /// last fsync of `run/`, made as the writer ends, or a panic.
+    pub fn finish(mut self) -> Result<(), WriterEnd> {
         self.stop()
     }
 
-    fn stop(&mut self) -> Result<(), SpoolError> {
+    fn stop(&mut self) -> Result<(), WriterEnd> {
         self.tx.take();
         // A record's wait ends: nothing more comes.
         self.wake();
         match self.thread.take().map(JoinHandle::join) {
-            Some(Ok(ended)) => ended,
-            // A panic of the thread was reported by the panic hook.
-            Some(Err(_)) | None => Ok(()),
+            Some(Ok(ended)) => ended.map_err(WriterEnd::Disk),
+            Some(Err(_)) => Err(WriterEnd::Panicked),
+            None => Ok(()),
         }
     }
 }

@@ -47,9 +47,10 @@ pub(super) struct Spares {
     /// The directories whose removals are not durable yet.
     dirty: BTreeSet<PathBuf>,
     /// Files that left `run/` since its last fsync (kept or removed), and
-    /// when the first of them must be durable.
+    /// when the first of them must be durable: `within` after it left.
     given: usize,
     due: Option<Instant>,
+    within: Duration,
     next: u64,
     /// The engine's user (a spare is a file it owns) and pid (names of
     /// spares), asked once.
@@ -60,8 +61,9 @@ pub(super) struct Spares {
 impl Spares {
     /// The spares in `dir`, found from an earlier run, are settled only
     /// after `origin` (the directory they came from) is fsynced: that run
-    /// may have been killed before it did.
-    pub(super) fn new(dir: PathBuf, origin: PathBuf) -> Spares {
+    /// may have been killed before it did. A file that leaves `run/` is
+    /// to be durably gone `within` (see [`SETTLE_WITHIN`]).
+    pub(super) fn new(dir: PathBuf, origin: PathBuf, within: Duration) -> Spares {
         let _ = std::fs::create_dir_all(&dir);
         let uid = nix::unistd::geteuid().as_raw();
         let mut unsettled = Vec::new();
@@ -86,6 +88,7 @@ impl Spares {
             unsettled,
             dirty,
             due,
+            within,
             next: 0,
             uid,
             pid: std::process::id(),
@@ -105,8 +108,8 @@ impl Spares {
             self.dirty.insert(parent.to_path_buf());
         }
         self.given += 1;
-        self.due
-            .get_or_insert_with(|| Instant::now() + SETTLE_WITHIN);
+        let within = self.within;
+        self.due.get_or_insert_with(|| Instant::now() + within);
         let kept = self.free.len() + self.unsettled.len();
         if kept < MAX_SPARES && Self::reusable(run_file, self.uid) {
             loop {

@@ -151,8 +151,9 @@ fn writer_root_with(linger: Duration) -> WriterRoot {
         None,
         Waits {
             linger,
-            // Never idle long enough to fsync run/ by itself.
+            // Never idle, nor waiting, long enough to fsync run/ by itself.
             settle_idle: Duration::from_secs(60 * 60),
+            settle_within: Duration::from_secs(60 * 60),
         },
     )
     .expect("the writer thread");
@@ -239,7 +240,11 @@ fn record_job(tmp: &tempfile::TempDir, n: u32) -> RecordJob {
 #[test]
 fn a_file_that_left_run_is_written_over_only_once_run_is_fsynced() {
     let tmp = spares_root();
-    let mut spares = Spares::new(tmp.path().join("spares"), tmp.path().join("run"));
+    let mut spares = Spares::new(
+        tmp.path().join("spares"),
+        tmp.path().join("run"),
+        SETTLE_WITHIN,
+    );
     assert!(spares.due().is_none());
     let (path, ino) = run_file(&tmp, 1);
     spares.give(&path);
@@ -257,7 +262,11 @@ fn a_file_that_left_run_is_written_over_only_once_run_is_fsynced() {
 #[test]
 fn run_is_fsynced_once_for_settle_at_files() {
     let tmp = spares_root();
-    let mut spares = Spares::new(tmp.path().join("spares"), tmp.path().join("run"));
+    let mut spares = Spares::new(
+        tmp.path().join("spares"),
+        tmp.path().join("run"),
+        SETTLE_WITHIN,
+    );
     let mut given = std::collections::BTreeSet::new();
     let now = Instant::now();
     for n in 0..SETTLE_AT as u32 {
@@ -281,7 +290,11 @@ fn spares_left_by_an_earlier_run_wait_for_run_to_be_fsynced() {
     let left = tmp.path().join("spares").join("1-1");
     std::fs::write(&left, b"an earlier task").expect("a spare");
     let ino = inode(&left);
-    let mut spares = Spares::new(tmp.path().join("spares"), tmp.path().join("run"));
+    let mut spares = Spares::new(
+        tmp.path().join("spares"),
+        tmp.path().join("run"),
+        SETTLE_WITHIN,
+    );
     assert!(
         spares.due().is_some(),
         "that run may have died before its fsync"
@@ -296,7 +309,11 @@ fn spares_left_by_an_earlier_run_wait_for_run_to_be_fsynced() {
 #[test]
 fn a_run_file_removed_rather_than_kept_is_also_made_durable() {
     let tmp = spares_root();
-    let mut spares = Spares::new(tmp.path().join("spares"), tmp.path().join("run"));
+    let mut spares = Spares::new(
+        tmp.path().join("spares"),
+        tmp.path().join("run"),
+        SETTLE_WITHIN,
+    );
     let (path, _) = run_file(&tmp, 1);
     // A second link: never recycled, removed.
     std::fs::hard_link(&path, tmp.path().join("kept")).expect("a hard link");
@@ -310,7 +327,11 @@ fn a_run_file_removed_rather_than_kept_is_also_made_durable() {
 #[test]
 fn files_removed_rather_than_kept_count_towards_the_fsync_of_run() {
     let tmp = spares_root();
-    let mut spares = Spares::new(tmp.path().join("spares"), tmp.path().join("run"));
+    let mut spares = Spares::new(
+        tmp.path().join("spares"),
+        tmp.path().join("run"),
+        SETTLE_WITHIN,
+    );
     let now = Instant::now();
     for n in 0..SETTLE_AT as u32 {
         assert!(!spares.must_settle(now), "{n} files given");
@@ -324,7 +345,11 @@ fn files_removed_rather_than_kept_count_towards_the_fsync_of_run() {
 #[test]
 fn the_first_file_to_leave_run_waits_at_most_settle_within() {
     let tmp = spares_root();
-    let mut spares = Spares::new(tmp.path().join("spares"), tmp.path().join("run"));
+    let mut spares = Spares::new(
+        tmp.path().join("spares"),
+        tmp.path().join("run"),
+        SETTLE_WITHIN,
+    );
     assert_eq!(spares.due(), None, "nothing waits");
     let before = Instant::now();
     let (path, _) = run_file(&tmp, 1);
@@ -356,7 +381,9 @@ fn finishing_reports_a_failed_last_fsync_of_run() {
     // run/ cannot be fsynced any more: it is gone.
     std::fs::remove_dir_all(tmp.path().join("run")).expect("run/ removed");
     match writer.finish() {
-        Err(SpoolError::Missing { dir }) => assert!(dir.ends_with("run"), "{dir:?}"),
+        Err(WriterEnd::Disk(SpoolError::Missing { dir })) => {
+            assert!(dir.ends_with("run"), "{dir:?}")
+        }
         other => panic!("the last fsync of run/ failed, not {other:?}"),
     }
 }

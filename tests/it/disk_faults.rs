@@ -214,6 +214,19 @@ fn a_run_fsync_that_fails_once_the_engine_is_idle_stops_it_and_the_record_stands
     restart_completes(&t, &["s1"]);
 }
 
+/// The same failure while a draining engine ends: whichever fsync of
+/// `run/` fails (the idle one, one while the engine ends, or the writer's
+/// last), the exit is 1 with the log line.
+#[test]
+fn a_run_fsync_that_fails_as_a_draining_engine_ends_makes_its_exit_1() {
+    let t = root_with_echo();
+    t.drop_task("s2.json", &task("s2"));
+    let e = engine(&t, Some("fsync:1@/var/spool/run"), &["--drain"]);
+    stops_on_the_failure(e, "/var/spool/run:", "Input/output error");
+    assert_eq!(whereabouts(&t, "s2"), "done");
+    restart_completes(&t, &["s2"]);
+}
+
 /// `retry` and `gc` take a task missing from `run/` for ended, and the
 /// engine makes those moves durable a moment after the records: both
 /// fsync `run/` first, and a failure of that fsync stops them before they
