@@ -77,6 +77,7 @@ pub enum WriterEnd {
     #[error("the durable writer's thread panicked")]
     Panicked,
 }
+
 /// One final record to commit.
 #[derive(Debug)]
 pub struct RecordJob {

@@ -75,6 +75,9 @@ impl Batch {
                 return vec![Done::Fatal(e)];
             }
         }
+        // A claim, rewrite or flow's progress fsynced run/: the files that
+        // left it before this batch are durably gone with it.
+        spares.fsynced(&self.dirs);
         if let Some(probe) = probe {
             for w in &written {
                 if let Some(d) = w.durable() {

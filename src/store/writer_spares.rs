@@ -34,10 +34,11 @@ pub(super) const SETTLE_WITHIN: Duration = Duration::from_secs(1);
 /// (*settled*): were the machine to die first, `run/` could name a file
 /// that holds another task's record. The moves are made durable together,
 /// one fsync of `run/` for [`SETTLE_AT`] of them, within [`SETTLE_WITHIN`]
-/// of the first (sooner when the writer has nothing else to do), instead of
-/// one per batch: SPEC 4 lets a `run/` file outlive its durable record, and
-/// start-up removes it. (`retry` and `gc`, which take a task missing from
-/// `run/` for ended, fsync `run/` themselves first.)
+/// of the first (sooner when the writer has nothing else to do, or when a
+/// batch fsynced `run/` for its own writes), instead of one per batch:
+/// SPEC 4 lets a `run/` file outlive its durable record, and start-up
+/// removes it. (`retry` and `gc`, which take a task missing from `run/`
+/// for ended, fsync `run/` themselves first.)
 pub(super) struct Spares {
     dir: PathBuf,
     /// Settled: free to be written over.
@@ -147,10 +148,24 @@ impl Spares {
             spool::fsync_dir(dir)?;
             self.dirty.pop_first();
         }
+        self.mark_settled();
+        Ok(())
+    }
+
+    fn mark_settled(&mut self) {
         self.free.append(&mut self.unsettled);
         self.given = 0;
         self.due = None;
-        Ok(())
+    }
+
+    /// `dirs` were fsynced (for other writes): when they hold every
+    /// directory a removal waits for, the files given so far are settled
+    /// without an fsync of their own.
+    pub(super) fn fsynced(&mut self, dirs: &BTreeSet<PathBuf>) {
+        if self.due.is_some() && self.dirty.is_subset(dirs) {
+            self.dirty.clear();
+            self.mark_settled();
+        }
     }
 
     /// Writes a record, into a settled spare when there is one.

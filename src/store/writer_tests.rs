@@ -325,6 +325,25 @@ fn a_run_file_removed_rather_than_kept_is_also_made_durable() {
 }
 
 #[test]
+fn an_fsync_of_run_for_other_writes_settles_the_files_that_left_it() {
+    let tmp = spares_root();
+    let run = tmp.path().join("run");
+    let mut spares = Spares::new(tmp.path().join("spares"), run.clone(), SETTLE_WITHIN);
+    let (path, ino) = run_file(&tmp, 1);
+    spares.give(&path);
+    // Another directory's fsync settles nothing.
+    spares.fsynced(&std::collections::BTreeSet::from([tmp.path().join("done")]));
+    assert!(spares.due().is_some());
+    spares.fsynced(&std::collections::BTreeSet::from([
+        run,
+        tmp.path().join("done"),
+    ]));
+    assert_eq!(spares.due(), None, "settled by the batch's fsync of run/");
+    let record = spares.write(&record_job(&tmp, 1)).expect("a record");
+    assert_eq!(inode(&record), ino);
+}
+
+#[test]
 fn files_removed_rather_than_kept_count_towards_the_fsync_of_run() {
     let tmp = spares_root();
     let mut spares = Spares::new(
