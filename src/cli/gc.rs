@@ -46,15 +46,7 @@ pub fn run(root: Option<PathBuf>, args: Args) -> Result<(), Failure> {
             .is_ok_and(|id| waiting.contains(stem) || root.run_file(&id).exists())
     };
     if !args.dry_run {
-        // The engine makes ended tasks' moves out of run/ durable together,
-        // a moment after their records: made durable before any record
-        // goes, so that a crash cannot bring back the run/ file of a task
-        // whose record is gone. (No run/ at all: nothing to make durable.)
-        use spoolflow::store::spool::{fsync_dir, SpoolError};
-        match fsync_dir(&root.run()) {
-            Ok(()) | Err(SpoolError::Missing { .. }) => {}
-            Err(e) => return Err(Failure::new(exit::FAILURE, e)),
-        }
+        ended_for_good(&root)?;
     }
     let mut doomed = old_records(&root, &before);
     let rejected = old_rejected(&root, &before);
@@ -247,6 +239,18 @@ fn old_files(
         .map(|e| e.path())
         .filter(|p| keep_if(p))
         .collect()
+}
+
+/// The engine makes ended tasks' moves out of `run/` durable together, a
+/// moment after their records: made durable before any record goes, so
+/// that a crash cannot bring back the `run/` file of a task whose record
+/// is gone. (No `run/` at all: nothing to make durable.)
+fn ended_for_good(root: &Root) -> Result<(), Failure> {
+    use spoolflow::store::spool::{fsync_dir, SpoolError};
+    match fsync_dir(&root.run()) {
+        Ok(()) | Err(SpoolError::Missing { .. }) => Ok(()),
+        Err(e) => Err(Failure::new(exit::FAILURE, e)),
+    }
 }
 
 /// The directories of Slurm runs (`var/slurm/<exid>.<nid>.<offer>/`)

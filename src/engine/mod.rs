@@ -317,15 +317,7 @@ pub async fn run(
     let (tasker_tx, tasker_rx) = mpsc::unbounded_channel();
     let (written_tx, written_rx) = mpsc::unbounded_channel();
     let (offered_tx, offered_rx) = mpsc::unbounded_channel();
-    let writer = Writer::start(
-        written_tx,
-        crate::store::writer::SpareDirs {
-            spares: root.spares(),
-            run: root.run(),
-        },
-        options.writer_probe.clone(),
-    )
-    .map_err(EngineError::Runtime)?;
+    let writer = start_writer(&root, &options, written_tx)?;
     let drain = options.drain;
 
     let mut engine = Engine {
@@ -373,24 +365,43 @@ pub async fn run(
     };
     engine.first_look()?;
     engine.mode = if drain { Mode::Draining } else { Mode::Running };
-    let mut inbox = Inbox {
-        watch: watch_rx,
-        taskers: tasker_rx,
-        offers: offered_rx,
-        written: written_rx,
-        stop,
+    engine
+        .run_until_stopped(Inbox {
+            watch: watch_rx,
+            taskers: tasker_rx,
+            offers: offered_rx,
+            written: written_rx,
+            stop,
+        })
+        .await
+}
+
+/// The durable writer of `root`, recycling `run/` files through `.spare/`.
+fn start_writer(
+    root: &Root,
+    options: &Options,
+    written_tx: UnboundedSender<Vec<Done>>,
+) -> Result<Writer, EngineError> {
+    let dirs = crate::store::writer::SpareDirs {
+        spares: root.spares(),
+        run: root.run(),
     };
-    let result = engine.event_loop(&mut inbox).await;
-    let finished = engine.finish_threads();
-    // A disk failure the writer met after the loop's last look (an fsync
-    // of run/ while the engine was ending, or its last one) is the exit's,
-    // unless the engine stopped on one already.
-    result
-        .and(finished)
-        .and_then(|()| late_failure(&mut inbox.written))
+    Writer::start(written_tx, dirs, options.writer_probe.clone()).map_err(EngineError::Runtime)
 }
 
 impl Engine {
+    /// The loop until the engine stops, then the threads beside it ended.
+    /// A disk failure the writer met after the loop's last look (an fsync
+    /// of run/ while the engine was ending, or its last one) is the exit's,
+    /// unless the engine stopped on one already.
+    async fn run_until_stopped(mut self, mut inbox: Inbox) -> Result<(), EngineError> {
+        let result = self.event_loop(&mut inbox).await;
+        let finished = self.finish_threads();
+        result
+            .and(finished)
+            .and_then(|()| late_failure(&mut inbox.written))
+    }
+
     /// What the engine finds at its start: `run/` recovered, then what
     /// waits in `in/`, `cancel/` and `priority/`.
     fn first_look(&mut self) -> Result<(), EngineError> {

@@ -216,6 +216,15 @@ fn spares_root() -> tempfile::TempDir {
     tmp
 }
 
+/// The spares of [`spares_root`]'s root, from its `run/`.
+fn spares_in(tmp: &tempfile::TempDir) -> Spares {
+    Spares::new(
+        tmp.path().join("spares"),
+        tmp.path().join("run"),
+        SETTLE_WITHIN,
+    )
+}
+
 /// Makes the task file `run/<n>.json` and returns its inode.
 fn run_file(tmp: &tempfile::TempDir, n: u32) -> (PathBuf, u64) {
     use std::os::unix::fs::MetadataExt;
@@ -240,11 +249,7 @@ fn record_job(tmp: &tempfile::TempDir, n: u32) -> RecordJob {
 #[test]
 fn a_file_that_left_run_is_written_over_only_once_run_is_fsynced() {
     let tmp = spares_root();
-    let mut spares = Spares::new(
-        tmp.path().join("spares"),
-        tmp.path().join("run"),
-        SETTLE_WITHIN,
-    );
+    let mut spares = spares_in(&tmp);
     assert!(spares.due().is_none());
     let (path, ino) = run_file(&tmp, 1);
     spares.give(&path);
@@ -262,11 +267,7 @@ fn a_file_that_left_run_is_written_over_only_once_run_is_fsynced() {
 #[test]
 fn run_is_fsynced_once_for_settle_at_files() {
     let tmp = spares_root();
-    let mut spares = Spares::new(
-        tmp.path().join("spares"),
-        tmp.path().join("run"),
-        SETTLE_WITHIN,
-    );
+    let mut spares = spares_in(&tmp);
     let mut given = std::collections::BTreeSet::new();
     let now = Instant::now();
     for n in 0..SETTLE_AT as u32 {
@@ -290,11 +291,7 @@ fn spares_left_by_an_earlier_run_wait_for_run_to_be_fsynced() {
     let left = tmp.path().join("spares").join("1-1");
     std::fs::write(&left, b"an earlier task").expect("a spare");
     let ino = inode(&left);
-    let mut spares = Spares::new(
-        tmp.path().join("spares"),
-        tmp.path().join("run"),
-        SETTLE_WITHIN,
-    );
+    let mut spares = spares_in(&tmp);
     assert!(
         spares.due().is_some(),
         "that run may have died before its fsync"
@@ -309,11 +306,7 @@ fn spares_left_by_an_earlier_run_wait_for_run_to_be_fsynced() {
 #[test]
 fn a_run_file_removed_rather_than_kept_is_also_made_durable() {
     let tmp = spares_root();
-    let mut spares = Spares::new(
-        tmp.path().join("spares"),
-        tmp.path().join("run"),
-        SETTLE_WITHIN,
-    );
+    let mut spares = spares_in(&tmp);
     let (path, _) = run_file(&tmp, 1);
     // A second link: never recycled, removed.
     std::fs::hard_link(&path, tmp.path().join("kept")).expect("a hard link");
@@ -328,7 +321,7 @@ fn a_run_file_removed_rather_than_kept_is_also_made_durable() {
 fn an_fsync_of_run_for_other_writes_settles_the_files_that_left_it() {
     let tmp = spares_root();
     let run = tmp.path().join("run");
-    let mut spares = Spares::new(tmp.path().join("spares"), run.clone(), SETTLE_WITHIN);
+    let mut spares = spares_in(&tmp);
     let (path, ino) = run_file(&tmp, 1);
     spares.give(&path);
     // Another directory's fsync settles nothing.
@@ -346,11 +339,7 @@ fn an_fsync_of_run_for_other_writes_settles_the_files_that_left_it() {
 #[test]
 fn files_removed_rather_than_kept_count_towards_the_fsync_of_run() {
     let tmp = spares_root();
-    let mut spares = Spares::new(
-        tmp.path().join("spares"),
-        tmp.path().join("run"),
-        SETTLE_WITHIN,
-    );
+    let mut spares = spares_in(&tmp);
     let now = Instant::now();
     for n in 0..SETTLE_AT as u32 {
         assert!(!spares.must_settle(now), "{n} files given");
@@ -364,11 +353,7 @@ fn files_removed_rather_than_kept_count_towards_the_fsync_of_run() {
 #[test]
 fn the_first_file_to_leave_run_waits_at_most_settle_within() {
     let tmp = spares_root();
-    let mut spares = Spares::new(
-        tmp.path().join("spares"),
-        tmp.path().join("run"),
-        SETTLE_WITHIN,
-    );
+    let mut spares = spares_in(&tmp);
     assert_eq!(spares.due(), None, "nothing waits");
     let before = Instant::now();
     let (path, _) = run_file(&tmp, 1);

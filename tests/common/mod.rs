@@ -240,6 +240,18 @@ impl TestRoot {
         })
     }
 
+    /// The record of a cancelled task or flow (`reason`, the cancel
+    /// request's), checked: `aborted`, in `failed/`, its `run/` file gone.
+    pub fn must_cancelled_record(&self, id: &str, reason: &str) -> Value {
+        let rec = self.must_record(id);
+        assert_eq!(rec["state"], "aborted", "{rec:#}");
+        assert_eq!(rec["error"]["kind"], "aborted", "{rec:#}");
+        assert_eq!(rec["reason"], reason, "{rec:#}");
+        assert!(self.join(&format!("var/spool/failed/{id}.json")).exists());
+        assert!(!self.join(&format!("var/spool/run/{id}.json")).exists());
+        rec
+    }
+
     /// The points of an execution, parsed.
     pub fn points(&self, exid: &str) -> Vec<Value> {
         let p = self.join(&format!("var/log/tsk/{exid}.log"));

@@ -201,17 +201,24 @@ fn a_directory_fsync_that_fails_after_a_record_stops_the_engine() {
     restart_completes(&t, &["g1"]);
 }
 
+/// Runs one task with the first fsync of `run/` failing, the engine
+/// started with `args`: it stops on the failure (exit 1), the record
+/// stands, and a start without the fault finishes cleanly.
+fn a_failed_fsync_of_run_stops_the_engine(id: &str, args: &[&str]) {
+    let t = root_with_echo();
+    t.drop_task(&format!("{id}.json"), &task(id));
+    let e = engine(&t, Some("fsync:1@/var/spool/run"), args);
+    stops_on_the_failure(e, "/var/spool/run:", "Input/output error");
+    assert_eq!(whereabouts(&t, id), "done");
+    restart_completes(&t, &[id]);
+}
+
 #[test]
 fn a_run_fsync_that_fails_once_the_engine_is_idle_stops_it_and_the_record_stands() {
-    let t = root_with_echo();
-    t.drop_task("s1.json", &task("s1"));
     // An ended task's run/ file leaves run/ once its record is durable;
     // run/ is fsynced for many of them together, or once the writer has
     // had nothing to do for a moment: that fsync, the first of run/, fails.
-    let e = engine(&t, Some("fsync:1@/var/spool/run"), &[]);
-    stops_on_the_failure(e, "/var/spool/run:", "Input/output error");
-    assert_eq!(whereabouts(&t, "s1"), "done");
-    restart_completes(&t, &["s1"]);
+    a_failed_fsync_of_run_stops_the_engine("s1", &[]);
 }
 
 /// The same failure while a draining engine ends: whichever fsync of
@@ -219,12 +226,7 @@ fn a_run_fsync_that_fails_once_the_engine_is_idle_stops_it_and_the_record_stands
 /// last), the exit is 1 with the log line.
 #[test]
 fn a_run_fsync_that_fails_as_a_draining_engine_ends_makes_its_exit_1() {
-    let t = root_with_echo();
-    t.drop_task("s2.json", &task("s2"));
-    let e = engine(&t, Some("fsync:1@/var/spool/run"), &["--drain"]);
-    stops_on_the_failure(e, "/var/spool/run:", "Input/output error");
-    assert_eq!(whereabouts(&t, "s2"), "done");
-    restart_completes(&t, &["s2"]);
+    a_failed_fsync_of_run_stops_the_engine("s2", &["--drain"]);
 }
 
 /// `retry` and `gc` take a task missing from `run/` for ended, and the

@@ -50,12 +50,7 @@ fn while_draining(t: &TestRoot, workers: usize, f: impl FnOnce()) {
 }
 
 fn assert_aborted(t: &TestRoot, id: &str, reason: &str) -> Value {
-    let rec = t.must_record(id);
-    assert_eq!(rec["state"], "aborted", "{rec:#}");
-    assert_eq!(rec["error"]["kind"], "aborted", "{rec:#}");
-    assert_eq!(rec["reason"], reason, "{rec:#}");
-    assert!(t.join(&format!("var/spool/failed/{id}.json")).exists());
-    assert!(!t.join(&format!("var/spool/run/{id}.json")).exists());
+    let rec = t.must_cancelled_record(id, reason);
     let last = t.points(id).pop().expect("points");
     assert_eq!(last["point"], "aborted", "{last}");
     assert_eq!(last["reason"], reason, "{last}");

@@ -371,12 +371,7 @@ fn assert_failed(t: &TestRoot, id: &str, kind: &str) -> (Value, String) {
 /// The record of a cancelled flow (`reason`, the cancel request's),
 /// checked; it is in `failed/`, its `run/` file gone.
 fn assert_cancelled(t: &TestRoot, id: &str, reason: &str) -> Value {
-    let rec = t.must_record(id);
-    assert_eq!(rec["state"], "aborted", "{rec:#}");
-    assert_eq!(rec["error"]["kind"], "aborted", "{rec:#}");
-    assert_eq!(rec["reason"], reason, "{rec:#}");
-    assert!(t.join(&format!("var/spool/failed/{id}.json")).exists());
-    assert!(!t.join(&format!("var/spool/run/{id}.json")).exists());
+    let rec = t.must_cancelled_record(id, reason);
     assert_flow_record(&rec, id);
     rec
 }
