@@ -12,7 +12,7 @@ use crate::model::names::Exid;
 use crate::model::point::Point;
 use crate::model::task::{timestamp, ErrorKind, Record, State, TaskError};
 use crate::scheduler::NodeKey;
-use crate::store::writer::{Done, Job, RecordJob};
+use crate::store::writer::{Done, RecordJob};
 
 impl Engine {
     /// Adds a standalone task's execution and queues its node, with its
@@ -149,7 +149,8 @@ impl Engine {
         };
         self.ended(&record);
         self.committing += 1;
-        self.writer.send(Job::Record(RecordJob {
+        let company = self.company_may_come(k);
+        let job = RecordJob {
             key: k.clone(),
             dir,
             name: format!("{id}.json"),
@@ -158,7 +159,15 @@ impl Engine {
             final_point: Point::final_of(&record).to_line(),
             run_file: self.root.run_file(&id),
             journal: None,
-        }));
+        };
+        self.writer.send_record(job, company);
+    }
+
+    /// Whether a record that `k` ends may wait for others to commit with
+    /// it (see [`record_may_have_company`]).
+    pub(super) fn company_may_come(&self, k: &NodeKey) -> bool {
+        let others = self.nodes.len() - usize::from(self.nodes.contains_key(k));
+        record_may_have_company(others, !self.claiming.is_empty() || !self.scan.is_empty())
     }
 
     /// The payload and headers of a node's record, taken from it: in
@@ -338,6 +347,14 @@ impl Engine {
 
 /// A node's record (SPEC 9) in `state`, with `body` as its payload and
 /// headers (and no error: the caller sets it).
+/// Whether a final record may wait for company (`store::writer::LINGER`):
+/// only when something else may end soon — another node of any state
+/// (queued, running, retrying, being recorded) or task files being taken
+/// in. A record with nothing else in the engine is written at once.
+pub(super) fn record_may_have_company(other_nodes: usize, taking_in: bool) -> bool {
+    other_nodes > 0 || taking_in
+}
+
 pub(super) fn record_of(
     node: &Node,
     exid: &Exid,
@@ -375,5 +392,18 @@ pub(super) fn record_of(
         first_started_at: past.attempts_log.first().map(|a| a.started_at.clone()),
         attempts_log: past.attempts_log.clone(),
         options: node.task.options().to_record(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::record_may_have_company;
+
+    #[test]
+    fn a_record_waits_for_company_only_when_something_else_may_end() {
+        assert!(!record_may_have_company(0, false));
+        assert!(record_may_have_company(1, false));
+        assert!(record_may_have_company(0, true));
+        assert!(record_may_have_company(7, true));
     }
 }

@@ -630,7 +630,8 @@ impl Engine {
         let root_key = key(exid, &Nid::root());
         self.ended(&record);
         self.committing += 1;
-        self.writer.send(Job::Record(RecordJob {
+        let company = self.company_may_come(&root_key);
+        let job = RecordJob {
             key: root_key,
             dir,
             name: format!("{id}.json"),
@@ -639,7 +640,8 @@ impl Engine {
             final_point: Point::final_of(&record).to_line(),
             run_file: self.root.run_file(&id),
             journal: Some(self.root.journal_file(&id)),
-        }));
+        };
+        self.writer.send_record(job, company);
         // The record's commit removes the execution (see on_written).
         if let Some(fx) = self.executions.get_mut(exid).and_then(|e| e.flow.as_mut()) {
             fx.life = FlowLife::Recording;

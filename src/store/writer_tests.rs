@@ -207,6 +207,38 @@ fn finishing_ends_a_records_wait() {
     assert!(tmp.path().join("done/1.json").is_file());
 }
 
+#[test]
+fn a_record_with_no_company_to_come_ends_the_wait_at_once() {
+    let (tmp, mut done, writer) = writer_root();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("a runtime");
+    let record_job = |n| match record_in(tmp.path(), n) {
+        Job::Record(job) => job,
+        _ => unreachable!("record_in() makes records"),
+    };
+    // Other tasks may end: the record waits (here an hour) for them.
+    writer.send_record(record_job(1), true);
+    let early = rt.block_on(async {
+        tokio::time::timeout(Duration::from_millis(200), done.recv()).await
+    });
+    assert!(early.is_err(), "a record with company to come waits");
+    // The last one, with nothing else to come, is written at once, and
+    // the one that waited goes with it.
+    writer.send_record(record_job(2), false);
+    let mut jobs = 0;
+    while jobs < 2 {
+        let batch = rt
+            .block_on(async { tokio::time::timeout(Duration::from_secs(60), done.recv()).await })
+            .expect("a record alone does not wait out the hour")
+            .expect("the writer is running");
+        jobs += batch.len();
+    }
+    assert!(tmp.path().join("done/1.json").is_file());
+    assert!(tmp.path().join("done/2.json").is_file());
+}
+
 /// A root with the directories a writer and its [`Spares`] work in.
 fn spares_root() -> tempfile::TempDir {
     let tmp = tempfile::tempdir().expect("a temporary directory");
