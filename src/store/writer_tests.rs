@@ -220,9 +220,8 @@ fn a_record_with_no_company_to_come_ends_the_wait_at_once() {
     };
     // Other tasks may end: the record waits (here an hour) for them.
     writer.send_record(record_job(1), true);
-    let early = rt.block_on(async {
-        tokio::time::timeout(Duration::from_millis(200), done.recv()).await
-    });
+    let early =
+        rt.block_on(async { tokio::time::timeout(Duration::from_millis(200), done.recv()).await });
     assert!(early.is_err(), "a record with company to come waits");
     // The last one, with nothing else to come, is written at once, and
     // the one that waited goes with it.
