@@ -149,7 +149,7 @@ impl Engine {
         };
         self.ended(&record);
         self.committing += 1;
-        let company = self.company_may_come(k);
+        let company = self.company_may_come();
         let job = RecordJob {
             key: k.clone(),
             dir,
@@ -163,10 +163,15 @@ impl Engine {
         self.writer.send_record(job, company);
     }
 
-    /// Whether a record that `k` ends may wait for others to commit with
-    /// it (see [`record_may_have_company`]).
-    pub(super) fn company_may_come(&self, k: &NodeKey) -> bool {
-        let others = self.nodes.len() - usize::from(self.nodes.contains_key(k));
+    /// Whether a record just sent (and counted in `committing`) may wait
+    /// for others to commit with it (see [`record_may_have_company`]).
+    /// Nodes whose records are on their way (this one among them) are no
+    /// company: their records were sent already. A flow's record has no
+    /// node of its own, so this counts one node too few for each flow
+    /// record in flight: a record then only shares less, it never waits
+    /// for nothing.
+    pub(super) fn company_may_come(&self) -> bool {
+        let others = self.nodes.len().saturating_sub(self.committing);
         record_may_have_company(others, !self.claiming.is_empty() || !self.scan.is_empty())
     }
 
@@ -345,16 +350,18 @@ impl Engine {
     }
 }
 
-/// A node's record (SPEC 9) in `state`, with `body` as its payload and
-/// headers (and no error: the caller sets it).
 /// Whether a final record may wait for company (`store::writer::LINGER`):
-/// only when something else may end soon — another node of any state
-/// (queued, running, retrying, being recorded) or task files being taken
-/// in. A record with nothing else in the engine is written at once.
+/// only when something else may end — another node not yet recorded
+/// (queued, running, offered, parked, delayed for a retry: any of them
+/// counts, even one that will not end within the wait) or task files
+/// being taken in. A record with nothing else in the engine is written
+/// at once.
 pub(super) fn record_may_have_company(other_nodes: usize, taking_in: bool) -> bool {
     other_nodes > 0 || taking_in
 }
 
+/// A node's record (SPEC 9) in `state`, with `body` as its payload and
+/// headers (and no error: the caller sets it).
 pub(super) fn record_of(
     node: &Node,
     exid: &Exid,

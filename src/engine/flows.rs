@@ -630,7 +630,7 @@ impl Engine {
         let root_key = key(exid, &Nid::root());
         self.ended(&record);
         self.committing += 1;
-        let company = self.company_may_come(&root_key);
+        let company = self.company_may_come();
         let job = RecordJob {
             key: root_key,
             dir,

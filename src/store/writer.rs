@@ -375,25 +375,34 @@ fn next_job(
 }
 
 /// A batch: `first` and what is there after it, up to [`MAX_BATCH`].
-/// When `first` is a final record, what is there is looked at once
-/// `linger` has passed or `urgent` is set (see [`Writer::send`]).
+/// When `first` is a final record and the batch is not full with what is
+/// there already (a backlog is written without waiting), what comes is
+/// looked at again once `linger` has passed or `urgent` is set (see
+/// [`Writer::send`]).
 fn gather(
     rx: &mpsc::Receiver<Job>,
     first: Job,
     linger: std::time::Duration,
     urgent: &AtomicBool,
 ) -> Vec<Job> {
-    if matches!(first, Job::Record(_)) {
-        nap(linger, urgent);
-    }
+    let waits = matches!(first, Job::Record(_));
     let mut batch = vec![first];
+    take_waiting(rx, &mut batch);
+    if waits && batch.len() < MAX_BATCH {
+        nap(linger, urgent);
+        take_waiting(rx, &mut batch);
+    }
+    batch
+}
+
+/// Adds the jobs already sent to `batch`, up to [`MAX_BATCH`].
+fn take_waiting(rx: &mpsc::Receiver<Job>, batch: &mut Vec<Job>) {
     while batch.len() < MAX_BATCH {
         let Ok(job) = rx.try_recv() else {
             break;
         };
         batch.push(job);
     }
-    batch
 }
 
 /// Sleeps `linger`, or less once `urgent` is set (which it clears). A

@@ -115,6 +115,22 @@ fn a_batch_holds_at_most_max_batch_jobs() {
     assert_eq!(rx.try_iter().count(), 11);
 }
 
+#[test]
+fn a_backlog_of_a_full_batch_is_written_without_waiting() {
+    let (tx, rx) = mpsc::channel();
+    for n in 1..(MAX_BATCH as u32 + 10) {
+        tx.send(record(n)).unwrap();
+    }
+    let began = Instant::now();
+    let batch = gather(&rx, record(0), Duration::from_secs(60), &calm());
+    assert!(
+        began.elapsed() < Duration::from_secs(30),
+        "a full batch waits for nothing"
+    );
+    assert_eq!(batch.len(), MAX_BATCH);
+    assert_eq!(rx.try_iter().count(), 10);
+}
+
 /// A root's directories for a writer of its own, and a record job in it.
 fn record_in(dir: &std::path::Path, n: u32) -> Job {
     let Job::Record(mut job) = record(n) else {
