@@ -178,7 +178,7 @@ fn writer_root_with(linger: Duration) -> WriterRoot {
 
 #[test]
 fn a_job_sent_during_a_records_hour_of_wait_is_done_at_once() {
-    let (tmp, mut done, writer) = writer_root();
+    let (tmp, done, writer) = writer_root();
     writer.send(record_in(tmp.path(), 1));
     writer.send(Job::Rewrite {
         key: NodeKey {
@@ -190,18 +190,7 @@ fn a_job_sent_during_a_records_hour_of_wait_is_done_at_once() {
         name: "2.json".into(),
         bytes: b"{}".to_vec(),
     });
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .expect("a runtime");
-    let mut jobs = 0;
-    while jobs < 2 {
-        let batch = rt
-            .block_on(async { tokio::time::timeout(Duration::from_secs(60), done.recv()).await })
-            .expect("the rewrite ends the record's hour of wait")
-            .expect("the writer is running");
-        jobs += batch.len();
-    }
+    Reports::of(done).until(2, "the rewrite ends the record's hour of wait");
     assert!(tmp.path().join("done/1.json").is_file());
     assert!(tmp.path().join("run/2.json").is_file());
     drop(writer);
@@ -225,33 +214,59 @@ fn finishing_ends_a_records_wait() {
 
 #[test]
 fn a_record_with_no_company_to_come_ends_the_wait_at_once() {
-    let (tmp, mut done, writer) = writer_root();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .expect("a runtime");
+    let (tmp, done, writer) = writer_root();
+    let mut reports = Reports::of(done);
     let record_job = |n| match record_in(tmp.path(), n) {
         Job::Record(job) => job,
         _ => unreachable!("record_in() makes records"),
     };
     // Other tasks may end: the record waits (here an hour) for them.
     writer.send_record(record_job(1), true);
-    let early =
-        rt.block_on(async { tokio::time::timeout(Duration::from_millis(200), done.recv()).await });
-    assert!(early.is_err(), "a record with company to come waits");
+    let early = reports.next_within(Duration::from_millis(200));
+    assert!(early.is_none(), "a record with company to come waits");
     // The last one, with nothing else to come, is written at once, and
     // the one that waited goes with it.
     writer.send_record(record_job(2), false);
-    let mut jobs = 0;
-    while jobs < 2 {
-        let batch = rt
-            .block_on(async { tokio::time::timeout(Duration::from_secs(60), done.recv()).await })
-            .expect("a record alone does not wait out the hour")
-            .expect("the writer is running");
-        jobs += batch.len();
-    }
+    reports.until(2, "a record alone does not wait out the hour");
     assert!(tmp.path().join("done/1.json").is_file());
     assert!(tmp.path().join("done/2.json").is_file());
+}
+
+/// The writer's reports, waited for on a runtime of their own.
+struct Reports {
+    rt: tokio::runtime::Runtime,
+    done: tokio::sync::mpsc::UnboundedReceiver<Vec<Done>>,
+}
+
+impl Reports {
+    fn of(done: tokio::sync::mpsc::UnboundedReceiver<Vec<Done>>) -> Reports {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("a runtime");
+        Reports { rt, done }
+    }
+
+    /// The next batch reported within `within`, if any.
+    fn next_within(&mut self, within: Duration) -> Option<Vec<Done>> {
+        let Reports { rt, done } = self;
+        rt.block_on(async { tokio::time::timeout(within, done.recv()).await })
+            .ok()
+            .map(|batch| batch.expect("the writer is running"))
+    }
+
+    /// The next batch, at most a minute away (`why` says what it shows).
+    fn next(&mut self, why: &str) -> Vec<Done> {
+        self.next_within(Duration::from_secs(60)).expect(why)
+    }
+
+    /// Batches until `jobs` jobs are reported done.
+    fn until(&mut self, jobs: usize, why: &str) {
+        let mut reported = 0;
+        while reported < jobs {
+            reported += self.next(why).len();
+        }
+    }
 }
 
 /// A root with the directories a writer and its [`Spares`] work in.
@@ -419,16 +434,10 @@ fn the_first_file_to_leave_run_waits_at_most_settle_within() {
 
 #[test]
 fn finishing_reports_a_failed_last_fsync_of_run() {
-    let (tmp, mut done, writer) = writer_root_with(Duration::ZERO);
+    let (tmp, done, writer) = writer_root_with(Duration::ZERO);
     run_file(&tmp, 1);
     writer.send(record_in(tmp.path(), 1));
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .expect("a runtime");
-    rt.block_on(async { tokio::time::timeout(Duration::from_secs(60), done.recv()).await })
-        .expect("the record is written")
-        .expect("the writer is running");
+    Reports::of(done).next("the record is written");
     // run/ cannot be fsynced any more: it is gone.
     std::fs::remove_dir_all(tmp.path().join("run")).expect("run/ removed");
     match writer.finish() {
@@ -445,19 +454,13 @@ fn finishing_reports_a_failed_last_fsync_of_run() {
 /// one of theirs.
 #[test]
 fn the_writer_reuses_a_run_file_only_after_settle_at_records() {
-    let (tmp, mut done, writer) = writer_root_with(Duration::ZERO);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .expect("a runtime");
+    let (tmp, done, writer) = writer_root_with(Duration::ZERO);
+    let mut reports = Reports::of(done);
     let mut run_inodes = std::collections::BTreeSet::new();
     for n in 0..=SETTLE_AT as u32 {
         let (_, ino) = run_file(&tmp, n);
         writer.send(record_in(tmp.path(), n));
-        let batch = rt
-            .block_on(async { tokio::time::timeout(Duration::from_secs(60), done.recv()).await })
-            .expect("the record is written")
-            .expect("the writer is running");
+        let batch = reports.next("the record is written");
         assert!(
             matches!(batch.as_slice(), [Done::Record { .. }]),
             "{batch:?}"
