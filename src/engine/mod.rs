@@ -137,6 +137,9 @@ pub enum EngineError {
     Runtime(std::io::Error),
     #[error("the durable writer's thread panicked; what it had not made durable stays in in/ or run/ for the next start")]
     WriterPanicked,
+    /// The runtime shut down under the engine's task.
+    #[error("the engine's runtime shut down while it ran; what it had not made durable stays in in/ or run/ for the next start")]
+    Cancelled,
 }
 
 /// Why the running engine should stop (sent by the CLI's signal handler
@@ -299,8 +302,28 @@ async fn start_up(
     Ok((lock, record, contain))
 }
 
-/// Runs the engine (inside a tokio runtime).
+/// Runs the engine (inside a tokio runtime) as a task of that runtime.
+///
+/// A task, not the future the caller's `block_on` polls: a tasker's driver
+/// (another task) then wakes the loop through the runtime's own run queue,
+/// where waking `block_on`'s future writes the runtime's eventfd, a system
+/// call per report. A panic of the engine goes on unwinding here.
 pub async fn run(
+    root: Root,
+    options: Options,
+    stop: Option<UnboundedReceiver<StopRequest>>,
+) -> Result<(), EngineError> {
+    match tokio::spawn(run_here(root, options, stop)).await {
+        Ok(result) => result,
+        Err(e) => match e.try_into_panic() {
+            Ok(panic) => std::panic::resume_unwind(panic),
+            Err(_) => Err(EngineError::Cancelled),
+        },
+    }
+}
+
+/// Runs the engine on the calling task.
+async fn run_here(
     root: Root,
     options: Options,
     stop: Option<UnboundedReceiver<StopRequest>>,

@@ -173,7 +173,12 @@ fn receiver(fd: OwnedFd) -> Option<Receiver> {
 /// not fit, the write end; `input` keeps what is still to write.
 pub(super) fn stdin_pipe(input: &mut Vec<u8>) -> std::io::Result<(OwnedFd, Option<OwnedFd>)> {
     let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
-    fcntl(write.as_raw_fd(), FcntlArg::F_SETFL(OFlag::O_NONBLOCK))?;
+    // A fresh pipe holds at least a page: up to PIPE_BUF bytes go in
+    // whole by one blocking write. Only a longer payload needs the pipe
+    // non-blocking, so that a full pipe says so instead of waiting.
+    if input.len() > libc::PIPE_BUF {
+        fcntl(write.as_raw_fd(), FcntlArg::F_SETFL(OFlag::O_NONBLOCK))?;
+    }
     let mut written = 0;
     while written < input.len() {
         match nix::unistd::write(&write, &input[written..]) {
@@ -240,6 +245,15 @@ mod tests {
         assert!(rest.is_none() && input.is_empty());
         // The write end is closed: the reader gets the payload, then EOF.
         assert_eq!(read_all(read), br#"{"i":1}"#);
+    }
+
+    #[test]
+    fn a_payload_of_pipe_buf_bytes_goes_in_whole_by_a_blocking_write() {
+        let payload = vec![b'x'; libc::PIPE_BUF];
+        let mut input = payload.clone();
+        let (read, rest) = stdin_pipe(&mut input).unwrap();
+        assert!(rest.is_none() && input.is_empty());
+        assert_eq!(read_all(read), payload);
     }
 
     #[test]
