@@ -79,7 +79,11 @@
 //! 6. **`submit --batch`.** N tasks as JSON lines through
 //!    `spoolflow::submit::submit_lines` (what the CLI runs: every line
 //!    checked, one sync for the batch, a rename each into `in/`) into a
-//!    fresh root; durable task files per second, best of R rounds.
+//!    fresh root; durable task files per second, best of R rounds. The
+//!    batch's sync is a `syncfs` of the whole filesystem, so before each
+//!    round the filesystem is synced once, untimed: otherwise the batch
+//!    would also write what the measures before it left unwritten (the
+//!    task files they dropped), which is not the batch's cost.
 //!
 //! Two things that move the numbers are printed with them:
 //!
