@@ -307,18 +307,30 @@ async fn start_up(
 /// A task, not the future the caller's `block_on` polls: a tasker's driver
 /// (another task) then wakes the loop through the runtime's own run queue,
 /// where waking `block_on`'s future writes the runtime's eventfd, a system
-/// call per report. A panic of the engine goes on unwinding here.
+/// call per report. A panic of the engine goes on unwinding here, and
+/// dropping this future stops the engine (its task is aborted), as
+/// dropping the engine's own future would.
 pub async fn run(
     root: Root,
     options: Options,
     stop: Option<UnboundedReceiver<StopRequest>>,
 ) -> Result<(), EngineError> {
-    match tokio::spawn(run_here(root, options, stop)).await {
+    let mut task = AbortOnDrop(tokio::spawn(run_here(root, options, stop)));
+    match (&mut task.0).await {
         Ok(result) => result,
         Err(e) => match e.try_into_panic() {
             Ok(panic) => std::panic::resume_unwind(panic),
             Err(_) => Err(EngineError::Cancelled),
         },
+    }
+}
+
+/// The engine's task, aborted if its owner is dropped before it ends.
+struct AbortOnDrop(tokio::task::JoinHandle<Result<(), EngineError>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -691,3 +703,6 @@ impl Engine {
         }
     }
 }
+
+#[cfg(test)]
+mod run_tests;
